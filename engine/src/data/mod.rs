@@ -1,0 +1,53 @@
+//! Labelled image sets and the splits a run trains and evaluates on.
+
+pub mod scenes;
+
+use sslab_shared::spec::DataSpec;
+
+use crate::Result;
+
+/// Square RGB images held in memory, with labels and object boxes.
+#[derive(Debug, Clone)]
+pub struct ImageSet {
+    /// Side in pixels.
+    pub size: usize,
+    /// `len × size × size × 3` bytes, row-major RGB.
+    pub pixels: Vec<u8>,
+    pub labels: Vec<u32>,
+    /// Object bounding box per image, `[x0, y0, x1, y1)` in pixels.
+    pub boxes: Vec<[u32; 4]>,
+    pub class_names: Vec<String>,
+}
+
+impl ImageSet {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    pub fn classes(&self) -> usize {
+        self.class_names.len()
+    }
+
+    pub fn image(&self, i: usize) -> &[u8] {
+        let n = self.size * self.size * 3;
+        &self.pixels[i * n..(i + 1) * n]
+    }
+}
+
+/// What a run trains on and what its probes are scored on.
+#[derive(Debug, Clone)]
+pub struct Splits {
+    pub train: ImageSet,
+    pub test: ImageSet,
+}
+
+/// Builds the splits a spec names.
+pub fn load(spec: &DataSpec) -> Result<Splits> {
+    match spec {
+        DataSpec::Scenes(s) => Ok(scenes::generate(s)),
+    }
+}

@@ -1,0 +1,142 @@
+//! Encoders: a backbone followed by a projector, each layer's output named so
+//! that every layer can be probed (guillotine regularization, arXiv:2206.13378).
+
+pub mod cnn;
+pub mod projector;
+pub mod resnet;
+
+use candle_core::{DType, Device, Module, ModuleT, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use sslab_shared::spec::{BackboneKind, RunSpec};
+
+use crate::Result;
+use crate::rng::Rng;
+
+pub use projector::Projector;
+
+/// Global average pooling over the spatial dimensions: (B, C, H, W) → (B, C).
+pub fn global_avg_pool(x: &Tensor) -> candle_core::Result<Tensor> {
+    x.mean(3)?.mean(2)
+}
+
+pub enum Backbone {
+    TinyCnn(cnn::TinyCnn),
+    Resnet18(resnet::ResNet),
+}
+
+impl ModuleT for Backbone {
+    fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        match self {
+            Backbone::TinyCnn(m) => m.forward_t(x, train),
+            Backbone::Resnet18(m) => m.forward_t(x, train),
+        }
+    }
+}
+
+/// Backbone + projector.
+pub struct Encoder {
+    pub backbone: Backbone,
+    pub projector: Projector,
+    layer_names: Vec<String>,
+}
+
+impl Encoder {
+    /// Builds the encoder a spec describes, with weights under `vb`
+    /// (`backbone.*`, `projector.*`).
+    pub fn new(spec: &RunSpec, vb: VarBuilder) -> Result<Self> {
+        spec.validate()?;
+        let b = &spec.backbone;
+        let backbone = match b.kind {
+            BackboneKind::TinyCnn => Backbone::TinyCnn(cnn::TinyCnn::new(
+                b.width,
+                b.output_dim(),
+                vb.pp("backbone"),
+            )?),
+            BackboneKind::Resnet18 => Backbone::Resnet18(resnet::ResNet::resnet18(
+                b.width,
+                b.output_dim(),
+                vb.pp("backbone"),
+            )?),
+        };
+        let dims = spec.projector.parse_dims().map_err(|m| {
+            sslab_shared::SpecError::new("projector.dims", m)
+        })?;
+        let projector = Projector::new(
+            b.output_dim(),
+            &dims,
+            spec.projector.batch_norm,
+            vb.pp("projector"),
+        )?;
+        Ok(Encoder {
+            backbone,
+            projector,
+            layer_names: spec.layer_names(),
+        })
+    }
+
+    /// `backbone`, `proj.0`, `proj.1`, …
+    pub fn layer_names(&self) -> &[String] {
+        &self.layer_names
+    }
+
+    /// The output of every named layer, in depth order.
+    pub fn forward_layers(&self, x: &Tensor, train: bool) -> candle_core::Result<Vec<Tensor>> {
+        let h = self.backbone.forward_t(x, train)?;
+        let mut out = vec![h.clone()];
+        out.extend(self.projector.forward_layers(&h, train)?);
+        Ok(out)
+    }
+}
+
+impl ModuleT for Encoder {
+    fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        let h = self.backbone.forward_t(x, train)?;
+        self.projector.forward_t(&h, train)
+    }
+}
+
+/// A freshly initialised encoder and the variables that hold its weights.
+pub fn build(spec: &RunSpec, device: &Device) -> Result<(Encoder, VarMap)> {
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
+    let encoder = Encoder::new(spec, vb)?;
+    seed_weights(&varmap, spec.seed)?;
+    Ok((encoder, varmap))
+}
+
+/// Re-draws every matrix and kernel from the run's seed, so that the same
+/// spec starts from the same weights (candle's CPU initialisers are not
+/// seedable). Uniform ±1/sqrt(fan_in), PyTorch's default for Linear and Conv.
+fn seed_weights(varmap: &VarMap, seed: u64) -> Result<()> {
+    let data = varmap.data().lock().expect("varmap lock");
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort();
+    for (k, name) in names.into_iter().enumerate() {
+        let var = &data[name];
+        let dims = var.dims();
+        if dims.len() < 2 {
+            // Linear biases start at zero; norm parameters keep their constants.
+            if name.ends_with("linear.bias") {
+                var.set(&var.zeros_like()?)?;
+            }
+            continue;
+        }
+        let fan_in: usize = dims[1..].iter().product();
+        let bound = 1.0 / (fan_in as f64).sqrt();
+        let mut rng = Rng::derive(seed, &[0xC0FFEE, k as u64]);
+        let values: Vec<f32> = (0..var.elem_count())
+            .map(|_| rng.range(-bound, bound) as f32)
+            .collect();
+        var.set(&Tensor::from_vec(values, dims, var.device())?)?;
+    }
+    Ok(())
+}
+
+/// Applies `m` without train-mode statistics (a plain `Module` view).
+pub struct Eval<'a, M: ModuleT>(pub &'a M);
+
+impl<M: ModuleT> Module for Eval<'_, M> {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.0.forward_t(x, false)
+    }
+}

@@ -1,0 +1,22 @@
+//! Files a run leaves behind, under `DATA_DIR/artifacts/runs/ID/`.
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone)]
+pub struct Artifacts {
+    root: PathBuf,
+}
+
+impl Artifacts {
+    pub fn new(data_dir: &Path) -> Self {
+        Artifacts { root: data_dir.join("artifacts") }
+    }
+
+    pub fn run_dir(&self, id: &str) -> PathBuf {
+        self.root.join("runs").join(id)
+    }
+
+    pub fn checkpoint(&self, id: &str) -> PathBuf {
+        self.run_dir(id).join("checkpoint.safetensors")
+    }
+}

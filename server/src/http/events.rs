@@ -1,0 +1,106 @@
+//! `GET /runs/{id}/events`: server-sent events with every new metric, every
+//! status change and, at the end, the evaluations. It reads the database
+//! rather than an in-memory channel, so it works whoever runs the job
+//! (in-process worker, remote worker, another replica).
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::Stream;
+use sslab_shared::api::{RunStatus, events};
+
+use super::{ApiResult, AppState};
+use crate::store::Store;
+
+const POLL: Duration = Duration::from_millis(250);
+
+struct Cursor {
+    store: Store,
+    id: String,
+    /// Last metric step sent (also the SSE event id, so a reconnect resumes).
+    last_step: i64,
+    last_status: Option<(RunStatus, bool)>,
+    queue: VecDeque<Event>,
+    done: bool,
+    first: bool,
+}
+
+pub async fn stream(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    super::runs::find(&state, &id).await?;
+    let last_step = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let cursor = Cursor {
+        store: state.store.clone(),
+        id,
+        last_step,
+        last_status: None,
+        queue: VecDeque::new(),
+        done: false,
+        first: true,
+    };
+    let stream = futures_util::stream::unfold(cursor, |mut c| async move {
+        loop {
+            if let Some(ev) = c.queue.pop_front() {
+                return Some((Ok(ev), c));
+            }
+            if c.done {
+                return None;
+            }
+            if !c.first {
+                tokio::time::sleep(POLL).await;
+            }
+            c.first = false;
+            if let Err(e) = poll(&mut c).await {
+                tracing::warn!(error = %e, run = %c.id, "event stream ended");
+                return None;
+            }
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+fn json_event(name: &str, data: &impl serde::Serialize) -> Event {
+    Event::default().event(name).json_data(data).unwrap_or_else(|_| Event::default().comment("unserialisable"))
+}
+
+async fn poll(c: &mut Cursor) -> crate::store::Result<()> {
+    // Status first: once it reads terminal, every metric is already stored.
+    let Some(run) = c.store.run(&c.id).await? else {
+        c.done = true;
+        return Ok(());
+    };
+    loop {
+        let batch = c.store.metrics(&c.id, c.last_step, 500).await?;
+        let full = batch.len() == 500;
+        for m in batch {
+            c.last_step = m.step;
+            c.queue.push_back(json_event(events::METRIC, &m).id(m.step.to_string()));
+        }
+        if !full {
+            break;
+        }
+    }
+    let status = (run.status, run.cancel_requested);
+    if c.last_status != Some(status) {
+        c.last_status = Some(status);
+        let terminal = run.status.is_terminal();
+        c.queue.push_back(json_event(events::STATUS, &run));
+        if terminal {
+            let evaluations = c.store.evaluations(&c.id).await?;
+            c.queue.push_back(json_event(events::EVALUATIONS, &evaluations));
+            c.done = true;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,53 @@
+//! The HTTP surface: JSON API under `/api/v1` and the built dashboard at `/`.
+
+mod error;
+mod events;
+mod runs;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::Html;
+use axum::routing::get;
+use tokio::sync::Notify;
+use tower_http::services::{ServeDir, ServeFile};
+
+pub use error::{ApiError, ApiResult};
+
+use crate::artifacts::Artifacts;
+use crate::store::Store;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub artifacts: Artifacts,
+    /// Wakes idle workers when a run is queued.
+    pub queued: Arc<Notify>,
+}
+
+/// The whole application; tests call this with their own state.
+pub fn app(state: AppState, static_dir: Option<PathBuf>) -> Router {
+    let api = Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .merge(runs::router())
+        .fallback(|| async { ApiError::NotFound("no such API route".into()) });
+    let router = Router::new().nest("/api/v1", api).with_state(state);
+    match static_dir.filter(|d| d.join("index.html").is_file()) {
+        // Client-side routes (/runs/…) get index.html; the app routes itself.
+        Some(dir) => router.fallback_service(
+            ServeDir::new(&dir).fallback(ServeFile::new(dir.join("index.html"))),
+        ),
+        None => router.fallback(|| async {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Html("<h1>sslab</h1><p>The dashboard is not built. Start the platform with \
+                      <code>cargo xtask serve</code>, or pass <code>--static-dir</code> \
+                      pointing at a built <code>frontend/dist</code>. The API is at \
+                      <a href=\"/api/v1/runs\">/api/v1/runs</a>.</p>"),
+            )
+        }),
+    }
+    .layer(tower_http::trace::TraceLayer::new_for_http())
+}

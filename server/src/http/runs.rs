@@ -1,0 +1,132 @@
+//! `/runs`: create, list, read, cancel; metrics, evaluations and the checkpoint.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use sslab_shared::RunSpec;
+use sslab_shared::api::{Evaluation, MetricPoint, Page, Run, RunStatus};
+
+use super::{ApiError, ApiResult, AppState, events};
+
+pub fn router() -> axum::Router<AppState> {
+    axum::Router::new()
+        .route("/runs", post(create).get(list))
+        .route("/runs/{id}", get(read))
+        .route("/runs/{id}/cancel", post(cancel))
+        .route("/runs/{id}/metrics", get(metrics))
+        .route("/runs/{id}/evaluations", get(evaluations))
+        .route("/runs/{id}/checkpoint", get(checkpoint))
+        .route("/runs/{id}/events", get(events::stream))
+}
+
+/// The body is parsed here rather than by axum's `Json` so that every
+/// problem, syntax included, comes back as a 422 naming the field.
+async fn create(State(state): State<AppState>, headers: HeaderMap, body: String) -> ApiResult<Response> {
+    let spec = RunSpec::from_json(&body).map_err(ApiError::InvalidSpec)?;
+    let key = headers
+        .get("idempotency-key")
+        .map(|v| v.to_str().map_err(|_| ApiError::BadRequest("Idempotency-Key must be ASCII".into())))
+        .transpose()?;
+    if key.is_some_and(|k| k.is_empty() || k.len() > 200) {
+        return Err(ApiError::BadRequest("Idempotency-Key must be 1 to 200 characters".into()));
+    }
+    let (run, created) = state.store.create_run(&spec, key).await?;
+    if created {
+        state.queued.notify_waiters();
+        state.queued.notify_one();
+    }
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, [(header::LOCATION, format!("/api/v1/runs/{}", run.id))], Json(run)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    page_size: Option<usize>,
+    page_token: Option<String>,
+    status: Option<String>,
+}
+
+async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult<Json<Page<Run>>> {
+    let page_size = q.page_size.unwrap_or(50);
+    if !(1..=500).contains(&page_size) {
+        return Err(ApiError::BadRequest(format!("page_size must be between 1 and 500, got {page_size}")));
+    }
+    let status = match q.status.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(RunStatus::parse(s).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "unknown status `{s}`; use one of queued, running, succeeded, failed, cancelled"
+            ))
+        })?),
+    };
+    Ok(Json(state.store.list_runs(page_size, q.page_token.as_deref(), status).await?))
+}
+
+pub(super) async fn find(state: &AppState, id: &str) -> ApiResult<Run> {
+    state
+        .store
+        .run(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no run with id `{id}`")))
+}
+
+async fn read(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Run>> {
+    Ok(Json(find(&state, &id).await?))
+}
+
+async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Run>> {
+    let run = find(&state, &id).await?;
+    if run.status.is_terminal() {
+        return Err(ApiError::Conflict(format!("run `{id}` has already ended ({})", run.status.as_str())));
+    }
+    let run = state.store.request_cancel(&id).await?;
+    run.map(Json).ok_or_else(|| ApiError::NotFound(format!("no run with id `{id}`")))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetricsQuery {
+    after_step: Option<i64>,
+    limit: Option<usize>,
+}
+
+async fn metrics(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<MetricsQuery>,
+) -> ApiResult<Json<Vec<MetricPoint>>> {
+    find(&state, &id).await?;
+    let limit = q.limit.unwrap_or(10_000).min(100_000);
+    Ok(Json(state.store.metrics(&id, q.after_step.unwrap_or(0), limit).await?))
+}
+
+async fn evaluations(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Vec<Evaluation>>> {
+    find(&state, &id).await?;
+    Ok(Json(state.store.evaluations(&id).await?))
+}
+
+/// The last end-of-epoch weights, as safetensors.
+async fn checkpoint(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    find(&state, &id).await?;
+    let path = state.artifacts.checkpoint(&id);
+    let bytes = match tokio::fs::read(&path).await {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ApiError::NotFound(format!("run `{id}` has no checkpoint yet")));
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("reading {}", path.display())).into()),
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{id}.safetensors\"")),
+        ],
+        Body::from(bytes),
+    )
+        .into_response())
+}

@@ -1,0 +1,176 @@
+//! `sslab`: the platform's server, worker and command line.
+
+mod artifacts;
+mod http;
+mod store;
+mod train_cmd;
+mod worker;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "sslab", version, about = "Self-supervised vision research platform")]
+struct Cli {
+    /// Where the SQLite file, artifacts and imported data live.
+    #[arg(long, global = true, env = "SSLAB_DATA_DIR", default_value = "./sslab-data")]
+    data_dir: PathBuf,
+    /// Overrides the database (sqlite://… or postgres://…).
+    #[arg(long, global = true, env = "DATABASE_URL")]
+    database_url: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the API and dashboard with an in-process worker.
+    Serve {
+        #[arg(long, env = "SSLAB_ADDR", default_value = "127.0.0.1:8080")]
+        addr: SocketAddr,
+        /// The built dashboard (frontend/dist).
+        #[arg(long, env = "SSLAB_STATIC_DIR", default_value = "frontend/dist")]
+        static_dir: PathBuf,
+        /// In-process workers; 0 leaves training to remote workers.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+    },
+    /// Train one run locally from a recipe (TOML, or JSON by extension).
+    Train {
+        #[arg(long)]
+        spec: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Create or update the database schema, then exit.
+    Migrate,
+}
+
+fn database_url(cli: &Cli) -> anyhow::Result<String> {
+    if let Some(url) = &cli.database_url {
+        return Ok(url.clone());
+    }
+    std::fs::create_dir_all(&cli.data_dir)
+        .with_context(|| format!("cannot create the data folder {}", cli.data_dir.display()))?;
+    Ok(format!("sqlite://{}?mode=rwc", cli.data_dir.join("sslab.db").display()))
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn,tower_http=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Serve { addr, static_dir, workers } => serve(&cli, *addr, static_dir, *workers).await,
+        Command::Train { spec, out } => train_cmd::run(spec, out).await,
+        Command::Migrate => async {
+            store::Store::connect(&database_url(&cli)?).await?;
+            eprintln!("database is up to date");
+            Ok(())
+        }
+        .await,
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(cli: &Cli, addr: SocketAddr, static_dir: &Path, workers: usize) -> anyhow::Result<()> {
+    let url = database_url(cli)?;
+    let store = store::Store::connect(&url).await.context("opening the database")?;
+    // An embedded SQLite server is the only worker of its database: whatever
+    // it left running when it last stopped is orphaned. Shared databases wait
+    // for leases to expire.
+    let embedded = store.dialect() == store::Dialect::Sqlite && workers > 0;
+    let recovered = store.recover_orphans(embedded).await?;
+    if recovered > 0 {
+        tracing::warn!(runs = recovered, "re-queued runs interrupted by an earlier stop");
+    }
+    let state = http::AppState {
+        store: store.clone(),
+        artifacts: artifacts::Artifacts::new(&cli.data_dir),
+        queued: Arc::new(tokio::sync::Notify::new()),
+    };
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let mut worker_tasks = Vec::new();
+    for i in 0..workers {
+        let w = worker::Worker {
+            id: format!("local-{}-{i}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..6]),
+            store: store.clone(),
+            artifacts: state.artifacts.clone(),
+            queued: state.queued.clone(),
+        };
+        worker_tasks.push(tokio::spawn(w.run(shutdown_rx.clone())));
+    }
+    // Leases of remote or crashed workers expire; check now and then.
+    let reaper_store = store.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(worker::LEASE_MS as u64 / 2));
+        loop {
+            tick.tick().await;
+            if let Err(e) = reaper_store.recover_orphans(false).await {
+                tracing::warn!(error = %e, "checking for expired leases failed");
+            }
+        }
+    });
+
+    if !static_dir.join("index.html").is_file() {
+        tracing::warn!("no built dashboard at {}; serving the API only", static_dir.display());
+    }
+    let app = http::app(state, Some(static_dir.to_path_buf()));
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener.local_addr()?;
+    // Tests and scripts read this line to find an ephemeral port.
+    println!("sslab listening on http://{local}");
+    tracing::info!(%local, database = %redact(&url), "serving");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down");
+            let _ = shutdown_tx.send(true);
+        })
+        .await?;
+    for t in worker_tasks {
+        let _ = t.await;
+    }
+    Ok(())
+}
+
+/// Hides a password in a database URL before logging it.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://…@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,541 @@
+//! The database: runs, metrics and evaluations, on SQLite (embedded default)
+//! or PostgreSQL (teams), through sqlx's `Any` driver. Ids and times are
+//! TEXT and INTEGER (milliseconds) so both dialects map them the same way.
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, AssertSqlSafe, Row};
+use sslab_shared::RunSpec;
+use sslab_shared::api::{Evaluation, MetricPoint, Page, Run, RunStatus};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("unsupported database URL `{0}`: use sqlite://… or postgres://…")]
+    Url(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    dialect: Dialect,
+}
+
+/// How many times a run may be claimed before an interruption counts as a failure.
+pub const MAX_ATTEMPTS: i64 = 3;
+
+const RUN_COLUMNS: &str = "id, name, status, method, backbone, spec, created_at, started_at, \
+    finished_at, error, step, total_steps, epoch, last_loss, knn_backbone, cancel_requested";
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn run_from_row(row: &AnyRow) -> Result<Run> {
+    let status: String = row.try_get("status")?;
+    let spec: String = row.try_get("spec")?;
+    Ok(Run {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        status: RunStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown run status `{status}`")))?,
+        method: row.try_get("method")?,
+        backbone: row.try_get("backbone")?,
+        spec: serde_json::from_str(&spec)
+            .map_err(|e| StoreError::Corrupt(format!("stored spec does not parse: {e}")))?,
+        created_at: row.try_get("created_at")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+        error: row.try_get("error")?,
+        step: row.try_get("step")?,
+        total_steps: row.try_get("total_steps")?,
+        epoch: row.try_get("epoch")?,
+        last_loss: row.try_get("last_loss")?,
+        knn_backbone: row.try_get("knn_backbone")?,
+        cancel_requested: row.try_get::<i64, _>("cancel_requested")? != 0,
+    })
+}
+
+/// Where a list page starts: after (created_at, id).
+fn parse_page_token(token: &str) -> Option<(i64, String)> {
+    let (t, id) = token.split_once('.')?;
+    Some((t.parse().ok()?, id.to_string()))
+}
+
+impl Store {
+    /// Connects and brings the schema up to date.
+    pub async fn connect(url: &str) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let dialect = if url.starts_with("sqlite:") {
+            Dialect::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Dialect::Postgres
+        } else {
+            return Err(StoreError::Url(url.to_string()));
+        };
+        let mut options = AnyPoolOptions::new().max_connections(8);
+        if dialect == Dialect::Sqlite {
+            // One writer at a time; WAL and a busy timeout keep readers going.
+            options = options.max_connections(4).after_connect(|conn, _| {
+                Box::pin(async move {
+                    sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
+                    sqlx::query("PRAGMA busy_timeout = 5000").execute(&mut *conn).await?;
+                    sqlx::query("PRAGMA foreign_keys = ON").execute(&mut *conn).await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = options.connect(url).await?;
+        match dialect {
+            Dialect::Sqlite => sqlx::migrate!("../migrations/sqlite").run(&pool).await?,
+            Dialect::Postgres => sqlx::migrate!("../migrations/postgres").run(&pool).await?,
+        }
+        Ok(Store { pool, dialect })
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// Stores a new queued run. With an idempotency key already used, returns
+    /// the run created then (and `false`).
+    pub async fn create_run(&self, spec: &RunSpec, idempotency_key: Option<&str>) -> Result<(Run, bool)> {
+        if let Some(key) = idempotency_key
+            && let Some(run) = self.run_by_idempotency_key(key).await?
+        {
+            return Ok((run, false));
+        }
+        let id = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
+        let name = if spec.name.trim().is_empty() {
+            format!("{}-{}-{}", spec.method.name(), spec.backbone.kind.name(), &id[..6])
+        } else {
+            spec.name.trim().to_string()
+        };
+        let spec_json = serde_json::to_string(spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let inserted = sqlx::query(
+            "INSERT INTO runs (id, name, status, method, backbone, spec, created_at, total_steps, idempotency_key) \
+             VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&id)
+        .bind(&name)
+        .bind(spec.method.name())
+        .bind(spec.backbone.kind.name())
+        .bind(&spec_json)
+        .bind(now_ms())
+        .bind(spec.total_steps() as i64)
+        .bind(idempotency_key)
+        .execute(&self.pool)
+        .await;
+        match inserted {
+            Ok(_) => {}
+            // Two requests with one key raced; the other one won.
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() && idempotency_key.is_some() => {
+                if let Some(run) = self.run_by_idempotency_key(idempotency_key.unwrap_or_default()).await? {
+                    return Ok((run, false));
+                }
+                return Err(sqlx::Error::Database(e).into());
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let run = self.run(&id).await?.ok_or_else(|| StoreError::Corrupt("inserted run vanished".into()))?;
+        Ok((run, true))
+    }
+
+    async fn run_by_idempotency_key(&self, key: &str) -> Result<Option<Run>> {
+        let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE idempotency_key = $1");
+        sqlx::query(AssertSqlSafe(sql))
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| run_from_row(&r))
+            .transpose()
+    }
+
+    pub async fn run(&self, id: &str) -> Result<Option<Run>> {
+        let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1");
+        sqlx::query(AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| run_from_row(&r))
+            .transpose()
+    }
+
+    /// Newest first. `page_token` is the previous page's `next_page_token`.
+    pub async fn list_runs(
+        &self,
+        page_size: usize,
+        page_token: Option<&str>,
+        status: Option<RunStatus>,
+    ) -> Result<Page<Run>> {
+        let after = page_token.and_then(parse_page_token);
+        let (t, id) = after.unwrap_or((i64::MAX, String::new()));
+        let status_clause = if status.is_some() { "AND status = $4" } else { "" };
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM runs \
+             WHERE (created_at < $1 OR (created_at = $1 AND id < $2)) {status_clause} \
+             ORDER BY created_at DESC, id DESC LIMIT $3"
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql))
+            .bind(t)
+            .bind(if page_token.is_some() { id } else { "\u{10FFFF}".to_string() })
+            .bind(page_size as i64 + 1);
+        if let Some(s) = status {
+            q = q.bind(s.as_str());
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        let mut items = rows.iter().map(run_from_row).collect::<Result<Vec<_>>>()?;
+        let next_page_token = if items.len() > page_size {
+            items.truncate(page_size);
+            items.last().map(|r| format!("{}.{}", r.created_at, r.id))
+        } else {
+            None
+        };
+        Ok(Page { items, next_page_token })
+    }
+
+    /// Takes the oldest queued run for `worker`, holding it for `lease_ms`.
+    /// Metrics of an earlier, interrupted attempt are dropped: the run starts over.
+    pub async fn claim_next(&self, worker: &str, lease_ms: i64) -> Result<Option<Run>> {
+        let lock = match self.dialect {
+            Dialect::Postgres => "FOR UPDATE SKIP LOCKED",
+            Dialect::Sqlite => "",
+        };
+        let now = now_ms();
+        let sql = format!(
+            "UPDATE runs SET status = 'running', worker = $1, lease_expires_at = $2, \
+                 started_at = $3, attempts = attempts + 1, step = 0, epoch = 0, last_loss = NULL \
+             WHERE id = (SELECT id FROM runs WHERE status = 'queued' ORDER BY created_at, id LIMIT 1 {lock}) \
+               AND status = 'queued' \
+             RETURNING {RUN_COLUMNS}"
+        );
+        let Some(row) = sqlx::query(AssertSqlSafe(sql))
+            .bind(worker)
+            .bind(now + lease_ms)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let run = run_from_row(&row)?;
+        sqlx::query("DELETE FROM metrics WHERE run_id = $1").bind(&run.id).execute(&self.pool).await?;
+        sqlx::query("DELETE FROM evaluations WHERE run_id = $1").bind(&run.id).execute(&self.pool).await?;
+        Ok(Some(run))
+    }
+
+    /// Extends the lease. Returns `None` if `worker` no longer holds the run,
+    /// else whether a cancel was requested.
+    pub async fn heartbeat(&self, id: &str, worker: &str, lease_ms: i64) -> Result<Option<bool>> {
+        let row = sqlx::query(
+            "UPDATE runs SET lease_expires_at = $1 WHERE id = $2 AND worker = $3 AND status = 'running' \
+             RETURNING cancel_requested",
+        )
+        .bind(now_ms() + lease_ms)
+        .bind(id)
+        .bind(worker)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some(r) => Some(r.try_get::<i64, _>("cancel_requested")? != 0),
+            None => None,
+        })
+    }
+
+    /// Appends metrics and moves the run's progress to the last of them, in one transaction.
+    pub async fn add_metrics(&self, id: &str, points: &[MetricPoint]) -> Result<()> {
+        let Some(last) = points.last() else { return Ok(()) };
+        let mut tx = self.pool.begin().await?;
+        for p in points {
+            sqlx::query(
+                "INSERT INTO metrics (run_id, step, epoch, loss, lr, images_per_sec) VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(id)
+            .bind(p.step)
+            .bind(p.epoch)
+            .bind(p.loss)
+            .bind(p.lr)
+            .bind(p.images_per_sec)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query("UPDATE runs SET step = $1, epoch = $2, last_loss = $3 WHERE id = $4")
+            .bind(last.step)
+            .bind(last.epoch)
+            .bind(last.loss)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Metrics with `step > after_step`, oldest first.
+    pub async fn metrics(&self, id: &str, after_step: i64, limit: usize) -> Result<Vec<MetricPoint>> {
+        let rows = sqlx::query(
+            "SELECT step, epoch, loss, lr, images_per_sec FROM metrics \
+             WHERE run_id = $1 AND step > $2 ORDER BY step LIMIT $3",
+        )
+        .bind(id)
+        .bind(after_step)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(MetricPoint {
+                    step: r.try_get("step")?,
+                    epoch: r.try_get("epoch")?,
+                    loss: r.try_get("loss")?,
+                    lr: r.try_get("lr")?,
+                    images_per_sec: r.try_get("images_per_sec")?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn evaluations(&self, id: &str) -> Result<Vec<Evaluation>> {
+        let rows = sqlx::query(
+            "SELECT layer, probe, metric, value, settings FROM evaluations WHERE run_id = $1 \
+             ORDER BY CASE WHEN layer = 'backbone' THEN '' ELSE layer END, probe, metric",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let settings: String = r.try_get("settings")?;
+                Ok(Evaluation {
+                    layer: r.try_get("layer")?,
+                    probe: r.try_get("probe")?,
+                    metric: r.try_get("metric")?,
+                    value: r.try_get("value")?,
+                    settings: serde_json::from_str(&settings).unwrap_or(serde_json::Value::Null),
+                })
+            })
+            .collect()
+    }
+
+    /// Ends a run held by `worker`: its status, why (for failures), and its
+    /// evaluations, all in one transaction. Returns false if the worker lost it.
+    pub async fn finish_run(
+        &self,
+        id: &str,
+        worker: &str,
+        status: RunStatus,
+        error: Option<&str>,
+        evaluations: &[Evaluation],
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        for e in evaluations {
+            sqlx::query(
+                "INSERT INTO evaluations (run_id, layer, probe, metric, value, settings) VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(id)
+            .bind(&e.layer)
+            .bind(&e.probe)
+            .bind(&e.metric)
+            .bind(e.value)
+            .bind(e.settings.to_string())
+            .execute(&mut *tx)
+            .await?;
+        }
+        let knn = evaluations
+            .iter()
+            .find(|e| e.layer == "backbone" && e.probe == "knn" && e.metric == "top1")
+            .map(|e| e.value);
+        let done = sqlx::query(
+            "UPDATE runs SET status = $1, error = $2, finished_at = $3, knn_backbone = $4, \
+                 worker = NULL, lease_expires_at = NULL \
+             WHERE id = $5 AND worker = $6 AND status = 'running'",
+        )
+        .bind(status.as_str())
+        .bind(error)
+        .bind(now_ms())
+        .bind(knn)
+        .bind(id)
+        .bind(worker)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if done {
+            tx.commit().await?;
+        } else {
+            tx.rollback().await?;
+        }
+        Ok(done)
+    }
+
+    /// Hands a run back to the queue (the worker is shutting down), or fails
+    /// it if it has been tried too often.
+    pub async fn release_run(&self, id: &str, worker: &str, why: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE runs SET \
+                 status = CASE WHEN attempts >= $1 THEN 'failed' ELSE 'queued' END, \
+                 error = CASE WHEN attempts >= $1 THEN $2 ELSE NULL END, \
+                 finished_at = CASE WHEN attempts >= $1 THEN $3 ELSE NULL END, \
+                 worker = NULL, lease_expires_at = NULL \
+             WHERE id = $4 AND worker = $5 AND status = 'running'",
+        )
+        .bind(MAX_ATTEMPTS)
+        .bind(format!("{why}; gave up after {MAX_ATTEMPTS} attempts"))
+        .bind(now_ms())
+        .bind(id)
+        .bind(worker)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Runs whose worker vanished (lease expired, or `all_running` at the
+    /// start of an embedded server that is the only worker) go back to the
+    /// queue, or fail after too many attempts. Returns how many were touched.
+    pub async fn recover_orphans(&self, all_running: bool) -> Result<u64> {
+        let cutoff = if all_running { i64::MAX } else { now_ms() };
+        let done = sqlx::query(
+            "UPDATE runs SET \
+                 status = CASE WHEN cancel_requested <> 0 THEN 'cancelled' \
+                               WHEN attempts >= $1 THEN 'failed' ELSE 'queued' END, \
+                 error = CASE WHEN cancel_requested = 0 AND attempts >= $1 THEN $2 ELSE NULL END, \
+                 finished_at = CASE WHEN cancel_requested <> 0 OR attempts >= $1 THEN $3 ELSE NULL END, \
+                 worker = NULL, lease_expires_at = NULL \
+             WHERE status = 'running' AND (lease_expires_at IS NULL OR lease_expires_at < $4)",
+        )
+        .bind(MAX_ATTEMPTS)
+        .bind(format!("its worker stopped while it was running, {MAX_ATTEMPTS} times"))
+        .bind(now_ms())
+        .bind(cutoff)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Cancels a queued run at once; asks the worker of a running one to stop.
+    /// Returns the run as it is afterwards, `None` if there is no such run.
+    pub async fn request_cancel(&self, id: &str) -> Result<Option<Run>> {
+        sqlx::query(
+            "UPDATE runs SET status = 'cancelled', finished_at = $1 WHERE id = $2 AND status = 'queued'",
+        )
+        .bind(now_ms())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        sqlx::query("UPDATE runs SET cancel_requested = 1 WHERE id = $1 AND status = 'running'")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        self.run(id).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store() -> (Store, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+        (Store::connect(&url).await.unwrap(), dir)
+    }
+
+    fn spec() -> RunSpec {
+        let mut s = RunSpec::default();
+        s.optimizer.batch_size = 100;
+        s
+    }
+
+    #[tokio::test]
+    async fn lifecycle_and_pagination() {
+        let (store, _dir) = store().await;
+        let mut ids = Vec::new();
+        for _ in 0..5 {
+            ids.push(store.create_run(&spec(), None).await.unwrap().0.id);
+        }
+        let p1 = store.list_runs(2, None, None).await.unwrap();
+        assert_eq!(p1.items.len(), 2);
+        let p2 = store.list_runs(2, p1.next_page_token.as_deref(), None).await.unwrap();
+        let p3 = store.list_runs(2, p2.next_page_token.as_deref(), None).await.unwrap();
+        assert_eq!(p3.items.len(), 1);
+        assert!(p3.next_page_token.is_none());
+        let mut seen: Vec<String> = [p1, p2, p3].into_iter().flat_map(|p| p.items).map(|r| r.id).collect();
+        seen.sort();
+        ids.sort();
+        assert_eq!(seen, ids);
+
+        let claimed = store.claim_next("w1", 10_000).await.unwrap().unwrap();
+        assert_eq!(claimed.status, RunStatus::Running);
+        assert_eq!(store.heartbeat(&claimed.id, "w1", 10_000).await.unwrap(), Some(false));
+        assert_eq!(store.heartbeat(&claimed.id, "w2", 10_000).await.unwrap(), None);
+        let m = MetricPoint { step: 1, epoch: 0, loss: 3.0, lr: 0.1, images_per_sec: 10.0 };
+        store.add_metrics(&claimed.id, &[m.clone()]).await.unwrap();
+        assert_eq!(store.metrics(&claimed.id, 0, 10).await.unwrap(), vec![m]);
+        assert!(store.metrics(&claimed.id, 1, 10).await.unwrap().is_empty());
+        let ev = Evaluation {
+            layer: "backbone".into(),
+            probe: "knn".into(),
+            metric: "top1".into(),
+            value: 0.75,
+            settings: serde_json::json!({"k": 20}),
+        };
+        assert!(!store.finish_run(&claimed.id, "w2", RunStatus::Succeeded, None, &[ev.clone()]).await.unwrap());
+        assert!(store.finish_run(&claimed.id, "w1", RunStatus::Succeeded, None, &[ev.clone()]).await.unwrap());
+        let done = store.run(&claimed.id).await.unwrap().unwrap();
+        assert_eq!(done.status, RunStatus::Succeeded);
+        assert_eq!(done.knn_backbone, Some(0.75));
+        assert_eq!(done.last_loss, Some(3.0));
+        assert_eq!(store.evaluations(&claimed.id).await.unwrap(), vec![ev]);
+        let only_done = store.list_runs(10, None, Some(RunStatus::Succeeded)).await.unwrap();
+        assert_eq!(only_done.items.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn idempotency_cancel_and_orphans() {
+        let (store, _dir) = store().await;
+        let (a, created) = store.create_run(&spec(), Some("k1")).await.unwrap();
+        assert!(created);
+        let (b, created) = store.create_run(&spec(), Some("k1")).await.unwrap();
+        assert!(!created);
+        assert_eq!(a.id, b.id);
+
+        // A queued run is cancelled at once.
+        let queued = store.create_run(&spec(), None).await.unwrap().0;
+        let claimed = store.claim_next("w", 10_000).await.unwrap().unwrap();
+        assert_eq!(claimed.id, a.id);
+        let c = store.request_cancel(&queued.id).await.unwrap().unwrap();
+        assert_eq!(c.status, RunStatus::Cancelled);
+        // A running one is asked to stop.
+        let r = store.request_cancel(&claimed.id).await.unwrap().unwrap();
+        assert_eq!(r.status, RunStatus::Running);
+        assert!(r.cancel_requested);
+        assert_eq!(store.heartbeat(&claimed.id, "w", 10_000).await.unwrap(), Some(true));
+
+        // A worker that died: its run is re-queued, then failed after MAX_ATTEMPTS.
+        let run = store.create_run(&spec(), None).await.unwrap().0;
+        for attempt in 1..=MAX_ATTEMPTS {
+            let got = store.claim_next("dead", -1).await.unwrap().unwrap();
+            assert_eq!(got.id, run.id);
+            assert_eq!(store.recover_orphans(false).await.unwrap(), 1);
+            let after = store.run(&run.id).await.unwrap().unwrap();
+            let want = if attempt < MAX_ATTEMPTS { RunStatus::Queued } else { RunStatus::Failed };
+            assert_eq!(after.status, want);
+        }
+        assert!(store.run(&run.id).await.unwrap().unwrap().error.unwrap().contains("worker stopped"));
+        assert!(store.run("nope").await.unwrap().is_none());
+    }
+}

@@ -1,0 +1,148 @@
+//! `sslab train --spec FILE --out DIR`: one run on this machine, with a
+//! progress bar. Writes `run.json`, `metrics.jsonl`, `evaluations.json` and
+//! `checkpoint.safetensors` into DIR.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use sslab_engine::train::{Control, Observer, Outcome, StepMetrics};
+use sslab_shared::RunSpec;
+use sslab_shared::api::RunStatus;
+
+use crate::store::now_ms;
+
+#[derive(Serialize)]
+struct RunFile<'a> {
+    spec: &'a RunSpec,
+    status: RunStatus,
+    started_at: i64,
+    finished_at: Option<i64>,
+    error: Option<String>,
+    steps: usize,
+    last_loss: Option<f64>,
+}
+
+struct CliObserver {
+    bar: ProgressBar,
+    metrics: std::io::BufWriter<std::fs::File>,
+    write_error: Option<std::io::Error>,
+    interrupted: Arc<AtomicBool>,
+    steps: usize,
+    last_loss: Option<f64>,
+}
+
+impl Observer for CliObserver {
+    fn on_step(&mut self, m: &StepMetrics) -> Control {
+        self.steps = m.step;
+        self.last_loss = Some(m.loss);
+        let line = serde_json::json!({
+            "step": m.step, "epoch": m.epoch, "loss": m.loss, "lr": m.lr, "images_per_sec": m.images_per_sec,
+        });
+        if let Err(e) = writeln!(self.metrics, "{line}") {
+            self.write_error = Some(e);
+            return Control::Stop;
+        }
+        self.bar.set_position(m.step as u64);
+        self.bar.set_message(format!("epoch {} loss {:.4} lr {:.2e} {:.0} img/s", m.epoch, m.loss, m.lr, m.images_per_sec));
+        if self.interrupted.load(Ordering::Relaxed) { Control::Stop } else { Control::Continue }
+    }
+
+    fn on_evaluating(&mut self) {
+        self.bar.set_message("evaluating every layer");
+    }
+}
+
+fn write_json(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    std::fs::write(path, text + "\n").with_context(|| format!("cannot write {}", path.display()))
+}
+
+pub async fn run(spec_path: &Path, out: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(spec_path)
+        .with_context(|| format!("cannot read the spec {}", spec_path.display()))?;
+    let is_json = spec_path.extension().is_some_and(|e| e == "json");
+    let spec = if is_json { RunSpec::from_json(&text) } else { RunSpec::from_toml(&text) }
+        .map_err(|e| anyhow::anyhow!("{}: invalid spec: {e}", spec_path.display()))?;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+
+    let started_at = now_ms();
+    let run_file = out.join("run.json");
+    let mut record = RunFile { spec: &spec, status: RunStatus::Running, started_at, finished_at: None, error: None, steps: 0, last_loss: None };
+    write_json(&run_file, &record)?;
+
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let flag = interrupted.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            flag.store(true, Ordering::Relaxed);
+        }
+    });
+
+    let metrics_path = out.join("metrics.jsonl");
+    let metrics = std::fs::File::create(&metrics_path)
+        .with_context(|| format!("cannot create {}", metrics_path.display()))?;
+    let bar = ProgressBar::new(spec.total_steps() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps  {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut observer = CliObserver {
+        bar,
+        metrics: std::io::BufWriter::new(metrics),
+        write_error: None,
+        interrupted,
+        steps: 0,
+        last_loss: None,
+    };
+    let checkpoint = out.join("checkpoint.safetensors");
+    let spec_for_job = spec.clone();
+    let (result, mut observer) = tokio::task::spawn_blocking(move || {
+        let device = sslab_engine::default_device();
+        let result = sslab_engine::data::load(&spec_for_job.data)
+            .and_then(|splits| sslab_engine::train::train(&spec_for_job, &splits, &device, &checkpoint, &mut observer));
+        (result, observer)
+    })
+    .await?;
+    observer.bar.finish_and_clear();
+    let _ = observer.metrics.flush();
+    record.steps = observer.steps;
+    record.last_loss = observer.last_loss;
+    record.finished_at = Some(now_ms());
+
+    if let Some(e) = observer.write_error.take() {
+        record.status = RunStatus::Failed;
+        record.error = Some(format!("cannot write {}: {e}", metrics_path.display()));
+        write_json(&run_file, &record)?;
+        bail!("{}", record.error.unwrap_or_default());
+    }
+    match result {
+        Ok(Outcome::Finished { evaluations, last_loss }) => {
+            record.status = RunStatus::Succeeded;
+            write_json(&out.join("evaluations.json"), &evaluations)?;
+            write_json(&run_file, &record)?;
+            println!("finished {} steps, final loss {last_loss:.4}", observer.steps);
+            println!("{:<10} {:<6} {:<6} {:>7}", "layer", "probe", "metric", "value");
+            for e in &evaluations {
+                println!("{:<10} {:<6} {:<6} {:>7.4}", e.layer, e.probe, e.metric, e.value);
+            }
+            println!("wrote {}", out.display());
+            Ok(())
+        }
+        Ok(Outcome::Stopped { step }) => {
+            record.status = RunStatus::Cancelled;
+            write_json(&run_file, &record)?;
+            bail!("interrupted after {step} steps; the last end-of-epoch checkpoint is kept in {}", out.display())
+        }
+        Err(e) => {
+            record.status = RunStatus::Failed;
+            record.error = Some(e.to_string());
+            write_json(&run_file, &record)?;
+            bail!("training failed: {e}")
+        }
+    }
+}

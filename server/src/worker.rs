@@ -1,0 +1,173 @@
+//! The in-process worker: claims queued runs, trains them on a blocking
+//! thread, writes their metrics in batches, keeps the lease alive, and
+//! passes cancel requests to the engine.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use sslab_engine::train::{Control, Observer, Outcome, StepMetrics};
+use sslab_shared::api::{MetricPoint, Run, RunStatus};
+use tokio::sync::{mpsc, watch};
+
+use crate::artifacts::Artifacts;
+use crate::store::Store;
+
+/// A worker that misses heartbeats this long loses its run.
+pub const LEASE_MS: i64 = 30_000;
+const HEARTBEAT: Duration = Duration::from_secs(2);
+const FLUSH: Duration = Duration::from_millis(300);
+const IDLE_POLL: Duration = Duration::from_secs(2);
+
+pub struct Worker {
+    pub id: String,
+    pub store: Store,
+    pub artifacts: Artifacts,
+    pub queued: Arc<tokio::sync::Notify>,
+}
+
+/// Forwards engine progress to the async side; stops when told to.
+struct ChannelObserver {
+    tx: mpsc::UnboundedSender<MetricPoint>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Observer for ChannelObserver {
+    fn on_step(&mut self, m: &StepMetrics) -> Control {
+        let _ = self.tx.send(MetricPoint {
+            step: m.step as i64,
+            epoch: m.epoch as i64,
+            loss: m.loss,
+            lr: m.lr,
+            images_per_sec: m.images_per_sec,
+        });
+        if self.stop.load(Ordering::Relaxed) { Control::Stop } else { Control::Continue }
+    }
+
+    fn on_checkpoint(&mut self, _: usize, _: &std::path::Path) -> Control {
+        if self.stop.load(Ordering::Relaxed) { Control::Stop } else { Control::Continue }
+    }
+}
+
+enum Ending {
+    Finished(Outcome),
+    Failed(String),
+}
+
+impl Worker {
+    /// Claims and runs jobs until `shutdown` turns true. A run in progress at
+    /// shutdown is stopped and handed back to the queue.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        tracing::info!(worker = %self.id, "worker started");
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            match self.store.claim_next(&self.id, LEASE_MS).await {
+                Ok(Some(run)) => self.execute(run, &mut shutdown).await,
+                Ok(None) => {
+                    tokio::select! {
+                        _ = self.queued.notified() => {}
+                        _ = tokio::time::sleep(IDLE_POLL) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "claiming a run failed");
+                    tokio::time::sleep(IDLE_POLL).await;
+                }
+            }
+        }
+        tracing::info!(worker = %self.id, "worker stopped");
+    }
+
+    async fn execute(&self, run: Run, shutdown: &mut watch::Receiver<bool>) {
+        tracing::info!(run = %run.id, name = %run.name, "run started");
+        let dir = self.artifacts.run_dir(&run.id);
+        if let Err(e) = tokio::fs::create_dir_all(&dir).await {
+            let msg = format!("cannot create the run's artifact folder {}: {e}", dir.display());
+            self.finish(&run.id, RunStatus::Failed, Some(&msg), &[]).await;
+            return;
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let spec = run.spec.clone();
+        let checkpoint = self.artifacts.checkpoint(&run.id);
+        let observer_stop = stop.clone();
+        let mut job = tokio::task::spawn_blocking(move || {
+            let mut observer = ChannelObserver { tx, stop: observer_stop };
+            let device = sslab_engine::default_device();
+            let splits = sslab_engine::data::load(&spec.data)?;
+            sslab_engine::train::train(&spec, &splits, &device, &checkpoint, &mut observer)
+        });
+
+        let mut buffer = Vec::new();
+        let mut flush = tokio::time::interval(FLUSH);
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        let mut cancelled = false;
+        let mut interrupted = false;
+        let ending = loop {
+            tokio::select! {
+                res = &mut job => {
+                    while let Ok(m) = rx.try_recv() {
+                        buffer.push(m);
+                    }
+                    break match res {
+                        Ok(Ok(outcome)) => Ending::Finished(outcome),
+                        Ok(Err(e)) => Ending::Failed(e.to_string()),
+                        Err(e) => Ending::Failed(format!("the training thread crashed: {e}")),
+                    };
+                }
+                Some(m) = rx.recv() => buffer.push(m),
+                _ = flush.tick() => self.flush(&run.id, &mut buffer).await,
+                _ = heartbeat.tick() => match self.store.heartbeat(&run.id, &self.id, LEASE_MS).await {
+                    Ok(Some(cancel)) if cancel => { cancelled = true; stop.store(true, Ordering::Relaxed); }
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        tracing::warn!(run = %run.id, "lost the lease; stopping");
+                        interrupted = true;
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                    Err(e) => tracing::warn!(run = %run.id, error = %e, "heartbeat failed"),
+                },
+                _ = shutdown.changed() => { interrupted = true; stop.store(true, Ordering::Relaxed); }
+            }
+        };
+        self.flush(&run.id, &mut buffer).await;
+        match ending {
+            Ending::Finished(Outcome::Finished { evaluations, .. }) => {
+                self.finish(&run.id, RunStatus::Succeeded, None, &evaluations).await
+            }
+            Ending::Finished(Outcome::Stopped { .. }) if cancelled => {
+                self.finish(&run.id, RunStatus::Cancelled, None, &[]).await
+            }
+            Ending::Finished(Outcome::Stopped { .. }) => {
+                if interrupted {
+                    if let Err(e) = self.store.release_run(&run.id, &self.id, "the server stopped during the run").await {
+                        tracing::error!(run = %run.id, error = %e, "could not hand the run back");
+                    }
+                    tracing::info!(run = %run.id, "run handed back to the queue");
+                }
+            }
+            Ending::Failed(msg) => self.finish(&run.id, RunStatus::Failed, Some(&msg), &[]).await,
+        }
+    }
+
+    async fn flush(&self, id: &str, buffer: &mut Vec<MetricPoint>) {
+        if buffer.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.add_metrics(id, buffer).await {
+            tracing::error!(run = %id, error = %e, "writing metrics failed");
+        }
+        buffer.clear();
+    }
+
+    async fn finish(&self, id: &str, status: RunStatus, error: Option<&str>, evals: &[sslab_shared::api::Evaluation]) {
+        match self.store.finish_run(id, &self.id, status, error, evals).await {
+            Ok(true) => tracing::info!(run = %id, status = status.as_str(), error = error.unwrap_or(""), "run ended"),
+            Ok(false) => tracing::warn!(run = %id, "run was taken from this worker before it ended"),
+            Err(e) => tracing::error!(run = %id, error = %e, "recording the end of a run failed"),
+        }
+    }
+}

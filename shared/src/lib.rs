@@ -1,0 +1,9 @@
+//! The vocabulary of sslab, shared by the engine, the server, the dashboard
+//! and the browser inference module. Serde only, so that it compiles to wasm32.
+
+pub mod api;
+pub mod error;
+pub mod spec;
+
+pub use error::SpecError;
+pub use spec::RunSpec;

@@ -1,0 +1,574 @@
+//! `RunSpec`: everything a training run needs, as one document.
+//!
+//! The same document is TOML in a recipe file and JSON in the API. Unknown
+//! fields are refused so that a typo never silently falls back to a default.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::SpecError;
+
+/// A training run: data, method, model, augmentations, optimiser, schedule,
+/// evaluation plan and seed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunSpec {
+    /// Free text shown in lists; empty means the server picks one.
+    pub name: String,
+    pub data: DataSpec,
+    pub method: MethodSpec,
+    pub backbone: BackboneSpec,
+    pub projector: ProjectorSpec,
+    pub augment: AugmentSpec,
+    pub optimizer: OptimizerSpec,
+    pub schedule: ScheduleSpec,
+    pub eval: EvalSpec,
+    /// Seeds data order, augmentations and initialisation.
+    pub seed: u64,
+}
+
+impl Default for RunSpec {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            data: DataSpec::default(),
+            method: MethodSpec::default(),
+            backbone: BackboneSpec::default(),
+            projector: ProjectorSpec::default(),
+            augment: AugmentSpec::default(),
+            optimizer: OptimizerSpec::default(),
+            schedule: ScheduleSpec::default(),
+            eval: EvalSpec::default(),
+            seed: 0,
+        }
+    }
+}
+
+/// Where the images come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "source", rename_all = "snake_case", deny_unknown_fields)]
+pub enum DataSpec {
+    /// The built-in generator of labelled scenes (objects on backgrounds).
+    Scenes(ScenesSpec),
+}
+
+impl Default for DataSpec {
+    fn default() -> Self {
+        DataSpec::Scenes(ScenesSpec::default())
+    }
+}
+
+impl DataSpec {
+    pub fn image_size(&self) -> usize {
+        match self {
+            DataSpec::Scenes(s) => s.image_size,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScenesSpec {
+    /// Number of object classes (at most `MAX_SCENE_CLASSES`).
+    pub classes: usize,
+    /// Images in the training split (SSL training and the kNN memory bank).
+    pub train_images: usize,
+    /// Images in the held-out split the probes are scored on.
+    pub test_images: usize,
+    /// Side of the square images in pixels: 32 or 64.
+    pub image_size: usize,
+    /// How strongly the background type follows the class: 0 = independent,
+    /// 1 = each class always on its own background.
+    pub background_correlation: f64,
+    /// Seeds the generator; the test split uses a derived seed.
+    pub seed: u64,
+}
+
+pub const MAX_SCENE_CLASSES: usize = 16;
+
+impl Default for ScenesSpec {
+    fn default() -> Self {
+        Self {
+            classes: 10,
+            train_images: 2000,
+            test_images: 500,
+            image_size: 32,
+            background_correlation: 0.2,
+            seed: 0,
+        }
+    }
+}
+
+/// The SSL method and its hyper-parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "snake_case", deny_unknown_fields)]
+pub enum MethodSpec {
+    /// SimCLR (arXiv:2002.05709): NT-Xent over two augmented views.
+    Simclr {
+        /// Softmax temperature; 0.5 at CIFAR scale, 0.1–0.2 on ImageNet.
+        #[serde(default = "default_simclr_temperature")]
+        temperature: f64,
+    },
+}
+
+fn default_simclr_temperature() -> f64 {
+    0.5
+}
+
+impl Default for MethodSpec {
+    fn default() -> Self {
+        MethodSpec::Simclr {
+            temperature: default_simclr_temperature(),
+        }
+    }
+}
+
+impl MethodSpec {
+    pub fn name(&self) -> &'static str {
+        match self {
+            MethodSpec::Simclr { .. } => "simclr",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackboneKind {
+    /// Three conv blocks; for tests and quick looks.
+    TinyCnn,
+    /// ResNet-18 with the CIFAR stem (3×3 conv, no max-pool).
+    Resnet18,
+}
+
+impl BackboneKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            BackboneKind::TinyCnn => "tiny_cnn",
+            BackboneKind::Resnet18 => "resnet18",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackboneSpec {
+    pub kind: BackboneKind,
+    /// Channels of the first stage; later stages double it.
+    /// ResNet-18 uses 64; the tiny CNN 16.
+    pub width: usize,
+    /// Width of the very last block, i.e. the representation dimension
+    /// (arXiv:2304.05369). Unset: the architecture's own (8 × width).
+    pub last_block_width: Option<usize>,
+}
+
+impl Default for BackboneSpec {
+    fn default() -> Self {
+        Self {
+            kind: BackboneKind::TinyCnn,
+            width: 32,
+            last_block_width: None,
+        }
+    }
+}
+
+impl BackboneSpec {
+    /// Dimension of the backbone's output (the representation).
+    pub fn output_dim(&self) -> usize {
+        let natural = match self.kind {
+            BackboneKind::TinyCnn => self.width * 4,
+            BackboneKind::Resnet18 => self.width * 8,
+        };
+        self.last_block_width.unwrap_or(natural)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProjectorSpec {
+    /// Layer widths, e.g. "512-512-128": Linear+BN+ReLU for each hidden layer,
+    /// the last one a plain Linear. Empty: no projector.
+    pub dims: String,
+    /// BatchNorm after each hidden Linear.
+    pub batch_norm: bool,
+}
+
+impl Default for ProjectorSpec {
+    fn default() -> Self {
+        Self {
+            dims: "256-128".into(),
+            batch_norm: true,
+        }
+    }
+}
+
+impl ProjectorSpec {
+    /// The widths as numbers, or a message saying what does not parse.
+    pub fn parse_dims(&self) -> Result<Vec<usize>, String> {
+        let text = self.dims.trim();
+        if text.is_empty() {
+            return Ok(Vec::new());
+        }
+        text.split('-')
+            .map(|part| match part.trim().parse::<usize>() {
+                Ok(0) => Err("layer widths must be at least 1".to_string()),
+                Ok(d) if d > 65536 => Err(format!("layer width {d} is above 65536")),
+                Ok(d) => Ok(d),
+                Err(_) => Err(format!(
+                    "`{part}` is not a layer width; write widths joined by '-', e.g. \"512-512-128\""
+                )),
+            })
+            .collect()
+    }
+}
+
+/// Two-view augmentations in the SimCLR style.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AugmentSpec {
+    /// Random resized crop: smallest and largest area fraction kept.
+    pub crop_min_scale: f64,
+    pub crop_max_scale: f64,
+    pub flip_prob: f64,
+    /// Chance of applying colour jitter, and its strength (brightness,
+    /// contrast and saturation factors in 1 ± 0.8·s, hue shift ± 0.2·s).
+    pub jitter_prob: f64,
+    pub jitter_strength: f64,
+    pub grayscale_prob: f64,
+}
+
+impl Default for AugmentSpec {
+    fn default() -> Self {
+        Self {
+            crop_min_scale: 0.2,
+            crop_max_scale: 1.0,
+            flip_prob: 0.5,
+            jitter_prob: 0.8,
+            jitter_strength: 0.5,
+            grayscale_prob: 0.2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimizerKind {
+    Adamw,
+    /// SGD with momentum (weight decay on ≥2-D weights only).
+    Sgd,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OptimizerSpec {
+    pub kind: OptimizerKind,
+    /// Peak learning rate, reached at the end of warm-up.
+    pub lr: f64,
+    /// Applied to weights with two or more dimensions, never to biases or norms.
+    pub weight_decay: f64,
+    /// SGD only.
+    pub momentum: f64,
+    pub batch_size: usize,
+}
+
+impl Default for OptimizerSpec {
+    fn default() -> Self {
+        Self {
+            kind: OptimizerKind::Adamw,
+            lr: 2e-3,
+            weight_decay: 1e-4,
+            momentum: 0.9,
+            batch_size: 128,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScheduleSpec {
+    pub epochs: usize,
+    /// Linear warm-up, then cosine decay to `final_lr_fraction` × lr.
+    pub warmup_epochs: f64,
+    pub final_lr_fraction: f64,
+}
+
+impl Default for ScheduleSpec {
+    fn default() -> Self {
+        Self {
+            epochs: 20,
+            warmup_epochs: 1.0,
+            final_lr_fraction: 0.01,
+        }
+    }
+}
+
+/// What runs at the end of training.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvalSpec {
+    /// Weighted kNN (Wu et al. 2018) with cosine similarity at every layer.
+    pub knn_k: usize,
+    pub knn_temperature: f64,
+}
+
+impl Default for EvalSpec {
+    fn default() -> Self {
+        Self {
+            knn_k: 20,
+            knn_temperature: 0.07,
+        }
+    }
+}
+
+impl RunSpec {
+    /// Parses a spec from JSON; the error names the field that is wrong.
+    pub fn from_json(text: &str) -> Result<Self, SpecError> {
+        let de = &mut serde_json::Deserializer::from_str(text);
+        let spec: RunSpec = serde_path_to_error::deserialize(de).map_err(|e| {
+            SpecError::new(field_path(e.path()), e.into_inner().to_string())
+        })?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Parses a spec from TOML (a recipe); the error names the field that is wrong.
+    pub fn from_toml(text: &str) -> Result<Self, SpecError> {
+        let table: toml::Table =
+            toml::from_str(text).map_err(|e| SpecError::new("", e.message().to_string()))?;
+        let spec: RunSpec = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| SpecError::new(field_path(e.path()), e.inner().message().to_string()))?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Checks values serde cannot: ranges and combinations.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let bad = |field: &str, msg: String| Err(SpecError::new(field, msg));
+        if self.name.len() > 200 {
+            return bad("name", "must be at most 200 characters".into());
+        }
+        match &self.data {
+            DataSpec::Scenes(s) => {
+                if s.classes < 2 || s.classes > MAX_SCENE_CLASSES {
+                    return bad(
+                        "data.classes",
+                        format!("must be between 2 and {MAX_SCENE_CLASSES}, got {}", s.classes),
+                    );
+                }
+                if s.image_size != 32 && s.image_size != 64 {
+                    return bad(
+                        "data.image_size",
+                        format!("must be 32 or 64, got {}", s.image_size),
+                    );
+                }
+                if s.train_images < s.classes || s.train_images > 200_000 {
+                    return bad(
+                        "data.train_images",
+                        format!(
+                            "must be between the number of classes ({}) and 200000, got {}",
+                            s.classes, s.train_images
+                        ),
+                    );
+                }
+                if s.test_images < 1 || s.test_images > 100_000 {
+                    return bad(
+                        "data.test_images",
+                        format!("must be between 1 and 100000, got {}", s.test_images),
+                    );
+                }
+                if !(0.0..=1.0).contains(&s.background_correlation) {
+                    return bad(
+                        "data.background_correlation",
+                        format!("must be in [0, 1], got {}", s.background_correlation),
+                    );
+                }
+            }
+        }
+        match &self.method {
+            MethodSpec::Simclr { temperature } => {
+                if !(*temperature > 0.0 && *temperature <= 10.0) {
+                    return bad(
+                        "method.temperature",
+                        format!("must be in (0, 10], got {temperature}"),
+                    );
+                }
+            }
+        }
+        let b = &self.backbone;
+        if b.width < 1 || b.width > 1024 {
+            return bad("backbone.width", format!("must be between 1 and 1024, got {}", b.width));
+        }
+        if let Some(w) = b.last_block_width
+            && (w < 1 || w > 16384)
+        {
+            return bad(
+                "backbone.last_block_width",
+                format!("must be between 1 and 16384, got {w}"),
+            );
+        }
+        if let Err(msg) = self.projector.parse_dims() {
+            return bad("projector.dims", msg);
+        }
+        let a = &self.augment;
+        if !(a.crop_min_scale > 0.0 && a.crop_min_scale <= a.crop_max_scale && a.crop_max_scale <= 1.0)
+        {
+            return bad(
+                "augment.crop_min_scale",
+                format!(
+                    "need 0 < crop_min_scale ≤ crop_max_scale ≤ 1, got {} and {}",
+                    a.crop_min_scale, a.crop_max_scale
+                ),
+            );
+        }
+        for (field, p) in [
+            ("augment.flip_prob", a.flip_prob),
+            ("augment.jitter_prob", a.jitter_prob),
+            ("augment.grayscale_prob", a.grayscale_prob),
+        ] {
+            if !(0.0..=1.0).contains(&p) {
+                return bad(field, format!("is a probability, must be in [0, 1], got {p}"));
+            }
+        }
+        if !(0.0..=1.0).contains(&a.jitter_strength) {
+            return bad(
+                "augment.jitter_strength",
+                format!("must be in [0, 1], got {}", a.jitter_strength),
+            );
+        }
+        let o = &self.optimizer;
+        if !(o.lr > 0.0 && o.lr <= 10.0) {
+            return bad("optimizer.lr", format!("must be in (0, 10], got {}", o.lr));
+        }
+        if !(0.0..=1.0).contains(&o.weight_decay) {
+            return bad(
+                "optimizer.weight_decay",
+                format!("must be in [0, 1], got {}", o.weight_decay),
+            );
+        }
+        if !(0.0..1.0).contains(&o.momentum) {
+            return bad("optimizer.momentum", format!("must be in [0, 1), got {}", o.momentum));
+        }
+        if o.batch_size < 2 || o.batch_size > 4096 {
+            return bad(
+                "optimizer.batch_size",
+                format!("must be between 2 and 4096, got {}", o.batch_size),
+            );
+        }
+        if let DataSpec::Scenes(s) = &self.data
+            && o.batch_size > s.train_images
+        {
+            return bad(
+                "optimizer.batch_size",
+                format!(
+                    "is larger than the training split ({} images); lower it or add images",
+                    s.train_images
+                ),
+            );
+        }
+        let s = &self.schedule;
+        if s.epochs < 1 || s.epochs > 10_000 {
+            return bad("schedule.epochs", format!("must be between 1 and 10000, got {}", s.epochs));
+        }
+        if !(s.warmup_epochs >= 0.0 && s.warmup_epochs <= s.epochs as f64) {
+            return bad(
+                "schedule.warmup_epochs",
+                format!("must be between 0 and epochs ({}), got {}", s.epochs, s.warmup_epochs),
+            );
+        }
+        if !(0.0..=1.0).contains(&s.final_lr_fraction) {
+            return bad(
+                "schedule.final_lr_fraction",
+                format!("must be in [0, 1], got {}", s.final_lr_fraction),
+            );
+        }
+        let e = &self.eval;
+        if e.knn_k < 1 || e.knn_k > 1000 {
+            return bad("eval.knn_k", format!("must be between 1 and 1000, got {}", e.knn_k));
+        }
+        if !(e.knn_temperature > 0.0) {
+            return bad(
+                "eval.knn_temperature",
+                format!("must be above 0, got {}", e.knn_temperature),
+            );
+        }
+        Ok(())
+    }
+
+    /// Names of the probed layers, in depth order: `backbone`, `proj.0`, ….
+    pub fn layer_names(&self) -> Vec<String> {
+        let n = self.projector.parse_dims().map(|d| d.len()).unwrap_or(0);
+        std::iter::once("backbone".to_string())
+            .chain((0..n).map(|i| format!("proj.{i}")))
+            .collect()
+    }
+
+    /// Optimiser steps in the whole run (the last partial batch is dropped).
+    pub fn total_steps(&self) -> usize {
+        let n = match &self.data {
+            DataSpec::Scenes(s) => s.train_images,
+        };
+        (n / self.optimizer.batch_size).max(1) * self.schedule.epochs
+    }
+}
+
+fn field_path(path: &serde_path_to_error::Path) -> String {
+    let text = path.to_string();
+    if text == "." { String::new() } else { text }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_spec_is_valid_and_round_trips() {
+        let spec = RunSpec::default();
+        spec.validate().unwrap();
+        let json = serde_json::to_string(&spec).unwrap();
+        assert_eq!(RunSpec::from_json(&json).unwrap(), spec);
+        assert_eq!(RunSpec::from_toml(&spec.to_toml()).unwrap(), spec);
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let err = RunSpec::from_json(r#"{"optimizer": {"lr": 0.1, "lrr": 2}}"#).unwrap_err();
+        assert_eq!(err.field, "optimizer.lrr");
+        assert!(err.message.contains("lrr"), "{}", err.message);
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let err = RunSpec::from_json(r#"{"schedule": {"epochs": "ten"}}"#).unwrap_err();
+        assert_eq!(err.field, "schedule.epochs");
+    }
+
+    #[test]
+    fn impossible_values_are_named() {
+        let err = RunSpec::from_json(r#"{"method": {"name": "simclr", "temperature": 0}}"#)
+            .unwrap_err();
+        assert_eq!(err.field, "method.temperature");
+        let err = RunSpec::from_json(r#"{"projector": {"dims": "128-x"}}"#).unwrap_err();
+        assert_eq!(err.field, "projector.dims");
+        assert!(err.message.contains("`x`"));
+        let err = RunSpec::from_toml("[optimizer]\nbatch_size = 1\n").unwrap_err();
+        assert_eq!(err.field, "optimizer.batch_size");
+    }
+
+    #[test]
+    fn toml_errors_name_the_field() {
+        let err = RunSpec::from_toml("[data]\nsource = \"scenes\"\nclasess = 3\n").unwrap_err();
+        assert!(err.field.starts_with("data"), "{}", err.field);
+        assert!(err.message.contains("clasess"));
+    }
+
+    #[test]
+    fn layer_names_follow_the_projector() {
+        let mut spec = RunSpec::default();
+        spec.projector.dims = "64-32-16".into();
+        assert_eq!(spec.layer_names(), ["backbone", "proj.0", "proj.1", "proj.2"]);
+        spec.projector.dims = String::new();
+        assert_eq!(spec.layer_names(), ["backbone"]);
+    }
+}
