@@ -1,1 +1,38 @@
+//! The sslab dashboard: a client-side Leptos app that talks to `/api/v1` only.
 
+mod api;
+mod chart;
+mod pages;
+
+use leptos::prelude::*;
+use leptos_router::components::{A, Route, Router, Routes};
+use leptos_router::path;
+use wasm_bindgen::prelude::wasm_bindgen;
+
+#[wasm_bindgen(start)]
+pub fn start() {
+    console_error_panic_hook::set_once();
+    leptos::mount::mount_to_body(App);
+}
+
+#[component]
+fn App() -> impl IntoView {
+    view! {
+        <Router>
+            <header class="top">
+                <A href="/">"sslab"</A>
+                <nav>
+                    <A href="/">"Runs"</A>
+                    <A href="/runs/new">"New run"</A>
+                </nav>
+            </header>
+            <main>
+                <Routes fallback=|| view! { <p class="error">"No such page."</p> }>
+                    <Route path=path!("/") view=pages::runs::RunsPage/>
+                    <Route path=path!("/runs/new") view=pages::new_run::NewRunPage/>
+                    <Route path=path!("/runs/:id") view=pages::run::RunPage/>
+                </Routes>
+            </main>
+        </Router>
+    }
+}

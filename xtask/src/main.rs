@@ -1,1 +1,157 @@
-fn main(){}
+//! `cargo xtask serve | test`: builds what the platform needs (wasm target,
+//! wasm-bindgen CLI, dashboard, browser inference module) and runs it or its
+//! tests. Everything it installs comes from the package registries.
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+const WASM_TARGET: &str = "wasm32-unknown-unknown";
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = workspace_root();
+    std::env::set_current_dir(&root)?;
+    match args.first().map(String::as_str) {
+        Some("serve") => serve(&root, &args[1..]),
+        Some("test") => test(&root, &args[1..]),
+        Some("build-web") => build_web(&root),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <command>\n\n\
+                 serve [ARGS]      build the dashboard and start the platform (args go to `sslab serve`)\n\
+                 test [FILTER]     every test: unit, API against SQLite and PostgreSQL, browser end-to-end\n\
+                 build-web         build the dashboard and the browser inference module only"
+            );
+            bail!("no command given")
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: {cmd:?}");
+    let status = cmd.status().with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
+    if !status.success() {
+        bail!("{:?} failed with {status}", cmd.get_program());
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+/// The wasm32 target and the wasm-bindgen CLI at exactly the version in Cargo.lock.
+fn ensure_wasm_tools(root: &Path) -> Result<()> {
+    let installed = output(Command::new("rustup").args(["target", "list", "--installed"])).unwrap_or_default();
+    if !installed.lines().any(|l| l.trim() == WASM_TARGET) {
+        run(Command::new("rustup").args(["target", "add", WASM_TARGET]))?;
+    }
+    let lock = std::fs::read_to_string(root.join("Cargo.lock")).context("reading Cargo.lock")?;
+    let want = lock
+        .split("[[package]]")
+        .find(|p| p.contains("name = \"wasm-bindgen\"\n"))
+        .and_then(|p| p.lines().find_map(|l| l.strip_prefix("version = \"")))
+        .map(|v| v.trim_end_matches('"').to_string())
+        .context("Cargo.lock has no wasm-bindgen")?;
+    let have = output(Command::new("wasm-bindgen").arg("--version")).unwrap_or_default();
+    if have.split_whitespace().nth(1) != Some(want.as_str()) {
+        // Not --locked: the CLI's own lock file can name versions the registry has since dropped.
+        run(cargo().args(["install", "wasm-bindgen-cli", "--version", &want]))?;
+    }
+    Ok(())
+}
+
+/// Builds the dashboard and the inference module into `frontend/dist`.
+fn build_web(root: &Path) -> Result<()> {
+    ensure_wasm_tools(root)?;
+    let dist = root.join("frontend/dist");
+    for (krate, file, out) in [
+        ("sslab-frontend", "sslab_frontend.wasm", "pkg"),
+        ("sslab-wasm-infer", "sslab_wasm_infer.wasm", "wasm-infer"),
+    ] {
+        run(cargo().args(["build", "-p", krate, "--target", WASM_TARGET, "--profile", "wasm"]))?;
+        let wasm = root.join("target").join(WASM_TARGET).join("wasm").join(file);
+        run(Command::new("wasm-bindgen")
+            .args(["--target", "web", "--no-typescript", "--out-dir"])
+            .arg(dist.join(out))
+            .arg(&wasm))?;
+    }
+    Ok(())
+}
+
+fn serve(root: &Path, args: &[String]) -> Result<()> {
+    build_web(root)?;
+    run(cargo()
+        .args(["run", "--release", "-p", "sslab-server", "--bin", "sslab", "--", "serve"])
+        .args(args))
+}
+
+fn have(program: &str) -> bool {
+    Command::new("sh").args(["-c", &format!("command -v {program}")]).output().is_ok_and(|o| o.status.success())
+}
+
+/// Debian's Chromium and ChromeDriver for the browser tests.
+fn ensure_browser() -> Result<()> {
+    if have("chromium") && have("chromedriver") {
+        return Ok(());
+    }
+    if !have("apt-get") {
+        bail!("the browser tests need chromium and chromedriver on PATH (Debian: apt-get install chromium chromium-driver)");
+    }
+    run(Command::new("apt-get").args(["update", "-q"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends", "chromium", "chromium-driver"])
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// A PostgreSQL server to test against; starts the local cluster if it is down.
+fn ensure_postgres() -> Result<String> {
+    if let Ok(url) = std::env::var("SSLAB_TEST_DATABASE_URL") {
+        return Ok(url);
+    }
+    let addr = "127.0.0.1:5432".parse()?;
+    let up = || TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok();
+    if !up() && have("pg_ctlcluster") {
+        let versions = std::fs::read_dir("/etc/postgresql").map(|d| {
+            d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect::<Vec<_>>()
+        });
+        for v in versions.unwrap_or_default() {
+            let _ = run(Command::new("pg_ctlcluster").args(["--skip-systemctl-redirect", &v, "main", "start"]));
+        }
+        for _ in 0..20 {
+            if up() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    if !up() {
+        bail!("no PostgreSQL at 127.0.0.1:5432; start one or set SSLAB_TEST_DATABASE_URL");
+    }
+    Ok("postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+fn test(root: &Path, args: &[String]) -> Result<()> {
+    build_web(root)?;
+    ensure_browser()?;
+    let pg = ensure_postgres()?;
+    run(cargo()
+        .args(["test", "--workspace", "--exclude", "sslab-frontend", "--exclude", "sslab-wasm-infer"])
+        .args(args)
+        .env("SSLAB_E2E", "1")
+        .env("SSLAB_TEST_DATABASE_URL", pg)
+        .env("SSLAB_STATIC_DIR", root.join("frontend/dist")))
+}

@@ -1,0 +1,65 @@
+//! Calls to the sslab REST API.
+
+use gloo_net::http::{Request, Response};
+use serde::de::DeserializeOwned;
+use sslab_shared::RunSpec;
+use sslab_shared::api::{ErrorBody, Page, Run};
+
+/// An API failure in words, with the offending spec field when there is one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiFailure {
+    pub message: String,
+    pub field: Option<String>,
+}
+
+impl std::fmt::Display for ApiFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ApiFailure {}
+
+fn network(e: impl std::fmt::Display) -> ApiFailure {
+    ApiFailure { message: format!("cannot reach the server: {e}"), field: None }
+}
+
+async fn decode<T: DeserializeOwned>(resp: Response) -> Result<T, ApiFailure> {
+    if resp.ok() {
+        return resp.json::<T>().await.map_err(|e| ApiFailure {
+            message: format!("unexpected answer from the server: {e}"),
+            field: None,
+        });
+    }
+    let status = resp.status();
+    match resp.json::<ErrorBody>().await {
+        Ok(body) => Err(ApiFailure { message: body.error.message, field: body.error.field }),
+        Err(_) => Err(ApiFailure { message: format!("the server answered {status}"), field: None }),
+    }
+}
+
+pub async fn get<T: DeserializeOwned>(path: &str) -> Result<T, ApiFailure> {
+    let resp = Request::get(&format!("/api/v1{path}")).send().await.map_err(network)?;
+    decode(resp).await
+}
+
+pub async fn list_runs() -> Result<Page<Run>, ApiFailure> {
+    get("/runs?page_size=100").await
+}
+
+pub async fn create_run(spec: &RunSpec) -> Result<Run, ApiFailure> {
+    let body = serde_json::to_string(spec).map_err(|e| ApiFailure { message: e.to_string(), field: None })?;
+    let resp = Request::post("/api/v1/runs")
+        .header("content-type", "application/json")
+        .body(body)
+        .map_err(network)?
+        .send()
+        .await
+        .map_err(network)?;
+    decode(resp).await
+}
+
+pub async fn cancel_run(id: &str) -> Result<Run, ApiFailure> {
+    let resp = Request::post(&format!("/api/v1/runs/{id}/cancel")).send().await.map_err(network)?;
+    decode(resp).await
+}

@@ -1,0 +1,19 @@
+pub mod new_run;
+pub mod run;
+pub mod runs;
+
+use sslab_shared::api::RunStatus;
+
+/// When a time was, as the browser's local time.
+pub fn time_text(ms: i64) -> String {
+    let d = js_sys::Date::new(&wasm_bindgen::JsValue::from_f64(ms as f64));
+    d.to_locale_string("en-GB", &wasm_bindgen::JsValue::UNDEFINED).into()
+}
+
+pub fn status_class(s: RunStatus) -> String {
+    format!("status status-{}", s.as_str())
+}
+
+pub fn opt_num(v: Option<f64>, digits: usize) -> String {
+    v.map(|v| format!("{v:.digits$}")).unwrap_or_else(|| "—".into())
+}

@@ -1,0 +1,178 @@
+//! The new-run form: every `RunSpec` field, starting from the defaults.
+
+use leptos::prelude::*;
+use leptos::task::spawn_local;
+use leptos_router::hooks::use_navigate;
+use sslab_shared::RunSpec;
+use sslab_shared::spec::{BackboneKind, DataSpec, MethodSpec, OptimizerKind, ScenesSpec};
+
+use crate::api::{self, ApiFailure};
+
+type Get = fn(&RunSpec) -> String;
+type Set = fn(&mut RunSpec, &str) -> Result<(), String>;
+
+fn scenes(s: &RunSpec) -> &ScenesSpec {
+    match &s.data {
+        DataSpec::Scenes(x) => x,
+    }
+}
+
+fn scenes_mut(s: &mut RunSpec) -> &mut ScenesSpec {
+    match &mut s.data {
+        DataSpec::Scenes(x) => x,
+    }
+}
+
+fn num<T: std::str::FromStr>(text: &str) -> Result<T, String> {
+    text.trim().parse().map_err(|_| format!("`{}` is not a number of the right kind", text.trim()))
+}
+
+/// The input's DOM id for a dotted field path: `optimizer.lr` → `f-optimizer-lr`.
+fn input_id(field: &str) -> String {
+    format!("f-{}", field.replace('.', "-"))
+}
+
+/// One labelled text input bound to a spec field.
+fn field(spec: RwSignal<RunSpec>, path: &'static str, label: &'static str, help: &'static str, get: Get, set: Set) -> impl IntoView {
+    let (error, set_error) = signal(None::<String>);
+    let initial = spec.with_untracked(get);
+    view! {
+        <label class="field" class:invalid=move || error.with(|e| e.is_some())>
+            <span class="name">{label}</span>
+            <input id=input_id(path) name=path value=initial
+                on:input=move |ev| {
+                    let text = event_target_value(&ev);
+                    let mut result = Ok(());
+                    spec.update(|s| result = set(s, &text));
+                    set_error.set(result.err());
+                }/>
+            <span class="help">{move || error.get().unwrap_or_else(|| help.to_string())}</span>
+        </label>
+    }
+}
+
+fn select(spec: RwSignal<RunSpec>, path: &'static str, label: &'static str, options: &'static [&'static str], get: Get, set: Set) -> impl IntoView {
+    let initial = spec.with_untracked(get);
+    view! {
+        <label class="field">
+            <span class="name">{label}</span>
+            <select id=input_id(path) name=path on:change=move |ev| {
+                let v = event_target_value(&ev);
+                spec.update(|s| { let _ = set(s, &v); });
+            }>
+                {options.iter().map(|o| view! { <option value=*o selected=*o == initial>{*o}</option> }).collect_view()}
+            </select>
+        </label>
+    }
+}
+
+#[component]
+pub fn NewRunPage() -> impl IntoView {
+    let spec = RwSignal::new(RunSpec::default());
+    let (failure, set_failure) = signal(None::<ApiFailure>);
+    let (busy, set_busy) = signal(false);
+    let navigate = use_navigate();
+    let submit = move |ev: leptos::ev::SubmitEvent| {
+        ev.prevent_default();
+        let body = spec.get_untracked();
+        let navigate = navigate.clone();
+        set_busy.set(true);
+        spawn_local(async move {
+            match api::create_run(&body).await {
+                Ok(run) => navigate(&format!("/runs/{}", run.id), Default::default()),
+                Err(e) => {
+                    set_failure.set(Some(e));
+                    set_busy.set(false);
+                }
+            }
+        });
+    };
+    view! {
+        <h1>"New run"</h1>
+        <form id="new-run-form" on:submit=submit>
+            <fieldset><legend>"Run"</legend>
+                {field(spec, "name", "Name", "shown in lists; empty picks one",
+                    |s| s.name.clone(), |s, v| { s.name = v.to_string(); Ok(()) })}
+                {field(spec, "seed", "Seed", "data order, augmentations and initial weights",
+                    |s| s.seed.to_string(), |s, v| { s.seed = num(v)?; Ok(()) })}
+            </fieldset>
+            <fieldset><legend>"Data: built-in scenes"</legend>
+                {field(spec, "data.classes", "Classes", "object classes, 2–16",
+                    |s| scenes(s).classes.to_string(), |s, v| { scenes_mut(s).classes = num(v)?; Ok(()) })}
+                {field(spec, "data.train_images", "Training images", "SSL training set and kNN memory bank",
+                    |s| scenes(s).train_images.to_string(), |s, v| { scenes_mut(s).train_images = num(v)?; Ok(()) })}
+                {field(spec, "data.test_images", "Test images", "held out; probes are scored here",
+                    |s| scenes(s).test_images.to_string(), |s, v| { scenes_mut(s).test_images = num(v)?; Ok(()) })}
+                {select(spec, "data.image_size", "Image size", &["32", "64"],
+                    |s| scenes(s).image_size.to_string(), |s, v| { scenes_mut(s).image_size = num(v)?; Ok(()) })}
+                {field(spec, "data.background_correlation", "Background–class link", "0 = independent, 1 = one background per class",
+                    |s| scenes(s).background_correlation.to_string(), |s, v| { scenes_mut(s).background_correlation = num(v)?; Ok(()) })}
+                {field(spec, "data.seed", "Data seed", "which scenes are drawn",
+                    |s| scenes(s).seed.to_string(), |s, v| { scenes_mut(s).seed = num(v)?; Ok(()) })}
+            </fieldset>
+            <fieldset><legend>"Method: SimCLR"</legend>
+                {field(spec, "method.temperature", "Temperature", "NT-Xent τ; 0.5 at CIFAR scale, 0.1–0.2 on ImageNet",
+                    |s| match &s.method { MethodSpec::Simclr { temperature } => temperature.to_string() },
+                    |s, v| { s.method = MethodSpec::Simclr { temperature: num(v)? }; Ok(()) })}
+            </fieldset>
+            <fieldset><legend>"Backbone and projector"</legend>
+                {select(spec, "backbone.kind", "Backbone", &["tiny_cnn", "resnet18"],
+                    |s| s.backbone.kind.name().to_string(),
+                    |s, v| { s.backbone.kind = if v == "resnet18" { BackboneKind::Resnet18 } else { BackboneKind::TinyCnn }; Ok(()) })}
+                {field(spec, "backbone.width", "Width", "channels of the first stage (ResNet-18: 64)",
+                    |s| s.backbone.width.to_string(), |s, v| { s.backbone.width = num(v)?; Ok(()) })}
+                {field(spec, "backbone.last_block_width", "Last-block width", "representation dimension; empty = the architecture's own",
+                    |s| s.backbone.last_block_width.map(|w| w.to_string()).unwrap_or_default(),
+                    |s, v| { s.backbone.last_block_width = if v.trim().is_empty() { None } else { Some(num(v)?) }; Ok(()) })}
+                {field(spec, "projector.dims", "Projector", "layer widths, e.g. 512-512-128; empty = none",
+                    |s| s.projector.dims.clone(), |s, v| { s.projector.dims = v.trim().to_string(); s.projector.parse_dims().map(|_| ()) })}
+                {select(spec, "projector.batch_norm", "Projector BatchNorm", &["true", "false"],
+                    |s| s.projector.batch_norm.to_string(), |s, v| { s.projector.batch_norm = v == "true"; Ok(()) })}
+            </fieldset>
+            <fieldset><legend>"Augmentations"</legend>
+                {field(spec, "augment.crop_min_scale", "Crop min scale", "smallest area kept by the random resized crop",
+                    |s| s.augment.crop_min_scale.to_string(), |s, v| { s.augment.crop_min_scale = num(v)?; Ok(()) })}
+                {field(spec, "augment.crop_max_scale", "Crop max scale", "largest area kept",
+                    |s| s.augment.crop_max_scale.to_string(), |s, v| { s.augment.crop_max_scale = num(v)?; Ok(()) })}
+                {field(spec, "augment.flip_prob", "Flip probability", "horizontal flip",
+                    |s| s.augment.flip_prob.to_string(), |s, v| { s.augment.flip_prob = num(v)?; Ok(()) })}
+                {field(spec, "augment.jitter_prob", "Colour jitter probability", "",
+                    |s| s.augment.jitter_prob.to_string(), |s, v| { s.augment.jitter_prob = num(v)?; Ok(()) })}
+                {field(spec, "augment.jitter_strength", "Colour jitter strength", "0–1; SimCLR uses 0.5 on CIFAR",
+                    |s| s.augment.jitter_strength.to_string(), |s, v| { s.augment.jitter_strength = num(v)?; Ok(()) })}
+                {field(spec, "augment.grayscale_prob", "Grayscale probability", "",
+                    |s| s.augment.grayscale_prob.to_string(), |s, v| { s.augment.grayscale_prob = num(v)?; Ok(()) })}
+            </fieldset>
+            <fieldset><legend>"Optimiser and schedule"</legend>
+                {select(spec, "optimizer.kind", "Optimiser", &["adamw", "sgd"],
+                    |s| if s.optimizer.kind == OptimizerKind::Sgd { "sgd".into() } else { "adamw".into() },
+                    |s, v| { s.optimizer.kind = if v == "sgd" { OptimizerKind::Sgd } else { OptimizerKind::Adamw }; Ok(()) })}
+                {field(spec, "optimizer.lr", "Learning rate", "peak, after warm-up",
+                    |s| s.optimizer.lr.to_string(), |s, v| { s.optimizer.lr = num(v)?; Ok(()) })}
+                {field(spec, "optimizer.weight_decay", "Weight decay", "on weights, never biases or norms",
+                    |s| s.optimizer.weight_decay.to_string(), |s, v| { s.optimizer.weight_decay = num(v)?; Ok(()) })}
+                {field(spec, "optimizer.momentum", "Momentum", "SGD only",
+                    |s| s.optimizer.momentum.to_string(), |s, v| { s.optimizer.momentum = num(v)?; Ok(()) })}
+                {field(spec, "optimizer.batch_size", "Batch size", "images per step (two views each)",
+                    |s| s.optimizer.batch_size.to_string(), |s, v| { s.optimizer.batch_size = num(v)?; Ok(()) })}
+                {field(spec, "schedule.epochs", "Epochs", "",
+                    |s| s.schedule.epochs.to_string(), |s, v| { s.schedule.epochs = num(v)?; Ok(()) })}
+                {field(spec, "schedule.warmup_epochs", "Warm-up epochs", "linear warm-up, then cosine",
+                    |s| s.schedule.warmup_epochs.to_string(), |s, v| { s.schedule.warmup_epochs = num(v)?; Ok(()) })}
+                {field(spec, "schedule.final_lr_fraction", "Final LR fraction", "cosine ends at this × peak",
+                    |s| s.schedule.final_lr_fraction.to_string(), |s, v| { s.schedule.final_lr_fraction = num(v)?; Ok(()) })}
+            </fieldset>
+            <fieldset><legend>"Evaluation"</legend>
+                {field(spec, "eval.knn_k", "kNN k", "neighbours that vote (20 or 200 are usual)",
+                    |s| s.eval.knn_k.to_string(), |s, v| { s.eval.knn_k = num(v)?; Ok(()) })}
+                {field(spec, "eval.knn_temperature", "kNN temperature", "vote weight exp(sim / T)",
+                    |s| s.eval.knn_temperature.to_string(), |s, v| { s.eval.knn_temperature = num(v)?; Ok(()) })}
+            </fieldset>
+            {move || failure.get().map(|f| view! {
+                <p class="error" id="form-error">{f.message.clone()}</p>
+            })}
+            <p class="steps">{move || spec.with(|s| format!("{} optimiser steps", s.total_steps()))}</p>
+            <button type="submit" id="launch" disabled=move || busy.get()>"Launch run"</button>
+        </form>
+    }
+}

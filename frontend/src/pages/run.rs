@@ -1,0 +1,139 @@
+//! A run: live loss chart over server-sent events, status, cancel, and the
+//! kNN accuracy of every layer once evaluated.
+
+use leptos::prelude::*;
+use leptos::task::spawn_local;
+use leptos_router::hooks::use_params_map;
+use send_wrapper::SendWrapper;
+use sslab_shared::api::{Evaluation, MetricPoint, Run, events};
+use wasm_bindgen::JsCast;
+use wasm_bindgen::closure::Closure;
+use web_sys::{EventSource, MessageEvent};
+
+use super::{opt_num, status_class, time_text};
+use crate::api;
+use crate::chart::LossChart;
+
+/// Opens the run's event stream and feeds the signals; closes it on unmount.
+fn subscribe(
+    id: &str,
+    set_run: WriteSignal<Option<Run>>,
+    set_points: WriteSignal<Vec<MetricPoint>>,
+    set_evals: WriteSignal<Option<Vec<Evaluation>>>,
+    set_error: WriteSignal<Option<String>>,
+) {
+    let Ok(source) = EventSource::new(&format!("/api/v1/runs/{id}/events")) else {
+        set_error.set(Some("this browser cannot open an event stream".into()));
+        return;
+    };
+    let on_metric = Closure::<dyn Fn(MessageEvent)>::new(move |e: MessageEvent| {
+        if let Some(p) = e.data().as_string().and_then(|d| serde_json::from_str::<MetricPoint>(&d).ok()) {
+            set_points.update(|v| v.push(p));
+        }
+    });
+    let on_status = Closure::<dyn Fn(MessageEvent)>::new(move |e: MessageEvent| {
+        if let Some(r) = e.data().as_string().and_then(|d| serde_json::from_str::<Run>(&d).ok()) {
+            set_run.set(Some(r));
+        }
+    });
+    let closer = source.clone();
+    let on_evals = Closure::<dyn Fn(MessageEvent)>::new(move |e: MessageEvent| {
+        if let Some(v) = e.data().as_string().and_then(|d| serde_json::from_str::<Vec<Evaluation>>(&d).ok()) {
+            set_evals.set(Some(v));
+        }
+        // The run has ended: nothing more will come, so do not reconnect.
+        closer.close();
+    });
+    let _ = source.add_event_listener_with_callback(events::METRIC, on_metric.as_ref().unchecked_ref());
+    let _ = source.add_event_listener_with_callback(events::STATUS, on_status.as_ref().unchecked_ref());
+    let _ = source.add_event_listener_with_callback(events::EVALUATIONS, on_evals.as_ref().unchecked_ref());
+    let keep = SendWrapper::new((source, on_metric, on_status, on_evals));
+    on_cleanup(move || keep.0.close());
+}
+
+#[component]
+pub fn RunPage() -> impl IntoView {
+    let params = use_params_map();
+    let id = move || params.with(|p| p.get("id").unwrap_or_default());
+    let (run, set_run) = signal(None::<Run>);
+    let (points, set_points) = signal(Vec::<MetricPoint>::new());
+    let (evals, set_evals) = signal(None::<Vec<Evaluation>>);
+    let (error, set_error) = signal(None::<String>);
+    Effect::new(move |_| {
+        let id = id();
+        set_points.set(Vec::new());
+        set_evals.set(None);
+        spawn_local({
+            let id = id.clone();
+            async move {
+                match api::get::<Run>(&format!("/runs/{id}")).await {
+                    Ok(r) => set_run.set(Some(r)),
+                    Err(e) => set_error.set(Some(e.to_string())),
+                }
+            }
+        });
+        subscribe(&id, set_run, set_points, set_evals, set_error);
+    });
+    let cancel = move |_| {
+        let id = id();
+        spawn_local(async move {
+            match api::cancel_run(&id).await {
+                Ok(r) => set_run.set(Some(r)),
+                Err(e) => set_error.set(Some(e.to_string())),
+            }
+        });
+    };
+    let total = Signal::derive(move || run.with(|r| r.as_ref().map(|r| r.total_steps).unwrap_or(0)));
+    view! {
+        {move || error.get().map(|e| view! { <p class="error">{e}</p> })}
+        {move || run.get().map(|r| {
+            let active = !r.status.is_terminal();
+            view! {
+                <div class="bar">
+                    <h1>{r.name.clone()}</h1>
+                    <span id="run-status" class=status_class(r.status)>{r.status.as_str()}</span>
+                    {(active && !r.cancel_requested).then(|| view! {
+                        <button id="cancel" class="secondary" on:click=cancel>"Cancel"</button>
+                    })}
+                </div>
+                <p class="meta">
+                    {format!("{} · {} · created {} · step {}/{} · epoch {}",
+                        r.method, r.backbone, time_text(r.created_at), r.step, r.total_steps, r.epoch + 1)}
+                </p>
+                {r.error.clone().map(|e| view! { <p class="error" id="run-error">{e}</p> })}
+            }
+        })}
+        <section>
+            <h2>"Training loss"</h2>
+            <LossChart points=points total_steps=total/>
+            <p class="meta">{move || points.with(|p| p.last().map(|m| format!(
+                "step {} · loss {:.4} · lr {:.2e} · {:.0} images/s", m.step, m.loss, m.lr, m.images_per_sec
+            )).unwrap_or_default())}</p>
+        </section>
+        <section>
+            <h2>"kNN accuracy per layer"</h2>
+            {move || match evals.get() {
+                None => view! { <p class="meta">"Evaluated when training ends."</p> }.into_any(),
+                Some(v) if v.is_empty() => view! { <p class="meta">"No evaluations: the run did not finish."</p> }.into_any(),
+                Some(v) => view! {
+                    <table id="knn-table">
+                        <thead><tr><th>"Layer"</th><th>"Probe"</th><th>"Metric"</th><th>"Value"</th><th>"Settings"</th></tr></thead>
+                        <tbody>
+                            {v.into_iter().map(|e| view! {
+                                <tr>
+                                    <td>{e.layer}</td><td>{e.probe}</td><td>{e.metric}</td>
+                                    <td class="num">{opt_num(Some(e.value), 3)}</td>
+                                    <td class="meta">{e.settings.to_string()}</td>
+                                </tr>
+                            }).collect_view()}
+                        </tbody>
+                    </table>
+                }.into_any(),
+            }}
+        </section>
+        <section>
+            <h2>"Spec"</h2>
+            <pre id="run-spec">{move || run.with(|r| r.as_ref().map(|r| r.spec.to_toml()).unwrap_or_default())}</pre>
+        </section>
+    }
+}

@@ -1,0 +1,226 @@
+//! End to end in headless Chromium: open the dashboard, launch a run through
+//! the form, watch the live chart grow, read the kNN table, and load the
+//! browser inference module with the run's own weights.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+
+/// A minimal W3C WebDriver client over chromedriver.
+struct Browser {
+    driver: Child,
+    base: String,
+    session: String,
+    http: reqwest::Client,
+}
+
+impl Browser {
+    async fn start() -> Browser {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let driver = Command::new(std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "chromedriver".into()))
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver (Debian: apt-get install chromium-driver)");
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while http.get(format!("{base}/status")).send().await.is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not come up");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let profile = tempfile::tempdir().unwrap().keep();
+        let caps = json!({"capabilities": {"alwaysMatch": {"goog:chromeOptions": {
+            "binary": std::env::var("CHROME").unwrap_or_else(|_| "/usr/bin/chromium".into()),
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--disable-quic", "--no-first-run", "--disable-background-networking",
+                     "--disable-component-update", "--disable-sync", "--window-size=1280,1100",
+                     format!("--user-data-dir={}", profile.display())]
+        }}}});
+        let resp: Value = http.post(format!("{base}/session")).json(&caps).send().await.unwrap().json().await.unwrap();
+        let session = resp["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no session: {resp}")).to_string();
+        Browser { driver, base, session, http }
+    }
+
+    async fn cmd(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
+        let url = format!("{}/session/{}{path}", self.base, self.session);
+        let resp: Value = self.http.request(method, url).json(&body).send().await.unwrap().json().await.unwrap();
+        if let Some(err) = resp["value"].get("error") {
+            panic!("webdriver {path}: {err} {}", resp["value"]["message"]);
+        }
+        resp["value"].clone()
+    }
+
+    async fn goto(&self, url: &str) {
+        self.cmd(reqwest::Method::POST, "/url", json!({"url": url})).await;
+    }
+
+    async fn find(&self, css: &str) -> Option<String> {
+        let url = format!("{}/session/{}/element", self.base, self.session);
+        let resp: Value = self.http.post(url).json(&json!({"using": "css selector", "value": css})).send().await.ok()?.json().await.ok()?;
+        resp["value"].as_object()?.values().next()?.as_str().map(String::from)
+    }
+
+    async fn wait_find(&self, css: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(e) = self.find(css).await {
+                return e;
+            }
+            assert!(Instant::now() < deadline, "no element matches `{css}`");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn set_field(&self, css: &str, text: &str) {
+        let el = self.wait_find(css).await;
+        self.cmd(reqwest::Method::POST, &format!("/element/{el}/clear"), json!({})).await;
+        self.cmd(reqwest::Method::POST, &format!("/element/{el}/value"), json!({"text": text})).await;
+    }
+
+    async fn click(&self, css: &str) {
+        let el = self.wait_find(css).await;
+        self.cmd(reqwest::Method::POST, &format!("/element/{el}/click"), json!({})).await;
+    }
+
+    async fn script(&self, js: &str) -> Value {
+        self.cmd(reqwest::Method::POST, "/execute/sync", json!({"script": js, "args": []})).await
+    }
+
+    async fn script_async(&self, js: &str) -> Value {
+        self.cmd(reqwest::Method::POST, "/execute/async", json!({"script": js, "args": []})).await
+    }
+
+    async fn screenshot(&self, path: &std::path::Path) {
+        use base64_png::decode;
+        let data = self.cmd(reqwest::Method::GET, "/screenshot", Value::Null).await;
+        if let Some(b64) = data.as_str() {
+            let _ = std::fs::create_dir_all(path.parent().unwrap());
+            let _ = std::fs::write(path, decode(b64));
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+/// Standard base64, enough to save the screenshot without another dependency.
+mod base64_png {
+    pub fn decode(text: &str) -> Vec<u8> {
+        let val = |c: u8| match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            _ => 63,
+        };
+        let bytes: Vec<u8> = text.bytes().filter(|c| !c.is_ascii_whitespace() && *c != b'=').collect();
+        let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
+        for chunk in bytes.chunks(4) {
+            let n = chunk.iter().enumerate().fold(0u32, |acc, (i, &c)| acc | (val(c) as u32) << (18 - 6 * i));
+            out.extend_from_slice(&n.to_be_bytes()[1..chunk.len()]);
+        }
+        out
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn launch_watch_and_read_a_run_in_chromium() {
+    if !e2e_required() {
+        eprintln!("skipped: set SSLAB_E2E=1 with a built dashboard in SSLAB_STATIC_DIR (cargo xtask test does)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), None);
+    let browser = Browser::start().await;
+
+    browser.goto(&format!("{}/", server.base)).await;
+    browser.wait_find(".empty").await;
+    browser.click("#new-run").await;
+    for (field, value) in [
+        ("#f-name", "browser-run"),
+        ("#f-data-classes", "3"),
+        ("#f-data-train_images", "96"),
+        ("#f-data-test_images", "30"),
+        ("#f-backbone-width", "8"),
+        ("#f-projector-dims", "32-16"),
+        ("#f-optimizer-batch_size", "16"),
+        ("#f-schedule-epochs", "12"),
+    ] {
+        browser.set_field(field, value).await;
+    }
+    // The form refuses a bad value before it is sent…
+    browser.set_field("#f-optimizer-lr", "-1").await;
+    browser.click("#launch").await;
+    let err = browser.wait_find("#form-error").await;
+    let text = browser.cmd(reqwest::Method::GET, &format!("/element/{err}/text"), Value::Null).await;
+    assert!(text.as_str().unwrap().contains("optimizer.lr"), "{text}");
+    // …and launches a good one.
+    browser.set_field("#f-optimizer-lr", "0.003").await;
+    browser.click("#launch").await;
+    browser.wait_find("#loss-chart").await;
+
+    // The chart grows while the run trains.
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let n = browser.script("return Number(document.querySelector('#loss-chart').getAttribute('data-points'))").await;
+        let n = n.as_i64().unwrap_or(0);
+        if seen.last() != Some(&n) {
+            seen.push(n);
+        }
+        if browser.find("#knn-table").await.is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the run did not finish; chart points seen {seen:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let final_points = browser.script("return Number(document.querySelector('#loss-chart').getAttribute('data-points'))").await;
+    assert_eq!(final_points.as_i64(), Some(72), "12 epochs × 6 steps");
+    let live: Vec<&i64> = seen.iter().filter(|&&n| n > 0 && n < 72).collect();
+    assert!(!live.is_empty(), "the chart never showed a partial run: {seen:?}");
+
+    let rows = browser.script(
+        "return Array.from(document.querySelectorAll('#knn-table tbody tr')).map(r => Array.from(r.cells).map(c => c.textContent))",
+    ).await;
+    let rows = rows.as_array().unwrap();
+    let layers: Vec<&str> = rows.iter().map(|r| r[0].as_str().unwrap()).collect();
+    assert_eq!(layers, ["backbone", "proj.0", "proj.1"]);
+    for r in rows {
+        let v: f64 = r[3].as_str().unwrap().parse().unwrap();
+        assert!((0.0..=1.0).contains(&v));
+    }
+    let status = browser.script("return document.querySelector('#run-status').textContent").await;
+    assert_eq!(status.as_str(), Some("succeeded"));
+    browser.screenshot(&std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("run-page.png")).await;
+
+    // The browser inference module loads and embeds with this run's weights.
+    let result = browser.script_async(r#"
+        const done = arguments[arguments.length - 1];
+        (async () => {
+            const id = location.pathname.split('/').pop();
+            const m = await import('/wasm-infer/sslab_wasm_infer.js');
+            await m.default();
+            const run = await (await fetch('/api/v1/runs/' + id)).json();
+            const weights = new Uint8Array(await (await fetch('/api/v1/runs/' + id + '/checkpoint')).arrayBuffer());
+            const e = new m.Embedder(JSON.stringify(run.spec), weights);
+            const px = new Uint8Array(40 * 40 * 4).map((_, i) => (i * 37) % 256);
+            const v = e.embed(px, 40, 40, 0);
+            done({ version: m.version(), len: v.length, finite: Array.from(v).every(Number.isFinite), layers: e.layers() });
+        })().catch(err => done({ error: String(err) }));
+    "#).await;
+    assert!(result.get("error").is_none(), "{result}");
+    assert_eq!(result["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(result["len"], 32, "tiny CNN width 8 → 32-d backbone");
+    assert_eq!(result["finite"], true);
+    assert_eq!(result["layers"], json!(["backbone", "proj.0", "proj.1"]));
+}

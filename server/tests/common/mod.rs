@@ -1,0 +1,118 @@
+//! A real `sslab serve` process on an ephemeral port, for the integration tests.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sslab_shared::api::{Run, RunStatus};
+
+pub struct Server {
+    child: Child,
+    pub base: String,
+    pub data_dir: PathBuf,
+}
+
+impl Server {
+    /// Starts a server on `data_dir`, with `database_url` (default: SQLite in `data_dir`).
+    pub fn start(data_dir: &Path, database_url: Option<&str>) -> Server {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sslab"));
+        cmd.args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env_remove("DATABASE_URL")
+            .env("RUST_LOG", "info,sqlx=warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if let Ok(dir) = std::env::var("SSLAB_STATIC_DIR") {
+            cmd.args(["--static-dir", &dir]);
+        }
+        if let Some(url) = database_url {
+            cmd.env("DATABASE_URL", url);
+        }
+        let mut child = cmd.spawn().expect("start sslab serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("read the listening line");
+        let base = line
+            .trim()
+            .strip_prefix("sslab listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line from the server: {line:?}"))
+            .to_string();
+        Server { child, base, data_dir: data_dir.to_path_buf() }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}/api/v1{path}", self.base)
+    }
+
+    /// Sends a signal (`TERM`, `KILL`) and waits for the process to exit.
+    pub fn stop(mut self, signal: &str) {
+        let _ = Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the server did not stop within 30 s of SIG{signal}");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A run that takes a second or two on a CPU.
+pub fn tiny_spec(epochs: usize) -> Value {
+    json!({
+        "name": "tiny",
+        "data": {"source": "scenes", "classes": 3, "train_images": 64, "test_images": 30, "image_size": 32, "seed": 1},
+        "backbone": {"kind": "tiny_cnn", "width": 8},
+        "projector": {"dims": "32-16"},
+        "optimizer": {"batch_size": 16, "lr": 0.003},
+        "schedule": {"epochs": epochs, "warmup_epochs": 0.5},
+        "eval": {"knn_k": 10},
+        "seed": 3
+    })
+}
+
+pub async fn create(client: &reqwest::Client, server: &Server, spec: &Value) -> Run {
+    let resp = client.post(server.url("/runs")).json(spec).send().await.unwrap();
+    assert_eq!(resp.status(), 201, "{:?}", resp.text().await);
+    resp.json().await.unwrap()
+}
+
+pub async fn get_run(client: &reqwest::Client, server: &Server, id: &str) -> Run {
+    client.get(server.url(&format!("/runs/{id}"))).send().await.unwrap().json().await.unwrap()
+}
+
+/// Polls until `pred` holds for the run, or panics after `secs`.
+pub async fn wait_for(client: &reqwest::Client, server: &Server, id: &str, secs: u64, pred: impl Fn(&Run) -> bool) -> Run {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let run = get_run(client, server, id).await;
+        if pred(&run) {
+            return run;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting; run is {:?} at step {}: {:?}", run.status, run.step, run.error);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub async fn wait_terminal(client: &reqwest::Client, server: &Server, id: &str) -> Run {
+    wait_for(client, server, id, 120, |r| r.status.is_terminal()).await
+}
+
+pub fn e2e_required() -> bool {
+    std::env::var("SSLAB_E2E").is_ok_and(|v| v == "1")
+}
+
+pub fn assert_succeeded(run: &Run) {
+    assert_eq!(run.status, RunStatus::Succeeded, "run failed: {:?}", run.error);
+}
