@@ -12,26 +12,39 @@ struct Print;
 impl Observer for Print {
     fn on_step(&mut self, m: &StepMetrics) -> Control {
         if m.step % 10 == 0 || m.step == m.total_steps {
-            eprintln!("step {}/{} epoch {} loss {:.4} lr {:.2e} {:.0} img/s", m.step, m.total_steps, m.epoch, m.loss, m.lr, m.images_per_sec);
+            eprintln!(
+                "step {}/{} epoch {} loss {:.4} lr {:.2e} {:.0} img/s",
+                m.step, m.total_steps, m.epoch, m.loss, m.lr, m.images_per_sec
+            );
         }
         Control::Continue
     }
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let path = std::env::args().nth(1).ok_or("usage: train_recipe RECIPE.toml")?;
+    let path = std::env::args()
+        .nth(1)
+        .ok_or("usage: train_recipe RECIPE.toml")?;
     let spec = RunSpec::from_toml(&std::fs::read_to_string(&path)?)?;
     let device = sslab_engine::default_device();
     let splits = data::load(&spec.data)?;
     let (untrained, _) = model::build(&spec, &device)?;
     for e in eval::evaluate(&untrained, &splits, &spec.eval, &device)? {
-        println!("untrained {} {} {} {:.3}", e.layer, e.probe, e.metric, e.value);
+        println!(
+            "untrained {} {} {} {:.3}",
+            e.layer, e.probe, e.metric, e.value
+        );
     }
     let started = std::time::Instant::now();
     let ck = std::env::temp_dir().join("sslab-train-recipe.safetensors");
-    if let Outcome::Finished { evaluations, .. } = train(&spec, &splits, &device, Path::new(&ck), &mut Print)? {
+    if let Outcome::Finished { evaluations, .. } =
+        train(&spec, &splits, &device, Path::new(&ck), &mut Print)?
+    {
         for e in evaluations {
-            println!("trained {} {} {} {:.3}", e.layer, e.probe, e.metric, e.value);
+            println!(
+                "trained {} {} {} {:.3}",
+                e.layer, e.probe, e.metric, e.value
+            );
         }
     }
     println!("{:.1} s", started.elapsed().as_secs_f64());

@@ -30,7 +30,9 @@ pub fn view(spec: &AugmentSpec, set: &ImageSet, index: usize, rng: &mut Rng, out
     let img = set.image(index);
     let (cx, cy, cw, ch) = crop_box(spec, s, rng);
     let flip = rng.chance(spec.flip_prob);
-    let jitter = rng.chance(spec.jitter_prob).then(|| Jitter::draw(spec.jitter_strength, rng));
+    let jitter = rng
+        .chance(spec.jitter_prob)
+        .then(|| Jitter::draw(spec.jitter_strength, rng));
     let gray = rng.chance(spec.grayscale_prob);
     let plane = s * s;
     for oy in 0..s {
@@ -144,7 +146,9 @@ pub fn two_view_batch(
     let per = 3 * set.size * set.size;
     let mut a = vec![0.0f32; indices.len() * per];
     let mut b = vec![0.0f32; indices.len() * per];
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let chunk = indices.len().div_ceil(threads).max(1);
     std::thread::scope(|scope| {
         for ((idx, a), b) in indices
@@ -200,7 +204,11 @@ mod tests {
         let mut seen_exact = false;
         for seed in 0..50 {
             view(&spec, &set, 2, &mut Rng::new(seed), &mut b);
-            let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+            let diff = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f32::max);
             seen_exact |= diff < 1e-5;
         }
         assert!(seen_exact);

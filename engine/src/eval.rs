@@ -41,7 +41,10 @@ impl Features {
                 row.iter_mut().for_each(|x| *x /= n);
             }
         }
-        Features { dim: self.dim, data }
+        Features {
+            dim: self.dim,
+            data,
+        }
     }
 }
 
@@ -66,7 +69,12 @@ pub fn embed_layers(
         if layers.is_empty() {
             layers = outs
                 .iter()
-                .map(|o| Ok(Features { dim: o.dim(1)?, data: Vec::new() }))
+                .map(|o| {
+                    Ok(Features {
+                        dim: o.dim(1)?,
+                        data: Vec::new(),
+                    })
+                })
                 .collect::<candle_core::Result<_>>()?;
         }
         for (f, o) in layers.iter_mut().zip(outs) {
@@ -158,7 +166,10 @@ mod tests {
     use super::*;
 
     fn feats(rows: &[[f32; 2]]) -> Features {
-        Features { dim: 2, data: rows.iter().flatten().copied().collect() }
+        Features {
+            dim: 2,
+            data: rows.iter().flatten().copied().collect(),
+        }
     }
 
     #[test]
@@ -167,11 +178,20 @@ mod tests {
         let bank = feats(&[[1.0, 0.1], [5.0, -0.2], [0.1, 1.0], [-0.3, 4.0]]);
         let labels = [0, 0, 1, 1];
         let queries = feats(&[[2.0, 0.0], [0.0, 0.5], [1.0, 0.9]]);
-        assert_eq!(knn_accuracy(&bank, &labels, &queries, &[0, 1, 0], 2, 1, 0.07), 1.0);
+        assert_eq!(
+            knn_accuracy(&bank, &labels, &queries, &[0, 1, 0], 2, 1, 0.07),
+            1.0
+        );
         // With k = 4 every neighbour votes, but the closer ones weigh more.
-        assert_eq!(knn_accuracy(&bank, &labels, &queries, &[0, 1, 0], 2, 4, 0.07), 1.0);
+        assert_eq!(
+            knn_accuracy(&bank, &labels, &queries, &[0, 1, 0], 2, 4, 0.07),
+            1.0
+        );
         // Wrong labels score zero.
-        assert_eq!(knn_accuracy(&bank, &labels, &queries, &[1, 0, 1], 2, 1, 0.07), 0.0);
+        assert_eq!(
+            knn_accuracy(&bank, &labels, &queries, &[1, 0, 1], 2, 1, 0.07),
+            0.0
+        );
     }
 
     #[test]

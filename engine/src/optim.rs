@@ -50,7 +50,11 @@ fn param_groups(varmap: &VarMap) -> (Vec<Var>, Vec<Var>) {
     let (mut decay, mut no_decay) = (Vec::new(), Vec::new());
     for n in names {
         let v = data[n].clone();
-        if v.rank() >= 2 { decay.push(v) } else { no_decay.push(v) }
+        if v.rank() >= 2 {
+            decay.push(v)
+        } else {
+            no_decay.push(v)
+        }
     }
     (decay, no_decay)
 }
@@ -65,13 +69,19 @@ impl Optimizer {
         let (decay, no_decay) = param_groups(varmap);
         Ok(match spec.kind {
             OptimizerKind::Adamw => {
-                let p = |wd| ParamsAdamW { lr: spec.lr, weight_decay: wd, ..Default::default() };
+                let p = |wd| ParamsAdamW {
+                    lr: spec.lr,
+                    weight_decay: wd,
+                    ..Default::default()
+                };
                 Optimizer::AdamW {
                     decay: AdamW::new(decay, p(spec.weight_decay))?,
                     no_decay: AdamW::new(no_decay, p(0.0))?,
                 }
             }
-            OptimizerKind::Sgd => Optimizer::Sgd(Sgd::new(decay, no_decay, spec.momentum, spec.weight_decay)?),
+            OptimizerKind::Sgd => {
+                Optimizer::Sgd(Sgd::new(decay, no_decay, spec.momentum, spec.weight_decay)?)
+            }
         })
     }
 
@@ -105,7 +115,12 @@ pub struct Sgd {
 }
 
 impl Sgd {
-    fn new(decay: Vec<Var>, no_decay: Vec<Var>, momentum: f64, weight_decay: f64) -> candle_core::Result<Self> {
+    fn new(
+        decay: Vec<Var>,
+        no_decay: Vec<Var>,
+        momentum: f64,
+        weight_decay: f64,
+    ) -> candle_core::Result<Self> {
         let mut params = Vec::new();
         for (vars, d) in [(decay, true), (no_decay, false)] {
             for v in vars {
@@ -113,7 +128,12 @@ impl Sgd {
                 params.push((v, buf, d));
             }
         }
-        Ok(Sgd { params, momentum, weight_decay, lr: 0.0 })
+        Ok(Sgd {
+            params,
+            momentum,
+            weight_decay,
+            lr: 0.0,
+        })
     }
 
     fn step(&mut self, grads: &GradStore) -> candle_core::Result<()> {
@@ -138,7 +158,11 @@ mod tests {
 
     #[test]
     fn warmup_then_cosine() {
-        let spec = ScheduleSpec { epochs: 10, warmup_epochs: 1.0, final_lr_fraction: 0.1 };
+        let spec = ScheduleSpec {
+            epochs: 10,
+            warmup_epochs: 1.0,
+            final_lr_fraction: 0.1,
+        };
         let s = Schedule::new(1.0, &spec, 10);
         assert!((s.lr(0) - 0.1).abs() < 1e-12);
         assert!((s.lr(9) - 1.0).abs() < 1e-12);

@@ -102,7 +102,10 @@ pub fn train(
             let out = method.loss(&encoder, &views)?;
             let loss = out.loss.to_scalar::<f32>()?;
             if !loss.is_finite() {
-                return Err(EngineError::NonFiniteLoss { step: step + 1, value: loss });
+                return Err(EngineError::NonFiniteLoss {
+                    step: step + 1,
+                    value: loss,
+                });
             }
             optimizer.step(&out.loss.backward()?)?;
             method.after_step(step, total_steps)?;
@@ -128,7 +131,10 @@ pub fn train(
 
     observer.on_evaluating();
     let evaluations = eval::evaluate(&encoder, splits, &spec.eval, device)?;
-    Ok(Outcome::Finished { last_loss, evaluations })
+    Ok(Outcome::Finished {
+        last_loss,
+        evaluations,
+    })
 }
 
 /// Writes to a temporary file first, so a crash never leaves a torn checkpoint.
@@ -136,7 +142,10 @@ fn save_checkpoint(varmap: &candle_nn::VarMap, path: &Path) -> Result<()> {
     let tmp = path.with_extension("safetensors.tmp");
     varmap.save(&tmp)?;
     std::fs::rename(&tmp, path).map_err(|source| EngineError::Io {
-        what: format!("cannot move the checkpoint into place at {}", path.display()),
+        what: format!(
+            "cannot move the checkpoint into place at {}",
+            path.display()
+        ),
         source,
     })
 }
@@ -202,10 +211,25 @@ mod tests {
         let splits = crate::data::load(&spec.data).unwrap();
         let dir = tempdir();
         let ck = dir.join("a.safetensors");
-        let mut a = Record { losses: vec![], stop_after: None, checkpoints: 0 };
-        let mut b = Record { losses: vec![], stop_after: Some(1), checkpoints: 0 };
+        let mut a = Record {
+            losses: vec![],
+            stop_after: None,
+            checkpoints: 0,
+        };
+        let mut b = Record {
+            losses: vec![],
+            stop_after: Some(1),
+            checkpoints: 0,
+        };
         train(&spec, &splits, &Device::Cpu, &ck, &mut a).unwrap();
-        let out = train(&spec, &splits, &Device::Cpu, &dir.join("b.safetensors"), &mut b).unwrap();
+        let out = train(
+            &spec,
+            &splits,
+            &Device::Cpu,
+            &dir.join("b.safetensors"),
+            &mut b,
+        )
+        .unwrap();
         assert_eq!(a.losses.len(), 2);
         assert_eq!(a.checkpoints, 1);
         assert_eq!(a.losses[0], b.losses[0]);
@@ -225,28 +249,60 @@ mod tests {
         let splits = crate::data::load(&spec.data).unwrap();
         let (untrained, _) = model::build(&spec, &Device::Cpu).unwrap();
         let before = eval::evaluate(&untrained, &splits, &spec.eval, &Device::Cpu).unwrap();
-        let mut rec = Record { losses: vec![], stop_after: None, checkpoints: 0 };
+        let mut rec = Record {
+            losses: vec![],
+            stop_after: None,
+            checkpoints: 0,
+        };
         let dir = tempdir();
-        let out = train(&spec, &splits, &Device::Cpu, &dir.join("c.safetensors"), &mut rec).unwrap();
-        let Outcome::Finished { evaluations, .. } = out else { panic!("stopped") };
+        let out = train(
+            &spec,
+            &splits,
+            &Device::Cpu,
+            &dir.join("c.safetensors"),
+            &mut rec,
+        )
+        .unwrap();
+        let Outcome::Finished { evaluations, .. } = out else {
+            panic!("stopped")
+        };
         let knn = |evals: &[Evaluation], layer: &str| {
-            evals.iter().find(|e| e.layer == layer).map(|e| e.value).unwrap()
+            evals
+                .iter()
+                .find(|e| e.layer == layer)
+                .map(|e| e.value)
+                .unwrap()
         };
         let (b0, b1) = (knn(&before, "backbone"), knn(&evaluations, "backbone"));
-        eprintln!("kNN@backbone: untrained {b0:.3}, trained {b1:.3}; losses {:?}", rec.losses);
+        eprintln!(
+            "kNN@backbone: untrained {b0:.3}, trained {b1:.3}; losses {:?}",
+            rec.losses
+        );
         assert_eq!(evaluations.len(), 3, "backbone, proj.0, proj.1");
         let first: f64 = rec.losses[..5].iter().sum::<f64>() / 5.0;
         let last: f64 = rec.losses[rec.losses.len() - 5..].iter().sum::<f64>() / 5.0;
         assert!(last < first - 0.3, "loss {first:.3} -> {last:.3}");
-        assert!(b1 >= 0.45, "kNN top-1 at the backbone {b1:.3}, chance is 0.20");
-        assert!(b1 > b0 + 0.02, "training did not improve kNN: {b0:.3} -> {b1:.3}");
+        assert!(
+            b1 >= 0.45,
+            "kNN top-1 at the backbone {b1:.3}, chance is 0.20"
+        );
+        assert!(
+            b1 > b0 + 0.02,
+            "training did not improve kNN: {b0:.3} -> {b1:.3}"
+        );
     }
 
     fn tempdir() -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(format!(
             "sslab-engine-test-{}-{}",
             std::process::id(),
-            Rng::new(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64).next_u64()
+            Rng::new(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+            )
+            .next_u64()
         ));
         std::fs::create_dir_all(&dir).unwrap();
         dir

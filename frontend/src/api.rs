@@ -21,7 +21,10 @@ impl std::fmt::Display for ApiFailure {
 impl std::error::Error for ApiFailure {}
 
 fn network(e: impl std::fmt::Display) -> ApiFailure {
-    ApiFailure { message: format!("cannot reach the server: {e}"), field: None }
+    ApiFailure {
+        message: format!("cannot reach the server: {e}"),
+        field: None,
+    }
 }
 
 async fn decode<T: DeserializeOwned>(resp: Response) -> Result<T, ApiFailure> {
@@ -33,13 +36,22 @@ async fn decode<T: DeserializeOwned>(resp: Response) -> Result<T, ApiFailure> {
     }
     let status = resp.status();
     match resp.json::<ErrorBody>().await {
-        Ok(body) => Err(ApiFailure { message: body.error.message, field: body.error.field }),
-        Err(_) => Err(ApiFailure { message: format!("the server answered {status}"), field: None }),
+        Ok(body) => Err(ApiFailure {
+            message: body.error.message,
+            field: body.error.field,
+        }),
+        Err(_) => Err(ApiFailure {
+            message: format!("the server answered {status}"),
+            field: None,
+        }),
     }
 }
 
 pub async fn get<T: DeserializeOwned>(path: &str) -> Result<T, ApiFailure> {
-    let resp = Request::get(&format!("/api/v1{path}")).send().await.map_err(network)?;
+    let resp = Request::get(&format!("/api/v1{path}"))
+        .send()
+        .await
+        .map_err(network)?;
     decode(resp).await
 }
 
@@ -48,7 +60,10 @@ pub async fn list_runs() -> Result<Page<Run>, ApiFailure> {
 }
 
 pub async fn create_run(spec: &RunSpec) -> Result<Run, ApiFailure> {
-    let body = serde_json::to_string(spec).map_err(|e| ApiFailure { message: e.to_string(), field: None })?;
+    let body = serde_json::to_string(spec).map_err(|e| ApiFailure {
+        message: e.to_string(),
+        field: None,
+    })?;
     let resp = Request::post("/api/v1/runs")
         .header("content-type", "application/json")
         .body(body)
@@ -60,6 +75,9 @@ pub async fn create_run(spec: &RunSpec) -> Result<Run, ApiFailure> {
 }
 
 pub async fn cancel_run(id: &str) -> Result<Run, ApiFailure> {
-    let resp = Request::post(&format!("/api/v1/runs/{id}/cancel")).send().await.map_err(network)?;
+    let resp = Request::post(&format!("/api/v1/runs/{id}/cancel"))
+        .send()
+        .await
+        .map_err(network)?;
     decode(resp).await
 }

@@ -18,10 +18,15 @@ pub fn LossChart(
 ) -> impl IntoView {
     let geometry = move || {
         points.with(|pts| {
-            let total = total_steps.get().max(pts.last().map(|p| p.step).unwrap_or(1)).max(1) as f64;
-            let (lo, hi) = pts.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| {
-                (lo.min(p.loss), hi.max(p.loss))
-            });
+            let total = total_steps
+                .get()
+                .max(pts.last().map(|p| p.step).unwrap_or(1))
+                .max(1) as f64;
+            let (lo, hi) = pts
+                .iter()
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| {
+                    (lo.min(p.loss), hi.max(p.loss))
+                });
             let span = if hi > lo { hi - lo } else { 1.0 };
             let line = pts
                 .iter()

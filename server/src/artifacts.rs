@@ -9,7 +9,9 @@ pub struct Artifacts {
 
 impl Artifacts {
     pub fn new(data_dir: &Path) -> Self {
-        Artifacts { root: data_dir.join("artifacts") }
+        Artifacts {
+            root: data_dir.join("artifacts"),
+        }
     }
 
     pub fn run_dir(&self, id: &str) -> PathBuf {

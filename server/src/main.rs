@@ -14,10 +14,19 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "sslab", version, about = "Self-supervised vision research platform")]
+#[command(
+    name = "sslab",
+    version,
+    about = "Self-supervised vision research platform"
+)]
 struct Cli {
     /// Where the SQLite file, artifacts and imported data live.
-    #[arg(long, global = true, env = "SSLAB_DATA_DIR", default_value = "./sslab-data")]
+    #[arg(
+        long,
+        global = true,
+        env = "SSLAB_DATA_DIR",
+        default_value = "./sslab-data"
+    )]
     data_dir: PathBuf,
     /// Overrides the database (sqlite://… or postgres://…).
     #[arg(long, global = true, env = "DATABASE_URL")]
@@ -56,7 +65,10 @@ fn database_url(cli: &Cli) -> anyhow::Result<String> {
     }
     std::fs::create_dir_all(&cli.data_dir)
         .with_context(|| format!("cannot create the data folder {}", cli.data_dir.display()))?;
-    Ok(format!("sqlite://{}?mode=rwc", cli.data_dir.join("sslab.db").display()))
+    Ok(format!(
+        "sqlite://{}?mode=rwc",
+        cli.data_dir.join("sslab.db").display()
+    ))
 }
 
 #[tokio::main]
@@ -70,14 +82,20 @@ async fn main() -> std::process::ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match &cli.command {
-        Command::Serve { addr, static_dir, workers } => serve(&cli, *addr, static_dir, *workers).await,
+        Command::Serve {
+            addr,
+            static_dir,
+            workers,
+        } => serve(&cli, *addr, static_dir, *workers).await,
         Command::Train { spec, out } => train_cmd::run(spec, out).await,
-        Command::Migrate => async {
-            store::Store::connect(&database_url(&cli)?).await?;
-            eprintln!("database is up to date");
-            Ok(())
+        Command::Migrate => {
+            async {
+                store::Store::connect(&database_url(&cli)?).await?;
+                eprintln!("database is up to date");
+                Ok(())
+            }
+            .await
         }
-        .await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -88,16 +106,26 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn serve(cli: &Cli, addr: SocketAddr, static_dir: &Path, workers: usize) -> anyhow::Result<()> {
+async fn serve(
+    cli: &Cli,
+    addr: SocketAddr,
+    static_dir: &Path,
+    workers: usize,
+) -> anyhow::Result<()> {
     let url = database_url(cli)?;
-    let store = store::Store::connect(&url).await.context("opening the database")?;
+    let store = store::Store::connect(&url)
+        .await
+        .context("opening the database")?;
     // An embedded SQLite server is the only worker of its database: whatever
     // it left running when it last stopped is orphaned. Shared databases wait
     // for leases to expire.
     let embedded = store.dialect() == store::Dialect::Sqlite && workers > 0;
     let recovered = store.recover_orphans(embedded).await?;
     if recovered > 0 {
-        tracing::warn!(runs = recovered, "re-queued runs interrupted by an earlier stop");
+        tracing::warn!(
+            runs = recovered,
+            "re-queued runs interrupted by an earlier stop"
+        );
     }
     let state = http::AppState {
         store: store.clone(),
@@ -108,7 +136,11 @@ async fn serve(cli: &Cli, addr: SocketAddr, static_dir: &Path, workers: usize) -
     let mut worker_tasks = Vec::new();
     for i in 0..workers {
         let w = worker::Worker {
-            id: format!("local-{}-{i}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..6]),
+            id: format!(
+                "local-{}-{i}-{}",
+                std::process::id(),
+                &uuid::Uuid::new_v4().simple().to_string()[..6]
+            ),
             store: store.clone(),
             artifacts: state.artifacts.clone(),
             queued: state.queued.clone(),
@@ -118,7 +150,9 @@ async fn serve(cli: &Cli, addr: SocketAddr, static_dir: &Path, workers: usize) -
     // Leases of remote or crashed workers expire; check now and then.
     let reaper_store = store.clone();
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_millis(worker::LEASE_MS as u64 / 2));
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(
+            worker::LEASE_MS as u64 / 2,
+        ));
         loop {
             tick.tick().await;
             if let Err(e) = reaper_store.recover_orphans(false).await {
@@ -128,10 +162,15 @@ async fn serve(cli: &Cli, addr: SocketAddr, static_dir: &Path, workers: usize) -
     });
 
     if !static_dir.join("index.html").is_file() {
-        tracing::warn!("no built dashboard at {}; serving the API only", static_dir.display());
+        tracing::warn!(
+            "no built dashboard at {}; serving the API only",
+            static_dir.display()
+        );
     }
     let app = http::app(state, Some(static_dir.to_path_buf()));
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
     // Tests and scripts read this line to find an ephemeral port.
     println!("sslab listening on http://{local}");
@@ -163,7 +202,8 @@ async fn shutdown_signal() {
     };
     #[cfg(unix)]
     let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             s.recv().await;
         }
     };

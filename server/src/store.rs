@@ -93,9 +93,15 @@ impl Store {
             // One writer at a time; WAL and a busy timeout keep readers going.
             options = options.max_connections(4).after_connect(|conn, _| {
                 Box::pin(async move {
-                    sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
-                    sqlx::query("PRAGMA busy_timeout = 5000").execute(&mut *conn).await?;
-                    sqlx::query("PRAGMA foreign_keys = ON").execute(&mut *conn).await?;
+                    sqlx::query("PRAGMA journal_mode = WAL")
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query("PRAGMA busy_timeout = 5000")
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query("PRAGMA foreign_keys = ON")
+                        .execute(&mut *conn)
+                        .await?;
                     Ok(())
                 })
             });
@@ -114,7 +120,11 @@ impl Store {
 
     /// Stores a new queued run. With an idempotency key already used, returns
     /// the run created then (and `false`).
-    pub async fn create_run(&self, spec: &RunSpec, idempotency_key: Option<&str>) -> Result<(Run, bool)> {
+    pub async fn create_run(
+        &self,
+        spec: &RunSpec,
+        idempotency_key: Option<&str>,
+    ) -> Result<(Run, bool)> {
         if let Some(key) = idempotency_key
             && let Some(run) = self.run_by_idempotency_key(key).await?
         {
@@ -122,11 +132,17 @@ impl Store {
         }
         let id = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
         let name = if spec.name.trim().is_empty() {
-            format!("{}-{}-{}", spec.method.name(), spec.backbone.kind.name(), &id[..6])
+            format!(
+                "{}-{}-{}",
+                spec.method.name(),
+                spec.backbone.kind.name(),
+                &id[..6]
+            )
         } else {
             spec.name.trim().to_string()
         };
-        let spec_json = serde_json::to_string(spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let spec_json =
+            serde_json::to_string(spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let inserted = sqlx::query(
             "INSERT INTO runs (id, name, status, method, backbone, spec, created_at, total_steps, idempotency_key) \
              VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8)",
@@ -144,15 +160,23 @@ impl Store {
         match inserted {
             Ok(_) => {}
             // Two requests with one key raced; the other one won.
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() && idempotency_key.is_some() => {
-                if let Some(run) = self.run_by_idempotency_key(idempotency_key.unwrap_or_default()).await? {
+            Err(sqlx::Error::Database(e))
+                if e.is_unique_violation() && idempotency_key.is_some() =>
+            {
+                if let Some(run) = self
+                    .run_by_idempotency_key(idempotency_key.unwrap_or_default())
+                    .await?
+                {
                     return Ok((run, false));
                 }
                 return Err(sqlx::Error::Database(e).into());
             }
             Err(e) => return Err(e.into()),
         }
-        let run = self.run(&id).await?.ok_or_else(|| StoreError::Corrupt("inserted run vanished".into()))?;
+        let run = self
+            .run(&id)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("inserted run vanished".into()))?;
         Ok((run, true))
     }
 
@@ -185,7 +209,11 @@ impl Store {
     ) -> Result<Page<Run>> {
         let after = page_token.and_then(parse_page_token);
         let (t, id) = after.unwrap_or((i64::MAX, String::new()));
-        let status_clause = if status.is_some() { "AND status = $4" } else { "" };
+        let status_clause = if status.is_some() {
+            "AND status = $4"
+        } else {
+            ""
+        };
         let sql = format!(
             "SELECT {RUN_COLUMNS} FROM runs \
              WHERE (created_at < $1 OR (created_at = $1 AND id < $2)) {status_clause} \
@@ -193,7 +221,11 @@ impl Store {
         );
         let mut q = sqlx::query(AssertSqlSafe(sql))
             .bind(t)
-            .bind(if page_token.is_some() { id } else { "\u{10FFFF}".to_string() })
+            .bind(if page_token.is_some() {
+                id
+            } else {
+                "\u{10FFFF}".to_string()
+            })
             .bind(page_size as i64 + 1);
         if let Some(s) = status {
             q = q.bind(s.as_str());
@@ -206,7 +238,10 @@ impl Store {
         } else {
             None
         };
-        Ok(Page { items, next_page_token })
+        Ok(Page {
+            items,
+            next_page_token,
+        })
     }
 
     /// Takes the oldest queued run for `worker`, holding it for `lease_ms`.
@@ -234,8 +269,14 @@ impl Store {
             return Ok(None);
         };
         let run = run_from_row(&row)?;
-        sqlx::query("DELETE FROM metrics WHERE run_id = $1").bind(&run.id).execute(&self.pool).await?;
-        sqlx::query("DELETE FROM evaluations WHERE run_id = $1").bind(&run.id).execute(&self.pool).await?;
+        sqlx::query("DELETE FROM metrics WHERE run_id = $1")
+            .bind(&run.id)
+            .execute(&self.pool)
+            .await?;
+        sqlx::query("DELETE FROM evaluations WHERE run_id = $1")
+            .bind(&run.id)
+            .execute(&self.pool)
+            .await?;
         Ok(Some(run))
     }
 
@@ -259,7 +300,9 @@ impl Store {
 
     /// Appends metrics and moves the run's progress to the last of them, in one transaction.
     pub async fn add_metrics(&self, id: &str, points: &[MetricPoint]) -> Result<()> {
-        let Some(last) = points.last() else { return Ok(()) };
+        let Some(last) = points.last() else {
+            return Ok(());
+        };
         let mut tx = self.pool.begin().await?;
         for p in points {
             sqlx::query(
@@ -286,7 +329,12 @@ impl Store {
     }
 
     /// Metrics with `step > after_step`, oldest first.
-    pub async fn metrics(&self, id: &str, after_step: i64, limit: usize) -> Result<Vec<MetricPoint>> {
+    pub async fn metrics(
+        &self,
+        id: &str,
+        after_step: i64,
+        limit: usize,
+    ) -> Result<Vec<MetricPoint>> {
         let rows = sqlx::query(
             "SELECT step, epoch, loss, lr, images_per_sec FROM metrics \
              WHERE run_id = $1 AND step > $2 ORDER BY step LIMIT $3",
@@ -469,20 +517,42 @@ mod tests {
         }
         let p1 = store.list_runs(2, None, None).await.unwrap();
         assert_eq!(p1.items.len(), 2);
-        let p2 = store.list_runs(2, p1.next_page_token.as_deref(), None).await.unwrap();
-        let p3 = store.list_runs(2, p2.next_page_token.as_deref(), None).await.unwrap();
+        let p2 = store
+            .list_runs(2, p1.next_page_token.as_deref(), None)
+            .await
+            .unwrap();
+        let p3 = store
+            .list_runs(2, p2.next_page_token.as_deref(), None)
+            .await
+            .unwrap();
         assert_eq!(p3.items.len(), 1);
         assert!(p3.next_page_token.is_none());
-        let mut seen: Vec<String> = [p1, p2, p3].into_iter().flat_map(|p| p.items).map(|r| r.id).collect();
+        let mut seen: Vec<String> = [p1, p2, p3]
+            .into_iter()
+            .flat_map(|p| p.items)
+            .map(|r| r.id)
+            .collect();
         seen.sort();
         ids.sort();
         assert_eq!(seen, ids);
 
         let claimed = store.claim_next("w1", 10_000).await.unwrap().unwrap();
         assert_eq!(claimed.status, RunStatus::Running);
-        assert_eq!(store.heartbeat(&claimed.id, "w1", 10_000).await.unwrap(), Some(false));
-        assert_eq!(store.heartbeat(&claimed.id, "w2", 10_000).await.unwrap(), None);
-        let m = MetricPoint { step: 1, epoch: 0, loss: 3.0, lr: 0.1, images_per_sec: 10.0 };
+        assert_eq!(
+            store.heartbeat(&claimed.id, "w1", 10_000).await.unwrap(),
+            Some(false)
+        );
+        assert_eq!(
+            store.heartbeat(&claimed.id, "w2", 10_000).await.unwrap(),
+            None
+        );
+        let m = MetricPoint {
+            step: 1,
+            epoch: 0,
+            loss: 3.0,
+            lr: 0.1,
+            images_per_sec: 10.0,
+        };
         store.add_metrics(&claimed.id, &[m.clone()]).await.unwrap();
         assert_eq!(store.metrics(&claimed.id, 0, 10).await.unwrap(), vec![m]);
         assert!(store.metrics(&claimed.id, 1, 10).await.unwrap().is_empty());
@@ -493,14 +563,27 @@ mod tests {
             value: 0.75,
             settings: serde_json::json!({"k": 20}),
         };
-        assert!(!store.finish_run(&claimed.id, "w2", RunStatus::Succeeded, None, &[ev.clone()]).await.unwrap());
-        assert!(store.finish_run(&claimed.id, "w1", RunStatus::Succeeded, None, &[ev.clone()]).await.unwrap());
+        assert!(
+            !store
+                .finish_run(&claimed.id, "w2", RunStatus::Succeeded, None, &[ev.clone()])
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .finish_run(&claimed.id, "w1", RunStatus::Succeeded, None, &[ev.clone()])
+                .await
+                .unwrap()
+        );
         let done = store.run(&claimed.id).await.unwrap().unwrap();
         assert_eq!(done.status, RunStatus::Succeeded);
         assert_eq!(done.knn_backbone, Some(0.75));
         assert_eq!(done.last_loss, Some(3.0));
         assert_eq!(store.evaluations(&claimed.id).await.unwrap(), vec![ev]);
-        let only_done = store.list_runs(10, None, Some(RunStatus::Succeeded)).await.unwrap();
+        let only_done = store
+            .list_runs(10, None, Some(RunStatus::Succeeded))
+            .await
+            .unwrap();
         assert_eq!(only_done.items.len(), 1);
     }
 
@@ -523,7 +606,10 @@ mod tests {
         let r = store.request_cancel(&claimed.id).await.unwrap().unwrap();
         assert_eq!(r.status, RunStatus::Running);
         assert!(r.cancel_requested);
-        assert_eq!(store.heartbeat(&claimed.id, "w", 10_000).await.unwrap(), Some(true));
+        assert_eq!(
+            store.heartbeat(&claimed.id, "w", 10_000).await.unwrap(),
+            Some(true)
+        );
 
         // A worker that died: its run is re-queued, then failed after MAX_ATTEMPTS.
         let run = store.create_run(&spec(), None).await.unwrap().0;
@@ -532,10 +618,23 @@ mod tests {
             assert_eq!(got.id, run.id);
             assert_eq!(store.recover_orphans(false).await.unwrap(), 1);
             let after = store.run(&run.id).await.unwrap().unwrap();
-            let want = if attempt < MAX_ATTEMPTS { RunStatus::Queued } else { RunStatus::Failed };
+            let want = if attempt < MAX_ATTEMPTS {
+                RunStatus::Queued
+            } else {
+                RunStatus::Failed
+            };
             assert_eq!(after.status, want);
         }
-        assert!(store.run(&run.id).await.unwrap().unwrap().error.unwrap().contains("worker stopped"));
+        assert!(
+            store
+                .run(&run.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .error
+                .unwrap()
+                .contains("worker stopped")
+        );
         assert!(store.run("nope").await.unwrap().is_none());
     }
 }

@@ -48,8 +48,15 @@ impl Observer for CliObserver {
             return Control::Stop;
         }
         self.bar.set_position(m.step as u64);
-        self.bar.set_message(format!("epoch {} loss {:.4} lr {:.2e} {:.0} img/s", m.epoch, m.loss, m.lr, m.images_per_sec));
-        if self.interrupted.load(Ordering::Relaxed) { Control::Stop } else { Control::Continue }
+        self.bar.set_message(format!(
+            "epoch {} loss {:.4} lr {:.2e} {:.0} img/s",
+            m.epoch, m.loss, m.lr, m.images_per_sec
+        ));
+        if self.interrupted.load(Ordering::Relaxed) {
+            Control::Stop
+        } else {
+            Control::Continue
+        }
     }
 
     fn on_evaluating(&mut self) {
@@ -66,13 +73,25 @@ pub async fn run(spec_path: &Path, out: &Path) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(spec_path)
         .with_context(|| format!("cannot read the spec {}", spec_path.display()))?;
     let is_json = spec_path.extension().is_some_and(|e| e == "json");
-    let spec = if is_json { RunSpec::from_json(&text) } else { RunSpec::from_toml(&text) }
-        .map_err(|e| anyhow::anyhow!("{}: invalid spec: {e}", spec_path.display()))?;
+    let spec = if is_json {
+        RunSpec::from_json(&text)
+    } else {
+        RunSpec::from_toml(&text)
+    }
+    .map_err(|e| anyhow::anyhow!("{}: invalid spec: {e}", spec_path.display()))?;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
 
     let started_at = now_ms();
     let run_file = out.join("run.json");
-    let mut record = RunFile { spec: &spec, status: RunStatus::Running, started_at, finished_at: None, error: None, steps: 0, last_loss: None };
+    let mut record = RunFile {
+        spec: &spec,
+        status: RunStatus::Running,
+        started_at,
+        finished_at: None,
+        error: None,
+        steps: 0,
+        last_loss: None,
+    };
     write_json(&run_file, &record)?;
 
     let interrupted = Arc::new(AtomicBool::new(false));
@@ -88,8 +107,10 @@ pub async fn run(spec_path: &Path, out: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create {}", metrics_path.display()))?;
     let bar = ProgressBar::new(spec.total_steps() as u64);
     bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps  {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps  {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let mut observer = CliObserver {
         bar,
@@ -103,8 +124,9 @@ pub async fn run(spec_path: &Path, out: &Path) -> anyhow::Result<()> {
     let spec_for_job = spec.clone();
     let (result, mut observer) = tokio::task::spawn_blocking(move || {
         let device = sslab_engine::default_device();
-        let result = sslab_engine::data::load(&spec_for_job.data)
-            .and_then(|splits| sslab_engine::train::train(&spec_for_job, &splits, &device, &checkpoint, &mut observer));
+        let result = sslab_engine::data::load(&spec_for_job.data).and_then(|splits| {
+            sslab_engine::train::train(&spec_for_job, &splits, &device, &checkpoint, &mut observer)
+        });
         (result, observer)
     })
     .await?;
@@ -121,14 +143,26 @@ pub async fn run(spec_path: &Path, out: &Path) -> anyhow::Result<()> {
         bail!("{}", record.error.unwrap_or_default());
     }
     match result {
-        Ok(Outcome::Finished { evaluations, last_loss }) => {
+        Ok(Outcome::Finished {
+            evaluations,
+            last_loss,
+        }) => {
             record.status = RunStatus::Succeeded;
             write_json(&out.join("evaluations.json"), &evaluations)?;
             write_json(&run_file, &record)?;
-            println!("finished {} steps, final loss {last_loss:.4}", observer.steps);
-            println!("{:<10} {:<6} {:<6} {:>7}", "layer", "probe", "metric", "value");
+            println!(
+                "finished {} steps, final loss {last_loss:.4}",
+                observer.steps
+            );
+            println!(
+                "{:<10} {:<6} {:<6} {:>7}",
+                "layer", "probe", "metric", "value"
+            );
             for e in &evaluations {
-                println!("{:<10} {:<6} {:<6} {:>7.4}", e.layer, e.probe, e.metric, e.value);
+                println!(
+                    "{:<10} {:<6} {:<6} {:>7.4}",
+                    e.layer, e.probe, e.metric, e.value
+                );
             }
             println!("wrote {}", out.display());
             Ok(())
@@ -136,7 +170,10 @@ pub async fn run(spec_path: &Path, out: &Path) -> anyhow::Result<()> {
         Ok(Outcome::Stopped { step }) => {
             record.status = RunStatus::Cancelled;
             write_json(&run_file, &record)?;
-            bail!("interrupted after {step} steps; the last end-of-epoch checkpoint is kept in {}", out.display())
+            bail!(
+                "interrupted after {step} steps; the last end-of-epoch checkpoint is kept in {}",
+                out.display()
+            )
         }
         Err(e) => {
             record.status = RunStatus::Failed;

@@ -41,11 +41,19 @@ impl Observer for ChannelObserver {
             lr: m.lr,
             images_per_sec: m.images_per_sec,
         });
-        if self.stop.load(Ordering::Relaxed) { Control::Stop } else { Control::Continue }
+        if self.stop.load(Ordering::Relaxed) {
+            Control::Stop
+        } else {
+            Control::Continue
+        }
     }
 
     fn on_checkpoint(&mut self, _: usize, _: &std::path::Path) -> Control {
-        if self.stop.load(Ordering::Relaxed) { Control::Stop } else { Control::Continue }
+        if self.stop.load(Ordering::Relaxed) {
+            Control::Stop
+        } else {
+            Control::Continue
+        }
     }
 }
 
@@ -85,8 +93,12 @@ impl Worker {
         tracing::info!(run = %run.id, name = %run.name, "run started");
         let dir = self.artifacts.run_dir(&run.id);
         if let Err(e) = tokio::fs::create_dir_all(&dir).await {
-            let msg = format!("cannot create the run's artifact folder {}: {e}", dir.display());
-            self.finish(&run.id, RunStatus::Failed, Some(&msg), &[]).await;
+            let msg = format!(
+                "cannot create the run's artifact folder {}: {e}",
+                dir.display()
+            );
+            self.finish(&run.id, RunStatus::Failed, Some(&msg), &[])
+                .await;
             return;
         }
         let stop = Arc::new(AtomicBool::new(false));
@@ -95,7 +107,10 @@ impl Worker {
         let checkpoint = self.artifacts.checkpoint(&run.id);
         let observer_stop = stop.clone();
         let mut job = tokio::task::spawn_blocking(move || {
-            let mut observer = ChannelObserver { tx, stop: observer_stop };
+            let mut observer = ChannelObserver {
+                tx,
+                stop: observer_stop,
+            };
             let device = sslab_engine::default_device();
             let splits = sslab_engine::data::load(&spec.data)?;
             sslab_engine::train::train(&spec, &splits, &device, &checkpoint, &mut observer)
@@ -136,20 +151,28 @@ impl Worker {
         self.flush(&run.id, &mut buffer).await;
         match ending {
             Ending::Finished(Outcome::Finished { evaluations, .. }) => {
-                self.finish(&run.id, RunStatus::Succeeded, None, &evaluations).await
+                self.finish(&run.id, RunStatus::Succeeded, None, &evaluations)
+                    .await
             }
             Ending::Finished(Outcome::Stopped { .. }) if cancelled => {
                 self.finish(&run.id, RunStatus::Cancelled, None, &[]).await
             }
             Ending::Finished(Outcome::Stopped { .. }) => {
                 if interrupted {
-                    if let Err(e) = self.store.release_run(&run.id, &self.id, "the server stopped during the run").await {
+                    if let Err(e) = self
+                        .store
+                        .release_run(&run.id, &self.id, "the server stopped during the run")
+                        .await
+                    {
                         tracing::error!(run = %run.id, error = %e, "could not hand the run back");
                     }
                     tracing::info!(run = %run.id, "run handed back to the queue");
                 }
             }
-            Ending::Failed(msg) => self.finish(&run.id, RunStatus::Failed, Some(&msg), &[]).await,
+            Ending::Failed(msg) => {
+                self.finish(&run.id, RunStatus::Failed, Some(&msg), &[])
+                    .await
+            }
         }
     }
 
@@ -163,10 +186,24 @@ impl Worker {
         buffer.clear();
     }
 
-    async fn finish(&self, id: &str, status: RunStatus, error: Option<&str>, evals: &[sslab_shared::api::Evaluation]) {
-        match self.store.finish_run(id, &self.id, status, error, evals).await {
-            Ok(true) => tracing::info!(run = %id, status = status.as_str(), error = error.unwrap_or(""), "run ended"),
-            Ok(false) => tracing::warn!(run = %id, "run was taken from this worker before it ended"),
+    async fn finish(
+        &self,
+        id: &str,
+        status: RunStatus,
+        error: Option<&str>,
+        evals: &[sslab_shared::api::Evaluation],
+    ) {
+        match self
+            .store
+            .finish_run(id, &self.id, status, error, evals)
+            .await
+        {
+            Ok(true) => {
+                tracing::info!(run = %id, status = status.as_str(), error = error.unwrap_or(""), "run ended")
+            }
+            Ok(false) => {
+                tracing::warn!(run = %id, "run was taken from this worker before it ended")
+            }
             Err(e) => tracing::error!(run = %id, error = %e, "recording the end of a run failed"),
         }
     }

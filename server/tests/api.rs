@@ -19,34 +19,73 @@ async fn lifecycle(server: &Server) {
     let done = wait_terminal(&client, server, &run.id).await;
     assert_succeeded(&done);
     assert_eq!(done.step, 8);
-    let metrics: Vec<MetricPoint> =
-        client.get(server.url(&format!("/runs/{}/metrics", run.id))).send().await.unwrap().json().await.unwrap();
-    assert_eq!(metrics.iter().map(|m| m.step).collect::<Vec<_>>(), (1..=8).collect::<Vec<_>>());
+    let metrics: Vec<MetricPoint> = client
+        .get(server.url(&format!("/runs/{}/metrics", run.id)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        metrics.iter().map(|m| m.step).collect::<Vec<_>>(),
+        (1..=8).collect::<Vec<_>>()
+    );
     assert!(metrics.iter().all(|m| m.loss.is_finite() && m.lr > 0.0));
-    let evals: Vec<Evaluation> =
-        client.get(server.url(&format!("/runs/{}/evaluations", run.id))).send().await.unwrap().json().await.unwrap();
+    let evals: Vec<Evaluation> = client
+        .get(server.url(&format!("/runs/{}/evaluations", run.id)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let layers: Vec<&str> = evals.iter().map(|e| e.layer.as_str()).collect();
     assert_eq!(layers, ["backbone", "proj.0", "proj.1"]);
-    assert!(evals.iter().all(|e| e.probe == "knn" && (0.0..=1.0).contains(&e.value)));
+    assert!(
+        evals
+            .iter()
+            .all(|e| e.probe == "knn" && (0.0..=1.0).contains(&e.value))
+    );
     assert_eq!(done.knn_backbone, Some(evals[0].value));
-    let ck = client.get(server.url(&format!("/runs/{}/checkpoint", run.id))).send().await.unwrap();
+    let ck = client
+        .get(server.url(&format!("/runs/{}/checkpoint", run.id)))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ck.status(), 200);
     assert!(ck.bytes().await.unwrap().len() > 1000);
 
     // Idempotent creation, then pagination over three runs.
     let post = |key: &'static str| {
-        client.post(server.url("/runs")).header("Idempotency-Key", key).json(&tiny_spec(1)).send()
+        client
+            .post(server.url("/runs"))
+            .header("Idempotency-Key", key)
+            .json(&tiny_spec(1))
+            .send()
     };
     let a: Run = post("k-1").await.unwrap().json().await.unwrap();
     let again = post("k-1").await.unwrap();
     assert_eq!(again.status(), 200);
     assert_eq!(again.json::<Run>().await.unwrap().id, a.id);
-    let p1: Page<Run> = client.get(server.url("/runs?page_size=1")).send().await.unwrap().json().await.unwrap();
+    let p1: Page<Run> = client
+        .get(server.url("/runs?page_size=1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(p1.items.len(), 1);
     let token = p1.next_page_token.clone().expect("a second page");
     let p2: Page<Run> = client
         .get(server.url(&format!("/runs?page_size=5&page_token={token}")))
-        .send().await.unwrap().json().await.unwrap();
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(p2.items.len(), 1);
     assert_ne!(p1.items[0].id, p2.items[0].id);
     wait_terminal(&client, server, &a.id).await;
@@ -56,7 +95,11 @@ async fn lifecycle(server: &Server) {
 async fn live_events(server: &Server) {
     let client = reqwest::Client::new();
     let run = create(&client, server, &tiny_spec(6)).await;
-    let resp = client.get(server.url(&format!("/runs/{}/events", run.id))).send().await.unwrap();
+    let resp = client
+        .get(server.url(&format!("/runs/{}/events", run.id)))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
     let mut stream = resp.bytes_stream();
     let mut text = String::new();
@@ -66,21 +109,43 @@ async fn live_events(server: &Server) {
         text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
         while let Some(end) = text.find("\n\n") {
             let block: String = text.drain(..end + 2).collect();
-            let name = block.lines().find_map(|l| l.strip_prefix("event: ")).unwrap_or("").to_string();
-            let data = block.lines().filter_map(|l| l.strip_prefix("data: ")).collect::<String>();
+            let name = block
+                .lines()
+                .find_map(|l| l.strip_prefix("event: "))
+                .unwrap_or("")
+                .to_string();
+            let data = block
+                .lines()
+                .filter_map(|l| l.strip_prefix("data: "))
+                .collect::<String>();
             if !name.is_empty() {
                 events.push((name, serde_json::from_str(&data).unwrap()));
             }
         }
     }
-    let steps: Vec<i64> = events.iter().filter(|(n, _)| n == "metric").map(|(_, d)| d["step"].as_i64().unwrap()).collect();
-    assert_eq!(steps, (1..=24).collect::<Vec<_>>(), "every step once, in order");
-    let statuses: Vec<&str> = events.iter().filter(|(n, _)| n == "status").map(|(_, d)| d["status"].as_str().unwrap()).collect();
+    let steps: Vec<i64> = events
+        .iter()
+        .filter(|(n, _)| n == "metric")
+        .map(|(_, d)| d["step"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        (1..=24).collect::<Vec<_>>(),
+        "every step once, in order"
+    );
+    let statuses: Vec<&str> = events
+        .iter()
+        .filter(|(n, _)| n == "status")
+        .map(|(_, d)| d["status"].as_str().unwrap())
+        .collect();
     assert_eq!(statuses.last(), Some(&"succeeded"));
     // Live: at least one status event came before the last metric.
     let first_status = events.iter().position(|(n, _)| n == "status").unwrap();
     let last_metric = events.iter().rposition(|(n, _)| n == "metric").unwrap();
-    assert!(first_status < last_metric, "metrics arrived only after the run ended");
+    assert!(
+        first_status < last_metric,
+        "metrics arrived only after the run ended"
+    );
     let (name, evals) = events.last().unwrap();
     assert_eq!(name, "evaluations");
     assert_eq!(evals.as_array().unwrap().len(), 3);
@@ -92,56 +157,159 @@ async fn cancel(server: &Server) {
     let long = create(&client, server, &tiny_spec(500)).await;
     let queued = create(&client, server, &tiny_spec(1)).await;
     wait_for(&client, server, &long.id, 60, |r| r.step >= 1).await;
-    let c: Run = client.post(server.url(&format!("/runs/{}/cancel", queued.id))).send().await.unwrap().json().await.unwrap();
+    let c: Run = client
+        .post(server.url(&format!("/runs/{}/cancel", queued.id)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(c.status, RunStatus::Cancelled);
-    let resp = client.post(server.url(&format!("/runs/{}/cancel", long.id))).send().await.unwrap();
+    let resp = client
+        .post(server.url(&format!("/runs/{}/cancel", long.id)))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let done = wait_terminal(&client, server, &long.id).await;
     assert_eq!(done.status, RunStatus::Cancelled);
     assert!(done.step < done.total_steps);
     // Ending an ended run is a conflict; the queued one never ran.
-    let again = client.post(server.url(&format!("/runs/{}/cancel", long.id))).send().await.unwrap();
+    let again = client
+        .post(server.url(&format!("/runs/{}/cancel", long.id)))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(again.status(), 409);
     assert_eq!(get_run(&client, server, &queued.id).await.step, 0);
 }
 
-async fn expect_422(client: &reqwest::Client, server: &Server, body: String, field: &str, words: &str) {
-    let resp = client.post(server.url("/runs")).header("content-type", "application/json").body(body).send().await.unwrap();
+async fn expect_422(
+    client: &reqwest::Client,
+    server: &Server,
+    body: String,
+    field: &str,
+    words: &str,
+) {
+    let resp = client
+        .post(server.url("/runs"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 422);
     let err: ErrorBody = resp.json().await.unwrap();
     assert_eq!(err.error.code, "invalid_spec");
-    assert_eq!(err.error.field.as_deref(), Some(field), "{}", err.error.message);
+    assert_eq!(
+        err.error.field.as_deref(),
+        Some(field),
+        "{}",
+        err.error.message
+    );
     assert!(err.error.message.contains(words), "{}", err.error.message);
 }
 
 /// Invalid specs are refused with a 422 naming the field; nothing is stored.
 async fn invalid_specs(server: &Server) {
     let client = reqwest::Client::new();
-    let before: Page<Run> = client.get(server.url("/runs")).send().await.unwrap().json().await.unwrap();
+    let before: Page<Run> = client
+        .get(server.url("/runs"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let mut spec = tiny_spec(1);
     spec["optimizer"]["lr"] = json!(-1.0);
-    expect_422(&client, server, spec.to_string(), "optimizer.lr", "must be in").await;
+    expect_422(
+        &client,
+        server,
+        spec.to_string(),
+        "optimizer.lr",
+        "must be in",
+    )
+    .await;
     let mut spec = tiny_spec(1);
     spec["optimizer"]["momentum_typo"] = json!(0.9);
-    expect_422(&client, server, spec.to_string(), "optimizer.momentum_typo", "unknown field").await;
+    expect_422(
+        &client,
+        server,
+        spec.to_string(),
+        "optimizer.momentum_typo",
+        "unknown field",
+    )
+    .await;
     let mut spec = tiny_spec(1);
     spec["projector"]["dims"] = json!("64-big");
     expect_422(&client, server, spec.to_string(), "projector.dims", "`big`").await;
     let mut spec = tiny_spec(1);
     spec["schedule"]["epochs"] = json!("many");
-    expect_422(&client, server, spec.to_string(), "schedule.epochs", "invalid type").await;
+    expect_422(
+        &client,
+        server,
+        spec.to_string(),
+        "schedule.epochs",
+        "invalid type",
+    )
+    .await;
     let mut spec = tiny_spec(1);
     spec["data"]["image_size"] = json!(48);
-    expect_422(&client, server, spec.to_string(), "data.image_size", "32 or 64").await;
+    expect_422(
+        &client,
+        server,
+        spec.to_string(),
+        "data.image_size",
+        "32 or 64",
+    )
+    .await;
     // Malformed JSON: still a 422 with a message.
-    let resp = client.post(server.url("/runs")).body("{\"seed\": ").send().await.unwrap();
+    let resp = client
+        .post(server.url("/runs"))
+        .body("{\"seed\": ")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 422);
-    let after: Page<Run> = client.get(server.url("/runs")).send().await.unwrap().json().await.unwrap();
+    let after: Page<Run> = client
+        .get(server.url("/runs"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(before.items.len(), after.items.len());
     // Other bad requests.
-    assert_eq!(client.get(server.url("/runs/nope")).send().await.unwrap().status(), 404);
-    assert_eq!(client.get(server.url("/runs?status=done")).send().await.unwrap().status(), 400);
-    assert_eq!(client.get(server.url("/runs?page_size=0")).send().await.unwrap().status(), 400);
+    assert_eq!(
+        client
+            .get(server.url("/runs/nope"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(
+        client
+            .get(server.url("/runs?status=done"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+    assert_eq!(
+        client
+            .get(server.url("/runs?page_size=0"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -173,21 +341,33 @@ async fn killed_server_requeues_its_run() {
 async fn fresh_postgres_database() -> Option<String> {
     use sqlx::Connection;
     let Ok(admin) = std::env::var("SSLAB_TEST_DATABASE_URL") else {
-        assert!(!e2e_required(), "SSLAB_TEST_DATABASE_URL is required (cargo xtask test sets it)");
+        assert!(
+            !e2e_required(),
+            "SSLAB_TEST_DATABASE_URL is required (cargo xtask test sets it)"
+        );
         eprintln!("skipped: set SSLAB_TEST_DATABASE_URL to a PostgreSQL database");
         return None;
     };
-    let mut conn = sqlx::postgres::PgConnection::connect(&admin).await.expect("connect to PostgreSQL");
+    let mut conn = sqlx::postgres::PgConnection::connect(&admin)
+        .await
+        .expect("connect to PostgreSQL");
     let name = format!("sslab_test_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await.unwrap();
-    let (base, _) = admin.rsplit_once('/').expect("a database URL ends with /NAME");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let (base, _) = admin
+        .rsplit_once('/')
+        .expect("a database URL ends with /NAME");
     Some(format!("{base}/{name}"))
 }
 
 /// The same API on PostgreSQL, and a graceful stop that hands the run back.
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_api() {
-    let Some(url) = fresh_postgres_database().await else { return };
+    let Some(url) = fresh_postgres_database().await else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), Some(&url));
     invalid_specs(&server).await;

@@ -20,13 +20,18 @@ struct Browser {
 
 impl Browser {
     async fn start() -> Browser {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let driver = Command::new(std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "chromedriver".into()))
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start chromedriver (Debian: apt-get install chromium-driver)");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let driver =
+            Command::new(std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "chromedriver".into()))
+                .arg(format!("--port={port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start chromedriver (Debian: apt-get install chromium-driver)");
         let base = format!("http://127.0.0.1:{port}");
         let http = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -42,14 +47,34 @@ impl Browser {
                      "--disable-component-update", "--disable-sync", "--window-size=1280,1100",
                      format!("--user-data-dir={}", profile.display())]
         }}}});
-        let resp: Value = http.post(format!("{base}/session")).json(&caps).send().await.unwrap().json().await.unwrap();
-        let session = resp["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no session: {resp}")).to_string();
-        Browser { driver, base, session, http }
+        let resp: Value = http
+            .post(format!("{base}/session"))
+            .json(&caps)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let session = resp["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {resp}"))
+            .to_string();
+        Browser {
+            driver,
+            base,
+            session,
+            http,
+        }
     }
 
     async fn cmd(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
         let url = format!("{}/session/{}{path}", self.base, self.session);
-        let resp: Value = self.http.request(method, url).json(&body).send().await.unwrap().json().await.unwrap();
+        let mut req = self.http.request(method.clone(), url);
+        if method != reqwest::Method::GET {
+            req = req.json(&body);
+        }
+        let resp: Value = req.send().await.unwrap().json().await.unwrap();
         if let Some(err) = resp["value"].get("error") {
             panic!("webdriver {path}: {err} {}", resp["value"]["message"]);
         }
@@ -57,13 +82,25 @@ impl Browser {
     }
 
     async fn goto(&self, url: &str) {
-        self.cmd(reqwest::Method::POST, "/url", json!({"url": url})).await;
+        self.cmd(reqwest::Method::POST, "/url", json!({"url": url}))
+            .await;
     }
 
     async fn find(&self, css: &str) -> Option<String> {
         let url = format!("{}/session/{}/element", self.base, self.session);
-        let resp: Value = self.http.post(url).json(&json!({"using": "css selector", "value": css})).send().await.ok()?.json().await.ok()?;
-        resp["value"].as_object()?.values().next()?.as_str().map(String::from)
+        let resp: Value = self
+            .http
+            .post(url)
+            .json(&json!({"using": "css selector", "value": css}))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        resp["value"]["element-6066-11e4-a52e-4f735466cecf"]
+            .as_str()
+            .map(String::from)
     }
 
     async fn wait_find(&self, css: &str) -> String {
@@ -79,26 +116,53 @@ impl Browser {
 
     async fn set_field(&self, css: &str, text: &str) {
         let el = self.wait_find(css).await;
-        self.cmd(reqwest::Method::POST, &format!("/element/{el}/clear"), json!({})).await;
-        self.cmd(reqwest::Method::POST, &format!("/element/{el}/value"), json!({"text": text})).await;
+        self.cmd(
+            reqwest::Method::POST,
+            &format!("/element/{el}/clear"),
+            json!({}),
+        )
+        .await;
+        self.cmd(
+            reqwest::Method::POST,
+            &format!("/element/{el}/value"),
+            json!({"text": text}),
+        )
+        .await;
     }
 
     async fn click(&self, css: &str) {
         let el = self.wait_find(css).await;
-        self.cmd(reqwest::Method::POST, &format!("/element/{el}/click"), json!({})).await;
+        self.cmd(
+            reqwest::Method::POST,
+            &format!("/element/{el}/click"),
+            json!({}),
+        )
+        .await;
     }
 
     async fn script(&self, js: &str) -> Value {
-        self.cmd(reqwest::Method::POST, "/execute/sync", json!({"script": js, "args": []})).await
+        self.cmd(
+            reqwest::Method::POST,
+            "/execute/sync",
+            json!({"script": js, "args": []}),
+        )
+        .await
     }
 
     async fn script_async(&self, js: &str) -> Value {
-        self.cmd(reqwest::Method::POST, "/execute/async", json!({"script": js, "args": []})).await
+        self.cmd(
+            reqwest::Method::POST,
+            "/execute/async",
+            json!({"script": js, "args": []}),
+        )
+        .await
     }
 
     async fn screenshot(&self, path: &std::path::Path) {
         use base64_png::decode;
-        let data = self.cmd(reqwest::Method::GET, "/screenshot", Value::Null).await;
+        let data = self
+            .cmd(reqwest::Method::GET, "/screenshot", Value::Null)
+            .await;
         if let Some(b64) = data.as_str() {
             let _ = std::fs::create_dir_all(path.parent().unwrap());
             let _ = std::fs::write(path, decode(b64));
@@ -123,10 +187,16 @@ mod base64_png {
             b'+' => 62,
             _ => 63,
         };
-        let bytes: Vec<u8> = text.bytes().filter(|c| !c.is_ascii_whitespace() && *c != b'=').collect();
+        let bytes: Vec<u8> = text
+            .bytes()
+            .filter(|c| !c.is_ascii_whitespace() && *c != b'=')
+            .collect();
         let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
         for chunk in bytes.chunks(4) {
-            let n = chunk.iter().enumerate().fold(0u32, |acc, (i, &c)| acc | (val(c) as u32) << (18 - 6 * i));
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |acc, (i, &c)| acc | (val(c) as u32) << (18 - 6 * i));
             out.extend_from_slice(&n.to_be_bytes()[1..chunk.len()]);
         }
         out
@@ -136,7 +206,9 @@ mod base64_png {
 #[tokio::test(flavor = "multi_thread")]
 async fn launch_watch_and_read_a_run_in_chromium() {
     if !e2e_required() {
-        eprintln!("skipped: set SSLAB_E2E=1 with a built dashboard in SSLAB_STATIC_DIR (cargo xtask test does)");
+        eprintln!(
+            "skipped: set SSLAB_E2E=1 with a built dashboard in SSLAB_STATIC_DIR (cargo xtask test does)"
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -162,7 +234,13 @@ async fn launch_watch_and_read_a_run_in_chromium() {
     browser.set_field("#f-optimizer-lr", "-1").await;
     browser.click("#launch").await;
     let err = browser.wait_find("#form-error").await;
-    let text = browser.cmd(reqwest::Method::GET, &format!("/element/{err}/text"), Value::Null).await;
+    let text = browser
+        .cmd(
+            reqwest::Method::GET,
+            &format!("/element/{err}/text"),
+            Value::Null,
+        )
+        .await;
     assert!(text.as_str().unwrap().contains("optimizer.lr"), "{text}");
     // …and launches a good one.
     browser.set_field("#f-optimizer-lr", "0.003").await;
@@ -173,7 +251,11 @@ async fn launch_watch_and_read_a_run_in_chromium() {
     let mut seen = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let n = browser.script("return Number(document.querySelector('#loss-chart').getAttribute('data-points'))").await;
+        let n = browser
+            .script(
+                "return Number(document.querySelector('#loss-chart').getAttribute('data-points'))",
+            )
+            .await;
         let n = n.as_i64().unwrap_or(0);
         if seen.last() != Some(&n) {
             seen.push(n);
@@ -181,13 +263,21 @@ async fn launch_watch_and_read_a_run_in_chromium() {
         if browser.find("#knn-table").await.is_some() {
             break;
         }
-        assert!(Instant::now() < deadline, "the run did not finish; chart points seen {seen:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the run did not finish; chart points seen {seen:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let final_points = browser.script("return Number(document.querySelector('#loss-chart').getAttribute('data-points'))").await;
+    let final_points = browser
+        .script("return Number(document.querySelector('#loss-chart').getAttribute('data-points'))")
+        .await;
     assert_eq!(final_points.as_i64(), Some(72), "12 epochs × 6 steps");
     let live: Vec<&i64> = seen.iter().filter(|&&n| n > 0 && n < 72).collect();
-    assert!(!live.is_empty(), "the chart never showed a partial run: {seen:?}");
+    assert!(
+        !live.is_empty(),
+        "the chart never showed a partial run: {seen:?}"
+    );
 
     let rows = browser.script(
         "return Array.from(document.querySelectorAll('#knn-table tbody tr')).map(r => Array.from(r.cells).map(c => c.textContent))",
@@ -199,9 +289,13 @@ async fn launch_watch_and_read_a_run_in_chromium() {
         let v: f64 = r[3].as_str().unwrap().parse().unwrap();
         assert!((0.0..=1.0).contains(&v));
     }
-    let status = browser.script("return document.querySelector('#run-status').textContent").await;
+    let status = browser
+        .script("return document.querySelector('#run-status').textContent")
+        .await;
     assert_eq!(status.as_str(), Some("succeeded"));
-    browser.screenshot(&std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("run-page.png")).await;
+    browser
+        .screenshot(&std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("run-page.png"))
+        .await;
 
     // The browser inference module loads and embeds with this run's weights.
     let result = browser.script_async(r#"

@@ -322,9 +322,8 @@ impl RunSpec {
     /// Parses a spec from JSON; the error names the field that is wrong.
     pub fn from_json(text: &str) -> Result<Self, SpecError> {
         let de = &mut serde_json::Deserializer::from_str(text);
-        let spec: RunSpec = serde_path_to_error::deserialize(de).map_err(|e| {
-            SpecError::new(field_path(e.path()), e.into_inner().to_string())
-        })?;
+        let spec: RunSpec = serde_path_to_error::deserialize(de)
+            .map_err(|e| SpecError::new(field_path(e.path()), e.into_inner().to_string()))?;
         spec.validate()?;
         Ok(spec)
     }
@@ -354,7 +353,10 @@ impl RunSpec {
                 if s.classes < 2 || s.classes > MAX_SCENE_CLASSES {
                     return bad(
                         "data.classes",
-                        format!("must be between 2 and {MAX_SCENE_CLASSES}, got {}", s.classes),
+                        format!(
+                            "must be between 2 and {MAX_SCENE_CLASSES}, got {}",
+                            s.classes
+                        ),
                     );
                 }
                 if s.image_size != 32 && s.image_size != 64 {
@@ -398,7 +400,10 @@ impl RunSpec {
         }
         let b = &self.backbone;
         if b.width < 1 || b.width > 1024 {
-            return bad("backbone.width", format!("must be between 1 and 1024, got {}", b.width));
+            return bad(
+                "backbone.width",
+                format!("must be between 1 and 1024, got {}", b.width),
+            );
         }
         if let Some(w) = b.last_block_width
             && (w < 1 || w > 16384)
@@ -412,7 +417,9 @@ impl RunSpec {
             return bad("projector.dims", msg);
         }
         let a = &self.augment;
-        if !(a.crop_min_scale > 0.0 && a.crop_min_scale <= a.crop_max_scale && a.crop_max_scale <= 1.0)
+        if !(a.crop_min_scale > 0.0
+            && a.crop_min_scale <= a.crop_max_scale
+            && a.crop_max_scale <= 1.0)
         {
             return bad(
                 "augment.crop_min_scale",
@@ -428,7 +435,10 @@ impl RunSpec {
             ("augment.grayscale_prob", a.grayscale_prob),
         ] {
             if !(0.0..=1.0).contains(&p) {
-                return bad(field, format!("is a probability, must be in [0, 1], got {p}"));
+                return bad(
+                    field,
+                    format!("is a probability, must be in [0, 1], got {p}"),
+                );
             }
         }
         if !(0.0..=1.0).contains(&a.jitter_strength) {
@@ -448,7 +458,10 @@ impl RunSpec {
             );
         }
         if !(0.0..1.0).contains(&o.momentum) {
-            return bad("optimizer.momentum", format!("must be in [0, 1), got {}", o.momentum));
+            return bad(
+                "optimizer.momentum",
+                format!("must be in [0, 1), got {}", o.momentum),
+            );
         }
         if o.batch_size < 2 || o.batch_size > 4096 {
             return bad(
@@ -469,12 +482,18 @@ impl RunSpec {
         }
         let s = &self.schedule;
         if s.epochs < 1 || s.epochs > 10_000 {
-            return bad("schedule.epochs", format!("must be between 1 and 10000, got {}", s.epochs));
+            return bad(
+                "schedule.epochs",
+                format!("must be between 1 and 10000, got {}", s.epochs),
+            );
         }
         if !(s.warmup_epochs >= 0.0 && s.warmup_epochs <= s.epochs as f64) {
             return bad(
                 "schedule.warmup_epochs",
-                format!("must be between 0 and epochs ({}), got {}", s.epochs, s.warmup_epochs),
+                format!(
+                    "must be between 0 and epochs ({}), got {}",
+                    s.epochs, s.warmup_epochs
+                ),
             );
         }
         if !(0.0..=1.0).contains(&s.final_lr_fraction) {
@@ -485,7 +504,10 @@ impl RunSpec {
         }
         let e = &self.eval;
         if e.knn_k < 1 || e.knn_k > 1000 {
-            return bad("eval.knn_k", format!("must be between 1 and 1000, got {}", e.knn_k));
+            return bad(
+                "eval.knn_k",
+                format!("must be between 1 and 1000, got {}", e.knn_k),
+            );
         }
         if !(e.knn_temperature > 0.0) {
             return bad(
@@ -546,8 +568,8 @@ mod tests {
 
     #[test]
     fn impossible_values_are_named() {
-        let err = RunSpec::from_json(r#"{"method": {"name": "simclr", "temperature": 0}}"#)
-            .unwrap_err();
+        let err =
+            RunSpec::from_json(r#"{"method": {"name": "simclr", "temperature": 0}}"#).unwrap_err();
         assert_eq!(err.field, "method.temperature");
         let err = RunSpec::from_json(r#"{"projector": {"dims": "128-x"}}"#).unwrap_err();
         assert_eq!(err.field, "projector.dims");
@@ -567,7 +589,10 @@ mod tests {
     fn layer_names_follow_the_projector() {
         let mut spec = RunSpec::default();
         spec.projector.dims = "64-32-16".into();
-        assert_eq!(spec.layer_names(), ["backbone", "proj.0", "proj.1", "proj.2"]);
+        assert_eq!(
+            spec.layer_names(),
+            ["backbone", "proj.0", "proj.1", "proj.2"]
+        );
         spec.projector.dims = String::new();
         assert_eq!(spec.layer_names(), ["backbone"]);
     }

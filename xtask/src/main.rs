@@ -32,12 +32,17 @@ fn main() -> Result<()> {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("xtask: {cmd:?}");
-    let status = cmd.status().with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
     if !status.success() {
         bail!("{:?} failed with {status}", cmd.get_program());
     }
@@ -46,7 +51,9 @@ fn run(cmd: &mut Command) -> Result<()> {
 
 fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn cargo() -> Command {
@@ -55,7 +62,8 @@ fn cargo() -> Command {
 
 /// The wasm32 target and the wasm-bindgen CLI at exactly the version in Cargo.lock.
 fn ensure_wasm_tools(root: &Path) -> Result<()> {
-    let installed = output(Command::new("rustup").args(["target", "list", "--installed"])).unwrap_or_default();
+    let installed =
+        output(Command::new("rustup").args(["target", "list", "--installed"])).unwrap_or_default();
     if !installed.lines().any(|l| l.trim() == WASM_TARGET) {
         run(Command::new("rustup").args(["target", "add", WASM_TARGET]))?;
     }
@@ -82,8 +90,20 @@ fn build_web(root: &Path) -> Result<()> {
         ("sslab-frontend", "sslab_frontend.wasm", "pkg"),
         ("sslab-wasm-infer", "sslab_wasm_infer.wasm", "wasm-infer"),
     ] {
-        run(cargo().args(["build", "-p", krate, "--target", WASM_TARGET, "--profile", "wasm"]))?;
-        let wasm = root.join("target").join(WASM_TARGET).join("wasm").join(file);
+        run(cargo().args([
+            "build",
+            "-p",
+            krate,
+            "--target",
+            WASM_TARGET,
+            "--profile",
+            "wasm",
+        ]))?;
+        let wasm = root
+            .join("target")
+            .join(WASM_TARGET)
+            .join("wasm")
+            .join(file);
         run(Command::new("wasm-bindgen")
             .args(["--target", "web", "--no-typescript", "--out-dir"])
             .arg(dist.join(out))
@@ -95,12 +115,24 @@ fn build_web(root: &Path) -> Result<()> {
 fn serve(root: &Path, args: &[String]) -> Result<()> {
     build_web(root)?;
     run(cargo()
-        .args(["run", "--release", "-p", "sslab-server", "--bin", "sslab", "--", "serve"])
+        .args([
+            "run",
+            "--release",
+            "-p",
+            "sslab-server",
+            "--bin",
+            "sslab",
+            "--",
+            "serve",
+        ])
         .args(args))
 }
 
 fn have(program: &str) -> bool {
-    Command::new("sh").args(["-c", &format!("command -v {program}")]).output().is_ok_and(|o| o.status.success())
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 /// Debian's Chromium and ChromeDriver for the browser tests.
@@ -109,11 +141,20 @@ fn ensure_browser() -> Result<()> {
         return Ok(());
     }
     if !have("apt-get") {
-        bail!("the browser tests need chromium and chromedriver on PATH (Debian: apt-get install chromium chromium-driver)");
+        bail!(
+            "the browser tests need chromium and chromedriver on PATH (Debian: apt-get install chromium chromium-driver)"
+        );
     }
     run(Command::new("apt-get").args(["update", "-q"]))?;
     run(Command::new("apt-get")
-        .args(["install", "-y", "-q", "--no-install-recommends", "chromium", "chromium-driver"])
+        .args([
+            "install",
+            "-y",
+            "-q",
+            "--no-install-recommends",
+            "chromium",
+            "chromium-driver",
+        ])
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
@@ -126,10 +167,17 @@ fn ensure_postgres() -> Result<String> {
     let up = || TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok();
     if !up() && have("pg_ctlcluster") {
         let versions = std::fs::read_dir("/etc/postgresql").map(|d| {
-            d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect::<Vec<_>>()
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
         });
         for v in versions.unwrap_or_default() {
-            let _ = run(Command::new("pg_ctlcluster").args(["--skip-systemctl-redirect", &v, "main", "start"]));
+            let _ = run(Command::new("pg_ctlcluster").args([
+                "--skip-systemctl-redirect",
+                &v,
+                "main",
+                "start",
+            ]));
         }
         for _ in 0..20 {
             if up() {
@@ -149,7 +197,14 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
     ensure_browser()?;
     let pg = ensure_postgres()?;
     run(cargo()
-        .args(["test", "--workspace", "--exclude", "sslab-frontend", "--exclude", "sslab-wasm-infer"])
+        .args([
+            "test",
+            "--workspace",
+            "--exclude",
+            "sslab-frontend",
+            "--exclude",
+            "sslab-wasm-infer",
+        ])
         .args(args)
         .env("SSLAB_E2E", "1")
         .env("SSLAB_TEST_DATABASE_URL", pg)

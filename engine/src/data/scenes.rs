@@ -44,7 +44,12 @@ pub const BACKGROUNDS: [&str; 8] = [
 /// Name of a class: colour, texture and form.
 pub fn class_name(class: usize) -> String {
     let texture = TEXTURES[texture_of(class)];
-    format!("{} {} {}", COLOURS[class].0, texture, SHAPES[class % SHAPES.len()])
+    format!(
+        "{} {} {}",
+        COLOURS[class].0,
+        texture,
+        SHAPES[class % SHAPES.len()]
+    )
 }
 
 fn texture_of(class: usize) -> usize {
@@ -103,7 +108,10 @@ impl ValueNoise {
     fn at(&self, x: f32, y: f32) -> f32 {
         let fx = x.clamp(0.0, 1.0) * self.cells as f32;
         let fy = y.clamp(0.0, 1.0) * self.cells as f32;
-        let (ix, iy) = ((fx as usize).min(self.cells - 1), (fy as usize).min(self.cells - 1));
+        let (ix, iy) = (
+            (fx as usize).min(self.cells - 1),
+            (fy as usize).min(self.cells - 1),
+        );
         let (tx, ty) = (fx - ix as f32, fy - iy as f32);
         let (tx, ty) = (tx * tx * (3.0 - 2.0 * tx), ty * ty * (3.0 - 2.0 * ty));
         let g = |x: usize, y: usize| self.grid[y * (self.cells + 1) + x];
@@ -157,7 +165,11 @@ impl Background {
             }
             "water" => {
                 let wave = (y * self.freq * 6.0 + self.phase + (x * 9.0).sin() * 0.6).sin();
-                mix([0.05, 0.30, 0.50], [0.20, 0.55, 0.70], 0.5 + 0.35 * wave + 0.15 * (c - 0.5))
+                mix(
+                    [0.05, 0.30, 0.50],
+                    [0.20, 0.55, 0.70],
+                    0.5 + 0.35 * wave + 0.15 * (c - 0.5),
+                )
             }
             "grass" => {
                 let blade = self.fine.at(x * 0.2, y * 1.0 + x * 3.0);
@@ -182,7 +194,11 @@ impl Background {
             "snow" => scale([0.93, 0.95, 0.98], 0.9 + 0.1 * c + 0.05 * (f - 0.5)),
             "forest" => {
                 let canopy = (c * 0.6 + f * 0.4 - 0.5) * 3.0;
-                mix([0.05, 0.20, 0.07], [0.25, 0.45, 0.15], (0.5 + canopy).clamp(0.0, 1.0))
+                mix(
+                    [0.05, 0.20, 0.07],
+                    [0.25, 0.45, 0.15],
+                    (0.5 + canopy).clamp(0.0, 1.0),
+                )
             }
             _ => scale([0.45, 0.45, 0.47], 0.75 + 0.35 * f + 0.2 * (c - 0.5)),
         };
@@ -202,14 +218,25 @@ fn inside(shape: usize, u: f32, v: f32) -> bool {
         "ring" => (0.55..=1.0).contains(&r),
         "star" => {
             let theta = v.atan2(u);
-            r <= 0.55 + 0.45 * (2.5 * theta + std::f32::consts::FRAC_PI_2).cos().abs().powf(3.0)
+            r <= 0.55
+                + 0.45
+                    * (2.5 * theta + std::f32::consts::FRAC_PI_2)
+                        .cos()
+                        .abs()
+                        .powf(3.0)
         }
         _ => u * u + (v * v) / 0.16 <= 1.0,
     }
 }
 
 /// Draws a scene into `out` (RGB bytes) and returns the object's box.
-fn draw_scene(out: &mut [u8], s: usize, class: usize, background: usize, rng: &mut Rng) -> [u32; 4] {
+fn draw_scene(
+    out: &mut [u8],
+    s: usize,
+    class: usize,
+    background: usize,
+    rng: &mut Rng,
+) -> [u32; 4] {
     let bg = Background::new(background, rng);
     let side = ((0.4 + 0.3 * rng.f32()) * s as f32).round().max(4.0) as usize;
     let x0 = rng.below(s - side + 1);
@@ -217,7 +244,11 @@ fn draw_scene(out: &mut [u8], s: usize, class: usize, background: usize, rng: &m
     let shade = 0.85 + 0.3 * rng.f32();
     // Half the objects wear their class's colour, the rest any colour: colour
     // helps but does not decide, so form and texture must be learned.
-    let hue = if rng.chance(0.5) { class } else { rng.below(COLOURS.len()) };
+    let hue = if rng.chance(0.5) {
+        class
+    } else {
+        rng.below(COLOURS.len())
+    };
     let colour = scale(COLOURS[hue].1, shade);
     let texture = texture_of(class);
     let stripe_freq = 3.0 + rng.f32();

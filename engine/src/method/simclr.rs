@@ -28,7 +28,9 @@ pub fn nt_xent(z1: &Tensor, z2: &Tensor, temperature: f64) -> candle_core::Resul
     // Push each view's similarity with itself far below every other logit.
     let eye = Tensor::eye(2 * n, DType::F32, z.device())?;
     let logits = (logits - (eye * 1e9)?)?;
-    let targets: Vec<u32> = (0..2 * n as u32).map(|i| (i + n as u32) % (2 * n as u32)).collect();
+    let targets: Vec<u32> = (0..2 * n as u32)
+        .map(|i| (i + n as u32) % (2 * n as u32))
+        .collect();
     let targets = Tensor::new(targets.as_slice(), z.device())?;
     candle_nn::loss::cross_entropy(&logits, &targets)
 }
@@ -50,10 +52,14 @@ mod tests {
 
     /// Independent computation of NT-Xent in plain f64 loops.
     fn reference(z1: &[[f64; 3]], z2: &[[f64; 3]], t: f64) -> f64 {
-        let z: Vec<Vec<f64>> = z1.iter().chain(z2).map(|v| {
-            let n = v.iter().map(|x| x * x).sum::<f64>().sqrt();
-            v.iter().map(|x| x / n).collect()
-        }).collect();
+        let z: Vec<Vec<f64>> = z1
+            .iter()
+            .chain(z2)
+            .map(|v| {
+                let n = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+                v.iter().map(|x| x / n).collect()
+            })
+            .collect();
         let m = z.len();
         let half = m / 2;
         let mut total = 0.0;

@@ -12,7 +12,13 @@ pub struct ConvBn {
 }
 
 impl ConvBn {
-    pub fn new(cin: usize, cout: usize, k: usize, stride: usize, vb: VarBuilder) -> candle_core::Result<Self> {
+    pub fn new(
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        vb: VarBuilder,
+    ) -> candle_core::Result<Self> {
         let cfg = Conv2dConfig {
             padding: k / 2,
             stride,

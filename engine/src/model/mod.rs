@@ -58,9 +58,10 @@ impl Encoder {
                 vb.pp("backbone"),
             )?),
         };
-        let dims = spec.projector.parse_dims().map_err(|m| {
-            sslab_shared::SpecError::new("projector.dims", m)
-        })?;
+        let dims = spec
+            .projector
+            .parse_dims()
+            .map_err(|m| sslab_shared::SpecError::new("projector.dims", m))?;
         let projector = Projector::new(
             b.output_dim(),
             &dims,

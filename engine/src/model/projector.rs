@@ -15,7 +15,12 @@ pub struct Projector {
 }
 
 impl Projector {
-    pub fn new(input: usize, dims: &[usize], bn: bool, vb: VarBuilder) -> candle_core::Result<Self> {
+    pub fn new(
+        input: usize,
+        dims: &[usize],
+        bn: bool,
+        vb: VarBuilder,
+    ) -> candle_core::Result<Self> {
         let mut layers = Vec::new();
         let mut din = input;
         for (i, &d) in dims.iter().enumerate() {
@@ -23,7 +28,11 @@ impl Projector {
             let vb = vb.pp(i.to_string());
             layers.push(Layer {
                 linear: linear(din, d, vb.pp("linear"))?,
-                bn: if bn && !last { Some(batch_norm(d, 1e-5, vb.pp("bn"))?) } else { None },
+                bn: if bn && !last {
+                    Some(batch_norm(d, 1e-5, vb.pp("bn"))?)
+                } else {
+                    None
+                },
                 last,
             });
             din = d;
@@ -51,6 +60,9 @@ impl Projector {
 
 impl ModuleT for Projector {
     fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        Ok(self.forward_layers(x, train)?.pop().unwrap_or_else(|| x.clone()))
+        Ok(self
+            .forward_layers(x, train)?
+            .pop()
+            .unwrap_or_else(|| x.clone()))
     }
 }

@@ -59,7 +59,12 @@ impl ResNet {
                 let last = s == 3 && b == 1;
                 let cout = if last { last_width } else { w };
                 let stride = if s > 0 && b == 0 { 2 } else { 1 };
-                blocks.push(BasicBlock::new(cin, cout, stride, vb.pp(format!("layer{}.{b}", s + 1)))?);
+                blocks.push(BasicBlock::new(
+                    cin,
+                    cout,
+                    stride,
+                    vb.pp(format!("layer{}.{b}", s + 1)),
+                )?);
                 cin = cout;
             }
         }

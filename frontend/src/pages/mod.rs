@@ -7,7 +7,8 @@ use sslab_shared::api::RunStatus;
 /// When a time was, as the browser's local time.
 pub fn time_text(ms: i64) -> String {
     let d = js_sys::Date::new(&wasm_bindgen::JsValue::from_f64(ms as f64));
-    d.to_locale_string("en-GB", &wasm_bindgen::JsValue::UNDEFINED).into()
+    d.to_locale_string("en-GB", &wasm_bindgen::JsValue::UNDEFINED)
+        .into()
 }
 
 pub fn status_class(s: RunStatus) -> String {
@@ -15,5 +16,6 @@ pub fn status_class(s: RunStatus) -> String {
 }
 
 pub fn opt_num(v: Option<f64>, digits: usize) -> String {
-    v.map(|v| format!("{v:.digits$}")).unwrap_or_else(|| "—".into())
+    v.map(|v| format!("{v:.digits$}"))
+        .unwrap_or_else(|| "—".into())
 }

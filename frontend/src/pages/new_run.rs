@@ -8,8 +8,8 @@ use sslab_shared::spec::{BackboneKind, DataSpec, MethodSpec, OptimizerKind, Scen
 
 use crate::api::{self, ApiFailure};
 
-type Get = fn(&RunSpec) -> String;
-type Set = fn(&mut RunSpec, &str) -> Result<(), String>;
+type Getter = fn(&RunSpec) -> String;
+type Setter = fn(&mut RunSpec, &str) -> Result<(), String>;
 
 fn scenes(s: &RunSpec) -> &ScenesSpec {
     match &s.data {
@@ -24,7 +24,9 @@ fn scenes_mut(s: &mut RunSpec) -> &mut ScenesSpec {
 }
 
 fn num<T: std::str::FromStr>(text: &str) -> Result<T, String> {
-    text.trim().parse().map_err(|_| format!("`{}` is not a number of the right kind", text.trim()))
+    text.trim()
+        .parse()
+        .map_err(|_| format!("`{}` is not a number of the right kind", text.trim()))
 }
 
 /// The input's DOM id for a dotted field path: `optimizer.lr` → `f-optimizer-lr`.
@@ -33,7 +35,14 @@ fn input_id(field: &str) -> String {
 }
 
 /// One labelled text input bound to a spec field.
-fn field(spec: RwSignal<RunSpec>, path: &'static str, label: &'static str, help: &'static str, get: Get, set: Set) -> impl IntoView {
+fn field(
+    spec: RwSignal<RunSpec>,
+    path: &'static str,
+    label: &'static str,
+    help: &'static str,
+    get: Getter,
+    set: Setter,
+) -> impl IntoView {
     let (error, set_error) = signal(None::<String>);
     let initial = spec.with_untracked(get);
     view! {
@@ -51,7 +60,14 @@ fn field(spec: RwSignal<RunSpec>, path: &'static str, label: &'static str, help:
     }
 }
 
-fn select(spec: RwSignal<RunSpec>, path: &'static str, label: &'static str, options: &'static [&'static str], get: Get, set: Set) -> impl IntoView {
+fn select(
+    spec: RwSignal<RunSpec>,
+    path: &'static str,
+    label: &'static str,
+    options: &'static [&'static str],
+    get: Getter,
+    set: Setter,
+) -> impl IntoView {
     let initial = spec.with_untracked(get);
     view! {
         <label class="field">
@@ -60,7 +76,7 @@ fn select(spec: RwSignal<RunSpec>, path: &'static str, label: &'static str, opti
                 let v = event_target_value(&ev);
                 spec.update(|s| { let _ = set(s, &v); });
             }>
-                {options.iter().map(|o| view! { <option value=*o selected=*o == initial>{*o}</option> }).collect_view()}
+                {options.iter().map(|o| view! { <option value=*o selected={*o == initial}>{*o}</option> }).collect_view()}
             </select>
         </label>
     }

@@ -27,28 +27,46 @@ fn subscribe(
         return;
     };
     let on_metric = Closure::<dyn Fn(MessageEvent)>::new(move |e: MessageEvent| {
-        if let Some(p) = e.data().as_string().and_then(|d| serde_json::from_str::<MetricPoint>(&d).ok()) {
+        if let Some(p) = e
+            .data()
+            .as_string()
+            .and_then(|d| serde_json::from_str::<MetricPoint>(&d).ok())
+        {
             set_points.update(|v| v.push(p));
         }
     });
     let on_status = Closure::<dyn Fn(MessageEvent)>::new(move |e: MessageEvent| {
-        if let Some(r) = e.data().as_string().and_then(|d| serde_json::from_str::<Run>(&d).ok()) {
+        if let Some(r) = e
+            .data()
+            .as_string()
+            .and_then(|d| serde_json::from_str::<Run>(&d).ok())
+        {
             set_run.set(Some(r));
         }
     });
     let closer = source.clone();
     let on_evals = Closure::<dyn Fn(MessageEvent)>::new(move |e: MessageEvent| {
-        if let Some(v) = e.data().as_string().and_then(|d| serde_json::from_str::<Vec<Evaluation>>(&d).ok()) {
+        if let Some(v) = e
+            .data()
+            .as_string()
+            .and_then(|d| serde_json::from_str::<Vec<Evaluation>>(&d).ok())
+        {
             set_evals.set(Some(v));
         }
         // The run has ended: nothing more will come, so do not reconnect.
         closer.close();
     });
-    let _ = source.add_event_listener_with_callback(events::METRIC, on_metric.as_ref().unchecked_ref());
-    let _ = source.add_event_listener_with_callback(events::STATUS, on_status.as_ref().unchecked_ref());
-    let _ = source.add_event_listener_with_callback(events::EVALUATIONS, on_evals.as_ref().unchecked_ref());
+    let _ =
+        source.add_event_listener_with_callback(events::METRIC, on_metric.as_ref().unchecked_ref());
+    let _ =
+        source.add_event_listener_with_callback(events::STATUS, on_status.as_ref().unchecked_ref());
+    let _ = source
+        .add_event_listener_with_callback(events::EVALUATIONS, on_evals.as_ref().unchecked_ref());
     let keep = SendWrapper::new((source, on_metric, on_status, on_evals));
-    on_cleanup(move || keep.0.close());
+    on_cleanup(move || {
+        let (source, ..) = &*keep;
+        source.close();
+    });
 }
 
 #[component]
@@ -83,7 +101,8 @@ pub fn RunPage() -> impl IntoView {
             }
         });
     };
-    let total = Signal::derive(move || run.with(|r| r.as_ref().map(|r| r.total_steps).unwrap_or(0)));
+    let total =
+        Signal::derive(move || run.with(|r| r.as_ref().map(|r| r.total_steps).unwrap_or(0)));
     view! {
         {move || error.get().map(|e| view! { <p class="error">{e}</p> })}
         {move || run.get().map(|r| {

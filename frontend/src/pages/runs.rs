@@ -10,9 +10,13 @@ use crate::api;
 pub fn RunsPage() -> impl IntoView {
     let (tick, set_tick) = signal(0u32);
     // Refresh while the page is open, so statuses move on their own.
-    let handle = set_interval_with_handle(move || set_tick.update(|t| *t += 1), std::time::Duration::from_secs(2));
+    let handle = set_interval_with_handle(
+        move || set_tick.update(|t| *t += 1),
+        std::time::Duration::from_secs(2),
+    )
+    .ok();
     on_cleanup(move || {
-        if let Ok(h) = handle {
+        if let Some(h) = handle {
             h.clear();
         }
     });
@@ -23,7 +27,7 @@ pub fn RunsPage() -> impl IntoView {
     view! {
         <div class="bar">
             <h1>"Runs"</h1>
-            <A href="/runs/new" attr:class="button" attr:id="new-run">"New run"</A>
+            <a href="/runs/new" class="button" id="new-run">"New run"</a>
         </div>
         <Transition fallback=|| view! { <p>"Loading runs…"</p> }>
             {move || runs.get().map(|res| match res {

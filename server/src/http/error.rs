@@ -40,15 +40,29 @@ impl IntoResponse for ApiError {
             ApiError::Conflict(m) => (StatusCode::CONFLICT, "conflict", m, None),
             ApiError::Store(e) => {
                 tracing::error!(error = %e, "store error");
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal server error".into(), None)
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal server error".into(),
+                    None,
+                )
             }
             ApiError::Internal(e) => {
                 tracing::error!(error = %e, "internal error");
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal server error".into(), None)
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal server error".into(),
+                    None,
+                )
             }
         };
         let body = ErrorBody {
-            error: ErrorDetail { code: code.into(), message, field },
+            error: ErrorDetail {
+                code: code.into(),
+                message,
+                field,
+            },
         };
         (status, Json(body)).into_response()
     }

@@ -71,7 +71,10 @@ pub async fn stream(
 }
 
 fn json_event(name: &str, data: &impl serde::Serialize) -> Event {
-    Event::default().event(name).json_data(data).unwrap_or_else(|_| Event::default().comment("unserialisable"))
+    Event::default()
+        .event(name)
+        .json_data(data)
+        .unwrap_or_else(|_| Event::default().comment("unserialisable"))
 }
 
 async fn poll(c: &mut Cursor) -> crate::store::Result<()> {
@@ -85,7 +88,8 @@ async fn poll(c: &mut Cursor) -> crate::store::Result<()> {
         let full = batch.len() == 500;
         for m in batch {
             c.last_step = m.step;
-            c.queue.push_back(json_event(events::METRIC, &m).id(m.step.to_string()));
+            c.queue
+                .push_back(json_event(events::METRIC, &m).id(m.step.to_string()));
         }
         if !full {
             break;
@@ -98,7 +102,8 @@ async fn poll(c: &mut Cursor) -> crate::store::Result<()> {
         c.queue.push_back(json_event(events::STATUS, &run));
         if terminal {
             let evaluations = c.store.evaluations(&c.id).await?;
-            c.queue.push_back(json_event(events::EVALUATIONS, &evaluations));
+            c.queue
+                .push_back(json_event(events::EVALUATIONS, &evaluations));
             c.done = true;
         }
     }

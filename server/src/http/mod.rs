@@ -36,16 +36,17 @@ pub fn app(state: AppState, static_dir: Option<PathBuf>) -> Router {
     let router = Router::new().nest("/api/v1", api).with_state(state);
     match static_dir.filter(|d| d.join("index.html").is_file()) {
         // Client-side routes (/runs/…) get index.html; the app routes itself.
-        Some(dir) => router.fallback_service(
-            ServeDir::new(&dir).fallback(ServeFile::new(dir.join("index.html"))),
-        ),
+        Some(dir) => router
+            .fallback_service(ServeDir::new(&dir).fallback(ServeFile::new(dir.join("index.html")))),
         None => router.fallback(|| async {
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                Html("<h1>sslab</h1><p>The dashboard is not built. Start the platform with \
+                Html(
+                    "<h1>sslab</h1><p>The dashboard is not built. Start the platform with \
                       <code>cargo xtask serve</code>, or pass <code>--static-dir</code> \
                       pointing at a built <code>frontend/dist</code>. The API is at \
-                      <a href=\"/api/v1/runs\">/api/v1/runs</a>.</p>"),
+                      <a href=\"/api/v1/runs\">/api/v1/runs</a>.</p>",
+                ),
             )
         }),
     }

@@ -25,22 +25,40 @@ pub fn router() -> axum::Router<AppState> {
 
 /// The body is parsed here rather than by axum's `Json` so that every
 /// problem, syntax included, comes back as a 422 naming the field.
-async fn create(State(state): State<AppState>, headers: HeaderMap, body: String) -> ApiResult<Response> {
+async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: String,
+) -> ApiResult<Response> {
     let spec = RunSpec::from_json(&body).map_err(ApiError::InvalidSpec)?;
     let key = headers
         .get("idempotency-key")
-        .map(|v| v.to_str().map_err(|_| ApiError::BadRequest("Idempotency-Key must be ASCII".into())))
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| ApiError::BadRequest("Idempotency-Key must be ASCII".into()))
+        })
         .transpose()?;
     if key.is_some_and(|k| k.is_empty() || k.len() > 200) {
-        return Err(ApiError::BadRequest("Idempotency-Key must be 1 to 200 characters".into()));
+        return Err(ApiError::BadRequest(
+            "Idempotency-Key must be 1 to 200 characters".into(),
+        ));
     }
     let (run, created) = state.store.create_run(&spec, key).await?;
     if created {
         state.queued.notify_waiters();
         state.queued.notify_one();
     }
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, [(header::LOCATION, format!("/api/v1/runs/{}", run.id))], Json(run)).into_response())
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        [(header::LOCATION, format!("/api/v1/runs/{}", run.id))],
+        Json(run),
+    )
+        .into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -51,10 +69,15 @@ struct ListQuery {
     status: Option<String>,
 }
 
-async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult<Json<Page<Run>>> {
+async fn list(
+    State(state): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Page<Run>>> {
     let page_size = q.page_size.unwrap_or(50);
     if !(1..=500).contains(&page_size) {
-        return Err(ApiError::BadRequest(format!("page_size must be between 1 and 500, got {page_size}")));
+        return Err(ApiError::BadRequest(format!(
+            "page_size must be between 1 and 500, got {page_size}"
+        )));
     }
     let status = match q.status.as_deref() {
         None | Some("") => None,
@@ -64,7 +87,12 @@ async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> ApiR
             ))
         })?),
     };
-    Ok(Json(state.store.list_runs(page_size, q.page_token.as_deref(), status).await?))
+    Ok(Json(
+        state
+            .store
+            .list_runs(page_size, q.page_token.as_deref(), status)
+            .await?,
+    ))
 }
 
 pub(super) async fn find(state: &AppState, id: &str) -> ApiResult<Run> {
@@ -82,10 +110,14 @@ async fn read(State(state): State<AppState>, Path(id): Path<String>) -> ApiResul
 async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Run>> {
     let run = find(&state, &id).await?;
     if run.status.is_terminal() {
-        return Err(ApiError::Conflict(format!("run `{id}` has already ended ({})", run.status.as_str())));
+        return Err(ApiError::Conflict(format!(
+            "run `{id}` has already ended ({})",
+            run.status.as_str()
+        )));
     }
     let run = state.store.request_cancel(&id).await?;
-    run.map(Json).ok_or_else(|| ApiError::NotFound(format!("no run with id `{id}`")))
+    run.map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("no run with id `{id}`")))
 }
 
 #[derive(Debug, Deserialize)]
@@ -102,10 +134,18 @@ async fn metrics(
 ) -> ApiResult<Json<Vec<MetricPoint>>> {
     find(&state, &id).await?;
     let limit = q.limit.unwrap_or(10_000).min(100_000);
-    Ok(Json(state.store.metrics(&id, q.after_step.unwrap_or(0), limit).await?))
+    Ok(Json(
+        state
+            .store
+            .metrics(&id, q.after_step.unwrap_or(0), limit)
+            .await?,
+    ))
 }
 
-async fn evaluations(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Vec<Evaluation>>> {
+async fn evaluations(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Vec<Evaluation>>> {
     find(&state, &id).await?;
     Ok(Json(state.store.evaluations(&id).await?))
 }
@@ -117,14 +157,23 @@ async fn checkpoint(State(state): State<AppState>, Path(id): Path<String>) -> Ap
     let bytes = match tokio::fs::read(&path).await {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(ApiError::NotFound(format!("run `{id}` has no checkpoint yet")));
+            return Err(ApiError::NotFound(format!(
+                "run `{id}` has no checkpoint yet"
+            )));
         }
-        Err(e) => return Err(anyhow::Error::new(e).context(format!("reading {}", path.display())).into()),
+        Err(e) => {
+            return Err(anyhow::Error::new(e)
+                .context(format!("reading {}", path.display()))
+                .into());
+        }
     };
     Ok((
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_string()),
-            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{id}.safetensors\"")),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{id}.safetensors\""),
+            ),
         ],
         Body::from(bytes),
     )

@@ -34,13 +34,19 @@ impl Server {
         let mut child = cmd.spawn().expect("start sslab serve");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("read the listening line");
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the listening line");
         let base = line
             .trim()
             .strip_prefix("sslab listening on ")
             .unwrap_or_else(|| panic!("unexpected first line from the server: {line:?}"))
             .to_string();
-        Server { child, base, data_dir: data_dir.to_path_buf() }
+        Server {
+            child,
+            base,
+            data_dir: data_dir.to_path_buf(),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -49,7 +55,10 @@ impl Server {
 
     /// Sends a signal (`TERM`, `KILL`) and waits for the process to exit.
     pub fn stop(mut self, signal: &str) {
-        let _ = Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -83,24 +92,48 @@ pub fn tiny_spec(epochs: usize) -> Value {
 }
 
 pub async fn create(client: &reqwest::Client, server: &Server, spec: &Value) -> Run {
-    let resp = client.post(server.url("/runs")).json(spec).send().await.unwrap();
+    let resp = client
+        .post(server.url("/runs"))
+        .json(spec)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 201, "{:?}", resp.text().await);
     resp.json().await.unwrap()
 }
 
 pub async fn get_run(client: &reqwest::Client, server: &Server, id: &str) -> Run {
-    client.get(server.url(&format!("/runs/{id}"))).send().await.unwrap().json().await.unwrap()
+    client
+        .get(server.url(&format!("/runs/{id}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 /// Polls until `pred` holds for the run, or panics after `secs`.
-pub async fn wait_for(client: &reqwest::Client, server: &Server, id: &str, secs: u64, pred: impl Fn(&Run) -> bool) -> Run {
+pub async fn wait_for(
+    client: &reqwest::Client,
+    server: &Server,
+    id: &str,
+    secs: u64,
+    pred: impl Fn(&Run) -> bool,
+) -> Run {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
         let run = get_run(client, server, id).await;
         if pred(&run) {
             return run;
         }
-        assert!(Instant::now() < deadline, "timed out waiting; run is {:?} at step {}: {:?}", run.status, run.step, run.error);
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting; run is {:?} at step {}: {:?}",
+            run.status,
+            run.step,
+            run.error
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -114,5 +147,10 @@ pub fn e2e_required() -> bool {
 }
 
 pub fn assert_succeeded(run: &Run) {
-    assert_eq!(run.status, RunStatus::Succeeded, "run failed: {:?}", run.error);
+    assert_eq!(
+        run.status,
+        RunStatus::Succeeded,
+        "run failed: {:?}",
+        run.error
+    );
 }
