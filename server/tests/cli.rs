@@ -1,0 +1,140 @@
+//! `sslab train`: a recipe in, the run's files out; bad recipes refused with
+//! a message that names the field.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+fn sslab(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_sslab"))
+        .args(args)
+        .output()
+        .expect("run sslab")
+}
+
+const TINY: &str = r#"
+name = "cli-tiny"
+seed = 2
+[data]
+source = "scenes"
+classes = 3
+train_images = 48
+test_images = 24
+[backbone]
+width = 8
+[projector]
+dims = "32-16"
+[optimizer]
+batch_size = 16
+[schedule]
+epochs = 2
+"#;
+
+#[test]
+fn train_writes_the_run_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("run.toml");
+    std::fs::write(&spec, TINY).unwrap();
+    let out = dir.path().join("out");
+    let res = sslab(&[
+        "train",
+        "--spec",
+        spec.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+
+    let run: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    assert_eq!(run["status"], "succeeded");
+    assert_eq!(run["spec"]["name"], "cli-tiny");
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let steps: Vec<i64> = metrics
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["step"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(steps, (1..=6).collect::<Vec<_>>());
+    let evals: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(out.join("evaluations.json")).unwrap())
+            .unwrap();
+    let rows: Vec<(&str, &str, &str)> = evals
+        .iter()
+        .map(|e| {
+            (
+                e["layer"].as_str().unwrap(),
+                e["probe"].as_str().unwrap(),
+                e["metric"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("backbone", "knn", "top1"),
+            ("proj.0", "knn", "top1"),
+            ("proj.1", "knn", "top1")
+        ]
+    );
+    assert!(
+        std::fs::metadata(out.join("checkpoint.safetensors"))
+            .unwrap()
+            .len()
+            > 1000
+    );
+}
+
+#[test]
+fn bad_recipes_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("bad.toml");
+    std::fs::write(&spec, TINY.replace("width = 8", "width = 8\nwidht = 9")).unwrap();
+    let out = dir.path().join("out");
+    let res = sslab(&[
+        "train",
+        "--spec",
+        spec.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!res.status.success());
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(
+        err.contains("backbone.widht") && err.contains("unknown field"),
+        "{err}"
+    );
+    assert!(!out.exists(), "nothing is written for a refused spec");
+
+    std::fs::write(&spec, TINY.replace("epochs = 2", "epochs = 0")).unwrap();
+    let err = String::from_utf8_lossy(
+        &sslab(&[
+            "train",
+            "--spec",
+            spec.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .stderr,
+    )
+    .into_owned();
+    assert!(err.contains("schedule.epochs"), "{err}");
+
+    let missing = dir.path().join("nope.toml");
+    let res = sslab(&[
+        "train",
+        "--spec",
+        missing.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!res.status.success());
+    assert!(String::from_utf8_lossy(&res.stderr).contains("cannot read the spec"));
+}
