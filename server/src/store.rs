@@ -77,6 +77,10 @@ fn parse_page_token(token: &str) -> Option<(i64, String)> {
     Some((t.parse().ok()?, id.to_string()))
 }
 
+pub fn is_page_token(token: &str) -> bool {
+    parse_page_token(token).is_some()
+}
+
 impl Store {
     /// Connects and brings the schema up to date.
     pub async fn connect(url: &str) -> Result<Store> {
@@ -207,8 +211,10 @@ impl Store {
         page_token: Option<&str>,
         status: Option<RunStatus>,
     ) -> Result<Page<Run>> {
-        let after = page_token.and_then(parse_page_token);
-        let (t, id) = after.unwrap_or((i64::MAX, String::new()));
+        // Without a token, start above every stored (created_at, id).
+        let (t, id) = page_token
+            .and_then(parse_page_token)
+            .unwrap_or((i64::MAX, String::new()));
         let status_clause = if status.is_some() {
             "AND status = $4"
         } else {

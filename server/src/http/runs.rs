@@ -45,7 +45,6 @@ async fn create(
     }
     let (run, created) = state.store.create_run(&spec, key).await?;
     if created {
-        state.queued.notify_waiters();
         state.queued.notify_one();
     }
     let status = if created {
@@ -77,6 +76,13 @@ async fn list(
     if !(1..=500).contains(&page_size) {
         return Err(ApiError::BadRequest(format!(
             "page_size must be between 1 and 500, got {page_size}"
+        )));
+    }
+    if let Some(t) = q.page_token.as_deref()
+        && !crate::store::is_page_token(t)
+    {
+        return Err(ApiError::BadRequest(format!(
+            "`{t}` is not a page token from this API"
         )));
     }
     let status = match q.status.as_deref() {
