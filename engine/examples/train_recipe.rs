@@ -29,7 +29,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let device = sslab_engine::default_device();
     let splits = data::load(&spec.data)?;
     let (untrained, _) = model::build(&spec, &device)?;
-    for e in eval::evaluate(&untrained, &splits, &spec.eval, &device)? {
+    for e in eval::evaluate(&untrained, &splits, &spec.eval, spec.seed, &device)? {
         println!(
             "untrained {} {} {} {:.3}",
             e.layer, e.probe, e.metric, e.value

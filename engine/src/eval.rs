@@ -1,16 +1,15 @@
-//! Evaluations of a trained encoder at every layer.
-//!
-//! Weighted kNN (Wu et al. 2018, arXiv:1805.01978): cosine similarity to the
-//! training split's embeddings, the k nearest vote for their class with weight
-//! exp(s / T).
+//! The evaluation plan: every requested probe at every requested layer
+//! (backbone and each projector layer — guillotine regularization,
+//! arXiv:2206.13378), fitted on the training split, scored on the test split.
 
 use candle_core::{Device, Tensor};
 use sslab_shared::api::Evaluation;
-use sslab_shared::spec::EvalSpec;
+use sslab_shared::spec::{EvalSpec, ProbeKind};
 
 use crate::augment;
 use crate::data::{ImageSet, Splits};
 use crate::model::Encoder;
+use crate::probe::{knn, linear, rankme};
 
 /// Row-major `len × dim` embeddings.
 #[derive(Debug, Clone)]
@@ -41,19 +40,12 @@ impl Features {
                 row.iter_mut().for_each(|x| *x /= n);
             }
         }
-        Features {
-            dim: self.dim,
-            data,
-        }
+        Features { dim: self.dim, data }
     }
 }
 
 /// Embeds every image of `set` (un-augmented) at every layer of the encoder.
-pub fn embed_layers(
-    encoder: &Encoder,
-    set: &ImageSet,
-    device: &Device,
-) -> candle_core::Result<Vec<Features>> {
+pub fn embed_layers(encoder: &Encoder, set: &ImageSet, device: &Device) -> candle_core::Result<Vec<Features>> {
     let s = set.size;
     let per = 3 * s * s;
     let batch = 256;
@@ -69,12 +61,7 @@ pub fn embed_layers(
         if layers.is_empty() {
             layers = outs
                 .iter()
-                .map(|o| {
-                    Ok(Features {
-                        dim: o.dim(1)?,
-                        data: Vec::new(),
-                    })
-                })
+                .map(|o| Ok(Features { dim: o.dim(1)?, data: Vec::new() }))
                 .collect::<candle_core::Result<_>>()?;
         }
         for (f, o) in layers.iter_mut().zip(outs) {
@@ -84,123 +71,99 @@ pub fn embed_layers(
     Ok(layers)
 }
 
-/// Weighted-kNN top-1 accuracy of `test` against the memory bank `train`.
-pub fn knn_accuracy(
-    train: &Features,
-    train_labels: &[u32],
-    test: &Features,
-    test_labels: &[u32],
-    classes: usize,
-    k: usize,
-    temperature: f64,
-) -> f64 {
-    let bank = train.normalized();
-    let queries = test.normalized();
-    let k = k.min(bank.len()).max(1);
-    let mut correct = 0usize;
-    let mut sims: Vec<(f32, u32)> = Vec::with_capacity(bank.len());
-    for q in 0..queries.len() {
-        let query = queries.row(q);
-        sims.clear();
-        sims.extend((0..bank.len()).map(|j| {
-            let s: f32 = query.iter().zip(bank.row(j)).map(|(a, b)| a * b).sum();
-            (s, train_labels[j])
-        }));
-        sims.select_nth_unstable_by(k - 1, |a, b| b.0.total_cmp(&a.0));
-        let mut votes = vec![0.0f64; classes];
-        for &(s, label) in &sims[..k] {
-            votes[label as usize] += (s as f64 / temperature).exp();
-        }
-        let predicted = votes
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .map(|(c, _)| c)
-            .unwrap_or(0);
-        correct += (predicted as u32 == test_labels[q]) as usize;
-    }
-    correct as f64 / queries.len().max(1) as f64
+fn row(layer: &str, probe: ProbeKind, metric: impl Into<String>, value: f64, settings: serde_json::Value) -> Evaluation {
+    Evaluation { layer: layer.into(), probe: probe.name().into(), metric: metric.into(), value, settings, job_id: None }
 }
 
-/// The evaluation plan: weighted kNN at every layer, scored on the test split.
+fn mean_std(values: &[f64]) -> (f64, f64) {
+    let n = values.len().max(1) as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
+    (mean, var.sqrt())
+}
+
+/// Runs every probe of the plan at one layer's features.
+fn probe_layer(
+    layer: &str,
+    train: &Features,
+    test: &Features,
+    splits: &Splits,
+    spec: &EvalSpec,
+    seed: u64,
+) -> candle_core::Result<Vec<Evaluation>> {
+    let (ytr, yte) = (&splits.train.labels, &splits.test.labels);
+    let classes = splits.train.classes();
+    let mut out = Vec::new();
+    for probe in &spec.probes {
+        match probe {
+            ProbeKind::Knn => {
+                let k = spec.knn_k.min(train.len());
+                let v = knn::knn_accuracy(train, ytr, test, yte, classes, k, spec.knn_temperature, spec.knn_metric);
+                let settings = serde_json::json!({"k": k, "temperature": spec.knn_temperature, "metric": spec.knn_metric});
+                out.push(row(layer, *probe, "top1", v, settings));
+            }
+            ProbeKind::Linear => {
+                let r = linear::linear_probe(
+                    train, ytr, test, yte, classes, &spec.linear_l2, spec.linear_val_fraction, spec.linear_steps, seed,
+                )?;
+                let settings = serde_json::json!({
+                    "l2": r.l2, "val_top1": r.val_accuracy, "val_fraction": spec.linear_val_fraction,
+                    "steps": spec.linear_steps, "standardized": true,
+                });
+                out.push(row(layer, *probe, "top1", r.test_accuracy, settings));
+            }
+            ProbeKind::Lowshot => {
+                let (std_train, others) = linear::standardize(train, &[test]);
+                let settings: Vec<(String, Option<usize>, Option<f64>)> = spec
+                    .lowshot_shots
+                    .iter()
+                    .map(|&k| (format!("top1_{k}shot"), Some(k), None))
+                    .chain(spec.lowshot_fractions.iter().map(|&f| (format!("top1_{}pct", f * 100.0), None, Some(f))))
+                    .collect();
+                for (metric, shots, fraction) in settings {
+                    let mut values = Vec::new();
+                    for draw in 0..spec.lowshot_draws {
+                        let idx = linear::lowshot_subset(ytr, classes, shots, fraction, seed ^ (0x5107 + draw as u64));
+                        let x = linear::select(&std_train, &idx);
+                        let y: Vec<u32> = idx.iter().map(|&i| ytr[i]).collect();
+                        let model = linear::Classifier::fit(&x, &y, classes, spec.lowshot_l2, spec.linear_steps)?;
+                        values.push(model.accuracy(&others[0], yte)?);
+                    }
+                    let (mean, std) = mean_std(&values);
+                    let s = serde_json::json!({
+                        "shots_per_class": shots, "fraction": fraction, "draws": spec.lowshot_draws,
+                        "std": std, "values": values, "l2": spec.lowshot_l2,
+                    });
+                    out.push(row(layer, *probe, metric, mean, s));
+                }
+            }
+            ProbeKind::Rankme => {
+                let v = rankme::rankme(test);
+                let s = serde_json::json!({"split": "test", "n": test.len(), "dim": test.dim});
+                out.push(row(layer, *probe, "rank", v, s));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Runs the plan: one row per (layer, probe, metric), layers in depth order.
 pub fn evaluate(
     encoder: &Encoder,
     splits: &Splits,
     spec: &EvalSpec,
+    seed: u64,
     device: &Device,
-) -> candle_core::Result<Vec<Evaluation>> {
+) -> crate::Result<Vec<Evaluation>> {
+    spec.validate(encoder.layer_names())?;
     let train = embed_layers(encoder, &splits.train, device)?;
     let test = embed_layers(encoder, &splits.test, device)?;
-    let classes = splits.train.classes();
-    let settings = serde_json::json!({
-        "k": spec.knn_k,
-        "temperature": spec.knn_temperature,
-        "metric": "cosine",
-        "bank": "train",
-        "queries": "test",
-    });
-    Ok(encoder
-        .layer_names()
-        .iter()
-        .zip(train.iter().zip(&test))
-        .map(|(layer, (tr, te))| Evaluation {
-            layer: layer.clone(),
-            probe: "knn".into(),
-            metric: "top1".into(),
-            value: knn_accuracy(
-                tr,
-                &splits.train.labels,
-                te,
-                &splits.test.labels,
-                classes,
-                spec.knn_k,
-                spec.knn_temperature,
-            ),
-            settings: settings.clone(),
-        })
-        .collect())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn feats(rows: &[[f32; 2]]) -> Features {
-        Features {
-            dim: 2,
-            data: rows.iter().flatten().copied().collect(),
+    let wanted = spec.probed_layers(encoder.layer_names());
+    let mut rows = Vec::new();
+    for (name, (tr, te)) in encoder.layer_names().iter().zip(train.iter().zip(&test)) {
+        if wanted.contains(name) {
+            rows.extend(probe_layer(name, tr, te, splits, spec, seed)?);
         }
     }
-
-    #[test]
-    fn knn_on_hand_made_embeddings() {
-        // Class 0 points east, class 1 north; lengths differ to check cosine.
-        let bank = feats(&[[1.0, 0.1], [5.0, -0.2], [0.1, 1.0], [-0.3, 4.0]]);
-        let labels = [0, 0, 1, 1];
-        let queries = feats(&[[2.0, 0.0], [0.0, 0.5], [1.0, 0.9]]);
-        assert_eq!(
-            knn_accuracy(&bank, &labels, &queries, &[0, 1, 0], 2, 1, 0.07),
-            1.0
-        );
-        // With k = 4 every neighbour votes, but the closer ones weigh more.
-        assert_eq!(
-            knn_accuracy(&bank, &labels, &queries, &[0, 1, 0], 2, 4, 0.07),
-            1.0
-        );
-        // Wrong labels score zero.
-        assert_eq!(
-            knn_accuracy(&bank, &labels, &queries, &[1, 0, 1], 2, 1, 0.07),
-            0.0
-        );
-    }
-
-    #[test]
-    fn temperature_decides_between_many_far_and_one_near() {
-        // One very close class-1 neighbour against two mediocre class-0 ones.
-        let bank = feats(&[[1.0, 0.0], [0.6, 0.8], [0.6, 0.8]]);
-        let labels = [1, 0, 0];
-        let q = feats(&[[1.0, 0.05]]);
-        assert_eq!(knn_accuracy(&bank, &labels, &q, &[1], 2, 3, 0.07), 1.0);
-        assert_eq!(knn_accuracy(&bank, &labels, &q, &[0], 2, 3, 100.0), 1.0);
-    }
+    Ok(rows)
 }

@@ -9,6 +9,7 @@ pub mod eval;
 pub mod method;
 pub mod model;
 pub mod optim;
+pub mod probe;
 pub mod rng;
 pub mod train;
 

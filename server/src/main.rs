@@ -55,6 +55,18 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Evaluate a finished `sslab train` folder again: another plan, or other data.
+    Eval {
+        /// The folder `sslab train --out` wrote.
+        #[arg(long)]
+        run: PathBuf,
+        /// The plan: `[eval]` (probes, layers, …) and optionally `[data]`, in TOML.
+        #[arg(long)]
+        spec: PathBuf,
+        /// Where to write the rows; default `RUN/evaluations-<spec name>.json`.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Create or update the database schema, then exit.
     Migrate,
 }
@@ -88,6 +100,7 @@ async fn main() -> std::process::ExitCode {
             workers,
         } => serve(&cli, *addr, static_dir, *workers).await,
         Command::Train { spec, out } => train_cmd::run(spec, out).await,
+        Command::Eval { run, spec, out } => train_cmd::evaluate(run, spec, out.as_deref()).await,
         Command::Migrate => {
             async {
                 store::Store::connect(&database_url(&cli)?).await?;

@@ -5,7 +5,7 @@
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, AssertSqlSafe, Row};
 use sslab_shared::RunSpec;
-use sslab_shared::api::{Evaluation, MetricPoint, Page, Run, RunStatus};
+use sslab_shared::api::{Evaluation, EvaluationJob, EvaluationRequest, MetricPoint, Page, Run, RunStatus};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -312,7 +312,8 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         for p in points {
             sqlx::query(
-                "INSERT INTO metrics (run_id, step, epoch, loss, lr, images_per_sec) VALUES ($1, $2, $3, $4, $5, $6)",
+                "INSERT INTO metrics (run_id, step, epoch, loss, lr, images_per_sec, online_probe_acc) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
             )
             .bind(id)
             .bind(p.step)
@@ -320,6 +321,7 @@ impl Store {
             .bind(p.loss)
             .bind(p.lr)
             .bind(p.images_per_sec)
+            .bind(p.online_probe_acc)
             .execute(&mut *tx)
             .await?;
         }
@@ -342,7 +344,7 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<MetricPoint>> {
         let rows = sqlx::query(
-            "SELECT step, epoch, loss, lr, images_per_sec FROM metrics \
+            "SELECT step, epoch, loss, lr, images_per_sec, online_probe_acc FROM metrics \
              WHERE run_id = $1 AND step > $2 ORDER BY step LIMIT $3",
         )
         .bind(id)
@@ -358,31 +360,62 @@ impl Store {
                     loss: r.try_get("loss")?,
                     lr: r.try_get("lr")?,
                     images_per_sec: r.try_get("images_per_sec")?,
+                    online_probe_acc: r.try_get("online_probe_acc")?,
                 })
             })
             .collect()
     }
 
-    pub async fn evaluations(&self, id: &str) -> Result<Vec<Evaluation>> {
+    /// Evaluation rows of a run: those of the end of training first, then
+    /// those of each re-evaluation job; `job` narrows to one ('' = training's).
+    pub async fn evaluations(&self, id: &str, job: Option<&str>) -> Result<Vec<Evaluation>> {
         let rows = sqlx::query(
-            "SELECT layer, probe, metric, value, settings FROM evaluations WHERE run_id = $1 \
-             ORDER BY CASE WHEN layer = 'backbone' THEN '' ELSE layer END, probe, metric",
+            "SELECT job_id, layer, probe, metric, value, settings FROM evaluations \
+             WHERE run_id = $1 AND ($2 = '*' OR job_id = $2) \
+             ORDER BY job_id, CASE WHEN layer = 'backbone' THEN '' ELSE layer END, probe, metric",
         )
         .bind(id)
+        .bind(job.unwrap_or("*"))
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
             .map(|r| {
                 let settings: String = r.try_get("settings")?;
+                let job_id: String = r.try_get("job_id")?;
                 Ok(Evaluation {
                     layer: r.try_get("layer")?,
                     probe: r.try_get("probe")?,
                     metric: r.try_get("metric")?,
                     value: r.try_get("value")?,
                     settings: serde_json::from_str(&settings).unwrap_or(serde_json::Value::Null),
+                    job_id: (!job_id.is_empty()).then_some(job_id),
                 })
             })
             .collect()
+    }
+
+    async fn insert_evaluations(
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        run_id: &str,
+        job_id: &str,
+        rows: &[Evaluation],
+    ) -> Result<()> {
+        for e in rows {
+            sqlx::query(
+                "INSERT INTO evaluations (run_id, job_id, layer, probe, metric, value, settings) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(run_id)
+            .bind(job_id)
+            .bind(&e.layer)
+            .bind(&e.probe)
+            .bind(&e.metric)
+            .bind(e.value)
+            .bind(e.settings.to_string())
+            .execute(&mut **tx)
+            .await?;
+        }
+        Ok(())
     }
 
     /// Ends a run held by `worker`: its status, why (for failures), and its
@@ -396,19 +429,7 @@ impl Store {
         evaluations: &[Evaluation],
     ) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
-        for e in evaluations {
-            sqlx::query(
-                "INSERT INTO evaluations (run_id, layer, probe, metric, value, settings) VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(id)
-            .bind(&e.layer)
-            .bind(&e.probe)
-            .bind(&e.metric)
-            .bind(e.value)
-            .bind(e.settings.to_string())
-            .execute(&mut *tx)
-            .await?;
-        }
+        Self::insert_evaluations(&mut tx, id, "", evaluations).await?;
         let knn = evaluations
             .iter()
             .find(|e| e.layer == "backbone" && e.probe == "knn" && e.metric == "top1")
@@ -477,7 +498,21 @@ impl Store {
         .bind(cutoff)
         .execute(&self.pool)
         .await?;
-        Ok(done.rows_affected())
+        let jobs = sqlx::query(
+            "UPDATE evaluation_jobs SET \
+                 status = CASE WHEN attempts >= $1 THEN 'failed' ELSE 'queued' END, \
+                 error = CASE WHEN attempts >= $1 THEN $2 ELSE NULL END, \
+                 finished_at = CASE WHEN attempts >= $1 THEN $3 ELSE NULL END, \
+                 worker = NULL, lease_expires_at = NULL \
+             WHERE status = 'running' AND (lease_expires_at IS NULL OR lease_expires_at < $4)",
+        )
+        .bind(MAX_ATTEMPTS)
+        .bind(format!("its worker stopped while it was running, {MAX_ATTEMPTS} times"))
+        .bind(now_ms())
+        .bind(cutoff)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() + jobs.rows_affected())
     }
 
     /// Cancels a queued run at once; asks the worker of a running one to stop.
@@ -495,6 +530,103 @@ impl Store {
             .execute(&self.pool)
             .await?;
         self.run(id).await
+    }
+}
+
+const JOB_COLUMNS: &str = "id, run_id, status, request, created_at, finished_at, error";
+
+fn job_from_row(row: &AnyRow) -> Result<EvaluationJob> {
+    let status: String = row.try_get("status")?;
+    let request: String = row.try_get("request")?;
+    Ok(EvaluationJob {
+        id: row.try_get("id")?,
+        run_id: row.try_get("run_id")?,
+        status: RunStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown job status `{status}`")))?,
+        request: serde_json::from_str::<EvaluationRequest>(&request)
+            .map_err(|e| StoreError::Corrupt(format!("stored evaluation request does not parse: {e}")))?,
+        created_at: row.try_get("created_at")?,
+        finished_at: row.try_get("finished_at")?,
+        error: row.try_get("error")?,
+    })
+}
+
+/// Re-evaluation jobs: the same queue discipline as runs (claim with a
+/// lease, hand back or fail when the worker vanishes).
+impl Store {
+    pub async fn create_evaluation_job(&self, run_id: &str, request: &EvaluationRequest) -> Result<EvaluationJob> {
+        let id = format!("ev{}", &uuid::Uuid::new_v4().simple().to_string()[..14]);
+        let body = serde_json::to_string(request).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        sqlx::query(
+            "INSERT INTO evaluation_jobs (id, run_id, status, request, created_at) VALUES ($1, $2, 'queued', $3, $4)",
+        )
+        .bind(&id)
+        .bind(run_id)
+        .bind(body)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        self.evaluation_job(&id).await?.ok_or_else(|| StoreError::Corrupt("inserted job vanished".into()))
+    }
+
+    pub async fn evaluation_job(&self, id: &str) -> Result<Option<EvaluationJob>> {
+        let sql = format!("SELECT {JOB_COLUMNS} FROM evaluation_jobs WHERE id = $1");
+        sqlx::query(AssertSqlSafe(sql)).bind(id).fetch_optional(&self.pool).await?.map(|r| job_from_row(&r)).transpose()
+    }
+
+    pub async fn evaluation_jobs(&self, run_id: &str) -> Result<Vec<EvaluationJob>> {
+        let sql = format!("SELECT {JOB_COLUMNS} FROM evaluation_jobs WHERE run_id = $1 ORDER BY created_at, id");
+        let rows = sqlx::query(AssertSqlSafe(sql)).bind(run_id).fetch_all(&self.pool).await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    pub async fn claim_next_evaluation(&self, worker: &str, lease_ms: i64) -> Result<Option<EvaluationJob>> {
+        let lock = match self.dialect {
+            Dialect::Postgres => "FOR UPDATE SKIP LOCKED",
+            Dialect::Sqlite => "",
+        };
+        let now = now_ms();
+        let sql = format!(
+            "UPDATE evaluation_jobs SET status = 'running', worker = $1, lease_expires_at = $2, \
+                 started_at = $3, attempts = attempts + 1 \
+             WHERE id = (SELECT id FROM evaluation_jobs WHERE status = 'queued' ORDER BY created_at, id LIMIT 1 {lock}) \
+               AND status = 'queued' \
+             RETURNING {JOB_COLUMNS}"
+        );
+        let row = sqlx::query(AssertSqlSafe(sql)).bind(worker).bind(now + lease_ms).bind(now).fetch_optional(&self.pool).await?;
+        let Some(row) = row else { return Ok(None) };
+        let job = job_from_row(&row)?;
+        // An earlier, interrupted attempt may have left nothing: rows are
+        // written with the job's end, in one transaction.
+        Ok(Some(job))
+    }
+
+    /// Ends a job held by `worker`, with its rows, in one transaction.
+    pub async fn finish_evaluation(
+        &self,
+        job: &EvaluationJob,
+        worker: &str,
+        status: RunStatus,
+        error: Option<&str>,
+        rows: &[Evaluation],
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        Self::insert_evaluations(&mut tx, &job.run_id, &job.id, rows).await?;
+        let done = sqlx::query(
+            "UPDATE evaluation_jobs SET status = $1, error = $2, finished_at = $3, worker = NULL, lease_expires_at = NULL \
+             WHERE id = $4 AND worker = $5 AND status = 'running'",
+        )
+        .bind(status.as_str())
+        .bind(error)
+        .bind(now_ms())
+        .bind(&job.id)
+        .bind(worker)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if done { tx.commit().await? } else { tx.rollback().await? }
+        Ok(done)
     }
 }
 
@@ -568,6 +700,7 @@ mod tests {
             metric: "top1".into(),
             value: 0.75,
             settings: serde_json::json!({"k": 20}),
+            job_id: None,
         };
         assert!(
             !store
@@ -585,7 +718,19 @@ mod tests {
         assert_eq!(done.status, RunStatus::Succeeded);
         assert_eq!(done.knn_backbone, Some(0.75));
         assert_eq!(done.last_loss, Some(3.0));
-        assert_eq!(store.evaluations(&claimed.id).await.unwrap(), vec![ev]);
+        assert_eq!(store.evaluations(&claimed.id, None).await.unwrap(), vec![ev.clone()]);
+
+        // A re-evaluation job adds rows of its own beside training's.
+        let req = EvaluationRequest { eval: Default::default(), data: None };
+        let job = store.create_evaluation_job(&claimed.id, &req).await.unwrap();
+        let got = store.claim_next_evaluation("w1", 10_000).await.unwrap().unwrap();
+        assert_eq!(got.id, job.id);
+        assert!(store.finish_evaluation(&got, "w1", RunStatus::Succeeded, None, &[ev.clone()]).await.unwrap());
+        let all = store.evaluations(&claimed.id, None).await.unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[1].job_id.as_deref(), Some(job.id.as_str()));
+        assert_eq!(store.evaluations(&claimed.id, Some("")).await.unwrap(), vec![ev]);
+        assert_eq!(store.evaluation_jobs(&claimed.id).await.unwrap()[0].status, RunStatus::Succeeded);
         let only_done = store
             .list_runs(10, None, Some(RunStatus::Succeeded))
             .await

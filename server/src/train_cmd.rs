@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use sslab_engine::train::{Control, Observer, Outcome, StepMetrics};
 use sslab_shared::RunSpec;
-use sslab_shared::api::RunStatus;
+use sslab_shared::api::{Evaluation, EvaluationRequest, RunStatus};
 
 use crate::store::now_ms;
 
@@ -42,6 +42,7 @@ impl Observer for CliObserver {
         self.last_loss = Some(m.loss);
         let line = serde_json::json!({
             "step": m.step, "epoch": m.epoch, "loss": m.loss, "lr": m.lr, "images_per_sec": m.images_per_sec,
+            "online_probe_acc": m.online_probe_acc,
         });
         if let Err(e) = writeln!(self.metrics, "{line}") {
             self.write_error = Some(e);
@@ -182,4 +183,50 @@ pub async fn run(spec_path: &Path, out: &Path) -> anyhow::Result<()> {
             bail!("training failed: {e}")
         }
     }
+}
+
+fn print_table(rows: &[Evaluation]) {
+    println!("{:<10} {:<8} {:<12} {:>8}", "layer", "probe", "metric", "value");
+    for e in rows {
+        println!("{:<10} {:<8} {:<12} {:>8.4}", e.layer, e.probe, e.metric, e.value);
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct RunFileIn {
+    spec: RunSpec,
+    status: RunStatus,
+}
+
+/// `sslab eval --run DIR --spec FILE`: the run's final weights, a new plan.
+pub async fn evaluate(run_dir: &Path, spec_path: &Path, out: Option<&Path>) -> anyhow::Result<()> {
+    let run_file = run_dir.join("run.json");
+    let text = std::fs::read_to_string(&run_file)
+        .with_context(|| format!("cannot read {}; is this a folder `sslab train` wrote?", run_file.display()))?;
+    let run: RunFileIn = serde_json::from_str(&text).with_context(|| format!("{} is not a run file", run_file.display()))?;
+    if run.status != RunStatus::Succeeded {
+        bail!("the run in {} did not succeed ({}); it has no final weights", run_dir.display(), run.status.as_str());
+    }
+    let checkpoint = run_dir.join("checkpoint.safetensors");
+    if !checkpoint.is_file() {
+        bail!("{} is missing", checkpoint.display());
+    }
+    let plan = std::fs::read_to_string(spec_path)
+        .with_context(|| format!("cannot read the plan {}", spec_path.display()))?;
+    let request = EvaluationRequest::parse(&plan, true, &run.spec.layer_names())
+        .map_err(|e| anyhow::anyhow!("{}: invalid plan: {e}", spec_path.display()))?;
+    let stem = spec_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "plan".into());
+    let out = out.map(Path::to_path_buf).unwrap_or_else(|| run_dir.join(format!("evaluations-{stem}.json")));
+    let rows = tokio::task::spawn_blocking(move || {
+        let device = sslab_engine::default_device();
+        let data = request.data.as_ref().unwrap_or(&run.spec.data);
+        let splits = sslab_engine::data::load(data)?;
+        let encoder = sslab_engine::train::load_encoder(&run.spec, &checkpoint, &device)?;
+        sslab_engine::eval::evaluate(&encoder, &splits, &request.eval, run.spec.seed, &device)
+    })
+    .await??;
+    write_json(&out, &rows)?;
+    print_table(&rows);
+    println!("wrote {}", out.display());
+    Ok(())
 }

@@ -15,6 +15,8 @@ use crate::store::Store;
 
 /// A worker that misses heartbeats this long loses its run.
 pub const LEASE_MS: i64 = 30_000;
+/// Evaluations send no heartbeat; their lease covers a long one.
+const EVALUATION_LEASE_MS: i64 = 30 * 60_000;
 const HEARTBEAT: Duration = Duration::from_secs(2);
 const FLUSH: Duration = Duration::from_millis(300);
 const IDLE_POLL: Duration = Duration::from_secs(2);
@@ -40,6 +42,7 @@ impl Observer for ChannelObserver {
             loss: m.loss,
             lr: m.lr,
             images_per_sec: m.images_per_sec,
+            online_probe_acc: m.online_probe_acc,
         });
         if self.stop.load(Ordering::Relaxed) {
             Control::Stop
@@ -73,6 +76,7 @@ impl Worker {
             }
             match self.store.claim_next(&self.id, LEASE_MS).await {
                 Ok(Some(run)) => self.execute(run, &mut shutdown).await,
+                Ok(None) if self.evaluate_next().await => {}
                 Ok(None) => {
                     tokio::select! {
                         _ = self.queued.notified() => {}
@@ -174,6 +178,47 @@ impl Worker {
                     .await
             }
         }
+    }
+
+    /// Runs one queued re-evaluation, if any. Returns whether there was one.
+    async fn evaluate_next(&self) -> bool {
+        let job = match self.store.claim_next_evaluation(&self.id, EVALUATION_LEASE_MS).await {
+            Ok(Some(job)) => job,
+            Ok(None) => return false,
+            Err(e) => {
+                tracing::error!(error = %e, "claiming an evaluation failed");
+                return false;
+            }
+        };
+        tracing::info!(job = %job.id, run = %job.run_id, "evaluation started");
+        let result = match self.store.run(&job.run_id).await {
+            Ok(Some(run)) => {
+                let checkpoint = self.artifacts.checkpoint(&run.id);
+                let request = job.request.clone();
+                tokio::task::spawn_blocking(move || {
+                    let device = sslab_engine::default_device();
+                    let data = request.data.as_ref().unwrap_or(&run.spec.data);
+                    let splits = sslab_engine::data::load(data)?;
+                    let encoder = sslab_engine::train::load_encoder(&run.spec, &checkpoint, &device)?;
+                    sslab_engine::eval::evaluate(&encoder, &splits, &request.eval, run.spec.seed, &device)
+                })
+                .await
+                .map_err(|e| format!("the evaluation thread crashed: {e}"))
+                .and_then(|r| r.map_err(|e| e.to_string()))
+            }
+            Ok(None) => Err("its run was deleted".to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let (status, error, rows) = match result {
+            Ok(rows) => (RunStatus::Succeeded, None, rows),
+            Err(e) => (RunStatus::Failed, Some(e), Vec::new()),
+        };
+        match self.store.finish_evaluation(&job, &self.id, status, error.as_deref(), &rows).await {
+            Ok(true) => tracing::info!(job = %job.id, status = status.as_str(), "evaluation ended"),
+            Ok(false) => tracing::warn!(job = %job.id, "evaluation was taken from this worker before it ended"),
+            Err(e) => tracing::error!(job = %job.id, error = %e, "recording an evaluation failed"),
+        }
+        true
     }
 
     async fn flush(&self, id: &str, buffer: &mut Vec<MetricPoint>) {

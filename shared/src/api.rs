@@ -78,6 +78,9 @@ pub struct MetricPoint {
     pub loss: f64,
     pub lr: f64,
     pub images_per_sec: f64,
+    /// Online linear probe accuracy on the step's batch, when the plan has one.
+    #[serde(default)]
+    pub online_probe_acc: Option<f64>,
 }
 
 /// One evaluation result: a probe at a layer.
@@ -93,6 +96,62 @@ pub struct Evaluation {
     /// The probe's settings, e.g. `{"k": 20, "temperature": 0.07}`.
     #[serde(default)]
     pub settings: serde_json::Value,
+    /// The re-evaluation job that produced the row; none for the evaluation
+    /// at the end of training.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+}
+
+/// Body of `POST /runs/{id}/evaluate`: evaluate a finished run again, with
+/// another plan, and optionally on other data (transfer), without retraining.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluationRequest {
+    #[serde(default)]
+    pub eval: crate::spec::EvalSpec,
+    /// Data to probe on; none means the run's own.
+    #[serde(default)]
+    pub data: Option<crate::spec::DataSpec>,
+}
+
+impl EvaluationRequest {
+    /// Parses JSON (API) or TOML (CLI); errors name the field. `layers` are
+    /// the model's, to check the plan against.
+    pub fn parse(text: &str, toml_format: bool, layers: &[String]) -> Result<Self, crate::SpecError> {
+        let field = |p: &serde_path_to_error::Path| {
+            let t = p.to_string();
+            if t == "." { String::new() } else { t }
+        };
+        let req: EvaluationRequest = if toml_format {
+            let table: toml::Table = toml::from_str(text)
+                .map_err(|e| crate::SpecError::new("", e.message().to_string()))?;
+            serde_path_to_error::deserialize(toml::Value::Table(table))
+                .map_err(|e| crate::SpecError::new(field(e.path()), e.inner().message().to_string()))?
+        } else {
+            let de = &mut serde_json::Deserializer::from_str(text);
+            serde_path_to_error::deserialize(de)
+                .map_err(|e| crate::SpecError::new(field(e.path()), e.into_inner().to_string()))?
+        };
+        req.eval.validate(layers)?;
+        if let Some(data) = &req.data {
+            let mut probe = crate::RunSpec { data: data.clone(), ..Default::default() };
+            probe.optimizer.batch_size = 2;
+            probe.validate().map_err(|e| crate::SpecError::new(e.field, e.message))?;
+        }
+        Ok(req)
+    }
+}
+
+/// A re-evaluation job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvaluationJob {
+    pub id: String,
+    pub run_id: String,
+    pub status: RunStatus,
+    pub request: EvaluationRequest,
+    pub created_at: i64,
+    pub finished_at: Option<i64>,
+    pub error: Option<String>,
 }
 
 /// A page of a list; pass `next_page_token` back as `page_token`.

@@ -300,21 +300,154 @@ impl Default for ScheduleSpec {
     }
 }
 
-/// What runs at the end of training.
+/// A probe of a frozen representation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeKind {
+    /// Weighted kNN (Wu et al. 2018) against the training split.
+    Knn,
+    /// Multinomial logistic regression on standardised features.
+    Linear,
+    /// Logistic regression on a few labels per class, over several draws.
+    Lowshot,
+    /// Effective rank of the embeddings (arXiv:2210.02885); needs no labels.
+    Rankme,
+}
+
+impl ProbeKind {
+    pub const ALL: [ProbeKind; 4] = [ProbeKind::Knn, ProbeKind::Linear, ProbeKind::Lowshot, ProbeKind::Rankme];
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            ProbeKind::Knn => "knn",
+            ProbeKind::Linear => "linear",
+            ProbeKind::Lowshot => "lowshot",
+            ProbeKind::Rankme => "rankme",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KnnMetric {
+    Cosine,
+    L2,
+}
+
+/// The evaluation plan: which probes, at which layers. Every probe is fitted
+/// on the training split and scored on the test split.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EvalSpec {
-    /// Weighted kNN (Wu et al. 2018) with cosine similarity at every layer.
+    pub probes: Vec<ProbeKind>,
+    /// `backbone`, `proj.0`, …; empty means every layer (the guillotine view).
+    pub layers: Vec<String>,
+    /// kNN: neighbours that vote (20 and 200 are usual), vote weight
+    /// exp(sim / T), and the similarity (cosine, or negative L2 distance).
     pub knn_k: usize,
     pub knn_temperature: f64,
+    pub knn_metric: KnnMetric,
+    /// Linear probe: L2 strengths tried, chosen on this fraction of the
+    /// training split held out for validation.
+    pub linear_l2: Vec<f64>,
+    pub linear_val_fraction: f64,
+    /// Full-batch optimiser steps per fit.
+    pub linear_steps: usize,
+    /// Low-shot: labelled images per class, and fractions of the labels.
+    pub lowshot_shots: Vec<usize>,
+    pub lowshot_fractions: Vec<f64>,
+    /// Label draws averaged per setting (the spread is reported too).
+    pub lowshot_draws: usize,
+    pub lowshot_l2: f64,
+    /// Train a linear classifier on stop-gradient backbone features during
+    /// training and log its accuracy on each batch (`online_probe_acc`).
+    pub online_probe: bool,
 }
 
 impl Default for EvalSpec {
     fn default() -> Self {
         Self {
+            probes: ProbeKind::ALL.to_vec(),
+            layers: Vec::new(),
             knn_k: 20,
             knn_temperature: 0.07,
+            knn_metric: KnnMetric::Cosine,
+            linear_l2: vec![0.0, 1e-4, 1e-3, 1e-2],
+            linear_val_fraction: 0.2,
+            linear_steps: 200,
+            lowshot_shots: vec![1, 2, 5],
+            lowshot_fractions: vec![0.01],
+            lowshot_draws: 3,
+            lowshot_l2: 1e-3,
+            online_probe: true,
         }
+    }
+}
+
+impl EvalSpec {
+    /// Checks the plan against the layers a model has.
+    pub fn validate(&self, layer_names: &[String]) -> Result<(), SpecError> {
+        let bad = |field: &str, msg: String| Err(SpecError::new(field, msg));
+        if self.probes.is_empty() {
+            return bad("eval.probes", "name at least one probe: knn, linear, lowshot or rankme".into());
+        }
+        for l in &self.layers {
+            if !layer_names.contains(l) {
+                return bad(
+                    "eval.layers",
+                    format!("this model has no layer `{l}`; its layers are {}", layer_names.join(", ")),
+                );
+            }
+        }
+        if self.knn_k < 1 || self.knn_k > 1000 {
+            return bad("eval.knn_k", format!("must be between 1 and 1000, got {}", self.knn_k));
+        }
+        if !(self.knn_temperature > 0.0) {
+            return bad("eval.knn_temperature", format!("must be above 0, got {}", self.knn_temperature));
+        }
+        if self.linear_l2.is_empty() || self.linear_l2.iter().any(|x| !(0.0..=100.0).contains(x)) {
+            return bad("eval.linear_l2", "give one or more strengths in [0, 100]".into());
+        }
+        if !(self.linear_val_fraction > 0.0 && self.linear_val_fraction < 1.0) {
+            return bad(
+                "eval.linear_val_fraction",
+                format!("must be in (0, 1), got {}", self.linear_val_fraction),
+            );
+        }
+        if self.linear_steps < 1 || self.linear_steps > 100_000 {
+            return bad("eval.linear_steps", format!("must be between 1 and 100000, got {}", self.linear_steps));
+        }
+        if self.lowshot_shots.iter().any(|&k| k < 1 || k > 10_000) {
+            return bad("eval.lowshot_shots", "shots per class must be between 1 and 10000".into());
+        }
+        if self.lowshot_fractions.iter().any(|f| !(*f > 0.0 && *f <= 1.0)) {
+            return bad("eval.lowshot_fractions", "fractions must be in (0, 1]".into());
+        }
+        if self.lowshot_draws < 1 || self.lowshot_draws > 100 {
+            return bad("eval.lowshot_draws", format!("must be between 1 and 100, got {}", self.lowshot_draws));
+        }
+        if !(0.0..=100.0).contains(&self.lowshot_l2) {
+            return bad("eval.lowshot_l2", format!("must be in [0, 100], got {}", self.lowshot_l2));
+        }
+        Ok(())
+    }
+
+    /// The layers to probe, in depth order.
+    pub fn probed_layers(&self, layer_names: &[String]) -> Vec<String> {
+        layer_names
+            .iter()
+            .filter(|l| self.layers.is_empty() || self.layers.contains(l))
+            .cloned()
+            .collect()
+    }
+
+    pub fn parse_toml(text: &str) -> Result<EvalSpec, SpecError> {
+        let table: toml::Table =
+            toml::from_str(text).map_err(|e| SpecError::new("", e.message().to_string()))?;
+        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let path = e.path().to_string();
+            SpecError::new(if path == "." { String::new() } else { path }, e.inner().message().to_string())
+        })
     }
 }
 
@@ -502,20 +635,7 @@ impl RunSpec {
                 format!("must be in [0, 1], got {}", s.final_lr_fraction),
             );
         }
-        let e = &self.eval;
-        if e.knn_k < 1 || e.knn_k > 1000 {
-            return bad(
-                "eval.knn_k",
-                format!("must be between 1 and 1000, got {}", e.knn_k),
-            );
-        }
-        if !(e.knn_temperature > 0.0) {
-            return bad(
-                "eval.knn_temperature",
-                format!("must be above 0, got {}", e.knn_temperature),
-            );
-        }
-        Ok(())
+        self.eval.validate(&self.layer_names())
     }
 
     /// Names of the probed layers, in depth order: `backbone`, `proj.0`, ….
@@ -583,6 +703,19 @@ mod tests {
         let err = RunSpec::from_toml("[data]\nsource = \"scenes\"\nclasess = 3\n").unwrap_err();
         assert!(err.field.starts_with("data"), "{}", err.field);
         assert!(err.message.contains("clasess"));
+    }
+
+    #[test]
+    fn eval_plan_is_checked_against_the_model() {
+        let mut spec = RunSpec::default();
+        spec.eval.layers = vec!["proj.7".into()];
+        let err = spec.validate().unwrap_err();
+        assert_eq!(err.field, "eval.layers");
+        assert!(err.message.contains("backbone, proj.0, proj.1"), "{}", err.message);
+        let err = RunSpec::from_json(r#"{"eval": {"probes": ["knn", "svm"]}}"#).unwrap_err();
+        assert_eq!(err.field, "eval.probes[1]");
+        spec.eval.layers = vec!["proj.1".into()];
+        assert_eq!(spec.eval.probed_layers(&spec.layer_names()), ["proj.1"]);
     }
 
     #[test]

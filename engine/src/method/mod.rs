@@ -11,6 +11,8 @@ use crate::model::Encoder;
 pub struct StepLoss {
     /// The scalar to minimise.
     pub loss: Tensor,
+    /// Backbone output for the first view, (N, D): what the online probe reads.
+    pub features: Tensor,
 }
 
 /// An SSL objective: views in, loss out, plus a hook for momentum updates.

@@ -1,7 +1,7 @@
 //! SimCLR (Chen et al. 2020, arXiv:2002.05709; authors' code
 //! google-research/simclr): the NT-Xent loss over two augmented views.
 
-use candle_core::{D, DType, ModuleT, Tensor};
+use candle_core::{D, DType, Tensor};
 
 use super::{Method, StepLoss};
 use crate::model::Encoder;
@@ -39,9 +39,10 @@ impl Method for SimClr {
     fn loss(&self, encoder: &Encoder, views: &[Tensor]) -> candle_core::Result<StepLoss> {
         let n = views[0].dim(0)?;
         // One pass over both views: BatchNorm sees the 2N images together.
-        let z = encoder.forward_t(&Tensor::cat(&[&views[0], &views[1]], 0)?, true)?;
+        let layers = encoder.forward_layers(&Tensor::cat(&[&views[0], &views[1]], 0)?, true)?;
+        let z = layers.last().expect("the backbone is always a layer");
         let loss = nt_xent(&z.narrow(0, 0, n)?, &z.narrow(0, n, n)?, self.temperature)?;
-        Ok(StepLoss { loss })
+        Ok(StepLoss { loss, features: layers[0].narrow(0, 0, n)? })
     }
 }
 

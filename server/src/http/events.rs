@@ -101,7 +101,7 @@ async fn poll(c: &mut Cursor) -> crate::store::Result<()> {
         let terminal = run.status.is_terminal();
         c.queue.push_back(json_event(events::STATUS, &run));
         if terminal {
-            let evaluations = c.store.evaluations(&c.id).await?;
+            let evaluations = c.store.evaluations(&c.id, Some("")).await?;
             c.queue
                 .push_back(json_event(events::EVALUATIONS, &evaluations));
             c.done = true;

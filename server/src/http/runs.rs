@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use sslab_shared::RunSpec;
-use sslab_shared::api::{Evaluation, MetricPoint, Page, Run, RunStatus};
+use sslab_shared::api::{EvaluationJob, EvaluationRequest, MetricPoint, Page, Run, RunStatus};
 
 use super::{ApiError, ApiResult, AppState, events};
 
@@ -19,6 +19,9 @@ pub fn router() -> axum::Router<AppState> {
         .route("/runs/{id}/cancel", post(cancel))
         .route("/runs/{id}/metrics", get(metrics))
         .route("/runs/{id}/evaluations", get(evaluations))
+        .route("/runs/{id}/evaluate", post(evaluate))
+        .route("/runs/{id}/evaluation-jobs", get(evaluation_jobs))
+        .route("/evaluation-jobs/{id}", get(evaluation_job))
         .route("/runs/{id}/checkpoint", get(checkpoint))
         .route("/runs/{id}/events", get(events::stream))
 }
@@ -148,12 +151,85 @@ async fn metrics(
     ))
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EvaluationsQuery {
+    /// `json` (default) or `csv`.
+    format: Option<String>,
+    /// Only the rows of this re-evaluation job; `training` for the end of training.
+    job: Option<String>,
+}
+
+fn csv_field(text: &str) -> String {
+    if text.contains([',', '"', '\n']) { format!("\"{}\"", text.replace('"', "\"\"")) } else { text.to_string() }
+}
+
+/// One row per (layer, probe, metric), as JSON or CSV.
 async fn evaluations(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> ApiResult<Json<Vec<Evaluation>>> {
+    Query(q): Query<EvaluationsQuery>,
+) -> ApiResult<Response> {
     find(&state, &id).await?;
-    Ok(Json(state.store.evaluations(&id).await?))
+    let job = q.job.as_deref().map(|j| if j == "training" { "" } else { j });
+    let rows = state.store.evaluations(&id, job).await?;
+    match q.format.as_deref() {
+        None | Some("json") => Ok(Json(rows).into_response()),
+        Some("csv") => {
+            let mut out = String::from("run_id,job_id,layer,probe,metric,value,settings\n");
+            for e in &rows {
+                out.push_str(&format!(
+                    "{},{},{},{},{},{},{}\n",
+                    csv_field(&id),
+                    csv_field(e.job_id.as_deref().unwrap_or("")),
+                    csv_field(&e.layer),
+                    csv_field(&e.probe),
+                    csv_field(&e.metric),
+                    e.value,
+                    csv_field(&e.settings.to_string()),
+                ));
+            }
+            Ok((
+                [
+                    (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
+                    (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{id}-evaluations.csv\"")),
+                ],
+                out,
+            )
+                .into_response())
+        }
+        Some(other) => Err(ApiError::BadRequest(format!("unknown format `{other}`; use json or csv"))),
+    }
+}
+
+/// Queues a re-evaluation of a finished run: another plan, other data, no retraining.
+async fn evaluate(State(state): State<AppState>, Path(id): Path<String>, body: String) -> ApiResult<Response> {
+    let run = find(&state, &id).await?;
+    let body = if body.trim().is_empty() { "{}" } else { body.as_str() };
+    let request = EvaluationRequest::parse(body, false, &run.spec.layer_names()).map_err(ApiError::InvalidSpec)?;
+    if run.status != RunStatus::Succeeded {
+        return Err(ApiError::Conflict(format!(
+            "run `{id}` is {}; only a run that succeeded has final weights to evaluate",
+            run.status.as_str()
+        )));
+    }
+    let job = state.store.create_evaluation_job(&id, &request).await?;
+    state.queued.notify_one();
+    Ok((StatusCode::CREATED, [(header::LOCATION, format!("/api/v1/evaluation-jobs/{}", job.id))], Json(job)).into_response())
+}
+
+async fn evaluation_jobs(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Vec<EvaluationJob>>> {
+    find(&state, &id).await?;
+    Ok(Json(state.store.evaluation_jobs(&id).await?))
+}
+
+async fn evaluation_job(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<EvaluationJob>> {
+    state
+        .store
+        .evaluation_job(&id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("no evaluation job with id `{id}`")))
 }
 
 /// The last end-of-epoch weights, as safetensors.

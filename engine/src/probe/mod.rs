@@ -1,0 +1,5 @@
+//! Probes of frozen representations: kNN, linear, low-shot, RankMe.
+
+pub mod knn;
+pub mod linear;
+pub mod rankme;
