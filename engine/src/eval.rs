@@ -40,12 +40,19 @@ impl Features {
                 row.iter_mut().for_each(|x| *x /= n);
             }
         }
-        Features { dim: self.dim, data }
+        Features {
+            dim: self.dim,
+            data,
+        }
     }
 }
 
 /// Embeds every image of `set` (un-augmented) at every layer of the encoder.
-pub fn embed_layers(encoder: &Encoder, set: &ImageSet, device: &Device) -> candle_core::Result<Vec<Features>> {
+pub fn embed_layers(
+    encoder: &Encoder,
+    set: &ImageSet,
+    device: &Device,
+) -> candle_core::Result<Vec<Features>> {
     let s = set.size;
     let per = 3 * s * s;
     let batch = 256;
@@ -61,7 +68,12 @@ pub fn embed_layers(encoder: &Encoder, set: &ImageSet, device: &Device) -> candl
         if layers.is_empty() {
             layers = outs
                 .iter()
-                .map(|o| Ok(Features { dim: o.dim(1)?, data: Vec::new() }))
+                .map(|o| {
+                    Ok(Features {
+                        dim: o.dim(1)?,
+                        data: Vec::new(),
+                    })
+                })
                 .collect::<candle_core::Result<_>>()?;
         }
         for (f, o) in layers.iter_mut().zip(outs) {
@@ -71,8 +83,21 @@ pub fn embed_layers(encoder: &Encoder, set: &ImageSet, device: &Device) -> candl
     Ok(layers)
 }
 
-fn row(layer: &str, probe: ProbeKind, metric: impl Into<String>, value: f64, settings: serde_json::Value) -> Evaluation {
-    Evaluation { layer: layer.into(), probe: probe.name().into(), metric: metric.into(), value, settings, job_id: None }
+fn row(
+    layer: &str,
+    probe: ProbeKind,
+    metric: impl Into<String>,
+    value: f64,
+    settings: serde_json::Value,
+) -> Evaluation {
+    Evaluation {
+        layer: layer.into(),
+        probe: probe.name().into(),
+        metric: metric.into(),
+        value,
+        settings,
+        job_id: None,
+    }
 }
 
 fn mean_std(values: &[f64]) -> (f64, f64) {
@@ -98,13 +123,30 @@ fn probe_layer(
         match probe {
             ProbeKind::Knn => {
                 let k = spec.knn_k.min(train.len());
-                let v = knn::knn_accuracy(train, ytr, test, yte, classes, k, spec.knn_temperature, spec.knn_metric);
+                let v = knn::knn_accuracy(
+                    train,
+                    ytr,
+                    test,
+                    yte,
+                    classes,
+                    k,
+                    spec.knn_temperature,
+                    spec.knn_metric,
+                );
                 let settings = serde_json::json!({"k": k, "temperature": spec.knn_temperature, "metric": spec.knn_metric});
                 out.push(row(layer, *probe, "top1", v, settings));
             }
             ProbeKind::Linear => {
                 let r = linear::linear_probe(
-                    train, ytr, test, yte, classes, &spec.linear_l2, spec.linear_val_fraction, spec.linear_steps, seed,
+                    train,
+                    ytr,
+                    test,
+                    yte,
+                    classes,
+                    &spec.linear_l2,
+                    spec.linear_val_fraction,
+                    spec.linear_steps,
+                    seed,
                 )?;
                 let settings = serde_json::json!({
                     "l2": r.l2, "val_top1": r.val_accuracy, "val_fraction": spec.linear_val_fraction,
@@ -118,15 +160,31 @@ fn probe_layer(
                     .lowshot_shots
                     .iter()
                     .map(|&k| (format!("top1_{k}shot"), Some(k), None))
-                    .chain(spec.lowshot_fractions.iter().map(|&f| (format!("top1_{}pct", f * 100.0), None, Some(f))))
+                    .chain(
+                        spec.lowshot_fractions
+                            .iter()
+                            .map(|&f| (format!("top1_{}pct", f * 100.0), None, Some(f))),
+                    )
                     .collect();
                 for (metric, shots, fraction) in settings {
                     let mut values = Vec::new();
                     for draw in 0..spec.lowshot_draws {
-                        let idx = linear::lowshot_subset(ytr, classes, shots, fraction, seed ^ (0x5107 + draw as u64));
+                        let idx = linear::lowshot_subset(
+                            ytr,
+                            classes,
+                            shots,
+                            fraction,
+                            seed ^ (0x5107 + draw as u64),
+                        );
                         let x = linear::select(&std_train, &idx);
                         let y: Vec<u32> = idx.iter().map(|&i| ytr[i]).collect();
-                        let model = linear::Classifier::fit(&x, &y, classes, spec.lowshot_l2, spec.linear_steps)?;
+                        let model = linear::Classifier::fit(
+                            &x,
+                            &y,
+                            classes,
+                            spec.lowshot_l2,
+                            spec.linear_steps,
+                        )?;
                         values.push(model.accuracy(&others[0], yte)?);
                     }
                     let (mean, std) = mean_std(&values);

@@ -88,7 +88,11 @@ pub fn train(
     let mut optimizer = Optimizer::new(&spec.optimizer, &varmap)?;
     let s = data.size;
     let mut probe = if spec.eval.online_probe {
-        Some(OnlineProbe::new(spec.backbone.output_dim(), data.classes(), device)?)
+        Some(OnlineProbe::new(
+            spec.backbone.output_dim(),
+            data.classes(),
+            device,
+        )?)
     } else {
         None
     };
@@ -120,7 +124,10 @@ pub fn train(
             let online_probe_acc = match &mut probe {
                 Some(p) => {
                     let labels: Vec<u32> = indices.iter().map(|&i| data.labels[i]).collect();
-                    Some(p.step(&out.features.detach(), &Tensor::new(labels.as_slice(), device)?)?)
+                    Some(p.step(
+                        &out.features.detach(),
+                        &Tensor::new(labels.as_slice(), device)?,
+                    )?)
                 }
                 None => None,
             };
@@ -166,15 +173,30 @@ impl OnlineProbe {
     fn new(dim: usize, classes: usize, device: &Device) -> candle_core::Result<Self> {
         let w = Var::zeros((dim, classes), DType::F32, device)?;
         let b = Var::zeros(classes, DType::F32, device)?;
-        let opt = AdamW::new(vec![w.clone(), b.clone()], ParamsAdamW { lr: 1e-2, weight_decay: 0.0, ..Default::default() })?;
+        let opt = AdamW::new(
+            vec![w.clone(), b.clone()],
+            ParamsAdamW {
+                lr: 1e-2,
+                weight_decay: 0.0,
+                ..Default::default()
+            },
+        )?;
         Ok(OnlineProbe { w, b, opt })
     }
 
     /// Scores the batch, then takes one step on it.
     fn step(&mut self, features: &Tensor, labels: &Tensor) -> candle_core::Result<f64> {
-        let logits = features.matmul(self.w.as_tensor())?.broadcast_add(self.b.as_tensor())?;
-        let hits = logits.argmax(D::Minus1)?.eq(labels)?.to_dtype(DType::F32)?.mean_all()?.to_scalar::<f32>()?;
-        self.opt.backward_step(&candle_nn::loss::cross_entropy(&logits, labels)?)?;
+        let logits = features
+            .matmul(self.w.as_tensor())?
+            .broadcast_add(self.b.as_tensor())?;
+        let hits = logits
+            .argmax(D::Minus1)?
+            .eq(labels)?
+            .to_dtype(DType::F32)?
+            .mean_all()?
+            .to_scalar::<f32>()?;
+        self.opt
+            .backward_step(&candle_nn::loss::cross_entropy(&logits, labels)?)?;
         Ok(hits as f64)
     }
 }
@@ -296,7 +318,8 @@ mod tests {
         let spec = tiny_spec(640, 6);
         let splits = crate::data::load(&spec.data).unwrap();
         let (untrained, _) = model::build(&spec, &Device::Cpu).unwrap();
-        let before = eval::evaluate(&untrained, &splits, &spec.eval, spec.seed, &Device::Cpu).unwrap();
+        let before =
+            eval::evaluate(&untrained, &splits, &spec.eval, spec.seed, &Device::Cpu).unwrap();
         let mut rec = Record {
             losses: vec![],
             online: vec![],
@@ -330,11 +353,30 @@ mod tests {
             "kNN@backbone: untrained {b0:.3}, trained {b1:.3}; losses {:?}",
             rec.losses
         );
-        let linear = |layer: &str| evaluations.iter().find(|e| e.layer == layer && e.probe == "linear").unwrap().value;
-        assert!(linear("backbone") > linear("proj.1"), "guillotine: {} vs {}", linear("backbone"), linear("proj.1"));
-        let layers: Vec<&str> = evaluations.iter().filter(|e| e.probe == "knn").map(|e| e.layer.as_str()).collect();
+        let linear = |layer: &str| {
+            evaluations
+                .iter()
+                .find(|e| e.layer == layer && e.probe == "linear")
+                .unwrap()
+                .value
+        };
+        assert!(
+            linear("backbone") > linear("proj.1"),
+            "guillotine: {} vs {}",
+            linear("backbone"),
+            linear("proj.1")
+        );
+        let layers: Vec<&str> = evaluations
+            .iter()
+            .filter(|e| e.probe == "knn")
+            .map(|e| e.layer.as_str())
+            .collect();
         assert_eq!(layers, ["backbone", "proj.0", "proj.1"]);
-        assert!(rec.online.iter().rev().take(10).sum::<f64>() / 10.0 > 0.35, "online probe {:?}", rec.online);
+        assert!(
+            rec.online.iter().rev().take(10).sum::<f64>() / 10.0 > 0.35,
+            "online probe {:?}",
+            rec.online
+        );
         let first: f64 = rec.losses[..5].iter().sum::<f64>() / 5.0;
         let last: f64 = rec.losses[rec.losses.len() - 5..].iter().sum::<f64>() / 5.0;
         assert!(last < first - 0.3, "loss {first:.3} -> {last:.3}");

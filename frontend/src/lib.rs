@@ -3,6 +3,7 @@
 mod api;
 mod chart;
 mod pages;
+mod probes;
 
 use leptos::prelude::*;
 use leptos_router::components::{A, Route, Router, Routes};

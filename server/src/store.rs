@@ -5,7 +5,9 @@
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, AssertSqlSafe, Row};
 use sslab_shared::RunSpec;
-use sslab_shared::api::{Evaluation, EvaluationJob, EvaluationRequest, MetricPoint, Page, Run, RunStatus};
+use sslab_shared::api::{
+    Evaluation, EvaluationJob, EvaluationRequest, MetricPoint, Page, Run, RunStatus,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -507,7 +509,9 @@ impl Store {
              WHERE status = 'running' AND (lease_expires_at IS NULL OR lease_expires_at < $4)",
         )
         .bind(MAX_ATTEMPTS)
-        .bind(format!("its worker stopped while it was running, {MAX_ATTEMPTS} times"))
+        .bind(format!(
+            "its worker stopped while it was running, {MAX_ATTEMPTS} times"
+        ))
         .bind(now_ms())
         .bind(cutoff)
         .execute(&self.pool)
@@ -543,8 +547,9 @@ fn job_from_row(row: &AnyRow) -> Result<EvaluationJob> {
         run_id: row.try_get("run_id")?,
         status: RunStatus::parse(&status)
             .ok_or_else(|| StoreError::Corrupt(format!("unknown job status `{status}`")))?,
-        request: serde_json::from_str::<EvaluationRequest>(&request)
-            .map_err(|e| StoreError::Corrupt(format!("stored evaluation request does not parse: {e}")))?,
+        request: serde_json::from_str::<EvaluationRequest>(&request).map_err(|e| {
+            StoreError::Corrupt(format!("stored evaluation request does not parse: {e}"))
+        })?,
         created_at: row.try_get("created_at")?,
         finished_at: row.try_get("finished_at")?,
         error: row.try_get("error")?,
@@ -554,9 +559,14 @@ fn job_from_row(row: &AnyRow) -> Result<EvaluationJob> {
 /// Re-evaluation jobs: the same queue discipline as runs (claim with a
 /// lease, hand back or fail when the worker vanishes).
 impl Store {
-    pub async fn create_evaluation_job(&self, run_id: &str, request: &EvaluationRequest) -> Result<EvaluationJob> {
+    pub async fn create_evaluation_job(
+        &self,
+        run_id: &str,
+        request: &EvaluationRequest,
+    ) -> Result<EvaluationJob> {
         let id = format!("ev{}", &uuid::Uuid::new_v4().simple().to_string()[..14]);
-        let body = serde_json::to_string(request).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let body =
+            serde_json::to_string(request).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         sqlx::query(
             "INSERT INTO evaluation_jobs (id, run_id, status, request, created_at) VALUES ($1, $2, 'queued', $3, $4)",
         )
@@ -566,21 +576,37 @@ impl Store {
         .bind(now_ms())
         .execute(&self.pool)
         .await?;
-        self.evaluation_job(&id).await?.ok_or_else(|| StoreError::Corrupt("inserted job vanished".into()))
+        self.evaluation_job(&id)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("inserted job vanished".into()))
     }
 
     pub async fn evaluation_job(&self, id: &str) -> Result<Option<EvaluationJob>> {
         let sql = format!("SELECT {JOB_COLUMNS} FROM evaluation_jobs WHERE id = $1");
-        sqlx::query(AssertSqlSafe(sql)).bind(id).fetch_optional(&self.pool).await?.map(|r| job_from_row(&r)).transpose()
+        sqlx::query(AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| job_from_row(&r))
+            .transpose()
     }
 
     pub async fn evaluation_jobs(&self, run_id: &str) -> Result<Vec<EvaluationJob>> {
-        let sql = format!("SELECT {JOB_COLUMNS} FROM evaluation_jobs WHERE run_id = $1 ORDER BY created_at, id");
-        let rows = sqlx::query(AssertSqlSafe(sql)).bind(run_id).fetch_all(&self.pool).await?;
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM evaluation_jobs WHERE run_id = $1 ORDER BY created_at, id"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(run_id)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(job_from_row).collect()
     }
 
-    pub async fn claim_next_evaluation(&self, worker: &str, lease_ms: i64) -> Result<Option<EvaluationJob>> {
+    pub async fn claim_next_evaluation(
+        &self,
+        worker: &str,
+        lease_ms: i64,
+    ) -> Result<Option<EvaluationJob>> {
         let lock = match self.dialect {
             Dialect::Postgres => "FOR UPDATE SKIP LOCKED",
             Dialect::Sqlite => "",
@@ -593,7 +619,12 @@ impl Store {
                AND status = 'queued' \
              RETURNING {JOB_COLUMNS}"
         );
-        let row = sqlx::query(AssertSqlSafe(sql)).bind(worker).bind(now + lease_ms).bind(now).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(worker)
+            .bind(now + lease_ms)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?;
         let Some(row) = row else { return Ok(None) };
         let job = job_from_row(&row)?;
         // An earlier, interrupted attempt may have left nothing: rows are
@@ -625,7 +656,11 @@ impl Store {
         .await?
         .rows_affected()
             == 1;
-        if done { tx.commit().await? } else { tx.rollback().await? }
+        if done {
+            tx.commit().await?
+        } else {
+            tx.rollback().await?
+        }
         Ok(done)
     }
 }
@@ -718,19 +753,43 @@ mod tests {
         assert_eq!(done.status, RunStatus::Succeeded);
         assert_eq!(done.knn_backbone, Some(0.75));
         assert_eq!(done.last_loss, Some(3.0));
-        assert_eq!(store.evaluations(&claimed.id, None).await.unwrap(), vec![ev.clone()]);
+        assert_eq!(
+            store.evaluations(&claimed.id, None).await.unwrap(),
+            vec![ev.clone()]
+        );
 
         // A re-evaluation job adds rows of its own beside training's.
-        let req = EvaluationRequest { eval: Default::default(), data: None };
-        let job = store.create_evaluation_job(&claimed.id, &req).await.unwrap();
-        let got = store.claim_next_evaluation("w1", 10_000).await.unwrap().unwrap();
+        let req = EvaluationRequest {
+            eval: Default::default(),
+            data: None,
+        };
+        let job = store
+            .create_evaluation_job(&claimed.id, &req)
+            .await
+            .unwrap();
+        let got = store
+            .claim_next_evaluation("w1", 10_000)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(got.id, job.id);
-        assert!(store.finish_evaluation(&got, "w1", RunStatus::Succeeded, None, &[ev.clone()]).await.unwrap());
+        assert!(
+            store
+                .finish_evaluation(&got, "w1", RunStatus::Succeeded, None, &[ev.clone()])
+                .await
+                .unwrap()
+        );
         let all = store.evaluations(&claimed.id, None).await.unwrap();
         assert_eq!(all.len(), 2);
         assert_eq!(all[1].job_id.as_deref(), Some(job.id.as_str()));
-        assert_eq!(store.evaluations(&claimed.id, Some("")).await.unwrap(), vec![ev]);
-        assert_eq!(store.evaluation_jobs(&claimed.id).await.unwrap()[0].status, RunStatus::Succeeded);
+        assert_eq!(
+            store.evaluations(&claimed.id, Some("")).await.unwrap(),
+            vec![ev]
+        );
+        assert_eq!(
+            store.evaluation_jobs(&claimed.id).await.unwrap()[0].status,
+            RunStatus::Succeeded
+        );
         let only_done = store
             .list_runs(10, None, Some(RunStatus::Succeeded))
             .await

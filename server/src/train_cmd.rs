@@ -186,9 +186,15 @@ pub async fn run(spec_path: &Path, out: &Path) -> anyhow::Result<()> {
 }
 
 fn print_table(rows: &[Evaluation]) {
-    println!("{:<10} {:<8} {:<12} {:>8}", "layer", "probe", "metric", "value");
+    println!(
+        "{:<10} {:<8} {:<12} {:>8}",
+        "layer", "probe", "metric", "value"
+    );
     for e in rows {
-        println!("{:<10} {:<8} {:<12} {:>8.4}", e.layer, e.probe, e.metric, e.value);
+        println!(
+            "{:<10} {:<8} {:<12} {:>8.4}",
+            e.layer, e.probe, e.metric, e.value
+        );
     }
 }
 
@@ -201,11 +207,20 @@ struct RunFileIn {
 /// `sslab eval --run DIR --spec FILE`: the run's final weights, a new plan.
 pub async fn evaluate(run_dir: &Path, spec_path: &Path, out: Option<&Path>) -> anyhow::Result<()> {
     let run_file = run_dir.join("run.json");
-    let text = std::fs::read_to_string(&run_file)
-        .with_context(|| format!("cannot read {}; is this a folder `sslab train` wrote?", run_file.display()))?;
-    let run: RunFileIn = serde_json::from_str(&text).with_context(|| format!("{} is not a run file", run_file.display()))?;
+    let text = std::fs::read_to_string(&run_file).with_context(|| {
+        format!(
+            "cannot read {}; is this a folder `sslab train` wrote?",
+            run_file.display()
+        )
+    })?;
+    let run: RunFileIn = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a run file", run_file.display()))?;
     if run.status != RunStatus::Succeeded {
-        bail!("the run in {} did not succeed ({}); it has no final weights", run_dir.display(), run.status.as_str());
+        bail!(
+            "the run in {} did not succeed ({}); it has no final weights",
+            run_dir.display(),
+            run.status.as_str()
+        );
     }
     let checkpoint = run_dir.join("checkpoint.safetensors");
     if !checkpoint.is_file() {
@@ -215,8 +230,13 @@ pub async fn evaluate(run_dir: &Path, spec_path: &Path, out: Option<&Path>) -> a
         .with_context(|| format!("cannot read the plan {}", spec_path.display()))?;
     let request = EvaluationRequest::parse(&plan, true, &run.spec.layer_names())
         .map_err(|e| anyhow::anyhow!("{}: invalid plan: {e}", spec_path.display()))?;
-    let stem = spec_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "plan".into());
-    let out = out.map(Path::to_path_buf).unwrap_or_else(|| run_dir.join(format!("evaluations-{stem}.json")));
+    let stem = spec_path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "plan".into());
+    let out = out
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| run_dir.join(format!("evaluations-{stem}.json")));
     let rows = tokio::task::spawn_blocking(move || {
         let device = sslab_engine::default_device();
         let data = request.data.as_ref().unwrap_or(&run.spec.data);

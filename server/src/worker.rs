@@ -182,7 +182,11 @@ impl Worker {
 
     /// Runs one queued re-evaluation, if any. Returns whether there was one.
     async fn evaluate_next(&self) -> bool {
-        let job = match self.store.claim_next_evaluation(&self.id, EVALUATION_LEASE_MS).await {
+        let job = match self
+            .store
+            .claim_next_evaluation(&self.id, EVALUATION_LEASE_MS)
+            .await
+        {
             Ok(Some(job)) => job,
             Ok(None) => return false,
             Err(e) => {
@@ -199,8 +203,15 @@ impl Worker {
                     let device = sslab_engine::default_device();
                     let data = request.data.as_ref().unwrap_or(&run.spec.data);
                     let splits = sslab_engine::data::load(data)?;
-                    let encoder = sslab_engine::train::load_encoder(&run.spec, &checkpoint, &device)?;
-                    sslab_engine::eval::evaluate(&encoder, &splits, &request.eval, run.spec.seed, &device)
+                    let encoder =
+                        sslab_engine::train::load_encoder(&run.spec, &checkpoint, &device)?;
+                    sslab_engine::eval::evaluate(
+                        &encoder,
+                        &splits,
+                        &request.eval,
+                        run.spec.seed,
+                        &device,
+                    )
                 })
                 .await
                 .map_err(|e| format!("the evaluation thread crashed: {e}"))
@@ -213,9 +224,15 @@ impl Worker {
             Ok(rows) => (RunStatus::Succeeded, None, rows),
             Err(e) => (RunStatus::Failed, Some(e), Vec::new()),
         };
-        match self.store.finish_evaluation(&job, &self.id, status, error.as_deref(), &rows).await {
+        match self
+            .store
+            .finish_evaluation(&job, &self.id, status, error.as_deref(), &rows)
+            .await
+        {
             Ok(true) => tracing::info!(job = %job.id, status = status.as_str(), "evaluation ended"),
-            Ok(false) => tracing::warn!(job = %job.id, "evaluation was taken from this worker before it ended"),
+            Ok(false) => {
+                tracing::warn!(job = %job.id, "evaluation was taken from this worker before it ended")
+            }
             Err(e) => tracing::error!(job = %job.id, error = %e, "recording an evaluation failed"),
         }
         true

@@ -42,14 +42,26 @@ async fn lifecycle(server: &Server) {
         .unwrap();
     // The default plan: every probe at every layer.
     for layer in ["backbone", "proj.0", "proj.1"] {
-        let probes: Vec<&str> = evals.iter().filter(|e| e.layer == layer).map(|e| e.probe.as_str()).collect();
+        let probes: Vec<&str> = evals
+            .iter()
+            .filter(|e| e.layer == layer)
+            .map(|e| e.probe.as_str())
+            .collect();
         for p in ["knn", "linear", "lowshot", "rankme"] {
             assert!(probes.contains(&p), "{layer} lacks {p}: {probes:?}");
         }
     }
-    assert!(evals.iter().filter(|e| e.probe != "rankme").all(|e| (0.0..=1.0).contains(&e.value)));
+    assert!(
+        evals
+            .iter()
+            .filter(|e| e.probe != "rankme")
+            .all(|e| (0.0..=1.0).contains(&e.value))
+    );
     assert!(evals.iter().all(|e| e.job_id.is_none()));
-    let knn = evals.iter().find(|e| e.layer == "backbone" && e.probe == "knn").unwrap();
+    let knn = evals
+        .iter()
+        .find(|e| e.layer == "backbone" && e.probe == "knn")
+        .unwrap();
     assert_eq!(done.knn_backbone, Some(knn.value));
     reevaluate(server, &done, evals.len()).await;
     let ck = client
@@ -102,9 +114,22 @@ async fn lifecycle(server: &Server) {
 async fn reevaluate(server: &Server, run: &Run, training_rows: usize) {
     let client = reqwest::Client::new();
     let url = server.url(&format!("/runs/{}/evaluate", run.id));
-    let bad = client.post(&url).body(r#"{"eval": {"layers": ["proj.9"]}}"#).send().await.unwrap();
+    let bad = client
+        .post(&url)
+        .body(r#"{"eval": {"layers": ["proj.9"]}}"#)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(bad.status(), 422);
-    assert_eq!(bad.json::<ErrorBody>().await.unwrap().error.field.as_deref(), Some("eval.layers"));
+    assert_eq!(
+        bad.json::<ErrorBody>()
+            .await
+            .unwrap()
+            .error
+            .field
+            .as_deref(),
+        Some("eval.layers")
+    );
     let plan = json!({
         "eval": {"probes": ["knn", "rankme"], "layers": ["backbone", "proj.1"], "knn_k": 5, "knn_metric": "l2"},
         "data": {"source": "scenes", "classes": 4, "train_images": 40, "test_images": 20, "seed": 9}
@@ -115,35 +140,82 @@ async fn reevaluate(server: &Server, run: &Run, training_rows: usize) {
     let job_id = job["id"].as_str().unwrap().to_string();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let j: Value = client.get(server.url(&format!("/evaluation-jobs/{job_id}"))).send().await.unwrap().json().await.unwrap();
+        let j: Value = client
+            .get(server.url(&format!("/evaluation-jobs/{job_id}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         if j["status"] == "succeeded" {
             break;
         }
         assert!(j["status"] == "queued" || j["status"] == "running", "{j}");
-        assert!(std::time::Instant::now() < deadline, "evaluation did not finish");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "evaluation did not finish"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let rows: Vec<Evaluation> = client
         .get(server.url(&format!("/runs/{}/evaluations?job={job_id}", run.id)))
-        .send().await.unwrap().json().await.unwrap();
-    let got: Vec<(&str, &str)> = rows.iter().map(|e| (e.layer.as_str(), e.probe.as_str())).collect();
-    assert_eq!(got, [("backbone", "knn"), ("backbone", "rankme"), ("proj.1", "knn"), ("proj.1", "rankme")]);
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let got: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|e| (e.layer.as_str(), e.probe.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("backbone", "knn"),
+            ("backbone", "rankme"),
+            ("proj.1", "knn"),
+            ("proj.1", "rankme")
+        ]
+    );
     assert_eq!(rows[0].settings["metric"], "l2");
     // Training's rows are untouched; the CSV holds both.
     let own: Vec<Evaluation> = client
         .get(server.url(&format!("/runs/{}/evaluations?job=training", run.id)))
-        .send().await.unwrap().json().await.unwrap();
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(own.len(), training_rows);
-    let csv = client.get(server.url(&format!("/runs/{}/evaluations?format=csv", run.id))).send().await.unwrap();
+    let csv = client
+        .get(server.url(&format!("/runs/{}/evaluations?format=csv", run.id)))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(csv.headers()["content-type"], "text/csv; charset=utf-8");
     let text = csv.text().await.unwrap();
-    assert_eq!(text.lines().next(), Some("run_id,job_id,layer,probe,metric,value,settings"));
+    assert_eq!(
+        text.lines().next(),
+        Some("run_id,job_id,layer,probe,metric,value,settings")
+    );
     assert_eq!(text.lines().count(), 1 + training_rows + 4);
     // Only finished runs have final weights.
     let queued = create(&client, server, &tiny_spec(300)).await;
-    let resp = client.post(server.url(&format!("/runs/{}/evaluate", queued.id))).body("{}").send().await.unwrap();
+    let resp = client
+        .post(server.url(&format!("/runs/{}/evaluate", queued.id)))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 409);
-    client.post(server.url(&format!("/runs/{}/cancel", queued.id))).send().await.unwrap();
+    client
+        .post(server.url(&format!("/runs/{}/cancel", queued.id)))
+        .send()
+        .await
+        .unwrap();
     wait_terminal(&client, server, &queued.id).await;
 }
 
@@ -204,11 +276,21 @@ async fn live_events(server: &Server) {
     );
     let (name, evals) = events.last().unwrap();
     assert_eq!(name, "evaluations");
-    let knn_layers: Vec<&str> = evals.as_array().unwrap().iter()
-        .filter(|e| e["probe"] == "knn").map(|e| e["layer"].as_str().unwrap()).collect();
+    let knn_layers: Vec<&str> = evals
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["probe"] == "knn")
+        .map(|e| e["layer"].as_str().unwrap())
+        .collect();
     assert_eq!(knn_layers, ["backbone", "proj.0", "proj.1"]);
     // Every step carries the online probe's accuracy.
-    assert!(events.iter().filter(|(n, _)| n == "metric").all(|(_, d)| d["online_probe_acc"].as_f64().is_some()));
+    assert!(
+        events
+            .iter()
+            .filter(|(n, _)| n == "metric")
+            .all(|(_, d)| d["online_probe_acc"].as_f64().is_some())
+    );
 }
 
 /// Cancel stops a running run mid-epoch, and a queued one at once.

@@ -260,7 +260,7 @@ async fn launch_watch_and_read_a_run_in_chromium() {
         if seen.last() != Some(&n) {
             seen.push(n);
         }
-        if browser.find("#knn-table").await.is_some() {
+        if browser.find("#probe-table").await.is_some() {
             break;
         }
         assert!(
@@ -279,16 +279,49 @@ async fn launch_watch_and_read_a_run_in_chromium() {
         "the chart never showed a partial run: {seen:?}"
     );
 
+    // The layer × probe table: one row per layer, kNN first.
+    let header = browser.script(
+        "return Array.from(document.querySelectorAll('#probe-table thead th')).map(c => c.textContent)",
+    ).await;
+    let header: Vec<&str> = header
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert_eq!(&header[..3], ["Layer", "knn", "linear"], "{header:?}");
+    assert_eq!(header.last(), Some(&"RankMe"));
     let rows = browser.script(
-        "return Array.from(document.querySelectorAll('#knn-table tbody tr')).map(r => Array.from(r.cells).map(c => c.textContent))",
+        "return Array.from(document.querySelectorAll('#probe-table tbody tr')).map(r => Array.from(r.cells).map(c => c.textContent))",
     ).await;
     let rows = rows.as_array().unwrap();
     let layers: Vec<&str> = rows.iter().map(|r| r[0].as_str().unwrap()).collect();
     assert_eq!(layers, ["backbone", "proj.0", "proj.1"]);
     for r in rows {
-        let v: f64 = r[3].as_str().unwrap().parse().unwrap();
-        assert!((0.0..=1.0).contains(&v));
+        for cell in &r.as_array().unwrap()[1..header.len() - 1] {
+            let v: f64 = cell.as_str().unwrap().parse().unwrap();
+            assert!((0.0..=1.0).contains(&v), "{r}");
+        }
     }
+    // The guillotine chart: one line per accuracy probe, each through every layer.
+    let lines = browser.script(
+        "return Array.from(document.querySelectorAll('#guillotine-chart polyline')).map(p => p.getAttribute('points').trim().split(' ').length)",
+    ).await;
+    let lines: Vec<i64> = lines
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_i64().unwrap())
+        .collect();
+    assert_eq!(lines.len(), header.len() - 2, "every column but RankMe");
+    assert!(lines.iter().all(|&n| n == 3), "{lines:?}");
+    let online = browser
+        .script("return document.querySelector('#step-line').textContent")
+        .await;
+    assert!(
+        online.as_str().unwrap().contains("online probe"),
+        "{online}"
+    );
     let status = browser
         .script("return document.querySelector('#run-status').textContent")
         .await;

@@ -77,27 +77,59 @@ fn train_writes_the_run_files() {
         })
         .collect();
     for layer in ["backbone", "proj.0", "proj.1"] {
-        for (probe, metric) in [("knn", "top1"), ("linear", "top1"), ("lowshot", "top1_1shot"), ("rankme", "rank")] {
-            assert!(rows.contains(&(layer, probe, metric)), "{layer} {probe} {metric} missing: {rows:?}");
+        for (probe, metric) in [
+            ("knn", "top1"),
+            ("linear", "top1"),
+            ("lowshot", "top1_1shot"),
+            ("rankme", "rank"),
+        ] {
+            assert!(
+                rows.contains(&(layer, probe, metric)),
+                "{layer} {probe} {metric} missing: {rows:?}"
+            );
         }
     }
-    assert!(std::fs::metadata(out.join("checkpoint.safetensors")).unwrap().len() > 1000);
+    assert!(
+        std::fs::metadata(out.join("checkpoint.safetensors"))
+            .unwrap()
+            .len()
+            > 1000
+    );
 
     // Evaluated again, at one layer, on other data, without retraining.
     let plan = dir.path().join("transfer.toml");
     let text = "[eval]\nprobes = [\"linear\"]\nlayers = [\"backbone\"]\n\
                 [data]\nsource = \"scenes\"\nclasses = 4\ntrain_images = 40\ntest_images = 20\nseed = 8\n";
     std::fs::write(&plan, text).unwrap();
-    let res = sslab(&["eval", "--run", out.to_str().unwrap(), "--spec", plan.to_str().unwrap()]);
-    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    let res = sslab(&[
+        "eval",
+        "--run",
+        out.to_str().unwrap(),
+        "--spec",
+        plan.to_str().unwrap(),
+    ]);
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
     let text = std::fs::read_to_string(out.join("evaluations-transfer.json")).unwrap();
     let rows: Vec<Value> = serde_json::from_str(&text).unwrap();
     assert_eq!(rows.len(), 1);
-    assert_eq!((rows[0]["layer"].as_str(), rows[0]["probe"].as_str()), (Some("backbone"), Some("linear")));
+    assert_eq!(
+        (rows[0]["layer"].as_str(), rows[0]["probe"].as_str()),
+        (Some("backbone"), Some("linear"))
+    );
     // The training's own rows are kept.
     assert!(out.join("evaluations.json").exists());
     std::fs::write(&plan, "[eval]\nlayers = [\"head\"]\n").unwrap();
-    let res = sslab(&["eval", "--run", out.to_str().unwrap(), "--spec", plan.to_str().unwrap()]);
+    let res = sslab(&[
+        "eval",
+        "--run",
+        out.to_str().unwrap(),
+        "--spec",
+        plan.to_str().unwrap(),
+    ]);
     assert!(!res.status.success());
     assert!(String::from_utf8_lossy(&res.stderr).contains("eval.layers"));
 }

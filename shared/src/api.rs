@@ -117,7 +117,11 @@ pub struct EvaluationRequest {
 impl EvaluationRequest {
     /// Parses JSON (API) or TOML (CLI); errors name the field. `layers` are
     /// the model's, to check the plan against.
-    pub fn parse(text: &str, toml_format: bool, layers: &[String]) -> Result<Self, crate::SpecError> {
+    pub fn parse(
+        text: &str,
+        toml_format: bool,
+        layers: &[String],
+    ) -> Result<Self, crate::SpecError> {
         let field = |p: &serde_path_to_error::Path| {
             let t = p.to_string();
             if t == "." { String::new() } else { t }
@@ -125,8 +129,9 @@ impl EvaluationRequest {
         let req: EvaluationRequest = if toml_format {
             let table: toml::Table = toml::from_str(text)
                 .map_err(|e| crate::SpecError::new("", e.message().to_string()))?;
-            serde_path_to_error::deserialize(toml::Value::Table(table))
-                .map_err(|e| crate::SpecError::new(field(e.path()), e.inner().message().to_string()))?
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                crate::SpecError::new(field(e.path()), e.inner().message().to_string())
+            })?
         } else {
             let de = &mut serde_json::Deserializer::from_str(text);
             serde_path_to_error::deserialize(de)
@@ -134,9 +139,14 @@ impl EvaluationRequest {
         };
         req.eval.validate(layers)?;
         if let Some(data) = &req.data {
-            let mut probe = crate::RunSpec { data: data.clone(), ..Default::default() };
+            let mut probe = crate::RunSpec {
+                data: data.clone(),
+                ..Default::default()
+            };
             probe.optimizer.batch_size = 2;
-            probe.validate().map_err(|e| crate::SpecError::new(e.field, e.message))?;
+            probe
+                .validate()
+                .map_err(|e| crate::SpecError::new(e.field, e.message))?;
         }
         Ok(req)
     }

@@ -315,7 +315,12 @@ pub enum ProbeKind {
 }
 
 impl ProbeKind {
-    pub const ALL: [ProbeKind; 4] = [ProbeKind::Knn, ProbeKind::Linear, ProbeKind::Lowshot, ProbeKind::Rankme];
+    pub const ALL: [ProbeKind; 4] = [
+        ProbeKind::Knn,
+        ProbeKind::Linear,
+        ProbeKind::Lowshot,
+        ProbeKind::Rankme,
+    ];
 
     pub fn name(&self) -> &'static str {
         match self {
@@ -389,24 +394,39 @@ impl EvalSpec {
     pub fn validate(&self, layer_names: &[String]) -> Result<(), SpecError> {
         let bad = |field: &str, msg: String| Err(SpecError::new(field, msg));
         if self.probes.is_empty() {
-            return bad("eval.probes", "name at least one probe: knn, linear, lowshot or rankme".into());
+            return bad(
+                "eval.probes",
+                "name at least one probe: knn, linear, lowshot or rankme".into(),
+            );
         }
         for l in &self.layers {
             if !layer_names.contains(l) {
                 return bad(
                     "eval.layers",
-                    format!("this model has no layer `{l}`; its layers are {}", layer_names.join(", ")),
+                    format!(
+                        "this model has no layer `{l}`; its layers are {}",
+                        layer_names.join(", ")
+                    ),
                 );
             }
         }
         if self.knn_k < 1 || self.knn_k > 1000 {
-            return bad("eval.knn_k", format!("must be between 1 and 1000, got {}", self.knn_k));
+            return bad(
+                "eval.knn_k",
+                format!("must be between 1 and 1000, got {}", self.knn_k),
+            );
         }
         if !(self.knn_temperature > 0.0) {
-            return bad("eval.knn_temperature", format!("must be above 0, got {}", self.knn_temperature));
+            return bad(
+                "eval.knn_temperature",
+                format!("must be above 0, got {}", self.knn_temperature),
+            );
         }
         if self.linear_l2.is_empty() || self.linear_l2.iter().any(|x| !(0.0..=100.0).contains(x)) {
-            return bad("eval.linear_l2", "give one or more strengths in [0, 100]".into());
+            return bad(
+                "eval.linear_l2",
+                "give one or more strengths in [0, 100]".into(),
+            );
         }
         if !(self.linear_val_fraction > 0.0 && self.linear_val_fraction < 1.0) {
             return bad(
@@ -415,19 +435,38 @@ impl EvalSpec {
             );
         }
         if self.linear_steps < 1 || self.linear_steps > 100_000 {
-            return bad("eval.linear_steps", format!("must be between 1 and 100000, got {}", self.linear_steps));
+            return bad(
+                "eval.linear_steps",
+                format!("must be between 1 and 100000, got {}", self.linear_steps),
+            );
         }
         if self.lowshot_shots.iter().any(|&k| k < 1 || k > 10_000) {
-            return bad("eval.lowshot_shots", "shots per class must be between 1 and 10000".into());
+            return bad(
+                "eval.lowshot_shots",
+                "shots per class must be between 1 and 10000".into(),
+            );
         }
-        if self.lowshot_fractions.iter().any(|f| !(*f > 0.0 && *f <= 1.0)) {
-            return bad("eval.lowshot_fractions", "fractions must be in (0, 1]".into());
+        if self
+            .lowshot_fractions
+            .iter()
+            .any(|f| !(*f > 0.0 && *f <= 1.0))
+        {
+            return bad(
+                "eval.lowshot_fractions",
+                "fractions must be in (0, 1]".into(),
+            );
         }
         if self.lowshot_draws < 1 || self.lowshot_draws > 100 {
-            return bad("eval.lowshot_draws", format!("must be between 1 and 100, got {}", self.lowshot_draws));
+            return bad(
+                "eval.lowshot_draws",
+                format!("must be between 1 and 100, got {}", self.lowshot_draws),
+            );
         }
         if !(0.0..=100.0).contains(&self.lowshot_l2) {
-            return bad("eval.lowshot_l2", format!("must be in [0, 100], got {}", self.lowshot_l2));
+            return bad(
+                "eval.lowshot_l2",
+                format!("must be in [0, 100], got {}", self.lowshot_l2),
+            );
         }
         Ok(())
     }
@@ -446,7 +485,10 @@ impl EvalSpec {
             toml::from_str(text).map_err(|e| SpecError::new("", e.message().to_string()))?;
         serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             let path = e.path().to_string();
-            SpecError::new(if path == "." { String::new() } else { path }, e.inner().message().to_string())
+            SpecError::new(
+                if path == "." { String::new() } else { path },
+                e.inner().message().to_string(),
+            )
         })
     }
 }
@@ -711,7 +753,11 @@ mod tests {
         spec.eval.layers = vec!["proj.7".into()];
         let err = spec.validate().unwrap_err();
         assert_eq!(err.field, "eval.layers");
-        assert!(err.message.contains("backbone, proj.0, proj.1"), "{}", err.message);
+        assert!(
+            err.message.contains("backbone, proj.0, proj.1"),
+            "{}",
+            err.message
+        );
         let err = RunSpec::from_json(r#"{"eval": {"probes": ["knn", "svm"]}}"#).unwrap_err();
         assert_eq!(err.field, "eval.probes[1]");
         spec.eval.layers = vec!["proj.1".into()];

@@ -42,7 +42,10 @@ impl Method for SimClr {
         let layers = encoder.forward_layers(&Tensor::cat(&[&views[0], &views[1]], 0)?, true)?;
         let z = layers.last().expect("the backbone is always a layer");
         let loss = nt_xent(&z.narrow(0, 0, n)?, &z.narrow(0, n, n)?, self.temperature)?;
-        Ok(StepLoss { loss, features: layers[0].narrow(0, 0, n)? })
+        Ok(StepLoss {
+            loss,
+            features: layers[0].narrow(0, 0, n)?,
+        })
     }
 }
 

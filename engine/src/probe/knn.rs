@@ -29,13 +29,21 @@ pub fn knn_accuracy(
         sims.extend((0..bank.len()).map(|j| {
             let s: f32 = match metric {
                 KnnMetric::Cosine => query.iter().zip(bank.row(j)).map(|(a, b)| a * b).sum(),
-                KnnMetric::L2 => -query.iter().zip(bank.row(j)).map(|(a, b)| (a - b) * (a - b)).sum::<f32>().sqrt(),
+                KnnMetric::L2 => -query
+                    .iter()
+                    .zip(bank.row(j))
+                    .map(|(a, b)| (a - b) * (a - b))
+                    .sum::<f32>()
+                    .sqrt(),
             };
             (s, train_labels[j])
         }));
         sims.select_nth_unstable_by(k - 1, |a, b| b.0.total_cmp(&a.0));
         // Relative to the nearest neighbour, so L2 distances cannot underflow.
-        let best = sims[..k].iter().map(|s| s.0).fold(f32::NEG_INFINITY, f32::max) as f64;
+        let best = sims[..k]
+            .iter()
+            .map(|s| s.0)
+            .fold(f32::NEG_INFINITY, f32::max) as f64;
         let mut votes = vec![0.0f64; classes];
         for &(s, label) in &sims[..k] {
             votes[label as usize] += ((s as f64 - best) / temperature).exp();
@@ -70,17 +78,44 @@ mod tests {
         let labels = [0, 0, 1, 1];
         let queries = feats(&[[2.0, 0.0], [0.0, 0.5], [1.0, 0.9]]);
         assert_eq!(
-            knn_accuracy(&bank, &labels, &queries, &[0, 1, 0], 2, 1, 0.07, KnnMetric::Cosine),
+            knn_accuracy(
+                &bank,
+                &labels,
+                &queries,
+                &[0, 1, 0],
+                2,
+                1,
+                0.07,
+                KnnMetric::Cosine
+            ),
             1.0
         );
         // With k = 4 every neighbour votes, but the closer ones weigh more.
         assert_eq!(
-            knn_accuracy(&bank, &labels, &queries, &[0, 1, 0], 2, 4, 0.07, KnnMetric::Cosine),
+            knn_accuracy(
+                &bank,
+                &labels,
+                &queries,
+                &[0, 1, 0],
+                2,
+                4,
+                0.07,
+                KnnMetric::Cosine
+            ),
             1.0
         );
         // Wrong labels score zero.
         assert_eq!(
-            knn_accuracy(&bank, &labels, &queries, &[1, 0, 1], 2, 1, 0.07, KnnMetric::Cosine),
+            knn_accuracy(
+                &bank,
+                &labels,
+                &queries,
+                &[1, 0, 1],
+                2,
+                1,
+                0.07,
+                KnnMetric::Cosine
+            ),
             0.0
         );
     }
@@ -90,8 +125,14 @@ mod tests {
         // Same direction as class 0's point but at class 1's distance.
         let bank = feats(&[[1.0, 0.0], [9.0, 1.0]]);
         let q = feats(&[[8.0, 0.0]]);
-        assert_eq!(knn_accuracy(&bank, &[0, 1], &q, &[1], 2, 1, 0.07, KnnMetric::L2), 1.0);
-        assert_eq!(knn_accuracy(&bank, &[0, 1], &q, &[0], 2, 1, 0.07, KnnMetric::Cosine), 1.0);
+        assert_eq!(
+            knn_accuracy(&bank, &[0, 1], &q, &[1], 2, 1, 0.07, KnnMetric::L2),
+            1.0
+        );
+        assert_eq!(
+            knn_accuracy(&bank, &[0, 1], &q, &[0], 2, 1, 0.07, KnnMetric::Cosine),
+            1.0
+        );
     }
 
     #[test]
@@ -100,7 +141,13 @@ mod tests {
         let bank = feats(&[[1.0, 0.0], [0.6, 0.8], [0.6, 0.8]]);
         let labels = [1, 0, 0];
         let q = feats(&[[1.0, 0.05]]);
-        assert_eq!(knn_accuracy(&bank, &labels, &q, &[1], 2, 3, 0.07, KnnMetric::Cosine), 1.0);
-        assert_eq!(knn_accuracy(&bank, &labels, &q, &[0], 2, 3, 100.0, KnnMetric::Cosine), 1.0);
+        assert_eq!(
+            knn_accuracy(&bank, &labels, &q, &[1], 2, 3, 0.07, KnnMetric::Cosine),
+            1.0
+        );
+        assert_eq!(
+            knn_accuracy(&bank, &labels, &q, &[0], 2, 3, 100.0, KnnMetric::Cosine),
+            1.0
+        );
     }
 }

@@ -31,7 +31,12 @@ pub fn standardize(train: &Features, others: &[&Features]) -> (Features, Vec<Fea
         data: f
             .data
             .chunks(d)
-            .flat_map(|row| row.iter().zip(&mean).zip(&std).map(|((&x, m), s)| ((x as f64 - m) / s) as f32))
+            .flat_map(|row| {
+                row.iter()
+                    .zip(&mean)
+                    .zip(&std)
+                    .map(|((&x, m), s)| ((x as f64 - m) / s) as f32)
+            })
             .collect(),
     };
     (apply(train), others.iter().map(|f| apply(f)).collect())
@@ -45,13 +50,23 @@ pub struct Classifier {
 
 impl Classifier {
     /// Fits on `x` (standardised) with cross-entropy + `l2`·‖W‖².
-    pub fn fit(x: &Features, labels: &[u32], classes: usize, l2: f64, steps: usize) -> candle_core::Result<Self> {
+    pub fn fit(
+        x: &Features,
+        labels: &[u32],
+        classes: usize,
+        l2: f64,
+        steps: usize,
+    ) -> candle_core::Result<Self> {
         let dev = Device::Cpu;
         let xs = Tensor::from_slice(&x.data, (x.len(), x.dim), &dev)?;
         let ys = Tensor::from_slice(labels, labels.len(), &dev)?;
         let w = Var::zeros((x.dim, classes), candle_core::DType::F32, &dev)?;
         let b = Var::zeros(classes, candle_core::DType::F32, &dev)?;
-        let params = ParamsAdamW { lr: 0.05, weight_decay: 0.0, ..Default::default() };
+        let params = ParamsAdamW {
+            lr: 0.05,
+            weight_decay: 0.0,
+            ..Default::default()
+        };
         let mut opt = AdamW::new(vec![w.clone(), b.clone()], params)?;
         for _ in 0..steps {
             let logits = xs.matmul(w.as_tensor())?.broadcast_add(b.as_tensor())?;
@@ -59,7 +74,10 @@ impl Classifier {
             let loss = (loss + (w.as_tensor().sqr()?.sum_all()? * l2)?)?;
             opt.backward_step(&loss)?;
         }
-        Ok(Classifier { w: w.as_tensor().clone(), b: b.as_tensor().clone() })
+        Ok(Classifier {
+            w: w.as_tensor().clone(),
+            b: b.as_tensor().clone(),
+        })
     }
 
     pub fn accuracy(&self, x: &Features, labels: &[u32]) -> candle_core::Result<f64> {
@@ -67,14 +85,21 @@ impl Classifier {
             return Ok(0.0);
         }
         let xs = Tensor::from_slice(&x.data, (x.len(), x.dim), &Device::Cpu)?;
-        let pred = xs.matmul(&self.w)?.broadcast_add(&self.b)?.argmax(D::Minus1)?.to_vec1::<u32>()?;
+        let pred = xs
+            .matmul(&self.w)?
+            .broadcast_add(&self.b)?
+            .argmax(D::Minus1)?
+            .to_vec1::<u32>()?;
         Ok(pred.iter().zip(labels).filter(|(p, l)| p == l).count() as f64 / labels.len() as f64)
     }
 }
 
 /// Rows of `f` at `idx`.
 pub fn select(f: &Features, idx: &[usize]) -> Features {
-    Features { dim: f.dim, data: idx.iter().flat_map(|&i| f.row(i).iter().copied()).collect() }
+    Features {
+        dim: f.dim,
+        data: idx.iter().flat_map(|&i| f.row(i).iter().copied()).collect(),
+    }
 }
 
 /// Result of the linear probe.
@@ -102,7 +127,8 @@ pub fn linear_probe(
     let test = &others[0];
     let mut order: Vec<usize> = (0..train.len()).collect();
     Rng::derive(seed, &[0x11AE]).shuffle(&mut order);
-    let n_val = ((train.len() as f64 * val_fraction).round() as usize).clamp(1, train.len().saturating_sub(1).max(1));
+    let n_val = ((train.len() as f64 * val_fraction).round() as usize)
+        .clamp(1, train.len().saturating_sub(1).max(1));
     let (val_idx, fit_idx) = order.split_at(n_val);
     let pick = |idx: &[usize]| idx.iter().map(|&i| train_labels[i]).collect::<Vec<_>>();
     let (fit_x, fit_y) = (select(&train, fit_idx), pick(fit_idx));
@@ -115,13 +141,23 @@ pub fn linear_probe(
         }
     }
     let model = Classifier::fit(&train, train_labels, classes, best.1, steps)?;
-    Ok(LinearResult { test_accuracy: model.accuracy(test, test_labels)?, l2: best.1, val_accuracy: best.0 })
+    Ok(LinearResult {
+        test_accuracy: model.accuracy(test, test_labels)?,
+        l2: best.1,
+        val_accuracy: best.0,
+    })
 }
 
 /// Class-balanced label subsets for low-shot probes (MSN's protocol):
 /// `per_class` images of every class, or `fraction` of each class (at least
 /// one), drawn from `seed`.
-pub fn lowshot_subset(labels: &[u32], classes: usize, per_class: Option<usize>, fraction: Option<f64>, seed: u64) -> Vec<usize> {
+pub fn lowshot_subset(
+    labels: &[u32],
+    classes: usize,
+    per_class: Option<usize>,
+    fraction: Option<f64>,
+    seed: u64,
+) -> Vec<usize> {
     let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes];
     for (i, &l) in labels.iter().enumerate() {
         by_class[l as usize].push(i);
@@ -177,7 +213,11 @@ mod tests {
         let (tr, ytr) = blobs(300, 3, true);
         let (te, yte) = blobs(300, 4, true);
         let r = linear_probe(&tr, &ytr, &te, &yte, 3, &[1e-2], 0.2, 200, 0).unwrap();
-        assert!((r.test_accuracy - 1.0 / 3.0).abs() < 0.1, "{}", r.test_accuracy);
+        assert!(
+            (r.test_accuracy - 1.0 / 3.0).abs() < 0.1,
+            "{}",
+            r.test_accuracy
+        );
     }
 
     #[test]

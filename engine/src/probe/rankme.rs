@@ -7,7 +7,10 @@ use crate::eval::Features;
 /// Eigenvalues of a symmetric matrix (row-major, n×n) by cyclic Jacobi sweeps.
 fn symmetric_eigenvalues(mut a: Vec<f64>, n: usize) -> Vec<f64> {
     for _sweep in 0..60 {
-        let off: f64 = (0..n).flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j))).map(|(i, j)| a[i * n + j].powi(2)).sum();
+        let off: f64 = (0..n)
+            .flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j)))
+            .map(|(i, j)| a[i * n + j].powi(2))
+            .sum();
         let total: f64 = a.iter().map(|x| x * x).sum();
         if off <= 1e-22 * total.max(1e-300) {
             break;
@@ -65,14 +68,22 @@ pub fn singular_values(f: &Features) -> Vec<f64> {
         let mut g = vec![0f64; n * n];
         for i in 0..n {
             for j in i..n {
-                let v: f64 = f.row(i).iter().zip(f.row(j)).map(|(a, b)| *a as f64 * *b as f64).sum();
+                let v: f64 = f
+                    .row(i)
+                    .iter()
+                    .zip(f.row(j))
+                    .map(|(a, b)| *a as f64 * *b as f64)
+                    .sum();
                 g[i * n + j] = v;
                 g[j * n + i] = v;
             }
         }
         (g, n)
     };
-    let mut s: Vec<f64> = symmetric_eigenvalues(gram.0, gram.1).into_iter().map(|e| e.max(0.0).sqrt()).collect();
+    let mut s: Vec<f64> = symmetric_eigenvalues(gram.0, gram.1)
+        .into_iter()
+        .map(|e| e.max(0.0).sqrt())
+        .collect();
     s.sort_by(|a, b| b.total_cmp(a));
     s
 }
@@ -108,7 +119,9 @@ mod tests {
             basis.push(v.iter().map(|x| x / norm).collect());
         }
         // Rows: cycle through the basis, so each direction carries the same energy.
-        let data = (0..n).flat_map(|i| basis[i % r].iter().map(|&x| x as f32).collect::<Vec<_>>()).collect();
+        let data = (0..n)
+            .flat_map(|i| basis[i % r].iter().map(|&x| x as f32).collect::<Vec<_>>())
+            .collect();
         Features { dim: d, data }
     }
 
@@ -121,12 +134,21 @@ mod tests {
         // Wide matrix goes through the n×n Gram.
         let got = rankme(&low_rank(6, 30, 3, 9));
         assert!((got - 3.0).abs() < 0.05, "{got}");
-        assert_eq!(rankme(&Features { dim: 3, data: vec![0.0; 12] }), 0.0);
+        assert_eq!(
+            rankme(&Features {
+                dim: 3,
+                data: vec![0.0; 12]
+            }),
+            0.0
+        );
     }
 
     #[test]
     fn singular_values_of_a_diagonal_matrix() {
-        let f = Features { dim: 3, data: vec![3.0, 0.0, 0.0, 0.0, -2.0, 0.0, 0.0, 0.0, 0.5] };
+        let f = Features {
+            dim: 3,
+            data: vec![3.0, 0.0, 0.0, 0.0, -2.0, 0.0, 0.0, 0.0, 0.5],
+        };
         let s = singular_values(&f);
         for (a, b) in s.iter().zip([3.0, 2.0, 0.5]) {
             assert!((a - b).abs() < 1e-9, "{s:?}");

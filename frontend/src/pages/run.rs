@@ -10,9 +10,10 @@ use wasm_bindgen::JsCast;
 use wasm_bindgen::closure::Closure;
 use web_sys::{EventSource, MessageEvent};
 
-use super::{opt_num, status_class, time_text};
+use super::{status_class, time_text};
 use crate::api;
 use crate::chart::LossChart;
+use crate::probes::{GuillotineChart, ProbeTable};
 
 /// Opens the run's event stream and feeds the signals; closes it on unmount.
 fn subscribe(
@@ -125,28 +126,23 @@ pub fn RunPage() -> impl IntoView {
         <section>
             <h2>"Training loss"</h2>
             <LossChart points=points total_steps=total/>
-            <p class="meta">{move || points.with(|p| p.last().map(|m| format!(
-                "step {} · loss {:.4} · lr {:.2e} · {:.0} images/s", m.step, m.loss, m.lr, m.images_per_sec
-            )).unwrap_or_default())}</p>
+            <p class="meta" id="step-line">{move || points.with(|p| p.last().map(|m| {
+                let online = m.online_probe_acc.map(|a| format!(" · online probe {a:.3}")).unwrap_or_default();
+                format!("step {} · loss {:.4} · lr {:.2e} · {:.0} images/s{online}", m.step, m.loss, m.lr, m.images_per_sec)
+            }).unwrap_or_default())}</p>
         </section>
         <section>
-            <h2>"kNN accuracy per layer"</h2>
+            <div class="bar">
+                <h2>"Probes at every layer"</h2>
+                <a href=move || format!("/api/v1/runs/{}/evaluations?format=csv", id()) id="export-csv">"CSV"</a>
+                <a href=move || format!("/api/v1/runs/{}/evaluations", id())>"JSON"</a>
+            </div>
             {move || match evals.get() {
                 None => view! { <p class="meta">"Evaluated when training ends."</p> }.into_any(),
                 Some(v) if v.is_empty() => view! { <p class="meta">"No evaluations: the run did not finish."</p> }.into_any(),
                 Some(v) => view! {
-                    <table id="knn-table">
-                        <thead><tr><th>"Layer"</th><th>"Probe"</th><th>"Metric"</th><th>"Value"</th><th>"Settings"</th></tr></thead>
-                        <tbody>
-                            {v.into_iter().map(|e| view! {
-                                <tr>
-                                    <td>{e.layer}</td><td>{e.probe}</td><td>{e.metric}</td>
-                                    <td class="num">{opt_num(Some(e.value), 3)}</td>
-                                    <td class="meta">{e.settings.to_string()}</td>
-                                </tr>
-                            }).collect_view()}
-                        </tbody>
-                    </table>
+                    <ProbeTable rows=v.clone()/>
+                    <GuillotineChart rows=v/>
                 }.into_any(),
             }}
         </section>

@@ -161,7 +161,11 @@ struct EvaluationsQuery {
 }
 
 fn csv_field(text: &str) -> String {
-    if text.contains([',', '"', '\n']) { format!("\"{}\"", text.replace('"', "\"\"")) } else { text.to_string() }
+    if text.contains([',', '"', '\n']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_string()
+    }
 }
 
 /// One row per (layer, probe, metric), as JSON or CSV.
@@ -171,7 +175,10 @@ async fn evaluations(
     Query(q): Query<EvaluationsQuery>,
 ) -> ApiResult<Response> {
     find(&state, &id).await?;
-    let job = q.job.as_deref().map(|j| if j == "training" { "" } else { j });
+    let job = q
+        .job
+        .as_deref()
+        .map(|j| if j == "training" { "" } else { j });
     let rows = state.store.evaluations(&id, job).await?;
     match q.format.as_deref() {
         None | Some("json") => Ok(Json(rows).into_response()),
@@ -192,21 +199,35 @@ async fn evaluations(
             Ok((
                 [
                     (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
-                    (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{id}-evaluations.csv\"")),
+                    (
+                        header::CONTENT_DISPOSITION,
+                        format!("attachment; filename=\"{id}-evaluations.csv\""),
+                    ),
                 ],
                 out,
             )
                 .into_response())
         }
-        Some(other) => Err(ApiError::BadRequest(format!("unknown format `{other}`; use json or csv"))),
+        Some(other) => Err(ApiError::BadRequest(format!(
+            "unknown format `{other}`; use json or csv"
+        ))),
     }
 }
 
 /// Queues a re-evaluation of a finished run: another plan, other data, no retraining.
-async fn evaluate(State(state): State<AppState>, Path(id): Path<String>, body: String) -> ApiResult<Response> {
+async fn evaluate(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: String,
+) -> ApiResult<Response> {
     let run = find(&state, &id).await?;
-    let body = if body.trim().is_empty() { "{}" } else { body.as_str() };
-    let request = EvaluationRequest::parse(body, false, &run.spec.layer_names()).map_err(ApiError::InvalidSpec)?;
+    let body = if body.trim().is_empty() {
+        "{}"
+    } else {
+        body.as_str()
+    };
+    let request = EvaluationRequest::parse(body, false, &run.spec.layer_names())
+        .map_err(ApiError::InvalidSpec)?;
     if run.status != RunStatus::Succeeded {
         return Err(ApiError::Conflict(format!(
             "run `{id}` is {}; only a run that succeeded has final weights to evaluate",
@@ -215,15 +236,29 @@ async fn evaluate(State(state): State<AppState>, Path(id): Path<String>, body: S
     }
     let job = state.store.create_evaluation_job(&id, &request).await?;
     state.queued.notify_one();
-    Ok((StatusCode::CREATED, [(header::LOCATION, format!("/api/v1/evaluation-jobs/{}", job.id))], Json(job)).into_response())
+    Ok((
+        StatusCode::CREATED,
+        [(
+            header::LOCATION,
+            format!("/api/v1/evaluation-jobs/{}", job.id),
+        )],
+        Json(job),
+    )
+        .into_response())
 }
 
-async fn evaluation_jobs(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Vec<EvaluationJob>>> {
+async fn evaluation_jobs(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Vec<EvaluationJob>>> {
     find(&state, &id).await?;
     Ok(Json(state.store.evaluation_jobs(&id).await?))
 }
 
-async fn evaluation_job(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<EvaluationJob>> {
+async fn evaluation_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<EvaluationJob>> {
     state
         .store
         .evaluation_job(&id)
