@@ -4,7 +4,7 @@ use leptos::prelude::*;
 use leptos::task::spawn_local;
 use leptos_router::hooks::use_navigate;
 use sslab_shared::RunSpec;
-use sslab_shared::spec::{BackboneKind, DataSpec, MethodSpec, OptimizerKind, ScenesSpec};
+use sslab_shared::spec::{BackboneKind, DataSpec, KnnMetric, MethodSpec, OptimizerKind, ProbeKind, ScenesSpec};
 
 use crate::api::{self, ApiFailure};
 
@@ -21,6 +21,11 @@ fn scenes_mut(s: &mut RunSpec) -> &mut ScenesSpec {
     match &mut s.data {
         DataSpec::Scenes(x) => x,
     }
+}
+
+/// A comma-separated list; empty text is an empty list.
+fn list<T>(text: &str, item: impl Fn(&str) -> Result<T, String>) -> Result<Vec<T>, String> {
+    text.split(',').map(str::trim).filter(|t| !t.is_empty()).map(item).collect()
 }
 
 fn num<T: std::str::FromStr>(text: &str) -> Result<T, String> {
@@ -179,10 +184,38 @@ pub fn NewRunPage() -> impl IntoView {
                     |s| s.schedule.final_lr_fraction.to_string(), |s, v| { s.schedule.final_lr_fraction = num(v)?; Ok(()) })}
             </fieldset>
             <fieldset><legend>"Evaluation"</legend>
+                {field(spec, "eval.probes", "Probes", "comma-separated: knn, linear, lowshot, rankme",
+                    |s| s.eval.probes.iter().map(|p| p.name()).collect::<Vec<_>>().join(", "),
+                    |s, v| { s.eval.probes = list(v, |p| ProbeKind::ALL.into_iter().find(|k| k.name() == p).ok_or_else(|| format!("unknown probe `{p}`")))?; Ok(()) })}
+                {field(spec, "eval.layers", "Layers", "comma-separated, e.g. backbone, proj.1; empty = every layer",
+                    |s| s.eval.layers.join(", "),
+                    |s, v| { s.eval.layers = list(v, |l| Ok(l.to_string()))?; Ok(()) })}
                 {field(spec, "eval.knn_k", "kNN k", "neighbours that vote (20 or 200 are usual)",
                     |s| s.eval.knn_k.to_string(), |s, v| { s.eval.knn_k = num(v)?; Ok(()) })}
                 {field(spec, "eval.knn_temperature", "kNN temperature", "vote weight exp(sim / T)",
                     |s| s.eval.knn_temperature.to_string(), |s, v| { s.eval.knn_temperature = num(v)?; Ok(()) })}
+                {select(spec, "eval.knn_metric", "kNN similarity", &["cosine", "l2"],
+                    |s| if s.eval.knn_metric == KnnMetric::L2 { "l2".into() } else { "cosine".into() },
+                    |s, v| { s.eval.knn_metric = if v == "l2" { KnnMetric::L2 } else { KnnMetric::Cosine }; Ok(()) })}
+                {field(spec, "eval.linear_l2", "Linear probe L2 grid", "strengths tried on the validation split",
+                    |s| s.eval.linear_l2.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", "),
+                    |s, v| { s.eval.linear_l2 = list(v, num)?; Ok(()) })}
+                {field(spec, "eval.linear_val_fraction", "Validation fraction", "of the training split, for choosing L2",
+                    |s| s.eval.linear_val_fraction.to_string(), |s, v| { s.eval.linear_val_fraction = num(v)?; Ok(()) })}
+                {field(spec, "eval.linear_steps", "Probe fit steps", "full-batch optimiser steps per fit",
+                    |s| s.eval.linear_steps.to_string(), |s, v| { s.eval.linear_steps = num(v)?; Ok(()) })}
+                {field(spec, "eval.lowshot_shots", "Low-shot labels per class", "comma-separated, e.g. 1, 2, 5",
+                    |s| s.eval.lowshot_shots.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", "),
+                    |s, v| { s.eval.lowshot_shots = list(v, num)?; Ok(()) })}
+                {field(spec, "eval.lowshot_fractions", "Low-shot label fractions", "comma-separated, e.g. 0.01",
+                    |s| s.eval.lowshot_fractions.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", "),
+                    |s, v| { s.eval.lowshot_fractions = list(v, num)?; Ok(()) })}
+                {field(spec, "eval.lowshot_draws", "Low-shot draws", "label draws averaged (spread reported)",
+                    |s| s.eval.lowshot_draws.to_string(), |s, v| { s.eval.lowshot_draws = num(v)?; Ok(()) })}
+                {field(spec, "eval.lowshot_l2", "Low-shot L2", "",
+                    |s| s.eval.lowshot_l2.to_string(), |s, v| { s.eval.lowshot_l2 = num(v)?; Ok(()) })}
+                {select(spec, "eval.online_probe", "Online linear probe", &["true", "false"],
+                    |s| s.eval.online_probe.to_string(), |s, v| { s.eval.online_probe = v == "true"; Ok(()) })}
             </fieldset>
             {move || failure.get().map(|f| view! {
                 <p class="error" id="form-error">{f.message.clone()}</p>
