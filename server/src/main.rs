@@ -60,7 +60,7 @@ enum Command {
         /// The folder `sslab train --out` wrote.
         #[arg(long)]
         run: PathBuf,
-        /// The plan: `[eval]` (probes, layers, …) and optionally `[data]`, in TOML.
+        /// The plan in TOML: `[eval]` (probes, layers, …) and `[eval.data]` for other data.
         #[arg(long)]
         spec: PathBuf,
         /// Where to write the rows; default `RUN/evaluations-<spec name>.json`.

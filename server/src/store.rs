@@ -725,6 +725,7 @@ mod tests {
             loss: 3.0,
             lr: 0.1,
             images_per_sec: 10.0,
+            online_probe_acc: Some(0.5),
         };
         store.add_metrics(&claimed.id, &[m.clone()]).await.unwrap();
         assert_eq!(store.metrics(&claimed.id, 0, 10).await.unwrap(), vec![m]);
@@ -761,7 +762,6 @@ mod tests {
         // A re-evaluation job adds rows of its own beside training's.
         let req = EvaluationRequest {
             eval: Default::default(),
-            data: None,
         };
         let job = store
             .create_evaluation_job(&claimed.id, &req)

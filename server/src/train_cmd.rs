@@ -239,7 +239,7 @@ pub async fn evaluate(run_dir: &Path, spec_path: &Path, out: Option<&Path>) -> a
         .unwrap_or_else(|| run_dir.join(format!("evaluations-{stem}.json")));
     let rows = tokio::task::spawn_blocking(move || {
         let device = sslab_engine::default_device();
-        let data = request.data.as_ref().unwrap_or(&run.spec.data);
+        let data = request.eval.data.as_ref().unwrap_or(&run.spec.data);
         let splits = sslab_engine::data::load(data)?;
         let encoder = sslab_engine::train::load_encoder(&run.spec, &checkpoint, &device)?;
         sslab_engine::eval::evaluate(&encoder, &splits, &request.eval, run.spec.seed, &device)

@@ -201,7 +201,7 @@ impl Worker {
                 let request = job.request.clone();
                 tokio::task::spawn_blocking(move || {
                     let device = sslab_engine::default_device();
-                    let data = request.data.as_ref().unwrap_or(&run.spec.data);
+                    let data = request.eval.data.as_ref().unwrap_or(&run.spec.data);
                     let splits = sslab_engine::data::load(data)?;
                     let encoder =
                         sslab_engine::train::load_encoder(&run.spec, &checkpoint, &device)?;

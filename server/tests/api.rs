@@ -114,26 +114,31 @@ async fn lifecycle(server: &Server) {
 async fn reevaluate(server: &Server, run: &Run, training_rows: usize) {
     let client = reqwest::Client::new();
     let url = server.url(&format!("/runs/{}/evaluate", run.id));
-    let bad = client
-        .post(&url)
-        .body(r#"{"eval": {"layers": ["proj.9"]}}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(bad.status(), 422);
-    assert_eq!(
-        bad.json::<ErrorBody>()
-            .await
-            .unwrap()
-            .error
-            .field
-            .as_deref(),
-        Some("eval.layers")
-    );
-    let plan = json!({
-        "eval": {"probes": ["knn", "rankme"], "layers": ["backbone", "proj.1"], "knn_k": 5, "knn_metric": "l2"},
+    for (body, field) in [
+        (r#"{"eval": {"layers": ["proj.9"]}}"#, "eval.layers"),
+        (
+            r#"{"eval": {"data": {"source": "scenes", "classes": 99}}}"#,
+            "eval.data.classes",
+        ),
+        (r#"{"data": {}}"#, "data"),
+    ] {
+        let bad = client.post(&url).body(body).send().await.unwrap();
+        assert_eq!(bad.status(), 422);
+        assert_eq!(
+            bad.json::<ErrorBody>()
+                .await
+                .unwrap()
+                .error
+                .field
+                .as_deref(),
+            Some(field),
+            "{body}"
+        );
+    }
+    let plan = json!({"eval": {
+        "probes": ["knn", "rankme"], "layers": ["backbone", "proj.1"], "knn_k": 5, "knn_metric": "l2",
         "data": {"source": "scenes", "classes": 4, "train_images": 40, "test_images": 20, "seed": 9}
-    });
+    }});
     let resp = client.post(&url).json(&plan).send().await.unwrap();
     assert_eq!(resp.status(), 201);
     let job: Value = resp.json().await.unwrap();

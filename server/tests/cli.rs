@@ -99,7 +99,7 @@ fn train_writes_the_run_files() {
     // Evaluated again, at one layer, on other data, without retraining.
     let plan = dir.path().join("transfer.toml");
     let text = "[eval]\nprobes = [\"linear\"]\nlayers = [\"backbone\"]\n\
-                [data]\nsource = \"scenes\"\nclasses = 4\ntrain_images = 40\ntest_images = 20\nseed = 8\n";
+                [eval.data]\nsource = \"scenes\"\nclasses = 4\ntrain_images = 40\ntest_images = 20\nseed = 8\n";
     std::fs::write(&plan, text).unwrap();
     let res = sslab(&[
         "eval",

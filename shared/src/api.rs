@@ -102,16 +102,14 @@ pub struct Evaluation {
     pub job_id: Option<String>,
 }
 
-/// Body of `POST /runs/{id}/evaluate`: evaluate a finished run again, with
-/// another plan, and optionally on other data (transfer), without retraining.
+/// Body of `POST /runs/{id}/evaluate`: evaluate a finished run again with
+/// another plan — other probes, layers or data (`eval.data`, transfer) —
+/// without retraining.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EvaluationRequest {
     #[serde(default)]
     pub eval: crate::spec::EvalSpec,
-    /// Data to probe on; none means the run's own.
-    #[serde(default)]
-    pub data: Option<crate::spec::DataSpec>,
 }
 
 impl EvaluationRequest {
@@ -138,16 +136,6 @@ impl EvaluationRequest {
                 .map_err(|e| crate::SpecError::new(field(e.path()), e.into_inner().to_string()))?
         };
         req.eval.validate(layers)?;
-        if let Some(data) = &req.data {
-            let mut probe = crate::RunSpec {
-                data: data.clone(),
-                ..Default::default()
-            };
-            probe.optimizer.batch_size = 2;
-            probe
-                .validate()
-                .map_err(|e| crate::SpecError::new(e.field, e.message))?;
-        }
         Ok(req)
     }
 }

@@ -367,6 +367,9 @@ pub struct EvalSpec {
     /// Train a linear classifier on stop-gradient backbone features during
     /// training and log its accuracy on each batch (`online_probe_acc`).
     pub online_probe: bool,
+    /// Data to probe instead of the run's own (transfer). Its training split
+    /// fits the probes (the kNN memory bank), its test split scores them.
+    pub data: Option<DataSpec>,
 }
 
 impl Default for EvalSpec {
@@ -385,6 +388,7 @@ impl Default for EvalSpec {
             lowshot_draws: 3,
             lowshot_l2: 1e-3,
             online_probe: true,
+            data: None,
         }
     }
 }
@@ -467,6 +471,18 @@ impl EvalSpec {
                 "eval.lowshot_l2",
                 format!("must be in [0, 100], got {}", self.lowshot_l2),
             );
+        }
+        if let Some(data) = &self.data {
+            // The data checks of a run, reported under `eval.`.
+            let mut probe = RunSpec {
+                data: data.clone(),
+                ..RunSpec::default()
+            };
+            probe.optimizer.batch_size = 2;
+            probe.eval.probes = vec![ProbeKind::Knn];
+            if let Err(e) = probe.validate() {
+                return Err(SpecError::new(format!("eval.{}", e.field), e.message));
+            }
         }
         Ok(())
     }

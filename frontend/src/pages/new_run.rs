@@ -4,7 +4,9 @@ use leptos::prelude::*;
 use leptos::task::spawn_local;
 use leptos_router::hooks::use_navigate;
 use sslab_shared::RunSpec;
-use sslab_shared::spec::{BackboneKind, DataSpec, KnnMetric, MethodSpec, OptimizerKind, ProbeKind, ScenesSpec};
+use sslab_shared::spec::{
+    BackboneKind, DataSpec, KnnMetric, MethodSpec, OptimizerKind, ProbeKind, ScenesSpec,
+};
 
 use crate::api::{self, ApiFailure};
 
@@ -25,7 +27,11 @@ fn scenes_mut(s: &mut RunSpec) -> &mut ScenesSpec {
 
 /// A comma-separated list; empty text is an empty list.
 fn list<T>(text: &str, item: impl Fn(&str) -> Result<T, String>) -> Result<Vec<T>, String> {
-    text.split(',').map(str::trim).filter(|t| !t.is_empty()).map(item).collect()
+    text.split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(item)
+        .collect()
 }
 
 fn num<T: std::str::FromStr>(text: &str) -> Result<T, String> {
