@@ -155,16 +155,7 @@ pub async fn run(spec_path: &Path, out: &Path) -> anyhow::Result<()> {
                 "finished {} steps, final loss {last_loss:.4}",
                 observer.steps
             );
-            println!(
-                "{:<10} {:<6} {:<6} {:>7}",
-                "layer", "probe", "metric", "value"
-            );
-            for e in &evaluations {
-                println!(
-                    "{:<10} {:<6} {:<6} {:>7.4}",
-                    e.layer, e.probe, e.metric, e.value
-                );
-            }
+            print_table(&evaluations);
             println!("wrote {}", out.display());
             Ok(())
         }
