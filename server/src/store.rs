@@ -625,11 +625,9 @@ impl Store {
             .bind(now)
             .fetch_optional(&self.pool)
             .await?;
-        let Some(row) = row else { return Ok(None) };
-        let job = job_from_row(&row)?;
-        // An earlier, interrupted attempt may have left nothing: rows are
-        // written with the job's end, in one transaction.
-        Ok(Some(job))
+        // Rows are written only with the job's end, in one transaction, so an
+        // interrupted attempt leaves nothing to clean up.
+        row.map(|r| job_from_row(&r)).transpose()
     }
 
     /// Ends a job held by `worker`, with its rows, in one transaction.

@@ -75,49 +75,24 @@ mod tests {
     fn knn_on_hand_made_embeddings() {
         // Class 0 points east, class 1 north; lengths differ to check cosine.
         let bank = feats(&[[1.0, 0.1], [5.0, -0.2], [0.1, 1.0], [-0.3, 4.0]]);
-        let labels = [0, 0, 1, 1];
         let queries = feats(&[[2.0, 0.0], [0.0, 0.5], [1.0, 0.9]]);
-        assert_eq!(
+        let acc = |truth: &[u32], k| {
             knn_accuracy(
                 &bank,
-                &labels,
+                &[0, 0, 1, 1],
                 &queries,
-                &[0, 1, 0],
+                truth,
                 2,
-                1,
+                k,
                 0.07,
-                KnnMetric::Cosine
-            ),
-            1.0
-        );
+                KnnMetric::Cosine,
+            )
+        };
+        assert_eq!(acc(&[0, 1, 0], 1), 1.0);
         // With k = 4 every neighbour votes, but the closer ones weigh more.
-        assert_eq!(
-            knn_accuracy(
-                &bank,
-                &labels,
-                &queries,
-                &[0, 1, 0],
-                2,
-                4,
-                0.07,
-                KnnMetric::Cosine
-            ),
-            1.0
-        );
+        assert_eq!(acc(&[0, 1, 0], 4), 1.0);
         // Wrong labels score zero.
-        assert_eq!(
-            knn_accuracy(
-                &bank,
-                &labels,
-                &queries,
-                &[1, 0, 1],
-                2,
-                1,
-                0.07,
-                KnnMetric::Cosine
-            ),
-            0.0
-        );
+        assert_eq!(acc(&[1, 0, 1], 1), 0.0);
     }
 
     #[test]
