@@ -76,8 +76,11 @@ impl Worker {
             }
             match self.store.claim_next(&self.id, LEASE_MS).await {
                 Ok(Some(run)) => self.execute(run, &mut shutdown).await,
-                Ok(None) if self.evaluate_next().await => {}
+                // No run waits: take a re-evaluation, else sleep until woken.
                 Ok(None) => {
+                    if self.evaluate_next().await {
+                        continue;
+                    }
                     tokio::select! {
                         _ = self.queued.notified() => {}
                         _ = tokio::time::sleep(IDLE_POLL) => {}
