@@ -153,7 +153,15 @@ pub fn train(
     }
 
     observer.on_evaluating();
-    let evaluations = eval::evaluate(&encoder, splits, &spec.eval, spec.seed, device)?;
+    let transfer;
+    let probed = match &spec.eval.data {
+        Some(d) => {
+            transfer = crate::data::load(d)?;
+            &transfer
+        }
+        None => splits,
+    };
+    let evaluations = eval::evaluate(&encoder, probed, &spec.eval, spec.seed, device)?;
     Ok(Outcome::Finished {
         last_loss,
         evaluations,
@@ -305,6 +313,50 @@ mod tests {
         assert_eq!(b.checkpoints, 0);
         // The checkpoint loads back into the same architecture.
         load_encoder(&spec, &ck, &Device::Cpu).unwrap();
+    }
+
+    /// With `eval.data` set, the end-of-training probes read that data set:
+    /// here 4 classes, which the 5-class training data could not produce.
+    #[test]
+    fn the_plan_can_probe_other_data() {
+        let mut spec = tiny_spec(64, 1);
+        spec.eval.probes = vec![sslab_shared::spec::ProbeKind::Linear];
+        spec.eval.layers = vec!["backbone".into()];
+        spec.eval.online_probe = false;
+        spec.eval.data = Some(DataSpec::Scenes(ScenesSpec {
+            classes: 4,
+            train_images: 40,
+            test_images: 20,
+            seed: 3,
+            ..ScenesSpec::default()
+        }));
+        let splits = crate::data::load(&spec.data).unwrap();
+        let mut rec = Record {
+            losses: vec![],
+            online: vec![],
+            stop_after: None,
+            checkpoints: 0,
+        };
+        let out = train(
+            &spec,
+            &splits,
+            &Device::Cpu,
+            &tempdir().join("t.safetensors"),
+            &mut rec,
+        )
+        .unwrap();
+        let Outcome::Finished { evaluations, .. } = out else {
+            panic!("stopped")
+        };
+        assert_eq!(evaluations.len(), 1);
+        assert!(rec.online.is_empty(), "online probe was off");
+        // The linear probe's validation split came from the 40 transfer images.
+        assert_eq!(evaluations[0].settings["val_fraction"], 0.2);
+        let val = evaluations[0].settings["val_top1"].as_f64().unwrap();
+        assert!(
+            (val * 8.0 - (val * 8.0).round()).abs() < 1e-9,
+            "8 validation images, got {val}"
+        );
     }
 
     /// SimCLR on the built-in scenes must learn: 5 classes (chance 0.20),

@@ -180,3 +180,21 @@ fn bad_recipes_are_refused_by_name() {
     assert!(!res.status.success());
     assert!(String::from_utf8_lossy(&res.stderr).contains("cannot read the spec"));
 }
+
+#[test]
+fn an_unusable_data_folder_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-folder");
+    std::fs::write(&file, "x").unwrap();
+    let res = Command::new(env!("CARGO_BIN_EXE_sslab"))
+        .args(["migrate", "--data-dir", file.to_str().unwrap()])
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(!res.status.success());
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(
+        err.contains("cannot create the data folder") && err.contains("not-a-folder"),
+        "{err}"
+    );
+}
