@@ -369,49 +369,42 @@ async fn invalid_specs(server: &Server) {
         .json()
         .await
         .unwrap();
-    let mut spec = tiny_spec(1);
-    spec["optimizer"]["lr"] = json!(-1.0);
-    expect_422(
-        &client,
-        server,
-        spec.to_string(),
-        "optimizer.lr",
-        "must be in",
-    )
-    .await;
-    let mut spec = tiny_spec(1);
-    spec["optimizer"]["momentum_typo"] = json!(0.9);
-    expect_422(
-        &client,
-        server,
-        spec.to_string(),
-        "optimizer.momentum_typo",
-        "unknown field",
-    )
-    .await;
-    let mut spec = tiny_spec(1);
-    spec["projector"]["dims"] = json!("64-big");
-    expect_422(&client, server, spec.to_string(), "projector.dims", "`big`").await;
-    let mut spec = tiny_spec(1);
-    spec["schedule"]["epochs"] = json!("many");
-    expect_422(
-        &client,
-        server,
-        spec.to_string(),
-        "schedule.epochs",
-        "invalid type",
-    )
-    .await;
-    let mut spec = tiny_spec(1);
-    spec["data"]["image_size"] = json!(48);
-    expect_422(
-        &client,
-        server,
-        spec.to_string(),
-        "data.image_size",
-        "32 or 64",
-    )
-    .await;
+    let cases = [
+        ("optimizer", "lr", json!(-1.0), "optimizer.lr", "must be in"),
+        (
+            "optimizer",
+            "momentum_typo",
+            json!(0.9),
+            "optimizer.momentum_typo",
+            "unknown field",
+        ),
+        (
+            "projector",
+            "dims",
+            json!("64-big"),
+            "projector.dims",
+            "`big`",
+        ),
+        (
+            "schedule",
+            "epochs",
+            json!("many"),
+            "schedule.epochs",
+            "invalid type",
+        ),
+        (
+            "data",
+            "image_size",
+            json!(48),
+            "data.image_size",
+            "32 or 64",
+        ),
+    ];
+    for (section, key, value, field, words) in cases {
+        let mut spec = tiny_spec(1);
+        spec[section][key] = value;
+        expect_422(&client, server, spec.to_string(), field, words).await;
+    }
     // Malformed JSON: still a 422 with a message.
     let resp = client
         .post(server.url("/runs"))

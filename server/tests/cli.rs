@@ -1,6 +1,7 @@
 //! `sslab train`: a recipe in, the run's files out; bad recipes refused with
 //! a message that names the field.
 
+use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
@@ -10,6 +11,26 @@ fn sslab(args: &[&str]) -> std::process::Output {
         .args(args)
         .output()
         .expect("run sslab")
+}
+
+fn train(spec: &Path, out: &Path) -> std::process::Output {
+    sslab(&[
+        "train",
+        "--spec",
+        spec.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ])
+}
+
+fn eval(run: &Path, plan: &Path) -> std::process::Output {
+    sslab(&[
+        "eval",
+        "--run",
+        run.to_str().unwrap(),
+        "--spec",
+        plan.to_str().unwrap(),
+    ])
 }
 
 const TINY: &str = r#"
@@ -36,13 +57,7 @@ fn train_writes_the_run_files() {
     let spec = dir.path().join("run.toml");
     std::fs::write(&spec, TINY).unwrap();
     let out = dir.path().join("out");
-    let res = sslab(&[
-        "train",
-        "--spec",
-        spec.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let res = train(&spec, &out);
     assert!(
         res.status.success(),
         "{}",
@@ -101,13 +116,7 @@ fn train_writes_the_run_files() {
     let text = "[eval]\nprobes = [\"linear\"]\nlayers = [\"backbone\"]\n\
                 [eval.data]\nsource = \"scenes\"\nclasses = 4\ntrain_images = 40\ntest_images = 20\nseed = 8\n";
     std::fs::write(&plan, text).unwrap();
-    let res = sslab(&[
-        "eval",
-        "--run",
-        out.to_str().unwrap(),
-        "--spec",
-        plan.to_str().unwrap(),
-    ]);
+    let res = eval(&out, &plan);
     assert!(
         res.status.success(),
         "{}",
@@ -123,13 +132,7 @@ fn train_writes_the_run_files() {
     // The training's own rows are kept.
     assert!(out.join("evaluations.json").exists());
     std::fs::write(&plan, "[eval]\nlayers = [\"head\"]\n").unwrap();
-    let res = sslab(&[
-        "eval",
-        "--run",
-        out.to_str().unwrap(),
-        "--spec",
-        plan.to_str().unwrap(),
-    ]);
+    let res = eval(&out, &plan);
     assert!(!res.status.success());
     assert!(String::from_utf8_lossy(&res.stderr).contains("eval.layers"));
 }
@@ -140,13 +143,7 @@ fn bad_recipes_are_refused_by_name() {
     let spec = dir.path().join("bad.toml");
     std::fs::write(&spec, TINY.replace("width = 8", "width = 8\nwidht = 9")).unwrap();
     let out = dir.path().join("out");
-    let res = sslab(&[
-        "train",
-        "--spec",
-        spec.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let res = train(&spec, &out);
     assert!(!res.status.success());
     let err = String::from_utf8_lossy(&res.stderr);
     assert!(
@@ -156,27 +153,11 @@ fn bad_recipes_are_refused_by_name() {
     assert!(!out.exists(), "nothing is written for a refused spec");
 
     std::fs::write(&spec, TINY.replace("epochs = 2", "epochs = 0")).unwrap();
-    let err = String::from_utf8_lossy(
-        &sslab(&[
-            "train",
-            "--spec",
-            spec.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ])
-        .stderr,
-    )
-    .into_owned();
+    let err = String::from_utf8_lossy(&train(&spec, &out).stderr).into_owned();
     assert!(err.contains("schedule.epochs"), "{err}");
 
     let missing = dir.path().join("nope.toml");
-    let res = sslab(&[
-        "train",
-        "--spec",
-        missing.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let res = train(&missing, &out);
     assert!(!res.status.success());
     assert!(String::from_utf8_lossy(&res.stderr).contains("cannot read the spec"));
 }
