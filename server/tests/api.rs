@@ -19,27 +19,18 @@ async fn lifecycle(server: &Server) {
     let done = wait_terminal(&client, server, &run.id).await;
     assert_succeeded(&done);
     assert_eq!(done.step, 8);
-    let metrics: Vec<MetricPoint> = client
-        .get(server.url(&format!("/runs/{}/metrics", run.id)))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let metrics: Vec<MetricPoint> =
+        get_json(&client, server.url(&format!("/runs/{}/metrics", run.id))).await;
     assert_eq!(
         metrics.iter().map(|m| m.step).collect::<Vec<_>>(),
         (1..=8).collect::<Vec<_>>()
     );
     assert!(metrics.iter().all(|m| m.loss.is_finite() && m.lr > 0.0));
-    let evals: Vec<Evaluation> = client
-        .get(server.url(&format!("/runs/{}/evaluations", run.id)))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let evals: Vec<Evaluation> = get_json(
+        &client,
+        server.url(&format!("/runs/{}/evaluations", run.id)),
+    )
+    .await;
     // The default plan: every probe at every layer.
     for layer in ["backbone", "proj.0", "proj.1"] {
         let probes: Vec<&str> = evals
@@ -84,24 +75,14 @@ async fn lifecycle(server: &Server) {
     let again = post("k-1").await.unwrap();
     assert_eq!(again.status(), 200);
     assert_eq!(again.json::<Run>().await.unwrap().id, a.id);
-    let p1: Page<Run> = client
-        .get(server.url("/runs?page_size=1"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let p1: Page<Run> = get_json(&client, server.url("/runs?page_size=1")).await;
     assert_eq!(p1.items.len(), 1);
     let token = p1.next_page_token.clone().expect("a second page");
-    let p2: Page<Run> = client
-        .get(server.url(&format!("/runs?page_size=5&page_token={token}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let p2: Page<Run> = get_json(
+        &client,
+        server.url(&format!("/runs?page_size=5&page_token={token}")),
+    )
+    .await;
     // Three runs so far: this one, the re-evaluation check's, and `a`.
     assert_eq!(p2.items.len(), 2);
     assert!(p2.items.iter().all(|r| r.id != p1.items[0].id));
@@ -145,14 +126,7 @@ async fn reevaluate(server: &Server, run: &Run, training_rows: usize) {
     let job_id = job["id"].as_str().unwrap().to_string();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let j: Value = client
-            .get(server.url(&format!("/evaluation-jobs/{job_id}")))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let j: Value = get_json(&client, server.url(&format!("/evaluation-jobs/{job_id}"))).await;
         if j["status"] == "succeeded" {
             break;
         }
@@ -163,14 +137,11 @@ async fn reevaluate(server: &Server, run: &Run, training_rows: usize) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let rows: Vec<Evaluation> = client
-        .get(server.url(&format!("/runs/{}/evaluations?job={job_id}", run.id)))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rows: Vec<Evaluation> = get_json(
+        &client,
+        server.url(&format!("/runs/{}/evaluations?job={job_id}", run.id)),
+    )
+    .await;
     let got: Vec<(&str, &str)> = rows
         .iter()
         .map(|e| (e.layer.as_str(), e.probe.as_str()))
@@ -186,14 +157,11 @@ async fn reevaluate(server: &Server, run: &Run, training_rows: usize) {
     );
     assert_eq!(rows[0].settings["metric"], "l2");
     // Training's rows are untouched; the CSV holds both.
-    let own: Vec<Evaluation> = client
-        .get(server.url(&format!("/runs/{}/evaluations?job=training", run.id)))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let own: Vec<Evaluation> = get_json(
+        &client,
+        server.url(&format!("/runs/{}/evaluations?job=training", run.id)),
+    )
+    .await;
     assert_eq!(own.len(), training_rows);
     let csv = client
         .get(server.url(&format!("/runs/{}/evaluations?format=csv", run.id)))
@@ -361,14 +329,7 @@ async fn expect_422(
 /// Invalid specs are refused with a 422 naming the field; nothing is stored.
 async fn invalid_specs(server: &Server) {
     let client = reqwest::Client::new();
-    let before: Page<Run> = client
-        .get(server.url("/runs"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let before: Page<Run> = get_json(&client, server.url("/runs")).await;
     let cases = [
         ("optimizer", "lr", json!(-1.0), "optimizer.lr", "must be in"),
         (
@@ -413,14 +374,7 @@ async fn invalid_specs(server: &Server) {
         .await
         .unwrap();
     assert_eq!(resp.status(), 422);
-    let after: Page<Run> = client
-        .get(server.url("/runs"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let after: Page<Run> = get_json(&client, server.url("/runs")).await;
     assert_eq!(before.items.len(), after.items.len());
     // Other bad requests.
     assert_eq!(

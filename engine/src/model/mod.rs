@@ -5,7 +5,7 @@ pub mod cnn;
 pub mod projector;
 pub mod resnet;
 
-use candle_core::{DType, Device, Module, ModuleT, Tensor};
+use candle_core::{DType, Device, ModuleT, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use sslab_shared::spec::{BackboneKind, RunSpec};
 
@@ -131,13 +131,4 @@ fn seed_weights(varmap: &VarMap, seed: u64) -> Result<()> {
         var.set(&Tensor::from_vec(values, dims, var.device())?)?;
     }
     Ok(())
-}
-
-/// Applies `m` without train-mode statistics (a plain `Module` view).
-pub struct Eval<'a, M: ModuleT>(pub &'a M);
-
-impl<M: ModuleT> Module for Eval<'_, M> {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.0.forward_t(x, false)
-    }
 }

@@ -102,15 +102,15 @@ pub async fn create(client: &reqwest::Client, server: &Server, spec: &Value) -> 
     resp.json().await.unwrap()
 }
 
+/// GET `url` and decode its JSON body.
+pub async fn get_json<T: serde::de::DeserializeOwned>(client: &reqwest::Client, url: String) -> T {
+    let resp = client.get(&url).send().await.unwrap();
+    assert!(resp.status().is_success(), "GET {url}: {}", resp.status());
+    resp.json().await.unwrap()
+}
+
 pub async fn get_run(client: &reqwest::Client, server: &Server, id: &str) -> Run {
-    client
-        .get(server.url(&format!("/runs/{id}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    get_json(client, server.url(&format!("/runs/{id}"))).await
 }
 
 /// Polls until `pred` holds for the run, or panics after `secs`.
