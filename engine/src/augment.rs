@@ -6,7 +6,7 @@
 use sslab_shared::spec::AugmentSpec;
 
 use crate::data::ImageSet;
-use crate::rng::Rng;
+use sslab_shared::rng::Rng;
 
 /// Per-channel normalisation applied to every model input. Fixed, so that an
 /// exported model needs nothing from its training data to run.

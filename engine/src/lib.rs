@@ -10,7 +10,6 @@ pub mod method;
 pub mod model;
 pub mod optim;
 pub mod probe;
-pub mod rng;
 pub mod train;
 
 pub use error::{EngineError, Result};

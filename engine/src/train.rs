@@ -13,8 +13,8 @@ use sslab_shared::api::Evaluation;
 use crate::data::Splits;
 use crate::error::{EngineError, Result};
 use crate::optim::{Optimizer, Schedule};
-use crate::rng::Rng;
 use crate::{augment, eval, method, model};
+use sslab_shared::rng::Rng;
 
 /// What one optimiser step reports.
 #[derive(Debug, Clone, PartialEq)]

@@ -3,6 +3,8 @@
 mod artifacts;
 mod http;
 mod store;
+mod sweep;
+mod sweep_cmd;
 mod train_cmd;
 mod worker;
 
@@ -47,6 +49,9 @@ enum Command {
         /// In-process workers; 0 leaves training to remote workers.
         #[arg(long, default_value_t = 1)]
         workers: usize,
+        /// Sweeps that expand to more runs are refused.
+        #[arg(long, env = "SSLAB_MAX_SWEEP_RUNS", default_value_t = sslab_shared::sweep::DEFAULT_MAX_RUNS)]
+        max_sweep_runs: usize,
     },
     /// Train one run locally from a recipe (TOML, or JSON by extension).
     Train {
@@ -54,6 +59,17 @@ enum Command {
         spec: PathBuf,
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Run every point of a sweep locally, one subfolder per run, and
+    /// write DIR/summary.csv (one row per run and layer).
+    Sweep {
+        #[arg(long)]
+        spec: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Sweeps that expand to more runs are refused.
+        #[arg(long, default_value_t = sslab_shared::sweep::DEFAULT_MAX_RUNS)]
+        max_runs: usize,
     },
     /// Evaluate a finished `sslab train` folder again: another plan, or other data.
     Eval {
@@ -98,8 +114,14 @@ async fn main() -> std::process::ExitCode {
             addr,
             static_dir,
             workers,
-        } => serve(&cli, *addr, static_dir, *workers).await,
+            max_sweep_runs,
+        } => serve(&cli, *addr, static_dir, *workers, *max_sweep_runs).await,
         Command::Train { spec, out } => train_cmd::run(spec, out).await,
+        Command::Sweep {
+            spec,
+            out,
+            max_runs,
+        } => sweep_cmd::run(spec, out, *max_runs).await,
         Command::Eval { run, spec, out } => train_cmd::evaluate(run, spec, out.as_deref()).await,
         Command::Migrate => {
             async {
@@ -124,6 +146,7 @@ async fn serve(
     addr: SocketAddr,
     static_dir: &Path,
     workers: usize,
+    max_sweep_runs: usize,
 ) -> anyhow::Result<()> {
     let url = database_url(cli)?;
     let store = store::Store::connect(&url)
@@ -144,6 +167,7 @@ async fn serve(
         store: store.clone(),
         artifacts: artifacts::Artifacts::new(&cli.data_dir),
         queued: Arc::new(tokio::sync::Notify::new()),
+        max_sweep_runs,
     };
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let mut worker_tasks = Vec::new();

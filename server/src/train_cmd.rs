@@ -65,27 +65,80 @@ impl Observer for CliObserver {
     }
 }
 
-fn write_json(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {
+pub fn write_json(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(value)?;
     std::fs::write(path, text + "\n").with_context(|| format!("cannot write {}", path.display()))
 }
 
-pub async fn run(spec_path: &Path, out: &Path) -> anyhow::Result<()> {
+/// How a local run ended. `Err` from `train_into` is kept for files that
+/// cannot be written; a run that fails to train is a `Failed` result.
+pub struct Trained {
+    pub status: RunStatus,
+    pub evaluations: Vec<Evaluation>,
+    pub steps: usize,
+    pub last_loss: Option<f64>,
+    pub error: Option<String>,
+}
+
+/// Set when the user presses Ctrl-C; runs stop at their next step.
+pub fn interrupt_flag() -> Arc<AtomicBool> {
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let flag = interrupted.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            flag.store(true, Ordering::Relaxed);
+        }
+    });
+    interrupted
+}
+
+pub fn read_run_spec(spec_path: &Path) -> anyhow::Result<RunSpec> {
     let text = std::fs::read_to_string(spec_path)
         .with_context(|| format!("cannot read the spec {}", spec_path.display()))?;
     let is_json = spec_path.extension().is_some_and(|e| e == "json");
-    let spec = if is_json {
+    if is_json {
         RunSpec::from_json(&text)
     } else {
         RunSpec::from_toml(&text)
     }
-    .map_err(|e| anyhow::anyhow!("{}: invalid spec: {e}", spec_path.display()))?;
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    .map_err(|e| anyhow::anyhow!("{}: invalid spec: {e}", spec_path.display()))
+}
 
+pub async fn run(spec_path: &Path, out: &Path) -> anyhow::Result<()> {
+    let spec = read_run_spec(spec_path)?;
+    let trained = train_into(&spec, out, interrupt_flag()).await?;
+    match trained.status {
+        RunStatus::Succeeded => {
+            println!(
+                "finished {} steps, final loss {:.4}",
+                trained.steps,
+                trained.last_loss.unwrap_or(f64::NAN)
+            );
+            print_table(&trained.evaluations);
+            println!("wrote {}", out.display());
+            Ok(())
+        }
+        RunStatus::Cancelled => bail!(
+            "interrupted after {} steps; the last end-of-epoch checkpoint is kept in {}",
+            trained.steps,
+            out.display()
+        ),
+        _ => bail!("training failed: {}", trained.error.unwrap_or_default()),
+    }
+}
+
+/// Trains `spec` with a progress bar, writing `run.json`, `metrics.jsonl`,
+/// `evaluations.json` and the checkpoint into `out`.
+pub async fn train_into(
+    spec: &RunSpec,
+    out: &Path,
+    interrupted: Arc<AtomicBool>,
+) -> anyhow::Result<Trained> {
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let started_at = now_ms();
     let run_file = out.join("run.json");
     let mut record = RunFile {
-        spec: &spec,
+        spec,
         status: RunStatus::Running,
         started_at,
         finished_at: None,
@@ -94,14 +147,6 @@ pub async fn run(spec_path: &Path, out: &Path) -> anyhow::Result<()> {
         last_loss: None,
     };
     write_json(&run_file, &record)?;
-
-    let interrupted = Arc::new(AtomicBool::new(false));
-    let flag = interrupted.clone();
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            flag.store(true, Ordering::Relaxed);
-        }
-    });
 
     let metrics_path = out.join("metrics.jsonl");
     let metrics = std::fs::File::create(&metrics_path)
@@ -137,46 +182,42 @@ pub async fn run(spec_path: &Path, out: &Path) -> anyhow::Result<()> {
     record.last_loss = observer.last_loss;
     record.finished_at = Some(now_ms());
 
+    let mut evaluations = Vec::new();
     if let Some(e) = observer.write_error.take() {
         record.status = RunStatus::Failed;
         record.error = Some(format!("cannot write {}: {e}", metrics_path.display()));
-        write_json(&run_file, &record)?;
-        bail!("{}", record.error.unwrap_or_default());
-    }
-    match result {
-        Ok(Outcome::Finished {
-            evaluations,
-            last_loss,
-        }) => {
-            record.status = RunStatus::Succeeded;
-            write_json(&out.join("evaluations.json"), &evaluations)?;
-            write_json(&run_file, &record)?;
-            println!(
-                "finished {} steps, final loss {last_loss:.4}",
-                observer.steps
-            );
-            print_table(&evaluations);
-            println!("wrote {}", out.display());
-            Ok(())
-        }
-        Ok(Outcome::Stopped { step }) => {
-            record.status = RunStatus::Cancelled;
-            write_json(&run_file, &record)?;
-            bail!(
-                "interrupted after {step} steps; the last end-of-epoch checkpoint is kept in {}",
-                out.display()
-            )
-        }
-        Err(e) => {
-            record.status = RunStatus::Failed;
-            record.error = Some(e.to_string());
-            write_json(&run_file, &record)?;
-            bail!("training failed: {e}")
+    } else {
+        match result {
+            Ok(Outcome::Finished {
+                evaluations: rows,
+                last_loss,
+            }) => {
+                record.status = RunStatus::Succeeded;
+                record.last_loss = Some(last_loss);
+                write_json(&out.join("evaluations.json"), &rows)?;
+                evaluations = rows;
+            }
+            Ok(Outcome::Stopped { step }) => {
+                record.status = RunStatus::Cancelled;
+                record.steps = step;
+            }
+            Err(e) => {
+                record.status = RunStatus::Failed;
+                record.error = Some(e.to_string());
+            }
         }
     }
+    write_json(&run_file, &record)?;
+    Ok(Trained {
+        status: record.status,
+        evaluations,
+        steps: record.steps,
+        last_loss: record.last_loss,
+        error: record.error,
+    })
 }
 
-fn print_table(rows: &[Evaluation]) {
+pub fn print_table(rows: &[Evaluation]) {
     println!(
         "{:<10} {:<8} {:<12} {:>8}",
         "layer", "probe", "metric", "value"

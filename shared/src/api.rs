@@ -2,7 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use serde_json::{Map, Value};
+
 use crate::spec::RunSpec;
+use crate::sweep::SweepSpec;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -68,6 +71,9 @@ pub struct Run {
     /// kNN top-1 at the backbone, once evaluated.
     pub knn_backbone: Option<f64>,
     pub cancel_requested: bool,
+    /// The sweep the run belongs to, if any.
+    #[serde(default)]
+    pub sweep_id: Option<String>,
 }
 
 /// One optimiser step.
@@ -182,4 +188,105 @@ pub mod events {
     pub const STATUS: &str = "status";
     /// Data: `Vec<Evaluation>`, once the run has them.
     pub const EVALUATIONS: &str = "evaluations";
+}
+
+/// How many runs are in each state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatusCounts {
+    pub queued: i64,
+    pub running: i64,
+    pub succeeded: i64,
+    pub failed: i64,
+    pub cancelled: i64,
+}
+
+impl StatusCounts {
+    pub fn add(&mut self, status: RunStatus, n: i64) {
+        match status {
+            RunStatus::Queued => self.queued += n,
+            RunStatus::Running => self.running += n,
+            RunStatus::Succeeded => self.succeeded += n,
+            RunStatus::Failed => self.failed += n,
+            RunStatus::Cancelled => self.cancelled += n,
+        }
+    }
+
+    pub fn total(&self) -> i64 {
+        self.queued + self.running + self.succeeded + self.failed + self.cancelled
+    }
+
+    /// Every run has ended.
+    pub fn is_done(&self) -> bool {
+        self.queued == 0 && self.running == 0
+    }
+}
+
+/// A sweep as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sweep {
+    pub id: String,
+    pub name: String,
+    pub spec: SweepSpec,
+    pub created_at: i64,
+    pub run_count: i64,
+    pub counts: StatusCounts,
+}
+
+/// One run of a sweep with its point and its end-of-training evaluations.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SweepRun {
+    pub id: String,
+    pub name: String,
+    pub status: RunStatus,
+    pub seed: u64,
+    /// Axis path → value.
+    pub values: Map<String, Value>,
+    pub last_loss: Option<f64>,
+    pub error: Option<String>,
+    pub evaluations: Vec<Evaluation>,
+}
+
+/// One metric at one layer for one value of one axis, over every
+/// succeeded run with that value (seeds and the other axes pooled).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AxisAggregate {
+    pub axis: String,
+    pub value: Value,
+    pub layer: String,
+    pub probe: String,
+    pub metric: String,
+    pub mean: f64,
+    /// Sample standard deviation; 0 with one run.
+    pub std: f64,
+    pub n: i64,
+}
+
+/// `GET /sweeps/{id}/summary`: everything the sweep page draws, in one response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SweepSummary {
+    pub sweep: Sweep,
+    /// The swept paths, in the spec's order (seed excluded).
+    pub axes: Vec<String>,
+    pub runs: Vec<SweepRun>,
+    pub aggregates: Vec<AxisAggregate>,
+    /// Runs left out of the aggregates: failed, cancelled, or not finished.
+    pub excluded: StatusCounts,
+}
+
+/// A field whose value differs between compared runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpecDifference {
+    pub path: String,
+    /// One per run, in the order of `Comparison::runs`.
+    pub values: Vec<Value>,
+}
+
+/// `GET /compare?runs=a,b,…`: runs side by side.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Comparison {
+    pub runs: Vec<Run>,
+    /// Loss curves, one per run, thinned to at most `max_points`.
+    pub metrics: Vec<Vec<MetricPoint>>,
+    pub evaluations: Vec<Vec<Evaluation>>,
+    pub spec_diff: Vec<SpecDifference>,
 }

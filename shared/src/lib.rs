@@ -3,7 +3,9 @@
 
 pub mod api;
 pub mod error;
+pub mod rng;
 pub mod spec;
+pub mod sweep;
 
 pub use error::SpecError;
 pub use spec::RunSpec;

@@ -9,7 +9,7 @@
 use sslab_shared::spec::ScenesSpec;
 
 use super::{ImageSet, Splits};
-use crate::rng::Rng;
+use sslab_shared::rng::Rng;
 
 const SHAPES: [&str; 8] = [
     "circle", "square", "triangle", "diamond", "cross", "ring", "star", "bar",

@@ -10,7 +10,7 @@ use candle_nn::{VarBuilder, VarMap};
 use sslab_shared::spec::{BackboneKind, RunSpec};
 
 use crate::Result;
-use crate::rng::Rng;
+use sslab_shared::rng::Rng;
 
 pub use projector::Projector;
 

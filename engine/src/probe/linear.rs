@@ -6,7 +6,7 @@ use candle_core::{D, Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 
 use crate::eval::Features;
-use crate::rng::Rng;
+use sslab_shared::rng::Rng;
 
 /// Per-dimension mean and std of `train`, applied to both sets, so that one
 /// learning rate and one L2 grid suit every layer.

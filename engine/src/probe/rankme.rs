@@ -102,7 +102,7 @@ pub fn rankme(f: &Features) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rng::Rng;
+    use sslab_shared::rng::Rng;
 
     /// A random `n × d` matrix of rank `r` with equal singular values has RankMe ≈ r.
     fn low_rank(n: usize, d: usize, r: usize, seed: u64) -> Features {

@@ -3,6 +3,7 @@
 mod error;
 mod events;
 mod runs;
+mod sweeps;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,6 +26,34 @@ pub struct AppState {
     pub artifacts: Artifacts,
     /// Wakes idle workers when a run is queued.
     pub queued: Arc<Notify>,
+    /// The most runs one sweep may expand to.
+    pub max_sweep_runs: usize,
+}
+
+impl AppState {
+    /// Every idle worker looks at the queue; one that is busy finds the
+    /// stored permit when it next waits.
+    pub fn wake_workers(&self) {
+        self.queued.notify_waiters();
+        self.queued.notify_one();
+    }
+}
+
+/// The `Idempotency-Key` header of a creating POST, checked.
+pub(crate) fn idempotency_key(headers: &axum::http::HeaderMap) -> ApiResult<Option<&str>> {
+    let key = headers
+        .get("idempotency-key")
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| ApiError::BadRequest("Idempotency-Key must be ASCII".into()))
+        })
+        .transpose()?;
+    if key.is_some_and(|k| k.is_empty() || k.len() > 200) {
+        return Err(ApiError::BadRequest(
+            "Idempotency-Key must be 1 to 200 characters".into(),
+        ));
+    }
+    Ok(key)
 }
 
 /// The whole application; tests call this with their own state.
@@ -32,6 +61,7 @@ pub fn app(state: AppState, static_dir: Option<PathBuf>) -> Router {
     let api = Router::new()
         .route("/health", get(|| async { "ok" }))
         .merge(runs::router())
+        .merge(sweeps::router())
         .fallback(|| async { ApiError::NotFound("no such API route".into()) });
     let router = Router::new().nest("/api/v1", api).with_state(state);
     match static_dir.filter(|d| d.join("index.html").is_file()) {

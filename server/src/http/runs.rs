@@ -10,7 +10,8 @@ use serde::Deserialize;
 use sslab_shared::RunSpec;
 use sslab_shared::api::{EvaluationJob, EvaluationRequest, MetricPoint, Page, Run, RunStatus};
 
-use super::{ApiError, ApiResult, AppState, events};
+use super::{ApiError, ApiResult, AppState, events, idempotency_key};
+use crate::store::RunFilter;
 
 pub fn router() -> axum::Router<AppState> {
     axum::Router::new()
@@ -34,21 +35,10 @@ async fn create(
     body: String,
 ) -> ApiResult<Response> {
     let spec = RunSpec::from_json(&body).map_err(ApiError::InvalidSpec)?;
-    let key = headers
-        .get("idempotency-key")
-        .map(|v| {
-            v.to_str()
-                .map_err(|_| ApiError::BadRequest("Idempotency-Key must be ASCII".into()))
-        })
-        .transpose()?;
-    if key.is_some_and(|k| k.is_empty() || k.len() > 200) {
-        return Err(ApiError::BadRequest(
-            "Idempotency-Key must be 1 to 200 characters".into(),
-        ));
-    }
+    let key = idempotency_key(&headers)?;
     let (run, created) = state.store.create_run(&spec, key).await?;
     if created {
-        state.queued.notify_one();
+        state.wake_workers();
     }
     let status = if created {
         StatusCode::CREATED
@@ -69,25 +59,41 @@ struct ListQuery {
     page_size: Option<usize>,
     page_token: Option<String>,
     status: Option<String>,
+    /// Only the runs of this sweep.
+    sweep: Option<String>,
+    method: Option<String>,
+    /// Part of the run name, any case.
+    q: Option<String>,
 }
 
-async fn list(
-    State(state): State<AppState>,
-    Query(q): Query<ListQuery>,
-) -> ApiResult<Json<Page<Run>>> {
-    let page_size = q.page_size.unwrap_or(50);
+pub(super) fn page_size(asked: Option<usize>) -> ApiResult<usize> {
+    let page_size = asked.unwrap_or(50);
     if !(1..=500).contains(&page_size) {
         return Err(ApiError::BadRequest(format!(
             "page_size must be between 1 and 500, got {page_size}"
         )));
     }
-    if let Some(t) = q.page_token.as_deref()
+    Ok(page_size)
+}
+
+pub(super) fn check_page_token(token: Option<&str>) -> ApiResult<()> {
+    if let Some(t) = token
         && !crate::store::is_page_token(t)
     {
         return Err(ApiError::BadRequest(format!(
             "`{t}` is not a page token from this API"
         )));
     }
+    Ok(())
+}
+
+/// Newest first, filtered on the server: status, sweep, method, name.
+async fn list(
+    State(state): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Page<Run>>> {
+    let page_size = page_size(q.page_size)?;
+    check_page_token(q.page_token.as_deref())?;
     let status = match q.status.as_deref() {
         None | Some("") => None,
         Some(s) => Some(RunStatus::parse(s).ok_or_else(|| {
@@ -96,10 +102,17 @@ async fn list(
             ))
         })?),
     };
+    let nonempty = |s: Option<String>| s.filter(|s| !s.trim().is_empty());
+    let filter = RunFilter {
+        status,
+        sweep_id: nonempty(q.sweep),
+        method: nonempty(q.method),
+        name_contains: nonempty(q.q).map(|s| s.trim().to_string()),
+    };
     Ok(Json(
         state
             .store
-            .list_runs(page_size, q.page_token.as_deref(), status)
+            .list_runs(page_size, q.page_token.as_deref(), &filter)
             .await?,
     ))
 }
@@ -160,14 +173,6 @@ struct EvaluationsQuery {
     job: Option<String>,
 }
 
-fn csv_field(text: &str) -> String {
-    if text.contains([',', '"', '\n']) {
-        format!("\"{}\"", text.replace('"', "\"\""))
-    } else {
-        text.to_string()
-    }
-}
-
 /// One row per (layer, probe, metric), as JSON or CSV.
 async fn evaluations(
     State(state): State<AppState>,
@@ -187,13 +192,13 @@ async fn evaluations(
             for e in &rows {
                 out.push_str(&format!(
                     "{},{},{},{},{},{},{}\n",
-                    csv_field(&id),
-                    csv_field(e.job_id.as_deref().unwrap_or("")),
-                    csv_field(&e.layer),
-                    csv_field(&e.probe),
-                    csv_field(&e.metric),
+                    crate::sweep::csv_field(&id),
+                    crate::sweep::csv_field(e.job_id.as_deref().unwrap_or("")),
+                    crate::sweep::csv_field(&e.layer),
+                    crate::sweep::csv_field(&e.probe),
+                    crate::sweep::csv_field(&e.metric),
                     e.value,
-                    csv_field(&e.settings.to_string()),
+                    crate::sweep::csv_field(&e.settings.to_string()),
                 ));
             }
             Ok((
@@ -235,7 +240,7 @@ async fn evaluate(
         )));
     }
     let job = state.store.create_evaluation_job(&id, &request).await?;
-    state.queued.notify_one();
+    state.wake_workers();
     Ok((
         StatusCode::CREATED,
         [(

@@ -1,0 +1,263 @@
+//! `/sweeps`: create (expand into runs), list, read, summary (JSON or CSV),
+//! cancel and re-queue as a whole; `/compare`: runs side by side.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use sslab_shared::api::{Comparison, MetricPoint, Page, SpecDifference, Sweep, SweepSummary};
+use sslab_shared::sweep::{SweepSpec, canonical_path, flatten};
+
+use super::{ApiError, ApiResult, AppState, idempotency_key, runs};
+
+pub fn router() -> axum::Router<AppState> {
+    axum::Router::new()
+        .route("/sweeps", post(create).get(list))
+        .route("/sweeps/{id}", get(read))
+        .route("/sweeps/{id}/summary", get(summary))
+        .route("/sweeps/{id}/cancel", post(cancel))
+        .route("/sweeps/{id}/requeue", post(requeue))
+        .route("/compare", get(compare))
+}
+
+/// Expands the spec first: an invalid axis, value or a count over the cap
+/// is a 422 and nothing is stored.
+async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: String,
+) -> ApiResult<Response> {
+    let spec = SweepSpec::from_json(&body).map_err(ApiError::InvalidSpec)?;
+    let points = spec
+        .expand(state.max_sweep_runs)
+        .map_err(ApiError::InvalidSpec)?;
+    let key = idempotency_key(&headers)?;
+    let (sweep, created) = state.store.create_sweep(&spec, &points, key).await?;
+    if created {
+        state.queued.notify_waiters();
+    }
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        [(header::LOCATION, format!("/api/v1/sweeps/{}", sweep.id))],
+        Json(sweep),
+    )
+        .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    page_size: Option<usize>,
+    page_token: Option<String>,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Page<Sweep>>> {
+    let page_size = runs::page_size(q.page_size)?;
+    runs::check_page_token(q.page_token.as_deref())?;
+    Ok(Json(
+        state
+            .store
+            .list_sweeps(page_size, q.page_token.as_deref())
+            .await?,
+    ))
+}
+
+async fn find(state: &AppState, id: &str) -> ApiResult<Sweep> {
+    state
+        .store
+        .sweep(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no sweep with id `{id}`")))
+}
+
+async fn read(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Sweep>> {
+    Ok(Json(find(&state, &id).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SummaryQuery {
+    /// `json` (default) or `csv`.
+    format: Option<String>,
+}
+
+/// Everything the sweep page draws, in one response; or the CSV export.
+async fn summary(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<SummaryQuery>,
+) -> ApiResult<Response> {
+    let sweep = find(&state, &id).await?;
+    let runs = state.store.sweep_runs(&id).await?;
+    let axes: Vec<String> = sweep
+        .spec
+        .swept_axes()
+        .map(|a| canonical_path(&a.path))
+        .collect();
+    match q.format.as_deref() {
+        None | Some("json") => {
+            let (aggregates, excluded) = crate::sweep::aggregate(&axes, &runs);
+            Ok(Json(SweepSummary {
+                sweep,
+                axes,
+                runs,
+                aggregates,
+                excluded,
+            })
+            .into_response())
+        }
+        Some("csv") => Ok((
+            [
+                (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
+                (
+                    header::CONTENT_DISPOSITION,
+                    format!("attachment; filename=\"{id}-summary.csv\""),
+                ),
+            ],
+            crate::sweep::summary_csv(&axes, &runs),
+        )
+            .into_response()),
+        Some(other) => Err(ApiError::BadRequest(format!(
+            "unknown format `{other}`; use json or csv"
+        ))),
+    }
+}
+
+async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Sweep>> {
+    find(&state, &id).await?;
+    state.store.cancel_sweep(&id).await?;
+    Ok(Json(find(&state, &id).await?))
+}
+
+/// Failed and cancelled runs start over; the others are left alone.
+async fn requeue(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Sweep>> {
+    find(&state, &id).await?;
+    if state.store.requeue_sweep(&id).await? > 0 {
+        state.queued.notify_waiters();
+    }
+    Ok(Json(find(&state, &id).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CompareQuery {
+    /// Run ids joined by commas.
+    runs: String,
+    /// Loss points kept per run (evenly thinned); default 500.
+    max_points: Option<usize>,
+}
+
+const MAX_COMPARED: usize = 20;
+
+async fn compare(
+    State(state): State<AppState>,
+    Query(q): Query<CompareQuery>,
+) -> ApiResult<Json<Comparison>> {
+    let ids: Vec<&str> = q
+        .runs
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    if ids.is_empty() || ids.len() > MAX_COMPARED {
+        return Err(ApiError::BadRequest(format!(
+            "compare 1 to {MAX_COMPARED} runs, got {}",
+            ids.len()
+        )));
+    }
+    let max_points = q.max_points.unwrap_or(500).clamp(2, 100_000);
+    let mut out = Comparison {
+        runs: Vec::new(),
+        metrics: Vec::new(),
+        evaluations: Vec::new(),
+        spec_diff: Vec::new(),
+    };
+    for id in &ids {
+        let run = runs::find(&state, id).await?;
+        let points = state.store.metrics(id, 0, 1_000_000).await?;
+        out.metrics.push(thin(points, max_points));
+        out.evaluations
+            .push(state.store.evaluations(id, Some("")).await?);
+        out.runs.push(run);
+    }
+    out.spec_diff = spec_diff(&out.runs);
+    Ok(Json(out))
+}
+
+/// Every `stride`-th point, and always the last.
+fn thin(points: Vec<MetricPoint>, max_points: usize) -> Vec<MetricPoint> {
+    if points.len() <= max_points {
+        return points;
+    }
+    let stride = points.len().div_ceil(max_points - 1);
+    let last = points.len() - 1;
+    points
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| i % stride == 0 || *i == last)
+        .map(|(_, p)| p)
+        .collect()
+}
+
+/// The spec fields whose values are not the same in every run (names aside).
+fn spec_diff(runs: &[sslab_shared::api::Run]) -> Vec<SpecDifference> {
+    let flat: Vec<Vec<(String, serde_json::Value)>> = runs
+        .iter()
+        .map(|r| flatten(&serde_json::to_value(&r.spec).unwrap_or_default()))
+        .collect();
+    let mut paths: Vec<String> = flat.iter().flatten().map(|(p, _)| p.clone()).collect();
+    paths.sort();
+    paths.dedup();
+    paths
+        .into_iter()
+        .filter(|p| p != "name")
+        .filter_map(|path| {
+            let values: Vec<serde_json::Value> = flat
+                .iter()
+                .map(|f| {
+                    f.iter()
+                        .find(|(p, _)| *p == path)
+                        .map(|(_, v)| v.clone())
+                        .unwrap_or(serde_json::Value::Null)
+                })
+                .collect();
+            values
+                .iter()
+                .any(|v| *v != values[0])
+                .then_some(SpecDifference { path, values })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thinning_keeps_the_ends_and_the_budget() {
+        let points: Vec<MetricPoint> = (1..=1000)
+            .map(|step| MetricPoint {
+                step,
+                epoch: 0,
+                loss: 1.0,
+                lr: 0.1,
+                images_per_sec: 1.0,
+                online_probe_acc: None,
+            })
+            .collect();
+        let t = thin(points, 100);
+        assert!(t.len() <= 100, "{}", t.len());
+        assert_eq!(t.first().unwrap().step, 1);
+        assert_eq!(t.last().unwrap().step, 1000);
+    }
+}
