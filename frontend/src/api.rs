@@ -3,7 +3,7 @@
 use gloo_net::http::{Request, Response};
 use serde::de::DeserializeOwned;
 use sslab_shared::RunSpec;
-use sslab_shared::api::{ErrorBody, Page, Run};
+use sslab_shared::api::{ErrorBody, Run};
 
 /// An API failure in words, with the offending spec field when there is one.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,29 +55,40 @@ pub async fn get<T: DeserializeOwned>(path: &str) -> Result<T, ApiFailure> {
     decode(resp).await
 }
 
-pub async fn list_runs() -> Result<Page<Run>, ApiFailure> {
-    get("/runs?page_size=100").await
+/// POSTs `body` as JSON (or nothing) and decodes the answer.
+pub async fn post<T: DeserializeOwned>(
+    path: &str,
+    body: Option<&impl serde::Serialize>,
+) -> Result<T, ApiFailure> {
+    let request = Request::post(&format!("/api/v1{path}"));
+    let resp = match body {
+        Some(b) => {
+            let text = serde_json::to_string(b).map_err(|e| ApiFailure {
+                message: e.to_string(),
+                field: None,
+            })?;
+            request
+                .header("content-type", "application/json")
+                .body(text)
+                .map_err(network)?
+                .send()
+                .await
+        }
+        None => request.send().await,
+    }
+    .map_err(network)?;
+    decode(resp).await
+}
+
+/// Text safe inside a query string value.
+pub fn query_value(text: &str) -> String {
+    js_sys::encode_uri_component(text).into()
 }
 
 pub async fn create_run(spec: &RunSpec) -> Result<Run, ApiFailure> {
-    let body = serde_json::to_string(spec).map_err(|e| ApiFailure {
-        message: e.to_string(),
-        field: None,
-    })?;
-    let resp = Request::post("/api/v1/runs")
-        .header("content-type", "application/json")
-        .body(body)
-        .map_err(network)?
-        .send()
-        .await
-        .map_err(network)?;
-    decode(resp).await
+    post("/runs", Some(spec)).await
 }
 
 pub async fn cancel_run(id: &str) -> Result<Run, ApiFailure> {
-    let resp = Request::post(&format!("/api/v1/runs/{id}/cancel"))
-        .send()
-        .await
-        .map_err(network)?;
-    decode(resp).await
+    post(&format!("/runs/{id}/cancel"), None::<&()>).await
 }

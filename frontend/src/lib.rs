@@ -4,6 +4,7 @@ mod api;
 mod chart;
 mod pages;
 mod probes;
+mod sweep_chart;
 
 use leptos::prelude::*;
 use leptos_router::components::{A, Route, Router, Routes};
@@ -25,6 +26,7 @@ fn App() -> impl IntoView {
                 <nav>
                     <A href="/">"Runs"</A>
                     <A href="/runs/new">"New run"</A>
+                    <A href="/sweeps">"Sweeps"</A>
                 </nav>
             </header>
             <main>
@@ -32,6 +34,10 @@ fn App() -> impl IntoView {
                     <Route path=path!("/") view=pages::runs::RunsPage/>
                     <Route path=path!("/runs/new") view=pages::new_run::NewRunPage/>
                     <Route path=path!("/runs/:id") view=pages::run::RunPage/>
+                    <Route path=path!("/sweeps") view=pages::sweeps::SweepsPage/>
+                    <Route path=path!("/sweeps/new") view=pages::new_sweep::NewSweepPage/>
+                    <Route path=path!("/sweeps/:id") view=pages::sweeps::SweepPage/>
+                    <Route path=path!("/compare") view=pages::compare::ComparePage/>
                 </Routes>
             </main>
         </Router>

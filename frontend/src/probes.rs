@@ -5,12 +5,24 @@ use leptos::prelude::*;
 use sslab_shared::api::Evaluation;
 
 const PROBE_ORDER: [&str; 4] = ["knn", "linear", "lowshot", "rankme"];
-const COLOURS: [&str; 8] = [
+pub const COLOURS: [&str; 8] = [
     "#2457c5", "#c0392b", "#1c7a3c", "#8e44ad", "#d68910", "#16a085", "#7f8c8d", "#b03a7a",
 ];
 
+/// Sorts layers by depth: the backbone, then proj.0, proj.1, …
+pub fn layer_depth(layer: &str) -> i64 {
+    if layer == "backbone" {
+        -1
+    } else {
+        layer
+            .trim_start_matches("proj.")
+            .parse()
+            .unwrap_or(i64::MAX)
+    }
+}
+
 /// Layers in depth order and the (probe, metric) columns present.
-fn axes(rows: &[Evaluation]) -> (Vec<String>, Vec<(String, String)>) {
+pub fn axes(rows: &[Evaluation]) -> (Vec<String>, Vec<(String, String)>) {
     let mut layers: Vec<String> = Vec::new();
     let mut columns: Vec<(String, String)> = Vec::new();
     for e in rows {
@@ -22,14 +34,7 @@ fn axes(rows: &[Evaluation]) -> (Vec<String>, Vec<(String, String)>) {
             columns.push(key);
         }
     }
-    let depth = |l: &String| {
-        if l == "backbone" {
-            -1
-        } else {
-            l.trim_start_matches("proj.").parse().unwrap_or(i64::MAX)
-        }
-    };
-    layers.sort_by_key(depth);
+    layers.sort_by_key(|l| layer_depth(l));
     let rank = |p: &str| {
         PROBE_ORDER
             .iter()
@@ -52,13 +57,13 @@ fn axes(rows: &[Evaluation]) -> (Vec<String>, Vec<(String, String)>) {
     (layers, columns)
 }
 
-fn value(rows: &[Evaluation], layer: &str, col: &(String, String)) -> Option<f64> {
+pub fn value(rows: &[Evaluation], layer: &str, col: &(String, String)) -> Option<f64> {
     rows.iter()
         .find(|e| e.layer == layer && e.probe == col.0 && e.metric == col.1)
         .map(|e| e.value)
 }
 
-fn column_name(col: &(String, String)) -> String {
+pub fn column_name(col: &(String, String)) -> String {
     match (col.0.as_str(), col.1.as_str()) {
         (p, "top1") => p.to_string(),
         ("rankme", _) => "RankMe".into(),

@@ -1135,6 +1135,72 @@ mod tests {
         assert_eq!(only_done.items.len(), 1);
     }
 
+    /// A failed run of a sweep keeps its rows but is counted, not averaged;
+    /// re-queueing the sweep starts it over.
+    #[tokio::test]
+    async fn sweep_runs_failures_and_requeue() {
+        let (store, _dir) = store().await;
+        let mut sweep = SweepSpec {
+            seeds: vec![0],
+            axes: vec![sslab_shared::sweep::SweepAxis {
+                path: "projector.dims".into(),
+                values: vec![serde_json::json!("32-8"), serde_json::json!("32-16")],
+                min: None,
+                max: None,
+                log: false,
+                integer: false,
+            }],
+            ..SweepSpec::default()
+        };
+        sweep.base.optimizer.batch_size = 100;
+        let points = sweep.expand(10).unwrap();
+        let (created, fresh) = store.create_sweep(&sweep, &points, None).await.unwrap();
+        assert!(fresh);
+        assert_eq!(created.counts.queued, 2);
+        let row = |v: f64| Evaluation {
+            layer: "backbone".into(),
+            probe: "knn".into(),
+            metric: "top1".into(),
+            value: v,
+            settings: serde_json::Value::Null,
+            job_id: None,
+        };
+        // Claimed in expansion order.
+        let first = store.claim_next("w", 10_000).await.unwrap().unwrap();
+        assert_eq!(first.spec.projector.dims, "32-8");
+        assert_eq!(first.sweep_id.as_deref(), Some(created.id.as_str()));
+        store
+            .finish_run(&first.id, "w", RunStatus::Succeeded, None, &[row(0.8)])
+            .await
+            .unwrap();
+        let second = store.claim_next("w", 10_000).await.unwrap().unwrap();
+        store
+            .finish_run(
+                &second.id,
+                "w",
+                RunStatus::Failed,
+                Some("boom"),
+                &[row(0.1)],
+            )
+            .await
+            .unwrap();
+        let runs = store.sweep_runs(&created.id).await.unwrap();
+        assert_eq!(runs.len(), 2);
+        assert_eq!(runs[1].error.as_deref(), Some("boom"));
+        let (agg, excluded) = crate::sweep::aggregate(&["projector.dims".to_string()], &runs);
+        assert_eq!(excluded.failed, 1);
+        assert_eq!(agg.len(), 1);
+        assert_eq!(agg[0].mean, 0.8);
+        assert_eq!(store.requeue_sweep(&created.id).await.unwrap(), 1);
+        let after = store.sweep(&created.id).await.unwrap().unwrap();
+        assert_eq!((after.counts.queued, after.counts.succeeded), (1, 1));
+        let again = store.run(&second.id).await.unwrap().unwrap();
+        assert_eq!((again.status, again.error), (RunStatus::Queued, None));
+        assert_eq!(store.cancel_sweep(&created.id).await.unwrap(), 1);
+        let page = store.list_sweeps(10, None).await.unwrap();
+        assert_eq!(page.items[0].counts.cancelled, 1);
+    }
+
     #[tokio::test]
     async fn idempotency_cancel_and_orphans() {
         let (store, _dir) = store().await;

@@ -432,30 +432,6 @@ async fn killed_server_requeues_its_run() {
     assert_eq!(done.step, done.total_steps);
 }
 
-async fn fresh_postgres_database() -> Option<String> {
-    use sqlx::Connection;
-    let Ok(admin) = std::env::var("SSLAB_TEST_DATABASE_URL") else {
-        assert!(
-            !e2e_required(),
-            "SSLAB_TEST_DATABASE_URL is required (cargo xtask test sets it)"
-        );
-        eprintln!("skipped: set SSLAB_TEST_DATABASE_URL to a PostgreSQL database");
-        return None;
-    };
-    let mut conn = sqlx::postgres::PgConnection::connect(&admin)
-        .await
-        .expect("connect to PostgreSQL");
-    let name = format!("sslab_test_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let (base, _) = admin
-        .rsplit_once('/')
-        .expect("a database URL ends with /NAME");
-    Some(format!("{base}/{name}"))
-}
-
 /// The same API on PostgreSQL, and a graceful stop that hands the run back.
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_api() {

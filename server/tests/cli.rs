@@ -1,5 +1,5 @@
-//! `sslab train`: a recipe in, the run's files out; bad recipes refused with
-//! a message that names the field.
+//! `sslab train` and `sslab sweep`: a recipe in, the run's files out; bad
+//! recipes refused with a message that names the field.
 
 use std::path::Path;
 use std::process::Command;
@@ -178,4 +178,127 @@ fn an_unusable_data_folder_is_named() {
         err.contains("cannot create the data folder") && err.contains("not-a-folder"),
         "{err}"
     );
+}
+
+const TINY_SWEEP: &str = r#"
+name = "cli-sweep"
+seeds = [1, 2]
+[[axes]]
+path = "projector.dims"
+values = ["32-8", "32-16"]
+[base.data]
+source = "scenes"
+classes = 3
+train_images = 48
+test_images = 24
+[base.backbone]
+width = 8
+[base.optimizer]
+batch_size = 16
+[base.schedule]
+epochs = 1
+[base.eval]
+probes = ["knn", "rankme"]
+"#;
+
+fn sweep(spec: &Path, out: &Path) -> std::process::Output {
+    sslab(&[
+        "sweep",
+        "--spec",
+        spec.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ])
+}
+
+#[test]
+fn sweep_runs_every_point_and_writes_the_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("sweep.toml");
+    std::fs::write(&spec, TINY_SWEEP).unwrap();
+    let out = dir.path().join("out");
+    let res = sweep(&spec, &out);
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    // One folder per run, each a complete `sslab train` folder.
+    let mut folders: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    folders.sort();
+    assert_eq!(
+        folders,
+        [
+            "000-dims=32-8-seed=1",
+            "001-dims=32-8-seed=2",
+            "002-dims=32-16-seed=1",
+            "003-dims=32-16-seed=2"
+        ]
+    );
+    for f in &folders {
+        assert!(out.join(f).join("checkpoint.safetensors").is_file());
+    }
+    let csv = std::fs::read_to_string(out.join("summary.csv")).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        lines[0],
+        "run_id,name,status,projector.dims,seed,layer,knn.top1,rankme.rank"
+    );
+    // Four runs × three layers (backbone, proj.0, proj.1).
+    assert_eq!(lines.len(), 1 + 4 * 3, "{csv}");
+    assert!(lines[1].starts_with(
+        "000-dims=32-8-seed=1,cli-sweep: dims=32-8 seed=1,succeeded,32-8,1,backbone,"
+    ));
+    let stdout = String::from_utf8_lossy(&res.stdout);
+    assert!(stdout.contains("[4/4]"), "{stdout}");
+}
+
+#[test]
+fn bad_sweeps_are_refused_before_any_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("sweep.toml");
+    let out = dir.path().join("out");
+    for (text, words) in [
+        (
+            TINY_SWEEP.replace("projector.dims", "projector.dimz"),
+            "axes[0].path",
+        ),
+        (
+            TINY_SWEEP.replace("\"32-16\"", "\"32-x\""),
+            "axes[0].values[1]",
+        ),
+        (
+            TINY_SWEEP.replace("seeds = [1, 2]", "seeds = [1, 2]\nmode = \"grd\""),
+            "mode",
+        ),
+    ] {
+        std::fs::write(&spec, text).unwrap();
+        let res = sweep(&spec, &out);
+        assert!(!res.status.success());
+        let err = String::from_utf8_lossy(&res.stderr);
+        assert!(
+            err.contains(words) && err.contains("invalid sweep"),
+            "{err}"
+        );
+        assert!(!out.exists(), "nothing is written for a refused sweep");
+    }
+    std::fs::write(&spec, TINY_SWEEP).unwrap();
+    let res2 = sslab(&[
+        "sweep",
+        "--spec",
+        spec.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--max-runs",
+        "3",
+    ]);
+    assert!(!res2.status.success());
+    let err = String::from_utf8_lossy(&res2.stderr);
+    assert!(err.contains("4 runs") && err.contains("cap of 3"), "{err}");
+    assert!(!out.exists());
 }

@@ -1,6 +1,9 @@
+pub mod compare;
 pub mod new_run;
+pub mod new_sweep;
 pub mod run;
 pub mod runs;
+pub mod sweeps;
 
 use sslab_shared::api::RunStatus;
 

@@ -147,6 +147,19 @@ pub fn RunPage() -> impl IntoView {
             }}
         </section>
         <section>
+            <h2>"Sweep from this run"</h2>
+            <p class="meta">"Start a study around this run's spec; the values are editable before launch."</p>
+            <div class="bar presets">
+                {sslab_shared::sweep::Preset::ALL.into_iter().map(|p| view! {
+                    <a class="button secondary" id=format!("sweep-{}", p.name())
+                        href=move || format!("/sweeps/new?from={}&preset={}", id(), p.name())>{p.title()}</a>
+                }).collect_view()}
+                {move || run.with(|r| r.as_ref().and_then(|r| r.sweep_id.clone())).map(|s| view! {
+                    <a href=format!("/sweeps/{s}") id="run-sweep">"Part of a sweep"</a>
+                })}
+            </div>
+        </section>
+        <section>
             <h2>"Spec"</h2>
             <pre id="run-spec">{move || run.with(|r| r.as_ref().map(|r| r.spec.to_toml()).unwrap_or_default())}</pre>
         </section>

@@ -1,13 +1,26 @@
-//! The runs list: status, method, backbone, progress and key numbers.
+//! The runs list: filtered and paged on the server, refreshed while open;
+//! pick runs to compare.
 
 use leptos::prelude::*;
 use leptos_router::components::A;
+use leptos_router::hooks::{use_navigate, use_query_map};
+use sslab_shared::api::{Page, Run, RunStatus};
 
 use super::{opt_num, status_class, time_text};
 use crate::api;
 
+const PAGE_SIZE: usize = 50;
+
 #[component]
 pub fn RunsPage() -> impl IntoView {
+    let query = use_query_map();
+    let initial = |key: &str| query.with_untracked(|q| q.get(key)).unwrap_or_default();
+    let name = RwSignal::new(initial("q"));
+    let status = RwSignal::new(initial("status"));
+    let sweep = RwSignal::new(initial("sweep"));
+    // Tokens of the pages before the current one; the last is the current start.
+    let pages = RwSignal::new(Vec::<String>::new());
+    let picked = RwSignal::new(Vec::<String>::new());
     let (tick, set_tick) = signal(0u32);
     // Refresh while the page is open, so statuses move on their own.
     let handle = set_interval_with_handle(
@@ -22,41 +35,104 @@ pub fn RunsPage() -> impl IntoView {
     });
     let runs = LocalResource::new(move || {
         tick.track();
-        api::list_runs()
+        let mut url = format!("/runs?page_size={PAGE_SIZE}");
+        for (key, value) in [
+            ("q", name.get()),
+            ("status", status.get()),
+            ("sweep", sweep.get()),
+        ] {
+            if !value.trim().is_empty() {
+                url.push_str(&format!("&{key}={}", api::query_value(value.trim())));
+            }
+        }
+        if let Some(token) = pages.get().last() {
+            url.push_str(&format!("&page_token={}", api::query_value(token)));
+        }
+        async move { api::get::<Page<Run>>(&url).await }
     });
+    let reset = move || pages.set(Vec::new());
+    let navigate = use_navigate();
+    let compare = move |_| {
+        let ids = picked.get_untracked().join(",");
+        navigate(&format!("/compare?runs={ids}"), Default::default());
+    };
     view! {
         <div class="bar">
             <h1>"Runs"</h1>
+            <button id="compare-selected" class="secondary" on:click=compare
+                disabled=move || picked.with(|p| p.len() < 2)>
+                {move || format!("Compare selected ({})", picked.with(Vec::len))}
+            </button>
             <a href="/runs/new" class="button" id="new-run">"New run"</a>
+        </div>
+        <div class="bar filters">
+            <input id="filter-q" placeholder="name contains…" prop:value=move || name.get()
+                on:input=move |ev| { name.set(event_target_value(&ev)); reset(); }/>
+            <select id="filter-status" on:change=move |ev| { status.set(event_target_value(&ev)); reset(); }>
+                <option value="" selected=move || status.get().is_empty()>"any status"</option>
+                {RunStatus::ALL.into_iter().map(|s| view! {
+                    <option value=s.as_str() selected=move || status.get() == s.as_str()>{s.as_str()}</option>
+                }).collect_view()}
+            </select>
+            {move || (!sweep.get().is_empty()).then(|| view! {
+                <span class="chip">"sweep " {sweep.get()}
+                    <button class="secondary" id="clear-sweep" on:click=move |_| { sweep.set(String::new()); reset(); }>"×"</button>
+                </span>
+            })}
         </div>
         <Transition fallback=|| view! { <p>"Loading runs…"</p> }>
             {move || runs.get().map(|res| match res {
                 Err(e) => view! { <p class="error">{e.to_string()}</p> }.into_any(),
-                Ok(page) if page.items.is_empty() => view! {
-                    <p class="empty">"No runs yet. " <A href="/runs/new">"Launch the first one"</A> "."</p>
+                Ok(page) if page.items.is_empty() && pages.with(Vec::is_empty) => view! {
+                    <p class="empty">"No runs match. " <A href="/runs/new">"Launch one"</A> "."</p>
                 }.into_any(),
-                Ok(page) => view! {
-                    <table id="runs-table">
-                        <thead><tr>
-                            <th>"Run"</th><th>"Status"</th><th>"Method"</th><th>"Backbone"</th>
-                            <th>"Progress"</th><th>"Loss"</th><th>"kNN @ backbone"</th><th>"Created"</th>
-                        </tr></thead>
-                        <tbody>
-                            {page.items.into_iter().map(|r| view! {
-                                <tr>
-                                    <td><A href=format!("/runs/{}", r.id)>{r.name.clone()}</A></td>
-                                    <td><span class=status_class(r.status)>{r.status.as_str()}</span></td>
-                                    <td>{r.method.clone()}</td>
-                                    <td>{r.backbone.clone()}</td>
-                                    <td>{format!("{}/{}", r.step, r.total_steps)}</td>
-                                    <td>{opt_num(r.last_loss, 4)}</td>
-                                    <td>{opt_num(r.knn_backbone, 3)}</td>
-                                    <td>{time_text(r.created_at)}</td>
-                                </tr>
-                            }).collect_view()}
-                        </tbody>
-                    </table>
-                }.into_any(),
+                Ok(page) => {
+                    let next = page.next_page_token.clone();
+                    view! {
+                        <table id="runs-table">
+                            <thead><tr>
+                                <th></th><th>"Run"</th><th>"Status"</th><th>"Method"</th><th>"Backbone"</th>
+                                <th>"Progress"</th><th>"Loss"</th><th>"kNN @ backbone"</th><th>"Sweep"</th><th>"Created"</th>
+                            </tr></thead>
+                            <tbody>
+                                {page.items.into_iter().map(|r| {
+                                    let id = r.id.clone();
+                                    let checked = picked.with_untracked(|p| p.contains(&id));
+                                    view! {
+                                        <tr>
+                                            <td><input type="checkbox" class="pick" data-run=r.id.clone() prop:checked=checked
+                                                on:change=move |ev| {
+                                                    let on = event_target_checked(&ev);
+                                                    let id = id.clone();
+                                                    picked.update(|p| {
+                                                        p.retain(|x| *x != id);
+                                                        if on { p.push(id) }
+                                                    });
+                                                }/></td>
+                                            <td><A href=format!("/runs/{}", r.id)>{r.name.clone()}</A></td>
+                                            <td><span class=status_class(r.status)>{r.status.as_str()}</span></td>
+                                            <td>{r.method.clone()}</td>
+                                            <td>{r.backbone.clone()}</td>
+                                            <td>{format!("{}/{}", r.step, r.total_steps)}</td>
+                                            <td>{opt_num(r.last_loss, 4)}</td>
+                                            <td>{opt_num(r.knn_backbone, 3)}</td>
+                                            <td>{r.sweep_id.clone().map(|s| view! { <A href=format!("/sweeps/{s}")>"sweep"</A> })}</td>
+                                            <td>{time_text(r.created_at)}</td>
+                                        </tr>
+                                    }
+                                }).collect_view()}
+                            </tbody>
+                        </table>
+                        <div class="bar pager">
+                            {move || (!pages.with(Vec::is_empty)).then(|| view! {
+                                <button class="secondary" id="newer" on:click=move |_| pages.update(|p| { p.pop(); })>"← Newer"</button>
+                            })}
+                            {next.map(|t| view! {
+                                <button class="secondary" id="older" on:click=move |_| pages.update(|p| p.push(t.clone()))>"Older →"</button>
+                            })}
+                        </div>
+                    }.into_any()
+                }
             })}
         </Transition>
     }

@@ -154,3 +154,29 @@ pub fn assert_succeeded(run: &Run) {
         run.error
     );
 }
+
+/// A new, empty PostgreSQL database on the test server, or `None` (skip)
+/// when none is configured outside `cargo xtask test`.
+pub async fn fresh_postgres_database() -> Option<String> {
+    use sqlx::Connection;
+    let Ok(admin) = std::env::var("SSLAB_TEST_DATABASE_URL") else {
+        assert!(
+            !e2e_required(),
+            "SSLAB_TEST_DATABASE_URL is required (cargo xtask test sets it)"
+        );
+        eprintln!("skipped: set SSLAB_TEST_DATABASE_URL to a PostgreSQL database");
+        return None;
+    };
+    let mut conn = sqlx::postgres::PgConnection::connect(&admin)
+        .await
+        .expect("connect to PostgreSQL");
+    let name = format!("sslab_test_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let (base, _) = admin
+        .rsplit_once('/')
+        .expect("a database URL ends with /NAME");
+    Some(format!("{base}/{name}"))
+}

@@ -1,0 +1,161 @@
+//! Runs side by side (`/compare?runs=a,b,…`): loss curves overlaid, every
+//! probe at every layer in one table, and the fields where the specs differ.
+
+use leptos::prelude::*;
+use leptos_router::components::A;
+use leptos_router::hooks::use_query_map;
+use sslab_shared::api::{Comparison, Evaluation};
+use sslab_shared::sweep::value_label;
+
+use super::status_class;
+use crate::api;
+use crate::probes::{COLOURS, axes as probe_axes, column_name, value};
+
+const W: f64 = 680.0;
+const H: f64 = 240.0;
+const PAD: f64 = 40.0;
+
+/// Loss against the fraction of training done, one line per run.
+#[component]
+fn OverlaidLoss(c: Comparison) -> impl IntoView {
+    let (lo, hi) = c
+        .metrics
+        .iter()
+        .flatten()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
+            (a.min(p.loss), b.max(p.loss))
+        });
+    let span = if hi > lo { hi - lo } else { 1.0 };
+    let lines = c
+        .runs
+        .iter()
+        .zip(&c.metrics)
+        .enumerate()
+        .map(|(k, (run, pts))| {
+            let total = run.total_steps.max(1) as f64;
+            let colour = COLOURS[k % COLOURS.len()];
+            let line = pts
+                .iter()
+                .map(|p| {
+                    let x = PAD + (p.step as f64 / total).min(1.0) * (W - 2.0 * PAD);
+                    let y = PAD + (1.0 - (p.loss - lo) / span) * (H - 2.0 * PAD);
+                    format!("{x:.1},{y:.1}")
+                })
+                .collect::<Vec<_>>()
+                .join(" ");
+            view! {
+                <polyline class="run-loss" points=line stroke=colour fill="none" stroke-width="1.8" data-points=pts.len().to_string()/>
+            }
+        })
+        .collect_view();
+    view! {
+        <svg id="compare-loss" class="chart" viewBox=format!("0 0 {W} {H}") data-lines=c.runs.len().to_string()>
+            <rect x=PAD y=PAD width=W - 2.0 * PAD height=H - 2.0 * PAD class="frame"/>
+            {lines}
+            <text x=PAD y=PAD - 8.0 class="label">{format!("loss {hi:.3} … {lo:.3}")}</text>
+            <text x=W - PAD y=H - 10.0 class="label" text-anchor="end">"fraction of training"</text>
+        </svg>
+    }
+}
+
+#[component]
+pub fn ComparePage() -> impl IntoView {
+    let query = use_query_map();
+    let ids = move || query.with(|q| q.get("runs").unwrap_or_default());
+    let data = LocalResource::new(move || {
+        let ids = ids();
+        async move { api::get::<Comparison>(&format!("/compare?runs={}", api::query_value(&ids))).await }
+    });
+    view! {
+        <h1>"Compare runs"</h1>
+        <Transition fallback=|| view! { <p>"Loading…"</p> }>
+            {move || data.get().map(|res| match res {
+                Err(e) => view! { <p class="error">{e.to_string()}</p> }.into_any(),
+                Ok(c) => render(c).into_any(),
+            })}
+        </Transition>
+    }
+}
+
+fn render(c: Comparison) -> impl IntoView {
+    let legend = c
+        .runs
+        .iter()
+        .enumerate()
+        .map(|(k, r)| {
+            let name = r.name.clone();
+            view! {
+                <li><span class="swatch" style=format!("background:{}", COLOURS[k % COLOURS.len()])></span>
+                    <A href=format!("/runs/{}", r.id)>{name}</A>" "
+                    <span class=status_class(r.status)>{r.status.as_str()}</span></li>
+            }
+        })
+        .collect_view();
+    // Rows: every (layer, probe, metric) any run has.
+    let all: Vec<Evaluation> = c.evaluations.iter().flatten().cloned().collect();
+    let (layers, columns) = probe_axes(&all);
+    let probe_rows = layers
+        .iter()
+        .flat_map(|l| columns.iter().map(move |col| (l.clone(), col.clone())))
+        .filter(|(l, col)| c.evaluations.iter().any(|e| value(e, l, col).is_some()))
+        .map(|(l, col)| {
+            let cells = c
+                .evaluations
+                .iter()
+                .map(|e| {
+                    let text = value(e, &l, &col)
+                        .map(|v| format!("{v:.3}"))
+                        .unwrap_or_else(|| "—".into());
+                    view! { <td class="num">{text}</td> }
+                })
+                .collect_view();
+            view! { <tr><td>{l.clone()}</td><td>{column_name(&col)}</td>{cells}</tr> }
+        })
+        .collect_view();
+    let run_heads = c
+        .runs
+        .iter()
+        .map(|r| view! { <th>{r.name.clone()}</th> })
+        .collect_view();
+    let run_heads2 = c
+        .runs
+        .iter()
+        .map(|r| view! { <th>{r.name.clone()}</th> })
+        .collect_view();
+    let diff = if c.spec_diff.is_empty() {
+        view! { <p class="meta" id="spec-diff">"The specs are the same (names aside)."</p> }
+            .into_any()
+    } else {
+        view! {
+            <table id="spec-diff">
+                <thead><tr><th>"Field"</th>{run_heads2}</tr></thead>
+                <tbody>
+                    {c.spec_diff.iter().map(|d| view! {
+                        <tr><td>{d.path.clone()}</td>
+                            {d.values.iter().map(|v| view! { <td>{value_label(v)}</td> }).collect_view()}
+                        </tr>
+                    }).collect_view()}
+                </tbody>
+            </table>
+        }
+        .into_any()
+    };
+    view! {
+        <ul class="legend-list">{legend}</ul>
+        <section>
+            <h2>"Training loss"</h2>
+            <OverlaidLoss c=c.clone()/>
+        </section>
+        <section>
+            <h2>"Probes"</h2>
+            <table id="compare-probes">
+                <thead><tr><th>"Layer"</th><th>"Probe"</th>{run_heads}</tr></thead>
+                <tbody>{probe_rows}</tbody>
+            </table>
+        </section>
+        <section>
+            <h2>"Where the specs differ"</h2>
+            {diff}
+        </section>
+    }
+}
