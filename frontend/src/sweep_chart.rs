@@ -6,7 +6,7 @@ use serde_json::Value;
 use sslab_shared::api::{AxisAggregate, SweepRun};
 use sslab_shared::sweep::{value_label, value_number};
 
-use crate::probes::{COLOURS, layer_depth};
+use crate::probes::{COLOURS, column_name, layer_depth};
 
 const W: f64 = 680.0;
 const H: f64 = 260.0;
@@ -210,10 +210,12 @@ pub fn ParallelCoordinates(
                     .map(|e| Value::from(e.value))
             })
             .collect();
-        dims.push((format!("{probe} {metric} @ {l}"), vals));
+        let name = column_name(&(probe.clone(), metric.clone()));
+        dims.push((format!("{name} @ {l}"), vals));
     }
     let n = dims.len().max(2);
-    let x = move |i: usize| PAD + i as f64 / (n - 1) as f64 * (W - 2.0 * PAD);
+    // Wide side margins: the axis labels are centred on the first and last axes.
+    let x = move |i: usize| 80.0 + i as f64 / (n - 1) as f64 * (W - 160.0);
     let y = move |t: f64| PAD + (1.0 - t) * (H - 2.0 * PAD);
     // Scale each dimension: distinct values placed by `positions`.
     let scaled: Vec<Vec<Option<f64>>> = dims

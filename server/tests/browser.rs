@@ -351,3 +351,144 @@ async fn launch_watch_and_read_a_run_in_chromium() {
     assert_eq!(result["finite"], true);
     assert_eq!(result["layers"], json!(["backbone", "proj.0", "proj.1"]));
 }
+
+/// Polls a script until it returns something other than null/false.
+async fn wait_script(browser: &Browser, js: &str, secs: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let v = browser.script(js).await;
+        if !(v.is_null() || v == json!(false)) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for `{js}`");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// From a run's page to a 3-value projector-dimension sweep: one point per
+/// value and per layer on the chart, the table sorts, two runs compare.
+#[tokio::test(flavor = "multi_thread")]
+async fn sweep_from_a_run_page_in_chromium() {
+    if !e2e_required() {
+        eprintln!("skipped: set SSLAB_E2E=1 (cargo xtask test does)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), None);
+    let client = reqwest::Client::new();
+    let run = create(&client, &server, &tiny_spec(1)).await;
+    assert_succeeded(&wait_terminal(&client, &server, &run.id).await);
+    let browser = Browser::start().await;
+
+    browser
+        .goto(&format!("{}/runs/{}", server.base, run.id))
+        .await;
+    browser.click("#sweep-projector_dim").await;
+    // The preset fills the form from the run: widths around its own 16.
+    let values = wait_script(
+        &browser,
+        "const v = document.querySelector('#sweep-values'); return v && v.value ? v.value : null",
+        30,
+    )
+    .await;
+    assert_eq!(values, json!("32-8, 32-16, 32-32, 32-64"));
+    browser
+        .set_field("#sweep-values", "32-8, 32-16, 32-32")
+        .await;
+    browser.set_field("#sweep-seeds", "3").await;
+    let count = browser
+        .script("return document.querySelector('#sweep-count').textContent")
+        .await;
+    assert_eq!(count, json!("3 runs"));
+    browser.click("#launch-sweep").await;
+
+    // Every run finishes; the chart has a point per value and per layer.
+    let per_layer = wait_script(
+        &browser,
+        r#"const c = document.querySelector('#sweep-chart-projector-dims');
+           if (!c || c.getAttribute('data-points') !== '9') return null;
+           const out = {};
+           c.querySelectorAll('g.series').forEach(g => out[g.dataset.layer] = g.querySelectorAll('circle.pt').length);
+           return out;"#,
+        240,
+    )
+    .await;
+    assert_eq!(per_layer, json!({"backbone": 3, "proj.0": 3, "proj.1": 3}));
+    let labels = browser
+        .script("return Array.from(document.querySelectorAll('#sweep-chart-projector-dims circle.pt')).filter(c => c.dataset.layer === 'backbone').map(c => c.dataset.value)")
+        .await;
+    assert_eq!(labels, json!(["32-8", "32-16", "32-32"]));
+    wait_script(
+        &browser,
+        "return document.querySelector('#sweep-counts').textContent.includes('3 succeeded')",
+        30,
+    )
+    .await;
+    let lines = browser
+        .script("return document.querySelector('#parallel-coords').getAttribute('data-runs')")
+        .await;
+    assert_eq!(lines, json!("3"));
+
+    // The table sorts by the kNN accuracy at the backbone.
+    let column = browser
+        .script("return Array.from(document.querySelectorAll('#sweep-table th')).findIndex(th => th.textContent.startsWith('knn @ backbone'))")
+        .await;
+    let column = column.as_i64().unwrap();
+    assert!(column > 0, "no kNN column");
+    browser
+        .click(&format!("#sweep-table th[data-column='{column}']"))
+        .await;
+    let sorted = browser
+        .script(&format!(
+            "return Array.from(document.querySelectorAll('#sweep-table tbody tr')).map(r => Number(r.cells[{column}].textContent))"
+        ))
+        .await;
+    let sorted: Vec<f64> = sorted
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(sorted.len(), 3);
+    assert!(sorted.windows(2).all(|w| w[0] <= w[1]), "{sorted:?}");
+    browser
+        .screenshot(&std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("sweep-page.png"))
+        .await;
+
+    // Pick two of the sweep's runs from the filtered list and compare them.
+    let sweep_id = browser
+        .script("return location.pathname.split('/').pop()")
+        .await;
+    browser
+        .goto(&format!(
+            "{}/?sweep={}",
+            server.base,
+            sweep_id.as_str().unwrap()
+        ))
+        .await;
+    wait_script(
+        &browser,
+        "return document.querySelectorAll('#runs-table tbody tr').length === 3",
+        30,
+    )
+    .await;
+    browser
+        .click("#runs-table tbody tr:nth-child(1) input.pick")
+        .await;
+    browser
+        .click("#runs-table tbody tr:nth-child(2) input.pick")
+        .await;
+    browser.click("#compare-selected").await;
+    browser.wait_find("#compare-probes").await;
+    let diff = wait_script(
+        &browser,
+        "const t = document.querySelector('#spec-diff'); return t ? Array.from(t.querySelectorAll('tbody td:first-child')).map(c => c.textContent) : null",
+        30,
+    )
+    .await;
+    assert_eq!(diff, json!(["projector.dims"]));
+    let curves = browser
+        .script("return document.querySelector('#compare-loss').getAttribute('data-lines')")
+        .await;
+    assert_eq!(curves, json!("2"));
+}

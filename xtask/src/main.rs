@@ -1,4 +1,4 @@
-//! `cargo xtask serve | test`: builds what the platform needs (wasm target,
+//! `cargo xtask serve | test | bench`: builds what the platform needs (wasm target,
 //! wasm-bindgen CLI, dashboard, browser inference module) and runs it or its
 //! tests. Everything it installs comes from the package registries.
 
@@ -19,12 +19,14 @@ fn main() -> Result<()> {
         Some("serve") => serve(&root, &args[1..]),
         Some("test") => test(&root, &args[1..]),
         Some("build-web") => build_web(&root),
+        Some("bench") => bench(&args[1..]),
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
                  serve [ARGS]      build the dashboard and start the platform (args go to `sslab serve`)\n\
                  test [FILTER]     every test: unit, API against SQLite and PostgreSQL, browser end-to-end\n\
-                 build-web         build the dashboard and the browser inference module only"
+                 build-web         build the dashboard and the browser inference module only\n\
+                 bench [NAME]      benchmarks (release builds): api; all when no name is given"
             );
             bail!("no command given")
         }
@@ -209,4 +211,27 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
         .env("SSLAB_E2E", "1")
         .env("SSLAB_TEST_DATABASE_URL", pg)
         .env("SSLAB_STATIC_DIR", root.join("frontend/dist")))
+}
+
+/// Benchmarks, by name; each prints its figures and a last `key=value` line.
+const BENCHES: [(&str, &str, &str); 1] = [("api", "sslab-server", "api_latency")];
+
+fn bench(args: &[String]) -> Result<()> {
+    let wanted = args.first().map(String::as_str);
+    let chosen: Vec<_> = BENCHES
+        .iter()
+        .filter(|(name, ..)| wanted.is_none_or(|w| w == *name))
+        .collect();
+    if chosen.is_empty() {
+        let names: Vec<&str> = BENCHES.iter().map(|b| b.0).collect();
+        bail!(
+            "no bench `{}`; there are: {}",
+            wanted.unwrap_or_default(),
+            names.join(", ")
+        );
+    }
+    for (_, package, target) in chosen {
+        run(cargo().args(["bench", "--package", package, "--bench", target]))?;
+    }
+    Ok(())
 }
