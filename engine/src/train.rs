@@ -74,7 +74,7 @@ pub fn train(
     spec.validate()?;
     let data = &splits.train;
     let (encoder, varmap) = model::build(spec, device)?;
-    let mut method = method::build(&spec.method);
+    let mut method = method::build(spec, &varmap, device)?;
     let batch = spec.optimizer.batch_size;
     let steps_per_epoch = data.len() / batch;
     if steps_per_epoch == 0 {

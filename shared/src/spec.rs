@@ -108,10 +108,67 @@ pub enum MethodSpec {
         #[serde(default = "default_simclr_temperature")]
         temperature: f64,
     },
+    /// VICReg (Bardes et al. 2022, arXiv:2105.04906): invariance, variance and
+    /// covariance terms on the projector output of the two views.
+    Vicreg {
+        /// λ, weight of the mean squared distance between the views.
+        #[serde(default = "default_vicreg_weight")]
+        invariance: f64,
+        /// μ, weight of the hinge on each dimension's standard deviation.
+        #[serde(default = "default_vicreg_weight")]
+        variance: f64,
+        /// ν, weight of the squared off-diagonal covariances.
+        #[serde(default = "default_vicreg_covariance")]
+        covariance: f64,
+    },
+    /// Barlow Twins (Zbontar et al. 2021, arXiv:2103.03230): the
+    /// cross-correlation of the two views pushed to the identity.
+    Barlow {
+        /// Weight of the off-diagonal terms; 5e-3 in the paper (or 1/d).
+        #[serde(default = "default_barlow_lambda")]
+        lambda_offdiag: f64,
+    },
+    /// BYOL (Grill et al. 2020, arXiv:2006.07733): a predictor on the online
+    /// branch regresses an EMA target's projection of the other view.
+    Byol {
+        /// Predictor widths, e.g. "512-128"; the last must equal the
+        /// projector's output. Empty: one hidden layer as wide as the
+        /// projector's first.
+        #[serde(default)]
+        predictor: String,
+        /// EMA rate at the start; it rises to 1 along a cosine. 0.99 at
+        /// CIFAR scale, 0.996 on ImageNet.
+        #[serde(default = "default_byol_ema")]
+        ema_base: f64,
+    },
+    /// SimSiam (Chen & He 2021, arXiv:2011.10566): BYOL without the EMA
+    /// target, the stop-gradient alone prevents collapse.
+    Simsiam {
+        /// Predictor widths; empty: a bottleneck of a quarter of the
+        /// projector's output, then back to it.
+        #[serde(default)]
+        predictor: String,
+    },
 }
 
 fn default_simclr_temperature() -> f64 {
     0.5
+}
+
+fn default_vicreg_weight() -> f64 {
+    25.0
+}
+
+fn default_vicreg_covariance() -> f64 {
+    1.0
+}
+
+fn default_barlow_lambda() -> f64 {
+    5e-3
+}
+
+fn default_byol_ema() -> f64 {
+    0.99
 }
 
 impl Default for MethodSpec {
@@ -126,7 +183,49 @@ impl MethodSpec {
     pub fn name(&self) -> &'static str {
         match self {
             MethodSpec::Simclr { .. } => "simclr",
+            MethodSpec::Vicreg { .. } => "vicreg",
+            MethodSpec::Barlow { .. } => "barlow",
+            MethodSpec::Byol { .. } => "byol",
+            MethodSpec::Simsiam { .. } => "simsiam",
         }
+    }
+
+    /// The method with its defaults, by name.
+    pub fn from_name(name: &str) -> Option<MethodSpec> {
+        serde_json::from_value(serde_json::json!({ "name": name })).ok()
+    }
+
+    pub const NAMES: [&'static str; 5] = ["simclr", "vicreg", "barlow", "byol", "simsiam"];
+
+    /// The predictor's layer widths for a projector output of `out`, or
+    /// `None` for methods without a predictor.
+    pub fn predictor_dims(
+        &self,
+        first_hidden: Option<usize>,
+        out: usize,
+    ) -> Option<Result<Vec<usize>, String>> {
+        let (text, default) = match self {
+            MethodSpec::Byol { predictor, .. } => {
+                (predictor, vec![first_hidden.unwrap_or(4 * out), out])
+            }
+            MethodSpec::Simsiam { predictor } => (predictor, vec![(out / 4).max(1), out]),
+            _ => return None,
+        };
+        if text.trim().is_empty() {
+            return Some(Ok(default));
+        }
+        let dims = ProjectorSpec {
+            dims: text.clone(),
+            batch_norm: true,
+        }
+        .parse_dims();
+        Some(dims.and_then(|d| match d.last() {
+            Some(&last) if last == out => Ok(d),
+            Some(&last) => Err(format!(
+                "the predictor must end at the projector's output width {out}, not {last}"
+            )),
+            None => Err("give the predictor's widths, e.g. \"512-128\"".into()),
+        }))
     }
 }
 
@@ -579,6 +678,13 @@ impl RunSpec {
                 }
             }
         }
+        let weight = |field: &str, v: f64| {
+            if (0.0..=1e4).contains(&v) {
+                Ok(())
+            } else {
+                bad(field, format!("must be in [0, 10000], got {v}"))
+            }
+        };
         match &self.method {
             MethodSpec::Simclr { temperature } => {
                 if !(*temperature > 0.0 && *temperature <= 10.0) {
@@ -587,6 +693,34 @@ impl RunSpec {
                         format!("must be in (0, 10], got {temperature}"),
                     );
                 }
+            }
+            MethodSpec::Vicreg {
+                invariance,
+                variance,
+                covariance,
+            } => {
+                weight("method.invariance", *invariance)?;
+                weight("method.variance", *variance)?;
+                weight("method.covariance", *covariance)?;
+            }
+            MethodSpec::Barlow { lambda_offdiag } => {
+                weight("method.lambda_offdiag", *lambda_offdiag)?
+            }
+            MethodSpec::Byol { ema_base, .. } => {
+                if !(0.0..1.0).contains(ema_base) {
+                    return bad(
+                        "method.ema_base",
+                        format!("must be in [0, 1), got {ema_base}"),
+                    );
+                }
+            }
+            MethodSpec::Simsiam { .. } => {}
+        }
+        if let Ok(dims) = self.projector.parse_dims() {
+            let out = dims.last().copied().unwrap_or(self.backbone.output_dim());
+            let first = dims.first().copied().filter(|_| dims.len() > 1);
+            if let Some(Err(m)) = self.method.predictor_dims(first, out) {
+                return bad("method.predictor", m);
             }
         }
         let b = &self.backbone;
@@ -754,6 +888,70 @@ mod tests {
         assert!(err.message.contains("`x`"));
         let err = RunSpec::from_toml("[optimizer]\nbatch_size = 1\n").unwrap_err();
         assert_eq!(err.field, "optimizer.batch_size");
+    }
+
+    #[test]
+    fn every_method_parses_with_defaults_and_checks_its_knobs() {
+        for name in MethodSpec::NAMES {
+            let m = MethodSpec::from_name(name).unwrap();
+            assert_eq!(m.name(), name);
+            let spec = RunSpec {
+                method: m,
+                ..RunSpec::default()
+            };
+            spec.validate().unwrap();
+        }
+        let cases = [
+            (
+                r#"{"name": "vicreg", "variance": -1}"#,
+                "method.variance",
+                "[0, 10000]",
+            ),
+            (
+                r#"{"name": "barlow", "lambda_offdiag": 1e9}"#,
+                "method.lambda_offdiag",
+                "[0, 10000]",
+            ),
+            (
+                r#"{"name": "byol", "ema_base": 1.0}"#,
+                "method.ema_base",
+                "[0, 1)",
+            ),
+            (
+                r#"{"name": "byol", "predictor": "256-64"}"#,
+                "method.predictor",
+                "output width 128",
+            ),
+            (
+                r#"{"name": "simsiam", "predictor": "32-x"}"#,
+                "method.predictor",
+                "`x`",
+            ),
+            (
+                r#"{"name": "vicreg", "temperature": 0.5}"#,
+                "method",
+                "unknown field `temperature`",
+            ),
+            (
+                r#"{"name": "dino2"}"#,
+                "method.name",
+                "unknown variant `dino2`",
+            ),
+        ];
+        for (method, field, words) in cases {
+            let err = RunSpec::from_json(&format!(r#"{{"method": {method}}}"#)).unwrap_err();
+            assert_eq!(err.field, field, "{err}");
+            assert!(err.message.contains(words), "{err}");
+        }
+        // The predictor follows the projector: "256-128" → hidden 256, out 128.
+        let byol = MethodSpec::from_name("byol").unwrap();
+        assert_eq!(
+            byol.predictor_dims(Some(256), 128),
+            Some(Ok(vec![256, 128]))
+        );
+        let simsiam = MethodSpec::from_name("simsiam").unwrap();
+        assert_eq!(simsiam.predictor_dims(None, 128), Some(Ok(vec![32, 128])));
+        assert_eq!(MethodSpec::default().predictor_dims(None, 128), None);
     }
 
     #[test]

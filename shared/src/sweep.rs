@@ -630,8 +630,8 @@ mod tests {
         assert_eq!(runs[1].seed, 1);
         assert_eq!(runs[47].spec.projector.dims, "64-128");
         assert_eq!(runs[47].spec.backbone.last_block_width, Some(64));
-        let t = match &runs[47].spec.method {
-            crate::spec::MethodSpec::Simclr { temperature } => *temperature,
+        let crate::spec::MethodSpec::Simclr { temperature: t } = runs[47].spec.method else {
+            panic!("the base method is SimCLR");
         };
         assert_eq!(t, 1.0);
         assert_eq!(runs[47].values["method.temperature"], json!(1.0));

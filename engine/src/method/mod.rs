@@ -1,8 +1,14 @@
 //! SSL methods, one per file, behind one trait.
 
+pub mod barlow;
+pub mod byol;
 pub mod simclr;
+pub mod simsiam;
+pub mod vicreg;
 
-use candle_core::Tensor;
+use candle_core::{Device, Tensor};
+use candle_nn::VarMap;
+use sslab_shared::RunSpec;
 use sslab_shared::spec::MethodSpec;
 
 use crate::model::Encoder;
@@ -26,9 +32,274 @@ pub trait Method: Send {
     }
 }
 
-/// The method a spec names.
-pub fn build(spec: &MethodSpec) -> Box<dyn Method> {
-    match spec {
+/// The method a spec names. Methods with parameters of their own (a
+/// predictor) add them to `varmap`, so the optimiser trains them and the
+/// checkpoint keeps them.
+pub fn build(spec: &RunSpec, varmap: &VarMap, device: &Device) -> crate::Result<Box<dyn Method>> {
+    Ok(match &spec.method {
         MethodSpec::Simclr { temperature } => Box::new(simclr::SimClr::new(*temperature)),
+        MethodSpec::Vicreg {
+            invariance,
+            variance,
+            covariance,
+        } => Box::new(vicreg::Vicreg {
+            invariance: *invariance,
+            variance: *variance,
+            covariance: *covariance,
+        }),
+        MethodSpec::Barlow { lambda_offdiag } => Box::new(barlow::Barlow {
+            lambda_offdiag: *lambda_offdiag,
+        }),
+        MethodSpec::Byol { ema_base, .. } => {
+            Box::new(byol::Byol::new(spec, varmap, device, *ema_base)?)
+        }
+        MethodSpec::Simsiam { .. } => Box::new(simsiam::SimSiam::new(spec, varmap, device)?),
+    })
+}
+
+/// Both views through the encoder in one pass (BatchNorm sees the 2N images
+/// together): the last layer's output per view, and the first view's
+/// backbone features for the online probe.
+pub fn two_view_forward(
+    encoder: &Encoder,
+    views: &[Tensor],
+) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+    let n = views[0].dim(0)?;
+    let layers = encoder.forward_layers(&Tensor::cat(&[&views[0], &views[1]], 0)?, true)?;
+    let z = layers.last().expect("the backbone is always a layer");
+    Ok((
+        z.narrow(0, 0, n)?,
+        z.narrow(0, n, n)?,
+        layers[0].narrow(0, 0, n)?,
+    ))
+}
+
+/// Every loss against PyTorch on fixed inputs (values and gradients, from
+/// `bench/reference/losses.py`), and against central finite differences.
+#[cfg(test)]
+mod reference_tests {
+    use candle_core::{Device, Var};
+
+    use super::*;
+
+    type LossFn = fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>;
+
+    const CASES: [(&str, LossFn); 6] = [
+        ("simclr_t05", |a, b| simclr::nt_xent(a, b, 0.5)),
+        ("vicreg", |a, b| vicreg::vicreg_loss(a, b, 25.0, 25.0, 1.0)),
+        ("vicreg_10_25_2", |a, b| {
+            vicreg::vicreg_loss(a, b, 10.0, 25.0, 2.0)
+        }),
+        ("barlow", |a, b| barlow::barlow_loss(a, b, 5e-3)),
+        ("byol", byol::regression_loss),
+        ("simsiam", simsiam::negative_cosine),
+    ];
+
+    fn matrix(v: &serde_json::Value) -> Vec<Vec<f64>> {
+        serde_json::from_value(v.clone()).unwrap()
+    }
+
+    fn tensor(rows: &[Vec<f64>]) -> Tensor {
+        let (n, d) = (rows.len(), rows[0].len());
+        Tensor::from_vec(rows.concat(), (n, d), &Device::Cpu).unwrap()
+    }
+
+    fn value(f: LossFn, z1: &Tensor, z2: &Tensor) -> f64 {
+        f(z1, z2).unwrap().to_scalar::<f64>().unwrap()
+    }
+
+    #[test]
+    fn losses_and_gradients_match_pytorch_and_finite_differences() {
+        let data: serde_json::Value =
+            serde_json::from_str(include_str!("testdata/losses.json")).unwrap();
+        let z1 = matrix(&data["z1"]);
+        let z2 = tensor(&matrix(&data["z2"]));
+        for (name, f) in CASES {
+            let want = data[name]["value"].as_f64().unwrap();
+            let want_grad = matrix(&data[name]["grad_z1"]);
+            let var = Var::from_tensor(&tensor(&z1)).unwrap();
+            let loss = f(var.as_tensor(), &z2).unwrap();
+            let got = loss.to_scalar::<f64>().unwrap();
+            assert!(
+                (got - want).abs() < 1e-9 * want.abs().max(1.0),
+                "{name}: {got} vs PyTorch {want}"
+            );
+            let grads = loss.backward().unwrap();
+            let grad: Vec<Vec<f64>> = grads.get(&var).unwrap().to_vec2().unwrap();
+            let h = 1e-6;
+            for i in 0..z1.len() {
+                for j in 0..z1[0].len() {
+                    assert!(
+                        (grad[i][j] - want_grad[i][j]).abs() < 1e-8,
+                        "{name} ∂/∂z1[{i}][{j}]: {} vs PyTorch {}",
+                        grad[i][j],
+                        want_grad[i][j]
+                    );
+                    let mut plus = z1.clone();
+                    plus[i][j] += h;
+                    let mut minus = z1.clone();
+                    minus[i][j] -= h;
+                    let fd = (value(f, &tensor(&plus), &z2) - value(f, &tensor(&minus), &z2))
+                        / (2.0 * h);
+                    assert!(
+                        (grad[i][j] - fd).abs() < 1e-5 * fd.abs().max(1.0),
+                        "{name} ∂/∂z1[{i}][{j}]: autograd {} vs finite difference {fd}",
+                        grad[i][j]
+                    );
+                }
+            }
+        }
+        assert!(data["torch_version"].is_string());
+    }
+
+    #[test]
+    fn closed_forms() {
+        let dev = Device::Cpu;
+        // Identical views: no invariance term; BYOL and SimSiam at their floors.
+        let z = Tensor::new(
+            &[
+                [1.0f64, 2.0, 0.0],
+                [0.0, 1.0, 3.0],
+                [2.0, 0.0, 1.0],
+                [1.0, 1.0, 1.0],
+            ],
+            &dev,
+        )
+        .unwrap();
+        let byol = byol::regression_loss(&z, &z)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        assert!(byol.abs() < 1e-12);
+        let simsiam = simsiam::negative_cosine(&z, &z)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        assert!((simsiam + 1.0).abs() < 1e-12);
+        let only_inv = vicreg::vicreg_loss(&z, &(&z + 1.0).unwrap(), 1.0, 0.0, 0.0).unwrap();
+        assert!(
+            (only_inv.to_scalar::<f64>().unwrap() - 1.0).abs() < 1e-12,
+            "MSE of a shift by 1"
+        );
+        // Barlow: perfectly correlated, decorrelated dimensions give C = I → 0.
+        let w = Tensor::new(
+            &[[1.0f64, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]],
+            &dev,
+        )
+        .unwrap();
+        let b = barlow::barlow_loss(&w, &w, 5e-3)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        assert!(b < 1e-4, "{b}");
+    }
+}
+
+/// Every method trains on tiny data: the loss falls, every trainable
+/// parameter gets a finite gradient, the embedding does not collapse.
+#[cfg(test)]
+mod behaviour_tests {
+    use candle_core::DType;
+    use sslab_shared::spec::{DataSpec, ScenesSpec};
+
+    use super::*;
+    use crate::optim::Optimizer;
+
+    fn spec(method: &str) -> RunSpec {
+        let mut s = RunSpec::default();
+        s.method = MethodSpec::from_name(method).unwrap();
+        s.data = DataSpec::Scenes(ScenesSpec {
+            classes: 4,
+            train_images: 64,
+            test_images: 16,
+            ..ScenesSpec::default()
+        });
+        s.backbone.width = 8;
+        s.projector.dims = "64-32".into();
+        s.optimizer.batch_size = 32;
+        s.optimizer.lr = 3e-3;
+        s.seed = 4;
+        s
+    }
+
+    #[test]
+    fn every_method_lowers_its_loss_with_finite_gradients_and_no_collapse() {
+        let device = Device::Cpu;
+        for name in MethodSpec::NAMES {
+            let spec = spec(name);
+            let splits = crate::data::load(&spec.data).unwrap();
+            let (encoder, varmap) = crate::model::build(&spec, &device).unwrap();
+            let mut method = build(&spec, &varmap, &device).unwrap();
+            let mut optimizer = Optimizer::new(&spec.optimizer, &varmap).unwrap();
+            let idx: Vec<usize> = (0..32).collect();
+            let s = spec.data.image_size();
+            let mut losses = Vec::new();
+            for step in 0..12 {
+                // The same two batches again and again: the loss must fall.
+                let (a, b) = crate::augment::two_view_batch(
+                    &spec.augment,
+                    &splits.train,
+                    &idx,
+                    spec.seed,
+                    step % 2,
+                );
+                let views = [
+                    Tensor::from_vec(a, (32, 3, s, s), &device).unwrap(),
+                    Tensor::from_vec(b, (32, 3, s, s), &device).unwrap(),
+                ];
+                let out = method.loss(&encoder, &views).unwrap();
+                let loss = out.loss.to_scalar::<f32>().unwrap();
+                assert!(loss.is_finite(), "{name}: loss {loss} at step {step}");
+                losses.push(loss);
+                let grads = out.loss.backward().unwrap();
+                if step == 0 {
+                    let data = varmap.data().lock().unwrap();
+                    for (var_name, var) in data.iter().filter(|(n, _)| !n.contains("running_")) {
+                        let g = grads
+                            .get(var)
+                            .unwrap_or_else(|| panic!("{name}: no gradient reaches {var_name}"));
+                        let g: Vec<f32> = g
+                            .flatten_all()
+                            .unwrap()
+                            .to_dtype(DType::F32)
+                            .unwrap()
+                            .to_vec1()
+                            .unwrap();
+                        assert!(
+                            g.iter().all(|x| x.is_finite()),
+                            "{name}: non-finite gradient in {var_name}"
+                        );
+                    }
+                }
+                optimizer.step(&grads).unwrap();
+                method.after_step(step, 12).unwrap();
+            }
+            let first = (losses[0] + losses[1]) / 2.0;
+            let last = (losses[10] + losses[11]) / 2.0;
+            assert!(last < first, "{name}: loss did not fall: {losses:?}");
+            // Per-dimension spread of the backbone embedding on held-out images.
+            let test: Vec<usize> = (0..16).collect();
+            let mut pixels = vec![0f32; 16 * 3 * s * s];
+            for (k, chunk) in pixels.chunks_mut(3 * s * s).enumerate() {
+                crate::augment::plain(&splits.test, test[k], chunk);
+            }
+            let x = Tensor::from_vec(pixels, (16, 3, s, s), &device).unwrap();
+            let h = &encoder.forward_layers(&x, false).unwrap()[0];
+            let centred = h.broadcast_sub(&h.mean_keepdim(0).unwrap()).unwrap();
+            let std: Vec<f32> = centred
+                .sqr()
+                .unwrap()
+                .mean(0)
+                .unwrap()
+                .sqrt()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let mean_std = std.iter().sum::<f32>() / std.len() as f32;
+            assert!(
+                mean_std > 1e-3,
+                "{name}: the embedding collapsed (mean per-dimension std {mean_std})"
+            );
+        }
     }
 }

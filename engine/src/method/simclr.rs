@@ -26,7 +26,7 @@ pub fn nt_xent(z1: &Tensor, z2: &Tensor, temperature: f64) -> candle_core::Resul
     let z = z.broadcast_div(&norm)?;
     let logits = (z.matmul(&z.t()?)? / temperature)?; // (2N, 2N)
     // Push each view's similarity with itself far below every other logit.
-    let eye = Tensor::eye(2 * n, DType::F32, z.device())?;
+    let eye = Tensor::eye(2 * n, DType::F32, z.device())?.to_dtype(z.dtype())?;
     let logits = (logits - (eye * 1e9)?)?;
     let targets: Vec<u32> = (0..2 * n as u32)
         .map(|i| (i + n as u32) % (2 * n as u32))

@@ -109,8 +109,13 @@ pub fn build(spec: &RunSpec, device: &Device) -> Result<(Encoder, VarMap)> {
 /// spec starts from the same weights (candle's CPU initialisers are not
 /// seedable). Uniform ±1/sqrt(fan_in), PyTorch's default for Linear and Conv.
 fn seed_weights(varmap: &VarMap, seed: u64) -> Result<()> {
+    seed_weights_under(varmap, "", seed)
+}
+
+/// `seed_weights` for the variables whose names start with `prefix`.
+pub fn seed_weights_under(varmap: &VarMap, prefix: &str, seed: u64) -> Result<()> {
     let data = varmap.data().lock().expect("varmap lock");
-    let mut names: Vec<&String> = data.keys().collect();
+    let mut names: Vec<&String> = data.keys().filter(|n| n.starts_with(prefix)).collect();
     names.sort();
     for (k, name) in names.into_iter().enumerate() {
         let var = &data[name];

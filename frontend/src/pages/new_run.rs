@@ -93,6 +93,61 @@ fn select(
     }
 }
 
+/// The method's hyper-parameters as JSON, without its name.
+fn method_params(method: &MethodSpec) -> String {
+    let mut v = serde_json::to_value(method).unwrap_or_default();
+    if let Some(map) = v.as_object_mut() {
+        map.remove("name");
+    }
+    v.to_string()
+}
+
+/// The method's name, and its hyper-parameters (reset to the method's
+/// defaults when the name changes).
+#[component]
+fn MethodFields(spec: RwSignal<RunSpec>) -> impl IntoView {
+    let initial = spec.with_untracked(|s| s.method.clone());
+    let params = RwSignal::new(method_params(&initial));
+    let (error, set_error) = signal(None::<String>);
+    view! {
+        <label class="field">
+            <span class="name">"Method"</span>
+            <select id="f-method-name" name="method.name" on:change=move |ev| {
+                if let Some(m) = MethodSpec::from_name(&event_target_value(&ev)) {
+                    params.set(method_params(&m));
+                    set_error.set(None);
+                    spec.update(|s| s.method = m);
+                }
+            }>
+                {MethodSpec::NAMES.iter().map(|n| view! {
+                    <option value=*n selected={*n == initial.name()}>{*n}</option>
+                }).collect_view()}
+            </select>
+        </label>
+        <label class="field" class:invalid=move || error.with(|e| e.is_some())>
+            <span class="name">"Hyper-parameters"</span>
+            <input id="f-method-params" name="method" prop:value=move || params.get()
+                on:input=move |ev| {
+                    let text = event_target_value(&ev);
+                    params.set(text.clone());
+                    let name = spec.with_untracked(|s| s.method.name());
+                    let parsed = serde_json::from_str::<serde_json::Value>(&text)
+                        .map_err(|e| e.to_string())
+                        .and_then(|mut v| {
+                            let map = v.as_object_mut().ok_or("write a JSON object, e.g. {\"temperature\": 0.5}")?;
+                            map.insert("name".into(), name.into());
+                            serde_json::from_value::<MethodSpec>(v).map_err(|e| e.to_string())
+                        });
+                    match parsed {
+                        Ok(m) => { set_error.set(None); spec.update(|s| s.method = m); }
+                        Err(e) => set_error.set(Some(e)),
+                    }
+                }/>
+            <span class="help">{move || error.get().unwrap_or_else(|| "JSON; SimCLR: temperature · VICReg: invariance, variance, covariance · Barlow: lambda_offdiag · BYOL: predictor, ema_base · SimSiam: predictor".into())}</span>
+        </label>
+    }
+}
+
 #[component]
 pub fn NewRunPage() -> impl IntoView {
     let spec = RwSignal::new(RunSpec::default());
@@ -137,10 +192,8 @@ pub fn NewRunPage() -> impl IntoView {
                 {field(spec, "data.seed", "Data seed", "which scenes are drawn",
                     |s| scenes(s).seed.to_string(), |s, v| { scenes_mut(s).seed = num(v)?; Ok(()) })}
             </fieldset>
-            <fieldset><legend>"Method: SimCLR"</legend>
-                {field(spec, "method.temperature", "Temperature", "NT-Xent τ; 0.5 at CIFAR scale, 0.1–0.2 on ImageNet",
-                    |s| match &s.method { MethodSpec::Simclr { temperature } => temperature.to_string() },
-                    |s, v| { s.method = MethodSpec::Simclr { temperature: num(v)? }; Ok(()) })}
+            <fieldset><legend>"Method"</legend>
+                <MethodFields spec=spec/>
             </fieldset>
             <fieldset><legend>"Backbone and projector"</legend>
                 {select(spec, "backbone.kind", "Backbone", &["tiny_cnn", "resnet18"],

@@ -1,0 +1,115 @@
+//! BYOL (Grill et al. 2020, arXiv:2006.07733) and the pieces SimSiam shares:
+//! an MLP predictor on the online branch, a negative-cosine regression loss,
+//! and an EMA target network whose rate rises from `ema_base` to 1.
+
+use candle_core::{D, Device, ModuleT, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use sslab_shared::RunSpec;
+
+use super::{Method, StepLoss};
+use crate::model::{self, Encoder, Projector};
+
+/// 2 − 2·cos(p, sg(z)) averaged over the batch (solo-learn's form; one
+/// direction, the caller symmetrises).
+pub fn regression_loss(p: &Tensor, z: &Tensor) -> candle_core::Result<Tensor> {
+    let z = z.detach();
+    let norm = |t: &Tensor| -> candle_core::Result<Tensor> {
+        t.broadcast_div(&(t.sqr()?.sum_keepdim(D::Minus1)? + 1e-12)?.sqrt()?)
+    };
+    let cos = (norm(p)? * norm(&z)?)?.sum(D::Minus1)?;
+    (2.0 - (cos * 2.0)?)?.mean_all()
+}
+
+/// The predictor the spec names, with weights under `predictor.*` drawn from the run's seed.
+pub fn predictor(spec: &RunSpec, varmap: &VarMap, device: &Device) -> crate::Result<Projector> {
+    let dims = spec.projector.parse_dims().unwrap_or_default();
+    let out = dims.last().copied().unwrap_or(spec.backbone.output_dim());
+    let first = dims.first().copied().filter(|_| dims.len() > 1);
+    let widths = match spec.method.predictor_dims(first, out) {
+        Some(Ok(w)) => w,
+        Some(Err(m)) => return Err(sslab_shared::SpecError::new("method.predictor", m).into()),
+        None => {
+            return Err(crate::EngineError::Data(
+                "this method has no predictor".into(),
+            ));
+        }
+    };
+    let vb = VarBuilder::from_varmap(varmap, candle_core::DType::F32, device);
+    let p = Projector::new(out, &widths, true, vb.pp("predictor"))?;
+    model::seed_weights_under(varmap, "predictor.", spec.seed ^ 0x9ED1C7)?;
+    Ok(p)
+}
+
+pub struct Byol {
+    predictor: Projector,
+    online: VarMap,
+    target: Encoder,
+    target_vars: VarMap,
+    ema_base: f64,
+}
+
+impl Byol {
+    pub fn new(
+        spec: &RunSpec,
+        online: &VarMap,
+        device: &Device,
+        ema_base: f64,
+    ) -> crate::Result<Self> {
+        let predictor = predictor(spec, online, device)?;
+        let (target, target_vars) = model::build(spec, device)?;
+        copy_encoder_vars(online, &target_vars, 0.0)?;
+        Ok(Byol {
+            predictor,
+            online: online.clone(),
+            target,
+            target_vars,
+            ema_base,
+        })
+    }
+}
+
+/// target ← τ·target + (1 − τ)·online, for every encoder variable (BatchNorm
+/// statistics included); τ = 0 copies.
+pub fn copy_encoder_vars(online: &VarMap, target: &VarMap, tau: f64) -> candle_core::Result<()> {
+    let online = online.data().lock().expect("varmap lock");
+    let target = target.data().lock().expect("varmap lock");
+    for (name, t) in target.iter() {
+        if let Some(o) = online.get(name) {
+            let next = if tau == 0.0 {
+                o.as_tensor().clone()
+            } else {
+                ((t.as_tensor() * tau)? + (o.as_tensor() * (1.0 - tau))?)?
+            };
+            t.set(&next.detach())?;
+        }
+    }
+    Ok(())
+}
+
+/// The EMA rate after `step` of `total` steps: 1 − (1 − base)(cos(πk/K) + 1)/2.
+pub fn ema_rate(base: f64, step: usize, total: usize) -> f64 {
+    let progress = step as f64 / total.max(1) as f64;
+    1.0 - (1.0 - base) * ((std::f64::consts::PI * progress).cos() + 1.0) / 2.0
+}
+
+impl Method for Byol {
+    fn loss(&self, encoder: &Encoder, views: &[Tensor]) -> candle_core::Result<StepLoss> {
+        let n = views[0].dim(0)?;
+        let both = Tensor::cat(&[&views[0], &views[1]], 0)?;
+        let layers = encoder.forward_layers(&both, true)?;
+        let z = layers.last().expect("the backbone is always a layer");
+        let p = self.predictor.forward_t(z, true)?;
+        let t = self.target.forward_t(&both, true)?.detach();
+        let loss = (regression_loss(&p.narrow(0, 0, n)?, &t.narrow(0, n, n)?)?
+            + regression_loss(&p.narrow(0, n, n)?, &t.narrow(0, 0, n)?)?)?;
+        Ok(StepLoss {
+            loss,
+            features: layers[0].narrow(0, 0, n)?,
+        })
+    }
+
+    fn after_step(&mut self, step: usize, total_steps: usize) -> candle_core::Result<()> {
+        let tau = ema_rate(self.ema_base, step + 1, total_steps);
+        copy_encoder_vars(&self.online, &self.target_vars, tau)
+    }
+}
