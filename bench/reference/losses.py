@@ -65,6 +65,15 @@ def simsiam(p, z):
     return -F.cosine_similarity(p, z.detach(), dim=-1).mean()
 
 
+def mocov3(q, k, t):
+    # facebookresearch/moco-v3 moco/builder.py contrastive_loss
+    q = F.normalize(q, dim=1)
+    k = F.normalize(k.detach(), dim=1)
+    logits = torch.einsum("nc,mc->nm", [q, k]) / t
+    labels = torch.arange(logits.shape[0], dtype=torch.long)
+    return F.cross_entropy(logits, labels) * (2 * t)
+
+
 def with_grad(fn, *args):
     a = z1.clone().requires_grad_(True)
     out = fn(a, z2, *args)
@@ -80,6 +89,7 @@ for name, fn, args in [
     ("barlow", barlow, ()),
     ("byol", byol, ()),
     ("simsiam", simsiam, ()),
+    ("mocov3_t02", mocov3, (0.2,)),
 ]:
     value, grad = with_grad(fn, *args)
     out[name] = {"value": value, "grad_z1": grad}

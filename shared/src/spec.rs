@@ -141,6 +141,19 @@ pub enum MethodSpec {
         #[serde(default = "default_byol_ema")]
         ema_base: f64,
     },
+    /// MoCo v3 (Chen, Xie & He 2021, arXiv:2104.02057): InfoNCE between the
+    /// online predictor and a momentum encoder's projection of the other view.
+    Mocov3 {
+        /// InfoNCE temperature; 0.2 in the paper.
+        #[serde(default = "default_moco_temperature")]
+        temperature: f64,
+        /// Predictor widths, as for BYOL.
+        #[serde(default)]
+        predictor: String,
+        /// Momentum of the key encoder at the start, rising to 1 along a cosine.
+        #[serde(default = "default_byol_ema")]
+        ema_base: f64,
+    },
     /// SimSiam (Chen & He 2021, arXiv:2011.10566): BYOL without the EMA
     /// target, the stop-gradient alone prevents collapse.
     Simsiam {
@@ -171,6 +184,10 @@ fn default_byol_ema() -> f64 {
     0.99
 }
 
+fn default_moco_temperature() -> f64 {
+    0.2
+}
+
 impl Default for MethodSpec {
     fn default() -> Self {
         MethodSpec::Simclr {
@@ -186,6 +203,7 @@ impl MethodSpec {
             MethodSpec::Vicreg { .. } => "vicreg",
             MethodSpec::Barlow { .. } => "barlow",
             MethodSpec::Byol { .. } => "byol",
+            MethodSpec::Mocov3 { .. } => "mocov3",
             MethodSpec::Simsiam { .. } => "simsiam",
         }
     }
@@ -195,7 +213,8 @@ impl MethodSpec {
         serde_json::from_value(serde_json::json!({ "name": name })).ok()
     }
 
-    pub const NAMES: [&'static str; 5] = ["simclr", "vicreg", "barlow", "byol", "simsiam"];
+    pub const NAMES: [&'static str; 6] =
+        ["simclr", "vicreg", "barlow", "byol", "mocov3", "simsiam"];
 
     /// The predictor's layer widths for a projector output of `out`, or
     /// `None` for methods without a predictor.
@@ -205,7 +224,7 @@ impl MethodSpec {
         out: usize,
     ) -> Option<Result<Vec<usize>, String>> {
         let (text, default) = match self {
-            MethodSpec::Byol { predictor, .. } => {
+            MethodSpec::Byol { predictor, .. } | MethodSpec::Mocov3 { predictor, .. } => {
                 (predictor, vec![first_hidden.unwrap_or(4 * out), out])
             }
             MethodSpec::Simsiam { predictor } => (predictor, vec![(out / 4).max(1), out]),
@@ -707,6 +726,24 @@ impl RunSpec {
                 weight("method.lambda_offdiag", *lambda_offdiag)?
             }
             MethodSpec::Byol { ema_base, .. } => {
+                if !(0.0..1.0).contains(ema_base) {
+                    return bad(
+                        "method.ema_base",
+                        format!("must be in [0, 1), got {ema_base}"),
+                    );
+                }
+            }
+            MethodSpec::Mocov3 {
+                temperature,
+                ema_base,
+                ..
+            } => {
+                if !(*temperature > 0.0 && *temperature <= 10.0) {
+                    return bad(
+                        "method.temperature",
+                        format!("must be in (0, 10], got {temperature}"),
+                    );
+                }
                 if !(0.0..1.0).contains(ema_base) {
                     return bad(
                         "method.ema_base",

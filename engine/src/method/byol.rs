@@ -40,12 +40,45 @@ pub fn predictor(spec: &RunSpec, varmap: &VarMap, device: &Device) -> crate::Res
     Ok(p)
 }
 
+/// A target network: an EMA copy of the online backbone + projector whose
+/// rate rises from `base` to 1 along a cosine (BYOL, MoCo v3, DINO).
+pub struct EmaTarget {
+    online: VarMap,
+    encoder: Encoder,
+    vars: VarMap,
+    base: f64,
+}
+
+impl EmaTarget {
+    pub fn new(spec: &RunSpec, online: &VarMap, device: &Device, base: f64) -> crate::Result<Self> {
+        let (encoder, vars) = model::build(spec, device)?;
+        copy_encoder_vars(online, &vars, 0.0)?;
+        Ok(EmaTarget {
+            online: online.clone(),
+            encoder,
+            vars,
+            base,
+        })
+    }
+
+    /// The target's projection, cut from the graph.
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        Ok(self.encoder.forward_t(x, true)?.detach())
+    }
+
+    /// Moves the target toward the online weights after optimiser step `step`.
+    pub fn update(&self, step: usize, total_steps: usize) -> candle_core::Result<()> {
+        copy_encoder_vars(
+            &self.online,
+            &self.vars,
+            ema_rate(self.base, step + 1, total_steps),
+        )
+    }
+}
+
 pub struct Byol {
     predictor: Projector,
-    online: VarMap,
-    target: Encoder,
-    target_vars: VarMap,
-    ema_base: f64,
+    target: EmaTarget,
 }
 
 impl Byol {
@@ -55,15 +88,9 @@ impl Byol {
         device: &Device,
         ema_base: f64,
     ) -> crate::Result<Self> {
-        let predictor = predictor(spec, online, device)?;
-        let (target, target_vars) = model::build(spec, device)?;
-        copy_encoder_vars(online, &target_vars, 0.0)?;
         Ok(Byol {
-            predictor,
-            online: online.clone(),
-            target,
-            target_vars,
-            ema_base,
+            predictor: predictor(spec, online, device)?,
+            target: EmaTarget::new(spec, online, device, ema_base)?,
         })
     }
 }
@@ -99,7 +126,7 @@ impl Method for Byol {
         let layers = encoder.forward_layers(&both, true)?;
         let z = layers.last().expect("the backbone is always a layer");
         let p = self.predictor.forward_t(z, true)?;
-        let t = self.target.forward_t(&both, true)?.detach();
+        let t = self.target.forward(&both)?;
         let loss = (regression_loss(&p.narrow(0, 0, n)?, &t.narrow(0, n, n)?)?
             + regression_loss(&p.narrow(0, n, n)?, &t.narrow(0, 0, n)?)?)?;
         Ok(StepLoss {
@@ -109,7 +136,6 @@ impl Method for Byol {
     }
 
     fn after_step(&mut self, step: usize, total_steps: usize) -> candle_core::Result<()> {
-        let tau = ema_rate(self.ema_base, step + 1, total_steps);
-        copy_encoder_vars(&self.online, &self.target_vars, tau)
+        self.target.update(step, total_steps)
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod barlow;
 pub mod byol;
+pub mod mocov3;
 pub mod simclr;
 pub mod simsiam;
 pub mod vicreg;
@@ -53,6 +54,17 @@ pub fn build(spec: &RunSpec, varmap: &VarMap, device: &Device) -> crate::Result<
         MethodSpec::Byol { ema_base, .. } => {
             Box::new(byol::Byol::new(spec, varmap, device, *ema_base)?)
         }
+        MethodSpec::Mocov3 {
+            temperature,
+            ema_base,
+            ..
+        } => Box::new(mocov3::MocoV3::new(
+            spec,
+            varmap,
+            device,
+            *temperature,
+            *ema_base,
+        )?),
         MethodSpec::Simsiam { .. } => Box::new(simsiam::SimSiam::new(spec, varmap, device)?),
     })
 }
@@ -84,7 +96,7 @@ mod reference_tests {
 
     type LossFn = fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>;
 
-    const CASES: [(&str, LossFn); 6] = [
+    const CASES: [(&str, LossFn); 7] = [
         ("simclr_t05", |a, b| simclr::nt_xent(a, b, 0.5)),
         ("vicreg", |a, b| vicreg::vicreg_loss(a, b, 25.0, 25.0, 1.0)),
         ("vicreg_10_25_2", |a, b| {
@@ -93,6 +105,7 @@ mod reference_tests {
         ("barlow", |a, b| barlow::barlow_loss(a, b, 5e-3)),
         ("byol", byol::regression_loss),
         ("simsiam", simsiam::negative_cosine),
+        ("mocov3_t02", |a, b| mocov3::contrastive_loss(a, b, 0.2)),
     ];
 
     fn matrix(v: &serde_json::Value) -> Vec<Vec<f64>> {

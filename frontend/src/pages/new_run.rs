@@ -143,7 +143,7 @@ fn MethodFields(spec: RwSignal<RunSpec>) -> impl IntoView {
                         Err(e) => set_error.set(Some(e)),
                     }
                 }/>
-            <span class="help">{move || error.get().unwrap_or_else(|| "JSON; SimCLR: temperature · VICReg: invariance, variance, covariance · Barlow: lambda_offdiag · BYOL: predictor, ema_base · SimSiam: predictor".into())}</span>
+            <span class="help">{move || error.get().unwrap_or_else(|| "JSON; SimCLR: temperature · VICReg: invariance, variance, covariance · Barlow: lambda_offdiag · BYOL: predictor, ema_base · MoCo v3: temperature, predictor, ema_base · SimSiam: predictor".into())}</span>
         </label>
     }
 }
