@@ -26,7 +26,7 @@ fn main() -> Result<()> {
                  serve [ARGS]      build the dashboard and start the platform (args go to `sslab serve`)\n\
                  test [FILTER]     every test: unit, API against SQLite and PostgreSQL, browser end-to-end\n\
                  build-web         build the dashboard and the browser inference module only\n\
-                 bench [NAME]      benchmarks (release builds): api; all when no name is given"
+                 bench [NAME]      benchmarks (release builds): api, train-step; all when no name is given"
             );
             bail!("no command given")
         }
@@ -213,8 +213,11 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
         .env("SSLAB_STATIC_DIR", root.join("frontend/dist")))
 }
 
-/// Benchmarks, by name; each prints its figures and a last `key=value` line.
-const BENCHES: [(&str, &str, &str); 1] = [("api", "sslab-server", "api_latency")];
+/// Benchmarks, by name: (name, package, bench target).
+const BENCHES: [(&str, &str, &str); 2] = [
+    ("api", "sslab-server", "api_latency"),
+    ("train-step", "sslab-engine", "train_step"),
+];
 
 fn bench(args: &[String]) -> Result<()> {
     let wanted = args.first().map(String::as_str);
@@ -230,8 +233,55 @@ fn bench(args: &[String]) -> Result<()> {
             names.join(", ")
         );
     }
-    for (_, package, target) in chosen {
-        run(cargo().args(["bench", "--package", package, "--bench", target]))?;
+    for (name, package, target) in chosen {
+        if *name == "train-step" {
+            train_step_bench(package, target)?;
+        } else {
+            run(cargo().args(["bench", "--package", package, "--bench", target]))?;
+        }
     }
+    Ok(())
+}
+
+/// Our step and PyTorch's on the same model, batch and machine; the last
+/// line is `train_step_ratio_vs_pytorch=<ours / theirs>`.
+fn train_step_bench(package: &str, target: &str) -> Result<()> {
+    let figure = |text: &str, key: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    eprintln!("xtask: sslab's step (release build)");
+    let ours = cargo()
+        .args(["bench", "--package", package, "--bench", target])
+        .output()
+        .context("running the train-step bench")?;
+    let ours_text = String::from_utf8_lossy(&ours.stdout).into_owned();
+    print!("{ours_text}");
+    if !ours.status.success() {
+        bail!(
+            "the train-step bench failed:\n{}",
+            String::from_utf8_lossy(&ours.stderr)
+        );
+    }
+    if output(Command::new("python3").args(["-c", "import torch"])).is_none() {
+        run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "torch"]))?;
+    }
+    eprintln!("xtask: the same step in PyTorch");
+    let theirs = Command::new("python3")
+        .arg("bench/reference/train_step.py")
+        .output()
+        .context("running bench/reference/train_step.py")?;
+    let theirs_text = String::from_utf8_lossy(&theirs.stdout).into_owned();
+    print!("{theirs_text}");
+    if !theirs.status.success() {
+        bail!(
+            "the PyTorch step failed:\n{}",
+            String::from_utf8_lossy(&theirs.stderr)
+        );
+    }
+    let a = figure(&ours_text, "sslab_images_per_sec").context("no figure from sslab's bench")?;
+    let b = figure(&theirs_text, "pytorch_images_per_sec").context("no figure from PyTorch")?;
+    println!("train_step_ratio_vs_pytorch={:.3}", a / b);
     Ok(())
 }

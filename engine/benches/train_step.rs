@@ -1,0 +1,80 @@
+//! `cargo xtask bench train-step`: one SimCLR training step (forward of two
+//! views, NT-Xent, backward, AdamW) of a ResNet-18 with the CIFAR stem on
+//! 32 px images, in images per second, next to the same model and step in
+//! PyTorch (`bench/reference/train_step.py`, run by xtask in the same
+//! command). Batch and step counts come from the environment:
+//! `SSLAB_BENCH_BATCH` (256), `SSLAB_BENCH_STEPS` (3).
+
+use std::time::Instant;
+
+use candle_core::Tensor;
+use sslab_engine::method;
+use sslab_engine::model;
+use sslab_engine::optim::Optimizer;
+use sslab_shared::RunSpec;
+use sslab_shared::rng::Rng;
+use sslab_shared::spec::{BackboneKind, MethodSpec};
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Peak resident memory of this process, from the kernel.
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map(|kib| kib / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+fn main() -> anyhow::Result<()> {
+    let batch = env("SSLAB_BENCH_BATCH", 256);
+    let steps = env("SSLAB_BENCH_STEPS", 3).max(1);
+    let device = sslab_engine::default_device();
+    let mut spec = RunSpec::default();
+    spec.backbone.kind = BackboneKind::Resnet18;
+    spec.backbone.width = 64;
+    spec.projector.dims = "2048-128".into();
+    spec.method = MethodSpec::Simclr { temperature: 0.2 };
+    spec.optimizer.batch_size = batch;
+    let (encoder, varmap) = model::build(&spec, &device)?;
+    let method = method::build(&spec, &varmap, &device)?;
+    let mut optimizer = Optimizer::new(&spec.optimizer, &varmap)?;
+    let mut rng = Rng::new(1);
+    let mut view = || -> candle_core::Result<Tensor> {
+        let pixels: Vec<f32> = (0..batch * 3 * 32 * 32)
+            .map(|_| rng.normal() as f32)
+            .collect();
+        Tensor::from_vec(pixels, (batch, 3, 32, 32), &device)
+    };
+    let views = [view()?, view()?];
+    let mut step = || -> anyhow::Result<f32> {
+        let out = method.loss(&encoder, &views)?;
+        let loss = out.loss.to_scalar::<f32>()?;
+        optimizer.step(&out.loss.backward()?)?;
+        Ok(loss)
+    };
+    // One step to warm the allocator and caches.
+    step()?;
+    let started = Instant::now();
+    for _ in 0..steps {
+        step()?;
+    }
+    let seconds = started.elapsed().as_secs_f64() / steps as f64;
+    let images_per_sec = batch as f64 / seconds;
+    println!(
+        "sslab (candle, {device:?}): resnet18 cifar stem, batch {batch} x 2 views of 32 px: \
+         {seconds:.2} s/step, {images_per_sec:.1} images/s, peak RSS {:.0} MiB",
+        peak_rss_mib()
+    );
+    println!("sslab_images_per_sec={images_per_sec:.3}");
+    Ok(())
+}
