@@ -58,6 +58,45 @@ fn OverlaidLoss(c: Comparison) -> impl IntoView {
     }
 }
 
+/// kNN top-1 against depth, one line per run: the guillotine curves overlaid.
+#[component]
+fn OverlaidProbes(c: Comparison) -> impl IntoView {
+    let all: Vec<Evaluation> = c.evaluations.iter().flatten().cloned().collect();
+    let (layers, _) = probe_axes(&all);
+    let knn = ("knn".to_string(), "top1".to_string());
+    let n = layers.len().max(2) - 1;
+    let x = move |i: usize| PAD + i as f64 / n as f64 * (W - 2.0 * PAD);
+    let y = |v: f64| PAD + (1.0 - v) * (H - 2.0 * PAD);
+    let lines = c
+        .evaluations
+        .iter()
+        .enumerate()
+        .map(|(k, rows)| {
+            let points = layers
+                .iter()
+                .enumerate()
+                .filter_map(|(i, l)| value(rows, l, &knn).map(|v| format!("{:.1},{:.1}", x(i), y(v))))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let colour = COLOURS[k % COLOURS.len()];
+            view! { <polyline class="run-probe" points=points stroke=colour fill="none" stroke-width="2"/> }
+        })
+        .collect_view();
+    view! {
+        <svg id="compare-probe-chart" class="chart" viewBox=format!("0 0 {W} {H}") data-lines=c.runs.len().to_string()>
+            <rect x=PAD y=PAD width=W - 2.0 * PAD height=H - 2.0 * PAD class="frame"/>
+            {[0.0, 0.5, 1.0].into_iter().map(|v| view! {
+                <text x=PAD - 6.0 y=y(v) + 4.0 class="label" text-anchor="end">{format!("{v:.1}")}</text>
+            }).collect_view()}
+            {layers.iter().enumerate().map(|(i, l)| view! {
+                <text x=x(i) y=H - PAD + 16.0 class="label" text-anchor="middle">{l.clone()}</text>
+            }).collect_view()}
+            {lines}
+            <text x=PAD y=PAD - 8.0 class="label">"kNN top-1 by layer (deeper →)"</text>
+        </svg>
+    }
+}
+
 #[component]
 pub fn ComparePage() -> impl IntoView {
     let query = use_query_map();
@@ -148,6 +187,7 @@ fn render(c: Comparison) -> impl IntoView {
         </section>
         <section>
             <h2>"Probes"</h2>
+            <OverlaidProbes c=c.clone()/>
             <table id="compare-probes">
                 <thead><tr><th>"Layer"</th><th>"Probe"</th>{run_heads}</tr></thead>
                 <tbody>{probe_rows}</tbody>
