@@ -348,8 +348,15 @@ impl Store {
         })
     }
 
-    /// Appends metrics and moves the run's progress to the last of them, in one transaction.
-    pub async fn add_metrics(&self, id: &str, points: &[MetricPoint]) -> Result<()> {
+    /// Appends metrics and moves the run's progress to the last of them, in
+    /// one transaction. `total_steps`, when given, corrects the run's length
+    /// (file-based data sets are counted only once they are read).
+    pub async fn add_metrics(
+        &self,
+        id: &str,
+        points: &[MetricPoint],
+        total_steps: Option<i64>,
+    ) -> Result<()> {
         let Some(last) = points.last() else {
             return Ok(());
         };
@@ -369,11 +376,15 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        sqlx::query("UPDATE runs SET step = $1, epoch = $2, last_loss = $3 WHERE id = $4")
-            .bind(last.step)
-            .bind(last.epoch)
-            .bind(last.loss)
-            .bind(id)
+        sqlx::query(
+            "UPDATE runs SET step = $1, epoch = $2, last_loss = $3, total_steps = COALESCE($4, total_steps) \
+             WHERE id = $5",
+        )
+        .bind(last.step)
+        .bind(last.epoch)
+        .bind(last.loss)
+        .bind(total_steps)
+        .bind(id)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -1058,7 +1069,10 @@ mod tests {
             images_per_sec: 10.0,
             online_probe_acc: Some(0.5),
         };
-        store.add_metrics(&claimed.id, &[m.clone()]).await.unwrap();
+        store
+            .add_metrics(&claimed.id, &[m.clone()], Some(8))
+            .await
+            .unwrap();
         assert_eq!(store.metrics(&claimed.id, 0, 10).await.unwrap(), vec![m]);
         assert!(store.metrics(&claimed.id, 1, 10).await.unwrap().is_empty());
         let ev = Evaluation {

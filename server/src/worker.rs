@@ -3,7 +3,7 @@
 //! passes cancel requests to the engine.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use sslab_engine::train::{Control, Observer, Outcome, StepMetrics};
@@ -32,10 +32,13 @@ pub struct Worker {
 struct ChannelObserver {
     tx: mpsc::UnboundedSender<MetricPoint>,
     stop: Arc<AtomicBool>,
+    /// The run's length as the engine counts it, once the data is read.
+    total_steps: Arc<AtomicUsize>,
 }
 
 impl Observer for ChannelObserver {
     fn on_step(&mut self, m: &StepMetrics) -> Control {
+        self.total_steps.store(m.total_steps, Ordering::Relaxed);
         let _ = self.tx.send(MetricPoint {
             step: m.step as i64,
             epoch: m.epoch as i64,
@@ -113,10 +116,13 @@ impl Worker {
         let spec = run.spec.clone();
         let checkpoint = self.artifacts.checkpoint(&run.id);
         let observer_stop = stop.clone();
+        let total_steps = Arc::new(AtomicUsize::new(0));
+        let observer_total = total_steps.clone();
         let mut job = tokio::task::spawn_blocking(move || {
             let mut observer = ChannelObserver {
                 tx,
                 stop: observer_stop,
+                total_steps: observer_total,
             };
             let device = sslab_engine::default_device();
             let splits = sslab_engine::data::load(&spec.data)?;
@@ -141,7 +147,7 @@ impl Worker {
                     };
                 }
                 Some(m) = rx.recv() => buffer.push(m),
-                _ = flush.tick() => self.flush(&run.id, &mut buffer).await,
+                _ = flush.tick() => self.flush(&run.id, &mut buffer, &total_steps).await,
                 _ = heartbeat.tick() => match self.store.heartbeat(&run.id, &self.id, LEASE_MS).await {
                     Ok(Some(cancel)) if cancel => { cancelled = true; stop.store(true, Ordering::Relaxed); }
                     Ok(Some(_)) => {}
@@ -155,7 +161,7 @@ impl Worker {
                 _ = shutdown.changed() => { interrupted = true; stop.store(true, Ordering::Relaxed); }
             }
         };
-        self.flush(&run.id, &mut buffer).await;
+        self.flush(&run.id, &mut buffer, &total_steps).await;
         match ending {
             Ending::Finished(Outcome::Finished { evaluations, .. }) => {
                 self.finish(&run.id, RunStatus::Succeeded, None, &evaluations)
@@ -241,11 +247,12 @@ impl Worker {
         true
     }
 
-    async fn flush(&self, id: &str, buffer: &mut Vec<MetricPoint>) {
+    async fn flush(&self, id: &str, buffer: &mut Vec<MetricPoint>, total_steps: &AtomicUsize) {
         if buffer.is_empty() {
             return;
         }
-        if let Err(e) = self.store.add_metrics(id, buffer).await {
+        let total = Some(total_steps.load(Ordering::Relaxed) as i64).filter(|t| *t > 0);
+        if let Err(e) = self.store.add_metrics(id, buffer, total).await {
             tracing::error!(run = %id, error = %e, "writing metrics failed");
         }
         buffer.clear();

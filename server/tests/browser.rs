@@ -494,5 +494,9 @@ async fn sweep_from_a_run_page_in_chromium() {
     let probe_curves = browser
         .script("return Array.from(document.querySelectorAll('#compare-probe-chart polyline')).map(p => p.getAttribute('points').trim().split(' ').length)")
         .await;
-    assert_eq!(probe_curves, json!([3, 3]), "one kNN curve per run through every layer");
+    assert_eq!(
+        probe_curves,
+        json!([3, 3]),
+        "one kNN curve per run through every layer"
+    );
 }

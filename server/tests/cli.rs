@@ -302,3 +302,78 @@ fn bad_sweeps_are_refused_before_any_run() {
     assert!(err.contains("4 runs") && err.contains("cap of 3"), "{err}");
     assert!(!out.exists());
 }
+
+/// A CIFAR-10 binary folder as the format lays it out: one label byte, then
+/// the red, green and blue 32×32 planes, per record.
+fn write_cifar10(dir: &Path, per_file: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (k, f) in (1..=5)
+        .map(|i| format!("data_batch_{i}.bin"))
+        .chain(["test_batch.bin".to_string()])
+        .enumerate()
+    {
+        let mut bytes = Vec::new();
+        for i in 0..per_file {
+            let label = (i % 10) as u8;
+            bytes.push(label);
+            // Each class its own colour, with a little noise.
+            for c in 0..3usize {
+                for p in 0..1024usize {
+                    let base = (label as usize * 25 + c * 60) % 256;
+                    bytes.push(((base + (p * 7 + i * 13 + k) % 17) % 256) as u8);
+                }
+            }
+        }
+        std::fs::write(dir.join(f), bytes).unwrap();
+    }
+}
+
+#[test]
+fn train_reads_a_cifar10_folder_and_names_a_truncated_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("cifar");
+    write_cifar10(&data, 20);
+    let recipe = format!(
+        r#"
+name = "cifar-tiny"
+[data]
+source = "cifar10"
+path = "{}"
+[backbone]
+width = 8
+[projector]
+dims = "32-16"
+[optimizer]
+batch_size = 20
+[schedule]
+epochs = 1
+[eval]
+probes = ["knn"]
+"#,
+        data.display()
+    );
+    let spec = dir.path().join("cifar.toml");
+    std::fs::write(&spec, &recipe).unwrap();
+    let out = dir.path().join("out");
+    let res = train(&spec, &out);
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let evals: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("evaluations.json")).unwrap())
+            .unwrap();
+    assert_eq!(evals.as_array().unwrap().len(), 3, "kNN at three layers");
+
+    let f = data.join("data_batch_3.bin");
+    let bytes = std::fs::read(&f).unwrap();
+    std::fs::write(&f, &bytes[..bytes.len() - 10]).unwrap();
+    let res = train(&spec, &dir.path().join("out2"));
+    assert!(!res.status.success());
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(
+        err.contains("data_batch_3.bin") && err.contains("truncated"),
+        "{err}"
+    );
+}

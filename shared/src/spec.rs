@@ -49,6 +49,25 @@ impl Default for RunSpec {
 pub enum DataSpec {
     /// The built-in generator of labelled scenes (objects on backgrounds).
     Scenes(ScenesSpec),
+    /// CIFAR-10, binary version: a folder with `data_batch_1.bin` …
+    /// `data_batch_5.bin` and `test_batch.bin` (32 px, 10 classes).
+    Cifar10 {
+        /// The folder on the machine that trains.
+        path: String,
+    },
+    /// CIFAR-100, binary version: a folder with `train.bin` and `test.bin`.
+    Cifar100 {
+        path: String,
+        /// The 20 superclasses instead of the 100 classes.
+        #[serde(default)]
+        coarse: bool,
+    },
+    /// MNIST or Fashion-MNIST in IDX format: a folder with
+    /// `train-images-idx3-ubyte`, `train-labels-idx1-ubyte`,
+    /// `t10k-images-idx3-ubyte` and `t10k-labels-idx1-ubyte` (uncompressed).
+    /// The 28 px gray digits become 32 px RGB: a 2 px black border, the gray
+    /// value in every channel.
+    Idx { path: String },
 }
 
 impl Default for DataSpec {
@@ -61,6 +80,27 @@ impl DataSpec {
     pub fn image_size(&self) -> usize {
         match self {
             DataSpec::Scenes(s) => s.image_size,
+            DataSpec::Cifar10 { .. } | DataSpec::Cifar100 { .. } | DataSpec::Idx { .. } => 32,
+        }
+    }
+
+    pub fn source(&self) -> &'static str {
+        match self {
+            DataSpec::Scenes(_) => "scenes",
+            DataSpec::Cifar10 { .. } => "cifar10",
+            DataSpec::Cifar100 { .. } => "cifar100",
+            DataSpec::Idx { .. } => "idx",
+        }
+    }
+
+    /// Training images, as far as the spec tells: exact for the built-in
+    /// scenes, the standard size for file formats (the worker corrects it
+    /// once the files are read).
+    pub fn train_images(&self) -> usize {
+        match self {
+            DataSpec::Scenes(s) => s.train_images,
+            DataSpec::Cifar10 { .. } | DataSpec::Cifar100 { .. } => 50_000,
+            DataSpec::Idx { .. } => 60_000,
         }
     }
 }
@@ -696,6 +736,16 @@ impl RunSpec {
                     );
                 }
             }
+            DataSpec::Cifar10 { path }
+            | DataSpec::Cifar100 { path, .. }
+            | DataSpec::Idx { path } => {
+                if path.trim().is_empty() {
+                    return bad(
+                        "data.path",
+                        "name the folder that holds the data set's files".into(),
+                    );
+                }
+            }
         }
         let weight = |field: &str, v: f64| {
             if (0.0..=1e4).contains(&v) {
@@ -877,9 +927,7 @@ impl RunSpec {
 
     /// Optimiser steps in the whole run (the last partial batch is dropped).
     pub fn total_steps(&self) -> usize {
-        let n = match &self.data {
-            DataSpec::Scenes(s) => s.train_images,
-        };
+        let n = self.data.train_images();
         (n / self.optimizer.batch_size).max(1) * self.schedule.epochs
     }
 }

@@ -1,10 +1,14 @@
 //! Labelled image sets and the splits a run trains and evaluates on.
 
+pub mod cifar;
+pub mod idx;
 pub mod scenes;
+
+use std::path::Path;
 
 use sslab_shared::spec::DataSpec;
 
-use crate::Result;
+use crate::{EngineError, Result};
 
 /// Square RGB images held in memory, with labels and object boxes.
 #[derive(Debug, Clone)]
@@ -49,5 +53,18 @@ pub struct Splits {
 pub fn load(spec: &DataSpec) -> Result<Splits> {
     match spec {
         DataSpec::Scenes(s) => Ok(scenes::generate(s)),
+        DataSpec::Cifar10 { path } => cifar::load(Path::new(path), cifar::Labels::Ten),
+        DataSpec::Cifar100 { path, coarse } => {
+            cifar::load(Path::new(path), cifar::Labels::Hundred { coarse: *coarse })
+        }
+        DataSpec::Idx { path } => idx::load(Path::new(path)),
     }
+}
+
+/// A whole file, or an error that names it and says what is wrong.
+pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| EngineError::Io {
+        what: format!("cannot read {}", path.display()),
+        source: e,
+    })
 }

@@ -13,16 +13,47 @@ use crate::api::{self, ApiFailure};
 type Getter = fn(&RunSpec) -> String;
 type Setter = fn(&mut RunSpec, &str) -> Result<(), String>;
 
-fn scenes(s: &RunSpec) -> &ScenesSpec {
+/// The scenes settings; other sources show the defaults.
+fn scenes(s: &RunSpec) -> ScenesSpec {
     match &s.data {
-        DataSpec::Scenes(x) => x,
+        DataSpec::Scenes(x) => x.clone(),
+        _ => ScenesSpec::default(),
     }
 }
 
+/// Editing a scenes field makes the source the built-in scenes.
 fn scenes_mut(s: &mut RunSpec) -> &mut ScenesSpec {
+    if !matches!(s.data, DataSpec::Scenes(_)) {
+        s.data = DataSpec::Scenes(ScenesSpec::default());
+    }
     match &mut s.data {
         DataSpec::Scenes(x) => x,
+        _ => unreachable!("set just above"),
     }
+}
+
+/// The folder of a file-based source.
+fn data_path(s: &RunSpec) -> String {
+    match &s.data {
+        DataSpec::Cifar10 { path } | DataSpec::Cifar100 { path, .. } | DataSpec::Idx { path } => {
+            path.clone()
+        }
+        DataSpec::Scenes(_) => String::new(),
+    }
+}
+
+fn set_source(s: &mut RunSpec, source: &str, path: String) -> Result<(), String> {
+    s.data = match source {
+        "scenes" => DataSpec::Scenes(scenes(s)),
+        "cifar10" => DataSpec::Cifar10 { path },
+        "cifar100" => DataSpec::Cifar100 {
+            path,
+            coarse: false,
+        },
+        "idx" => DataSpec::Idx { path },
+        other => return Err(format!("unknown source `{other}`")),
+    };
+    Ok(())
 }
 
 /// A comma-separated list; empty text is an empty list.
@@ -178,7 +209,13 @@ pub fn NewRunPage() -> impl IntoView {
                 {field(spec, "seed", "Seed", "data order, augmentations and initial weights",
                     |s| s.seed.to_string(), |s, v| { s.seed = num(v)?; Ok(()) })}
             </fieldset>
-            <fieldset><legend>"Data: built-in scenes"</legend>
+            <fieldset><legend>"Data"</legend>
+                {select(spec, "data.source", "Source", &["scenes", "cifar10", "cifar100", "idx"],
+                    |s| s.data.source().to_string(),
+                    |s, v| { let p = data_path(s); set_source(s, v, p) })}
+                {field(spec, "data.path", "Folder", "CIFAR binary or MNIST IDX files on the training machine; the scenes fields below are for the built-in source",
+                    data_path,
+                    |s, v| { let source = s.data.source(); set_source(s, source, v.trim().to_string()) })}
                 {field(spec, "data.classes", "Classes", "object classes, 2–16",
                     |s| scenes(s).classes.to_string(), |s, v| { scenes_mut(s).classes = num(v)?; Ok(()) })}
                 {field(spec, "data.train_images", "Training images", "SSL training set and kNN memory bank",
