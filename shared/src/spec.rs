@@ -68,6 +68,30 @@ pub enum DataSpec {
     /// The 28 px gray digits become 32 px RGB: a 2 px black border, the gray
     /// value in every channel.
     Idx { path: String },
+    /// STL-10, binary version: `train_X.bin`, `train_y.bin`, `test_X.bin`,
+    /// `test_y.bin` (96 px, 10 classes).
+    Stl10 { path: String },
+    /// One sub-folder per class of PNG or JPEG images; `train/` and `test/`
+    /// sub-folders if the split is given, else `test_fraction` of every class
+    /// is held out (drawn from `seed`).
+    Folder {
+        path: String,
+        /// Every image is resized (shorter side) and centre-cropped to this.
+        #[serde(default = "default_folder_size")]
+        image_size: usize,
+        #[serde(default = "default_test_fraction")]
+        test_fraction: f64,
+        #[serde(default)]
+        seed: u64,
+    },
+}
+
+fn default_folder_size() -> usize {
+    32
+}
+
+fn default_test_fraction() -> f64 {
+    0.2
 }
 
 impl Default for DataSpec {
@@ -81,6 +105,8 @@ impl DataSpec {
         match self {
             DataSpec::Scenes(s) => s.image_size,
             DataSpec::Cifar10 { .. } | DataSpec::Cifar100 { .. } | DataSpec::Idx { .. } => 32,
+            DataSpec::Stl10 { .. } => 96,
+            DataSpec::Folder { image_size, .. } => *image_size,
         }
     }
 
@@ -90,6 +116,8 @@ impl DataSpec {
             DataSpec::Cifar10 { .. } => "cifar10",
             DataSpec::Cifar100 { .. } => "cifar100",
             DataSpec::Idx { .. } => "idx",
+            DataSpec::Stl10 { .. } => "stl10",
+            DataSpec::Folder { .. } => "folder",
         }
     }
 
@@ -101,6 +129,9 @@ impl DataSpec {
             DataSpec::Scenes(s) => s.train_images,
             DataSpec::Cifar10 { .. } | DataSpec::Cifar100 { .. } => 50_000,
             DataSpec::Idx { .. } => 60_000,
+            DataSpec::Stl10 { .. } => 5_000,
+            // Unknown until the folder is read.
+            DataSpec::Folder { .. } => 0,
         }
     }
 }
@@ -736,9 +767,32 @@ impl RunSpec {
                     );
                 }
             }
+            DataSpec::Folder {
+                path,
+                image_size,
+                test_fraction,
+                ..
+            } => {
+                if path.trim().is_empty() {
+                    return bad("data.path", "name the folder of class sub-folders".into());
+                }
+                if !(8..=256).contains(image_size) {
+                    return bad(
+                        "data.image_size",
+                        format!("must be between 8 and 256, got {image_size}"),
+                    );
+                }
+                if !(*test_fraction > 0.0 && *test_fraction < 1.0) {
+                    return bad(
+                        "data.test_fraction",
+                        format!("must be in (0, 1), got {test_fraction}"),
+                    );
+                }
+            }
             DataSpec::Cifar10 { path }
             | DataSpec::Cifar100 { path, .. }
-            | DataSpec::Idx { path } => {
+            | DataSpec::Idx { path }
+            | DataSpec::Stl10 { path } => {
                 if path.trim().is_empty() {
                     return bad(
                         "data.path",
@@ -973,6 +1027,40 @@ mod tests {
         assert!(err.message.contains("`x`"));
         let err = RunSpec::from_toml("[optimizer]\nbatch_size = 1\n").unwrap_err();
         assert_eq!(err.field, "optimizer.batch_size");
+    }
+
+    #[test]
+    fn file_sources_parse_and_check_their_fields() {
+        let spec =
+            RunSpec::from_toml("[data]\nsource = \"cifar100\"\npath = \"/d\"\ncoarse = true\n")
+                .unwrap();
+        assert_eq!(
+            spec.data,
+            DataSpec::Cifar100 {
+                path: "/d".into(),
+                coarse: true
+            }
+        );
+        assert_eq!(spec.data.image_size(), 32);
+        let folder =
+            RunSpec::from_toml("[data]\nsource = \"folder\"\npath = \"/imgs\"\nimage_size = 64\n")
+                .unwrap();
+        assert_eq!(folder.data.image_size(), 64);
+        for (text, field) in [
+            ("[data]\nsource = \"idx\"\npath = \"\"\n", "data.path"),
+            (
+                "[data]\nsource = \"folder\"\npath = \"/x\"\nimage_size = 4\n",
+                "data.image_size",
+            ),
+            (
+                "[data]\nsource = \"folder\"\npath = \"/x\"\ntest_fraction = 1.0\n",
+                "data.test_fraction",
+            ),
+            ("[data]\nsource = \"stl10\"\n", "data"),
+        ] {
+            let err = RunSpec::from_toml(text).unwrap_err();
+            assert!(err.field.starts_with(field), "{text}: {err}");
+        }
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! Labelled image sets and the splits a run trains and evaluates on.
 
 pub mod cifar;
+pub mod folder;
 pub mod idx;
 pub mod scenes;
+pub mod stl10;
 
 use std::path::Path;
 
@@ -58,6 +60,13 @@ pub fn load(spec: &DataSpec) -> Result<Splits> {
             cifar::load(Path::new(path), cifar::Labels::Hundred { coarse: *coarse })
         }
         DataSpec::Idx { path } => idx::load(Path::new(path)),
+        DataSpec::Stl10 { path } => stl10::load(Path::new(path)),
+        DataSpec::Folder {
+            path,
+            image_size,
+            test_fraction,
+            seed,
+        } => folder::load(Path::new(path), *image_size, *test_fraction, *seed),
     }
 }
 

@@ -35,9 +35,11 @@ fn scenes_mut(s: &mut RunSpec) -> &mut ScenesSpec {
 /// The folder of a file-based source.
 fn data_path(s: &RunSpec) -> String {
     match &s.data {
-        DataSpec::Cifar10 { path } | DataSpec::Cifar100 { path, .. } | DataSpec::Idx { path } => {
-            path.clone()
-        }
+        DataSpec::Cifar10 { path }
+        | DataSpec::Cifar100 { path, .. }
+        | DataSpec::Idx { path }
+        | DataSpec::Stl10 { path }
+        | DataSpec::Folder { path, .. } => path.clone(),
         DataSpec::Scenes(_) => String::new(),
     }
 }
@@ -51,6 +53,13 @@ fn set_source(s: &mut RunSpec, source: &str, path: String) -> Result<(), String>
             coarse: false,
         },
         "idx" => DataSpec::Idx { path },
+        "stl10" => DataSpec::Stl10 { path },
+        "folder" => DataSpec::Folder {
+            path,
+            image_size: 32,
+            test_fraction: 0.2,
+            seed: 0,
+        },
         other => return Err(format!("unknown source `{other}`")),
     };
     Ok(())
@@ -210,10 +219,10 @@ pub fn NewRunPage() -> impl IntoView {
                     |s| s.seed.to_string(), |s, v| { s.seed = num(v)?; Ok(()) })}
             </fieldset>
             <fieldset><legend>"Data"</legend>
-                {select(spec, "data.source", "Source", &["scenes", "cifar10", "cifar100", "idx"],
+                {select(spec, "data.source", "Source", &["scenes", "cifar10", "cifar100", "idx", "stl10", "folder"],
                     |s| s.data.source().to_string(),
                     |s, v| { let p = data_path(s); set_source(s, v, p) })}
-                {field(spec, "data.path", "Folder", "CIFAR binary or MNIST IDX files on the training machine; the scenes fields below are for the built-in source",
+                {field(spec, "data.path", "Folder", "on the training machine: CIFAR or STL-10 binary, MNIST IDX, or one sub-folder per class of PNG/JPEG; the scenes fields below are for the built-in source",
                     data_path,
                     |s, v| { let source = s.data.source(); set_source(s, source, v.trim().to_string()) })}
                 {field(spec, "data.classes", "Classes", "object classes, 2–16",

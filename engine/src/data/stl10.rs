@@ -1,0 +1,102 @@
+//! STL-10, binary version (Coates, Lee & Ng 2011): `train_X.bin` and
+//! `test_X.bin` hold 96×96 RGB images as three channel planes, each stored
+//! column by column; `train_y.bin` and `test_y.bin` one label byte (1–10)
+//! per image. The unlabelled split is not read yet.
+
+use std::path::Path;
+
+use super::{ImageSet, Splits, read_file};
+use crate::{EngineError, Result};
+
+const SIDE: usize = 96;
+const BYTES: usize = 3 * SIDE * SIDE;
+const CLASSES: [&str; 10] = [
+    "airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck",
+];
+
+fn split(folder: &Path, images: &str, labels: &str) -> Result<ImageSet> {
+    let (xp, yp) = (folder.join(images), folder.join(labels));
+    let x = read_file(&xp)?;
+    let y = read_file(&yp)?;
+    if x.is_empty() || x.len() % BYTES != 0 {
+        return Err(EngineError::Data(format!(
+            "{} is {} bytes, not a whole number of {BYTES}-byte images: truncated or not STL-10",
+            xp.display(),
+            x.len()
+        )));
+    }
+    let n = x.len() / BYTES;
+    if y.len() != n {
+        return Err(EngineError::Data(format!(
+            "{} has {} labels for the {n} images of {}",
+            yp.display(),
+            y.len(),
+            xp.display()
+        )));
+    }
+    if let Some((i, l)) = y.iter().enumerate().find(|(_, l)| !(1..=10).contains(*l)) {
+        return Err(EngineError::Data(format!(
+            "{}: label {i} is {l}; STL-10 labels are 1–10",
+            yp.display()
+        )));
+    }
+    let mut pixels = vec![0u8; n * BYTES];
+    for (i, img) in x.chunks_exact(BYTES).enumerate() {
+        let out = &mut pixels[i * BYTES..(i + 1) * BYTES];
+        for c in 0..3 {
+            for col in 0..SIDE {
+                for row in 0..SIDE {
+                    out[(row * SIDE + col) * 3 + c] = img[c * SIDE * SIDE + col * SIDE + row];
+                }
+            }
+        }
+    }
+    Ok(ImageSet {
+        size: SIDE,
+        pixels,
+        labels: y.iter().map(|&l| l as u32 - 1).collect(),
+        boxes: vec![[0, 0, SIDE as u32, SIDE as u32]; n],
+        class_names: CLASSES.iter().map(|s| s.to_string()).collect(),
+    })
+}
+
+pub fn load(folder: &Path) -> Result<Splits> {
+    Ok(Splits {
+        train: split(folder, "train_X.bin", "train_y.bin")?,
+        test: split(folder, "test_X.bin", "test_y.bin")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_column_major_planes_and_one_based_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut img = vec![0u8; BYTES];
+        // Red plane, column 5, row 2 → pixel (x 5, y 2).
+        img[5 * SIDE + 2] = 200;
+        // Blue plane, column 0, row 1.
+        img[2 * SIDE * SIDE + 1] = 50;
+        for (x, y) in [("train_X.bin", "train_y.bin"), ("test_X.bin", "test_y.bin")] {
+            std::fs::write(dir.path().join(x), [img.clone(), img.clone()].concat()).unwrap();
+            std::fs::write(dir.path().join(y), [1u8, 10]).unwrap();
+        }
+        let s = load(dir.path()).unwrap();
+        assert_eq!((s.train.len(), s.train.size), (2, 96));
+        assert_eq!(s.train.labels, [0, 9]);
+        assert_eq!(s.train.image(0)[(2 * SIDE + 5) * 3], 200);
+        assert_eq!(s.train.image(0)[(SIDE) * 3 + 2], 50);
+
+        std::fs::write(dir.path().join("test_y.bin"), [1u8, 11]).unwrap();
+        let err = load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("test_y.bin: label 1 is 11"), "{err}");
+        std::fs::write(dir.path().join("train_X.bin"), vec![0u8; BYTES + 5]).unwrap();
+        let err = load(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("train_X.bin") && err.contains("truncated"),
+            "{err}"
+        );
+    }
+}
