@@ -12,7 +12,7 @@ use sslab_shared::api::Evaluation;
 
 use crate::data::Splits;
 use crate::error::{EngineError, Result};
-use crate::optim::{Optimizer, Schedule};
+use crate::optim::{self, Optimizer, Schedule};
 use crate::{augment, eval, method, model};
 use sslab_shared::rng::Rng;
 
@@ -86,6 +86,7 @@ pub fn train(
     let total_steps = steps_per_epoch * spec.schedule.epochs;
     let schedule = Schedule::new(spec.optimizer.lr, &spec.schedule, steps_per_epoch);
     let mut optimizer = Optimizer::new(&spec.optimizer, &varmap)?;
+    let trainable = optim::trainable(&varmap);
     let s = data.size;
     let mut probe = if spec.eval.online_probe {
         Some(OnlineProbe::new(
@@ -119,7 +120,11 @@ pub fn train(
                     value: loss,
                 });
             }
-            optimizer.step(&out.loss.backward()?)?;
+            let mut grads = out.loss.backward()?;
+            if spec.optimizer.grad_clip > 0.0 {
+                optim::clip_grad_norm(&mut grads, &trainable, spec.optimizer.grad_clip)?;
+            }
+            optimizer.step(&grads)?;
             method.after_step(step, total_steps)?;
             let online_probe_acc = match &mut probe {
                 Some(p) => {

@@ -443,6 +443,10 @@ pub enum OptimizerKind {
     Adamw,
     /// SGD with momentum (weight decay on ≥2-D weights only).
     Sgd,
+    /// LARS (You et al. 2017, arXiv:1708.03888): SGD with momentum whose
+    /// step for every weight matrix or kernel is scaled by the trust ratio
+    /// η‖w‖ / (‖g‖ + λ‖w‖); biases and norms take plain steps.
+    Lars,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -453,9 +457,14 @@ pub struct OptimizerSpec {
     pub lr: f64,
     /// Applied to weights with two or more dimensions, never to biases or norms.
     pub weight_decay: f64,
-    /// SGD only.
+    /// SGD and LARS.
     pub momentum: f64,
     pub batch_size: usize,
+    /// LARS trust coefficient η (0.02 in solo-learn's CIFAR recipes, 0.001
+    /// in the paper).
+    pub lars_eta: f64,
+    /// Rescale the gradients when their global L2 norm is above this; 0 = never.
+    pub grad_clip: f64,
 }
 
 impl Default for OptimizerSpec {
@@ -466,6 +475,8 @@ impl Default for OptimizerSpec {
             weight_decay: 1e-4,
             momentum: 0.9,
             batch_size: 128,
+            lars_eta: 0.02,
+            grad_clip: 0.0,
         }
     }
 }
@@ -927,6 +938,18 @@ impl RunSpec {
             return bad(
                 "optimizer.momentum",
                 format!("must be in [0, 1), got {}", o.momentum),
+            );
+        }
+        if !(o.lars_eta > 0.0 && o.lars_eta <= 1.0) {
+            return bad(
+                "optimizer.lars_eta",
+                format!("must be in (0, 1], got {}", o.lars_eta),
+            );
+        }
+        if !(o.grad_clip >= 0.0 && o.grad_clip.is_finite()) {
+            return bad(
+                "optimizer.grad_clip",
+                format!("must be 0 (off) or a positive norm, got {}", o.grad_clip),
             );
         }
         if o.batch_size < 2 || o.batch_size > 4096 {

@@ -239,7 +239,13 @@ mod behaviour_tests {
     fn every_method_lowers_its_loss_with_finite_gradients_and_no_collapse() {
         let device = Device::Cpu;
         for name in MethodSpec::NAMES {
-            let spec = spec(name);
+            let mut spec = spec(name);
+            if name == "byol" {
+                // BYOL's usual optimiser: LARS, here with gradient clipping too.
+                spec.optimizer.kind = sslab_shared::spec::OptimizerKind::Lars;
+                spec.optimizer.lr = 1.0;
+                spec.optimizer.grad_clip = 5.0;
+            }
             let splits = crate::data::load(&spec.data).unwrap();
             let (encoder, varmap) = crate::model::build(&spec, &device).unwrap();
             let mut method = build(&spec, &varmap, &device).unwrap();
@@ -264,7 +270,12 @@ mod behaviour_tests {
                 let loss = out.loss.to_scalar::<f32>().unwrap();
                 assert!(loss.is_finite(), "{name}: loss {loss} at step {step}");
                 losses.push(loss);
-                let grads = out.loss.backward().unwrap();
+                let mut grads = out.loss.backward().unwrap();
+                if spec.optimizer.grad_clip > 0.0 {
+                    let vars = crate::optim::trainable(&varmap);
+                    crate::optim::clip_grad_norm(&mut grads, &vars, spec.optimizer.grad_clip)
+                        .unwrap();
+                }
                 if step == 0 {
                     let data = varmap.data().lock().unwrap();
                     for (var_name, var) in data.iter().filter(|(n, _)| !n.contains("running_")) {

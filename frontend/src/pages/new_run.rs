@@ -270,15 +270,19 @@ pub fn NewRunPage() -> impl IntoView {
                     |s| s.augment.grayscale_prob.to_string(), |s, v| { s.augment.grayscale_prob = num(v)?; Ok(()) })}
             </fieldset>
             <fieldset><legend>"Optimiser and schedule"</legend>
-                {select(spec, "optimizer.kind", "Optimiser", &["adamw", "sgd"],
-                    |s| if s.optimizer.kind == OptimizerKind::Sgd { "sgd".into() } else { "adamw".into() },
-                    |s, v| { s.optimizer.kind = if v == "sgd" { OptimizerKind::Sgd } else { OptimizerKind::Adamw }; Ok(()) })}
+                {select(spec, "optimizer.kind", "Optimiser", &["adamw", "sgd", "lars"],
+                    |s| match s.optimizer.kind { OptimizerKind::Sgd => "sgd".into(), OptimizerKind::Lars => "lars".into(), OptimizerKind::Adamw => "adamw".into() },
+                    |s, v| { s.optimizer.kind = match v { "sgd" => OptimizerKind::Sgd, "lars" => OptimizerKind::Lars, _ => OptimizerKind::Adamw }; Ok(()) })}
                 {field(spec, "optimizer.lr", "Learning rate", "peak, after warm-up",
                     |s| s.optimizer.lr.to_string(), |s, v| { s.optimizer.lr = num(v)?; Ok(()) })}
                 {field(spec, "optimizer.weight_decay", "Weight decay", "on weights, never biases or norms",
                     |s| s.optimizer.weight_decay.to_string(), |s, v| { s.optimizer.weight_decay = num(v)?; Ok(()) })}
-                {field(spec, "optimizer.momentum", "Momentum", "SGD only",
+                {field(spec, "optimizer.momentum", "Momentum", "SGD and LARS",
                     |s| s.optimizer.momentum.to_string(), |s, v| { s.optimizer.momentum = num(v)?; Ok(()) })}
+                {field(spec, "optimizer.lars_eta", "LARS η", "trust coefficient; 0.02 at CIFAR scale",
+                    |s| s.optimizer.lars_eta.to_string(), |s, v| { s.optimizer.lars_eta = num(v)?; Ok(()) })}
+                {field(spec, "optimizer.grad_clip", "Gradient clip", "largest global gradient norm; 0 = off",
+                    |s| s.optimizer.grad_clip.to_string(), |s, v| { s.optimizer.grad_clip = num(v)?; Ok(()) })}
                 {field(spec, "optimizer.batch_size", "Batch size", "images per step (two views each)",
                     |s| s.optimizer.batch_size.to_string(), |s, v| { s.optimizer.batch_size = num(v)?; Ok(()) })}
                 {field(spec, "schedule.epochs", "Epochs", "",
