@@ -1,5 +1,7 @@
 //! Two-view augmentations in the SimCLR style (arXiv:2002.05709): random
-//! resized crop, horizontal flip, colour jitter, grayscale. Each view is seeded
+//! resized crop, horizontal flip, colour jitter, grayscale; BYOL's
+//! asymmetric blur and solarize (arXiv:2006.07733); additive Gaussian noise
+//! (arXiv:2303.01986). Each view is seeded
 //! by (run seed, epoch, image, view), so a run reproduces exactly whatever the
 //! number of threads.
 
@@ -24,8 +26,22 @@ pub fn plain(set: &ImageSet, index: usize, out: &mut [f32]) {
     }
 }
 
-/// Writes one augmented view of image `index`, normalised, as CHW floats.
-pub fn view(spec: &AugmentSpec, set: &ImageSet, index: usize, rng: &mut Rng, out: &mut [f32]) {
+/// `rng.chance(p)`, drawing nothing when `p` is 0 so that turning on an
+/// augmentation leaves the draws of the others as they were.
+fn maybe(rng: &mut Rng, p: f64) -> bool {
+    p > 0.0 && rng.chance(p)
+}
+
+/// Writes view `which` (0 or 1) of image `index`, augmented and normalised,
+/// as CHW floats.
+pub fn view(
+    spec: &AugmentSpec,
+    set: &ImageSet,
+    index: usize,
+    which: usize,
+    rng: &mut Rng,
+    out: &mut [f32],
+) {
     let s = set.size;
     let img = set.image(index);
     let (cx, cy, cw, ch) = crop_box(spec, s, rng);
@@ -34,7 +50,11 @@ pub fn view(spec: &AugmentSpec, set: &ImageSet, index: usize, rng: &mut Rng, out
         .chance(spec.jitter_prob)
         .then(|| Jitter::draw(spec.jitter_strength, rng));
     let gray = rng.chance(spec.grayscale_prob);
+    let blur = maybe(rng, spec.blur_prob[which])
+        .then(|| rng.range(spec.blur_sigma[0], spec.blur_sigma[1]));
+    let solarize = maybe(rng, spec.solarize_prob[which]);
     let plane = s * s;
+    let post = blur.is_some() || solarize || spec.noise_std > 0.0;
     for oy in 0..s {
         for ox in 0..s {
             // Bilinear sample at the centre of the output pixel.
@@ -50,8 +70,62 @@ pub fn view(spec: &AugmentSpec, set: &ImageSet, index: usize, rng: &mut Rng, out
             }
             let dx = if flip { s - 1 - ox } else { ox };
             for c in 0..3 {
-                out[c * plane + oy * s + dx] = (rgb[c] - MEAN[c]) / STD[c];
+                // Raw [0, 1] values when more passes follow, normalised otherwise.
+                out[c * plane + oy * s + dx] = if post {
+                    rgb[c]
+                } else {
+                    (rgb[c] - MEAN[c]) / STD[c]
+                };
             }
+        }
+    }
+    if !post {
+        return;
+    }
+    if let Some(sigma) = blur {
+        for c in 0..3 {
+            gaussian_blur(&mut out[c * plane..(c + 1) * plane], s, sigma as f32);
+        }
+    }
+    for (i, v) in out[..3 * plane].iter_mut().enumerate() {
+        if solarize && *v >= 0.5 {
+            *v = 1.0 - *v;
+        }
+        if spec.noise_std > 0.0 {
+            *v += (spec.noise_std * rng.normal()) as f32;
+        }
+        let c = i / plane;
+        *v = (*v - MEAN[c]) / STD[c];
+    }
+}
+
+/// Separable Gaussian blur of one s×s plane, edges clamped; the kernel
+/// reaches 3σ on each side.
+fn gaussian_blur(plane: &mut [f32], s: usize, sigma: f32) {
+    let radius = (3.0 * sigma).ceil().max(1.0) as isize;
+    let weights: Vec<f32> = (-radius..=radius)
+        .map(|d| (-(d * d) as f32 / (2.0 * sigma * sigma)).exp())
+        .collect();
+    let total: f32 = weights.iter().sum();
+    let weights: Vec<f32> = weights.iter().map(|w| w / total).collect();
+    let mut tmp = vec![0.0f32; s * s];
+    let clamp = |v: isize| v.clamp(0, s as isize - 1) as usize;
+    for y in 0..s {
+        for x in 0..s {
+            tmp[y * s + x] = weights
+                .iter()
+                .enumerate()
+                .map(|(k, w)| w * plane[y * s + clamp(x as isize + k as isize - radius)])
+                .sum();
+        }
+    }
+    for y in 0..s {
+        for x in 0..s {
+            plane[y * s + x] = weights
+                .iter()
+                .enumerate()
+                .map(|(k, w)| w * tmp[clamp(y as isize + k as isize - radius) * s + x])
+                .sum();
         }
     }
 }
@@ -160,8 +234,8 @@ pub fn two_view_batch(
                 for (k, &i) in idx.iter().enumerate() {
                     let mut r1 = Rng::derive(seed, &[epoch as u64, i as u64, 1]);
                     let mut r2 = Rng::derive(seed, &[epoch as u64, i as u64, 2]);
-                    view(spec, set, i, &mut r1, &mut a[k * per..(k + 1) * per]);
-                    view(spec, set, i, &mut r2, &mut b[k * per..(k + 1) * per]);
+                    view(spec, set, i, 0, &mut r1, &mut a[k * per..(k + 1) * per]);
+                    view(spec, set, i, 1, &mut r2, &mut b[k * per..(k + 1) * per]);
                 }
             });
         }
@@ -196,6 +270,7 @@ mod tests {
             jitter_prob: 0.0,
             jitter_strength: 0.0,
             grayscale_prob: 0.0,
+            ..AugmentSpec::default()
         };
         let mut a = vec![0.0; 3 * 32 * 32];
         let mut b = vec![0.0; 3 * 32 * 32];
@@ -203,7 +278,7 @@ mod tests {
         // A full-area crop has ratio 1 only by chance; retry seeds until it is square.
         let mut seen_exact = false;
         for seed in 0..50 {
-            view(&spec, &set, 2, &mut Rng::new(seed), &mut b);
+            view(&spec, &set, 2, 0, &mut Rng::new(seed), &mut b);
             let diff = a
                 .iter()
                 .zip(&b)
@@ -224,6 +299,7 @@ mod tests {
             jitter_prob: 0.0,
             jitter_strength: 0.0,
             grayscale_prob: 0.0,
+            ..AugmentSpec::default()
         };
         let (a1, b1) = two_view_batch(&spec, &set, &[0, 3, 5], 9, 2);
         let (a2, b2) = two_view_batch(&spec, &set, &[0, 3, 5], 9, 2);
@@ -246,5 +322,70 @@ mod tests {
         let lo = (0.0 - MEAN[0]) / STD[0] - 1e-4;
         let hi = (1.0 - MEAN[0]) / STD[0] + 1e-4;
         assert!(a.iter().all(|v| (lo..=hi).contains(v)));
+    }
+
+    /// A full, unflipped, un-jittered view, for looking at one effect at a time.
+    fn still(spec: AugmentSpec) -> AugmentSpec {
+        AugmentSpec {
+            crop_min_scale: 1.0,
+            crop_max_scale: 1.0,
+            flip_prob: 0.0,
+            jitter_prob: 0.0,
+            grayscale_prob: 0.0,
+            ..spec
+        }
+    }
+
+    /// Back from normalised floats to [0, 1].
+    fn raw(v: &[f32]) -> Vec<f32> {
+        v.iter().map(|x| x * STD[0] + MEAN[0]).collect()
+    }
+
+    #[test]
+    fn blur_is_asymmetric_and_smooths() {
+        let set = set();
+        let spec = still(AugmentSpec {
+            blur_prob: [1.0, 0.0],
+            blur_sigma: [1.5, 1.5],
+            ..AugmentSpec::default()
+        });
+        let (a, b) = two_view_batch(&spec, &set, &[0, 1, 2, 3], 5, 0);
+        // Total variation along rows: the blurred first view has much less.
+        let tv = |v: &[f32]| -> f32 { v.windows(2).map(|w| (w[1] - w[0]).abs()).sum() };
+        assert!(
+            tv(&raw(&a)) < 0.7 * tv(&raw(&b)),
+            "{} vs {}",
+            tv(&raw(&a)),
+            tv(&raw(&b))
+        );
+        // A blur keeps the mean (clamped edges, normalised kernel).
+        let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len() as f32;
+        assert!((mean(&raw(&a)) - mean(&raw(&b))).abs() < 0.01);
+    }
+
+    #[test]
+    fn solarize_inverts_bright_values_and_noise_has_its_std() {
+        let set = set();
+        let (plain_a, _) = two_view_batch(&still(AugmentSpec::default()), &set, &[3], 1, 0);
+        let sol = still(AugmentSpec {
+            solarize_prob: [1.0, 1.0],
+            ..AugmentSpec::default()
+        });
+        let (a, _) = two_view_batch(&sol, &set, &[3], 1, 0);
+        for (p, s) in raw(&plain_a).iter().zip(raw(&a)) {
+            let want = if *p >= 0.5 { 1.0 - p } else { *p };
+            assert!((s - want).abs() < 1e-5, "{p} → {s}");
+        }
+        let noisy = still(AugmentSpec {
+            noise_std: 0.1,
+            ..AugmentSpec::default()
+        });
+        let (n, _) = two_view_batch(&noisy, &set, &[3, 4, 5, 6], 1, 0);
+        let (c, _) = two_view_batch(&still(AugmentSpec::default()), &set, &[3, 4, 5, 6], 1, 0);
+        let d: Vec<f32> = raw(&n).iter().zip(raw(&c)).map(|(x, y)| x - y).collect();
+        let std = (d.iter().map(|x| x * x).sum::<f32>() / d.len() as f32).sqrt();
+        assert!((std - 0.1).abs() < 0.01, "{std}");
+        // Seeded: the same noise again.
+        assert_eq!(two_view_batch(&noisy, &set, &[3, 4, 5, 6], 1, 0).0, n);
     }
 }

@@ -422,6 +422,17 @@ pub struct AugmentSpec {
     pub jitter_prob: f64,
     pub jitter_strength: f64,
     pub grayscale_prob: f64,
+    /// Chance of a Gaussian blur for the first and the second view: BYOL's
+    /// asymmetric [1.0, 0.1]; off at CIFAR scale.
+    pub blur_prob: [f64; 2],
+    /// Blur standard deviation range in pixels, drawn per view.
+    pub blur_sigma: [f64; 2],
+    /// Chance of solarizing (values ≥ 0.5 become 1 − v) per view: BYOL's [0.0, 0.2].
+    pub solarize_prob: [f64; 2],
+    /// Standard deviation of additive Gaussian noise on [0, 1] pixels, after
+    /// everything else; with every other augmentation off this is the
+    /// noise-only training of arXiv:2303.01986.
+    pub noise_std: f64,
 }
 
 impl Default for AugmentSpec {
@@ -433,6 +444,10 @@ impl Default for AugmentSpec {
             jitter_prob: 0.8,
             jitter_strength: 0.5,
             grayscale_prob: 0.2,
+            blur_prob: [0.0, 0.0],
+            blur_sigma: [0.1, 2.0],
+            solarize_prob: [0.0, 0.0],
+            noise_std: 0.0,
         }
     }
 }
@@ -910,6 +925,10 @@ impl RunSpec {
             ("augment.flip_prob", a.flip_prob),
             ("augment.jitter_prob", a.jitter_prob),
             ("augment.grayscale_prob", a.grayscale_prob),
+            ("augment.blur_prob", a.blur_prob[0]),
+            ("augment.blur_prob", a.blur_prob[1]),
+            ("augment.solarize_prob", a.solarize_prob[0]),
+            ("augment.solarize_prob", a.solarize_prob[1]),
         ] {
             if !(0.0..=1.0).contains(&p) {
                 return bad(
@@ -917,6 +936,19 @@ impl RunSpec {
                     format!("is a probability, must be in [0, 1], got {p}"),
                 );
             }
+        }
+        if !(a.blur_sigma[0] > 0.0 && a.blur_sigma[0] <= a.blur_sigma[1] && a.blur_sigma[1] <= 10.0)
+        {
+            return bad(
+                "augment.blur_sigma",
+                format!("need 0 < min ≤ max ≤ 10 pixels, got {:?}", a.blur_sigma),
+            );
+        }
+        if !(0.0..=1.0).contains(&a.noise_std) {
+            return bad(
+                "augment.noise_std",
+                format!("must be in [0, 1], got {}", a.noise_std),
+            );
         }
         if !(0.0..=1.0).contains(&a.jitter_strength) {
             return bad(

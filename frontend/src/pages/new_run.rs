@@ -80,6 +80,19 @@ fn num<T: std::str::FromStr>(text: &str) -> Result<T, String> {
         .map_err(|_| format!("`{}` is not a number of the right kind", text.trim()))
 }
 
+/// Two numbers, one per view or a (min, max) range.
+fn pair(text: &str) -> Result<[f64; 2], String> {
+    let v: Vec<f64> = list(text, num)?;
+    match v.as_slice() {
+        [a, b] => Ok([*a, *b]),
+        _ => Err("give two numbers separated by a comma".into()),
+    }
+}
+
+fn pair_text(p: [f64; 2]) -> String {
+    format!("{}, {}", p[0], p[1])
+}
+
 /// The input's DOM id for a dotted field path: `optimizer.lr` → `f-optimizer-lr`.
 fn input_id(field: &str) -> String {
     format!("f-{}", field.replace('.', "-"))
@@ -268,6 +281,14 @@ pub fn NewRunPage() -> impl IntoView {
                     |s| s.augment.jitter_strength.to_string(), |s, v| { s.augment.jitter_strength = num(v)?; Ok(()) })}
                 {field(spec, "augment.grayscale_prob", "Grayscale probability", "",
                     |s| s.augment.grayscale_prob.to_string(), |s, v| { s.augment.grayscale_prob = num(v)?; Ok(()) })}
+                {field(spec, "augment.blur_prob", "Blur probability", "first view, second view; BYOL: 1.0, 0.1",
+                    |s| pair_text(s.augment.blur_prob), |s, v| { s.augment.blur_prob = pair(v)?; Ok(()) })}
+                {field(spec, "augment.blur_sigma", "Blur σ range", "pixels, min and max",
+                    |s| pair_text(s.augment.blur_sigma), |s, v| { s.augment.blur_sigma = pair(v)?; Ok(()) })}
+                {field(spec, "augment.solarize_prob", "Solarize probability", "first view, second view; BYOL: 0.0, 0.2",
+                    |s| pair_text(s.augment.solarize_prob), |s, v| { s.augment.solarize_prob = pair(v)?; Ok(()) })}
+                {field(spec, "augment.noise_std", "Gaussian noise σ", "on [0, 1] pixels, applied last",
+                    |s| s.augment.noise_std.to_string(), |s, v| { s.augment.noise_std = num(v)?; Ok(()) })}
             </fieldset>
             <fieldset><legend>"Optimiser and schedule"</legend>
                 {select(spec, "optimizer.kind", "Optimiser", &["adamw", "sgd", "lars"],
