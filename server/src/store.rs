@@ -947,7 +947,8 @@ impl Store {
         let evals = sqlx::query(
             "SELECT e.run_id, e.layer, e.probe, e.metric, e.value FROM evaluations e \
              JOIN runs r ON r.id = e.run_id \
-             WHERE r.sweep_id = $1 AND e.job_id = ''",
+             WHERE r.sweep_id = $1 AND e.job_id = '' \
+             ORDER BY e.run_id, CASE WHEN e.layer = 'backbone' THEN '' ELSE e.layer END, e.probe, e.metric",
         )
         .bind(sweep_id)
         .fetch_all(&self.pool)
@@ -992,14 +993,24 @@ impl Store {
     /// Puts the failed and cancelled runs of a sweep back in the queue, to
     /// start over. Returns how many.
     pub async fn requeue_sweep(&self, sweep_id: &str) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        // Rows of the failed attempt must not stand beside a queued status.
+        sqlx::query(
+            "DELETE FROM evaluations WHERE job_id = '' AND run_id IN \
+             (SELECT id FROM runs WHERE sweep_id = $1 AND status IN ('failed', 'cancelled'))",
+        )
+        .bind(sweep_id)
+        .execute(&mut *tx)
+        .await?;
         let done = sqlx::query(
             "UPDATE runs SET status = 'queued', error = NULL, started_at = NULL, finished_at = NULL, \
                  attempts = 0, cancel_requested = 0, step = 0, epoch = 0, last_loss = NULL, knn_backbone = NULL \
              WHERE sweep_id = $1 AND status IN ('failed', 'cancelled')",
         )
         .bind(sweep_id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(done.rows_affected())
     }
 }

@@ -71,7 +71,7 @@ fn mean_std(xs: &[f64]) -> (f64, f64) {
 }
 
 pub fn csv_field(text: &str) -> String {
-    if text.contains([',', '"', '\n']) {
+    if text.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", text.replace('"', "\"\""))
     } else {
         text.to_string()

@@ -192,6 +192,8 @@ impl SweepSpec {
             SweepMode::Grid => self
                 .swept_axes()
                 .fold(1usize, |n, a| n.saturating_mul(a.values.len())),
+            // Seeds alone: one point, however many samples.
+            SweepMode::Random if self.swept_axes().next().is_none() => 1,
             SweepMode::Random => self.samples,
         };
         points.saturating_mul(self.run_seeds().len())
@@ -218,8 +220,17 @@ impl SweepSpec {
                     "name a field, e.g. \"projector.dims\"".into(),
                 );
             }
-            if seen.contains(&path) {
-                return bad(field("path"), format!("`{path}` is swept twice"));
+            if let Some(other) = seen.iter().find(|p: &&String| {
+                **p == path
+                    || p.starts_with(&format!("{path}."))
+                    || path.starts_with(&format!("{p}."))
+            }) {
+                let msg = if *other == path {
+                    format!("`{path}` is swept twice")
+                } else {
+                    format!("`{path}` overlaps the axis `{other}`; sweep one or the other")
+                };
+                return bad(field("path"), msg);
             }
             seen.push(path.clone());
             if path == "name" {
@@ -356,7 +367,8 @@ impl SweepSpec {
             }
             SweepMode::Random => {
                 let mut rng = Rng::new(self.sweep_seed);
-                for _ in 0..self.samples {
+                let samples = if axes.is_empty() { 1 } else { self.samples };
+                for _ in 0..samples {
                     let point = axes
                         .iter()
                         .map(|&(i, axis)| {
@@ -548,9 +560,11 @@ impl Preset {
             }
             Preset::Epochs => {
                 let e = base.schedule.epochs.max(1);
-                let mut values: Vec<usize> = [e / 4, e / 2, e, e * 2]
+                // Never shorter than the warm-up, never past the epoch limit.
+                let shortest = (base.schedule.warmup_epochs.ceil() as usize).max(1);
+                let mut values: Vec<usize> = [e / 4, e / 2, e, e.saturating_mul(2)]
                     .into_iter()
-                    .filter(|&x| x >= 1)
+                    .filter(|&x| x >= shortest && x <= 10_000)
                     .collect();
                 values.dedup();
                 (
@@ -568,7 +582,7 @@ impl Preset {
         base.name = String::new();
         SweepSpec {
             name: format!("{base_name} {}", self.name().replace('_', " ")),
-            seeds: (0..3).map(|i| base.seed + i).collect(),
+            seeds: (0..3).map(|i| base.seed.saturating_add(i)).collect(),
             axes: vec![SweepAxis {
                 path: path.into(),
                 values,
@@ -733,12 +747,31 @@ mod tests {
                 "axes[1].path",
                 "swept twice",
             ),
+            (
+                grid(vec![
+                    axis("projector.dims", vec![json!("8-4")]),
+                    axis("projector", vec![json!({"dims": "8-8"})]),
+                ]),
+                "axes[1].path",
+                "overlaps the axis `projector.dims`",
+            ),
         ];
         for (spec, field, message) in cases {
             let err = spec.expand(1000).unwrap_err();
             assert_eq!(err.field, field, "{err}");
             assert!(err.message.contains(message), "{err}");
         }
+    }
+
+    #[test]
+    fn a_random_sweep_of_seeds_alone_runs_each_seed_once() {
+        let mut s = grid(vec![]);
+        s.mode = SweepMode::Random;
+        s.samples = 8;
+        s.seeds = vec![1, 2];
+        assert_eq!(s.run_count(), 2);
+        let runs = s.expand(100).unwrap();
+        assert_eq!(runs.iter().map(|r| r.seed).collect::<Vec<_>>(), [1, 2]);
     }
 
     #[test]

@@ -36,7 +36,7 @@ async fn create(
     let key = idempotency_key(&headers)?;
     let (sweep, created) = state.store.create_sweep(&spec, &points, key).await?;
     if created {
-        state.queued.notify_waiters();
+        state.wake_workers();
     }
     let status = if created {
         StatusCode::CREATED
@@ -143,7 +143,7 @@ async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> ApiRes
 async fn requeue(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Sweep>> {
     find(&state, &id).await?;
     if state.store.requeue_sweep(&id).await? > 0 {
-        state.queued.notify_waiters();
+        state.wake_workers();
     }
     Ok(Json(find(&state, &id).await?))
 }
