@@ -126,20 +126,10 @@ impl EvaluationRequest {
         toml_format: bool,
         layers: &[String],
     ) -> Result<Self, crate::SpecError> {
-        let field = |p: &serde_path_to_error::Path| {
-            let t = p.to_string();
-            if t == "." { String::new() } else { t }
-        };
         let req: EvaluationRequest = if toml_format {
-            let table: toml::Table = toml::from_str(text)
-                .map_err(|e| crate::SpecError::new("", e.message().to_string()))?;
-            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-                crate::SpecError::new(field(e.path()), e.inner().message().to_string())
-            })?
+            crate::error::from_toml(text)?
         } else {
-            let de = &mut serde_json::Deserializer::from_str(text);
-            serde_path_to_error::deserialize(de)
-                .map_err(|e| crate::SpecError::new(field(e.path()), e.into_inner().to_string()))?
+            crate::error::from_json(text)?
         };
         req.eval.validate(layers)?;
         Ok(req)

@@ -712,34 +712,21 @@ impl EvalSpec {
     }
 
     pub fn parse_toml(text: &str) -> Result<EvalSpec, SpecError> {
-        let table: toml::Table =
-            toml::from_str(text).map_err(|e| SpecError::new("", e.message().to_string()))?;
-        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-            let path = e.path().to_string();
-            SpecError::new(
-                if path == "." { String::new() } else { path },
-                e.inner().message().to_string(),
-            )
-        })
+        crate::error::from_toml(text)
     }
 }
 
 impl RunSpec {
     /// Parses a spec from JSON; the error names the field that is wrong.
     pub fn from_json(text: &str) -> Result<Self, SpecError> {
-        let de = &mut serde_json::Deserializer::from_str(text);
-        let spec: RunSpec = serde_path_to_error::deserialize(de)
-            .map_err(|e| SpecError::new(field_path(e.path()), e.into_inner().to_string()))?;
+        let spec: RunSpec = crate::error::from_json(text)?;
         spec.validate()?;
         Ok(spec)
     }
 
     /// Parses a spec from TOML (a recipe); the error names the field that is wrong.
     pub fn from_toml(text: &str) -> Result<Self, SpecError> {
-        let table: toml::Table =
-            toml::from_str(text).map_err(|e| SpecError::new("", e.message().to_string()))?;
-        let spec: RunSpec = serde_path_to_error::deserialize(toml::Value::Table(table))
-            .map_err(|e| SpecError::new(field_path(e.path()), e.inner().message().to_string()))?;
+        let spec: RunSpec = crate::error::from_toml(text)?;
         spec.validate()?;
         Ok(spec)
     }
@@ -1039,11 +1026,6 @@ impl RunSpec {
         let n = self.data.train_images();
         (n / self.optimizer.batch_size).max(1) * self.schedule.epochs
     }
-}
-
-fn field_path(path: &serde_path_to_error::Path) -> String {
-    let text = path.to_string();
-    if text == "." { String::new() } else { text }
 }
 
 #[cfg(test)]

@@ -144,25 +144,15 @@ pub fn flatten(value: &Value) -> Vec<(String, Value)> {
     out
 }
 
-fn field_path(path: &serde_path_to_error::Path) -> String {
-    let text = path.to_string();
-    if text == "." { String::new() } else { text }
-}
-
 impl SweepSpec {
     pub fn from_json(text: &str) -> Result<Self, SpecError> {
-        let de = &mut serde_json::Deserializer::from_str(text);
-        let spec: SweepSpec = serde_path_to_error::deserialize(de)
-            .map_err(|e| SpecError::new(field_path(e.path()), e.into_inner().to_string()))?;
+        let spec: SweepSpec = crate::error::from_json(text)?;
         spec.validate()?;
         Ok(spec)
     }
 
     pub fn from_toml(text: &str) -> Result<Self, SpecError> {
-        let table: toml::Table =
-            toml::from_str(text).map_err(|e| SpecError::new("", e.message().to_string()))?;
-        let spec: SweepSpec = serde_path_to_error::deserialize(toml::Value::Table(table))
-            .map_err(|e| SpecError::new(field_path(e.path()), e.inner().message().to_string()))?;
+        let spec: SweepSpec = crate::error::from_toml(text)?;
         spec.validate()?;
         Ok(spec)
     }
@@ -437,8 +427,7 @@ fn guilty_axis(
 }
 
 fn to_spec(doc: Value) -> Result<RunSpec, SpecError> {
-    let spec: RunSpec = serde_path_to_error::deserialize(doc)
-        .map_err(|e| SpecError::new(field_path(e.path()), e.into_inner().to_string()))?;
+    let spec: RunSpec = crate::error::from_value(doc)?;
     spec.validate()?;
     Ok(spec)
 }

@@ -39,6 +39,27 @@ impl AppState {
     }
 }
 
+/// The answer to a creating POST: 201 with a Location, or 200 when an
+/// idempotency key found what an earlier request created.
+pub(crate) fn created(
+    fresh: bool,
+    location: String,
+    body: impl serde::Serialize,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let status = if fresh {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    (
+        status,
+        [(axum::http::header::LOCATION, location)],
+        axum::Json(body),
+    )
+        .into_response()
+}
+
 /// The `Idempotency-Key` header of a creating POST, checked.
 pub(crate) fn idempotency_key(headers: &axum::http::HeaderMap) -> ApiResult<Option<&str>> {
     let key = headers

@@ -40,17 +40,8 @@ async fn create(
     if created {
         state.wake_workers();
     }
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((
-        status,
-        [(header::LOCATION, format!("/api/v1/runs/{}", run.id))],
-        Json(run),
-    )
-        .into_response())
+    let location = format!("/api/v1/runs/{}", run.id);
+    Ok(super::created(created, location, run))
 }
 
 #[derive(Debug, Deserialize)]

@@ -3,7 +3,7 @@
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
@@ -38,17 +38,8 @@ async fn create(
     if created {
         state.wake_workers();
     }
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((
-        status,
-        [(header::LOCATION, format!("/api/v1/sweeps/{}", sweep.id))],
-        Json(sweep),
-    )
-        .into_response())
+    let location = format!("/api/v1/sweeps/{}", sweep.id);
+    Ok(super::created(created, location, sweep))
 }
 
 #[derive(Debug, Deserialize)]
