@@ -13,6 +13,17 @@ const H: f64 = 260.0;
 const PAD: f64 = 46.0;
 const LEGEND: f64 = 90.0;
 
+/// The values in first-seen order, each once.
+pub fn distinct<'a>(values: impl IntoIterator<Item = &'a Value>) -> Vec<Value> {
+    let mut out: Vec<Value> = Vec::new();
+    for v in values {
+        if !out.contains(v) {
+            out.push(v.clone());
+        }
+    }
+    out
+}
+
 /// Where each value of an axis sits, in [0, 1]: by number (log or linear)
 /// when every value has one, else evenly in first-seen order.
 pub fn positions(values: &[Value], log: bool) -> Vec<f64> {
@@ -73,12 +84,9 @@ pub fn AxisChart(
     /// Shown on the y axis.
     metric_label: String,
 ) -> impl IntoView {
-    let mut values: Vec<Value> = Vec::new();
+    let values = distinct(rows.iter().map(|r| &r.value));
     let mut layers: Vec<String> = Vec::new();
     for r in &rows {
-        if !values.contains(&r.value) {
-            values.push(r.value.clone());
-        }
         if !layers.contains(&r.layer) {
             layers.push(r.layer.clone());
         }
@@ -221,32 +229,19 @@ pub fn ParallelCoordinates(
     let scaled: Vec<Vec<Option<f64>>> = dims
         .iter()
         .map(|(_, vals)| {
-            let mut distinct: Vec<Value> = Vec::new();
-            for v in vals.iter().flatten() {
-                if !distinct.contains(v) {
-                    distinct.push(v.clone());
-                }
-            }
-            let pos = positions(&distinct, false);
+            let seen = distinct(vals.iter().flatten());
+            let pos = positions(&seen, false);
             vals.iter()
                 .map(|v| {
                     let v = v.as_ref()?;
-                    distinct.iter().position(|d| d == v).map(|i| pos[i])
+                    seen.iter().position(|d| d == v).map(|i| pos[i])
                 })
                 .collect()
         })
         .collect();
     let first_axis: Vec<Value> = dims
         .first()
-        .map(|(_, v)| {
-            let mut d: Vec<Value> = Vec::new();
-            for x in v.iter().flatten() {
-                if !d.contains(x) {
-                    d.push(x.clone());
-                }
-            }
-            d
-        })
+        .map(|(_, v)| distinct(v.iter().flatten()))
         .unwrap_or_default();
     let lines = runs
         .iter()

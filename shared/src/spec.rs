@@ -870,12 +870,8 @@ impl RunSpec {
             }
             MethodSpec::Simsiam { .. } => {}
         }
-        if let Ok(dims) = self.projector.parse_dims() {
-            let out = dims.last().copied().unwrap_or(self.backbone.output_dim());
-            let first = dims.first().copied().filter(|_| dims.len() > 1);
-            if let Some(Err(m)) = self.method.predictor_dims(first, out) {
-                return bad("method.predictor", m);
-            }
+        if let Some(Err(m)) = self.predictor_dims() {
+            return bad("method.predictor", m);
         }
         let b = &self.backbone;
         if b.width < 1 || b.width > 1024 {
@@ -1022,6 +1018,15 @@ impl RunSpec {
     }
 
     /// Optimiser steps in the whole run (the last partial batch is dropped).
+    /// The method's predictor widths for this projector (`None` without a
+    /// predictor); the input is the projector's output.
+    pub fn predictor_dims(&self) -> Option<Result<Vec<usize>, String>> {
+        let dims = self.projector.parse_dims().unwrap_or_default();
+        let out = dims.last().copied().unwrap_or(self.backbone.output_dim());
+        let first = dims.first().copied().filter(|_| dims.len() > 1);
+        self.method.predictor_dims(first, out)
+    }
+
     pub fn total_steps(&self) -> usize {
         let n = self.data.train_images();
         (n / self.optimizer.batch_size).max(1) * self.schedule.epochs

@@ -6,26 +6,20 @@ use candle_core::{D, Device, ModuleT, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use sslab_shared::RunSpec;
 
-use super::{Method, StepLoss};
+use super::{Method, StepLoss, l2_normalize};
 use crate::model::{self, Encoder, Projector};
 
 /// 2 − 2·cos(p, sg(z)) averaged over the batch (solo-learn's form; one
 /// direction, the caller symmetrises).
 pub fn regression_loss(p: &Tensor, z: &Tensor) -> candle_core::Result<Tensor> {
     let z = z.detach();
-    let norm = |t: &Tensor| -> candle_core::Result<Tensor> {
-        t.broadcast_div(&(t.sqr()?.sum_keepdim(D::Minus1)? + 1e-12)?.sqrt()?)
-    };
-    let cos = (norm(p)? * norm(&z)?)?.sum(D::Minus1)?;
+    let cos = (l2_normalize(p)? * l2_normalize(&z)?)?.sum(D::Minus1)?;
     (2.0 - (cos * 2.0)?)?.mean_all()
 }
 
 /// The predictor the spec names, with weights under `predictor.*` drawn from the run's seed.
 pub fn predictor(spec: &RunSpec, varmap: &VarMap, device: &Device) -> crate::Result<Projector> {
-    let dims = spec.projector.parse_dims().unwrap_or_default();
-    let out = dims.last().copied().unwrap_or(spec.backbone.output_dim());
-    let first = dims.first().copied().filter(|_| dims.len() > 1);
-    let widths = match spec.method.predictor_dims(first, out) {
+    let widths = match spec.predictor_dims() {
         Some(Ok(w)) => w,
         Some(Err(m)) => return Err(sslab_shared::SpecError::new("method.predictor", m).into()),
         None => {
@@ -35,7 +29,10 @@ pub fn predictor(spec: &RunSpec, varmap: &VarMap, device: &Device) -> crate::Res
         }
     };
     let vb = VarBuilder::from_varmap(varmap, candle_core::DType::F32, device);
-    let p = Projector::new(out, &widths, true, vb.pp("predictor"))?;
+    let input = *widths
+        .last()
+        .expect("a predictor ends at the projector's width");
+    let p = Projector::new(input, &widths, true, vb.pp("predictor"))?;
     model::seed_weights_under(varmap, "predictor.", spec.seed ^ 0x9ED1C7)?;
     Ok(p)
 }

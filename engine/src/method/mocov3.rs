@@ -3,12 +3,12 @@
 //! for one view and the momentum encoder's projection of the other, the
 //! other keys of the batch as negatives.
 
-use candle_core::{D, Device, ModuleT, Tensor};
+use candle_core::{Device, ModuleT, Tensor};
 use candle_nn::VarMap;
 use sslab_shared::RunSpec;
 
 use super::byol::{EmaTarget, predictor};
-use super::{Method, StepLoss};
+use super::{Method, StepLoss, l2_normalize};
 use crate::model::{Encoder, Projector};
 
 pub struct MocoV3 {
@@ -36,10 +36,7 @@ impl MocoV3 {
 /// Cross-entropy of q·kᵀ/τ against the diagonal, scaled by 2τ as in the
 /// authors' code; keys are cut from the graph. `q`, `k`: (N, d).
 pub fn contrastive_loss(q: &Tensor, k: &Tensor, temperature: f64) -> candle_core::Result<Tensor> {
-    let norm = |t: &Tensor| -> candle_core::Result<Tensor> {
-        t.broadcast_div(&(t.sqr()?.sum_keepdim(D::Minus1)? + 1e-12)?.sqrt()?)
-    };
-    let logits = (norm(q)?.matmul(&norm(&k.detach())?.t()?)? / temperature)?;
+    let logits = (l2_normalize(q)?.matmul(&l2_normalize(&k.detach())?.t()?)? / temperature)?;
     let n = q.dim(0)? as u32;
     let labels = Tensor::new((0..n).collect::<Vec<u32>>().as_slice(), q.device())?;
     candle_nn::loss::cross_entropy(&logits, &labels)? * (2.0 * temperature)

@@ -69,6 +69,11 @@ pub fn build(spec: &RunSpec, varmap: &VarMap, device: &Device) -> crate::Result<
     })
 }
 
+/// Each row scaled to unit L2 norm. `t`: (N, d).
+pub fn l2_normalize(t: &Tensor) -> candle_core::Result<Tensor> {
+    t.broadcast_div(&(t.sqr()?.sum_keepdim(candle_core::D::Minus1)? + 1e-12)?.sqrt()?)
+}
+
 /// Both views through the encoder in one pass (BatchNorm sees the 2N images
 /// together): the last layer's output per view, and the first view's
 /// backbone features for the online probe.

@@ -1,7 +1,7 @@
 //! SimCLR (Chen et al. 2020, arXiv:2002.05709; authors' code
 //! google-research/simclr): the NT-Xent loss over two augmented views.
 
-use candle_core::{D, DType, Tensor};
+use candle_core::{DType, Tensor};
 
 use super::{Method, StepLoss};
 use crate::model::Encoder;
@@ -22,8 +22,7 @@ impl SimClr {
 pub fn nt_xent(z1: &Tensor, z2: &Tensor, temperature: f64) -> candle_core::Result<Tensor> {
     let n = z1.dim(0)?;
     let z = Tensor::cat(&[z1, z2], 0)?; // (2N, d)
-    let norm = (z.sqr()?.sum_keepdim(D::Minus1)? + 1e-12)?.sqrt()?;
-    let z = z.broadcast_div(&norm)?;
+    let z = super::l2_normalize(&z)?;
     let logits = (z.matmul(&z.t()?)? / temperature)?; // (2N, 2N)
     // Push each view's similarity with itself far below every other logit.
     let eye = Tensor::eye(2 * n, DType::F32, z.device())?.to_dtype(z.dtype())?;

@@ -5,7 +5,7 @@ use candle_core::{D, Device, ModuleT, Tensor};
 use candle_nn::VarMap;
 use sslab_shared::RunSpec;
 
-use super::{Method, StepLoss};
+use super::{Method, StepLoss, l2_normalize};
 use crate::model::{Encoder, Projector};
 
 pub struct SimSiam {
@@ -23,10 +23,10 @@ impl SimSiam {
 /// −cos(p, sg(z)) averaged over the batch; the caller symmetrises with ½.
 pub fn negative_cosine(p: &Tensor, z: &Tensor) -> candle_core::Result<Tensor> {
     let z = z.detach();
-    let norm = |t: &Tensor| -> candle_core::Result<Tensor> {
-        t.broadcast_div(&(t.sqr()?.sum_keepdim(D::Minus1)? + 1e-12)?.sqrt()?)
-    };
-    (norm(p)? * norm(&z)?)?.sum(D::Minus1)?.mean_all()?.neg()
+    (l2_normalize(p)? * l2_normalize(&z)?)?
+        .sum(D::Minus1)?
+        .mean_all()?
+        .neg()
 }
 
 impl Method for SimSiam {

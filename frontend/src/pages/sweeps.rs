@@ -12,7 +12,7 @@ use sslab_shared::sweep::value_label;
 use super::{opt_num, status_class, time_text};
 use crate::api;
 use crate::probes::{axes as probe_axes, column_name, layer_depth};
-use crate::sweep_chart::{AxisChart, ParallelCoordinates, suits_log};
+use crate::sweep_chart::{AxisChart, ParallelCoordinates, distinct, suits_log};
 
 fn counts_text(c: &StatusCounts) -> String {
     let mut parts = vec![format!("{} runs", c.total())];
@@ -301,12 +301,7 @@ fn render_summary(
                 .filter(|a| &a.axis == axis && a.probe == probe && a.metric == metric_name)
                 .cloned()
                 .collect();
-            let mut values: Vec<Value> = Vec::new();
-            for r in &rows {
-                if !values.contains(&r.value) {
-                    values.push(r.value.clone());
-                }
-            }
+            let values = distinct(rows.iter().map(|r| &r.value));
             let log = log_x.get().unwrap_or_else(|| suits_log(&values));
             view! {
                 <h3>{axis.clone()}</h3>
