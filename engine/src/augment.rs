@@ -42,9 +42,27 @@ pub fn view(
     rng: &mut Rng,
     out: &mut [f32],
 ) {
-    let s = set.size;
+    let scale = [spec.crop_min_scale, spec.crop_max_scale];
+    render(spec, set, index, which, set.size, scale, rng, out)
+}
+
+/// A view of `size`×`size` pixels from a crop of `scale` of the area; the
+/// blur and solarize settings of view `which`.
+#[allow(clippy::too_many_arguments)]
+fn render(
+    spec: &AugmentSpec,
+    set: &ImageSet,
+    index: usize,
+    which: usize,
+    size: usize,
+    scale: [f64; 2],
+    rng: &mut Rng,
+    out: &mut [f32],
+) {
+    let src = set.size;
+    let s = size;
     let img = set.image(index);
-    let (cx, cy, cw, ch) = crop_box(spec, s, rng);
+    let (cx, cy, cw, ch) = crop_box(scale, src, rng);
     let flip = rng.chance(spec.flip_prob);
     let jitter = rng
         .chance(spec.jitter_prob)
@@ -60,7 +78,7 @@ pub fn view(
             // Bilinear sample at the centre of the output pixel.
             let fx = cx + (ox as f64 + 0.5) * cw / s as f64 - 0.5;
             let fy = cy + (oy as f64 + 0.5) * ch / s as f64 - 0.5;
-            let mut rgb = bilinear(img, s, fx, fy);
+            let mut rgb = bilinear(img, src, fx, fy);
             if let Some(j) = &jitter {
                 rgb = j.apply(rgb);
             }
@@ -132,10 +150,10 @@ fn gaussian_blur(plane: &mut [f32], s: usize, sigma: f32) {
 
 /// Area fraction in [min, max], aspect ratio in [3/4, 4/3] (log-uniform);
 /// falls back to the whole image after ten misses, like torchvision.
-fn crop_box(spec: &AugmentSpec, s: usize, rng: &mut Rng) -> (f64, f64, f64, f64) {
+fn crop_box(scale: [f64; 2], s: usize, rng: &mut Rng) -> (f64, f64, f64, f64) {
     let side = s as f64;
     for _ in 0..10 {
-        let area = rng.range(spec.crop_min_scale, spec.crop_max_scale) * side * side;
+        let area = rng.range(scale[0], scale[1]) * side * side;
         let ratio = rng.range((3.0f64 / 4.0).ln(), (4.0f64 / 3.0).ln()).exp();
         let w = (area * ratio).sqrt();
         let h = (area / ratio).sqrt();
@@ -217,30 +235,84 @@ pub fn two_view_batch(
     seed: u64,
     epoch: usize,
 ) -> (Vec<f32>, Vec<f32>) {
-    let per = 3 * set.size * set.size;
-    let mut a = vec![0.0f32; indices.len() * per];
-    let mut b = vec![0.0f32; indices.len() * per];
+    let globals_only = AugmentSpec {
+        local_views: 0,
+        ..spec.clone()
+    };
+    let mut views = batch_views(&globals_only, set, indices, seed, epoch, 2).into_iter();
+    let a = views.next().expect("two views");
+    (a, views.next().expect("two views"))
+}
+
+/// Every view of each image in `indices`, in parallel: `globals` full-size
+/// views (blur and solarize of view 0, then of view 1 for the rest), then
+/// `spec.local_views` local views of `local_side` pixels cut from
+/// `local_crop_scale` of the area (with view 1's blur and solarize). One CHW
+/// float buffer per view; view v of image i is seeded by (seed, epoch, i, v + 1).
+pub fn batch_views(
+    spec: &AugmentSpec,
+    set: &ImageSet,
+    indices: &[usize],
+    seed: u64,
+    epoch: usize,
+    globals: usize,
+) -> Vec<Vec<f32>> {
+    let local = spec.local_side(set.size);
+    let kinds: Vec<(usize, usize, [f64; 2])> = (0..globals)
+        .map(|v| {
+            (
+                v.min(1),
+                set.size,
+                [spec.crop_min_scale, spec.crop_max_scale],
+            )
+        })
+        .chain((0..spec.local_views).map(|_| (1, local, spec.local_crop_scale)))
+        .collect();
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
     let chunk = indices.len().div_ceil(threads).max(1);
-    std::thread::scope(|scope| {
-        for ((idx, a), b) in indices
+    // Each thread fills every view of its share of the images.
+    let parts: Vec<Vec<Vec<f32>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = indices
             .chunks(chunk)
-            .zip(a.chunks_mut(chunk * per))
-            .zip(b.chunks_mut(chunk * per))
-        {
-            scope.spawn(move || {
-                for (k, &i) in idx.iter().enumerate() {
-                    let mut r1 = Rng::derive(seed, &[epoch as u64, i as u64, 1]);
-                    let mut r2 = Rng::derive(seed, &[epoch as u64, i as u64, 2]);
-                    view(spec, set, i, 0, &mut r1, &mut a[k * per..(k + 1) * per]);
-                    view(spec, set, i, 1, &mut r2, &mut b[k * per..(k + 1) * per]);
-                }
-            });
-        }
+            .map(|idx| {
+                let kinds = &kinds;
+                scope.spawn(move || {
+                    kinds
+                        .iter()
+                        .enumerate()
+                        .map(|(v, &(which, size, scale))| {
+                            let per = 3 * size * size;
+                            let mut out = vec![0.0f32; idx.len() * per];
+                            for (k, &i) in idx.iter().enumerate() {
+                                let mut rng =
+                                    Rng::derive(seed, &[epoch as u64, i as u64, v as u64 + 1]);
+                                render(
+                                    spec,
+                                    set,
+                                    i,
+                                    which,
+                                    size,
+                                    scale,
+                                    &mut rng,
+                                    &mut out[k * per..(k + 1) * per],
+                                );
+                            }
+                            out
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("augmentation thread"))
+            .collect()
     });
-    (a, b)
+    (0..kinds.len())
+        .map(|v| parts.iter().flat_map(|p| p[v].iter().copied()).collect())
+        .collect()
 }
 
 #[cfg(test)]

@@ -1,12 +1,15 @@
 //! Optimisers and learning-rate schedules.
 //!
 //! Weight decay applies only to weights with two or more dimensions, never to
-//! biases or norm parameters (as nanoGPT and most SSL code do); candle's AdamW
-//! decays everything it holds, so the parameters are split in two groups.
+//! biases or norm parameters (as nanoGPT and most SSL code do). candle's own
+//! optimisers keep their state private, so a resumed run could not continue
+//! exactly; these keep it in tensors the checkpoint saves.
+
+use std::collections::HashMap;
 
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
-use candle_nn::{AdamW, Optimizer as _, ParamsAdamW, VarMap};
+use candle_nn::VarMap;
 use sslab_shared::spec::{OptimizerKind, OptimizerSpec, ScheduleSpec};
 
 /// Linear warm-up to the peak, then cosine decay to `final_lr_fraction` × peak.
@@ -40,145 +43,198 @@ impl Schedule {
     }
 }
 
-/// Splits trainable variables into (decayed, not decayed), sorted by name so
-/// that the order never depends on hashing. BatchNorm running statistics are
-/// not trainable and are left out.
-fn param_groups(varmap: &VarMap) -> (Vec<Var>, Vec<Var>) {
-    let data = varmap.data().lock().expect("varmap lock");
-    let mut names: Vec<&String> = data.keys().filter(|n| !n.contains("running_")).collect();
-    names.sort();
-    let (mut decay, mut no_decay) = (Vec::new(), Vec::new());
-    for n in names {
-        let v = data[n].clone();
-        if v.rank() >= 2 {
-            decay.push(v)
-        } else {
-            no_decay.push(v)
-        }
-    }
-    (decay, no_decay)
+/// Cosine from `start` at step 0 to `end` at `total` (DINO's weight-decay
+/// schedule, 0.04 → 0.4).
+pub fn cosine(start: f64, end: f64, step: usize, total: usize) -> f64 {
+    let t = (step as f64 / total.max(1) as f64).min(1.0);
+    end + (start - end) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
 }
 
-pub enum Optimizer {
-    AdamW { decay: AdamW, no_decay: AdamW },
-    Sgd(Sgd),
+/// Trainable variables by name, sorted so that the order never depends on
+/// hashing; BatchNorm running statistics are not trainable and are left out.
+fn named_params(varmap: &VarMap) -> Vec<(String, Var)> {
+    let data = varmap.data().lock().expect("varmap lock");
+    let mut out: Vec<(String, Var)> = data
+        .iter()
+        .filter(|(n, _)| !n.contains("running_"))
+        .map(|(n, v)| (n.clone(), v.clone()))
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
 }
+
+struct Param {
+    name: String,
+    var: Var,
+    /// Weight decay applies (two or more dimensions).
+    decays: bool,
+    /// AdamW's first moment, or SGD's momentum buffer.
+    m: Tensor,
+    /// AdamW's second moment (unused by SGD).
+    v: Tensor,
+}
+
+/// AdamW (PyTorch's form: decoupled decay w ← w(1 − lr·λ), bias-corrected
+/// moments, β = (0.9, 0.999), ε = 1e-8), SGD with heavy-ball momentum
+/// (v = μv + g + λw, w ← w − lr·v) and LARS (SGD whose update g + λw for
+/// decayed weights is scaled by min(η‖w‖ / (‖g‖ + λ‖w‖) / lr, 1) before the
+/// momentum, as solo-learn's LARS with `clip_lr`). The state lives in
+/// tensors that [`Optimizer::state`] hands to the checkpoint, so a resumed
+/// run continues exactly.
+pub struct Optimizer {
+    kind: OptimizerKind,
+    params: Vec<Param>,
+    lr: f64,
+    weight_decay: f64,
+    momentum: f64,
+    lars_eta: f64,
+    /// Steps taken (AdamW's bias correction).
+    steps: usize,
+}
+
+const BETA1: f64 = 0.9;
+const BETA2: f64 = 0.999;
+const EPS: f64 = 1e-8;
 
 impl Optimizer {
     pub fn new(spec: &OptimizerSpec, varmap: &VarMap) -> candle_core::Result<Self> {
-        let (decay, no_decay) = param_groups(varmap);
-        Ok(match spec.kind {
-            OptimizerKind::Adamw => {
-                let p = |wd| ParamsAdamW {
-                    lr: spec.lr,
-                    weight_decay: wd,
-                    ..Default::default()
-                };
-                Optimizer::AdamW {
-                    decay: AdamW::new(decay, p(spec.weight_decay))?,
-                    no_decay: AdamW::new(no_decay, p(0.0))?,
-                }
-            }
-            OptimizerKind::Sgd | OptimizerKind::Lars => {
-                let mut sgd = Sgd::new(decay, no_decay, spec.momentum, spec.weight_decay)?;
-                sgd.lr = spec.lr;
-                if spec.kind == OptimizerKind::Lars {
-                    sgd.lars_eta = Some(spec.lars_eta);
-                }
-                Optimizer::Sgd(sgd)
-            }
+        let params = named_params(varmap)
+            .into_iter()
+            .map(|(name, var)| {
+                Ok(Param {
+                    decays: var.rank() >= 2,
+                    m: var.zeros_like()?,
+                    v: var.zeros_like()?,
+                    name,
+                    var,
+                })
+            })
+            .collect::<candle_core::Result<_>>()?;
+        Ok(Optimizer {
+            kind: spec.kind,
+            params,
+            lr: spec.lr,
+            weight_decay: spec.weight_decay,
+            momentum: spec.momentum,
+            lars_eta: spec.lars_eta,
+            steps: 0,
         })
     }
 
     pub fn set_lr(&mut self, lr: f64) {
-        match self {
-            Optimizer::AdamW { decay, no_decay } => {
-                decay.set_learning_rate(lr);
-                no_decay.set_learning_rate(lr);
-            }
-            Optimizer::Sgd(s) => s.lr = lr,
-        }
+        self.lr = lr;
+    }
+
+    pub fn set_weight_decay(&mut self, weight_decay: f64) {
+        self.weight_decay = weight_decay;
     }
 
     pub fn step(&mut self, grads: &GradStore) -> candle_core::Result<()> {
-        match self {
-            Optimizer::AdamW { decay, no_decay } => {
-                decay.step(grads)?;
-                no_decay.step(grads)
-            }
-            Optimizer::Sgd(s) => s.step(grads),
-        }
-    }
-}
-
-/// SGD with heavy-ball momentum (PyTorch's form: v = μv + g + λw, w -= lr·v),
-/// and LARS when `lars_eta` is set: for decayed weights the update g + λw is
-/// scaled by min(η‖w‖ / (‖g‖ + λ‖w‖) / lr, 1) before the momentum, as
-/// solo-learn's LARS with `clip_lr` and biases and norms excluded.
-pub struct Sgd {
-    params: Vec<(Var, Var, bool)>,
-    momentum: f64,
-    weight_decay: f64,
-    lr: f64,
-    lars_eta: Option<f64>,
-}
-
-impl Sgd {
-    fn new(
-        decay: Vec<Var>,
-        no_decay: Vec<Var>,
-        momentum: f64,
-        weight_decay: f64,
-    ) -> candle_core::Result<Self> {
-        let mut params = Vec::new();
-        for (vars, d) in [(decay, true), (no_decay, false)] {
-            for v in vars {
-                let buf = Var::zeros(v.shape(), v.dtype(), v.device())?;
-                params.push((v, buf, d));
-            }
-        }
-        Ok(Sgd {
-            params,
-            momentum,
-            weight_decay,
-            lr: 0.0,
-            lars_eta: None,
-        })
-    }
-
-    fn step(&mut self, grads: &GradStore) -> candle_core::Result<()> {
-        for (w, buf, decays) in &self.params {
-            let Some(g) = grads.get(w) else { continue };
-            let mut g: Tensor = if *decays && self.weight_decay > 0.0 {
-                (g + (w.as_tensor() * self.weight_decay)?)?
-            } else {
-                g.clone()
-            };
-            if let Some(eta) = self.lars_eta.filter(|_| *decays) {
-                let norm = |t: &Tensor| -> candle_core::Result<f64> {
-                    t.sqr()?
-                        .sum_all()?
-                        .to_dtype(candle_core::DType::F64)?
-                        .to_scalar::<f64>()
-                        .map(f64::sqrt)
-                };
-                let (w_norm, g_norm) = (norm(w.as_tensor())?, norm(grads.get(w).unwrap_or(&g))?);
-                if w_norm > 0.0 && g_norm > 0.0 {
-                    let trust = eta * w_norm / (g_norm + self.weight_decay * w_norm + 1e-8);
-                    let scale = if self.lr > 0.0 {
-                        (trust / self.lr).min(1.0)
+        self.steps += 1;
+        let (lr, wd) = (self.lr, self.weight_decay);
+        let t = self.steps as i32;
+        for p in &mut self.params {
+            let Some(g) = grads.get(&p.var) else { continue };
+            let w = p.var.as_tensor();
+            let decay = if p.decays { wd } else { 0.0 };
+            match self.kind {
+                OptimizerKind::Adamw => {
+                    let m = ((&p.m * BETA1)? + (g * (1.0 - BETA1))?)?;
+                    let v = ((&p.v * BETA2)? + (g.sqr()? * (1.0 - BETA2))?)?;
+                    let m_hat = (&m / (1.0 - BETA1.powi(t)))?;
+                    let v_hat = (&v / (1.0 - BETA2.powi(t)))?;
+                    let w = if decay > 0.0 {
+                        (w * (1.0 - lr * decay))?
                     } else {
-                        1.0
+                        w.clone()
                     };
-                    g = (g * scale)?;
+                    let next = (w - ((m_hat / (v_hat.sqrt()? + EPS)?)? * lr)?)?;
+                    p.var.set(&next)?;
+                    (p.m, p.v) = (m, v);
+                }
+                OptimizerKind::Sgd | OptimizerKind::Lars => {
+                    let mut update = if decay > 0.0 {
+                        (g + (w * decay)?)?
+                    } else {
+                        g.clone()
+                    };
+                    if self.kind == OptimizerKind::Lars && p.decays {
+                        let (w_norm, g_norm) = (norm(w)?, norm(g)?);
+                        if w_norm > 0.0 && g_norm > 0.0 {
+                            let trust = self.lars_eta * w_norm / (g_norm + decay * w_norm + 1e-8);
+                            let scale = if lr > 0.0 { (trust / lr).min(1.0) } else { 1.0 };
+                            update = (update * scale)?;
+                        }
+                    }
+                    let buf = ((&p.m * self.momentum)? + update)?;
+                    p.var.set(&(w - (&buf * lr)?)?)?;
+                    p.m = buf;
                 }
             }
-            let v = ((buf.as_tensor() * self.momentum)? + g)?;
-            w.set(&(w.as_tensor() - (&v * self.lr)?)?)?;
-            buf.set(&v)?;
         }
         Ok(())
     }
+
+    /// The optimiser's state as named tensors (`<prefix>m.<param>`, …).
+    pub fn state(&self, prefix: &str) -> candle_core::Result<Vec<(String, Tensor)>> {
+        let mut out = vec![(
+            format!("{prefix}steps"),
+            Tensor::new(&[self.steps as u32], &candle_core::Device::Cpu)?,
+        )];
+        for p in &self.params {
+            out.push((format!("{prefix}m.{}", p.name), p.m.clone()));
+            if self.kind == OptimizerKind::Adamw {
+                out.push((format!("{prefix}v.{}", p.name), p.v.clone()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Restores what [`Optimizer::state`] saved under `prefix`.
+    pub fn load_state(
+        &mut self,
+        state: &HashMap<String, Tensor>,
+        prefix: &str,
+    ) -> Result<(), String> {
+        let get = |name: &str| {
+            let name = format!("{prefix}{name}");
+            state
+                .get(&name)
+                .cloned()
+                .ok_or_else(|| format!("the training state has no `{name}`"))
+        };
+        let steps = get("steps")?.to_vec1::<u32>().map_err(|e| e.to_string())?;
+        self.steps = steps.first().copied().unwrap_or(0) as usize;
+        let adam = self.kind == OptimizerKind::Adamw;
+        let device = self.params.first().map(|p| p.var.device().clone());
+        for p in &mut self.params {
+            let to_device = |t: Tensor| match &device {
+                Some(d) => t.to_device(d).map_err(|e| e.to_string()),
+                None => Ok(t),
+            };
+            p.m = to_device(get(&format!("m.{}", p.name))?)?;
+            if adam {
+                p.v = to_device(get(&format!("v.{}", p.name))?)?;
+            }
+            if p.m.shape() != p.var.shape() {
+                return Err(format!(
+                    "the training state's `{prefix}m.{}` has shape {:?}, the model's {:?}",
+                    p.name,
+                    p.m.dims(),
+                    p.var.dims()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn norm(t: &Tensor) -> candle_core::Result<f64> {
+    t.sqr()?
+        .sum_all()?
+        .to_dtype(candle_core::DType::F64)?
+        .to_scalar::<f64>()
+        .map(f64::sqrt)
 }
 
 #[cfg(test)]
@@ -201,27 +257,125 @@ mod tests {
         assert!(s.lr(30) > s.lr(60));
     }
 
+    fn one_param_varmap(values: &[f64], name: &str) -> (VarMap, Var) {
+        let varmap = VarMap::new();
+        let vb = candle_nn::VarBuilder::from_varmap(&varmap, candle_core::DType::F64, &Device::Cpu);
+        let n = values.len();
+        let shape: &[usize] = if name == "w" { &[1, n] } else { &[n] };
+        let _ = vb
+            .get_with_hints(shape, name, candle_nn::Init::Const(0.0))
+            .unwrap();
+        let var = varmap.data().lock().unwrap()[name].clone();
+        var.set(&Tensor::from_vec(values.to_vec(), shape, &Device::Cpu).unwrap())
+            .unwrap();
+        (varmap, var)
+    }
+
+    use candle_core::Device;
+
     #[test]
     fn sgd_momentum_matches_hand_computation() {
-        let dev = candle_core::Device::Cpu;
-        let w = Var::new(&[1.0f32, -2.0], &dev).unwrap();
-        let b = Var::new(&[0.5f32], &dev).unwrap();
-        let mut sgd = Sgd::new(vec![w.clone()], vec![b.clone()], 0.9, 0.1).unwrap();
-        sgd.lr = 0.1;
-        for _ in 0..2 {
-            // loss = sum(w²)/2 + sum(b): grad w = w, grad b = 1.
-            let loss = ((w.as_tensor().sqr().unwrap().sum_all().unwrap() * 0.5).unwrap()
-                + b.as_tensor().sum_all().unwrap())
-            .unwrap();
-            sgd.step(&loss.backward().unwrap()).unwrap();
+        let spec = OptimizerSpec {
+            kind: OptimizerKind::Sgd,
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: 0.1,
+            ..OptimizerSpec::default()
+        };
+        for (name, want) in [("w", 0.6931), ("b", 0.21)] {
+            let start = if name == "w" { 1.0 } else { 0.5 };
+            let (varmap, var) = one_param_varmap(&[start], name);
+            let mut sgd = Optimizer::new(&spec, &varmap).unwrap();
+            for _ in 0..2 {
+                // w: loss = w²/2, grad w; b: loss = b, grad 1.
+                let loss = if name == "w" {
+                    (var.as_tensor().sqr().unwrap().sum_all().unwrap() * 0.5).unwrap()
+                } else {
+                    var.as_tensor().sum_all().unwrap()
+                };
+                sgd.step(&loss.backward().unwrap()).unwrap();
+            }
+            // w (decayed): g = 1.1w. Step 1: v = 1.1, w = 0.89. Step 2: g = 0.979,
+            // v = 0.99 + 0.979, w = 0.89 − 0.1969. b (not decayed): 0.5 − 0.1 − 0.19.
+            let got = var
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap();
+            assert!((got[0] - want).abs() < 1e-9, "{name}: {got:?}");
         }
-        // By hand, w0 = 1: g = w + 0.1w. Step 1: v = 1.1, w = 0.89.
-        // Step 2: g = 0.979, v = 0.99 + 0.979 = 1.969, w = 0.89 - 0.1969 = 0.6931.
-        let got = w.as_tensor().to_vec1::<f32>().unwrap();
-        assert!((got[0] - 0.6931).abs() < 1e-5, "{got:?}");
-        // Biases are not decayed: v = 1, then 1.9; b = 0.5 - 0.1 - 0.19.
-        let got = b.as_tensor().to_vec1::<f32>().unwrap();
-        assert!((got[0] - 0.21).abs() < 1e-5, "{got:?}");
+    }
+
+    /// Our AdamW takes the same steps as candle's (itself PyTorch's form).
+    #[test]
+    fn adamw_matches_candles() {
+        let spec = OptimizerSpec {
+            kind: OptimizerKind::Adamw,
+            lr: 0.05,
+            weight_decay: 0.1,
+            ..OptimizerSpec::default()
+        };
+        let (varmap, ours) = one_param_varmap(&[0.5, -1.5, 2.0], "w");
+        let theirs = Var::new(&[[0.5f64, -1.5, 2.0]], &Device::Cpu).unwrap();
+        let mut a = Optimizer::new(&spec, &varmap).unwrap();
+        let mut b = candle_nn::AdamW::new(
+            vec![theirs.clone()],
+            candle_nn::ParamsAdamW {
+                lr: 0.05,
+                weight_decay: 0.1,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        use candle_nn::Optimizer as _;
+        for _ in 0..5 {
+            let loss = |v: &Var| v.as_tensor().powf(3.0).unwrap().sum_all().unwrap();
+            a.step(&loss(&ours).backward().unwrap()).unwrap();
+            b.step(&loss(&theirs).backward().unwrap()).unwrap();
+        }
+        let x: Vec<Vec<f64>> = ours.as_tensor().to_vec2().unwrap();
+        let y: Vec<Vec<f64>> = theirs.as_tensor().to_vec2().unwrap();
+        for (p, q) in x[0].iter().zip(&y[0]) {
+            assert!((p - q).abs() < 1e-12, "{x:?} vs {y:?}");
+        }
+    }
+
+    /// Saving and restoring the state mid-way gives the same weights as
+    /// stepping straight through.
+    #[test]
+    fn state_round_trips() {
+        for kind in [OptimizerKind::Adamw, OptimizerKind::Sgd] {
+            let spec = OptimizerSpec {
+                kind,
+                lr: 0.05,
+                ..OptimizerSpec::default()
+            };
+            let loss = |v: &Var| v.as_tensor().sqr().unwrap().sum_all().unwrap();
+            let (vm1, w1) = one_param_varmap(&[1.0, -2.0], "w");
+            let mut straight = Optimizer::new(&spec, &vm1).unwrap();
+            for _ in 0..4 {
+                straight.step(&loss(&w1).backward().unwrap()).unwrap();
+            }
+            let (vm2, w2) = one_param_varmap(&[1.0, -2.0], "w");
+            let mut first = Optimizer::new(&spec, &vm2).unwrap();
+            for _ in 0..2 {
+                first.step(&loss(&w2).backward().unwrap()).unwrap();
+            }
+            let state: HashMap<String, Tensor> = first.state("opt.").unwrap().into_iter().collect();
+            let mut second = Optimizer::new(&spec, &vm2).unwrap();
+            second.load_state(&state, "opt.").unwrap();
+            for _ in 0..2 {
+                second.step(&loss(&w2).backward().unwrap()).unwrap();
+            }
+            assert_eq!(
+                w1.as_tensor().to_vec2::<f64>().unwrap(),
+                w2.as_tensor().to_vec2::<f64>().unwrap(),
+                "{kind:?}"
+            );
+            let err = second.load_state(&HashMap::new(), "opt.").unwrap_err();
+            assert!(err.contains("opt.steps"), "{err}");
+        }
     }
 }
 
@@ -252,9 +406,7 @@ pub fn clip_grad_norm(grads: &mut GradStore, vars: &[Var], max: f64) -> candle_c
 
 /// The variables the optimiser updates (BatchNorm statistics left out).
 pub fn trainable(varmap: &VarMap) -> Vec<Var> {
-    let (mut decay, no_decay) = param_groups(varmap);
-    decay.extend(no_decay);
-    decay
+    named_params(varmap).into_iter().map(|(_, v)| v).collect()
 }
 
 #[cfg(test)]

@@ -5,8 +5,10 @@
 use std::path::Path;
 use std::time::Instant;
 
+use std::collections::HashMap;
+
 use candle_core::{D, DType, Device, Tensor, Var};
-use candle_nn::{AdamW, Optimizer as _, ParamsAdamW};
+use candle_nn::VarMap;
 use sslab_shared::RunSpec;
 use sslab_shared::api::Evaluation;
 
@@ -63,7 +65,8 @@ pub enum Outcome {
 }
 
 /// Trains the encoder `spec` describes on `splits.train`, writing a
-/// safetensors checkpoint to `checkpoint` after every epoch, and evaluates it.
+/// safetensors checkpoint to `checkpoint` after every epoch (and the
+/// optimiser and method state beside it, see [`state_path`]), and evaluates it.
 pub fn train(
     spec: &RunSpec,
     splits: &Splits,
@@ -71,9 +74,61 @@ pub fn train(
     checkpoint: &Path,
     observer: &mut dyn Observer,
 ) -> Result<Outcome> {
+    run(spec, splits, device, checkpoint, false, observer)
+}
+
+/// Continues a run from the last epoch its checkpoint holds: the same
+/// weights, optimiser moments, EMA targets and data order, so that the
+/// result equals an uninterrupted run.
+pub fn resume(
+    spec: &RunSpec,
+    splits: &Splits,
+    device: &Device,
+    checkpoint: &Path,
+    observer: &mut dyn Observer,
+) -> Result<Outcome> {
+    run(spec, splits, device, checkpoint, true, observer)
+}
+
+/// Where the training state of `checkpoint` lives: `<name>.state.safetensors`.
+pub fn state_path(checkpoint: &Path) -> std::path::PathBuf {
+    checkpoint.with_extension("state.safetensors")
+}
+
+/// The views of one batch as tensors: the method's global views at the
+/// image size, then the local views.
+pub fn batch_tensors(
+    spec: &RunSpec,
+    data: &crate::data::ImageSet,
+    indices: &[usize],
+    epoch: usize,
+    globals: usize,
+    device: &Device,
+) -> Result<Vec<Tensor>> {
+    let n = indices.len();
+    let s = data.size;
+    let local = spec.augment.local_side(s);
+    augment::batch_views(&spec.augment, data, indices, spec.seed, epoch, globals)
+        .into_iter()
+        .enumerate()
+        .map(|(v, buf)| {
+            let side = if v < globals { s } else { local };
+            Ok(Tensor::from_vec(buf, (n, 3, side, side), device)?)
+        })
+        .collect()
+}
+
+fn run(
+    spec: &RunSpec,
+    splits: &Splits,
+    device: &Device,
+    checkpoint: &Path,
+    resuming: bool,
+    observer: &mut dyn Observer,
+) -> Result<Outcome> {
     spec.validate()?;
     let data = &splits.train;
-    let (encoder, varmap) = model::build(spec, device)?;
+    let (encoder, mut varmap) = model::build(spec, device)?;
     let mut method = method::build(spec, &varmap, device)?;
     let batch = spec.optimizer.batch_size;
     let steps_per_epoch = data.len() / batch;
@@ -87,7 +142,6 @@ pub fn train(
     let schedule = Schedule::new(spec.optimizer.lr, &spec.schedule, steps_per_epoch);
     let mut optimizer = Optimizer::new(&spec.optimizer, &varmap)?;
     let trainable = optim::trainable(&varmap);
-    let s = data.size;
     let mut probe = if spec.eval.online_probe {
         Some(OnlineProbe::new(
             spec.backbone.output_dim(),
@@ -97,22 +151,40 @@ pub fn train(
     } else {
         None
     };
-    let mut step = 0;
+    let mut first_epoch = 0;
+    if resuming {
+        first_epoch = load_training_state(
+            checkpoint,
+            &mut varmap,
+            &mut optimizer,
+            method.as_mut(),
+            probe.as_mut(),
+            device,
+        )?;
+    }
+    let mut step = first_epoch * steps_per_epoch;
     let mut last_loss = f64::NAN;
+    let globals = method.global_views();
 
-    for epoch in 0..spec.schedule.epochs {
+    for epoch in first_epoch..spec.schedule.epochs {
         let mut order: Vec<usize> = (0..data.len()).collect();
         Rng::derive(spec.seed, &[0xDA7A, epoch as u64]).shuffle(&mut order);
         for indices in order.chunks_exact(batch) {
             let started = Instant::now();
-            let (a, b) = augment::two_view_batch(&spec.augment, data, indices, spec.seed, epoch);
-            let views = [
-                Tensor::from_vec(a, (batch, 3, s, s), device)?,
-                Tensor::from_vec(b, (batch, 3, s, s), device)?,
-            ];
+            let views = batch_tensors(spec, data, indices, epoch, globals, device)?;
+            let at = method::StepInfo {
+                step,
+                total_steps,
+                steps_per_epoch,
+                seed: spec.seed,
+            };
             let lr = schedule.lr(step);
             optimizer.set_lr(lr);
-            let out = method.loss(&encoder, &views)?;
+            if let Some(end) = spec.optimizer.weight_decay_end {
+                let start = spec.optimizer.weight_decay;
+                optimizer.set_weight_decay(optim::cosine(start, end, step, total_steps));
+            }
+            let out = method.loss(&encoder, &views, &at)?;
             let loss = out.loss.to_scalar::<f32>()?;
             if !loss.is_finite() {
                 return Err(EngineError::NonFiniteLoss {
@@ -125,7 +197,7 @@ pub fn train(
                 optim::clip_grad_norm(&mut grads, &trainable, spec.optimizer.grad_clip)?;
             }
             optimizer.step(&grads)?;
-            method.after_step(step, total_steps)?;
+            method.after_step(&at)?;
             let online_probe_acc = match &mut probe {
                 Some(p) => {
                     let labels: Vec<u32> = indices.iter().map(|&i| data.labels[i]).collect();
@@ -151,7 +223,14 @@ pub fn train(
                 return Ok(Outcome::Stopped { step });
             }
         }
-        save_checkpoint(&varmap, checkpoint)?;
+        save_training_state(
+            checkpoint,
+            epoch + 1,
+            &optimizer,
+            method.as_ref(),
+            probe.as_ref(),
+        )?;
+        save_checkpoint(&varmap, epoch + 1, checkpoint)?;
         if observer.on_checkpoint(epoch, checkpoint) == Control::Stop {
             return Ok(Outcome::Stopped { step });
         }
@@ -177,24 +256,30 @@ pub fn train(
 /// first view during training (solo-learn's online probe): a running,
 /// label-aware view of the representation at no extra forward pass.
 struct OnlineProbe {
+    vars: VarMap,
     w: Var,
     b: Var,
-    opt: AdamW,
+    opt: Optimizer,
 }
 
 impl OnlineProbe {
     fn new(dim: usize, classes: usize, device: &Device) -> candle_core::Result<Self> {
-        let w = Var::zeros((dim, classes), DType::F32, device)?;
-        let b = Var::zeros(classes, DType::F32, device)?;
-        let opt = AdamW::new(
-            vec![w.clone(), b.clone()],
-            ParamsAdamW {
-                lr: 1e-2,
-                weight_decay: 0.0,
-                ..Default::default()
-            },
-        )?;
-        Ok(OnlineProbe { w, b, opt })
+        let vars = VarMap::new();
+        let vb = candle_nn::VarBuilder::from_varmap(&vars, DType::F32, device);
+        vb.get_with_hints((dim, classes), "w", candle_nn::Init::Const(0.0))?;
+        vb.get_with_hints(classes, "b", candle_nn::Init::Const(0.0))?;
+        let (w, b) = {
+            let data = vars.data().lock().expect("varmap lock");
+            (data["w"].clone(), data["b"].clone())
+        };
+        let spec = sslab_shared::spec::OptimizerSpec {
+            kind: sslab_shared::spec::OptimizerKind::Adamw,
+            lr: 1e-2,
+            weight_decay: 0.0,
+            ..Default::default()
+        };
+        let opt = Optimizer::new(&spec, &vars)?;
+        Ok(OnlineProbe { vars, w, b, opt })
     }
 
     /// Scores the batch, then takes one step on it.
@@ -208,23 +293,120 @@ impl OnlineProbe {
             .to_dtype(DType::F32)?
             .mean_all()?
             .to_scalar::<f32>()?;
-        self.opt
-            .backward_step(&candle_nn::loss::cross_entropy(&logits, labels)?)?;
+        let loss = candle_nn::loss::cross_entropy(&logits, labels)?;
+        self.opt.step(&loss.backward()?)?;
         Ok(hits as f64)
     }
 }
 
-/// Writes to a temporary file first, so a crash never leaves a torn checkpoint.
-fn save_checkpoint(varmap: &candle_nn::VarMap, path: &Path) -> Result<()> {
-    let tmp = path.with_extension("safetensors.tmp");
-    varmap.save(&tmp)?;
+/// Tensor names of the epoch count in the checkpoint and the state file:
+/// resuming checks that both come from the same epoch.
+const EPOCHS_DONE: &str = "sslab.epochs_done";
+
+fn epochs_tensor(epochs: usize) -> candle_core::Result<Tensor> {
+    Tensor::new(&[epochs as u32], &Device::Cpu)
+}
+
+/// Writes `tensors` to `path` through a temporary file, so a crash never
+/// leaves a torn file.
+fn save_atomically(tensors: HashMap<String, Tensor>, path: &Path) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    candle_core::safetensors::save(&tensors, &tmp)?;
     std::fs::rename(&tmp, path).map_err(|source| EngineError::Io {
-        what: format!(
-            "cannot move the checkpoint into place at {}",
-            path.display()
-        ),
+        what: format!("cannot move {} into place", path.display()),
         source,
     })
+}
+
+/// The weights (BatchNorm statistics included) and the epoch count.
+fn save_checkpoint(varmap: &VarMap, epochs_done: usize, path: &Path) -> Result<()> {
+    let mut tensors: HashMap<String, Tensor> = varmap
+        .data()
+        .lock()
+        .expect("varmap lock")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        .collect();
+    tensors.insert(EPOCHS_DONE.into(), epochs_tensor(epochs_done)?);
+    save_atomically(tensors, path)
+}
+
+fn save_training_state(
+    checkpoint: &Path,
+    epochs_done: usize,
+    optimizer: &Optimizer,
+    method: &dyn method::Method,
+    probe: Option<&OnlineProbe>,
+) -> Result<()> {
+    let mut tensors: HashMap<String, Tensor> = optimizer.state("opt.")?.into_iter().collect();
+    for (k, v) in method.state() {
+        tensors.insert(format!("method.{k}"), v);
+    }
+    if let Some(p) = probe {
+        tensors.extend(p.opt.state("probe.opt.")?);
+        for (k, v) in p.vars.data().lock().expect("varmap lock").iter() {
+            tensors.insert(format!("probe.{k}"), v.as_tensor().clone());
+        }
+    }
+    tensors.insert(EPOCHS_DONE.into(), epochs_tensor(epochs_done)?);
+    save_atomically(tensors, &state_path(checkpoint))
+}
+
+/// Loads what [`save_checkpoint`] and [`save_training_state`] wrote and
+/// returns the number of epochs done.
+fn load_training_state(
+    checkpoint: &Path,
+    varmap: &mut VarMap,
+    optimizer: &mut Optimizer,
+    method: &mut dyn method::Method,
+    probe: Option<&mut OnlineProbe>,
+    device: &Device,
+) -> Result<usize> {
+    let state_file = state_path(checkpoint);
+    for f in [checkpoint, state_file.as_path()] {
+        if !f.is_file() {
+            return Err(EngineError::Data(format!(
+                "cannot resume: {} is missing",
+                f.display()
+            )));
+        }
+    }
+    let weights = candle_core::safetensors::load(checkpoint, device)?;
+    let state = candle_core::safetensors::load(&state_file, device)?;
+    let epochs = |t: &HashMap<String, Tensor>, f: &Path| -> Result<usize> {
+        let v = t
+            .get(EPOCHS_DONE)
+            .ok_or_else(|| EngineError::Data(format!("{} holds no epoch count", f.display())))?;
+        Ok(v.to_vec1::<u32>()?.first().copied().unwrap_or(0) as usize)
+    };
+    let done = epochs(&weights, checkpoint)?;
+    if epochs(&state, &state_file)? != done {
+        return Err(EngineError::Data(format!(
+            "cannot resume: {} and {} are from different epochs",
+            checkpoint.display(),
+            state_file.display()
+        )));
+    }
+    varmap.load(checkpoint)?;
+    optimizer
+        .load_state(&state, "opt.")
+        .map_err(EngineError::Data)?;
+    let method_state: method::State = state
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix("method.")?.to_string(), v.clone())))
+        .collect();
+    method.load_state(&method_state)?;
+    if let Some(p) = probe {
+        for (k, v) in p.vars.data().lock().expect("varmap lock").iter() {
+            if let Some(t) = state.get(&format!("probe.{k}")) {
+                v.set(t)?;
+            }
+        }
+        p.opt
+            .load_state(&state, "probe.opt.")
+            .map_err(EngineError::Data)?;
+    }
+    Ok(done)
 }
 
 /// Loads a checkpoint written by [`train`] into a fresh encoder.

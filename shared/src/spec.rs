@@ -178,6 +178,10 @@ pub enum MethodSpec {
         /// Softmax temperature; 0.5 at CIFAR scale, 0.1–0.2 on ImageNet.
         #[serde(default = "default_simclr_temperature")]
         temperature: f64,
+        /// `all`: every other view in the batch is a negative (NT-Xent);
+        /// `single`: each positive pair meets one negative only (arXiv:2303.01986).
+        #[serde(default)]
+        negatives: Negatives,
     },
     /// VICReg (Bardes et al. 2022, arXiv:2105.04906): invariance, variance and
     /// covariance terms on the projector output of the two views.
@@ -233,6 +237,212 @@ pub enum MethodSpec {
         #[serde(default)]
         predictor: String,
     },
+    /// DINO (Caron et al. 2021, arXiv:2104.14294): the student's softmax over
+    /// prototypes matches an EMA teacher's centred, sharpened one, across
+    /// global and local crops.
+    Dino {
+        /// Output dimension K of the head (65536 on ImageNet, 4096 at CIFAR scale).
+        #[serde(default = "default_dino_prototypes")]
+        prototypes: usize,
+        /// τ_s; 0.1.
+        #[serde(default = "default_proto_temperature")]
+        student_temperature: f64,
+        /// τ_t after its warm-up; 0.04–0.07.
+        #[serde(default = "default_teacher_temperature")]
+        teacher_temperature: f64,
+        /// τ_t at the start, rising linearly to `teacher_temperature`.
+        #[serde(default = "default_warmup_teacher_temperature")]
+        warmup_teacher_temperature: f64,
+        /// Length of that warm-up in epochs (30 in the paper); cut to the run's length.
+        #[serde(default = "default_warmup_teacher_epochs")]
+        warmup_teacher_epochs: f64,
+        /// Momentum of the running centre of the teacher's outputs; 0.9.
+        #[serde(default = "default_center_momentum")]
+        center_momentum: f64,
+        /// Teacher EMA rate at the start, rising to 1 along a cosine; 0.996.
+        #[serde(default = "default_slow_ema")]
+        ema_base: f64,
+    },
+    /// SwAV (Caron et al. 2020, arXiv:2006.09882): Sinkhorn-Knopp codes over
+    /// prototypes, each view predicting the other's code.
+    Swav {
+        /// Number of prototypes; 3000.
+        #[serde(default = "default_swav_prototypes")]
+        prototypes: usize,
+        /// Softmax temperature of the predictions; 0.1.
+        #[serde(default = "default_proto_temperature")]
+        temperature: f64,
+        /// Entropic regularisation ε of Sinkhorn-Knopp; 0.05.
+        #[serde(default = "default_swav_epsilon")]
+        epsilon: f64,
+        /// Sinkhorn-Knopp iterations; 3.
+        #[serde(default = "default_sinkhorn_iterations")]
+        sinkhorn_iterations: usize,
+    },
+    /// MSN (Assran et al. 2022, arXiv:2204.07141): an anchor view with patches
+    /// dropped matches an EMA target's sharpened prototype assignment of an
+    /// unmasked view; me-max keeps every prototype in use. ViT only.
+    Msn {
+        /// Number of learnable prototypes K; 1024.
+        #[serde(default = "default_msn_prototypes")]
+        prototypes: usize,
+        /// Anchor softmax temperature; 0.1.
+        #[serde(default = "default_proto_temperature")]
+        temperature: f64,
+        /// Target sharpening T (p^(1/T)); 0.25.
+        #[serde(default = "default_msn_sharpen")]
+        sharpen: f64,
+        /// λ of the mean-entropy maximisation; 1.
+        #[serde(default = "default_one")]
+        me_max_weight: f64,
+        /// Fraction of the anchor's patches dropped; 0.15 in the paper, 0.6–0.7 elsewhere.
+        #[serde(default = "default_msn_mask_ratio")]
+        mask_ratio: f64,
+        /// Target EMA rate at the start, rising to 1 along a cosine; 0.996.
+        #[serde(default = "default_slow_ema")]
+        ema_base: f64,
+    },
+    /// PMSN (Assran et al. 2022, arXiv:2210.07277): MSN with a power-law prior
+    /// π_k ∝ k^(−power) in place of the uniform one, regulariser λ·KL(p̄‖π).
+    Pmsn {
+        #[serde(default = "default_msn_prototypes")]
+        prototypes: usize,
+        #[serde(default = "default_proto_temperature")]
+        temperature: f64,
+        #[serde(default = "default_msn_sharpen")]
+        sharpen: f64,
+        /// λ of KL(p̄‖π); 1.
+        #[serde(default = "default_one")]
+        me_max_weight: f64,
+        #[serde(default = "default_msn_mask_ratio")]
+        mask_ratio: f64,
+        #[serde(default = "default_slow_ema")]
+        ema_base: f64,
+        /// Exponent τ of the prior; 0.25. 0 is MSN.
+        #[serde(default = "default_pmsn_power")]
+        power: f64,
+    },
+    /// MAE (He et al. 2022, arXiv:2111.06377): the ViT encodes the visible
+    /// patches only; a light decoder fills in mask tokens and regresses the
+    /// masked patches' pixels. ViT only, no projector.
+    Mae {
+        /// Fraction of patches masked; 0.75.
+        #[serde(default = "default_mae_mask_ratio")]
+        mask_ratio: f64,
+        /// Decoder width (512 in the paper).
+        #[serde(default = "default_decoder_width")]
+        decoder_width: usize,
+        /// Decoder blocks (8 in the paper).
+        #[serde(default = "default_decoder_depth")]
+        decoder_depth: usize,
+        /// Decoder attention heads (16 in the paper).
+        #[serde(default = "default_decoder_heads")]
+        decoder_heads: usize,
+        /// Regress each patch's pixels normalised by the patch's own mean and std.
+        #[serde(default = "default_true")]
+        norm_pix_loss: bool,
+    },
+    /// SimMIM (Xie et al. 2022, arXiv:2111.09886): masked patches replaced by a
+    /// learned token at the encoder's input, a linear head regresses their
+    /// raw pixels with an L1 loss. ViT only, no projector.
+    Simmim {
+        /// Fraction of patches masked; 0.6.
+        #[serde(default = "default_simmim_mask_ratio")]
+        mask_ratio: f64,
+    },
+}
+
+/// Which negatives SimCLR contrasts each positive pair with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Negatives {
+    #[default]
+    All,
+    Single,
+}
+
+fn default_dino_prototypes() -> usize {
+    4096
+}
+
+fn default_swav_prototypes() -> usize {
+    3000
+}
+
+fn default_msn_prototypes() -> usize {
+    1024
+}
+
+fn default_proto_temperature() -> f64 {
+    0.1
+}
+
+fn default_teacher_temperature() -> f64 {
+    0.07
+}
+
+fn default_warmup_teacher_temperature() -> f64 {
+    0.04
+}
+
+fn default_warmup_teacher_epochs() -> f64 {
+    30.0
+}
+
+fn default_center_momentum() -> f64 {
+    0.9
+}
+
+fn default_slow_ema() -> f64 {
+    0.996
+}
+
+fn default_swav_epsilon() -> f64 {
+    0.05
+}
+
+fn default_sinkhorn_iterations() -> usize {
+    3
+}
+
+fn default_msn_sharpen() -> f64 {
+    0.25
+}
+
+fn default_one() -> f64 {
+    1.0
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_msn_mask_ratio() -> f64 {
+    0.15
+}
+
+fn default_pmsn_power() -> f64 {
+    0.25
+}
+
+fn default_mae_mask_ratio() -> f64 {
+    0.75
+}
+
+fn default_decoder_width() -> usize {
+    128
+}
+
+fn default_decoder_depth() -> usize {
+    2
+}
+
+fn default_decoder_heads() -> usize {
+    4
+}
+
+fn default_simmim_mask_ratio() -> f64 {
+    0.6
 }
 
 fn default_simclr_temperature() -> f64 {
@@ -263,6 +473,7 @@ impl Default for MethodSpec {
     fn default() -> Self {
         MethodSpec::Simclr {
             temperature: default_simclr_temperature(),
+            negatives: Negatives::All,
         }
     }
 }
@@ -276,7 +487,40 @@ impl MethodSpec {
             MethodSpec::Byol { .. } => "byol",
             MethodSpec::Mocov3 { .. } => "mocov3",
             MethodSpec::Simsiam { .. } => "simsiam",
+            MethodSpec::Dino { .. } => "dino",
+            MethodSpec::Swav { .. } => "swav",
+            MethodSpec::Msn { .. } => "msn",
+            MethodSpec::Pmsn { .. } => "pmsn",
+            MethodSpec::Mae { .. } => "mae",
+            MethodSpec::Simmim { .. } => "simmim",
         }
+    }
+
+    /// Methods that drop or mask patches and so need a ViT.
+    pub fn needs_vit(&self) -> bool {
+        matches!(
+            self,
+            MethodSpec::Msn { .. }
+                | MethodSpec::Pmsn { .. }
+                | MethodSpec::Mae { .. }
+                | MethodSpec::Simmim { .. }
+        )
+    }
+
+    /// Methods that reconstruct pixels and train no projector.
+    pub fn reconstructs(&self) -> bool {
+        matches!(self, MethodSpec::Mae { .. } | MethodSpec::Simmim { .. })
+    }
+
+    /// Methods that read local (multi-crop) views.
+    pub fn takes_local_views(&self) -> bool {
+        matches!(
+            self,
+            MethodSpec::Dino { .. }
+                | MethodSpec::Swav { .. }
+                | MethodSpec::Msn { .. }
+                | MethodSpec::Pmsn { .. }
+        )
     }
 
     /// The method with its defaults, by name.
@@ -284,8 +528,10 @@ impl MethodSpec {
         serde_json::from_value(serde_json::json!({ "name": name })).ok()
     }
 
-    pub const NAMES: [&'static str; 6] =
-        ["simclr", "vicreg", "barlow", "byol", "mocov3", "simsiam"];
+    pub const NAMES: [&'static str; 12] = [
+        "simclr", "vicreg", "barlow", "byol", "mocov3", "simsiam", "swav", "dino", "msn", "pmsn",
+        "mae", "simmim",
+    ];
 
     /// The predictor's layer widths for a projector output of `out`, or
     /// `None` for methods without a predictor.
@@ -326,6 +572,9 @@ pub enum BackboneKind {
     TinyCnn,
     /// ResNet-18 with the CIFAR stem (3×3 conv, no max-pool).
     Resnet18,
+    /// A Vision Transformer (arXiv:2010.11929): `width` is the embedding
+    /// dimension; ViT-Tiny is width 192, depth 12, 3 heads; ViT-Small 384, 12, 6.
+    Vit,
 }
 
 impl BackboneKind {
@@ -333,6 +582,7 @@ impl BackboneKind {
         match self {
             BackboneKind::TinyCnn => "tiny_cnn",
             BackboneKind::Resnet18 => "resnet18",
+            BackboneKind::Vit => "vit",
         }
     }
 }
@@ -345,8 +595,16 @@ pub struct BackboneSpec {
     /// ResNet-18 uses 64; the tiny CNN 16.
     pub width: usize,
     /// Width of the very last block, i.e. the representation dimension
-    /// (arXiv:2304.05369). Unset: the architecture's own (8 × width).
+    /// (arXiv:2304.05369). Unset: the architecture's own (8 × width for
+    /// ResNets, 4 × for the tiny CNN, the embedding width for a ViT; set, a
+    /// ViT ends with a linear layer to it).
     pub last_block_width: Option<usize>,
+    /// ViT: side of the square patches in pixels; it must divide the image size.
+    pub patch_size: usize,
+    /// ViT: transformer blocks.
+    pub depth: usize,
+    /// ViT: attention heads; they must divide `width`.
+    pub heads: usize,
 }
 
 impl Default for BackboneSpec {
@@ -355,6 +613,9 @@ impl Default for BackboneSpec {
             kind: BackboneKind::TinyCnn,
             width: 32,
             last_block_width: None,
+            patch_size: 4,
+            depth: 12,
+            heads: 3,
         }
     }
 }
@@ -365,8 +626,21 @@ impl BackboneSpec {
         let natural = match self.kind {
             BackboneKind::TinyCnn => self.width * 4,
             BackboneKind::Resnet18 => self.width * 8,
+            BackboneKind::Vit => self.width,
         };
         self.last_block_width.unwrap_or(natural)
+    }
+
+    /// A small ViT for 32 px images: patch 4, width 96, depth 6, 3 heads.
+    pub fn small_vit() -> Self {
+        BackboneSpec {
+            kind: BackboneKind::Vit,
+            width: 96,
+            depth: 6,
+            heads: 3,
+            patch_size: 4,
+            last_block_width: None,
+        }
     }
 }
 
@@ -433,6 +707,13 @@ pub struct AugmentSpec {
     /// everything else; with every other augmentation off this is the
     /// noise-only training of arXiv:2303.01986.
     pub noise_std: f64,
+    /// Multi-crop (arXiv:2006.09882): small extra views besides the two
+    /// global ones, for DINO, SwAV, MSN and PMSN; 0 = none, 6–10 typical.
+    pub local_views: usize,
+    /// Side of the local views in pixels; 0 = half the image size.
+    pub local_size: usize,
+    /// Area fraction range of the local crops; [0.05, 0.4] as in DINO.
+    pub local_crop_scale: [f64; 2],
 }
 
 impl Default for AugmentSpec {
@@ -448,6 +729,20 @@ impl Default for AugmentSpec {
             blur_sigma: [0.1, 2.0],
             solarize_prob: [0.0, 0.0],
             noise_std: 0.0,
+            local_views: 0,
+            local_size: 0,
+            local_crop_scale: [0.05, 0.4],
+        }
+    }
+}
+
+impl AugmentSpec {
+    /// Side of the local views for images of `image_size` pixels.
+    pub fn local_side(&self, image_size: usize) -> usize {
+        if self.local_size == 0 {
+            image_size / 2
+        } else {
+            self.local_size
         }
     }
 }
@@ -472,6 +767,9 @@ pub struct OptimizerSpec {
     pub lr: f64,
     /// Applied to weights with two or more dimensions, never to biases or norms.
     pub weight_decay: f64,
+    /// Weight decay at the end of training, reached along a cosine from
+    /// `weight_decay` (DINO and MSN: 0.04 → 0.4); unset = constant.
+    pub weight_decay_end: Option<f64>,
     /// SGD and LARS.
     pub momentum: f64,
     pub batch_size: usize,
@@ -488,6 +786,7 @@ impl Default for OptimizerSpec {
             kind: OptimizerKind::Adamw,
             lr: 2e-3,
             weight_decay: 1e-4,
+            weight_decay_end: None,
             momentum: 0.9,
             batch_size: 128,
             lars_eta: 0.02,
@@ -821,15 +1120,42 @@ impl RunSpec {
                 bad(field, format!("must be in [0, 10000], got {v}"))
             }
         };
-        match &self.method {
-            MethodSpec::Simclr { temperature } => {
-                if !(*temperature > 0.0 && *temperature <= 10.0) {
-                    return bad(
-                        "method.temperature",
-                        format!("must be in (0, 10], got {temperature}"),
-                    );
-                }
+        let temperature = |field: &str, t: f64| {
+            if t > 0.0 && t <= 10.0 {
+                Ok(())
+            } else {
+                bad(field, format!("must be in (0, 10], got {t}"))
             }
+        };
+        let ema = |v: f64| {
+            if (0.0..1.0).contains(&v) {
+                Ok(())
+            } else {
+                bad("method.ema_base", format!("must be in [0, 1), got {v}"))
+            }
+        };
+        let prototypes = |k: usize| {
+            if (2..=65536).contains(&k) {
+                Ok(())
+            } else {
+                bad(
+                    "method.prototypes",
+                    format!("must be between 2 and 65536, got {k}"),
+                )
+            }
+        };
+        let mask_ratio = |r: f64| {
+            if r > 0.0 && r < 1.0 {
+                Ok(())
+            } else {
+                bad(
+                    "method.mask_ratio",
+                    format!("is the fraction of patches masked, must be in (0, 1), got {r}"),
+                )
+            }
+        };
+        match &self.method {
+            MethodSpec::Simclr { temperature: t, .. } => temperature("method.temperature", *t)?,
             MethodSpec::Vicreg {
                 invariance,
                 variance,
@@ -842,33 +1168,131 @@ impl RunSpec {
             MethodSpec::Barlow { lambda_offdiag } => {
                 weight("method.lambda_offdiag", *lambda_offdiag)?
             }
-            MethodSpec::Byol { ema_base, .. } => {
-                if !(0.0..1.0).contains(ema_base) {
-                    return bad(
-                        "method.ema_base",
-                        format!("must be in [0, 1), got {ema_base}"),
-                    );
-                }
-            }
+            MethodSpec::Byol { ema_base, .. } => ema(*ema_base)?,
             MethodSpec::Mocov3 {
-                temperature,
+                temperature: t,
                 ema_base,
                 ..
             } => {
-                if !(*temperature > 0.0 && *temperature <= 10.0) {
+                temperature("method.temperature", *t)?;
+                ema(*ema_base)?;
+            }
+            MethodSpec::Simsiam { .. } => {}
+            MethodSpec::Dino {
+                prototypes: k,
+                student_temperature,
+                teacher_temperature,
+                warmup_teacher_temperature,
+                warmup_teacher_epochs,
+                center_momentum,
+                ema_base,
+            } => {
+                prototypes(*k)?;
+                temperature("method.student_temperature", *student_temperature)?;
+                temperature("method.teacher_temperature", *teacher_temperature)?;
+                temperature(
+                    "method.warmup_teacher_temperature",
+                    *warmup_teacher_temperature,
+                )?;
+                if !(*warmup_teacher_epochs >= 0.0 && warmup_teacher_epochs.is_finite()) {
                     return bad(
-                        "method.temperature",
-                        format!("must be in (0, 10], got {temperature}"),
+                        "method.warmup_teacher_epochs",
+                        format!("must be 0 or more, got {warmup_teacher_epochs}"),
                     );
                 }
-                if !(0.0..1.0).contains(ema_base) {
+                if !(0.0..1.0).contains(center_momentum) {
                     return bad(
-                        "method.ema_base",
-                        format!("must be in [0, 1), got {ema_base}"),
+                        "method.center_momentum",
+                        format!("must be in [0, 1), got {center_momentum}"),
+                    );
+                }
+                ema(*ema_base)?;
+            }
+            MethodSpec::Swav {
+                prototypes: k,
+                temperature: t,
+                epsilon,
+                sinkhorn_iterations,
+            } => {
+                prototypes(*k)?;
+                temperature("method.temperature", *t)?;
+                if !(*epsilon > 0.0 && *epsilon <= 10.0) {
+                    return bad(
+                        "method.epsilon",
+                        format!("must be in (0, 10], got {epsilon}"),
+                    );
+                }
+                if !(1..=100).contains(sinkhorn_iterations) {
+                    return bad(
+                        "method.sinkhorn_iterations",
+                        format!("must be between 1 and 100, got {sinkhorn_iterations}"),
                     );
                 }
             }
-            MethodSpec::Simsiam { .. } => {}
+            MethodSpec::Msn {
+                prototypes: k,
+                temperature: t,
+                sharpen,
+                me_max_weight,
+                mask_ratio: r,
+                ema_base,
+            }
+            | MethodSpec::Pmsn {
+                prototypes: k,
+                temperature: t,
+                sharpen,
+                me_max_weight,
+                mask_ratio: r,
+                ema_base,
+                ..
+            } => {
+                prototypes(*k)?;
+                temperature("method.temperature", *t)?;
+                if !(*sharpen > 0.0 && *sharpen <= 1.0) {
+                    return bad(
+                        "method.sharpen",
+                        format!("must be in (0, 1], got {sharpen}"),
+                    );
+                }
+                weight("method.me_max_weight", *me_max_weight)?;
+                mask_ratio(*r)?;
+                ema(*ema_base)?;
+                if let MethodSpec::Pmsn { power, .. } = &self.method
+                    && !(0.0..=10.0).contains(power)
+                {
+                    return bad("method.power", format!("must be in [0, 10], got {power}"));
+                }
+            }
+            MethodSpec::Mae {
+                mask_ratio: r,
+                decoder_width,
+                decoder_depth,
+                decoder_heads,
+                ..
+            } => {
+                mask_ratio(*r)?;
+                if !(1..=4096).contains(decoder_width) {
+                    return bad(
+                        "method.decoder_width",
+                        format!("must be between 1 and 4096, got {decoder_width}"),
+                    );
+                }
+                if !(1..=32).contains(decoder_depth) {
+                    return bad(
+                        "method.decoder_depth",
+                        format!("must be between 1 and 32, got {decoder_depth}"),
+                    );
+                }
+                if *decoder_heads == 0 || decoder_width % decoder_heads != 0 {
+                    return bad(
+                        "method.decoder_heads",
+                        format!(
+                            "must divide the decoder width {decoder_width}, got {decoder_heads}"
+                        ),
+                    );
+                }
+            }
+            MethodSpec::Simmim { mask_ratio: r } => mask_ratio(*r)?,
         }
         if let Some(Err(m)) = self.predictor_dims() {
             return bad("method.predictor", m);
@@ -888,8 +1312,47 @@ impl RunSpec {
                 format!("must be between 1 and 16384, got {w}"),
             );
         }
+        if b.kind == BackboneKind::Vit {
+            let side = self.data.image_size();
+            if b.patch_size < 1 || side % b.patch_size != 0 {
+                return bad(
+                    "backbone.patch_size",
+                    format!("must divide the image size {side}, got {}", b.patch_size),
+                );
+            }
+            if !(1..=48).contains(&b.depth) {
+                return bad(
+                    "backbone.depth",
+                    format!("must be between 1 and 48, got {}", b.depth),
+                );
+            }
+            if b.heads < 1 || b.width % b.heads != 0 {
+                return bad(
+                    "backbone.heads",
+                    format!("must divide the width {}, got {}", b.width, b.heads),
+                );
+            }
+        } else if self.method.needs_vit() {
+            return bad(
+                "backbone.kind",
+                format!(
+                    "{} masks patches and needs a ViT (backbone.kind = \"vit\"), not {}",
+                    self.method.name(),
+                    b.kind.name()
+                ),
+            );
+        }
         if let Err(msg) = self.projector.parse_dims() {
             return bad("projector.dims", msg);
+        }
+        if self.method.reconstructs() && !self.projector.dims.trim().is_empty() {
+            return bad(
+                "projector.dims",
+                format!(
+                    "{} reconstructs pixels and trains no projector; set it to \"\"",
+                    self.method.name()
+                ),
+            );
         }
         let a = &self.augment;
         if !(a.crop_min_scale > 0.0
@@ -933,6 +1396,49 @@ impl RunSpec {
                 format!("must be in [0, 1], got {}", a.noise_std),
             );
         }
+        if a.local_views > 0 {
+            if !self.method.takes_local_views() {
+                return bad(
+                    "augment.local_views",
+                    format!(
+                        "only dino, swav, msn and pmsn read local views, not {}",
+                        self.method.name()
+                    ),
+                );
+            }
+            if a.local_views > 16 {
+                return bad(
+                    "augment.local_views",
+                    format!("must be at most 16, got {}", a.local_views),
+                );
+            }
+            let side = a.local_side(self.data.image_size());
+            if side < 4 || side > self.data.image_size() {
+                return bad(
+                    "augment.local_size",
+                    format!(
+                        "must be between 4 and the image size {}, got {side}",
+                        self.data.image_size()
+                    ),
+                );
+            }
+            if b.kind == BackboneKind::Vit && side % b.patch_size != 0 {
+                return bad(
+                    "augment.local_size",
+                    format!(
+                        "the ViT's patch size {} must divide the local view size {side}",
+                        b.patch_size
+                    ),
+                );
+            }
+            let [lo, hi] = a.local_crop_scale;
+            if !(lo > 0.0 && lo <= hi && hi <= 1.0) {
+                return bad(
+                    "augment.local_crop_scale",
+                    format!("need 0 < min ≤ max ≤ 1, got {:?}", a.local_crop_scale),
+                );
+            }
+        }
         if !(0.0..=1.0).contains(&a.jitter_strength) {
             return bad(
                 "augment.jitter_strength",
@@ -947,6 +1453,14 @@ impl RunSpec {
             return bad(
                 "optimizer.weight_decay",
                 format!("must be in [0, 1], got {}", o.weight_decay),
+            );
+        }
+        if let Some(end) = o.weight_decay_end
+            && !(0.0..=1.0).contains(&end)
+        {
+            return bad(
+                "optimizer.weight_decay_end",
+                format!("must be in [0, 1], got {end}"),
             );
         }
         if !(0.0..1.0).contains(&o.momentum) {
@@ -1009,6 +1523,21 @@ impl RunSpec {
         self.eval.validate(&self.layer_names())
     }
 
+    /// Makes the model fit the method: a ViT for the methods that mask
+    /// patches, no projector for those that reconstruct pixels, no local
+    /// views for those that do not read them.
+    pub fn fit_model_to_method(&mut self) {
+        if self.method.needs_vit() && self.backbone.kind != BackboneKind::Vit {
+            self.backbone = BackboneSpec::small_vit();
+        }
+        if self.method.reconstructs() {
+            self.projector.dims.clear();
+        }
+        if !self.method.takes_local_views() {
+            self.augment.local_views = 0;
+        }
+    }
+
     /// Names of the probed layers, in depth order: `backbone`, `proj.0`, ….
     pub fn layer_names(&self) -> Vec<String> {
         let n = self.projector.parse_dims().map(|d| d.len()).unwrap_or(0);
@@ -1017,16 +1546,22 @@ impl RunSpec {
             .collect()
     }
 
-    /// Optimiser steps in the whole run (the last partial batch is dropped).
     /// The method's predictor widths for this projector (`None` without a
     /// predictor); the input is the projector's output.
     pub fn predictor_dims(&self) -> Option<Result<Vec<usize>, String>> {
         let dims = self.projector.parse_dims().unwrap_or_default();
-        let out = dims.last().copied().unwrap_or(self.backbone.output_dim());
         let first = dims.first().copied().filter(|_| dims.len() > 1);
-        self.method.predictor_dims(first, out)
+        self.method.predictor_dims(first, self.embedding_dim())
     }
 
+    /// Width of the encoder's last layer: the projector's output, or the
+    /// backbone's without a projector.
+    pub fn embedding_dim(&self) -> usize {
+        let dims = self.projector.parse_dims().unwrap_or_default();
+        dims.last().copied().unwrap_or(self.backbone.output_dim())
+    }
+
+    /// Optimiser steps in the whole run (the last partial batch is dropped).
     pub fn total_steps(&self) -> usize {
         let n = self.data.train_images();
         (n / self.optimizer.batch_size).max(1) * self.schedule.epochs
@@ -1110,10 +1645,11 @@ mod tests {
         for name in MethodSpec::NAMES {
             let m = MethodSpec::from_name(name).unwrap();
             assert_eq!(m.name(), name);
-            let spec = RunSpec {
+            let mut spec = RunSpec {
                 method: m,
                 ..RunSpec::default()
             };
+            spec.fit_model_to_method();
             spec.validate().unwrap();
         }
         let cases = [
@@ -1148,9 +1684,24 @@ mod tests {
                 "unknown field `temperature`",
             ),
             (
-                r#"{"name": "dino2"}"#,
+                r#"{"name": "dino3"}"#,
                 "method.name",
-                "unknown variant `dino2`",
+                "unknown variant `dino3`",
+            ),
+            (
+                r#"{"name": "dino", "student_temperature": 0}"#,
+                "method.student_temperature",
+                "(0, 10]",
+            ),
+            (
+                r#"{"name": "swav", "prototypes": 1}"#,
+                "method.prototypes",
+                "between 2 and 65536",
+            ),
+            (
+                r#"{"name": "simclr", "negatives": "two"}"#,
+                "method",
+                "unknown variant `two`",
             ),
         ];
         for (method, field, words) in cases {
@@ -1167,6 +1718,77 @@ mod tests {
         let simsiam = MethodSpec::from_name("simsiam").unwrap();
         assert_eq!(simsiam.predictor_dims(None, 128), Some(Ok(vec![32, 128])));
         assert_eq!(MethodSpec::default().predictor_dims(None, 128), None);
+    }
+
+    #[test]
+    fn combinations_that_cannot_train_are_named() {
+        let cases = [
+            (
+                r#"{"method": {"name": "msn"}, "backbone": {"kind": "resnet18"}}"#,
+                "backbone.kind",
+                "needs a ViT",
+            ),
+            (
+                r#"{"method": {"name": "mae"}, "backbone": {"kind": "vit", "width": 48, "heads": 3, "patch_size": 5}, "projector": {"dims": ""}}"#,
+                "backbone.patch_size",
+                "divide the image size 32",
+            ),
+            (
+                r#"{"backbone": {"kind": "vit", "width": 50, "heads": 3}}"#,
+                "backbone.heads",
+                "divide the width 50",
+            ),
+            (
+                r#"{"method": {"name": "mae"}, "backbone": {"kind": "vit", "width": 48}}"#,
+                "projector.dims",
+                "trains no projector",
+            ),
+            (
+                r#"{"method": {"name": "msn", "mask_ratio": 1.0}, "backbone": {"kind": "vit", "width": 48}}"#,
+                "method.mask_ratio",
+                "(0, 1)",
+            ),
+            (
+                r#"{"augment": {"local_views": 4}}"#,
+                "augment.local_views",
+                "only dino, swav, msn and pmsn",
+            ),
+            (
+                r#"{"method": {"name": "dino"}, "backbone": {"kind": "vit", "width": 48, "patch_size": 8}, "augment": {"local_views": 2, "local_size": 12}}"#,
+                "augment.local_size",
+                "patch size 8",
+            ),
+            (
+                r#"{"projector": {"dims": "128-x"}}"#,
+                "projector.dims",
+                "`x`",
+            ),
+            (
+                r#"{"method": {"name": "simclr", "temperature": 0}}"#,
+                "method.temperature",
+                "(0, 10]",
+            ),
+            (
+                r#"{"optimizer": {"weight_decay_end": 2}}"#,
+                "optimizer.weight_decay_end",
+                "[0, 1]",
+            ),
+        ];
+        for (text, field, words) in cases {
+            let err = RunSpec::from_json(text).unwrap_err();
+            assert_eq!(err.field, field, "{text}: {err}");
+            assert!(err.message.contains(words), "{text}: {err}");
+        }
+        // Picking a method that masks patches brings a ViT and drops the projector.
+        let mut spec = RunSpec {
+            method: MethodSpec::from_name("simmim").unwrap(),
+            ..RunSpec::default()
+        };
+        assert!(spec.validate().is_err());
+        spec.fit_model_to_method();
+        assert_eq!(spec.backbone.kind, BackboneKind::Vit);
+        assert_eq!(spec.layer_names(), ["backbone"]);
+        spec.validate().unwrap();
     }
 
     #[test]

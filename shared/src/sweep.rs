@@ -633,7 +633,7 @@ mod tests {
         assert_eq!(runs[1].seed, 1);
         assert_eq!(runs[47].spec.projector.dims, "64-128");
         assert_eq!(runs[47].spec.backbone.last_block_width, Some(64));
-        let crate::spec::MethodSpec::Simclr { temperature: t } = runs[47].spec.method else {
+        let crate::spec::MethodSpec::Simclr { temperature: t, .. } = runs[47].spec.method else {
             panic!("the base method is SimCLR");
         };
         assert_eq!(t, 1.0);

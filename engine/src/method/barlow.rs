@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Tensor};
 
-use super::{Method, StepLoss, two_view_forward};
+use super::{Method, StepInfo, StepLoss, two_view_forward};
 use crate::model::Encoder;
 
 pub struct Barlow {
@@ -31,7 +31,12 @@ pub fn barlow_loss(z1: &Tensor, z2: &Tensor, lambda: f64) -> candle_core::Result
 }
 
 impl Method for Barlow {
-    fn loss(&self, encoder: &Encoder, views: &[Tensor]) -> candle_core::Result<StepLoss> {
+    fn loss(
+        &mut self,
+        encoder: &Encoder,
+        views: &[Tensor],
+        _at: &StepInfo,
+    ) -> candle_core::Result<StepLoss> {
         let (z1, z2, features) = two_view_forward(encoder, views)?;
         Ok(StepLoss {
             loss: barlow_loss(&z1, &z2, self.lambda_offdiag)?,

@@ -6,7 +6,7 @@ use candle_core::{D, Device, ModuleT, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use sslab_shared::RunSpec;
 
-use super::{Method, StepLoss, l2_normalize};
+use super::{Method, StepInfo, StepLoss, l2_normalize};
 use crate::model::{self, Encoder, Projector};
 
 /// 2 − 2·cos(p, sg(z)) averaged over the batch (solo-learn's form; one
@@ -37,8 +37,9 @@ pub fn predictor(spec: &RunSpec, varmap: &VarMap, device: &Device) -> crate::Res
     Ok(p)
 }
 
-/// A target network: an EMA copy of the online backbone + projector whose
-/// rate rises from `base` to 1 along a cosine (BYOL, MoCo v3, DINO).
+/// A target network: an EMA copy of the online backbone + projector (and of
+/// any module built with [`EmaTarget::var_builder`]) whose rate rises from
+/// `base` to 1 along a cosine (BYOL, MoCo v3, DINO, MSN).
 pub struct EmaTarget {
     online: VarMap,
     encoder: Encoder,
@@ -63,13 +64,29 @@ impl EmaTarget {
         Ok(self.encoder.forward_t(x, true)?.detach())
     }
 
-    /// Moves the target toward the online weights after optimiser step `step`.
-    pub fn update(&self, step: usize, total_steps: usize) -> candle_core::Result<()> {
+    /// Builds extra target modules (DINO's prototypes) beside the encoder;
+    /// call [`EmaTarget::sync`] afterwards to start them from the online weights.
+    pub fn var_builder(&self, device: &Device) -> VarBuilder<'static> {
+        VarBuilder::from_varmap(&self.vars, candle_core::DType::F32, device)
+    }
+
+    /// Copies the online weights into the target.
+    pub fn sync(&self) -> candle_core::Result<()> {
+        copy_encoder_vars(&self.online, &self.vars, 0.0)
+    }
+
+    /// Moves the target toward the online weights after an optimiser step.
+    pub fn update(&self, at: &StepInfo) -> candle_core::Result<()> {
         copy_encoder_vars(
             &self.online,
             &self.vars,
-            ema_rate(self.base, step + 1, total_steps),
+            ema_rate(self.base, at.step + 1, at.total_steps),
         )
+    }
+
+    /// The target's weights, for a checkpoint that resumes exactly.
+    pub fn vars(&self) -> &VarMap {
+        &self.vars
     }
 }
 
@@ -117,7 +134,12 @@ pub fn ema_rate(base: f64, step: usize, total: usize) -> f64 {
 }
 
 impl Method for Byol {
-    fn loss(&self, encoder: &Encoder, views: &[Tensor]) -> candle_core::Result<StepLoss> {
+    fn loss(
+        &mut self,
+        encoder: &Encoder,
+        views: &[Tensor],
+        _at: &StepInfo,
+    ) -> candle_core::Result<StepLoss> {
         let n = views[0].dim(0)?;
         let both = Tensor::cat(&[&views[0], &views[1]], 0)?;
         let layers = encoder.forward_layers(&both, true)?;
@@ -132,7 +154,7 @@ impl Method for Byol {
         })
     }
 
-    fn after_step(&mut self, step: usize, total_steps: usize) -> candle_core::Result<()> {
-        self.target.update(step, total_steps)
+    fn after_step(&mut self, at: &StepInfo) -> candle_core::Result<()> {
+        self.target.update(at)
     }
 }

@@ -8,7 +8,7 @@ use candle_nn::VarMap;
 use sslab_shared::RunSpec;
 
 use super::byol::{EmaTarget, predictor};
-use super::{Method, StepLoss, l2_normalize};
+use super::{Method, StepInfo, StepLoss, l2_normalize};
 use crate::model::{Encoder, Projector};
 
 pub struct MocoV3 {
@@ -43,7 +43,12 @@ pub fn contrastive_loss(q: &Tensor, k: &Tensor, temperature: f64) -> candle_core
 }
 
 impl Method for MocoV3 {
-    fn loss(&self, encoder: &Encoder, views: &[Tensor]) -> candle_core::Result<StepLoss> {
+    fn loss(
+        &mut self,
+        encoder: &Encoder,
+        views: &[Tensor],
+        _at: &StepInfo,
+    ) -> candle_core::Result<StepLoss> {
         let n = views[0].dim(0)?;
         let both = Tensor::cat(&[&views[0], &views[1]], 0)?;
         let layers = encoder.forward_layers(&both, true)?;
@@ -59,7 +64,7 @@ impl Method for MocoV3 {
         })
     }
 
-    fn after_step(&mut self, step: usize, total_steps: usize) -> candle_core::Result<()> {
-        self.target.update(step, total_steps)
+    fn after_step(&mut self, at: &StepInfo) -> candle_core::Result<()> {
+        self.target.update(at)
     }
 }

@@ -2,10 +2,18 @@
 
 pub mod barlow;
 pub mod byol;
+pub mod dino;
+pub mod mae;
 pub mod mocov3;
+pub mod msn;
+pub mod prototypes;
 pub mod simclr;
+pub mod simmim;
 pub mod simsiam;
+pub mod swav;
 pub mod vicreg;
+
+use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
@@ -22,15 +30,80 @@ pub struct StepLoss {
     pub features: Tensor,
 }
 
+/// Where training stands at a step: schedules and masks read it.
+#[derive(Debug, Clone, Copy)]
+pub struct StepInfo {
+    /// 0-based optimiser step.
+    pub step: usize,
+    pub total_steps: usize,
+    pub steps_per_epoch: usize,
+    /// The run's seed.
+    pub seed: u64,
+}
+
+impl StepInfo {
+    /// A generator for this step's random choices (masks), one per `tag`.
+    pub fn rng(&self, tag: u64) -> sslab_shared::rng::Rng {
+        sslab_shared::rng::Rng::derive(self.seed, &[tag, self.step as u64])
+    }
+}
+
+/// Named tensors a method keeps besides the trained weights.
+pub type State = HashMap<String, Tensor>;
+
 /// An SSL objective: views in, loss out, plus a hook for momentum updates.
 pub trait Method: Send {
-    /// `views` are same-shaped batches, view `v` of image `i` at row `i` of `views[v]`.
-    fn loss(&self, encoder: &Encoder, views: &[Tensor]) -> candle_core::Result<StepLoss>;
+    /// Full-size views per image (the first of them get the per-view
+    /// settings of view 0 and 1); local views follow them.
+    fn global_views(&self) -> usize {
+        2
+    }
+
+    /// `views[v]` holds view `v` of every image, image `i` at row `i`: the
+    /// global views, then the local ones (smaller).
+    fn loss(
+        &mut self,
+        encoder: &Encoder,
+        views: &[Tensor],
+        at: &StepInfo,
+    ) -> candle_core::Result<StepLoss>;
 
     /// Called after every optimiser step (EMA teachers update here).
-    fn after_step(&mut self, _step: usize, _total_steps: usize) -> candle_core::Result<()> {
+    fn after_step(&mut self, _at: &StepInfo) -> candle_core::Result<()> {
         Ok(())
     }
+
+    /// What a resumed run needs besides the weights and the optimiser:
+    /// EMA targets, DINO's centre.
+    fn state(&self) -> Vec<(String, Tensor)> {
+        Vec::new()
+    }
+
+    fn load_state(&mut self, _state: &State) -> crate::Result<()> {
+        Ok(())
+    }
+}
+
+/// An EMA target's weights as method state, under `target.`.
+fn target_state(target: &byol::EmaTarget) -> Vec<(String, Tensor)> {
+    let data = target.vars().data().lock().expect("varmap lock");
+    data.iter()
+        .map(|(name, var)| (format!("target.{name}"), var.as_tensor().clone()))
+        .collect()
+}
+
+fn load_target_state(target: &byol::EmaTarget, state: &State) -> crate::Result<()> {
+    let data = target.vars().data().lock().expect("varmap lock");
+    for (name, var) in data.iter() {
+        var.set(&state_tensor(state, &format!("target.{name}"))?)?;
+    }
+    Ok(())
+}
+
+fn state_tensor(state: &State, name: &str) -> crate::Result<Tensor> {
+    state.get(name).cloned().ok_or_else(|| {
+        crate::EngineError::Data(format!("the checkpoint's method state has no `{name}`"))
+    })
 }
 
 /// The method a spec names. Methods with parameters of their own (a
@@ -38,7 +111,10 @@ pub trait Method: Send {
 /// checkpoint keeps them.
 pub fn build(spec: &RunSpec, varmap: &VarMap, device: &Device) -> crate::Result<Box<dyn Method>> {
     Ok(match &spec.method {
-        MethodSpec::Simclr { temperature } => Box::new(simclr::SimClr::new(*temperature)),
+        MethodSpec::Simclr {
+            temperature,
+            negatives,
+        } => Box::new(simclr::SimClr::new(*temperature, *negatives)),
         MethodSpec::Vicreg {
             invariance,
             variance,
@@ -66,6 +142,13 @@ pub fn build(spec: &RunSpec, varmap: &VarMap, device: &Device) -> crate::Result<
             *ema_base,
         )?),
         MethodSpec::Simsiam { .. } => Box::new(simsiam::SimSiam::new(spec, varmap, device)?),
+        MethodSpec::Dino { .. } => Box::new(dino::Dino::new(spec, varmap, device)?),
+        MethodSpec::Swav { .. } => Box::new(swav::Swav::new(spec, varmap, device)?),
+        MethodSpec::Msn { .. } | MethodSpec::Pmsn { .. } => {
+            Box::new(msn::Msn::new(spec, varmap, device)?)
+        }
+        MethodSpec::Mae { .. } => Box::new(mae::Mae::new(spec, varmap, device)?),
+        MethodSpec::Simmim { .. } => Box::new(simmim::SimMim::new(spec, varmap, device)?),
     })
 }
 
@@ -99,19 +182,75 @@ mod reference_tests {
 
     use super::*;
 
-    type LossFn = fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>;
+    /// (z1, z2, prototypes) → loss.
+    type LossFn = fn(&Tensor, &Tensor, &Tensor) -> candle_core::Result<Tensor>;
 
-    const CASES: [(&str, LossFn); 7] = [
-        ("simclr_t05", |a, b| simclr::nt_xent(a, b, 0.5)),
-        ("vicreg", |a, b| vicreg::vicreg_loss(a, b, 25.0, 25.0, 1.0)),
-        ("vicreg_10_25_2", |a, b| {
+    const CASES: [(&str, LossFn); 15] = [
+        ("simclr_t05", |a, b, _| simclr::nt_xent(a, b, 0.5)),
+        ("vicreg", |a, b, _| {
+            vicreg::vicreg_loss(a, b, 25.0, 25.0, 1.0)
+        }),
+        ("vicreg_10_25_2", |a, b, _| {
             vicreg::vicreg_loss(a, b, 10.0, 25.0, 2.0)
         }),
-        ("barlow", |a, b| barlow::barlow_loss(a, b, 5e-3)),
-        ("byol", byol::regression_loss),
-        ("simsiam", simsiam::negative_cosine),
-        ("mocov3_t02", |a, b| mocov3::contrastive_loss(a, b, 0.2)),
+        ("barlow", |a, b, _| barlow::barlow_loss(a, b, 5e-3)),
+        ("byol", |a, b, _| byol::regression_loss(a, b)),
+        ("simsiam", |a, b, _| simsiam::negative_cosine(a, b)),
+        ("mocov3_t02", |a, b, _| mocov3::contrastive_loss(a, b, 0.2)),
+        ("simclr_single_t05", |a, b, _| {
+            simclr::single_negative(a, b, 0.5)
+        }),
+        ("dino", |a, b, p| {
+            let cos = |z: &Tensor| prototypes::cosine_scores(z, p);
+            let k = p.dim(0)?;
+            let center: Vec<f64> = (0..k).map(|i| 0.05 * i as f64).collect();
+            let center = Tensor::from_vec(center, (1, k), a.device())?;
+            dino::dino_loss(
+                &[cos(a)?, cos(b)?],
+                &[cos(b)?, cos(&b.sqr()?)?],
+                &center,
+                0.1,
+                0.04,
+            )
+        }),
+        ("swav", |a, b, p| {
+            let cos = |z: &Tensor| prototypes::cosine_scores(z, p);
+            let codes = [
+                swav::sinkhorn(&cos(b)?, 0.05, 3)?,
+                swav::sinkhorn(&cos(&b.sqr()?)?, 0.05, 3)?,
+            ];
+            prototypes::cross_view_loss(&[(cos(a)? / 0.1)?, (cos(b)? / 0.1)?], &codes)
+        }),
+        ("msn", |a, b, p| msn_case(a, b, p, 0.0)),
+        ("pmsn_025", |a, b, p| msn_case(a, b, p, 0.25)),
+        ("mae", |a, b, _| {
+            mae::mae_loss(&a.unsqueeze(0)?, &b.unsqueeze(0)?, false)
+        }),
+        ("mae_norm_pix", |a, b, _| {
+            mae::mae_loss(&a.unsqueeze(0)?, &b.unsqueeze(0)?, true)
+        }),
+        ("simmim", |a, b, _| {
+            let mask = Tensor::new(&[1f64, 0., 1., 1., 0., 0., 1., 0.], a.device())?;
+            simmim::simmim_loss(
+                &a.unsqueeze(0)?,
+                &b.unsqueeze(0)?,
+                &mask.reshape((1, 8, 1))?,
+            )
+        }),
     ];
+
+    /// Two anchor views [a, a²] against the target b.
+    fn msn_case(a: &Tensor, b: &Tensor, p: &Tensor, power: f64) -> candle_core::Result<Tensor> {
+        let cos = |z: &Tensor| prototypes::cosine_scores(z, p);
+        let k = p.dim(0)?;
+        let log_prior: Vec<f64> = msn::power_law_prior(k, power)
+            .iter()
+            .map(|v| v.ln())
+            .collect();
+        let log_prior = Tensor::from_vec(log_prior, (1, k), a.device())?;
+        let anchor = Tensor::cat(&[cos(a)?, cos(&a.sqr()?)?], 0)?;
+        msn::msn_loss(&anchor, &cos(b)?, &log_prior, 0.1, 0.25, 1.0)
+    }
 
     fn matrix(v: &serde_json::Value) -> Vec<Vec<f64>> {
         serde_json::from_value(v.clone()).unwrap()
@@ -122,8 +261,8 @@ mod reference_tests {
         Tensor::from_vec(rows.concat(), (n, d), &Device::Cpu).unwrap()
     }
 
-    fn value(f: LossFn, z1: &Tensor, z2: &Tensor) -> f64 {
-        f(z1, z2).unwrap().to_scalar::<f64>().unwrap()
+    fn value(f: LossFn, z1: &Tensor, z2: &Tensor, p: &Tensor) -> f64 {
+        f(z1, z2, p).unwrap().to_scalar::<f64>().unwrap()
     }
 
     #[test]
@@ -132,11 +271,12 @@ mod reference_tests {
             serde_json::from_str(include_str!("testdata/losses.json")).unwrap();
         let z1 = matrix(&data["z1"]);
         let z2 = tensor(&matrix(&data["z2"]));
+        let protos = tensor(&matrix(&data["protos"]));
         for (name, f) in CASES {
             let want = data[name]["value"].as_f64().unwrap();
             let want_grad = matrix(&data[name]["grad_z1"]);
             let var = Var::from_tensor(&tensor(&z1)).unwrap();
-            let loss = f(var.as_tensor(), &z2).unwrap();
+            let loss = f(var.as_tensor(), &z2, &protos).unwrap();
             let got = loss.to_scalar::<f64>().unwrap();
             assert!(
                 (got - want).abs() < 1e-9 * want.abs().max(1.0),
@@ -157,7 +297,8 @@ mod reference_tests {
                     plus[i][j] += h;
                     let mut minus = z1.clone();
                     minus[i][j] -= h;
-                    let fd = (value(f, &tensor(&plus), &z2) - value(f, &tensor(&minus), &z2))
+                    let fd = (value(f, &tensor(&plus), &z2, &protos)
+                        - value(f, &tensor(&minus), &z2, &protos))
                         / (2.0 * h);
                     assert!(
                         (grad[i][j] - fd).abs() < 1e-5 * fd.abs().max(1.0),
@@ -237,6 +378,31 @@ mod behaviour_tests {
         s.optimizer.batch_size = 32;
         s.optimizer.lr = 3e-3;
         s.seed = 4;
+        // DINO runs on a ViT here too, so that its local views meet the
+        // resized position embeddings; the methods that mask need one.
+        if s.method.needs_vit() || method == "dino" {
+            s.backbone = sslab_shared::spec::BackboneSpec {
+                kind: sslab_shared::spec::BackboneKind::Vit,
+                width: 16,
+                depth: 2,
+                heads: 2,
+                patch_size: 8,
+                last_block_width: None,
+            };
+        }
+        if s.method.takes_local_views() {
+            s.augment.local_views = 2;
+        }
+        match &mut s.method {
+            MethodSpec::Dino { prototypes, .. }
+            | MethodSpec::Swav { prototypes, .. }
+            | MethodSpec::Msn { prototypes, .. }
+            | MethodSpec::Pmsn { prototypes, .. } => *prototypes = 64,
+            MethodSpec::Mae { decoder_width, .. } => *decoder_width = 16,
+            _ => {}
+        }
+        s.fit_model_to_method();
+        s.validate().unwrap();
         s
     }
 
@@ -260,18 +426,23 @@ mod behaviour_tests {
             let mut losses = Vec::new();
             for step in 0..12 {
                 // The same two batches again and again: the loss must fall.
-                let (a, b) = crate::augment::two_view_batch(
-                    &spec.augment,
+                let views = crate::train::batch_tensors(
+                    &spec,
                     &splits.train,
                     &idx,
-                    spec.seed,
                     step % 2,
-                );
-                let views = [
-                    Tensor::from_vec(a, (32, 3, s, s), &device).unwrap(),
-                    Tensor::from_vec(b, (32, 3, s, s), &device).unwrap(),
-                ];
-                let out = method.loss(&encoder, &views).unwrap();
+                    method.global_views(),
+                    &device,
+                )
+                .unwrap();
+                let at = StepInfo {
+                    // Masks too repeat with the batches.
+                    step: step % 2,
+                    total_steps: 12,
+                    steps_per_epoch: 1,
+                    seed: spec.seed,
+                };
+                let out = method.loss(&encoder, &views, &at).unwrap();
                 let loss = out.loss.to_scalar::<f32>().unwrap();
                 assert!(loss.is_finite(), "{name}: loss {loss} at step {step}");
                 losses.push(loss);
@@ -301,7 +472,7 @@ mod behaviour_tests {
                     }
                 }
                 optimizer.step(&grads).unwrap();
-                method.after_step(step, 12).unwrap();
+                method.after_step(&at).unwrap();
             }
             let first = (losses[0] + losses[1]) / 2.0;
             let last = (losses[10] + losses[11]) / 2.0;

@@ -1,19 +1,39 @@
 //! SimCLR (Chen et al. 2020, arXiv:2002.05709; authors' code
 //! google-research/simclr): the NT-Xent loss over two augmented views.
 
-use candle_core::{DType, Tensor};
+use candle_core::{D, DType, Tensor};
+use sslab_shared::spec::Negatives;
 
-use super::{Method, StepLoss};
+use super::{Method, StepInfo, StepLoss};
 use crate::model::Encoder;
 
 pub struct SimClr {
     temperature: f64,
+    negatives: Negatives,
 }
 
 impl SimClr {
-    pub fn new(temperature: f64) -> Self {
-        SimClr { temperature }
+    pub fn new(temperature: f64, negatives: Negatives) -> Self {
+        SimClr {
+            temperature,
+            negatives,
+        }
     }
+}
+
+/// SimCLR with one negative per positive pair (arXiv:2303.01986): view 1 of
+/// image i against view 2 of image i and view 2 of the next image in the
+/// batch, −log(e^{p/τ} / (e^{p/τ} + e^{n/τ})), symmetrised over the views.
+pub fn single_negative(z1: &Tensor, z2: &Tensor, temperature: f64) -> candle_core::Result<Tensor> {
+    let (a, b) = (super::l2_normalize(z1)?, super::l2_normalize(z2)?);
+    let one_way = |a: &Tensor, b: &Tensor| -> candle_core::Result<Tensor> {
+        let pos = (a * b)?.sum(D::Minus1)?;
+        let neg = (a * b.roll(-1, 0)?)?.sum(D::Minus1)?;
+        // softplus((n − p)/τ), written stably as max(x, 0) + ln(1 + e^{−|x|}).
+        let x = ((neg - pos)? / temperature)?;
+        (x.relu()? + (x.abs()?.neg()?.exp()? + 1.0)?.log()?)?.mean_all()
+    };
+    (one_way(&a, &b)? + one_way(&b, &a)?)? / 2.0
 }
 
 /// NT-Xent: L2-normalise, cosine logits / τ over the 2N views with each view's
@@ -35,12 +55,21 @@ pub fn nt_xent(z1: &Tensor, z2: &Tensor, temperature: f64) -> candle_core::Resul
 }
 
 impl Method for SimClr {
-    fn loss(&self, encoder: &Encoder, views: &[Tensor]) -> candle_core::Result<StepLoss> {
+    fn loss(
+        &mut self,
+        encoder: &Encoder,
+        views: &[Tensor],
+        _at: &StepInfo,
+    ) -> candle_core::Result<StepLoss> {
         let n = views[0].dim(0)?;
         // One pass over both views: BatchNorm sees the 2N images together.
         let layers = encoder.forward_layers(&Tensor::cat(&[&views[0], &views[1]], 0)?, true)?;
         let z = layers.last().expect("the backbone is always a layer");
-        let loss = nt_xent(&z.narrow(0, 0, n)?, &z.narrow(0, n, n)?, self.temperature)?;
+        let (z1, z2) = (z.narrow(0, 0, n)?, z.narrow(0, n, n)?);
+        let loss = match self.negatives {
+            Negatives::All => nt_xent(&z1, &z2, self.temperature)?,
+            Negatives::Single => single_negative(&z1, &z2, self.temperature)?,
+        };
         Ok(StepLoss {
             loss,
             features: layers[0].narrow(0, 0, n)?,

@@ -5,7 +5,7 @@ use candle_core::{D, Device, ModuleT, Tensor};
 use candle_nn::VarMap;
 use sslab_shared::RunSpec;
 
-use super::{Method, StepLoss, l2_normalize};
+use super::{Method, StepInfo, StepLoss, l2_normalize};
 use crate::model::{Encoder, Projector};
 
 pub struct SimSiam {
@@ -30,7 +30,12 @@ pub fn negative_cosine(p: &Tensor, z: &Tensor) -> candle_core::Result<Tensor> {
 }
 
 impl Method for SimSiam {
-    fn loss(&self, encoder: &Encoder, views: &[Tensor]) -> candle_core::Result<StepLoss> {
+    fn loss(
+        &mut self,
+        encoder: &Encoder,
+        views: &[Tensor],
+        _at: &StepInfo,
+    ) -> candle_core::Result<StepLoss> {
         let n = views[0].dim(0)?;
         let layers = encoder.forward_layers(&Tensor::cat(&[&views[0], &views[1]], 0)?, true)?;
         let z = layers.last().expect("the backbone is always a layer");

@@ -3,7 +3,7 @@
 
 use candle_core::Tensor;
 
-use super::{Method, StepLoss, two_view_forward};
+use super::{Method, StepInfo, StepLoss, two_view_forward};
 use crate::model::Encoder;
 
 pub struct Vicreg {
@@ -53,7 +53,12 @@ pub fn vicreg_loss(
 }
 
 impl Method for Vicreg {
-    fn loss(&self, encoder: &Encoder, views: &[Tensor]) -> candle_core::Result<StepLoss> {
+    fn loss(
+        &mut self,
+        encoder: &Encoder,
+        views: &[Tensor],
+        _at: &StepInfo,
+    ) -> candle_core::Result<StepLoss> {
         let (z1, z2, features) = two_view_forward(encoder, views)?;
         let loss = vicreg_loss(&z1, &z2, self.invariance, self.variance, self.covariance)?;
         Ok(StepLoss { loss, features })

@@ -2,8 +2,10 @@
 //! that every layer can be probed (guillotine regularization, arXiv:2206.13378).
 
 pub mod cnn;
+pub mod norm;
 pub mod projector;
 pub mod resnet;
+pub mod vit;
 
 use candle_core::{DType, Device, ModuleT, Tensor};
 use candle_nn::{VarBuilder, VarMap};
@@ -22,6 +24,17 @@ pub fn global_avg_pool(x: &Tensor) -> candle_core::Result<Tensor> {
 pub enum Backbone {
     TinyCnn(cnn::TinyCnn),
     Resnet18(resnet::ResNet),
+    Vit(vit::Vit),
+}
+
+impl Backbone {
+    /// The ViT, for the methods that drop or mask patches.
+    pub fn vit(&self) -> Option<&vit::Vit> {
+        match self {
+            Backbone::Vit(v) => Some(v),
+            _ => None,
+        }
+    }
 }
 
 impl ModuleT for Backbone {
@@ -29,6 +42,7 @@ impl ModuleT for Backbone {
         match self {
             Backbone::TinyCnn(m) => m.forward_t(x, train),
             Backbone::Resnet18(m) => m.forward_t(x, train),
+            Backbone::Vit(m) => m.forward_t(x, train),
         }
     }
 }
@@ -57,6 +71,15 @@ impl Encoder {
                 b.output_dim(),
                 vb.pp("backbone"),
             )?),
+            BackboneKind::Vit => Backbone::Vit(vit::Vit::new(
+                spec.data.image_size(),
+                b.patch_size,
+                b.width,
+                b.depth,
+                b.heads,
+                b.last_block_width,
+                vb.pp("backbone"),
+            )?),
         };
         let dims = spec
             .projector
@@ -82,10 +105,13 @@ impl Encoder {
 
     /// The output of every named layer, in depth order.
     pub fn forward_layers(&self, x: &Tensor, train: bool) -> candle_core::Result<Vec<Tensor>> {
-        let h = self.backbone.forward_t(x, train)?;
-        let mut out = vec![h.clone()];
-        out.extend(self.projector.forward_layers(&h, train)?);
-        Ok(out)
+        self.layers_from(self.backbone.forward_t(x, train)?, train)
+    }
+
+    /// Every named layer's output from the backbone's output `h`.
+    pub fn layers_from(&self, h: Tensor, train: bool) -> candle_core::Result<Vec<Tensor>> {
+        let projected = self.projector.forward_layers(&h, train)?;
+        Ok(std::iter::once(h).chain(projected).collect())
     }
 }
 
@@ -121,8 +147,8 @@ pub fn seed_weights_under(varmap: &VarMap, prefix: &str, seed: u64) -> Result<()
         let var = &data[name];
         let dims = var.dims();
         if dims.len() < 2 {
-            // Linear biases start at zero; norm parameters keep their constants.
-            if name.ends_with("linear.bias") {
+            // Biases start at zero; norm weights keep their constants.
+            if name.ends_with("bias") {
                 var.set(&var.zeros_like()?)?;
             }
             continue;

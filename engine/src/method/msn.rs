@@ -1,0 +1,204 @@
+//! MSN (Assran et al. 2022, arXiv:2204.07141; facebookresearch/msn) and PMSN
+//! (arXiv:2210.07277). Anchor views have a fraction of their patches dropped
+//! before the ViT; their softmax over cosine similarities to K learnable
+//! prototypes (temperature τ) matches the sharpened assignment p^(1/T) of an
+//! unmasked view through the EMA target. A regulariser keeps the batch-mean
+//! prediction p̄ close to a prior π: KL(p̄‖π), uniform π for MSN (the
+//! me-max term up to a constant), π_k ∝ k^(−power) for PMSN. We use
+//! KL(p̄‖π) as stable-pretraining does (lightly computes KL(π‖p̄)).
+
+use candle_core::{D, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use sslab_shared::RunSpec;
+use sslab_shared::spec::MethodSpec;
+
+use super::byol::EmaTarget;
+use super::prototypes::Prototypes;
+use super::{Method, StepInfo, StepLoss};
+use crate::model::Encoder;
+
+pub struct Msn {
+    prototypes: Prototypes,
+    target: EmaTarget,
+    /// log π, (1, K).
+    log_prior: Tensor,
+    temperature: f64,
+    sharpen: f64,
+    me_max_weight: f64,
+    mask_ratio: f64,
+}
+
+/// π_k ∝ k^(−power), k = 1…K; power 0 is uniform.
+pub fn power_law_prior(k: usize, power: f64) -> Vec<f64> {
+    let raw: Vec<f64> = (1..=k).map(|i| (i as f64).powf(-power)).collect();
+    let total: f64 = raw.iter().sum();
+    raw.iter().map(|p| p / total).collect()
+}
+
+impl Msn {
+    pub fn new(spec: &RunSpec, online: &VarMap, device: &Device) -> crate::Result<Self> {
+        let (k, temperature, sharpen, me_max_weight, mask_ratio, ema_base, power) =
+            match spec.method {
+                MethodSpec::Msn {
+                    prototypes,
+                    temperature,
+                    sharpen,
+                    me_max_weight,
+                    mask_ratio,
+                    ema_base,
+                } => (
+                    prototypes,
+                    temperature,
+                    sharpen,
+                    me_max_weight,
+                    mask_ratio,
+                    ema_base,
+                    0.0,
+                ),
+                MethodSpec::Pmsn {
+                    prototypes,
+                    temperature,
+                    sharpen,
+                    me_max_weight,
+                    mask_ratio,
+                    ema_base,
+                    power,
+                } => (
+                    prototypes,
+                    temperature,
+                    sharpen,
+                    me_max_weight,
+                    mask_ratio,
+                    ema_base,
+                    power,
+                ),
+                _ => unreachable!("built for MSN and PMSN specs only"),
+            };
+        let vb = VarBuilder::from_varmap(online, candle_core::DType::F32, device);
+        let prototypes = Prototypes::new(k, spec.embedding_dim(), vb.pp("prototypes"))?;
+        crate::model::seed_weights_under(online, "prototypes.", spec.seed ^ 0x3517)?;
+        let log_prior: Vec<f32> = power_law_prior(k, power)
+            .iter()
+            .map(|p| p.ln() as f32)
+            .collect();
+        Ok(Msn {
+            prototypes,
+            target: EmaTarget::new(spec, online, device, ema_base)?,
+            log_prior: Tensor::from_vec(log_prior, (1, k), device)?,
+            temperature,
+            sharpen,
+            me_max_weight,
+            mask_ratio,
+        })
+    }
+}
+
+/// The MSN/PMSN loss. `anchor`: (V·N, K) cosine scores of V anchor views,
+/// view-major; `target`: (N, K) scores of the target view (no gradient).
+/// H(p⁺, p) averaged over anchors + λ·KL(p̄‖π).
+pub fn msn_loss(
+    anchor: &Tensor,
+    target: &Tensor,
+    log_prior: &Tensor,
+    temperature: f64,
+    sharpen: f64,
+    weight: f64,
+) -> candle_core::Result<Tensor> {
+    let n = target.dim(0)?;
+    let views = anchor.dim(0)? / n;
+    let log_p = candle_nn::ops::log_softmax(&(anchor / temperature)?, D::Minus1)?;
+    let targets = {
+        let p = candle_nn::ops::softmax(&(target.detach() / temperature)?, D::Minus1)?;
+        let sharp = p.powf(1.0 / sharpen)?;
+        let sharp = sharp.broadcast_div(&sharp.sum_keepdim(D::Minus1)?)?;
+        Tensor::cat(&vec![&sharp; views], 0)?
+    };
+    let ce = (targets * &log_p)?.sum(D::Minus1)?.mean_all()?.neg()?;
+    let mean_p = log_p.exp()?.mean_keepdim(0)?;
+    let kl = (&mean_p * (mean_p.log()?.broadcast_sub(log_prior))?)?.sum_all()?;
+    ce + (kl * weight)?
+}
+
+/// For each image, the sorted indices of `keep` of its `patches` patches,
+/// drawn without replacement.
+pub fn random_keep(
+    images: usize,
+    patches: usize,
+    keep: usize,
+    rng: &mut sslab_shared::rng::Rng,
+) -> Vec<Vec<usize>> {
+    (0..images)
+        .map(|_| {
+            let mut all: Vec<usize> = (0..patches).collect();
+            rng.shuffle(&mut all);
+            let mut kept = all[..keep].to_vec();
+            kept.sort_unstable();
+            kept
+        })
+        .collect()
+}
+
+/// Patches kept when `ratio` of `patches` are dropped; at least one.
+pub fn kept_count(patches: usize, ratio: f64) -> usize {
+    (patches - (patches as f64 * ratio).round() as usize).max(1)
+}
+
+impl Method for Msn {
+    fn loss(
+        &mut self,
+        encoder: &Encoder,
+        views: &[Tensor],
+        at: &StepInfo,
+    ) -> candle_core::Result<StepLoss> {
+        let vit = encoder
+            .backbone
+            .vit()
+            .expect("validation admits MSN on a ViT only");
+        let n = views[0].dim(0)?;
+        let target = self
+            .prototypes
+            .cosine_detached(&self.target.forward(&views[0])?)?;
+        let mut rng = at.rng(0x3A5C);
+        let mut scores = Vec::new();
+        let mut features = None;
+        // Anchors: the second global view, then the local views, each masked.
+        for (i, view) in views[1..].iter().enumerate() {
+            let side = view.dim(3)? / vit.patch_size();
+            let keep = random_keep(
+                n,
+                side * side,
+                kept_count(side * side, self.mask_ratio),
+                &mut rng,
+            );
+            let layers = encoder.layers_from(vit.forward_kept(view, &keep)?, true)?;
+            if i == 0 {
+                features = Some(layers[0].clone());
+            }
+            scores.push(self.prototypes.cosine(layers.last().expect("backbone"))?);
+        }
+        let loss = msn_loss(
+            &Tensor::cat(&scores, 0)?,
+            &target,
+            &self.log_prior,
+            self.temperature,
+            self.sharpen,
+            self.me_max_weight,
+        )?;
+        Ok(StepLoss {
+            loss,
+            features: features.expect("MSN reads at least two views"),
+        })
+    }
+
+    fn after_step(&mut self, at: &StepInfo) -> candle_core::Result<()> {
+        self.target.update(at)
+    }
+
+    fn state(&self) -> Vec<(String, Tensor)> {
+        super::target_state(&self.target)
+    }
+
+    fn load_state(&mut self, state: &super::State) -> crate::Result<()> {
+        super::load_target_state(&self.target, state)
+    }
+}
