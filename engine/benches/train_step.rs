@@ -13,7 +13,7 @@ use sslab_engine::model;
 use sslab_engine::optim::Optimizer;
 use sslab_shared::RunSpec;
 use sslab_shared::rng::Rng;
-use sslab_shared::spec::{BackboneKind, MethodSpec};
+use sslab_shared::spec::{BackboneKind, MethodSpec, Negatives};
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -43,10 +43,13 @@ fn main() -> anyhow::Result<()> {
     spec.backbone.kind = BackboneKind::Resnet18;
     spec.backbone.width = 64;
     spec.projector.dims = "2048-128".into();
-    spec.method = MethodSpec::Simclr { temperature: 0.2 };
+    spec.method = MethodSpec::Simclr {
+        temperature: 0.2,
+        negatives: Negatives::All,
+    };
     spec.optimizer.batch_size = batch;
     let (encoder, varmap) = model::build(&spec, &device)?;
-    let method = method::build(&spec, &varmap, &device)?;
+    let mut method = method::build(&spec, &varmap, &device)?;
     let mut optimizer = Optimizer::new(&spec.optimizer, &varmap)?;
     let mut rng = Rng::new(1);
     let mut view = || -> candle_core::Result<Tensor> {
@@ -56,8 +59,14 @@ fn main() -> anyhow::Result<()> {
         Tensor::from_vec(pixels, (batch, 3, 32, 32), &device)
     };
     let views = [view()?, view()?];
+    let at = method::StepInfo {
+        step: 0,
+        total_steps: steps + 1,
+        steps_per_epoch: 1,
+        seed: spec.seed,
+    };
     let mut step = || -> anyhow::Result<f32> {
-        let out = method.loss(&encoder, &views)?;
+        let out = method.loss(&encoder, &views, &at)?;
         let loss = out.loss.to_scalar::<f32>()?;
         optimizer.step(&out.loss.backward()?)?;
         Ok(loss)

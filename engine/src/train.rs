@@ -502,6 +502,110 @@ mod tests {
         load_encoder(&spec, &ck, &Device::Cpu).unwrap();
     }
 
+    /// Stops after `epochs` checkpoints.
+    struct StopAfterEpochs {
+        losses: Vec<f64>,
+        epochs: usize,
+    }
+
+    impl Observer for StopAfterEpochs {
+        fn on_step(&mut self, m: &StepMetrics) -> Control {
+            self.losses.push(m.loss);
+            Control::Continue
+        }
+        fn on_checkpoint(&mut self, epoch: usize, _: &Path) -> Control {
+            if epoch + 1 >= self.epochs {
+                Control::Stop
+            } else {
+                Control::Continue
+            }
+        }
+    }
+
+    fn weights(path: &Path) -> Vec<(String, Vec<f32>)> {
+        let mut t: Vec<(String, Vec<f32>)> = candle_core::safetensors::load(path, &Device::Cpu)
+            .unwrap()
+            .into_iter()
+            .filter(|(k, _)| k != EPOCHS_DONE)
+            .map(|(k, v)| (k, v.flatten_all().unwrap().to_vec1().unwrap()))
+            .collect();
+        t.sort_by(|a, b| a.0.cmp(&b.0));
+        t
+    }
+
+    /// 2 epochs, stop, resume for 2 = 4 epochs straight: DINO keeps an EMA
+    /// teacher and a centre, AdamW its moments, the weight decay follows a
+    /// schedule and the online probe trains beside; all of it must carry over.
+    #[test]
+    fn a_resumed_run_equals_an_uninterrupted_one() {
+        let mut spec = tiny_spec(64, 4);
+        spec.optimizer.batch_size = 32;
+        spec.method = sslab_shared::spec::MethodSpec::from_name("dino").unwrap();
+        if let sslab_shared::spec::MethodSpec::Dino { prototypes, .. } = &mut spec.method {
+            *prototypes = 32;
+        }
+        spec.augment.local_views = 2;
+        spec.optimizer.weight_decay_end = Some(0.1);
+        spec.eval.probes = vec![sslab_shared::spec::ProbeKind::Knn];
+        spec.eval.layers = vec!["backbone".into()];
+        let splits = crate::data::load(&spec.data).unwrap();
+        let dir = tempdir();
+        let (straight, halves) = (
+            dir.join("straight.safetensors"),
+            dir.join("halves.safetensors"),
+        );
+        let mut all = StopAfterEpochs {
+            losses: vec![],
+            epochs: 99,
+        };
+        let Outcome::Finished {
+            evaluations: e1, ..
+        } = train(&spec, &splits, &Device::Cpu, &straight, &mut all).unwrap()
+        else {
+            panic!("stopped")
+        };
+        let mut first = StopAfterEpochs {
+            losses: vec![],
+            epochs: 2,
+        };
+        let out = train(&spec, &splits, &Device::Cpu, &halves, &mut first).unwrap();
+        assert!(matches!(out, Outcome::Stopped { step: 4 }), "{out:?}");
+        let mut second = StopAfterEpochs {
+            losses: vec![],
+            epochs: 99,
+        };
+        let Outcome::Finished {
+            evaluations: e2, ..
+        } = resume(&spec, &splits, &Device::Cpu, &halves, &mut second).unwrap()
+        else {
+            panic!("stopped")
+        };
+        assert_eq!(all.losses.len(), 8);
+        assert_eq!(first.losses, all.losses[..4]);
+        assert_eq!(second.losses, all.losses[4..]);
+        assert_eq!(weights(&straight), weights(&halves));
+        assert_eq!(e1[0].value, e2[0].value);
+        // A state file from another epoch is refused.
+        let mut stop = StopAfterEpochs {
+            losses: vec![],
+            epochs: 1,
+        };
+        let other = dir.join("other.safetensors");
+        train(&spec, &splits, &Device::Cpu, &other, &mut stop).unwrap();
+        std::fs::copy(state_path(&halves), state_path(&other)).unwrap();
+        let err = resume(&spec, &splits, &Device::Cpu, &other, &mut stop).unwrap_err();
+        assert!(err.to_string().contains("different epochs"), "{err}");
+        let err = resume(
+            &spec,
+            &splits,
+            &Device::Cpu,
+            &dir.join("none.safetensors"),
+            &mut stop,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("missing"), "{err}");
+    }
+
     /// With `eval.data` set, the end-of-training probes read that data set:
     /// here 4 classes, which the 5-class training data could not produce.
     #[test]
