@@ -1791,6 +1791,23 @@ mod tests {
         spec.validate().unwrap();
     }
 
+    /// Every method has a CIFAR-scale recipe and a `-tiny` one, and every
+    /// recipe parses and validates as it is.
+    #[test]
+    fn every_recipe_is_a_valid_spec() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../recipes");
+        for name in MethodSpec::NAMES {
+            for file in [format!("{name}.toml"), format!("{name}-tiny.toml")] {
+                let text = std::fs::read_to_string(dir.join(&file))
+                    .unwrap_or_else(|e| panic!("recipes/{file}: {e}"));
+                let spec =
+                    RunSpec::from_toml(&text).unwrap_or_else(|e| panic!("recipes/{file}: {e}"));
+                assert_eq!(spec.method.name(), name, "recipes/{file}");
+                assert_eq!(spec.name, file.trim_end_matches(".toml"));
+            }
+        }
+    }
+
     #[test]
     fn toml_errors_name_the_field() {
         let err = RunSpec::from_toml("[data]\nsource = \"scenes\"\nclasess = 3\n").unwrap_err();

@@ -156,9 +156,10 @@ fn method_params(method: &MethodSpec) -> String {
 }
 
 /// The method's name, and its hyper-parameters (reset to the method's
-/// defaults when the name changes).
+/// defaults when the name changes). A method that needs another model (a
+/// ViT, no projector) brings it, and `model_rev` redraws the model fields.
 #[component]
-fn MethodFields(spec: RwSignal<RunSpec>) -> impl IntoView {
+fn MethodFields(spec: RwSignal<RunSpec>, model_rev: RwSignal<u32>) -> impl IntoView {
     let initial = spec.with_untracked(|s| s.method.clone());
     let params = RwSignal::new(method_params(&initial));
     let (error, set_error) = signal(None::<String>);
@@ -169,7 +170,16 @@ fn MethodFields(spec: RwSignal<RunSpec>) -> impl IntoView {
                 if let Some(m) = MethodSpec::from_name(&event_target_value(&ev)) {
                     params.set(method_params(&m));
                     set_error.set(None);
-                    spec.update(|s| s.method = m);
+                    let mut refit = false;
+                    spec.update(|s| {
+                        let before = (s.backbone.clone(), s.projector.clone(), s.augment.clone());
+                        s.method = m;
+                        s.fit_model_to_method();
+                        refit = before != (s.backbone.clone(), s.projector.clone(), s.augment.clone());
+                    });
+                    if refit {
+                        model_rev.update(|r| *r += 1);
+                    }
                 }
             }>
                 {MethodSpec::NAMES.iter().map(|n| view! {
@@ -196,7 +206,7 @@ fn MethodFields(spec: RwSignal<RunSpec>) -> impl IntoView {
                         Err(e) => set_error.set(Some(e)),
                     }
                 }/>
-            <span class="help">{move || error.get().unwrap_or_else(|| "JSON; SimCLR: temperature · VICReg: invariance, variance, covariance · Barlow: lambda_offdiag · BYOL: predictor, ema_base · MoCo v3: temperature, predictor, ema_base · SimSiam: predictor".into())}</span>
+            <span class="help">{move || error.get().unwrap_or_else(|| "JSON; SimCLR: temperature, negatives (all|single) · VICReg: invariance, variance, covariance · Barlow: lambda_offdiag · BYOL: predictor, ema_base · MoCo v3: temperature, predictor, ema_base · SimSiam: predictor · SwAV: prototypes, temperature, epsilon, sinkhorn_iterations · DINO: prototypes, student_temperature, teacher_temperature, warmup_teacher_temperature, warmup_teacher_epochs, center_momentum, ema_base · MSN/PMSN: prototypes, temperature, sharpen, me_max_weight, mask_ratio, ema_base (PMSN: power) · MAE: mask_ratio, decoder_width, decoder_depth, decoder_heads, norm_pix_loss · SimMIM: mask_ratio".into())}</span>
         </label>
     }
 }
@@ -204,6 +214,7 @@ fn MethodFields(spec: RwSignal<RunSpec>) -> impl IntoView {
 #[component]
 pub fn NewRunPage() -> impl IntoView {
     let spec = RwSignal::new(RunSpec::default());
+    let model_rev = RwSignal::new(0u32);
     let (failure, set_failure) = signal(None::<ApiFailure>);
     let (busy, set_busy) = signal(false);
     let navigate = use_navigate();
@@ -252,14 +263,21 @@ pub fn NewRunPage() -> impl IntoView {
                     |s| scenes(s).seed.to_string(), |s, v| { scenes_mut(s).seed = num(v)?; Ok(()) })}
             </fieldset>
             <fieldset><legend>"Method"</legend>
-                <MethodFields spec=spec/>
+                <MethodFields spec=spec model_rev=model_rev/>
             </fieldset>
             <fieldset><legend>"Backbone and projector"</legend>
-                {select(spec, "backbone.kind", "Backbone", &["tiny_cnn", "resnet18"],
+              {move || { model_rev.track(); view! {
+                {select(spec, "backbone.kind", "Backbone", &["tiny_cnn", "resnet18", "vit"],
                     |s| s.backbone.kind.name().to_string(),
-                    |s, v| { s.backbone.kind = if v == "resnet18" { BackboneKind::Resnet18 } else { BackboneKind::TinyCnn }; Ok(()) })}
-                {field(spec, "backbone.width", "Width", "channels of the first stage (ResNet-18: 64)",
+                    |s, v| { s.backbone.kind = match v { "resnet18" => BackboneKind::Resnet18, "vit" => BackboneKind::Vit, _ => BackboneKind::TinyCnn }; Ok(()) })}
+                {field(spec, "backbone.width", "Width", "channels of the first stage (ResNet-18: 64); a ViT's embedding width (ViT-Tiny 192)",
                     |s| s.backbone.width.to_string(), |s, v| { s.backbone.width = num(v)?; Ok(()) })}
+                {field(spec, "backbone.patch_size", "ViT patch size", "pixels; must divide the image size (4 for 32 px)",
+                    |s| s.backbone.patch_size.to_string(), |s, v| { s.backbone.patch_size = num(v)?; Ok(()) })}
+                {field(spec, "backbone.depth", "ViT depth", "transformer blocks (ViT-Tiny/Small: 12)",
+                    |s| s.backbone.depth.to_string(), |s, v| { s.backbone.depth = num(v)?; Ok(()) })}
+                {field(spec, "backbone.heads", "ViT heads", "must divide the width (ViT-Tiny 3, ViT-Small 6)",
+                    |s| s.backbone.heads.to_string(), |s, v| { s.backbone.heads = num(v)?; Ok(()) })}
                 {field(spec, "backbone.last_block_width", "Last-block width", "representation dimension; empty = the architecture's own",
                     |s| s.backbone.last_block_width.map(|w| w.to_string()).unwrap_or_default(),
                     |s, v| { s.backbone.last_block_width = if v.trim().is_empty() { None } else { Some(num(v)?) }; Ok(()) })}
@@ -267,6 +285,11 @@ pub fn NewRunPage() -> impl IntoView {
                     |s| s.projector.dims.clone(), |s, v| { s.projector.dims = v.trim().to_string(); s.projector.parse_dims().map(|_| ()) })}
                 {select(spec, "projector.batch_norm", "Projector BatchNorm", &["true", "false"],
                     |s| s.projector.batch_norm.to_string(), |s, v| { s.projector.batch_norm = v == "true"; Ok(()) })}
+                {field(spec, "augment.local_views", "Local views", "multi-crop for DINO, SwAV, MSN, PMSN; 0 = off",
+                    |s| s.augment.local_views.to_string(), |s, v| { s.augment.local_views = num(v)?; Ok(()) })}
+                {field(spec, "augment.local_size", "Local view size", "pixels; 0 = half the image",
+                    |s| s.augment.local_size.to_string(), |s, v| { s.augment.local_size = num(v)?; Ok(()) })}
+              }.into_any() }}
             </fieldset>
             <fieldset><legend>"Augmentations"</legend>
                 {field(spec, "augment.crop_min_scale", "Crop min scale", "smallest area kept by the random resized crop",
@@ -298,6 +321,9 @@ pub fn NewRunPage() -> impl IntoView {
                     |s| s.optimizer.lr.to_string(), |s, v| { s.optimizer.lr = num(v)?; Ok(()) })}
                 {field(spec, "optimizer.weight_decay", "Weight decay", "on weights, never biases or norms",
                     |s| s.optimizer.weight_decay.to_string(), |s, v| { s.optimizer.weight_decay = num(v)?; Ok(()) })}
+                {field(spec, "optimizer.weight_decay_end", "Final weight decay", "cosine from the weight decay to this (DINO, MSN: 0.4); empty = constant",
+                    |s| s.optimizer.weight_decay_end.map(|w| w.to_string()).unwrap_or_default(),
+                    |s, v| { s.optimizer.weight_decay_end = if v.trim().is_empty() { None } else { Some(num(v)?) }; Ok(()) })}
                 {field(spec, "optimizer.momentum", "Momentum", "SGD and LARS",
                     |s| s.optimizer.momentum.to_string(), |s, v| { s.optimizer.momentum = num(v)?; Ok(()) })}
                 {field(spec, "optimizer.lars_eta", "LARS η", "trust coefficient; 0.02 at CIFAR scale",
