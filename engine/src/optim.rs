@@ -150,7 +150,8 @@ impl Optimizer {
                     };
                     let next = (w - ((m_hat / (v_hat.sqrt()? + EPS)?)? * lr)?)?;
                     p.var.set(&next)?;
-                    (p.m, p.v) = (m, v);
+                    // Detached: the moments must not hold on to this step's graph.
+                    (p.m, p.v) = (m.detach(), v.detach());
                 }
                 OptimizerKind::Sgd | OptimizerKind::Lars => {
                     let mut update = if decay > 0.0 {
@@ -168,7 +169,7 @@ impl Optimizer {
                     }
                     let buf = ((&p.m * self.momentum)? + update)?;
                     p.var.set(&(w - (&buf * lr)?)?)?;
-                    p.m = buf;
+                    p.m = buf.detach();
                 }
             }
         }

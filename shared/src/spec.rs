@@ -570,8 +570,10 @@ impl MethodSpec {
 pub enum BackboneKind {
     /// Three conv blocks; for tests and quick looks.
     TinyCnn,
-    /// ResNet-18 with the CIFAR stem (3×3 conv, no max-pool).
+    /// ResNet-18: basic blocks, 512 wide at width 64.
     Resnet18,
+    /// ResNet-50: bottleneck blocks, 2048 wide at width 64.
+    Resnet50,
     /// A Vision Transformer (arXiv:2010.11929): `width` is the embedding
     /// dimension; ViT-Tiny is width 192, depth 12, 3 heads; ViT-Small 384, 12, 6.
     Vit,
@@ -582,6 +584,7 @@ impl BackboneKind {
         match self {
             BackboneKind::TinyCnn => "tiny_cnn",
             BackboneKind::Resnet18 => "resnet18",
+            BackboneKind::Resnet50 => "resnet50",
             BackboneKind::Vit => "vit",
         }
     }
@@ -599,6 +602,9 @@ pub struct BackboneSpec {
     /// ResNets, 4 × for the tiny CNN, the embedding width for a ViT; set, a
     /// ViT ends with a linear layer to it).
     pub last_block_width: Option<usize>,
+    /// ResNets: `cifar` (3×3 conv, no pooling; for images up to 64 px) or
+    /// `imagenet` (7×7/2 conv and a 3×3/2 max-pool).
+    pub stem: Stem,
     /// ViT: side of the square patches in pixels; it must divide the image size.
     pub patch_size: usize,
     /// ViT: transformer blocks.
@@ -613,11 +619,21 @@ impl Default for BackboneSpec {
             kind: BackboneKind::TinyCnn,
             width: 32,
             last_block_width: None,
+            stem: Stem::Cifar,
             patch_size: 4,
             depth: 12,
             heads: 3,
         }
     }
+}
+
+/// The first layers of a ResNet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stem {
+    #[default]
+    Cifar,
+    Imagenet,
 }
 
 impl BackboneSpec {
@@ -626,6 +642,7 @@ impl BackboneSpec {
         let natural = match self.kind {
             BackboneKind::TinyCnn => self.width * 4,
             BackboneKind::Resnet18 => self.width * 8,
+            BackboneKind::Resnet50 => self.width * 32,
             BackboneKind::Vit => self.width,
         };
         self.last_block_width.unwrap_or(natural)
@@ -640,6 +657,7 @@ impl BackboneSpec {
             heads: 3,
             patch_size: 4,
             last_block_width: None,
+            stem: Stem::Cifar,
         }
     }
 }

@@ -387,7 +387,7 @@ mod behaviour_tests {
                 depth: 2,
                 heads: 2,
                 patch_size: 8,
-                last_block_width: None,
+                ..Default::default()
             };
         }
         if s.method.takes_local_views() {

@@ -9,7 +9,7 @@ pub mod vit;
 
 use candle_core::{DType, Device, ModuleT, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use sslab_shared::spec::{BackboneKind, RunSpec};
+use sslab_shared::spec::{BackboneKind, RunSpec, Stem};
 
 use crate::Result;
 use sslab_shared::rng::Rng;
@@ -23,7 +23,7 @@ pub fn global_avg_pool(x: &Tensor) -> candle_core::Result<Tensor> {
 
 pub enum Backbone {
     TinyCnn(cnn::TinyCnn),
-    Resnet18(resnet::ResNet),
+    Resnet(resnet::ResNet),
     Vit(vit::Vit),
 }
 
@@ -41,7 +41,7 @@ impl ModuleT for Backbone {
     fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         match self {
             Backbone::TinyCnn(m) => m.forward_t(x, train),
-            Backbone::Resnet18(m) => m.forward_t(x, train),
+            Backbone::Resnet(m) => m.forward_t(x, train),
             Backbone::Vit(m) => m.forward_t(x, train),
         }
     }
@@ -66,9 +66,16 @@ impl Encoder {
                 b.output_dim(),
                 vb.pp("backbone"),
             )?),
-            BackboneKind::Resnet18 => Backbone::Resnet18(resnet::ResNet::resnet18(
+            BackboneKind::Resnet18 => Backbone::Resnet(resnet::ResNet::resnet18(
                 b.width,
                 b.output_dim(),
+                b.stem == Stem::Imagenet,
+                vb.pp("backbone"),
+            )?),
+            BackboneKind::Resnet50 => Backbone::Resnet(resnet::ResNet::resnet50(
+                b.width,
+                b.output_dim(),
+                b.stem == Stem::Imagenet,
                 vb.pp("backbone"),
             )?),
             BackboneKind::Vit => Backbone::Vit(vit::Vit::new(

@@ -5,7 +5,7 @@ use leptos::task::spawn_local;
 use leptos_router::hooks::use_navigate;
 use sslab_shared::RunSpec;
 use sslab_shared::spec::{
-    BackboneKind, DataSpec, KnnMetric, MethodSpec, OptimizerKind, ProbeKind, ScenesSpec,
+    BackboneKind, DataSpec, KnnMetric, MethodSpec, OptimizerKind, ProbeKind, ScenesSpec, Stem,
 };
 
 use crate::api::{self, ApiFailure};
@@ -267,9 +267,12 @@ pub fn NewRunPage() -> impl IntoView {
             </fieldset>
             <fieldset><legend>"Backbone and projector"</legend>
               {move || { model_rev.track(); view! {
-                {select(spec, "backbone.kind", "Backbone", &["tiny_cnn", "resnet18", "vit"],
+                {select(spec, "backbone.kind", "Backbone", &["tiny_cnn", "resnet18", "resnet50", "vit"],
                     |s| s.backbone.kind.name().to_string(),
-                    |s, v| { s.backbone.kind = match v { "resnet18" => BackboneKind::Resnet18, "vit" => BackboneKind::Vit, _ => BackboneKind::TinyCnn }; Ok(()) })}
+                    |s, v| { s.backbone.kind = match v { "resnet18" => BackboneKind::Resnet18, "resnet50" => BackboneKind::Resnet50, "vit" => BackboneKind::Vit, _ => BackboneKind::TinyCnn }; Ok(()) })}
+                {select(spec, "backbone.stem", "ResNet stem", &["cifar", "imagenet"],
+                    |s| if s.backbone.stem == Stem::Imagenet { "imagenet".into() } else { "cifar".into() },
+                    |s, v| { s.backbone.stem = if v == "imagenet" { Stem::Imagenet } else { Stem::Cifar }; Ok(()) })}
                 {field(spec, "backbone.width", "Width", "channels of the first stage (ResNet-18: 64); a ViT's embedding width (ViT-Tiny 192)",
                     |s| s.backbone.width.to_string(), |s, v| { s.backbone.width = num(v)?; Ok(()) })}
                 {field(spec, "backbone.patch_size", "ViT patch size", "pixels; must divide the image size (4 for 32 px)",
