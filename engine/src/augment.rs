@@ -328,6 +328,7 @@ mod tests {
             image_size: 32,
             background_correlation: 0.0,
             seed: 1,
+            ..ScenesSpec::default()
         })
         .train
     }

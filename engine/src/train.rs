@@ -455,6 +455,7 @@ mod tests {
             image_size: 32,
             background_correlation: 0.0,
             seed: 11,
+            ..ScenesSpec::default()
         });
         spec.backbone.width = 16;
         spec.projector.dims = "128-64".into();
@@ -731,6 +732,75 @@ mod tests {
             b1 > b0 + 0.02,
             "training did not improve kNN: {b0:.3} -> {b1:.3}"
         );
+    }
+
+    /// The tiny recipes of SimCLR, VICReg and BYOL learn on scenes whose
+    /// objects never wear their class's colour (form and texture are the only
+    /// cues; chance 0.20, the untrained encoder reads 0.315): kNN top-1 at the
+    /// backbone after 160 steps, seen here: SimCLR 0.405, VICReg 0.410, BYOL
+    /// 0.350. DINO (0.320) and MSN on a ViT (0.260 → 0.275) do not move yet
+    /// at this size and are left out. `SSLAB_LEARN_METHODS=dino,msn` runs others.
+    #[test]
+    fn the_tiny_recipes_learn_on_shape_only_scenes() {
+        let recipes = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../recipes");
+        let only = std::env::var("SSLAB_LEARN_METHODS").unwrap_or_default();
+        let mut report = Vec::new();
+        let methods: Vec<&str> = if only.is_empty() {
+            vec!["simclr", "vicreg", "byol"]
+        } else {
+            only.split(',').collect()
+        };
+        for method in methods {
+            let text =
+                std::fs::read_to_string(recipes.join(format!("{method}-tiny.toml"))).unwrap();
+            let mut spec = RunSpec::from_toml(&text).unwrap();
+            spec.data = DataSpec::Scenes(ScenesSpec {
+                classes: 5,
+                train_images: 640,
+                test_images: 200,
+                image_size: 32,
+                background_correlation: 0.0,
+                class_colour: 0.0,
+                seed: 11,
+            });
+            spec.eval.probes = vec![sslab_shared::spec::ProbeKind::Knn];
+            spec.eval.layers = vec!["backbone".into()];
+            spec.eval.online_probe = false;
+            // 160 steps of 32 images: more steps than the recipe's 96 of 64.
+            spec.optimizer.batch_size = 32;
+            spec.schedule.epochs = 8;
+            let splits = crate::data::load(&spec.data).unwrap();
+            let (untrained, _) = model::build(&spec, &Device::Cpu).unwrap();
+            let before = eval::evaluate(&untrained, &splits, &spec.eval, spec.seed, &Device::Cpu)
+                .unwrap()[0]
+                .value;
+            let mut rec = Record {
+                losses: vec![],
+                online: vec![],
+                stop_after: None,
+                checkpoints: 0,
+            };
+            let out = train(
+                &spec,
+                &splits,
+                &Device::Cpu,
+                &tempdir().join("l.safetensors"),
+                &mut rec,
+            )
+            .unwrap();
+            let Outcome::Finished { evaluations, .. } = out else {
+                panic!("stopped")
+            };
+            let after = evaluations[0].value;
+            eprintln!("{method}: kNN@backbone untrained {before:.3}, trained {after:.3}");
+            report.push((method, before, after));
+        }
+        for (method, before, after) in report {
+            assert!(
+                after >= 0.34 && after >= before + 0.03,
+                "{method}: kNN@backbone {before:.3} untrained -> {after:.3} trained (chance 0.20)"
+            );
+        }
     }
 
     fn tempdir() -> std::path::PathBuf {

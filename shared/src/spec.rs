@@ -150,6 +150,10 @@ pub struct ScenesSpec {
     /// How strongly the background type follows the class: 0 = independent,
     /// 1 = each class always on its own background.
     pub background_correlation: f64,
+    /// Chance that an object wears its class's colour (the others draw any
+    /// colour): 0.5 by default; 0 leaves form and texture as the only cues,
+    /// which random features read poorly and training must learn.
+    pub class_colour: f64,
     /// Seeds the generator; the test split uses a derived seed.
     pub seed: u64,
 }
@@ -164,6 +168,7 @@ impl Default for ScenesSpec {
             test_images: 500,
             image_size: 32,
             background_correlation: 0.2,
+            class_colour: 0.5,
             seed: 0,
         }
     }
@@ -1088,6 +1093,15 @@ impl RunSpec {
                     return bad(
                         "data.test_images",
                         format!("must be between 1 and 100000, got {}", s.test_images),
+                    );
+                }
+                if !(0.0..=1.0).contains(&s.class_colour) {
+                    return bad(
+                        "data.class_colour",
+                        format!(
+                            "is a probability, must be in [0, 1], got {}",
+                            s.class_colour
+                        ),
                     );
                 }
                 if !(0.0..=1.0).contains(&s.background_correlation) {

@@ -79,7 +79,7 @@ fn generate_set(spec: &ScenesSpec, n: usize, seed: u64) -> ImageSet {
         } else {
             rng.below(BACKGROUNDS.len())
         };
-        let b = draw_scene(out, s, class, background, &mut rng);
+        let b = draw_scene(out, s, class, background, spec.class_colour, &mut rng);
         labels.push(class as u32);
         boxes.push(b);
     }
@@ -235,6 +235,7 @@ fn draw_scene(
     s: usize,
     class: usize,
     background: usize,
+    class_colour: f64,
     rng: &mut Rng,
 ) -> [u32; 4] {
     let bg = Background::new(background, rng);
@@ -242,9 +243,9 @@ fn draw_scene(
     let x0 = rng.below(s - side + 1);
     let y0 = rng.below(s - side + 1);
     let shade = 0.85 + 0.3 * rng.f32();
-    // Half the objects wear their class's colour, the rest any colour: colour
+    // Some objects wear their class's colour, the rest any colour: colour
     // helps but does not decide, so form and texture must be learned.
-    let hue = if rng.chance(0.5) {
+    let hue = if rng.chance(class_colour) {
         class
     } else {
         rng.below(COLOURS.len())
@@ -296,6 +297,7 @@ mod tests {
             image_size: 32,
             background_correlation: 0.0,
             seed: 3,
+            ..ScenesSpec::default()
         }
     }
 
