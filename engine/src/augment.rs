@@ -247,7 +247,7 @@ pub fn two_view_batch(
 /// Every view of each image in `indices`, in parallel: `globals` full-size
 /// views (blur and solarize of view 0, then of view 1 for the rest), then
 /// `spec.local_views` local views of `local_side` pixels cut from
-/// `local_crop_scale` of the area (with view 1's blur and solarize). One CHW
+/// `local_crop_scale` of the area (with view 0's blur and solarize). One CHW
 /// float buffer per view; view v of image i is seeded by (seed, epoch, i, v + 1).
 pub fn batch_views(
     spec: &AugmentSpec,
@@ -266,7 +266,7 @@ pub fn batch_views(
                 [spec.crop_min_scale, spec.crop_max_scale],
             )
         })
-        .chain((0..spec.local_views).map(|_| (1, local, spec.local_crop_scale)))
+        .chain((0..spec.local_views).map(|_| (0, local, spec.local_crop_scale)))
         .collect();
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())

@@ -90,9 +90,12 @@ pub fn resume(
     run(spec, splits, device, checkpoint, true, observer)
 }
 
-/// Where the training state of `checkpoint` lives: `<name>.state.safetensors`.
-pub fn state_path(checkpoint: &Path) -> std::path::PathBuf {
-    checkpoint.with_extension("state.safetensors")
+/// Where the training state of `checkpoint` after `epochs_done` epochs
+/// lives: `<name>.state-<epochs>.safetensors`. The previous epoch's file is
+/// removed only once the new weights are in place, so a crash between the
+/// two writes still leaves a matching pair.
+pub fn state_path(checkpoint: &Path, epochs_done: usize) -> std::path::PathBuf {
+    checkpoint.with_extension(format!("state-{epochs_done}.safetensors"))
 }
 
 /// The views of one batch as tensors: the method's global views at the
@@ -231,6 +234,7 @@ fn run(
             probe.as_ref(),
         )?;
         save_checkpoint(&varmap, epoch + 1, checkpoint)?;
+        let _ = std::fs::remove_file(state_path(checkpoint, epoch));
         if observer.on_checkpoint(epoch, checkpoint) == Control::Stop {
             return Ok(Outcome::Stopped { step });
         }
@@ -349,7 +353,7 @@ fn save_training_state(
         }
     }
     tensors.insert(EPOCHS_DONE.into(), epochs_tensor(epochs_done)?);
-    save_atomically(tensors, &state_path(checkpoint))
+    save_atomically(tensors, &state_path(checkpoint, epochs_done))
 }
 
 /// Loads what [`save_checkpoint`] and [`save_training_state`] wrote and
@@ -362,17 +366,12 @@ fn load_training_state(
     probe: Option<&mut OnlineProbe>,
     device: &Device,
 ) -> Result<usize> {
-    let state_file = state_path(checkpoint);
-    for f in [checkpoint, state_file.as_path()] {
-        if !f.is_file() {
-            return Err(EngineError::Data(format!(
-                "cannot resume: {} is missing",
-                f.display()
-            )));
-        }
+    let missing =
+        |f: &Path| EngineError::Data(format!("cannot resume: {} is missing", f.display()));
+    if !checkpoint.is_file() {
+        return Err(missing(checkpoint));
     }
     let weights = candle_core::safetensors::load(checkpoint, device)?;
-    let state = candle_core::safetensors::load(&state_file, device)?;
     let epochs = |t: &HashMap<String, Tensor>, f: &Path| -> Result<usize> {
         let v = t
             .get(EPOCHS_DONE)
@@ -380,6 +379,11 @@ fn load_training_state(
         Ok(v.to_vec1::<u32>()?.first().copied().unwrap_or(0) as usize)
     };
     let done = epochs(&weights, checkpoint)?;
+    let state_file = state_path(checkpoint, done);
+    if !state_file.is_file() {
+        return Err(missing(&state_file));
+    }
+    let state = candle_core::safetensors::load(&state_file, device)?;
     if epochs(&state, &state_file)? != done {
         return Err(EngineError::Data(format!(
             "cannot resume: {} and {} are from different epochs",
@@ -534,21 +538,34 @@ mod tests {
         t
     }
 
-    /// 2 epochs, stop, resume for 2 = 4 epochs straight: DINO keeps an EMA
+    /// 2 epochs, stop, resume for 2 = 4 epochs straight. DINO keeps an EMA
     /// teacher and a centre, AdamW its moments, the weight decay follows a
-    /// schedule and the online probe trains beside; all of it must carry over.
+    /// schedule and the online probe trains beside; BYOL keeps its target
+    /// and LARS momentum: all of it must carry over.
     #[test]
     fn a_resumed_run_equals_an_uninterrupted_one() {
-        let mut spec = tiny_spec(64, 4);
-        spec.optimizer.batch_size = 32;
-        spec.method = sslab_shared::spec::MethodSpec::from_name("dino").unwrap();
-        if let sslab_shared::spec::MethodSpec::Dino { prototypes, .. } = &mut spec.method {
+        let mut dino = tiny_spec(64, 4);
+        dino.optimizer.batch_size = 32;
+        dino.method = sslab_shared::spec::MethodSpec::from_name("dino").unwrap();
+        if let sslab_shared::spec::MethodSpec::Dino { prototypes, .. } = &mut dino.method {
             *prototypes = 32;
         }
-        spec.augment.local_views = 2;
-        spec.optimizer.weight_decay_end = Some(0.1);
-        spec.eval.probes = vec![sslab_shared::spec::ProbeKind::Knn];
-        spec.eval.layers = vec!["backbone".into()];
+        dino.augment.local_views = 2;
+        dino.optimizer.weight_decay_end = Some(0.1);
+        dino.eval.probes = vec![sslab_shared::spec::ProbeKind::Knn];
+        dino.eval.layers = vec!["backbone".into()];
+        let mut byol = dino.clone();
+        byol.method = sslab_shared::spec::MethodSpec::from_name("byol").unwrap();
+        byol.augment.local_views = 0;
+        byol.optimizer.kind = sslab_shared::spec::OptimizerKind::Lars;
+        byol.optimizer.lr = 0.5;
+        for spec in [dino, byol] {
+            check_resume(&spec);
+        }
+    }
+
+    fn check_resume(spec: &RunSpec) {
+        let spec = spec.clone();
         let splits = crate::data::load(&spec.data).unwrap();
         let dir = tempdir();
         let (straight, halves) = (
@@ -593,7 +610,8 @@ mod tests {
         };
         let other = dir.join("other.safetensors");
         train(&spec, &splits, &Device::Cpu, &other, &mut stop).unwrap();
-        std::fs::copy(state_path(&halves), state_path(&other)).unwrap();
+        std::fs::copy(state_path(&halves, 4), state_path(&other, 1)).unwrap();
+        assert!(!state_path(&halves, 3).exists(), "older states are removed");
         let err = resume(&spec, &splits, &Device::Cpu, &other, &mut stop).unwrap_err();
         assert!(err.to_string().contains("different epochs"), "{err}");
         let err = resume(

@@ -1364,6 +1364,28 @@ impl RunSpec {
                     format!("must divide the width {}, got {}", b.width, b.heads),
                 );
             }
+            if self.method.needs_vit() && side / b.patch_size < 2 {
+                return bad(
+                    "backbone.patch_size",
+                    format!(
+                        "{} masks patches and needs at least 2×2 of them; {} leaves one",
+                        self.method.name(),
+                        b.patch_size
+                    ),
+                );
+            }
+            if let Some(d) = &self.eval.data
+                && d.image_size() % b.patch_size != 0
+            {
+                return bad(
+                    "eval.data",
+                    format!(
+                        "its {} px images do not split into the ViT's {} px patches",
+                        d.image_size(),
+                        b.patch_size
+                    ),
+                );
+            }
         } else if self.method.needs_vit() {
             return bad(
                 "backbone.kind",
@@ -1764,6 +1786,16 @@ mod tests {
                 r#"{"method": {"name": "mae"}, "backbone": {"kind": "vit", "width": 48, "heads": 3, "patch_size": 5}, "projector": {"dims": ""}}"#,
                 "backbone.patch_size",
                 "divide the image size 32",
+            ),
+            (
+                r#"{"method": {"name": "mae"}, "backbone": {"kind": "vit", "width": 48, "patch_size": 32}, "projector": {"dims": ""}}"#,
+                "backbone.patch_size",
+                "at least 2×2",
+            ),
+            (
+                r#"{"backbone": {"kind": "vit", "width": 48, "patch_size": 8}, "eval": {"data": {"source": "folder", "path": "/d", "image_size": 28}}}"#,
+                "eval.data",
+                "28 px",
             ),
             (
                 r#"{"backbone": {"kind": "vit", "width": 50, "heads": 3}}"#,

@@ -67,4 +67,12 @@ impl Method for MocoV3 {
     fn after_step(&mut self, at: &StepInfo) -> candle_core::Result<()> {
         self.target.update(at)
     }
+
+    fn state(&self) -> Vec<(String, Tensor)> {
+        super::target_state(&self.target)
+    }
+
+    fn load_state(&mut self, state: &super::State) -> crate::Result<()> {
+        super::load_target_state(&self.target, state)
+    }
 }

@@ -26,7 +26,8 @@ use crate::model::Encoder;
 pub struct StepLoss {
     /// The scalar to minimise.
     pub loss: Tensor,
-    /// Backbone output for the first view, (N, D): what the online probe reads.
+    /// Backbone output for the first view, (N, D): what the online probe
+    /// reads. Methods that mask patches give the masked view's (no extra pass).
     pub features: Tensor,
 }
 

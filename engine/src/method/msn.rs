@@ -138,9 +138,11 @@ pub fn random_keep(
         .collect()
 }
 
-/// Patches kept when `ratio` of `patches` are dropped; at least one.
+/// Patches kept when `ratio` of `patches` are dropped: at least one, and at
+/// least one dropped (validation asks for 4 patches or more).
 pub fn kept_count(patches: usize, ratio: f64) -> usize {
-    (patches - (patches as f64 * ratio).round() as usize).max(1)
+    let dropped = ((patches as f64 * ratio).round() as usize).clamp(1, patches - 1);
+    patches - dropped
 }
 
 impl Method for Msn {
