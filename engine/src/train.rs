@@ -98,6 +98,15 @@ pub fn state_path(checkpoint: &Path, epochs_done: usize) -> std::path::PathBuf {
     checkpoint.with_extension(format!("state-{epochs_done}.safetensors"))
 }
 
+/// The number of epochs a checkpoint written by [`train`] holds.
+pub fn checkpoint_epochs(checkpoint: &Path) -> Result<usize> {
+    let tensors = candle_core::safetensors::load(checkpoint, &Device::Cpu)?;
+    let v = tensors.get(EPOCHS_DONE).ok_or_else(|| {
+        EngineError::Data(format!("{} holds no epoch count", checkpoint.display()))
+    })?;
+    Ok(v.to_vec1::<u32>()?.first().copied().unwrap_or(0) as usize)
+}
+
 /// The views of one batch as tensors: the method's global views at the
 /// image size, then the local views.
 pub fn batch_tensors(

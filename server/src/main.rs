@@ -59,6 +59,10 @@ enum Command {
         spec: PathBuf,
         #[arg(long)]
         out: PathBuf,
+        /// Continue the stopped run in OUT from its last end-of-epoch
+        /// checkpoint, exactly as if it had not stopped.
+        #[arg(long)]
+        resume: bool,
     },
     /// Run every point of a sweep locally, one subfolder per run, and
     /// write DIR/summary.csv (one row per run and layer).
@@ -116,7 +120,7 @@ async fn main() -> std::process::ExitCode {
             workers,
             max_sweep_runs,
         } => serve(&cli, *addr, static_dir, *workers, *max_sweep_runs).await,
-        Command::Train { spec, out } => train_cmd::run(spec, out).await,
+        Command::Train { spec, out, resume } => train_cmd::run(spec, out, *resume).await,
         Command::Sweep {
             spec,
             out,

@@ -54,7 +54,8 @@ pub async fn run(spec_path: &Path, out: &Path, max_runs: usize) -> anyhow::Resul
     for (i, point) in points.iter().enumerate() {
         let folder = folder_name(i, point);
         println!("[{}/{}] {}", i + 1, points.len(), point.spec.name);
-        let trained = train_into(&point.spec, &out.join(&folder), interrupted.clone()).await?;
+        let trained =
+            train_into(&point.spec, &out.join(&folder), false, interrupted.clone()).await?;
         match trained.status {
             RunStatus::Succeeded => {
                 if let Some(e) = trained

@@ -1,6 +1,6 @@
-//! `sslab train --spec FILE --out DIR`: one run on this machine, with a
-//! progress bar. Writes `run.json`, `metrics.jsonl`, `evaluations.json` and
-//! `checkpoint.safetensors` into DIR.
+//! `sslab train --spec FILE --out DIR [--resume]`: one run on this machine,
+//! with a progress bar. Writes `run.json`, `metrics.jsonl`, `evaluations.json`
+//! and `checkpoint.safetensors` (with its training state) into DIR.
 
 use std::io::Write;
 use std::path::Path;
@@ -104,9 +104,12 @@ pub fn read_run_spec(spec_path: &Path) -> anyhow::Result<RunSpec> {
     .map_err(|e| anyhow::anyhow!("{}: invalid spec: {e}", spec_path.display()))
 }
 
-pub async fn run(spec_path: &Path, out: &Path) -> anyhow::Result<()> {
+pub async fn run(spec_path: &Path, out: &Path, resume: bool) -> anyhow::Result<()> {
     let spec = read_run_spec(spec_path)?;
-    let trained = train_into(&spec, out, interrupt_flag()).await?;
+    if resume {
+        check_resumable(&spec, out)?;
+    }
+    let trained = train_into(&spec, out, resume, interrupt_flag()).await?;
     match trained.status {
         RunStatus::Succeeded => {
             println!(
@@ -119,19 +122,58 @@ pub async fn run(spec_path: &Path, out: &Path) -> anyhow::Result<()> {
             Ok(())
         }
         RunStatus::Cancelled => bail!(
-            "interrupted after {} steps; the last end-of-epoch checkpoint is kept in {}",
+            "interrupted after {} steps; the last end-of-epoch checkpoint is kept in {}; \
+             continue with `sslab train --spec {} --out {} --resume`",
             trained.steps,
+            out.display(),
+            spec_path.display(),
             out.display()
         ),
         _ => bail!("training failed: {}", trained.error.unwrap_or_default()),
     }
 }
 
+/// A run can be resumed from `out` when it was trained there with this very
+/// spec. Keeps the metrics of the epochs the checkpoint holds and drops those
+/// of the unfinished epoch, which the resumed run trains again.
+fn check_resumable(spec: &RunSpec, out: &Path) -> anyhow::Result<()> {
+    let run_file = out.join("run.json");
+    let text = std::fs::read_to_string(&run_file)
+        .with_context(|| format!("cannot resume: cannot read {}", run_file.display()))?;
+    let previous: RunFileIn = serde_json::from_str(&text)
+        .with_context(|| format!("cannot resume: {} is not a run file", run_file.display()))?;
+    if previous.spec != *spec {
+        bail!(
+            "cannot resume: the spec differs from the one {} was trained with",
+            out.display()
+        );
+    }
+    let checkpoint = out.join("checkpoint.safetensors");
+    let epochs = sslab_engine::train::checkpoint_epochs(&checkpoint)
+        .with_context(|| format!("cannot resume from {}", checkpoint.display()))?;
+    let kept_steps = epochs * (spec.total_steps() / spec.schedule.epochs);
+    let metrics = out.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&metrics).unwrap_or_default();
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_some_and(|s| s as usize <= kept_steps)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&metrics, kept).with_context(|| format!("cannot write {}", metrics.display()))
+}
+
 /// Trains `spec` with a progress bar, writing `run.json`, `metrics.jsonl`,
-/// `evaluations.json` and the checkpoint into `out`.
+/// `evaluations.json` and the checkpoint into `out`; with `resume`, continues
+/// from the checkpoint there and appends to the metrics.
 pub async fn train_into(
     spec: &RunSpec,
     out: &Path,
+    resume: bool,
     interrupted: Arc<AtomicBool>,
 ) -> anyhow::Result<Trained> {
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
@@ -149,7 +191,12 @@ pub async fn train_into(
     write_json(&run_file, &record)?;
 
     let metrics_path = out.join("metrics.jsonl");
-    let metrics = std::fs::File::create(&metrics_path)
+    let metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(resume)
+        .truncate(!resume)
+        .open(&metrics_path)
         .with_context(|| format!("cannot create {}", metrics_path.display()))?;
     let bar = ProgressBar::new(spec.total_steps() as u64);
     bar.set_style(
@@ -171,7 +218,12 @@ pub async fn train_into(
     let (result, mut observer) = tokio::task::spawn_blocking(move || {
         let device = sslab_engine::default_device();
         let result = sslab_engine::data::load(&spec_for_job.data).and_then(|splits| {
-            sslab_engine::train::train(&spec_for_job, &splits, &device, &checkpoint, &mut observer)
+            let train = if resume {
+                sslab_engine::train::resume
+            } else {
+                sslab_engine::train::train
+            };
+            train(&spec_for_job, &splits, &device, &checkpoint, &mut observer)
         });
         (result, observer)
     })

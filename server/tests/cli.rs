@@ -377,3 +377,77 @@ probes = ["knn"]
         "{err}"
     );
 }
+
+/// Ctrl-C after the first checkpoint, then `--resume`: every step is logged
+/// once and the probes read exactly what a run never stopped reads.
+#[test]
+fn an_interrupted_run_resumes_to_the_same_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("run.toml");
+    std::fs::write(&spec, TINY.replace("epochs = 2", "epochs = 30")).unwrap();
+    let straight = dir.path().join("straight");
+    assert!(train(&spec, &straight).status.success());
+
+    let out = dir.path().join("stopped");
+    let child = Command::new(env!("CARGO_BIN_EXE_sslab"))
+        .args(["train", "--spec", spec.to_str().unwrap()])
+        .args(["--out", out.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !out.join("checkpoint.safetensors").exists() {
+        assert!(started.elapsed().as_secs() < 300, "no checkpoint appeared");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let stopped = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&stopped.stderr);
+    assert!(!stopped.status.success(), "the run finished before Ctrl-C");
+    assert!(err.contains("--resume"), "{err}");
+
+    // Another spec cannot continue this run.
+    let other = dir.path().join("other.toml");
+    std::fs::write(&other, TINY.replace("epochs = 2", "epochs = 31")).unwrap();
+    let res = sslab(&[
+        "train",
+        "--spec",
+        other.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--resume",
+    ]);
+    assert!(!res.status.success());
+    assert!(String::from_utf8_lossy(&res.stderr).contains("spec differs"));
+
+    let res = sslab(&[
+        "train",
+        "--spec",
+        spec.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--resume",
+    ]);
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let steps: Vec<u64> = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["step"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(steps, (1..=90).collect::<Vec<u64>>());
+    let evals = |d: &Path| std::fs::read_to_string(d.join("evaluations.json")).unwrap();
+    assert_eq!(evals(&out), evals(&straight));
+}
