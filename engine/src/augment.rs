@@ -1,7 +1,8 @@
-//! Two-view augmentations in the SimCLR style (arXiv:2002.05709): random
-//! resized crop, horizontal flip, colour jitter, grayscale; BYOL's
-//! asymmetric blur and solarize (arXiv:2006.07733); additive Gaussian noise
-//! (arXiv:2303.01986). Each view is seeded
+//! Augmented views in the SimCLR style (arXiv:2002.05709): random resized
+//! crop, horizontal flip, colour jitter, grayscale; BYOL's asymmetric blur
+//! and solarize (arXiv:2006.07733); additive Gaussian noise
+//! (arXiv:2303.01986); small local views for multi-crop (SwAV, DINO, MSN).
+//! Each view is seeded
 //! by (run seed, epoch, image, view), so a run reproduces exactly whatever the
 //! number of threads.
 
@@ -226,24 +227,6 @@ impl Jitter {
     }
 }
 
-/// Builds a batch of two views for each image in `indices`, in parallel.
-/// Returns two CHW float buffers, one per view.
-pub fn two_view_batch(
-    spec: &AugmentSpec,
-    set: &ImageSet,
-    indices: &[usize],
-    seed: u64,
-    epoch: usize,
-) -> (Vec<f32>, Vec<f32>) {
-    let globals_only = AugmentSpec {
-        local_views: 0,
-        ..spec.clone()
-    };
-    let mut views = batch_views(&globals_only, set, indices, seed, epoch, 2).into_iter();
-    let a = views.next().expect("two views");
-    (a, views.next().expect("two views"))
-}
-
 /// Every view of each image in `indices`, in parallel: `globals` full-size
 /// views (blur and solarize of view 0, then of view 1 for the rest), then
 /// `spec.local_views` local views of `local_side` pixels cut from
@@ -318,6 +301,23 @@ pub fn batch_views(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The two global views of a batch.
+    fn two_view_batch(
+        spec: &AugmentSpec,
+        set: &ImageSet,
+        indices: &[usize],
+        seed: u64,
+        epoch: usize,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let globals_only = AugmentSpec {
+            local_views: 0,
+            ..spec.clone()
+        };
+        let mut views = batch_views(&globals_only, set, indices, seed, epoch, 2).into_iter();
+        let a = views.next().expect("two views");
+        (a, views.next().expect("two views"))
+    }
     use sslab_shared::spec::ScenesSpec;
 
     fn set() -> ImageSet {
@@ -460,5 +460,35 @@ mod tests {
         assert!((std - 0.1).abs() < 0.01, "{std}");
         // Seeded: the same noise again.
         assert_eq!(two_view_batch(&noisy, &set, &[3, 4, 5, 6], 1, 0).0, n);
+    }
+
+    #[test]
+    fn local_views_are_small_seeded_and_distinct() {
+        let set = set();
+        let spec = AugmentSpec {
+            local_views: 2,
+            local_size: 16,
+            ..AugmentSpec::default()
+        };
+        let views = batch_views(&spec, &set, &[0, 3, 5], 9, 1, 2);
+        let sizes: Vec<usize> = views.iter().map(|v| v.len()).collect();
+        assert_eq!(
+            sizes,
+            [
+                3 * 3 * 32 * 32,
+                3 * 3 * 32 * 32,
+                3 * 3 * 16 * 16,
+                3 * 3 * 16 * 16
+            ]
+        );
+        assert_eq!(views, batch_views(&spec, &set, &[0, 3, 5], 9, 1, 2));
+        assert_ne!(views[2], views[3]);
+        // The global views are those of a batch without local views.
+        let (a, b) = two_view_batch(&spec, &set, &[0, 3, 5], 9, 1);
+        assert_eq!((a, b), (views[0].clone(), views[1].clone()));
+        // One global view (MAE, SimMIM) is the first of the two.
+        let one = batch_views(&AugmentSpec::default(), &set, &[0, 3, 5], 9, 1, 1);
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0], views[0]);
     }
 }
