@@ -100,10 +100,17 @@ pub fn state_path(checkpoint: &Path, epochs_done: usize) -> std::path::PathBuf {
 
 /// The number of epochs a checkpoint written by [`train`] holds.
 pub fn checkpoint_epochs(checkpoint: &Path) -> Result<usize> {
-    let tensors = candle_core::safetensors::load(checkpoint, &Device::Cpu)?;
-    let v = tensors.get(EPOCHS_DONE).ok_or_else(|| {
-        EngineError::Data(format!("{} holds no epoch count", checkpoint.display()))
-    })?;
+    epochs_in(
+        &candle_core::safetensors::load(checkpoint, &Device::Cpu)?,
+        checkpoint,
+    )
+}
+
+/// The epoch count stored in `tensors`, read from `file`.
+fn epochs_in(tensors: &HashMap<String, Tensor>, file: &Path) -> Result<usize> {
+    let v = tensors
+        .get(EPOCHS_DONE)
+        .ok_or_else(|| EngineError::Data(format!("{} holds no epoch count", file.display())))?;
     Ok(v.to_vec1::<u32>()?.first().copied().unwrap_or(0) as usize)
 }
 
@@ -381,19 +388,13 @@ fn load_training_state(
         return Err(missing(checkpoint));
     }
     let weights = candle_core::safetensors::load(checkpoint, device)?;
-    let epochs = |t: &HashMap<String, Tensor>, f: &Path| -> Result<usize> {
-        let v = t
-            .get(EPOCHS_DONE)
-            .ok_or_else(|| EngineError::Data(format!("{} holds no epoch count", f.display())))?;
-        Ok(v.to_vec1::<u32>()?.first().copied().unwrap_or(0) as usize)
-    };
-    let done = epochs(&weights, checkpoint)?;
+    let done = epochs_in(&weights, checkpoint)?;
     let state_file = state_path(checkpoint, done);
     if !state_file.is_file() {
         return Err(missing(&state_file));
     }
     let state = candle_core::safetensors::load(&state_file, device)?;
-    if epochs(&state, &state_file)? != done {
+    if epochs_in(&state, &state_file)? != done {
         return Err(EngineError::Data(format!(
             "cannot resume: {} and {} are from different epochs",
             checkpoint.display(),

@@ -3,13 +3,13 @@
 //! teacher's centred and sharpened softmax (τ_t, warmed up from a lower
 //! value) of the other global crops; local crops go through the student only.
 
-use candle_core::{Device, ModuleT, Tensor};
+use candle_core::{Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use sslab_shared::RunSpec;
 use sslab_shared::spec::MethodSpec;
 
 use super::byol::EmaTarget;
-use super::prototypes::{Prototypes, cross_view_loss};
+use super::prototypes::{Prototypes, cross_view_loss, scores_per_view};
 use super::{Method, StepInfo, StepLoss};
 use crate::model::Encoder;
 
@@ -113,17 +113,8 @@ impl Method for Dino {
         at: &StepInfo,
     ) -> candle_core::Result<StepLoss> {
         let n = views[0].dim(0)?;
+        let (student, features) = scores_per_view(encoder, &self.prototypes, views)?;
         let globals = Tensor::cat(&[&views[0], &views[1]], 0)?;
-        let layers = encoder.forward_layers(&globals, true)?;
-        let s = self.prototypes.cosine(layers.last().expect("backbone"))?;
-        let mut student = vec![s.narrow(0, 0, n)?, s.narrow(0, n, n)?];
-        if views.len() > 2 {
-            let locals = Tensor::cat(&views[2..], 0)?;
-            let s = self.prototypes.cosine(&encoder.forward_t(&locals, true)?)?;
-            for v in 0..views.len() - 2 {
-                student.push(s.narrow(0, v * n, n)?);
-            }
-        }
         let t = self
             .target_prototypes
             .cosine(&self.target.forward(&globals)?)?
@@ -137,10 +128,7 @@ impl Method for Dino {
             self.teacher_temperature(at),
         )?;
         self.batch_center = Some(t.mean_keepdim(0)?);
-        Ok(StepLoss {
-            loss,
-            features: layers[0].narrow(0, 0, n)?,
-        })
+        Ok(StepLoss { loss, features })
     }
 
     fn after_step(&mut self, at: &StepInfo) -> candle_core::Result<()> {

@@ -37,43 +37,30 @@ pub fn power_law_prior(k: usize, power: f64) -> Vec<f64> {
 
 impl Msn {
     pub fn new(spec: &RunSpec, online: &VarMap, device: &Device) -> crate::Result<Self> {
-        let (k, temperature, sharpen, me_max_weight, mask_ratio, ema_base, power) =
-            match spec.method {
-                MethodSpec::Msn {
-                    prototypes,
-                    temperature,
-                    sharpen,
-                    me_max_weight,
-                    mask_ratio,
-                    ema_base,
-                } => (
-                    prototypes,
-                    temperature,
-                    sharpen,
-                    me_max_weight,
-                    mask_ratio,
-                    ema_base,
-                    0.0,
-                ),
-                MethodSpec::Pmsn {
-                    prototypes,
-                    temperature,
-                    sharpen,
-                    me_max_weight,
-                    mask_ratio,
-                    ema_base,
-                    power,
-                } => (
-                    prototypes,
-                    temperature,
-                    sharpen,
-                    me_max_weight,
-                    mask_ratio,
-                    ema_base,
-                    power,
-                ),
-                _ => unreachable!("built for MSN and PMSN specs only"),
-            };
+        let (MethodSpec::Msn {
+            prototypes: k,
+            temperature,
+            sharpen,
+            me_max_weight,
+            mask_ratio,
+            ema_base,
+        }
+        | MethodSpec::Pmsn {
+            prototypes: k,
+            temperature,
+            sharpen,
+            me_max_weight,
+            mask_ratio,
+            ema_base,
+            ..
+        }) = spec.method
+        else {
+            unreachable!("built for MSN and PMSN specs only")
+        };
+        let power = match spec.method {
+            MethodSpec::Pmsn { power, .. } => power,
+            _ => 0.0,
+        };
         let vb = VarBuilder::from_varmap(online, candle_core::DType::F32, device);
         let prototypes = Prototypes::new(k, spec.embedding_dim(), vb.pp("prototypes"))?;
         crate::model::seed_weights_under(online, "prototypes.", spec.seed ^ 0x3517)?;

@@ -35,6 +35,30 @@ impl Prototypes {
     }
 }
 
+/// Prototype scores of every view: the two global views in one pass (so
+/// BatchNorm sees them together), the local ones in another. Returns one
+/// (N, K) score matrix per view and the first view's backbone features.
+pub fn scores_per_view(
+    encoder: &crate::model::Encoder,
+    prototypes: &Prototypes,
+    views: &[Tensor],
+) -> candle_core::Result<(Vec<Tensor>, Tensor)> {
+    use candle_core::ModuleT;
+    let n = views[0].dim(0)?;
+    let globals = Tensor::cat(&[&views[0], &views[1]], 0)?;
+    let layers = encoder.forward_layers(&globals, true)?;
+    let s = prototypes.cosine(layers.last().expect("the backbone is always a layer"))?;
+    let mut scores = vec![s.narrow(0, 0, n)?, s.narrow(0, n, n)?];
+    if views.len() > 2 {
+        let locals = Tensor::cat(&views[2..], 0)?;
+        let s = prototypes.cosine(&encoder.forward_t(&locals, true)?)?;
+        for v in 0..views.len() - 2 {
+            scores.push(s.narrow(0, v * n, n)?);
+        }
+    }
+    Ok((scores, layers[0].narrow(0, 0, n)?))
+}
+
 /// Cosine similarity of every row of `z` (N, d) with every row of `w` (K, d).
 pub fn cosine_scores(z: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
     l2_normalize(z)?.matmul(&l2_normalize(w)?.t()?)

@@ -3,12 +3,12 @@
 //! balanced codes by Sinkhorn-Knopp; every other view predicts them.
 //! The feature queue of the paper (for batches far below 256) is not kept.
 
-use candle_core::{Device, ModuleT, Tensor};
+use candle_core::{Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use sslab_shared::RunSpec;
 use sslab_shared::spec::MethodSpec;
 
-use super::prototypes::{Prototypes, cross_view_loss};
+use super::prototypes::{Prototypes, cross_view_loss, scores_per_view};
 use super::{Method, StepInfo, StepLoss};
 use crate::model::Encoder;
 
@@ -68,18 +68,7 @@ impl Method for Swav {
         views: &[Tensor],
         _at: &StepInfo,
     ) -> candle_core::Result<StepLoss> {
-        let n = views[0].dim(0)?;
-        let globals = Tensor::cat(&[&views[0], &views[1]], 0)?;
-        let layers = encoder.forward_layers(&globals, true)?;
-        let s = self.prototypes.cosine(layers.last().expect("backbone"))?;
-        let mut scores = vec![s.narrow(0, 0, n)?, s.narrow(0, n, n)?];
-        if views.len() > 2 {
-            let locals = Tensor::cat(&views[2..], 0)?;
-            let s = self.prototypes.cosine(&encoder.forward_t(&locals, true)?)?;
-            for v in 0..views.len() - 2 {
-                scores.push(s.narrow(0, v * n, n)?);
-            }
-        }
+        let (scores, features) = scores_per_view(encoder, &self.prototypes, views)?;
         let codes = scores[..2]
             .iter()
             .map(|s| sinkhorn(s, self.epsilon, self.iterations))
@@ -90,7 +79,7 @@ impl Method for Swav {
             .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(StepLoss {
             loss: cross_view_loss(&logits, &codes)?,
-            features: layers[0].narrow(0, 0, n)?,
+            features,
         })
     }
 }
