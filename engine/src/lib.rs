@@ -4,6 +4,7 @@
 
 pub mod augment;
 pub mod data;
+pub mod dejavu;
 pub mod error;
 pub mod eval;
 pub mod method;

@@ -1,6 +1,7 @@
 //! `sslab`: the platform's server, worker and command line.
 
 mod artifacts;
+mod audit_cmd;
 mod http;
 mod store;
 mod sweep;
@@ -87,6 +88,15 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// A déjà vu memorization audit on this machine: trains the target on A
+    /// and the reference on B, attacks background crops, and writes
+    /// DIR/audit.json and DIR/examples.csv.
+    Audit {
+        #[arg(long)]
+        spec: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Create or update the database schema, then exit.
     Migrate,
 }
@@ -127,6 +137,7 @@ async fn main() -> std::process::ExitCode {
             max_runs,
         } => sweep_cmd::run(spec, out, *max_runs).await,
         Command::Eval { run, spec, out } => train_cmd::evaluate(run, spec, out.as_deref()).await,
+        Command::Audit { spec, out } => audit_cmd::run(spec, out).await,
         Command::Migrate => {
             async {
                 store::Store::connect(&database_url(&cli)?).await?;

@@ -2,6 +2,7 @@
 //! and the browser inference module. Serde only, so that it compiles to wasm32.
 
 pub mod api;
+pub mod audit;
 pub mod error;
 pub mod rng;
 pub mod spec;

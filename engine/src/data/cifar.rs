@@ -79,7 +79,6 @@ fn parse(bytes: &[u8], file: &Path, labels: Labels, set: &mut ImageSet) -> Resul
             set.pixels
                 .extend_from_slice(&[planes[p], planes[1024 + p], planes[2048 + p]]);
         }
-        set.boxes.push([0, 0, 32, 32]);
     }
     Ok(())
 }

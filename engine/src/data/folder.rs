@@ -97,13 +97,12 @@ fn read_set(files: &[(u32, PathBuf)], class_names: &[String], size: usize) -> Re
         size,
         pixels: Vec::with_capacity(files.len() * size * size * 3),
         labels: Vec::with_capacity(files.len()),
-        boxes: Vec::with_capacity(files.len()),
+        boxes: Vec::new(),
         class_names: class_names.to_vec(),
     };
     for (label, path) in files {
         set.pixels.extend(decode(path, size)?);
         set.labels.push(*label);
-        set.boxes.push([0, 0, size as u32, size as u32]);
     }
     Ok(set)
 }

@@ -20,7 +20,8 @@ pub struct ImageSet {
     /// `len × size × size × 3` bytes, row-major RGB.
     pub pixels: Vec<u8>,
     pub labels: Vec<u32>,
-    /// Object bounding box per image, `[x0, y0, x1, y1)` in pixels.
+    /// Object bounding box per image, `[x0, y0, x1, y1)` in pixels; empty
+    /// when the data set has none.
     pub boxes: Vec<[u32; 4]>,
     pub class_names: Vec<String>,
 }
@@ -41,6 +42,24 @@ impl ImageSet {
     pub fn image(&self, i: usize) -> &[u8] {
         let n = self.size * self.size * 3;
         &self.pixels[i * n..(i + 1) * n]
+    }
+
+    /// The images `indices`, in that order, with their labels and boxes.
+    pub fn subset(&self, indices: &[usize]) -> ImageSet {
+        ImageSet {
+            size: self.size,
+            pixels: indices
+                .iter()
+                .flat_map(|&i| self.image(i).to_vec())
+                .collect(),
+            labels: indices.iter().map(|&i| self.labels[i]).collect(),
+            boxes: if self.boxes.is_empty() {
+                Vec::new()
+            } else {
+                indices.iter().map(|&i| self.boxes[i]).collect()
+            },
+            class_names: self.class_names.clone(),
+        }
     }
 }
 

@@ -1,0 +1,323 @@
+//! The déjà vu memorization audit (arXiv:2304.13850; facebookresearch/DejaVu):
+//! train the same spec on two disjoint sets A and B, attack background crops
+//! of the images unique to each with both models, and compare.
+
+pub mod attack;
+pub mod crop;
+pub mod report;
+pub mod split;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use candle_core::Device;
+use sslab_shared::audit::{AttackEmbedding, AuditReport, AuditSpec, SnapshotReport, SplitSummary};
+use sslab_shared::spec::ProbeKind;
+
+use crate::Result;
+use crate::data::{self, ImageSet, Splits};
+use crate::eval::{self, Features};
+use crate::model::Encoder;
+use crate::train::{self, Control, Observer, StepMetrics};
+
+use attack::PublicIndex;
+use report::{Attacked, Guesses};
+
+/// The two models of an audit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Model {
+    /// Trained on A (the target for A-only images).
+    A,
+    /// Trained on B.
+    B,
+}
+
+/// Progress of an audit.
+pub trait AuditObserver {
+    fn on_step(&mut self, model: Model, metrics: &StepMetrics) -> Control;
+    /// Both models have been attacked at this epoch.
+    fn on_snapshot(&mut self, _snapshot: &SnapshotReport) {}
+}
+
+/// The data of an audit, dealt out and cropped.
+pub struct Prepared {
+    pub pool: ImageSet,
+    pub heldout: ImageSet,
+    pub partition: split::Partition,
+    pub attacked: Attacked,
+    pub summary: SplitSummary,
+}
+
+/// Loads the data, splits it and finds every crop; what is left out is
+/// counted by reason.
+pub fn prepare(spec: &AuditSpec) -> Result<Prepared> {
+    let Splits {
+        train: pool,
+        test: heldout,
+    } = data::load(&spec.run.data)?;
+    let partition = split::partition(&pool, &spec.split);
+    let mut skipped: BTreeMap<crop::Skip, usize> = BTreeMap::new();
+    let mut crops = |images: &[usize]| {
+        images
+            .iter()
+            .filter_map(|&i| match crop::background_crop(&pool, i, &spec.attack) {
+                Ok(r) => Some((i, r)),
+                Err(why) => {
+                    *skipped.entry(why).or_default() += 1;
+                    None
+                }
+            })
+            .collect::<Vec<_>>()
+    };
+    let attacked = Attacked {
+        a: crops(&partition.a_only),
+        b: crops(&partition.b_only),
+    };
+    let mut skipped: Vec<(String, usize)> = skipped
+        .into_iter()
+        .map(|(why, n)| (why.reason().to_string(), n))
+        .collect();
+    if partition.bad_boxes > 0 {
+        skipped.push((
+            "box outside the image (dealt out as unboxed)".into(),
+            partition.bad_boxes,
+        ));
+    }
+    let summary = SplitSummary {
+        a_only: partition.a_only.len(),
+        b_only: partition.b_only.len(),
+        shared: partition.shared.len(),
+        public: partition.public.len(),
+        attacked_a: attacked.a.len(),
+        attacked_b: attacked.b.len(),
+        skipped,
+        warnings: partition.warnings.clone(),
+    };
+    if attacked.a.is_empty() || attacked.b.is_empty() {
+        return Err(crate::EngineError::Data(format!(
+            "no image of A or B has a usable background crop (skipped: {})",
+            summary
+                .skipped
+                .iter()
+                .map(|(why, n)| format!("{n} × {why}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    if partition.public.is_empty() {
+        return Err(crate::EngineError::Data(
+            "the public set is empty: the pool has no images beyond A and B".into(),
+        ));
+    }
+    Ok(Prepared {
+        pool,
+        heldout,
+        partition,
+        attacked,
+        summary,
+    })
+}
+
+/// One model's attack at one epoch.
+struct Attack {
+    guesses: Guesses,
+    knn: f64,
+}
+
+/// Embeds the public set, the held-out images and the crops with `encoder`
+/// and attacks.
+fn attack(
+    encoder: &Encoder,
+    spec: &AuditSpec,
+    prep: &Prepared,
+    public: &ImageSet,
+    crops: &[ImageSet; 2],
+    device: &Device,
+) -> Result<Attack> {
+    let layer = |all: Vec<Features>| {
+        match spec.attack.embedding {
+            AttackEmbedding::Projector => all.into_iter().last(),
+            AttackEmbedding::Backbone => all.into_iter().next(),
+        }
+        .expect("an encoder has at least its backbone layer")
+    };
+    let public_layers = eval::embed_layers(encoder, public, device)?;
+    let heldout = eval::embed_layers(encoder, &prep.heldout, device)?;
+    let e = &spec.run.eval;
+    let knn = crate::probe::knn::knn_accuracy(
+        &public_layers[0],
+        &public.labels,
+        &heldout[0],
+        &prep.heldout.labels,
+        public.classes(),
+        e.knn_k,
+        e.knn_temperature,
+        e.knn_metric,
+    );
+    let index_features = layer(public_layers);
+    let index = PublicIndex {
+        features: &index_features,
+        labels: &public.labels,
+        classes: public.classes(),
+    };
+    let guess = |set: &ImageSet| -> Result<Vec<_>> {
+        let f = layer(eval::embed_layers(encoder, set, device)?);
+        Ok((0..f.len())
+            .map(|i| index.guess(f.row(i), spec.attack.k))
+            .collect())
+    };
+    Ok(Attack {
+        guesses: Guesses {
+            on_a: guess(&crops[0])?,
+            on_b: guess(&crops[1])?,
+        },
+        knn,
+    })
+}
+
+/// Attacks at the snapshot epochs while one model trains.
+struct Snapshots<'a> {
+    model: Model,
+    spec: &'a AuditSpec,
+    prep: &'a Prepared,
+    public: &'a ImageSet,
+    crops: &'a [ImageSet; 2],
+    device: &'a Device,
+    wanted: Vec<usize>,
+    found: BTreeMap<usize, Attack>,
+    error: Option<crate::EngineError>,
+    observer: &'a mut dyn AuditObserver,
+}
+
+impl Observer for Snapshots<'_> {
+    fn on_step(&mut self, metrics: &StepMetrics) -> Control {
+        self.observer.on_step(self.model, metrics)
+    }
+
+    fn on_checkpoint(&mut self, epoch: usize, path: &Path) -> Control {
+        let done = epoch + 1;
+        if !self.wanted.contains(&done) {
+            return Control::Continue;
+        }
+        let attacked = train::load_encoder(&self.spec.run, path, self.device).and_then(|enc| {
+            attack(
+                &enc,
+                self.spec,
+                self.prep,
+                self.public,
+                self.crops,
+                self.device,
+            )
+        });
+        match attacked {
+            Ok(a) => {
+                self.found.insert(done, a);
+                Control::Continue
+            }
+            Err(e) => {
+                self.error = Some(e);
+                Control::Stop
+            }
+        }
+    }
+}
+
+/// Runs the whole audit; checkpoints go to `dir`.
+pub fn run(
+    spec: &AuditSpec,
+    device: &Device,
+    dir: &Path,
+    observer: &mut dyn AuditObserver,
+) -> Result<AuditReport> {
+    spec.validate()?;
+    let prep = prepare(spec)?;
+    let public = prep.pool.subset(&prep.partition.public);
+    let crops = [
+        crop::crop_set(&prep.pool, &prep.attacked.a),
+        crop::crop_set(&prep.pool, &prep.attacked.b),
+    ];
+    // Each model is evaluated by the audit itself; the run's own plan is cut
+    // to one cheap probe.
+    let mut run = spec.run.clone();
+    run.eval.probes = vec![ProbeKind::Knn];
+    run.eval.layers = vec!["backbone".into()];
+    run.eval.data = None;
+    let mut results = Vec::new();
+    for (model, train_set) in [
+        (Model::A, prep.partition.train_a()),
+        (Model::B, prep.partition.train_b()),
+    ] {
+        let splits = Splits {
+            train: prep.pool.subset(&train_set),
+            test: prep.heldout.clone(),
+        };
+        let mut snaps = Snapshots {
+            model,
+            spec,
+            prep: &prep,
+            public: &public,
+            crops: &crops,
+            device,
+            wanted: spec.snapshot_epochs(),
+            found: BTreeMap::new(),
+            error: None,
+            observer: &mut *observer,
+        };
+        let name = if model == Model::A {
+            "target-a"
+        } else {
+            "reference-b"
+        };
+        let outcome = train::train(
+            &run,
+            &splits,
+            device,
+            &dir.join(format!("{name}.safetensors")),
+            &mut snaps,
+        )?;
+        if let Some(e) = snaps.error {
+            return Err(e);
+        }
+        if let train::Outcome::Stopped { step } = outcome {
+            return Err(crate::EngineError::Data(format!(
+                "the audit was stopped at step {step} of model {model:?}"
+            )));
+        }
+        results.push(snaps.found);
+    }
+    let (b, a) = (
+        results.pop().expect("two models"),
+        results.pop().expect("two models"),
+    );
+    let labels = &prep.pool.labels;
+    let mut snapshots = Vec::new();
+    for epoch in spec.snapshot_epochs() {
+        let (ta, tb) = (&a[&epoch], &b[&epoch]);
+        let s = report::snapshot(
+            epoch,
+            (ta.knn, tb.knn),
+            &prep.attacked,
+            labels,
+            &prep.pool.class_names,
+            &ta.guesses,
+            &tb.guesses,
+        );
+        observer.on_snapshot(&s);
+        snapshots.push(s);
+    }
+    let last = spec.run.schedule.epochs;
+    let examples = report::examples(
+        &prep.attacked,
+        labels,
+        &a[&last].guesses,
+        &b[&last].guesses,
+        &prep.partition.public,
+    );
+    Ok(AuditReport {
+        spec: spec.clone(),
+        split: prep.summary,
+        class_names: prep.pool.class_names.clone(),
+        snapshots,
+        examples,
+    })
+}

@@ -1,0 +1,170 @@
+//! `sslab audit --spec FILE --out DIR`: a déjà vu audit on this machine.
+//! Writes `audit.json` (the split, and per snapshot the curves, the
+//! four-way split and the per-class gaps), `examples.csv` (one row per
+//! attacked image at the last snapshot) and both models' checkpoints.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use sslab_engine::dejavu::{AuditObserver, Model};
+use sslab_engine::train::{Control, StepMetrics};
+use sslab_shared::audit::{AuditReport, AuditSpec, SnapshotReport};
+
+use crate::train_cmd::{interrupt_flag, write_json};
+
+struct Progress {
+    bar: ProgressBar,
+    model: Option<Model>,
+    interrupted: Arc<AtomicBool>,
+}
+
+impl AuditObserver for Progress {
+    fn on_step(&mut self, model: Model, m: &StepMetrics) -> Control {
+        if self.model != Some(model) {
+            self.model = Some(model);
+            self.bar.set_length(m.total_steps as u64);
+        }
+        let which = match model {
+            Model::A => "target (A)",
+            Model::B => "reference (B)",
+        };
+        self.bar.set_position(m.step as u64);
+        self.bar
+            .set_message(format!("{which} epoch {} loss {:.4}", m.epoch, m.loss));
+        if self.interrupted.load(Ordering::Relaxed) {
+            Control::Stop
+        } else {
+            Control::Continue
+        }
+    }
+
+    fn on_snapshot(&mut self, s: &SnapshotReport) {
+        self.bar.println(summary_line(s));
+    }
+}
+
+fn summary_line(s: &SnapshotReport) -> String {
+    let at = |f: f64| s.curve.iter().find(|p| (p.fraction - f).abs() < 1e-9);
+    let (all, top) = (at(1.0), at(0.2));
+    format!(
+        "epoch {:>4}: top-1 target {:.3} reference {:.3} (most confident 20 %: {:.3} vs {:.3}); full-image kNN {:.3} / {:.3}",
+        s.epoch,
+        all.map_or(0.0, |p| p.target_top1),
+        all.map_or(0.0, |p| p.reference_top1),
+        top.map_or(0.0, |p| p.target_top1),
+        top.map_or(0.0, |p| p.reference_top1),
+        s.knn_target,
+        s.knn_reference
+    )
+}
+
+pub fn read_audit_spec(path: &Path) -> anyhow::Result<AuditSpec> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the spec {}", path.display()))?;
+    if path.extension().is_some_and(|e| e == "json") {
+        AuditSpec::from_json(&text)
+    } else {
+        AuditSpec::from_toml(&text)
+    }
+    .map_err(|e| anyhow::anyhow!("{}: invalid audit spec: {e}", path.display()))
+}
+
+pub async fn run(spec_path: &Path, out: &Path) -> anyhow::Result<()> {
+    let spec = read_audit_spec(spec_path)?;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let bar = ProgressBar::new(spec.run.total_steps() as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps  {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut progress = Progress {
+        bar,
+        model: None,
+        interrupted: interrupt_flag(),
+    };
+    let dir = out.to_path_buf();
+    let (report, progress) = tokio::task::spawn_blocking(move || {
+        let device = sslab_engine::default_device();
+        let report = sslab_engine::dejavu::run(&spec, &device, &dir, &mut progress);
+        (report, progress)
+    })
+    .await?;
+    progress.bar.finish_and_clear();
+    let report = report.map_err(|e| anyhow::anyhow!("the audit failed: {e}"))?;
+    write_json(&out.join("audit.json"), &report)?;
+    write_examples(&out.join("examples.csv"), &report)?;
+    let s = &report.split;
+    println!(
+        "A-only {} (attacked {}), B-only {} (attacked {}), shared {}, public {}",
+        s.a_only, s.attacked_a, s.b_only, s.attacked_b, s.shared, s.public
+    );
+    for (why, n) in &s.skipped {
+        println!("not attacked: {n} × {why}");
+    }
+    for w in &s.warnings {
+        println!("warning: {w}");
+    }
+    for snap in &report.snapshots {
+        println!("{}", summary_line(snap));
+    }
+    if let Some(last) = report.snapshots.last() {
+        let f = last.four_way;
+        println!(
+            "last epoch: {} memorized, {} correlated, {} forgotten, {} unassociated",
+            f.memorized, f.correlated, f.forgotten, f.unassociated
+        );
+    }
+    println!("wrote {}", out.display());
+    Ok(())
+}
+
+fn write_examples(path: &Path, report: &AuditReport) -> anyhow::Result<()> {
+    let name = |c: u32| {
+        report
+            .class_names
+            .get(c as usize)
+            .cloned()
+            .unwrap_or_else(|| c.to_string())
+    };
+    let join = |v: &[u32]| v.iter().map(u32::to_string).collect::<Vec<_>>().join(" ");
+    let joinu = |v: &[usize]| v.iter().map(usize::to_string).collect::<Vec<_>>().join(" ");
+    let mut text = String::from(
+        "image,set,label,class,crop_x0,crop_y0,crop_x1,crop_y1,target_top1,target_top5,target_confidence,target_neighbours,reference_top1,reference_top5,reference_confidence,reference_neighbours,outcome\n",
+    );
+    for e in &report.examples {
+        let top1 = |g: &sslab_shared::audit::Guess| {
+            g.top5.first().map_or(String::new(), |&c| c.to_string())
+        };
+        let c = e.crop;
+        text += &format!(
+            "{},{},{},{},{},{},{},{},{},{},{:.6},{},{},{},{:.6},{},{}\n",
+            e.image,
+            e.set,
+            e.label,
+            crate::sweep::csv_field(&name(e.label)),
+            c[0],
+            c[1],
+            c[2],
+            c[3],
+            top1(&e.target),
+            join(&e.target.top5),
+            e.target.confidence,
+            joinu(&e.target.neighbours),
+            top1(&e.reference),
+            join(&e.reference.top5),
+            e.reference.confidence,
+            joinu(&e.reference.neighbours),
+            e.outcome()
+        );
+    }
+    let mut file =
+        std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(text.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
+}

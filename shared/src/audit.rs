@@ -1,0 +1,302 @@
+//! The déjà vu memorization audit (Meehan et al. 2023, arXiv:2304.13850):
+//! the spec of an audit and the report it produces.
+//!
+//! One `RunSpec` trains two models: the target on set A, the reference on a
+//! disjoint set B. Each model then sees only a background crop of the images
+//! unique to A and to B and guesses the object's label from its k nearest
+//! neighbours in a labelled public set. The target guessing its own training
+//! images better than the reference does is memorization of those images.
+
+use serde::{Deserialize, Serialize};
+
+use crate::RunSpec;
+use crate::error::SpecError;
+use crate::spec::DataSpec;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditSpec {
+    pub name: String,
+    /// How both models train. Its data's training split is the pool that
+    /// A, B and the public set are drawn from; it must carry object boxes.
+    pub run: RunSpec,
+    pub split: SplitSpec,
+    pub attack: AttackSpec,
+    /// Epochs after which both models are attacked, to follow memorization
+    /// over training; the last epoch always is.
+    pub snapshots: Vec<usize>,
+}
+
+impl Default for AuditSpec {
+    fn default() -> Self {
+        AuditSpec {
+            name: String::new(),
+            run: RunSpec::default(),
+            split: SplitSpec::default(),
+            attack: AttackSpec::default(),
+            snapshots: Vec::new(),
+        }
+    }
+}
+
+/// The A / B / shared / public partition of the reference code, per class.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SplitSpec {
+    /// Training images per class in each of A and B (the paper's `npc`).
+    /// Boxed images are split between A and B; unboxed ones fill both
+    /// equally as the shared part.
+    pub per_class: usize,
+    /// Public images per class (labelled, seen by neither model); 0 takes
+    /// every image left.
+    pub public_per_class: usize,
+    /// Orders each class's images before they are dealt out.
+    pub seed: u64,
+}
+
+impl Default for SplitSpec {
+    fn default() -> Self {
+        SplitSpec {
+            per_class: 50,
+            public_per_class: 0,
+            seed: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttackEmbedding {
+    /// The projector's output (the paper's default).
+    Projector,
+    /// The backbone's representation (guillotine; memorizes less).
+    Backbone,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CropKind {
+    /// The largest rectangle that touches no box (largest shorter side).
+    Largest,
+    /// The top-left corner, `corner_fraction` of the width and height; it
+    /// may show part of the object (the reference's ablation).
+    Corner,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AttackSpec {
+    /// Public neighbours that vote (exact L2).
+    pub k: usize,
+    pub embedding: AttackEmbedding,
+    pub crop: CropKind,
+    /// Images whose best crop has a shorter side below this fraction of the
+    /// image side are left out (the paper asks 100 px of ImageNet images).
+    pub min_crop: f64,
+    pub corner_fraction: f64,
+}
+
+impl Default for AttackSpec {
+    fn default() -> Self {
+        AttackSpec {
+            k: 100,
+            embedding: AttackEmbedding::Projector,
+            crop: CropKind::Largest,
+            min_crop: 0.25,
+            corner_fraction: 0.3,
+        }
+    }
+}
+
+impl AuditSpec {
+    pub fn from_toml(text: &str) -> Result<Self, SpecError> {
+        let spec: AuditSpec = crate::error::from_toml(text)?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    pub fn from_json(text: &str) -> Result<Self, SpecError> {
+        let spec: AuditSpec = crate::error::from_json(text)?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let bad = |field: &str, msg: String| Err(SpecError::new(field, msg));
+        self.run.validate().map_err(|e| {
+            SpecError::new(
+                if e.field.is_empty() {
+                    "run".to_string()
+                } else {
+                    format!("run.{}", e.field)
+                },
+                e.message,
+            )
+        })?;
+        if !matches!(self.run.data, DataSpec::Scenes(_)) {
+            return bad(
+                "run.data.source",
+                "the audit needs object boxes; of the readers only the built-in scenes carry them"
+                    .into(),
+            );
+        }
+        if self.split.per_class < 1 {
+            return bad("split.per_class", "must be at least 1".into());
+        }
+        if self.attack.k < 1 || self.attack.k > 1000 {
+            return bad(
+                "attack.k",
+                format!("must be between 1 and 1000, got {}", self.attack.k),
+            );
+        }
+        if !(self.attack.min_crop > 0.0 && self.attack.min_crop <= 1.0) {
+            return bad(
+                "attack.min_crop",
+                format!(
+                    "a fraction of the image side in (0, 1], got {}",
+                    self.attack.min_crop
+                ),
+            );
+        }
+        if !(self.attack.corner_fraction > 0.0 && self.attack.corner_fraction <= 1.0) {
+            return bad(
+                "attack.corner_fraction",
+                format!("must be in (0, 1], got {}", self.attack.corner_fraction),
+            );
+        }
+        let epochs = self.run.schedule.epochs;
+        if let Some(e) = self.snapshots.iter().find(|&&e| e < 1 || e > epochs) {
+            return bad(
+                "snapshots",
+                format!("epoch {e} is outside the run's 1…{epochs}"),
+            );
+        }
+        Ok(())
+    }
+
+    /// The epochs attacked, ascending, the last one included.
+    pub fn snapshot_epochs(&self) -> Vec<usize> {
+        let mut out = self.snapshots.clone();
+        out.push(self.run.schedule.epochs);
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+}
+
+/// Fractions of the most confident examples at which accuracy is reported.
+pub const FRACTIONS: [f64; 11] = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0];
+
+/// Everything an audit found.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditReport {
+    pub spec: AuditSpec,
+    pub split: SplitSummary,
+    /// The pool's class names, by label.
+    pub class_names: Vec<String>,
+    /// One entry per snapshot epoch, ascending.
+    pub snapshots: Vec<SnapshotReport>,
+    /// Every attacked image at the last snapshot.
+    pub examples: Vec<Example>,
+}
+
+/// Sizes of the partition, and every image left out and why.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SplitSummary {
+    pub a_only: usize,
+    pub b_only: usize,
+    pub shared: usize,
+    pub public: usize,
+    /// A-only and B-only images whose crop is attacked.
+    pub attacked_a: usize,
+    pub attacked_b: usize,
+    /// (reason, count): images of A or B not attacked, and why.
+    pub skipped: Vec<(String, usize)>,
+    /// Classes that got fewer than `per_class` training images, said plainly.
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotReport {
+    pub epoch: usize,
+    /// Full-image kNN top-1 (public set as memory, held-out test images as
+    /// queries) of the target and the reference model.
+    pub knn_target: f64,
+    pub knn_reference: f64,
+    /// Accuracy over the most confident fraction, for each of [`FRACTIONS`].
+    pub curve: Vec<CurvePoint>,
+    pub four_way: FourWay,
+    pub per_class: Vec<ClassGap>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CurvePoint {
+    pub fraction: f64,
+    /// (A on A-only + B on B-only) / 2.
+    pub target_top1: f64,
+    pub target_top5: f64,
+    /// (A on B-only + B on A-only) / 2: the correlation baseline.
+    pub reference_top1: f64,
+    pub reference_top5: f64,
+}
+
+/// Each attacked image by whether the model that trained on it (target) and
+/// the one that did not (reference) guess its label.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FourWay {
+    /// Both right: the background alone says the label.
+    pub correlated: usize,
+    /// Only the target right.
+    pub memorized: usize,
+    /// Only the reference right.
+    pub forgotten: usize,
+    /// Both wrong.
+    pub unassociated: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassGap {
+    pub class: u32,
+    pub name: String,
+    pub images: usize,
+    pub target_top1: f64,
+    pub reference_top1: f64,
+}
+
+/// One attacked image at the last snapshot (a row of `examples.csv`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Example {
+    /// Index in the pool (the data's training split).
+    pub image: usize,
+    /// "A" or "B": the set it is unique to.
+    pub set: String,
+    pub label: u32,
+    /// `[x0, y0, x1, y1)` of the crop in pixels.
+    pub crop: [u32; 4],
+    pub target: Guess,
+    pub reference: Guess,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Guess {
+    /// Labels by neighbour votes, most first (up to five).
+    pub top5: Vec<u32>,
+    /// Minus the entropy of the neighbours' label histogram.
+    pub confidence: f64,
+    /// The nearest public images, nearest first (up to five).
+    pub neighbours: Vec<usize>,
+}
+
+impl Example {
+    /// correlated / memorized / forgotten / unassociated.
+    pub fn outcome(&self) -> &'static str {
+        let t = self.target.top5.first() == Some(&self.label);
+        let r = self.reference.top5.first() == Some(&self.label);
+        match (t, r) {
+            (true, true) => "correlated",
+            (true, false) => "memorized",
+            (false, true) => "forgotten",
+            (false, false) => "unassociated",
+        }
+    }
+}
