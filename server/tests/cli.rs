@@ -451,3 +451,97 @@ fn an_interrupted_run_resumes_to_the_same_result() {
     let evals = |d: &Path| std::fs::read_to_string(d.join("evaluations.json")).unwrap();
     assert_eq!(evals(&out), evals(&straight));
 }
+
+const AUDIT: &str = r#"
+name = "cli-audit"
+snapshots = [1]
+[split]
+per_class = 6
+[attack]
+k = 10
+[run]
+seed = 3
+[run.data]
+source = "scenes"
+classes = 3
+train_images = 90
+test_images = 30
+[run.backbone]
+width = 8
+[run.projector]
+dims = "32-16"
+[run.optimizer]
+batch_size = 12
+[run.schedule]
+epochs = 2
+"#;
+
+#[test]
+fn audit_writes_the_report_and_one_row_per_attacked_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("audit.toml");
+    std::fs::write(&spec, AUDIT).unwrap();
+    let out = dir.path().join("out");
+    let args = |spec: &Path| {
+        sslab(&[
+            "audit",
+            "--spec",
+            spec.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    let res = args(&spec);
+    let stdout = String::from_utf8_lossy(&res.stdout);
+    assert!(
+        res.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    assert!(stdout.contains("epoch    2: top-1 target"), "{stdout}");
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("audit.json")).unwrap()).unwrap();
+    let split = &report["split"];
+    assert_eq!(split["a_only"], 18);
+    assert_eq!(split["b_only"], 18);
+    assert_eq!(split["public"], 90 - 36);
+    let snapshots = report["snapshots"].as_array().unwrap();
+    assert_eq!(snapshots.len(), 2);
+    assert_eq!(snapshots[1]["epoch"], 2);
+    assert_eq!(snapshots[1]["curve"].as_array().unwrap().len(), 11);
+    let counts = &snapshots[1]["four_way"];
+    let total: u64 = ["correlated", "memorized", "forgotten", "unassociated"]
+        .iter()
+        .map(|k| counts[k].as_u64().unwrap())
+        .sum();
+    let attacked = split["attacked_a"].as_u64().unwrap() + split["attacked_b"].as_u64().unwrap();
+    assert_eq!(total, attacked);
+    let csv = std::fs::read_to_string(out.join("examples.csv")).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert!(lines[0].starts_with("image,set,label,class,crop_x0"));
+    assert_eq!(lines.len() as u64, 1 + attacked);
+    assert!(lines[1..].iter().all(|l| l.ends_with("correlated")
+        || l.ends_with("memorized")
+        || l.ends_with("forgotten")
+        || l.ends_with("unassociated")));
+
+    // Bad specs are refused by field, before anything trains.
+    std::fs::write(&spec, AUDIT.replace("snapshots = [1]", "snapshots = [9]")).unwrap();
+    let err = String::from_utf8_lossy(&args(&spec).stderr).into_owned();
+    assert!(
+        err.contains("snapshots") && err.contains("epoch 9"),
+        "{err}"
+    );
+    std::fs::write(
+        &spec,
+        AUDIT
+            .replace("source = \"scenes\"", "source = \"cifar10\"\npath = \"/x\"")
+            .replace("classes = 3\ntrain_images = 90\ntest_images = 30\n", ""),
+    )
+    .unwrap();
+    let err = String::from_utf8_lossy(&args(&spec).stderr).into_owned();
+    assert!(
+        err.contains("run.data.source") && err.contains("boxes"),
+        "{err}"
+    );
+}

@@ -300,3 +300,47 @@ impl Example {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recipe() -> AuditSpec {
+        AuditSpec::from_toml(include_str!("../../recipes/dejavu-tiny.toml")).unwrap()
+    }
+
+    #[test]
+    fn the_recipe_parses_and_snapshots_end_at_the_last_epoch() {
+        let spec = recipe();
+        assert_eq!(
+            spec.snapshot_epochs().last(),
+            Some(&spec.run.schedule.epochs)
+        );
+        assert_eq!(spec.attack.embedding, AttackEmbedding::Projector);
+    }
+
+    #[test]
+    fn bad_audits_name_their_field() {
+        let field = |edit: fn(&mut AuditSpec)| {
+            let mut spec = recipe();
+            edit(&mut spec);
+            spec.validate().unwrap_err().field
+        };
+        assert_eq!(field(|s| s.snapshots = vec![0]), "snapshots");
+        assert_eq!(field(|s| s.snapshots = vec![100_000]), "snapshots");
+        assert_eq!(field(|s| s.split.per_class = 0), "split.per_class");
+        assert_eq!(field(|s| s.attack.k = 0), "attack.k");
+        assert_eq!(field(|s| s.attack.min_crop = 0.0), "attack.min_crop");
+        assert_eq!(field(|s| s.run.optimizer.lr = -1.0), "run.optimizer.lr");
+        assert_eq!(
+            field(|s| {
+                s.run.data = DataSpec::Cifar10 {
+                    path: "/data/cifar".into(),
+                }
+            }),
+            "run.data.source"
+        );
+        let err = AuditSpec::from_toml("[attack]\nk = 5\ncrop = \"middle\"\n").unwrap_err();
+        assert!(err.field.contains("attack"), "{err:?}");
+    }
+}

@@ -306,13 +306,18 @@ pub fn run(
         snapshots.push(s);
     }
     let last = spec.run.schedule.epochs;
-    let examples = report::examples(
-        &prep.attacked,
-        labels,
-        &a[&last].guesses,
-        &b[&last].guesses,
-        &prep.partition.public,
-    );
+    let mut examples =
+        report::examples(&prep.attacked, labels, &a[&last].guesses, &b[&last].guesses);
+    // Neighbours as indices into the pool, like `image`.
+    for e in &mut examples {
+        for g in [&mut e.target, &mut e.reference] {
+            g.neighbours = g
+                .neighbours
+                .iter()
+                .map(|&j| prep.partition.public[j])
+                .collect();
+        }
+    }
     Ok(AuditReport {
         spec: spec.clone(),
         split: prep.summary,
@@ -320,4 +325,25 @@ pub fn run(
         snapshots,
         examples,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_without_usable_crops_is_refused_with_the_reasons() {
+        let mut spec =
+            AuditSpec::from_toml(include_str!("../../../recipes/dejavu-tiny.toml")).unwrap();
+        // Objects of 40–70 % of the side at 32 px leave no crop of 90 %.
+        spec.attack.min_crop = 0.9;
+        let err = prepare(&spec)
+            .err()
+            .expect("no crop is large enough")
+            .to_string();
+        assert!(
+            err.contains("background crop below the minimum size"),
+            "{err}"
+        );
+    }
 }

@@ -46,18 +46,9 @@ pub fn accuracy_at(guesses: &[Guess], labels: &[u32], fraction: f64) -> (f64, f6
 }
 
 /// Every attacked image with the guess of the model that trained on it
-/// (target) and of the one that did not (reference).
-pub fn examples(
-    attacked: &Attacked,
-    labels: &[u32],
-    a: &Guesses,
-    b: &Guesses,
-    public: &[usize],
-) -> Vec<Example> {
-    let to_pool = |g: &Guess| Guess {
-        neighbours: g.neighbours.iter().map(|&j| public[j]).collect(),
-        ..g.clone()
-    };
+/// (target) and of the one that did not (reference). Neighbours stay
+/// positions in the public set.
+pub fn examples(attacked: &Attacked, labels: &[u32], a: &Guesses, b: &Guesses) -> Vec<Example> {
     let side = |set: &str, images: &[(usize, Rect)], target: &[Guess], reference: &[Guess]| {
         images
             .iter()
@@ -67,8 +58,8 @@ pub fn examples(
                 set: set.into(),
                 label: labels[image],
                 crop,
-                target: to_pool(&target[j]),
-                reference: to_pool(&reference[j]),
+                target: target[j].clone(),
+                reference: reference[j].clone(),
             })
             .collect::<Vec<_>>()
     };
@@ -105,7 +96,7 @@ pub fn snapshot(
             }
         })
         .collect();
-    let rows = examples(attacked, labels, a, b, &[]);
+    let rows = examples(attacked, labels, a, b);
     let mut four_way = FourWay::default();
     let classes = class_names.len();
     let (mut count, mut t_right, mut r_right) =
