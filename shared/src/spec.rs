@@ -15,6 +15,10 @@ pub struct RunSpec {
     /// Free text shown in lists; empty means the server picks one.
     pub name: String,
     pub data: DataSpec,
+    /// Pretrain on part of the training split only (the probes still fit
+    /// on all of it); absent means all of it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subset: Option<SubsetSpec>,
     pub method: MethodSpec,
     pub backbone: BackboneSpec,
     pub projector: ProjectorSpec,
@@ -31,6 +35,7 @@ impl Default for RunSpec {
         Self {
             name: String::new(),
             data: DataSpec::default(),
+            subset: None,
             method: MethodSpec::default(),
             backbone: BackboneSpec::default(),
             projector: ProjectorSpec::default(),
@@ -132,6 +137,61 @@ impl DataSpec {
             DataSpec::Stl10 { .. } => 5_000,
             // Unknown until the folder is read.
             DataSpec::Folder { .. } => 0,
+        }
+    }
+}
+
+/// A deterministic part of the training split, drawn per class.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SubsetSpec {
+    /// `per_class` images of every class (all of a class that has fewer).
+    PerClass {
+        per_class: usize,
+        #[serde(default)]
+        seed: u64,
+    },
+    /// Class-imbalanced, as in the PMSN work: class c keeps
+    /// round(images · p_c) images with p_c ∝ (1 + c)^(−power), at least one.
+    PowerLaw {
+        images: usize,
+        power: f64,
+        #[serde(default)]
+        seed: u64,
+    },
+}
+
+impl SubsetSpec {
+    /// Images class `c` of `classes` keeps, before capping at what it has.
+    pub fn wanted(&self, c: usize, classes: usize) -> usize {
+        match *self {
+            SubsetSpec::PerClass { per_class, .. } => per_class,
+            SubsetSpec::PowerLaw { images, power, .. } => {
+                let weight = |c: usize| (1.0 + c as f64).powf(-power);
+                let total: f64 = (0..classes).map(weight).sum();
+                ((images as f64 * weight(c) / total).round() as usize).max(1)
+            }
+        }
+    }
+
+    pub fn seed(&self) -> u64 {
+        match *self {
+            SubsetSpec::PerClass { seed, .. } | SubsetSpec::PowerLaw { seed, .. } => seed,
+        }
+    }
+
+    fn validate(&self) -> Result<(), SpecError> {
+        match *self {
+            SubsetSpec::PerClass { per_class: 0, .. } => {
+                Err(SpecError::new("subset.per_class", "must be at least 1"))
+            }
+            SubsetSpec::PowerLaw { images: 0, .. } => {
+                Err(SpecError::new("subset.images", "must be at least 1"))
+            }
+            SubsetSpec::PowerLaw { power, .. } if !(power >= 0.0 && power <= 10.0) => Err(
+                SpecError::new("subset.power", format!("must be in [0, 10], got {power}")),
+            ),
+            _ => Ok(()),
         }
     }
 }
@@ -1063,6 +1123,9 @@ impl RunSpec {
         if self.name.len() > 200 {
             return bad("name", "must be at most 200 characters".into());
         }
+        if let Some(subset) = &self.subset {
+            subset.validate()?;
+        }
         match &self.data {
             DataSpec::Scenes(s) => {
                 if s.classes < 2 || s.classes > MAX_SCENE_CLASSES {
@@ -1617,7 +1680,16 @@ impl RunSpec {
 
     /// Optimiser steps in the whole run (the last partial batch is dropped).
     pub fn total_steps(&self) -> usize {
-        let n = self.data.train_images();
+        let all = self.data.train_images();
+        // Exact once the data is read (the engine reports it); here a guess
+        // from the class count where the spec says it.
+        let n = match (&self.subset, &self.data) {
+            (Some(subset), DataSpec::Scenes(s)) => (0..s.classes)
+                .map(|c| subset.wanted(c, s.classes).min(all / s.classes.max(1) + 1))
+                .sum::<usize>()
+                .min(all),
+            _ => all,
+        };
         (n / self.optimizer.batch_size).max(1) * self.schedule.epochs
     }
 }
@@ -1625,6 +1697,32 @@ impl RunSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subsets_parse_round_trip_and_name_bad_fields() {
+        let spec =
+            RunSpec::from_toml("[subset]\nkind = \"power_law\"\nimages = 300\npower = 1.0\n")
+                .unwrap();
+        assert_eq!(
+            spec.subset,
+            Some(SubsetSpec::PowerLaw {
+                images: 300,
+                power: 1.0,
+                seed: 0
+            })
+        );
+        assert_eq!(RunSpec::from_toml(&spec.to_toml()).unwrap(), spec);
+        // The default scenes (2000 images, batch 128): about 300 images, two
+        // steps an epoch, not fifteen.
+        assert_eq!(spec.total_steps(), 2 * spec.schedule.epochs);
+        let err =
+            RunSpec::from_toml("[subset]\nkind = \"per_class\"\nper_class = 0\n").unwrap_err();
+        assert_eq!(err.field, "subset.per_class");
+        let err = RunSpec::from_toml("[subset]\nkind = \"power_law\"\nimages = 9\npower = -1.0\n")
+            .unwrap_err();
+        assert_eq!(err.field, "subset.power");
+        assert!(RunSpec::from_toml("[subset]\nkind = \"per_class\"\nper_clas = 3\n").is_err());
+    }
 
     #[test]
     fn default_spec_is_valid_and_round_trips() {

@@ -5,6 +5,7 @@ pub mod folder;
 pub mod idx;
 pub mod scenes;
 pub mod stl10;
+pub mod subset;
 
 use std::path::Path;
 
