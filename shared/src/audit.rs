@@ -18,7 +18,8 @@ use crate::spec::DataSpec;
 pub struct AuditSpec {
     pub name: String,
     /// How both models train. Its data's training split is the pool that
-    /// A, B and the public set are drawn from; it must carry object boxes.
+    /// A, B and the public set are drawn from; it must carry object boxes
+    /// (the scenes, or an image folder with `boxes.csv`).
     pub run: RunSpec,
     pub split: SplitSpec,
     pub attack: AttackSpec,
@@ -133,11 +134,13 @@ impl AuditSpec {
                 e.message,
             )
         })?;
-        if !matches!(self.run.data, DataSpec::Scenes(_)) {
+        if !matches!(self.run.data, DataSpec::Scenes(_) | DataSpec::Folder { .. }) {
             return bad(
                 "run.data.source",
-                "the audit needs object boxes; of the readers only the built-in scenes carry them"
-                    .into(),
+                format!(
+                    "the audit needs object boxes: the built-in scenes, or an image folder with boxes.csv; {} has none",
+                    self.run.data.source()
+                ),
             );
         }
         if self.split.per_class < 1 {

@@ -4,7 +4,13 @@
 //! class is held out. Every image becomes RGB of one square size: gray is
 //! copied to the three channels, alpha is composited over black, and the
 //! shorter side is resized to the target before a centre crop.
+//!
+//! Object boxes (for the déjà vu audit) come from an optional `boxes.csv` in
+//! the root: `file,x0,y0,x1,y1`, the file relative to the root, coordinates in
+//! the original image's pixels; several rows for one file merge into the
+//! rectangle around them all. Boxes follow the resize and the crop.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use image::imageops::FilterType;
@@ -69,6 +75,35 @@ fn classes(root: &Path) -> Result<Vec<(String, Vec<PathBuf>)>> {
 
 /// Decodes one file into `size`×`size` RGB bytes.
 pub fn decode(path: &Path, size: usize) -> Result<Vec<u8>> {
+    Ok(decode_mapped(path, size)?.0)
+}
+
+/// Where an original pixel coordinate lands after the resize and the crop.
+#[derive(Debug, Clone, Copy)]
+struct Mapping {
+    scale_x: f64,
+    scale_y: f64,
+    x0: f64,
+    y0: f64,
+}
+
+impl Mapping {
+    /// The box in output pixels, grown to whole pixels and clamped to the
+    /// image; a box cropped away entirely comes out empty.
+    fn map(&self, b: [f64; 4], size: usize) -> [u32; 4] {
+        let s = size as f64;
+        let x = |v: f64| v * self.scale_x - self.x0;
+        let y = |v: f64| v * self.scale_y - self.y0;
+        [
+            x(b[0]).floor().clamp(0.0, s) as u32,
+            y(b[1]).floor().clamp(0.0, s) as u32,
+            x(b[2]).ceil().clamp(0.0, s) as u32,
+            y(b[3]).ceil().clamp(0.0, s) as u32,
+        ]
+    }
+}
+
+fn decode_mapped(path: &Path, size: usize) -> Result<(Vec<u8>, Mapping)> {
     let bytes = read_file(path)?;
     let img = image::load_from_memory(&bytes).map_err(|e| {
         EngineError::Data(format!("{} is not a readable image: {e}", path.display()))
@@ -89,10 +124,76 @@ pub fn decode(path: &Path, size: usize) -> Result<Vec<u8>> {
     let resized = image::imageops::resize(&rgb, nw, nh, FilterType::Triangle);
     let (x0, y0) = ((nw - size as u32) / 2, (nh - size as u32) / 2);
     let crop = image::imageops::crop_imm(&resized, x0, y0, size as u32, size as u32).to_image();
-    Ok(crop.into_raw())
+    let mapping = Mapping {
+        scale_x: nw as f64 / w as f64,
+        scale_y: nh as f64 / h as f64,
+        x0: x0 as f64,
+        y0: y0 as f64,
+    };
+    Ok((crop.into_raw(), mapping))
 }
 
-fn read_set(files: &[(u32, PathBuf)], class_names: &[String], size: usize) -> Result<ImageSet> {
+/// `boxes.csv` of `root`, by file relative to the root; none when absent.
+fn read_boxes(root: &Path) -> Result<Option<HashMap<PathBuf, [f64; 4]>>> {
+    let path = root.join("boxes.csv");
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = String::from_utf8(read_file(&path)?)
+        .map_err(|_| EngineError::Data(format!("{} is not UTF-8 text", path.display())))?;
+    let mut boxes: HashMap<PathBuf, [f64; 4]> = HashMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || (n == 0 && line.starts_with("file")) {
+            continue;
+        }
+        let bad = |why: &str| {
+            EngineError::Data(format!(
+                "{} line {}: {why}: `{line}`",
+                path.display(),
+                n + 1
+            ))
+        };
+        let cols: Vec<&str> = line.split(',').map(str::trim).collect();
+        if cols.len() != 5 {
+            return Err(bad("expected file,x0,y0,x1,y1"));
+        }
+        let mut b = [0.0; 4];
+        for (k, v) in cols[1..].iter().enumerate() {
+            b[k] = v
+                .parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite() && *v >= 0.0)
+                .ok_or_else(|| bad("coordinates must be numbers ≥ 0"))?;
+        }
+        if b[0] >= b[2] || b[1] >= b[3] {
+            return Err(bad("a box needs x0 < x1 and y0 < y1"));
+        }
+        let file = root.join(cols[0]);
+        if !file.is_file() {
+            return Err(bad("no such image"));
+        }
+        boxes
+            .entry(file)
+            .and_modify(|u| {
+                *u = [
+                    u[0].min(b[0]),
+                    u[1].min(b[1]),
+                    u[2].max(b[2]),
+                    u[3].max(b[3]),
+                ]
+            })
+            .or_insert(b);
+    }
+    Ok(Some(boxes))
+}
+
+fn read_set(
+    files: &[(u32, PathBuf)],
+    class_names: &[String],
+    size: usize,
+    boxes: Option<&HashMap<PathBuf, [f64; 4]>>,
+) -> Result<ImageSet> {
     let mut set = ImageSet {
         size,
         pixels: Vec::with_capacity(files.len() * size * size * 3),
@@ -101,13 +202,23 @@ fn read_set(files: &[(u32, PathBuf)], class_names: &[String], size: usize) -> Re
         class_names: class_names.to_vec(),
     };
     for (label, path) in files {
-        set.pixels.extend(decode(path, size)?);
+        let (pixels, mapping) = decode_mapped(path, size)?;
+        set.pixels.extend(pixels);
         set.labels.push(*label);
+        if let Some(boxes) = boxes {
+            set.boxes.push(
+                boxes
+                    .get(path)
+                    .map_or(super::NO_BOX, |&b| mapping.map(b, size)),
+            );
+        }
     }
     Ok(set)
 }
 
 pub fn load(root: &Path, size: usize, test_fraction: f64, seed: u64) -> Result<Splits> {
+    let boxes = read_boxes(root)?;
+    let boxes = boxes.as_ref();
     let (train_dir, test_dir) = (root.join("train"), root.join("test"));
     let labelled = |list: Vec<(String, Vec<PathBuf>)>| -> (Vec<String>, Vec<(u32, PathBuf)>) {
         let names = list.iter().map(|(n, _)| n.clone()).collect();
@@ -129,8 +240,8 @@ pub fn load(root: &Path, size: usize, test_fraction: f64, seed: u64) -> Result<S
             )));
         }
         return Ok(Splits {
-            train: read_set(&train, &names, size)?,
-            test: read_set(&test, &names, size)?,
+            train: read_set(&train, &names, size, boxes)?,
+            test: read_set(&test, &names, size, boxes)?,
         });
     }
     let list = classes(root)?;
@@ -154,8 +265,8 @@ pub fn load(root: &Path, size: usize, test_fraction: f64, seed: u64) -> Result<S
         }
     }
     Ok(Splits {
-        train: read_set(&train, &names, size)?,
-        test: read_set(&test, &names, size)?,
+        train: read_set(&train, &names, size, boxes)?,
+        test: read_set(&test, &names, size, boxes)?,
     })
 }
 
@@ -242,5 +353,45 @@ mod tests {
             err.contains("empty") && err.contains("no PNG or JPEG"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn boxes_follow_the_resize_and_crop_and_bad_rows_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        for class in ["a", "b"] {
+            for i in 0..2 {
+                let img = image::RgbImage::from_pixel(64, 32, image::Rgb([9, 9, 9]));
+                save(
+                    &dir.path().join(class).join(format!("{i}.png")),
+                    image::DynamicImage::ImageRgb8(img),
+                );
+            }
+        }
+        // 64×32 → 32×16 → centre 16×16 crop from x = 8: x halves, then −8.
+        std::fs::write(
+            dir.path().join("boxes.csv"),
+            "file,x0,y0,x1,y1\na/0.png,20,4,30,10\na/0.png,24,2,40,8\nb/1.png,0,0,8,8\n",
+        )
+        .unwrap();
+        let s = load(dir.path(), 16, 0.5, 1).unwrap();
+        let all: Vec<[u32; 4]> = s.train.boxes.iter().chain(&s.test.boxes).copied().collect();
+        assert_eq!(all.len(), 4);
+        assert!(all.contains(&[2, 1, 12, 5]), "{all:?}");
+        // b/1.png's box lies left of the crop: empty after clamping.
+        assert!(all.contains(&[0, 0, 0, 4]), "{all:?}");
+        assert_eq!(all.iter().filter(|b| **b == crate::data::NO_BOX).count(), 2);
+
+        std::fs::write(dir.path().join("boxes.csv"), "a/9.png,1,1,2,2\n").unwrap();
+        let err = load(dir.path(), 16, 0.5, 1).unwrap_err().to_string();
+        assert!(
+            err.contains("line 1") && err.contains("no such image"),
+            "{err}"
+        );
+        std::fs::write(dir.path().join("boxes.csv"), "a/0.png,5,1,2,2\n").unwrap();
+        let err = load(dir.path(), 16, 0.5, 1).unwrap_err().to_string();
+        assert!(err.contains("x0 < x1"), "{err}");
+        std::fs::write(dir.path().join("boxes.csv"), "a/0.png,1,1,2\n").unwrap();
+        let err = load(dir.path(), 16, 0.5, 1).unwrap_err().to_string();
+        assert!(err.contains("expected file,x0,y0,x1,y1"), "{err}");
     }
 }

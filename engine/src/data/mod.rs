@@ -13,6 +13,9 @@ use sslab_shared::spec::DataSpec;
 
 use crate::{EngineError, Result};
 
+/// The box of an image that has none, in a set where others do.
+pub const NO_BOX: [u32; 4] = [0; 4];
+
 /// Square RGB images held in memory, with labels and object boxes.
 #[derive(Debug, Clone)]
 pub struct ImageSet {
@@ -21,8 +24,8 @@ pub struct ImageSet {
     /// `len × size × size × 3` bytes, row-major RGB.
     pub pixels: Vec<u8>,
     pub labels: Vec<u32>,
-    /// Object bounding box per image, `[x0, y0, x1, y1)` in pixels; empty
-    /// when the data set has none.
+    /// Object bounding box per image, `[x0, y0, x1, y1)` in pixels
+    /// ([`NO_BOX`] for an image without one); empty when the data set has none.
     pub boxes: Vec<[u32; 4]>,
     pub class_names: Vec<String>,
 }

@@ -44,7 +44,7 @@ fn union(a: &[usize], b: &[usize]) -> Vec<usize> {
 /// Whether image `i` has a usable box: inside the image and not empty.
 pub fn box_of(set: &ImageSet, i: usize) -> BoxState {
     match set.boxes.get(i) {
-        None => BoxState::Missing,
+        None | Some(&crate::data::NO_BOX) => BoxState::Missing,
         Some(&[x0, y0, x1, y1]) => {
             let s = set.size as u32;
             if x0 < x1 && y0 < y1 && x1 <= s && y1 <= s {
