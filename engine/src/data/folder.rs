@@ -11,7 +11,7 @@
 //! rectangle around them all. Boxes follow the resize and the crop.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use image::imageops::FilterType;
 use sslab_shared::rng::Rng;
@@ -169,8 +169,20 @@ fn read_boxes(root: &Path) -> Result<Option<HashMap<PathBuf, [f64; 4]>>> {
         if b[0] >= b[2] || b[1] >= b[3] {
             return Err(bad("a box needs x0 < x1 and y0 < y1"));
         }
-        let file = root.join(cols[0]);
-        if !file.is_file() {
+        let relative = Path::new(cols[0]);
+        if relative
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+        {
+            return Err(bad("the file must be a path inside the folder"));
+        }
+        let file = root.join(
+            relative
+                .components()
+                .filter(|c| matches!(c, Component::Normal(_)))
+                .collect::<PathBuf>(),
+        );
+        if !file.is_file() || !is_image(&file) {
             return Err(bad("no such image"));
         }
         boxes
@@ -370,7 +382,7 @@ mod tests {
         // 64×32 → 32×16 → centre 16×16 crop from x = 8: x halves, then −8.
         std::fs::write(
             dir.path().join("boxes.csv"),
-            "file,x0,y0,x1,y1\na/0.png,20,4,30,10\na/0.png,24,2,40,8\nb/1.png,0,0,8,8\n",
+            "file,x0,y0,x1,y1\na/0.png,20,4,30,10\n./a/0.png,24,2,40,8\nb/1.png,0,0,8,8\n",
         )
         .unwrap();
         let s = load(dir.path(), 16, 0.5, 1).unwrap();
@@ -387,6 +399,9 @@ mod tests {
             err.contains("line 1") && err.contains("no such image"),
             "{err}"
         );
+        std::fs::write(dir.path().join("boxes.csv"), "../a/0.png,1,1,2,2\n").unwrap();
+        let err = load(dir.path(), 16, 0.5, 1).unwrap_err().to_string();
+        assert!(err.contains("inside the folder"), "{err}");
         std::fs::write(dir.path().join("boxes.csv"), "a/0.png,5,1,2,2\n").unwrap();
         let err = load(dir.path(), 16, 0.5, 1).unwrap_err().to_string();
         assert!(err.contains("x0 < x1"), "{err}");
