@@ -545,3 +545,95 @@ fn audit_writes_the_report_and_one_row_per_attacked_image() {
         "{err}"
     );
 }
+
+/// A folder of three classes (a coloured square on a noisy background) with
+/// `boxes.csv`; the last image of each class has no row.
+fn write_boxed_folder(root: &Path) {
+    let mut csv = String::from("file,x0,y0,x1,y1\n");
+    let mut noise = 12345u32;
+    for (c, colour) in [[220u8, 30, 30], [30, 200, 40], [40, 60, 220]]
+        .iter()
+        .enumerate()
+    {
+        for i in 0..16u32 {
+            let (x0, y0) = ((i * 7) % 14, (i * 5) % 14);
+            let img = image::RgbImage::from_fn(32, 32, |x, y| {
+                if (x0..x0 + 14).contains(&x) && (y0..y0 + 14).contains(&y) {
+                    image::Rgb(*colour)
+                } else {
+                    noise = noise.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                    let v = 90 + (noise >> 26) as u8;
+                    image::Rgb([v, v, v])
+                }
+            });
+            let file = format!("class{c}/{i:02}.png");
+            std::fs::create_dir_all(root.join(format!("class{c}"))).unwrap();
+            img.save(root.join(&file)).unwrap();
+            if i < 15 {
+                csv += &format!("{file},{x0},{y0},{},{}\n", x0 + 14, y0 + 14);
+            }
+        }
+    }
+    std::fs::write(root.join("boxes.csv"), csv).unwrap();
+}
+
+#[test]
+fn audit_runs_on_an_image_folder_with_boxes_csv() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write_boxed_folder(&data);
+    let spec = dir.path().join("audit.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            r#"
+[split]
+per_class = 4
+[attack]
+k = 5
+[run.data]
+source = "folder"
+path = "{}"
+image_size = 32
+test_fraction = 0.25
+[run.backbone]
+width = 8
+[run.projector]
+dims = "32-16"
+[run.optimizer]
+batch_size = 8
+[run.schedule]
+epochs = 1
+"#,
+            data.display()
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let res = sslab(&[
+        "audit",
+        "--spec",
+        spec.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&res.stdout);
+    assert!(
+        res.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("audit.json")).unwrap()).unwrap();
+    let split = &report["split"];
+    assert_eq!(split["a_only"], 12, "{split}");
+    assert_eq!(split["b_only"], 12);
+    // Images without a row are dealt out as unboxed: shared by A and B or public.
+    assert!(split["public"].as_u64().unwrap() > 0);
+    let attacked = split["attacked_a"].as_u64().unwrap() + split["attacked_b"].as_u64().unwrap();
+    assert!(attacked > 0, "{split}");
+    assert_eq!(
+        report["class_names"],
+        serde_json::json!(["class0", "class1", "class2"])
+    );
+}
