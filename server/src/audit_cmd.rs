@@ -132,8 +132,6 @@ fn write_examples(path: &Path, report: &AuditReport) -> anyhow::Result<()> {
             .cloned()
             .unwrap_or_else(|| c.to_string())
     };
-    let join = |v: &[u32]| v.iter().map(u32::to_string).collect::<Vec<_>>().join(" ");
-    let joinu = |v: &[usize]| v.iter().map(usize::to_string).collect::<Vec<_>>().join(" ");
     let mut text = String::from(
         "image,set,label,class,crop_x0,crop_y0,crop_x1,crop_y1,target_top1,target_top5,target_confidence,target_neighbours,reference_top1,reference_top5,reference_confidence,reference_neighbours,outcome\n",
     );
@@ -153,13 +151,13 @@ fn write_examples(path: &Path, report: &AuditReport) -> anyhow::Result<()> {
             c[2],
             c[3],
             top1(&e.target),
-            join(&e.target.top5),
+            spaced(&e.target.top5),
             e.target.confidence,
-            joinu(&e.target.neighbours),
+            spaced(&e.target.neighbours),
             top1(&e.reference),
-            join(&e.reference.top5),
+            spaced(&e.reference.top5),
             e.reference.confidence,
-            joinu(&e.reference.neighbours),
+            spaced(&e.reference.neighbours),
             e.outcome()
         );
     }
@@ -167,4 +165,13 @@ fn write_examples(path: &Path, report: &AuditReport) -> anyhow::Result<()> {
         std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?;
     file.write_all(text.as_bytes())
         .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Values separated by spaces, one CSV cell.
+fn spaced<T: ToString>(values: &[T]) -> String {
+    values
+        .iter()
+        .map(T::to_string)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
