@@ -9,12 +9,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use sslab_engine::dejavu::{AuditObserver, Model};
 use sslab_engine::train::{Control, StepMetrics};
 use sslab_shared::audit::{AuditReport, AuditSpec, SnapshotReport};
 
-use crate::train_cmd::{interrupt_flag, write_json};
+use crate::train_cmd::{interrupt_flag, step_bar, write_json};
 
 struct Progress {
     bar: ProgressBar,
@@ -76,15 +76,8 @@ pub fn read_audit_spec(path: &Path) -> anyhow::Result<AuditSpec> {
 pub async fn run(spec_path: &Path, out: &Path) -> anyhow::Result<()> {
     let spec = read_audit_spec(spec_path)?;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    let bar = ProgressBar::new(spec.run.total_steps() as u64);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps  {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
     let mut progress = Progress {
-        bar,
+        bar: step_bar(spec.run.total_steps()),
         model: None,
         interrupted: interrupt_flag(),
     };

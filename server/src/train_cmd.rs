@@ -65,6 +65,18 @@ impl Observer for CliObserver {
     }
 }
 
+/// The progress bar of a training command: steps done of `steps`.
+pub fn step_bar(steps: usize) -> ProgressBar {
+    let bar = ProgressBar::new(steps as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps  {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
 pub fn write_json(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(value)?;
     std::fs::write(path, text + "\n").with_context(|| format!("cannot write {}", path.display()))
@@ -198,15 +210,8 @@ pub async fn train_into(
         .truncate(!resume)
         .open(&metrics_path)
         .with_context(|| format!("cannot create {}", metrics_path.display()))?;
-    let bar = ProgressBar::new(spec.total_steps() as u64);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps  {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
     let mut observer = CliObserver {
-        bar,
+        bar: step_bar(spec.total_steps()),
         metrics: std::io::BufWriter::new(metrics),
         write_error: None,
         interrupted,

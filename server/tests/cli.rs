@@ -23,6 +23,16 @@ fn train(spec: &Path, out: &Path) -> std::process::Output {
     ])
 }
 
+fn audit(spec: &Path, out: &Path) -> std::process::Output {
+    sslab(&[
+        "audit",
+        "--spec",
+        spec.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ])
+}
+
 fn eval(run: &Path, plan: &Path) -> std::process::Output {
     sslab(&[
         "eval",
@@ -482,16 +492,7 @@ fn audit_writes_the_report_and_one_row_per_attacked_image() {
     let spec = dir.path().join("audit.toml");
     std::fs::write(&spec, AUDIT).unwrap();
     let out = dir.path().join("out");
-    let args = |spec: &Path| {
-        sslab(&[
-            "audit",
-            "--spec",
-            spec.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ])
-    };
-    let res = args(&spec);
+    let res = audit(&spec, &out);
     let stdout = String::from_utf8_lossy(&res.stdout);
     assert!(
         res.status.success(),
@@ -527,7 +528,7 @@ fn audit_writes_the_report_and_one_row_per_attacked_image() {
 
     // Bad specs are refused by field, before anything trains.
     std::fs::write(&spec, AUDIT.replace("snapshots = [1]", "snapshots = [9]")).unwrap();
-    let err = String::from_utf8_lossy(&args(&spec).stderr).into_owned();
+    let err = String::from_utf8_lossy(&audit(&spec, &out).stderr).into_owned();
     assert!(
         err.contains("snapshots") && err.contains("epoch 9"),
         "{err}"
@@ -539,7 +540,7 @@ fn audit_writes_the_report_and_one_row_per_attacked_image() {
             .replace("classes = 3\ntrain_images = 90\ntest_images = 30\n", ""),
     )
     .unwrap();
-    let err = String::from_utf8_lossy(&args(&spec).stderr).into_owned();
+    let err = String::from_utf8_lossy(&audit(&spec, &out).stderr).into_owned();
     assert!(
         err.contains("run.data.source") && err.contains("boxes"),
         "{err}"
@@ -610,13 +611,7 @@ epochs = 1
     )
     .unwrap();
     let out = dir.path().join("out");
-    let res = sslab(&[
-        "audit",
-        "--spec",
-        spec.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let res = audit(&spec, &out);
     let stdout = String::from_utf8_lossy(&res.stdout);
     assert!(
         res.status.success(),

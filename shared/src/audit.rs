@@ -13,7 +13,7 @@ use crate::RunSpec;
 use crate::error::SpecError;
 use crate::spec::DataSpec;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuditSpec {
     pub name: String,
@@ -26,18 +26,6 @@ pub struct AuditSpec {
     /// Epochs after which both models are attacked, to follow memorization
     /// over training; the last epoch always is.
     pub snapshots: Vec<usize>,
-}
-
-impl Default for AuditSpec {
-    fn default() -> Self {
-        AuditSpec {
-            name: String::new(),
-            run: RunSpec::default(),
-            split: SplitSpec::default(),
-            attack: AttackSpec::default(),
-            snapshots: Vec::new(),
-        }
-    }
 }
 
 /// The A / B / shared / public partition of the reference code, per class.
