@@ -124,14 +124,25 @@ pub fn batch_tensors(
     globals: usize,
     device: &Device,
 ) -> Result<Vec<Tensor>> {
-    let n = indices.len();
-    let s = data.size;
-    let local = spec.augment.local_side(s);
-    augment::batch_views(&spec.augment, data, indices, spec.seed, epoch, globals)
+    let buffers = augment::batch_views(&spec.augment, data, indices, spec.seed, epoch, globals);
+    view_tensors(spec, data.size, indices.len(), buffers, globals, device)
+}
+
+/// The buffers of [`augment::batch_views`] for `n` images as tensors.
+fn view_tensors(
+    spec: &RunSpec,
+    size: usize,
+    n: usize,
+    buffers: Vec<Vec<f32>>,
+    globals: usize,
+    device: &Device,
+) -> Result<Vec<Tensor>> {
+    let local = spec.augment.local_side(size);
+    buffers
         .into_iter()
         .enumerate()
         .map(|(v, buf)| {
-            let side = if v < globals { s } else { local };
+            let side = if v < globals { size } else { local };
             Ok(Tensor::from_vec(buf, (n, 3, side, side), device)?)
         })
         .collect()
@@ -147,12 +158,19 @@ fn run(
 ) -> Result<Outcome> {
     spec.validate()?;
     let part;
-    let data = match &spec.subset {
-        Some(subset) => {
-            part = crate::data::subset::apply(&splits.train, subset)?;
+    let data = match (&spec.subset, &splits.unlabeled) {
+        (None, None) => &splits.train,
+        (subset, unlabeled) => {
+            let labelled = match subset {
+                Some(s) => crate::data::subset::apply(&splits.train, s)?,
+                None => splits.train.clone(),
+            };
+            part = match unlabeled {
+                Some(u) => labelled.concat(u),
+                None => labelled,
+            };
             &part
         }
-        None => &splits.train,
     };
     let (encoder, mut varmap) = model::build(spec, device)?;
     let mut method = method::build(spec, &varmap, device)?;
@@ -195,59 +213,104 @@ fn run(
     for epoch in first_epoch..spec.schedule.epochs {
         let mut order: Vec<usize> = (0..data.len()).collect();
         Rng::derive(spec.seed, &[0xDA7A, epoch as u64]).shuffle(&mut order);
-        for indices in order.chunks_exact(batch) {
-            let started = Instant::now();
-            let views = batch_tensors(spec, data, indices, epoch, globals, device)?;
-            let at = method::StepInfo {
-                step,
-                total_steps,
-                steps_per_epoch,
-                seed: spec.seed,
-            };
-            let lr = schedule.lr(step);
-            optimizer.set_lr(lr);
-            if let Some(end) = spec.optimizer.weight_decay_end {
-                let start = spec.optimizer.weight_decay;
-                optimizer.set_weight_decay(optim::cosine(start, end, step, total_steps));
-            }
-            let out = method.loss(&encoder, &views, &at)?;
-            let loss = out.loss.to_scalar::<f32>()?;
-            if !loss.is_finite() {
-                return Err(EngineError::NonFiniteLoss {
-                    step: step + 1,
-                    value: loss,
-                });
-            }
-            let mut grads = out.loss.backward()?;
-            if spec.optimizer.grad_clip > 0.0 {
-                optim::clip_grad_norm(&mut grads, &trainable, spec.optimizer.grad_clip)?;
-            }
-            optimizer.step(&grads)?;
-            method.after_step(&at)?;
-            let online_probe_acc = match &mut probe {
-                Some(p) => {
-                    let labels: Vec<u32> = indices.iter().map(|&i| data.labels[i]).collect();
-                    Some(p.step(
-                        &out.features.detach(),
-                        &Tensor::new(labels.as_slice(), device)?,
-                    )?)
+        let batches: Vec<&[usize]> = order.chunks_exact(batch).collect();
+        let batches = &batches;
+        // The next batch is augmented on other threads while this one trains.
+        let stopped = std::thread::scope(|scope| -> Result<Option<Outcome>> {
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            scope.spawn(move || {
+                for indices in batches {
+                    let views = augment::batch_views(
+                        &spec.augment,
+                        data,
+                        indices,
+                        spec.seed,
+                        epoch,
+                        globals,
+                    );
+                    if tx.send(views).is_err() {
+                        break;
+                    }
                 }
-                None => None,
-            };
-            step += 1;
-            last_loss = loss as f64;
-            let metrics = StepMetrics {
-                step,
-                total_steps,
-                epoch,
-                loss: last_loss,
-                lr,
-                images_per_sec: batch as f64 / started.elapsed().as_secs_f64().max(1e-9),
-                online_probe_acc,
-            };
-            if observer.on_step(&metrics) == Control::Stop {
-                return Ok(Outcome::Stopped { step });
-            }
+            });
+            let trained = (|| -> Result<Option<Outcome>> {
+                for indices in batches {
+                    let started = Instant::now();
+                    let buffers = rx
+                        .recv()
+                        .map_err(|_| EngineError::Data("the augmentation thread stopped".into()))?;
+                    let views =
+                        view_tensors(spec, data.size, indices.len(), buffers, globals, device)?;
+                    let at = method::StepInfo {
+                        step,
+                        total_steps,
+                        steps_per_epoch,
+                        seed: spec.seed,
+                    };
+                    let lr = schedule.lr(step);
+                    optimizer.set_lr(lr);
+                    if let Some(end) = spec.optimizer.weight_decay_end {
+                        let start = spec.optimizer.weight_decay;
+                        optimizer.set_weight_decay(optim::cosine(start, end, step, total_steps));
+                    }
+                    let out = method.loss(&encoder, &views, &at)?;
+                    let loss = out.loss.to_scalar::<f32>()?;
+                    if !loss.is_finite() {
+                        return Err(EngineError::NonFiniteLoss {
+                            step: step + 1,
+                            value: loss,
+                        });
+                    }
+                    let mut grads = out.loss.backward()?;
+                    if spec.optimizer.grad_clip > 0.0 {
+                        optim::clip_grad_norm(&mut grads, &trainable, spec.optimizer.grad_clip)?;
+                    }
+                    optimizer.step(&grads)?;
+                    method.after_step(&at)?;
+                    let online_probe_acc = match &mut probe {
+                        Some(p) => {
+                            // Unlabelled images (STL-10's extra split) teach the probe nothing.
+                            let (rows, labels): (Vec<u32>, Vec<u32>) = indices
+                                .iter()
+                                .enumerate()
+                                .filter(|&(_, &i)| data.labels[i] != crate::data::UNLABELED)
+                                .map(|(r, &i)| (r as u32, data.labels[i]))
+                                .unzip();
+                            if rows.is_empty() {
+                                None
+                            } else {
+                                let features = out
+                                    .features
+                                    .detach()
+                                    .index_select(&Tensor::new(rows.as_slice(), device)?, 0)?;
+                                Some(p.step(&features, &Tensor::new(labels.as_slice(), device)?)?)
+                            }
+                        }
+                        None => None,
+                    };
+                    step += 1;
+                    last_loss = loss as f64;
+                    let metrics = StepMetrics {
+                        step,
+                        total_steps,
+                        epoch,
+                        loss: last_loss,
+                        lr,
+                        images_per_sec: batch as f64 / started.elapsed().as_secs_f64().max(1e-9),
+                        online_probe_acc,
+                    };
+                    if observer.on_step(&metrics) == Control::Stop {
+                        return Ok(Some(Outcome::Stopped { step }));
+                    }
+                }
+                Ok(None)
+            })();
+            // Lets the producer's next send fail, so that the scope can end.
+            drop(rx);
+            trained
+        })?;
+        if let Some(outcome) = stopped {
+            return Ok(outcome);
         }
         save_training_state(
             checkpoint,
@@ -640,6 +703,41 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("missing"), "{err}");
+    }
+
+    /// Unlabelled images (STL-10's extra split) are pretrained on but never
+    /// reach the online probe: batches of only unlabelled images report no
+    /// probe accuracy.
+    #[test]
+    fn unlabelled_images_are_trained_on_but_not_probed() {
+        let mut spec = tiny_spec(64, 1);
+        spec.eval.probes = vec![sslab_shared::spec::ProbeKind::Knn];
+        let mut splits = crate::data::load(&spec.data).unwrap();
+        let mut extra = splits.train.clone();
+        extra.labels = vec![crate::data::UNLABELED; extra.len()];
+        // 64 labelled + 192 unlabelled = 4 batches of 64.
+        splits.unlabeled = Some(extra.concat(&extra).concat(&extra));
+        let mut rec = Record {
+            losses: vec![],
+            online: vec![],
+            stop_after: None,
+            checkpoints: 0,
+        };
+        train(
+            &spec,
+            &splits,
+            &Device::Cpu,
+            &tempdir().join("u.safetensors"),
+            &mut rec,
+        )
+        .unwrap();
+        assert_eq!(rec.losses.len(), 4);
+        // A shuffled 64 of 256 holds ~16 labelled images; some batch may hold none.
+        assert!(
+            !rec.online.is_empty() && rec.online.len() <= 4,
+            "{:?}",
+            rec.online
+        );
     }
 
     /// With `eval.data` set, the end-of-training probes read that data set:

@@ -80,6 +80,18 @@ pub async fn post<T: DeserializeOwned>(
     decode(resp).await
 }
 
+/// POSTs a file as the raw body (an upload) and decodes the answer.
+pub async fn upload<T: DeserializeOwned>(path: &str, file: web_sys::File) -> Result<T, ApiFailure> {
+    let resp = Request::post(&format!("/api/v1{path}"))
+        .header("content-type", "application/octet-stream")
+        .body(wasm_bindgen::JsValue::from(file))
+        .map_err(network)?
+        .send()
+        .await
+        .map_err(network)?;
+    decode(resp).await
+}
+
 /// Text safe inside a query string value.
 pub fn query_value(text: &str) -> String {
     js_sys::encode_uri_component(text).into()

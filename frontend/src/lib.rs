@@ -27,6 +27,7 @@ fn App() -> impl IntoView {
                     <A href="/">"Runs"</A>
                     <A href="/runs/new">"New run"</A>
                     <A href="/sweeps">"Sweeps"</A>
+                    <A href="/datasets">"Data sets"</A>
                 </nav>
             </header>
             <main>
@@ -38,6 +39,7 @@ fn App() -> impl IntoView {
                     <Route path=path!("/sweeps/new") view=pages::new_sweep::NewSweepPage/>
                     <Route path=path!("/sweeps/:id") view=pages::sweeps::SweepPage/>
                     <Route path=path!("/compare") view=pages::compare::ComparePage/>
+                    <Route path=path!("/datasets") view=pages::datasets::DatasetsPage/>
                 </Routes>
             </main>
         </Router>

@@ -1,7 +1,10 @@
 //! `sslab`: the platform's server, worker and command line.
 
+mod archive;
 mod artifacts;
 mod audit_cmd;
+mod data_cmd;
+mod datasets;
 mod http;
 mod store;
 mod sweep;
@@ -53,6 +56,17 @@ enum Command {
         /// Sweeps that expand to more runs are refused.
         #[arg(long, env = "SSLAB_MAX_SWEEP_RUNS", default_value_t = sslab_shared::sweep::DEFAULT_MAX_RUNS)]
         max_sweep_runs: usize,
+        /// Bytes one uploaded data set archive may weigh.
+        #[arg(long, env = "SSLAB_MAX_UPLOAD_BYTES", default_value_t = datasets::Limits::default().max_upload)]
+        max_upload_bytes: u64,
+        /// Bytes one archive may unpack to (a zip bomb stops here).
+        #[arg(long, env = "SSLAB_MAX_UNPACKED_BYTES", default_value_t = datasets::Limits::default().max_unpacked)]
+        max_unpacked_bytes: u64,
+    },
+    /// The data set registry of this data folder: `import`, `list`.
+    Data {
+        #[command(subcommand)]
+        command: data_cmd::DataCommand,
     },
     /// Train one run locally from a recipe (TOML, or JSON by extension).
     Train {
@@ -129,8 +143,20 @@ async fn main() -> std::process::ExitCode {
             static_dir,
             workers,
             max_sweep_runs,
-        } => serve(&cli, *addr, static_dir, *workers, *max_sweep_runs).await,
-        Command::Train { spec, out, resume } => train_cmd::run(spec, out, *resume).await,
+            max_upload_bytes,
+            max_unpacked_bytes,
+        } => {
+            let limits = datasets::Limits {
+                max_upload: *max_upload_bytes,
+                max_unpacked: *max_unpacked_bytes,
+                ..Default::default()
+            };
+            serve(&cli, *addr, static_dir, *workers, *max_sweep_runs, limits).await
+        }
+        Command::Data { command } => data_cmd::run(command, || registry(&cli)).await,
+        Command::Train { spec, out, resume } => {
+            train_cmd::run(spec, out, *resume, || registry(&cli)).await
+        }
         Command::Sweep {
             spec,
             out,
@@ -156,12 +182,25 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
+/// The registry of the data folder, for commands that need it.
+async fn registry(cli: &Cli) -> anyhow::Result<datasets::Registry> {
+    let store = store::Store::connect(&database_url(cli)?)
+        .await
+        .context("opening the database")?;
+    Ok(datasets::Registry::new(
+        store,
+        &cli.data_dir,
+        datasets::Limits::default(),
+    ))
+}
+
 async fn serve(
     cli: &Cli,
     addr: SocketAddr,
     static_dir: &Path,
     workers: usize,
     max_sweep_runs: usize,
+    limits: datasets::Limits,
 ) -> anyhow::Result<()> {
     let url = database_url(cli)?;
     let store = store::Store::connect(&url)
@@ -183,6 +222,7 @@ async fn serve(
         artifacts: artifacts::Artifacts::new(&cli.data_dir),
         queued: Arc::new(tokio::sync::Notify::new()),
         max_sweep_runs,
+        datasets: datasets::Registry::new(store.clone(), &cli.data_dir, limits),
     };
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let mut worker_tasks = Vec::new();

@@ -1,6 +1,8 @@
-//! The database: runs, metrics and evaluations, on SQLite (embedded default)
+//! The database: runs, metrics, evaluations, sweeps and data sets, on SQLite (embedded default)
 //! or PostgreSQL (teams), through sqlx's `Any` driver. Ids and times are
 //! TEXT and INTEGER (milliseconds) so both dialects map them the same way.
+
+mod datasets;
 
 use std::collections::HashMap;
 

@@ -116,8 +116,32 @@ pub fn read_run_spec(spec_path: &Path) -> anyhow::Result<RunSpec> {
     .map_err(|e| anyhow::anyhow!("{}: invalid spec: {e}", spec_path.display()))
 }
 
-pub async fn run(spec_path: &Path, out: &Path, resume: bool) -> anyhow::Result<()> {
-    let spec = read_run_spec(spec_path)?;
+/// `registry` opens the data folder's registry, needed only when the spec
+/// names a registered data set.
+pub async fn run<F, R>(
+    spec_path: &Path,
+    out: &Path,
+    resume: bool,
+    registry: F,
+) -> anyhow::Result<()>
+where
+    F: FnOnce() -> R,
+    R: Future<Output = anyhow::Result<crate::datasets::Registry>>,
+{
+    let mut spec = read_run_spec(spec_path)?;
+    let names_dataset = spec.data.dataset_name().is_some()
+        || spec
+            .eval
+            .data
+            .as_ref()
+            .is_some_and(|d| d.dataset_name().is_some());
+    if names_dataset {
+        registry()
+            .await?
+            .resolve(&mut spec)
+            .await
+            .with_context(|| format!("{}", spec_path.display()))?;
+    }
     if resume {
         check_resumable(&spec, out)?;
     }

@@ -130,6 +130,17 @@ impl Browser {
         .await;
     }
 
+    /// Picks a local file in an `<input type=file>`.
+    async fn choose_file(&self, css: &str, path: &std::path::Path) {
+        let el = self.wait_find(css).await;
+        self.cmd(
+            reqwest::Method::POST,
+            &format!("/element/{el}/value"),
+            json!({"text": path.to_str().unwrap()}),
+        )
+        .await;
+    }
+
     async fn click(&self, css: &str) {
         let el = self.wait_find(css).await;
         self.cmd(
@@ -499,4 +510,77 @@ async fn sweep_from_a_run_page_in_chromium() {
         json!([3, 3]),
         "one kNN curve per run through every layer"
     );
+}
+
+/// An image-folder archive uploaded through the Data sets page is listed
+/// with its splits and a thumbnail sheet that loads; a file that is not an
+/// archive is refused on the page.
+#[tokio::test(flavor = "multi_thread")]
+async fn upload_a_data_set_in_chromium() {
+    if !e2e_required() {
+        eprintln!("skipped: set SSLAB_E2E=1 (cargo xtask test does)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("server"), None);
+    let archive = dir.path().join("pets.tar");
+    let mut tar = tar::Builder::new(std::fs::File::create(&archive).unwrap());
+    for (c, colour) in [("cat", [200u8, 40, 40]), ("dog", [40, 200, 40])] {
+        for i in 0..10u32 {
+            let img = image::RgbImage::from_fn(24, 24, |x, y| {
+                if (x * y + i) % 7 == 0 {
+                    image::Rgb([0, 0, 0])
+                } else {
+                    image::Rgb(colour)
+                }
+            });
+            let path = dir.path().join(format!("{c}-{i}.png"));
+            img.save(&path).unwrap();
+            tar.append_path_with_name(&path, format!("pets/{c}/{i}.png"))
+                .unwrap();
+        }
+    }
+    tar.finish().unwrap();
+    let not_archive = dir.path().join("notes.zip");
+    std::fs::write(&not_archive, "plain text").unwrap();
+
+    let browser = Browser::start().await;
+    browser.goto(&format!("{}/datasets", server.base)).await;
+    browser.set_field("#upload-name", "web-pets").await;
+    browser.set_field("#upload-size", "16").await;
+    browser.choose_file("#upload-file", &archive).await;
+    browser.click("#upload-submit").await;
+    let loaded = wait_script(
+        &browser,
+        "const i = document.querySelector('#dataset-web-pets img.samples'); \
+         return i && i.complete && i.naturalWidth > 0 ? [i.naturalWidth, i.naturalHeight] : null",
+        60,
+    )
+    .await;
+    assert_eq!(loaded, json!([256, 64]));
+    let row = browser
+        .script("return document.querySelector('#dataset-web-pets').textContent")
+        .await;
+    let row = row.as_str().unwrap_or_default();
+    assert!(row.contains("train 16") && row.contains("test 4"), "{row}");
+    assert!(row.contains("2 classes: cat, dog"), "{row}");
+
+    browser.set_field("#upload-name", "broken").await;
+    browser.choose_file("#upload-file", &not_archive).await;
+    browser.click("#upload-submit").await;
+    let status = wait_script(
+        &browser,
+        "const s = document.querySelector('#upload-status.error'); return s ? s.textContent : null",
+        30,
+    )
+    .await;
+    assert!(
+        status
+            .as_str()
+            .unwrap_or_default()
+            .contains("not a tar, tar.gz or zip"),
+        "{status}"
+    );
+    let listed: Vec<Value> = get_json(&reqwest::Client::new(), server.url("/datasets")).await;
+    assert_eq!(listed.len(), 1);
 }

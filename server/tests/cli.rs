@@ -632,3 +632,124 @@ epochs = 1
         serde_json::json!(["class0", "class1", "class2"])
     );
 }
+
+/// `sslab data import` registers a folder and an archive in the data
+/// folder's registry, `sslab data list` shows them, and `sslab train` runs
+/// a recipe that names one.
+#[test]
+fn data_import_list_and_train_on_a_registered_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("sslab-data");
+    let folder = dir.path().join("shapes");
+    write_boxed_folder(&folder);
+    let dd = data_dir.to_str().unwrap();
+    let import = |path: &Path, name: &str, format: &str| {
+        sslab(&[
+            "--data-dir",
+            dd,
+            "data",
+            "import",
+            path.to_str().unwrap(),
+            "--format",
+            format,
+            "--name",
+            name,
+            "--image-size",
+            "32",
+        ])
+    };
+    let res = import(&folder, "shapes", "folder");
+    let out = String::from_utf8_lossy(&res.stdout);
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    assert!(
+        out.contains("registered `shapes`: 3 classes, train 39, test 9, sha256:"),
+        "{out}"
+    );
+
+    // The same files as a tar.gz archive, unpacked into the data folder.
+    let archive = dir.path().join("shapes.tar.gz");
+    let gz = flate2::write::GzEncoder::new(
+        std::fs::File::create(&archive).unwrap(),
+        flate2::Compression::fast(),
+    );
+    let mut tar = tar::Builder::new(gz);
+    tar.append_dir_all("shapes", &folder).unwrap();
+    tar.into_inner().unwrap().finish().unwrap();
+    let res = import(&archive, "shapes-copy", "folder");
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+
+    let res = import(&folder, "shapes", "folder");
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(
+        !res.status.success() && err.contains("`shapes` is already registered"),
+        "{err}"
+    );
+    let res = import(&dir.path().join("nothing"), "x", "folder");
+    assert!(String::from_utf8_lossy(&res.stderr).contains("nothing"));
+    let res = import(&folder, "y", "tiff");
+    assert!(String::from_utf8_lossy(&res.stderr).contains("`tiff` is not a format"));
+
+    let res = sslab(&["--data-dir", dd, "data", "list"]);
+    let out = String::from_utf8_lossy(&res.stdout);
+    let rows: Vec<&str> = out.lines().collect();
+    assert_eq!(rows.len(), 3, "{out}");
+    assert!(rows[0].starts_with("name"), "{out}");
+    assert!(
+        out.contains("shapes-copy") && out.contains("folder"),
+        "{out}"
+    );
+    assert!(rows[2].contains("train 39, test 9"), "{out}");
+
+    let spec = dir.path().join("run.toml");
+    std::fs::write(
+        &spec,
+        r#"
+[data]
+source = "dataset"
+name = "shapes-copy"
+[backbone]
+kind = "tiny_cnn"
+width = 8
+[projector]
+dims = "32-16"
+[optimizer]
+batch_size = 12
+[schedule]
+epochs = 1
+[eval]
+knn_k = 5
+"#,
+    )
+    .unwrap();
+    let out_dir = dir.path().join("run");
+    let res = sslab(&[
+        "--data-dir",
+        dd,
+        "train",
+        "--spec",
+        spec.to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let run: Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("run.json")).unwrap()).unwrap();
+    assert!(
+        run["spec"]["data"]["registered"]["hash"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
+}

@@ -75,7 +75,13 @@ pub enum DataSpec {
     Idx { path: String },
     /// STL-10, binary version: `train_X.bin`, `train_y.bin`, `test_X.bin`,
     /// `test_y.bin` (96 px, 10 classes).
-    Stl10 { path: String },
+    Stl10 {
+        path: String,
+        /// Also pretrain on the 100 000 images of `unlabeled_X.bin`; the
+        /// probes still fit on the labelled training split.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        unlabeled: bool,
+    },
     /// One sub-folder per class of PNG or JPEG images; `train/` and `test/`
     /// sub-folders if the split is given, else `test_fraction` of every class
     /// is held out (drawn from `seed`).
@@ -89,6 +95,37 @@ pub enum DataSpec {
         #[serde(default)]
         seed: u64,
     },
+    /// A data set registered with the server (`sslab data import`, or an
+    /// archive uploaded through the API), by name.
+    Dataset {
+        name: String,
+        /// Filled in from the registry when a run is created, so that the run
+        /// records exactly which data it saw; not written by hand.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        registered: Option<Box<RegisteredData>>,
+    },
+}
+
+/// What a registered data set's name stood for when a run was created.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisteredData {
+    /// The content hash taken at registration (`sha256:…` of the decoded
+    /// images, labels and class names); training refuses data that differs.
+    pub hash: String,
+    /// Where the files are and how to read them.
+    pub data: DataSpec,
+}
+
+/// The rule for data set names: they appear in URLs and folder names.
+pub fn check_dataset_name(name: &str) -> Result<(), String> {
+    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if name.is_empty() || name.len() > 64 || !name.chars().all(ok) || name.starts_with('.') {
+        return Err(format!(
+            "`{name}` is not a data set name: 1–64 letters, digits, `-`, `_` or `.`, not starting with `.`"
+        ));
+    }
+    Ok(())
 }
 
 fn default_folder_size() -> usize {
@@ -112,6 +149,10 @@ impl DataSpec {
             DataSpec::Cifar10 { .. } | DataSpec::Cifar100 { .. } | DataSpec::Idx { .. } => 32,
             DataSpec::Stl10 { .. } => 96,
             DataSpec::Folder { image_size, .. } => *image_size,
+            // Unknown (0) until the name is looked up.
+            DataSpec::Dataset { registered, .. } => {
+                registered.as_ref().map_or(0, |r| r.data.image_size())
+            }
         }
     }
 
@@ -123,6 +164,15 @@ impl DataSpec {
             DataSpec::Idx { .. } => "idx",
             DataSpec::Stl10 { .. } => "stl10",
             DataSpec::Folder { .. } => "folder",
+            DataSpec::Dataset { .. } => "dataset",
+        }
+    }
+
+    /// The name of the registered data set this names, if it names one.
+    pub fn dataset_name(&self) -> Option<&str> {
+        match self {
+            DataSpec::Dataset { name, .. } => Some(name),
+            _ => None,
         }
     }
 
@@ -134,9 +184,18 @@ impl DataSpec {
             DataSpec::Scenes(s) => s.train_images,
             DataSpec::Cifar10 { .. } | DataSpec::Cifar100 { .. } => 50_000,
             DataSpec::Idx { .. } => 60_000,
-            DataSpec::Stl10 { .. } => 5_000,
+            DataSpec::Stl10 { unlabeled, .. } => {
+                if *unlabeled {
+                    105_000
+                } else {
+                    5_000
+                }
+            }
             // Unknown until the folder is read.
             DataSpec::Folder { .. } => 0,
+            DataSpec::Dataset { registered, .. } => {
+                registered.as_ref().map_or(0, |r| r.data.train_images())
+            }
         }
     }
 }
@@ -1199,11 +1258,25 @@ impl RunSpec {
             DataSpec::Cifar10 { path }
             | DataSpec::Cifar100 { path, .. }
             | DataSpec::Idx { path }
-            | DataSpec::Stl10 { path } => {
+            | DataSpec::Stl10 { path, .. } => {
                 if path.trim().is_empty() {
                     return bad(
                         "data.path",
                         "name the folder that holds the data set's files".into(),
+                    );
+                }
+            }
+            DataSpec::Dataset { name, registered } => {
+                if let Err(m) = check_dataset_name(name) {
+                    return bad("data.name", m);
+                }
+                if registered
+                    .as_ref()
+                    .is_some_and(|r| matches!(r.data, DataSpec::Dataset { .. }))
+                {
+                    return bad(
+                        "data.registered",
+                        "a registered data set names files, not another data set".into(),
                     );
                 }
             }
@@ -1407,8 +1480,10 @@ impl RunSpec {
                 format!("must be between 1 and 16384, got {w}"),
             );
         }
+        // A data set not yet looked up has no known size (0): the checks
+        // that need it wait until the server has filled it in.
+        let side = self.data.image_size();
         if b.kind == BackboneKind::Vit {
-            let side = self.data.image_size();
             if b.patch_size < 1 || side % b.patch_size != 0 {
                 return bad(
                     "backbone.patch_size",
@@ -1427,7 +1502,7 @@ impl RunSpec {
                     format!("must divide the width {}, got {}", b.width, b.heads),
                 );
             }
-            if self.method.needs_vit() && side / b.patch_size < 2 {
+            if self.method.needs_vit() && side > 0 && side / b.patch_size < 2 {
                 return bad(
                     "backbone.patch_size",
                     format!(
@@ -1529,21 +1604,18 @@ impl RunSpec {
                     format!("must be at most 16, got {}", a.local_views),
                 );
             }
-            let side = a.local_side(self.data.image_size());
-            if side < 4 || side > self.data.image_size() {
+            let local = a.local_side(side);
+            if side > 0 && (local < 4 || local > side) {
                 return bad(
                     "augment.local_size",
-                    format!(
-                        "must be between 4 and the image size {}, got {side}",
-                        self.data.image_size()
-                    ),
+                    format!("must be between 4 and the image size {side}, got {local}"),
                 );
             }
-            if b.kind == BackboneKind::Vit && side % b.patch_size != 0 {
+            if b.kind == BackboneKind::Vit && local % b.patch_size != 0 {
                 return bad(
                     "augment.local_size",
                     format!(
-                        "the ViT's patch size {} must divide the local view size {side}",
+                        "the ViT's patch size {} must divide the local view size {local}",
                         b.patch_size
                     ),
                 );

@@ -26,7 +26,7 @@ fn main() -> Result<()> {
                  serve [ARGS]      build the dashboard and start the platform (args go to `sslab serve`)\n\
                  test [FILTER]     every test: unit, API against SQLite and PostgreSQL, browser end-to-end\n\
                  build-web         build the dashboard and the browser inference module only\n\
-                 bench [NAME]      benchmarks (release builds): api, train-step; all when no name is given"
+                 bench [NAME]      benchmarks (release builds): api, train-step, augment; all when no name is given"
             );
             bail!("no command given")
         }
@@ -214,9 +214,10 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
 }
 
 /// Benchmarks, by name: (name, package, bench target).
-const BENCHES: [(&str, &str, &str); 2] = [
+const BENCHES: [(&str, &str, &str); 3] = [
     ("api", "sslab-server", "api_latency"),
     ("train-step", "sslab-engine", "train_step"),
+    ("augment", "sslab-engine", "augment"),
 ];
 
 fn bench(args: &[String]) -> Result<()> {
@@ -236,6 +237,8 @@ fn bench(args: &[String]) -> Result<()> {
     for (name, package, target) in chosen {
         if *name == "train-step" {
             train_step_bench(package, target)?;
+        } else if *name == "augment" {
+            augment_bench(package, target)?;
         } else {
             run(cargo().args(["bench", "--package", package, "--bench", target]))?;
         }
@@ -243,45 +246,91 @@ fn bench(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Our step and PyTorch's on the same model, batch and machine; the last
-/// line is `train_step_ratio_vs_pytorch=<ours / theirs>`.
-fn train_step_bench(package: &str, target: &str) -> Result<()> {
-    let figure = |text: &str, key: &str| -> Option<f64> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{key}=")))
-            .and_then(|v| v.trim().parse().ok())
-    };
-    eprintln!("xtask: sslab's step (release build)");
+fn figure(text: &str, key: &str) -> Result<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no `{key}=` line in the bench output"))
+}
+
+/// Runs our bench, then its Python twin (installing `modules` with pip when
+/// missing); returns both outputs, already printed.
+fn twin_bench(
+    package: &str,
+    target: &str,
+    script: &str,
+    modules: &[&str],
+) -> Result<(String, String)> {
+    eprintln!("xtask: sslab's {target} (release build)");
     let ours = cargo()
         .args(["bench", "--package", package, "--bench", target])
         .output()
-        .context("running the train-step bench")?;
+        .with_context(|| format!("running the {target} bench"))?;
     let ours_text = String::from_utf8_lossy(&ours.stdout).into_owned();
     print!("{ours_text}");
     if !ours.status.success() {
         bail!(
-            "the train-step bench failed:\n{}",
+            "the {target} bench failed:\n{}",
             String::from_utf8_lossy(&ours.stderr)
         );
     }
-    if output(Command::new("python3").args(["-c", "import torch"])).is_none() {
-        run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "torch"]))?;
+    let imports = format!("import {}", modules.join(", "));
+    if output(Command::new("python3").args(["-c", &imports])).is_none() {
+        run(Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet"])
+            .args(modules))?;
     }
-    eprintln!("xtask: the same step in PyTorch");
+    eprintln!("xtask: the same in Python ({script})");
     let theirs = Command::new("python3")
-        .arg("bench/reference/train_step.py")
+        .arg(script)
         .output()
-        .context("running bench/reference/train_step.py")?;
+        .with_context(|| format!("running {script}"))?;
     let theirs_text = String::from_utf8_lossy(&theirs.stdout).into_owned();
     print!("{theirs_text}");
     if !theirs.status.success() {
         bail!(
-            "the PyTorch step failed:\n{}",
+            "{script} failed:\n{}",
             String::from_utf8_lossy(&theirs.stderr)
         );
     }
-    let a = figure(&ours_text, "sslab_images_per_sec").context("no figure from sslab's bench")?;
-    let b = figure(&theirs_text, "pytorch_images_per_sec").context("no figure from PyTorch")?;
+    Ok((ours_text, theirs_text))
+}
+
+/// Our step and PyTorch's on the same model, batch and machine; the last
+/// line is `train_step_ratio_vs_pytorch=<ours / theirs>`.
+fn train_step_bench(package: &str, target: &str) -> Result<()> {
+    let (ours_text, theirs_text) =
+        twin_bench(package, target, "bench/reference/train_step.py", &["torch"])?;
+    let a = figure(&ours_text, "sslab_images_per_sec")?;
+    let b = figure(&theirs_text, "pytorch_images_per_sec")?;
     println!("train_step_ratio_vs_pytorch={:.3}", a / b);
+    Ok(())
+}
+
+/// Our two-view pipeline per core against torchvision's (one thread, the
+/// faster of its PIL and tensor paths) on the same images; the last lines
+/// are `augment_<side>_ratio_per_core_vs_torchvision=<ours / theirs>`.
+fn augment_bench(package: &str, target: &str) -> Result<()> {
+    let (ours, theirs) = twin_bench(
+        package,
+        target,
+        "bench/reference/augment.py",
+        &["torch", "torchvision"],
+    )?;
+    for side in [32, 96] {
+        let a = figure(
+            &ours,
+            &format!("sslab_augment_{side}_images_per_sec_per_core"),
+        )?;
+        let pil = figure(&theirs, &format!("torchvision_pil_{side}_images_per_sec"))?;
+        let tensor = figure(
+            &theirs,
+            &format!("torchvision_tensor_{side}_images_per_sec"),
+        )?;
+        println!(
+            "augment_{side}_ratio_per_core_vs_torchvision={:.2}",
+            a / pil.max(tensor)
+        );
+    }
     Ok(())
 }

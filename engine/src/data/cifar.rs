@@ -116,7 +116,7 @@ pub fn load(folder: &Path, labels: Labels) -> Result<Splits> {
         let path = folder.join(f);
         parse(&read_file(&path)?, &path, labels, &mut test)?;
     }
-    Ok(Splits { train, test })
+    Ok(Splits::new(train, test))
 }
 
 #[cfg(test)]

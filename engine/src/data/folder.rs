@@ -7,7 +7,9 @@
 //!
 //! Object boxes (for the déjà vu audit) come from an optional `boxes.csv` in
 //! the root: `file,x0,y0,x1,y1`, the file relative to the root, coordinates in
-//! the original image's pixels; several rows for one file merge into the
+//! the original image's pixels; or from a COCO-style `boxes.json` (`images`
+//! with `id` and `file_name`, `annotations` with `image_id` and `bbox` =
+//! `[x, y, width, height]`). Several boxes of one file merge into the
 //! rectangle around them all. Boxes follow the resize and the crop.
 
 use std::collections::HashMap;
@@ -133,15 +135,120 @@ fn decode_mapped(path: &Path, size: usize) -> Result<(Vec<u8>, Mapping)> {
     Ok((crop.into_raw(), mapping))
 }
 
-/// `boxes.csv` of `root`, by file relative to the root; none when absent.
-fn read_boxes(root: &Path) -> Result<Option<HashMap<PathBuf, [f64; 4]>>> {
-    let path = root.join("boxes.csv");
-    if !path.is_file() {
-        return Ok(None);
+type Boxes = HashMap<PathBuf, [f64; 4]>;
+
+/// The image a box file names, as a path under `root`, or why not.
+fn boxed_image(root: &Path, name: &str) -> std::result::Result<PathBuf, &'static str> {
+    let relative = Path::new(name);
+    if relative
+        .components()
+        .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Err("the file must be a path inside the folder");
     }
-    let text = String::from_utf8(read_file(&path)?)
-        .map_err(|_| EngineError::Data(format!("{} is not UTF-8 text", path.display())))?;
-    let mut boxes: HashMap<PathBuf, [f64; 4]> = HashMap::new();
+    let file = root.join(
+        relative
+            .components()
+            .filter(|c| matches!(c, Component::Normal(_)))
+            .collect::<PathBuf>(),
+    );
+    if !file.is_file() || !is_image(&file) {
+        return Err("no such image");
+    }
+    Ok(file)
+}
+
+/// Adds `b` to the file's box: the rectangle around both.
+fn merge(boxes: &mut Boxes, file: PathBuf, b: [f64; 4]) {
+    boxes
+        .entry(file)
+        .and_modify(|u| {
+            *u = [
+                u[0].min(b[0]),
+                u[1].min(b[1]),
+                u[2].max(b[2]),
+                u[3].max(b[3]),
+            ]
+        })
+        .or_insert(b);
+}
+
+fn read_text(path: &Path) -> Result<String> {
+    String::from_utf8(read_file(path)?)
+        .map_err(|_| EngineError::Data(format!("{} is not UTF-8 text", path.display())))
+}
+
+/// The boxes of `root` (`boxes.csv` or `boxes.json`), by file; none when
+/// it has neither.
+fn read_boxes(root: &Path) -> Result<Option<Boxes>> {
+    let (csv, json) = (root.join("boxes.csv"), root.join("boxes.json"));
+    match (csv.is_file(), json.is_file()) {
+        (true, true) => Err(EngineError::Data(format!(
+            "{} has both boxes.csv and boxes.json; keep one",
+            root.display()
+        ))),
+        (true, false) => read_csv_boxes(root, &csv).map(Some),
+        (false, true) => read_coco_boxes(root, &json).map(Some),
+        (false, false) => Ok(None),
+    }
+}
+
+/// COCO-style boxes: `images[].{id, file_name}`, `annotations[].{image_id, bbox}`.
+fn read_coco_boxes(root: &Path, path: &Path) -> Result<Boxes> {
+    let bad = |why: String| EngineError::Data(format!("{}: {why}", path.display()));
+    let doc: serde_json::Value =
+        serde_json::from_str(&read_text(path)?).map_err(|e| bad(format!("not JSON: {e}")))?;
+    let list = |key: &str| {
+        doc.get(key)
+            .and_then(|v| v.as_array())
+            .ok_or_else(|| bad(format!("`{key}` must be a list")))
+    };
+    let mut files: HashMap<i64, PathBuf> = HashMap::new();
+    for (i, img) in list("images")?.iter().enumerate() {
+        let id = img.get("id").and_then(|v| v.as_i64());
+        let name = img.get("file_name").and_then(|v| v.as_str());
+        let (Some(id), Some(name)) = (id, name) else {
+            return Err(bad(format!(
+                "images[{i}] needs an integer `id` and a `file_name`"
+            )));
+        };
+        let file =
+            boxed_image(root, name).map_err(|why| bad(format!("images[{i}]: {why}: `{name}`")))?;
+        files.insert(id, file);
+    }
+    let mut boxes = Boxes::new();
+    for (i, a) in list("annotations")?.iter().enumerate() {
+        let id = a.get("image_id").and_then(|v| v.as_i64());
+        let bbox: Option<Vec<f64>> = a
+            .get("bbox")
+            .and_then(|v| v.as_array())
+            .map(|v| v.iter().filter_map(|x| x.as_f64()).collect());
+        let (Some(id), Some(bbox)) = (id, bbox) else {
+            return Err(bad(format!("annotations[{i}] needs `image_id` and `bbox`")));
+        };
+        let file = files.get(&id).ok_or_else(|| {
+            bad(format!(
+                "annotations[{i}]: image_id {id} is not among `images`"
+            ))
+        })?;
+        match bbox[..] {
+            [x, y, w, h] if x >= 0.0 && y >= 0.0 && w > 0.0 && h > 0.0 => {
+                merge(&mut boxes, file.clone(), [x, y, x + w, y + h])
+            }
+            _ => {
+                return Err(bad(format!(
+                    "annotations[{i}]: bbox must be [x, y, width, height] with x, y ≥ 0 and a positive size"
+                )));
+            }
+        }
+    }
+    Ok(boxes)
+}
+
+/// `boxes.csv`: `file,x0,y0,x1,y1` rows.
+fn read_csv_boxes(root: &Path, path: &Path) -> Result<Boxes> {
+    let text = read_text(path)?;
+    let mut boxes = Boxes::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || (n == 0 && line.starts_with("file")) {
@@ -169,42 +276,17 @@ fn read_boxes(root: &Path) -> Result<Option<HashMap<PathBuf, [f64; 4]>>> {
         if b[0] >= b[2] || b[1] >= b[3] {
             return Err(bad("a box needs x0 < x1 and y0 < y1"));
         }
-        let relative = Path::new(cols[0]);
-        if relative
-            .components()
-            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
-        {
-            return Err(bad("the file must be a path inside the folder"));
-        }
-        let file = root.join(
-            relative
-                .components()
-                .filter(|c| matches!(c, Component::Normal(_)))
-                .collect::<PathBuf>(),
-        );
-        if !file.is_file() || !is_image(&file) {
-            return Err(bad("no such image"));
-        }
-        boxes
-            .entry(file)
-            .and_modify(|u| {
-                *u = [
-                    u[0].min(b[0]),
-                    u[1].min(b[1]),
-                    u[2].max(b[2]),
-                    u[3].max(b[3]),
-                ]
-            })
-            .or_insert(b);
+        let file = boxed_image(root, cols[0]).map_err(bad)?;
+        merge(&mut boxes, file, b);
     }
-    Ok(Some(boxes))
+    Ok(boxes)
 }
 
 fn read_set(
     files: &[(u32, PathBuf)],
     class_names: &[String],
     size: usize,
-    boxes: Option<&HashMap<PathBuf, [f64; 4]>>,
+    boxes: Option<&Boxes>,
 ) -> Result<ImageSet> {
     let mut set = ImageSet {
         size,
@@ -213,8 +295,30 @@ fn read_set(
         boxes: Vec::new(),
         class_names: class_names.to_vec(),
     };
-    for (label, path) in files {
-        let (pixels, mapping) = decode_mapped(path, size)?;
+    // Decoding dominates reading a folder: spread it over the cores, keep the order.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = files.len().div_ceil(threads).max(1);
+    let decoded: Vec<Result<Vec<(Vec<u8>, Mapping)>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = files
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|(_, path)| decode_mapped(path, size))
+                        .collect::<Result<Vec<_>>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("decoding thread"))
+            .collect()
+    });
+    let mut decoded_all = Vec::with_capacity(files.len());
+    for part in decoded {
+        decoded_all.extend(part?);
+    }
+    for ((label, path), (pixels, mapping)) in files.iter().zip(decoded_all) {
         set.pixels.extend(pixels);
         set.labels.push(*label);
         if let Some(boxes) = boxes {
@@ -251,10 +355,10 @@ pub fn load(root: &Path, size: usize, test_fraction: f64, seed: u64) -> Result<S
                 test_dir.display()
             )));
         }
-        return Ok(Splits {
-            train: read_set(&train, &names, size, boxes)?,
-            test: read_set(&test, &names, size, boxes)?,
-        });
+        return Ok(Splits::new(
+            read_set(&train, &names, size, boxes)?,
+            read_set(&test, &names, size, boxes)?,
+        ));
     }
     let list = classes(root)?;
     let names: Vec<String> = list.iter().map(|(n, _)| n.clone()).collect();
@@ -276,10 +380,10 @@ pub fn load(root: &Path, size: usize, test_fraction: f64, seed: u64) -> Result<S
             }
         }
     }
-    Ok(Splits {
-        train: read_set(&train, &names, size, boxes)?,
-        test: read_set(&test, &names, size, boxes)?,
-    })
+    Ok(Splits::new(
+        read_set(&train, &names, size, boxes)?,
+        read_set(&test, &names, size, boxes)?,
+    ))
 }
 
 #[cfg(test)]
@@ -408,5 +512,41 @@ mod tests {
         std::fs::write(dir.path().join("boxes.csv"), "a/0.png,1,1,2\n").unwrap();
         let err = load(dir.path(), 16, 0.5, 1).unwrap_err().to_string();
         assert!(err.contains("expected file,x0,y0,x1,y1"), "{err}");
+
+        // The same boxes from COCO-style JSON ([x, y, width, height]).
+        std::fs::write(
+            dir.path().join("boxes.json"),
+            r#"{"images": [{"id": 7, "file_name": "a/0.png"}, {"id": 8, "file_name": "b/1.png"}],
+                "annotations": [{"image_id": 7, "bbox": [20, 4, 10, 6]},
+                                {"image_id": 7, "bbox": [24, 2, 16, 6]},
+                                {"image_id": 8, "bbox": [0, 0, 8, 8]}]}"#,
+        )
+        .unwrap();
+        let err = load(dir.path(), 16, 0.5, 1).unwrap_err().to_string();
+        assert!(err.contains("both boxes.csv and boxes.json"), "{err}");
+        std::fs::remove_file(dir.path().join("boxes.csv")).unwrap();
+        let s = load(dir.path(), 16, 0.5, 1).unwrap();
+        let coco: Vec<[u32; 4]> = s.train.boxes.iter().chain(&s.test.boxes).copied().collect();
+        assert_eq!(coco, all);
+        for (json, words) in [
+            (
+                r#"{"images": [{"id": 1, "file_name": "a/5.png"}], "annotations": []}"#,
+                "images[0]: no such image",
+            ),
+            (
+                r#"{"images": [], "annotations": [{"image_id": 3, "bbox": [0, 0, 1, 1]}]}"#,
+                "image_id 3 is not among",
+            ),
+            (
+                r#"{"images": [{"id": 1, "file_name": "a/0.png"}], "annotations": [{"image_id": 1, "bbox": [0, 0, 0, 1]}]}"#,
+                "positive size",
+            ),
+            (r#"{"annotations": []}"#, "`images` must be a list"),
+            ("{", "not JSON"),
+        ] {
+            std::fs::write(dir.path().join("boxes.json"), json).unwrap();
+            let err = load(dir.path(), 16, 0.5, 1).unwrap_err().to_string();
+            assert!(err.contains("boxes.json") && err.contains(words), "{err}");
+        }
     }
 }

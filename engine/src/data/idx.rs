@@ -99,10 +99,10 @@ fn split(folder: &Path, images: &str, labels: &str) -> Result<ImageSet> {
 }
 
 pub fn load(folder: &Path) -> Result<Splits> {
-    Ok(Splits {
-        train: split(folder, "train-images-idx3-ubyte", "train-labels-idx1-ubyte")?,
-        test: split(folder, "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")?,
-    })
+    Ok(Splits::new(
+        split(folder, "train-images-idx3-ubyte", "train-labels-idx1-ubyte")?,
+        split(folder, "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")?,
+    ))
 }
 
 #[cfg(test)]

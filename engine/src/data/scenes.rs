@@ -59,10 +59,10 @@ fn texture_of(class: usize) -> usize {
 /// Generates the train and test splits. The test split uses a derived seed,
 /// so it never repeats a training image.
 pub fn generate(spec: &ScenesSpec) -> Splits {
-    Splits {
-        train: generate_set(spec, spec.train_images, spec.seed),
-        test: generate_set(spec, spec.test_images, spec.seed ^ 0x5EED_7E57),
-    }
+    Splits::new(
+        generate_set(spec, spec.train_images, spec.seed),
+        generate_set(spec, spec.test_images, spec.seed ^ 0x5EED_7E57),
+    )
 }
 
 fn generate_set(spec: &ScenesSpec, n: usize, seed: u64) -> ImageSet {

@@ -54,6 +54,7 @@ pub fn prepare(spec: &AuditSpec) -> Result<Prepared> {
     let Splits {
         train: pool,
         test: heldout,
+        ..
     } = data::load(&spec.run.data)?;
     let partition = split::partition(&pool, &spec.split);
     let mut skipped: BTreeMap<crop::Skip, usize> = BTreeMap::new();
@@ -247,10 +248,7 @@ pub fn run(
         (Model::A, prep.partition.train_a()),
         (Model::B, prep.partition.train_b()),
     ] {
-        let splits = Splits {
-            train: prep.pool.subset(&train_set),
-            test: prep.heldout.clone(),
-        };
+        let splits = Splits::new(prep.pool.subset(&train_set), prep.heldout.clone());
         let mut snaps = Snapshots {
             model,
             spec,

@@ -1,4 +1,5 @@
 pub mod compare;
+pub mod datasets;
 pub mod new_run;
 pub mod new_sweep;
 pub mod run;

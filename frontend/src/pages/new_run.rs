@@ -38,8 +38,9 @@ fn data_path(s: &RunSpec) -> String {
         DataSpec::Cifar10 { path }
         | DataSpec::Cifar100 { path, .. }
         | DataSpec::Idx { path }
-        | DataSpec::Stl10 { path }
+        | DataSpec::Stl10 { path, .. }
         | DataSpec::Folder { path, .. } => path.clone(),
+        DataSpec::Dataset { name, .. } => name.clone(),
         DataSpec::Scenes(_) => String::new(),
     }
 }
@@ -53,7 +54,14 @@ fn set_source(s: &mut RunSpec, source: &str, path: String) -> Result<(), String>
             coarse: false,
         },
         "idx" => DataSpec::Idx { path },
-        "stl10" => DataSpec::Stl10 { path },
+        "stl10" => DataSpec::Stl10 {
+            path,
+            unlabeled: false,
+        },
+        "dataset" => DataSpec::Dataset {
+            name: path,
+            registered: None,
+        },
         "folder" => DataSpec::Folder {
             path,
             image_size: 32,
@@ -243,10 +251,10 @@ pub fn NewRunPage() -> impl IntoView {
                     |s| s.seed.to_string(), |s, v| { s.seed = num(v)?; Ok(()) })}
             </fieldset>
             <fieldset><legend>"Data"</legend>
-                {select(spec, "data.source", "Source", &["scenes", "cifar10", "cifar100", "idx", "stl10", "folder"],
+                {select(spec, "data.source", "Source", &["scenes", "dataset", "cifar10", "cifar100", "idx", "stl10", "folder"],
                     |s| s.data.source().to_string(),
                     |s, v| { let p = data_path(s); set_source(s, v, p) })}
-                {field(spec, "data.path", "Folder", "on the training machine: CIFAR or STL-10 binary, MNIST IDX, or one sub-folder per class of PNG/JPEG; the scenes fields below are for the built-in source",
+                {field(spec, "data.path", "Folder or data set", "a registered data set's name (Data sets page), or a folder on the training machine: CIFAR or STL-10 binary, MNIST IDX, or one sub-folder per class of PNG/JPEG; the scenes fields below are for the built-in source",
                     data_path,
                     |s, v| { let source = s.data.source(); set_source(s, source, v.trim().to_string()) })}
                 {field(spec, "data.classes", "Classes", "object classes, 2–16",

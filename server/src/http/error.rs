@@ -20,6 +20,14 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// Files that cannot be used as what they were sent as.
+    #[error("{0}")]
+    InvalidData(String),
+    #[error("{0}")]
+    TooLarge(String),
+    /// The server could not store what it was sent (a full disk, say).
+    #[error("{0}")]
+    Storage(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -38,6 +46,12 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m, None),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m, None),
             ApiError::Conflict(m) => (StatusCode::CONFLICT, "conflict", m, None),
+            ApiError::InvalidData(m) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_data", m, None),
+            ApiError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large", m, None),
+            ApiError::Storage(m) => {
+                tracing::error!(error = %m, "storage error");
+                (StatusCode::INSUFFICIENT_STORAGE, "storage", m, None)
+            }
             ApiError::Store(e) => {
                 tracing::error!(error = %e, "store error");
                 (
@@ -69,3 +83,16 @@ impl IntoResponse for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+impl From<crate::datasets::RegistryError> for ApiError {
+    fn from(e: crate::datasets::RegistryError) -> Self {
+        use crate::datasets::RegistryError as R;
+        match e {
+            R::Invalid(e) => ApiError::InvalidSpec(e),
+            R::Data(m) => ApiError::InvalidData(m),
+            R::Exists(_) => ApiError::Conflict(e.to_string()),
+            R::Store(e) => ApiError::Store(e),
+            R::Io(m) => ApiError::Storage(m),
+        }
+    }
+}

@@ -1,5 +1,6 @@
 //! The HTTP surface: JSON API under `/api/v1` and the built dashboard at `/`.
 
+mod datasets;
 mod error;
 mod events;
 mod runs;
@@ -18,6 +19,7 @@ use tower_http::services::{ServeDir, ServeFile};
 pub use error::{ApiError, ApiResult};
 
 use crate::artifacts::Artifacts;
+use crate::datasets::Registry;
 use crate::store::Store;
 
 #[derive(Clone)]
@@ -28,6 +30,7 @@ pub struct AppState {
     pub queued: Arc<Notify>,
     /// The most runs one sweep may expand to.
     pub max_sweep_runs: usize,
+    pub datasets: Registry,
 }
 
 impl AppState {
@@ -83,6 +86,7 @@ pub fn app(state: AppState, static_dir: Option<PathBuf>) -> Router {
         .route("/health", get(|| async { "ok" }))
         .merge(runs::router())
         .merge(sweeps::router())
+        .merge(datasets::router())
         .fallback(|| async { ApiError::NotFound("no such API route".into()) });
     let router = Router::new().nest("/api/v1", api).with_state(state);
     match static_dir.filter(|d| d.join("index.html").is_file()) {

@@ -34,7 +34,8 @@ async fn create(
     headers: HeaderMap,
     body: String,
 ) -> ApiResult<Response> {
-    let spec = RunSpec::from_json(&body).map_err(ApiError::InvalidSpec)?;
+    let mut spec = RunSpec::from_json(&body).map_err(ApiError::InvalidSpec)?;
+    state.datasets.resolve(&mut spec).await?;
     let key = idempotency_key(&headers)?;
     let (run, created) = state.store.create_run(&spec, key).await?;
     if created {

@@ -29,7 +29,18 @@ async fn create(
     headers: HeaderMap,
     body: String,
 ) -> ApiResult<Response> {
-    let spec = SweepSpec::from_json(&body).map_err(ApiError::InvalidSpec)?;
+    let mut spec = SweepSpec::from_json(&body).map_err(ApiError::InvalidSpec)?;
+    state
+        .datasets
+        .resolve(&mut spec.base)
+        .await
+        .map_err(|e| match ApiError::from(e) {
+            ApiError::InvalidSpec(e) => ApiError::InvalidSpec(sslab_shared::SpecError::new(
+                format!("base.{}", e.field),
+                e.message,
+            )),
+            other => other,
+        })?;
     let points = spec
         .expand(state.max_sweep_runs)
         .map_err(ApiError::InvalidSpec)?;

@@ -18,7 +18,13 @@ pub struct Server {
 impl Server {
     /// Starts a server on `data_dir`, with `database_url` (default: SQLite in `data_dir`).
     pub fn start(data_dir: &Path, database_url: Option<&str>) -> Server {
+        Server::start_with(data_dir, database_url, &[])
+    }
+
+    /// `start`, with extra environment variables for the server.
+    pub fn start_with(data_dir: &Path, database_url: Option<&str>, env: &[(&str, &str)]) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sslab"));
+        cmd.envs(env.iter().copied());
         cmd.args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .env_remove("DATABASE_URL")
