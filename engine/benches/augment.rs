@@ -4,7 +4,9 @@
 //! It writes the images and its settings under `target/bench-augment/` so
 //! that `bench/reference/augment.py` (run by xtask in the same command)
 //! times torchvision's pipeline on the very same images.
-//! `SSLAB_BENCH_IMAGES` sets the count at 32 px (4096; a ninth of it at 96).
+//! Images go through in training batches of `SSLAB_BENCH_BATCH` (256), as
+//! the training loop asks for them. `SSLAB_BENCH_IMAGES` sets the count at
+//! 32 px (4096; a ninth of it at 96).
 
 use std::io::Write;
 use std::time::Instant;
@@ -14,10 +16,14 @@ use sslab_engine::data::scenes;
 use sslab_shared::spec::{AugmentSpec, ScenesSpec};
 
 fn main() -> anyhow::Result<()> {
-    let base: usize = std::env::var("SSLAB_BENCH_IMAGES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(4096);
+    let env = |name: &str, default: usize| -> usize {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let base = env("SSLAB_BENCH_IMAGES", 4096);
+    let batch = env("SSLAB_BENCH_BATCH", 256).max(1);
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-augment");
     std::fs::create_dir_all(&dir)?;
     let spec = AugmentSpec::default();
@@ -40,8 +46,10 @@ fn main() -> anyhow::Result<()> {
         let mut best = f64::INFINITY;
         for epoch in 0..4 {
             let t = Instant::now();
-            let views = augment::batch_views(&spec, &set, &indices, 0, epoch, 2);
-            std::hint::black_box(&views);
+            for part in indices.chunks(batch) {
+                let views = augment::batch_views(&spec, &set, part, 0, epoch, 2);
+                std::hint::black_box(&views);
+            }
             if epoch > 0 {
                 best = best.min(t.elapsed().as_secs_f64());
             }

@@ -74,28 +74,57 @@ fn render(
     let solarize = maybe(rng, spec.solarize_prob[which]);
     let plane = s * s;
     let post = blur.is_some() || solarize || spec.noise_std > 0.0;
-    for oy in 0..s {
-        for ox in 0..s {
-            // Bilinear sample at the centre of the output pixel.
-            let fx = cx + (ox as f64 + 0.5) * cw / s as f64 - 0.5;
-            let fy = cy + (oy as f64 + 0.5) * ch / s as f64 - 0.5;
-            let mut rgb = bilinear(img, src, fx, fy);
-            if let Some(j) = &jitter {
-                rgb = j.apply(rgb);
+    // Bilinear taps at the centre of each output pixel: the same for every
+    // row (columns) and every column (rows), so found once.
+    let taps = |start: f64, extent: f64| -> Vec<Tap> {
+        (0..s)
+            .map(|o| Tap::at(start + (o as f64 + 0.5) * extent / s as f64 - 0.5, src))
+            .collect()
+    };
+    let (cols, rows) = (taps(cx, cw), taps(cy, ch));
+    let hue = jitter.as_ref().map(|j| j.hue_matrix());
+    // Raw [0, 1] values when more passes follow, normalised otherwise.
+    let (scale_c, shift_c) = if post {
+        ([1.0; 3], [0.0; 3])
+    } else {
+        (
+            [0, 1, 2].map(|c| 1.0 / STD[c]),
+            [0, 1, 2].map(|c| -MEAN[c] / STD[c]),
+        )
+    };
+    let row_bytes = src * 3;
+    let (red, rest) = out[..3 * plane].split_at_mut(plane);
+    let (green, blue) = rest.split_at_mut(plane);
+    for (oy, ty) in rows.iter().enumerate() {
+        let upper_row = &img[ty.lo * row_bytes..][..row_bytes];
+        let lower_row = &img[ty.hi * row_bytes..][..row_bytes];
+        let span = oy * s..(oy + 1) * s;
+        let (r_out, g_out, b_out) = (
+            &mut red[span.clone()],
+            &mut green[span.clone()],
+            &mut blue[span],
+        );
+        for (ox, tx) in cols.iter().enumerate() {
+            let (l, r) = (tx.lo * 3, tx.hi * 3);
+            let (ul, ur) = (&upper_row[l..l + 3], &upper_row[r..r + 3]);
+            let (ll, lr) = (&lower_row[l..l + 3], &lower_row[r..r + 3]);
+            let mut rgb = [0.0f32; 3];
+            for (c, v) in rgb.iter_mut().enumerate() {
+                let upper = ul[c] as f32 + (ur[c] as f32 - ul[c] as f32) * tx.t;
+                let lower = ll[c] as f32 + (lr[c] as f32 - ll[c] as f32) * tx.t;
+                *v = (upper + (lower - upper) * ty.t) * (1.0 / 255.0);
+            }
+            if let (Some(j), Some(m)) = (&jitter, &hue) {
+                rgb = j.apply(rgb, m);
             }
             if gray {
                 let l = luma(rgb);
                 rgb = [l, l, l];
             }
             let dx = if flip { s - 1 - ox } else { ox };
-            for c in 0..3 {
-                // Raw [0, 1] values when more passes follow, normalised otherwise.
-                out[c * plane + oy * s + dx] = if post {
-                    rgb[c]
-                } else {
-                    (rgb[c] - MEAN[c]) / STD[c]
-                };
-            }
+            r_out[dx] = rgb[0] * scale_c[0] + shift_c[0];
+            g_out[dx] = rgb[1] * scale_c[1] + shift_c[1];
+            b_out[dx] = rgb[2] * scale_c[2] + shift_c[2];
         }
     }
     if !post {
@@ -167,20 +196,24 @@ fn crop_box(scale: [f64; 2], s: usize, rng: &mut Rng) -> (f64, f64, f64, f64) {
     (0.0, 0.0, side, side)
 }
 
-fn bilinear(img: &[u8], s: usize, fx: f64, fy: f64) -> [f32; 3] {
-    let max = (s - 1) as f64;
-    let (fx, fy) = (fx.clamp(0.0, max), fy.clamp(0.0, max));
-    let (x0, y0) = (fx.floor() as usize, fy.floor() as usize);
-    let (x1, y1) = ((x0 + 1).min(s - 1), (y0 + 1).min(s - 1));
-    let (tx, ty) = ((fx - x0 as f64) as f32, (fy - y0 as f64) as f32);
-    let px = |x: usize, y: usize, c: usize| img[(y * s + x) * 3 + c] as f32 / 255.0;
-    let mut out = [0.0; 3];
-    for (c, o) in out.iter_mut().enumerate() {
-        let top = px(x0, y0, c) * (1.0 - tx) + px(x1, y0, c) * tx;
-        let bottom = px(x0, y1, c) * (1.0 - tx) + px(x1, y1, c) * tx;
-        *o = top * (1.0 - ty) + bottom * ty;
+/// One axis of a bilinear sample: the two source pixels and the weight of
+/// the second, edges clamped.
+struct Tap {
+    lo: usize,
+    hi: usize,
+    t: f32,
+}
+
+impl Tap {
+    fn at(f: f64, s: usize) -> Tap {
+        let f = f.clamp(0.0, (s - 1) as f64);
+        let lo = f.floor() as usize;
+        Tap {
+            lo,
+            hi: (lo + 1).min(s - 1),
+            t: (f - lo as f64) as f32,
+        }
     }
-    out
 }
 
 fn luma(c: [f32; 3]) -> f32 {
@@ -207,23 +240,41 @@ impl Jitter {
         }
     }
 
-    fn apply(&self, c: [f32; 3]) -> [f32; 3] {
+    /// The hue shift as one RGB matrix: into YIQ, a rotation of the chroma
+    /// plane by `hue`, and back.
+    fn hue_matrix(&self) -> [[f32; 3]; 3] {
+        const TO: [[f32; 3]; 3] = [
+            [0.299, 0.587, 0.114],
+            [0.596, -0.274, -0.322],
+            [0.211, -0.523, 0.312],
+        ];
+        const FROM: [[f32; 3]; 3] = [
+            [1.0, 0.956, 0.621],
+            [1.0, -0.272, -0.647],
+            [1.0, -1.106, 1.703],
+        ];
+        let (sin, cos) = self.hue.sin_cos();
+        let rot = [[1.0, 0.0, 0.0], [0.0, cos, -sin], [0.0, sin, cos]];
+        let mul = |a: [[f32; 3]; 3], b: [[f32; 3]; 3]| {
+            let mut m = [[0.0f32; 3]; 3];
+            for (r, row) in m.iter_mut().enumerate() {
+                for (c, v) in row.iter_mut().enumerate() {
+                    *v = (0..3).map(|k| a[r][k] * b[k][c]).sum();
+                }
+            }
+            m
+        };
+        mul(FROM, mul(rot, TO))
+    }
+
+    /// `hue` is [`Jitter::hue_matrix`], found once per view.
+    fn apply(&self, c: [f32; 3], hue: &[[f32; 3]; 3]) -> [f32; 3] {
         let c = c.map(|v| (v * self.brightness).clamp(0.0, 1.0));
         // Contrast against mid-grey rather than the image mean: per-pixel and close.
         let c = c.map(|v| ((v - 0.5) * self.contrast + 0.5).clamp(0.0, 1.0));
         let l = luma(c);
         let c = c.map(|v| (l + (v - l) * self.saturation).clamp(0.0, 1.0));
-        // Hue: rotate the chroma plane of YIQ.
-        let y = 0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2];
-        let i = 0.596 * c[0] - 0.274 * c[1] - 0.322 * c[2];
-        let q = 0.211 * c[0] - 0.523 * c[1] + 0.312 * c[2];
-        let (sin, cos) = self.hue.sin_cos();
-        let (i, q) = (i * cos - q * sin, i * sin + q * cos);
-        [
-            (y + 0.956 * i + 0.621 * q).clamp(0.0, 1.0),
-            (y - 0.272 * i - 0.647 * q).clamp(0.0, 1.0),
-            (y - 1.106 * i + 1.703 * q).clamp(0.0, 1.0),
-        ]
+        hue.map(|row| (row[0] * c[0] + row[1] * c[1] + row[2] * c[2]).clamp(0.0, 1.0))
     }
 }
 
@@ -255,47 +306,38 @@ pub fn batch_views(
         .map(|n| n.get())
         .unwrap_or(1);
     let chunk = indices.len().div_ceil(threads).max(1);
-    // Each thread fills every view of its share of the images.
-    let parts: Vec<Vec<Vec<f32>>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = indices
-            .chunks(chunk)
-            .map(|idx| {
-                let kinds = &kinds;
-                scope.spawn(move || {
-                    kinds
-                        .iter()
-                        .enumerate()
-                        .map(|(v, &(which, size, scale))| {
-                            let per = 3 * size * size;
-                            let mut out = vec![0.0f32; idx.len() * per];
-                            for (k, &i) in idx.iter().enumerate() {
-                                let mut rng =
-                                    Rng::derive(seed, &[epoch as u64, i as u64, v as u64 + 1]);
-                                render(
-                                    spec,
-                                    set,
-                                    i,
-                                    which,
-                                    size,
-                                    scale,
-                                    &mut rng,
-                                    &mut out[k * per..(k + 1) * per],
-                                );
-                            }
-                            out
-                        })
-                        .collect()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("augmentation thread"))
-            .collect()
+    let mut outputs: Vec<Vec<f32>> = kinds
+        .iter()
+        .map(|&(_, size, _)| vec![0.0f32; indices.len() * 3 * size * size])
+        .collect();
+    // Each thread renders every view of its share of the images straight
+    // into its part of the output buffers.
+    let mut shares: Vec<Vec<&mut [f32]>> = (0..indices.len().div_ceil(chunk))
+        .map(|_| Vec::with_capacity(kinds.len()))
+        .collect();
+    for (out, &(_, size, _)) in outputs.iter_mut().zip(&kinds) {
+        for (share, part) in shares
+            .iter_mut()
+            .zip(out.chunks_mut(chunk * 3 * size * size))
+        {
+            share.push(part);
+        }
+    }
+    std::thread::scope(|scope| {
+        for (idx, share) in indices.chunks(chunk).zip(shares) {
+            let kinds = &kinds;
+            scope.spawn(move || {
+                for (v, (part, &(which, size, scale))) in share.into_iter().zip(kinds).enumerate() {
+                    let per = 3 * size * size;
+                    for (&i, out) in idx.iter().zip(part.chunks_mut(per)) {
+                        let mut rng = Rng::derive(seed, &[epoch as u64, i as u64, v as u64 + 1]);
+                        render(spec, set, i, which, size, scale, &mut rng, out);
+                    }
+                }
+            });
+        }
     });
-    (0..kinds.len())
-        .map(|v| parts.iter().flat_map(|p| p[v].iter().copied()).collect())
-        .collect()
+    outputs
 }
 
 #[cfg(test)]
@@ -380,6 +422,81 @@ mod tests {
         assert_eq!(b1, b2);
         let (a3, _) = two_view_batch(&AugmentSpec::default(), &set, &[0, 3, 5], 9, 3);
         assert_ne!(a1, a3);
+    }
+
+    /// The draws follow their settings: crop area and aspect ratio within
+    /// range and spread over it, flips at their rate, jitter factors within
+    /// 1 ± 0.8·s and the hue within ± 0.2·s of a turn.
+    #[test]
+    fn crop_flip_and_jitter_draws_follow_their_settings() {
+        let mut rng = Rng::new(7);
+        let (mut lo, mut hi) = (f64::MAX, 0.0f64);
+        for _ in 0..4000 {
+            let (x, y, w, h) = crop_box([0.2, 1.0], 32, &mut rng);
+            assert!(x >= 0.0 && y >= 0.0 && x + w <= 32.0 + 1e-9 && y + h <= 32.0 + 1e-9);
+            let area = w * h / 1024.0;
+            assert!((0.2 - 1e-9..=1.0 + 1e-9).contains(&area), "{area}");
+            assert!(
+                (0.75 - 1e-9..=4.0 / 3.0 + 1e-9).contains(&(w / h)),
+                "{}",
+                w / h
+            );
+            (lo, hi) = (lo.min(area), hi.max(area));
+        }
+        assert!(lo < 0.21 && hi > 0.97, "areas span {lo}..{hi}");
+
+        // Left half black, right half white: a flipped view is bright on the left.
+        let mut set = set();
+        for i in 0..set.len() {
+            let n = set.size * set.size * 3;
+            for p in 0..set.size * set.size {
+                let v = if p % set.size < set.size / 2 { 0 } else { 255 };
+                set.pixels[i * n + p * 3..i * n + p * 3 + 3].fill(v);
+            }
+        }
+        let spec = AugmentSpec {
+            flip_prob: 0.3,
+            ..still(AugmentSpec::default())
+        };
+        let all: Vec<usize> = (0..set.len()).collect();
+        let (mut flipped, mut views) = (0, 0);
+        for epoch in 0..150 {
+            let (a, b) = two_view_batch(&spec, &set, &all, 1, epoch);
+            for v in a.chunks(3 * 32 * 32).chain(b.chunks(3 * 32 * 32)) {
+                flipped += (v[0] > 0.0) as usize;
+                views += 1;
+            }
+        }
+        let rate = flipped as f64 / views as f64;
+        assert!(
+            (rate - 0.3).abs() < 0.03,
+            "flip rate {rate} over {views} views"
+        );
+
+        let mut rng = Rng::new(3);
+        let (mut b_lo, mut b_hi, mut hue) = (f32::MAX, 0.0f32, 0.0f32);
+        for _ in 0..2000 {
+            let j = Jitter::draw(0.5, &mut rng);
+            for f in [j.brightness, j.contrast, j.saturation] {
+                assert!((0.6..=1.4).contains(&f), "{f}");
+            }
+            (b_lo, b_hi) = (b_lo.min(j.brightness), b_hi.max(j.brightness));
+            hue = hue.max(j.hue.abs());
+        }
+        assert!(b_lo < 0.62 && b_hi > 1.38, "{b_lo}..{b_hi}");
+        let turn = std::f32::consts::TAU;
+        assert!(hue <= 0.1 * turn + 1e-6 && hue > 0.09 * turn, "{hue}");
+        // No hue shift is (to YIQ's rounding) no change; any shift leaves gray gray.
+        let mut j = Jitter::draw(0.0, &mut rng);
+        let m = j.hue_matrix();
+        for (r, row) in m.iter().enumerate() {
+            for (c, v) in row.iter().enumerate() {
+                assert!((v - (r == c) as u8 as f32).abs() < 2e-3, "{m:?}");
+            }
+        }
+        j.hue = 0.3 * turn;
+        let g = j.apply([0.4, 0.4, 0.4], &j.hue_matrix());
+        assert!(g.iter().all(|v| (v - 0.4).abs() < 2e-3), "{g:?}");
     }
 
     #[test]
