@@ -82,7 +82,7 @@ fn render(
             .collect()
     };
     let (cols, rows) = (taps(cx, cw), taps(cy, ch));
-    let hue = jitter.as_ref().map(|j| j.hue_matrix());
+    let hue = jitter.as_ref().map(|j| j.hue.sin_cos());
     // Raw [0, 1] values when more passes follow, normalised otherwise.
     let (scale_c, shift_c) = if post {
         ([1.0; 3], [0.0; 3])
@@ -92,6 +92,8 @@ fn render(
             [0, 1, 2].map(|c| -MEAN[c] / STD[c]),
         )
     };
+    // Byte to [0, 1], looked up rather than divided per tap.
+    let unit: [f32; 256] = std::array::from_fn(|v| v as f32 / 255.0);
     let row_bytes = src * 3;
     let (red, rest) = out[..3 * plane].split_at_mut(plane);
     let (green, blue) = rest.split_at_mut(plane);
@@ -110,9 +112,9 @@ fn render(
             let (ll, lr) = (&lower_row[l..l + 3], &lower_row[r..r + 3]);
             let mut rgb = [0.0f32; 3];
             for (c, v) in rgb.iter_mut().enumerate() {
-                let upper = ul[c] as f32 + (ur[c] as f32 - ul[c] as f32) * tx.t;
-                let lower = ll[c] as f32 + (lr[c] as f32 - ll[c] as f32) * tx.t;
-                *v = (upper + (lower - upper) * ty.t) * (1.0 / 255.0);
+                let upper = unit[ul[c] as usize] * (1.0 - tx.t) + unit[ur[c] as usize] * tx.t;
+                let lower = unit[ll[c] as usize] * (1.0 - tx.t) + unit[lr[c] as usize] * tx.t;
+                *v = upper * (1.0 - ty.t) + lower * ty.t;
             }
             if let (Some(j), Some(m)) = (&jitter, &hue) {
                 rgb = j.apply(rgb, m);
@@ -240,41 +242,24 @@ impl Jitter {
         }
     }
 
-    /// The hue shift as one RGB matrix: into YIQ, a rotation of the chroma
-    /// plane by `hue`, and back.
-    fn hue_matrix(&self) -> [[f32; 3]; 3] {
-        const TO: [[f32; 3]; 3] = [
-            [0.299, 0.587, 0.114],
-            [0.596, -0.274, -0.322],
-            [0.211, -0.523, 0.312],
-        ];
-        const FROM: [[f32; 3]; 3] = [
-            [1.0, 0.956, 0.621],
-            [1.0, -0.272, -0.647],
-            [1.0, -1.106, 1.703],
-        ];
-        let (sin, cos) = self.hue.sin_cos();
-        let rot = [[1.0, 0.0, 0.0], [0.0, cos, -sin], [0.0, sin, cos]];
-        let mul = |a: [[f32; 3]; 3], b: [[f32; 3]; 3]| {
-            let mut m = [[0.0f32; 3]; 3];
-            for (r, row) in m.iter_mut().enumerate() {
-                for (c, v) in row.iter_mut().enumerate() {
-                    *v = (0..3).map(|k| a[r][k] * b[k][c]).sum();
-                }
-            }
-            m
-        };
-        mul(FROM, mul(rot, TO))
-    }
-
-    /// `hue` is [`Jitter::hue_matrix`], found once per view.
-    fn apply(&self, c: [f32; 3], hue: &[[f32; 3]; 3]) -> [f32; 3] {
+    /// `hue` is `self.hue.sin_cos()`, found once per view.
+    fn apply(&self, c: [f32; 3], hue: &(f32, f32)) -> [f32; 3] {
         let c = c.map(|v| (v * self.brightness).clamp(0.0, 1.0));
         // Contrast against mid-grey rather than the image mean: per-pixel and close.
         let c = c.map(|v| ((v - 0.5) * self.contrast + 0.5).clamp(0.0, 1.0));
         let l = luma(c);
         let c = c.map(|v| (l + (v - l) * self.saturation).clamp(0.0, 1.0));
-        hue.map(|row| (row[0] * c[0] + row[1] * c[1] + row[2] * c[2]).clamp(0.0, 1.0))
+        // Hue: rotate the chroma plane of YIQ.
+        let y = 0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2];
+        let i = 0.596 * c[0] - 0.274 * c[1] - 0.322 * c[2];
+        let q = 0.211 * c[0] - 0.523 * c[1] + 0.312 * c[2];
+        let (sin, cos) = *hue;
+        let (i, q) = (i * cos - q * sin, i * sin + q * cos);
+        [
+            (y + 0.956 * i + 0.621 * q).clamp(0.0, 1.0),
+            (y - 0.272 * i - 0.647 * q).clamp(0.0, 1.0),
+            (y - 1.106 * i + 1.703 * q).clamp(0.0, 1.0),
+        ]
     }
 }
 
@@ -486,16 +471,10 @@ mod tests {
         assert!(b_lo < 0.62 && b_hi > 1.38, "{b_lo}..{b_hi}");
         let turn = std::f32::consts::TAU;
         assert!(hue <= 0.1 * turn + 1e-6 && hue > 0.09 * turn, "{hue}");
-        // No hue shift is (to YIQ's rounding) no change; any shift leaves gray gray.
+        // Any hue shift leaves gray gray.
         let mut j = Jitter::draw(0.0, &mut rng);
-        let m = j.hue_matrix();
-        for (r, row) in m.iter().enumerate() {
-            for (c, v) in row.iter().enumerate() {
-                assert!((v - (r == c) as u8 as f32).abs() < 2e-3, "{m:?}");
-            }
-        }
         j.hue = 0.3 * turn;
-        let g = j.apply([0.4, 0.4, 0.4], &j.hue_matrix());
+        let g = j.apply([0.4, 0.4, 0.4], &j.hue.sin_cos());
         assert!(g.iter().all(|v| (v - 0.4).abs() < 2e-3), "{g:?}");
     }
 

@@ -28,6 +28,7 @@ fn App() -> impl IntoView {
                     <A href="/runs/new">"New run"</A>
                     <A href="/sweeps">"Sweeps"</A>
                     <A href="/datasets">"Data sets"</A>
+                    <A href="/audits">"Audits"</A>
                 </nav>
             </header>
             <main>
@@ -40,6 +41,8 @@ fn App() -> impl IntoView {
                     <Route path=path!("/sweeps/:id") view=pages::sweeps::SweepPage/>
                     <Route path=path!("/compare") view=pages::compare::ComparePage/>
                     <Route path=path!("/datasets") view=pages::datasets::DatasetsPage/>
+                    <Route path=path!("/audits") view=pages::audits::AuditsPage/>
+                    <Route path=path!("/audits/:id") view=pages::audits::AuditPage/>
                 </Routes>
             </main>
         </Router>

@@ -18,6 +18,11 @@ impl Artifacts {
         self.root.join("runs").join(id)
     }
 
+    /// An audit's two checkpoints and its `examples.csv`.
+    pub fn audit_dir(&self, id: &str) -> PathBuf {
+        self.root.join("audits").join(id)
+    }
+
     pub fn checkpoint(&self, id: &str) -> PathBuf {
         self.run_dir(id).join("checkpoint.safetensors")
     }

@@ -118,6 +118,14 @@ pub async fn run(spec_path: &Path, out: &Path) -> anyhow::Result<()> {
 }
 
 fn write_examples(path: &Path, report: &AuditReport) -> anyhow::Result<()> {
+    let mut file =
+        std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(examples_csv(report).as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// One row per attacked image: its crop, both models' guesses, the outcome.
+pub fn examples_csv(report: &AuditReport) -> String {
     let name = |c: u32| {
         report
             .class_names
@@ -154,10 +162,7 @@ fn write_examples(path: &Path, report: &AuditReport) -> anyhow::Result<()> {
             e.outcome()
         );
     }
-    let mut file =
-        std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?;
-    file.write_all(text.as_bytes())
-        .with_context(|| format!("cannot write {}", path.display()))
+    text
 }
 
 /// Values separated by spaces, one CSV cell.

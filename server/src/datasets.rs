@@ -271,7 +271,9 @@ impl Registry {
         spec.validate().map_err(RegistryError::Invalid)
     }
 
-    async fn resolve_data(&self, data: &mut DataSpec, field: &str) -> Result<()> {
+    /// Fills in one data spec that may name a registered data set; `field`
+    /// names it in errors.
+    pub async fn resolve_data(&self, data: &mut DataSpec, field: &str) -> Result<()> {
         let DataSpec::Dataset { name, registered } = data else {
             return Ok(());
         };

@@ -3,6 +3,7 @@
 mod archive;
 mod artifacts;
 mod audit_cmd;
+mod audit_job;
 mod data_cmd;
 mod datasets;
 mod http;
@@ -162,7 +163,9 @@ async fn main() -> std::process::ExitCode {
             out,
             max_runs,
         } => sweep_cmd::run(spec, out, *max_runs).await,
-        Command::Eval { run, spec, out } => train_cmd::evaluate(run, spec, out.as_deref()).await,
+        Command::Eval { run, spec, out } => {
+            train_cmd::evaluate(run, spec, out.as_deref(), || registry(&cli)).await
+        }
         Command::Audit { spec, out } => audit_cmd::run(spec, out).await,
         Command::Migrate => {
             async {

@@ -2,6 +2,7 @@
 //! or PostgreSQL (teams), through sqlx's `Any` driver. Ids and times are
 //! TEXT and INTEGER (milliseconds) so both dialects map them the same way.
 
+mod audits;
 mod datasets;
 
 use std::collections::HashMap;
@@ -571,7 +572,8 @@ impl Store {
         .bind(cutoff)
         .execute(&self.pool)
         .await?;
-        Ok(done.rows_affected() + jobs.rows_affected())
+        let audits = self.recover_orphan_audits(cutoff).await?;
+        Ok(done.rows_affected() + jobs.rows_affected() + audits)
     }
 
     /// Cancels a queued run at once; asks the worker of a running one to stop.

@@ -318,7 +318,17 @@ struct RunFileIn {
 }
 
 /// `sslab eval --run DIR --spec FILE`: the run's final weights, a new plan.
-pub async fn evaluate(run_dir: &Path, spec_path: &Path, out: Option<&Path>) -> anyhow::Result<()> {
+/// `registry` is opened only when the plan's `eval.data` names a data set.
+pub async fn evaluate<F, R>(
+    run_dir: &Path,
+    spec_path: &Path,
+    out: Option<&Path>,
+    registry: F,
+) -> anyhow::Result<()>
+where
+    F: FnOnce() -> R,
+    R: Future<Output = anyhow::Result<crate::datasets::Registry>>,
+{
     let run_file = run_dir.join("run.json");
     let text = std::fs::read_to_string(&run_file).with_context(|| {
         format!(
@@ -341,8 +351,20 @@ pub async fn evaluate(run_dir: &Path, spec_path: &Path, out: Option<&Path>) -> a
     }
     let plan = std::fs::read_to_string(spec_path)
         .with_context(|| format!("cannot read the plan {}", spec_path.display()))?;
-    let request = EvaluationRequest::parse(&plan, true, &run.spec.layer_names())
+    let mut request = EvaluationRequest::parse(&plan, true, &run.spec.layer_names())
         .map_err(|e| anyhow::anyhow!("{}: invalid plan: {e}", spec_path.display()))?;
+    if let Some(data) = request
+        .eval
+        .data
+        .as_mut()
+        .filter(|d| d.dataset_name().is_some())
+    {
+        registry()
+            .await?
+            .resolve_data(data, "eval.data")
+            .await
+            .with_context(|| format!("{}", spec_path.display()))?;
+    }
     let stem = spec_path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())

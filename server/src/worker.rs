@@ -79,9 +79,9 @@ impl Worker {
             }
             match self.store.claim_next(&self.id, LEASE_MS).await {
                 Ok(Some(run)) => self.execute(run, &mut shutdown).await,
-                // No run waits: take a re-evaluation, else sleep until woken.
+                // No run waits: take a re-evaluation or an audit, else sleep until woken.
                 Ok(None) => {
-                    if self.evaluate_next().await {
+                    if self.evaluate_next().await || self.audit_next(&mut shutdown).await {
                         continue;
                     }
                     tokio::select! {

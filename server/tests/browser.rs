@@ -584,3 +584,81 @@ async fn upload_a_data_set_in_chromium() {
     let listed: Vec<Value> = get_json(&reqwest::Client::new(), server.url("/datasets")).await;
     assert_eq!(listed.len(), 1);
 }
+
+/// An audit started through the API renders on its page: the curves of
+/// both snapshots, the four-way table, and a gallery whose images and crop
+/// boxes load.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_audit_page_in_chromium() {
+    if !e2e_required() {
+        eprintln!("skipped: set SSLAB_E2E=1 (cargo xtask test does)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), None);
+    let client = reqwest::Client::new();
+    let spec = json!({
+        "name": "page-audit", "snapshots": [1], "split": {"per_class": 6}, "attack": {"k": 10},
+        "run": {"seed": 3,
+                "data": {"source": "scenes", "classes": 3, "train_images": 90, "test_images": 30},
+                "backbone": {"kind": "tiny_cnn", "width": 8}, "projector": {"dims": "32-16"},
+                "optimizer": {"batch_size": 12}, "schedule": {"epochs": 2}}
+    });
+    let resp = client
+        .post(server.url("/audits"))
+        .json(&spec)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let audit: Value = resp.json().await.unwrap();
+    let id = audit["id"].as_str().unwrap().to_string();
+
+    let browser = Browser::start().await;
+    browser.goto(&format!("{}/audits/{id}", server.base)).await;
+    // Two snapshots × 11 fractions × two models.
+    wait_script(
+        &browser,
+        "const c = document.querySelector('#audit-curve'); return c && c.dataset.points === '44'",
+        180,
+    )
+    .await;
+    let lines = browser
+        .script("return document.querySelectorAll('#audit-curve polyline').length")
+        .await;
+    assert_eq!(lines, json!(4));
+    let counted = browser
+        .script("return Array.from(document.querySelectorAll('#audit-four-way td:nth-child(2)')).reduce((s, td) => s + Number(td.textContent), 0)")
+        .await;
+    let split = browser
+        .script("return document.querySelector('#audit-split').textContent")
+        .await;
+    assert!(
+        split.as_str().unwrap_or_default().starts_with("A-only 18"),
+        "{split}"
+    );
+    assert!(counted.as_u64().unwrap_or(0) > 0, "{counted}");
+    let loaded = wait_script(
+        &browser,
+        "const imgs = Array.from(document.querySelectorAll('#audit-gallery img')); \
+         return imgs.length > 1 && imgs.every(i => i.complete && i.naturalWidth === 32) ? imgs.length : null",
+        30,
+    )
+    .await;
+    assert!(loaded.as_u64().unwrap_or(0) >= 2, "{loaded}");
+    let boxes = browser
+        .script("return document.querySelectorAll('#audit-gallery svg.crop rect').length")
+        .await;
+    assert!(boxes.as_u64().unwrap_or(0) >= 1, "{boxes}");
+    browser.goto(&format!("{}/audits", server.base)).await;
+    let row = wait_script(
+        &browser,
+        "const t = document.querySelector('#audits-table'); return t ? t.textContent : null",
+        30,
+    )
+    .await;
+    assert!(
+        row.as_str().unwrap_or_default().contains("page-audit"),
+        "{row}"
+    );
+}

@@ -280,3 +280,22 @@ pub struct Comparison {
     pub evaluations: Vec<Vec<Evaluation>>,
     pub spec_diff: Vec<SpecDifference>,
 }
+
+/// A déjà vu audit as the API shows it; its report comes from
+/// `GET /audits/{id}/report` once it has succeeded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Audit {
+    pub id: String,
+    pub name: String,
+    pub status: RunStatus,
+    pub spec: crate::audit::AuditSpec,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub error: Option<String>,
+    /// What it is doing: `target` (training on A), `reference` (on B).
+    pub stage: String,
+    /// Steps of the model being trained, and its length.
+    pub step: i64,
+    pub total_steps: i64,
+}

@@ -122,12 +122,24 @@ impl AuditSpec {
                 e.message,
             )
         })?;
-        if !matches!(self.run.data, DataSpec::Scenes(_) | DataSpec::Folder { .. }) {
+        // A registered data set is checked once it is looked up (its files
+        // may be an image folder with boxes).
+        let data = match &self.run.data {
+            DataSpec::Dataset {
+                registered: Some(r),
+                ..
+            } => &r.data,
+            other => other,
+        };
+        if !matches!(
+            data,
+            DataSpec::Scenes(_) | DataSpec::Folder { .. } | DataSpec::Dataset { .. }
+        ) {
             return bad(
                 "run.data.source",
                 format!(
-                    "the audit needs object boxes: the built-in scenes, or an image folder with boxes.csv; {} has none",
-                    self.run.data.source()
+                    "the audit needs object boxes: the built-in scenes, or an image folder with boxes.csv or boxes.json; {} has none",
+                    data.source()
                 ),
             );
         }
@@ -189,6 +201,21 @@ pub struct AuditReport {
     pub snapshots: Vec<SnapshotReport>,
     /// Every attacked image at the last snapshot.
     pub examples: Vec<Example>,
+}
+
+impl AuditReport {
+    /// Up to `n` attacked images only the target guessed, its most
+    /// confident first: the gallery of the audit page.
+    pub fn memorized(&self, n: usize) -> Vec<&Example> {
+        let mut out: Vec<&Example> = self
+            .examples
+            .iter()
+            .filter(|e| e.outcome() == "memorized")
+            .collect();
+        out.sort_by(|a, b| b.target.confidence.total_cmp(&a.target.confidence));
+        out.truncate(n);
+        out
+    }
 }
 
 /// Sizes of the partition, and every image left out and why.

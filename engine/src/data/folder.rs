@@ -295,6 +295,7 @@ fn read_set(
         boxes: Vec::new(),
         class_names: class_names.to_vec(),
     };
+    super::check_fits("an image folder", files.len(), size)?;
     // Decoding dominates reading a folder: spread it over the cores, keep the order.
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let chunk = files.len().div_ceil(threads).max(1);

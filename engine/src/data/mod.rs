@@ -173,6 +173,16 @@ pub fn content_hash(splits: &Splits) -> String {
     format!("sha256:{hex}")
 }
 
+/// Image `i` of `set` as a PNG.
+pub fn image_png(set: &ImageSet, i: usize) -> Result<Vec<u8>> {
+    let img = image::RgbImage::from_raw(set.size as u32, set.size as u32, set.image(i).to_vec())
+        .ok_or_else(|| EngineError::Data("an image of the wrong length".into()))?;
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png)
+        .map_err(|e| EngineError::Data(format!("cannot encode image {i}: {e}")))?;
+    Ok(out.into_inner())
+}
+
 /// A PNG of up to `per_class` training images of each of the first
 /// `classes` classes, one row per class: the thumbnails a data set is
 /// listed with.
@@ -211,6 +221,38 @@ pub fn sample_grid(
     grid.write_to(&mut out, image::ImageFormat::Png)
         .map_err(|e| EngineError::Data(format!("cannot encode the sample grid: {e}")))?;
     Ok(out.into_inner())
+}
+
+/// Every set is held decoded in memory: refuses `images` of `side` pixels
+/// when they would not fit in the memory this machine has available, rather
+/// than letting a run swap or be killed part way.
+pub(crate) fn check_fits(what: &str, images: usize, side: usize) -> Result<()> {
+    let need = images as u64 * (side * side * 3) as u64;
+    if let Some(available) = available_memory()
+        && need > available / 10 * 9
+    {
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        return Err(EngineError::Data(format!(
+            "{what}: {images} images of {side} px take {:.1} GiB decoded, more than the {:.1} GiB \
+             of memory available; use a smaller image size or fewer files",
+            gib(need),
+            gib(available)
+        )));
+    }
+    Ok(())
+}
+
+/// `MemAvailable` of /proc/meminfo, where there is one.
+fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
 }
 
 /// A whole file, or an error that names it and says what is wrong.
@@ -263,6 +305,18 @@ mod tests {
                 .to_string()
                 .contains("not looked up")
         );
+    }
+
+    #[test]
+    fn sets_that_cannot_stay_in_memory_are_refused() {
+        assert!(check_fits("small", 100, 32).is_ok());
+        if available_memory().is_some() {
+            let err = check_fits("huge", 1 << 36, 96).unwrap_err().to_string();
+            assert!(
+                err.contains("huge: 68719476736 images of 96 px") && err.contains("GiB"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -77,7 +77,15 @@ pub fn load(folder: &Path, unlabeled: bool) -> Result<Splits> {
         split(folder, "test_X.bin", "test_y.bin")?,
     );
     if unlabeled {
-        let pixels = images(&folder.join("unlabeled_X.bin"))?;
+        let path = folder.join("unlabeled_X.bin");
+        if let Ok(meta) = std::fs::metadata(&path) {
+            super::check_fits(
+                &path.display().to_string(),
+                meta.len() as usize / BYTES,
+                SIDE,
+            )?;
+        }
+        let pixels = images(&path)?;
         let n = pixels.len() / BYTES;
         splits.unlabeled = Some(ImageSet {
             size: SIDE,

@@ -223,6 +223,25 @@ impl Observer for Snapshots<'_> {
     }
 }
 
+/// The images an audit page shows, as PNGs by pool index: the `n` attacked
+/// images the target guessed and the reference did not (the target's most
+/// confident first, as `AuditReport::memorized` orders them) and both models'
+/// nearest public images for each.
+pub fn gallery(spec: &AuditSpec, report: &AuditReport, n: usize) -> Result<Vec<(usize, Vec<u8>)>> {
+    let pool = data::load(&spec.run.data)?.train;
+    let mut wanted = std::collections::BTreeSet::new();
+    for e in report.memorized(n) {
+        wanted.insert(e.image);
+        wanted.extend(&e.target.neighbours);
+        wanted.extend(&e.reference.neighbours);
+    }
+    wanted
+        .into_iter()
+        .filter(|&i| i < pool.len())
+        .map(|i| Ok((i, data::image_png(&pool, i)?)))
+        .collect()
+}
+
 /// Runs the whole audit; checkpoints go to `dir`.
 pub fn run(
     spec: &AuditSpec,

@@ -1,3 +1,4 @@
+pub mod audits;
 pub mod compare;
 pub mod datasets;
 pub mod new_run;

@@ -1,5 +1,6 @@
 //! The HTTP surface: JSON API under `/api/v1` and the built dashboard at `/`.
 
+mod audits;
 mod datasets;
 mod error;
 mod events;
@@ -87,6 +88,7 @@ pub fn app(state: AppState, static_dir: Option<PathBuf>) -> Router {
         .merge(runs::router())
         .merge(sweeps::router())
         .merge(datasets::router())
+        .merge(audits::router())
         .fallback(|| async { ApiError::NotFound("no such API route".into()) });
     let router = Router::new().nest("/api/v1", api).with_state(state);
     match static_dir.filter(|d| d.join("index.html").is_file()) {

@@ -223,8 +223,11 @@ async fn evaluate(
     } else {
         body.as_str()
     };
-    let request = EvaluationRequest::parse(body, false, &run.spec.layer_names())
+    let mut request = EvaluationRequest::parse(body, false, &run.spec.layer_names())
         .map_err(ApiError::InvalidSpec)?;
+    if let Some(data) = &mut request.eval.data {
+        state.datasets.resolve_data(data, "eval.data").await?;
+    }
     if run.status != RunStatus::Succeeded {
         return Err(ApiError::Conflict(format!(
             "run `{id}` is {}; only a run that succeeded has final weights to evaluate",

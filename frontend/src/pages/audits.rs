@@ -1,0 +1,348 @@
+//! Déjà vu audits: the list with a form that starts one, and an audit's
+//! page: progress, the target-versus-reference curves, the four-way counts,
+//! the per-class gaps and a gallery of the most memorized images with their
+//! crop and nearest public neighbours.
+
+use leptos::prelude::*;
+use leptos::task::spawn_local;
+use leptos_router::components::A;
+use leptos_router::hooks::use_params_map;
+use sslab_shared::api::{Audit, RunStatus};
+use sslab_shared::audit::{AuditReport, AuditSpec, Example, SnapshotReport};
+
+use super::{status_class, time_text};
+use crate::api;
+
+/// Matches the server's gallery size.
+const GALLERY: usize = 12;
+
+fn progress_text(a: &Audit) -> String {
+    match a.status {
+        RunStatus::Running if a.total_steps > 0 => {
+            let which = if a.stage == "target" {
+                "target (A)"
+            } else {
+                "reference (B)"
+            };
+            format!("training the {which}: step {} of {}", a.step, a.total_steps)
+        }
+        RunStatus::Running => "preparing the split".into(),
+        s => s.as_str().into(),
+    }
+}
+
+/// A small audit of the built-in scenes, to edit before starting.
+fn starter_spec() -> String {
+    let mut spec = AuditSpec::default();
+    spec.name = "scenes-audit".into();
+    spec.run.backbone.kind = sslab_shared::spec::BackboneKind::TinyCnn;
+    spec.run.backbone.width = 16;
+    spec.run.projector.dims = "128-64".into();
+    spec.run.optimizer.batch_size = 32;
+    spec.run.schedule.epochs = 20;
+    spec.split.per_class = 20;
+    spec.attack.k = 20;
+    serde_json::to_string_pretty(&spec).unwrap_or_default()
+}
+
+#[component]
+pub fn AuditsPage() -> impl IntoView {
+    let (tick, set_tick) = signal(0u32);
+    let handle = set_interval_with_handle(
+        move || set_tick.update(|t| *t += 1),
+        std::time::Duration::from_secs(2),
+    )
+    .ok();
+    on_cleanup(move || {
+        if let Some(h) = handle {
+            h.clear();
+        }
+    });
+    let audits = LocalResource::new(move || {
+        tick.track();
+        api::get::<Vec<Audit>>("/audits")
+    });
+    let (text, set_text) = signal(starter_spec());
+    let (error, set_error) = signal(None::<String>);
+    let navigate = leptos_router::hooks::use_navigate();
+    let start = move |_| {
+        let body = text.get_untracked();
+        let navigate = navigate.clone();
+        spawn_local(async move {
+            let spec: Result<serde_json::Value, _> = serde_json::from_str(&body);
+            let result = match spec {
+                Ok(v) => api::post::<Audit>("/audits", Some(&v)).await,
+                Err(e) => Err(api::ApiFailure {
+                    message: format!("not JSON: {e}"),
+                    field: None,
+                }),
+            };
+            match result {
+                Ok(a) => navigate(&format!("/audits/{}", a.id), Default::default()),
+                Err(e) => set_error.set(Some(match e.field {
+                    Some(f) => format!("{f}: {}", e.message),
+                    None => e.message,
+                })),
+            }
+        });
+    };
+    view! {
+        <div class="bar"><h1>"Audits"</h1></div>
+        <p class="hint">"A déjà vu audit trains the same spec on two disjoint sets A and B, then guesses each training image's object from a crop of its background alone: what the model trained on the image (target) guesses beyond what the other (reference) does is memorized."</p>
+        <details class="new-audit">
+            <summary>"New audit"</summary>
+            <textarea id="audit-spec" rows="16" prop:value=text
+                on:input=move |ev| set_text.set(event_target_value(&ev))></textarea>
+            <button id="start-audit" on:click=start>"Start audit"</button>
+            {move || error.get().map(|e| view! { <p class="error" id="audit-error">{e}</p> })}
+        </details>
+        <Transition fallback=|| view! { <p>"Loading audits…"</p> }>
+            {move || audits.get().map(|res| match res {
+                Err(e) => view! { <p class="error">{e.to_string()}</p> }.into_any(),
+                Ok(list) if list.is_empty() => view! { <p class="empty">"No audits yet."</p> }.into_any(),
+                Ok(list) => view! {
+                    <table id="audits-table">
+                        <thead><tr><th>"Audit"</th><th>"Status"</th><th>"Progress"</th><th>"Created"</th></tr></thead>
+                        <tbody>
+                            {list.into_iter().map(|a| {
+                                let progress = progress_text(&a);
+                                view! {
+                                    <tr>
+                                        <td><A href=format!("/audits/{}", a.id)>{a.name.clone()}</A></td>
+                                        <td><span class=status_class(a.status)>{a.status.as_str()}</span></td>
+                                        <td>{progress}</td>
+                                        <td>{time_text(a.created_at)}</td>
+                                    </tr>
+                                }
+                            }).collect_view()}
+                        </tbody>
+                    </table>
+                }.into_any(),
+            })}
+        </Transition>
+    }
+}
+
+#[component]
+pub fn AuditPage() -> impl IntoView {
+    let params = use_params_map();
+    let id = move || params.read().get("id").unwrap_or_default();
+    let (audit, set_audit) = signal(None::<Audit>);
+    let (report, set_report) = signal(None::<AuditReport>);
+    let (error, set_error) = signal(None::<String>);
+    let poll = move || {
+        let id = id();
+        spawn_local(async move {
+            if report.get_untracked().is_some() {
+                return;
+            }
+            match api::get::<Audit>(&format!("/audits/{id}")).await {
+                Ok(a) => {
+                    let done = a.status == RunStatus::Succeeded;
+                    set_audit.set(Some(a));
+                    if done {
+                        match api::get::<AuditReport>(&format!("/audits/{id}/report")).await {
+                            Ok(r) => set_report.set(Some(r)),
+                            Err(e) => set_error.set(Some(e.message)),
+                        }
+                    }
+                }
+                Err(e) => set_error.set(Some(e.message)),
+            }
+        });
+    };
+    poll();
+    let handle = set_interval_with_handle(poll, std::time::Duration::from_secs(2)).ok();
+    on_cleanup(move || {
+        if let Some(h) = handle {
+            h.clear();
+        }
+    });
+    view! {
+        {move || error.get().map(|e| view! { <p class="error">{e}</p> })}
+        {move || audit.get().map(|a| view! {
+            <div class="bar">
+                <h1>{a.name.clone()}</h1>
+                <span class=status_class(a.status) id="audit-status">{a.status.as_str()}</span>
+            </div>
+            <p id="audit-progress">{progress_text(&a)}</p>
+            {a.error.clone().map(|e| view! { <p class="error">{e}</p> })}
+        })}
+        {move || report.get().map(|r| {
+            let id = id();
+            view! { <Report report=r id=id/> }
+        })}
+    }
+}
+
+#[component]
+fn Report(report: AuditReport, id: String) -> impl IntoView {
+    let s = &report.split;
+    let last = report.snapshots.last().cloned();
+    let skipped = s
+        .skipped
+        .iter()
+        .map(|(why, n)| format!("{n} × {why}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let gallery: Vec<Example> = report.memorized(GALLERY).into_iter().cloned().collect();
+    let side = report.spec.run.data.image_size().max(1);
+    let names = report.class_names.clone();
+    view! {
+        <section>
+            <h2>"Split"</h2>
+            <p id="audit-split">{format!(
+                "A-only {} (attacked {}), B-only {} (attacked {}), shared {}, public {}",
+                s.a_only, s.attacked_a, s.b_only, s.attacked_b, s.shared, s.public
+            )}</p>
+            {(!skipped.is_empty()).then(|| view! { <p>"Not attacked: "{skipped}</p> })}
+            {s.warnings.iter().map(|w| view! { <p class="warning">{w.clone()}</p> }).collect_view()}
+            <a class="button" href=format!("/api/v1/audits/{id}/examples.csv")>"Per-image rows (CSV)"</a>
+            " "
+            <a class="button" href=format!("/api/v1/audits/{id}/report")>"Report (JSON)"</a>
+        </section>
+        <section>
+            <h2>"Accuracy of the most confident guesses"</h2>
+            <p class="hint">"Top-1 from the background crop alone, over the most confident fraction of each model's guesses. The target trained on the image; the reference did not — the gap is memorization."</p>
+            <CurveChart snapshots=report.snapshots.clone()/>
+            <table id="audit-snapshots">
+                <thead><tr><th>"Epoch"</th><th>"Target top-1"</th><th>"Reference top-1"</th>
+                    <th>"Most confident 20 %"</th><th>"Full-image kNN"</th></tr></thead>
+                <tbody>
+                    {report.snapshots.iter().map(|snap| {
+                        let at = |f: f64| snap.curve.iter().find(|p| (p.fraction - f).abs() < 1e-9).cloned();
+                        let (all, top) = (at(1.0), at(0.2));
+                        view! { <tr>
+                            <td>{snap.epoch}</td>
+                            <td>{all.as_ref().map(|p| format!("{:.3}", p.target_top1))}</td>
+                            <td>{all.as_ref().map(|p| format!("{:.3}", p.reference_top1))}</td>
+                            <td>{top.map(|p| format!("{:.3} vs {:.3}", p.target_top1, p.reference_top1))}</td>
+                            <td>{format!("{:.3} / {:.3}", snap.knn_target, snap.knn_reference)}</td>
+                        </tr> }
+                    }).collect_view()}
+                </tbody>
+            </table>
+        </section>
+        {last.map(|snap| view! {
+            <section>
+                <h2>"Every attacked image, at epoch "{snap.epoch}</h2>
+                <table id="audit-four-way"><tbody>
+                    <tr><th>"memorized"</th><td>{snap.four_way.memorized}</td><td>"only the target guesses it"</td></tr>
+                    <tr><th>"correlated"</th><td>{snap.four_way.correlated}</td><td>"both guess it: the background tells"</td></tr>
+                    <tr><th>"forgotten"</th><td>{snap.four_way.forgotten}</td><td>"only the reference guesses it"</td></tr>
+                    <tr><th>"unassociated"</th><td>{snap.four_way.unassociated}</td><td>"neither"</td></tr>
+                </tbody></table>
+                <h2>"By class"</h2>
+                <table id="audit-classes">
+                    <thead><tr><th>"Class"</th><th>"Images"</th><th>"Target"</th><th>"Reference"</th><th>"Gap"</th></tr></thead>
+                    <tbody>
+                        {snap.per_class.iter().map(|c| view! { <tr>
+                            <td>{c.name.clone()}</td><td>{c.images}</td>
+                            <td>{format!("{:.3}", c.target_top1)}</td>
+                            <td>{format!("{:.3}", c.reference_top1)}</td>
+                            <td>{format!("{:+.3}", c.target_top1 - c.reference_top1)}</td>
+                        </tr> }).collect_view()}
+                    </tbody>
+                </table>
+            </section>
+        })}
+        <section>
+            <h2>"Most memorized"</h2>
+            {if gallery.is_empty() {
+                view! { <p class="empty">"No image was guessed by the target alone."</p> }.into_any()
+            } else {
+                view! {
+                    <div class="gallery" id="audit-gallery">
+                        {gallery.into_iter().map(|e| view! { <GalleryItem example=e id=id.clone() names=names.clone() side=side/> }).collect_view()}
+                    </div>
+                }.into_any()
+            }}
+        </section>
+    }
+}
+
+/// One memorized image: the crop drawn on it, both guesses, the target's
+/// nearest public images.
+#[component]
+fn GalleryItem(example: Example, id: String, names: Vec<String>, side: usize) -> impl IntoView {
+    let name = |c: Option<&u32>| {
+        c.map(|&c| {
+            names
+                .get(c as usize)
+                .cloned()
+                .unwrap_or_else(|| c.to_string())
+        })
+        .unwrap_or_else(|| "—".into())
+    };
+    let [x0, y0, x1, y1] = example.crop;
+    let src = |i: usize| format!("/api/v1/audits/{id}/images/{i}.png");
+    view! {
+        <figure class="memorized" data-image=example.image.to_string()>
+            <div class="framed">
+                <img class="audited" src=src(example.image) alt=format!("image {}", example.image)/>
+                // The crop in the image's own pixels; the box scales with it.
+                <svg class="crop" viewBox=format!("0 0 {side} {side}") preserveAspectRatio="none">
+                    <rect x=x0.to_string() y=y0.to_string() width=(x1 - x0).to_string() height=(y1 - y0).to_string()/>
+                </svg>
+            </div>
+            <figcaption>
+                {format!("{} · set {}", name(Some(&example.label)), example.set)}<br/>
+                {format!("target: {} · reference: {}", name(example.target.top5.first()), name(example.reference.top5.first()))}
+            </figcaption>
+            <div class="neighbours">
+                {example.target.neighbours.iter().map(|&n| view! { <img class="neighbour" src=src(n) alt="public neighbour"/> }).collect_view()}
+            </div>
+        </figure>
+    }
+}
+
+/// Target and reference top-1 against the confident fraction, one pair of
+/// lines per snapshot (the latest darkest).
+#[component]
+fn CurveChart(snapshots: Vec<SnapshotReport>) -> impl IntoView {
+    let (w, h, pad) = (520.0, 260.0, 36.0);
+    let top = snapshots
+        .iter()
+        .flat_map(|s| {
+            s.curve
+                .iter()
+                .flat_map(|p| [p.target_top1, p.reference_top1])
+        })
+        .fold(0.1f64, f64::max)
+        .min(1.0);
+    let x = move |f: f64| pad + f * (w - 2.0 * pad);
+    let y = move |v: f64| h - pad - v / top * (h - 2.0 * pad);
+    let n = snapshots.len();
+    let points: usize = snapshots.iter().map(|s| s.curve.len() * 2).sum();
+    let lines = snapshots
+        .iter()
+        .enumerate()
+        .map(|(k, s)| {
+            let opacity = 0.35 + 0.65 * (k + 1) as f64 / n as f64;
+            let path = |f: fn(&sslab_shared::audit::CurvePoint) -> f64| {
+                s.curve
+                    .iter()
+                    .map(|p| format!("{:.1},{:.1}", x(p.fraction), y(f(p))))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            view! {
+                <g class="snapshot" data-epoch=s.epoch.to_string() opacity=opacity.to_string()>
+                    <polyline class="target" points=path(|p| p.target_top1)/>
+                    <polyline class="reference" points=path(|p| p.reference_top1)/>
+                </g>
+            }
+        })
+        .collect_view();
+    view! {
+        <svg class="chart" id="audit-curve" data-points=points.to_string()
+            viewBox=format!("0 0 {w} {h}") width=w.to_string() height=h.to_string()>
+            <line class="axis" x1=pad.to_string() y1=(h - pad).to_string() x2=(w - pad).to_string() y2=(h - pad).to_string()/>
+            <line class="axis" x1=pad.to_string() y1=pad.to_string() x2=pad.to_string() y2=(h - pad).to_string()/>
+            <text x=(w / 2.0).to_string() y=(h - 6.0).to_string() text-anchor="middle">"most confident fraction"</text>
+            <text x="4" y=(pad - 10.0).to_string()>{format!("top-1 (axis to {top:.2})")}</text>
+            {lines}
+        </svg>
+        <p class="legend"><span class="swatch target"></span>"target "<span class="swatch reference"></span>"reference (darker: later epoch)"</p>
+    }
+}

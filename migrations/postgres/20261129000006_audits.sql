@@ -1,0 +1,23 @@
+-- Déjà vu audits: jobs of the same queue as runs. The report (curves,
+-- counts, per-class gaps, every attacked image) is stored whole as JSON
+-- when the audit ends.
+CREATE TABLE audits (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')),
+    spec TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    started_at BIGINT,
+    finished_at BIGINT,
+    error TEXT,
+    stage TEXT NOT NULL DEFAULT '',
+    step BIGINT NOT NULL DEFAULT 0,
+    total_steps BIGINT NOT NULL DEFAULT 0,
+    report TEXT,
+    worker TEXT,
+    lease_expires_at BIGINT,
+    attempts BIGINT NOT NULL DEFAULT 0,
+    cancel_requested BIGINT NOT NULL DEFAULT 0
+);
+CREATE INDEX audits_status ON audits (status, created_at);
+CREATE INDEX audits_created ON audits (created_at DESC, id DESC);

@@ -1,0 +1,172 @@
+//! Audits on the worker: one claimed audit trains its target and reference
+//! on a blocking thread while the async side reports progress, keeps the
+//! lease and passes cancel requests on; the report is stored with its end.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Duration;
+
+use sslab_engine::dejavu::{AuditObserver, Model};
+use sslab_engine::train::{Control, StepMetrics};
+use sslab_shared::api::{Audit, RunStatus};
+use tokio::sync::watch;
+
+use crate::worker::{LEASE_MS, Worker};
+
+const PROGRESS: Duration = Duration::from_secs(2);
+/// Memorized images the audit page shows.
+pub const GALLERY: usize = 12;
+
+/// Shared with the training thread: where it is, and whether to stop.
+#[derive(Default)]
+struct Shared {
+    target: AtomicBool,
+    step: AtomicI64,
+    total: AtomicI64,
+    stop: AtomicBool,
+}
+
+struct Progress(Arc<Shared>);
+
+impl AuditObserver for Progress {
+    fn on_step(&mut self, model: Model, m: &StepMetrics) -> Control {
+        self.0.target.store(model == Model::A, Ordering::Relaxed);
+        self.0.step.store(m.step as i64, Ordering::Relaxed);
+        self.0.total.store(m.total_steps as i64, Ordering::Relaxed);
+        if self.0.stop.load(Ordering::Relaxed) {
+            Control::Stop
+        } else {
+            Control::Continue
+        }
+    }
+}
+
+impl Worker {
+    /// Runs one queued audit, if any. Returns whether there was one.
+    pub async fn audit_next(&self, shutdown: &mut watch::Receiver<bool>) -> bool {
+        let audit = match self.store.claim_next_audit(&self.id, LEASE_MS).await {
+            Ok(Some(a)) => a,
+            Ok(None) => return false,
+            Err(e) => {
+                tracing::error!(error = %e, "claiming an audit failed");
+                return false;
+            }
+        };
+        tracing::info!(audit = %audit.id, name = %audit.name, "audit started");
+        self.execute_audit(audit, shutdown).await;
+        true
+    }
+
+    async fn execute_audit(&self, audit: Audit, shutdown: &mut watch::Receiver<bool>) {
+        let dir = self.artifacts.audit_dir(&audit.id);
+        let shared = Arc::new(Shared::default());
+        let (spec, job_dir, observer) = (audit.spec.clone(), dir.clone(), Progress(shared.clone()));
+        let mut job = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&job_dir).map_err(|e| {
+                format!(
+                    "cannot create the audit's folder {}: {e}",
+                    job_dir.display()
+                )
+            })?;
+            let mut observer = observer;
+            let device = sslab_engine::default_device();
+            let report = sslab_engine::dejavu::run(&spec, &device, &job_dir, &mut observer)
+                .map_err(|e| e.to_string())?;
+            // The page's gallery: the images and their neighbours, as files.
+            let images = job_dir.join("images");
+            let written = sslab_engine::dejavu::gallery(&spec, &report, GALLERY)
+                .map_err(|e| e.to_string())
+                .and_then(|pngs| {
+                    std::fs::create_dir_all(&images).map_err(|e| e.to_string())?;
+                    pngs.into_iter().try_for_each(|(i, png)| {
+                        std::fs::write(images.join(format!("{i}.png")), png)
+                            .map_err(|e| e.to_string())
+                    })
+                });
+            if let Err(e) = written {
+                tracing::warn!(error = %e, "the audit's gallery images were not written");
+            }
+            Ok(report)
+        });
+        let mut tick = tokio::time::interval(PROGRESS);
+        let (mut cancelled, mut interrupted) = (false, false);
+        let result = loop {
+            tokio::select! {
+                res = &mut job => break res.unwrap_or_else(|e| Err(format!("the audit thread crashed: {e}"))),
+                _ = tick.tick() => {
+                    let stage = if shared.target.load(Ordering::Relaxed) { "target" } else { "reference" };
+                    let stage = if shared.total.load(Ordering::Relaxed) == 0 { "" } else { stage };
+                    match self.store.audit_progress(
+                        &audit.id, &self.id, LEASE_MS, stage,
+                        shared.step.load(Ordering::Relaxed), shared.total.load(Ordering::Relaxed),
+                    ).await {
+                        Ok(Some(true)) => { cancelled = true; shared.stop.store(true, Ordering::Relaxed); }
+                        Ok(Some(false)) => {}
+                        Ok(None) => {
+                            tracing::warn!(audit = %audit.id, "lost the lease; stopping");
+                            interrupted = true;
+                            shared.stop.store(true, Ordering::Relaxed);
+                        }
+                        Err(e) => tracing::warn!(audit = %audit.id, error = %e, "progress update failed"),
+                    }
+                }
+                _ = shutdown.changed() => { interrupted = true; shared.stop.store(true, Ordering::Relaxed); }
+            }
+        };
+        // The last progress, however short the audit was.
+        let _ = self
+            .store
+            .audit_progress(
+                &audit.id,
+                &self.id,
+                LEASE_MS,
+                if shared.target.load(Ordering::Relaxed) {
+                    "target"
+                } else {
+                    "reference"
+                },
+                shared.step.load(Ordering::Relaxed),
+                shared.total.load(Ordering::Relaxed),
+            )
+            .await;
+        let (status, error, report) = match result {
+            Ok(report) => (RunStatus::Succeeded, None, Some(report)),
+            Err(_) if cancelled => (RunStatus::Cancelled, None, None),
+            Err(_) if interrupted => {
+                if let Err(e) = self.store.release_audit(&audit.id, &self.id).await {
+                    tracing::error!(audit = %audit.id, error = %e, "could not hand the audit back");
+                }
+                tracing::info!(audit = %audit.id, "audit handed back to the queue");
+                return;
+            }
+            Err(e) => (RunStatus::Failed, Some(e), None),
+        };
+        if let Some(r) = &report
+            && let Err(e) =
+                std::fs::write(dir.join("examples.csv"), crate::audit_cmd::examples_csv(r))
+        {
+            tracing::warn!(audit = %audit.id, error = %e, "could not write examples.csv");
+        }
+        match self
+            .store
+            .finish_audit(
+                &audit.id,
+                &self.id,
+                status,
+                error.as_deref(),
+                report.as_ref(),
+            )
+            .await
+        {
+            Ok(true) => {
+                tracing::info!(audit = %audit.id, status = status.as_str(), error = error.as_deref().unwrap_or(""), "audit ended")
+            }
+            Ok(false) => {
+                tracing::warn!(audit = %audit.id, "audit was taken from this worker before it ended")
+            }
+            Err(e) => {
+                tracing::error!(audit = %audit.id, error = %e, "recording the end of an audit failed")
+            }
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! `/audits`: déjà vu audits as jobs of the queue: create from an
+//! `AuditSpec`, list, read, cancel, and the report (JSON, or the per-image
+//! rows as CSV).
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use sslab_shared::SpecError;
+use sslab_shared::api::{Audit, RunStatus};
+use sslab_shared::audit::{AuditReport, AuditSpec};
+
+use super::{ApiError, ApiResult, AppState};
+
+pub fn router() -> axum::Router<AppState> {
+    axum::Router::new()
+        .route("/audits", post(create).get(list))
+        .route("/audits/{id}", get(read))
+        .route("/audits/{id}/cancel", post(cancel))
+        .route("/audits/{id}/report", get(report))
+        .route("/audits/{id}/examples.csv", get(examples))
+        .route("/audits/{id}/images/{file}", get(image))
+}
+
+/// Checked like a run (422 naming the field), with a registered data set
+/// looked up first.
+async fn create(State(state): State<AppState>, body: String) -> ApiResult<Response> {
+    let mut spec = AuditSpec::from_json(&body).map_err(ApiError::InvalidSpec)?;
+    state
+        .datasets
+        .resolve(&mut spec.run)
+        .await
+        .map_err(|e| match ApiError::from(e) {
+            ApiError::InvalidSpec(e) => {
+                ApiError::InvalidSpec(SpecError::new(format!("run.{}", e.field), e.message))
+            }
+            other => other,
+        })?;
+    spec.validate().map_err(ApiError::InvalidSpec)?;
+    let audit = state.store.create_audit(&spec).await?;
+    state.wake_workers();
+    let location = format!("/api/v1/audits/{}", audit.id);
+    Ok(super::created(true, location, audit))
+}
+
+async fn list(State(state): State<AppState>) -> ApiResult<Json<Vec<Audit>>> {
+    Ok(Json(state.store.list_audits(200).await?))
+}
+
+async fn find(state: &AppState, id: &str) -> ApiResult<Audit> {
+    state
+        .store
+        .audit(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no audit with id `{id}`")))
+}
+
+async fn read(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Audit>> {
+    Ok(Json(find(&state, &id).await?))
+}
+
+async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Audit>> {
+    let audit = find(&state, &id).await?;
+    if audit.status.is_terminal() {
+        return Err(ApiError::Conflict(format!(
+            "audit `{id}` has already ended ({})",
+            audit.status.as_str()
+        )));
+    }
+    let audit = state.store.cancel_audit(&id).await?;
+    audit
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("no audit with id `{id}`")))
+}
+
+async fn finished_report(state: &AppState, id: &str) -> ApiResult<AuditReport> {
+    let audit = find(state, id).await?;
+    if audit.status != RunStatus::Succeeded {
+        return Err(ApiError::Conflict(format!(
+            "audit `{id}` is {}; its report comes when it succeeds",
+            audit.status.as_str()
+        )));
+    }
+    state
+        .store
+        .audit_report(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("audit `{id}` has no report")))
+}
+
+async fn report(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<AuditReport>> {
+    Ok(Json(finished_report(&state, &id).await?))
+}
+
+/// `{index}.png`: an image of the gallery (a memorized image or one of its
+/// nearest public images), by pool index.
+async fn image(
+    State(state): State<AppState>,
+    Path((id, file)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    find(&state, &id).await?;
+    let index: usize = file
+        .strip_suffix(".png")
+        .and_then(|i| i.parse().ok())
+        .ok_or_else(|| ApiError::NotFound(format!("no image `{file}`")))?;
+    let path = state
+        .artifacts
+        .audit_dir(&id)
+        .join("images")
+        .join(format!("{index}.png"));
+    let png = tokio::fs::read(&path)
+        .await
+        .map_err(|_| ApiError::NotFound(format!("audit `{id}` keeps no image {index}")))?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "image/png"),
+            (header::CACHE_CONTROL, "max-age=86400"),
+        ],
+        png,
+    )
+        .into_response())
+}
+
+async fn examples(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    let report = finished_report(&state, &id).await?;
+    Ok((
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"audit-{id}-examples.csv\""),
+            ),
+        ],
+        crate::audit_cmd::examples_csv(&report),
+    )
+        .into_response())
+}

@@ -1,0 +1,231 @@
+//! Déjà vu audits: queued, claimed with a lease like runs, their report
+//! written with their end.
+
+use sqlx::any::AnyRow;
+use sqlx::{AssertSqlSafe, Row};
+use sslab_shared::api::{Audit, RunStatus};
+use sslab_shared::audit::{AuditReport, AuditSpec};
+
+use super::{Dialect, MAX_ATTEMPTS, Result, Store, StoreError, now_ms};
+
+const COLUMNS: &str = "id, name, status, spec, created_at, started_at, finished_at, error, \
+    stage, step, total_steps";
+
+fn from_row(row: &AnyRow) -> Result<Audit> {
+    let status: String = row.try_get("status")?;
+    let spec: String = row.try_get("spec")?;
+    Ok(Audit {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        status: RunStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("audit status `{status}`")))?,
+        spec: serde_json::from_str(&spec)
+            .map_err(|e| StoreError::Corrupt(format!("audit spec: {e}")))?,
+        created_at: row.try_get("created_at")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+        error: row.try_get("error")?,
+        stage: row.try_get("stage")?,
+        step: row.try_get("step")?,
+        total_steps: row.try_get("total_steps")?,
+    })
+}
+
+impl Store {
+    pub async fn create_audit(&self, spec: &AuditSpec) -> Result<Audit> {
+        let id = format!("au{}", &uuid::Uuid::new_v4().simple().to_string()[..14]);
+        let name = if spec.name.trim().is_empty() {
+            format!("audit-{}", &id[2..8])
+        } else {
+            spec.name.clone()
+        };
+        let body = serde_json::to_string(spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        sqlx::query(
+            "INSERT INTO audits (id, name, status, spec, created_at, total_steps) \
+             VALUES ($1, $2, 'queued', $3, $4, $5)",
+        )
+        .bind(&id)
+        .bind(&name)
+        .bind(&body)
+        .bind(now_ms())
+        .bind(spec.run.total_steps() as i64)
+        .execute(&self.pool)
+        .await?;
+        self.audit(&id)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("inserted audit vanished".into()))
+    }
+
+    pub async fn audit(&self, id: &str) -> Result<Option<Audit>> {
+        let sql = format!("SELECT {COLUMNS} FROM audits WHERE id = $1");
+        sqlx::query(AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| from_row(&r))
+            .transpose()
+    }
+
+    /// Newest first.
+    pub async fn list_audits(&self, limit: usize) -> Result<Vec<Audit>> {
+        let sql =
+            format!("SELECT {COLUMNS} FROM audits ORDER BY created_at DESC, id DESC LIMIT $1");
+        sqlx::query(AssertSqlSafe(sql))
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(from_row)
+            .collect()
+    }
+
+    /// The report of an audit that succeeded.
+    pub async fn audit_report(&self, id: &str) -> Result<Option<AuditReport>> {
+        let row = sqlx::query("SELECT report FROM audits WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(text) = row
+            .map(|r| r.try_get::<Option<String>, _>("report"))
+            .transpose()?
+            .flatten()
+        else {
+            return Ok(None);
+        };
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt(format!("audit report: {e}")))
+    }
+
+    /// An interrupted attempt starts over: nothing of it is kept.
+    pub async fn claim_next_audit(&self, worker: &str, lease_ms: i64) -> Result<Option<Audit>> {
+        let lock = match self.dialect {
+            Dialect::Postgres => "FOR UPDATE SKIP LOCKED",
+            Dialect::Sqlite => "",
+        };
+        let now = now_ms();
+        let sql = format!(
+            "UPDATE audits SET status = 'running', worker = $1, lease_expires_at = $2, \
+                 started_at = $3, attempts = attempts + 1, step = 0, stage = '' \
+             WHERE id = (SELECT id FROM audits WHERE status = 'queued' ORDER BY created_at, id LIMIT 1 {lock}) \
+               AND status = 'queued' \
+             RETURNING {COLUMNS}"
+        );
+        sqlx::query(AssertSqlSafe(sql))
+            .bind(worker)
+            .bind(now + lease_ms)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| from_row(&r))
+            .transpose()
+    }
+
+    /// Records progress and extends the lease. `None` if `worker` no longer
+    /// holds the audit, else whether a cancel was requested.
+    pub async fn audit_progress(
+        &self,
+        id: &str,
+        worker: &str,
+        lease_ms: i64,
+        stage: &str,
+        step: i64,
+        total_steps: i64,
+    ) -> Result<Option<bool>> {
+        let row = sqlx::query(
+            "UPDATE audits SET lease_expires_at = $1, stage = $2, step = $3, total_steps = $4 \
+             WHERE id = $5 AND worker = $6 AND status = 'running' RETURNING cancel_requested",
+        )
+        .bind(now_ms() + lease_ms)
+        .bind(stage)
+        .bind(step)
+        .bind(total_steps)
+        .bind(id)
+        .bind(worker)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some(r) => Some(r.try_get::<i64, _>("cancel_requested")? != 0),
+            None => None,
+        })
+    }
+
+    /// Ends an audit held by `worker`, with its report when it succeeded.
+    pub async fn finish_audit(
+        &self,
+        id: &str,
+        worker: &str,
+        status: RunStatus,
+        error: Option<&str>,
+        report: Option<&AuditReport>,
+    ) -> Result<bool> {
+        let report = report
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let done = sqlx::query(
+            "UPDATE audits SET status = $1, error = $2, report = $3, finished_at = $4, \
+                 worker = NULL, lease_expires_at = NULL \
+             WHERE id = $5 AND worker = $6 AND status = 'running'",
+        )
+        .bind(status.as_str())
+        .bind(error)
+        .bind(report)
+        .bind(now_ms())
+        .bind(id)
+        .bind(worker)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Hands a running audit back to the queue (its worker is stopping).
+    pub async fn release_audit(&self, id: &str, worker: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE audits SET status = 'queued', worker = NULL, lease_expires_at = NULL, step = 0, stage = '' \
+             WHERE id = $1 AND worker = $2 AND status = 'running'",
+        )
+        .bind(id)
+        .bind(worker)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Cancels a queued audit at once; asks the worker of a running one to stop.
+    pub async fn cancel_audit(&self, id: &str) -> Result<Option<Audit>> {
+        sqlx::query(
+            "UPDATE audits SET status = 'cancelled', finished_at = $1 WHERE id = $2 AND status = 'queued'",
+        )
+        .bind(now_ms())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        sqlx::query("UPDATE audits SET cancel_requested = 1 WHERE id = $1 AND status = 'running'")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        self.audit(id).await
+    }
+
+    /// Audits whose worker vanished go back to the queue, or fail after too
+    /// many attempts (see `recover_orphans`).
+    pub(super) async fn recover_orphan_audits(&self, cutoff: i64) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE audits SET \
+                 status = CASE WHEN cancel_requested <> 0 THEN 'cancelled' \
+                               WHEN attempts >= $1 THEN 'failed' ELSE 'queued' END, \
+                 error = CASE WHEN cancel_requested = 0 AND attempts >= $1 THEN $2 ELSE NULL END, \
+                 finished_at = CASE WHEN cancel_requested <> 0 OR attempts >= $1 THEN $3 ELSE NULL END, \
+                 worker = NULL, lease_expires_at = NULL \
+             WHERE status = 'running' AND (lease_expires_at IS NULL OR lease_expires_at < $4)",
+        )
+        .bind(MAX_ATTEMPTS)
+        .bind(format!("its worker stopped while it was running, {MAX_ATTEMPTS} times"))
+        .bind(now_ms())
+        .bind(cutoff)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+}

@@ -1,0 +1,186 @@
+//! Déjà vu audits through the API of a real server: queued, trained by the
+//! in-process worker, their report and per-image rows read back; bad specs
+//! refused by field.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Server, fresh_postgres_database, get_json};
+use serde_json::{Value, json};
+use sslab_shared::api::{Audit, RunStatus};
+
+fn tiny_audit() -> Value {
+    json!({
+        "name": "api-audit",
+        "snapshots": [1],
+        "split": {"per_class": 6},
+        "attack": {"k": 10},
+        "run": {
+            "seed": 3,
+            "data": {"source": "scenes", "classes": 3, "train_images": 90, "test_images": 30},
+            "backbone": {"kind": "tiny_cnn", "width": 8},
+            "projector": {"dims": "32-16"},
+            "optimizer": {"batch_size": 12},
+            "schedule": {"epochs": 2}
+        }
+    })
+}
+
+async fn wait_audit(client: &reqwest::Client, server: &Server, id: &str) -> Audit {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let a: Audit = get_json(client, server.url(&format!("/audits/{id}"))).await;
+        if a.status.is_terminal() {
+            return a;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "audit still {:?} at {} {}",
+            a.status,
+            a.stage,
+            a.step
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn post(client: &reqwest::Client, url: String, body: &Value) -> (u16, Value) {
+    let resp = client.post(url).json(body).send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn audits_api(server: &Server) {
+    let client = reqwest::Client::new();
+    let (status, body) = post(&client, server.url("/audits"), &tiny_audit()).await;
+    assert_eq!(status, 201, "{body}");
+    let audit: Audit = serde_json::from_value(body).unwrap();
+    assert_eq!(
+        (audit.name.as_str(), audit.status),
+        ("api-audit", RunStatus::Queued)
+    );
+    // Its report does not exist yet.
+    let early = client
+        .get(server.url(&format!("/audits/{}/report", audit.id)))
+        .send()
+        .await
+        .unwrap();
+    assert!(early.status() == 409 || early.status() == 200);
+
+    let done = wait_audit(&client, server, &audit.id).await;
+    assert_eq!(done.status, RunStatus::Succeeded, "{:?}", done.error);
+    assert_eq!(done.stage, "reference");
+    let report: Value =
+        get_json(&client, server.url(&format!("/audits/{}/report", audit.id))).await;
+    assert_eq!(report["split"]["a_only"], 18);
+    let snapshots = report["snapshots"].as_array().unwrap();
+    assert_eq!(
+        snapshots
+            .iter()
+            .map(|s| s["epoch"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [1, 2]
+    );
+    let attacked = report["split"]["attacked_a"].as_u64().unwrap()
+        + report["split"]["attacked_b"].as_u64().unwrap();
+    let csv = client
+        .get(server.url(&format!("/audits/{}/examples.csv", audit.id)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(csv.headers()["content-type"], "text/csv; charset=utf-8");
+    let csv = csv.text().await.unwrap();
+    assert_eq!(csv.lines().count() as u64, 1 + attacked);
+    assert!(csv.starts_with("image,set,label,class,crop_x0"));
+    // The gallery's images are kept: each memorized image and its neighbours.
+    let typed: sslab_shared::audit::AuditReport = serde_json::from_value(report.clone()).unwrap();
+    let shown = typed.memorized(12);
+    assert!(!shown.is_empty(), "no memorized image to show");
+    for i in std::iter::once(shown[0].image).chain(shown[0].target.neighbours.iter().copied()) {
+        let png = client
+            .get(server.url(&format!("/audits/{}/images/{i}.png", audit.id)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(png.status(), 200, "image {i}");
+        let img = image::load_from_memory(&png.bytes().await.unwrap()).unwrap();
+        assert_eq!(img.width(), 32);
+    }
+    let missing = client
+        .get(server.url(&format!("/audits/{}/images/..%2Fx.png", audit.id)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    let listed: Vec<Audit> = get_json(&client, server.url("/audits")).await;
+    assert_eq!(listed[0].id, audit.id);
+    let (status, _) = post(
+        &client,
+        server.url(&format!("/audits/{}/cancel", audit.id)),
+        &json!({}),
+    )
+    .await;
+    assert_eq!(status, 409);
+
+    // Refused by field, nothing stored.
+    let mut bad = tiny_audit();
+    bad["split"]["per_class"] = json!(0);
+    let (status, body) = post(&client, server.url("/audits"), &bad).await;
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (422, Some("split.per_class")),
+        "{body}"
+    );
+    let mut bad = tiny_audit();
+    bad["run"]["data"] = json!({"source": "cifar10", "path": "/data/cifar"});
+    let (status, body) = post(&client, server.url("/audits"), &bad).await;
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (422, Some("run.data.source")),
+        "{body}"
+    );
+    let mut bad = tiny_audit();
+    bad["run"]["data"] = json!({"source": "dataset", "name": "missing"});
+    let (status, body) = post(&client, server.url("/audits"), &bad).await;
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (422, Some("run.data.name")),
+        "{body}"
+    );
+    let listed: Vec<Audit> = get_json(&client, server.url("/audits")).await;
+    assert_eq!(listed.len(), 1);
+
+    // A queued audit is cancelled at once.
+    let mut long = tiny_audit();
+    long["run"]["schedule"]["epochs"] = json!(200);
+    long["snapshots"] = json!([]);
+    let (_, body) = post(&client, server.url("/audits"), &long).await;
+    let id = body["id"].as_str().unwrap().to_string();
+    let (status, body) = post(
+        &client,
+        server.url(&format!("/audits/{id}/cancel")),
+        &json!({}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let ended = wait_audit(&client, server, &id).await;
+    assert_eq!(ended.status, RunStatus::Cancelled);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_audits() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), None);
+    audits_api(&server).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_audits() {
+    let Some(url) = fresh_postgres_database().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), Some(&url));
+    audits_api(&server).await;
+}
