@@ -262,6 +262,9 @@ fn run(
                         });
                     }
                     let mut grads = out.loss.backward()?;
+                    for held in method.frozen(&at) {
+                        grads.remove(&held);
+                    }
                     if spec.optimizer.grad_clip > 0.0 {
                         optim::clip_grad_norm(&mut grads, &trainable, spec.optimizer.grad_clip)?;
                     }
@@ -703,6 +706,54 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("missing"), "{err}");
+    }
+
+    /// DINO's last layer and SwAV's prototypes stay where they started for
+    /// the frozen epochs, and move after them.
+    #[test]
+    fn prototypes_hold_still_while_frozen() {
+        for name in ["dino", "swav"] {
+            let mut spec = tiny_spec(64, 2);
+            spec.optimizer.batch_size = 32;
+            spec.eval.probes = vec![sslab_shared::spec::ProbeKind::Knn];
+            spec.method = sslab_shared::spec::MethodSpec::from_name(name).unwrap();
+            let (_, varmap) = model::build(&spec, &Device::Cpu).unwrap();
+            method::build(&spec, &varmap, &Device::Cpu).unwrap();
+            let start = varmap.data().lock().unwrap()["prototypes.weight"]
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            struct AfterEpoch(Vec<Vec<f32>>);
+            impl Observer for AfterEpoch {
+                fn on_step(&mut self, _: &StepMetrics) -> Control {
+                    Control::Continue
+                }
+                fn on_checkpoint(&mut self, _: usize, path: &Path) -> Control {
+                    let t = candle_core::safetensors::load(path, &Device::Cpu).unwrap();
+                    let w = t["prototypes.weight"].flatten_all().unwrap();
+                    self.0.push(w.to_vec1().unwrap());
+                    Control::Continue
+                }
+            }
+            let splits = crate::data::load(&spec.data).unwrap();
+            let mut seen = AfterEpoch(Vec::new());
+            let dir = tempdir();
+            train(
+                &spec,
+                &splits,
+                &Device::Cpu,
+                &dir.join("p.safetensors"),
+                &mut seen,
+            )
+            .unwrap();
+            assert_eq!(
+                seen.0[0], start,
+                "{name}: prototypes moved in the frozen epoch"
+            );
+            assert_ne!(seen.0[1], start, "{name}: prototypes never moved");
+        }
     }
 
     /// Unlabelled images (STL-10's extra split) are pretrained on but never

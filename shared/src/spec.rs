@@ -386,6 +386,10 @@ pub enum MethodSpec {
         /// Teacher EMA rate at the start, rising to 1 along a cosine; 0.996.
         #[serde(default = "default_slow_ema")]
         ema_base: f64,
+        /// Epochs at the start during which the last layer (the prototypes)
+        /// does not move, which the paper finds steadies the start; 1.
+        #[serde(default = "default_one")]
+        freeze_last_layer_epochs: f64,
     },
     /// SwAV (Caron et al. 2020, arXiv:2006.09882): Sinkhorn-Knopp codes over
     /// prototypes, each view predicting the other's code.
@@ -402,6 +406,9 @@ pub enum MethodSpec {
         /// Sinkhorn-Knopp iterations; 3.
         #[serde(default = "default_sinkhorn_iterations")]
         sinkhorn_iterations: usize,
+        /// Epochs at the start during which the prototypes do not move; 1.
+        #[serde(default = "default_one")]
+        freeze_prototypes_epochs: f64,
     },
     /// MSN (Assran et al. 2022, arXiv:2204.07141): an anchor view with patches
     /// dropped matches an EMA target's sharpened prototype assignment of an
@@ -1302,6 +1309,19 @@ impl RunSpec {
                 bad("method.ema_base", format!("must be in [0, 1), got {v}"))
             }
         };
+        let frozen = |field: &str, epochs: f64| {
+            if epochs >= 0.0 && epochs <= self.schedule.epochs as f64 {
+                Ok(())
+            } else {
+                bad(
+                    field,
+                    format!(
+                        "must be between 0 and the run's {} epochs, got {epochs}",
+                        self.schedule.epochs
+                    ),
+                )
+            }
+        };
         let prototypes = |k: usize| {
             if (2..=65536).contains(&k) {
                 Ok(())
@@ -1354,8 +1374,10 @@ impl RunSpec {
                 warmup_teacher_epochs,
                 center_momentum,
                 ema_base,
+                freeze_last_layer_epochs,
             } => {
                 prototypes(*k)?;
+                frozen("method.freeze_last_layer_epochs", *freeze_last_layer_epochs)?;
                 temperature("method.student_temperature", *student_temperature)?;
                 temperature("method.teacher_temperature", *teacher_temperature)?;
                 temperature(
@@ -1381,8 +1403,10 @@ impl RunSpec {
                 temperature: t,
                 epsilon,
                 sinkhorn_iterations,
+                freeze_prototypes_epochs,
             } => {
                 prototypes(*k)?;
+                frozen("method.freeze_prototypes_epochs", *freeze_prototypes_epochs)?;
                 temperature("method.temperature", *t)?;
                 if !(*epsilon > 0.0 && *epsilon <= 10.0) {
                     return bad(

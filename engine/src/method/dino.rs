@@ -27,6 +27,7 @@ pub struct Dino {
     warmup_teacher_epochs: f64,
     center_momentum: f64,
     epochs: usize,
+    freeze_epochs: f64,
 }
 
 impl Dino {
@@ -39,6 +40,7 @@ impl Dino {
             warmup_teacher_epochs,
             center_momentum,
             ema_base,
+            freeze_last_layer_epochs,
         } = spec.method
         else {
             unreachable!("built for DINO specs only")
@@ -63,6 +65,7 @@ impl Dino {
             warmup_teacher_epochs,
             center_momentum,
             epochs: spec.schedule.epochs,
+            freeze_epochs: freeze_last_layer_epochs,
         })
     }
 
@@ -106,6 +109,14 @@ pub fn dino_loss(
 }
 
 impl Method for Dino {
+    fn frozen(&self, at: &StepInfo) -> Vec<Tensor> {
+        if (at.step as f64) < self.freeze_epochs * at.steps_per_epoch as f64 {
+            vec![self.prototypes.weight().clone()]
+        } else {
+            Vec::new()
+        }
+    }
+
     fn loss(
         &mut self,
         encoder: &Encoder,

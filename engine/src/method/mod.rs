@@ -69,6 +69,13 @@ pub trait Method: Send {
         at: &StepInfo,
     ) -> candle_core::Result<StepLoss>;
 
+    /// Weights held still at this step: their gradients are dropped before
+    /// the optimiser sees them (DINO's last layer, SwAV's prototypes, in
+    /// the first epoch).
+    fn frozen(&self, _at: &StepInfo) -> Vec<Tensor> {
+        Vec::new()
+    }
+
     /// Called after every optimiser step (EMA teachers update here).
     fn after_step(&mut self, _at: &StepInfo) -> candle_core::Result<()> {
         Ok(())

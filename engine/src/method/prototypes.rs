@@ -24,6 +24,11 @@ impl Prototypes {
         })
     }
 
+    /// The prototype matrix, as the optimiser and the gradients know it.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
     /// (N, d) → (N, K) cosine similarities.
     pub fn cosine(&self, z: &Tensor) -> candle_core::Result<Tensor> {
         cosine_scores(z, &self.weight)

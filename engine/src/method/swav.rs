@@ -17,6 +17,7 @@ pub struct Swav {
     temperature: f64,
     epsilon: f64,
     iterations: usize,
+    freeze_epochs: f64,
 }
 
 impl Swav {
@@ -26,6 +27,7 @@ impl Swav {
             temperature,
             epsilon,
             sinkhorn_iterations,
+            freeze_prototypes_epochs,
         } = spec.method
         else {
             unreachable!("built for SwAV specs only")
@@ -34,6 +36,7 @@ impl Swav {
         let p = Prototypes::new(prototypes, spec.embedding_dim(), vb.pp("prototypes"))?;
         crate::model::seed_weights_under(online, "prototypes.", spec.seed ^ 0x5FA7)?;
         Ok(Swav {
+            freeze_epochs: freeze_prototypes_epochs,
             prototypes: p,
             temperature,
             epsilon,
@@ -62,6 +65,14 @@ pub fn sinkhorn(scores: &Tensor, epsilon: f64, iterations: usize) -> candle_core
 }
 
 impl Method for Swav {
+    fn frozen(&self, at: &StepInfo) -> Vec<Tensor> {
+        if (at.step as f64) < self.freeze_epochs * at.steps_per_epoch as f64 {
+            vec![self.prototypes.weight().clone()]
+        } else {
+            Vec::new()
+        }
+    }
+
     fn loss(
         &mut self,
         encoder: &Encoder,
