@@ -125,8 +125,8 @@ impl Registry {
         let (splits, hash) = read(spec.clone()).await?;
         let folder = self.root.join(&id);
         let origin = format!("folder {}", dir.display());
-        self.record(id, req, spec, origin, &splits, hash, Vec::new(), &folder)
-            .await
+        let d = describe(id, req, spec, origin, &splits, hash, Vec::new());
+        self.record(d, &splits, &folder).await
     }
 
     /// Unpacks `archive` (tar, tar.gz or zip) and registers its files. The
@@ -196,17 +196,8 @@ impl Registry {
             let spec = req
                 .data_spec(&files.join(rel).to_string_lossy())
                 .map_err(RegistryError::Invalid)?;
-            self.record(
-                id,
-                req,
-                spec,
-                origin,
-                &splits,
-                hash,
-                unpacked.skipped,
-                &folder,
-            )
-            .await
+            let d = describe(id, req, spec, origin, &splits, hash, unpacked.skipped);
+            self.record(d, &splits, &folder).await
         }
         .await;
         if result.is_err() {
@@ -225,19 +216,7 @@ impl Registry {
     }
 
     /// Writes the thumbnails and the row; the folder is removed if either fails.
-    #[allow(clippy::too_many_arguments)]
-    async fn record(
-        &self,
-        id: String,
-        req: &DatasetImport,
-        spec: DataSpec,
-        origin: String,
-        splits: &Splits,
-        hash: String,
-        skipped: Vec<String>,
-        folder: &Path,
-    ) -> Result<Dataset> {
-        let d = describe(id, req, spec, origin, splits, hash, skipped);
+    async fn record(&self, d: Dataset, splits: &Splits, folder: &Path) -> Result<Dataset> {
         let written = async {
             let (per_class, classes, side) = SHEET;
             let sheet = data::sample_grid(&splits.train, per_class, classes, side)

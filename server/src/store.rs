@@ -541,21 +541,7 @@ impl Store {
     /// queue, or fail after too many attempts. Returns how many were touched.
     pub async fn recover_orphans(&self, all_running: bool) -> Result<u64> {
         let cutoff = if all_running { i64::MAX } else { now_ms() };
-        let done = sqlx::query(
-            "UPDATE runs SET \
-                 status = CASE WHEN cancel_requested <> 0 THEN 'cancelled' \
-                               WHEN attempts >= $1 THEN 'failed' ELSE 'queued' END, \
-                 error = CASE WHEN cancel_requested = 0 AND attempts >= $1 THEN $2 ELSE NULL END, \
-                 finished_at = CASE WHEN cancel_requested <> 0 OR attempts >= $1 THEN $3 ELSE NULL END, \
-                 worker = NULL, lease_expires_at = NULL \
-             WHERE status = 'running' AND (lease_expires_at IS NULL OR lease_expires_at < $4)",
-        )
-        .bind(MAX_ATTEMPTS)
-        .bind(format!("its worker stopped while it was running, {MAX_ATTEMPTS} times"))
-        .bind(now_ms())
-        .bind(cutoff)
-        .execute(&self.pool)
-        .await?;
+        let runs = self.requeue_expired("runs", cutoff).await?;
         let jobs = sqlx::query(
             "UPDATE evaluation_jobs SET \
                  status = CASE WHEN attempts >= $1 THEN 'failed' ELSE 'queued' END, \
@@ -572,8 +558,32 @@ impl Store {
         .bind(cutoff)
         .execute(&self.pool)
         .await?;
-        let audits = self.recover_orphan_audits(cutoff).await?;
-        Ok(done.rows_affected() + jobs.rows_affected() + audits)
+        let audits = self.requeue_expired("audits", cutoff).await?;
+        Ok(runs + jobs.rows_affected() + audits)
+    }
+
+    /// Running jobs of `table` (runs or audits) whose lease ended before
+    /// `cutoff`: cancelled if asked, failed after too many attempts, else queued.
+    async fn requeue_expired(&self, table: &'static str, cutoff: i64) -> Result<u64> {
+        let sql = format!(
+            "UPDATE {table} SET \
+                 status = CASE WHEN cancel_requested <> 0 THEN 'cancelled' \
+                               WHEN attempts >= $1 THEN 'failed' ELSE 'queued' END, \
+                 error = CASE WHEN cancel_requested = 0 AND attempts >= $1 THEN $2 ELSE NULL END, \
+                 finished_at = CASE WHEN cancel_requested <> 0 OR attempts >= $1 THEN $3 ELSE NULL END, \
+                 worker = NULL, lease_expires_at = NULL \
+             WHERE status = 'running' AND (lease_expires_at IS NULL OR lease_expires_at < $4)"
+        );
+        let done = sqlx::query(AssertSqlSafe(sql))
+            .bind(MAX_ATTEMPTS)
+            .bind(format!(
+                "its worker stopped while it was running, {MAX_ATTEMPTS} times"
+            ))
+            .bind(now_ms())
+            .bind(cutoff)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
     }
 
     /// Cancels a queued run at once; asks the worker of a running one to stop.

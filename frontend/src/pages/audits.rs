@@ -10,7 +10,7 @@ use leptos_router::hooks::use_params_map;
 use sslab_shared::api::{Audit, RunStatus};
 use sslab_shared::audit::{AuditReport, AuditSpec, Example, SnapshotReport};
 
-use super::{status_class, time_text};
+use super::{every_two_seconds, status_class, time_text};
 use crate::api;
 
 /// Matches the server's gallery size.
@@ -48,16 +48,7 @@ fn starter_spec() -> String {
 #[component]
 pub fn AuditsPage() -> impl IntoView {
     let (tick, set_tick) = signal(0u32);
-    let handle = set_interval_with_handle(
-        move || set_tick.update(|t| *t += 1),
-        std::time::Duration::from_secs(2),
-    )
-    .ok();
-    on_cleanup(move || {
-        if let Some(h) = handle {
-            h.clear();
-        }
-    });
+    every_two_seconds(move || set_tick.update(|t| *t += 1));
     let audits = LocalResource::new(move || {
         tick.track();
         api::get::<Vec<Audit>>("/audits")
@@ -152,12 +143,7 @@ pub fn AuditPage() -> impl IntoView {
         });
     };
     poll();
-    let handle = set_interval_with_handle(poll, std::time::Duration::from_secs(2)).ok();
-    on_cleanup(move || {
-        if let Some(h) = handle {
-            h.clear();
-        }
-    });
+    every_two_seconds(poll);
     view! {
         {move || error.get().map(|e| view! { <p class="error">{e}</p> })}
         {move || audit.get().map(|a| view! {

@@ -20,6 +20,17 @@ pub fn status_class(s: RunStatus) -> String {
     format!("status status-{}", s.as_str())
 }
 
+/// Calls `f` every two seconds while the component lives.
+pub fn every_two_seconds(f: impl Fn() + 'static) {
+    let handle =
+        leptos::prelude::set_interval_with_handle(f, std::time::Duration::from_secs(2)).ok();
+    leptos::prelude::on_cleanup(move || {
+        if let Some(h) = handle {
+            h.clear();
+        }
+    });
+}
+
 pub fn opt_num(v: Option<f64>, digits: usize) -> String {
     v.map(|v| format!("{v:.digits$}"))
         .unwrap_or_else(|| "—".into())

@@ -23,16 +23,7 @@ pub fn RunsPage() -> impl IntoView {
     let picked = RwSignal::new(Vec::<String>::new());
     let (tick, set_tick) = signal(0u32);
     // Refresh while the page is open, so statuses move on their own.
-    let handle = set_interval_with_handle(
-        move || set_tick.update(|t| *t += 1),
-        std::time::Duration::from_secs(2),
-    )
-    .ok();
-    on_cleanup(move || {
-        if let Some(h) = handle {
-            h.clear();
-        }
-    });
+    super::every_two_seconds(move || set_tick.update(|t| *t += 1));
     let runs = LocalResource::new(move || {
         tick.track();
         let mut url = format!("/runs?page_size={PAGE_SIZE}");

@@ -9,7 +9,7 @@ use serde_json::Value;
 use sslab_shared::api::{Page, StatusCounts, Sweep, SweepRun, SweepSummary};
 use sslab_shared::sweep::value_label;
 
-use super::{opt_num, status_class, time_text};
+use super::{every_two_seconds, opt_num, status_class, time_text};
 use crate::api;
 use crate::probes::{axes as probe_axes, column_name, layer_depth};
 use crate::sweep_chart::{AxisChart, ParallelCoordinates, distinct, suits_log};
@@ -28,16 +28,6 @@ fn counts_text(c: &StatusCounts) -> String {
         }
     }
     parts.join(" · ")
-}
-
-/// Calls `f` every two seconds while the component lives.
-fn every_two_seconds(f: impl Fn() + 'static) {
-    let handle = set_interval_with_handle(f, std::time::Duration::from_secs(2)).ok();
-    on_cleanup(move || {
-        if let Some(h) = handle {
-            h.clear();
-        }
-    });
 }
 
 #[component]

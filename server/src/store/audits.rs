@@ -6,7 +6,7 @@ use sqlx::{AssertSqlSafe, Row};
 use sslab_shared::api::{Audit, RunStatus};
 use sslab_shared::audit::{AuditReport, AuditSpec};
 
-use super::{Dialect, MAX_ATTEMPTS, Result, Store, StoreError, now_ms};
+use super::{Dialect, Result, Store, StoreError, now_ms};
 
 const COLUMNS: &str = "id, name, status, spec, created_at, started_at, finished_at, error, \
     stage, step, total_steps";
@@ -206,26 +206,5 @@ impl Store {
             .execute(&self.pool)
             .await?;
         self.audit(id).await
-    }
-
-    /// Audits whose worker vanished go back to the queue, or fail after too
-    /// many attempts (see `recover_orphans`).
-    pub(super) async fn recover_orphan_audits(&self, cutoff: i64) -> Result<u64> {
-        let done = sqlx::query(
-            "UPDATE audits SET \
-                 status = CASE WHEN cancel_requested <> 0 THEN 'cancelled' \
-                               WHEN attempts >= $1 THEN 'failed' ELSE 'queued' END, \
-                 error = CASE WHEN cancel_requested = 0 AND attempts >= $1 THEN $2 ELSE NULL END, \
-                 finished_at = CASE WHEN cancel_requested <> 0 OR attempts >= $1 THEN $3 ELSE NULL END, \
-                 worker = NULL, lease_expires_at = NULL \
-             WHERE status = 'running' AND (lease_expires_at IS NULL OR lease_expires_at < $4)",
-        )
-        .bind(MAX_ATTEMPTS)
-        .bind(format!("its worker stopped while it was running, {MAX_ATTEMPTS} times"))
-        .bind(now_ms())
-        .bind(cutoff)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
     }
 }
