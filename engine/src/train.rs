@@ -98,6 +98,14 @@ pub fn state_path(checkpoint: &Path, epochs_done: usize) -> std::path::PathBuf {
     checkpoint.with_extension(format!("state-{epochs_done}.safetensors"))
 }
 
+/// The epochs [`resume`] would continue after: some, with the training
+/// state that belongs to them beside the weights; `None` when there is
+/// nothing to resume from.
+pub fn resumable_epochs(checkpoint: &Path) -> Option<usize> {
+    let done = checkpoint_epochs(checkpoint).ok().filter(|&e| e > 0)?;
+    state_path(checkpoint, done).is_file().then_some(done)
+}
+
 /// The number of epochs a checkpoint written by [`train`] holds.
 pub fn checkpoint_epochs(checkpoint: &Path) -> Result<usize> {
     epochs_in(

@@ -42,6 +42,12 @@ pub struct Store {
     dialect: Dialect,
 }
 
+/// A claimed run, and which attempt at it this is (1 = the first).
+pub struct Claim {
+    pub run: Run,
+    pub attempt: i64,
+}
+
 /// How many times a run may be claimed before an interruption counts as a failure.
 pub const MAX_ATTEMPTS: i64 = 3;
 
@@ -298,8 +304,11 @@ impl Store {
     }
 
     /// Takes the oldest queued run for `worker`, holding it for `lease_ms`.
-    /// Metrics of an earlier, interrupted attempt are dropped: the run starts over.
-    pub async fn claim_next(&self, worker: &str, lease_ms: i64) -> Result<Option<Run>> {
+    /// Claims the oldest queued run. A first attempt starts clean (no
+    /// metrics or evaluations of an earlier life of the run); a later one
+    /// (its worker died) keeps its metrics, for the worker to resume from
+    /// the last checkpoint and drop only what comes after it.
+    pub async fn claim_next(&self, worker: &str, lease_ms: i64) -> Result<Option<Claim>> {
         let lock = match self.dialect {
             Dialect::Postgres => "FOR UPDATE SKIP LOCKED",
             Dialect::Sqlite => "",
@@ -310,7 +319,7 @@ impl Store {
                  started_at = $3, attempts = attempts + 1, step = 0, epoch = 0, last_loss = NULL \
              WHERE id = (SELECT id FROM runs WHERE status = 'queued' ORDER BY created_at, id LIMIT 1 {lock}) \
                AND status = 'queued' \
-             RETURNING {RUN_COLUMNS}"
+             RETURNING {RUN_COLUMNS}, attempts"
         );
         let Some(row) = sqlx::query(AssertSqlSafe(sql))
             .bind(worker)
@@ -322,15 +331,26 @@ impl Store {
             return Ok(None);
         };
         let run = run_from_row(&row)?;
-        sqlx::query("DELETE FROM metrics WHERE run_id = $1")
-            .bind(&run.id)
-            .execute(&self.pool)
-            .await?;
+        let attempt: i64 = row.try_get("attempts")?;
+        if attempt <= 1 {
+            self.drop_metrics_from(&run.id, 0).await?;
+        }
         sqlx::query("DELETE FROM evaluations WHERE run_id = $1")
             .bind(&run.id)
             .execute(&self.pool)
             .await?;
-        Ok(Some(run))
+        Ok(Some(Claim { run, attempt }))
+    }
+
+    /// Drops a run's metrics of epoch `epoch` and later: what a resumed
+    /// run trains again.
+    pub async fn drop_metrics_from(&self, id: &str, epoch: i64) -> Result<()> {
+        sqlx::query("DELETE FROM metrics WHERE run_id = $1 AND epoch >= $2")
+            .bind(id)
+            .bind(epoch)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// Extends the lease. Returns `None` if `worker` no longer holds the run,
@@ -1076,7 +1096,7 @@ mod tests {
         ids.sort();
         assert_eq!(seen, ids);
 
-        let claimed = store.claim_next("w1", 10_000).await.unwrap().unwrap();
+        let claimed = store.claim_next("w1", 10_000).await.unwrap().unwrap().run;
         assert_eq!(claimed.status, RunStatus::Running);
         assert_eq!(
             store.heartbeat(&claimed.id, "w1", 10_000).await.unwrap(),
@@ -1205,14 +1225,14 @@ mod tests {
             job_id: None,
         };
         // Claimed in expansion order.
-        let first = store.claim_next("w", 10_000).await.unwrap().unwrap();
+        let first = store.claim_next("w", 10_000).await.unwrap().unwrap().run;
         assert_eq!(first.spec.projector.dims, "32-8");
         assert_eq!(first.sweep_id.as_deref(), Some(created.id.as_str()));
         store
             .finish_run(&first.id, "w", RunStatus::Succeeded, None, &[row(0.8)])
             .await
             .unwrap();
-        let second = store.claim_next("w", 10_000).await.unwrap().unwrap();
+        let second = store.claim_next("w", 10_000).await.unwrap().unwrap().run;
         store
             .finish_run(
                 &second.id,
@@ -1251,7 +1271,7 @@ mod tests {
 
         // A queued run is cancelled at once.
         let queued = store.create_run(&spec(), None).await.unwrap().0;
-        let claimed = store.claim_next("w", 10_000).await.unwrap().unwrap();
+        let claimed = store.claim_next("w", 10_000).await.unwrap().unwrap().run;
         assert_eq!(claimed.id, a.id);
         let c = store.request_cancel(&queued.id).await.unwrap().unwrap();
         assert_eq!(c.status, RunStatus::Cancelled);
@@ -1267,7 +1287,7 @@ mod tests {
         // A worker that died: its run is re-queued, then failed after MAX_ATTEMPTS.
         let run = store.create_run(&spec(), None).await.unwrap().0;
         for attempt in 1..=MAX_ATTEMPTS {
-            let got = store.claim_next("dead", -1).await.unwrap().unwrap();
+            let got = store.claim_next("dead", -1).await.unwrap().unwrap().run;
             assert_eq!(got.id, run.id);
             assert_eq!(store.recover_orphans(false).await.unwrap(), 1);
             let after = store.run(&run.id).await.unwrap().unwrap();

@@ -7,11 +7,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use sslab_engine::train::{Control, Observer, Outcome, StepMetrics};
-use sslab_shared::api::{MetricPoint, Run, RunStatus};
+use sslab_shared::api::{MetricPoint, RunStatus};
 use tokio::sync::{mpsc, watch};
 
 use crate::artifacts::Artifacts;
-use crate::store::Store;
+use crate::store::{Claim, Store};
 
 /// A worker that misses heartbeats this long loses its run.
 pub const LEASE_MS: i64 = 30_000;
@@ -78,7 +78,7 @@ impl Worker {
                 break;
             }
             match self.store.claim_next(&self.id, LEASE_MS).await {
-                Ok(Some(run)) => self.execute(run, &mut shutdown).await,
+                Ok(Some(claim)) => self.execute(claim, &mut shutdown).await,
                 // No run waits: take a re-evaluation or an audit, else sleep until woken.
                 Ok(None) => {
                     if self.evaluate_next().await || self.audit_next(&mut shutdown).await {
@@ -99,8 +99,9 @@ impl Worker {
         tracing::info!(worker = %self.id, "worker stopped");
     }
 
-    async fn execute(&self, run: Run, shutdown: &mut watch::Receiver<bool>) {
-        tracing::info!(run = %run.id, name = %run.name, "run started");
+    async fn execute(&self, claim: Claim, shutdown: &mut watch::Receiver<bool>) {
+        let run = claim.run;
+        tracing::info!(run = %run.id, name = %run.name, attempt = claim.attempt, "run started");
         let dir = self.artifacts.run_dir(&run.id);
         if let Err(e) = tokio::fs::create_dir_all(&dir).await {
             let msg = format!(
@@ -118,6 +119,24 @@ impl Worker {
         let observer_stop = stop.clone();
         let total_steps = Arc::new(AtomicUsize::new(0));
         let observer_total = total_steps.clone();
+        // A run whose worker died continues from its last end-of-epoch
+        // checkpoint (as exactly as `sslab train --resume`); a first attempt,
+        // or one with nothing to resume from, starts over.
+        let resume_from = if claim.attempt > 1 {
+            sslab_engine::train::resumable_epochs(&checkpoint)
+        } else {
+            None
+        };
+        if let Err(e) = self
+            .store
+            .drop_metrics_from(&run.id, resume_from.unwrap_or(0) as i64)
+            .await
+        {
+            tracing::warn!(run = %run.id, error = %e, "could not drop the metrics to train again");
+        }
+        if let Some(epochs) = resume_from {
+            tracing::info!(run = %run.id, epochs, "resuming after the epochs its checkpoint holds");
+        }
         let mut job = tokio::task::spawn_blocking(move || {
             let mut observer = ChannelObserver {
                 tx,
@@ -126,7 +145,12 @@ impl Worker {
             };
             let device = sslab_engine::default_device();
             let splits = sslab_engine::data::load(&spec.data)?;
-            sslab_engine::train::train(&spec, &splits, &device, &checkpoint, &mut observer)
+            let train = if resume_from.is_some() {
+                sslab_engine::train::resume
+            } else {
+                sslab_engine::train::train
+            };
+            train(&spec, &splits, &device, &checkpoint, &mut observer)
         });
 
         let mut buffer = Vec::new();

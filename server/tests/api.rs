@@ -417,19 +417,37 @@ async fn sqlite_api() {
 }
 
 /// A server killed mid-run (no chance to clean up) re-queues the run when it
-/// starts again, and the run then completes.
+/// starts again, and the run resumes from its last end-of-epoch checkpoint:
+/// the metrics of the epochs before it are the ones first recorded.
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_server_requeues_its_run() {
     let dir = tempfile::tempdir().unwrap();
     let client = reqwest::Client::new();
     let server = Server::start(dir.path(), None);
     let run = create(&client, &server, &tiny_spec(40)).await;
-    wait_for(&client, &server, &run.id, 60, |r| r.step >= 2).await;
+    // Four steps an epoch: past step 6 the first epoch's checkpoint is written.
+    wait_for(&client, &server, &run.id, 60, |r| r.step >= 6).await;
+    let metrics = |server: &Server| {
+        get_json::<Vec<MetricPoint>>(&client, server.url(&format!("/runs/{}/metrics", run.id)))
+    };
+    let before = metrics(&server).await;
     server.stop("KILL");
     let server = Server::start(dir.path(), None);
     let done = wait_terminal(&client, &server, &run.id).await;
     assert_succeeded(&done);
     assert_eq!(done.step, done.total_steps);
+    let after = metrics(&server).await;
+    let steps: Vec<i64> = after.iter().map(|m| m.step).collect();
+    assert_eq!(steps, (1..=done.total_steps).collect::<Vec<_>>());
+    // Timings differ between attempts: equal ones were kept, not retrained.
+    let first_epoch = |m: &[MetricPoint]| -> Vec<(i64, f64, f64)> {
+        m.iter()
+            .filter(|p| p.epoch == 0)
+            .map(|p| (p.step, p.loss, p.images_per_sec))
+            .collect()
+    };
+    assert_eq!(first_epoch(&after), first_epoch(&before));
+    assert_eq!(first_epoch(&after).len(), 4);
 }
 
 /// The same API on PostgreSQL, and a graceful stop that hands the run back.
