@@ -172,7 +172,11 @@ impl Registry {
             })
             .await
             .map_err(|e| RegistryError::Io(format!("unpacking stopped: {e}")))?
-            .map_err(|e| RegistryError::Data(e.to_string()))?;
+            .map_err(|e| match e {
+                archive::ArchiveError::Refused(m) => RegistryError::Data(m),
+                // A full disk is the server's trouble, not the archive's.
+                io @ archive::ArchiveError::Io { .. } => RegistryError::Io(io.to_string()),
+            })?;
             let root = data_root(&scratch);
             let spec = req
                 .data_spec(&root.to_string_lossy())
