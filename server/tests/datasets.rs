@@ -20,7 +20,7 @@ const LIMITS: [(&str, &str); 2] = [
 
 fn png(colour: [u8; 3], seed: u32) -> Vec<u8> {
     let img = image::RgbImage::from_fn(20, 16, |x, y| {
-        if (x + y + seed) % 5 == 0 {
+        if (x + y + seed).is_multiple_of(5) {
             image::Rgb([255 - colour[0], 255 - colour[1], 255 - colour[2]])
         } else {
             image::Rgb(colour)
@@ -117,7 +117,7 @@ async fn datasets_api(server: &Server) {
     assert_eq!(pets.skipped, ["pets/readme.txt: not a PNG or JPEG image"]);
 
     let listed: Vec<Dataset> = common::get_json(&client, server.url("/datasets")).await;
-    assert_eq!(listed, [pets.clone()]);
+    assert_eq!(listed, std::slice::from_ref(&pets));
     let sheet = client
         .get(server.url("/datasets/pets/samples.png"))
         .send()

@@ -299,7 +299,8 @@ fn read_set(
     // Decoding dominates reading a folder: spread it over the cores, keep the order.
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let chunk = files.len().div_ceil(threads).max(1);
-    let decoded: Vec<Result<Vec<(Vec<u8>, Mapping)>>> = std::thread::scope(|scope| {
+    type Part = Result<Vec<(Vec<u8>, Mapping)>>;
+    let decoded: Vec<Part> = std::thread::scope(|scope| {
         let handles: Vec<_> = files
             .chunks(chunk)
             .map(|part| {
