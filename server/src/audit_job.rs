@@ -6,9 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
+use sslab_engine::data::ImageSet;
 use sslab_engine::dejavu::{AuditObserver, Model};
 use sslab_engine::train::{Control, StepMetrics};
 use sslab_shared::api::{Audit, RunStatus};
+use sslab_shared::audit::AuditReport;
 use tokio::sync::watch;
 
 use crate::worker::{LEASE_MS, Worker};
@@ -26,14 +28,35 @@ struct Shared {
     stop: AtomicBool,
 }
 
-struct Progress(Arc<Shared>);
+/// Reports steps to `Shared`; at the end, writes the page's gallery (the
+/// memorized images and their neighbours) into `images`.
+struct Progress {
+    shared: Arc<Shared>,
+    images: std::path::PathBuf,
+}
 
 impl AuditObserver for Progress {
+    fn on_finished(&mut self, pool: &ImageSet, report: &AuditReport) {
+        let written = sslab_engine::dejavu::gallery(pool, report, GALLERY)
+            .map_err(|e| e.to_string())
+            .and_then(|pngs| {
+                std::fs::create_dir_all(&self.images).map_err(|e| e.to_string())?;
+                pngs.into_iter().try_for_each(|(i, png)| {
+                    std::fs::write(self.images.join(format!("{i}.png")), png)
+                        .map_err(|e| e.to_string())
+                })
+            });
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "the audit's gallery images were not written");
+        }
+    }
+
     fn on_step(&mut self, model: Model, m: &StepMetrics) -> Control {
-        self.0.target.store(model == Model::A, Ordering::Relaxed);
-        self.0.step.store(m.step as i64, Ordering::Relaxed);
-        self.0.total.store(m.total_steps as i64, Ordering::Relaxed);
-        if self.0.stop.load(Ordering::Relaxed) {
+        let s = &self.shared;
+        s.target.store(model == Model::A, Ordering::Relaxed);
+        s.step.store(m.step as i64, Ordering::Relaxed);
+        s.total.store(m.total_steps as i64, Ordering::Relaxed);
+        if s.stop.load(Ordering::Relaxed) {
             Control::Stop
         } else {
             Control::Continue
@@ -42,6 +65,24 @@ impl AuditObserver for Progress {
 }
 
 impl Worker {
+    /// Stores where the audit is and extends its lease; see `Store::audit_progress`.
+    async fn report_progress(
+        &self,
+        id: &str,
+        shared: &Shared,
+    ) -> crate::store::Result<Option<bool>> {
+        let total = shared.total.load(Ordering::Relaxed);
+        let stage = match (total, shared.target.load(Ordering::Relaxed)) {
+            (0, _) => "",
+            (_, true) => "target",
+            (_, false) => "reference",
+        };
+        let step = shared.step.load(Ordering::Relaxed);
+        self.store
+            .audit_progress(id, &self.id, LEASE_MS, stage, step, total)
+            .await
+    }
+
     /// Runs one queued audit, if any. Returns whether there was one.
     pub async fn audit_next(&self, shutdown: &mut watch::Receiver<bool>) -> bool {
         let audit = match self.store.claim_next_audit(&self.id, LEASE_MS).await {
@@ -60,7 +101,11 @@ impl Worker {
     async fn execute_audit(&self, audit: Audit, shutdown: &mut watch::Receiver<bool>) {
         let dir = self.artifacts.audit_dir(&audit.id);
         let shared = Arc::new(Shared::default());
-        let (spec, job_dir, observer) = (audit.spec.clone(), dir.clone(), Progress(shared.clone()));
+        let observer = Progress {
+            shared: shared.clone(),
+            images: dir.join("images"),
+        };
+        let (spec, job_dir) = (audit.spec.clone(), dir.clone());
         let mut job = tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&job_dir).map_err(|e| {
                 format!(
@@ -70,23 +115,8 @@ impl Worker {
             })?;
             let mut observer = observer;
             let device = sslab_engine::default_device();
-            let report = sslab_engine::dejavu::run(&spec, &device, &job_dir, &mut observer)
-                .map_err(|e| e.to_string())?;
-            // The page's gallery: the images and their neighbours, as files.
-            let images = job_dir.join("images");
-            let written = sslab_engine::dejavu::gallery(&spec, &report, GALLERY)
+            sslab_engine::dejavu::run(&spec, &device, &job_dir, &mut observer)
                 .map_err(|e| e.to_string())
-                .and_then(|pngs| {
-                    std::fs::create_dir_all(&images).map_err(|e| e.to_string())?;
-                    pngs.into_iter().try_for_each(|(i, png)| {
-                        std::fs::write(images.join(format!("{i}.png")), png)
-                            .map_err(|e| e.to_string())
-                    })
-                });
-            if let Err(e) = written {
-                tracing::warn!(error = %e, "the audit's gallery images were not written");
-            }
-            Ok(report)
         });
         let mut tick = tokio::time::interval(PROGRESS);
         let (mut cancelled, mut interrupted) = (false, false);
@@ -94,12 +124,7 @@ impl Worker {
             tokio::select! {
                 res = &mut job => break res.unwrap_or_else(|e| Err(format!("the audit thread crashed: {e}"))),
                 _ = tick.tick() => {
-                    let stage = if shared.target.load(Ordering::Relaxed) { "target" } else { "reference" };
-                    let stage = if shared.total.load(Ordering::Relaxed) == 0 { "" } else { stage };
-                    match self.store.audit_progress(
-                        &audit.id, &self.id, LEASE_MS, stage,
-                        shared.step.load(Ordering::Relaxed), shared.total.load(Ordering::Relaxed),
-                    ).await {
+                    match self.report_progress(&audit.id, &shared).await {
                         Ok(Some(true)) => { cancelled = true; shared.stop.store(true, Ordering::Relaxed); }
                         Ok(Some(false)) => {}
                         Ok(None) => {
@@ -114,21 +139,7 @@ impl Worker {
             }
         };
         // The last progress, however short the audit was.
-        let _ = self
-            .store
-            .audit_progress(
-                &audit.id,
-                &self.id,
-                LEASE_MS,
-                if shared.target.load(Ordering::Relaxed) {
-                    "target"
-                } else {
-                    "reference"
-                },
-                shared.step.load(Ordering::Relaxed),
-                shared.total.load(Ordering::Relaxed),
-            )
-            .await;
+        let _ = self.report_progress(&audit.id, &shared).await;
         let (status, error, report) = match result {
             Ok(report) => (RunStatus::Succeeded, None, Some(report)),
             Err(_) if cancelled => (RunStatus::Cancelled, None, None),

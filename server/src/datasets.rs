@@ -97,7 +97,8 @@ impl Registry {
         Ok(dir.join(uuid::Uuid::new_v4().simple().to_string()))
     }
 
-    async fn check_free(&self, name: &str) -> Result<()> {
+    /// A usable name no data set has yet.
+    pub async fn check_free(&self, name: &str) -> Result<()> {
         sslab_shared::spec::check_dataset_name(name)
             .map_err(|m| RegistryError::Invalid(SpecError::new("name", m)))?;
         if self.store.dataset(name).await?.is_some() {
@@ -245,13 +246,23 @@ impl Registry {
     }
 
     /// Fills in what a run's registered data set names stand for, and checks
-    /// the spec again now that image sizes are known.
-    pub async fn resolve(&self, spec: &mut RunSpec) -> Result<()> {
-        self.resolve_data(&mut spec.data, "data").await?;
-        if let Some(d) = &mut spec.eval.data {
-            self.resolve_data(d, "eval.data").await?;
+    /// the spec again now that image sizes are known. `within` prefixes the
+    /// fields errors name: where the run sits in a larger spec (`base.`, `run.`).
+    pub async fn resolve(&self, spec: &mut RunSpec, within: &str) -> Result<()> {
+        let resolved = async {
+            self.resolve_data(&mut spec.data, "data").await?;
+            if let Some(d) = &mut spec.eval.data {
+                self.resolve_data(d, "eval.data").await?;
+            }
+            spec.validate().map_err(RegistryError::Invalid)
         }
-        spec.validate().map_err(RegistryError::Invalid)
+        .await;
+        resolved.map_err(|e| match e {
+            RegistryError::Invalid(e) => {
+                RegistryError::Invalid(SpecError::new(format!("{within}{}", e.field), e.message))
+            }
+            other => other,
+        })
     }
 
     /// Fills in one data spec that may name a registered data set; `field`

@@ -561,36 +561,29 @@ impl Store {
     /// queue, or fail after too many attempts. Returns how many were touched.
     pub async fn recover_orphans(&self, all_running: bool) -> Result<u64> {
         let cutoff = if all_running { i64::MAX } else { now_ms() };
-        let runs = self.requeue_expired("runs", cutoff).await?;
-        let jobs = sqlx::query(
-            "UPDATE evaluation_jobs SET \
-                 status = CASE WHEN attempts >= $1 THEN 'failed' ELSE 'queued' END, \
-                 error = CASE WHEN attempts >= $1 THEN $2 ELSE NULL END, \
-                 finished_at = CASE WHEN attempts >= $1 THEN $3 ELSE NULL END, \
-                 worker = NULL, lease_expires_at = NULL \
-             WHERE status = 'running' AND (lease_expires_at IS NULL OR lease_expires_at < $4)",
-        )
-        .bind(MAX_ATTEMPTS)
-        .bind(format!(
-            "its worker stopped while it was running, {MAX_ATTEMPTS} times"
-        ))
-        .bind(now_ms())
-        .bind(cutoff)
-        .execute(&self.pool)
-        .await?;
-        let audits = self.requeue_expired("audits", cutoff).await?;
-        Ok(runs + jobs.rows_affected() + audits)
+        let mut touched = 0;
+        for (table, cancellable) in [("runs", true), ("evaluation_jobs", false), ("audits", true)] {
+            touched += self.requeue_expired(table, cancellable, cutoff).await?;
+        }
+        Ok(touched)
     }
 
-    /// Running jobs of `table` (runs or audits) whose lease ended before
-    /// `cutoff`: cancelled if asked, failed after too many attempts, else queued.
-    async fn requeue_expired(&self, table: &'static str, cutoff: i64) -> Result<u64> {
+    /// Running jobs of `table` whose lease ended before `cutoff`: cancelled
+    /// if asked (tables with `cancel_requested`), failed after too many
+    /// attempts, else queued.
+    async fn requeue_expired(
+        &self,
+        table: &'static str,
+        cancellable: bool,
+        cutoff: i64,
+    ) -> Result<u64> {
+        let cancel = if cancellable { "cancel_requested" } else { "0" };
         let sql = format!(
             "UPDATE {table} SET \
-                 status = CASE WHEN cancel_requested <> 0 THEN 'cancelled' \
+                 status = CASE WHEN {cancel} <> 0 THEN 'cancelled' \
                                WHEN attempts >= $1 THEN 'failed' ELSE 'queued' END, \
-                 error = CASE WHEN cancel_requested = 0 AND attempts >= $1 THEN $2 ELSE NULL END, \
-                 finished_at = CASE WHEN cancel_requested <> 0 OR attempts >= $1 THEN $3 ELSE NULL END, \
+                 error = CASE WHEN {cancel} = 0 AND attempts >= $1 THEN $2 ELSE NULL END, \
+                 finished_at = CASE WHEN {cancel} <> 0 OR attempts >= $1 THEN $3 ELSE NULL END, \
                  worker = NULL, lease_expires_at = NULL \
              WHERE status = 'running' AND (lease_expires_at IS NULL OR lease_expires_at < $4)"
         );

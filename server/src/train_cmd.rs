@@ -138,7 +138,7 @@ where
     if names_dataset {
         registry()
             .await?
-            .resolve(&mut spec)
+            .resolve(&mut spec, "")
             .await
             .with_context(|| format!("{}", spec_path.display()))?;
     }

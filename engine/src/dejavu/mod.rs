@@ -37,6 +37,8 @@ pub trait AuditObserver {
     fn on_step(&mut self, model: Model, metrics: &StepMetrics) -> Control;
     /// Both models have been attacked at this epoch.
     fn on_snapshot(&mut self, _snapshot: &SnapshotReport) {}
+    /// The audit is done; `pool` holds the images the report's indices name.
+    fn on_finished(&mut self, _pool: &ImageSet, _report: &AuditReport) {}
 }
 
 /// The data of an audit, dealt out and cropped.
@@ -227,8 +229,7 @@ impl Observer for Snapshots<'_> {
 /// images the target guessed and the reference did not (the target's most
 /// confident first, as `AuditReport::memorized` orders them) and both models'
 /// nearest public images for each.
-pub fn gallery(spec: &AuditSpec, report: &AuditReport, n: usize) -> Result<Vec<(usize, Vec<u8>)>> {
-    let pool = data::load(&spec.run.data)?.train;
+pub fn gallery(pool: &ImageSet, report: &AuditReport, n: usize) -> Result<Vec<(usize, Vec<u8>)>> {
     let mut wanted = std::collections::BTreeSet::new();
     for e in report.memorized(n) {
         wanted.insert(e.image);
@@ -238,7 +239,7 @@ pub fn gallery(spec: &AuditSpec, report: &AuditReport, n: usize) -> Result<Vec<(
     wanted
         .into_iter()
         .filter(|&i| i < pool.len())
-        .map(|i| Ok((i, data::image_png(&pool, i)?)))
+        .map(|i| Ok((i, data::image_png(pool, i)?)))
         .collect()
 }
 
@@ -335,13 +336,15 @@ pub fn run(
                 .collect();
         }
     }
-    Ok(AuditReport {
+    let report = AuditReport {
         spec: spec.clone(),
         split: prep.summary,
         class_names: prep.pool.class_names.clone(),
         snapshots,
         examples,
-    })
+    };
+    observer.on_finished(&prep.pool, &report);
+    Ok(report)
 }
 
 #[cfg(test)]

@@ -7,7 +7,6 @@ use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use sslab_shared::SpecError;
 use sslab_shared::api::{Audit, RunStatus};
 use sslab_shared::audit::{AuditReport, AuditSpec};
 
@@ -27,16 +26,7 @@ pub fn router() -> axum::Router<AppState> {
 /// looked up first.
 async fn create(State(state): State<AppState>, body: String) -> ApiResult<Response> {
     let mut spec = AuditSpec::from_json(&body).map_err(ApiError::InvalidSpec)?;
-    state
-        .datasets
-        .resolve(&mut spec.run)
-        .await
-        .map_err(|e| match ApiError::from(e) {
-            ApiError::InvalidSpec(e) => {
-                ApiError::InvalidSpec(SpecError::new(format!("run.{}", e.field), e.message))
-            }
-            other => other,
-        })?;
+    state.datasets.resolve(&mut spec.run, "run.").await?;
     spec.validate().map_err(ApiError::InvalidSpec)?;
     let audit = state.store.create_audit(&spec).await?;
     state.wake_workers();

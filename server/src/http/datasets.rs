@@ -50,15 +50,7 @@ async fn upload(
         .map_err(|e| ApiError::InvalidSpec(SpecError::new("query", e.to_string())))?;
     let registry = &state.datasets;
     // Refuse before reading a byte when the name is unusable.
-    if let Err(m) = sslab_shared::spec::check_dataset_name(&req.name) {
-        return Err(ApiError::InvalidSpec(SpecError::new("name", m)));
-    }
-    if registry.store().dataset(&req.name).await?.is_some() {
-        return Err(ApiError::Conflict(format!(
-            "a data set named `{}` is already registered",
-            req.name
-        )));
-    }
+    registry.check_free(&req.name).await?;
     let file = registry.scratch()?;
     let received = receive(body, &file, registry.limits.max_upload).await;
     let bytes = match received {

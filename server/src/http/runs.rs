@@ -35,7 +35,7 @@ async fn create(
     body: String,
 ) -> ApiResult<Response> {
     let mut spec = RunSpec::from_json(&body).map_err(ApiError::InvalidSpec)?;
-    state.datasets.resolve(&mut spec).await?;
+    state.datasets.resolve(&mut spec, "").await?;
     let key = idempotency_key(&headers)?;
     let (run, created) = state.store.create_run(&spec, key).await?;
     if created {

@@ -30,17 +30,7 @@ async fn create(
     body: String,
 ) -> ApiResult<Response> {
     let mut spec = SweepSpec::from_json(&body).map_err(ApiError::InvalidSpec)?;
-    state
-        .datasets
-        .resolve(&mut spec.base)
-        .await
-        .map_err(|e| match ApiError::from(e) {
-            ApiError::InvalidSpec(e) => ApiError::InvalidSpec(sslab_shared::SpecError::new(
-                format!("base.{}", e.field),
-                e.message,
-            )),
-            other => other,
-        })?;
+    state.datasets.resolve(&mut spec.base, "base.").await?;
     let points = spec
         .expand(state.max_sweep_runs)
         .map_err(ApiError::InvalidSpec)?;
