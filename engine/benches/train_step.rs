@@ -15,6 +15,9 @@ use sslab_shared::RunSpec;
 use sslab_shared::rng::Rng;
 use sslab_shared::spec::{BackboneKind, MethodSpec, Negatives};
 
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()

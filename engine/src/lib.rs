@@ -9,6 +9,7 @@ pub mod error;
 pub mod eval;
 pub mod method;
 pub mod model;
+pub mod ops;
 pub mod optim;
 pub mod probe;
 pub mod train;

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 
+use crate::ops::AdamwStep;
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 use candle_nn::VarMap;
@@ -139,6 +140,18 @@ impl Optimizer {
             let decay = if p.decays { wd } else { 0.0 };
             match self.kind {
                 OptimizerKind::Adamw => {
+                    let fused = AdamwStep {
+                        lr,
+                        decay,
+                        beta1: BETA1,
+                        beta2: BETA2,
+                        eps: EPS,
+                        correction1: 1.0 - BETA1.powi(t),
+                        correction2: 1.0 - BETA2.powi(t),
+                    };
+                    if fused.apply(w, g, &p.m, &p.v)? {
+                        continue;
+                    }
                     let m = ((&p.m * BETA1)? + (g * (1.0 - BETA1))?)?;
                     let v = ((&p.v * BETA2)? + (g.sqr()? * (1.0 - BETA2))?)?;
                     let m_hat = (&m / (1.0 - BETA1.powi(t)))?;
@@ -344,6 +357,53 @@ mod tests {
 
     /// Saving and restoring the state mid-way gives the same weights as
     /// stepping straight through.
+    /// f32 on the CPU takes the in-place kernel; it follows candle's AdamW too.
+    #[test]
+    fn fused_adamw_matches_candles() {
+        let spec = OptimizerSpec {
+            kind: OptimizerKind::Adamw,
+            lr: 0.01,
+            weight_decay: 0.1,
+            ..OptimizerSpec::default()
+        };
+        let start = crate::ops::tests::random(&[20, 50], 3);
+        let varmap = VarMap::new();
+        let vb = candle_nn::VarBuilder::from_varmap(&varmap, candle_core::DType::F32, &Device::Cpu);
+        let ours = vb
+            .get_with_hints((20, 50), "w", candle_nn::Init::Const(0.0))
+            .unwrap();
+        let ours = Var::from_tensor(&ours).unwrap();
+        ours.set(&start).unwrap();
+        let theirs = Var::from_tensor(&start.copy().unwrap()).unwrap();
+        let mut a = Optimizer::new(&spec, &varmap).unwrap();
+        let mut b = candle_nn::AdamW::new(
+            vec![theirs.clone()],
+            candle_nn::ParamsAdamW {
+                lr: 0.01,
+                weight_decay: 0.1,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        use candle_nn::Optimizer as _;
+        for _ in 0..5 {
+            let loss = |v: &Var| v.as_tensor().powf(3.0).unwrap().sum_all().unwrap();
+            a.step(&loss(&ours).backward().unwrap()).unwrap();
+            b.step(&loss(&theirs).backward().unwrap()).unwrap();
+        }
+        crate::ops::tests::assert_close(&ours, &theirs, 1e-6, "weights after 5 steps");
+        let moved = (ours.as_tensor() - &start)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
+        assert!(
+            moved.to_scalar::<f32>().unwrap() > 0.01,
+            "the weights did not move"
+        );
+    }
+
     #[test]
     fn state_round_trips() {
         for kind in [OptimizerKind::Adamw, OptimizerKind::Sgd] {

@@ -2,12 +2,16 @@
 //! and quarter resolution, then global average pooling.
 
 use candle_core::{ModuleT, Tensor};
-use candle_nn::{BatchNorm, Conv2d, Conv2dConfig, VarBuilder, batch_norm, conv2d_no_bias};
+use candle_nn::{Conv2dConfig, VarBuilder, conv2d_no_bias};
 
 use super::global_avg_pool;
+use crate::ops::{self, BatchNorm};
 
+/// Convolution without bias, then BatchNorm; both through [`ops`].
 pub struct ConvBn {
-    conv: Conv2d,
+    weight: Tensor,
+    stride: usize,
+    padding: usize,
     bn: BatchNorm,
 }
 
@@ -25,15 +29,29 @@ impl ConvBn {
             ..Default::default()
         };
         Ok(ConvBn {
-            conv: conv2d_no_bias(cin, cout, k, cfg, vb.pp("conv"))?,
-            bn: batch_norm(cout, 1e-5, vb.pp("bn"))?,
+            weight: conv2d_no_bias(cin, cout, k, cfg, vb.pp("conv"))?
+                .weight()
+                .clone(),
+            stride,
+            padding: cfg.padding,
+            bn: BatchNorm::new(cout, 1e-5, vb.pp("bn"))?,
         })
+    }
+}
+
+impl ConvBn {
+    /// The block followed by ReLU, fused with the BatchNorm where it can be.
+    pub fn forward_relu(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        self.bn.forward_relu(
+            &ops::conv2d(x, &self.weight, self.stride, self.padding)?,
+            train,
+        )
     }
 }
 
 impl ModuleT for ConvBn {
     fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        x.apply(&self.conv)?.apply_t(&self.bn, train)
+        ops::conv2d(x, &self.weight, self.stride, self.padding)?.apply_t(&self.bn, train)
     }
 }
 
@@ -59,7 +77,7 @@ impl ModuleT for TinyCnn {
     fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         let mut h = x.clone();
         for b in &self.blocks {
-            h = b.forward_t(&h, train)?.relu()?;
+            h = b.forward_relu(&h, train)?;
         }
         global_avg_pool(&h)
     }

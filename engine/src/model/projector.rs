@@ -2,7 +2,9 @@
 //! hidden layer, a plain Linear last.
 
 use candle_core::{ModuleT, Tensor};
-use candle_nn::{BatchNorm, Linear, VarBuilder, batch_norm, linear};
+use candle_nn::{Linear, VarBuilder, linear};
+
+use crate::ops::BatchNorm;
 
 struct Layer {
     linear: Linear,
@@ -29,7 +31,7 @@ impl Projector {
             layers.push(Layer {
                 linear: linear(din, d, vb.pp("linear"))?,
                 bn: if bn && !last {
-                    Some(batch_norm(d, 1e-5, vb.pp("bn"))?)
+                    Some(BatchNorm::new(d, 1e-5, vb.pp("bn"))?)
                 } else {
                     None
                 },
@@ -46,12 +48,12 @@ impl Projector {
         let mut h = x.clone();
         for l in &self.layers {
             h = h.apply(&l.linear)?;
-            if let Some(bn) = &l.bn {
-                h = h.apply_t(bn, train)?;
-            }
-            if !l.last {
-                h = h.relu()?;
-            }
+            h = match (&l.bn, l.last) {
+                (Some(bn), false) => bn.forward_relu(&h, train)?,
+                (Some(bn), true) => h.apply_t(bn, train)?,
+                (None, false) => h.relu()?,
+                (None, true) => h,
+            };
             out.push(h.clone());
         }
         Ok(out)

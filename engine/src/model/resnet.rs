@@ -47,8 +47,8 @@ impl Bottleneck {
 
 impl ModuleT for Bottleneck {
     fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let h = self.reduce.forward_t(x, train)?.relu()?;
-        let h = self.conv.forward_t(&h, train)?.relu()?;
+        let h = self.reduce.forward_relu(x, train)?;
+        let h = self.conv.forward_relu(&h, train)?;
         let h = self.expand.forward_t(&h, train)?;
         let skip = match &self.shortcut {
             Some(s) => s.forward_t(x, train)?,
@@ -111,7 +111,7 @@ impl BasicBlock {
 
 impl ModuleT for BasicBlock {
     fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let h = self.conv1.forward_t(x, train)?.relu()?;
+        let h = self.conv1.forward_relu(x, train)?;
         let h = self.conv2.forward_t(&h, train)?;
         let skip = match &self.shortcut {
             Some(s) => s.forward_t(x, train)?,
@@ -189,7 +189,7 @@ impl ResNet {
 
 impl ModuleT for ResNet {
     fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let mut h = self.stem.forward_t(x, train)?.relu()?;
+        let mut h = self.stem.forward_relu(x, train)?;
         if self.imagenet_stem {
             h = max_pool_3x3_s2(&h)?;
         }

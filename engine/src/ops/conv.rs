@@ -1,0 +1,520 @@
+//! 2-D convolution as a custom op on the CPU: im2col + gemm one image at a
+//! time, for the forward and both gradients. candle's own conv unfolds the
+//! whole batch at once (hundreds of MiB at batch 256) and takes the input
+//! gradient through a direct `conv_transpose2d` loop, about 4× its forward.
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use super::{f32_slice, split_flat, threads};
+
+/// Convolution of `x` (N, Cin, H, W) with `w` (Cout, Cin, K, K), square
+/// stride and zero padding, no dilation or groups. f32 on the CPU runs the
+/// op below; anything else runs candle's conv.
+pub fn conv2d(
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    padding: usize,
+) -> candle_core::Result<Tensor> {
+    let (_, cin, _, _) = x.dims4()?;
+    let (_, wcin, kh, kw) = w.dims4()?;
+    if !x.device().is_cpu() || x.dtype() != DType::F32 || w.dtype() != DType::F32 || kh != kw {
+        return x.conv2d(w, padding, stride, 1, 1);
+    }
+    if wcin != cin {
+        candle_core::bail!("conv2d: the input has {cin} channels, the kernel expects {wcin}");
+    }
+    let op = Conv2d {
+        stride,
+        padding,
+        input_grad: x.track_op(),
+    };
+    x.contiguous()?.apply_op2(&w.contiguous()?, op)
+}
+
+struct Conv2d {
+    stride: usize,
+    padding: usize,
+    /// Whether anything upstream wants the input's gradient (not the images).
+    input_grad: bool,
+}
+
+/// The sizes of one convolution.
+#[derive(Clone, Copy)]
+struct Geometry {
+    n: usize,
+    cin: usize,
+    h: usize,
+    w: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    ho: usize,
+    wo: usize,
+}
+
+impl Geometry {
+    fn new(x: &Layout, w: &Layout, stride: usize, pad: usize) -> candle_core::Result<Self> {
+        let (n, cin, h, wd) = x.shape().dims4()?;
+        let (cout, _, k, _) = w.shape().dims4()?;
+        if h + 2 * pad < k || wd + 2 * pad < k || stride == 0 {
+            candle_core::bail!(
+                "conv2d: a {k}×{k} kernel does not fit a {h}×{wd} input padded by {pad}"
+            );
+        }
+        Ok(Geometry {
+            n,
+            cin,
+            h,
+            w: wd,
+            cout,
+            k,
+            stride,
+            pad,
+            ho: (h + 2 * pad - k) / stride + 1,
+            wo: (wd + 2 * pad - k) / stride + 1,
+        })
+    }
+
+    fn in_len(&self) -> usize {
+        self.cin * self.h * self.w
+    }
+
+    fn out_len(&self) -> usize {
+        self.cout * self.ho * self.wo
+    }
+
+    /// Rows of the unfolded image (one per kernel tap and channel).
+    fn taps(&self) -> usize {
+        self.cin * self.k * self.k
+    }
+
+    fn positions(&self) -> usize {
+        self.ho * self.wo
+    }
+
+    /// Images unfolded side by side for one gemm: enough output positions
+    /// that the kernel's packing is amortised (deep layers have few).
+    fn group(&self) -> usize {
+        1024usize.div_ceil(self.positions()).max(1)
+    }
+
+    /// The output columns `ox` whose input column `ox·stride + kx − pad` lies
+    /// inside the image.
+    fn valid(&self, kx: usize, len: usize, out: usize) -> (usize, usize) {
+        let lo = self.pad.saturating_sub(kx).div_ceil(self.stride);
+        let hi = (len + self.pad)
+            .saturating_sub(kx)
+            .div_ceil(self.stride)
+            .min(out);
+        (lo.min(hi), hi)
+    }
+
+    /// Images per parallel task, and the gemm's own parallelism: whole images
+    /// per thread when there are enough of them, else threads inside gemm.
+    fn split(&self) -> (usize, Parallelism) {
+        let t = threads();
+        if self.n >= t || t == 1 {
+            (self.n.div_ceil(t).max(1), Parallelism::None)
+        } else {
+            (1, Parallelism::Rayon(t))
+        }
+    }
+}
+
+/// Unfolds one image (Cin, H, W) into `cols`: row `(c·K + ky)·K + kx`
+/// holds that tap's Ho·Wo values, rows `ld` apart.
+fn im2col(g: &Geometry, x: &[f32], cols: &mut [f32], ld: usize) {
+    let p = g.positions();
+    for c in 0..g.cin {
+        let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
+        for ky in 0..g.k {
+            for kx in 0..g.k {
+                let row = &mut cols[((c * g.k + ky) * g.k + kx) * ld..][..p];
+                let (lo, hi) = g.valid(kx, g.w, g.wo);
+                for oy in 0..g.ho {
+                    let dst = &mut row[oy * g.wo..(oy + 1) * g.wo];
+                    let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+                    if iy < 0 || iy >= g.h as isize {
+                        dst.fill(0.0);
+                        continue;
+                    }
+                    let src = &plane[iy as usize * g.w..][..g.w];
+                    dst[..lo].fill(0.0);
+                    dst[hi..].fill(0.0);
+                    if lo == hi {
+                        continue;
+                    }
+                    let start = lo * g.stride + kx - g.pad;
+                    if g.stride == 1 {
+                        dst[lo..hi].copy_from_slice(&src[start..start + hi - lo]);
+                    } else {
+                        let taps = src[start..].iter().step_by(g.stride);
+                        for (d, s) in dst[lo..hi].iter_mut().zip(taps) {
+                            *d = *s;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Folds one image's `cols` (laid out as [`im2col`] writes them) back into
+/// the image, adding where windows overlap.
+fn col2im(g: &Geometry, cols: &[f32], ld: usize, x: &mut [f32]) {
+    let p = g.positions();
+    x.fill(0.0);
+    for c in 0..g.cin {
+        let plane = &mut x[c * g.h * g.w..(c + 1) * g.h * g.w];
+        for ky in 0..g.k {
+            for kx in 0..g.k {
+                let row = &cols[((c * g.k + ky) * g.k + kx) * ld..][..p];
+                let (lo, hi) = g.valid(kx, g.w, g.wo);
+                for oy in 0..g.ho {
+                    let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+                    if iy < 0 || iy >= g.h as isize || lo == hi {
+                        continue;
+                    }
+                    let src = &row[oy * g.wo + lo..oy * g.wo + hi];
+                    let dst = &mut plane[iy as usize * g.w..][..g.w];
+                    let start = lo * g.stride + kx - g.pad;
+                    if g.stride == 1 {
+                        for (d, s) in dst[start..start + src.len()].iter_mut().zip(src) {
+                            *d += *s;
+                        }
+                    } else {
+                        for (d, s) in dst[start..].iter_mut().step_by(g.stride).zip(src) {
+                            *d += *s;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Copies `count` blocks of `rows × p` between an image-major layout
+/// (block after block) and a matrix whose rows hold every block's `p`
+/// values side by side (`rows × count·p`).
+fn interleave(blocks: &[f32], matrix: &mut [f32], rows: usize, p: usize, count: usize) {
+    for (b, block) in blocks.chunks(rows * p).take(count).enumerate() {
+        for (r, src) in block.chunks(p).enumerate() {
+            matrix[r * count * p + b * p..][..p].copy_from_slice(src);
+        }
+    }
+}
+
+/// The inverse of [`interleave`].
+fn deinterleave(matrix: &[f32], blocks: &mut [f32], rows: usize, p: usize, count: usize) {
+    for (b, block) in blocks.chunks_mut(rows * p).take(count).enumerate() {
+        for (r, dst) in block.chunks_mut(p).enumerate() {
+            dst.copy_from_slice(&matrix[r * count * p + b * p..][..p]);
+        }
+    }
+}
+
+/// `dst (m×n) = lhs (m×k) · rhs (k×n)`, or `dst += …` when `accumulate`;
+/// each matrix given by its row and column strides.
+#[allow(clippy::too_many_arguments)]
+fn matmul(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: &[f32],
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: &[f32],
+    (rhs_rs, rhs_cs): (usize, usize),
+    par: Parallelism,
+) {
+    debug_assert!(dst.len() >= (m - 1) * dst_rs + n);
+    debug_assert!(lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
+    debug_assert!(rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
+    // SAFETY: the slices cover every element the strides reach (checked above
+    // in debug builds; the callers size them from one Geometry).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+impl CustomOp2 for Conv2d {
+    fn name(&self) -> &'static str {
+        "sslab-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = Geometry::new(l1, l2, self.stride, self.padding)?;
+        let (x, w) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
+        let (taps, p) = (g.taps(), g.positions());
+        let mut out = vec![0f32; g.n * g.out_len()];
+        let (per_task, par) = g.split();
+        let group = g.group().min(per_task);
+        out.par_chunks_mut(per_task * g.out_len())
+            .zip(x.par_chunks(per_task * g.in_len()))
+            .for_each(|(out, x)| {
+                let mut cols = vec![0f32; taps * group * p];
+                let mut res = vec![0f32; g.cout * group * p];
+                let images = out
+                    .chunks_mut(group * g.out_len())
+                    .zip(x.chunks(group * g.in_len()));
+                for (out, x) in images {
+                    let count = x.len() / g.in_len();
+                    let ld = count * p;
+                    for (i, x) in x.chunks(g.in_len()).enumerate() {
+                        im2col(&g, x, &mut cols[i * p..], ld);
+                    }
+                    // (Cout × count·P) = W (Cout × taps) · cols (taps × count·P)
+                    let (cols, res) = (&cols[..taps * ld], &mut res[..g.cout * ld]);
+                    matmul(
+                        (g.cout, ld, taps),
+                        res,
+                        ld,
+                        false,
+                        w,
+                        (taps, 1),
+                        cols,
+                        (ld, 1),
+                        par,
+                    );
+                    deinterleave(res, out, g.cout, p, count);
+                }
+            });
+        Ok((CpuStorage::F32(out), Shape::from((g.n, g.cout, g.ho, g.wo))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let op = Conv2dBackward {
+            stride: self.stride,
+            padding: self.padding,
+            input_grad: self.input_grad,
+        };
+        let flat = x.apply_op3_no_bwd(w, &grad.contiguous()?, &op)?;
+        let mut parts = split_flat(&flat, &[x.shape(), w.shape()])?.into_iter();
+        let (dx, dw) = (parts.next(), parts.next());
+        Ok((dx.filter(|_| self.input_grad), dw))
+    }
+}
+
+/// Both gradients of [`Conv2d`] in one pass over the batch, returned as one
+/// flat tensor: the input's (zeros when not wanted), then the kernel's.
+struct Conv2dBackward {
+    stride: usize,
+    padding: usize,
+    input_grad: bool,
+}
+
+impl CustomOp3 for Conv2dBackward {
+    fn name(&self) -> &'static str {
+        "sslab-conv2d-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = Geometry::new(l1, l2, self.stride, self.padding)?;
+        let (x, w, dy) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+        if dy.len() != g.n * g.out_len() {
+            candle_core::bail!(
+                "conv2d backward: the gradient has {} values, not {}",
+                dy.len(),
+                g.n * g.out_len()
+            );
+        }
+        let (taps, p) = (g.taps(), g.positions());
+        let w_len = g.cout * taps;
+        let mut flat = vec![0f32; g.n * g.in_len() + w_len];
+        let (dx, dw) = flat.split_at_mut(g.n * g.in_len());
+        let (per_task, par) = g.split();
+        let group = g.group().min(per_task);
+        let task = |x: &[f32], dy: &[f32], mut dx: Option<&mut [f32]>| -> Vec<f32> {
+            let mut dw = vec![0f32; w_len];
+            let mut cols = vec![0f32; taps * group * p];
+            let mut dys = vec![0f32; g.cout * group * p];
+            let images = x
+                .chunks(group * g.in_len())
+                .zip(dy.chunks(group * g.out_len()));
+            for (first, (x, dy)) in images.enumerate() {
+                let count = x.len() / g.in_len();
+                let ld = count * p;
+                for (i, x) in x.chunks(g.in_len()).enumerate() {
+                    im2col(&g, x, &mut cols[i * p..], ld);
+                }
+                interleave(dy, &mut dys, g.cout, p, count);
+                let (cols, dys) = (&mut cols[..taps * ld], &dys[..g.cout * ld]);
+                // dW += dy (Cout × count·P) · colsᵀ (count·P × taps)
+                matmul(
+                    (g.cout, taps, ld),
+                    &mut dw,
+                    taps,
+                    first > 0,
+                    dys,
+                    (ld, 1),
+                    cols,
+                    (1, ld),
+                    par,
+                );
+                if let Some(dx) = dx.as_deref_mut() {
+                    // dcols (taps × count·P) = Wᵀ (taps × Cout) · dy, into the
+                    // columns' buffer, then folded back image by image.
+                    matmul(
+                        (taps, ld, g.cout),
+                        cols,
+                        ld,
+                        false,
+                        w,
+                        (1, taps),
+                        dys,
+                        (ld, 1),
+                        par,
+                    );
+                    let dx = &mut dx[first * group * g.in_len()..];
+                    for (i, dx) in dx.chunks_mut(g.in_len()).take(count).enumerate() {
+                        col2im(&g, &cols[i * p..], ld, dx);
+                    }
+                }
+            }
+            dw
+        };
+        let partial: Vec<Vec<f32>> = if self.input_grad {
+            dx.par_chunks_mut(per_task * g.in_len())
+                .zip(x.par_chunks(per_task * g.in_len()))
+                .zip(dy.par_chunks(per_task * g.out_len()))
+                .map(|((dx, x), dy)| task(x, dy, Some(dx)))
+                .collect()
+        } else {
+            x.par_chunks(per_task * g.in_len())
+                .zip(dy.par_chunks(per_task * g.out_len()))
+                .map(|(x, dy)| task(x, dy, None))
+                .collect()
+        };
+        for part in partial {
+            for (d, s) in dw.iter_mut().zip(part) {
+                *d += s;
+            }
+        }
+        Ok((CpuStorage::F32(flat), Shape::from(g.n * g.in_len() + w_len)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Var};
+
+    use super::*;
+    use crate::ops::tests::{assert_close, random};
+
+    /// Values and both gradients against candle's conv, for the shapes the
+    /// backbones use: 3×3 with and without stride, 1×1 strided shortcuts,
+    /// 1×1 pointwise, a 7×7/2 stem, a patch embedding, and a batch smaller
+    /// than the thread count.
+    #[test]
+    fn matches_candles_conv_values_and_gradients() {
+        let cases = [
+            // (n, cin, hw, cout, k, stride, pad)
+            (4, 3, 9, 5, 3, 1, 1),
+            (3, 4, 8, 6, 3, 2, 1),
+            (5, 4, 8, 7, 1, 2, 0),
+            (2, 6, 5, 3, 1, 1, 0),
+            (2, 3, 16, 4, 7, 2, 3),
+            (2, 3, 8, 5, 4, 4, 0),
+            (1, 2, 7, 3, 3, 1, 1),
+        ];
+        for (i, &(n, cin, hw, cout, k, stride, pad)) in cases.iter().enumerate() {
+            let x = Var::from_tensor(&random(&[n, cin, hw, hw], i as u64)).unwrap();
+            let w = Var::from_tensor(&random(&[cout, cin, k, k], 100 + i as u64)).unwrap();
+            let ours = conv2d(&x, &w, stride, pad).unwrap();
+            let theirs = x.conv2d(&w, pad, stride, 1, 1).unwrap();
+            assert_eq!(ours.dims(), theirs.dims(), "case {i}");
+            assert_close(&ours, &theirs, 1e-5, &format!("case {i} values"));
+            // A loss that weighs every output differently.
+            let weights = random(ours.dims(), 200 + i as u64);
+            let g_ours = (&ours * &weights)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let g_theirs = (&theirs * &weights)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            for (name, v) in [("input", &x), ("kernel", &w)] {
+                let a = g_ours.get(v).unwrap();
+                let b = g_theirs.get(v).unwrap();
+                assert_close(a, b, 1e-4, &format!("case {i} {name} gradient"));
+            }
+        }
+    }
+
+    /// The images need no gradient: only the kernel's is computed.
+    #[test]
+    fn a_constant_input_gets_no_gradient() {
+        let x = random(&[2, 3, 6, 6], 1);
+        let w = Var::from_tensor(&random(&[4, 3, 3, 3], 2)).unwrap();
+        let grads = conv2d(&x, &w, 1, 1)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert!(grads.get(&x).is_none());
+        let theirs = x
+            .conv2d(&w, 1, 1, 1, 1)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert_close(
+            grads.get(&w).unwrap(),
+            theirs.get(&w).unwrap(),
+            1e-4,
+            "kernel gradient",
+        );
+        assert!(x.device().same_device(&Device::Cpu));
+    }
+}

@@ -1,0 +1,68 @@
+//! Fused CPU kernels for the training step's heavy parts, as candle custom
+//! ops: convolution and BatchNorm with their backward, AdamW's update. Other devices and
+//! dtypes fall back to candle's own ops, so results agree everywhere.
+
+mod adamw;
+mod batch_norm;
+mod conv;
+
+pub use adamw::AdamwStep;
+pub use batch_norm::BatchNorm;
+pub use conv::conv2d;
+
+use candle_core::{CpuStorage, Layout, Shape, Tensor};
+
+/// Threads the kernels split their work over (candle's own count).
+fn threads() -> usize {
+    candle_core::utils::get_num_threads().max(1)
+}
+
+/// The f32 values of a contiguous tensor's storage.
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("sslab ops take contiguous tensors"),
+    }
+}
+
+/// Splits a flat tensor into consecutive pieces of the given shapes.
+fn split_flat(flat: &Tensor, shapes: &[&Shape]) -> candle_core::Result<Vec<Tensor>> {
+    let mut start = 0;
+    shapes
+        .iter()
+        .map(|shape| {
+            let piece = flat.narrow(0, start, shape.elem_count())?.reshape(*shape)?;
+            start += shape.elem_count();
+            Ok(piece)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use candle_core::{Device, Tensor};
+    use sslab_shared::rng::Rng;
+
+    /// A tensor of standard normal values, reproducible from `seed`.
+    pub fn random(dims: &[usize], seed: u64) -> Tensor {
+        let mut rng = Rng::new(seed);
+        let n: usize = dims.iter().product();
+        let values: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
+        Tensor::from_vec(values, dims, &Device::Cpu).unwrap()
+    }
+
+    /// Every element within `tol` of the reference, relative to its scale.
+    pub fn assert_close(got: &Tensor, want: &Tensor, tol: f32, what: &str) {
+        assert_eq!(got.dims(), want.dims(), "{what}: shapes");
+        let g: Vec<f32> = got.flatten_all().unwrap().to_vec1().unwrap();
+        let w: Vec<f32> = want.flatten_all().unwrap().to_vec1().unwrap();
+        let scale = w.iter().fold(1f32, |m, v| m.max(v.abs()));
+        for (i, (a, b)) in g.iter().zip(&w).enumerate() {
+            assert!(
+                (a - b).abs() <= tol * scale,
+                "{what}: element {i} is {a}, the reference {b} (scale {scale})"
+            );
+        }
+    }
+}
