@@ -13,8 +13,14 @@ impl Observer for Print {
     fn on_step(&mut self, m: &StepMetrics) -> Control {
         if m.step % 10 == 0 || m.step == m.total_steps {
             eprintln!(
-                "step {}/{} epoch {} loss {:.4} lr {:.2e} {:.0} img/s",
-                m.step, m.total_steps, m.epoch, m.loss, m.lr, m.images_per_sec
+                "step {}/{} epoch {} loss {:.4} lr {:.2e} {:.0} img/s, {:.0}% waiting for data",
+                m.step,
+                m.total_steps,
+                m.epoch,
+                m.loss,
+                m.lr,
+                m.images_per_sec,
+                100.0 * m.data_wait
             );
         }
         Control::Continue

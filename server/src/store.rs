@@ -386,8 +386,8 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         for p in points {
             sqlx::query(
-                "INSERT INTO metrics (run_id, step, epoch, loss, lr, images_per_sec, online_probe_acc) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                "INSERT INTO metrics (run_id, step, epoch, loss, lr, images_per_sec, data_wait, online_probe_acc) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             )
             .bind(id)
             .bind(p.step)
@@ -395,6 +395,7 @@ impl Store {
             .bind(p.loss)
             .bind(p.lr)
             .bind(p.images_per_sec)
+            .bind(p.data_wait)
             .bind(p.online_probe_acc)
             .execute(&mut *tx)
             .await?;
@@ -422,7 +423,7 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<MetricPoint>> {
         let rows = sqlx::query(
-            "SELECT step, epoch, loss, lr, images_per_sec, online_probe_acc FROM metrics \
+            "SELECT step, epoch, loss, lr, images_per_sec, data_wait, online_probe_acc FROM metrics \
              WHERE run_id = $1 AND step > $2 ORDER BY step LIMIT $3",
         )
         .bind(id)
@@ -438,6 +439,7 @@ impl Store {
                     loss: r.try_get("loss")?,
                     lr: r.try_get("lr")?,
                     images_per_sec: r.try_get("images_per_sec")?,
+                    data_wait: r.try_get("data_wait")?,
                     online_probe_acc: r.try_get("online_probe_acc")?,
                 })
             })
@@ -1105,6 +1107,7 @@ mod tests {
             loss: 3.0,
             lr: 0.1,
             images_per_sec: 10.0,
+            data_wait: Some(0.02),
             online_probe_acc: Some(0.5),
         };
         store

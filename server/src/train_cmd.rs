@@ -42,7 +42,7 @@ impl Observer for CliObserver {
         self.last_loss = Some(m.loss);
         let line = serde_json::json!({
             "step": m.step, "epoch": m.epoch, "loss": m.loss, "lr": m.lr, "images_per_sec": m.images_per_sec,
-            "online_probe_acc": m.online_probe_acc,
+            "data_wait": m.data_wait, "online_probe_acc": m.online_probe_acc,
         });
         if let Err(e) = writeln!(self.metrics, "{line}") {
             self.write_error = Some(e);
@@ -50,8 +50,12 @@ impl Observer for CliObserver {
         }
         self.bar.set_position(m.step as u64);
         self.bar.set_message(format!(
-            "epoch {} loss {:.4} lr {:.2e} {:.0} img/s",
-            m.epoch, m.loss, m.lr, m.images_per_sec
+            "epoch {} loss {:.4} lr {:.2e} {:.0} img/s, {:.0}% waiting for data",
+            m.epoch,
+            m.loss,
+            m.lr,
+            m.images_per_sec,
+            100.0 * m.data_wait
         ));
         if self.interrupted.load(Ordering::Relaxed) {
             Control::Stop

@@ -45,6 +45,7 @@ impl Observer for ChannelObserver {
             loss: m.loss,
             lr: m.lr,
             images_per_sec: m.images_per_sec,
+            data_wait: Some(m.data_wait),
             online_probe_acc: m.online_probe_acc,
         });
         if self.stop.load(Ordering::Relaxed) {

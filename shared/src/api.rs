@@ -84,6 +84,10 @@ pub struct MetricPoint {
     pub loss: f64,
     pub lr: f64,
     pub images_per_sec: f64,
+    /// Fraction of the step spent waiting for augmented data (absent in
+    /// runs recorded before it was measured).
+    #[serde(default)]
+    pub data_wait: Option<f64>,
     /// Online linear probe accuracy on the step's batch, when the plan has one.
     #[serde(default)]
     pub online_probe_acc: Option<f64>,

@@ -54,7 +54,7 @@ impl ModuleT for Bottleneck {
             Some(s) => s.forward_t(x, train)?,
             None => x.clone(),
         };
-        (h + skip)?.relu()
+        crate::ops::add_relu(&h, &skip)
     }
 }
 
@@ -117,7 +117,7 @@ impl ModuleT for BasicBlock {
             Some(s) => s.forward_t(x, train)?,
             None => x.clone(),
         };
-        (h + skip)?.relu()
+        crate::ops::add_relu(&h, &skip)
     }
 }
 

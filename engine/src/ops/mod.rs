@@ -1,14 +1,17 @@
 //! Fused CPU kernels for the training step's heavy parts, as candle custom
-//! ops: convolution and BatchNorm with their backward, AdamW's update. Other devices and
-//! dtypes fall back to candle's own ops, so results agree everywhere.
+//! ops: convolution, BatchNorm (+ReLU) and the residual add + ReLU with
+//! their backward, and AdamW's update. Other devices and dtypes fall back
+//! to candle's own ops, so results agree everywhere.
 
 mod adamw;
 mod batch_norm;
 mod conv;
+mod residual;
 
 pub use adamw::AdamwStep;
 pub use batch_norm::BatchNorm;
 pub use conv::conv2d;
+pub use residual::add_relu;
 
 use candle_core::{CpuStorage, Layout, Shape, Tensor};
 

@@ -128,7 +128,12 @@ pub fn RunPage() -> impl IntoView {
             <LossChart points=points total_steps=total/>
             <p class="meta" id="step-line">{move || points.with(|p| p.last().map(|m| {
                 let online = m.online_probe_acc.map(|a| format!(" · online probe {a:.3}")).unwrap_or_default();
-                format!("step {} · loss {:.4} · lr {:.2e} · {:.0} images/s{online}", m.step, m.loss, m.lr, m.images_per_sec)
+                // Over the last 20 steps: one step's wait is noise.
+                let waits: Vec<f64> = p.iter().rev().take(20).filter_map(|m| m.data_wait).collect();
+                let wait = if waits.is_empty() { String::new() } else {
+                    format!(" · {:.0}% of step time waiting for data", 100.0 * waits.iter().sum::<f64>() / waits.len() as f64)
+                };
+                format!("step {} · loss {:.4} · lr {:.2e} · {:.0} images/s{wait}{online}", m.step, m.loss, m.lr, m.images_per_sec)
             }).unwrap_or_default())}</p>
         </section>
         <section>

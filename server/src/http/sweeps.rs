@@ -244,6 +244,7 @@ mod tests {
                 loss: 1.0,
                 lr: 0.1,
                 images_per_sec: 1.0,
+                data_wait: None,
                 online_probe_acc: None,
             })
             .collect();
