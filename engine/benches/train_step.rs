@@ -15,10 +15,6 @@ use sslab_shared::RunSpec;
 use sslab_shared::rng::Rng;
 use sslab_shared::spec::{BackboneKind, MethodSpec, Negatives};
 
-// The allocator the `sslab` binary trains with.
-#[global_allocator]
-static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()

@@ -128,11 +128,6 @@ fn database_url(cli: &Cli) -> anyhow::Result<String> {
     ))
 }
 
-// Training allocates and frees activation-sized buffers every op; jemalloc
-// reuses them where glibc maps fresh, zeroed pages each time.
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
