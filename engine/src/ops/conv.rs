@@ -283,7 +283,7 @@ impl CustomOp2 for Conv2d {
             .zip(x.par_chunks(per_task * g.in_len()))
             .for_each(|(out, x)| {
                 let mut cols = vec![0f32; taps * group * p];
-                let mut res = vec![0f32; g.cout * group * p];
+                let mut res = vec![0f32; if group > 1 { g.cout * group * p } else { 0 }];
                 let images = out
                     .chunks_mut(group * g.out_len())
                     .zip(x.chunks(group * g.in_len()));
@@ -293,20 +293,28 @@ impl CustomOp2 for Conv2d {
                     for (i, x) in x.chunks(g.in_len()).enumerate() {
                         im2col(&g, x, &mut cols[i * p..], ld);
                     }
-                    // (Cout × count·P) = W (Cout × taps) · cols (taps × count·P)
-                    let (cols, res) = (&cols[..taps * ld], &mut res[..g.cout * ld]);
-                    matmul(
-                        (g.cout, ld, taps),
-                        res,
-                        ld,
-                        false,
-                        w,
-                        (taps, 1),
-                        cols,
-                        (ld, 1),
-                        par,
-                    );
-                    deinterleave(res, out, g.cout, p, count);
+                    // (Cout × count·P) = W (Cout × taps) · cols (taps × count·P);
+                    // one image's result is already in the output's layout.
+                    let cols = &cols[..taps * ld];
+                    let product = |dst: &mut [f32]| {
+                        matmul(
+                            (g.cout, ld, taps),
+                            dst,
+                            ld,
+                            false,
+                            w,
+                            (taps, 1),
+                            cols,
+                            (ld, 1),
+                            par,
+                        )
+                    };
+                    if count == 1 {
+                        product(out);
+                    } else {
+                        product(&mut res[..g.cout * ld]);
+                        deinterleave(&res[..g.cout * ld], out, g.cout, p, count);
+                    }
                 }
             });
         Ok((CpuStorage::F32(out), Shape::from((g.n, g.cout, g.ho, g.wo))))
@@ -371,7 +379,7 @@ impl CustomOp3 for Conv2dBackward {
         let task = |x: &[f32], dy: &[f32], mut dx: Option<&mut [f32]>| -> Vec<f32> {
             let mut dw = vec![0f32; w_len];
             let mut cols = vec![0f32; taps * group * p];
-            let mut dys = vec![0f32; g.cout * group * p];
+            let mut dys = vec![0f32; if group > 1 { g.cout * group * p } else { 0 }];
             let images = x
                 .chunks(group * g.in_len())
                 .zip(dy.chunks(group * g.out_len()));
@@ -381,8 +389,13 @@ impl CustomOp3 for Conv2dBackward {
                 for (i, x) in x.chunks(g.in_len()).enumerate() {
                     im2col(&g, x, &mut cols[i * p..], ld);
                 }
-                interleave(dy, &mut dys, g.cout, p, count);
-                let (cols, dys) = (&mut cols[..taps * ld], &dys[..g.cout * ld]);
+                let dys = if count == 1 {
+                    dy
+                } else {
+                    interleave(dy, &mut dys, g.cout, p, count);
+                    &dys[..g.cout * ld]
+                };
+                let cols = &mut cols[..taps * ld];
                 // dW += dy (Cout × count·P) · colsᵀ (count·P × taps)
                 matmul(
                     (g.cout, taps, ld),
