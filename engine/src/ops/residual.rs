@@ -20,6 +20,19 @@ pub fn add_relu(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
     a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu)
 }
 
+/// `f` of each pair of elements, split over threads.
+fn zip_map(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; a.len()];
+    out.par_chunks_mut(CHUNK)
+        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+        .for_each(|(o, (a, b))| {
+            for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+                *o = f(a, b);
+            }
+        });
+    out
+}
+
 struct AddRelu;
 
 impl CustomOp2 for AddRelu {
@@ -35,14 +48,7 @@ impl CustomOp2 for AddRelu {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (a, b) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
-        let mut out = vec![0f32; a.len()];
-        out.par_chunks_mut(CHUNK)
-            .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
-            .for_each(|(o, (a, b))| {
-                for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
-                    *o = (a + b).max(0.0);
-                }
-            });
+        let out = zip_map(a, b, |a, b| (a + b).max(0.0));
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -76,14 +82,7 @@ impl CustomOp2 for Mask {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (g, y) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
-        let mut out = vec![0f32; g.len()];
-        out.par_chunks_mut(CHUNK)
-            .zip(g.par_chunks(CHUNK).zip(y.par_chunks(CHUNK)))
-            .for_each(|(o, (g, y))| {
-                for ((o, &g), &y) in o.iter_mut().zip(g).zip(y) {
-                    *o = if y > 0.0 { g } else { 0.0 };
-                }
-            });
+        let out = zip_map(g, y, |g, y| if y > 0.0 { g } else { 0.0 });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
