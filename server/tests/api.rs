@@ -26,6 +26,12 @@ async fn lifecycle(server: &Server) {
         (1..=8).collect::<Vec<_>>()
     );
     assert!(metrics.iter().all(|m| m.loss.is_finite() && m.lr > 0.0));
+    assert!(
+        metrics
+            .iter()
+            .all(|m| m.data_wait.is_some_and(|w| (0.0..=1.0).contains(&w))),
+        "every step reports the fraction of it spent waiting for data"
+    );
     let evals: Vec<Evaluation> = get_json(
         &client,
         server.url(&format!("/runs/{}/evaluations", run.id)),
