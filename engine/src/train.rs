@@ -939,8 +939,8 @@ mod tests {
     /// top-1 at the backbone after 160 steps, seen here: SimCLR 0.440,
     /// VICReg 0.390, DINO 0.380 (batches of 64: its centre is a batch mean);
     /// BYOL 0.385 after 320 steps (it varies with the seed: 0.360 and 0.260
-    /// from inits that read 0.350 and 0.265 untrained). MSN on a ViT does not learn at this size (0.26 → 0.20–0.27)
-    /// and is left out. `SSLAB_LEARN_METHODS=msn,dino` runs others.
+    /// from inits that read 0.350 and 0.265 untrained). MSN on a ViT does
+    /// not learn at this size (0.26 → 0.20–0.27) and is left out. `SSLAB_LEARN_METHODS=msn,dino` runs others.
     #[test]
     fn the_tiny_recipes_learn_on_shape_only_scenes() {
         let recipes = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../recipes");

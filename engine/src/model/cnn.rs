@@ -40,18 +40,19 @@ impl ConvBn {
 }
 
 impl ConvBn {
+    fn conv(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        ops::conv2d(x, &self.weight, self.stride, self.padding)
+    }
+
     /// The block followed by ReLU, fused with the BatchNorm where it can be.
     pub fn forward_relu(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        self.bn.forward_relu(
-            &ops::conv2d(x, &self.weight, self.stride, self.padding)?,
-            train,
-        )
+        self.bn.forward_relu(&self.conv(x)?, train)
     }
 }
 
 impl ModuleT for ConvBn {
     fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        ops::conv2d(x, &self.weight, self.stride, self.padding)?.apply_t(&self.bn, train)
+        self.conv(x)?.apply_t(&self.bn, train)
     }
 }
 

@@ -2,7 +2,7 @@
 //! memory and no allocation, where the tensor form allocates a dozen
 //! temporaries per parameter per step.
 
-use candle_core::{CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Tensor};
+use candle_core::{CpuStorage, InplaceOp2, InplaceOp3, Layout, Tensor};
 use rayon::prelude::*;
 
 /// The step's constants: learning rate, decoupled decay, betas, ε and the
@@ -29,10 +29,10 @@ impl AdamwStep {
         v: &Tensor,
     ) -> candle_core::Result<bool> {
         let all = [w, g, m, v];
-        if !all
-            .iter()
-            .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous())
-            || all.iter().any(|t| t.shape() != w.shape())
+        if !super::fused(&all)
+            || all
+                .iter()
+                .any(|t| !t.is_contiguous() || t.shape() != w.shape())
         {
             return Ok(false);
         }

@@ -6,11 +6,11 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, ModuleT, Shape, Tensor, Var};
+use candle_core::{CpuStorage, CustomOp3, Layout, ModuleT, Shape, Tensor, Var};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
-use super::{f32_slice, split_flat, threads};
+use super::{f32_slice, fused, split_flat, threads};
 
 pub struct BatchNorm {
     inner: candle_nn::BatchNorm,
@@ -43,7 +43,7 @@ impl BatchNorm {
 
     /// BatchNorm, then ReLU: in training on the CPU one fused op.
     pub fn forward_relu(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        if train && x.device().is_cpu() && x.dtype() == DType::F32 {
+        if train && fused(&[x]) {
             self.forward_train(x, true)
         } else {
             self.inner.forward_t(x, train)?.relu()
@@ -82,7 +82,7 @@ impl BatchNorm {
 
 impl ModuleT for BatchNorm {
     fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        if train && x.device().is_cpu() && x.dtype() == DType::F32 {
+        if train && fused(&[x]) {
             self.forward_train(x, false)
         } else {
             self.inner.forward_t(x, train)

@@ -1,13 +1,13 @@
-//! 2-D convolution as a custom op on the CPU: im2col + gemm one image at a
-//! time, for the forward and both gradients. candle's own conv unfolds the
+//! 2-D convolution as a custom op on the CPU: im2col + gemm a group of
+//! images at a time, for the forward and both gradients. candle's own conv unfolds the
 //! whole batch at once (hundreds of MiB at batch 256) and takes the input
 //! gradient through a direct `conv_transpose2d` loop, about 4× its forward.
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::{f32_slice, split_flat, threads};
+use super::{f32_slice, fused, split_flat, threads};
 
 /// Convolution of `x` (N, Cin, H, W) with `w` (Cout, Cin, K, K), square
 /// stride and zero padding, no dilation or groups. f32 on the CPU runs the
@@ -20,7 +20,7 @@ pub fn conv2d(
 ) -> candle_core::Result<Tensor> {
     let (_, cin, _, _) = x.dims4()?;
     let (_, wcin, kh, kw) = w.dims4()?;
-    if !x.device().is_cpu() || x.dtype() != DType::F32 || w.dtype() != DType::F32 || kh != kw {
+    if !fused(&[x, w]) || kh != kw {
         return x.conv2d(w, padding, stride, 1, 1);
     }
     if wcin != cin {
@@ -34,6 +34,7 @@ pub fn conv2d(
     x.contiguous()?.apply_op2(&w.contiguous()?, op)
 }
 
+#[derive(Clone, Copy)]
 struct Conv2d {
     stride: usize,
     padding: usize,
@@ -96,12 +97,6 @@ impl Geometry {
         self.ho * self.wo
     }
 
-    /// Images unfolded side by side for one gemm: enough output positions
-    /// that the kernel's packing is amortised (deep layers have few).
-    fn group(&self) -> usize {
-        1024usize.div_ceil(self.positions()).max(1)
-    }
-
     /// The output columns `ox` whose input column `ox·stride + kx − pad` lies
     /// inside the image.
     fn valid(&self, kx: usize, len: usize, out: usize) -> (usize, usize) {
@@ -113,15 +108,20 @@ impl Geometry {
         (lo.min(hi), hi)
     }
 
-    /// Images per parallel task, and the gemm's own parallelism: whole images
-    /// per thread when there are enough of them, else threads inside gemm.
-    fn split(&self) -> (usize, Parallelism) {
+    /// Images per parallel task; images unfolded side by side for one gemm
+    /// within a task, enough output positions that the kernel's packing is
+    /// amortised (deep layers have few per image); and the gemm's own
+    /// parallelism: whole images per thread when there are enough of them,
+    /// else threads inside gemm.
+    fn split(&self) -> (usize, usize, Parallelism) {
         let t = threads();
-        if self.n >= t || t == 1 {
+        let (per_task, par) = if self.n >= t || t == 1 {
             (self.n.div_ceil(t).max(1), Parallelism::None)
         } else {
             (1, Parallelism::Rayon(t))
-        }
+        };
+        let group = 1024usize.div_ceil(self.positions()).clamp(1, per_task);
+        (per_task, group, par)
     }
 }
 
@@ -277,8 +277,7 @@ impl CustomOp2 for Conv2d {
         let (x, w) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
         let (taps, p) = (g.taps(), g.positions());
         let mut out = vec![0f32; g.n * g.out_len()];
-        let (per_task, par) = g.split();
-        let group = g.group().min(per_task);
+        let (per_task, group, par) = g.split();
         out.par_chunks_mut(per_task * g.out_len())
             .zip(x.par_chunks(per_task * g.in_len()))
             .for_each(|(out, x)| {
@@ -327,12 +326,7 @@ impl CustomOp2 for Conv2d {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let op = Conv2dBackward {
-            stride: self.stride,
-            padding: self.padding,
-            input_grad: self.input_grad,
-        };
-        let flat = x.apply_op3_no_bwd(w, &grad.contiguous()?, &op)?;
+        let flat = x.apply_op3_no_bwd(w, &grad.contiguous()?, &Conv2dBackward(*self))?;
         let mut parts = split_flat(&flat, &[x.shape(), w.shape()])?.into_iter();
         let (dx, dw) = (parts.next(), parts.next());
         Ok((dx.filter(|_| self.input_grad), dw))
@@ -341,11 +335,7 @@ impl CustomOp2 for Conv2d {
 
 /// Both gradients of [`Conv2d`] in one pass over the batch, returned as one
 /// flat tensor: the input's (zeros when not wanted), then the kernel's.
-struct Conv2dBackward {
-    stride: usize,
-    padding: usize,
-    input_grad: bool,
-}
+struct Conv2dBackward(Conv2d);
 
 impl CustomOp3 for Conv2dBackward {
     fn name(&self) -> &'static str {
@@ -361,7 +351,7 @@ impl CustomOp3 for Conv2dBackward {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = Geometry::new(l1, l2, self.stride, self.padding)?;
+        let g = Geometry::new(l1, l2, self.0.stride, self.0.padding)?;
         let (x, w, dy) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
         if dy.len() != g.n * g.out_len() {
             candle_core::bail!(
@@ -374,8 +364,7 @@ impl CustomOp3 for Conv2dBackward {
         let w_len = g.cout * taps;
         let mut flat = vec![0f32; g.n * g.in_len() + w_len];
         let (dx, dw) = flat.split_at_mut(g.n * g.in_len());
-        let (per_task, par) = g.split();
-        let group = g.group().min(per_task);
+        let (per_task, group, par) = g.split();
         let task = |x: &[f32], dy: &[f32], mut dx: Option<&mut [f32]>| -> Vec<f32> {
             let mut dw = vec![0f32; w_len];
             let mut cols = vec![0f32; taps * group * p];
@@ -430,7 +419,7 @@ impl CustomOp3 for Conv2dBackward {
             }
             dw
         };
-        let partial: Vec<Vec<f32>> = if self.input_grad {
+        let partial: Vec<Vec<f32>> = if self.0.input_grad {
             dx.par_chunks_mut(per_task * g.in_len())
                 .zip(x.par_chunks(per_task * g.in_len()))
                 .zip(dy.par_chunks(per_task * g.out_len()))

@@ -20,6 +20,13 @@ fn threads() -> usize {
     candle_core::utils::get_num_threads().max(1)
 }
 
+/// Whether the kernels here take these tensors: f32 on the CPU.
+fn fused(tensors: &[&Tensor]) -> bool {
+    tensors
+        .iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == candle_core::DType::F32)
+}
+
 /// The f32 values of a contiguous tensor's storage.
 fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
     let data = s.as_slice::<f32>()?;

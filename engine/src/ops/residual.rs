@@ -2,19 +2,16 @@
 //! candle form takes two passes forward and five backward (ReLU's gradient
 //! builds a mask, converts it and multiplies).
 
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::f32_slice;
+use super::{f32_slice, fused};
 
 const CHUNK: usize = 1 << 15;
 
 /// relu(a + b) for tensors of the same shape.
 pub fn add_relu(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
-    let fused = [a, b]
-        .iter()
-        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32);
-    if !fused || a.shape() != b.shape() {
+    if !fused(&[a, b]) || a.shape() != b.shape() {
         return (a + b)?.relu();
     }
     a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu)
