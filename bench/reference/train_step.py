@@ -1,7 +1,8 @@
 """The PyTorch twin of engine/benches/train_step.rs: one SimCLR step of a
 ResNet-18 with the CIFAR stem (3x3 conv1, no max-pool) on two 32 px views,
-NT-Xent, backward, AdamW, in images per second on the CPU. Same batch and
-step counts from SSLAB_BENCH_BATCH and SSLAB_BENCH_STEPS.
+NT-Xent, backward, AdamW, in images per second. Same batch and step counts
+from SSLAB_BENCH_BATCH and SSLAB_BENCH_STEPS; SSLAB_BENCH_DEVICE=cuda runs it
+on the GPU (bench/gpu/train-step.sh).
 """
 
 import os
@@ -12,8 +13,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+DEVICE = torch.device(os.environ.get("SSLAB_BENCH_DEVICE", "cpu"))
 BATCH = int(os.environ.get("SSLAB_BENCH_BATCH", "256"))
-STEPS = max(1, int(os.environ.get("SSLAB_BENCH_STEPS", "3")))
+STEPS = max(1, int(os.environ.get("SSLAB_BENCH_STEPS", "30" if DEVICE.type == "cuda" else "3")))
 
 
 class Block(nn.Module):
@@ -54,15 +56,20 @@ def nt_xent(z, n, t=0.2):
     z = F.normalize(z, dim=1)
     logits = z @ z.T / t
     logits.fill_diagonal_(float("-inf"))
-    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)])
+    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
     return F.cross_entropy(logits, targets)
 
 
 def main():
     torch.manual_seed(1)
-    model = ResNet18()
+    model = ResNet18().to(DEVICE)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
-    views = torch.randn(2 * BATCH, 3, 32, 32)
+    views = torch.randn(2 * BATCH, 3, 32, 32, device=DEVICE)
+    cuda = DEVICE.type == "cuda"
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -70,15 +77,23 @@ def main():
         loss.backward()
         opt.step()
 
-    step()
+    for _ in range(3 if cuda else 1):
+        step()
+    sync()
+    window_start = time.time()
     started = time.perf_counter()
     for _ in range(STEPS):
         step()
+    sync()
     seconds = (time.perf_counter() - started) / STEPS
+    window_end = time.time()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"pytorch {torch.__version__} (cpu, {torch.get_num_threads()} threads): resnet18 cifar stem, "
-          f"batch {BATCH} x 2 views of 32 px: {seconds:.2f} s/step, {BATCH / seconds:.1f} images/s, peak RSS {peak:.0f} MiB")
+    where = f"{torch.cuda.get_device_name()}" if cuda else f"cpu, {torch.get_num_threads()} threads"
+    gpu_peak = f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB" if cuda else ""
+    print(f"pytorch {torch.__version__} ({where}): resnet18 cifar stem, batch {BATCH} x 2 views of 32 px: "
+          f"{seconds:.3f} s/step, {BATCH / seconds:.1f} images/s, peak RSS {peak:.0f} MiB{gpu_peak}")
     print(f"pytorch_images_per_sec={BATCH / seconds:.3f}")
+    print(f"pytorch_timed_window_unix={window_start:.3f},{window_end:.3f}")
 
 
 if __name__ == "__main__":

@@ -3,9 +3,11 @@
 //! 32 px images, in images per second, next to the same model and step in
 //! PyTorch (`bench/reference/train_step.py`, run by xtask in the same
 //! command). Batch and step counts come from the environment:
-//! `SSLAB_BENCH_BATCH` (256), `SSLAB_BENCH_STEPS` (3).
+//! `SSLAB_BENCH_BATCH` (256), `SSLAB_BENCH_STEPS` (3 on the CPU, 30 on a GPU).
+//! Built with `--features cuda` it runs on the GPU when there is one
+//! (`cargo xtask cuda`, then `bench/gpu/train-step.sh` on the GPU machine).
 
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use candle_core::Tensor;
 use sslab_engine::method;
@@ -35,10 +37,17 @@ fn peak_rss_mib() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// Wall-clock time, for matching the timed steps with GPU samples.
+fn unix_seconds() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 fn main() -> anyhow::Result<()> {
-    let batch = env("SSLAB_BENCH_BATCH", 256);
-    let steps = env("SSLAB_BENCH_STEPS", 3).max(1);
     let device = sslab_engine::default_device();
+    let batch = env("SSLAB_BENCH_BATCH", 256);
+    let steps = env("SSLAB_BENCH_STEPS", if device.is_cuda() { 30 } else { 3 }).max(1);
     let mut spec = RunSpec::default();
     spec.backbone.kind = BackboneKind::Resnet18;
     spec.backbone.width = 64;
@@ -65,25 +74,34 @@ fn main() -> anyhow::Result<()> {
         steps_per_epoch: 1,
         seed: spec.seed,
     };
-    let mut step = || -> anyhow::Result<f32> {
+    // The loss is not read back: that would wait for the GPU every step.
+    let mut step = || -> anyhow::Result<()> {
         let out = method.loss(&encoder, &views, &at)?;
-        let loss = out.loss.to_scalar::<f32>()?;
         optimizer.step(&out.loss.backward()?)?;
-        Ok(loss)
+        Ok(())
     };
-    // One step to warm the allocator and caches.
-    step()?;
+    // Warm the allocator and caches (and, on a GPU, load the kernels).
+    for _ in 0..if device.is_cuda() { 3 } else { 1 } {
+        step()?;
+    }
+    device.synchronize()?;
+    let window_start = unix_seconds();
     let started = Instant::now();
     for _ in 0..steps {
         step()?;
     }
+    device.synchronize()?;
     let seconds = started.elapsed().as_secs_f64() / steps as f64;
     let images_per_sec = batch as f64 / seconds;
     println!(
         "sslab (candle, {device:?}): resnet18 cifar stem, batch {batch} x 2 views of 32 px: \
-         {seconds:.2} s/step, {images_per_sec:.1} images/s, peak RSS {:.0} MiB",
+         {seconds:.3} s/step, {images_per_sec:.1} images/s, peak RSS {:.0} MiB",
         peak_rss_mib()
     );
     println!("sslab_images_per_sec={images_per_sec:.3}");
+    println!(
+        "sslab_timed_window_unix={window_start:.3},{:.3}",
+        unix_seconds()
+    );
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! `cargo xtask serve | test | bench`: builds what the platform needs (wasm target,
+//! `cargo xtask serve | test | bench | cuda`: builds what the platform needs (wasm target,
 //! wasm-bindgen CLI, dashboard, browser inference module) and runs it or its
 //! tests. Everything it installs comes from the package registries.
 
@@ -8,6 +8,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+
+mod cuda;
 
 const WASM_TARGET: &str = "wasm32-unknown-unknown";
 
@@ -20,13 +22,15 @@ fn main() -> Result<()> {
         Some("test") => test(&root, &args[1..]),
         Some("build-web") => build_web(&root),
         Some("bench") => bench(&args[1..]),
+        Some("cuda") => cuda::cuda(&root, &args[1..]),
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
                  serve [ARGS]      build the dashboard and start the platform (args go to `sslab serve`)\n\
                  test [FILTER]     every test: unit, API against SQLite and PostgreSQL, browser end-to-end\n\
                  build-web         build the dashboard and the browser inference module only\n\
-                 bench [NAME]      benchmarks (release builds): api, train-step, augment; all when no name is given"
+                 bench [NAME]      benchmarks (release builds): api, train-step, augment; all when no name is given\n\
+                 cuda [--cudnn]    CUDA builds of `sslab` and the train-step bench into target/cuda/bin (toolkit from PyPI)"
             );
             bail!("no command given")
         }

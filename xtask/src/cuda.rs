@@ -1,0 +1,243 @@
+//! `cargo xtask cuda`: the CUDA build on a machine without a CUDA install.
+//! The toolkit comes from NVIDIA's PyPI wheels (nvcc, headers and the
+//! libraries the binaries link against); the driver library is a link-time
+//! stub, since the GPU machine's driver provides the real `libcuda.so.1`.
+//! Binaries land in `target/cuda/bin`, and stripped and xz-compressed in
+//! `target/cuda/carry` (the CUDA kernels make them ~70 MB; ~10 MB packed),
+//! ready to be carried to a GPU machine and run there
+//! (`bench/gpu/train-step.sh`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use crate::{cargo, run};
+
+/// CUDA 13.0: what the GPU machines' driver (580) runs. The libraries'
+/// sonames are what counts at run time, and those hold across 13.x.
+const WHEELS: [&str; 8] = [
+    "nvidia-cuda-nvcc==13.0.*",
+    "nvidia-cuda-crt==13.0.*",
+    "nvidia-nvvm==13.0.*",
+    "nvidia-cuda-cccl==13.0.*",
+    "nvidia-cuda-runtime==13.0.*",
+    "nvidia-cuda-nvrtc==13.0.*",
+    "nvidia-cublas==13.0.*",
+    "nvidia-curand==10.4.0.*",
+];
+const CUDNN_WHEEL: &str = "nvidia-cudnn-cu13==9.26.*";
+
+/// H200 / H100 unless `CUDA_COMPUTE_CAP` says otherwise.
+const DEFAULT_COMPUTE_CAP: &str = "90";
+
+pub fn cuda(root: &Path, args: &[String]) -> Result<()> {
+    let cudnn = args.iter().any(|a| a == "--cudnn");
+    if let Some(other) = args.iter().find(|a| *a != "--cudnn") {
+        bail!("cargo xtask cuda takes only --cudnn, not `{other}`");
+    }
+    let out = root.join("target/cuda");
+    let sdk = install_toolkit(&out.join("sdk"), cudnn)?;
+    let toolkit = sdk.join("nvidia/cu13");
+    link_names(&toolkit.join("lib"))?;
+    if cudnn {
+        link_names(&sdk.join("nvidia/cudnn/lib"))?;
+    }
+    driver_stub(root, &toolkit.join("lib/stubs"))?;
+
+    let features = if cudnn { "cudnn" } else { "cuda" };
+    let path = format!(
+        "{}:{}",
+        toolkit.join("bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let with_toolkit = |cmd: &mut Command| {
+        cmd.env("PATH", &path)
+            .env("CUDA_ROOT", &toolkit)
+            .env("CUDA_PATH", &toolkit)
+            .env("CARGO_TARGET_DIR", out.join("build"));
+        if std::env::var_os("CUDA_COMPUTE_CAP").is_none() {
+            // Without it candle's kernels ask nvidia-smi, which a build machine lacks.
+            cmd.env("CUDA_COMPUTE_CAP", DEFAULT_COMPUTE_CAP);
+        }
+        if cudnn {
+            cmd.env("CUDNN_LIB", sdk.join("nvidia/cudnn"));
+        }
+    };
+    let bin = out.join("bin");
+    std::fs::create_dir_all(&bin)?;
+
+    let mut server = cargo();
+    server.args(["build", "--release", "-p", "sslab-server", "--bin", "sslab"]);
+    server.args(["--features", features]);
+    with_toolkit(&mut server);
+    run(&mut server)?;
+    copy(&out.join("build/release/sslab"), &bin.join("sslab"))?;
+
+    let mut bench = cargo();
+    bench.args([
+        "bench",
+        "--no-run",
+        "--message-format",
+        "json-render-diagnostics",
+        "-p",
+        "sslab-engine",
+        "--bench",
+        "train_step",
+        "--features",
+        features,
+    ]);
+    with_toolkit(&mut bench);
+    eprintln!("xtask: {bench:?}");
+    let built = bench.output().context("building the train_step bench")?;
+    if !built.status.success() {
+        bail!(
+            "the CUDA train_step bench did not build:\n{}",
+            String::from_utf8_lossy(&built.stderr)
+        );
+    }
+    let executable = String::from_utf8_lossy(&built.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .context("cargo named no train_step executable")?;
+    copy(&executable, &bin.join("train_step"))?;
+    let carry = out.join("carry");
+    std::fs::create_dir_all(&carry)?;
+    for name in ["sslab", "train_step"] {
+        pack(&bin.join(name), &carry.join(format!("{name}.xz")))?;
+    }
+    eprintln!(
+        "xtask: CUDA binaries ({features}, compute capability {}) in {}",
+        std::env::var("CUDA_COMPUTE_CAP").unwrap_or(DEFAULT_COMPUTE_CAP.into()),
+        bin.display()
+    );
+    Ok(())
+}
+
+/// Installs the wheels once into `sdk`; a stamp records which set is there.
+fn install_toolkit(sdk: &Path, cudnn: bool) -> Result<PathBuf> {
+    let mut wheels: Vec<&str> = WHEELS.to_vec();
+    if cudnn {
+        wheels.push(CUDNN_WHEEL);
+    }
+    let want = wheels.join("\n");
+    let stamp = sdk.join("wheels.txt");
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(want.as_str()) {
+        return Ok(sdk.to_path_buf());
+    }
+    if sdk.exists() {
+        std::fs::remove_dir_all(sdk)?;
+    }
+    // One pip call into an empty folder: the wheels share the `nvidia/cu13`
+    // tree, and pip merges them only within a single install.
+    run(Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet", "--no-deps", "--target"])
+        .arg(sdk)
+        .args(&wheels))?;
+    std::fs::write(&stamp, want)?;
+    Ok(sdk.to_path_buf())
+}
+
+/// The linker asks for `libcublas.so`; the wheels carry `libcublas.so.13`.
+fn link_names(lib: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(lib).with_context(|| format!("reading {}", lib.display()))? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        let Some((stem, version)) = name.split_once(".so.") else {
+            continue;
+        };
+        if !version.chars().all(|c| c.is_ascii_digit()) {
+            continue;
+        }
+        let link = lib.join(format!("{stem}.so"));
+        if !link.exists() {
+            std::os::unix::fs::symlink(&name, &link)?;
+        }
+    }
+    Ok(())
+}
+
+/// `libcuda.so` with every driver entry point cudarc declares, each returning
+/// an error: enough to link, never loaded where a real driver is installed
+/// (its soname is the driver's, `libcuda.so.1`).
+fn driver_stub(root: &Path, stubs: &Path) -> Result<()> {
+    let lib = stubs.join("libcuda.so");
+    if lib.exists() {
+        return Ok(());
+    }
+    let metadata = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--features",
+            "sslab-engine/cuda",
+        ])
+        .current_dir(root)
+        .output()
+        .context("running cargo metadata")?;
+    let metadata: serde_json::Value =
+        serde_json::from_slice(&metadata.stdout).context("reading cargo metadata")?;
+    let manifest = metadata["packages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == "cudarc")
+        .and_then(|p| p["manifest_path"].as_str())
+        .context("cudarc is not among the CUDA build's packages")?;
+    let bindings = Path::new(manifest).with_file_name("src/driver/sys/mod.rs");
+    let source = std::fs::read_to_string(&bindings)
+        .with_context(|| format!("reading {}", bindings.display()))?;
+    let mut names: Vec<&str> = source
+        .split("pub unsafe fn ")
+        .skip(1)
+        .filter_map(|rest| rest.split('(').next())
+        .filter(|name| name.starts_with("cu"))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    if names.len() < 100 {
+        bail!(
+            "found only {} driver functions in {}",
+            names.len(),
+            bindings.display()
+        );
+    }
+    std::fs::create_dir_all(stubs)?;
+    let c = stubs.join("libcuda-stub.c");
+    // 999 is CUDA_ERROR_UNKNOWN.
+    let body: String = names
+        .iter()
+        .map(|n| format!("int {n}(void) {{ return 999; }}\n"))
+        .collect();
+    std::fs::write(&c, body)?;
+    run(Command::new("cc")
+        .args(["-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o"])
+        .arg(&lib)
+        .arg(&c))
+}
+
+/// A stripped, xz-compressed copy of the binary `from`.
+fn pack(from: &Path, to: &Path) -> Result<()> {
+    let stripped = to.with_extension("stripped");
+    copy(from, &stripped)?;
+    run(Command::new("strip").arg(&stripped))?;
+    let file = std::fs::File::create(to)?;
+    let status = Command::new("xz")
+        .args(["-6", "-T2", "-c"])
+        .arg(&stripped)
+        .stdout(file)
+        .status()
+        .context("running xz")?;
+    std::fs::remove_file(&stripped)?;
+    if !status.success() {
+        bail!("xz failed on {}", from.display());
+    }
+    Ok(())
+}
+
+fn copy(from: &Path, to: &Path) -> Result<()> {
+    std::fs::copy(from, to)
+        .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    Ok(())
+}
