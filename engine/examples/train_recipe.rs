@@ -1,5 +1,6 @@
 //! Trains a recipe with the engine alone and prints kNN per layer, before and
-//! after training: `cargo run -p sslab-engine --release --example train_recipe -- recipes/simclr-tiny.toml`.
+//! after training: `cargo run -p sslab-engine --release --example train_recipe -- recipes/simclr-tiny.toml`
+//! (a spec in JSON works too, by its extension).
 
 use std::path::Path;
 
@@ -31,7 +32,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = std::env::args()
         .nth(1)
         .ok_or("usage: train_recipe RECIPE.toml")?;
-    let spec = RunSpec::from_toml(&std::fs::read_to_string(&path)?)?;
+    let text = std::fs::read_to_string(&path)?;
+    let spec = if path.ends_with(".json") {
+        RunSpec::from_json(&text)?
+    } else {
+        RunSpec::from_toml(&text)?
+    };
     let device = sslab_engine::default_device();
     let splits = data::load(&spec.data)?;
     let (untrained, _) = model::build(&spec, &device)?;

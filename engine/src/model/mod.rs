@@ -140,10 +140,14 @@ pub fn build(spec: &RunSpec, device: &Device) -> Result<(Encoder, VarMap)> {
 
 /// Re-draws every matrix and kernel from the run's seed, so that the same
 /// spec starts from the same weights (candle's CPU initialisers are not
-/// seedable). Uniform ±1/sqrt(fan_in), PyTorch's default for Linear and Conv.
+/// seedable). Uniform ±1/sqrt(fan_in), PyTorch's default for Linear and Conv;
+/// a ViT's tokens (CLS, positions, mask) N(0, 0.02) as in ViT, DeiT and MAE.
 fn seed_weights(varmap: &VarMap, seed: u64) -> Result<()> {
     seed_weights_under(varmap, "", seed)
 }
+
+/// Learned tokens of the ViT and the masking methods, by variable name.
+const TOKENS: [&str; 3] = ["cls_token", "pos_embed", "mask_token"];
 
 /// `seed_weights` for the variables whose names start with `prefix`.
 pub fn seed_weights_under(varmap: &VarMap, prefix: &str, seed: u64) -> Result<()> {
@@ -160,13 +164,55 @@ pub fn seed_weights_under(varmap: &VarMap, prefix: &str, seed: u64) -> Result<()
             }
             continue;
         }
-        let fan_in: usize = dims[1..].iter().product();
-        let bound = 1.0 / (fan_in as f64).sqrt();
         let mut rng = Rng::derive(seed, &[0xC0FFEE, k as u64]);
-        let values: Vec<f32> = (0..var.elem_count())
-            .map(|_| rng.range(-bound, bound) as f32)
-            .collect();
+        let values: Vec<f32> = if TOKENS.iter().any(|t| name.ends_with(t)) {
+            (0..var.elem_count())
+                .map(|_| (0.02 * rng.normal()) as f32)
+                .collect()
+        } else {
+            let fan_in: usize = dims[1..].iter().product();
+            let bound = 1.0 / (fan_in as f64).sqrt();
+            (0..var.elem_count())
+                .map(|_| rng.range(-bound, bound) as f32)
+                .collect()
+        };
         var.set(&Tensor::from_vec(values, dims, var.device())?)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(varmap: &VarMap, suffix: &str) -> Vec<f32> {
+        let data = varmap.data().lock().unwrap();
+        let (_, var) = data.iter().find(|(n, _)| n.ends_with(suffix)).unwrap();
+        var.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    #[test]
+    fn vit_tokens_start_normal_and_small_matrices_uniform() {
+        let mut spec = RunSpec::default();
+        spec.backbone.kind = BackboneKind::Vit;
+        spec.backbone.width = 48;
+        spec.backbone.depth = 1;
+        let (_, varmap) = build(&spec, &Device::Cpu).unwrap();
+        let pos = values(&varmap, "pos_embed");
+        let n = pos.len() as f64;
+        let mean = pos.iter().map(|&v| v as f64).sum::<f64>() / n;
+        let std = (pos.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n).sqrt();
+        assert!(
+            mean.abs() < 0.003 && (std - 0.02).abs() < 0.002,
+            "{mean} {std}"
+        );
+        // Normal, not uniform: some values beyond 1.5 σ.
+        assert!(pos.iter().any(|v| v.abs() > 0.03));
+        assert!(values(&varmap, "cls_token").iter().all(|v| v.abs() < 0.15));
+        // A 48-wide linear layer keeps ±1/√48.
+        let fc = values(&varmap, "blocks.0.mlp.fc1.weight");
+        let bound = 1.0 / 48f32.sqrt();
+        assert!(fc.iter().all(|v| v.abs() <= bound));
+        assert!(fc.iter().any(|v| v.abs() > 0.9 * bound));
+    }
 }
