@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use candle_core::{D, DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use sslab_shared::RunSpec;
-use sslab_shared::api::Evaluation;
+use sslab_shared::api::{Evaluation, MemorizationPoint};
 
 use crate::data::Splits;
 use crate::error::{EngineError, Result};
@@ -52,6 +52,9 @@ pub trait Observer {
     fn on_checkpoint(&mut self, _epoch: usize, _path: &Path) -> Control {
         Control::Continue
     }
+
+    /// The memorization monitor attacked the model after `point.epoch` epochs.
+    fn on_memorization(&mut self, _point: &MemorizationPoint) {}
 
     /// Training is done; the evaluation plan starts.
     fn on_evaluating(&mut self) {}
@@ -183,6 +186,20 @@ fn run(
             &part
         }
     };
+    // The monitor's held-out images leave training for the whole run.
+    let dealt = match &spec.eval.memorization {
+        Some(m) => Some(crate::dejavu::monitor::deal(data, m, spec.seed)?),
+        None => None,
+    };
+    let kept;
+    let data = match &dealt {
+        Some(d) => {
+            kept = data.subset(&d.train);
+            &kept
+        }
+        None => data,
+    };
+    let monitor = dealt.map(|d| d.monitor);
     let (encoder, mut varmap) = model::build(spec, device)?;
     let mut method = method::build(spec, &varmap, device)?;
     let batch = spec.optimizer.batch_size;
@@ -338,6 +355,11 @@ fn run(
         )?;
         save_checkpoint(&varmap, epoch + 1, checkpoint)?;
         let _ = std::fs::remove_file(state_path(checkpoint, epoch));
+        if let Some(m) = &monitor
+            && m.due(epoch + 1, spec.schedule.epochs)
+        {
+            observer.on_memorization(&m.measure(&encoder, epoch + 1, step, device)?);
+        }
         if observer.on_checkpoint(epoch, checkpoint) == Control::Stop {
             return Ok(Outcome::Stopped { step });
         }
@@ -804,6 +826,46 @@ mod tests {
             "{:?}",
             rec.online
         );
+    }
+
+    /// The monitor keeps its held-out images out of training and reports
+    /// after the epochs it is due, always after the last.
+    #[test]
+    fn the_memorization_monitor_reports_when_due() {
+        let mut spec = tiny_spec(160, 3);
+        spec.eval.probes = vec![sslab_shared::spec::ProbeKind::Knn];
+        spec.eval.memorization = Some(sslab_shared::spec::MemorizationMonitor {
+            every: 2,
+            canaries_per_class: 4,
+            ..Default::default()
+        });
+        #[derive(Default)]
+        struct Points {
+            steps: usize,
+            points: Vec<MemorizationPoint>,
+        }
+        impl Observer for Points {
+            fn on_step(&mut self, _: &StepMetrics) -> Control {
+                self.steps += 1;
+                Control::Continue
+            }
+            fn on_memorization(&mut self, p: &MemorizationPoint) {
+                self.points.push(p.clone());
+            }
+        }
+        let splits = crate::data::load(&spec.data).unwrap();
+        let mut rec = Points::default();
+        let ck = tempdir().join("m.safetensors");
+        train(&spec, &splits, &Device::Cpu, &ck, &mut rec).unwrap();
+        // 160 images less 5 × 4 held out: two batches of 64 per epoch.
+        assert_eq!(rec.steps, 3 * 2);
+        let epochs: Vec<i64> = rec.points.iter().map(|p| p.epoch).collect();
+        assert_eq!(epochs, [2, 3]);
+        for p in &rec.points {
+            assert_eq!((p.canaries, p.heldout, p.step), (20, 20, 2 * p.epoch));
+            assert!((0.0..=1.0).contains(&p.canary_top1) && (0.0..=1.0).contains(&p.heldout_top1));
+            assert!((p.dejavu_gap - (p.canary_top1 - p.heldout_top1)).abs() < 1e-12);
+        }
     }
 
     /// With `eval.data` set, the end-of-training probes read that data set:

@@ -2,6 +2,7 @@
 
 mod api;
 mod chart;
+mod memorization;
 mod pages;
 mod probes;
 mod sweep_chart;

@@ -4,6 +4,7 @@
 
 mod audits;
 mod datasets;
+mod memorization;
 
 use std::collections::HashMap;
 
@@ -342,10 +343,16 @@ impl Store {
         Ok(Some(Claim { run, attempt }))
     }
 
-    /// Drops a run's metrics of epoch `epoch` and later: what a resumed
-    /// run trains again.
+    /// Drops a run's metrics of epoch `epoch` (0-based) and later, and the
+    /// memorization readings taken after them: what a resumed run trains again.
     pub async fn drop_metrics_from(&self, id: &str, epoch: i64) -> Result<()> {
         sqlx::query("DELETE FROM metrics WHERE run_id = $1 AND epoch >= $2")
+            .bind(id)
+            .bind(epoch)
+            .execute(&self.pool)
+            .await?;
+        // A reading's epoch counts the epochs done.
+        sqlx::query("DELETE FROM memorization WHERE run_id = $1 AND epoch > $2")
             .bind(id)
             .bind(epoch)
             .execute(&self.pool)

@@ -1,6 +1,7 @@
 //! `sslab train --spec FILE --out DIR [--resume]`: one run on this machine,
 //! with a progress bar. Writes `run.json`, `metrics.jsonl`, `evaluations.json`
-//! and `checkpoint.safetensors` (with its training state) into DIR.
+//! and `checkpoint.safetensors` (with its training state) into DIR, and
+//! `memorization.jsonl` when the spec has the memorization monitor.
 
 use std::io::Write;
 use std::path::Path;
@@ -12,7 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use sslab_engine::train::{Control, Observer, Outcome, StepMetrics};
 use sslab_shared::RunSpec;
-use sslab_shared::api::{Evaluation, EvaluationRequest, RunStatus};
+use sslab_shared::api::{Evaluation, EvaluationRequest, MemorizationPoint, RunStatus};
 
 use crate::store::now_ms;
 
@@ -30,7 +31,9 @@ struct RunFile<'a> {
 struct CliObserver {
     bar: ProgressBar,
     metrics: std::io::BufWriter<std::fs::File>,
-    write_error: Option<std::io::Error>,
+    memorization: Option<std::fs::File>,
+    /// What could not be written, and why.
+    write_error: Option<String>,
     interrupted: Arc<AtomicBool>,
     steps: usize,
     last_loss: Option<f64>,
@@ -45,7 +48,7 @@ impl Observer for CliObserver {
             "data_wait": m.data_wait, "online_probe_acc": m.online_probe_acc,
         });
         if let Err(e) = writeln!(self.metrics, "{line}") {
-            self.write_error = Some(e);
+            self.write_error = Some(format!("cannot write metrics.jsonl: {e}"));
             return Control::Stop;
         }
         self.bar.set_position(m.step as u64);
@@ -64,9 +67,44 @@ impl Observer for CliObserver {
         }
     }
 
+    fn on_memorization(&mut self, p: &MemorizationPoint) {
+        self.bar.println(format!(
+            "epoch {}: dejavu_gap {:+.3} (top-1 on canary crops {:.3}, held out {:.3}; most confident 20 %: {:+.3})",
+            p.epoch, p.dejavu_gap, p.canary_top1, p.heldout_top1, p.dejavu_gap_confident
+        ));
+        if let Some(file) = &mut self.memorization {
+            let line = serde_json::to_string(p).unwrap_or_default();
+            if let Err(e) = writeln!(file, "{line}") {
+                self.write_error = Some(format!("cannot write memorization.jsonl: {e}"));
+            }
+        }
+    }
+
     fn on_evaluating(&mut self) {
         self.bar.set_message("evaluating every layer");
     }
+}
+
+/// Keeps the lines of a JSON-lines file that `keep` accepts.
+fn filter_lines(path: &Path, keep: impl Fn(&serde_json::Value) -> bool) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let kept: String = text
+        .lines()
+        .filter(|l| serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| keep(&v)))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(path, kept).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Opens `path` for writing: appended to when resuming, else emptied.
+fn open_lines(path: &Path, resume: bool) -> anyhow::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(resume)
+        .truncate(!resume)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))
 }
 
 /// The progress bar of a training command: steps done of `steps`.
@@ -192,19 +230,12 @@ fn check_resumable(spec: &RunSpec, out: &Path) -> anyhow::Result<()> {
     let epochs = sslab_engine::train::checkpoint_epochs(&checkpoint)
         .with_context(|| format!("cannot resume from {}", checkpoint.display()))?;
     let kept_steps = epochs * (spec.total_steps() / spec.schedule.epochs);
-    let metrics = out.join("metrics.jsonl");
-    let text = std::fs::read_to_string(&metrics).unwrap_or_default();
-    let kept: String = text
-        .lines()
-        .filter(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .ok()
-                .and_then(|v| v["step"].as_u64())
-                .is_some_and(|s| s as usize <= kept_steps)
-        })
-        .map(|l| format!("{l}\n"))
-        .collect();
-    std::fs::write(&metrics, kept).with_context(|| format!("cannot write {}", metrics.display()))
+    filter_lines(&out.join("metrics.jsonl"), |v| {
+        v["step"].as_u64().is_some_and(|s| s as usize <= kept_steps)
+    })?;
+    filter_lines(&out.join("memorization.jsonl"), |v| {
+        v["epoch"].as_u64().is_some_and(|e| e as usize <= epochs)
+    })
 }
 
 /// Trains `spec` with a progress bar, writing `run.json`, `metrics.jsonl`,
@@ -231,16 +262,15 @@ pub async fn train_into(
     write_json(&run_file, &record)?;
 
     let metrics_path = out.join("metrics.jsonl");
-    let metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .append(resume)
-        .truncate(!resume)
-        .open(&metrics_path)
-        .with_context(|| format!("cannot create {}", metrics_path.display()))?;
+    let metrics = open_lines(&metrics_path, resume)?;
+    let memorization = match spec.eval.memorization {
+        Some(_) => Some(open_lines(&out.join("memorization.jsonl"), resume)?),
+        None => None,
+    };
     let mut observer = CliObserver {
         bar: step_bar(spec.total_steps()),
         metrics: std::io::BufWriter::new(metrics),
+        memorization,
         write_error: None,
         interrupted,
         steps: 0,
@@ -270,7 +300,7 @@ pub async fn train_into(
     let mut evaluations = Vec::new();
     if let Some(e) = observer.write_error.take() {
         record.status = RunStatus::Failed;
-        record.error = Some(format!("cannot write {}: {e}", metrics_path.display()));
+        record.error = Some(format!("{e} (in {})", out.display()));
     } else {
         match result {
             Ok(Outcome::Finished {

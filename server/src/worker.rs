@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use sslab_engine::train::{Control, Observer, Outcome, StepMetrics};
-use sslab_shared::api::{MetricPoint, RunStatus};
+use sslab_shared::api::{MemorizationPoint, MetricPoint, RunStatus};
 use tokio::sync::{mpsc, watch};
 
 use crate::artifacts::Artifacts;
@@ -31,6 +31,7 @@ pub struct Worker {
 /// Forwards engine progress to the async side; stops when told to.
 struct ChannelObserver {
     tx: mpsc::UnboundedSender<MetricPoint>,
+    memorization: mpsc::UnboundedSender<MemorizationPoint>,
     stop: Arc<AtomicBool>,
     /// The run's length as the engine counts it, once the data is read.
     total_steps: Arc<AtomicUsize>,
@@ -61,6 +62,10 @@ impl Observer for ChannelObserver {
         } else {
             Control::Continue
         }
+    }
+
+    fn on_memorization(&mut self, point: &MemorizationPoint) {
+        let _ = self.memorization.send(point.clone());
     }
 }
 
@@ -115,6 +120,7 @@ impl Worker {
         }
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, mut rx) = mpsc::unbounded_channel();
+        let (memorization_tx, mut memorization_rx) = mpsc::unbounded_channel();
         let spec = run.spec.clone();
         let checkpoint = self.artifacts.checkpoint(&run.id);
         let observer_stop = stop.clone();
@@ -141,6 +147,7 @@ impl Worker {
         let mut job = tokio::task::spawn_blocking(move || {
             let mut observer = ChannelObserver {
                 tx,
+                memorization: memorization_tx,
                 stop: observer_stop,
                 total_steps: observer_total,
             };
@@ -165,6 +172,9 @@ impl Worker {
                     while let Ok(m) = rx.try_recv() {
                         buffer.push(m);
                     }
+                    while let Ok(p) = memorization_rx.try_recv() {
+                        self.record_memorization(&run.id, &p).await;
+                    }
                     break match res {
                         Ok(Ok(outcome)) => Ending::Finished(outcome),
                         Ok(Err(e)) => Ending::Failed(e.to_string()),
@@ -172,6 +182,7 @@ impl Worker {
                     };
                 }
                 Some(m) = rx.recv() => buffer.push(m),
+                Some(p) = memorization_rx.recv() => self.record_memorization(&run.id, &p).await,
                 _ = flush.tick() => self.flush(&run.id, &mut buffer, &total_steps).await,
                 _ = heartbeat.tick() => match self.store.heartbeat(&run.id, &self.id, LEASE_MS).await {
                     Ok(Some(cancel)) if cancel => { cancelled = true; stop.store(true, Ordering::Relaxed); }
@@ -211,6 +222,12 @@ impl Worker {
                 self.finish(&run.id, RunStatus::Failed, Some(&msg), &[])
                     .await
             }
+        }
+    }
+
+    async fn record_memorization(&self, run_id: &str, point: &MemorizationPoint) {
+        if let Err(e) = self.store.add_memorization(run_id, point).await {
+            tracing::warn!(run = %run_id, error = %e, "could not store a memorization reading");
         }
     }
 

@@ -8,23 +8,45 @@ use std::time::Duration;
 use common::*;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use sslab_shared::api::{ErrorBody, Evaluation, MetricPoint, Page, Run, RunStatus};
+use sslab_shared::api::{
+    ErrorBody, Evaluation, MemorizationPoint, MetricPoint, Page, Run, RunStatus,
+};
 
-/// create → run → done; metrics, evaluations, checkpoint, pagination.
+/// create → run → done; metrics, memorization readings, evaluations,
+/// checkpoint, pagination.
 async fn lifecycle(server: &Server) {
     let client = reqwest::Client::new();
-    let run = create(&client, server, &tiny_spec(2)).await;
+    let mut spec = tiny_spec(2);
+    spec["eval"]["memorization"] = json!({"every": 1, "canaries_per_class": 2});
+    let run = create(&client, server, &spec).await;
     assert_eq!(run.status, RunStatus::Queued);
-    assert_eq!(run.total_steps, 8);
+    // 64 images less 3 × 2 held out by the monitor: 3 batches of 16 per epoch.
+    assert_eq!(run.total_steps, 6);
     let done = wait_terminal(&client, server, &run.id).await;
     assert_succeeded(&done);
-    assert_eq!(done.step, 8);
+    assert_eq!(done.step, 6);
     let metrics: Vec<MetricPoint> =
         get_json(&client, server.url(&format!("/runs/{}/metrics", run.id))).await;
     assert_eq!(
         metrics.iter().map(|m| m.step).collect::<Vec<_>>(),
-        (1..=8).collect::<Vec<_>>()
+        (1..=6).collect::<Vec<_>>()
     );
+    let readings: Vec<MemorizationPoint> = get_json(
+        &client,
+        server.url(&format!("/runs/{}/memorization", run.id)),
+    )
+    .await;
+    assert_eq!(
+        readings
+            .iter()
+            .map(|p| (p.epoch, p.step, p.canaries, p.heldout))
+            .collect::<Vec<_>>(),
+        [(1, 3, 6, 6), (2, 6, 6, 6)]
+    );
+    assert!(readings.iter().all(|p| {
+        (0.0..=1.0).contains(&p.canary_top1)
+            && (p.dejavu_gap - (p.canary_top1 - p.heldout_top1)).abs() < 1e-12
+    }));
     assert!(metrics.iter().all(|m| m.loss.is_finite() && m.lr > 0.0));
     assert!(
         metrics
@@ -365,6 +387,13 @@ async fn invalid_specs(server: &Server) {
             json!(48),
             "data.image_size",
             "32 or 64",
+        ),
+        (
+            "eval",
+            "memorization",
+            json!({"every": 0}),
+            "eval.memorization.every",
+            "must be between 1 and epochs",
         ),
     ];
     for (section, key, value, field, words) in cases {

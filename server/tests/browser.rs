@@ -232,12 +232,13 @@ async fn launch_watch_and_read_a_run_in_chromium() {
     for (field, value) in [
         ("#f-name", "browser-run"),
         ("#f-data-classes", "3"),
-        ("#f-data-train_images", "96"),
+        ("#f-data-train_images", "120"),
         ("#f-data-test_images", "30"),
         ("#f-backbone-width", "8"),
         ("#f-projector-dims", "32-16"),
         ("#f-optimizer-batch_size", "16"),
         ("#f-schedule-epochs", "12"),
+        ("#f-eval-memorization-every", "6"),
     ] {
         browser.set_field(field, value).await;
     }
@@ -283,8 +284,12 @@ async fn launch_watch_and_read_a_run_in_chromium() {
     let final_points = browser
         .script("return Number(document.querySelector('#loss-chart').getAttribute('data-points'))")
         .await;
-    assert_eq!(final_points.as_i64(), Some(72), "12 epochs × 6 steps");
-    let live: Vec<&i64> = seen.iter().filter(|&&n| n > 0 && n < 72).collect();
+    assert_eq!(
+        final_points.as_i64(),
+        Some(60),
+        "12 epochs × 5 steps: 120 images less the monitor's 3 × 10 held out"
+    );
+    let live: Vec<&i64> = seen.iter().filter(|&&n| n > 0 && n < 60).collect();
     assert!(
         !live.is_empty(),
         "the chart never showed a partial run: {seen:?}"
@@ -326,6 +331,23 @@ async fn launch_watch_and_read_a_run_in_chromium() {
         .collect();
     assert_eq!(lines.len(), header.len() - 2, "every column but RankMe");
     assert!(lines.iter().all(|&n| n == 3), "{lines:?}");
+    // The memorization monitor's readings after epochs 6 and 12.
+    let readings = wait_script(
+        &browser,
+        r#"const c = document.querySelector('#memorization-chart');
+           return c && c.getAttribute('data-points') === '2' ? document.querySelector('#dejavu-gap').textContent : null"#,
+        30,
+    )
+    .await;
+    assert!(
+        readings.as_str().unwrap().starts_with("dejavu_gap ")
+            && readings.as_str().unwrap().ends_with("after epoch 12"),
+        "{readings}"
+    );
+    let rows = browser
+        .script("return document.querySelectorAll('#memorization-table tbody tr').length")
+        .await;
+    assert_eq!(rows, json!(2));
     let online = browser
         .script("return document.querySelector('#step-line').textContent")
         .await;

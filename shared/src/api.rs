@@ -93,6 +93,25 @@ pub struct MetricPoint {
     pub online_probe_acc: Option<f64>,
 }
 
+/// One reading of the memorization monitor (`eval.memorization`): top-1 of
+/// the background-crop attack on the canaries (trained on) and on the
+/// held-out images (never trained on), over all of them and over each
+/// set's most confident 20 %.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemorizationPoint {
+    /// Epochs done when the attack ran.
+    pub epoch: i64,
+    pub step: i64,
+    pub canary_top1: f64,
+    pub heldout_top1: f64,
+    /// `canary_top1 - heldout_top1`.
+    pub dejavu_gap: f64,
+    /// The same gap over each set's most confident 20 %.
+    pub dejavu_gap_confident: f64,
+    pub canaries: i64,
+    pub heldout: i64,
+}
+
 /// One evaluation result: a probe at a layer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Evaluation {

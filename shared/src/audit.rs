@@ -11,7 +11,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::RunSpec;
 use crate::error::SpecError;
-use crate::spec::DataSpec;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -124,22 +123,12 @@ impl AuditSpec {
         })?;
         // A registered data set is checked once it is looked up (its files
         // may be an image folder with boxes).
-        let data = match &self.run.data {
-            DataSpec::Dataset {
-                registered: Some(r),
-                ..
-            } => &r.data,
-            other => other,
-        };
-        if !matches!(
-            data,
-            DataSpec::Scenes(_) | DataSpec::Folder { .. } | DataSpec::Dataset { .. }
-        ) {
+        if !self.run.data.may_have_boxes() {
             return bad(
                 "run.data.source",
                 format!(
                     "the audit needs object boxes: the built-in scenes, or an image folder with boxes.csv or boxes.json; {} has none",
-                    data.source()
+                    self.run.data.resolved().source()
                 ),
             );
         }
@@ -322,6 +311,7 @@ impl Example {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::DataSpec;
 
     fn recipe() -> AuditSpec {
         AuditSpec::from_toml(include_str!("../../recipes/dejavu-tiny.toml")).unwrap()

@@ -168,6 +168,28 @@ impl DataSpec {
         }
     }
 
+    /// What the data is once a registered name is looked up; itself when it
+    /// names no data set or has not been looked up yet.
+    pub fn resolved(&self) -> &DataSpec {
+        match self {
+            DataSpec::Dataset {
+                registered: Some(r),
+                ..
+            } => &r.data,
+            other => other,
+        }
+    }
+
+    /// Whether the images can carry object boxes (déjà vu needs them): the
+    /// built-in scenes and image folders; a registered name not yet looked
+    /// up is given the benefit of the doubt.
+    pub fn may_have_boxes(&self) -> bool {
+        matches!(
+            self.resolved(),
+            DataSpec::Scenes(_) | DataSpec::Folder { .. } | DataSpec::Dataset { .. }
+        )
+    }
+
     /// The name of the registered data set this names, if it names one.
     pub fn dataset_name(&self) -> Option<&str> {
         match self {
@@ -1033,6 +1055,41 @@ pub struct EvalSpec {
     /// Data to probe instead of the run's own (transfer). Its training split
     /// fits the probes (the kNN memory bank), its test split scores them.
     pub data: Option<DataSpec>,
+    /// The déjà vu memorization monitor (`dejavu_gap`), off when absent.
+    pub memorization: Option<MemorizationMonitor>,
+}
+
+/// Déjà vu on the model being trained (arXiv:2304.13850, one model): every
+/// `every` epochs, the background crops of `canaries_per_class` training
+/// images per class and of as many images of the same classes kept out of
+/// training are attacked by k-NN over the other training images. The
+/// canaries' top-1 minus the held-out top-1 is the `dejavu_gap`: above zero
+/// and growing, the model is learning its training images' objects from their
+/// backgrounds. Needs data with object boxes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MemorizationMonitor {
+    /// Epochs between attacks (the last epoch is always attacked).
+    pub every: usize,
+    /// Canaries per class; as many held-out images per class leave training.
+    pub canaries_per_class: usize,
+    /// Neighbours that vote. The public set (the training images that are
+    /// not canaries) must hold at least 2·k images, or the vote is the same
+    /// for every crop; the paper's k = 100 suits large sets.
+    pub k: usize,
+    /// What is compared: the projector's output or the backbone's.
+    pub embedding: crate::audit::AttackEmbedding,
+}
+
+impl Default for MemorizationMonitor {
+    fn default() -> Self {
+        Self {
+            every: 1,
+            canaries_per_class: 10,
+            k: 20,
+            embedding: crate::audit::AttackEmbedding::Projector,
+        }
+    }
 }
 
 impl Default for EvalSpec {
@@ -1052,6 +1109,7 @@ impl Default for EvalSpec {
             lowshot_l2: 1e-3,
             online_probe: true,
             data: None,
+            memorization: None,
         }
     }
 }
@@ -1733,7 +1791,40 @@ impl RunSpec {
                 format!("must be in [0, 1], got {}", s.final_lr_fraction),
             );
         }
-        self.eval.validate(&self.layer_names())
+        self.eval.validate(&self.layer_names())?;
+        if let Some(m) = &self.eval.memorization {
+            if !self.data.may_have_boxes() {
+                return bad(
+                    "eval.memorization",
+                    format!(
+                        "the monitor attacks background crops and needs object boxes: the built-in scenes, or an image folder with boxes.csv or boxes.json; {} has none",
+                        self.data.resolved().source()
+                    ),
+                );
+            }
+            if m.every < 1 || m.every > s.epochs.max(1) {
+                return bad(
+                    "eval.memorization.every",
+                    format!(
+                        "must be between 1 and epochs ({}), got {}",
+                        s.epochs, m.every
+                    ),
+                );
+            }
+            if m.canaries_per_class < 1 {
+                return bad(
+                    "eval.memorization.canaries_per_class",
+                    "must be at least 1".into(),
+                );
+            }
+            if m.k < 1 || m.k > 1000 {
+                return bad(
+                    "eval.memorization.k",
+                    format!("must be between 1 and 1000, got {}", m.k),
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Makes the model fit the method: a ViT for the methods that mask
@@ -1786,6 +1877,13 @@ impl RunSpec {
                 .min(all),
             _ => all,
         };
+        // The memorization monitor keeps its held-out images out of training.
+        let n = match (&self.eval.memorization, &self.data) {
+            (Some(m), DataSpec::Scenes(s)) => {
+                n.saturating_sub((m.canaries_per_class * s.classes).min(all / 2))
+            }
+            _ => n,
+        };
         (n / self.optimizer.batch_size).max(1) * self.schedule.epochs
     }
 }
@@ -1793,6 +1891,28 @@ impl RunSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_memorization_monitor_needs_boxes_and_counts_its_heldout_images() {
+        let spec = RunSpec::from_toml(
+            "[data]\nsource = \"scenes\"\nclasses = 4\ntrain_images = 200\n\
+             [optimizer]\nbatch_size = 20\n[schedule]\nepochs = 3\n\
+             [eval.memorization]\nevery = 2\ncanaries_per_class = 5\n",
+        )
+        .unwrap();
+        let m = spec.eval.memorization.clone().unwrap();
+        assert_eq!((m.every, m.k), (2, 20));
+        // 200 less 4 × 5 held out: 9 batches of 20 per epoch.
+        assert_eq!(spec.total_steps(), 27);
+        let err = RunSpec::from_toml(
+            "[data]\nsource = \"cifar10\"\npath = \"/d\"\n[eval.memorization]\nevery = 1\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "eval.memorization");
+        assert!(err.message.contains("cifar10 has none"), "{}", err.message);
+        let err = RunSpec::from_toml("[eval.memorization]\ncanaries_per_class = 0\n").unwrap_err();
+        assert_eq!(err.field, "eval.memorization.canaries_per_class");
+    }
 
     #[test]
     fn subsets_parse_round_trip_and_name_bad_fields() {

@@ -4,6 +4,7 @@
 
 pub mod attack;
 pub mod crop;
+pub mod monitor;
 pub mod report;
 pub mod split;
 

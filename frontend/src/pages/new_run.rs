@@ -5,7 +5,8 @@ use leptos::task::spawn_local;
 use leptos_router::hooks::use_navigate;
 use sslab_shared::RunSpec;
 use sslab_shared::spec::{
-    BackboneKind, DataSpec, KnnMetric, MethodSpec, OptimizerKind, ProbeKind, ScenesSpec, Stem,
+    BackboneKind, DataSpec, KnnMetric, MemorizationMonitor, MethodSpec, OptimizerKind, ProbeKind,
+    ScenesSpec, Stem,
 };
 
 use crate::api::{self, ApiFailure};
@@ -383,6 +384,17 @@ pub fn NewRunPage() -> impl IntoView {
                     |s| s.eval.lowshot_l2.to_string(), |s, v| { s.eval.lowshot_l2 = num(v)?; Ok(()) })}
                 {select(spec, "eval.online_probe", "Online linear probe", &["true", "false"],
                     |s| s.eval.online_probe.to_string(), |s, v| { s.eval.online_probe = v == "true"; Ok(()) })}
+                {field(spec, "eval.memorization.every", "Memorization monitor", "every N epochs, the déjà vu gap (needs boxes); empty: off",
+                    |s| s.eval.memorization.as_ref().map(|m| m.every.to_string()).unwrap_or_default(),
+                    |s, v| {
+                        s.eval.memorization = if v.trim().is_empty() {
+                            None
+                        } else {
+                            let every = num(v)?;
+                            Some(MemorizationMonitor { every, ..s.eval.memorization.clone().unwrap_or_default() })
+                        };
+                        Ok(())
+                    })}
             </fieldset>
             {move || failure.get().map(|f| view! {
                 <p class="error" id="form-error">{f.message.clone()}</p>

@@ -1,11 +1,12 @@
-//! A run: live loss chart over server-sent events, status, cancel, and the
-//! kNN accuracy of every layer once evaluated.
+//! A run: live loss chart over server-sent events, status, cancel, the
+//! memorization monitor's readings, and the kNN accuracy of every layer once
+//! evaluated.
 
 use leptos::prelude::*;
 use leptos::task::spawn_local;
 use leptos_router::hooks::use_params_map;
 use send_wrapper::SendWrapper;
-use sslab_shared::api::{Evaluation, MetricPoint, Run, events};
+use sslab_shared::api::{Evaluation, MemorizationPoint, MetricPoint, Run, events};
 use wasm_bindgen::JsCast;
 use wasm_bindgen::closure::Closure;
 use web_sys::{EventSource, MessageEvent};
@@ -13,6 +14,7 @@ use web_sys::{EventSource, MessageEvent};
 use super::{status_class, time_text};
 use crate::api;
 use crate::chart::LossChart;
+use crate::memorization::{MemorizationChart, MemorizationTable};
 use crate::probes::{GuillotineChart, ProbeTable};
 
 /// Opens the run's event stream and feeds the signals; closes it on unmount.
@@ -104,6 +106,41 @@ pub fn RunPage() -> impl IntoView {
     };
     let total =
         Signal::derive(move || run.with(|r| r.as_ref().map(|r| r.total_steps).unwrap_or(0)));
+    let (memorization, set_memorization) = signal(Vec::<MemorizationPoint>::new());
+    let monitored = move || {
+        run.with(|r| {
+            r.as_ref().and_then(|r| {
+                r.spec
+                    .eval
+                    .memorization
+                    .as_ref()
+                    .map(|_| r.spec.schedule.epochs)
+            })
+        })
+    };
+    // Readings come at the end of epochs: ask again when the epoch or the status moves.
+    let progress = Memo::new(move |_| {
+        (
+            id(),
+            points.with(|p| p.last().map(|m| m.epoch)),
+            run.with(|r| r.as_ref().map(|r| r.status)),
+        )
+    });
+    Effect::new(move |_| {
+        let (id, ..) = progress.get();
+        if run.with_untracked(|r| {
+            r.as_ref()
+                .is_none_or(|r| r.spec.eval.memorization.is_none())
+        }) {
+            return;
+        }
+        spawn_local(async move {
+            match api::get::<Vec<MemorizationPoint>>(&format!("/runs/{id}/memorization")).await {
+                Ok(v) => set_memorization.set(v),
+                Err(e) => set_error.set(Some(e.to_string())),
+            }
+        });
+    });
     view! {
         {move || error.get().map(|e| view! { <p class="error">{e}</p> })}
         {move || run.get().map(|r| {
@@ -136,6 +173,28 @@ pub fn RunPage() -> impl IntoView {
                 format!("step {} · loss {:.4} · lr {:.2e} · {:.0} images/s{wait}{online}", m.step, m.loss, m.lr, m.images_per_sec)
             }).unwrap_or_default())}</p>
         </section>
+        {move || monitored().map(|epochs| view! {
+            <section id="memorization">
+                <div class="bar">
+                    <h2>"Memorization (déjà vu)"</h2>
+                    <a href=move || format!("/api/v1/runs/{}/memorization", id())>"JSON"</a>
+                </div>
+                <p class="meta">"Background crops of training images (canaries) and of images kept out of training are labelled by their nearest training images; a canary accuracy above the held-out one means the model has learned its training images' objects from their backgrounds."</p>
+                {move || {
+                    let v = memorization.get();
+                    if v.is_empty() {
+                        view! { <p class="meta">"No reading yet: the first comes after the monitor's first epochs."</p> }.into_any()
+                    } else {
+                        let last = v.last().map(|p| format!("dejavu_gap {:+.3} after epoch {}", p.dejavu_gap, p.epoch)).unwrap_or_default();
+                        view! {
+                            <p id="dejavu-gap">{last}</p>
+                            <MemorizationChart points=v.clone() epochs=epochs as i64/>
+                            <MemorizationTable points=v/>
+                        }.into_any()
+                    }
+                }}
+            </section>
+        })}
         <section>
             <div class="bar">
                 <h2>"Probes at every layer"</h2>

@@ -1,4 +1,5 @@
-//! `/runs`: create, list, read, cancel; metrics, evaluations and the checkpoint.
+//! `/runs`: create, list, read, cancel; metrics, memorization readings,
+//! evaluations and the checkpoint.
 
 use axum::Json;
 use axum::body::Body;
@@ -8,7 +9,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use sslab_shared::RunSpec;
-use sslab_shared::api::{EvaluationJob, EvaluationRequest, MetricPoint, Page, Run, RunStatus};
+use sslab_shared::api::{
+    EvaluationJob, EvaluationRequest, MemorizationPoint, MetricPoint, Page, Run, RunStatus,
+};
 
 use super::{ApiError, ApiResult, AppState, events, idempotency_key};
 use crate::store::RunFilter;
@@ -19,6 +22,7 @@ pub fn router() -> axum::Router<AppState> {
         .route("/runs/{id}", get(read))
         .route("/runs/{id}/cancel", post(cancel))
         .route("/runs/{id}/metrics", get(metrics))
+        .route("/runs/{id}/memorization", get(memorization))
         .route("/runs/{id}/evaluations", get(evaluations))
         .route("/runs/{id}/evaluate", post(evaluate))
         .route("/runs/{id}/evaluation-jobs", get(evaluation_jobs))
@@ -154,6 +158,16 @@ async fn metrics(
             .metrics(&id, q.after_step.unwrap_or(0), limit)
             .await?,
     ))
+}
+
+/// The memorization monitor's readings, by epoch (empty when the run has
+/// no `eval.memorization`).
+async fn memorization(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Vec<MemorizationPoint>>> {
+    find(&state, &id).await?;
+    Ok(Json(state.store.memorization(&id).await?))
 }
 
 #[derive(Debug, Deserialize)]
