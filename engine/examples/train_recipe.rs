@@ -26,6 +26,13 @@ impl Observer for Print {
         }
         Control::Continue
     }
+
+    fn on_memorization(&mut self, p: &sslab_shared::api::MemorizationPoint) {
+        eprintln!(
+            "epoch {}: dejavu_gap {:+.3} (canaries {:.3}, held out {:.3}; most confident 20 %: {:+.3})",
+            p.epoch, p.dejavu_gap, p.canary_top1, p.heldout_top1, p.dejavu_gap_confident
+        );
+    }
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

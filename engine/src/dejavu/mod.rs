@@ -264,6 +264,8 @@ pub fn run(
     run.eval.probes = vec![ProbeKind::Knn];
     run.eval.layers = vec!["backbone".into()];
     run.eval.data = None;
+    // The audit is the attack; a monitor would hold images back from A and B.
+    run.eval.memorization = None;
     let mut results = Vec::new();
     for (model, train_set) in [
         (Model::A, prep.partition.train_a()),
