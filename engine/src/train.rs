@@ -48,6 +48,11 @@ pub enum Control {
 pub trait Observer {
     fn on_step(&mut self, metrics: &StepMetrics) -> Control;
 
+    /// `epoch` is trained and its checkpoint is about to be written: what
+    /// was reported so far should be made durable now, since a run resumed
+    /// from that checkpoint does not report those steps again.
+    fn before_checkpoint(&mut self, _epoch: usize) {}
+
     /// A checkpoint of the end of `epoch` was written to `path`.
     fn on_checkpoint(&mut self, _epoch: usize, _path: &Path) -> Control {
         Control::Continue
@@ -346,6 +351,12 @@ fn run(
         if let Some(outcome) = stopped {
             return Ok(outcome);
         }
+        if let Some(m) = &monitor
+            && m.due(epoch + 1, spec.schedule.epochs)
+        {
+            observer.on_memorization(&m.measure(&encoder, epoch + 1, step, device)?);
+        }
+        observer.before_checkpoint(epoch);
         save_training_state(
             checkpoint,
             epoch + 1,
@@ -355,11 +366,6 @@ fn run(
         )?;
         save_checkpoint(&varmap, epoch + 1, checkpoint)?;
         let _ = std::fs::remove_file(state_path(checkpoint, epoch));
-        if let Some(m) = &monitor
-            && m.due(epoch + 1, spec.schedule.epochs)
-        {
-            observer.on_memorization(&m.measure(&encoder, epoch + 1, step, device)?);
-        }
         if observer.on_checkpoint(epoch, checkpoint) == Control::Stop {
             return Ok(Outcome::Stopped { step });
         }

@@ -67,6 +67,14 @@ impl Observer for CliObserver {
         }
     }
 
+    /// The epoch's lines reach the file before its checkpoint: `--resume`
+    /// keeps the lines of the epochs the checkpoint holds.
+    fn before_checkpoint(&mut self, _epoch: usize) {
+        if let Err(e) = self.metrics.flush() {
+            self.write_error = Some(format!("cannot write metrics.jsonl: {e}"));
+        }
+    }
+
     fn on_memorization(&mut self, p: &MemorizationPoint) {
         self.bar.println(format!(
             "epoch {}: dejavu_gap {:+.3} (top-1 on canary crops {:.3}, held out {:.3}; most confident 20 %: {:+.3})",

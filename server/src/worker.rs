@@ -28,10 +28,17 @@ pub struct Worker {
     pub queued: Arc<tokio::sync::Notify>,
 }
 
+/// What the training thread tells the async side, in order.
+enum Progress {
+    Step(MetricPoint),
+    Memorization(MemorizationPoint),
+    /// Store everything before this, then answer.
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
 /// Forwards engine progress to the async side; stops when told to.
 struct ChannelObserver {
-    tx: mpsc::UnboundedSender<MetricPoint>,
-    memorization: mpsc::UnboundedSender<MemorizationPoint>,
+    tx: mpsc::UnboundedSender<Progress>,
     stop: Arc<AtomicBool>,
     /// The run's length as the engine counts it, once the data is read.
     total_steps: Arc<AtomicUsize>,
@@ -40,7 +47,7 @@ struct ChannelObserver {
 impl Observer for ChannelObserver {
     fn on_step(&mut self, m: &StepMetrics) -> Control {
         self.total_steps.store(m.total_steps, Ordering::Relaxed);
-        let _ = self.tx.send(MetricPoint {
+        let _ = self.tx.send(Progress::Step(MetricPoint {
             step: m.step as i64,
             epoch: m.epoch as i64,
             loss: m.loss,
@@ -48,7 +55,7 @@ impl Observer for ChannelObserver {
             images_per_sec: m.images_per_sec,
             data_wait: Some(m.data_wait),
             online_probe_acc: m.online_probe_acc,
-        });
+        }));
         if self.stop.load(Ordering::Relaxed) {
             Control::Stop
         } else {
@@ -65,7 +72,16 @@ impl Observer for ChannelObserver {
     }
 
     fn on_memorization(&mut self, point: &MemorizationPoint) {
-        let _ = self.memorization.send(point.clone());
+        let _ = self.tx.send(Progress::Memorization(point.clone()));
+    }
+
+    /// The epoch's metrics reach the database before its checkpoint is
+    /// written: a run resumed from that checkpoint does not train them again.
+    fn before_checkpoint(&mut self, _epoch: usize) {
+        let (done, stored) = tokio::sync::oneshot::channel();
+        if self.tx.send(Progress::Flush(done)).is_ok() {
+            let _ = stored.blocking_recv();
+        }
     }
 }
 
@@ -120,7 +136,6 @@ impl Worker {
         }
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let (memorization_tx, mut memorization_rx) = mpsc::unbounded_channel();
         let spec = run.spec.clone();
         let checkpoint = self.artifacts.checkpoint(&run.id);
         let observer_stop = stop.clone();
@@ -147,7 +162,6 @@ impl Worker {
         let mut job = tokio::task::spawn_blocking(move || {
             let mut observer = ChannelObserver {
                 tx,
-                memorization: memorization_tx,
                 stop: observer_stop,
                 total_steps: observer_total,
             };
@@ -169,11 +183,8 @@ impl Worker {
         let ending = loop {
             tokio::select! {
                 res = &mut job => {
-                    while let Ok(m) = rx.try_recv() {
-                        buffer.push(m);
-                    }
-                    while let Ok(p) = memorization_rx.try_recv() {
-                        self.record_memorization(&run.id, &p).await;
+                    while let Ok(p) = rx.try_recv() {
+                        self.progress(&run.id, p, &mut buffer, &total_steps).await;
                     }
                     break match res {
                         Ok(Ok(outcome)) => Ending::Finished(outcome),
@@ -181,8 +192,7 @@ impl Worker {
                         Err(e) => Ending::Failed(format!("the training thread crashed: {e}")),
                     };
                 }
-                Some(m) = rx.recv() => buffer.push(m),
-                Some(p) = memorization_rx.recv() => self.record_memorization(&run.id, &p).await,
+                Some(p) = rx.recv() => self.progress(&run.id, p, &mut buffer, &total_steps).await,
                 _ = flush.tick() => self.flush(&run.id, &mut buffer, &total_steps).await,
                 _ = heartbeat.tick() => match self.store.heartbeat(&run.id, &self.id, LEASE_MS).await {
                     Ok(Some(cancel)) if cancel => { cancelled = true; stop.store(true, Ordering::Relaxed); }
@@ -225,9 +235,26 @@ impl Worker {
         }
     }
 
-    async fn record_memorization(&self, run_id: &str, point: &MemorizationPoint) {
-        if let Err(e) = self.store.add_memorization(run_id, point).await {
-            tracing::warn!(run = %run_id, error = %e, "could not store a memorization reading");
+    /// Buffers a step's metrics; stores the rest at once, in order.
+    async fn progress(
+        &self,
+        run_id: &str,
+        progress: Progress,
+        buffer: &mut Vec<MetricPoint>,
+        total_steps: &AtomicUsize,
+    ) {
+        match progress {
+            Progress::Step(m) => buffer.push(m),
+            Progress::Memorization(p) => {
+                self.flush(run_id, buffer, total_steps).await;
+                if let Err(e) = self.store.add_memorization(run_id, &p).await {
+                    tracing::warn!(run = %run_id, error = %e, "could not store a memorization reading");
+                }
+            }
+            Progress::Flush(done) => {
+                self.flush(run_id, buffer, total_steps).await;
+                let _ = done.send(());
+            }
         }
     }
 

@@ -80,21 +80,22 @@ pub fn deal(data: &ImageSet, spec: &MemorizationMonitor, seed: u64) -> Result<De
             }
         )));
     }
-    let public_size = data.len() - canaries.len() - heldout.len();
+    let held: BTreeSet<usize> = heldout.iter().map(|&(i, _)| i).collect();
+    let marked: BTreeSet<usize> = canaries.iter().map(|&(i, _)| i).collect();
+    let train: Vec<usize> = (0..data.len()).filter(|i| !held.contains(i)).collect();
+    // Unlabelled images (STL-10's extra split) train but cannot vote.
+    let public: Vec<usize> = train
+        .iter()
+        .copied()
+        .filter(|&i| !marked.contains(&i) && data.labels[i] != UNLABELED)
+        .collect();
+    let public_size = public.len();
     if public_size < 2 * spec.k {
         return Err(EngineError::Data(format!(
             "the memorization monitor votes with eval.memorization.k = {} neighbours but only {public_size} training images are left to vote (at least 2·k are needed): lower k or the canaries",
             spec.k
         )));
     }
-    let held: BTreeSet<usize> = heldout.iter().map(|&(i, _)| i).collect();
-    let marked: BTreeSet<usize> = canaries.iter().map(|&(i, _)| i).collect();
-    let train: Vec<usize> = (0..data.len()).filter(|i| !held.contains(i)).collect();
-    let public: Vec<usize> = train
-        .iter()
-        .copied()
-        .filter(|i| !marked.contains(i))
-        .collect();
     Ok(Dealt {
         monitor: Monitor {
             spec: spec.clone(),
@@ -198,6 +199,12 @@ mod tests {
         assert!(dealt.heldout.iter().all(|i| !dealt.train.contains(i)));
         assert!(dealt.canaries.iter().all(|i| dealt.train.contains(i)));
         assert_eq!(dealt.monitor.public.len(), 160);
+        // Unlabelled images train but do not vote.
+        let mut extra = data.clone();
+        extra.labels = vec![UNLABELED; extra.len()];
+        let with_extra = deal(&data.concat(&extra), &spec, 3).unwrap();
+        assert_eq!(with_extra.train.len(), 380);
+        assert_eq!(with_extra.monitor.public.len(), 160);
         assert_eq!(dealt.monitor.canaries.len(), 20);
         let again = deal(&data, &spec, 3).unwrap();
         assert_eq!(
