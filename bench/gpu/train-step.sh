@@ -11,8 +11,11 @@
 # link (cuBLAS, cuRAND, NVRTC, cudart, and cuDNN for --cudnn builds): they
 # are taken from the nvidia-* wheels next to torch.
 #
+# Then the same pair again in bf16 (our `optimizer.precision = "bf16"`
+# against PyTorch's bf16 autocast).
+#
 # Results go to stdout and, when $OUT is set, to $OUT/gpu-train-step.txt.
-# The last line is `train_step_ratio_vs_pytorch_cuda=<ours / theirs>`.
+# The last line is `train_step_ratio_vs_pytorch_cuda=<ours / theirs>` (f32).
 set -euo pipefail
 
 work=$(mktemp -d)
@@ -84,14 +87,20 @@ if ! grep -q "candle, Cuda" "$work/sslab.out"; then
 fi
 SSLAB_BENCH_DEVICE=${SSLAB_BENCH_DEVICE:-cuda} PYTHONUNBUFFERED=1 sampled pytorch python3 bench/reference/train_step.py
 
+SSLAB_BENCH_PRECISION=bf16 sampled sslab_bf16 "$bin/train_step"
+SSLAB_BENCH_PRECISION=bf16 SSLAB_BENCH_DEVICE=${SSLAB_BENCH_DEVICE:-cuda} PYTHONUNBUFFERED=1 \
+    sampled pytorch_bf16 python3 bench/reference/train_step.py
+
 echo "== a tiny recipe trained on the GPU"
 time "$bin/sslab" train --spec recipes/simclr-tiny.toml --out "$work/run" | tail -n 5
 
-python3 - "$work/sslab.out" "$work/pytorch.out" <<'EOF'
+python3 - "$work" <<'EOF'
 import sys
-def figure(path, key):
+def figure(label, key):
+    path = f"{sys.argv[1]}/{label}.out"
     return next(float(l.split("=")[1]) for l in open(path) if l.startswith(key + "="))
-ours = figure(sys.argv[1], "sslab_images_per_sec")
-theirs = figure(sys.argv[2], "pytorch_images_per_sec")
-print(f"train_step_ratio_vs_pytorch_cuda={ours / theirs:.3f}")
+def ratio(suffix):
+    return figure("sslab" + suffix, "sslab_images_per_sec") / figure("pytorch" + suffix, "pytorch_images_per_sec")
+print(f"train_step_ratio_vs_pytorch_cuda_bf16={ratio('_bf16'):.3f}")
+print(f"train_step_ratio_vs_pytorch_cuda={ratio(''):.3f}")
 EOF

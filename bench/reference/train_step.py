@@ -2,7 +2,8 @@
 ResNet-18 with the CIFAR stem (3x3 conv1, no max-pool) on two 32 px views,
 NT-Xent, backward, AdamW, in images per second. Same batch and step counts
 from SSLAB_BENCH_BATCH and SSLAB_BENCH_STEPS; SSLAB_BENCH_DEVICE=cuda runs it
-on the GPU (bench/gpu/train-step.sh).
+on the GPU (bench/gpu/train-step.sh); SSLAB_BENCH_PRECISION=bf16 runs the
+forward under bf16 autocast.
 """
 
 import os
@@ -14,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 DEVICE = torch.device(os.environ.get("SSLAB_BENCH_DEVICE", "cpu"))
+BF16 = os.environ.get("SSLAB_BENCH_PRECISION", "f32") == "bf16"
 BATCH = int(os.environ.get("SSLAB_BENCH_BATCH", "256"))
 STEPS = max(1, int(os.environ.get("SSLAB_BENCH_STEPS", "30" if DEVICE.type == "cuda" else "3")))
 
@@ -73,7 +75,9 @@ def main():
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = nt_xent(model(views), BATCH)
+        with torch.autocast(device_type=DEVICE.type, dtype=torch.bfloat16, enabled=BF16):
+            z = model(views)
+        loss = nt_xent(z.float(), BATCH)
         loss.backward()
         opt.step()
 
@@ -89,6 +93,7 @@ def main():
     window_end = time.time()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     where = f"{torch.cuda.get_device_name()}" if cuda else f"cpu, {torch.get_num_threads()} threads"
+    where += ", bf16 autocast" if BF16 else ""
     gpu_peak = f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB" if cuda else ""
     print(f"pytorch {torch.__version__} ({where}): resnet18 cifar stem, batch {BATCH} x 2 views of 32 px: "
           f"{seconds:.3f} s/step, {BATCH / seconds:.1f} images/s, peak RSS {peak:.0f} MiB{gpu_peak}")

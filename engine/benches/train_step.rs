@@ -6,6 +6,7 @@
 //! `SSLAB_BENCH_BATCH` (256), `SSLAB_BENCH_STEPS` (3 on the CPU, 30 on a GPU).
 //! Built with `--features cuda` it runs on the GPU when there is one
 //! (`cargo xtask cuda`, then `bench/gpu/train-step.sh` on the GPU machine).
+//! `SSLAB_BENCH_PRECISION=bf16` trains the backbone in bf16.
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -15,7 +16,7 @@ use sslab_engine::model;
 use sslab_engine::optim::Optimizer;
 use sslab_shared::RunSpec;
 use sslab_shared::rng::Rng;
-use sslab_shared::spec::{BackboneKind, MethodSpec, Negatives};
+use sslab_shared::spec::{BackboneKind, MethodSpec, Negatives, Precision};
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -57,6 +58,9 @@ fn main() -> anyhow::Result<()> {
         negatives: Negatives::All,
     };
     spec.optimizer.batch_size = batch;
+    if std::env::var("SSLAB_BENCH_PRECISION").as_deref() == Ok("bf16") {
+        spec.optimizer.precision = Precision::Bf16;
+    }
     let (encoder, varmap) = model::build(&spec, &device)?;
     let mut method = method::build(&spec, &varmap, &device)?;
     let mut optimizer = Optimizer::new(&spec.optimizer, &varmap)?;
@@ -94,8 +98,9 @@ fn main() -> anyhow::Result<()> {
     let seconds = started.elapsed().as_secs_f64() / steps as f64;
     let images_per_sec = batch as f64 / seconds;
     println!(
-        "sslab (candle, {device:?}): resnet18 cifar stem, batch {batch} x 2 views of 32 px: \
+        "sslab (candle, {device:?}, {:?}): resnet18 cifar stem, batch {batch} x 2 views of 32 px: \
          {seconds:.3} s/step, {images_per_sec:.1} images/s, peak RSS {:.0} MiB",
+        spec.optimizer.precision,
         peak_rss_mib()
     );
     println!("sslab_images_per_sec={images_per_sec:.3}");

@@ -834,6 +834,32 @@ mod tests {
         );
     }
 
+    /// A bf16 run trains and writes f32 weights and statistics.
+    #[test]
+    fn a_bf16_run_trains_and_checkpoints_f32() {
+        let mut spec = tiny_spec(128, 2);
+        spec.optimizer.precision = sslab_shared::spec::Precision::Bf16;
+        spec.eval.probes = vec![sslab_shared::spec::ProbeKind::Knn];
+        let splits = crate::data::load(&spec.data).unwrap();
+        let mut rec = Record {
+            losses: vec![],
+            online: vec![],
+            stop_after: None,
+            checkpoints: 0,
+        };
+        let ck = tempdir().join("bf16.safetensors");
+        let out = train(&spec, &splits, &Device::Cpu, &ck, &mut rec).unwrap();
+        assert_eq!(rec.losses.len(), 4);
+        assert!(rec.losses.iter().all(|l| l.is_finite()), "{:?}", rec.losses);
+        assert!(matches!(out, Outcome::Finished { .. }));
+        let saved = candle_core::safetensors::load(&ck, &Device::Cpu).unwrap();
+        for (name, t) in &saved {
+            if name != EPOCHS_DONE {
+                assert_eq!(t.dtype(), DType::F32, "{name}");
+            }
+        }
+    }
+
     /// The monitor keeps its held-out images out of training and reports
     /// after the epochs it is due, always after the last.
     #[test]

@@ -182,6 +182,9 @@ impl Store {
         let name = default_run_name(spec, &id);
         let spec_json =
             serde_json::to_string(spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        // Read back in the same transaction: no worker can claim the run
+        // before its creator has seen it queued.
+        let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO runs (id, name, status, method, backbone, spec, created_at, total_steps, idempotency_key) \
              VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8)",
@@ -194,7 +197,7 @@ impl Store {
         .bind(now_ms())
         .bind(spec.total_steps() as i64)
         .bind(idempotency_key)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await;
         match inserted {
             Ok(_) => {}
@@ -202,6 +205,7 @@ impl Store {
             Err(sqlx::Error::Database(e))
                 if e.is_unique_violation() && idempotency_key.is_some() =>
             {
+                tx.rollback().await?;
                 if let Some(run) = self
                     .run_by_idempotency_key(idempotency_key.unwrap_or_default())
                     .await?
@@ -212,11 +216,13 @@ impl Store {
             }
             Err(e) => return Err(e.into()),
         }
-        let run = self
-            .run(&id)
-            .await?
-            .ok_or_else(|| StoreError::Corrupt("inserted run vanished".into()))?;
-        Ok((run, true))
+        let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1");
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(&id)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok((run_from_row(&row)?, true))
     }
 
     async fn run_by_idempotency_key(&self, key: &str) -> Result<Option<Run>> {

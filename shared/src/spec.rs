@@ -930,6 +930,17 @@ pub enum OptimizerKind {
     Lars,
 }
 
+/// The number format of the backbone's training forward and backward.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    #[default]
+    F32,
+    /// bf16 activations and weight copies, f32 master weights, optimiser
+    /// state, BatchNorm statistics, projector and loss (mixed precision).
+    Bf16,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OptimizerSpec {
@@ -949,6 +960,9 @@ pub struct OptimizerSpec {
     pub lars_eta: f64,
     /// Rescale the gradients when their global L2 norm is above this; 0 = never.
     pub grad_clip: f64,
+    /// `bf16` trains the backbone in bfloat16 (fast on GPUs with bf16
+    /// tensor cores, slow on CPUs); evaluation always runs in f32.
+    pub precision: Precision,
 }
 
 impl Default for OptimizerSpec {
@@ -962,6 +976,7 @@ impl Default for OptimizerSpec {
             batch_size: 128,
             lars_eta: 0.02,
             grad_clip: 0.0,
+            precision: Precision::F32,
         }
     }
 }
@@ -1752,6 +1767,12 @@ impl RunSpec {
                 format!("must be 0 (off) or a positive norm, got {}", o.grad_clip),
             );
         }
+        if o.precision == Precision::Bf16 && self.backbone.kind == BackboneKind::Vit {
+            return bad(
+                "optimizer.precision",
+                "bf16 trains the convolutional backbones (tiny_cnn, resnet18, resnet50); a ViT trains in f32".into(),
+            );
+        }
         if o.batch_size < 2 || o.batch_size > 4096 {
             return bad(
                 "optimizer.batch_size",
@@ -1912,6 +1933,19 @@ mod tests {
         assert!(err.message.contains("cifar10 has none"), "{}", err.message);
         let err = RunSpec::from_toml("[eval.memorization]\ncanaries_per_class = 0\n").unwrap_err();
         assert_eq!(err.field, "eval.memorization.canaries_per_class");
+    }
+
+    #[test]
+    fn bf16_is_for_convolutional_backbones() {
+        let spec = RunSpec::from_toml("[optimizer]\nprecision = \"bf16\"\n").unwrap();
+        assert_eq!(spec.optimizer.precision, Precision::Bf16);
+        let err = RunSpec::from_toml(
+            "[backbone]\nkind = \"vit\"\nwidth = 48\nheads = 3\n[optimizer]\nprecision = \"bf16\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "optimizer.precision");
+        let err = RunSpec::from_toml("[optimizer]\nprecision = \"fp8\"\n").unwrap_err();
+        assert_eq!(err.field, "optimizer.precision");
     }
 
     #[test]

@@ -9,7 +9,7 @@ pub mod vit;
 
 use candle_core::{DType, Device, ModuleT, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use sslab_shared::spec::{BackboneKind, RunSpec, Stem};
+use sslab_shared::spec::{BackboneKind, Precision, RunSpec, Stem};
 
 use crate::Result;
 use sslab_shared::rng::Rng;
@@ -18,7 +18,9 @@ pub use projector::Projector;
 
 /// Global average pooling over the spatial dimensions: (B, C, H, W) → (B, C).
 pub fn global_avg_pool(x: &Tensor) -> candle_core::Result<Tensor> {
-    x.mean(3)?.mean(2)
+    // In f32 whatever the activations' dtype: a bf16 mean over many
+    // positions would lose digits.
+    x.to_dtype(DType::F32)?.mean(3)?.mean(2)
 }
 
 pub enum Backbone {
@@ -52,6 +54,8 @@ pub struct Encoder {
     pub backbone: Backbone,
     pub projector: Projector,
     layer_names: Vec<String>,
+    /// The backbone's training dtype (`optimizer.precision`).
+    compute: DType,
 }
 
 impl Encoder {
@@ -102,6 +106,10 @@ impl Encoder {
             backbone,
             projector,
             layer_names: spec.layer_names(),
+            compute: match spec.optimizer.precision {
+                Precision::F32 => DType::F32,
+                Precision::Bf16 => DType::BF16,
+            },
         })
     }
 
@@ -112,7 +120,20 @@ impl Encoder {
 
     /// The output of every named layer, in depth order.
     pub fn forward_layers(&self, x: &Tensor, train: bool) -> candle_core::Result<Vec<Tensor>> {
-        self.layers_from(self.backbone.forward_t(x, train)?, train)
+        self.layers_from(self.backbone_forward(x, train)?, train)
+    }
+
+    /// The backbone's representation, in f32. In training with bf16
+    /// precision the backbone runs on bf16 copies of the input and weights;
+    /// the gradients flow back through the casts to the f32 weights.
+    pub fn backbone_forward(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        if train && self.compute != DType::F32 {
+            self.backbone
+                .forward_t(&x.to_dtype(self.compute)?, train)?
+                .to_dtype(DType::F32)
+        } else {
+            self.backbone.forward_t(x, train)
+        }
     }
 
     /// Every named layer's output from the backbone's output `h`.
@@ -124,7 +145,7 @@ impl Encoder {
 
 impl ModuleT for Encoder {
     fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let h = self.backbone.forward_t(x, train)?;
+        let h = self.backbone_forward(x, train)?;
         self.projector.forward_t(&h, train)
     }
 }
@@ -189,6 +210,58 @@ mod tests {
         let data = varmap.data().lock().unwrap();
         let (_, var) = data.iter().find(|(n, _)| n.ends_with(suffix)).unwrap();
         var.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    /// bf16 training: the backbone's output stays close to f32's, comes
+    /// back in f32, and its gradients reach the f32 weights; evaluation is
+    /// f32 exactly.
+    #[test]
+    fn bf16_training_is_close_to_f32_and_trains_f32_weights() {
+        let mut spec = RunSpec::default();
+        spec.backbone.width = 8;
+        let (full, _) = build(&spec, &Device::Cpu).unwrap();
+        spec.optimizer.precision = Precision::Bf16;
+        let (half, varmap) = build(&spec, &Device::Cpu).unwrap();
+        let mut rng = Rng::new(4);
+        let pixels: Vec<f32> = (0..4 * 3 * 32 * 32).map(|_| rng.normal() as f32).collect();
+        let x = Tensor::from_vec(pixels, (4, 3, 32, 32), &Device::Cpu).unwrap();
+        let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(
+            values(&full.backbone_forward(&x, false).unwrap()),
+            values(&half.backbone_forward(&x, false).unwrap())
+        );
+        let a = values(&full.backbone_forward(&x, true).unwrap());
+        let h = half.backbone_forward(&x, true).unwrap();
+        assert_eq!(h.dtype(), DType::F32);
+        let b = values(&h);
+        let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let worst = a
+            .iter()
+            .zip(&b)
+            .fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+        assert!(worst > 0.0 && worst < 0.05 * scale, "{worst} of {scale}");
+        let grads = h.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let data = varmap.data().lock().unwrap();
+        let weights: Vec<_> = data
+            .iter()
+            .filter(|(n, _)| n.starts_with("backbone.") && !n.contains("running"))
+            .collect();
+        assert_eq!(weights.len(), 9, "three conv kernels, BatchNorm γ and β");
+        for (name, var) in weights {
+            assert_eq!(var.dtype(), DType::F32, "{name}");
+            let g = grads
+                .get(var)
+                .unwrap_or_else(|| panic!("{name} has no gradient"));
+            assert_eq!(g.dtype(), DType::F32);
+            let norm = g
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(norm.is_finite() && norm > 0.0, "{name}: {norm}");
+        }
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! the CPU, instead of the dozen broadcast ops (and their saved intermediates)
 //! candle_nn's version records. Weights, running statistics and their names
 //! are candle_nn's, so checkpoints are the same; evaluation and other devices
-//! use candle_nn's code.
+//! use candle_nn's code. Inputs in other dtypes (bf16 training) are
+//! normalised in f32 and handed back in their dtype, as autocast does.
 
 use std::sync::{Arc, Mutex};
 
@@ -46,8 +47,19 @@ impl BatchNorm {
         if train && fused(&[x]) {
             self.forward_train(x, true)
         } else {
-            self.inner.forward_t(x, train)?.relu()
+            self.candle_nn(x, train)?.relu()
         }
+    }
+
+    /// candle_nn's BatchNorm, in f32 whatever `x`'s dtype.
+    fn candle_nn(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        let dtype = x.dtype();
+        if dtype == candle_core::DType::F32 {
+            return self.inner.forward_t(x, train);
+        }
+        self.inner
+            .forward_t(&x.to_dtype(candle_core::DType::F32)?, train)?
+            .to_dtype(dtype)
     }
 
     fn forward_train(&self, x: &Tensor, relu: bool) -> candle_core::Result<Tensor> {
@@ -85,7 +97,7 @@ impl ModuleT for BatchNorm {
         if train && fused(&[x]) {
             self.forward_train(x, false)
         } else {
-            self.inner.forward_t(x, train)
+            self.candle_nn(x, train)
         }
     }
 }

@@ -3,7 +3,7 @@
 //! whole batch at once (hundreds of MiB at batch 256) and takes the input
 //! gradient through a direct `conv_transpose2d` loop, about 4× its forward.
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -11,7 +11,11 @@ use super::{f32_slice, fused, split_flat, threads};
 
 /// Convolution of `x` (N, Cin, H, W) with `w` (Cout, Cin, K, K), square
 /// stride and zero padding, no dilation or groups. f32 on the CPU runs the
-/// op below; anything else runs candle's conv.
+/// op below; other devices run candle's conv on a copy of the kernel in the
+/// input's dtype (bf16 training keeps f32 weights). candle has no bf16
+/// matmul on the CPU: there a bf16 input and the kernel rounded to bf16 are
+/// convolved in f32 and the result rounded back, which is what bf16 tensor
+/// cores do (f32 accumulation).
 pub fn conv2d(
     x: &Tensor,
     w: &Tensor,
@@ -20,8 +24,13 @@ pub fn conv2d(
 ) -> candle_core::Result<Tensor> {
     let (_, cin, _, _) = x.dims4()?;
     let (_, wcin, kh, kw) = w.dims4()?;
+    let dtype = x.dtype();
+    if dtype != DType::F32 && x.device().is_cpu() {
+        let w = w.to_dtype(dtype)?.to_dtype(DType::F32)?;
+        return conv2d(&x.to_dtype(DType::F32)?, &w, stride, padding)?.to_dtype(dtype);
+    }
     if !fused(&[x, w]) || kh != kw {
-        return x.conv2d(w, padding, stride, 1, 1);
+        return x.conv2d(&w.to_dtype(dtype)?, padding, stride, 1, 1);
     }
     if wcin != cin {
         candle_core::bail!("conv2d: the input has {cin} channels, the kernel expects {wcin}");

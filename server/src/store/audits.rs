@@ -40,6 +40,9 @@ impl Store {
             spec.name.clone()
         };
         let body = serde_json::to_string(spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        // Read back in the same transaction: no worker can claim the audit
+        // before its creator has seen it queued.
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO audits (id, name, status, spec, created_at, total_steps) \
              VALUES ($1, $2, 'queued', $3, $4, $5)",
@@ -49,11 +52,15 @@ impl Store {
         .bind(&body)
         .bind(now_ms())
         .bind(spec.run.total_steps() as i64)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        self.audit(&id)
-            .await?
-            .ok_or_else(|| StoreError::Corrupt("inserted audit vanished".into()))
+        let sql = format!("SELECT {COLUMNS} FROM audits WHERE id = $1");
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(&id)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        from_row(&row)
     }
 
     pub async fn audit(&self, id: &str) -> Result<Option<Audit>> {
