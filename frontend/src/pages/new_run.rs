@@ -5,8 +5,8 @@ use leptos::task::spawn_local;
 use leptos_router::hooks::use_navigate;
 use sslab_shared::RunSpec;
 use sslab_shared::spec::{
-    BackboneKind, DataSpec, KnnMetric, MemorizationMonitor, MethodSpec, OptimizerKind, ProbeKind,
-    ScenesSpec, Stem,
+    BackboneKind, DataSpec, KnnMetric, MemorizationMonitor, MethodSpec, OptimizerKind, Precision,
+    ProbeKind, ScenesSpec, Stem,
 };
 
 use crate::api::{self, ApiFailure};
@@ -342,6 +342,9 @@ pub fn NewRunPage() -> impl IntoView {
                     |s| s.optimizer.lars_eta.to_string(), |s, v| { s.optimizer.lars_eta = num(v)?; Ok(()) })}
                 {field(spec, "optimizer.grad_clip", "Gradient clip", "largest global gradient norm; 0 = off",
                     |s| s.optimizer.grad_clip.to_string(), |s, v| { s.optimizer.grad_clip = num(v)?; Ok(()) })}
+                {select(spec, "optimizer.precision", "Precision", &["f32", "bf16"],
+                    |s| if s.optimizer.precision == Precision::Bf16 { "bf16".into() } else { "f32".into() },
+                    |s, v| { s.optimizer.precision = if v == "bf16" { Precision::Bf16 } else { Precision::F32 }; Ok(()) })}
                 {field(spec, "optimizer.batch_size", "Batch size", "images per step (two views each)",
                     |s| s.optimizer.batch_size.to_string(), |s, v| { s.optimizer.batch_size = num(v)?; Ok(()) })}
                 {field(spec, "schedule.epochs", "Epochs", "",
