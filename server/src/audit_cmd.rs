@@ -75,6 +75,12 @@ pub fn read_audit_spec(path: &Path) -> anyhow::Result<AuditSpec> {
 
 pub async fn run(spec_path: &Path, out: &Path) -> anyhow::Result<()> {
     let spec = read_audit_spec(spec_path)?;
+    if spec.runs.is_some() {
+        anyhow::bail!(
+            "{}: `runs` names runs of a server; audit them with POST /api/v1/audits",
+            spec_path.display()
+        );
+    }
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let mut progress = Progress {
         bar: step_bar(spec.run.total_steps()),

@@ -106,6 +106,12 @@ impl Worker {
             images: dir.join("images"),
         };
         let (spec, job_dir) = (audit.spec.clone(), dir.clone());
+        let trained = spec.runs.as_ref().map(|r| {
+            (
+                self.artifacts.checkpoint(&r.target),
+                self.artifacts.checkpoint(&r.reference),
+            )
+        });
         let mut job = tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&job_dir).map_err(|e| {
                 format!(
@@ -115,8 +121,17 @@ impl Worker {
             })?;
             let mut observer = observer;
             let device = sslab_engine::default_device();
-            sslab_engine::dejavu::run(&spec, &device, &job_dir, &mut observer)
-                .map_err(|e| e.to_string())
+            match &trained {
+                Some((target, reference)) => sslab_engine::dejavu::run_trained(
+                    &spec,
+                    target,
+                    reference,
+                    &device,
+                    &mut observer,
+                ),
+                None => sslab_engine::dejavu::run(&spec, &device, &job_dir, &mut observer),
+            }
+            .map_err(|e| e.to_string())
         });
         let mut tick = tokio::time::interval(PROGRESS);
         let (mut cancelled, mut interrupted) = (false, false);

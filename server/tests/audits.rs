@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Server, fresh_postgres_database, get_json};
+use common::{Server, assert_succeeded, create, fresh_postgres_database, get_json, wait_terminal};
 use serde_json::{Value, json};
 use sslab_shared::api::{Audit, RunStatus};
 
@@ -166,6 +166,50 @@ async fn audits_api(server: &Server) {
     assert_eq!(status, 200, "{body}");
     let ended = wait_audit(&client, server, &id).await;
     assert_eq!(ended.status, RunStatus::Cancelled);
+
+    // The same spec trained as two runs on parts A and B, then audited as
+    // they are: the same split and the same last snapshot as the audit that
+    // trained both itself.
+    let part = |p: &str| {
+        let mut run = tiny_audit()["run"].clone();
+        run["subset"] = json!({"kind": "dejavu", "part": p, "per_class": 6});
+        run
+    };
+    let target = create(&client, server, &part("a")).await;
+    let reference = create(&client, server, &part("b")).await;
+    for run in [&target, &reference] {
+        assert_succeeded(&wait_terminal(&client, server, &run.id).await);
+    }
+    let existing = |t: &str, r: &str| json!({"name": "existing", "attack": {"k": 10}, "runs": {"target": t, "reference": r}});
+    let (status, body) = post(
+        &client,
+        server.url("/audits"),
+        &existing(&target.id, &reference.id),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        wait_audit(&client, server, &id).await.status,
+        RunStatus::Succeeded
+    );
+    let again: Value = get_json(&client, server.url(&format!("/audits/{id}/report"))).await;
+    assert_eq!(again["split"], report["split"]);
+    assert_eq!(again["snapshots"].as_array().unwrap().len(), 1);
+    assert_eq!(again["snapshots"][0], snapshots[1]);
+    // Runs that are not A and B of one partition are refused by field.
+    for (t, r, field) in [
+        (target.id.as_str(), target.id.as_str(), "runs.reference"),
+        ("nope", reference.id.as_str(), "runs.target"),
+        (reference.id.as_str(), reference.id.as_str(), "runs.target"),
+    ] {
+        let (status, body) = post(&client, server.url("/audits"), &existing(t, r)).await;
+        assert_eq!(
+            (status, body["error"]["field"].as_str()),
+            (422, Some(field)),
+            "{body}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

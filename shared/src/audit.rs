@@ -25,6 +25,19 @@ pub struct AuditSpec {
     /// Epochs after which both models are attacked, to follow memorization
     /// over training; the last epoch always is.
     pub snapshots: Vec<usize>,
+    /// Two finished runs to attack instead of training: the target trained
+    /// on part A of a partition (`subset.kind = "dejavu"`, `part = "a"`)
+    /// and the reference on part B of the same one. The server fills `run`
+    /// and `split` from them; they are attacked at their last epoch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runs: Option<AuditRuns>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditRuns {
+    pub target: String,
+    pub reference: String,
 }
 
 /// The A / B / shared / public partition of the reference code, per class.
@@ -130,6 +143,19 @@ impl AuditSpec {
                     "the audit needs object boxes: the built-in scenes, or an image folder with boxes.csv or boxes.json; {} has none",
                     self.run.data.resolved().source()
                 ),
+            );
+        }
+        if self.runs.is_some() && !self.snapshots.is_empty() {
+            return bad(
+                "snapshots",
+                "two finished runs are attacked at their last epoch only; leave snapshots out"
+                    .into(),
+            );
+        }
+        if self.run.subset.is_some() {
+            return bad(
+                "run.subset",
+                "the audit deals A and B out of the data itself; leave the run's subset out".into(),
             );
         }
         if self.split.per_class < 1 {
@@ -347,6 +373,25 @@ mod tests {
                 }
             }),
             "run.data.source"
+        );
+        assert_eq!(
+            field(|s| {
+                s.run.subset = Some(crate::spec::SubsetSpec::PerClass {
+                    per_class: 5,
+                    seed: 0,
+                })
+            }),
+            "run.subset"
+        );
+        assert_eq!(
+            field(|s| {
+                s.runs = Some(AuditRuns {
+                    target: "a".into(),
+                    reference: "b".into(),
+                });
+                s.snapshots = vec![1];
+            }),
+            "snapshots"
         );
         let err = AuditSpec::from_toml("[attack]\nk = 5\ncrop = \"middle\"\n").unwrap_err();
         assert!(err.field.contains("attack"), "{err:?}");

@@ -240,13 +240,34 @@ pub enum SubsetSpec {
         #[serde(default)]
         seed: u64,
     },
+    /// One side of the déjà vu partition an audit with these `per_class`,
+    /// `public_per_class` and `seed` deals (`AuditSpec.split`): part `a`
+    /// trains a target, part `b` a reference, and the two finished runs
+    /// can be audited as they are (`AuditSpec.runs`).
+    Dejavu {
+        part: DejavuPart,
+        per_class: usize,
+        #[serde(default)]
+        public_per_class: usize,
+        #[serde(default)]
+        seed: u64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DejavuPart {
+    A,
+    B,
 }
 
 impl SubsetSpec {
     /// Images class `c` of `classes` keeps, before capping at what it has.
     pub fn wanted(&self, c: usize, classes: usize) -> usize {
         match *self {
-            SubsetSpec::PerClass { per_class, .. } => per_class,
+            SubsetSpec::PerClass { per_class, .. } | SubsetSpec::Dejavu { per_class, .. } => {
+                per_class
+            }
             SubsetSpec::PowerLaw { images, power, .. } => {
                 let weight = |c: usize| (1.0 + c as f64).powf(-power);
                 let total: f64 = (0..classes).map(weight).sum();
@@ -257,7 +278,9 @@ impl SubsetSpec {
 
     pub fn seed(&self) -> u64 {
         match *self {
-            SubsetSpec::PerClass { seed, .. } | SubsetSpec::PowerLaw { seed, .. } => seed,
+            SubsetSpec::PerClass { seed, .. }
+            | SubsetSpec::PowerLaw { seed, .. }
+            | SubsetSpec::Dejavu { seed, .. } => seed,
         }
     }
 
@@ -272,6 +295,9 @@ impl SubsetSpec {
             SubsetSpec::PowerLaw { power, .. } if !(power >= 0.0 && power <= 10.0) => Err(
                 SpecError::new("subset.power", format!("must be in [0, 10], got {power}")),
             ),
+            SubsetSpec::Dejavu { per_class: 0, .. } => {
+                Err(SpecError::new("subset.per_class", "must be at least 1"))
+            }
             _ => Ok(()),
         }
     }

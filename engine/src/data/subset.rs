@@ -1,8 +1,10 @@
 //! Subsets of a training split, drawn per class in a seeded order: a fixed
-//! number per class, or a power-law class imbalance (PMSN, arXiv:2210.07277).
+//! number per class, a power-law class imbalance (PMSN, arXiv:2210.07277),
+//! or one side of a déjà vu partition.
 
+use sslab_shared::audit::SplitSpec;
 use sslab_shared::rng::Rng;
-use sslab_shared::spec::SubsetSpec;
+use sslab_shared::spec::{DejavuPart, SubsetSpec};
 
 use super::ImageSet;
 use crate::{EngineError, Result};
@@ -11,6 +13,24 @@ use crate::{EngineError, Result};
 /// class for more images than it has is refused, naming the class, rather
 /// than quietly flattened.
 pub fn indices(set: &ImageSet, spec: &SubsetSpec) -> Result<Vec<usize>> {
+    if let SubsetSpec::Dejavu {
+        part,
+        per_class,
+        public_per_class,
+        seed,
+    } = *spec
+    {
+        let split = SplitSpec {
+            per_class,
+            public_per_class,
+            seed,
+        };
+        let p = crate::dejavu::split::partition(set, &split);
+        return Ok(match part {
+            DejavuPart::A => p.train_a(),
+            DejavuPart::B => p.train_b(),
+        });
+    }
     let classes = set.classes();
     let mut members: Vec<Vec<usize>> = vec![Vec::new(); classes];
     for (i, &l) in set.labels.iter().enumerate() {

@@ -310,10 +310,53 @@ pub fn run(
         results.pop().expect("two models"),
         results.pop().expect("two models"),
     );
+    Ok(assemble(spec, prep, &a, &b, observer))
+}
+
+/// Audits two models trained before, from their checkpoints: the target on
+/// the partition's A (and shared) images, the reference on B's, both with
+/// `spec.run` (as `SubsetSpec::Dejavu` trains them). They are attacked once,
+/// as snapshot `spec.run.schedule.epochs`.
+pub fn run_trained(
+    spec: &AuditSpec,
+    target: &Path,
+    reference: &Path,
+    device: &Device,
+    observer: &mut dyn AuditObserver,
+) -> Result<AuditReport> {
+    spec.validate()?;
+    let prep = prepare(spec)?;
+    let public = prep.pool.subset(&prep.partition.public);
+    let crops = [
+        crop::crop_set(&prep.pool, &prep.attacked.a),
+        crop::crop_set(&prep.pool, &prep.attacked.b),
+    ];
+    let epoch = spec.run.schedule.epochs;
+    let mut found = Vec::new();
+    for checkpoint in [target, reference] {
+        let encoder = train::load_encoder(&spec.run, checkpoint, device)?;
+        let attacked = attack(&encoder, spec, &prep, &public, &crops, device)?;
+        found.push(BTreeMap::from([(epoch, attacked)]));
+    }
+    let (b, a) = (
+        found.pop().expect("two models"),
+        found.pop().expect("two models"),
+    );
+    Ok(assemble(spec, prep, &a, &b, observer))
+}
+
+/// The report of both models' attacks, one snapshot per epoch attacked.
+fn assemble(
+    spec: &AuditSpec,
+    prep: Prepared,
+    a: &BTreeMap<usize, Attack>,
+    b: &BTreeMap<usize, Attack>,
+    observer: &mut dyn AuditObserver,
+) -> AuditReport {
     let labels = &prep.pool.labels;
     let mut snapshots = Vec::new();
-    for epoch in spec.snapshot_epochs() {
-        let (ta, tb) = (&a[&epoch], &b[&epoch]);
+    for (&epoch, ta) in a {
+        let tb = &b[&epoch];
         let s = report::snapshot(
             epoch,
             (ta.knn, tb.knn),
@@ -347,7 +390,7 @@ pub fn run(
         examples,
     };
     observer.on_finished(&prep.pool, &report);
-    Ok(report)
+    report
 }
 
 #[cfg(test)]

@@ -7,8 +7,10 @@ use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use sslab_shared::SpecError;
 use sslab_shared::api::{Audit, RunStatus};
-use sslab_shared::audit::{AuditReport, AuditSpec};
+use sslab_shared::audit::{AuditReport, AuditRuns, AuditSpec, SplitSpec};
+use sslab_shared::spec::{DejavuPart, SubsetSpec};
 
 use super::{ApiError, ApiResult, AppState};
 
@@ -26,12 +28,84 @@ pub fn router() -> axum::Router<AppState> {
 /// looked up first.
 async fn create(State(state): State<AppState>, body: String) -> ApiResult<Response> {
     let mut spec = AuditSpec::from_json(&body).map_err(ApiError::InvalidSpec)?;
-    state.datasets.resolve(&mut spec.run, "run.").await?;
+    match spec.runs.clone() {
+        Some(runs) => from_runs(&state, &mut spec, &runs).await?,
+        None => state.datasets.resolve(&mut spec.run, "run.").await?,
+    }
     spec.validate().map_err(ApiError::InvalidSpec)?;
     let audit = state.store.create_audit(&spec).await?;
     state.wake_workers();
     let location = format!("/api/v1/audits/{}", audit.id);
     Ok(super::created(true, location, audit))
+}
+
+/// Fills `run` and `split` from two finished runs trained on parts A and B
+/// of one déjà vu partition with the same spec; 422 on `runs.…` otherwise.
+async fn from_runs(state: &AppState, spec: &mut AuditSpec, runs: &AuditRuns) -> ApiResult<()> {
+    let bad = |field: &str, message: String| ApiError::InvalidSpec(SpecError::new(field, message));
+    let mut found = Vec::new();
+    for (field, id, part) in [
+        ("runs.target", &runs.target, DejavuPart::A),
+        ("runs.reference", &runs.reference, DejavuPart::B),
+    ] {
+        let run = state
+            .store
+            .run(id)
+            .await?
+            .ok_or_else(|| bad(field, format!("no run with id `{id}`")))?;
+        if run.status != RunStatus::Succeeded {
+            return Err(bad(
+                field,
+                format!(
+                    "run `{id}` is {}; only a finished run can be audited",
+                    run.status.as_str()
+                ),
+            ));
+        }
+        match run.spec.subset {
+            Some(SubsetSpec::Dejavu {
+                part: p,
+                per_class,
+                public_per_class,
+                seed,
+            }) if p == part => found.push((
+                run.spec.clone(),
+                SplitSpec {
+                    per_class,
+                    public_per_class,
+                    seed,
+                },
+            )),
+            _ => {
+                return Err(bad(
+                    field,
+                    format!(
+                        "run `{id}` was not trained on part {} of a déjà vu partition (subset kind \"dejavu\", part \"{}\")",
+                        if part == DejavuPart::A { "A" } else { "B" },
+                        if part == DejavuPart::A { "a" } else { "b" }
+                    ),
+                ));
+            }
+        }
+    }
+    let (reference, reference_split) = found.pop().expect("two runs");
+    let (target, split) = found.pop().expect("two runs");
+    let without_part = |s: &sslab_shared::RunSpec| {
+        let mut s = s.clone();
+        s.subset = None;
+        s.name = String::new();
+        s
+    };
+    if without_part(&target) != without_part(&reference) || split != reference_split {
+        return Err(bad(
+            "runs.reference",
+            "trained with another spec or partition than the target; an audit compares one spec trained on A and on B".into(),
+        ));
+    }
+    spec.run = without_part(&target);
+    spec.run.name = target.name.clone();
+    spec.split = split;
+    Ok(())
 }
 
 async fn list(State(state): State<AppState>) -> ApiResult<Json<Vec<Audit>>> {

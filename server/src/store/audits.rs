@@ -51,7 +51,12 @@ impl Store {
         .bind(&name)
         .bind(&body)
         .bind(now_ms())
-        .bind(spec.run.total_steps() as i64)
+        // Finished runs are attacked without training.
+        .bind(if spec.runs.is_some() {
+            0
+        } else {
+            spec.run.total_steps() as i64
+        })
         .execute(&mut *tx)
         .await?;
         let sql = format!("SELECT {COLUMNS} FROM audits WHERE id = $1");
