@@ -101,6 +101,11 @@ def figure(label, key):
     return next(float(l.split("=")[1]) for l in open(path) if l.startswith(key + "="))
 def ratio(suffix):
     return figure("sslab" + suffix, "sslab_images_per_sec") / figure("pytorch" + suffix, "pytorch_images_per_sec")
+# The bench checked the GPU's convolution against the CPU's before timing:
+# TF32 (PyTorch's and cuDNN's default for f32 convolutions) and bf16 round.
+for dtype, limit in [("f32", 1e-2), ("bf16", 5e-2)]:
+    err = figure("sslab", f"conv_{dtype}_max_relative_error_vs_cpu")
+    print(f"conv check {dtype}: {'ok' if err < limit else 'FAILED'} ({err:.2e}, limit {limit:g})")
 print(f"train_step_ratio_vs_pytorch_cuda_bf16={ratio('_bf16'):.3f}")
 print(f"train_step_ratio_vs_pytorch_cuda={ratio(''):.3f}")
 EOF

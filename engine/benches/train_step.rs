@@ -10,7 +10,7 @@
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use sslab_engine::method;
 use sslab_engine::model;
 use sslab_engine::optim::Optimizer;
@@ -60,6 +60,13 @@ fn main() -> anyhow::Result<()> {
     spec.optimizer.batch_size = batch;
     if std::env::var("SSLAB_BENCH_PRECISION").as_deref() == Ok("bf16") {
         spec.optimizer.precision = Precision::Bf16;
+    }
+    // CI has no GPU: here the GPU's convolution is checked against the CPU's.
+    if device.is_cuda() {
+        for (dtype, name) in [(DType::F32, "f32"), (DType::BF16, "bf16")] {
+            let err = sslab_engine::ops::conv_agreement(&device, dtype)?;
+            println!("conv_{name}_max_relative_error_vs_cpu={err:.2e}");
+        }
     }
     let (encoder, varmap) = model::build(&spec, &device)?;
     let mut method = method::build(&spec, &varmap, &device)?;

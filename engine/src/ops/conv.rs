@@ -11,11 +11,12 @@ use super::{f32_slice, fused, split_flat, threads};
 
 /// Convolution of `x` (N, Cin, H, W) with `w` (Cout, Cin, K, K), square
 /// stride and zero padding, no dilation or groups. f32 on the CPU runs the
-/// op below; other devices run candle's conv on a copy of the kernel in the
-/// input's dtype (bf16 training keeps f32 weights). candle has no bf16
-/// matmul on the CPU: there a bf16 input and the kernel rounded to bf16 are
-/// convolved in f32 and the result rounded back, which is what bf16 tensor
-/// cores do (f32 accumulation).
+/// op below, and so do f32 and bf16 on CUDA with the `cudnn` feature (its
+/// CUDA side is cuDNN's, backward included); otherwise candle's conv runs.
+/// The kernel is used in the input's dtype (bf16 training keeps f32
+/// weights). candle has no bf16 matmul on the CPU: there a bf16 input and
+/// the kernel rounded to bf16 are convolved in f32 and the result rounded
+/// back, which is what bf16 tensor cores do (f32 accumulation).
 pub fn conv2d(
     x: &Tensor,
     w: &Tensor,
@@ -29,7 +30,10 @@ pub fn conv2d(
         let w = w.to_dtype(dtype)?.to_dtype(DType::F32)?;
         return conv2d(&x.to_dtype(DType::F32)?, &w, stride, padding)?.to_dtype(dtype);
     }
-    if !fused(&[x, w]) || kh != kw {
+    let cudnn = cfg!(feature = "cudnn")
+        && x.device().is_cuda()
+        && matches!(dtype, DType::F32 | DType::BF16);
+    if !(fused(&[x, w]) || cudnn) || kh != kw {
         return x.conv2d(&w.to_dtype(dtype)?, padding, stride, 1, 1);
     }
     if wcin != cin {
@@ -40,7 +44,8 @@ pub fn conv2d(
         padding,
         input_grad: x.track_op(),
     };
-    x.contiguous()?.apply_op2(&w.contiguous()?, op)
+    x.contiguous()?
+        .apply_op2(&w.to_dtype(dtype)?.contiguous()?, op)
 }
 
 #[derive(Clone, Copy)]
@@ -53,17 +58,17 @@ struct Conv2d {
 
 /// The sizes of one convolution.
 #[derive(Clone, Copy)]
-struct Geometry {
-    n: usize,
-    cin: usize,
-    h: usize,
-    w: usize,
-    cout: usize,
-    k: usize,
-    stride: usize,
-    pad: usize,
-    ho: usize,
-    wo: usize,
+pub(super) struct Geometry {
+    pub(super) n: usize,
+    pub(super) cin: usize,
+    pub(super) h: usize,
+    pub(super) w: usize,
+    pub(super) cout: usize,
+    pub(super) k: usize,
+    pub(super) stride: usize,
+    pub(super) pad: usize,
+    pub(super) ho: usize,
+    pub(super) wo: usize,
 }
 
 impl Geometry {
@@ -89,16 +94,16 @@ impl Geometry {
         })
     }
 
-    fn in_len(&self) -> usize {
+    pub(super) fn in_len(&self) -> usize {
         self.cin * self.h * self.w
     }
 
-    fn out_len(&self) -> usize {
+    pub(super) fn out_len(&self) -> usize {
         self.cout * self.ho * self.wo
     }
 
     /// Rows of the unfolded image (one per kernel tap and channel).
-    fn taps(&self) -> usize {
+    pub(super) fn taps(&self) -> usize {
         self.cin * self.k * self.k
     }
 
@@ -328,6 +333,18 @@ impl CustomOp2 for Conv2d {
         Ok((CpuStorage::F32(out), Shape::from((g.n, g.cout, g.ho, g.wo))))
     }
 
+    #[cfg(feature = "cudnn")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let g = Geometry::new(l1, l2, self.stride, self.padding)?;
+        super::cudnn::forward(&g, (s1, l1), (s2, l2))
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -446,6 +463,20 @@ impl CustomOp3 for Conv2dBackward {
             }
         }
         Ok((CpuStorage::F32(flat), Shape::from(g.n * g.in_len() + w_len)))
+    }
+
+    #[cfg(feature = "cudnn")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let g = Geometry::new(l1, l2, self.0.stride, self.0.padding)?;
+        super::cudnn::backward(&g, self.0.input_grad, (s1, l1), (s2, l2), (s3, l3))
     }
 }
 
