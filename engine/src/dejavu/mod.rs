@@ -49,6 +49,10 @@ pub struct Prepared {
     pub partition: split::Partition,
     pub attacked: Attacked,
     pub summary: SplitSummary,
+    /// The public images, whole.
+    pub public: ImageSet,
+    /// The crops of A-only and of B-only images.
+    pub crops: [ImageSet; 2],
 }
 
 /// Loads the data, splits it and finds every crop; what is left out is
@@ -114,6 +118,11 @@ pub fn prepare(spec: &AuditSpec) -> Result<Prepared> {
         ));
     }
     Ok(Prepared {
+        public: pool.subset(&partition.public),
+        crops: [
+            crop::crop_set(&pool, &attacked.a),
+            crop::crop_set(&pool, &attacked.b),
+        ],
         pool,
         heldout,
         partition,
@@ -130,14 +139,7 @@ struct Attack {
 
 /// Embeds the public set, the held-out images and the crops with `encoder`
 /// and attacks.
-fn attack(
-    encoder: &Encoder,
-    spec: &AuditSpec,
-    prep: &Prepared,
-    public: &ImageSet,
-    crops: &[ImageSet; 2],
-    device: &Device,
-) -> Result<Attack> {
+fn attack(encoder: &Encoder, spec: &AuditSpec, prep: &Prepared, device: &Device) -> Result<Attack> {
     let layer = |all: Vec<Features>| {
         match spec.attack.embedding {
             AttackEmbedding::Projector => all.into_iter().last(),
@@ -145,6 +147,7 @@ fn attack(
         }
         .expect("an encoder has at least its backbone layer")
     };
+    let (public, crops) = (&prep.public, &prep.crops);
     let public_layers = eval::embed_layers(encoder, public, device)?;
     let heldout = eval::embed_layers(encoder, &prep.heldout, device)?;
     let e = &spec.run.eval;
@@ -184,8 +187,6 @@ struct Snapshots<'a> {
     model: Model,
     spec: &'a AuditSpec,
     prep: &'a Prepared,
-    public: &'a ImageSet,
-    crops: &'a [ImageSet; 2],
     device: &'a Device,
     wanted: Vec<usize>,
     found: BTreeMap<usize, Attack>,
@@ -203,16 +204,8 @@ impl Observer for Snapshots<'_> {
         if !self.wanted.contains(&done) {
             return Control::Continue;
         }
-        let attacked = train::load_encoder(&self.spec.run, path, self.device).and_then(|enc| {
-            attack(
-                &enc,
-                self.spec,
-                self.prep,
-                self.public,
-                self.crops,
-                self.device,
-            )
-        });
+        let attacked = train::load_encoder(&self.spec.run, path, self.device)
+            .and_then(|enc| attack(&enc, self.spec, self.prep, self.device));
         match attacked {
             Ok(a) => {
                 self.found.insert(done, a);
@@ -253,11 +246,6 @@ pub fn run(
 ) -> Result<AuditReport> {
     spec.validate()?;
     let prep = prepare(spec)?;
-    let public = prep.pool.subset(&prep.partition.public);
-    let crops = [
-        crop::crop_set(&prep.pool, &prep.attacked.a),
-        crop::crop_set(&prep.pool, &prep.attacked.b),
-    ];
     // Each model is evaluated by the audit itself; the run's own plan is cut
     // to one cheap probe.
     let mut run = spec.run.clone();
@@ -276,8 +264,6 @@ pub fn run(
             model,
             spec,
             prep: &prep,
-            public: &public,
-            crops: &crops,
             device,
             wanted: spec.snapshot_epochs(),
             found: BTreeMap::new(),
@@ -326,16 +312,11 @@ pub fn run_trained(
 ) -> Result<AuditReport> {
     spec.validate()?;
     let prep = prepare(spec)?;
-    let public = prep.pool.subset(&prep.partition.public);
-    let crops = [
-        crop::crop_set(&prep.pool, &prep.attacked.a),
-        crop::crop_set(&prep.pool, &prep.attacked.b),
-    ];
     let epoch = spec.run.schedule.epochs;
     let mut found = Vec::new();
     for checkpoint in [target, reference] {
         let encoder = train::load_encoder(&spec.run, checkpoint, device)?;
-        let attacked = attack(&encoder, spec, &prep, &public, &crops, device)?;
+        let attacked = attack(&encoder, spec, &prep, device)?;
         found.push(BTreeMap::from([(epoch, attacked)]));
     }
     let (b, a) = (
