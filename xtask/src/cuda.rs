@@ -7,8 +7,9 @@
 //! ready to be carried to a GPU machine and run there
 //! (`bench/gpu/train-step.sh`).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
 
@@ -67,41 +68,45 @@ pub fn cuda(root: &Path, args: &[String]) -> Result<()> {
     let bin = out.join("bin");
     std::fs::create_dir_all(&bin)?;
 
-    let mut server = cargo();
-    server.args(["build", "--release", "-p", "sslab-server", "--bin", "sslab"]);
-    server.args(["--features", features]);
-    with_toolkit(&mut server);
-    run(&mut server)?;
-    copy(&out.join("build/release/sslab"), &bin.join("sslab"))?;
-
-    let mut bench = cargo();
-    bench.args([
-        "bench",
-        "--no-run",
+    // One cargo call for both, so that nvcc compiles candle's kernels once.
+    let mut build = cargo();
+    build.args([
+        "build",
+        "--release",
         "--message-format",
         "json-render-diagnostics",
+        "-p",
+        "sslab-server",
+        "--bin",
+        "sslab",
         "-p",
         "sslab-engine",
         "--bench",
         "train_step",
         "--features",
-        features,
+        &format!("sslab-server/{features},sslab-engine/{features}"),
     ]);
-    with_toolkit(&mut bench);
-    eprintln!("xtask: {bench:?}");
-    let built = bench.output().context("building the train_step bench")?;
+    with_toolkit(&mut build);
+    build.stderr(Stdio::inherit());
+    eprintln!("xtask: {build:?}");
+    let built = build.output().context("running cargo build")?;
     if !built.status.success() {
-        bail!(
-            "the CUDA train_step bench did not build:\n{}",
-            String::from_utf8_lossy(&built.stderr)
-        );
+        bail!("the CUDA build failed (cargo's messages above)");
     }
-    let executable = String::from_utf8_lossy(&built.stdout)
+    let executables: HashMap<String, PathBuf> = String::from_utf8_lossy(&built.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-        .context("cargo named no train_step executable")?;
-    copy(&executable, &bin.join("train_step"))?;
+        .filter_map(|m| {
+            let name = m["target"]["name"].as_str()?.to_string();
+            Some((name, PathBuf::from(m["executable"].as_str()?)))
+        })
+        .collect();
+    for name in ["sslab", "train_step"] {
+        let built = executables
+            .get(name)
+            .with_context(|| format!("cargo named no `{name}` executable"))?;
+        copy(built, &bin.join(name))?;
+    }
     let carry = out.join("carry");
     std::fs::create_dir_all(&carry)?;
     for name in ["sslab", "train_step"] {
