@@ -192,10 +192,12 @@ fn run(
         }
     };
     // The monitor's held-out images leave training for the whole run.
-    let dealt = match &spec.eval.memorization {
-        Some(m) => Some(crate::dejavu::monitor::deal(data, m, spec.seed)?),
-        None => None,
-    };
+    let dealt = spec
+        .eval
+        .memorization
+        .as_ref()
+        .map(|m| crate::dejavu::monitor::deal(data, m, spec.seed))
+        .transpose()?;
     let kept;
     let data = match &dealt {
         Some(d) => {

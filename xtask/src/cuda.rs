@@ -52,19 +52,6 @@ pub fn cuda(root: &Path, args: &[String]) -> Result<()> {
         toolkit.join("bin").display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let with_toolkit = |cmd: &mut Command| {
-        cmd.env("PATH", &path)
-            .env("CUDA_ROOT", &toolkit)
-            .env("CUDA_PATH", &toolkit)
-            .env("CARGO_TARGET_DIR", out.join("build"));
-        if std::env::var_os("CUDA_COMPUTE_CAP").is_none() {
-            // Without it candle's kernels ask nvidia-smi, which a build machine lacks.
-            cmd.env("CUDA_COMPUTE_CAP", DEFAULT_COMPUTE_CAP);
-        }
-        if cudnn {
-            cmd.env("CUDNN_LIB", sdk.join("nvidia/cudnn"));
-        }
-    };
     let bin = out.join("bin");
     std::fs::create_dir_all(&bin)?;
 
@@ -86,8 +73,19 @@ pub fn cuda(root: &Path, args: &[String]) -> Result<()> {
         "--features",
         &format!("sslab-server/{features},sslab-engine/{features}"),
     ]);
-    with_toolkit(&mut build);
-    build.stderr(Stdio::inherit());
+    build
+        .env("PATH", &path)
+        .env("CUDA_ROOT", &toolkit)
+        .env("CUDA_PATH", &toolkit)
+        .env("CARGO_TARGET_DIR", out.join("build"))
+        .stderr(Stdio::inherit());
+    if std::env::var_os("CUDA_COMPUTE_CAP").is_none() {
+        // Without it candle's kernels ask nvidia-smi, which a build machine lacks.
+        build.env("CUDA_COMPUTE_CAP", DEFAULT_COMPUTE_CAP);
+    }
+    if cudnn {
+        build.env("CUDNN_LIB", sdk.join("nvidia/cudnn"));
+    }
     eprintln!("xtask: {build:?}");
     let built = build.output().context("running cargo build")?;
     if !built.status.success() {

@@ -292,11 +292,7 @@ pub fn run(
         }
         results.push(snaps.found);
     }
-    let (b, a) = (
-        results.pop().expect("two models"),
-        results.pop().expect("two models"),
-    );
-    Ok(assemble(spec, prep, &a, &b, observer))
+    Ok(assemble(spec, prep, &results[0], &results[1], observer))
 }
 
 /// Audits two models trained before, from their checkpoints: the target on
@@ -312,17 +308,12 @@ pub fn run_trained(
 ) -> Result<AuditReport> {
     spec.validate()?;
     let prep = prepare(spec)?;
-    let epoch = spec.run.schedule.epochs;
-    let mut found = Vec::new();
-    for checkpoint in [target, reference] {
+    let at_last_epoch = |checkpoint: &Path| -> Result<BTreeMap<usize, Attack>> {
         let encoder = train::load_encoder(&spec.run, checkpoint, device)?;
         let attacked = attack(&encoder, spec, &prep, device)?;
-        found.push(BTreeMap::from([(epoch, attacked)]));
-    }
-    let (b, a) = (
-        found.pop().expect("two models"),
-        found.pop().expect("two models"),
-    );
+        Ok(BTreeMap::from([(spec.run.schedule.epochs, attacked)]))
+    };
+    let (a, b) = (at_last_epoch(target)?, at_last_epoch(reference)?);
     Ok(assemble(spec, prep, &a, &b, observer))
 }
 

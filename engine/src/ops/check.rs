@@ -13,10 +13,10 @@ pub fn conv_agreement(device: &Device, dtype: DType) -> candle_core::Result<f32>
     let mut worst = 0f32;
     for (seed, (k, stride, pad)) in [(3, 1, 1), (3, 2, 1), (1, 2, 0)].into_iter().enumerate() {
         let seed = seed as u64;
-        let x = random(&[4, 8, 12, 12], seed)?;
-        let w = random(&[16, 8, k, k], seed + 10)?;
+        let x = super::random_normal(&[4, 8, 12, 12], seed)?;
+        let w = super::random_normal(&[16, 8, k, k], seed + 10)?;
         let side = (12 + 2 * pad - k) / stride + 1;
-        let r = random(&[4, 16, side, side], seed + 20)?;
+        let r = super::random_normal(&[4, 16, side, side], seed + 20)?;
         // The values the device computes on.
         let rounded = |t: &Tensor| t.to_dtype(dtype)?.to_dtype(DType::F32);
         let (xc, wc) = (
@@ -46,13 +46,6 @@ pub fn conv_agreement(device: &Device, dtype: DType) -> candle_core::Result<f32>
         }
     }
     Ok(worst)
-}
-
-fn random(dims: &[usize], seed: u64) -> candle_core::Result<Tensor> {
-    let mut rng = sslab_shared::rng::Rng::new(seed);
-    let n: usize = dims.iter().product();
-    let values: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
-    Tensor::from_vec(values, dims, &Device::Cpu)
 }
 
 #[cfg(test)]

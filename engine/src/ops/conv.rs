@@ -342,7 +342,7 @@ impl CustomOp2 for Conv2d {
         l2: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
         let g = Geometry::new(l1, l2, self.stride, self.padding)?;
-        super::cudnn::forward(&g, (s1, l1), (s2, l2))
+        super::cudnn::run(&g, super::cudnn::Pass::Forward, (s1, l1), (s2, l2))
     }
 
     fn bwd(
@@ -476,7 +476,11 @@ impl CustomOp3 for Conv2dBackward {
         l3: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
         let g = Geometry::new(l1, l2, self.0.stride, self.0.padding)?;
-        super::cudnn::backward(&g, self.0.input_grad, (s1, l1), (s2, l2), (s3, l3))
+        let pass = super::cudnn::Pass::Backward {
+            input_grad: self.0.input_grad,
+            dy: (s3, l3),
+        };
+        super::cudnn::run(&g, pass, (s1, l1), (s2, l2))
     }
 }
 

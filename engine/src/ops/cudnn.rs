@@ -80,109 +80,94 @@ trait Data: CudaDType + CudnnDataType + DeviceRepr + ValidAsZeroBits + WithDType
 impl Data for f32 {}
 impl Data for half::bf16 {}
 
-/// `y = conv(x, w)`.
-pub(super) fn forward(
+/// What one call computes.
+pub(super) enum Pass<'a> {
+    /// `y = conv(x, w)`.
+    Forward,
+    /// Both gradients as one flat tensor, the input's (zeros unless
+    /// `input_grad`) then the kernel's, as the CPU op returns them.
+    Backward {
+        input_grad: bool,
+        dy: (&'a CudaStorage, &'a Layout),
+    },
+}
+
+pub(super) fn run(
     g: &Geometry,
-    (x, xl): (&CudaStorage, &Layout),
-    (w, wl): (&CudaStorage, &Layout),
+    pass: Pass,
+    x: (&CudaStorage, &Layout),
+    w: (&CudaStorage, &Layout),
 ) -> candle_core::Result<(CudaStorage, Shape)> {
-    match x.dtype() {
-        candle_core::DType::F32 => forward_as::<f32>(g, (x, xl), (w, wl)),
-        candle_core::DType::BF16 => forward_as::<half::bf16>(g, (x, xl), (w, wl)),
+    match x.0.dtype() {
+        candle_core::DType::F32 => run_as::<f32>(g, pass, x, w),
+        candle_core::DType::BF16 => run_as::<half::bf16>(g, pass, x, w),
         other => candle_core::bail!("the cuDNN conv takes f32 or bf16, not {other:?}"),
     }
 }
 
-fn forward_as<T: Data>(
+fn run_as<T: Data>(
     g: &Geometry,
+    pass: Pass,
     (x, xl): (&CudaStorage, &Layout),
     (w, wl): (&CudaStorage, &Layout),
 ) -> candle_core::Result<(CudaStorage, Shape)> {
-    let dev = &x.device;
-    let d = Descriptors::<T>::new(g, dev)?;
-    let op = ConvForward {
-        conv: &d.conv,
-        x: &d.x,
-        w: &d.w,
-        y: &d.y,
-    };
-    let algo = op.pick_algorithm()?;
-    let mut workspace = d.workspace(op.get_workspace_size(algo)?)?;
-    let mut y = dev.alloc_zeros::<T>(g.n * g.out_len())?;
-    // SAFETY: the buffers have the sizes and dtype the descriptors state.
-    unsafe {
-        op.launch(
-            algo,
-            Some(&mut workspace),
-            (T::from_f64(1.0), T::from_f64(0.0)),
-            &view::<T>(x, xl)?,
-            &view::<T>(w, wl)?,
-            &mut y,
-        )?;
-    }
-    Ok((
-        CudaStorage::wrap_cuda_slice(y, dev.clone()),
-        Shape::from((g.n, g.cout, g.ho, g.wo)),
-    ))
-}
-
-/// Both gradients as one flat tensor, the input's (zeros unless
-/// `input_grad`) then the kernel's, as the CPU op returns them.
-pub(super) fn backward(
-    g: &Geometry,
-    input_grad: bool,
-    (x, xl): (&CudaStorage, &Layout),
-    (w, wl): (&CudaStorage, &Layout),
-    (dy, dyl): (&CudaStorage, &Layout),
-) -> candle_core::Result<(CudaStorage, Shape)> {
-    match x.dtype() {
-        candle_core::DType::F32 => backward_as::<f32>(g, input_grad, (x, xl), (w, wl), (dy, dyl)),
-        candle_core::DType::BF16 => {
-            backward_as::<half::bf16>(g, input_grad, (x, xl), (w, wl), (dy, dyl))
+    let d = Descriptors::<T>::new(g, &x.device)?;
+    let (x, w) = (view::<T>(x, xl)?, view::<T>(w, wl)?);
+    // α = 1, β = 0: the outputs are written, not accumulated into.
+    let scale = (T::from_f64(1.0), T::from_f64(0.0));
+    match pass {
+        Pass::Forward => {
+            let op = ConvForward {
+                conv: &d.conv,
+                x: &d.x,
+                w: &d.w,
+                y: &d.y,
+            };
+            let algo = op.pick_algorithm()?;
+            let mut workspace = d.workspace(op.get_workspace_size(algo)?)?;
+            let mut y = d.dev.alloc_zeros::<T>(g.n * g.out_len())?;
+            // SAFETY: the buffers have the sizes and dtype the descriptors state.
+            unsafe { op.launch(algo, Some(&mut workspace), scale, &x, &w, &mut y)? };
+            Ok((
+                CudaStorage::wrap_cuda_slice(y, d.dev.clone()),
+                Shape::from((g.n, g.cout, g.ho, g.wo)),
+            ))
         }
-        other => candle_core::bail!("the cuDNN conv takes f32 or bf16, not {other:?}"),
+        Pass::Backward {
+            input_grad,
+            dy: (dy, dyl),
+        } => {
+            let dy = view::<T>(dy, dyl)?;
+            let x_len = g.n * g.in_len();
+            let mut flat = d.dev.alloc_zeros::<T>(x_len + g.cout * g.taps())?;
+            let (mut dx, mut dw) = flat.split_at_mut(x_len);
+            if input_grad {
+                let op = ConvBackwardData {
+                    conv: &d.conv,
+                    dx: &d.x,
+                    w: &d.w,
+                    dy: &d.y,
+                };
+                let algo = op.pick_algorithm()?;
+                let mut workspace = d.workspace(op.get_workspace_size(algo)?)?;
+                // SAFETY: as above.
+                unsafe { op.launch(algo, Some(&mut workspace), scale, &mut dx, &w, &dy)? };
+            }
+            let op = ConvBackwardFilter {
+                conv: &d.conv,
+                x: &d.x,
+                dw: &d.w,
+                dy: &d.y,
+            };
+            let algo = op.pick_algorithm()?;
+            let mut workspace = d.workspace(op.get_workspace_size(algo)?)?;
+            // SAFETY: as above.
+            unsafe { op.launch(algo, Some(&mut workspace), scale, &x, &mut dw, &dy)? };
+            let len = flat.len();
+            Ok((
+                CudaStorage::wrap_cuda_slice(flat, d.dev.clone()),
+                Shape::from(len),
+            ))
+        }
     }
-}
-
-fn backward_as<T: Data>(
-    g: &Geometry,
-    input_grad: bool,
-    (x, xl): (&CudaStorage, &Layout),
-    (w, wl): (&CudaStorage, &Layout),
-    (dy, dyl): (&CudaStorage, &Layout),
-) -> candle_core::Result<(CudaStorage, Shape)> {
-    let dev = &x.device;
-    let d = Descriptors::<T>::new(g, dev)?;
-    let x_len = g.n * g.in_len();
-    let mut flat = dev.alloc_zeros::<T>(x_len + g.cout * g.taps())?;
-    let (one, zero) = (T::from_f64(1.0), T::from_f64(0.0));
-    let (xv, wv, dyv) = (view::<T>(x, xl)?, view::<T>(w, wl)?, view::<T>(dy, dyl)?);
-    let (mut dx, mut dw) = flat.split_at_mut(x_len);
-    if input_grad {
-        let op = ConvBackwardData {
-            conv: &d.conv,
-            dx: &d.x,
-            w: &d.w,
-            dy: &d.y,
-        };
-        let algo = op.pick_algorithm()?;
-        let mut workspace = d.workspace(op.get_workspace_size(algo)?)?;
-        // SAFETY: the buffers have the sizes and dtype the descriptors state.
-        unsafe { op.launch(algo, Some(&mut workspace), (one, zero), &mut dx, &wv, &dyv)? };
-    }
-    let op = ConvBackwardFilter {
-        conv: &d.conv,
-        x: &d.x,
-        dw: &d.w,
-        dy: &d.y,
-    };
-    let algo = op.pick_algorithm()?;
-    let mut workspace = d.workspace(op.get_workspace_size(algo)?)?;
-    // SAFETY: as above.
-    unsafe { op.launch(algo, Some(&mut workspace), (one, zero), &xv, &mut dw, &dyv)? };
-    let len = flat.len();
-    Ok((
-        CudaStorage::wrap_cuda_slice(flat, dev.clone()),
-        Shape::from(len),
-    ))
 }

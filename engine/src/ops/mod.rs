@@ -54,17 +54,21 @@ fn split_flat(flat: &Tensor, shapes: &[&Shape]) -> candle_core::Result<Vec<Tenso
         .collect()
 }
 
+/// A CPU tensor of standard normal values, reproducible from `seed`.
+fn random_normal(dims: &[usize], seed: u64) -> candle_core::Result<Tensor> {
+    let mut rng = sslab_shared::rng::Rng::new(seed);
+    let n: usize = dims.iter().product();
+    let values: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
+    Tensor::from_vec(values, dims, &candle_core::Device::Cpu)
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
-    use candle_core::{Device, Tensor};
-    use sslab_shared::rng::Rng;
+    use candle_core::Tensor;
 
-    /// A tensor of standard normal values, reproducible from `seed`.
+    /// [`super::random_normal`], unwrapped.
     pub fn random(dims: &[usize], seed: u64) -> Tensor {
-        let mut rng = Rng::new(seed);
-        let n: usize = dims.iter().product();
-        let values: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
-        Tensor::from_vec(values, dims, &Device::Cpu).unwrap()
+        super::random_normal(dims, seed).unwrap()
     }
 
     /// Every element within `tol` of the reference, relative to its scale.

@@ -128,10 +128,7 @@ pub fn RunPage() -> impl IntoView {
     });
     Effect::new(move |_| {
         let (id, ..) = progress.get();
-        if run.with_untracked(|r| {
-            r.as_ref()
-                .is_none_or(|r| r.spec.eval.memorization.is_none())
-        }) {
+        if untrack(monitored).is_none() {
             return;
         }
         spawn_local(async move {
