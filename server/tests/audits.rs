@@ -151,9 +151,10 @@ async fn audits_api(server: &Server) {
     let listed: Vec<Audit> = get_json(&client, server.url("/audits")).await;
     assert_eq!(listed.len(), 1);
 
-    // A queued audit is cancelled at once.
+    // A queued audit is cancelled at once; one already claimed stops at the
+    // worker's next heartbeat, long before its training could end.
     let mut long = tiny_audit();
-    long["run"]["schedule"]["epochs"] = json!(200);
+    long["run"]["schedule"]["epochs"] = json!(5000);
     long["snapshots"] = json!([]);
     let (_, body) = post(&client, server.url("/audits"), &long).await;
     let id = body["id"].as_str().unwrap().to_string();

@@ -204,11 +204,13 @@ async fn sweeps(server: &Server) {
     let diff: Vec<&str> = cmp.spec_diff.iter().map(|d| d.path.as_str()).collect();
     assert_eq!(diff, ["projector.dims"]);
 
-    // Cancel a sweep as a whole, then put it back in the queue.
+    // Cancel a sweep as a whole, then put it back in the queue. The runs are
+    // long enough that none can end before the worker's next heartbeat
+    // passes the cancel on.
     let long = json!({
         "name": "long",
         "seeds": [1, 2, 3],
-        "axes": [{"path": "schedule.epochs", "values": [40]}],
+        "axes": [{"path": "schedule.epochs", "values": [5000]}],
         "base": base,
     });
     let resp = post_sweep(&client, server, &long).await;
