@@ -29,7 +29,7 @@ impl AuditObserver for Print {
                 .expect("fraction")
         };
         println!(
-            "epoch {:>4}  kNN {:.3}/{:.3}  top-1 target {:.3} reference {:.3} gap {:+.3}  most confident 20 %: {:.3} vs {:.3} gap {:+.3}  memorized {} correlated {}",
+            "epoch {:>4}  kNN {:.3}/{:.3}  top-1 target {:.3} reference {:.3} gap {:+.3}  most confident 20 %: {:.3} vs {:.3} gap {:+.3}  memorized {} forgotten {} correlated {}",
             s.epoch,
             s.knn_target,
             s.knn_reference,
@@ -40,6 +40,7 @@ impl AuditObserver for Print {
             at(0.2).reference_top1,
             at(0.2).target_top1 - at(0.2).reference_top1,
             s.four_way.memorized,
+            s.four_way.forgotten,
             s.four_way.correlated
         );
     }

@@ -1059,6 +1059,7 @@ mod tests {
                 image_size: 32,
                 background_correlation: 0.0,
                 class_colour: 0.0,
+                background_signature: 0.0,
                 seed: 11,
             });
             spec.eval.probes = vec![sslab_shared::spec::ProbeKind::Knn];

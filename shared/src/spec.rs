@@ -321,6 +321,12 @@ pub struct ScenesSpec {
     /// colour): 0.5 by default; 0 leaves form and texture as the only cues,
     /// which random features read poorly and training must learn.
     pub class_colour: f64,
+    /// Strength in [0, 1] of a pattern of each image's own (stripes, checks
+    /// or rings of a random colour, direction and spacing) laid over its
+    /// background, so that a crop of the background alone tells the image
+    /// apart: something a model can memorise. 0 (the default) leaves the
+    /// backgrounds generic.
+    pub background_signature: f64,
     /// Seeds the generator; the test split uses a derived seed.
     pub seed: u64,
 }
@@ -336,6 +342,7 @@ impl Default for ScenesSpec {
             image_size: 32,
             background_correlation: 0.2,
             class_colour: 0.5,
+            background_signature: 0.0,
             seed: 0,
         }
     }
@@ -1338,6 +1345,12 @@ impl RunSpec {
                         format!("must be in [0, 1], got {}", s.background_correlation),
                     );
                 }
+                if !(0.0..=1.0).contains(&s.background_signature) {
+                    return bad(
+                        "data.background_signature",
+                        format!("must be in [0, 1], got {}", s.background_signature),
+                    );
+                }
             }
             DataSpec::Folder {
                 path,
@@ -2032,6 +2045,11 @@ mod tests {
         assert!(err.message.contains("`x`"));
         let err = RunSpec::from_toml("[optimizer]\nbatch_size = 1\n").unwrap_err();
         assert_eq!(err.field, "optimizer.batch_size");
+        let err =
+            RunSpec::from_json(r#"{"data": {"source": "scenes", "background_signature": 1.5}}"#)
+                .unwrap_err();
+        assert_eq!(err.field, "data.background_signature");
+        assert!(err.message.contains("[0, 1]"), "{}", err.message);
     }
 
     #[test]

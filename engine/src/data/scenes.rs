@@ -79,7 +79,23 @@ fn generate_set(spec: &ScenesSpec, n: usize, seed: u64) -> ImageSet {
         } else {
             rng.below(BACKGROUNDS.len())
         };
-        let b = draw_scene(out, s, class, background, spec.class_colour, &mut rng);
+        // Drawn from a stream of its own, so that the other draws, and with
+        // them every scene made without a signature, stay as they were.
+        let signature = (spec.background_signature > 0.0).then(|| {
+            Signature::new(
+                spec.background_signature as f32,
+                &mut Rng::derive(seed, &[i as u64, 1]),
+            )
+        });
+        let b = draw_scene(
+            out,
+            s,
+            class,
+            background,
+            signature.as_ref(),
+            spec.class_colour,
+            &mut rng,
+        );
         labels.push(class as u32);
         boxes.push(b);
     }
@@ -206,6 +222,66 @@ impl Background {
     }
 }
 
+/// A pattern one image's background wears alone: a random colour in
+/// stripes, checks or rings of random direction, spacing and phase.
+struct Signature {
+    strength: f32,
+    colour: [f32; 3],
+    kind: usize,
+    dir: (f32, f32),
+    freq: f32,
+    phase: f32,
+    centre: (f32, f32),
+}
+
+impl Signature {
+    fn new(strength: f32, rng: &mut Rng) -> Self {
+        let angle = rng.f32() * std::f32::consts::PI;
+        Signature {
+            strength,
+            colour: hue_colour(rng.f32()),
+            kind: rng.below(3),
+            dir: (angle.cos(), angle.sin()),
+            // Two to five cycles across the image: a small crop still shows
+            // part of one.
+            freq: 2.0 + 3.0 * rng.f32(),
+            phase: rng.f32(),
+            centre: (rng.f32(), rng.f32()),
+        }
+    }
+
+    /// Paints the pattern over the background colour `c` at (x, y) in [0, 1]².
+    fn over(&self, c: [f32; 3], x: f32, y: f32) -> [f32; 3] {
+        let wave =
+            |t: f32| 0.5 + 0.5 * ((t * self.freq + self.phase) * std::f32::consts::TAU).sin();
+        let along = x * self.dir.0 + y * self.dir.1;
+        let across = y * self.dir.0 - x * self.dir.1;
+        let v = match self.kind {
+            0 => wave(along),
+            1 => {
+                let (a, b) = (wave(along) - 0.5, wave(across) - 0.5);
+                if a * b > 0.0 { 1.0 } else { 0.0 }
+            }
+            _ => wave(((x - self.centre.0).powi(2) + (y - self.centre.1).powi(2)).sqrt()),
+        };
+        mix(c, self.colour, self.strength * v)
+    }
+}
+
+/// A saturated colour at `hue` turns round the colour wheel.
+fn hue_colour(hue: f32) -> [f32; 3] {
+    let h = hue.fract() * 6.0;
+    let f = h.fract();
+    match h as usize {
+        0 => [1.0, f, 0.0],
+        1 => [1.0 - f, 1.0, 0.0],
+        2 => [0.0, 1.0, f],
+        3 => [0.0, 1.0 - f, 1.0],
+        4 => [f, 0.0, 1.0],
+        _ => [1.0, 0.0, 1.0 - f],
+    }
+}
+
 /// Whether the point (u, v) in [-1, 1]² lies inside the class's form.
 fn inside(shape: usize, u: f32, v: f32) -> bool {
     let r = (u * u + v * v).sqrt();
@@ -235,6 +311,7 @@ fn draw_scene(
     s: usize,
     class: usize,
     background: usize,
+    signature: Option<&Signature>,
     class_colour: f64,
     rng: &mut Rng,
 ) -> [u32; 4] {
@@ -274,7 +351,8 @@ fn draw_scene(
                     _ => colour,
                 }
             } else {
-                bg.colour(x, y)
+                let c = bg.colour(x, y);
+                signature.map_or(c, |sig| sig.over(c, x, y))
             };
             let o = (py * s + px) * 3;
             for k in 0..3 {
@@ -322,5 +400,53 @@ mod tests {
         }
         assert_eq!(a.train.class_names.len(), 6);
         assert_eq!(class_name(0), "red solid circle");
+    }
+
+    #[test]
+    fn a_signature_changes_the_background_alone() {
+        let plain = generate(&spec()).train;
+        let signed = generate(&ScenesSpec {
+            background_signature: 0.5,
+            ..spec()
+        })
+        .train;
+        assert_eq!(plain.labels, signed.labels);
+        assert_eq!(plain.boxes, signed.boxes);
+        let s = 32;
+        let (mut inside_same, mut outside_changed, mut outside) = (true, 0, 0);
+        for i in 0..plain.len() {
+            let b = plain.boxes[i];
+            let (p, q) = (plain.image(i), signed.image(i));
+            for y in 0..s {
+                for x in 0..s {
+                    let o = (y * s + x) * 3;
+                    let same = p[o..o + 3] == q[o..o + 3];
+                    let in_box =
+                        (b[0]..b[2]).contains(&(x as u32)) && (b[1]..b[3]).contains(&(y as u32));
+                    if in_box {
+                        // The form's own pixels never change; the box's
+                        // corners outside the form are background.
+                        inside_same &= same || !in_form(&plain, i, x, y);
+                    } else {
+                        outside += 1;
+                        outside_changed += usize::from(!same);
+                    }
+                }
+            }
+        }
+        assert!(inside_same);
+        assert!(
+            outside_changed * 2 > outside,
+            "{outside_changed} of {outside}"
+        );
+    }
+
+    /// Whether pixel (x, y) of image `i` lies inside its object's form.
+    fn in_form(set: &ImageSet, i: usize, x: usize, y: usize) -> bool {
+        let b = set.boxes[i];
+        let side = (b[2] - b[0]) as f32;
+        let u = (x as f32 + 0.5 - b[0] as f32) / side * 2.0 - 1.0;
+        let v = (y as f32 + 0.5 - b[1] as f32) / side * 2.0 - 1.0;
+        inside(set.labels[i] as usize % SHAPES.len(), u, v)
     }
 }

@@ -268,6 +268,8 @@ pub fn NewRunPage() -> impl IntoView {
                     |s| scenes(s).image_size.to_string(), |s, v| { scenes_mut(s).image_size = num(v)?; Ok(()) })}
                 {field(spec, "data.background_correlation", "Background–class link", "0 = independent, 1 = one background per class",
                     |s| scenes(s).background_correlation.to_string(), |s, v| { scenes_mut(s).background_correlation = num(v)?; Ok(()) })}
+                {field(spec, "data.background_signature", "Background signature", "0–1: a pattern of each image's own on its background, for memorization audits",
+                    |s| scenes(s).background_signature.to_string(), |s, v| { scenes_mut(s).background_signature = num(v)?; Ok(()) })}
                 {field(spec, "data.seed", "Data seed", "which scenes are drawn",
                     |s| scenes(s).seed.to_string(), |s, v| { scenes_mut(s).seed = num(v)?; Ok(()) })}
             </fieldset>
