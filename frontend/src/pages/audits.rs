@@ -42,6 +42,11 @@ fn starter_spec() -> String {
     spec.run.schedule.epochs = 20;
     spec.split.per_class = 20;
     spec.attack.k = 20;
+    // Backgrounds of their own, as in recipes/dejavu-tiny.toml: something to
+    // memorize.
+    if let sslab_shared::spec::DataSpec::Scenes(scenes) = &mut spec.run.data {
+        scenes.background_signature = 0.5;
+    }
     serde_json::to_string_pretty(&spec).unwrap_or_default()
 }
 
