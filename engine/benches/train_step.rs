@@ -25,13 +25,14 @@ fn env(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// Peak resident memory of this process, from the kernel.
-fn peak_rss_mib() -> f64 {
+/// Resident memory of this process from the kernel: `VmHWM` (the peak) or
+/// `VmRSS` (now).
+fn rss_mib(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         })
         .map(|kib| kib / 1024.0)
@@ -108,7 +109,15 @@ fn main() -> anyhow::Result<()> {
         "sslab (candle, {device:?}, {:?}): resnet18 cifar stem, batch {batch} x 2 views of 32 px: \
          {seconds:.3} s/step, {images_per_sec:.1} images/s, peak RSS {:.0} MiB",
         spec.optimizer.precision,
-        peak_rss_mib()
+        rss_mib("VmHWM:")
+    );
+    // The allocator keeps freed activations for the next step; a finished
+    // run hands them back.
+    let kept = rss_mib("VmRSS:");
+    sslab_engine::release_free_memory();
+    println!(
+        "resident between steps {kept:.0} MiB, after release_free_memory {:.0} MiB",
+        rss_mib("VmRSS:")
     );
     println!("sslab_images_per_sec={images_per_sec:.3}");
     println!(

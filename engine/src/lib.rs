@@ -18,21 +18,40 @@ pub use error::{EngineError, Result};
 
 // Training allocates and frees activation-sized buffers in every op. glibc
 // (and jemalloc's defaults for big blocks) hand them back to the kernel,
-// which zeroes fresh pages on the next touch; one arena that keeps freed
-// pages for 30 s, on huge pages, reuses them instead.
+// which zeroes fresh pages on the next touch; one arena that keeps every
+// freed page (no decay: even a 30 s decay returned enough within one step
+// for the kernel's zeroing to take a tenth of it), on huge pages, reuses
+// them instead. A finished run hands them back: `release_free_memory`.
 #[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[cfg(feature = "jemalloc")]
 const JEMALLOC_CONF: &[u8] =
-    b"narenas:1,oversize_threshold:0,dirty_decay_ms:30000,muzzy_decay_ms:30000,thp:always\0";
+    b"narenas:1,oversize_threshold:0,dirty_decay_ms:-1,muzzy_decay_ms:0,thp:always\0";
 
 #[cfg(feature = "jemalloc")]
 #[unsafe(export_name = "_rjem_malloc_conf")]
 static JEMALLOC_CONF_PTR: Option<&'static std::ffi::c_char> =
     // SAFETY: a NUL-terminated string that lives for the whole program.
     Some(unsafe { &*(JEMALLOC_CONF.as_ptr() as *const std::ffi::c_char) });
+
+/// Returns the allocator's free pages to the system; the allocator keeps
+/// them while a run trains.
+pub fn release_free_memory() {
+    #[cfg(feature = "jemalloc")]
+    // SAFETY: "arena.<MALLCTL_ARENAS_ALL>.purge" takes and returns nothing;
+    // the name is NUL-terminated.
+    unsafe {
+        tikv_jemalloc_sys::mallctl(
+            c"arena.4096.purge".as_ptr(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            0,
+        );
+    }
+}
 
 /// The device training runs on: the first CUDA GPU when built with `cuda`
 /// and one is present, else the CPU.

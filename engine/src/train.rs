@@ -85,7 +85,9 @@ pub fn train(
     checkpoint: &Path,
     observer: &mut dyn Observer,
 ) -> Result<Outcome> {
-    run(spec, splits, device, checkpoint, false, observer)
+    let outcome = run(spec, splits, device, checkpoint, false, observer);
+    crate::release_free_memory();
+    outcome
 }
 
 /// Continues a run from the last epoch its checkpoint holds: the same
@@ -98,7 +100,9 @@ pub fn resume(
     checkpoint: &Path,
     observer: &mut dyn Observer,
 ) -> Result<Outcome> {
-    run(spec, splits, device, checkpoint, true, observer)
+    let outcome = run(spec, splits, device, checkpoint, true, observer);
+    crate::release_free_memory();
+    outcome
 }
 
 /// Where the training state of `checkpoint` after `epochs_done` epochs
