@@ -378,7 +378,7 @@ mod tests {
     }
 
     /// The effect itself, with the tiny recipe (300 epochs on 100 images per
-    /// model, about a minute): at the last epoch the target guesses 0.151 of
+    /// model, under two minutes on two cores): at the last epoch the target guesses 0.151 of
     /// its own images' objects from their background crops against the
     /// reference's 0.109 (chance 0.10; memorized 20, forgotten 12), and
     /// 0.250 against 0.100 over the most confident 20 %. Other seeds gave
