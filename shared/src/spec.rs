@@ -464,6 +464,15 @@ pub enum MethodSpec {
         /// Epochs at the start during which the prototypes do not move; 1.
         #[serde(default = "default_one")]
         freeze_prototypes_epochs: f64,
+        /// Features of past batches kept per global view and scored with
+        /// each batch before Sinkhorn-Knopp, so that batches far below 256
+        /// still get balanced codes; 0 (the default) keeps none, 3840 at
+        /// CIFAR scale. At least the batch size.
+        #[serde(default)]
+        queue_size: usize,
+        /// Epoch from which the queue fills; it takes part once full. 0.
+        #[serde(default)]
+        queue_starts_epoch: f64,
     },
     /// MSN (Assran et al. 2022, arXiv:2204.07141): an anchor view with patches
     /// dropped matches an EMA target's sharpened prototype assignment of an
@@ -1516,9 +1525,21 @@ impl RunSpec {
                 epsilon,
                 sinkhorn_iterations,
                 freeze_prototypes_epochs,
+                queue_size,
+                queue_starts_epoch,
             } => {
                 prototypes(*k)?;
                 frozen("method.freeze_prototypes_epochs", *freeze_prototypes_epochs)?;
+                frozen("method.queue_starts_epoch", *queue_starts_epoch)?;
+                let batch = self.optimizer.batch_size;
+                if *queue_size != 0 && !(batch..=65_536).contains(queue_size) {
+                    return bad(
+                        "method.queue_size",
+                        format!(
+                            "must be 0 (no queue) or between the batch size {batch} and 65536, got {queue_size}"
+                        ),
+                    );
+                }
                 temperature("method.temperature", *t)?;
                 if !(*epsilon > 0.0 && *epsilon <= 10.0) {
                     return bad(
@@ -2143,6 +2164,16 @@ mod tests {
                 r#"{"name": "swav", "prototypes": 1}"#,
                 "method.prototypes",
                 "between 2 and 65536",
+            ),
+            (
+                r#"{"name": "swav", "queue_size": 100}"#,
+                "method.queue_size",
+                "batch size 128",
+            ),
+            (
+                r#"{"name": "swav", "queue_size": 512, "queue_starts_epoch": -1}"#,
+                "method.queue_starts_epoch",
+                "between 0 and the run's",
             ),
             (
                 r#"{"name": "simclr", "negatives": "two"}"#,

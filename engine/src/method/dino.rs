@@ -124,7 +124,7 @@ impl Method for Dino {
         at: &StepInfo,
     ) -> candle_core::Result<StepLoss> {
         let n = views[0].dim(0)?;
-        let (student, features) = scores_per_view(encoder, &self.prototypes, views)?;
+        let (student, features, _) = scores_per_view(encoder, &self.prototypes, views)?;
         let globals = Tensor::cat(&[&views[0], &views[1]], 0)?;
         let t = self
             .target_prototypes

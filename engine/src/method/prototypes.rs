@@ -42,17 +42,19 @@ impl Prototypes {
 
 /// Prototype scores of every view: the two global views in one pass (so
 /// BatchNorm sees them together), the local ones in another. Returns one
-/// (N, K) score matrix per view and the first view's backbone features.
+/// (N, K) score matrix per view, the first view's backbone features and the
+/// global views' embeddings (2N, d), the second view's after the first's.
 pub fn scores_per_view(
     encoder: &crate::model::Encoder,
     prototypes: &Prototypes,
     views: &[Tensor],
-) -> candle_core::Result<(Vec<Tensor>, Tensor)> {
+) -> candle_core::Result<(Vec<Tensor>, Tensor, Tensor)> {
     use candle_core::ModuleT;
     let n = views[0].dim(0)?;
     let globals = Tensor::cat(&[&views[0], &views[1]], 0)?;
     let layers = encoder.forward_layers(&globals, true)?;
-    let s = prototypes.cosine(layers.last().expect("the backbone is always a layer"))?;
+    let z = layers.last().expect("the backbone is always a layer");
+    let s = prototypes.cosine(z)?;
     let mut scores = vec![s.narrow(0, 0, n)?, s.narrow(0, n, n)?];
     if views.len() > 2 {
         let locals = Tensor::cat(&views[2..], 0)?;
@@ -61,7 +63,7 @@ pub fn scores_per_view(
             scores.push(s.narrow(0, v * n, n)?);
         }
     }
-    Ok((scores, layers[0].narrow(0, 0, n)?))
+    Ok((scores, layers[0].narrow(0, 0, n)?, z.clone()))
 }
 
 /// Cosine similarity of every row of `z` (N, d) with every row of `w` (K, d).
