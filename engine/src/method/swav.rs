@@ -124,7 +124,7 @@ impl Method for Swav {
         let mut codes = Vec::new();
         for (v, s) in scores[..2].iter().enumerate() {
             let all = match full {
-                Some(q) => Tensor::cat(&[s, &self.prototypes.cosine(&q.get(v)?)?], 0)?,
+                Some(q) => Tensor::cat(&[s, &self.prototypes.cosine_detached(&q.get(v)?)?], 0)?,
                 None => s.clone(),
             };
             codes.push(sinkhorn(&all, self.epsilon, self.iterations)?.narrow(0, 0, n)?);
