@@ -154,7 +154,17 @@ impl Store {
                 })
             });
         }
-        let pool = options.connect(url).await?;
+        // sqlx's Any driver declares a missing f64 as a float4 parameter, and
+        // a statement PostgreSQL prepared with one then refuses the next
+        // present value ("incorrect binary data format"); statements are
+        // prepared afresh each time instead of cached.
+        let url = if dialect == Dialect::Postgres && !url.contains("statement-cache-capacity") {
+            let sep = if url.contains('?') { '&' } else { '?' };
+            format!("{url}{sep}statement-cache-capacity=0")
+        } else {
+            url.to_string()
+        };
+        let pool = options.connect(&url).await?;
         match dialect {
             Dialect::Sqlite => sqlx::migrate!("../migrations/sqlite").run(&pool).await?,
             Dialect::Postgres => sqlx::migrate!("../migrations/postgres").run(&pool).await?,
@@ -1071,6 +1081,56 @@ mod tests {
         let mut s = RunSpec::default();
         s.optimizer.batch_size = 100;
         s
+    }
+
+    /// A missing float and a present one bound to the same statements in
+    /// turn, on PostgreSQL when `SSLAB_TEST_DATABASE_URL` names one.
+    #[tokio::test]
+    async fn missing_and_present_floats_alternate_on_postgres() {
+        use sqlx::Connection;
+        let Ok(admin) = std::env::var("SSLAB_TEST_DATABASE_URL") else {
+            return;
+        };
+        let mut conn = sqlx::postgres::PgConnection::connect(&admin).await.unwrap();
+        let name = format!("sslab_store_{}", uuid::Uuid::new_v4().simple());
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let (base, _) = admin.rsplit_once('/').unwrap();
+        let store = Store::connect(&format!("{base}/{name}")).await.unwrap();
+        for round in 0..4 {
+            let present = round % 2 == 1;
+            store.create_run(&spec(), None).await.unwrap();
+            let run = store.claim_next("w", 10_000).await.unwrap().unwrap().run;
+            let m = MetricPoint {
+                step: 1,
+                epoch: 0,
+                loss: 1.0,
+                lr: 0.1,
+                images_per_sec: 10.0,
+                data_wait: present.then_some(0.1),
+                online_probe_acc: present.then_some(0.5),
+            };
+            store.add_metrics(&run.id, &[m], Some(8)).await.unwrap();
+            let ev = Evaluation {
+                layer: "backbone".into(),
+                probe: "knn".into(),
+                metric: "top1".into(),
+                value: 0.75,
+                settings: serde_json::json!({}),
+                job_id: None,
+            };
+            let evs = if present { vec![ev] } else { vec![] };
+            assert!(
+                store
+                    .finish_run(&run.id, "w", RunStatus::Succeeded, None, &evs)
+                    .await
+                    .unwrap()
+            );
+            let done = store.run(&run.id).await.unwrap().unwrap();
+            assert_eq!(done.knn_backbone, present.then_some(0.75), "round {round}");
+        }
     }
 
     #[tokio::test]
