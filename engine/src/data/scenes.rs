@@ -305,6 +305,13 @@ fn inside(shape: usize, u: f32, v: f32) -> bool {
     }
 }
 
+/// Pixel (px, py) in the coordinates of an object of `side` pixels whose
+/// box starts at `origin`: [-1, 1]² inside the box.
+fn form_coords(px: usize, py: usize, origin: [usize; 2], side: usize) -> (f32, f32) {
+    let at = |p: usize, o: usize| ((p as f32 + 0.5) - o as f32) / side as f32 * 2.0 - 1.0;
+    (at(px, origin[0]), at(py, origin[1]))
+}
+
 /// Draws a scene into `out` (RGB bytes) and returns the object's box.
 fn draw_scene(
     out: &mut [u8],
@@ -334,8 +341,7 @@ fn draw_scene(
     for py in 0..s {
         for px in 0..s {
             let (x, y) = ((px as f32 + 0.5) / s as f32, (py as f32 + 0.5) / s as f32);
-            let u = ((px as f32 + 0.5) - x0 as f32) / side as f32 * 2.0 - 1.0;
-            let v = ((py as f32 + 0.5) - y0 as f32) / side as f32 * 2.0 - 1.0;
+            let (u, v) = form_coords(px, py, [x0, y0], side);
             let c = if u.abs() <= 1.0 && v.abs() <= 1.0 && inside(shape, u, v) {
                 match TEXTURES[texture] {
                     "striped" if ((u + v) * stripe_freq * std::f32::consts::PI).sin() > 0.0 => {
@@ -443,10 +449,8 @@ mod tests {
 
     /// Whether pixel (x, y) of image `i` lies inside its object's form.
     fn in_form(set: &ImageSet, i: usize, x: usize, y: usize) -> bool {
-        let b = set.boxes[i];
-        let side = (b[2] - b[0]) as f32;
-        let u = (x as f32 + 0.5 - b[0] as f32) / side * 2.0 - 1.0;
-        let v = (y as f32 + 0.5 - b[1] as f32) / side * 2.0 - 1.0;
+        let b = set.boxes[i].map(|v| v as usize);
+        let (u, v) = form_coords(x, y, [b[0], b[1]], b[2] - b[0]);
         inside(set.labels[i] as usize % SHAPES.len(), u, v)
     }
 }
