@@ -804,6 +804,12 @@ pub struct BackboneSpec {
     pub patch_size: usize,
     /// ViT: transformer blocks.
     pub depth: usize,
+    /// ViT: embed patches with 3×3 stride-2 conv-BN-ReLU layers, one per
+    /// halving of the patch side, and a linear map to the width, instead of
+    /// one linear map of each patch's pixels (Xiao et al. 2021,
+    /// arXiv:2106.14881). A ViT then learns on small data sets in the steps
+    /// a CNN needs. The patch size must be a power of two.
+    pub conv_stem: bool,
     /// ViT: attention heads; they must divide `width`.
     pub heads: usize,
 }
@@ -817,6 +823,7 @@ impl Default for BackboneSpec {
             stem: Stem::Cifar,
             patch_size: 4,
             depth: 12,
+            conv_stem: false,
             heads: 3,
         }
     }
@@ -853,6 +860,7 @@ impl BackboneSpec {
             patch_size: 4,
             last_block_width: None,
             stem: Stem::Cifar,
+            conv_stem: false,
         }
     }
 }
@@ -1659,6 +1667,24 @@ impl RunSpec {
                     format!("must divide the width {}, got {}", b.width, b.heads),
                 );
             }
+            if b.conv_stem && !(b.patch_size >= 2 && b.patch_size.is_power_of_two()) {
+                return bad(
+                    "backbone.patch_size",
+                    format!(
+                        "a conv stem halves the image once per layer: the patch size must be a power of two from 2 up, got {}",
+                        b.patch_size
+                    ),
+                );
+            }
+            if b.conv_stem && self.method.reconstructs() {
+                return bad(
+                    "backbone.conv_stem",
+                    format!(
+                        "{} reconstructs the patches it hides, and a conv stem's overlapping windows would show their edges to the encoder",
+                        self.method.name()
+                    ),
+                );
+            }
             if self.method.needs_vit() && side > 0 && side / b.patch_size < 2 {
                 return bad(
                     "backbone.patch_size",
@@ -1681,6 +1707,14 @@ impl RunSpec {
                     ),
                 );
             }
+        } else if b.conv_stem {
+            return bad(
+                "backbone.conv_stem",
+                format!(
+                    "only a ViT has one, not {} (a ResNet's first layers are backbone.stem)",
+                    b.kind.name()
+                ),
+            );
         } else if self.method.needs_vit() {
             return bad(
                 "backbone.kind",
@@ -2219,6 +2253,26 @@ mod tests {
                 r#"{"backbone": {"kind": "vit", "width": 48, "patch_size": 8}, "eval": {"data": {"source": "folder", "path": "/d", "image_size": 28}}}"#,
                 "eval.data",
                 "28 px",
+            ),
+            (
+                r#"{"backbone": {"kind": "vit", "width": 48, "patch_size": 3, "conv_stem": true}, "data": {"source": "folder", "path": "/d", "image_size": 48}}"#,
+                "backbone.patch_size",
+                "power of two from 2 up, got 3",
+            ),
+            (
+                r#"{"backbone": {"kind": "vit", "width": 48, "patch_size": 1, "conv_stem": true}}"#,
+                "backbone.patch_size",
+                "got 1",
+            ),
+            (
+                r#"{"method": {"name": "simmim"}, "backbone": {"kind": "vit", "width": 48, "conv_stem": true}, "projector": {"dims": ""}}"#,
+                "backbone.conv_stem",
+                "simmim reconstructs",
+            ),
+            (
+                r#"{"backbone": {"kind": "resnet18", "conv_stem": true}}"#,
+                "backbone.conv_stem",
+                "not resnet18",
             ),
             (
                 r#"{"backbone": {"kind": "vit", "width": 50, "heads": 3}}"#,

@@ -104,7 +104,7 @@ impl Method for Mae {
             .iter()
             .map(|k| (0..l).filter(|i| k.binary_search(i).is_err()).collect())
             .collect();
-        let encoded = vit.encode(&select_tokens(&vit.embed(x)?, &keep)?)?;
+        let encoded = vit.encode(&select_tokens(&vit.embed(x, true)?, &keep)?)?;
         let width = self.pos.dim(2)?;
         let pos = self.pos.broadcast_as((b, l, width))?.contiguous()?;
         let h = encoded.apply(&self.embed)?;

@@ -159,7 +159,7 @@ impl Method for Msn {
                 kept_count(side * side, self.mask_ratio),
                 &mut rng,
             );
-            let layers = encoder.layers_from(vit.forward_kept(view, &keep)?, true)?;
+            let layers = encoder.layers_from(vit.forward_kept(view, &keep, true)?, true)?;
             if i == 0 {
                 features = Some(layers[0].clone());
             }

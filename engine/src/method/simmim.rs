@@ -85,7 +85,7 @@ impl Method for SimMim {
             }
         }
         let mask = Tensor::from_vec(mask, (b, l, 1), x.device())?;
-        let tokens = vit.patch_tokens(x)?;
+        let tokens = vit.patch_tokens(x, true)?;
         let tokens =
             (tokens.broadcast_mul(&(1.0 - &mask)?)? + mask.broadcast_mul(&self.mask_token)?)?;
         let encoded = vit.encode(&vit.add_positions(&tokens, side)?)?;

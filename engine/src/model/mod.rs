@@ -83,12 +83,15 @@ impl Encoder {
                 vb.pp("backbone"),
             )?),
             BackboneKind::Vit => Backbone::Vit(vit::Vit::new(
-                spec.data.image_size(),
-                b.patch_size,
-                b.width,
-                b.depth,
-                b.heads,
-                b.last_block_width,
+                &vit::VitShape {
+                    image_size: spec.data.image_size(),
+                    patch: b.patch_size,
+                    width: b.width,
+                    depth: b.depth,
+                    heads: b.heads,
+                    conv_stem: b.conv_stem,
+                    out_dim: b.last_block_width,
+                },
                 vb.pp("backbone"),
             )?),
         };

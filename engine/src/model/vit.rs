@@ -2,11 +2,15 @@
 //! patches, a CLS token, learned position embeddings and pre-norm blocks. The
 //! representation is the CLS token after the last norm, optionally mapped to
 //! `last_block_width` by a linear layer. Patch dropping (MSN, MAE) and mask
-//! tokens (SimMIM) enter between the patch embedding and the blocks.
+//! tokens (SimMIM) enter between the patch embedding and the blocks. The
+//! patches are embedded by one linear map of their pixels, or by a conv stem
+//! (Xiao et al. 2021, arXiv:2106.14881): 3×3 stride-2 conv-BN-ReLU layers
+//! down to one position per patch, then a linear map.
 
 use candle_core::{D, IndexOp, Module, ModuleT, Tensor};
 use candle_nn::{Init, Linear, VarBuilder, linear};
 
+use super::cnn::ConvBn;
 use super::norm::LayerNorm;
 
 struct Attention {
@@ -76,6 +80,9 @@ pub struct Vit {
     patch: usize,
     /// Patches per side at the full image size.
     grid: usize,
+    /// The conv stem's layers; empty for the linear patch embedding.
+    stem: Vec<ConvBn>,
+    /// Pixels of a patch (or the stem's last channels) → width.
     patch_embed: Linear,
     cls: Tensor,
     /// (1, 1 + grid², width): the CLS token's, then the patches' row by row.
@@ -111,16 +118,29 @@ pub fn select_tokens(x: &Tensor, keep: &[Vec<usize>]) -> candle_core::Result<Ten
         .reshape((b, k, d))
 }
 
+/// The sizes of a ViT.
+pub struct VitShape {
+    pub image_size: usize,
+    pub patch: usize,
+    pub width: usize,
+    pub depth: usize,
+    pub heads: usize,
+    pub conv_stem: bool,
+    /// A linear head to this dimension after the CLS token.
+    pub out_dim: Option<usize>,
+}
+
 impl Vit {
-    pub fn new(
-        image_size: usize,
-        patch: usize,
-        width: usize,
-        depth: usize,
-        heads: usize,
-        out_dim: Option<usize>,
-        vb: VarBuilder,
-    ) -> candle_core::Result<Self> {
+    pub fn new(shape: &VitShape, vb: VarBuilder) -> candle_core::Result<Self> {
+        let &VitShape {
+            image_size,
+            patch,
+            width,
+            depth,
+            heads,
+            conv_stem,
+            out_dim,
+        } = shape;
         let grid = image_size / patch;
         let blocks = (0..depth)
             .map(|i| Block::new(width, heads, vb.pp(format!("blocks.{i}"))))
@@ -129,10 +149,26 @@ impl Vit {
             mean: 0.0,
             stdev: 0.02,
         };
+        // log2(patch) layers whose channels double up to the width
+        // (ViT-S/16: 48, 96, 192, 384, as in the paper).
+        let layers = if conv_stem {
+            patch.trailing_zeros() as usize
+        } else {
+            0
+        };
+        let channels = |i: usize| (width >> (layers - 1 - i)).max(1);
+        let stem = (0..layers)
+            .map(|i| {
+                let cin = if i == 0 { 3 } else { channels(i - 1) };
+                ConvBn::new(cin, channels(i), 3, 2, vb.pp(format!("stem.{i}")))
+            })
+            .collect::<candle_core::Result<_>>()?;
+        let embed_in = if conv_stem { width } else { 3 * patch * patch };
         Ok(Vit {
             patch,
             grid,
-            patch_embed: linear(3 * patch * patch, width, vb.pp("patch_embed"))?,
+            stem,
+            patch_embed: linear(embed_in, width, vb.pp("patch_embed"))?,
             cls: vb.get_with_hints((1, 1, width), "cls_token", init)?,
             pos: vb.get_with_hints((1, 1 + grid * grid, width), "pos_embed", init)?,
             blocks,
@@ -149,8 +185,21 @@ impl Vit {
     }
 
     /// Patch embeddings without positions: (B, 3, H, W) → (B, L, width).
-    pub fn patch_tokens(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        patchify(x, self.patch)?.apply(&self.patch_embed)
+    pub fn patch_tokens(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        if self.stem.is_empty() {
+            return patchify(x, self.patch)?.apply(&self.patch_embed);
+        }
+        let mut h = x.clone();
+        for c in &self.stem {
+            h = c.forward_relu(&h, train)?;
+        }
+        let (b, c, _, _) = h.dims4()?;
+        // contiguous: candle 0.11's batched matmul of a transposed input
+        // with the broadcast weight returns wrong values.
+        h.reshape((b, c, ()))?
+            .transpose(1, 2)?
+            .contiguous()?
+            .apply(&self.patch_embed)
     }
 
     /// Adds the position embeddings of a `side`×`side` patch grid, resized
@@ -169,9 +218,9 @@ impl Vit {
     }
 
     /// Patch tokens with their positions: (B, 3, H, W) → (B, L, width).
-    pub fn embed(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    pub fn embed(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         let side = x.dim(3)? / self.patch;
-        self.add_positions(&self.patch_tokens(x)?, side)
+        self.add_positions(&self.patch_tokens(x, train)?, side)
     }
 
     /// Prepends the CLS token and runs the blocks and the last norm:
@@ -197,14 +246,19 @@ impl Vit {
 
     /// The representation of images with only the patches `keep[b]` of image
     /// `b` fed to the blocks (MSN's anchor, MAE's encoder).
-    pub fn forward_kept(&self, x: &Tensor, keep: &[Vec<usize>]) -> candle_core::Result<Tensor> {
-        self.represent(&self.encode(&select_tokens(&self.embed(x)?, keep)?)?)
+    pub fn forward_kept(
+        &self,
+        x: &Tensor,
+        keep: &[Vec<usize>],
+        train: bool,
+    ) -> candle_core::Result<Tensor> {
+        self.represent(&self.encode(&select_tokens(&self.embed(x, train)?, keep)?)?)
     }
 }
 
 impl ModuleT for Vit {
-    fn forward_t(&self, x: &Tensor, _train: bool) -> candle_core::Result<Tensor> {
-        self.represent(&self.encode(&self.embed(x)?)?)
+    fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        self.represent(&self.encode(&self.embed(x, train)?)?)
     }
 }
 
@@ -243,9 +297,18 @@ mod tests {
 
     use super::*;
 
-    fn vit(varmap: &VarMap, out: Option<usize>) -> Vit {
+    fn vit(varmap: &VarMap, out_dim: Option<usize>, conv_stem: bool) -> Vit {
         let vb = VarBuilder::from_varmap(varmap, DType::F32, &Device::Cpu);
-        Vit::new(16, 4, 24, 2, 3, out, vb).unwrap()
+        let shape = VitShape {
+            image_size: 16,
+            patch: 4,
+            width: 24,
+            depth: 2,
+            heads: 3,
+            conv_stem,
+            out_dim,
+        };
+        Vit::new(&shape, vb).unwrap()
     }
 
     fn images(n: usize, side: usize) -> Tensor {
@@ -270,18 +333,33 @@ mod tests {
     /// The LayerNorm gap: with candle's fused norm nothing upstream trains.
     #[test]
     fn every_parameter_gets_a_gradient() {
-        let varmap = VarMap::new();
-        let m = vit(&varmap, Some(10));
-        let out = m.forward_t(&images(2, 16), true).unwrap();
-        assert_eq!(out.dims(), [2, 10]);
-        let grads = out.sqr().unwrap().sum_all().unwrap().backward().unwrap();
-        let data = varmap.data().lock().unwrap();
-        assert_eq!(
-            data.len(),
-            8 + 2 * 12,
-            "patch embed, cls, pos, norm, head, 12 per block"
-        );
+        for conv_stem in [false, true] {
+            let varmap = VarMap::new();
+            let m = vit(&varmap, Some(10), conv_stem);
+            let out = m.forward_t(&images(2, 16), true).unwrap();
+            assert_eq!(out.dims(), [2, 10]);
+            let grads = out.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+            let data = varmap.data().lock().unwrap();
+            // Patch 4: two conv-BN layers of a weight, BN's two and its two
+            // running statistics.
+            let stem = if conv_stem { 2 * 5 } else { 0 };
+            assert_eq!(
+                data.len(),
+                8 + 2 * 12 + stem,
+                "patch embed, cls, pos, norm, head, 12 per block, the stem"
+            );
+            assert_gradients(&data, &grads);
+        }
+    }
+
+    fn assert_gradients(
+        data: &std::collections::HashMap<String, candle_core::Var>,
+        grads: &candle_core::backprop::GradStore,
+    ) {
         for (name, var) in data.iter() {
+            if name.contains("running_") {
+                continue;
+            }
             let g = grads
                 .get(var)
                 .unwrap_or_else(|| panic!("no gradient reaches {name}"));
@@ -295,20 +373,22 @@ mod tests {
 
     #[test]
     fn kept_patches_and_smaller_views_go_through() {
-        let varmap = VarMap::new();
-        let m = vit(&varmap, None);
-        let x = images(2, 16);
-        // Keeping every patch is the plain forward.
-        let all: Vec<Vec<usize>> = vec![(0..16).collect(), (0..16).collect()];
-        let a: Vec<Vec<f32>> = m.forward_kept(&x, &all).unwrap().to_vec2().unwrap();
-        let b: Vec<Vec<f32>> = m.forward_t(&x, false).unwrap().to_vec2().unwrap();
-        for (r, s) in a.iter().flatten().zip(b.iter().flatten()) {
-            assert!((r - s).abs() < 1e-5);
+        for conv_stem in [false, true] {
+            let varmap = VarMap::new();
+            let m = vit(&varmap, None, conv_stem);
+            let x = images(2, 16);
+            // Keeping every patch is the plain forward.
+            let all: Vec<Vec<usize>> = vec![(0..16).collect(), (0..16).collect()];
+            let a: Vec<Vec<f32>> = m.forward_kept(&x, &all, false).unwrap().to_vec2().unwrap();
+            let b: Vec<Vec<f32>> = m.forward_t(&x, false).unwrap().to_vec2().unwrap();
+            for (r, s) in a.iter().flatten().zip(b.iter().flatten()) {
+                assert!((r - s).abs() < 1e-5);
+            }
+            let some = vec![vec![0, 5, 9], vec![2, 3, 15]];
+            assert_eq!(m.forward_kept(&x, &some, false).unwrap().dims(), [2, 24]);
+            // An 8 px local view: a 2×2 grid with resized positions.
+            assert_eq!(m.forward_t(&images(3, 8), false).unwrap().dims(), [3, 24]);
         }
-        let some = vec![vec![0, 5, 9], vec![2, 3, 15]];
-        assert_eq!(m.forward_kept(&x, &some).unwrap().dims(), [2, 24]);
-        // An 8 px local view: a 2×2 grid with resized positions.
-        assert_eq!(m.forward_t(&images(3, 8), false).unwrap().dims(), [3, 24]);
     }
 
     #[test]

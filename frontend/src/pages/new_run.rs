@@ -288,6 +288,9 @@ pub fn NewRunPage() -> impl IntoView {
                     |s| s.backbone.width.to_string(), |s, v| { s.backbone.width = num(v)?; Ok(()) })}
                 {field(spec, "backbone.patch_size", "ViT patch size", "pixels; must divide the image size (4 for 32 px)",
                     |s| s.backbone.patch_size.to_string(), |s, v| { s.backbone.patch_size = num(v)?; Ok(()) })}
+                {select(spec, "backbone.conv_stem", "ViT conv stem", &["false", "true"],
+                    |s| s.backbone.conv_stem.to_string(),
+                    |s, v| { s.backbone.conv_stem = v == "true"; Ok(()) })}
                 {field(spec, "backbone.depth", "ViT depth", "transformer blocks (ViT-Tiny/Small: 12)",
                     |s| s.backbone.depth.to_string(), |s, v| { s.backbone.depth = num(v)?; Ok(()) })}
                 {field(spec, "backbone.heads", "ViT heads", "must divide the width (ViT-Tiny 3, ViT-Small 6)",
