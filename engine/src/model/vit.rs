@@ -194,8 +194,10 @@ impl Vit {
             h = c.forward_relu(&h, train)?;
         }
         let (b, c, _, _) = h.dims4()?;
-        // contiguous: candle 0.11's batched matmul of a transposed input
-        // with the broadcast weight returns wrong values.
+        // contiguous: candle 0.11's CPU matmul folds the broadcast weight's
+        // batch into one gemm as if the input's rows were adjacent, which a
+        // transposed view's are not, and returns wrong values
+        // (huggingface/candle#3758).
         h.reshape((b, c, ()))?
             .transpose(1, 2)?
             .contiguous()?
