@@ -322,9 +322,12 @@ fn run(
                             if rows.is_empty() {
                                 None
                             } else {
+                                // A ViT's CLS token is a strided view, and
+                                // candle's index_select wants contiguous rows.
                                 let features = out
                                     .features
                                     .detach()
+                                    .contiguous()?
                                     .index_select(&Tensor::new(rows.as_slice(), device)?, 0)?;
                                 Some(p.step(&features, &Tensor::new(labels.as_slice(), device)?)?)
                             }
@@ -1115,6 +1118,49 @@ mod tests {
                 after >= 0.34 && after >= before + 0.03,
                 "{method}: kNN@backbone {before:.3} untrained -> {after:.3} trained (chance 0.20)"
             );
+        }
+    }
+
+    /// Every tiny recipe trains as written (method, backbone, online probe,
+    /// evaluation plan), on 128 of its images for its 6 epochs.
+    #[test]
+    fn every_tiny_recipe_trains_as_written() {
+        let recipes = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../recipes");
+        for method in [
+            "simclr", "mocov3", "byol", "simsiam", "barlow", "vicreg", "swav", "dino", "msn",
+            "pmsn", "mae", "simmim",
+        ] {
+            let text =
+                std::fs::read_to_string(recipes.join(format!("{method}-tiny.toml"))).unwrap();
+            let mut spec = RunSpec::from_toml(&text).unwrap();
+            let DataSpec::Scenes(scenes) = &mut spec.data else {
+                panic!("{method}: the tiny recipes use the built-in scenes")
+            };
+            scenes.train_images = 128;
+            scenes.test_images = 40;
+            let splits = crate::data::load(&spec.data).unwrap();
+            let mut rec = Record {
+                losses: vec![],
+                online: vec![],
+                stop_after: None,
+                checkpoints: 0,
+            };
+            let out = train(
+                &spec,
+                &splits,
+                &Device::Cpu,
+                &tempdir().join("r.safetensors"),
+                &mut rec,
+            )
+            .unwrap_or_else(|e| panic!("{method}: {e}"));
+            let Outcome::Finished { evaluations, .. } = out else {
+                panic!("{method}: stopped")
+            };
+            assert_eq!(rec.losses.len(), 12, "{method}");
+            assert!(!evaluations.is_empty(), "{method}");
+            for e in &evaluations {
+                assert!(e.value.is_finite(), "{method}: {} {}", e.layer, e.probe);
+            }
         }
     }
 
