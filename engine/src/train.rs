@@ -925,23 +925,7 @@ mod tests {
             ..ScenesSpec::default()
         }));
         let splits = crate::data::load(&spec.data).unwrap();
-        let mut rec = Record {
-            losses: vec![],
-            online: vec![],
-            stop_after: None,
-            checkpoints: 0,
-        };
-        let out = train(
-            &spec,
-            &splits,
-            &Device::Cpu,
-            &tempdir().join("t.safetensors"),
-            &mut rec,
-        )
-        .unwrap();
-        let Outcome::Finished { evaluations, .. } = out else {
-            panic!("stopped")
-        };
+        let (rec, evaluations) = train_to_end(&spec, &splits);
         assert_eq!(evaluations.len(), 1);
         assert!(rec.online.is_empty(), "online probe was off");
         // The linear probe's validation split came from the 40 transfer images.
@@ -966,24 +950,7 @@ mod tests {
         let (untrained, _) = model::build(&spec, &Device::Cpu).unwrap();
         let before =
             eval::evaluate(&untrained, &splits, &spec.eval, spec.seed, &Device::Cpu).unwrap();
-        let mut rec = Record {
-            losses: vec![],
-            online: vec![],
-            stop_after: None,
-            checkpoints: 0,
-        };
-        let dir = tempdir();
-        let out = train(
-            &spec,
-            &splits,
-            &Device::Cpu,
-            &dir.join("c.safetensors"),
-            &mut rec,
-        )
-        .unwrap();
-        let Outcome::Finished { evaluations, .. } = out else {
-            panic!("stopped")
-        };
+        let (rec, evaluations) = train_to_end(&spec, &splits);
         let knn = |evals: &[Evaluation], layer: &str| {
             evals
                 .iter()
@@ -1092,23 +1059,7 @@ mod tests {
             let before = eval::evaluate(&untrained, &splits, &spec.eval, spec.seed, &Device::Cpu)
                 .unwrap()[0]
                 .value;
-            let mut rec = Record {
-                losses: vec![],
-                online: vec![],
-                stop_after: None,
-                checkpoints: 0,
-            };
-            let out = train(
-                &spec,
-                &splits,
-                &Device::Cpu,
-                &tempdir().join("l.safetensors"),
-                &mut rec,
-            )
-            .unwrap();
-            let Outcome::Finished { evaluations, .. } = out else {
-                panic!("stopped")
-            };
+            let (_, evaluations) = train_to_end(&spec, &splits);
             let after = evaluations[0].value;
             eprintln!("{method}: kNN@backbone untrained {before:.3}, trained {after:.3}");
             report.push((method, before, after));
@@ -1139,28 +1090,29 @@ mod tests {
             scenes.train_images = 128;
             scenes.test_images = 40;
             let splits = crate::data::load(&spec.data).unwrap();
-            let mut rec = Record {
-                losses: vec![],
-                online: vec![],
-                stop_after: None,
-                checkpoints: 0,
-            };
-            let out = train(
-                &spec,
-                &splits,
-                &Device::Cpu,
-                &tempdir().join("r.safetensors"),
-                &mut rec,
-            )
-            .unwrap_or_else(|e| panic!("{method}: {e}"));
-            let Outcome::Finished { evaluations, .. } = out else {
-                panic!("{method}: stopped")
-            };
+            let (rec, evaluations) = train_to_end(&spec, &splits);
             assert_eq!(rec.losses.len(), 12, "{method}");
             assert!(!evaluations.is_empty(), "{method}");
             for e in &evaluations {
                 assert!(e.value.is_finite(), "{method}: {} {}", e.layer, e.probe);
             }
+        }
+    }
+
+    /// Trains `spec` to its end on the CPU: what the observer saw, and the
+    /// final evaluations.
+    fn train_to_end(spec: &RunSpec, splits: &Splits) -> (Record, Vec<Evaluation>) {
+        let mut rec = Record {
+            losses: vec![],
+            online: vec![],
+            stop_after: None,
+            checkpoints: 0,
+        };
+        let ck = tempdir().join("run.safetensors");
+        match train(spec, splits, &Device::Cpu, &ck, &mut rec) {
+            Ok(Outcome::Finished { evaluations, .. }) => (rec, evaluations),
+            Ok(_) => panic!("{}: stopped before its end", spec.name),
+            Err(e) => panic!("{}: {e}", spec.name),
         }
     }
 
