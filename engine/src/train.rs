@@ -567,6 +567,17 @@ mod tests {
         checkpoints: usize,
     }
 
+    impl Record {
+        fn stopping_after(stop_after: Option<usize>) -> Self {
+            Record {
+                losses: vec![],
+                online: vec![],
+                stop_after,
+                checkpoints: 0,
+            }
+        }
+    }
+
     impl Observer for Record {
         fn on_step(&mut self, m: &StepMetrics) -> Control {
             assert!(m.lr > 0.0 && m.images_per_sec > 0.0);
@@ -612,18 +623,8 @@ mod tests {
         let splits = crate::data::load(&spec.data).unwrap();
         let dir = tempdir();
         let ck = dir.join("a.safetensors");
-        let mut a = Record {
-            losses: vec![],
-            online: vec![],
-            stop_after: None,
-            checkpoints: 0,
-        };
-        let mut b = Record {
-            losses: vec![],
-            online: vec![],
-            stop_after: Some(1),
-            checkpoints: 0,
-        };
+        let mut a = Record::stopping_after(None);
+        let mut b = Record::stopping_after(Some(1));
         train(&spec, &splits, &Device::Cpu, &ck, &mut a).unwrap();
         let out = train(
             &spec,
@@ -820,12 +821,7 @@ mod tests {
         extra.labels = vec![crate::data::UNLABELED; extra.len()];
         // 64 labelled + 192 unlabelled = 4 batches of 64.
         splits.unlabeled = Some(extra.concat(&extra).concat(&extra));
-        let mut rec = Record {
-            losses: vec![],
-            online: vec![],
-            stop_after: None,
-            checkpoints: 0,
-        };
+        let mut rec = Record::stopping_after(None);
         train(
             &spec,
             &splits,
@@ -850,12 +846,7 @@ mod tests {
         spec.optimizer.precision = sslab_shared::spec::Precision::Bf16;
         spec.eval.probes = vec![sslab_shared::spec::ProbeKind::Knn];
         let splits = crate::data::load(&spec.data).unwrap();
-        let mut rec = Record {
-            losses: vec![],
-            online: vec![],
-            stop_after: None,
-            checkpoints: 0,
-        };
+        let mut rec = Record::stopping_after(None);
         let ck = tempdir().join("bf16.safetensors");
         let out = train(&spec, &splits, &Device::Cpu, &ck, &mut rec).unwrap();
         assert_eq!(rec.losses.len(), 4);
@@ -1102,12 +1093,7 @@ mod tests {
     /// Trains `spec` to its end on the CPU: what the observer saw, and the
     /// final evaluations.
     fn train_to_end(spec: &RunSpec, splits: &Splits) -> (Record, Vec<Evaluation>) {
-        let mut rec = Record {
-            losses: vec![],
-            online: vec![],
-            stop_after: None,
-            checkpoints: 0,
-        };
+        let mut rec = Record::stopping_after(None);
         let ck = tempdir().join("run.safetensors");
         match train(spec, splits, &Device::Cpu, &ck, &mut rec) {
             Ok(Outcome::Finished { evaluations, .. }) => (rec, evaluations),
