@@ -46,12 +46,23 @@ impl ConvBn {
 
     /// The block followed by ReLU, fused with the BatchNorm where it can be.
     pub fn forward_relu(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        if train {
+            return self.train(x, true);
+        }
         self.bn.forward_relu(&self.conv(x)?, train)
+    }
+
+    /// In training the convolution and BatchNorm are one op.
+    fn train(&self, x: &Tensor, relu: bool) -> candle_core::Result<Tensor> {
+        ops::conv_bn(x, &self.weight, (self.stride, self.padding), &self.bn, relu)
     }
 }
 
 impl ModuleT for ConvBn {
     fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        if train {
+            return self.train(x, false);
+        }
         self.conv(x)?.apply_t(&self.bn, train)
     }
 }

@@ -77,18 +77,34 @@ impl BatchNorm {
             stats: stats.clone(),
         };
         let y = x.contiguous()?.apply_op3(&self.weight, &self.bias, op)?;
-        let Stats { mean, var, .. } = stats.lock().expect("stats lock").clone();
-        let values = x.elem_count() / channels;
+        let stats = stats.lock().expect("stats lock").clone();
+        self.update_running(&stats, x.elem_count() / channels)?;
+        Ok(y)
+    }
+
+    /// Moves the running statistics towards a training batch's, of
+    /// `values` values per channel.
+    pub(super) fn update_running(&self, stats: &Stats, values: usize) -> candle_core::Result<()> {
+        let channels = stats.mean.len();
         let unbiased = values as f64 / (values.max(2) - 1) as f64;
         let m = self.momentum;
-        let device = x.device();
-        let mean = Tensor::from_vec(mean, channels, device)?;
-        let var = Tensor::from_vec(var, channels, device)?;
+        let device = self.running_mean.device();
+        let mean = Tensor::from_vec(stats.mean.clone(), channels, device)?;
+        let var = Tensor::from_vec(stats.var.clone(), channels, device)?;
         self.running_mean
             .set(&((self.running_mean.as_tensor() * (1.0 - m))? + (mean * m)?)?)?;
         self.running_var
             .set(&((self.running_var.as_tensor() * (1.0 - m))? + (var * (m * unbiased))?)?)?;
-        Ok(y)
+        Ok(())
+    }
+
+    /// γ and β.
+    pub(super) fn affine(&self) -> (&Tensor, &Tensor) {
+        (&self.weight, &self.bias)
+    }
+
+    pub(super) fn eps(&self) -> f64 {
+        self.eps
     }
 }
 
@@ -104,19 +120,22 @@ impl ModuleT for BatchNorm {
 
 /// One batch's per-channel statistics, kept for the backward pass.
 #[derive(Clone, Default)]
-struct Stats {
+pub(super) struct Stats {
     mean: Vec<f32>,
     /// Biased variance.
     var: Vec<f32>,
     inv_std: Vec<f32>,
+    /// The output before ReLU is `scale·x + shift`.
+    pub(super) scale: Vec<f32>,
+    pub(super) shift: Vec<f32>,
 }
 
 /// (N, C, …) viewed as N rows of C channels of `inner` values each.
 #[derive(Clone, Copy)]
-struct Dims {
-    n: usize,
-    c: usize,
-    inner: usize,
+pub(super) struct Dims {
+    pub(super) n: usize,
+    pub(super) c: usize,
+    pub(super) inner: usize,
 }
 
 impl Dims {
@@ -144,44 +163,103 @@ impl Dims {
     }
 }
 
-/// Per-channel sums of `f(channel, a, b, c)` over elements of three
-/// same-shaped arrays, in f64, split over threads.
-fn channel_sums(
+/// Per-channel sums of the `K` values `f(channel, a, b, c)` over elements
+/// of three same-shaped arrays, in f64, split over threads.
+fn channel_sums<const K: usize>(
     d: Dims,
     [a, b, c]: [&[f32]; 3],
-    f: impl Fn(usize, f32, f32, f32) -> f64 + Sync,
-) -> Vec<f64> {
+    f: impl Fn(usize, f32, f32, f32) -> [f64; K] + Sync,
+) -> Vec<[f64; K]> {
     let chunk = d.rows_per_task() * d.row();
     a.par_chunks(chunk)
         .zip(b.par_chunks(chunk).zip(c.par_chunks(chunk)))
         .map(|(a, (b, c))| {
-            let mut sums = vec![0f64; d.c];
+            let mut sums = vec![[0f64; K]; d.c];
             let rows = a
                 .chunks(d.row())
                 .zip(b.chunks(d.row()).zip(c.chunks(d.row())));
             for (ra, (rb, rc)) in rows {
                 for (ch, sum) in sums.iter_mut().enumerate() {
                     let span = ch * d.inner..(ch + 1) * d.inner;
-                    let mut s = 0f64;
+                    let mut s = [0f64; K];
                     let values = ra[span.clone()]
                         .iter()
                         .zip(&rb[span.clone()])
                         .zip(&rc[span]);
                     for ((&va, &vb), &vc) in values {
-                        s += f(ch, va, vb, vc);
+                        let v = f(ch, va, vb, vc);
+                        for k in 0..K {
+                            s[k] += v[k];
+                        }
                     }
-                    *sum += s;
+                    for k in 0..K {
+                        sum[k] += s[k];
+                    }
                 }
             }
             sums
         })
         .reduce(
-            || vec![0f64; d.c],
+            || vec![[0f64; K]; d.c],
             |mut x, y| {
-                x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
+                for (a, b) in x.iter_mut().zip(y) {
+                    for k in 0..K {
+                        a[k] += b[k];
+                    }
+                }
                 x
             },
         )
+}
+
+/// BatchNorm (then ReLU when `relu`) of `x` with the batch's statistics.
+pub(super) fn forward(
+    d: Dims,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f64,
+    relu: bool,
+) -> (Vec<f32>, Stats) {
+    let count = d.count();
+    let mean: Vec<f64> = channel_sums(d, [x, x, x], |_, v, _, _| [v as f64])
+        .into_iter()
+        .map(|[s]| s / count)
+        .collect();
+    let var: Vec<f64> = channel_sums(d, [x, x, x], |c, v, _, _| [(v as f64 - mean[c]).powi(2)])
+        .into_iter()
+        .map(|[s]| s / count)
+        .collect();
+    let inv_std: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+    // y = a·x + b per channel.
+    let a: Vec<f32> = (0..d.c)
+        .map(|c| (gamma[c] as f64 * inv_std[c]) as f32)
+        .collect();
+    let b: Vec<f32> = (0..d.c)
+        .map(|c| (beta[c] as f64 - mean[c] * gamma[c] as f64 * inv_std[c]) as f32)
+        .collect();
+    let mut y = vec![0f32; x.len()];
+    y.par_chunks_mut(d.rows_per_task() * d.row())
+        .zip(x.par_chunks(d.rows_per_task() * d.row()))
+        .for_each(|(y, x)| {
+            for (i, (y, x)) in y.chunks_mut(d.inner).zip(x.chunks(d.inner)).enumerate() {
+                let c = i % d.c;
+                for (o, &v) in y.iter_mut().zip(x) {
+                    *o = a[c] * v + b[c];
+                }
+                if relu {
+                    y.iter_mut().for_each(|o| *o = o.max(0.0));
+                }
+            }
+        });
+    let stats = Stats {
+        mean: mean.iter().map(|&v| v as f32).collect(),
+        var: var.iter().map(|&v| v as f32).collect(),
+        inv_std: inv_std.iter().map(|&v| v as f32).collect(),
+        scale: a,
+        shift: b,
+    };
+    (y, stats)
 }
 
 /// y = γ·(x − μ)/√(σ² + ε) + β with the batch's μ and σ², then ReLU when
@@ -206,45 +284,9 @@ impl CustomOp3 for Forward {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let d = Dims::of(l1);
         let (x, gamma, beta) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
-        let count = d.count();
-        let mean: Vec<f64> = channel_sums(d, [x, x, x], |_, v, _, _| v as f64)
-            .into_iter()
-            .map(|s| s / count)
-            .collect();
-        let var: Vec<f64> = channel_sums(d, [x, x, x], |c, v, _, _| (v as f64 - mean[c]).powi(2))
-            .into_iter()
-            .map(|s| s / count)
-            .collect();
-        let inv_std: Vec<f64> = var.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect();
-        // y = a·x + b per channel.
-        let a: Vec<f32> = (0..d.c)
-            .map(|c| (gamma[c] as f64 * inv_std[c]) as f32)
-            .collect();
-        let b: Vec<f32> = (0..d.c)
-            .map(|c| (beta[c] as f64 - mean[c] * gamma[c] as f64 * inv_std[c]) as f32)
-            .collect();
-        let relu = self.relu;
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(d.rows_per_task() * d.row())
-            .zip(x.par_chunks(d.rows_per_task() * d.row()))
-            .for_each(|(y, x)| {
-                for (i, (y, x)) in y.chunks_mut(d.inner).zip(x.chunks(d.inner)).enumerate() {
-                    let c = i % d.c;
-                    for (o, &v) in y.iter_mut().zip(x) {
-                        *o = a[c] * v + b[c];
-                    }
-                    if relu {
-                        y.iter_mut().for_each(|o| *o = o.max(0.0));
-                    }
-                }
-            });
-        *self.stats.lock().expect("stats lock") = Stats {
-            mean: mean.iter().map(|&v| v as f32).collect(),
-            var: var.iter().map(|&v| v as f32).collect(),
-            inv_std: inv_std.iter().map(|&v| v as f32).collect(),
-        };
+        let (y, stats) = forward(Dims::of(l1), x, gamma, beta, self.eps, self.relu);
+        *self.stats.lock().expect("stats lock") = stats;
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -267,10 +309,60 @@ impl CustomOp3 for Forward {
     }
 }
 
-/// The three gradients of [`Forward`] as one flat tensor: x's, γ's, β's,
-/// from x, the output's gradient dy and the output y. With x̂ = (x − μ)/σ
-/// over M values per channel, and dy zeroed where ReLU cut y to 0:
+/// The gradients of [`forward`] from x, the output's gradient dy, and
+/// `open(channel, m)` over an array `m` of x's shape saying where ReLU let the
+/// output through, written into `[dx, dγ, dβ]`. With x̂ = (x − μ)/σ over M
+/// values per channel, and dy zeroed where ReLU cut the output to 0:
 /// dβ = Σ dy, dγ = Σ dy·x̂, dx = γ/σ · (dy − dβ/M − x̂·dγ/M).
+pub(super) fn backward(
+    d: Dims,
+    stats: &Stats,
+    gamma: &[f32],
+    [x, dy, m]: [&[f32]; 3],
+    open: impl Fn(usize, f32) -> bool + Sync,
+    [dx, dgamma, dbeta]: [&mut [f32]; 3],
+) {
+    let Stats { mean, inv_std, .. } = stats;
+    let cut = |c: usize, g: f32, m: f32| if open(c, m) { g } else { 0.0 };
+    let sums = channel_sums(d, [dy, m, x], |c, g, m, v| {
+        let g = cut(c, g, m) as f64;
+        [g, g * (v - mean[c]) as f64]
+    });
+    // dx = k1·dy + k2·x + k3 per channel.
+    let count = d.count();
+    let (mut k1, mut k2, mut k3) = (vec![0f32; d.c], vec![0f32; d.c], vec![0f32; d.c]);
+    for (c, [d_beta, d_gamma]) in sums.into_iter().enumerate() {
+        let d_gamma = d_gamma * inv_std[c] as f64;
+        let scale = gamma[c] as f64 * inv_std[c] as f64;
+        let slope = -scale * inv_std[c] as f64 * d_gamma / count;
+        k1[c] = scale as f32;
+        k2[c] = slope as f32;
+        k3[c] = (-scale * d_beta / count - slope * mean[c] as f64) as f32;
+        dgamma[c] = d_gamma as f32;
+        dbeta[c] = d_beta as f32;
+    }
+    let chunk = d.rows_per_task() * d.row();
+    dx.par_chunks_mut(chunk)
+        .zip(
+            x.par_chunks(chunk)
+                .zip(dy.par_chunks(chunk).zip(m.par_chunks(chunk))),
+        )
+        .for_each(|(dx, (x, (dy, m)))| {
+            let spans = dx.chunks_mut(d.inner).zip(
+                x.chunks(d.inner)
+                    .zip(dy.chunks(d.inner).zip(m.chunks(d.inner))),
+            );
+            for (i, (dx, (x, (dy, m)))) in spans.enumerate() {
+                let c = i % d.c;
+                for ((o, &v), (&g, &m)) in dx.iter_mut().zip(x).zip(dy.iter().zip(m)) {
+                    *o = k1[c] * cut(c, g, m) + k2[c] * v + k3[c];
+                }
+            }
+        });
+}
+
+/// The three gradients of [`Forward`] as one flat tensor: x's, γ's, β's,
+/// from x, the output's gradient dy and the output y.
 struct Backward {
     stats: Stats,
     gamma: Vec<f32>,
@@ -293,55 +385,21 @@ impl CustomOp3 for Backward {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let d = Dims::of(l1);
         let (x, dy, y) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
-        let Stats { mean, inv_std, .. } = &self.stats;
-        let gamma = &self.gamma;
-        if mean.len() != d.c || dy.len() != x.len() || y.len() != x.len() {
+        if self.stats.mean.len() != d.c || dy.len() != x.len() || y.len() != x.len() {
             candle_core::bail!("batch norm backward: shapes do not match the forward's");
-        }
-        let relu = self.relu;
-        let cut = move |g: f32, y: f32| if relu && y <= 0.0 { 0.0 } else { g };
-        let d_beta = channel_sums(d, [dy, y, y], |_, g, y, _| cut(g, y) as f64);
-        let d_gamma: Vec<f64> = channel_sums(d, [dy, y, x], |c, g, y, v| {
-            cut(g, y) as f64 * (v - mean[c]) as f64
-        })
-        .into_iter()
-        .zip(inv_std)
-        .map(|(s, &is)| s * is as f64)
-        .collect();
-        // dx = k1·dy + k2·x + k3 per channel.
-        let m = d.count();
-        let (mut k1, mut k2, mut k3) = (vec![0f32; d.c], vec![0f32; d.c], vec![0f32; d.c]);
-        for c in 0..d.c {
-            let scale = gamma[c] as f64 * inv_std[c] as f64;
-            let slope = -scale * inv_std[c] as f64 * d_gamma[c] / m;
-            k1[c] = scale as f32;
-            k2[c] = slope as f32;
-            k3[c] = (-scale * d_beta[c] / m - slope * mean[c] as f64) as f32;
         }
         let mut flat = vec![0f32; x.len() + 2 * d.c];
         let (dx, rest) = flat.split_at_mut(x.len());
-        let chunk = d.rows_per_task() * d.row();
-        dx.par_chunks_mut(chunk)
-            .zip(
-                x.par_chunks(chunk)
-                    .zip(dy.par_chunks(chunk).zip(y.par_chunks(chunk))),
-            )
-            .for_each(|(dx, (x, (dy, y)))| {
-                let spans = dx.chunks_mut(d.inner).zip(
-                    x.chunks(d.inner)
-                        .zip(dy.chunks(d.inner).zip(y.chunks(d.inner))),
-                );
-                for (i, (dx, (x, (dy, y)))) in spans.enumerate() {
-                    let c = i % d.c;
-                    for ((o, &v), (&g, &y)) in dx.iter_mut().zip(x).zip(dy.iter().zip(y)) {
-                        *o = k1[c] * cut(g, y) + k2[c] * v + k3[c];
-                    }
-                }
-            });
-        for c in 0..d.c {
-            rest[c] = d_gamma[c] as f32;
-            rest[d.c + c] = d_beta[c] as f32;
-        }
+        let (d_gamma, d_beta) = rest.split_at_mut(d.c);
+        let relu = self.relu;
+        backward(
+            d,
+            &self.stats,
+            &self.gamma,
+            [x, dy, y],
+            |_, y| !(relu && y <= 0.0),
+            [dx, d_gamma, d_beta],
+        );
         Ok((CpuStorage::F32(flat), Shape::from(x.len() + 2 * d.c)))
     }
 }

@@ -72,7 +72,12 @@ pub(super) struct Geometry {
 }
 
 impl Geometry {
-    fn new(x: &Layout, w: &Layout, stride: usize, pad: usize) -> candle_core::Result<Self> {
+    pub(super) fn new(
+        x: &Layout,
+        w: &Layout,
+        stride: usize,
+        pad: usize,
+    ) -> candle_core::Result<Self> {
         let (n, cin, h, wd) = x.shape().dims4()?;
         let (cout, _, k, _) = w.shape().dims4()?;
         if h + 2 * pad < k || wd + 2 * pad < k || stride == 0 {
@@ -275,6 +280,52 @@ fn matmul(
     }
 }
 
+/// The convolution of a batch `x` with the kernel `w`, (N, Cout, Ho, Wo).
+pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
+    let (taps, p) = (g.taps(), g.positions());
+    let mut out = vec![0f32; g.n * g.out_len()];
+    let (per_task, group, par) = g.split();
+    out.par_chunks_mut(per_task * g.out_len())
+        .zip(x.par_chunks(per_task * g.in_len()))
+        .for_each(|(out, x)| {
+            let mut cols = vec![0f32; taps * group * p];
+            let mut res = vec![0f32; if group > 1 { g.cout * group * p } else { 0 }];
+            let images = out
+                .chunks_mut(group * g.out_len())
+                .zip(x.chunks(group * g.in_len()));
+            for (out, x) in images {
+                let count = x.len() / g.in_len();
+                let ld = count * p;
+                for (i, x) in x.chunks(g.in_len()).enumerate() {
+                    im2col(&g, x, &mut cols[i * p..], ld);
+                }
+                // (Cout × count·P) = W (Cout × taps) · cols (taps × count·P);
+                // one image's result is already in the output's layout.
+                let cols = &cols[..taps * ld];
+                let product = |dst: &mut [f32]| {
+                    matmul(
+                        (g.cout, ld, taps),
+                        dst,
+                        ld,
+                        false,
+                        w,
+                        (taps, 1),
+                        cols,
+                        (ld, 1),
+                        par,
+                    )
+                };
+                if count == 1 {
+                    product(out);
+                } else {
+                    product(&mut res[..g.cout * ld]);
+                    deinterleave(&res[..g.cout * ld], out, g.cout, p, count);
+                }
+            }
+        });
+    out
+}
+
 impl CustomOp2 for Conv2d {
     fn name(&self) -> &'static str {
         "sslab-conv2d"
@@ -288,48 +339,7 @@ impl CustomOp2 for Conv2d {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let g = Geometry::new(l1, l2, self.stride, self.padding)?;
-        let (x, w) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
-        let (taps, p) = (g.taps(), g.positions());
-        let mut out = vec![0f32; g.n * g.out_len()];
-        let (per_task, group, par) = g.split();
-        out.par_chunks_mut(per_task * g.out_len())
-            .zip(x.par_chunks(per_task * g.in_len()))
-            .for_each(|(out, x)| {
-                let mut cols = vec![0f32; taps * group * p];
-                let mut res = vec![0f32; if group > 1 { g.cout * group * p } else { 0 }];
-                let images = out
-                    .chunks_mut(group * g.out_len())
-                    .zip(x.chunks(group * g.in_len()));
-                for (out, x) in images {
-                    let count = x.len() / g.in_len();
-                    let ld = count * p;
-                    for (i, x) in x.chunks(g.in_len()).enumerate() {
-                        im2col(&g, x, &mut cols[i * p..], ld);
-                    }
-                    // (Cout × count·P) = W (Cout × taps) · cols (taps × count·P);
-                    // one image's result is already in the output's layout.
-                    let cols = &cols[..taps * ld];
-                    let product = |dst: &mut [f32]| {
-                        matmul(
-                            (g.cout, ld, taps),
-                            dst,
-                            ld,
-                            false,
-                            w,
-                            (taps, 1),
-                            cols,
-                            (ld, 1),
-                            par,
-                        )
-                    };
-                    if count == 1 {
-                        product(out);
-                    } else {
-                        product(&mut res[..g.cout * ld]);
-                        deinterleave(&res[..g.cout * ld], out, g.cout, p, count);
-                    }
-                }
-            });
+        let out = forward(&g, f32_slice(s1, l1)?, f32_slice(s2, l2)?);
         Ok((CpuStorage::F32(out), Shape::from((g.n, g.cout, g.ho, g.wo))))
     }
 
@@ -356,6 +366,92 @@ impl CustomOp2 for Conv2d {
         let mut parts = split_flat(&flat, &[x.shape(), w.shape()])?.into_iter();
         let (dx, dw) = (parts.next(), parts.next());
         Ok((dx.filter(|_| self.input_grad), dw))
+    }
+}
+
+/// Both gradients of [`forward`] from the output's gradient `dy`: the
+/// kernel's added into `dw`, and the input's written into `dx` when given.
+pub(super) fn backward(
+    g: &Geometry,
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    dx: Option<&mut [f32]>,
+    dw: &mut [f32],
+) {
+    let (taps, p) = (g.taps(), g.positions());
+    let w_len = g.cout * taps;
+    let (per_task, group, par) = g.split();
+    let task = |x: &[f32], dy: &[f32], mut dx: Option<&mut [f32]>| -> Vec<f32> {
+        let mut dw = vec![0f32; w_len];
+        let mut cols = vec![0f32; taps * group * p];
+        let mut dys = vec![0f32; if group > 1 { g.cout * group * p } else { 0 }];
+        let images = x
+            .chunks(group * g.in_len())
+            .zip(dy.chunks(group * g.out_len()));
+        for (first, (x, dy)) in images.enumerate() {
+            let count = x.len() / g.in_len();
+            let ld = count * p;
+            for (i, x) in x.chunks(g.in_len()).enumerate() {
+                im2col(&g, x, &mut cols[i * p..], ld);
+            }
+            let dys = if count == 1 {
+                dy
+            } else {
+                interleave(dy, &mut dys, g.cout, p, count);
+                &dys[..g.cout * ld]
+            };
+            let cols = &mut cols[..taps * ld];
+            // dW += dy (Cout × count·P) · colsᵀ (count·P × taps)
+            matmul(
+                (g.cout, taps, ld),
+                &mut dw,
+                taps,
+                first > 0,
+                dys,
+                (ld, 1),
+                cols,
+                (1, ld),
+                par,
+            );
+            if let Some(dx) = dx.as_deref_mut() {
+                // dcols (taps × count·P) = Wᵀ (taps × Cout) · dy, into the
+                // columns' buffer, then folded back image by image.
+                matmul(
+                    (taps, ld, g.cout),
+                    cols,
+                    ld,
+                    false,
+                    w,
+                    (1, taps),
+                    dys,
+                    (ld, 1),
+                    par,
+                );
+                let dx = &mut dx[first * group * g.in_len()..];
+                for (i, dx) in dx.chunks_mut(g.in_len()).take(count).enumerate() {
+                    col2im(&g, &cols[i * p..], ld, dx);
+                }
+            }
+        }
+        dw
+    };
+    let partial: Vec<Vec<f32>> = if let Some(dx) = dx {
+        dx.par_chunks_mut(per_task * g.in_len())
+            .zip(x.par_chunks(per_task * g.in_len()))
+            .zip(dy.par_chunks(per_task * g.out_len()))
+            .map(|((dx, x), dy)| task(x, dy, Some(dx)))
+            .collect()
+    } else {
+        x.par_chunks(per_task * g.in_len())
+            .zip(dy.par_chunks(per_task * g.out_len()))
+            .map(|(x, dy)| task(x, dy, None))
+            .collect()
+    };
+    for part in partial {
+        for (d, s) in dw.iter_mut().zip(part) {
+            *d += s;
+        }
     }
 }
 
@@ -386,82 +482,10 @@ impl CustomOp3 for Conv2dBackward {
                 g.n * g.out_len()
             );
         }
-        let (taps, p) = (g.taps(), g.positions());
-        let w_len = g.cout * taps;
+        let w_len = g.cout * g.taps();
         let mut flat = vec![0f32; g.n * g.in_len() + w_len];
         let (dx, dw) = flat.split_at_mut(g.n * g.in_len());
-        let (per_task, group, par) = g.split();
-        let task = |x: &[f32], dy: &[f32], mut dx: Option<&mut [f32]>| -> Vec<f32> {
-            let mut dw = vec![0f32; w_len];
-            let mut cols = vec![0f32; taps * group * p];
-            let mut dys = vec![0f32; if group > 1 { g.cout * group * p } else { 0 }];
-            let images = x
-                .chunks(group * g.in_len())
-                .zip(dy.chunks(group * g.out_len()));
-            for (first, (x, dy)) in images.enumerate() {
-                let count = x.len() / g.in_len();
-                let ld = count * p;
-                for (i, x) in x.chunks(g.in_len()).enumerate() {
-                    im2col(&g, x, &mut cols[i * p..], ld);
-                }
-                let dys = if count == 1 {
-                    dy
-                } else {
-                    interleave(dy, &mut dys, g.cout, p, count);
-                    &dys[..g.cout * ld]
-                };
-                let cols = &mut cols[..taps * ld];
-                // dW += dy (Cout × count·P) · colsᵀ (count·P × taps)
-                matmul(
-                    (g.cout, taps, ld),
-                    &mut dw,
-                    taps,
-                    first > 0,
-                    dys,
-                    (ld, 1),
-                    cols,
-                    (1, ld),
-                    par,
-                );
-                if let Some(dx) = dx.as_deref_mut() {
-                    // dcols (taps × count·P) = Wᵀ (taps × Cout) · dy, into the
-                    // columns' buffer, then folded back image by image.
-                    matmul(
-                        (taps, ld, g.cout),
-                        cols,
-                        ld,
-                        false,
-                        w,
-                        (1, taps),
-                        dys,
-                        (ld, 1),
-                        par,
-                    );
-                    let dx = &mut dx[first * group * g.in_len()..];
-                    for (i, dx) in dx.chunks_mut(g.in_len()).take(count).enumerate() {
-                        col2im(&g, &cols[i * p..], ld, dx);
-                    }
-                }
-            }
-            dw
-        };
-        let partial: Vec<Vec<f32>> = if self.0.input_grad {
-            dx.par_chunks_mut(per_task * g.in_len())
-                .zip(x.par_chunks(per_task * g.in_len()))
-                .zip(dy.par_chunks(per_task * g.out_len()))
-                .map(|((dx, x), dy)| task(x, dy, Some(dx)))
-                .collect()
-        } else {
-            x.par_chunks(per_task * g.in_len())
-                .zip(dy.par_chunks(per_task * g.out_len()))
-                .map(|(x, dy)| task(x, dy, None))
-                .collect()
-        };
-        for part in partial {
-            for (d, s) in dw.iter_mut().zip(part) {
-                *d += s;
-            }
-        }
+        backward(&g, x, w, dy, self.0.input_grad.then_some(dx), dw);
         Ok((CpuStorage::F32(flat), Shape::from(g.n * g.in_len() + w_len)))
     }
 

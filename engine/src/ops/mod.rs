@@ -1,6 +1,6 @@
 //! Fused CPU kernels for the training step's heavy parts, as candle custom
-//! ops: convolution, BatchNorm (+ReLU) and the residual add + ReLU with
-//! their backward, and AdamW's update. Other devices and dtypes fall back
+//! ops: convolution, BatchNorm (+ReLU), the two in one, and the residual
+//! add + ReLU with their backward, and AdamW's update. Other devices and dtypes fall back
 //! to candle's own ops, so results agree everywhere; with the `cudnn`
 //! feature the convolution runs through cuDNN on CUDA, gradients included.
 
@@ -8,6 +8,7 @@ mod adamw;
 mod batch_norm;
 mod check;
 mod conv;
+mod conv_bn;
 #[cfg(feature = "cudnn")]
 mod cudnn;
 mod residual;
@@ -16,6 +17,7 @@ pub use adamw::AdamwStep;
 pub use batch_norm::BatchNorm;
 pub use check::conv_agreement;
 pub use conv::conv2d;
+pub use conv_bn::conv_bn;
 pub use residual::add_relu;
 
 use candle_core::{CpuStorage, Layout, Shape, Tensor};

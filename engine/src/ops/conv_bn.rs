@@ -1,0 +1,323 @@
+//! Convolution then training-mode BatchNorm (then ReLU) as one op on the
+//! CPU. The convolution's output stays inside the op: candle's backward adds
+//! every node's gradient into a fresh zero-filled tensor, which for the
+//! activations between conv and BatchNorm cost four passes over the largest
+//! tensors of the step.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{CpuStorage, CustomOp3, Layout, ModuleT, Shape, Tensor};
+
+use super::batch_norm::{self, BatchNorm, Dims, Stats};
+use super::conv::{self, Geometry, conv2d};
+use super::{f32_slice, fused, split_flat};
+
+/// `bn(conv2d(x, w))` in training, then ReLU when `relu`; the running
+/// statistics move as [`BatchNorm`]'s do. Other devices and dtypes run the
+/// two ops one after the other.
+pub fn conv_bn(
+    x: &Tensor,
+    w: &Tensor,
+    (stride, padding): (usize, usize),
+    bn: &BatchNorm,
+    relu: bool,
+) -> candle_core::Result<Tensor> {
+    let (_, cin, _, _) = x.dims4()?;
+    let (_, wcin, kh, kw) = w.dims4()?;
+    if !fused(&[x, w]) || kh != kw || cin != wcin {
+        let z = conv2d(x, w, stride, padding)?;
+        return if relu {
+            bn.forward_relu(&z, true)
+        } else {
+            bn.forward_t(&z, true)
+        };
+    }
+    let (gamma, beta) = bn.affine();
+    let saved = Arc::new(Mutex::new(None));
+    let op = ConvBn {
+        stride,
+        padding,
+        eps: bn.eps(),
+        relu,
+        input_grad: x.track_op(),
+        saved: saved.clone(),
+    };
+    let affine = Tensor::cat(&[gamma, beta], 0)?;
+    let y = x.contiguous()?.apply_op3(&w.contiguous()?, &affine, op)?;
+    let Saved { stats, .. } = saved
+        .lock()
+        .expect("saved lock")
+        .clone()
+        .expect("forward ran");
+    bn.update_running(&stats, y.elem_count() / gamma.elem_count())?;
+    Ok(y)
+}
+
+/// What the forward keeps for the backward: the convolution's output and
+/// its batch statistics.
+#[derive(Clone)]
+struct Saved {
+    z: Arc<Vec<f32>>,
+    stats: Stats,
+}
+
+struct ConvBn {
+    stride: usize,
+    padding: usize,
+    eps: f64,
+    relu: bool,
+    /// Whether anything upstream wants the input's gradient (not the images).
+    input_grad: bool,
+    saved: Arc<Mutex<Option<Saved>>>,
+}
+
+impl CustomOp3 for ConvBn {
+    fn name(&self) -> &'static str {
+        "sslab-conv-batch-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = Geometry::new(l1, l2, self.stride, self.padding)?;
+        let (x, w, affine) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+        if affine.len() != 2 * g.cout {
+            candle_core::bail!(
+                "conv + batch norm: {} affine values for {} channels",
+                affine.len(),
+                g.cout
+            );
+        }
+        let z = conv::forward(&g, x, w);
+        let (gamma, beta) = affine.split_at(g.cout);
+        let (y, stats) = batch_norm::forward(dims(&g), &z, gamma, beta, self.eps, self.relu);
+        *self.saved.lock().expect("saved lock") = Some(Saved {
+            z: Arc::new(z),
+            stats,
+        });
+        Ok((CpuStorage::F32(y), Shape::from((g.n, g.cout, g.ho, g.wo))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        affine: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let Some(saved) = self.saved.lock().expect("saved lock").clone() else {
+            candle_core::bail!("conv + batch norm: backward before forward");
+        };
+        let cout = w.dim(0)?;
+        let op = Backward {
+            stride: self.stride,
+            padding: self.padding,
+            relu: self.relu,
+            input_grad: self.input_grad,
+            gamma: affine.narrow(0, 0, cout)?.to_vec1()?,
+            saved,
+        };
+        let flat = x.apply_op3_no_bwd(w, &grad.contiguous()?, &op)?;
+        let mut parts = split_flat(&flat, &[x.shape(), w.shape(), affine.shape()])?.into_iter();
+        let (dx, dw, d_affine) = (parts.next(), parts.next(), parts.next());
+        Ok((dx.filter(|_| self.input_grad), dw, d_affine))
+    }
+}
+
+/// The convolution's output as BatchNorm sees it.
+fn dims(g: &Geometry) -> Dims {
+    Dims {
+        n: g.n,
+        c: g.cout,
+        inner: g.ho * g.wo,
+    }
+}
+
+/// The gradients of [`ConvBn`] as one flat tensor: x's (zeros when not
+/// wanted), the kernel's, then γ's and β's; from x, the kernel and the
+/// output's gradient.
+struct Backward {
+    stride: usize,
+    padding: usize,
+    relu: bool,
+    input_grad: bool,
+    gamma: Vec<f32>,
+    saved: Saved,
+}
+
+impl CustomOp3 for Backward {
+    fn name(&self) -> &'static str {
+        "sslab-conv-batch-norm-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = Geometry::new(l1, l2, self.stride, self.padding)?;
+        let (x, w, dy) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+        let z = self.saved.z.as_slice();
+        if dy.len() != z.len() || z.len() != g.n * g.out_len() {
+            candle_core::bail!("conv + batch norm backward: shapes do not match the forward's");
+        }
+        let (x_len, w_len) = (x.len(), w.len());
+        let mut flat = vec![0f32; x_len + w_len + 2 * g.cout];
+        let (dx, rest) = flat.split_at_mut(x_len);
+        let (dw, rest) = rest.split_at_mut(w_len);
+        let (d_gamma, d_beta) = rest.split_at_mut(g.cout);
+        // The ReLU's cut from the convolution's output, computed as the
+        // forward computed it.
+        let Stats { scale, shift, .. } = &self.saved.stats;
+        let relu = self.relu;
+        let mut dz = vec![0f32; z.len()];
+        batch_norm::backward(
+            dims(&g),
+            &self.saved.stats,
+            &self.gamma,
+            [z, dy, z],
+            |c, z| !(relu && scale[c] * z + shift[c] <= 0.0),
+            [&mut dz, d_gamma, d_beta],
+        );
+        conv::backward(&g, x, w, &dz, self.input_grad.then_some(dx), dw);
+        Ok((
+            CpuStorage::F32(flat),
+            Shape::from(x_len + w_len + 2 * g.cout),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, Var};
+    use candle_nn::{VarBuilder, VarMap};
+
+    use super::*;
+    use crate::ops::tests::{assert_close, random};
+
+    /// A BatchNorm over `c` channels with γ and β away from 1 and 0.
+    fn batch_norm(c: usize) -> (BatchNorm, VarMap) {
+        let map = VarMap::new();
+        let bn = BatchNorm::new(
+            c,
+            1e-5,
+            VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu),
+        )
+        .unwrap();
+        {
+            let data = map.data().lock().unwrap();
+            data["weight"]
+                .set(&random(&[c], 7).affine(0.5, 1.0).unwrap())
+                .unwrap();
+            data["bias"].set(&random(&[c], 8)).unwrap();
+        }
+        (bn, map)
+    }
+
+    /// Values, running statistics and the gradients of the input, kernel, γ
+    /// and β equal the two ops one after the other, with and without ReLU,
+    /// for 3×3 convolutions with and without stride and a 1×1 strided one.
+    #[test]
+    fn matches_conv_then_batch_norm() {
+        let cases = [
+            // (n, cin, hw, cout, k, stride, pad, relu)
+            (4, 3, 9, 5, 3, 1, 1, true),
+            (3, 4, 8, 6, 3, 2, 1, false),
+            (5, 4, 8, 7, 1, 2, 0, false),
+            (1, 2, 7, 3, 3, 1, 1, true),
+        ];
+        for (i, &(n, cin, hw, cout, k, stride, pad, relu)) in cases.iter().enumerate() {
+            let x = Var::from_tensor(&random(&[n, cin, hw, hw], i as u64)).unwrap();
+            let w = Var::from_tensor(&random(&[cout, cin, k, k], 100 + i as u64)).unwrap();
+            let (ours, ours_map) = batch_norm(cout);
+            let (theirs, theirs_map) = batch_norm(cout);
+            let mut outs = Vec::new();
+            let mut grads = Vec::new();
+            let forwards: [&dyn Fn() -> Tensor; 2] = [
+                &|| conv_bn(&x, &w, (stride, pad), &ours, relu).unwrap(),
+                &|| {
+                    let z = conv2d(&x, &w, stride, pad).unwrap();
+                    if relu {
+                        theirs.forward_relu(&z, true)
+                    } else {
+                        theirs.forward_t(&z, true)
+                    }
+                    .unwrap()
+                },
+            ];
+            for forward in forwards {
+                // Twice, so the running statistics move from their start.
+                forward();
+                let y = forward();
+                let weights = random(y.dims(), 200 + i as u64);
+                grads.push(
+                    (&y * &weights)
+                        .unwrap()
+                        .sum_all()
+                        .unwrap()
+                        .backward()
+                        .unwrap(),
+                );
+                outs.push(y);
+            }
+            assert_close(&outs[0], &outs[1], 1e-5, &format!("case {i} values"));
+            for (name, v) in [("input", &x), ("kernel", &w)] {
+                assert_close(
+                    grads[0].get(v).unwrap(),
+                    grads[1].get(v).unwrap(),
+                    1e-4,
+                    &format!("case {i} {name} gradient"),
+                );
+            }
+            let (ours_data, theirs_data) = (
+                ours_map.data().lock().unwrap(),
+                theirs_map.data().lock().unwrap(),
+            );
+            for name in ["weight", "bias"] {
+                assert_close(
+                    grads[0].get(&ours_data[name]).unwrap(),
+                    grads[1].get(&theirs_data[name]).unwrap(),
+                    1e-4,
+                    &format!("case {i} {name} gradient"),
+                );
+            }
+            for name in ["running_mean", "running_var"] {
+                assert_close(
+                    &ours_data[name],
+                    &theirs_data[name],
+                    1e-5,
+                    &format!("case {i} {name}"),
+                );
+            }
+        }
+    }
+
+    /// The images need no gradient: only the kernel's and the affine's are
+    /// computed.
+    #[test]
+    fn a_constant_input_gets_no_gradient() {
+        let x = random(&[2, 3, 6, 6], 1);
+        let w = Var::from_tensor(&random(&[4, 3, 3, 3], 2)).unwrap();
+        let (bn, map) = batch_norm(4);
+        let grads = conv_bn(&x, &w, (1, 1), &bn, true)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert!(grads.get(&x).is_none());
+        assert!(grads.get(&w).is_some());
+        assert!(grads.get(&map.data().lock().unwrap()["weight"]).is_some());
+    }
+}
