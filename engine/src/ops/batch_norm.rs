@@ -410,7 +410,7 @@ mod tests {
     use candle_nn::VarMap;
 
     use super::*;
-    use crate::ops::tests::{assert_close, random};
+    use crate::ops::tests::{assert_close, assert_same_batch_norms, random, set_affine};
 
     /// Output, running statistics and the gradients of input, γ and β equal
     /// candle_nn's BatchNorm (followed by ReLU, in two cases), for images
@@ -437,13 +437,8 @@ mod tests {
             )
             .unwrap();
             // Non-trivial γ and β, the same in both.
-            for map in [&ours_map, &theirs_map] {
-                let data = map.data().lock().unwrap();
-                data["weight"]
-                    .set(&random(&[c], 7).affine(1.0, 1.5).unwrap())
-                    .unwrap();
-                data["bias"].set(&random(&[c], 8)).unwrap();
-            }
+            set_affine(&ours_map, c);
+            set_affine(&theirs_map, c);
             let x =
                 Var::from_tensor(&random(&dims, case as u64).affine(3.0, 2.0).unwrap()).unwrap();
             let weights = random(&dims, 50 + case as u64);
@@ -485,26 +480,7 @@ mod tests {
                 1e-4,
                 &format!("case {case} input gradient"),
             );
-            let (ours_data, theirs_data) = (
-                ours_map.data().lock().unwrap(),
-                theirs_map.data().lock().unwrap(),
-            );
-            for name in ["weight", "bias"] {
-                assert_close(
-                    grads[0].get(&ours_data[name]).unwrap(),
-                    grads[1].get(&theirs_data[name]).unwrap(),
-                    1e-4,
-                    &format!("case {case} {name} gradient"),
-                );
-            }
-            for name in ["running_mean", "running_var"] {
-                assert_close(
-                    &ours_data[name],
-                    &theirs_data[name],
-                    1e-5,
-                    &format!("case {case} {name}"),
-                );
-            }
+            assert_same_batch_norms(&grads, &ours_map, &theirs_map, &format!("case {case}"));
             // Evaluation uses the running statistics in both.
             assert_close(
                 &ours.forward_t(&x, false).unwrap(),

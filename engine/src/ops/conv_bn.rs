@@ -204,24 +204,14 @@ mod tests {
     use candle_nn::{VarBuilder, VarMap};
 
     use super::*;
-    use crate::ops::tests::{assert_close, random};
+    use crate::ops::tests::{assert_close, assert_same_batch_norms, random, set_affine};
 
     /// A BatchNorm over `c` channels with γ and β away from 1 and 0.
     fn batch_norm(c: usize) -> (BatchNorm, VarMap) {
         let map = VarMap::new();
-        let bn = BatchNorm::new(
-            c,
-            1e-5,
-            VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu),
-        )
-        .unwrap();
-        {
-            let data = map.data().lock().unwrap();
-            data["weight"]
-                .set(&random(&[c], 7).affine(0.5, 1.0).unwrap())
-                .unwrap();
-            data["bias"].set(&random(&[c], 8)).unwrap();
-        }
+        let vb = VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu);
+        let bn = BatchNorm::new(c, 1e-5, vb).unwrap();
+        set_affine(&map, c);
         (bn, map)
     }
 
@@ -280,26 +270,7 @@ mod tests {
                     &format!("case {i} {name} gradient"),
                 );
             }
-            let (ours_data, theirs_data) = (
-                ours_map.data().lock().unwrap(),
-                theirs_map.data().lock().unwrap(),
-            );
-            for name in ["weight", "bias"] {
-                assert_close(
-                    grads[0].get(&ours_data[name]).unwrap(),
-                    grads[1].get(&theirs_data[name]).unwrap(),
-                    1e-4,
-                    &format!("case {i} {name} gradient"),
-                );
-            }
-            for name in ["running_mean", "running_var"] {
-                assert_close(
-                    &ours_data[name],
-                    &theirs_data[name],
-                    1e-5,
-                    &format!("case {i} {name}"),
-                );
-            }
+            assert_same_batch_norms(&grads, &ours_map, &theirs_map, &format!("case {i}"));
         }
     }
 

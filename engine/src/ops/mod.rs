@@ -67,6 +67,8 @@ fn random_normal(dims: &[usize], seed: u64) -> candle_core::Result<Tensor> {
 #[cfg(test)]
 pub(crate) mod tests {
     use candle_core::Tensor;
+    use candle_core::backprop::GradStore;
+    use candle_nn::VarMap;
 
     /// [`super::random_normal`], unwrapped.
     pub fn random(dims: &[usize], seed: u64) -> Tensor {
@@ -84,6 +86,38 @@ pub(crate) mod tests {
                 (a - b).abs() <= tol * scale,
                 "{what}: element {i} is {a}, the reference {b} (scale {scale})"
             );
+        }
+    }
+
+    /// Sets a BatchNorm's γ and β (in `map`, over `c` channels) away from 1
+    /// and 0, the same values every time.
+    pub fn set_affine(map: &VarMap, c: usize) {
+        let data = map.data().lock().unwrap();
+        data["weight"]
+            .set(&random(&[c], 7).affine(1.0, 1.5).unwrap())
+            .unwrap();
+        data["bias"].set(&random(&[c], 8)).unwrap();
+    }
+
+    /// Two BatchNorms' γ and β gradients (`grads[0]` with `ours`, `grads[1]`
+    /// with `theirs`) and running statistics agree.
+    pub fn assert_same_batch_norms(
+        grads: &[GradStore],
+        ours: &VarMap,
+        theirs: &VarMap,
+        what: &str,
+    ) {
+        let (ours, theirs) = (ours.data().lock().unwrap(), theirs.data().lock().unwrap());
+        for name in ["weight", "bias"] {
+            assert_close(
+                grads[0].get(&ours[name]).unwrap(),
+                grads[1].get(&theirs[name]).unwrap(),
+                1e-4,
+                &format!("{what} {name} gradient"),
+            );
+        }
+        for name in ["running_mean", "running_var"] {
+            assert_close(&ours[name], &theirs[name], 1e-5, &format!("{what} {name}"));
         }
     }
 }
