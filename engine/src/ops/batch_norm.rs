@@ -231,11 +231,11 @@ pub(super) fn forward(
         .map(|[s]| s / count)
         .collect();
     let inv_std: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
-    // y = a·x + b per channel.
-    let a: Vec<f32> = (0..d.c)
+    // y = scale·x + shift per channel.
+    let scale: Vec<f32> = (0..d.c)
         .map(|c| (gamma[c] as f64 * inv_std[c]) as f32)
         .collect();
-    let b: Vec<f32> = (0..d.c)
+    let shift: Vec<f32> = (0..d.c)
         .map(|c| (beta[c] as f64 - mean[c] * gamma[c] as f64 * inv_std[c]) as f32)
         .collect();
     let mut y = vec![0f32; x.len()];
@@ -245,7 +245,7 @@ pub(super) fn forward(
             for (i, (y, x)) in y.chunks_mut(d.inner).zip(x.chunks(d.inner)).enumerate() {
                 let c = i % d.c;
                 for (o, &v) in y.iter_mut().zip(x) {
-                    *o = a[c] * v + b[c];
+                    *o = scale[c] * v + shift[c];
                 }
                 if relu {
                     y.iter_mut().for_each(|o| *o = o.max(0.0));
@@ -256,8 +256,8 @@ pub(super) fn forward(
         mean: mean.iter().map(|&v| v as f32).collect(),
         var: var.iter().map(|&v| v as f32).collect(),
         inv_std: inv_std.iter().map(|&v| v as f32).collect(),
-        scale: a,
-        shift: b,
+        scale,
+        shift,
     };
     (y, stats)
 }

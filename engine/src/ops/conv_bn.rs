@@ -35,21 +35,20 @@ pub fn conv_bn(
     let (gamma, beta) = bn.affine();
     let saved = Arc::new(Mutex::new(None));
     let op = ConvBn {
-        stride,
-        padding,
-        eps: bn.eps(),
-        relu,
-        input_grad: x.track_op(),
+        params: Params {
+            stride,
+            padding,
+            eps: bn.eps(),
+            relu,
+            input_grad: x.track_op(),
+        },
         saved: saved.clone(),
     };
     let affine = Tensor::cat(&[gamma, beta], 0)?;
     let y = x.contiguous()?.apply_op3(&w.contiguous()?, &affine, op)?;
-    let Saved { stats, .. } = saved
-        .lock()
-        .expect("saved lock")
-        .clone()
-        .expect("forward ran");
-    bn.update_running(&stats, y.elem_count() / gamma.elem_count())?;
+    let saved = saved.lock().expect("saved lock");
+    let stats = &saved.as_ref().expect("the forward ran").stats;
+    bn.update_running(stats, y.elem_count() / gamma.elem_count())?;
     Ok(y)
 }
 
@@ -61,13 +60,24 @@ struct Saved {
     stats: Stats,
 }
 
-struct ConvBn {
+#[derive(Clone, Copy)]
+struct Params {
     stride: usize,
     padding: usize,
     eps: f64,
     relu: bool,
     /// Whether anything upstream wants the input's gradient (not the images).
     input_grad: bool,
+}
+
+impl Params {
+    fn geometry(&self, x: &Layout, w: &Layout) -> candle_core::Result<Geometry> {
+        Geometry::new(x, w, self.stride, self.padding)
+    }
+}
+
+struct ConvBn {
+    params: Params,
     saved: Arc<Mutex<Option<Saved>>>,
 }
 
@@ -85,7 +95,8 @@ impl CustomOp3 for ConvBn {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = Geometry::new(l1, l2, self.stride, self.padding)?;
+        let p = self.params;
+        let g = p.geometry(l1, l2)?;
         let (x, w, affine) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
         if affine.len() != 2 * g.cout {
             candle_core::bail!(
@@ -96,7 +107,7 @@ impl CustomOp3 for ConvBn {
         }
         let z = conv::forward(&g, x, w);
         let (gamma, beta) = affine.split_at(g.cout);
-        let (y, stats) = batch_norm::forward(dims(&g), &z, gamma, beta, self.eps, self.relu);
+        let (y, stats) = batch_norm::forward(dims(&g), &z, gamma, beta, p.eps, p.relu);
         *self.saved.lock().expect("saved lock") = Some(Saved {
             z: Arc::new(z),
             stats,
@@ -117,17 +128,14 @@ impl CustomOp3 for ConvBn {
         };
         let cout = w.dim(0)?;
         let op = Backward {
-            stride: self.stride,
-            padding: self.padding,
-            relu: self.relu,
-            input_grad: self.input_grad,
+            params: self.params,
             gamma: affine.narrow(0, 0, cout)?.to_vec1()?,
             saved,
         };
         let flat = x.apply_op3_no_bwd(w, &grad.contiguous()?, &op)?;
         let mut parts = split_flat(&flat, &[x.shape(), w.shape(), affine.shape()])?.into_iter();
         let (dx, dw, d_affine) = (parts.next(), parts.next(), parts.next());
-        Ok((dx.filter(|_| self.input_grad), dw, d_affine))
+        Ok((dx.filter(|_| self.params.input_grad), dw, d_affine))
     }
 }
 
@@ -144,10 +152,7 @@ fn dims(g: &Geometry) -> Dims {
 /// wanted), the kernel's, then γ's and β's; from x, the kernel and the
 /// output's gradient.
 struct Backward {
-    stride: usize,
-    padding: usize,
-    relu: bool,
-    input_grad: bool,
+    params: Params,
     gamma: Vec<f32>,
     saved: Saved,
 }
@@ -166,7 +171,8 @@ impl CustomOp3 for Backward {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = Geometry::new(l1, l2, self.stride, self.padding)?;
+        let p = self.params;
+        let g = p.geometry(l1, l2)?;
         let (x, w, dy) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
         let z = self.saved.z.as_slice();
         if dy.len() != z.len() || z.len() != g.n * g.out_len() {
@@ -180,7 +186,7 @@ impl CustomOp3 for Backward {
         // The ReLU's cut from the convolution's output, computed as the
         // forward computed it.
         let Stats { scale, shift, .. } = &self.saved.stats;
-        let relu = self.relu;
+        let relu = p.relu;
         let mut dz = vec![0f32; z.len()];
         batch_norm::backward(
             dims(&g),
@@ -190,7 +196,7 @@ impl CustomOp3 for Backward {
             |c, z| !(relu && scale[c] * z + shift[c] <= 0.0),
             [&mut dz, d_gamma, d_beta],
         );
-        conv::backward(&g, x, w, &dz, self.input_grad.then_some(dx), dw);
+        conv::backward(&g, x, w, &dz, p.input_grad.then_some(dx), dw);
         Ok((
             CpuStorage::F32(flat),
             Shape::from(x_len + w_len + 2 * g.cout),

@@ -1,8 +1,9 @@
 //! Fused CPU kernels for the training step's heavy parts, as candle custom
 //! ops: convolution, BatchNorm (+ReLU), the two in one, and the residual
-//! add + ReLU with their backward, and AdamW's update. Other devices and dtypes fall back
-//! to candle's own ops, so results agree everywhere; with the `cudnn`
-//! feature the convolution runs through cuDNN on CUDA, gradients included.
+//! add + ReLU with their backward, and AdamW's update. Other devices and
+//! dtypes fall back to candle's own ops, so results agree everywhere; with
+//! the `cudnn` feature the convolution runs through cuDNN on CUDA, gradients
+//! included.
 
 mod adamw;
 mod batch_norm;
