@@ -7,11 +7,11 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{CpuStorage, CustomOp3, Layout, ModuleT, Shape, Tensor, Var};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, ModuleT, Shape, Tensor, Var};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
-use super::{f32_slice, fused, split_flat, threads};
+use super::{f32_slice, fused, output, split_flat, threads};
 
 pub struct BatchNorm {
     inner: candle_nn::BatchNorm,
@@ -163,38 +163,25 @@ impl Dims {
     }
 }
 
-/// Per-channel sums of the `K` values `f(channel, a, b, c)` over elements
-/// of three same-shaped arrays, in f64, split over threads.
+/// Per-channel sums of `K` values over the batch: `span(channel, a, b)`
+/// sums one row's values of one channel in two same-shaped arrays; the
+/// rows are split over threads and their sums added in f64.
 fn channel_sums<const K: usize>(
     d: Dims,
-    [a, b, c]: [&[f32]; 3],
-    f: impl Fn(usize, f32, f32, f32) -> [f64; K] + Sync,
+    [a, b]: [&[f32]; 2],
+    span: impl Fn(usize, &[f32], &[f32]) -> [f64; K] + Sync,
 ) -> Vec<[f64; K]> {
     let chunk = d.rows_per_task() * d.row();
     a.par_chunks(chunk)
-        .zip(b.par_chunks(chunk).zip(c.par_chunks(chunk)))
-        .map(|(a, (b, c))| {
+        .zip(b.par_chunks(chunk))
+        .map(|(a, b)| {
             let mut sums = vec![[0f64; K]; d.c];
-            let rows = a
-                .chunks(d.row())
-                .zip(b.chunks(d.row()).zip(c.chunks(d.row())));
-            for (ra, (rb, rc)) in rows {
-                for (ch, sum) in sums.iter_mut().enumerate() {
-                    let span = ch * d.inner..(ch + 1) * d.inner;
-                    let mut s = [0f64; K];
-                    let values = ra[span.clone()]
-                        .iter()
-                        .zip(&rb[span.clone()])
-                        .zip(&rc[span]);
-                    for ((&va, &vb), &vc) in values {
-                        let v = f(ch, va, vb, vc);
-                        for k in 0..K {
-                            s[k] += v[k];
-                        }
-                    }
-                    for k in 0..K {
-                        sum[k] += s[k];
-                    }
+            let spans = a.chunks(d.inner).zip(b.chunks(d.inner));
+            for (i, (a, b)) in spans.enumerate() {
+                let s = span(i % d.c, a, b);
+                let sum = &mut sums[i % d.c];
+                for k in 0..K {
+                    sum[k] += s[k];
                 }
             }
             sums
@@ -212,6 +199,61 @@ fn channel_sums<const K: usize>(
         )
 }
 
+const LANES: usize = 16;
+
+/// The sums of `f(a, b)` over two equal-length spans: in 16 f32 lanes,
+/// which the compiler vectorises (one f64 chain would be bound by the
+/// add's latency), then in f64. A span is one channel of one image, so each
+/// lane adds at most a few hundred values.
+#[inline(always)]
+fn span_sums<const K: usize>(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> [f32; K]) -> [f64; K] {
+    let whole = a.len() / LANES * LANES;
+    let mut lanes = [[0f32; LANES]; K];
+    for (a, b) in a[..whole]
+        .chunks_exact(LANES)
+        .zip(b[..whole].chunks_exact(LANES))
+    {
+        for l in 0..LANES {
+            let v = f(a[l], b[l]);
+            for k in 0..K {
+                lanes[k][l] += v[k];
+            }
+        }
+    }
+    let mut sums = [0f64; K];
+    for k in 0..K {
+        sums[k] = lanes[k].iter().map(|&v| v as f64).sum();
+    }
+    for (&a, &b) in a[whole..].iter().zip(&b[whole..]) {
+        let v = f(a, b);
+        for k in 0..K {
+            sums[k] += v[k] as f64;
+        }
+    }
+    sums
+}
+
+/// `f(channel, out, a, b)` for every row's span of every channel, the rows
+/// split over threads.
+fn for_each_span(
+    d: Dims,
+    out: &mut [f32],
+    [a, b]: [&[f32]; 2],
+    f: impl Fn(usize, &mut [f32], &[f32], &[f32]) + Sync,
+) {
+    let chunk = d.rows_per_task() * d.row();
+    out.par_chunks_mut(chunk)
+        .zip(a.par_chunks(chunk).zip(b.par_chunks(chunk)))
+        .for_each(|(out, (a, b))| {
+            let spans = out
+                .chunks_mut(d.inner)
+                .zip(a.chunks(d.inner).zip(b.chunks(d.inner)));
+            for (i, (out, (a, b))) in spans.enumerate() {
+                f(i % d.c, out, a, b);
+            }
+        });
+}
+
 /// BatchNorm (then ReLU when `relu`) of `x` with the batch's statistics.
 pub(super) fn forward(
     d: Dims,
@@ -222,14 +264,17 @@ pub(super) fn forward(
     relu: bool,
 ) -> (Vec<f32>, Stats) {
     let count = d.count();
-    let mean: Vec<f64> = channel_sums(d, [x, x, x], |_, v, _, _| [v as f64])
+    let mean: Vec<f64> = channel_sums(d, [x, x], |_, x, _| span_sums(x, x, |v, _| [v]))
         .into_iter()
         .map(|[s]| s / count)
         .collect();
-    let var: Vec<f64> = channel_sums(d, [x, x, x], |c, v, _, _| [(v as f64 - mean[c]).powi(2)])
-        .into_iter()
-        .map(|[s]| s / count)
-        .collect();
+    let var: Vec<f64> = channel_sums(d, [x, x], |c, x, _| {
+        let m = mean[c] as f32;
+        span_sums(x, x, |v, _| [(v - m) * (v - m)])
+    })
+    .into_iter()
+    .map(|[s]| s / count)
+    .collect();
     let inv_std: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
     // y = scale·x + shift per channel.
     let scale: Vec<f32> = (0..d.c)
@@ -238,20 +283,19 @@ pub(super) fn forward(
     let shift: Vec<f32> = (0..d.c)
         .map(|c| (beta[c] as f64 - mean[c] * gamma[c] as f64 * inv_std[c]) as f32)
         .collect();
-    let mut y = vec![0f32; x.len()];
-    y.par_chunks_mut(d.rows_per_task() * d.row())
-        .zip(x.par_chunks(d.rows_per_task() * d.row()))
-        .for_each(|(y, x)| {
-            for (i, (y, x)) in y.chunks_mut(d.inner).zip(x.chunks(d.inner)).enumerate() {
-                let c = i % d.c;
-                for (o, &v) in y.iter_mut().zip(x) {
-                    *o = scale[c] * v + shift[c];
-                }
-                if relu {
-                    y.iter_mut().for_each(|o| *o = o.max(0.0));
-                }
+    let mut y = output(x.len());
+    for_each_span(d, &mut y, [x, x], |c, y, x, _| {
+        let (a, b) = (scale[c], shift[c]);
+        if relu {
+            for (o, &v) in y.iter_mut().zip(x) {
+                *o = (a * v + b).max(0.0);
             }
-        });
+        } else {
+            for (o, &v) in y.iter_mut().zip(x) {
+                *o = a * v + b;
+            }
+        }
+    });
     let stats = Stats {
         mean: mean.iter().map(|&v| v as f32).collect(),
         var: var.iter().map(|&v| v as f32).collect(),
@@ -295,7 +339,7 @@ impl CustomOp3 for Forward {
         x: &Tensor,
         gamma: &Tensor,
         beta: &Tensor,
-        res: &Tensor,
+        _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let op = Backward {
@@ -303,30 +347,48 @@ impl CustomOp3 for Forward {
             gamma: gamma.to_vec1()?,
             relu: self.relu,
         };
-        let flat = x.apply_op3_no_bwd(&grad.contiguous()?, &res.contiguous()?, &op)?;
+        let flat = x.apply_op2_no_bwd(&grad.contiguous()?, &op)?;
         let mut parts = split_flat(&flat, &[x.shape(), gamma.shape(), beta.shape()])?.into_iter();
         Ok((parts.next(), parts.next(), parts.next()))
     }
 }
 
-/// The gradients of [`forward`] from x, the output's gradient dy, and
-/// `open(channel, m)` over an array `m` of x's shape saying where ReLU let the
-/// output through, written into `[dx, dγ, dβ]`. With x̂ = (x − μ)/σ over M
-/// values per channel, and dy zeroed where ReLU cut the output to 0:
-/// dβ = Σ dy, dγ = Σ dy·x̂, dx = γ/σ · (dy − dβ/M − x̂·dγ/M).
+/// The gradients of [`forward`] from x and the output's gradient dy,
+/// written into `[dx, dγ, dβ]`; with `relu`, dy counts only where the
+/// forward's `scale·x + shift` was positive. With x̂ = (x − μ)/σ over M
+/// values per channel: dβ = Σ dy, dγ = Σ dy·x̂,
+/// dx = γ/σ · (dy − dβ/M − x̂·dγ/M).
 pub(super) fn backward(
     d: Dims,
     stats: &Stats,
     gamma: &[f32],
-    [x, dy, m]: [&[f32]; 3],
-    open: impl Fn(usize, f32) -> bool + Sync,
+    [x, dy]: [&[f32]; 2],
+    relu: bool,
     [dx, dgamma, dbeta]: [&mut [f32]; 3],
 ) {
-    let Stats { mean, inv_std, .. } = stats;
-    let cut = |c: usize, g: f32, m: f32| if open(c, m) { g } else { 0.0 };
-    let sums = channel_sums(d, [dy, m, x], |c, g, m, v| {
-        let g = cut(c, g, m) as f64;
-        [g, g * (v - mean[c]) as f64]
+    let Stats {
+        mean,
+        inv_std,
+        scale,
+        shift,
+        ..
+    } = stats;
+    // The ReLU's cut as a select the compiler vectorises: with `relu` off
+    // the threshold is −∞ and nothing is cut.
+    let cut = |c: usize| {
+        if relu {
+            (scale[c], shift[c], 0.0)
+        } else {
+            (0.0, 0.0, f32::NEG_INFINITY)
+        }
+    };
+    let sums = channel_sums(d, [x, dy], |c, x, dy| {
+        let (a, b, floor) = cut(c);
+        let m = mean[c];
+        span_sums(x, dy, |v, g| {
+            let g = if a * v + b > floor { g } else { 0.0 };
+            [g, g * (v - m)]
+        })
     });
     // dx = k1·dy + k2·x + k3 per channel.
     let count = d.count();
@@ -341,35 +403,25 @@ pub(super) fn backward(
         dgamma[c] = d_gamma as f32;
         dbeta[c] = d_beta as f32;
     }
-    let chunk = d.rows_per_task() * d.row();
-    dx.par_chunks_mut(chunk)
-        .zip(
-            x.par_chunks(chunk)
-                .zip(dy.par_chunks(chunk).zip(m.par_chunks(chunk))),
-        )
-        .for_each(|(dx, (x, (dy, m)))| {
-            let spans = dx.chunks_mut(d.inner).zip(
-                x.chunks(d.inner)
-                    .zip(dy.chunks(d.inner).zip(m.chunks(d.inner))),
-            );
-            for (i, (dx, (x, (dy, m)))) in spans.enumerate() {
-                let c = i % d.c;
-                for ((o, &v), (&g, &m)) in dx.iter_mut().zip(x).zip(dy.iter().zip(m)) {
-                    *o = k1[c] * cut(c, g, m) + k2[c] * v + k3[c];
-                }
-            }
-        });
+    for_each_span(d, dx, [x, dy], |c, dx, x, dy| {
+        let (a, b, floor) = cut(c);
+        let (k1, k2, k3) = (k1[c], k2[c], k3[c]);
+        for ((o, &v), &g) in dx.iter_mut().zip(x).zip(dy) {
+            let g = if a * v + b > floor { g } else { 0.0 };
+            *o = k1 * g + k2 * v + k3;
+        }
+    });
 }
 
 /// The three gradients of [`Forward`] as one flat tensor: x's, γ's, β's,
-/// from x, the output's gradient dy and the output y.
+/// from x and the output's gradient dy.
 struct Backward {
     stats: Stats,
     gamma: Vec<f32>,
     relu: bool,
 }
 
-impl CustomOp3 for Backward {
+impl CustomOp2 for Backward {
     fn name(&self) -> &'static str {
         "sslab-batch-norm-backward"
     }
@@ -380,24 +432,21 @@ impl CustomOp3 for Backward {
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let d = Dims::of(l1);
-        let (x, dy, y) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
-        if self.stats.mean.len() != d.c || dy.len() != x.len() || y.len() != x.len() {
+        let (x, dy) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
+        if self.stats.mean.len() != d.c || dy.len() != x.len() {
             candle_core::bail!("batch norm backward: shapes do not match the forward's");
         }
-        let mut flat = vec![0f32; x.len() + 2 * d.c];
+        let mut flat = output(x.len() + 2 * d.c);
         let (dx, rest) = flat.split_at_mut(x.len());
         let (d_gamma, d_beta) = rest.split_at_mut(d.c);
-        let relu = self.relu;
         backward(
             d,
             &self.stats,
             &self.gamma,
-            [x, dy, y],
-            |_, y| !(relu && y <= 0.0),
+            [x, dy],
+            self.relu,
             [dx, d_gamma, d_beta],
         );
         Ok((CpuStorage::F32(flat), Shape::from(x.len() + 2 * d.c)))

@@ -7,7 +7,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::{f32_slice, fused, split_flat, threads};
+use super::{f32_slice, fused, output, split_flat, threads};
 
 /// Convolution of `x` (N, Cin, H, W) with `w` (Cout, Cin, K, K), square
 /// stride and zero padding, no dilation or groups. f32 on the CPU runs the
@@ -242,7 +242,7 @@ fn deinterleave(matrix: &[f32], blocks: &mut [f32], rows: usize, p: usize, count
 fn matmul(
     (m, n, k): (usize, usize, usize),
     dst: &mut [f32],
-    dst_rs: usize,
+    (dst_rs, dst_cs): (usize, usize),
     accumulate: bool,
     lhs: &[f32],
     (lhs_rs, lhs_cs): (usize, usize),
@@ -250,7 +250,7 @@ fn matmul(
     (rhs_rs, rhs_cs): (usize, usize),
     par: Parallelism,
 ) {
-    debug_assert!(dst.len() >= (m - 1) * dst_rs + n);
+    debug_assert!(dst.len() > (m - 1) * dst_rs + (n - 1) * dst_cs);
     debug_assert!(lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
     debug_assert!(rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
     // SAFETY: the slices cover every element the strides reach (checked above
@@ -261,7 +261,7 @@ fn matmul(
             n,
             k,
             dst.as_mut_ptr(),
-            1,
+            dst_cs as isize,
             dst_rs as isize,
             accumulate,
             lhs.as_ptr(),
@@ -283,7 +283,7 @@ fn matmul(
 /// The convolution of a batch `x` with the kernel `w`, (N, Cout, Ho, Wo).
 pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
     let (taps, p) = (g.taps(), g.positions());
-    let mut out = vec![0f32; g.n * g.out_len()];
+    let mut out = output(g.n * g.out_len());
     let (per_task, group, par) = g.split();
     out.par_chunks_mut(per_task * g.out_len())
         .zip(x.par_chunks(per_task * g.in_len()))
@@ -306,7 +306,7 @@ pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
                     matmul(
                         (g.cout, ld, taps),
                         dst,
-                        ld,
+                        (ld, 1),
                         false,
                         w,
                         (taps, 1),
@@ -369,8 +369,8 @@ impl CustomOp2 for Conv2d {
     }
 }
 
-/// Both gradients of [`forward`] from the output's gradient `dy`: the
-/// kernel's added into `dw`, and the input's written into `dx` when given.
+/// Both gradients of [`forward`] from the output's gradient `dy`, written
+/// into `dw` and, when given, `dx`.
 pub(super) fn backward(
     g: &Geometry,
     x: &[f32],
@@ -383,7 +383,10 @@ pub(super) fn backward(
     let w_len = g.cout * taps;
     let (per_task, group, par) = g.split();
     let task = |x: &[f32], dy: &[f32], mut dx: Option<&mut [f32]>| -> Vec<f32> {
-        let mut dw = vec![0f32; w_len];
+        // The kernel's gradient transposed, (taps × Cout): with dy as the
+        // gemm's left operand it packs dy rather than the columns, which
+        // are K² times larger.
+        let mut dwt = vec![0f32; w_len];
         let mut cols = vec![0f32; taps * group * p];
         let mut dys = vec![0f32; if group > 1 { g.cout * group * p } else { 0 }];
         let images = x
@@ -402,11 +405,11 @@ pub(super) fn backward(
                 &dys[..g.cout * ld]
             };
             let cols = &mut cols[..taps * ld];
-            // dW += dy (Cout × count·P) · colsᵀ (count·P × taps)
+            // dW += dy (Cout × count·P) · colsᵀ (count·P × taps), into dWᵀ.
             matmul(
                 (g.cout, taps, ld),
-                &mut dw,
-                taps,
+                &mut dwt,
+                (1, g.cout),
                 first > 0,
                 dys,
                 (ld, 1),
@@ -420,7 +423,7 @@ pub(super) fn backward(
                 matmul(
                     (taps, ld, g.cout),
                     cols,
-                    ld,
+                    (ld, 1),
                     false,
                     w,
                     (1, taps),
@@ -434,7 +437,7 @@ pub(super) fn backward(
                 }
             }
         }
-        dw
+        dwt
     };
     let partial: Vec<Vec<f32>> = if let Some(dx) = dx {
         dx.par_chunks_mut(per_task * g.in_len())
@@ -448,9 +451,12 @@ pub(super) fn backward(
             .map(|(x, dy)| task(x, dy, None))
             .collect()
     };
+    dw.fill(0.0);
     for part in partial {
-        for (d, s) in dw.iter_mut().zip(part) {
-            *d += s;
+        for (t, row) in part.chunks(g.cout).enumerate() {
+            for (co, &v) in row.iter().enumerate() {
+                dw[co * taps + t] += v;
+            }
         }
     }
 }
@@ -483,8 +489,11 @@ impl CustomOp3 for Conv2dBackward {
             );
         }
         let w_len = g.cout * g.taps();
-        let mut flat = vec![0f32; g.n * g.in_len() + w_len];
+        let mut flat = output(g.n * g.in_len() + w_len);
         let (dx, dw) = flat.split_at_mut(g.n * g.in_len());
+        if !self.0.input_grad {
+            dx.fill(0.0);
+        }
         backward(&g, x, w, dy, self.0.input_grad.then_some(dx), dw);
         Ok((CpuStorage::F32(flat), Shape::from(g.n * g.in_len() + w_len)))
     }

@@ -10,7 +10,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, ModuleT, Shape, Tensor};
 
 use super::batch_norm::{self, BatchNorm, Dims, Stats};
 use super::conv::{self, Geometry, conv2d};
-use super::{f32_slice, fused, split_flat};
+use super::{f32_slice, fused, output, split_flat};
 
 /// `bn(conv2d(x, w))` in training, then ReLU when `relu`; the running
 /// statistics move as [`BatchNorm`]'s do. Other devices and dtypes run the
@@ -179,23 +179,22 @@ impl CustomOp3 for Backward {
             candle_core::bail!("conv + batch norm backward: shapes do not match the forward's");
         }
         let (x_len, w_len) = (x.len(), w.len());
-        let mut flat = vec![0f32; x_len + w_len + 2 * g.cout];
+        let mut flat = output(x_len + w_len + 2 * g.cout);
         let (dx, rest) = flat.split_at_mut(x_len);
         let (dw, rest) = rest.split_at_mut(w_len);
         let (d_gamma, d_beta) = rest.split_at_mut(g.cout);
-        // The ReLU's cut from the convolution's output, computed as the
-        // forward computed it.
-        let Stats { scale, shift, .. } = &self.saved.stats;
-        let relu = p.relu;
-        let mut dz = vec![0f32; z.len()];
+        let mut dz = output(z.len());
         batch_norm::backward(
             dims(&g),
             &self.saved.stats,
             &self.gamma,
-            [z, dy, z],
-            |c, z| !(relu && scale[c] * z + shift[c] <= 0.0),
+            [z, dy],
+            p.relu,
             [&mut dz, d_gamma, d_beta],
         );
+        if !p.input_grad {
+            dx.fill(0.0);
+        }
         conv::backward(&g, x, w, &dz, p.input_grad.then_some(dx), dw);
         Ok((
             CpuStorage::F32(flat),

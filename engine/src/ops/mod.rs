@@ -44,6 +44,18 @@ fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]
     }
 }
 
+/// A buffer of `len` values for a kernel that writes every one before
+/// anything reads it. `vec![0.0; len]` would zero it first: the allocator
+/// hands back used memory, so that is a memset over the step's largest
+/// buffers.
+fn output(len: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(len);
+    // SAFETY: the callers write each element before any is read (as
+    // candle's own CPU kernels do with their outputs).
+    unsafe { v.set_len(len) };
+    v
+}
+
 /// Splits a flat tensor into consecutive pieces of the given shapes.
 fn split_flat(flat: &Tensor, shapes: &[&Shape]) -> candle_core::Result<Vec<Tensor>> {
     let mut start = 0;
