@@ -127,6 +127,30 @@ impl Geometry {
         (lo.min(hi), hi)
     }
 
+    /// A tap of a stride-1 convolution whose output is as large as its
+    /// input: its unfolded row is the image shifted by whole rows and
+    /// columns, one block copy but for the edges.
+    fn shifted(&self, ky: usize, kx: usize) -> Option<Shifted> {
+        if self.stride != 1 || self.ho != self.h || self.wo != self.w {
+            return None;
+        }
+        let (h, w, pad) = (self.h as isize, self.w as isize, self.pad as isize);
+        let offset = (ky as isize - pad) * w + kx as isize - pad;
+        // The output rows whose input row exists.
+        let rows = (pad - ky as isize).clamp(0, h)..(h + pad - ky as isize).clamp(0, h);
+        // Within them, the positions whose shifted index lies in the image;
+        // the ones left out are edge columns.
+        let start = (rows.start * w).max(-offset);
+        let end = (rows.end * w).min(h * w - offset).max(start);
+        let (lo, hi) = self.valid(kx, self.w, self.wo);
+        Some(Shifted {
+            offset,
+            rows: rows.start as usize..rows.end as usize,
+            block: start as usize..end as usize,
+            columns: lo..hi,
+        })
+    }
+
     /// Images per parallel task; images unfolded side by side for one gemm
     /// within a task, enough output positions that the kernel's packing is
     /// amortised (deep layers have few per image); and the gemm's own
@@ -144,6 +168,33 @@ impl Geometry {
     }
 }
 
+/// See [`Geometry::shifted`]: output position `i` of the block reads input
+/// position `i + offset`.
+struct Shifted {
+    offset: isize,
+    rows: std::ops::Range<usize>,
+    block: std::ops::Range<usize>,
+    /// The output columns whose input column exists.
+    columns: std::ops::Range<usize>,
+}
+
+impl Shifted {
+    /// The input positions the block reads.
+    fn source(&self) -> std::ops::Range<usize> {
+        let at = |i: usize| (i as isize + self.offset) as usize;
+        at(self.block.start)..at(self.block.end)
+    }
+
+    /// Zeroes the columns outside the image in the rows that exist.
+    fn zero_edges(&self, g: &Geometry, row: &mut [f32]) {
+        for oy in self.rows.clone() {
+            let r = &mut row[oy * g.w..(oy + 1) * g.w];
+            r[..self.columns.start].fill(0.0);
+            r[self.columns.end..].fill(0.0);
+        }
+    }
+}
+
 /// Unfolds one image (Cin, H, W) into `cols`: row `(c·K + ky)·K + kx`
 /// holds that tap's Ho·Wo values, rows `ld` apart.
 fn im2col(g: &Geometry, x: &[f32], cols: &mut [f32], ld: usize) {
@@ -153,6 +204,13 @@ fn im2col(g: &Geometry, x: &[f32], cols: &mut [f32], ld: usize) {
         for ky in 0..g.k {
             for kx in 0..g.k {
                 let row = &mut cols[((c * g.k + ky) * g.k + kx) * ld..][..p];
+                if let Some(tap) = g.shifted(ky, kx) {
+                    row[..tap.rows.start * g.w].fill(0.0);
+                    row[tap.rows.end * g.w..].fill(0.0);
+                    row[tap.block.clone()].copy_from_slice(&plane[tap.source()]);
+                    tap.zero_edges(g, row);
+                    continue;
+                }
                 let (lo, hi) = g.valid(kx, g.w, g.wo);
                 for oy in 0..g.ho {
                     let dst = &mut row[oy * g.wo..(oy + 1) * g.wo];
@@ -184,14 +242,23 @@ fn im2col(g: &Geometry, x: &[f32], cols: &mut [f32], ld: usize) {
 
 /// Folds one image's `cols` (laid out as [`im2col`] writes them) back into
 /// the image, adding where windows overlap.
-fn col2im(g: &Geometry, cols: &[f32], ld: usize, x: &mut [f32]) {
+/// The columns are scratch: a shifted tap's edge values are zeroed there.
+fn col2im(g: &Geometry, cols: &mut [f32], ld: usize, x: &mut [f32]) {
     let p = g.positions();
     x.fill(0.0);
     for c in 0..g.cin {
         let plane = &mut x[c * g.h * g.w..(c + 1) * g.h * g.w];
         for ky in 0..g.k {
             for kx in 0..g.k {
-                let row = &cols[((c * g.k + ky) * g.k + kx) * ld..][..p];
+                let row = &mut cols[((c * g.k + ky) * g.k + kx) * ld..][..p];
+                if let Some(tap) = g.shifted(ky, kx) {
+                    tap.zero_edges(g, row);
+                    let dst = &mut plane[tap.source()];
+                    for (d, s) in dst.iter_mut().zip(&row[tap.block.clone()]) {
+                        *d += *s;
+                    }
+                    continue;
+                }
                 let (lo, hi) = g.valid(kx, g.w, g.wo);
                 for oy in 0..g.ho {
                     let iy = (oy * g.stride + ky) as isize - g.pad as isize;
@@ -433,7 +500,7 @@ pub(super) fn backward(
                 );
                 let dx = &mut dx[first * group * g.in_len()..];
                 for (i, dx) in dx.chunks_mut(g.in_len()).take(count).enumerate() {
-                    col2im(&g, &cols[i * p..], ld, dx);
+                    col2im(&g, &mut cols[i * p..], ld, dx);
                 }
             }
         }
