@@ -11,7 +11,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, ModuleT, Shape, Tens
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
-use super::{f32_slice, fused, output, split_flat, threads};
+use super::{f32_slice, fused, output, split_flat, threads, wide};
 
 pub struct BatchNorm {
     inner: candle_nn::BatchNorm,
@@ -178,7 +178,10 @@ fn channel_sums<const K: usize>(
             let mut sums = vec![[0f64; K]; d.c];
             let spans = a.chunks(d.inner).zip(b.chunks(d.inner));
             for (i, (a, b)) in spans.enumerate() {
-                let s = span(i % d.c, a, b);
+                let s = wide(
+                    #[inline(always)]
+                    || span(i % d.c, a, b),
+                );
                 let sum = &mut sums[i % d.c];
                 for k in 0..K {
                     sum[k] += s[k];
@@ -249,7 +252,10 @@ fn for_each_span(
                 .chunks_mut(d.inner)
                 .zip(a.chunks(d.inner).zip(b.chunks(d.inner)));
             for (i, (out, (a, b))) in spans.enumerate() {
-                f(i % d.c, out, a, b);
+                wide(
+                    #[inline(always)]
+                    || f(i % d.c, out, a, b),
+                );
             }
         });
 }
@@ -264,14 +270,24 @@ pub(super) fn forward(
     relu: bool,
 ) -> (Vec<f32>, Stats) {
     let count = d.count();
-    let mean: Vec<f64> = channel_sums(d, [x, x], |_, x, _| span_sums(x, x, |v, _| [v]))
-        .into_iter()
-        .map(|[s]| s / count)
-        .collect();
-    let var: Vec<f64> = channel_sums(d, [x, x], |c, x, _| {
-        let m = mean[c] as f32;
-        span_sums(x, x, |v, _| [(v - m) * (v - m)])
-    })
+    let mean: Vec<f64> = channel_sums(
+        d,
+        [x, x],
+        #[inline(always)]
+        |_, x, _| span_sums(x, x, |v, _| [v]),
+    )
+    .into_iter()
+    .map(|[s]| s / count)
+    .collect();
+    let var: Vec<f64> = channel_sums(
+        d,
+        [x, x],
+        #[inline(always)]
+        |c, x, _| {
+            let m = mean[c] as f32;
+            span_sums(x, x, |v, _| [(v - m) * (v - m)])
+        },
+    )
     .into_iter()
     .map(|[s]| s / count)
     .collect();
@@ -284,18 +300,24 @@ pub(super) fn forward(
         .map(|c| (beta[c] as f64 - mean[c] * gamma[c] as f64 * inv_std[c]) as f32)
         .collect();
     let mut y = output(x.len());
-    for_each_span(d, &mut y, [x, x], |c, y, x, _| {
-        let (a, b) = (scale[c], shift[c]);
-        if relu {
-            for (o, &v) in y.iter_mut().zip(x) {
-                *o = (a * v + b).max(0.0);
+    for_each_span(
+        d,
+        &mut y,
+        [x, x],
+        #[inline(always)]
+        |c, y, x, _| {
+            let (a, b) = (scale[c], shift[c]);
+            if relu {
+                for (o, &v) in y.iter_mut().zip(x) {
+                    *o = (a * v + b).max(0.0);
+                }
+            } else {
+                for (o, &v) in y.iter_mut().zip(x) {
+                    *o = a * v + b;
+                }
             }
-        } else {
-            for (o, &v) in y.iter_mut().zip(x) {
-                *o = a * v + b;
-            }
-        }
-    });
+        },
+    );
     let stats = Stats {
         mean: mean.iter().map(|&v| v as f32).collect(),
         var: var.iter().map(|&v| v as f32).collect(),
@@ -382,14 +404,19 @@ pub(super) fn backward(
             (0.0, 0.0, f32::NEG_INFINITY)
         }
     };
-    let sums = channel_sums(d, [x, dy], |c, x, dy| {
-        let (a, b, floor) = cut(c);
-        let m = mean[c];
-        span_sums(x, dy, |v, g| {
-            let g = if a * v + b > floor { g } else { 0.0 };
-            [g, g * (v - m)]
-        })
-    });
+    let sums = channel_sums(
+        d,
+        [x, dy],
+        #[inline(always)]
+        |c, x, dy| {
+            let (a, b, floor) = cut(c);
+            let m = mean[c];
+            span_sums(x, dy, |v, g| {
+                let g = if a * v + b > floor { g } else { 0.0 };
+                [g, g * (v - m)]
+            })
+        },
+    );
     // dx = k1·dy + k2·x + k3 per channel.
     let count = d.count();
     let (mut k1, mut k2, mut k3) = (vec![0f32; d.c], vec![0f32; d.c], vec![0f32; d.c]);
@@ -403,14 +430,20 @@ pub(super) fn backward(
         dgamma[c] = d_gamma as f32;
         dbeta[c] = d_beta as f32;
     }
-    for_each_span(d, dx, [x, dy], |c, dx, x, dy| {
-        let (a, b, floor) = cut(c);
-        let (k1, k2, k3) = (k1[c], k2[c], k3[c]);
-        for ((o, &v), &g) in dx.iter_mut().zip(x).zip(dy) {
-            let g = if a * v + b > floor { g } else { 0.0 };
-            *o = k1 * g + k2 * v + k3;
-        }
-    });
+    for_each_span(
+        d,
+        dx,
+        [x, dy],
+        #[inline(always)]
+        |c, dx, x, dy| {
+            let (a, b, floor) = cut(c);
+            let (k1, k2, k3) = (k1[c], k2[c], k3[c]);
+            for ((o, &v), &g) in dx.iter_mut().zip(x).zip(dy) {
+                let g = if a * v + b > floor { g } else { 0.0 };
+                *o = k1 * g + k2 * v + k3;
+            }
+        },
+    );
 }
 
 /// The three gradients of [`Forward`] as one flat tensor: x's, γ's, β's,
