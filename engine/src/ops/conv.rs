@@ -140,7 +140,7 @@ impl Geometry {
         let rows = (pad - ky as isize).clamp(0, h)..(h + pad - ky as isize).clamp(0, h);
         // Within them, the positions whose shifted index lies in the image;
         // the ones left out are edge columns.
-        let start = (rows.start * w).max(-offset);
+        let start = (rows.start * w).max(-offset).min(rows.end * w);
         let end = (rows.end * w).min(h * w - offset).max(start);
         let (lo, hi) = self.valid(kx, self.w, self.wo);
         Some(Shifted {
@@ -181,6 +181,9 @@ struct Shifted {
 impl Shifted {
     /// The input positions the block reads.
     fn source(&self) -> std::ops::Range<usize> {
+        if self.block.is_empty() {
+            return 0..0;
+        }
         let at = |i: usize| (i as isize + self.offset) as usize;
         at(self.block.start)..at(self.block.end)
     }
@@ -190,7 +193,7 @@ impl Shifted {
     fn zero_edges(&self, g: &Geometry, row: &mut [f32]) {
         let rows = &mut row[self.rows.start * g.w..self.rows.end * g.w];
         for ox in (0..self.columns.start).chain(self.columns.end..g.w) {
-            for v in rows[ox..].iter_mut().step_by(g.w) {
+            for v in rows.iter_mut().skip(ox).step_by(g.w) {
                 *v = 0.0;
             }
         }
@@ -595,8 +598,8 @@ mod tests {
 
     /// Values and both gradients against candle's conv, for the shapes the
     /// backbones use: 3×3 with and without stride, 1×1 strided shortcuts,
-    /// 1×1 pointwise, a 7×7/2 stem, a patch embedding, and a batch smaller
-    /// than the thread count.
+    /// 1×1 pointwise, a 7×7/2 stem, a patch embedding, a batch smaller
+    /// than the thread count, and images smaller than the kernel.
     #[test]
     fn matches_candles_conv_values_and_gradients() {
         let cases = [
@@ -608,6 +611,10 @@ mod tests {
             (2, 3, 16, 4, 7, 2, 3),
             (2, 3, 8, 5, 4, 4, 0),
             (1, 2, 7, 3, 3, 1, 1),
+            // Images smaller than the kernel (deep layers of small inputs).
+            (2, 3, 1, 4, 3, 1, 1),
+            (2, 3, 2, 4, 3, 1, 1),
+            (2, 2, 2, 3, 5, 1, 2),
         ];
         for (i, &(n, cin, hw, cout, k, stride, pad)) in cases.iter().enumerate() {
             let x = Var::from_tensor(&random(&[n, cin, hw, hw], i as u64)).unwrap();
