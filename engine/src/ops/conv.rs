@@ -442,15 +442,21 @@ impl CustomOp2 for Conv2d {
 }
 
 /// Both gradients of [`forward`] from the output's gradient `dy`, written
-/// into `dw` and, when given, `dx`.
+/// into `dw` and `dx` (zeros when the input's is not wanted).
 pub(super) fn backward(
     g: &Geometry,
     x: &[f32],
     w: &[f32],
     dy: &[f32],
-    dx: Option<&mut [f32]>,
+    (dx, input_grad): (&mut [f32], bool),
     dw: &mut [f32],
 ) {
+    let dx = if input_grad {
+        Some(dx)
+    } else {
+        dx.fill(0.0);
+        None
+    };
     let (taps, p) = (g.taps(), g.positions());
     let w_len = g.cout * taps;
     let (per_task, group, par) = g.split();
@@ -563,10 +569,7 @@ impl CustomOp3 for Conv2dBackward {
         let w_len = g.cout * g.taps();
         let mut flat = output(g.n * g.in_len() + w_len);
         let (dx, dw) = flat.split_at_mut(g.n * g.in_len());
-        if !self.0.input_grad {
-            dx.fill(0.0);
-        }
-        backward(&g, x, w, dy, self.0.input_grad.then_some(dx), dw);
+        backward(&g, x, w, dy, (dx, self.0.input_grad), dw);
         Ok((CpuStorage::F32(flat), Shape::from(g.n * g.in_len() + w_len)))
     }
 

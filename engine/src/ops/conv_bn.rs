@@ -192,10 +192,7 @@ impl CustomOp3 for Backward {
             p.relu,
             [&mut dz, d_gamma, d_beta],
         );
-        if !p.input_grad {
-            dx.fill(0.0);
-        }
-        conv::backward(&g, x, w, &dz, p.input_grad.then_some(dx), dw);
+        conv::backward(&g, x, w, &dz, (dx, p.input_grad), dw);
         Ok((
             CpuStorage::F32(flat),
             Shape::from(x_len + w_len + 2 * g.cout),
