@@ -2,7 +2,11 @@
 # On a GPU machine, from the repository root: the CUDA build of the
 # train-step bench next to the same model and step in PyTorch on the same GPU,
 # with the GPU's utilisation and memory sampled while each one's timed steps
-# run; then a tiny recipe trained end to end with the CUDA `sslab`.
+# run, in f32 and in bf16 (our `optimizer.precision = "bf16"` against
+# PyTorch's bf16 autocast); then two recipes trained end to end with the CUDA
+# `sslab`: SimCLR's ResNet-18 recipe cut to two epochs on 10 240 built-in
+# images, whose metrics give the fraction of step time spent waiting for
+# data, and the tiny SimCLR recipe.
 #
 # Build here first (`cargo xtask cuda`, or `cargo xtask cuda --cudnn`) and
 # bring target/cuda/bin along, or its packed copy target/cuda/carry (xz),
@@ -11,25 +15,37 @@
 # link (cuBLAS, cuRAND, NVRTC, cudart, and cuDNN for --cudnn builds): they
 # are taken from the nvidia-* wheels next to torch.
 #
-# Then the same pair again in bf16 (our `optimizer.precision = "bf16"`
-# against PyTorch's bf16 autocast).
+# SSLAB_CUDA_BEFORE names a folder of another build's packed binaries (the
+# target/cuda/carry of an earlier commit): its bench runs too, f32 and bf16,
+# for a before and after on the same GPU.
 #
+# Each stage has its own time limit and a failed stage does not stop the
+# next: one call on a lent machine should bring back every figure it can.
 # Results go to stdout and, when $OUT is set, to $OUT/gpu-train-step.txt.
 # The last line is `train_step_ratio_vs_pytorch_cuda=<ours / theirs>` (f32).
-set -euo pipefail
+set -uo pipefail
 
 work=$(mktemp -d)
 log=${OUT:-$work}/gpu-train-step.txt
 exec > >(tee "$log") 2>&1
+# unpack FROM TO: the xz-packed binaries in FROM, unpacked into TO.
+unpack() {
+    mkdir -p "$2"
+    for packed in "$1"/*.xz; do
+        python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
+            "$packed" "$2/$(basename "$packed" .xz)"
+    done
+    chmod +x "$2"/*
+}
 bin=${SSLAB_CUDA_BIN:-target/cuda/bin}
 if [[ ! -x $bin/train_step && -d target/cuda/carry ]]; then
     bin=$work/bin
-    mkdir -p "$bin"
-    for packed in target/cuda/carry/*.xz; do
-        python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
-            "$packed" "$bin/$(basename "$packed" .xz)"
-    done
-    chmod +x "$bin"/*
+    unpack target/cuda/carry "$bin"
+fi
+before=
+if [[ -n ${SSLAB_CUDA_BEFORE:-} ]]; then
+    before=$work/before
+    unpack "$SSLAB_CUDA_BEFORE" "$before"
 fi
 
 libs=$(python3 - <<'EOF'
@@ -40,25 +56,35 @@ print(":".join(sorted(dirs)))
 EOF
 )
 export LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+for exe in "$bin"/* ${before:+"$before"/*}; do
+    missing=$(ldd "$exe" | grep "not found" || true)
+    [[ -z $missing ]] || echo "$(basename "$exe") lacks libraries: $missing"
+done
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "cudnn", torch.backends.cudnn.version())'
 
-# sampled LABEL CMD...: runs CMD while nvidia-smi samples the GPU every 50 ms,
-# then prints the mean utilisation and peak memory inside CMD's timed window
-# (its `*_timed_window_unix=START,END` line).
+# sampled LABEL SECONDS CMD...: runs CMD (for at most SECONDS) while
+# nvidia-smi samples the GPU every 50 ms, then prints the mean utilisation
+# and peak memory inside CMD's timed window (its
+# `*_timed_window_unix=START,END` line).
 sampled() {
-    local label=$1
-    shift
+    local label=$1 limit=$2
+    shift 2
+    echo "== $label"
     nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used \
         --format=csv,noheader,nounits -lms 50 >"$work/$label.smi" &
     local smi=$!
-    "$@" | tee "$work/$label.out"
+    timeout "$limit" "$@" | tee "$work/$label.out"
+    local rc=${PIPESTATUS[0]}
     kill "$smi"
+    [[ $rc == 0 ]] || echo "$label: failed (exit $rc; 124 is over its $limit s)"
     wait "$smi" 2>/dev/null || true
     python3 - "$label" "$work/$label.smi" "$work/$label.out" <<'EOF'
 import datetime, sys
 label, smi, out = sys.argv[1:]
-line = next(l for l in open(out) if "_timed_window_unix=" in l)
+line = next((l for l in open(out) if "_timed_window_unix=" in l), None)
+if line is None:
+    sys.exit(f"{label}: no timed window")
 start, end = map(float, line.split("=")[1].split(","))
 util, mem = [], []
 for row in open(smi):
@@ -79,20 +105,54 @@ EOF
 }
 
 export SSLAB_BENCH_BATCH=${SSLAB_BENCH_BATCH:-256}
-export SSLAB_BENCH_STEPS=${SSLAB_BENCH_STEPS:-30}
-sampled sslab "$bin/train_step"
+export SSLAB_BENCH_STEPS=${SSLAB_BENCH_STEPS:-100}
+export PYTHONUNBUFFERED=1
+device=${SSLAB_BENCH_DEVICE:-cuda}
+sampled sslab 90 "$bin/train_step"
 if ! grep -q "candle, Cuda" "$work/sslab.out"; then
-    echo "the CUDA build found no GPU or driver and ran on the CPU (line above)"
+    echo "the CUDA build found no GPU or driver, or failed (lines above)"
     [[ ${SSLAB_ALLOW_CPU:-0} == 1 ]] || exit 1
 fi
-SSLAB_BENCH_DEVICE=${SSLAB_BENCH_DEVICE:-cuda} PYTHONUNBUFFERED=1 sampled pytorch python3 bench/reference/train_step.py
+SSLAB_BENCH_DEVICE=$device sampled pytorch 90 python3 bench/reference/train_step.py
+SSLAB_BENCH_PRECISION=bf16 sampled sslab_bf16 90 "$bin/train_step"
+SSLAB_BENCH_PRECISION=bf16 SSLAB_BENCH_DEVICE=$device \
+    sampled pytorch_bf16 90 python3 bench/reference/train_step.py
+if [[ -n $before ]]; then
+    sampled before 90 "$before/train_step"
+    SSLAB_BENCH_PRECISION=bf16 sampled before_bf16 90 "$before/train_step"
+fi
 
-SSLAB_BENCH_PRECISION=bf16 sampled sslab_bf16 "$bin/train_step"
-SSLAB_BENCH_PRECISION=bf16 SSLAB_BENCH_DEVICE=${SSLAB_BENCH_DEVICE:-cuda} PYTHONUNBUFFERED=1 \
-    sampled pytorch_bf16 python3 bench/reference/train_step.py
-
-echo "== a tiny recipe trained on the GPU"
-time "$bin/sslab" train --spec recipes/simclr-tiny.toml --out "$work/run" | tail -n 5
+# train LABEL SECONDS SPEC: `sslab train` on the GPU, then the run's
+# throughput and data wait read back from its metrics.
+train() {
+    local label=$1 limit=$2 spec=$3
+    echo "== $label ($spec)"
+    local started=$SECONDS
+    timeout "$limit" "$bin/sslab" train --spec "$spec" --out "$work/$label" >"$work/$label.log" 2>&1
+    local rc=$?
+    tail -n 12 "$work/$label.log"
+    echo "$label: exit $rc after $((SECONDS - started)) s"
+    python3 - "$label" "$work/$label/metrics.jsonl" <<'EOF'
+import json, sys
+label, path = sys.argv[1:]
+try:
+    rows = [json.loads(l) for l in open(path)]
+except OSError:
+    sys.exit(f"{label}: no metrics")
+rows = rows[1:] or rows  # the first step loads the kernels
+mean = lambda k: sum(r[k] for r in rows) / len(rows)
+print(f"{label}: {len(rows) + 1} steps, last loss {rows[-1]['loss']:.4f}, "
+      f"{mean('images_per_sec'):.0f} images/s, data wait {100 * mean('data_wait'):.1f} % of step time")
+EOF
+}
+# SimCLR's recipe as it is but for its length: ResNet-18, batch 256, LARS.
+sed -e '0,/^name = /s/^name = .*/name = "simclr-gpu-check"/' -e 's/^train_images = .*/train_images = 10240/' \
+    -e 's/^test_images = .*/test_images = 2000/' -e 's/^epochs = .*/epochs = 2/' \
+    -e 's/^warmup_epochs = .*/warmup_epochs = 0.5/' \
+    -e 's/^\[eval\]$/[eval]\nprobes = ["knn"]\nlayers = ["backbone"]/' \
+    recipes/simclr.toml >"$work/simclr-gpu.toml"
+train simclr_resnet18 150 "$work/simclr-gpu.toml"
+train simclr_tiny 60 recipes/simclr-tiny.toml
 
 python3 - "$work" <<'EOF'
 import sys
@@ -101,15 +161,32 @@ def figure(label, key):
     return next(float(l.split("=")[1]) for l in open(path) if l.startswith(key + "="))
 def ratio(suffix):
     return figure("sslab" + suffix, "sslab_images_per_sec") / figure("pytorch" + suffix, "pytorch_images_per_sec")
-# The bench checked the GPU's convolution against the CPU's before timing:
-# TF32 (PyTorch's and cuDNN's default for f32 convolutions) and bf16 round.
-for dtype, limit in [("f32", 1e-2), ("bf16", 5e-2)]:
+# The bench checked the GPU's convolution and kernels against the CPU ops
+# before timing: the convolution in TF32 (PyTorch's and cuDNN's default for
+# f32 convolutions), the kernels in f32, and bf16 rounds.
+import re
+checks = []
+try:
+    for line in open(f"{sys.argv[1]}/sslab.out"):
+        m = re.match(r"(\w+)_(f32|bf16)_max_relative_error_vs_cpu=(\S+)", line)
+        if m:
+            checks.append((m[1], m[2], float(m[3])))
+except OSError:
+    pass
+if not checks:
+    print("GPU checks: not run (no GPU)")
+for op, dtype, err in checks:
+    limit = 5e-2 if dtype == "bf16" else 1e-2 if op == "conv" else 1e-3
+    print(f"{op} check {dtype}: {'ok' if err < limit else 'FAILED'} ({err:.2e}, limit {limit:g})")
+for suffix in ["_bf16", ""]:
     try:
-        err = figure("sslab", f"conv_{dtype}_max_relative_error_vs_cpu")
-    except StopIteration:
-        print(f"conv check {dtype}: not run (no GPU)")
-        continue
-    print(f"conv check {dtype}: {'ok' if err < limit else 'FAILED'} ({err:.2e}, limit {limit:g})")
-print(f"train_step_ratio_vs_pytorch_cuda_bf16={ratio('_bf16'):.3f}")
-print(f"train_step_ratio_vs_pytorch_cuda={ratio(''):.3f}")
+        speedup = figure("sslab" + suffix, "sslab_images_per_sec") / figure("before" + suffix, "sslab_images_per_sec")
+        print(f"speedup over SSLAB_CUDA_BEFORE{suffix}: {speedup:.3f}")
+    except (OSError, StopIteration):
+        pass
+for suffix in ["_bf16", ""]:
+    try:
+        print(f"train_step_ratio_vs_pytorch_cuda{suffix}={ratio(suffix):.3f}")
+    except (OSError, StopIteration):
+        print(f"train_step_ratio_vs_pytorch_cuda{suffix}: missing (a stage above failed)")
 EOF

@@ -1,6 +1,6 @@
-//! AdamW's update in place on the CPU: three passes over the parameter's
-//! memory and no allocation, where the tensor form allocates a dozen
-//! temporaries per parameter per step.
+//! AdamW's update in place on the CPU and (feature `cuda`) on CUDA: three
+//! passes over the parameter's memory and no allocation, where the tensor
+//! form allocates a dozen temporaries per parameter per step.
 
 use candle_core::{CpuStorage, InplaceOp2, InplaceOp3, Layout, Tensor};
 use rayon::prelude::*;
@@ -20,7 +20,8 @@ pub struct AdamwStep {
 
 impl AdamwStep {
     /// Updates `m`, `v` and then `w` in place with gradient `g`; false (and
-    /// nothing touched) where the tensors are not contiguous f32 on the CPU.
+    /// nothing touched) where the tensors are not contiguous f32 on the CPU
+    /// or, with the `cuda` feature, on CUDA.
     pub fn apply(
         &self,
         w: &Tensor,
@@ -29,7 +30,8 @@ impl AdamwStep {
         v: &Tensor,
     ) -> candle_core::Result<bool> {
         let all = [w, g, m, v];
-        if !super::fused(&all)
+        let gpu = super::on_gpu(&all) && w.dtype() == candle_core::DType::F32;
+        if !(super::fused(&all) || gpu)
             || all
                 .iter()
                 .any(|t| !t.is_contiguous() || t.shape() != w.shape())
@@ -98,6 +100,18 @@ impl InplaceOp2 for Moment {
             });
         Ok(())
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        dst: &mut candle_core::CudaStorage,
+        dst_l: &Layout,
+        g: &candle_core::CudaStorage,
+        gl: &Layout,
+    ) -> candle_core::Result<()> {
+        let (b, a) = (self.beta as f32, (1.0 - self.beta) as f32);
+        super::cuda::adamw_moment((dst, dst_l), (g, gl), (b, a, self.square))
+    }
 }
 
 /// w ← w·(1 − lr·λ) − lr·m̂ / (√v̂ + ε).
@@ -119,10 +133,7 @@ impl InplaceOp3 for Update {
     ) -> candle_core::Result<()> {
         let (m, v) = (super::f32_slice(m, ml)?, super::f32_slice(v, vl)?);
         let w = f32_mut(dst, dst_l)?;
-        let s = &self.0;
-        let keep = (1.0 - s.lr * s.decay) as f32;
-        let (c1, c2) = ((1.0 / s.correction1) as f32, (1.0 / s.correction2) as f32);
-        let (lr, eps) = (s.lr as f32, s.eps as f32);
+        let [keep, lr, c1, c2, eps] = self.constants();
         w.par_chunks_mut(CHUNK)
             .zip(m.par_chunks(CHUNK).zip(v.par_chunks(CHUNK)))
             .for_each(|(w, (m, v))| {
@@ -131,5 +142,32 @@ impl InplaceOp3 for Update {
                 }
             });
         Ok(())
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        dst: &mut candle_core::CudaStorage,
+        dst_l: &Layout,
+        m: &candle_core::CudaStorage,
+        ml: &Layout,
+        v: &candle_core::CudaStorage,
+        vl: &Layout,
+    ) -> candle_core::Result<()> {
+        super::cuda::adamw_update((dst, dst_l), (m, ml), (v, vl), self.constants())
+    }
+}
+
+impl Update {
+    /// keep = 1 − lr·λ, lr, the reciprocal bias corrections and ε, in f32.
+    fn constants(&self) -> [f32; 5] {
+        let s = &self.0;
+        [
+            (1.0 - s.lr * s.decay) as f32,
+            s.lr as f32,
+            (1.0 / s.correction1) as f32,
+            (1.0 / s.correction2) as f32,
+            s.eps as f32,
+        ]
     }
 }

@@ -1,9 +1,11 @@
 //! BatchNorm whose training forward and backward are two fused passes each on
 //! the CPU, instead of the dozen broadcast ops (and their saved intermediates)
 //! candle_nn's version records. Weights, running statistics and their names
-//! are candle_nn's, so checkpoints are the same; evaluation and other devices
-//! use candle_nn's code. Inputs in other dtypes (bf16 training) are
-//! normalised in f32 and handed back in their dtype, as autocast does.
+//! are candle_nn's, so checkpoints are the same. On CUDA (feature `cuda`)
+//! training runs the kernels of `cuda.rs`, f32 or bf16 with f32 statistics;
+//! evaluation and other devices use candle_nn's code. Inputs in other dtypes
+//! (bf16 training) are normalised in f32 and handed back in their dtype, as
+//! autocast does.
 
 use std::sync::{Arc, Mutex};
 
@@ -11,7 +13,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, ModuleT, Shape, Tens
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
-use super::{f32_slice, fused, output, split_flat, threads, wide};
+use super::{f32_slice, fused, on_gpu, output, split_flat, threads, wide};
 
 pub struct BatchNorm {
     inner: candle_nn::BatchNorm,
@@ -44,7 +46,7 @@ impl BatchNorm {
 
     /// BatchNorm, then ReLU: in training on the CPU one fused op.
     pub fn forward_relu(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        if train && fused(&[x]) {
+        if train && (fused(&[x]) || on_gpu(&[x])) {
             self.forward_train(x, true)
         } else {
             self.candle_nn(x, train)?.relu()
@@ -70,6 +72,10 @@ impl BatchNorm {
                 "batch norm over {channels} channels got an input of shape {dims:?}"
             );
         }
+        #[cfg(feature = "cuda")]
+        if on_gpu(&[x]) {
+            return self.forward_cuda(x, relu);
+        }
         let stats = Arc::new(Mutex::new(Stats::default()));
         let op = Forward {
             eps: self.eps,
@@ -82,15 +88,47 @@ impl BatchNorm {
         Ok(y)
     }
 
+    /// [`Self::forward_train`] on CUDA: the statistics are computed by one
+    /// op and stay on the GPU; the normalisation takes them with γ and β as
+    /// one (4, C) tensor, whose rows 2 and 3 carry γ's and β's gradients.
+    #[cfg(feature = "cuda")]
+    fn forward_cuda(&self, x: &Tensor, relu: bool) -> candle_core::Result<Tensor> {
+        let x = x.contiguous()?;
+        let stats = x.apply_op1_no_bwd(&super::cuda::BatchStats)?;
+        let params = Tensor::cat(
+            &[&stats, &self.weight.unsqueeze(0)?, &self.bias.unsqueeze(0)?],
+            0,
+        )?;
+        let op = super::cuda::BatchNorm {
+            eps: self.eps as f32,
+            relu,
+        };
+        let y = x.apply_op2(&params, op)?;
+        let channels = stats.dim(1)?;
+        self.update_running_with(&stats.get(0)?, &stats.get(1)?, x.elem_count() / channels)?;
+        Ok(y)
+    }
+
     /// Moves the running statistics towards a training batch's, of
     /// `values` values per channel.
     pub(super) fn update_running(&self, stats: &Stats, values: usize) -> candle_core::Result<()> {
         let channels = stats.mean.len();
-        let unbiased = values as f64 / (values.max(2) - 1) as f64;
-        let m = self.momentum;
         let device = self.running_mean.device();
         let mean = Tensor::from_vec(stats.mean.clone(), channels, device)?;
         let var = Tensor::from_vec(stats.var.clone(), channels, device)?;
+        self.update_running_with(&mean, &var, values)
+    }
+
+    /// [`Self::update_running`] with the batch's mean and biased variance
+    /// as tensors on the statistics' device.
+    fn update_running_with(
+        &self,
+        mean: &Tensor,
+        var: &Tensor,
+        values: usize,
+    ) -> candle_core::Result<()> {
+        let unbiased = values as f64 / (values.max(2) - 1) as f64;
+        let m = self.momentum;
         self.running_mean
             .set(&((self.running_mean.as_tensor() * (1.0 - m))? + (mean * m)?)?)?;
         self.running_var
@@ -110,7 +148,7 @@ impl BatchNorm {
 
 impl ModuleT for BatchNorm {
     fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        if train && fused(&[x]) {
+        if train && (fused(&[x]) || on_gpu(&[x])) {
             self.forward_train(x, false)
         } else {
             self.candle_nn(x, train)

@@ -1,8 +1,12 @@
-//! How closely a device's convolution (cuDNN on a GPU) agrees with the CPU
-//! op, output and both gradients: run by the train-step bench on a GPU
-//! before it times anything, since CI has no GPU to test that side.
+//! How closely a device's ops (cuDNN's convolution and the CUDA kernels on
+//! a GPU) agree with the CPU ops, outputs and gradients: run by the
+//! train-step bench on a GPU before it times anything, since CI has no GPU
+//! to test that side.
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{D, DType, Device, Tensor, Var};
+use candle_nn::{ModuleT, VarBuilder, VarMap};
+
+use super::{AdamwStep, BatchNorm, add_relu, random_normal};
 
 /// The largest difference, relative to the reference's largest value,
 /// between [`super::conv2d`] on `device` in `dtype` and the f32 CPU op on
@@ -48,6 +52,162 @@ pub fn conv_agreement(device: &Device, dtype: DType) -> candle_core::Result<f32>
     Ok(worst)
 }
 
+/// The largest difference between `got` and `reference`, relative to the
+/// reference's largest value.
+fn relative_error(reference: &Tensor, got: &Tensor) -> candle_core::Result<f32> {
+    let got = got.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+    let reference = reference.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+    let scale = reference.abs()?.max_all()?.to_scalar::<f32>()?.max(1e-12);
+    let diff = (reference - got)?.abs()?.max_all()?.to_scalar::<f32>()?;
+    Ok(diff / scale)
+}
+
+/// The values `x` takes in `dtype`, as f32.
+fn rounded(x: &Tensor, dtype: DType) -> candle_core::Result<Tensor> {
+    x.to_dtype(dtype)?.to_dtype(DType::F32)
+}
+
+/// How closely training-mode BatchNorm (with and without ReLU), the
+/// residual add + ReLU and AdamW's update on `device` agree with the f32 CPU
+/// ops on the same (rounded) values: per op, the largest relative
+/// difference over its outputs, gradients and, for BatchNorm, the running
+/// statistics. AdamW runs in f32 whatever `dtype` (the weights' master
+/// copies are f32).
+pub fn gpu_agreement(
+    device: &Device,
+    dtype: DType,
+) -> candle_core::Result<Vec<(&'static str, f32)>> {
+    let mut worst = vec![
+        ("batch_norm", 0f32),
+        ("batch_norm_relu", 0f32),
+        ("add_relu", 0f32),
+        ("adamw", 0f32),
+    ];
+    // Several blocks per channel; a spatial size that is not a multiple of
+    // four; a projector's (N, C).
+    let shapes: [&[usize]; 3] = [&[64, 4, 16, 16], &[6, 8, 5, 5], &[16, 32]];
+    for (seed, dims) in shapes.into_iter().enumerate() {
+        let seed = 100 * seed as u64;
+        let x = rounded(&random_normal(dims, seed)?.affine(1.5, 0.3)?, dtype)?;
+        let r = random_normal(dims, seed + 1)?;
+        for (slot, relu) in [(0, false), (1, true)] {
+            let want = batch_norm_step(&x, &r, relu, &Device::Cpu, DType::F32)?;
+            let got = batch_norm_step(&x, &r, relu, device, dtype)?;
+            for (w, g) in want.iter().zip(&got) {
+                worst[slot].1 = worst[slot].1.max(relative_error(w, g)?);
+            }
+        }
+        let b = rounded(&random_normal(dims, seed + 2)?, dtype)?;
+        let want = add_relu_step(&x, &b, &r, &Device::Cpu, DType::F32)?;
+        let got = add_relu_step(&x, &b, &r, device, dtype)?;
+        for (w, g) in want.iter().zip(&got) {
+            worst[2].1 = worst[2].1.max(relative_error(w, g)?);
+        }
+        let want = adamw_steps(&x, &r, &Device::Cpu)?;
+        let got = adamw_steps(&x, &r, device)?;
+        for (w, g) in want.iter().zip(&got) {
+            worst[3].1 = worst[3].1.max(relative_error(w, g)?);
+        }
+    }
+    Ok(worst)
+}
+
+/// One training-mode BatchNorm (γ, β away from 1, 0) of x on `device` in
+/// `dtype`: the output, the gradients of x, γ and β of Σ y·r, and the
+/// running mean and variance after the step.
+fn batch_norm_step(
+    x: &Tensor,
+    r: &Tensor,
+    relu: bool,
+    device: &Device,
+    dtype: DType,
+) -> candle_core::Result<Vec<Tensor>> {
+    let c = x.dim(1)?;
+    let map = VarMap::new();
+    let bn = BatchNorm::new(c, 1e-5, VarBuilder::from_varmap(&map, DType::F32, device))?;
+    {
+        let data = map.data().lock().expect("varmap lock");
+        data["weight"].set(
+            &random_normal(&[c], 7)?
+                .affine(0.5, 1.0)?
+                .to_device(device)?,
+        )?;
+        data["bias"].set(&random_normal(&[c], 8)?.to_device(device)?)?;
+    }
+    let xv = Var::from_tensor(&x.to_device(device)?.to_dtype(dtype)?)?;
+    let y = if relu {
+        bn.forward_relu(&xv, true)?
+    } else {
+        bn.forward_t(&xv, true)?
+    };
+    let y = y.to_dtype(DType::F32)?;
+    let grads = (&y * r.to_device(device)?)?.sum_all()?.backward()?;
+    let data = map.data().lock().expect("varmap lock");
+    let grad = |t: &Tensor| {
+        grads
+            .get(t)
+            .cloned()
+            .ok_or_else(|| candle_core::Error::Msg("a BatchNorm gradient is missing".into()))
+    };
+    Ok(vec![
+        y.clone(),
+        grad(&xv)?,
+        grad(&data["weight"])?,
+        grad(&data["bias"])?,
+        data["running_mean"].as_tensor().clone(),
+        data["running_var"].as_tensor().clone(),
+    ])
+}
+
+/// relu(a + b) on `device` in `dtype`, and the gradients of a and b of
+/// Σ y·r (the sum over the last dimension first, so that the gradient is
+/// not r itself).
+fn add_relu_step(
+    a: &Tensor,
+    b: &Tensor,
+    r: &Tensor,
+    device: &Device,
+    dtype: DType,
+) -> candle_core::Result<Vec<Tensor>> {
+    let av = Var::from_tensor(&a.to_device(device)?.to_dtype(dtype)?)?;
+    let bv = Var::from_tensor(&b.to_device(device)?.to_dtype(dtype)?)?;
+    let y = add_relu(&av, &bv)?.to_dtype(DType::F32)?;
+    let grads = (&y * r.to_device(device)?)?
+        .sum(D::Minus1)?
+        .sqr()?
+        .sum_all()?
+        .backward()?;
+    let missing = || candle_core::Error::Msg("an add + ReLU gradient is missing".into());
+    Ok(vec![
+        y.clone(),
+        grads.get(&av).ok_or_else(missing)?.clone(),
+        grads.get(&bv).ok_or_else(missing)?.clone(),
+    ])
+}
+
+/// Two AdamW steps on w = x with gradients r and r/2 on `device`: the
+/// weights and both moments after.
+fn adamw_steps(x: &Tensor, r: &Tensor, device: &Device) -> candle_core::Result<Vec<Tensor>> {
+    let on = |t: &Tensor| t.to_dtype(DType::F32)?.to_device(device)?.contiguous();
+    let (w, m, v) = (on(x)?, on(&x.zeros_like()?)?, on(&x.zeros_like()?)?);
+    for t in 1..=2 {
+        let g = on(&(r / t as f64)?)?;
+        let step = AdamwStep {
+            lr: 1e-2,
+            decay: 0.05,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            correction1: 1.0 - 0.9f64.powi(t),
+            correction2: 1.0 - 0.999f64.powi(t),
+        };
+        if !step.apply(&w, &g, &m, &v)? {
+            candle_core::bail!("AdamW has no fused update on {device:?}");
+        }
+    }
+    Ok(vec![w, m, v])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,5 +219,20 @@ mod tests {
         assert_eq!(conv_agreement(&Device::Cpu, DType::F32).unwrap(), 0.0);
         let bf16 = conv_agreement(&Device::Cpu, DType::BF16).unwrap();
         assert!(bf16 > 0.0 && bf16 < 1e-2, "{bf16}");
+    }
+
+    /// On the CPU the kernels' check compares each op with itself: exactly
+    /// equal, every op present.
+    #[test]
+    fn the_gpu_check_runs_every_op_and_finds_the_cpu_equal_to_itself() {
+        let errors = gpu_agreement(&Device::Cpu, DType::F32).unwrap();
+        let names: Vec<_> = errors.iter().map(|(name, _)| *name).collect();
+        assert_eq!(
+            names,
+            ["batch_norm", "batch_norm_relu", "add_relu", "adamw"]
+        );
+        for (name, err) in errors {
+            assert_eq!(err, 0.0, "{name}");
+        }
     }
 }

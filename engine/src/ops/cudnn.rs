@@ -13,11 +13,12 @@ use candle_core::cuda::cudarc::cudnn::{
     ConvBackwardData, ConvBackwardFilter, ConvDescriptor, ConvForward, Cudnn, CudnnDataType,
     FilterDescriptor, TensorDescriptor,
 };
-use candle_core::cuda::cudarc::driver::{CudaSlice, CudaView, DeviceRepr, ValidAsZeroBits};
+use candle_core::cuda::cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
 use candle_core::cuda::{CudaDType, CudaDevice, DeviceId};
 use candle_core::{CudaStorage, Layout, Shape, WithDType};
 
 use super::conv::Geometry;
+use super::cuda::view;
 
 thread_local! {
     // cuDNN handles are neither Send nor Sync: one per thread and device.
@@ -65,14 +66,6 @@ impl<T: CudnnDataType> Descriptors<T> {
 
     fn workspace(&self, bytes: usize) -> candle_core::Result<CudaSlice<u8>> {
         self.dev.alloc_zeros::<u8>(bytes.max(1))
-    }
-}
-
-/// The values of a contiguous tensor in `storage`.
-fn view<'a, T: CudaDType>(s: &'a CudaStorage, l: &Layout) -> candle_core::Result<CudaView<'a, T>> {
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(s.as_cuda_slice::<T>()?.slice(start..end)),
-        None => candle_core::bail!("sslab ops take contiguous tensors"),
     }
 }
 

@@ -1,22 +1,25 @@
 //! Fused CPU kernels for the training step's heavy parts, as candle custom
 //! ops: convolution, BatchNorm (+ReLU), the two in one, and the residual
-//! add + ReLU with their backward, and AdamW's update. Other devices and
-//! dtypes fall back to candle's own ops, so results agree everywhere; with
-//! the `cudnn` feature the convolution runs through cuDNN on CUDA, gradients
-//! included.
+//! add + ReLU with their backward, and AdamW's update. With the `cuda`
+//! feature BatchNorm, the residual add + ReLU and AdamW have CUDA kernels
+//! too (f32 and bf16), and with `cudnn` the convolution runs through cuDNN,
+//! gradients included. Other devices and dtypes fall back to candle's own
+//! ops, so results agree everywhere.
 
 mod adamw;
 mod batch_norm;
 mod check;
 mod conv;
 mod conv_bn;
+#[cfg(feature = "cuda")]
+mod cuda;
 #[cfg(feature = "cudnn")]
 mod cudnn;
 mod residual;
 
 pub use adamw::AdamwStep;
 pub use batch_norm::BatchNorm;
-pub use check::conv_agreement;
+pub use check::{conv_agreement, gpu_agreement};
 pub use conv::conv2d;
 pub use conv_bn::conv_bn;
 pub use residual::add_relu;
@@ -33,6 +36,18 @@ fn fused(tensors: &[&Tensor]) -> bool {
     tensors
         .iter()
         .all(|t| t.device().is_cpu() && t.dtype() == candle_core::DType::F32)
+}
+
+/// Whether the CUDA kernels take these tensors: one dtype, f32 or bf16, on
+/// a CUDA device (never without the `cuda` feature).
+fn on_gpu(tensors: &[&Tensor]) -> bool {
+    #[cfg(feature = "cuda")]
+    return cuda::takes(tensors);
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = tensors;
+        false
+    }
 }
 
 /// The f32 values of a contiguous tensor's storage.

@@ -1,17 +1,18 @@
-//! relu(a + b), the end of every residual block, as one pass each way: the
-//! candle form takes two passes forward and five backward (ReLU's gradient
-//! builds a mask, converts it and multiplies).
+//! relu(a + b), the end of every residual block, as one pass each way, on
+//! the CPU and (feature `cuda`) on CUDA: the candle form takes two passes
+//! forward and five backward (ReLU's gradient builds a mask, converts it and
+//! multiplies).
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{f32_slice, fused, output};
+use super::{f32_slice, fused, on_gpu, output};
 
 const CHUNK: usize = 1 << 15;
 
 /// relu(a + b) for tensors of the same shape.
 pub fn add_relu(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
-    if !fused(&[a, b]) || a.shape() != b.shape() {
+    if !(fused(&[a, b]) || on_gpu(&[a, b])) || a.shape() != b.shape() {
         return (a + b)?.relu();
     }
     a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu)
@@ -49,6 +50,17 @@ impl CustomOp2 for AddRelu {
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::zip("add_relu", (s1, l1), (s2, l2))
+    }
+
     fn bwd(
         &self,
         _a: &Tensor,
@@ -81,6 +93,17 @@ impl CustomOp2 for Mask {
         let (g, y) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
         let out = zip_map(g, y, |g, y| if y > 0.0 { g } else { 0.0 });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::zip("relu_mask", (s1, l1), (s2, l2))
     }
 }
 
