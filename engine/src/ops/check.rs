@@ -188,7 +188,9 @@ fn add_relu_step(
 /// Two AdamW steps on w = x with gradients r and r/2 on `device`: the
 /// weights and both moments after.
 fn adamw_steps(x: &Tensor, r: &Tensor, device: &Device) -> candle_core::Result<Vec<Tensor>> {
-    let on = |t: &Tensor| t.to_dtype(DType::F32)?.to_device(device)?.contiguous();
+    // Copies: the update is in place, and on the CPU `to_device` would
+    // share x's storage.
+    let on = |t: &Tensor| t.to_dtype(DType::F32)?.to_device(device)?.copy();
     let (w, m, v) = (on(x)?, on(&x.zeros_like()?)?, on(&x.zeros_like()?)?);
     for t in 1..=2 {
         let g = on(&(r / t as f64)?)?;

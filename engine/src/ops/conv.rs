@@ -57,7 +57,7 @@ struct Conv2d {
 }
 
 /// The sizes of one convolution.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub(super) struct Geometry {
     pub(super) n: usize,
     pub(super) cin: usize,
