@@ -267,8 +267,16 @@ impl CustomOp2 for BatchNorm {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
-        let ext = x.apply_op3_no_bwd(&grad, params, &GradSums(*self))?;
-        let dx = x.apply_op3_no_bwd(&grad, &ext, &InputGrad(*self))?;
+        let sums = Backward {
+            bn: *self,
+            part: Part::Sums,
+        };
+        let ext = x.apply_op3_no_bwd(&grad, params, &sums)?;
+        let input_grad = Backward {
+            bn: *self,
+            part: Part::InputGrad,
+        };
+        let dx = x.apply_op3_no_bwd(&grad, &ext, &input_grad)?;
         // Rows 4–7 of ext: zeros for the statistics, then dγ and dβ.
         Ok((Some(dx), Some(ext.narrow(0, 4, 4)?)))
     }
@@ -302,13 +310,27 @@ impl BatchNorm {
     }
 }
 
-/// From x, the output's gradient and the parameters, the (11, C) table of
-/// `bn_grad_finish`: parameters, zeros, dγ, dβ and dx's coefficients.
-struct GradSums(BatchNorm);
+/// The two passes of [`BatchNorm`]'s backward, each from x and the output's
+/// gradient: `Sums` takes the parameters and gives the (11, C) table of
+/// `bn_grad_finish` (parameters, zeros, dγ, dβ and dx's coefficients);
+/// `InputGrad` takes that table and gives dx.
+struct Backward {
+    bn: BatchNorm,
+    part: Part,
+}
 
-impl CustomOp3 for GradSums {
+#[derive(Clone, Copy)]
+enum Part {
+    Sums,
+    InputGrad,
+}
+
+impl CustomOp3 for Backward {
     fn name(&self) -> &'static str {
-        "sslab-batch-norm-grad-sums"
+        match self.part {
+            Part::Sums => "sslab-batch-norm-grad-sums",
+            Part::InputGrad => "sslab-batch-norm-input-grad",
+        }
     }
 
     fn cpu_fwd(
@@ -320,7 +342,7 @@ impl CustomOp3 for GradSums {
         _: &CpuStorage,
         _: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        candle_core::bail!("sslab-batch-norm-grad-sums runs on CUDA only")
+        candle_core::bail!("{} runs on CUDA only", self.name())
     }
 
     fn cuda_fwd(
@@ -332,13 +354,28 @@ impl CustomOp3 for GradSums {
         s3: &CudaStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CudaStorage, Shape)> {
-        let d = Dims::of(l1)?;
         if l2.dims() != l1.dims() || s2.dtype() != s1.dtype() {
             candle_core::bail!("batch norm backward: the gradient does not match the input");
         }
+        match (self.part, s1.dtype()) {
+            (Part::Sums, _) => self.sums((s1, l1), (s2, l2), (s3, l3)),
+            (Part::InputGrad, DType::F32) => self.input_grad::<f32>((s1, l1), (s2, l2), (s3, l3)),
+            (Part::InputGrad, _) => self.input_grad::<half::bf16>((s1, l1), (s2, l2), (s3, l3)),
+        }
+    }
+}
+
+impl Backward {
+    fn sums(
+        &self,
+        (s1, l1): (&CudaStorage, &Layout),
+        (s2, l2): (&CudaStorage, &Layout),
+        (s3, l3): (&CudaStorage, &Layout),
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        let d = Dims::of(l1)?;
         let dev = s1.device().clone();
         let params = view::<f32>(s3, l3)?;
-        let (eps, relu) = (self.0.eps, self.0.relu as i32);
+        let (eps, relu) = (self.bn.eps, self.bn.relu as i32);
         let partial = match s1.dtype() {
             DType::F32 => {
                 let (x, dy) = (view::<f32>(s1, l1)?, view::<f32>(s2, l2)?);
@@ -367,6 +404,34 @@ impl CustomOp3 for GradSums {
             CudaStorage::wrap_cuda_slice(ext, dev),
             Shape::from((11, d.c)),
         ))
+    }
+
+    fn input_grad<T: CudaDType + DeviceRepr>(
+        &self,
+        (s1, l1): (&CudaStorage, &Layout),
+        (s2, l2): (&CudaStorage, &Layout),
+        (s3, l3): (&CudaStorage, &Layout),
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        let d = Dims::of(l1)?;
+        let dev = s1.device().clone();
+        let (x, dy, ext) = (view::<T>(s1, l1)?, view::<T>(s2, l2)?, view::<f32>(s3, l3)?);
+        let dx = uninit::<T>(&dev, d.total())?;
+        let (c, inner) = (i32_of(d.c, "channels")?, i32_of(d.inner, "size")?);
+        let (eps, relu, total) = (self.bn.eps, self.bn.relu as i32, d.total());
+        let f = func(&dev, &typed("bn_backward_dx", s1.dtype())?)?;
+        let mut b = f.builder();
+        b.arg(&x)
+            .arg(&dy)
+            .arg(&ext)
+            .arg(&eps)
+            .arg(&relu)
+            .arg(&total)
+            .arg(&c)
+            .arg(&inner)
+            .arg(&dx);
+        // SAFETY: the arguments match the kernel's signature and sizes.
+        unsafe { b.launch(d.launch_quads()) }.w()?;
+        Ok((CudaStorage::wrap_cuda_slice(dx, dev), l1.shape().clone()))
     }
 }
 
@@ -400,72 +465,6 @@ fn grad_partial<T: DeviceRepr>(
     // SAFETY: the arguments match the kernel's signature and sizes.
     unsafe { b.launch(d.launch_sums()) }.w()?;
     Ok(partial)
-}
-
-/// dx from x, the output's gradient and the table of [`GradSums`].
-struct InputGrad(BatchNorm);
-
-impl CustomOp3 for InputGrad {
-    fn name(&self) -> &'static str {
-        "sslab-batch-norm-input-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        candle_core::bail!("sslab-batch-norm-input-grad runs on CUDA only")
-    }
-
-    fn cuda_fwd(
-        &self,
-        s1: &CudaStorage,
-        l1: &Layout,
-        s2: &CudaStorage,
-        l2: &Layout,
-        s3: &CudaStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CudaStorage, Shape)> {
-        match s1.dtype() {
-            DType::F32 => self.run::<f32>((s1, l1), (s2, l2), (s3, l3)),
-            _ => self.run::<half::bf16>((s1, l1), (s2, l2), (s3, l3)),
-        }
-    }
-}
-
-impl InputGrad {
-    fn run<T: CudaDType + DeviceRepr>(
-        &self,
-        (s1, l1): (&CudaStorage, &Layout),
-        (s2, l2): (&CudaStorage, &Layout),
-        (s3, l3): (&CudaStorage, &Layout),
-    ) -> candle_core::Result<(CudaStorage, Shape)> {
-        let d = Dims::of(l1)?;
-        let dev = s1.device().clone();
-        let (x, dy, ext) = (view::<T>(s1, l1)?, view::<T>(s2, l2)?, view::<f32>(s3, l3)?);
-        let dx = uninit::<T>(&dev, d.total())?;
-        let (c, inner) = (i32_of(d.c, "channels")?, i32_of(d.inner, "size")?);
-        let (eps, relu, total) = (self.0.eps, self.0.relu as i32, d.total());
-        let f = func(&dev, &typed("bn_backward_dx", s1.dtype())?)?;
-        let mut b = f.builder();
-        b.arg(&x)
-            .arg(&dy)
-            .arg(&ext)
-            .arg(&eps)
-            .arg(&relu)
-            .arg(&total)
-            .arg(&c)
-            .arg(&inner)
-            .arg(&dx);
-        // SAFETY: the arguments match the kernel's signature and sizes.
-        unsafe { b.launch(d.launch_quads()) }.w()?;
-        Ok((CudaStorage::wrap_cuda_slice(dx, dev), l1.shape().clone()))
-    }
 }
 
 /// `name(a, b, total, out)` over two same-shaped tensors: the residual's
