@@ -171,6 +171,8 @@ try:
         m = re.match(r"(\w+)_(f32|bf16)_max_relative_error_vs_cpu=(\S+)", line)
         if m:
             checks.append((m[1], m[2], float(m[3])))
+        elif "could not run" in line:
+            print(f"FAILED: {line.strip()}")
 except OSError:
     pass
 if not checks:

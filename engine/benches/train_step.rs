@@ -63,8 +63,8 @@ fn main() -> anyhow::Result<()> {
         spec.optimizer.precision = Precision::Bf16;
     }
     // CI has no GPU: here the GPU's convolution and kernels are checked
-    // against the CPU's.
-    // A check that cannot run is reported, and the timing goes on.
+    // against the CPU's. A check that cannot run is reported, and the timing
+    // goes on.
     if device.is_cuda() {
         for (dtype, name) in [(DType::F32, "f32"), (DType::BF16, "bf16")] {
             match sslab_engine::ops::conv_agreement(&device, dtype) {

@@ -44,7 +44,8 @@ impl BatchNorm {
         })
     }
 
-    /// BatchNorm, then ReLU: in training on the CPU one fused op.
+    /// BatchNorm, then ReLU: in training on the CPU (and on CUDA) one fused
+    /// op.
     pub fn forward_relu(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         if train && (fused(&[x]) || on_gpu(&[x])) {
             self.forward_train(x, true)
