@@ -204,7 +204,7 @@ fn stats_partial<T: DeviceRepr>(
     d: Dims,
     dtype: DType,
 ) -> candle_core::Result<CudaSlice<f64>> {
-    let partial = uninit::<f64>(&dev, d.splits() * d.c * 2)?;
+    let partial = uninit::<f64>(dev, d.splits() * d.c * 2)?;
     let (n, c, inner) = (
         i32_of(d.n, "batch")?,
         i32_of(d.c, "channels")?,
@@ -445,7 +445,7 @@ fn grad_partial<T: DeviceRepr>(
     d: Dims,
     dtype: DType,
 ) -> candle_core::Result<CudaSlice<f64>> {
-    let partial = uninit::<f64>(&dev, d.splits() * d.c * 2)?;
+    let partial = uninit::<f64>(dev, d.splits() * d.c * 2)?;
     let (n, c, inner) = (
         i32_of(d.n, "batch")?,
         i32_of(d.c, "channels")?,
