@@ -148,6 +148,15 @@ impl Dims {
         spread(self.c)
     }
 
+    /// (n, c, inner) as the kernels take them.
+    fn ints(&self) -> candle_core::Result<(i32, i32, i32)> {
+        Ok((
+            i32_of(self.n, "batch")?,
+            i32_of(self.c, "channels")?,
+            i32_of(self.inner, "size")?,
+        ))
+    }
+
     /// One thread per four values.
     fn launch_quads(&self) -> LaunchConfig {
         spread(self.total().div_ceil(4))
@@ -182,7 +191,7 @@ impl CustomOp1 for BatchStats {
         let stats = uninit::<f32>(&dev, 2 * d.c)?;
         let (splits, c, count) = (
             i32_of(d.splits(), "splits")?,
-            i32_of(d.c, "channels")?,
+            d.ints()?.1,
             (d.n * d.inner) as f64,
         );
         let f = func(&dev, "bn_stats_finish")?;
@@ -205,11 +214,7 @@ fn stats_partial<T: DeviceRepr>(
     dtype: DType,
 ) -> candle_core::Result<CudaSlice<f64>> {
     let partial = uninit::<f64>(dev, d.splits() * d.c * 2)?;
-    let (n, c, inner) = (
-        i32_of(d.n, "batch")?,
-        i32_of(d.c, "channels")?,
-        i32_of(d.inner, "size")?,
-    );
+    let (n, c, inner) = d.ints()?;
     let f = func(dev, &typed("bn_stats_partial", dtype)?)?;
     let mut b = f.builder();
     b.arg(x).arg(&n).arg(&c).arg(&inner).arg(&partial);
@@ -251,7 +256,7 @@ impl CustomOp2 for BatchNorm {
     ) -> candle_core::Result<(CudaStorage, Shape)> {
         let d = Dims::of(l1)?;
         let params = view::<f32>(s2, l2)?;
-        let (c, inner) = (i32_of(d.c, "channels")?, i32_of(d.inner, "size")?);
+        let (_, c, inner) = d.ints()?;
         let (total, relu) = (d.total(), self.relu as i32);
         match s1.dtype() {
             DType::F32 => self.forward::<f32>(s1, l1, &params, (total, c, inner, relu)),
@@ -386,7 +391,7 @@ impl Backward {
                 grad_partial([&x, &dy], &params, (eps, relu), &dev, d, DType::BF16)?
             }
         };
-        let c = i32_of(d.c, "channels")?;
+        let (_, c, _) = d.ints()?;
         let ext = uninit::<f32>(&dev, 11 * d.c)?;
         let (splits, count) = (i32_of(d.splits(), "splits")?, (d.n * d.inner) as f64);
         let f = func(&dev, "bn_grad_finish")?;
@@ -416,7 +421,7 @@ impl Backward {
         let dev = s1.device().clone();
         let (x, dy, ext) = (view::<T>(s1, l1)?, view::<T>(s2, l2)?, view::<f32>(s3, l3)?);
         let dx = uninit::<T>(&dev, d.total())?;
-        let (c, inner) = (i32_of(d.c, "channels")?, i32_of(d.inner, "size")?);
+        let (_, c, inner) = d.ints()?;
         let (eps, relu, total) = (self.bn.eps, self.bn.relu as i32, d.total());
         let f = func(&dev, &typed("bn_backward_dx", s1.dtype())?)?;
         let mut b = f.builder();
@@ -446,11 +451,7 @@ fn grad_partial<T: DeviceRepr>(
     dtype: DType,
 ) -> candle_core::Result<CudaSlice<f64>> {
     let partial = uninit::<f64>(dev, d.splits() * d.c * 2)?;
-    let (n, c, inner) = (
-        i32_of(d.n, "batch")?,
-        i32_of(d.c, "channels")?,
-        i32_of(d.inner, "size")?,
-    );
+    let (n, c, inner) = d.ints()?;
     let f = func(dev, &typed("bn_grad_partial", dtype)?)?;
     let mut b = f.builder();
     b.arg(x)
