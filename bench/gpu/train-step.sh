@@ -15,6 +15,10 @@
 # link (cuBLAS, cuRAND, NVRTC, cudart, and cuDNN for --cudnn builds): they
 # are taken from the nvidia-* wheels next to torch.
 #
+# SSLAB_GPU_PROFILE=1 adds, where Nsight Compute (`ncu`) is installed, the
+# GPU time of every kernel in one f32 and one bf16 step (with the warm-up and
+# the checks), summed by kernel, the largest first; the raw CSV goes to $OUT.
+#
 # SSLAB_CUDA_BEFORE names a folder of another build's packed binaries (the
 # target/cuda/carry of an earlier commit): its bench runs too, f32 and bf16,
 # for a before and after on the same GPU.
@@ -153,6 +157,37 @@ sed -e '0,/^name = /s/^name = .*/name = "simclr-gpu-check"/' -e 's/^train_images
     recipes/simclr.toml >"$work/simclr-gpu.toml"
 train simclr_resnet18 150 "$work/simclr-gpu.toml"
 train simclr_tiny 60 recipes/simclr-tiny.toml
+
+if [[ ${SSLAB_GPU_PROFILE:-0} == 1 ]]; then
+    ncu_bin=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n 1)
+    for precision in f32 bf16; do
+        echo "== kernels of one $precision step (ncu)"
+        [[ -n $ncu_bin ]] || { echo "no ncu here"; break; }
+        csv=${OUT:-$work}/ncu-$precision.csv
+        SSLAB_BENCH_PRECISION=$precision SSLAB_BENCH_STEPS=1 timeout 150 "$ncu_bin" \
+            --clock-control none --metrics gpu__time_duration.sum --print-units base \
+            --csv --page raw --log-file "$csv" "$bin/train_step" >"$work/ncu-$precision.out" 2>&1 ||
+            { echo "ncu failed:"; tail -n 5 "$work/ncu-$precision.out"; continue; }
+        python3 - "$csv" <<'EOF'
+import collections, csv, sys
+rows = list(csv.reader(open(sys.argv[1])))
+head = next(i for i, r in enumerate(rows) if "Kernel Name" in r)
+name, time = rows[head].index("Kernel Name"), rows[head].index("gpu__time_duration.sum")
+total, count = collections.Counter(), collections.Counter()
+for r in rows[head + 1:]:
+    try:
+        ns = float(r[time].replace(",", ""))
+    except (ValueError, IndexError):
+        continue  # the units row
+    total[r[name][:90]] += ns
+    count[r[name][:90]] += 1
+all_ns = sum(total.values())
+print(f"{sum(count.values())} kernels, {all_ns / 1e6:.1f} ms (4 steps and the checks)")
+for kernel, ns in total.most_common(20):
+    print(f"{ns / 1e6:8.2f} ms {100 * ns / all_ns:5.1f} % x{count[kernel]:<5d} {kernel}")
+EOF
+    done
+fi
 
 python3 - "$work" <<'EOF'
 import sys
