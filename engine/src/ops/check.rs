@@ -3,6 +3,7 @@
 //! train-step bench on a GPU before it times anything, since CI has no GPU
 //! to test that side.
 
+use candle_core::backprop::GradStore;
 use candle_core::{D, DType, Device, Tensor, Var};
 use candle_nn::{ModuleT, VarBuilder, VarMap};
 
@@ -13,19 +14,17 @@ use super::{AdamwStep, BatchNorm, add_relu, random_normal};
 /// the same (rounded) values, over three geometries, the output and the
 /// input's and kernel's gradients of Σ y·r.
 pub fn conv_agreement(device: &Device, dtype: DType) -> candle_core::Result<f32> {
-    let cpu = Device::Cpu;
     let mut worst = 0f32;
     for (seed, (k, stride, pad)) in [(3, 1, 1), (3, 2, 1), (1, 2, 0)].into_iter().enumerate() {
         let seed = seed as u64;
-        let x = super::random_normal(&[4, 8, 12, 12], seed)?;
-        let w = super::random_normal(&[16, 8, k, k], seed + 10)?;
+        let x = random_normal(&[4, 8, 12, 12], seed)?;
+        let w = random_normal(&[16, 8, k, k], seed + 10)?;
         let side = (12 + 2 * pad - k) / stride + 1;
-        let r = super::random_normal(&[4, 16, side, side], seed + 20)?;
+        let r = random_normal(&[4, 16, side, side], seed + 20)?;
         // The values the device computes on.
-        let rounded = |t: &Tensor| t.to_dtype(dtype)?.to_dtype(DType::F32);
         let (xc, wc) = (
-            Var::from_tensor(&rounded(&x)?)?,
-            Var::from_tensor(&rounded(&w)?)?,
+            Var::from_tensor(&rounded(&x, dtype)?)?,
+            Var::from_tensor(&rounded(&w, dtype)?)?,
         );
         let yc = super::conv2d(&xc, &wc, stride, pad)?;
         let gc = (&yc * &r)?.sum_all()?.backward()?;
@@ -33,20 +32,12 @@ pub fn conv_agreement(device: &Device, dtype: DType) -> candle_core::Result<f32>
         let wd = Var::from_tensor(&w.to_device(device)?)?;
         let yd = super::conv2d(&xd, &wd, stride, pad)?.to_dtype(DType::F32)?;
         let gd = (&yd * r.to_device(device)?)?.sum_all()?.backward()?;
-        let back = |t: Option<&Tensor>| -> candle_core::Result<Tensor> {
-            match t {
-                Some(t) => t.to_dtype(DType::F32)?.to_device(&cpu),
-                None => candle_core::bail!("a gradient is missing"),
-            }
-        };
         for (reference, got) in [
-            (yc.clone(), yd.to_device(&cpu)?),
-            (back(gc.get(&xc))?, back(gd.get(&xd))?),
-            (back(gc.get(&wc))?, back(gd.get(&wd))?),
+            (yc.clone(), yd),
+            (gradient(&gc, &xc)?, gradient(&gd, &xd)?),
+            (gradient(&gc, &wc)?, gradient(&gd, &wd)?),
         ] {
-            let scale = reference.abs()?.max_all()?.to_scalar::<f32>()?.max(1e-12);
-            let diff = (reference - got)?.abs()?.max_all()?.to_scalar::<f32>()?;
-            worst = worst.max(diff / scale);
+            worst = worst.max(relative_error(&reference, &got)?);
         }
     }
     Ok(worst)
@@ -60,6 +51,14 @@ fn relative_error(reference: &Tensor, got: &Tensor) -> candle_core::Result<f32> 
     let scale = reference.abs()?.max_all()?.to_scalar::<f32>()?.max(1e-12);
     let diff = (reference - got)?.abs()?.max_all()?.to_scalar::<f32>()?;
     Ok(diff / scale)
+}
+
+/// The gradient of `t` in `grads`, or an error naming it missing.
+fn gradient(grads: &GradStore, t: &Tensor) -> candle_core::Result<Tensor> {
+    grads
+        .get(t)
+        .cloned()
+        .ok_or_else(|| candle_core::Error::Msg("a gradient is missing".into()))
 }
 
 /// The values `x` takes in `dtype`, as f32.
@@ -143,17 +142,11 @@ fn batch_norm_step(
     let y = y.to_dtype(DType::F32)?;
     let grads = (&y * r.to_device(device)?)?.sum_all()?.backward()?;
     let data = map.data().lock().expect("varmap lock");
-    let grad = |t: &Tensor| {
-        grads
-            .get(t)
-            .cloned()
-            .ok_or_else(|| candle_core::Error::Msg("a BatchNorm gradient is missing".into()))
-    };
     Ok(vec![
         y.clone(),
-        grad(&xv)?,
-        grad(&data["weight"])?,
-        grad(&data["bias"])?,
+        gradient(&grads, &xv)?,
+        gradient(&grads, &data["weight"])?,
+        gradient(&grads, &data["bias"])?,
         data["running_mean"].as_tensor().clone(),
         data["running_var"].as_tensor().clone(),
     ])
@@ -177,11 +170,10 @@ fn add_relu_step(
         .sqr()?
         .sum_all()?
         .backward()?;
-    let missing = || candle_core::Error::Msg("an add + ReLU gradient is missing".into());
     Ok(vec![
         y.clone(),
-        grads.get(&av).ok_or_else(missing)?.clone(),
-        grads.get(&bv).ok_or_else(missing)?.clone(),
+        gradient(&grads, &av)?,
+        gradient(&grads, &bv)?,
     ])
 }
 

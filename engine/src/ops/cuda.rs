@@ -213,14 +213,37 @@ fn stats_partial<T: DeviceRepr>(
     d: Dims,
     dtype: DType,
 ) -> candle_core::Result<CudaSlice<f64>> {
-    let partial = uninit::<f64>(dev, d.splits() * d.c * 2)?;
-    let (n, c, inner) = d.ints()?;
+    let sums = Partial::new(dev, d)?;
     let f = func(dev, &typed("bn_stats_partial", dtype)?)?;
     let mut b = f.builder();
-    b.arg(x).arg(&n).arg(&c).arg(&inner).arg(&partial);
-    // SAFETY: the arguments match the kernel's signature and sizes.
-    unsafe { b.launch(d.launch_sums()) }.w()?;
-    Ok(partial)
+    b.arg(x);
+    sums.launch(b, d)?;
+    Ok(sums.partial)
+}
+
+/// The buffer of each split's two sums per channel, and the tail of the
+/// partial-sum kernels' arguments: (n, c, inner, partial).
+struct Partial {
+    partial: CudaSlice<f64>,
+    ints: (i32, i32, i32),
+}
+
+impl Partial {
+    fn new(dev: &CudaDevice, d: Dims) -> candle_core::Result<Self> {
+        Ok(Partial {
+            partial: uninit::<f64>(dev, d.splits() * d.c * 2)?,
+            ints: d.ints()?,
+        })
+    }
+
+    /// Pushes the tail and launches one block per channel and split.
+    fn launch<'a>(&'a self, mut b: LaunchArgs<'a>, d: Dims) -> candle_core::Result<()> {
+        let (n, c, inner) = &self.ints;
+        b.arg(n).arg(c).arg(inner).arg(&self.partial);
+        // SAFETY: the kernels take their own arguments, then these.
+        unsafe { b.launch(d.launch_sums()) }.w()?;
+        Ok(())
+    }
 }
 
 /// BatchNorm of x (N, C, …) with `params` (4, C): the batch's mean and
@@ -450,22 +473,12 @@ fn grad_partial<T: DeviceRepr>(
     d: Dims,
     dtype: DType,
 ) -> candle_core::Result<CudaSlice<f64>> {
-    let partial = uninit::<f64>(dev, d.splits() * d.c * 2)?;
-    let (n, c, inner) = d.ints()?;
+    let sums = Partial::new(dev, d)?;
     let f = func(dev, &typed("bn_grad_partial", dtype)?)?;
     let mut b = f.builder();
-    b.arg(x)
-        .arg(dy)
-        .arg(params)
-        .arg(&eps)
-        .arg(&relu)
-        .arg(&n)
-        .arg(&c)
-        .arg(&inner)
-        .arg(&partial);
-    // SAFETY: the arguments match the kernel's signature and sizes.
-    unsafe { b.launch(d.launch_sums()) }.w()?;
-    Ok(partial)
+    b.arg(x).arg(dy).arg(params).arg(&eps).arg(&relu);
+    sums.launch(b, d)?;
+    Ok(sums.partial)
 }
 
 /// `name(a, b, total, out)` over two same-shaped tensors: the residual's

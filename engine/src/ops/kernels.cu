@@ -145,6 +145,11 @@ extern "C" __global__ void bn_grad_finish(const double *partial, int splits, con
     ext[10 * c + ch] = (float)(-scale * d_beta / count - slope * mean);
 }
 
+// A grid-stride loop over [0, total).
+#define FOR_EACH_INDEX(i, total)                                                        \
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (total);        \
+         i += (size_t)gridDim.x * blockDim.x)
+
 // One thread per 4 consecutive elements; when `inner` is a multiple of 4
 // they share a channel and the index is divided once.
 #define FOR_EACH_QUAD(total, inner, c)                                                  \
@@ -185,16 +190,14 @@ __device__ void bn_backward_dx(const T *x, const T *dy, const float *ext, float 
 
 template <typename T>
 __device__ void add_relu(const T *a, const T *b, size_t total, T *y) {
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
-         i += (size_t)gridDim.x * blockDim.x)
+    FOR_EACH_INDEX(i, total)
         store(y, i, fmaxf(load(a, i) + load(b, i), 0.f));
 }
 
 // The gradient where the output is positive, else 0.
 template <typename T>
 __device__ void relu_mask(const T *g, const T *y, size_t total, T *out) {
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
-         i += (size_t)gridDim.x * blockDim.x)
+    FOR_EACH_INDEX(i, total)
         store(out, i, load(y, i) > 0.f ? load(g, i) : 0.f);
 }
 
@@ -235,8 +238,7 @@ BOTH_TYPES(ENTRY_POINTS)
 // w ← w·keep − lr·(m·c1)/(√(v·c2) + ε).
 extern "C" __global__ void adamw_moment_f32(float *m, const float *g, size_t total, float b,
                                             float a, int square) {
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
-         i += (size_t)gridDim.x * blockDim.x) {
+    FOR_EACH_INDEX(i, total) {
         float gi = g[i];
         m[i] = b * m[i] + a * (square ? gi * gi : gi);
     }
@@ -245,7 +247,6 @@ extern "C" __global__ void adamw_moment_f32(float *m, const float *g, size_t tot
 extern "C" __global__ void adamw_update_f32(float *w, const float *m, const float *v,
                                             size_t total, float keep, float lr, float c1,
                                             float c2, float eps) {
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
-         i += (size_t)gridDim.x * blockDim.x)
+    FOR_EACH_INDEX(i, total)
         w[i] = w[i] * keep - lr * (m[i] * c1) / (sqrtf(v[i] * c2) + eps);
 }
