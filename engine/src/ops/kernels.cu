@@ -101,17 +101,25 @@ __device__ void channel_partial(const T *x, const T *dy, const float *params, fl
     }
 }
 
+// Channel ch's two sums over the splits of `channel_partial`.
+__device__ void sum_splits(const double *partial, int splits, int c, int ch, double &a,
+                           double &b) {
+    a = 0.0;
+    b = 0.0;
+    for (int i = 0; i < splits; ++i) {
+        a += partial[((size_t)i * c + ch) * 2];
+        b += partial[((size_t)i * c + ch) * 2 + 1];
+    }
+}
+
 // The batch's mean and biased variance per channel, from `splits` partial
 // sums of `count` values: stats is (2, c).
 extern "C" __global__ void bn_stats_finish(const double *partial, int splits, int c, double count,
                                 float *stats) {
     int ch = blockIdx.x * blockDim.x + threadIdx.x;
     if (ch >= c) return;
-    double s = 0.0, s2 = 0.0;
-    for (int i = 0; i < splits; ++i) {
-        s += partial[((size_t)i * c + ch) * 2];
-        s2 += partial[((size_t)i * c + ch) * 2 + 1];
-    }
+    double s, s2;
+    sum_splits(partial, splits, c, ch, s, s2);
     double mean = s / count;
     double var = s2 / count - mean * mean;
     stats[ch] = (float)mean;
@@ -125,11 +133,8 @@ extern "C" __global__ void bn_grad_finish(const double *partial, int splits, con
                                int c, double count, float *ext) {
     int ch = blockIdx.x * blockDim.x + threadIdx.x;
     if (ch >= c) return;
-    double d_beta = 0.0, gx = 0.0;
-    for (int i = 0; i < splits; ++i) {
-        d_beta += partial[((size_t)i * c + ch) * 2];
-        gx += partial[((size_t)i * c + ch) * 2 + 1];
-    }
+    double d_beta, gx;
+    sum_splits(partial, splits, c, ch, d_beta, gx);
     double mean = params[ch];
     double inv_std = 1.0 / sqrt((double)params[c + ch] + eps);
     double d_gamma = gx * inv_std;
