@@ -116,7 +116,13 @@ def dino(a, b, ts=0.1, tt=0.04):
 @torch.no_grad()
 def sinkhorn(out, eps=0.05, iters=3):
     # facebookresearch/swav distributed_sinkhorn on one process.
-    Q = torch.exp(out / eps).t()
+    return balance(torch.exp(out / eps), iters)
+
+
+@torch.no_grad()
+def balance(q, iters):
+    # The iterations of swav's and msn's distributed_sinkhorn on one process.
+    Q = q.t().clone()
     B, K = Q.shape[1], Q.shape[0]
     Q /= torch.sum(Q)
     for _ in range(iters):
@@ -141,15 +147,18 @@ def swav(a, b, t=0.1):
     return loss / len(codes)
 
 
-def msn(a, b, power=0.0, tau=0.1, T=0.25, lam=1.0):
-    # facebookresearch/msn src/losses.py (snn, sharpen, me-max); two anchor
-    # views [a, a²], target b. PMSN: KL(p̄‖π), π_k ∝ k^-power (stable-pretraining).
+def msn(a, b, power=0.0, use_sinkhorn=False, tau=0.1, T=0.25, lam=1.0):
+    # facebookresearch/msn src/losses.py (snn, sharpen, optional sinkhorn,
+    # me-max); two anchor views [a, a²], target b. PMSN: KL(p̄‖π),
+    # π_k ∝ k^-power (stable-pretraining).
     anchor = torch.cat([cos(a), cos(a * a)])
     probs = F.softmax(anchor / tau, dim=1)
     with torch.no_grad():
         p = F.softmax(cos(b) / tau, dim=1)
         sharp = p ** (1.0 / T)
         sharp /= sharp.sum(dim=1, keepdim=True)
+        if use_sinkhorn:
+            sharp = balance(sharp, 3)
         targets = torch.cat([sharp, sharp])
     loss = torch.mean(torch.sum(torch.log(probs ** (-targets)), dim=1))
     avg = probs.mean(dim=0)
@@ -195,6 +204,7 @@ for name, fn, args in [
     ("dino", dino, ()),
     ("swav", swav, ()),
     ("msn", msn, ()),
+    ("msn_sinkhorn", msn, (0.0, True)),
     ("pmsn_025", msn, (0.25,)),
     ("mae", mae, (False,)),
     ("mae_norm_pix", mae, (True,)),

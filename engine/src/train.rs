@@ -1000,10 +1000,12 @@ mod tests {
     /// top-1 at the backbone after 160 steps, seen here: SimCLR 0.440,
     /// VICReg 0.390, DINO 0.380 (batches of 64: its centre is a batch mean);
     /// BYOL 0.385 after 320 steps (it varies with the seed: 0.360 and 0.260
-    /// from inits that read 0.350 and 0.265 untrained). MSN on its tiny
-    /// recipe's ViT with a conv stem, batches of 64: 0.285 → 0.395 (other
-    /// seeds: 0.265 → 0.325, 0.220 → 0.290; with the linear patch embedding
-    /// 0.260 → 0.230). `SSLAB_LEARN_METHODS=msn,dino` runs a subset.
+    /// from inits that read 0.350 and 0.265 untrained). MSN trains its tiny
+    /// recipe's ViT (conv stem), which starts lower and learns slower than the
+    /// CNN here, for 480 steps in batches of 64, and is scored on 1000 test
+    /// images so that its gain stands well clear of the score's noise (±0.015):
+    /// 0.258 → 0.354 at the recipe's seed; seeds 1 and 3: 0.243 → 0.356,
+    /// 0.254 → 0.420. `SSLAB_LEARN_METHODS=msn,dino` runs a subset.
     #[test]
     fn the_tiny_recipes_learn_on_shape_only_scenes() {
         let recipes = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../recipes");
@@ -1026,7 +1028,7 @@ mod tests {
             spec.data = DataSpec::Scenes(ScenesSpec {
                 classes: 5,
                 train_images: 640,
-                test_images: 200,
+                test_images: if method == "msn" { 1000 } else { 200 },
                 image_size: 32,
                 background_correlation: 0.0,
                 class_colour: 0.0,
@@ -1037,9 +1039,12 @@ mod tests {
             spec.eval.layers = vec!["backbone".into()];
             spec.eval.online_probe = false;
             // 160 steps, more than the recipes' 96; BYOL needs 320 at this size,
-            // and a smaller step with more decay.
+            // and a smaller step with more decay; MSN's ViT 480.
             spec.optimizer.batch_size = batch;
             spec.schedule.epochs = 160 * batch / 640;
+            if method == "msn" {
+                spec.schedule.epochs *= 3;
+            }
             if method == "byol" {
                 spec.schedule.epochs *= 2;
                 spec.optimizer.lr = 0.002;
@@ -1056,8 +1061,14 @@ mod tests {
             report.push((method, before, after));
         }
         for (method, before, after) in report {
+            // The ViT's untrained score is lower (0.24–0.26), so MSN must gain more.
+            let (floor, gain) = if method == "msn" {
+                (0.32, 0.06)
+            } else {
+                (0.34, 0.03)
+            };
             assert!(
-                after >= 0.34 && after >= before + 0.03,
+                after >= floor && after >= before + gain,
                 "{method}: kNN@backbone {before:.3} untrained -> {after:.3} trained (chance 0.20)"
             );
         }

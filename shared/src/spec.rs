@@ -496,6 +496,10 @@ pub enum MethodSpec {
         /// Target EMA rate at the start, rising to 1 along a cosine; 0.996.
         #[serde(default = "default_slow_ema")]
         ema_base: f64,
+        /// Sinkhorn-Knopp iterations that balance the targets over the
+        /// prototypes; 3 as the authors' configuration, 0 switches it off.
+        #[serde(default = "default_sinkhorn_iterations")]
+        sinkhorn_iterations: usize,
     },
     /// PMSN (Assran et al. 2022, arXiv:2210.07277): MSN with a power-law prior
     /// π_k ∝ k^(−power) in place of the uniform one, regulariser λ·KL(p̄‖π).
@@ -516,6 +520,10 @@ pub enum MethodSpec {
         /// Exponent τ of the prior; 0.25. 0 is MSN.
         #[serde(default = "default_pmsn_power")]
         power: f64,
+        /// As MSN's, but 0 by default: balancing the targets uniformly
+        /// works against the power-law prior.
+        #[serde(default)]
+        sinkhorn_iterations: usize,
     },
     /// MAE (He et al. 2022, arXiv:2111.06377): the ViT encodes the visible
     /// patches only; a light decoder fills in mask tokens and regresses the
@@ -1569,6 +1577,7 @@ impl RunSpec {
                 me_max_weight,
                 mask_ratio: r,
                 ema_base,
+                sinkhorn_iterations,
             }
             | MethodSpec::Pmsn {
                 prototypes: k,
@@ -1577,6 +1586,7 @@ impl RunSpec {
                 me_max_weight,
                 mask_ratio: r,
                 ema_base,
+                sinkhorn_iterations,
                 ..
             } => {
                 prototypes(*k)?;
@@ -1590,6 +1600,12 @@ impl RunSpec {
                 weight("method.me_max_weight", *me_max_weight)?;
                 mask_ratio(*r)?;
                 ema(*ema_base)?;
+                if *sinkhorn_iterations > 100 {
+                    return bad(
+                        "method.sinkhorn_iterations",
+                        format!("must be between 0 and 100, got {sinkhorn_iterations}"),
+                    );
+                }
                 if let MethodSpec::Pmsn { power, .. } = &self.method
                     && !(0.0..=10.0).contains(power)
                 {
@@ -2288,6 +2304,11 @@ mod tests {
                 r#"{"method": {"name": "msn", "mask_ratio": 1.0}, "backbone": {"kind": "vit", "width": 48}}"#,
                 "method.mask_ratio",
                 "(0, 1)",
+            ),
+            (
+                r#"{"method": {"name": "pmsn", "sinkhorn_iterations": 101}, "backbone": {"kind": "vit", "width": 48}}"#,
+                "method.sinkhorn_iterations",
+                "between 0 and 100, got 101",
             ),
             (
                 r#"{"augment": {"local_views": 4}}"#,

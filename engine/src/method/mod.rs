@@ -193,7 +193,7 @@ mod reference_tests {
     /// (z1, z2, prototypes) → loss.
     type LossFn = fn(&Tensor, &Tensor, &Tensor) -> candle_core::Result<Tensor>;
 
-    const CASES: [(&str, LossFn); 15] = [
+    const CASES: [(&str, LossFn); 16] = [
         ("simclr_t05", |a, b, _| simclr::nt_xent(a, b, 0.5)),
         ("vicreg", |a, b, _| {
             vicreg::vicreg_loss(a, b, 25.0, 25.0, 1.0)
@@ -229,8 +229,9 @@ mod reference_tests {
             ];
             prototypes::cross_view_loss(&[(cos(a)? / 0.1)?, (cos(b)? / 0.1)?], &codes)
         }),
-        ("msn", |a, b, p| msn_case(a, b, p, 0.0)),
-        ("pmsn_025", |a, b, p| msn_case(a, b, p, 0.25)),
+        ("msn", |a, b, p| msn_case(a, b, p, 0.0, 0)),
+        ("msn_sinkhorn", |a, b, p| msn_case(a, b, p, 0.0, 3)),
+        ("pmsn_025", |a, b, p| msn_case(a, b, p, 0.25, 0)),
         ("mae", |a, b, _| {
             mae::mae_loss(&a.unsqueeze(0)?, &b.unsqueeze(0)?, false)
         }),
@@ -248,7 +249,13 @@ mod reference_tests {
     ];
 
     /// Two anchor views [a, a²] against the target b.
-    fn msn_case(a: &Tensor, b: &Tensor, p: &Tensor, power: f64) -> candle_core::Result<Tensor> {
+    fn msn_case(
+        a: &Tensor,
+        b: &Tensor,
+        p: &Tensor,
+        power: f64,
+        sinkhorn_iterations: usize,
+    ) -> candle_core::Result<Tensor> {
         let cos = |z: &Tensor| prototypes::cosine_scores(z, p);
         let k = p.dim(0)?;
         let log_prior: Vec<f64> = msn::power_law_prior(k, power)
@@ -257,7 +264,13 @@ mod reference_tests {
             .collect();
         let log_prior = Tensor::from_vec(log_prior, (1, k), a.device())?;
         let anchor = Tensor::cat(&[cos(a)?, cos(&a.sqr()?)?], 0)?;
-        msn::msn_loss(&anchor, &cos(b)?, &log_prior, 0.1, 0.25, 1.0)
+        let how = msn::MsnLoss {
+            temperature: 0.1,
+            sharpen: 0.25,
+            weight: 1.0,
+            sinkhorn_iterations,
+        };
+        msn::msn_loss(&anchor, &cos(b)?, &log_prior, how)
     }
 
     fn matrix(v: &serde_json::Value) -> Vec<Vec<f64>> {

@@ -5,7 +5,10 @@
 //! unmasked view through the EMA target. A regulariser keeps the batch-mean
 //! prediction p̄ close to a prior π: KL(p̄‖π), uniform π for MSN (the
 //! me-max term up to a constant), π_k ∝ k^(−power) for PMSN. We use
-//! KL(p̄‖π) as stable-pretraining does (lightly computes KL(π‖p̄)).
+//! KL(p̄‖π) as stable-pretraining does (lightly computes KL(π‖p̄)). As in
+//! the authors' configuration, MSN's targets are balanced over the
+//! prototypes by a few Sinkhorn-Knopp iterations (PMSN's are not: a
+//! uniform balance would work against its prior).
 
 use candle_core::{D, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
@@ -22,9 +25,7 @@ pub struct Msn {
     target: EmaTarget,
     /// log π, (1, K).
     log_prior: Tensor,
-    temperature: f64,
-    sharpen: f64,
-    me_max_weight: f64,
+    weighing: MsnLoss,
     mask_ratio: f64,
 }
 
@@ -44,6 +45,7 @@ impl Msn {
             me_max_weight,
             mask_ratio,
             ema_base,
+            sinkhorn_iterations,
         }
         | MethodSpec::Pmsn {
             prototypes: k,
@@ -52,6 +54,7 @@ impl Msn {
             me_max_weight,
             mask_ratio,
             ema_base,
+            sinkhorn_iterations,
             ..
         }) = spec.method
         else {
@@ -72,38 +75,56 @@ impl Msn {
             prototypes,
             target: EmaTarget::new(spec, online, device, ema_base)?,
             log_prior: Tensor::from_vec(log_prior, (1, k), device)?,
-            temperature,
-            sharpen,
-            me_max_weight,
+            weighing: MsnLoss {
+                temperature,
+                sharpen,
+                weight: me_max_weight,
+                sinkhorn_iterations,
+            },
             mask_ratio,
         })
     }
 }
 
+/// How the MSN/PMSN loss is weighed: anchor temperature τ, sharpening T,
+/// regulariser weight λ, Sinkhorn-Knopp iterations on the targets (0: none).
+#[derive(Clone, Copy)]
+pub struct MsnLoss {
+    pub temperature: f64,
+    pub sharpen: f64,
+    pub weight: f64,
+    pub sinkhorn_iterations: usize,
+}
+
 /// The MSN/PMSN loss. `anchor`: (V·N, K) cosine scores of V anchor views,
 /// view-major; `target`: (N, K) scores of the target view (no gradient).
-/// H(p⁺, p) averaged over anchors + λ·KL(p̄‖π).
+/// H(p⁺, p) averaged over anchors + λ·KL(p̄‖π); p⁺ = p^(1/T) normalised,
+/// which is softmax(s/(τT)), then balanced when Sinkhorn is on.
 pub fn msn_loss(
     anchor: &Tensor,
     target: &Tensor,
     log_prior: &Tensor,
-    temperature: f64,
-    sharpen: f64,
-    weight: f64,
+    how: MsnLoss,
 ) -> candle_core::Result<Tensor> {
     let n = target.dim(0)?;
     let views = anchor.dim(0)? / n;
-    let log_p = candle_nn::ops::log_softmax(&(anchor / temperature)?, D::Minus1)?;
+    let log_p = candle_nn::ops::log_softmax(&(anchor / how.temperature)?, D::Minus1)?;
     let targets = {
-        let p = candle_nn::ops::softmax(&(target.detach() / temperature)?, D::Minus1)?;
-        let sharp = p.powf(1.0 / sharpen)?;
-        let sharp = sharp.broadcast_div(&sharp.sum_keepdim(D::Minus1)?)?;
+        let log_sharp = candle_nn::ops::log_softmax(
+            &(target.detach() / (how.temperature * how.sharpen))?,
+            D::Minus1,
+        )?;
+        let sharp = if how.sinkhorn_iterations > 0 {
+            super::swav::balance(&log_sharp, how.sinkhorn_iterations)?
+        } else {
+            log_sharp.exp()?
+        };
         Tensor::cat(&vec![&sharp; views], 0)?
     };
     let ce = (targets * &log_p)?.sum(D::Minus1)?.mean_all()?.neg()?;
     let mean_p = log_p.exp()?.mean_keepdim(0)?;
     let kl = (&mean_p * (mean_p.log()?.broadcast_sub(log_prior))?)?.sum_all()?;
-    ce + (kl * weight)?
+    ce + (kl * how.weight)?
 }
 
 /// For each image, the sorted indices of `keep` of its `patches` patches,
@@ -169,9 +190,7 @@ impl Method for Msn {
             &Tensor::cat(&scores, 0)?,
             &target,
             &self.log_prior,
-            self.temperature,
-            self.sharpen,
-            self.me_max_weight,
+            self.weighing,
         )?;
         Ok(StepLoss {
             loss,

@@ -84,18 +84,21 @@ impl Swav {
 /// (rows) alternately sum to 1/K and 1/N; rows returned summing to 1.
 /// `scores`: (N, K), no gradient.
 pub fn sinkhorn(scores: &Tensor, epsilon: f64, iterations: usize) -> candle_core::Result<Tensor> {
-    let (n, k) = scores.dims2()?;
-    // Subtracting the maximum changes nothing after normalising and keeps exp finite.
-    let scaled = (scores.detach() / epsilon)?;
-    let mut q = scaled
-        .broadcast_sub(&scaled.max_keepdim(1)?.max_keepdim(0)?)?
-        .exp()?;
-    q = q.broadcast_div(&q.sum_all()?)?;
+    balance(&(scores.detach() / epsilon)?, iterations)
+}
+
+/// The Sinkhorn-Knopp iterations on Q = exp(`log_q`), (N, K): columns scaled
+/// to sum to 1/K, then rows to 1/N, `iterations` (≥ 1) times; rows returned
+/// summing to 1. Kept in the log domain so that a sharply peaked Q (MSN's
+/// p^(1/T)) cannot underflow into a column of zeros.
+pub fn balance(log_q: &Tensor, iterations: usize) -> candle_core::Result<Tensor> {
+    let (n, k) = log_q.dims2()?;
+    let mut l = log_q.detach();
     for _ in 0..iterations {
-        q = (q.broadcast_div(&q.sum_keepdim(0)?)? / k as f64)?;
-        q = (q.broadcast_div(&q.sum_keepdim(1)?)? / n as f64)?;
+        l = (l.broadcast_sub(&l.log_sum_exp(0)?.unsqueeze(0)?)? - (k as f64).ln())?;
+        l = (l.broadcast_sub(&l.log_sum_exp(1)?.unsqueeze(1)?)? - (n as f64).ln())?;
     }
-    q * n as f64
+    (l + (n as f64).ln())?.exp()
 }
 
 impl Method for Swav {

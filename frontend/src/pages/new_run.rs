@@ -215,7 +215,7 @@ fn MethodFields(spec: RwSignal<RunSpec>, model_rev: RwSignal<u32>) -> impl IntoV
                         Err(e) => set_error.set(Some(e)),
                     }
                 }/>
-            <span class="help">{move || error.get().unwrap_or_else(|| "JSON; SimCLR: temperature, negatives (all|single) · VICReg: invariance, variance, covariance · Barlow: lambda_offdiag · BYOL: predictor, ema_base · MoCo v3: temperature, predictor, ema_base · SimSiam: predictor · SwAV: prototypes, temperature, epsilon, sinkhorn_iterations, queue_size, queue_starts_epoch · DINO: prototypes, student_temperature, teacher_temperature, warmup_teacher_temperature, warmup_teacher_epochs, center_momentum, ema_base · MSN/PMSN: prototypes, temperature, sharpen, me_max_weight, mask_ratio, ema_base (PMSN: power) · MAE: mask_ratio, decoder_width, decoder_depth, decoder_heads, norm_pix_loss · SimMIM: mask_ratio".into())}</span>
+            <span class="help">{move || error.get().unwrap_or_else(|| "JSON; SimCLR: temperature, negatives (all|single) · VICReg: invariance, variance, covariance · Barlow: lambda_offdiag · BYOL: predictor, ema_base · MoCo v3: temperature, predictor, ema_base · SimSiam: predictor · SwAV: prototypes, temperature, epsilon, sinkhorn_iterations, queue_size, queue_starts_epoch · DINO: prototypes, student_temperature, teacher_temperature, warmup_teacher_temperature, warmup_teacher_epochs, center_momentum, ema_base · MSN/PMSN: prototypes, temperature, sharpen, me_max_weight, mask_ratio, ema_base, sinkhorn_iterations (PMSN: power) · MAE: mask_ratio, decoder_width, decoder_depth, decoder_heads, norm_pix_loss · SimMIM: mask_ratio".into())}</span>
         </label>
     }
 }
