@@ -996,16 +996,18 @@ mod tests {
 
     /// The tiny recipes of SimCLR, VICReg, BYOL, DINO and MSN learn on scenes
     /// whose objects never wear their class's colour (form and texture are
-    /// the only cues; chance 0.20, the untrained encoder reads 0.315): kNN
-    /// top-1 at the backbone after 160 steps, seen here: SimCLR 0.440,
-    /// VICReg 0.390, DINO 0.380 (batches of 64: its centre is a batch mean);
-    /// BYOL 0.385 after 320 steps (it varies with the seed: 0.360 and 0.260
-    /// from inits that read 0.350 and 0.265 untrained). MSN trains its tiny
-    /// recipe's ViT (conv stem), which starts lower and learns slower than the
-    /// CNN here, for 480 steps in batches of 64, and is scored on 1000 test
-    /// images so that its gain stands well clear of the score's noise (±0.015):
-    /// 0.258 → 0.354 at the recipe's seed; seeds 1 and 3: 0.243 → 0.356,
-    /// 0.254 → 0.420. `SSLAB_LEARN_METHODS=msn,dino` runs a subset.
+    /// the only cues; chance 0.20). kNN top-1 at the backbone on 1000 test
+    /// images (a score's noise ±0.015), untrained → trained at the recipes'
+    /// seed, seen here: SimCLR 0.270 → 0.414, VICReg → 0.361 (160 steps in
+    /// batches of 32), DINO → 0.384 (160 steps in batches of 64: its centre is
+    /// a batch mean), BYOL → 0.423 (960 steps, a smaller step with more
+    /// decay), MSN on its ViT with a conv stem 0.258 → 0.354 (480 steps in
+    /// batches of 64). Seeds 1, 2, 3 learn too, by +0.04 to +0.17: trained
+    /// 0.360 / 0.360 / 0.392 (SimCLR), 0.338 / 0.334 / 0.329 (VICReg), 0.419 /
+    /// 0.345 / 0.346 (BYOL), 0.362 / 0.319 / 0.381 (DINO), 0.356 / 0.340 /
+    /// 0.420 (MSN) from untrained 0.243–0.301; VICReg's +0.037 and +0.048 at
+    /// seeds 1 and 3 are under this test's bar. `SSLAB_LEARN_METHODS=msn,dino`
+    /// runs a subset.
     #[test]
     fn the_tiny_recipes_learn_on_shape_only_scenes() {
         let recipes = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../recipes");
@@ -1028,7 +1030,7 @@ mod tests {
             spec.data = DataSpec::Scenes(ScenesSpec {
                 classes: 5,
                 train_images: 640,
-                test_images: if method == "msn" { 1000 } else { 200 },
+                test_images: 1000,
                 image_size: 32,
                 background_correlation: 0.0,
                 class_colour: 0.0,
@@ -1038,7 +1040,7 @@ mod tests {
             spec.eval.probes = vec![sslab_shared::spec::ProbeKind::Knn];
             spec.eval.layers = vec!["backbone".into()];
             spec.eval.online_probe = false;
-            // 160 steps, more than the recipes' 96; BYOL needs 320 at this size,
+            // 160 steps, more than the recipes' 96; BYOL needs 960 at this size,
             // and a smaller step with more decay; MSN's ViT 480.
             spec.optimizer.batch_size = batch;
             spec.schedule.epochs = 160 * batch / 640;
@@ -1046,7 +1048,7 @@ mod tests {
                 spec.schedule.epochs *= 3;
             }
             if method == "byol" {
-                spec.schedule.epochs *= 2;
+                spec.schedule.epochs *= 6;
                 spec.optimizer.lr = 0.002;
                 spec.optimizer.weight_decay = 0.01;
             }
@@ -1061,14 +1063,8 @@ mod tests {
             report.push((method, before, after));
         }
         for (method, before, after) in report {
-            // The ViT's untrained score is lower (0.24–0.26), so MSN must gain more.
-            let (floor, gain) = if method == "msn" {
-                (0.32, 0.06)
-            } else {
-                (0.34, 0.03)
-            };
             assert!(
-                after >= floor && after >= before + gain,
+                after >= 0.30 && after >= before + 0.05,
                 "{method}: kNN@backbone {before:.3} untrained -> {after:.3} trained (chance 0.20)"
             );
         }
