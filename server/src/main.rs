@@ -69,12 +69,20 @@ enum Command {
         #[command(subcommand)]
         command: data_cmd::DataCommand,
     },
-    /// Train one run locally from a recipe (TOML, or JSON by extension).
+    /// Train one run locally from a recipe (TOML, or JSON by extension):
+    /// `sslab train RECIPE` or `sslab train --spec RECIPE`.
     Train {
+        #[arg(
+            value_name = "RECIPE",
+            required_unless_present = "spec",
+            conflicts_with = "spec"
+        )]
+        recipe: Option<PathBuf>,
         #[arg(long)]
-        spec: PathBuf,
+        spec: Option<PathBuf>,
+        /// Where the run's files go; runs/<the recipe's name> when not given.
         #[arg(long)]
-        out: PathBuf,
+        out: Option<PathBuf>,
         /// Continue the stopped run in OUT from its last end-of-epoch
         /// checkpoint, exactly as if it had not stopped.
         #[arg(long)]
@@ -155,8 +163,17 @@ async fn main() -> std::process::ExitCode {
             serve(&cli, *addr, static_dir, *workers, *max_sweep_runs, limits).await
         }
         Command::Data { command } => data_cmd::run(command, || registry(&cli)).await,
-        Command::Train { spec, out, resume } => {
-            train_cmd::run(spec, out, *resume, || registry(&cli)).await
+        Command::Train {
+            recipe,
+            spec,
+            out,
+            resume,
+        } => {
+            let spec = recipe
+                .as_ref()
+                .or(spec.as_ref())
+                .expect("clap asks for one");
+            train_cmd::run(spec, out.as_deref(), *resume, || registry(&cli)).await
         }
         Command::Sweep {
             spec,

@@ -1,10 +1,10 @@
-//! `sslab train --spec FILE --out DIR [--resume]`: one run on this machine,
+//! `sslab train [--spec] FILE [--out DIR] [--resume]`: one run on this machine,
 //! with a progress bar. Writes `run.json`, `metrics.jsonl`, `evaluations.json`
 //! and `checkpoint.safetensors` (with its training state) into DIR, and
 //! `memorization.jsonl` when the spec has the memorization monitor.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -166,11 +166,31 @@ pub fn read_run_spec(spec_path: &Path) -> anyhow::Result<RunSpec> {
     .map_err(|e| anyhow::anyhow!("{}: invalid spec: {e}", spec_path.display()))
 }
 
+/// runs/<name>, the name's characters other than letters, digits, `.`, `-`
+/// and `_` replaced by `-` so that it stays one folder.
+fn default_out_dir(name: &str) -> PathBuf {
+    let folder: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let folder = match folder.trim_matches('.') {
+        "" => "run".to_string(),
+        _ => folder,
+    };
+    Path::new("runs").join(folder)
+}
+
 /// `registry` opens the data folder's registry, needed only when the spec
 /// names a registered data set.
 pub async fn run<F, R>(
     spec_path: &Path,
-    out: &Path,
+    out: Option<&Path>,
     resume: bool,
     registry: F,
 ) -> anyhow::Result<()>
@@ -192,6 +212,15 @@ where
             .await
             .with_context(|| format!("{}", spec_path.display()))?;
     }
+    let default_out;
+    let out = match out {
+        Some(out) => out,
+        None => {
+            default_out = default_out_dir(&spec.name);
+            eprintln!("writing into {}", default_out.display());
+            &default_out
+        }
+    };
     if resume {
         check_resumable(&spec, out)?;
     }

@@ -148,6 +148,31 @@ fn train_writes_the_run_files() {
 }
 
 #[test]
+fn a_recipe_alone_trains_into_runs_by_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("run.toml"),
+        TINY.replace("name = \"cli-tiny\"", "name = \"cli tiny/2\""),
+    )
+    .unwrap();
+    let res = Command::new(env!("CARGO_BIN_EXE_sslab"))
+        .args(["train", "run.toml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let out = dir.path().join("runs/cli-tiny-2");
+    let run: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    assert_eq!(run["status"], "succeeded");
+    assert!(out.join("checkpoint.safetensors").exists());
+}
+
+#[test]
 fn bad_recipes_are_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let spec = dir.path().join("bad.toml");
