@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use sslab_shared::api::{RunStatus, SweepRun};
 use sslab_shared::sweep::{SweepSpec, canonical_path, value_label};
 
-use crate::train_cmd::{interrupt_flag, train_into, write_json};
+use crate::train_cmd::{folder_safe, interrupt_flag, train_into, write_json};
 
 /// A folder name for a run: its index, then its axis values and seed.
 fn folder_name(index: usize, point: &sslab_shared::sweep::SweepPoint) -> String {
@@ -19,16 +19,7 @@ fn folder_name(index: usize, point: &sslab_shared::sweep::SweepPoint) -> String 
         name.push_str(&format!("-{short}={}", value_label(v)));
     }
     name.push_str(&format!("-seed={}", point.seed));
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-=._".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(120)
-        .collect()
+    folder_safe(&name, "-=._", '_').chars().take(120).collect()
 }
 
 pub async fn run(spec_path: &Path, out: &Path, max_runs: usize) -> anyhow::Result<()> {

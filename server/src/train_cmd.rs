@@ -166,24 +166,29 @@ pub fn read_run_spec(spec_path: &Path) -> anyhow::Result<RunSpec> {
     .map_err(|e| anyhow::anyhow!("{}: invalid spec: {e}", spec_path.display()))
 }
 
-/// runs/<name>, the name's characters other than letters, digits, `.`, `-`
-/// and `_` replaced by `-` so that it stays one folder.
+/// runs/<name>, with the name made one folder's name (`-` for the rest).
 fn default_out_dir(name: &str) -> PathBuf {
-    let folder: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    let folder = match folder.trim_matches('.') {
-        "" => "run".to_string(),
-        _ => folder,
+    let folder = folder_safe(name, ".-_", '-');
+    let folder = if folder.chars().all(|c| c == '.') {
+        "run".to_string()
+    } else {
+        folder
     };
     Path::new("runs").join(folder)
+}
+
+/// `name` with every character other than ASCII letters, digits and `keep`
+/// replaced by `with`.
+pub fn folder_safe(name: &str, keep: &str, with: char) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || keep.contains(c) {
+                c
+            } else {
+                with
+            }
+        })
+        .collect()
 }
 
 /// `registry` opens the data folder's registry, needed only when the spec

@@ -84,7 +84,7 @@ impl Swav {
 /// (rows) alternately sum to 1/K and 1/N; rows returned summing to 1.
 /// `scores`: (N, K), no gradient.
 pub fn sinkhorn(scores: &Tensor, epsilon: f64, iterations: usize) -> candle_core::Result<Tensor> {
-    balance(&(scores.detach() / epsilon)?, iterations)
+    balance(&(scores / epsilon)?, iterations)
 }
 
 /// The Sinkhorn-Knopp iterations on Q = exp(`log_q`), (N, K): columns scaled
