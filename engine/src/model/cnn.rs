@@ -52,6 +52,21 @@ impl ConvBn {
         self.bn.forward_relu(&self.conv(x)?, train)
     }
 
+    /// relu(block(x) + skip), the end of a residual block: in training one
+    /// op with the convolution and BatchNorm.
+    pub fn forward_add_relu(
+        &self,
+        x: &Tensor,
+        skip: &Tensor,
+        train: bool,
+    ) -> candle_core::Result<Tensor> {
+        if train {
+            let geometry = (self.stride, self.padding);
+            return ops::conv_bn_add_relu(x, &self.weight, geometry, &self.bn, skip);
+        }
+        ops::add_relu(&self.forward_t(x, false)?, skip)
+    }
+
     /// In training the convolution and BatchNorm are one op.
     fn train(&self, x: &Tensor, relu: bool) -> candle_core::Result<Tensor> {
         ops::conv_bn(x, &self.weight, (self.stride, self.padding), &self.bn, relu)

@@ -49,12 +49,11 @@ impl ModuleT for Bottleneck {
     fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         let h = self.reduce.forward_relu(x, train)?;
         let h = self.conv.forward_relu(&h, train)?;
-        let h = self.expand.forward_t(&h, train)?;
         let skip = match &self.shortcut {
             Some(s) => s.forward_t(x, train)?,
             None => x.clone(),
         };
-        crate::ops::add_relu(&h, &skip)
+        self.expand.forward_add_relu(&h, &skip, train)
     }
 }
 
@@ -112,12 +111,11 @@ impl BasicBlock {
 impl ModuleT for BasicBlock {
     fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         let h = self.conv1.forward_relu(x, train)?;
-        let h = self.conv2.forward_t(&h, train)?;
         let skip = match &self.shortcut {
             Some(s) => s.forward_t(x, train)?,
             None => x.clone(),
         };
-        crate::ops::add_relu(&h, &skip)
+        self.conv2.forward_add_relu(&h, &skip, train)
     }
 }
 

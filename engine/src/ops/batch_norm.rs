@@ -122,7 +122,7 @@ impl BatchNorm {
 
     /// [`Self::update_running`] with the batch's mean and biased variance
     /// as tensors on the statistics' device.
-    fn update_running_with(
+    pub(super) fn update_running_with(
         &self,
         mean: &Tensor,
         var: &Tensor,
@@ -299,14 +299,22 @@ fn for_each_span(
         });
 }
 
-/// BatchNorm (then ReLU when `relu`) of `x` with the batch's statistics.
+/// What follows the normalisation.
+#[derive(Clone, Copy)]
+pub(super) enum Tail<'a> {
+    None,
+    Relu,
+    /// relu(y + skip): the end of a residual block.
+    AddRelu(&'a [f32]),
+}
+
+/// BatchNorm of `x` with the batch's statistics, then `tail`.
 pub(super) fn forward(
     d: Dims,
     x: &[f32],
-    gamma: &[f32],
-    beta: &[f32],
+    [gamma, beta]: [&[f32]; 2],
+    tail: Tail,
     eps: f64,
-    relu: bool,
 ) -> (Vec<f32>, Stats) {
     let count = d.count();
     let mean: Vec<f64> = channel_sums(
@@ -338,21 +346,33 @@ pub(super) fn forward(
     let shift: Vec<f32> = (0..d.c)
         .map(|c| (beta[c] as f64 - mean[c] * gamma[c] as f64 * inv_std[c]) as f32)
         .collect();
+    let skip = match tail {
+        Tail::AddRelu(skip) => skip,
+        _ => x,
+    };
     let mut y = output(x.len());
     for_each_span(
         d,
         &mut y,
-        [x, x],
+        [x, skip],
         #[inline(always)]
-        |c, y, x, _| {
+        |c, y, x, skip| {
             let (a, b) = (scale[c], shift[c]);
-            if relu {
-                for (o, &v) in y.iter_mut().zip(x) {
-                    *o = (a * v + b).max(0.0);
+            match tail {
+                Tail::None => {
+                    for (o, &v) in y.iter_mut().zip(x) {
+                        *o = a * v + b;
+                    }
                 }
-            } else {
-                for (o, &v) in y.iter_mut().zip(x) {
-                    *o = a * v + b;
+                Tail::Relu => {
+                    for (o, &v) in y.iter_mut().zip(x) {
+                        *o = (a * v + b).max(0.0);
+                    }
+                }
+                Tail::AddRelu(_) => {
+                    for ((o, &v), &s) in y.iter_mut().zip(x).zip(skip) {
+                        *o = (a * v + b + s).max(0.0);
+                    }
                 }
             }
         },
@@ -390,7 +410,8 @@ impl CustomOp3 for Forward {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, gamma, beta) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
-        let (y, stats) = forward(Dims::of(l1), x, gamma, beta, self.eps, self.relu);
+        let tail = if self.relu { Tail::Relu } else { Tail::None };
+        let (y, stats) = forward(Dims::of(l1), x, [gamma, beta], tail, self.eps);
         *self.stats.lock().expect("stats lock") = stats;
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }

@@ -7,7 +7,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{D, DType, Device, Tensor, Var};
 use candle_nn::{ModuleT, VarBuilder, VarMap};
 
-use super::{AdamwStep, BatchNorm, add_relu, random_normal};
+use super::{AdamwStep, BatchNorm, add_relu, conv_bn, conv_bn_add_relu, random_normal};
 
 /// The largest difference, relative to the reference's largest value,
 /// between [`super::conv2d`] on `device` in `dtype` and the f32 CPU op on
@@ -67,11 +67,12 @@ fn rounded(x: &Tensor, dtype: DType) -> candle_core::Result<Tensor> {
 }
 
 /// How closely training-mode BatchNorm (with and without ReLU), the
-/// residual add + ReLU and AdamW's update on `device` agree with the f32 CPU
-/// ops on the same (rounded) values: per op, the largest relative
-/// difference over its outputs, gradients and, for BatchNorm, the running
-/// statistics. AdamW runs in f32 whatever `dtype` (the weights' master
-/// copies are f32).
+/// residual add + ReLU, AdamW's update, and the convolution with its
+/// BatchNorm (and ReLU, or the residual add + ReLU) on `device` agree with
+/// the f32 CPU ops on the same (rounded) values: per op, the largest
+/// relative difference over its outputs, gradients and, with a BatchNorm,
+/// the running statistics. AdamW runs in f32 whatever `dtype` (the
+/// weights' master copies are f32).
 pub fn gpu_agreement(
     device: &Device,
     dtype: DType,
@@ -81,6 +82,8 @@ pub fn gpu_agreement(
         ("batch_norm_relu", 0f32),
         ("add_relu", 0f32),
         ("adamw", 0f32),
+        ("conv_bn_relu", 0f32),
+        ("conv_bn_add_relu", 0f32),
     ];
     // Several blocks per channel; a spatial size that is not a multiple of
     // four; a projector's (N, C).
@@ -108,7 +111,83 @@ pub fn gpu_agreement(
             worst[3].1 = worst[3].1.max(relative_error(w, g)?);
         }
     }
+    let x = rounded(&random_normal(&[8, 8, 10, 10], 1)?, dtype)?;
+    let w = rounded(&random_normal(&[16, 8, 3, 3], 2)?.affine(0.2, 0.0)?, dtype)?;
+    // 3×3 with stride 1 and ReLU; with stride 2 and a skip.
+    for (slot, stride) in [(4, 1), (5, 2)] {
+        let side = 10 / stride;
+        let r = random_normal(&[8, 16, side, side], 3)?;
+        let skip = rounded(&random_normal(&[8, 16, side, side], 4)?, dtype)?;
+        let skip = (stride == 2).then_some(&skip);
+        let want = conv_bn_step([&x, &w], skip, stride, &r, &Device::Cpu, DType::F32)?;
+        let got = conv_bn_step([&x, &w], skip, stride, &r, device, dtype)?;
+        for (w, g) in want.iter().zip(&got) {
+            worst[slot].1 = worst[slot].1.max(relative_error(w, g)?);
+        }
+    }
     Ok(worst)
+}
+
+/// A BatchNorm over `c` channels on `device` with γ and β away from 1
+/// and 0, and the map holding its weights.
+fn batch_norm_on(c: usize, device: &Device) -> candle_core::Result<(BatchNorm, VarMap)> {
+    let map = VarMap::new();
+    let bn = BatchNorm::new(c, 1e-5, VarBuilder::from_varmap(&map, DType::F32, device))?;
+    {
+        let data = map.data().lock().expect("varmap lock");
+        data["weight"].set(
+            &random_normal(&[c], 7)?
+                .affine(0.5, 1.0)?
+                .to_device(device)?,
+        )?;
+        data["bias"].set(&random_normal(&[c], 8)?.to_device(device)?)?;
+    }
+    Ok((bn, map))
+}
+
+/// The gradients of γ and β in `grads`, and the running mean and variance.
+fn batch_norm_state(grads: &GradStore, map: &VarMap) -> candle_core::Result<Vec<Tensor>> {
+    let data = map.data().lock().expect("varmap lock");
+    Ok(vec![
+        gradient(grads, &data["weight"])?,
+        gradient(grads, &data["bias"])?,
+        data["running_mean"].as_tensor().clone(),
+        data["running_var"].as_tensor().clone(),
+    ])
+}
+
+/// A 3×3 convolution (padding 1) of x with w, then a training-mode
+/// BatchNorm and ReLU, or with `skip` relu(· + skip), on `device` in
+/// `dtype` (the kernel kept in f32, as the weights are): the output, the
+/// gradients of x, the kernel (and the skip) of Σ y·r, then
+/// [`batch_norm_state`].
+fn conv_bn_step(
+    [x, w]: [&Tensor; 2],
+    skip: Option<&Tensor>,
+    stride: usize,
+    r: &Tensor,
+    device: &Device,
+    dtype: DType,
+) -> candle_core::Result<Vec<Tensor>> {
+    let (bn, map) = batch_norm_on(w.dim(0)?, device)?;
+    let xv = Var::from_tensor(&x.to_device(device)?.to_dtype(dtype)?)?;
+    let wv = Var::from_tensor(&w.to_device(device)?)?;
+    let skip = match skip {
+        Some(s) => Some(Var::from_tensor(&s.to_device(device)?.to_dtype(dtype)?)?),
+        None => None,
+    };
+    let y = match &skip {
+        Some(s) => conv_bn_add_relu(&xv, &wv, (stride, 1), &bn, s)?,
+        None => conv_bn(&xv, &wv, (stride, 1), &bn, true)?,
+    };
+    let y = y.to_dtype(DType::F32)?;
+    let grads = (&y * r.to_device(device)?)?.sum_all()?.backward()?;
+    let mut out = vec![y.clone(), gradient(&grads, &xv)?, gradient(&grads, &wv)?];
+    if let Some(s) = &skip {
+        out.push(gradient(&grads, s)?);
+    }
+    out.extend(batch_norm_state(&grads, &map)?);
+    Ok(out)
 }
 
 /// One training-mode BatchNorm (γ, β away from 1, 0) of x on `device` in
@@ -121,18 +200,7 @@ fn batch_norm_step(
     device: &Device,
     dtype: DType,
 ) -> candle_core::Result<Vec<Tensor>> {
-    let c = x.dim(1)?;
-    let map = VarMap::new();
-    let bn = BatchNorm::new(c, 1e-5, VarBuilder::from_varmap(&map, DType::F32, device))?;
-    {
-        let data = map.data().lock().expect("varmap lock");
-        data["weight"].set(
-            &random_normal(&[c], 7)?
-                .affine(0.5, 1.0)?
-                .to_device(device)?,
-        )?;
-        data["bias"].set(&random_normal(&[c], 8)?.to_device(device)?)?;
-    }
+    let (bn, map) = batch_norm_on(x.dim(1)?, device)?;
     let xv = Var::from_tensor(&x.to_device(device)?.to_dtype(dtype)?)?;
     let y = if relu {
         bn.forward_relu(&xv, true)?
@@ -141,15 +209,9 @@ fn batch_norm_step(
     };
     let y = y.to_dtype(DType::F32)?;
     let grads = (&y * r.to_device(device)?)?.sum_all()?.backward()?;
-    let data = map.data().lock().expect("varmap lock");
-    Ok(vec![
-        y.clone(),
-        gradient(&grads, &xv)?,
-        gradient(&grads, &data["weight"])?,
-        gradient(&grads, &data["bias"])?,
-        data["running_mean"].as_tensor().clone(),
-        data["running_var"].as_tensor().clone(),
-    ])
+    let mut out = vec![y.clone(), gradient(&grads, &xv)?];
+    out.extend(batch_norm_state(&grads, &map)?);
+    Ok(out)
 }
 
 /// relu(a + b) on `device` in `dtype`, and the gradients of a and b of
@@ -223,7 +285,14 @@ mod tests {
         let names: Vec<_> = errors.iter().map(|(name, _)| *name).collect();
         assert_eq!(
             names,
-            ["batch_norm", "batch_norm_relu", "add_relu", "adamw"]
+            [
+                "batch_norm",
+                "batch_norm_relu",
+                "add_relu",
+                "adamw",
+                "conv_bn_relu",
+                "conv_bn_add_relu"
+            ]
         );
         for (name, err) in errors {
             assert_eq!(err, 0.0, "{name}");

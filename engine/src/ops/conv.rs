@@ -49,11 +49,11 @@ pub fn conv2d(
 }
 
 #[derive(Clone, Copy)]
-struct Conv2d {
-    stride: usize,
-    padding: usize,
+pub(super) struct Conv2d {
+    pub(super) stride: usize,
+    pub(super) padding: usize,
     /// Whether anything upstream wants the input's gradient (not the images).
-    input_grad: bool,
+    pub(super) input_grad: bool,
 }
 
 /// The sizes of one convolution.
@@ -541,7 +541,7 @@ pub(super) fn backward(
 
 /// Both gradients of [`Conv2d`] in one pass over the batch, returned as one
 /// flat tensor: the input's (zeros when not wanted), then the kernel's.
-struct Conv2dBackward(Conv2d);
+pub(super) struct Conv2dBackward(pub(super) Conv2d);
 
 impl CustomOp3 for Conv2dBackward {
     fn name(&self) -> &'static str {

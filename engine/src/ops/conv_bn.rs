@@ -1,20 +1,23 @@
-//! Convolution then training-mode BatchNorm (then ReLU) as one op on the
-//! CPU. The convolution's output stays inside the op: candle's backward adds
-//! every node's gradient into a fresh zero-filled tensor, which for the
-//! activations between conv and BatchNorm cost four passes over the largest
-//! tensors of the step.
+//! Convolution then training-mode BatchNorm (then ReLU, or the residual
+//! add + ReLU) as one op on the CPU. The convolution's output stays inside
+//! the op, and so does the BatchNorm's before a residual add: candle's
+//! backward adds every node's gradient into a fresh zero-filled tensor,
+//! which for such activations cost four passes over the largest tensors of
+//! the step.
 
 use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp3, Layout, ModuleT, Shape, Tensor};
 
-use super::batch_norm::{self, BatchNorm, Dims, Stats};
+use super::batch_norm::{self, BatchNorm, Dims, Stats, Tail};
 use super::conv::{self, Geometry, conv2d};
-use super::{f32_slice, fused, output, split_flat};
+use super::residual::Mask;
+use super::{add_relu, f32_slice, fused, output, split_flat};
 
 /// `bn(conv2d(x, w))` in training, then ReLU when `relu`; the running
-/// statistics move as [`BatchNorm`]'s do. Other devices and dtypes run the
-/// two ops one after the other.
+/// statistics move as [`BatchNorm`]'s do. With `cudnn`, f32 and bf16 on
+/// CUDA run as one op too; other devices and dtypes run the two ops one
+/// after the other.
 pub fn conv_bn(
     x: &Tensor,
     w: &Tensor,
@@ -24,6 +27,10 @@ pub fn conv_bn(
 ) -> candle_core::Result<Tensor> {
     let (_, cin, _, _) = x.dims4()?;
     let (_, wcin, kh, kw) = w.dims4()?;
+    #[cfg(feature = "cudnn")]
+    if super::on_gpu(&[x]) && kh == kw && cin == wcin {
+        return super::conv_bn_gpu::conv_bn(x, w, (stride, padding), bn, relu, None);
+    }
     if !fused(&[x, w]) || kh != kw || cin != wcin {
         let z = conv2d(x, w, stride, padding)?;
         return if relu {
@@ -46,6 +53,52 @@ pub fn conv_bn(
     };
     let affine = Tensor::cat(&[gamma, beta], 0)?;
     let y = x.contiguous()?.apply_op3(&w.contiguous()?, &affine, op)?;
+    let saved = saved.lock().expect("saved lock");
+    let stats = &saved.as_ref().expect("the forward ran").stats;
+    bn.update_running(stats, y.elem_count() / gamma.elem_count())?;
+    Ok(y)
+}
+
+/// `relu(bn(conv2d(x, w)) + skip)` in training, the end of a residual
+/// block; the running statistics move as [`BatchNorm`]'s do. As with
+/// [`conv_bn`], f32 and bf16 on CUDA (with `cudnn`) are one op too; other
+/// devices and dtypes run [`conv_bn`], then [`add_relu`].
+pub fn conv_bn_add_relu(
+    x: &Tensor,
+    w: &Tensor,
+    (stride, padding): (usize, usize),
+    bn: &BatchNorm,
+    skip: &Tensor,
+) -> candle_core::Result<Tensor> {
+    let (_, cin, _, _) = x.dims4()?;
+    let (_, wcin, kh, kw) = w.dims4()?;
+    #[cfg(feature = "cudnn")]
+    if super::on_gpu(&[x, skip]) && kh == kw && cin == wcin {
+        return super::conv_bn_gpu::conv_bn(x, w, (stride, padding), bn, true, Some(skip));
+    }
+    if !fused(&[x, w, skip]) || kh != kw || cin != wcin {
+        return add_relu(&conv_bn(x, w, (stride, padding), bn, false)?, skip);
+    }
+    let (gamma, beta) = bn.affine();
+    let saved = Arc::new(Mutex::new(None));
+    let op = ConvBnAdd {
+        params: Params {
+            stride,
+            padding,
+            eps: bn.eps(),
+            // The backward masks the gradient by the output's sign before
+            // the BatchNorm's gradient, which then sees no ReLU.
+            relu: false,
+            input_grad: x.track_op(),
+        },
+        kernel: w.shape().clone(),
+        saved: saved.clone(),
+    };
+    // The kernel, γ and β as one input: an op takes three.
+    let packed = Tensor::cat(&[&w.flatten_all()?, gamma, beta], 0)?;
+    let y = x
+        .contiguous()?
+        .apply_op3(&packed, &skip.contiguous()?, op)?;
     let saved = saved.lock().expect("saved lock");
     let stats = &saved.as_ref().expect("the forward ran").stats;
     bn.update_running(stats, y.elem_count() / gamma.elem_count())?;
@@ -95,24 +148,14 @@ impl CustomOp3 for ConvBn {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let p = self.params;
-        let g = p.geometry(l1, l2)?;
+        let g = self.params.geometry(l1, l2)?;
         let (x, w, affine) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
-        if affine.len() != 2 * g.cout {
-            candle_core::bail!(
-                "conv + batch norm: {} affine values for {} channels",
-                affine.len(),
-                g.cout
-            );
-        }
-        let z = conv::forward(&g, x, w);
-        let (gamma, beta) = affine.split_at(g.cout);
-        let (y, stats) = batch_norm::forward(dims(&g), &z, gamma, beta, p.eps, p.relu);
-        *self.saved.lock().expect("saved lock") = Some(Saved {
-            z: Arc::new(z),
-            stats,
-        });
-        Ok((CpuStorage::F32(y), Shape::from((g.n, g.cout, g.ho, g.wo))))
+        let tail = if self.params.relu {
+            Tail::Relu
+        } else {
+            Tail::None
+        };
+        run(&g, x, w, affine, tail, self.params.eps, &self.saved)
     }
 
     fn bwd(
@@ -136,6 +179,120 @@ impl CustomOp3 for ConvBn {
         let mut parts = split_flat(&flat, &[x.shape(), w.shape(), affine.shape()])?.into_iter();
         let (dx, dw, d_affine) = (parts.next(), parts.next(), parts.next());
         Ok((dx.filter(|_| self.params.input_grad), dw, d_affine))
+    }
+}
+
+/// The convolution, then the BatchNorm with γ and β from `affine` and
+/// `tail`; keeps what the backward needs in `saved`.
+fn run(
+    g: &Geometry,
+    x: &[f32],
+    w: &[f32],
+    affine: &[f32],
+    tail: Tail,
+    eps: f64,
+    saved: &Mutex<Option<Saved>>,
+) -> candle_core::Result<(CpuStorage, Shape)> {
+    if affine.len() != 2 * g.cout {
+        candle_core::bail!(
+            "conv + batch norm: {} affine values for {} channels",
+            affine.len(),
+            g.cout
+        );
+    }
+    let z = conv::forward(g, x, w);
+    let (y, stats) = batch_norm::forward(
+        dims(g),
+        &z,
+        [&affine[..g.cout], &affine[g.cout..]],
+        tail,
+        eps,
+    );
+    *saved.lock().expect("saved lock") = Some(Saved {
+        z: Arc::new(z),
+        stats,
+    });
+    Ok((CpuStorage::F32(y), Shape::from((g.n, g.cout, g.ho, g.wo))))
+}
+
+/// [`conv_bn_add_relu`]'s op on x, the kernel followed by γ and β (one
+/// flat tensor), and the skip.
+struct ConvBnAdd {
+    params: Params,
+    kernel: Shape,
+    saved: Arc<Mutex<Option<Saved>>>,
+}
+
+impl CustomOp3 for ConvBnAdd {
+    fn name(&self) -> &'static str {
+        "sslab-conv-batch-norm-add-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = self
+            .params
+            .geometry(l1, &Layout::contiguous(&self.kernel))?;
+        if l3.dims() != [g.n, g.cout, g.ho, g.wo] {
+            candle_core::bail!(
+                "conv + batch norm + skip: the skip is {:?}, the output {:?}",
+                l3.dims(),
+                [g.n, g.cout, g.ho, g.wo]
+            );
+        }
+        let (x, packed, skip) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+        let w_len = self.kernel.elem_count();
+        if packed.len() != w_len + 2 * g.cout {
+            candle_core::bail!(
+                "conv + batch norm + skip: {} packed values for a {:?} kernel and {} channels",
+                packed.len(),
+                self.kernel.dims(),
+                g.cout
+            );
+        }
+        let (w, affine) = packed.split_at(w_len);
+        let tail = Tail::AddRelu(skip);
+        run(&g, x, w, affine, tail, self.params.eps, &self.saved)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        packed: &Tensor,
+        _skip: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let Some(saved) = self.saved.lock().expect("saved lock").clone() else {
+            candle_core::bail!("conv + batch norm + skip: backward before forward");
+        };
+        // The gradient past the ReLU: the skip's, and the BatchNorm's output's.
+        let g = grad.contiguous()?.apply_op2_no_bwd(res, &Mask)?;
+        let (w_len, cout) = (self.kernel.elem_count(), self.kernel.dims()[0]);
+        let w = packed.narrow(0, 0, w_len)?.reshape(&self.kernel)?;
+        let op = Backward {
+            params: self.params,
+            gamma: packed.narrow(0, w_len, cout)?.to_vec1()?,
+            saved,
+        };
+        let flat = x.apply_op3_no_bwd(&w, &g, &op)?;
+        // Laid out as x's gradient, then the kernel's, γ's and β's: the
+        // packed input's in one piece.
+        let x_len = x.elem_count();
+        let dx = flat.narrow(0, 0, x_len)?.reshape(x.shape())?;
+        let d_packed = flat.narrow(0, x_len, packed.elem_count())?;
+        Ok((
+            Some(dx).filter(|_| self.params.input_grad),
+            Some(d_packed),
+            Some(g),
+        ))
     }
 }
 
@@ -265,6 +422,64 @@ mod tests {
             }
             assert_close(&outs[0], &outs[1], 1e-5, &format!("case {i} values"));
             for (name, v) in [("input", &x), ("kernel", &w)] {
+                assert_close(
+                    grads[0].get(v).unwrap(),
+                    grads[1].get(v).unwrap(),
+                    1e-4,
+                    &format!("case {i} {name} gradient"),
+                );
+            }
+            assert_same_batch_norms(&grads, &ours_map, &theirs_map, &format!("case {i}"));
+        }
+    }
+
+    /// With a residual add: values, running statistics and the gradients of
+    /// the input, kernel, skip, γ and β equal [`conv_bn`] then
+    /// [`add_relu`], with and without stride.
+    #[test]
+    fn with_a_skip_matches_conv_batch_norm_then_add_relu() {
+        let cases = [
+            // (n, cin, hw, cout, k, stride, pad)
+            (4, 3, 9, 5, 3, 1, 1),
+            (3, 4, 8, 6, 3, 2, 1),
+            (5, 4, 8, 7, 1, 2, 0),
+        ];
+        for (i, &(n, cin, hw, cout, k, stride, pad)) in cases.iter().enumerate() {
+            let seed = 10 * i as u64;
+            let x = Var::from_tensor(&random(&[n, cin, hw, hw], seed)).unwrap();
+            let w = Var::from_tensor(&random(&[cout, cin, k, k], seed + 1)).unwrap();
+            let side = (hw + 2 * pad - k) / stride + 1;
+            let skip = Var::from_tensor(&random(&[n, cout, side, side], seed + 2)).unwrap();
+            let (ours, ours_map) = batch_norm(cout);
+            let (theirs, theirs_map) = batch_norm(cout);
+            let mut outs = Vec::new();
+            let mut grads = Vec::new();
+            let forwards: [&dyn Fn() -> Tensor; 2] = [
+                &|| conv_bn_add_relu(&x, &w, (stride, pad), &ours, &skip).unwrap(),
+                &|| {
+                    let y = conv_bn(&x, &w, (stride, pad), &theirs, false).unwrap();
+                    add_relu(&y, &skip).unwrap()
+                },
+            ];
+            for forward in forwards {
+                forward();
+                let y = forward();
+                let weights = random(y.dims(), seed + 3);
+                grads.push(
+                    (&y * &weights)
+                        .unwrap()
+                        .sum_all()
+                        .unwrap()
+                        .backward()
+                        .unwrap(),
+                );
+                outs.push(y);
+            }
+            let cut = outs[1].eq(0f32).unwrap().to_dtype(DType::F32).unwrap();
+            let cut = cut.sum_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(cut > 0.0, "case {i}: the ReLU cuts nothing");
+            assert_close(&outs[0], &outs[1], 1e-5, &format!("case {i} values"));
+            for (name, v) in [("input", &x), ("kernel", &w), ("skip", &skip)] {
                 assert_close(
                     grads[0].get(v).unwrap(),
                     grads[1].get(v).unwrap(),

@@ -1,16 +1,19 @@
 //! Fused CPU kernels for the training step's heavy parts, as candle custom
-//! ops: convolution, BatchNorm (+ReLU), the two in one, and the residual
-//! add + ReLU with their backward, and AdamW's update. With the `cuda`
-//! feature BatchNorm, the residual add + ReLU and AdamW have CUDA kernels
-//! too (f32 and bf16), and with `cudnn` the convolution runs through cuDNN,
-//! gradients included. Other devices and dtypes fall back to candle's own
-//! ops, so results agree everywhere.
+//! ops: convolution, BatchNorm (+ReLU), the two in one (also with a
+//! residual block's add + ReLU), and the residual add + ReLU with their
+//! backward, and AdamW's update. With the `cuda` feature BatchNorm, the
+//! residual add + ReLU and AdamW have CUDA kernels too (f32 and bf16), and
+//! with `cudnn` the convolution runs through cuDNN, gradients included, and
+//! with its BatchNorm as one op. Other devices and dtypes fall back to
+//! candle's own ops, so results agree everywhere.
 
 mod adamw;
 mod batch_norm;
 mod check;
 mod conv;
 mod conv_bn;
+#[cfg(feature = "cudnn")]
+mod conv_bn_gpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 #[cfg(feature = "cudnn")]
@@ -21,7 +24,7 @@ pub use adamw::AdamwStep;
 pub use batch_norm::BatchNorm;
 pub use check::{conv_agreement, gpu_agreement};
 pub use conv::conv2d;
-pub use conv_bn::conv_bn;
+pub use conv_bn::{conv_bn, conv_bn_add_relu};
 pub use residual::add_relu;
 
 use candle_core::{CpuStorage, Layout, Shape, Tensor};

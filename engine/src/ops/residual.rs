@@ -76,7 +76,7 @@ impl CustomOp2 for AddRelu {
 }
 
 /// The gradient where the output is positive, else 0.
-struct Mask;
+pub(super) struct Mask;
 
 impl CustomOp2 for Mask {
     fn name(&self) -> &'static str {
