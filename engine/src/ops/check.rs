@@ -82,6 +82,7 @@ pub fn gpu_agreement(
         ("batch_norm_relu", 0f32),
         ("add_relu", 0f32),
         ("adamw", 0f32),
+        ("conv_bn", 0f32),
         ("conv_bn_relu", 0f32),
         ("conv_bn_add_relu", 0f32),
     ];
@@ -112,17 +113,54 @@ pub fn gpu_agreement(
         }
     }
     let x = rounded(&random_normal(&[8, 8, 10, 10], 1)?, dtype)?;
-    let w = rounded(&random_normal(&[16, 8, 3, 3], 2)?.affine(0.2, 0.0)?, dtype)?;
-    // 3×3 with stride 1 and ReLU; with stride 2 and a skip.
-    for (slot, stride) in [(4, 1), (5, 2)] {
-        let side = 10 / stride;
+    // A 1×1 strided shortcut on images (no input gradient); 3×3 with ReLU;
+    // 3×3 strided with a skip.
+    let cases = [
+        (
+            4,
+            ConvCase {
+                k: 1,
+                stride: 2,
+                pad: 0,
+                relu: false,
+                skip: false,
+                x_grad: false,
+            },
+        ),
+        (
+            5,
+            ConvCase {
+                k: 3,
+                stride: 1,
+                pad: 1,
+                relu: true,
+                skip: false,
+                x_grad: true,
+            },
+        ),
+        (
+            6,
+            ConvCase {
+                k: 3,
+                stride: 2,
+                pad: 1,
+                relu: true,
+                skip: true,
+                x_grad: true,
+            },
+        ),
+    ];
+    for (slot, case) in cases {
+        let k = case.k;
+        let w = rounded(&random_normal(&[16, 8, k, k], 2)?.affine(0.2, 0.0)?, dtype)?;
+        let side = (10 + 2 * case.pad - k) / case.stride + 1;
         let r = random_normal(&[8, 16, side, side], 3)?;
         let skip = rounded(&random_normal(&[8, 16, side, side], 4)?, dtype)?;
-        let skip = (stride == 2).then_some(&skip);
-        let want = conv_bn_step([&x, &w], skip, stride, &r, &Device::Cpu, DType::F32)?;
-        let got = conv_bn_step([&x, &w], skip, stride, &r, device, dtype)?;
-        for (w, g) in want.iter().zip(&got) {
-            worst[slot].1 = worst[slot].1.max(relative_error(w, g)?);
+        let inputs = [&x, &w, &skip];
+        let want = conv_bn_step(inputs, case, &r, &Device::Cpu, DType::F32)?;
+        let got = conv_bn_step(inputs, case, &r, device, dtype)?;
+        for (reference, value) in want.iter().zip(&got) {
+            worst[slot].1 = worst[slot].1.max(relative_error(reference, value)?);
         }
     }
     Ok(worst)
@@ -156,35 +194,50 @@ fn batch_norm_state(grads: &GradStore, map: &VarMap) -> candle_core::Result<Vec<
     ])
 }
 
-/// A 3×3 convolution (padding 1) of x with w, then a training-mode
-/// BatchNorm and ReLU, or with `skip` relu(· + skip), on `device` in
-/// `dtype` (the kernel kept in f32, as the weights are): the output, the
-/// gradients of x, the kernel (and the skip) of Σ y·r, then
-/// [`batch_norm_state`].
-fn conv_bn_step(
-    [x, w]: [&Tensor; 2],
-    skip: Option<&Tensor>,
+/// One convolution with its BatchNorm in [`gpu_agreement`].
+#[derive(Clone, Copy)]
+struct ConvCase {
+    k: usize,
     stride: usize,
+    pad: usize,
+    relu: bool,
+    /// relu(· + skip) after the BatchNorm (`relu` is then implied).
+    skip: bool,
+    /// Whether x wants a gradient (not for images).
+    x_grad: bool,
+}
+
+/// The convolution of x with w, then a training-mode BatchNorm and the
+/// case's tail, on `device` in `dtype` (the kernel kept in f32, as the
+/// weights are): the output, the gradients of the kernel, x and the skip
+/// (where the case has them) of Σ y·r, then [`batch_norm_state`].
+fn conv_bn_step(
+    [x, w, skip]: [&Tensor; 3],
+    case: ConvCase,
     r: &Tensor,
     device: &Device,
     dtype: DType,
 ) -> candle_core::Result<Vec<Tensor>> {
     let (bn, map) = batch_norm_on(w.dim(0)?, device)?;
-    let xv = Var::from_tensor(&x.to_device(device)?.to_dtype(dtype)?)?;
+    let x = x.to_device(device)?.to_dtype(dtype)?;
+    let xv = Var::from_tensor(&x)?;
+    let x = if case.x_grad { xv.as_tensor() } else { &x };
     let wv = Var::from_tensor(&w.to_device(device)?)?;
-    let skip = match skip {
-        Some(s) => Some(Var::from_tensor(&s.to_device(device)?.to_dtype(dtype)?)?),
-        None => None,
-    };
-    let y = match &skip {
-        Some(s) => conv_bn_add_relu(&xv, &wv, (stride, 1), &bn, s)?,
-        None => conv_bn(&xv, &wv, (stride, 1), &bn, true)?,
+    let sv = Var::from_tensor(&skip.to_device(device)?.to_dtype(dtype)?)?;
+    let geometry = (case.stride, case.pad);
+    let y = if case.skip {
+        conv_bn_add_relu(x, &wv, geometry, &bn, &sv)?
+    } else {
+        conv_bn(x, &wv, geometry, &bn, case.relu)?
     };
     let y = y.to_dtype(DType::F32)?;
     let grads = (&y * r.to_device(device)?)?.sum_all()?.backward()?;
-    let mut out = vec![y.clone(), gradient(&grads, &xv)?, gradient(&grads, &wv)?];
-    if let Some(s) = &skip {
-        out.push(gradient(&grads, s)?);
+    let mut out = vec![y.clone(), gradient(&grads, &wv)?];
+    if case.x_grad {
+        out.push(gradient(&grads, &xv)?);
+    }
+    if case.skip {
+        out.push(gradient(&grads, &sv)?);
     }
     out.extend(batch_norm_state(&grads, &map)?);
     Ok(out)
@@ -290,6 +343,7 @@ mod tests {
                 "batch_norm_relu",
                 "add_relu",
                 "adamw",
+                "conv_bn",
                 "conv_bn_relu",
                 "conv_bn_add_relu"
             ]
