@@ -491,6 +491,20 @@ mod tests {
         }
     }
 
+    /// A skip of another shape than the output is refused by name.
+    #[test]
+    fn a_skip_of_the_wrong_shape_is_refused() {
+        let x = random(&[2, 3, 6, 6], 1);
+        let w = Var::from_tensor(&random(&[4, 3, 3, 3], 2)).unwrap();
+        let (bn, _map) = batch_norm(4);
+        let skip = random(&[2, 4, 3, 3], 3);
+        let err = conv_bn_add_relu(&x, &w, (1, 1), &bn, &skip).unwrap_err();
+        assert!(
+            err.to_string().contains("the skip is [2, 4, 3, 3]"),
+            "{err}"
+        );
+    }
+
     /// The images need no gradient: only the kernel's and the affine's are
     /// computed.
     #[test]
