@@ -529,14 +529,34 @@ pub(super) fn backward(
             .map(|(x, dy)| task(x, dy, None))
             .collect()
     };
-    dw.fill(0.0);
-    for part in partial {
-        for (t, row) in part.chunks(g.cout).enumerate() {
-            for (co, &v) in row.iter().enumerate() {
-                dw[co * taps + t] += v;
-            }
+    let mut parts = partial.into_iter();
+    let mut sum = parts.next().expect("a batch has at least one task");
+    for part in parts {
+        for (a, b) in sum.iter_mut().zip(&part) {
+            *a += b;
         }
     }
+    transpose(&sum, (taps, g.cout), dw);
+}
+
+/// `dst` (cols × rows) = `src`ᵀ, `src` (rows × cols), both row-major: in
+/// tiles, since element by element every write of one side would miss the
+/// cache (a kernel's gradient has millions of values).
+fn transpose(src: &[f32], (rows, cols): (usize, usize), dst: &mut [f32]) {
+    const TILE: usize = 32;
+    dst.par_chunks_mut(TILE * rows)
+        .enumerate()
+        .for_each(|(block, dst)| {
+            let c0 = block * TILE;
+            for r0 in (0..rows).step_by(TILE) {
+                for (c, row) in dst.chunks_mut(rows).enumerate() {
+                    let r1 = (r0 + TILE).min(rows);
+                    for (r, d) in (r0..r1).zip(&mut row[r0..r1]) {
+                        *d = src[r * cols + c0 + c];
+                    }
+                }
+            }
+        });
 }
 
 /// Both gradients of [`Conv2d`] in one pass over the batch, returned as one
@@ -604,6 +624,19 @@ mod tests {
     /// 1×1 pointwise, a 7×7/2 stem, a patch embedding, a batch smaller
     /// than the thread count, and images smaller than the kernel.
     #[test]
+    fn transposes_across_tiles_and_their_remainders() {
+        let (rows, cols) = (70, 45);
+        let src: Vec<f32> = (0..rows * cols).map(|v| v as f32).collect();
+        let mut dst = vec![0f32; rows * cols];
+        transpose(&src, (rows, cols), &mut dst);
+        for r in 0..rows {
+            for c in 0..cols {
+                assert_eq!(dst[c * rows + r], src[r * cols + c], "({r}, {c})");
+            }
+        }
+    }
+
+    #[test]
     fn matches_candles_conv_values_and_gradients() {
         let cases = [
             // (n, cin, hw, cout, k, stride, pad)
@@ -618,6 +651,8 @@ mod tests {
             (2, 3, 1, 4, 3, 1, 1),
             (2, 3, 2, 4, 3, 1, 1),
             (2, 2, 2, 3, 5, 1, 2),
+            // A kernel's gradient over several transposition tiles each way.
+            (2, 8, 6, 40, 3, 1, 1),
         ];
         for (i, &(n, cin, hw, cout, k, stride, pad)) in cases.iter().enumerate() {
             let x = Var::from_tensor(&random(&[n, cin, hw, hw], i as u64)).unwrap();
