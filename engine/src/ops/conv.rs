@@ -619,10 +619,7 @@ mod tests {
     use super::*;
     use crate::ops::tests::{assert_close, random};
 
-    /// Values and both gradients against candle's conv, for the shapes the
-    /// backbones use: 3×3 with and without stride, 1×1 strided shortcuts,
-    /// 1×1 pointwise, a 7×7/2 stem, a patch embedding, a batch smaller
-    /// than the thread count, and images smaller than the kernel.
+    /// A transposition over several tiles each way, with remainders.
     #[test]
     fn transposes_across_tiles_and_their_remainders() {
         let (rows, cols) = (70, 45);
@@ -636,6 +633,11 @@ mod tests {
         }
     }
 
+    /// Values and both gradients against candle's conv, for the shapes the
+    /// backbones use: 3×3 with and without stride, 1×1 strided shortcuts,
+    /// 1×1 pointwise, a 7×7/2 stem, a patch embedding, a batch smaller
+    /// than the thread count, images smaller than the kernel, and a kernel
+    /// whose gradient spans several transposition tiles.
     #[test]
     fn matches_candles_conv_values_and_gradients() {
         let cases = [
