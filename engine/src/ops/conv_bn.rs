@@ -285,14 +285,9 @@ impl CustomOp3 for ConvBnAdd {
         let flat = x.apply_op3_no_bwd(&w, &g, &op)?;
         // Laid out as x's gradient, then the kernel's, γ's and β's: the
         // packed input's in one piece.
-        let x_len = x.elem_count();
-        let dx = flat.narrow(0, 0, x_len)?.reshape(x.shape())?;
-        let d_packed = flat.narrow(0, x_len, packed.elem_count())?;
-        Ok((
-            Some(dx).filter(|_| self.params.input_grad),
-            Some(d_packed),
-            Some(g),
-        ))
+        let mut parts = split_flat(&flat, &[x.shape(), packed.shape()])?.into_iter();
+        let (dx, d_packed) = (parts.next(), parts.next());
+        Ok((dx.filter(|_| self.params.input_grad), d_packed, Some(g)))
     }
 }
 

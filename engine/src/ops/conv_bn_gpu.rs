@@ -10,6 +10,7 @@ use super::batch_norm::BatchNorm;
 use super::conv::{Conv2d, Conv2dBackward};
 use super::cuda::{self, BatchStats};
 use super::residual::Mask;
+use super::split_flat;
 
 /// `bn(conv2d(x, w))` in training, then ReLU when `relu`, or with `skip`
 /// relu(· + skip). x (and the skip) in f32 or bf16 on CUDA; the kernel is
@@ -124,9 +125,10 @@ impl ConvBn {
             candle_core::bail!("conv + batch norm: the batch norm's backward gave no gradient");
         };
         let flat = x.apply_op3_no_bwd(&self.kernel, &dz, &Conv2dBackward(self.conv))?;
-        let x_len = x.elem_count();
-        let dx = flat.narrow(0, 0, x_len)?.reshape(x.shape())?;
-        let dw = flat.narrow(0, x_len, self.kernel.elem_count())?;
+        let [dx, dw] = split_flat(&flat, &[x.shape(), self.kernel.shape()])?
+            .try_into()
+            .expect("two pieces");
+        let dw = dw.flatten_all()?;
         // Rows 2 and 3 of the parameters' gradient: γ's and β's.
         let d_affine = d_params.narrow(0, 2, 2)?.flatten_all()?;
         let dtype = packed.dtype();
