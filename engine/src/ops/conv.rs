@@ -131,7 +131,7 @@ impl Geometry {
     /// input: its unfolded row is the image shifted by whole rows and
     /// columns, one block copy but for the edges.
     fn shifted(&self, ky: usize, kx: usize) -> Option<Shifted> {
-        if self.stride != 1 || self.ho != self.h || self.wo != self.w {
+        if !self.keeps_size() {
             return None;
         }
         let (h, w, pad) = (self.h as isize, self.w as isize, self.pad as isize);
@@ -149,6 +149,11 @@ impl Geometry {
             block: start as usize..end as usize,
             columns: lo..hi,
         })
+    }
+
+    /// A stride-1 convolution whose output is as large as its input.
+    fn keeps_size(&self) -> bool {
+        self.stride == 1 && self.ho == self.h && self.wo == self.w
     }
 
     /// Images per parallel task; images unfolded side by side for one gemm
@@ -222,7 +227,7 @@ impl Unfold {
 
     fn new(g: &Geometry) -> Self {
         let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
-        let shifted = g.shifted(0, 0).is_some() && g.positions() >= Self::SHIFTED_FROM;
+        let shifted = g.keeps_size() && g.positions() >= Self::SHIFTED_FROM;
         let mut index = Vec::new();
         if !shifted {
             index.reserve(g.k * g.k * g.positions());

@@ -53,10 +53,7 @@ pub fn conv_bn(
     };
     let affine = Tensor::cat(&[gamma, beta], 0)?;
     let y = x.contiguous()?.apply_op3(&w.contiguous()?, &affine, op)?;
-    let saved = saved.lock().expect("saved lock");
-    let stats = &saved.as_ref().expect("the forward ran").stats;
-    bn.update_running(stats, y.elem_count() / gamma.elem_count())?;
-    Ok(y)
+    update_running(bn, &saved, &y)
 }
 
 /// `relu(bn(conv2d(x, w)) + skip)` in training, the end of a residual
@@ -99,10 +96,20 @@ pub fn conv_bn_add_relu(
     let y = x
         .contiguous()?
         .apply_op3(&packed, &skip.contiguous()?, op)?;
+    update_running(bn, &saved, &y)
+}
+
+/// Moves `bn`'s running statistics by the batch statistics the forward of
+/// `y` saved; returns `y`.
+fn update_running(
+    bn: &BatchNorm,
+    saved: &Mutex<Option<Saved>>,
+    y: &Tensor,
+) -> candle_core::Result<Tensor> {
     let saved = saved.lock().expect("saved lock");
     let stats = &saved.as_ref().expect("the forward ran").stats;
-    bn.update_running(stats, y.elem_count() / gamma.elem_count())?;
-    Ok(y)
+    bn.update_running(stats, y.elem_count() / bn.affine().0.elem_count())?;
+    Ok(y.clone())
 }
 
 /// What the forward keeps for the backward: the convolution's output and
