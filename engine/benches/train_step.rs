@@ -53,7 +53,7 @@ fn main() -> anyhow::Result<()> {
     let mut spec = RunSpec::default();
     spec.backbone.kind = BackboneKind::Resnet18;
     spec.backbone.width = 64;
-    spec.projector.dims = "2048-128".into();
+    spec.projector.dims = "2048-128".parse().expect("widths");
     spec.method = MethodSpec::Simclr {
         temperature: 0.2,
         negatives: Negatives::All,

@@ -8,7 +8,7 @@ use candle_nn::{VarBuilder, VarMap};
 use sslab_shared::RunSpec;
 use sslab_shared::spec::MethodSpec;
 
-use super::byol::EmaTarget;
+use super::ema::EmaTarget;
 use super::prototypes::{Prototypes, cross_view_loss, scores_per_view};
 use super::{Method, StepInfo, StepLoss};
 use crate::model::Encoder;
@@ -151,13 +151,13 @@ impl Method for Dino {
     }
 
     fn state(&self) -> Vec<(String, Tensor)> {
-        let mut out = super::target_state(&self.target);
+        let mut out = self.target.state();
         out.push(("dino.center".into(), self.center.clone()));
         out
     }
 
     fn load_state(&mut self, state: &super::State) -> crate::Result<()> {
-        super::load_target_state(&self.target, state)?;
+        self.target.load_state(state)?;
         self.center = super::state_tensor(state, "dino.center")?;
         Ok(())
     }

@@ -3,6 +3,7 @@
 pub mod barlow;
 pub mod byol;
 pub mod dino;
+pub mod ema;
 pub mod mae;
 pub mod mocov3;
 pub mod msn;
@@ -92,23 +93,7 @@ pub trait Method: Send {
     }
 }
 
-/// An EMA target's weights as method state, under `target.`.
-fn target_state(target: &byol::EmaTarget) -> Vec<(String, Tensor)> {
-    let data = target.vars().data().lock().expect("varmap lock");
-    data.iter()
-        .map(|(name, var)| (format!("target.{name}"), var.as_tensor().clone()))
-        .collect()
-}
-
-fn load_target_state(target: &byol::EmaTarget, state: &State) -> crate::Result<()> {
-    let data = target.vars().data().lock().expect("varmap lock");
-    for (name, var) in data.iter() {
-        var.set(&state_tensor(state, &format!("target.{name}"))?)?;
-    }
-    Ok(())
-}
-
-fn state_tensor(state: &State, name: &str) -> crate::Result<Tensor> {
+pub(super) fn state_tensor(state: &State, name: &str) -> crate::Result<Tensor> {
     state.get(name).cloned().ok_or_else(|| {
         crate::EngineError::Data(format!("the checkpoint's method state has no `{name}`"))
     })
@@ -395,7 +380,7 @@ mod behaviour_tests {
             ..ScenesSpec::default()
         });
         s.backbone.width = 8;
-        s.projector.dims = "64-32".into();
+        s.projector.dims = "64-32".parse().expect("widths");
         s.optimizer.batch_size = 32;
         s.optimizer.lr = 3e-3;
         s.seed = 4;

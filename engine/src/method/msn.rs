@@ -15,7 +15,7 @@ use candle_nn::{VarBuilder, VarMap};
 use sslab_shared::RunSpec;
 use sslab_shared::spec::MethodSpec;
 
-use super::byol::EmaTarget;
+use super::ema::EmaTarget;
 use super::prototypes::Prototypes;
 use super::{Method, StepInfo, StepLoss};
 use crate::model::Encoder;
@@ -203,10 +203,10 @@ impl Method for Msn {
     }
 
     fn state(&self) -> Vec<(String, Tensor)> {
-        super::target_state(&self.target)
+        self.target.state()
     }
 
     fn load_state(&mut self, state: &super::State) -> crate::Result<()> {
-        super::load_target_state(&self.target, state)
+        self.target.load_state(state)
     }
 }

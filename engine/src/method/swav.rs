@@ -202,7 +202,7 @@ mod tests {
             ..ScenesSpec::default()
         });
         s.backbone.width = 8;
-        s.projector.dims = "32-16".into();
+        s.projector.dims = "32-16".parse().expect("widths");
         s.optimizer.batch_size = 8;
         s.fit_model_to_method();
         s.validate().unwrap();

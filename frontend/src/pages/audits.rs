@@ -37,7 +37,7 @@ fn starter_spec() -> String {
     spec.name = "scenes-audit".into();
     spec.run.backbone.kind = sslab_shared::spec::BackboneKind::TinyCnn;
     spec.run.backbone.width = 16;
-    spec.run.projector.dims = "128-64".into();
+    spec.run.projector.dims = "128-64".parse().expect("widths");
     spec.run.optimizer.batch_size = 32;
     spec.run.schedule.epochs = 20;
     spec.split.per_class = 20;

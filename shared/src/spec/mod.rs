@@ -99,7 +99,7 @@ impl RunSpec {
             subset.validate()?;
         }
         data::check(self)?;
-        method::check(self)?;
+        self.method.validate(self)?;
         if let Some(Err(m)) = self.predictor_dims() {
             return bad("method.predictor", m);
         }
@@ -128,7 +128,7 @@ impl RunSpec {
 
     /// Names of the probed layers, in depth order: `backbone`, `proj.0`, ….
     pub fn layer_names(&self) -> Vec<String> {
-        let n = self.projector.parse_dims().map(|d| d.len()).unwrap_or(0);
+        let n = self.projector.dims.len();
         std::iter::once("backbone".to_string())
             .chain((0..n).map(|i| format!("proj.{i}")))
             .collect()
@@ -137,16 +137,18 @@ impl RunSpec {
     /// The method's predictor widths for this projector (`None` without a
     /// predictor); the input is the projector's output.
     pub fn predictor_dims(&self) -> Option<Result<Vec<usize>, String>> {
-        let dims = self.projector.parse_dims().unwrap_or_default();
-        let first = dims.first().copied().filter(|_| dims.len() > 1);
+        let dims = &self.projector.dims;
+        let first = dims.first().filter(|_| dims.len() > 1);
         self.method.predictor_dims(first, self.embedding_dim())
     }
 
     /// Width of the encoder's last layer: the projector's output, or the
     /// backbone's without a projector.
     pub fn embedding_dim(&self) -> usize {
-        let dims = self.projector.parse_dims().unwrap_or_default();
-        dims.last().copied().unwrap_or(self.backbone.output_dim())
+        self.projector
+            .dims
+            .last()
+            .unwrap_or(self.backbone.output_dim())
     }
 
     /// Optimiser steps in the whole run (the last partial batch is dropped).

@@ -115,7 +115,7 @@ impl BackboneSpec {
 pub struct ProjectorSpec {
     /// Layer widths, e.g. "512-512-128": Linear+BN+ReLU for each hidden layer,
     /// the last one a plain Linear. Empty: no projector.
-    pub dims: String,
+    pub dims: Dims,
     /// BatchNorm after each hidden Linear.
     pub batch_norm: bool,
 }
@@ -123,18 +123,55 @@ pub struct ProjectorSpec {
 impl Default for ProjectorSpec {
     fn default() -> Self {
         Self {
-            dims: "256-128".into(),
+            dims: Dims(vec![256, 128]),
             batch_norm: true,
         }
     }
 }
 
-impl ProjectorSpec {
+/// Layer widths, written `"512-512-128"` in specs; empty: no layers. Parsed
+/// once, when the spec is read, and written back in the same spelling.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Dims(Vec<usize>);
+
+impl Dims {
+    pub fn new(widths: Vec<usize>) -> Self {
+        Dims(widths)
+    }
+
+    pub fn as_slice(&self) -> &[usize] {
+        &self.0
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn first(&self) -> Option<usize> {
+        self.0.first().copied()
+    }
+
+    pub fn last(&self) -> Option<usize> {
+        self.0.last().copied()
+    }
+
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
+impl std::str::FromStr for Dims {
+    type Err = String;
+
     /// The widths as numbers, or a message saying what does not parse.
-    pub fn parse_dims(&self) -> Result<Vec<usize>, String> {
-        let text = self.dims.trim();
+    fn from_str(text: &str) -> Result<Self, String> {
+        let text = text.trim();
         if text.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Dims::default());
         }
         text.split('-')
             .map(|part| match part.trim().parse::<usize>() {
@@ -145,7 +182,35 @@ impl ProjectorSpec {
                     "`{part}` is not a layer width; write widths joined by '-', e.g. \"512-512-128\""
                 )),
             })
-            .collect()
+            .collect::<Result<_, _>>()
+            .map(Dims)
+    }
+}
+
+impl std::fmt::Display for Dims {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text: Vec<String> = self.0.iter().map(usize::to_string).collect();
+        f.write_str(&text.join("-"))
+    }
+}
+
+impl PartialEq<&str> for Dims {
+    fn eq(&self, text: &&str) -> bool {
+        text.parse::<Dims>().is_ok_and(|d| d == *self)
+    }
+}
+
+impl Serialize for Dims {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Dims {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -246,10 +311,7 @@ pub(super) fn check(spec: &RunSpec) -> Result<(), SpecError> {
             ),
         );
     }
-    if let Err(msg) = spec.projector.parse_dims() {
-        return bad("projector.dims", msg);
-    }
-    if spec.method.reconstructs() && !spec.projector.dims.trim().is_empty() {
+    if spec.method.reconstructs() && !spec.projector.dims.is_empty() {
         return bad(
             "projector.dims",
             format!(

@@ -369,11 +369,11 @@ fn eval_plan_is_checked_against_the_model() {
 #[test]
 fn layer_names_follow_the_projector() {
     let mut spec = RunSpec::default();
-    spec.projector.dims = "64-32-16".into();
+    spec.projector.dims = "64-32-16".parse().unwrap();
     assert_eq!(
         spec.layer_names(),
         ["backbone", "proj.0", "proj.1", "proj.2"]
     );
-    spec.projector.dims = String::new();
+    spec.projector.dims = Dims::default();
     assert_eq!(spec.layer_names(), ["backbone"]);
 }
