@@ -699,7 +699,10 @@ mod tests {
         let mut dino = tiny_spec(64, 4);
         dino.optimizer.batch_size = 32;
         dino.method = sslab_shared::spec::MethodSpec::from_name("dino").unwrap();
-        if let sslab_shared::spec::MethodSpec::Dino { prototypes, .. } = &mut dino.method {
+        if let sslab_shared::spec::MethodSpec::Dino(sslab_shared::spec::DinoSpec {
+            prototypes, ..
+        }) = &mut dino.method
+        {
             *prototypes = 32;
         }
         dino.augment.local_views = 2;

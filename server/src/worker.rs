@@ -262,8 +262,8 @@ impl Worker {
         tracing::info!(job = %job.id, run = %job.run_id, "evaluation started");
         let run = match self.store.run(&job.run_id).await {
             Ok(Some(run)) => run,
-            Ok(None) => return self.end_evaluation(&job, &lease, Err("its run was deleted".into())).await,
-            Err(e) => return self.end_evaluation(&job, &lease, Err(e.to_string())).await,
+            Ok(None) => return self.end_evaluation(&job, &lease, Err(Some("its run was deleted".into()))).await,
+            Err(e) => return self.end_evaluation(&job, &lease, Err(Some(e.to_string()))).await,
         };
         let checkpoint = self.artifacts.checkpoint(&run.id);
         let request = job.request.clone();
@@ -297,20 +297,11 @@ impl Worker {
             }
         };
         let result = if cancelled { Err(None) } else { result.map_err(Some) };
-        self.end_evaluation_as(&job, &lease, result).await
-    }
-
-    async fn end_evaluation(
-        &self,
-        job: &EvaluationJob,
-        lease: &Lease,
-        result: Result<Vec<Evaluation>, String>,
-    ) -> bool {
-        self.end_evaluation_as(job, lease, result.map_err(Some)).await
+        self.end_evaluation(&job, &lease, result).await
     }
 
     /// Records a job's end: its rows, its error, or (`Err(None)`) cancelled.
-    async fn end_evaluation_as(
+    async fn end_evaluation(
         &self,
         job: &EvaluationJob,
         lease: &Lease,

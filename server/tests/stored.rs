@@ -10,8 +10,8 @@ use std::path::Path;
 use common::{Server, assert_succeeded, get_json, get_run, wait_terminal};
 use sslab_shared::api::{Evaluation, MetricPoint, Page, Run, RunStatus};
 
-const FINISHED: &str = "r8d64036e5e1c4fa6";
-const INTERRUPTED: &str = "rd4c8e65ee4b64a3e";
+const FINISHED: &str = "73830d5b9ea54d17";
+const INTERRUPTED: &str = "ba8f8258241644ce";
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();

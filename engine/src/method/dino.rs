@@ -6,7 +6,7 @@
 use candle_core::{Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use sslab_shared::RunSpec;
-use sslab_shared::spec::MethodSpec;
+use sslab_shared::spec::DinoSpec;
 
 use super::ema::EmaTarget;
 use super::prototypes::{Prototypes, cross_view_loss, scores_per_view};
@@ -31,8 +31,13 @@ pub struct Dino {
 }
 
 impl Dino {
-    pub fn new(spec: &RunSpec, online: &VarMap, device: &Device) -> crate::Result<Self> {
-        let MethodSpec::Dino {
+    pub fn new(
+        spec: &RunSpec,
+        settings: &DinoSpec,
+        online: &VarMap,
+        device: &Device,
+    ) -> crate::Result<Self> {
+        let DinoSpec {
             prototypes,
             student_temperature,
             teacher_temperature,
@@ -41,10 +46,7 @@ impl Dino {
             center_momentum,
             ema_base,
             freeze_last_layer_epochs,
-        } = spec.method
-        else {
-            unreachable!("built for DINO specs only")
-        };
+        } = *settings;
         let d = spec.embedding_dim();
         let vb = VarBuilder::from_varmap(online, candle_core::DType::F32, device);
         let online_prototypes = Prototypes::new(prototypes, d, vb.pp("prototypes"))?;

@@ -323,3 +323,53 @@ async fn idempotency_cancel_and_orphans() {
     );
     assert!(store.run("nope").await.unwrap().is_none());
 }
+
+/// Every kind of job goes through the same queue: evaluation jobs and audits
+/// are claimed, renewed, cancelled, released and recovered as runs are.
+#[tokio::test]
+async fn every_job_kind_shares_the_queue() {
+    let (store, _dir) = store().await;
+    store.create_run(&spec(), None).await.unwrap();
+    let run = store.claim_next("w", 10_000).await.unwrap().unwrap();
+    assert!(
+        store
+            .finish_run(&run.lease, RunStatus::Succeeded, None, &[])
+            .await
+            .unwrap()
+    );
+    let request = EvaluationRequest {
+        eval: Default::default(),
+    };
+    // A queued evaluation is cancelled at once.
+    let queued = store
+        .create_evaluation_job(&run.run.id, &request)
+        .await
+        .unwrap();
+    let cancelled = store.cancel_evaluation(&queued.id).await.unwrap().unwrap();
+    assert_eq!(cancelled.status, RunStatus::Cancelled);
+    assert!(store.claim_next_evaluation("w", 10_000).await.unwrap().is_none());
+    // A running one hears of it at its next heartbeat.
+    let job = store
+        .create_evaluation_job(&run.run.id, &request)
+        .await
+        .unwrap();
+    let (claimed, lease) = store
+        .claim_next_evaluation("w", 10_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((claimed.id.as_str(), lease.attempt), (job.id.as_str(), 1));
+    store.cancel_evaluation(&job.id).await.unwrap();
+    assert_eq!(store.heartbeat(&lease, 10_000).await.unwrap(), Some(true));
+    // Released, it is queued again, and its worker's old lease is void.
+    store.release(&lease, "stopping").await.unwrap();
+    assert_eq!(store.heartbeat(&lease, 10_000).await.unwrap(), None);
+    // ... unless a cancel was asked: recovery then ends it as cancelled.
+    let again = store.evaluation_job(&job.id).await.unwrap().unwrap();
+    assert_eq!(again.status, RunStatus::Queued);
+    let (_, dead) = store.claim_next_evaluation("dead", -1).await.unwrap().unwrap();
+    assert_eq!(dead.attempt, 2);
+    assert_eq!(store.recover_orphans(false).await.unwrap(), 1);
+    let ended = store.evaluation_job(&job.id).await.unwrap().unwrap();
+    assert_eq!(ended.status, RunStatus::Cancelled);
+}
