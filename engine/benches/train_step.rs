@@ -16,7 +16,7 @@ use sslab_engine::model;
 use sslab_engine::optim::Optimizer;
 use sslab_shared::RunSpec;
 use sslab_shared::rng::Rng;
-use sslab_shared::spec::{BackboneKind, MethodSpec, Negatives, Precision};
+use sslab_shared::spec::{BackboneKind, MethodSpec, Negatives, Precision, SimclrSpec};
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -53,11 +53,11 @@ fn main() -> anyhow::Result<()> {
     let mut spec = RunSpec::default();
     spec.backbone.kind = BackboneKind::Resnet18;
     spec.backbone.width = 64;
-    spec.projector.dims = "2048-128".into();
-    spec.method = MethodSpec::Simclr {
+    spec.projector.dims = "2048-128".parse().expect("widths");
+    spec.method = MethodSpec::Simclr(SimclrSpec {
         temperature: 0.2,
         negatives: Negatives::All,
-    };
+    });
     spec.optimizer.batch_size = batch;
     if std::env::var("SSLAB_BENCH_PRECISION").as_deref() == Ok("bf16") {
         spec.optimizer.precision = Precision::Bf16;

@@ -105,6 +105,22 @@ pub fn resume(
     outcome
 }
 
+/// Reads the data `spec` names, then trains it from the start, or
+/// `resume`s it from the last epoch its checkpoint holds. What the server's
+/// worker and `sslab train` both do.
+pub fn start(
+    spec: &RunSpec,
+    resume: bool,
+    device: &Device,
+    checkpoint: &Path,
+    observer: &mut dyn Observer,
+) -> Result<Outcome> {
+    let splits = crate::data::load(&spec.data)?;
+    let outcome = run(spec, &splits, device, checkpoint, resume, observer);
+    crate::release_free_memory();
+    outcome
+}
+
 /// Where the training state of `checkpoint` after `epochs_done` epochs
 /// lives: `<name>.state-<epochs>.safetensors`. The previous epoch's file is
 /// removed only once the new weights are in place, so a crash between the
@@ -608,7 +624,7 @@ mod tests {
             ..ScenesSpec::default()
         });
         spec.backbone.width = 16;
-        spec.projector.dims = "128-64".into();
+        spec.projector.dims = "128-64".parse().expect("widths");
         spec.optimizer.batch_size = 64;
         spec.optimizer.lr = 3e-3;
         spec.schedule.epochs = epochs;
@@ -683,7 +699,10 @@ mod tests {
         let mut dino = tiny_spec(64, 4);
         dino.optimizer.batch_size = 32;
         dino.method = sslab_shared::spec::MethodSpec::from_name("dino").unwrap();
-        if let sslab_shared::spec::MethodSpec::Dino { prototypes, .. } = &mut dino.method {
+        if let sslab_shared::spec::MethodSpec::Dino(sslab_shared::spec::DinoSpec {
+            prototypes, ..
+        }) = &mut dino.method
+        {
             *prototypes = 32;
         }
         dino.augment.local_views = 2;

@@ -1,4 +1,5 @@
-//! A small SVG line chart of the training loss.
+//! The frame every chart shares, and a small SVG line chart of the
+//! training loss.
 
 use leptos::prelude::*;
 use sslab_shared::api::MetricPoint;
@@ -6,6 +7,127 @@ use sslab_shared::api::MetricPoint;
 const W: f64 = 640.0;
 const H: f64 = 220.0;
 const PAD: f64 = 36.0;
+
+/// How a chart outlines its plot area.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub enum Outline {
+    /// A box around the plot area; labels in the `label` style, drawn over
+    /// the marks.
+    #[default]
+    Boxed,
+    /// Bottom and left axis lines; plain labels, drawn under the marks; the
+    /// SVG keeps its natural size.
+    Axes,
+    /// Nothing: the marks draw their own axes.
+    Bare,
+}
+
+/// An `svg.chart` with a `width` × `height` viewBox, the plot area's
+/// outline, tick labels and titles; the marks are the children. Positions
+/// are in viewBox units: each chart keeps its own scales.
+#[component]
+pub fn ChartFrame(
+    /// The DOM id; the browser tests select on it.
+    #[prop(into)]
+    id: String,
+    /// Classes besides `chart`.
+    #[prop(optional)]
+    class: &'static str,
+    /// The viewBox's size.
+    width: f64,
+    height: f64,
+    /// The margin around the plot area.
+    pad: f64,
+    /// Room kept right of the plot area for a legend.
+    #[prop(optional)]
+    legend: f64,
+    /// How the plot area is outlined; a box unless given.
+    #[prop(optional)]
+    outline: Outline,
+    /// `data-points`, read by the browser tests.
+    #[prop(optional, into)]
+    data_points: MaybeProp<usize>,
+    /// `data-lines`.
+    #[prop(optional, into)]
+    data_lines: MaybeProp<usize>,
+    /// `data-runs`.
+    #[prop(optional, into)]
+    data_runs: MaybeProp<usize>,
+    /// `data-layers`.
+    #[prop(optional, into)]
+    data_layers: MaybeProp<usize>,
+    /// Labels left of the plot area: (y, text).
+    #[prop(optional)]
+    y_ticks: Vec<(f64, String)>,
+    /// Labels under the plot area: (x, text).
+    #[prop(optional)]
+    x_ticks: Vec<(f64, String)>,
+    /// Above the plot area: what the y axis shows.
+    #[prop(optional, into)]
+    title: Option<TextProp>,
+    /// How far the title's baseline sits above the plot area.
+    #[prop(default = 8.0)]
+    title_gap: f64,
+    /// What the x axis shows.
+    #[prop(optional, into)]
+    x_label: Option<TextProp>,
+    /// The plotted marks.
+    children: Children,
+) -> impl IntoView {
+    let axes = outline == Outline::Axes;
+    let class = if class.is_empty() {
+        "chart".to_string()
+    } else {
+        format!("chart {class}")
+    };
+    let frame = match outline {
+        Outline::Boxed => view! {
+            <rect x=pad y=pad width=width - 2.0 * pad - legend height=height - 2.0 * pad class="frame"/>
+        }
+        .into_any(),
+        Outline::Axes => view! {
+            <line class="axis" x1=pad y1=height - pad x2=width - pad y2=height - pad/>
+            <line class="axis" x1=pad y1=pad x2=pad y2=height - pad/>
+        }
+        .into_any(),
+        Outline::Bare => ().into_any(),
+    };
+    let labels = if axes {
+        view! {
+            {x_label.map(|l| view! { <text x=width / 2.0 y=height - 6.0 text-anchor="middle">{move || l.get()}</text> })}
+            {title.map(|t| view! { <text x="4" y=pad - title_gap>{move || t.get()}</text> })}
+        }
+        .into_any()
+    } else {
+        view! {
+            {title.map(|t| view! { <text x=pad y=pad - title_gap class="label">{move || t.get()}</text> })}
+            {x_label.map(|l| view! { <text x=width - pad y=height - 10.0 class="label" text-anchor="end">{move || l.get()}</text> })}
+        }
+        .into_any()
+    };
+    let (under, over) = if axes {
+        (Some(labels), None)
+    } else {
+        (None, Some(labels))
+    };
+    view! {
+        <svg id=id class=class viewBox=format!("0 0 {width} {height}")
+            width=axes.then_some(width) height=axes.then_some(height)
+            data-points=move || data_points.get() data-lines=move || data_lines.get()
+            data-runs=move || data_runs.get() data-layers=move || data_layers.get()>
+            {frame}
+            {y_ticks.into_iter().map(|(y, text)| view! {
+                <text x=pad - 6.0 y=y + 4.0 class="label" text-anchor="end">{text}</text>
+            }).collect_view()}
+            {x_ticks.into_iter().map(|(x, text)| view! {
+                <text x=x y=height - pad + 16.0 class="label" text-anchor="middle">{text}</text>
+            }).collect_view()}
+            {under}
+            {children()}
+            {over}
+        </svg>
+    }
+}
 
 /// Loss against step; the x axis spans the whole run so progress shows.
 #[component]
@@ -40,18 +162,18 @@ pub fn LossChart(
             (line, pts.len(), lo, hi)
         })
     };
+    let title = move || {
+        let (_, n, lo, hi) = geometry();
+        if n == 0 {
+            "loss: waiting for the first step".to_string()
+        } else {
+            format!("loss {hi:.3} … {lo:.3}")
+        }
+    };
     view! {
-        <svg id="loss-chart" class="chart" viewBox=format!("0 0 {W} {H}")
-            data-points=move || geometry().1.to_string()>
-            <rect x=PAD y=PAD width=W - 2.0 * PAD height=H - 2.0 * PAD class="frame"/>
+        <ChartFrame id="loss-chart" width=W height=H pad=PAD
+            data_points=Signal::derive(move || geometry().1) title=title x_label="step">
             <polyline class="loss" points=move || geometry().0/>
-            <text x=PAD y=PAD - 8.0 class="label">
-                {move || {
-                    let (_, n, lo, hi) = geometry();
-                    if n == 0 { "loss: waiting for the first step".to_string() } else { format!("loss {hi:.3} … {lo:.3}") }
-                }}
-            </text>
-            <text x=W - PAD y=H - 10.0 class="label" text-anchor="end">"step"</text>
-        </svg>
+        </ChartFrame>
     }
 }

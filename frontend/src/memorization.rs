@@ -5,6 +5,8 @@
 use leptos::prelude::*;
 use sslab_shared::api::MemorizationPoint;
 
+use crate::chart::{ChartFrame, Outline};
+
 #[component]
 pub fn MemorizationChart(
     /// Readings so far, by epoch.
@@ -46,18 +48,16 @@ pub fn MemorizationChart(
             view! { <text x=format!("{:.1}", x(p.epoch)) y=(h - pad + 14.0).to_string() text-anchor="middle">{p.epoch}</text> }
         })
         .collect_view();
+    let (target, reference) = (path(|p| p.canary_top1), path(|p| p.heldout_top1));
     view! {
-        <svg class="chart" id="memorization-chart" data-points=points.len().to_string()
-            viewBox=format!("0 0 {w} {h}") width=w.to_string() height=h.to_string()>
-            <line class="axis" x1=pad.to_string() y1=(h - pad).to_string() x2=(w - pad).to_string() y2=(h - pad).to_string()/>
-            <line class="axis" x1=pad.to_string() y1=pad.to_string() x2=pad.to_string() y2=(h - pad).to_string()/>
-            <text x=(w / 2.0).to_string() y=(h - 6.0).to_string() text-anchor="middle">"epoch"</text>
-            <text x="4" y=(pad - 10.0).to_string()>{format!("top-1 of the crop attack (axis to {top:.2})")}</text>
-            <polyline class="target" points=path(|p| p.canary_top1)/>
-            <polyline class="reference" points=path(|p| p.heldout_top1)/>
+        <ChartFrame id="memorization-chart" width=w height=h pad=pad outline=Outline::Axes
+            data_points=points.len() x_label="epoch"
+            title=format!("top-1 of the crop attack (axis to {top:.2})") title_gap=10.0>
+            <polyline class="target" points=target/>
+            <polyline class="reference" points=reference/>
             {dots}
             {ticks}
-        </svg>
+        </ChartFrame>
         <p class="legend"><span class="swatch target"></span>"canaries (trained on) "
             <span class="swatch reference"></span>"held out (never trained on)"</p>
     }

@@ -4,6 +4,8 @@
 use leptos::prelude::*;
 use sslab_shared::api::Evaluation;
 
+use crate::chart::ChartFrame;
+
 const PROBE_ORDER: [&str; 4] = ["knn", "linear", "lowshot", "rankme"];
 pub const COLOURS: [&str; 8] = [
     "#2457c5", "#c0392b", "#1c7a3c", "#8e44ad", "#d68910", "#16a085", "#7f8c8d", "#b03a7a",
@@ -142,17 +144,20 @@ pub fn GuillotineChart(rows: Vec<Evaluation>) -> impl IntoView {
             }
         })
         .collect_view();
+    let y_ticks = [0.0, 0.5, 1.0]
+        .into_iter()
+        .map(|v| (y(v), format!("{v:.1}")))
+        .collect::<Vec<_>>();
+    let x_ticks = layers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (x(i), l.clone()))
+        .collect::<Vec<_>>();
     view! {
-        <svg id="guillotine-chart" class="chart" viewBox=format!("0 0 {W} {H}") data-lines=columns.len().to_string()>
-            <rect x=PAD y=PAD width=W - 2.0 * PAD - 90.0 height=H - 2.0 * PAD class="frame"/>
-            {[0.0, 0.5, 1.0].into_iter().map(|v| view! {
-                <text x=PAD - 6.0 y=y(v) + 4.0 class="label" text-anchor="end">{format!("{v:.1}")}</text>
-            }).collect_view()}
-            {layers.iter().enumerate().map(|(i, l)| view! {
-                <text x=x(i) y=H - PAD + 16.0 class="label" text-anchor="middle">{l.clone()}</text>
-            }).collect_view()}
+        <ChartFrame id="guillotine-chart" width=W height=H pad=PAD legend=90.0
+            data_lines=columns.len() y_ticks=y_ticks x_ticks=x_ticks
+            title="top-1 accuracy by layer (deeper →)" title_gap=10.0>
             {lines}
-            <text x=PAD y=PAD - 10.0 class="label">"top-1 accuracy by layer (deeper →)"</text>
-        </svg>
+        </ChartFrame>
     }
 }

@@ -6,6 +6,7 @@ use serde_json::Value;
 use sslab_shared::api::{AxisAggregate, SweepRun};
 use sslab_shared::sweep::{value_label, value_number};
 
+use crate::chart::{ChartFrame, Outline};
 use crate::probes::{COLOURS, column_name, layer_depth};
 
 const W: f64 = 680.0;
@@ -155,25 +156,22 @@ pub fn AxisChart(
             }
         })
         .collect_view();
-    let ticks = values
+    let y_ticks = [lo, (lo + hi) / 2.0, hi]
+        .into_iter()
+        .map(|v| (y(v), format!("{v:.3}")))
+        .collect::<Vec<_>>();
+    let x_ticks = values
         .iter()
         .zip(&pos)
-        .map(|(v, p)| {
-            view! { <text x=x(*p) y=H - PAD + 16.0 class="label" text-anchor="middle">{value_label(v)}</text> }
-        })
-        .collect_view();
+        .map(|(v, p)| (x(*p), value_label(v)))
+        .collect::<Vec<_>>();
     let scale = if log_x { " (log scale)" } else { "" };
     view! {
-        <svg id=chart_id(&axis) class="chart sweep-chart" viewBox=format!("0 0 {W} {H}")
-            data-points=total_points.to_string() data-layers=layers.len().to_string()>
-            <rect x=PAD y=PAD width=W - 2.0 * PAD - LEGEND height=H - 2.0 * PAD class="frame"/>
-            {[lo, (lo + hi) / 2.0, hi].into_iter().map(|v| view! {
-                <text x=PAD - 6.0 y=y(v) + 4.0 class="label" text-anchor="end">{format!("{v:.3}")}</text>
-            }).collect_view()}
-            {ticks}
+        <ChartFrame id=chart_id(&axis) class="sweep-chart" width=W height=H pad=PAD legend=LEGEND
+            data_points=total_points data_layers=layers.len() y_ticks=y_ticks x_ticks=x_ticks
+            title=format!("{metric_label} against {axis}{scale}, mean ± std") title_gap=10.0>
             {series}
-            <text x=PAD y=PAD - 10.0 class="label">{format!("{metric_label} against {axis}{scale}, mean ± std")}</text>
-        </svg>
+        </ChartFrame>
     }
 }
 
@@ -291,10 +289,10 @@ pub fn ParallelCoordinates(
         })
         .collect_view();
     view! {
-        <svg id="parallel-coords" class="chart" viewBox=format!("0 0 {W} {H}") data-runs=runs.len().to_string()>
+        <ChartFrame id="parallel-coords" width=W height=H pad=PAD outline=Outline::Bare data_runs=runs.len()>
             {lines}
             {axes_view}
-        </svg>
+        </ChartFrame>
     }
 }
 

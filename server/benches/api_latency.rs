@@ -49,7 +49,7 @@ async fn seed(url: &str) -> anyhow::Result<String> {
         let in_sweep = i < SWEEP_RUNS;
         let mut spec = base.clone();
         spec.seed = (i % 10) as u64;
-        spec.projector.dims = format!("256-{}", 16 + (i / 4) % 50);
+        spec.projector.dims = sslab_shared::spec::Dims::new(vec![256, 16 + (i / 4) % 50]);
         spec.optimizer.lr = 1e-3 * (1 + i % 7) as f64;
         let name = format!("run-{i} dims={} seed={}", spec.projector.dims, spec.seed);
         let id = format!("bench{i:011}");

@@ -14,6 +14,7 @@ use sslab_shared::audit::AuditReport;
 use tokio::sync::watch;
 
 use crate::worker::{LEASE_MS, Worker};
+use crate::store::Lease;
 
 const PROGRESS: Duration = Duration::from_secs(2);
 /// Memorized images the audit page shows.
@@ -68,7 +69,7 @@ impl Worker {
     /// Stores where the audit is and extends its lease; see `Store::audit_progress`.
     async fn report_progress(
         &self,
-        id: &str,
+        lease: &Lease,
         shared: &Shared,
     ) -> crate::store::Result<Option<bool>> {
         let total = shared.total.load(Ordering::Relaxed);
@@ -79,14 +80,14 @@ impl Worker {
         };
         let step = shared.step.load(Ordering::Relaxed);
         self.store
-            .audit_progress(id, &self.id, LEASE_MS, stage, step, total)
+            .audit_progress(lease, LEASE_MS, stage, step, total)
             .await
     }
 
     /// Runs one queued audit, if any. Returns whether there was one.
     pub async fn audit_next(&self, shutdown: &mut watch::Receiver<bool>) -> bool {
-        let audit = match self.store.claim_next_audit(&self.id, LEASE_MS).await {
-            Ok(Some(a)) => a,
+        let (audit, lease) = match self.store.claim_next_audit(&self.id, LEASE_MS).await {
+            Ok(Some(claimed)) => claimed,
             Ok(None) => return false,
             Err(e) => {
                 tracing::error!(error = %e, "claiming an audit failed");
@@ -94,11 +95,16 @@ impl Worker {
             }
         };
         tracing::info!(audit = %audit.id, name = %audit.name, "audit started");
-        self.execute_audit(audit, shutdown).await;
+        self.execute_audit(audit, &lease, shutdown).await;
         true
     }
 
-    async fn execute_audit(&self, audit: Audit, shutdown: &mut watch::Receiver<bool>) {
+    async fn execute_audit(
+        &self,
+        audit: Audit,
+        lease: &Lease,
+        shutdown: &mut watch::Receiver<bool>,
+    ) {
         let dir = self.artifacts.audit_dir(&audit.id);
         let shared = Arc::new(Shared::default());
         let observer = Progress {
@@ -114,10 +120,8 @@ impl Worker {
         });
         let mut job = tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&job_dir).map_err(|e| {
-                format!(
-                    "cannot create the audit's folder {}: {e}",
-                    job_dir.display()
-                )
+                tracing::error!(folder = %job_dir.display(), error = %e, "cannot create an audit's folder");
+                format!("cannot create the audit's folder: {e}")
             })?;
             let mut observer = observer;
             let device = sslab_engine::default_device();
@@ -139,7 +143,7 @@ impl Worker {
             tokio::select! {
                 res = &mut job => break res.unwrap_or_else(|e| Err(format!("the audit thread crashed: {e}"))),
                 _ = tick.tick() => {
-                    match self.report_progress(&audit.id, &shared).await {
+                    match self.report_progress(lease, &shared).await {
                         Ok(Some(true)) => { cancelled = true; shared.stop.store(true, Ordering::Relaxed); }
                         Ok(Some(false)) => {}
                         Ok(None) => {
@@ -154,12 +158,16 @@ impl Worker {
             }
         };
         // The last progress, however short the audit was.
-        let _ = self.report_progress(&audit.id, &shared).await;
+        let _ = self.report_progress(lease, &shared).await;
         let (status, error, report) = match result {
             Ok(report) => (RunStatus::Succeeded, None, Some(report)),
             Err(_) if cancelled => (RunStatus::Cancelled, None, None),
             Err(_) if interrupted => {
-                if let Err(e) = self.store.release_audit(&audit.id, &self.id).await {
+                if let Err(e) = self
+                    .store
+                    .release(lease, "the server stopped during the audit")
+                    .await
+                {
                     tracing::error!(audit = %audit.id, error = %e, "could not hand the audit back");
                 }
                 tracing::info!(audit = %audit.id, "audit handed back to the queue");
@@ -169,15 +177,14 @@ impl Worker {
         };
         if let Some(r) = &report
             && let Err(e) =
-                std::fs::write(dir.join("examples.csv"), crate::audit_cmd::examples_csv(r))
+                std::fs::write(dir.join("examples.csv"), crate::csv::examples(r))
         {
             tracing::warn!(audit = %audit.id, error = %e, "could not write examples.csv");
         }
         match self
             .store
             .finish_audit(
-                &audit.id,
-                &self.id,
+                lease,
                 status,
                 error.as_deref(),
                 report.as_ref(),

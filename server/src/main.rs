@@ -2,15 +2,13 @@
 
 mod archive;
 mod artifacts;
-mod audit_cmd;
 mod audit_job;
-mod data_cmd;
+mod cli;
+mod csv;
 mod datasets;
 mod http;
 mod store;
 mod sweep;
-mod sweep_cmd;
-mod train_cmd;
 mod worker;
 
 use std::net::SocketAddr;
@@ -67,7 +65,7 @@ enum Command {
     /// The data set registry of this data folder: `import`, `list`.
     Data {
         #[command(subcommand)]
-        command: data_cmd::DataCommand,
+        command: cli::data::DataCommand,
     },
     /// Train one run locally from a recipe (TOML, or JSON by extension):
     /// `sslab train RECIPE` or `sslab train --spec RECIPE`.
@@ -162,7 +160,7 @@ async fn main() -> std::process::ExitCode {
             };
             serve(&cli, *addr, static_dir, *workers, *max_sweep_runs, limits).await
         }
-        Command::Data { command } => data_cmd::run(command, || registry(&cli)).await,
+        Command::Data { command } => cli::data::run(command, || registry(&cli)).await,
         Command::Train {
             recipe,
             spec,
@@ -173,17 +171,17 @@ async fn main() -> std::process::ExitCode {
                 .as_ref()
                 .or(spec.as_ref())
                 .expect("clap asks for one");
-            train_cmd::run(spec, out.as_deref(), *resume, || registry(&cli)).await
+            cli::train::run(spec, out.as_deref(), *resume, || registry(&cli)).await
         }
         Command::Sweep {
             spec,
             out,
             max_runs,
-        } => sweep_cmd::run(spec, out, *max_runs).await,
+        } => cli::sweep::run(spec, out, *max_runs).await,
         Command::Eval { run, spec, out } => {
-            train_cmd::evaluate(run, spec, out.as_deref(), || registry(&cli)).await
+            cli::train::evaluate(run, spec, out.as_deref(), || registry(&cli)).await
         }
-        Command::Audit { spec, out } => audit_cmd::run(spec, out).await,
+        Command::Audit { spec, out } => cli::audit::run(spec, out).await,
         Command::Migrate => {
             async {
                 store::Store::connect(&database_url(&cli)?).await?;

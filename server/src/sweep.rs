@@ -70,13 +70,6 @@ fn mean_std(xs: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
-pub fn csv_field(text: &str) -> String {
-    if text.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", text.replace('"', "\"\""))
-    } else {
-        text.to_string()
-    }
-}
 
 /// One row per run and layer: the run, its status, the axis values, the
 /// seed, then one column per `probe.metric`. Runs without evaluations
@@ -92,11 +85,11 @@ pub fn summary_csv(axes: &[String], runs: &[SweepRun]) -> String {
     let mut out = String::from("run_id,name,status");
     for a in axes {
         out.push(',');
-        out.push_str(&csv_field(a));
+        out.push_str(&crate::csv::field(a));
     }
     out.push_str(",seed,layer");
     for (p, m) in &columns {
-        out.push_str(&format!(",{}", csv_field(&format!("{p}.{m}"))));
+        out.push_str(&format!(",{}", crate::csv::field(&format!("{p}.{m}"))));
     }
     out.push('\n');
     for r in runs {
@@ -108,13 +101,13 @@ pub fn summary_csv(axes: &[String], runs: &[SweepRun]) -> String {
         }
         let mut prefix = format!(
             "{},{},{}",
-            csv_field(&r.id),
-            csv_field(&r.name),
+            crate::csv::field(&r.id),
+            crate::csv::field(&r.name),
             r.status.as_str()
         );
         for a in axes {
             let v = r.values.get(a).map(value_label).unwrap_or_default();
-            prefix.push_str(&format!(",{}", csv_field(&v)));
+            prefix.push_str(&format!(",{}", crate::csv::field(&v)));
         }
         prefix.push_str(&format!(",{}", r.seed));
         if layers.is_empty() {
@@ -124,7 +117,7 @@ pub fn summary_csv(axes: &[String], runs: &[SweepRun]) -> String {
             out.push('\n');
         }
         for layer in layers {
-            out.push_str(&format!("{prefix},{}", csv_field(layer)));
+            out.push_str(&format!("{prefix},{}", crate::csv::field(layer)));
             for (p, m) in &columns {
                 out.push(',');
                 if let Some(e) = r

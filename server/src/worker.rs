@@ -7,16 +7,14 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use sslab_engine::train::{Control, Observer, Outcome, StepMetrics};
-use sslab_shared::api::{MemorizationPoint, MetricPoint, RunStatus};
+use sslab_shared::api::{Evaluation, EvaluationJob, MemorizationPoint, MetricPoint, RunStatus};
 use tokio::sync::{mpsc, watch};
 
 use crate::artifacts::Artifacts;
-use crate::store::{Claim, Store};
+use crate::store::{Claim, Lease, Store};
 
 /// A worker that misses heartbeats this long loses its run.
 pub const LEASE_MS: i64 = 30_000;
-/// Evaluations send no heartbeat; their lease covers a long one.
-const EVALUATION_LEASE_MS: i64 = 30 * 60_000;
 const HEARTBEAT: Duration = Duration::from_secs(2);
 const FLUSH: Duration = Duration::from_millis(300);
 const IDLE_POLL: Duration = Duration::from_secs(2);
@@ -122,15 +120,13 @@ impl Worker {
     }
 
     async fn execute(&self, claim: Claim, shutdown: &mut watch::Receiver<bool>) {
-        let run = claim.run;
-        tracing::info!(run = %run.id, name = %run.name, attempt = claim.attempt, "run started");
+        let Claim { run, lease } = claim;
+        tracing::info!(run = %run.id, name = %run.name, attempt = lease.attempt, "run started");
         let dir = self.artifacts.run_dir(&run.id);
         if let Err(e) = tokio::fs::create_dir_all(&dir).await {
-            let msg = format!(
-                "cannot create the run's artifact folder {}: {e}",
-                dir.display()
-            );
-            self.finish(&run.id, RunStatus::Failed, Some(&msg), &[])
+            tracing::error!(run = %run.id, folder = %dir.display(), error = %e, "cannot create the run's folder");
+            let msg = format!("cannot create the run's artifact folder: {e}");
+            self.finish(&lease, RunStatus::Failed, Some(&msg), &[])
                 .await;
             return;
         }
@@ -144,7 +140,7 @@ impl Worker {
         // A run whose worker died continues from its last end-of-epoch
         // checkpoint (as exactly as `sslab train --resume`); a first attempt,
         // or one with nothing to resume from, starts over.
-        let resume_from = if claim.attempt > 1 {
+        let resume_from = if lease.attempt > 1 {
             sslab_engine::train::resumable_epochs(&checkpoint)
         } else {
             None
@@ -166,13 +162,8 @@ impl Worker {
                 total_steps: observer_total,
             };
             let device = sslab_engine::default_device();
-            let splits = sslab_engine::data::load(&spec.data)?;
-            let train = if resume_from.is_some() {
-                sslab_engine::train::resume
-            } else {
-                sslab_engine::train::train
-            };
-            train(&spec, &splits, &device, &checkpoint, &mut observer)
+            let resume = resume_from.is_some();
+            sslab_engine::train::start(&spec, resume, &device, &checkpoint, &mut observer)
         });
 
         let mut buffer = Vec::new();
@@ -194,7 +185,7 @@ impl Worker {
                 }
                 Some(p) = rx.recv() => self.progress(&run.id, p, &mut buffer, &total_steps).await,
                 _ = flush.tick() => self.flush(&run.id, &mut buffer, &total_steps).await,
-                _ = heartbeat.tick() => match self.store.heartbeat(&run.id, &self.id, LEASE_MS).await {
+                _ = heartbeat.tick() => match self.store.heartbeat(&lease, LEASE_MS).await {
                     Ok(Some(cancel)) if cancel => { cancelled = true; stop.store(true, Ordering::Relaxed); }
                     Ok(Some(_)) => {}
                     Ok(None) => {
@@ -210,17 +201,17 @@ impl Worker {
         self.flush(&run.id, &mut buffer, &total_steps).await;
         match ending {
             Ending::Finished(Outcome::Finished { evaluations, .. }) => {
-                self.finish(&run.id, RunStatus::Succeeded, None, &evaluations)
+                self.finish(&lease, RunStatus::Succeeded, None, &evaluations)
                     .await
             }
             Ending::Finished(Outcome::Stopped { .. }) if cancelled => {
-                self.finish(&run.id, RunStatus::Cancelled, None, &[]).await
+                self.finish(&lease, RunStatus::Cancelled, None, &[]).await
             }
             Ending::Finished(Outcome::Stopped { .. }) => {
                 if interrupted {
                     if let Err(e) = self
                         .store
-                        .release_run(&run.id, &self.id, "the server stopped during the run")
+                        .release(&lease, "the server stopped during the run")
                         .await
                     {
                         tracing::error!(run = %run.id, error = %e, "could not hand the run back");
@@ -229,7 +220,7 @@ impl Worker {
                 }
             }
             Ending::Failed(msg) => {
-                self.finish(&run.id, RunStatus::Failed, Some(&msg), &[])
+                self.finish(&lease, RunStatus::Failed, Some(&msg), &[])
                     .await
             }
         }
@@ -260,12 +251,8 @@ impl Worker {
 
     /// Runs one queued re-evaluation, if any. Returns whether there was one.
     async fn evaluate_next(&self) -> bool {
-        let job = match self
-            .store
-            .claim_next_evaluation(&self.id, EVALUATION_LEASE_MS)
-            .await
-        {
-            Ok(Some(job)) => job,
+        let (job, lease) = match self.store.claim_next_evaluation(&self.id, LEASE_MS).await {
+            Ok(Some(claimed)) => claimed,
             Ok(None) => return false,
             Err(e) => {
                 tracing::error!(error = %e, "claiming an evaluation failed");
@@ -273,38 +260,61 @@ impl Worker {
             }
         };
         tracing::info!(job = %job.id, run = %job.run_id, "evaluation started");
-        let result = match self.store.run(&job.run_id).await {
-            Ok(Some(run)) => {
-                let checkpoint = self.artifacts.checkpoint(&run.id);
-                let request = job.request.clone();
-                tokio::task::spawn_blocking(move || {
-                    let device = sslab_engine::default_device();
-                    let data = request.eval.data.as_ref().unwrap_or(&run.spec.data);
-                    let splits = sslab_engine::data::load(data)?;
-                    let encoder =
-                        sslab_engine::train::load_encoder(&run.spec, &checkpoint, &device)?;
-                    sslab_engine::eval::evaluate(
-                        &encoder,
-                        &splits,
-                        &request.eval,
-                        run.spec.seed,
-                        &device,
-                    )
-                })
-                .await
-                .map_err(|e| format!("the evaluation thread crashed: {e}"))
-                .and_then(|r| r.map_err(|e| e.to_string()))
-            }
-            Ok(None) => Err("its run was deleted".to_string()),
-            Err(e) => Err(e.to_string()),
+        let run = match self.store.run(&job.run_id).await {
+            Ok(Some(run)) => run,
+            Ok(None) => return self.end_evaluation(&job, &lease, Err(Some("its run was deleted".into()))).await,
+            Err(e) => return self.end_evaluation(&job, &lease, Err(Some(e.to_string()))).await,
         };
+        let checkpoint = self.artifacts.checkpoint(&run.id);
+        let request = job.request.clone();
+        let mut work = tokio::task::spawn_blocking(move || {
+            let data = request.eval.data.as_ref().unwrap_or(&run.spec.data);
+            sslab_engine::eval::evaluate_checkpoint(
+                &run.spec,
+                &checkpoint,
+                data,
+                &request.eval,
+                &sslab_engine::default_device(),
+            )
+        });
+        // The engine's evaluation cannot be interrupted; the heartbeat keeps
+        // the lease, and a cancel asked meanwhile discards the rows.
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        let mut cancelled = false;
+        let result = loop {
+            tokio::select! {
+                res = &mut work => break res
+                    .map_err(|e| format!("the evaluation thread crashed: {e}"))
+                    .and_then(|r| r.map_err(|e| e.to_string())),
+                _ = heartbeat.tick() => match self.store.heartbeat(&lease, LEASE_MS).await {
+                    Ok(Some(cancel)) => cancelled |= cancel,
+                    Ok(None) => {
+                        tracing::warn!(job = %job.id, "lost the evaluation's lease");
+                        return true;
+                    }
+                    Err(e) => tracing::warn!(job = %job.id, error = %e, "heartbeat failed"),
+                },
+            }
+        };
+        let result = if cancelled { Err(None) } else { result.map_err(Some) };
+        self.end_evaluation(&job, &lease, result).await
+    }
+
+    /// Records a job's end: its rows, its error, or (`Err(None)`) cancelled.
+    async fn end_evaluation(
+        &self,
+        job: &EvaluationJob,
+        lease: &Lease,
+        result: Result<Vec<Evaluation>, Option<String>>,
+    ) -> bool {
         let (status, error, rows) = match result {
             Ok(rows) => (RunStatus::Succeeded, None, rows),
-            Err(e) => (RunStatus::Failed, Some(e), Vec::new()),
+            Err(None) => (RunStatus::Cancelled, None, Vec::new()),
+            Err(Some(e)) => (RunStatus::Failed, Some(e), Vec::new()),
         };
         match self
             .store
-            .finish_evaluation(&job, &self.id, status, error.as_deref(), &rows)
+            .finish_evaluation(job, lease, status, error.as_deref(), &rows)
             .await
         {
             Ok(true) => tracing::info!(job = %job.id, status = status.as_str(), "evaluation ended"),
@@ -329,16 +339,13 @@ impl Worker {
 
     async fn finish(
         &self,
-        id: &str,
+        lease: &Lease,
         status: RunStatus,
         error: Option<&str>,
-        evals: &[sslab_shared::api::Evaluation],
+        evals: &[Evaluation],
     ) {
-        match self
-            .store
-            .finish_run(id, &self.id, status, error, evals)
-            .await
-        {
+        let id = &lease.id;
+        match self.store.finish_run(lease, status, error, evals).await {
             Ok(true) => {
                 tracing::info!(run = %id, status = status.as_str(), error = error.unwrap_or(""), "run ended")
             }

@@ -528,8 +528,7 @@ impl Preset {
         };
         let (path, values): (&str, Vec<Value>) = match self {
             Preset::ProjectorDim => {
-                let dims = base.projector.parse_dims().unwrap_or_default();
-                let (hidden, out) = match dims.split_last() {
+                let (hidden, out) = match base.projector.dims.as_slice().split_last() {
                     Some((out, hidden)) => (hidden.to_vec(), *out),
                     None => (Vec::new(), 128),
                 };
@@ -633,7 +632,9 @@ mod tests {
         assert_eq!(runs[1].seed, 1);
         assert_eq!(runs[47].spec.projector.dims, "64-128");
         assert_eq!(runs[47].spec.backbone.last_block_width, Some(64));
-        let crate::spec::MethodSpec::Simclr { temperature: t, .. } = runs[47].spec.method else {
+        let crate::spec::MethodSpec::Simclr(crate::spec::SimclrSpec { temperature: t, .. }) =
+            runs[47].spec.method
+        else {
             panic!("the base method is SimCLR");
         };
         assert_eq!(t, 1.0);
@@ -691,7 +692,9 @@ mod tests {
             assert!((1..=4).contains(&p.spec.schedule.epochs));
         }
         let dims: Vec<_> = a.iter().map(|p| p.spec.projector.dims.clone()).collect();
-        assert!(dims.contains(&"32-16".into()) && dims.contains(&"32-64".into()));
+        assert!(
+            dims.contains(&"32-16".parse().unwrap()) && dims.contains(&"32-64".parse().unwrap())
+        );
         s.sweep_seed = 1;
         assert_ne!(a, s.expand(100).unwrap());
     }
@@ -801,7 +804,7 @@ mod tests {
     #[test]
     fn presets_sweep_around_the_base() {
         let mut base = RunSpec::default();
-        base.projector.dims = "256-128".into();
+        base.projector.dims = "256-128".parse().unwrap();
         let s = Preset::ProjectorDim.sweep(&base);
         assert_eq!(
             s.axes[0].values,

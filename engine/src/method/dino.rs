@@ -6,9 +6,9 @@
 use candle_core::{Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use sslab_shared::RunSpec;
-use sslab_shared::spec::MethodSpec;
+use sslab_shared::spec::DinoSpec;
 
-use super::byol::EmaTarget;
+use super::ema::EmaTarget;
 use super::prototypes::{Prototypes, cross_view_loss, scores_per_view};
 use super::{Method, StepInfo, StepLoss};
 use crate::model::Encoder;
@@ -31,8 +31,13 @@ pub struct Dino {
 }
 
 impl Dino {
-    pub fn new(spec: &RunSpec, online: &VarMap, device: &Device) -> crate::Result<Self> {
-        let MethodSpec::Dino {
+    pub fn new(
+        spec: &RunSpec,
+        settings: &DinoSpec,
+        online: &VarMap,
+        device: &Device,
+    ) -> crate::Result<Self> {
+        let DinoSpec {
             prototypes,
             student_temperature,
             teacher_temperature,
@@ -41,10 +46,7 @@ impl Dino {
             center_momentum,
             ema_base,
             freeze_last_layer_epochs,
-        } = spec.method
-        else {
-            unreachable!("built for DINO specs only")
-        };
+        } = *settings;
         let d = spec.embedding_dim();
         let vb = VarBuilder::from_varmap(online, candle_core::DType::F32, device);
         let online_prototypes = Prototypes::new(prototypes, d, vb.pp("prototypes"))?;
@@ -151,13 +153,13 @@ impl Method for Dino {
     }
 
     fn state(&self) -> Vec<(String, Tensor)> {
-        let mut out = super::target_state(&self.target);
+        let mut out = self.target.state();
         out.push(("dino.center".into(), self.center.clone()));
         out
     }
 
     fn load_state(&mut self, state: &super::State) -> crate::Result<()> {
-        super::load_target_state(&self.target, state)?;
+        self.target.load_state(state)?;
         self.center = super::state_tensor(state, "dino.center")?;
         Ok(())
     }

@@ -7,7 +7,7 @@
 use candle_core::{D, Device, IndexOp, Module, Tensor};
 use candle_nn::{Init, Linear, VarBuilder, VarMap, linear};
 use sslab_shared::RunSpec;
-use sslab_shared::spec::MethodSpec;
+use sslab_shared::spec::MaeSpec;
 
 use super::msn::{kept_count, random_keep};
 use super::{Method, StepInfo, StepLoss};
@@ -28,17 +28,19 @@ pub struct Mae {
 }
 
 impl Mae {
-    pub fn new(spec: &RunSpec, online: &VarMap, device: &Device) -> crate::Result<Self> {
-        let MethodSpec::Mae {
+    pub fn new(
+        spec: &RunSpec,
+        settings: &MaeSpec,
+        online: &VarMap,
+        device: &Device,
+    ) -> crate::Result<Self> {
+        let MaeSpec {
             mask_ratio,
             decoder_width: w,
             decoder_depth,
             decoder_heads,
             norm_pix_loss,
-        } = spec.method
-        else {
-            unreachable!("built for MAE specs only")
-        };
+        } = *settings;
         let b = &spec.backbone;
         let patches = (spec.data.image_size() / b.patch_size).pow(2);
         let vb = VarBuilder::from_varmap(online, candle_core::DType::F32, device).pp("decoder");

@@ -7,7 +7,8 @@ use candle_core::{Device, ModuleT, Tensor};
 use candle_nn::VarMap;
 use sslab_shared::RunSpec;
 
-use super::byol::{EmaTarget, predictor};
+use super::byol::predictor;
+use super::ema::EmaTarget;
 use super::{Method, StepInfo, StepLoss, l2_normalize};
 use crate::model::{Encoder, Projector};
 
@@ -69,10 +70,10 @@ impl Method for MocoV3 {
     }
 
     fn state(&self) -> Vec<(String, Tensor)> {
-        super::target_state(&self.target)
+        self.target.state()
     }
 
     fn load_state(&mut self, state: &super::State) -> crate::Result<()> {
-        super::load_target_state(&self.target, state)
+        self.target.load_state(state)
     }
 }

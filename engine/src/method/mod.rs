@@ -3,6 +3,7 @@
 pub mod barlow;
 pub mod byol;
 pub mod dino;
+pub mod ema;
 pub mod mae;
 pub mod mocov3;
 pub mod msn;
@@ -92,23 +93,7 @@ pub trait Method: Send {
     }
 }
 
-/// An EMA target's weights as method state, under `target.`.
-fn target_state(target: &byol::EmaTarget) -> Vec<(String, Tensor)> {
-    let data = target.vars().data().lock().expect("varmap lock");
-    data.iter()
-        .map(|(name, var)| (format!("target.{name}"), var.as_tensor().clone()))
-        .collect()
-}
-
-fn load_target_state(target: &byol::EmaTarget, state: &State) -> crate::Result<()> {
-    let data = target.vars().data().lock().expect("varmap lock");
-    for (name, var) in data.iter() {
-        var.set(&state_tensor(state, &format!("target.{name}"))?)?;
-    }
-    Ok(())
-}
-
-fn state_tensor(state: &State, name: &str) -> crate::Result<Tensor> {
+pub(super) fn state_tensor(state: &State, name: &str) -> crate::Result<Tensor> {
     state.get(name).cloned().ok_or_else(|| {
         crate::EngineError::Data(format!("the checkpoint's method state has no `{name}`"))
     })
@@ -119,44 +104,30 @@ fn state_tensor(state: &State, name: &str) -> crate::Result<Tensor> {
 /// checkpoint keeps them.
 pub fn build(spec: &RunSpec, varmap: &VarMap, device: &Device) -> crate::Result<Box<dyn Method>> {
     Ok(match &spec.method {
-        MethodSpec::Simclr {
-            temperature,
-            negatives,
-        } => Box::new(simclr::SimClr::new(*temperature, *negatives)),
-        MethodSpec::Vicreg {
-            invariance,
-            variance,
-            covariance,
-        } => Box::new(vicreg::Vicreg {
-            invariance: *invariance,
-            variance: *variance,
-            covariance: *covariance,
+        MethodSpec::Simclr(m) => Box::new(simclr::SimClr::new(m.temperature, m.negatives)),
+        MethodSpec::Vicreg(m) => Box::new(vicreg::Vicreg {
+            invariance: m.invariance,
+            variance: m.variance,
+            covariance: m.covariance,
         }),
-        MethodSpec::Barlow { lambda_offdiag } => Box::new(barlow::Barlow {
-            lambda_offdiag: *lambda_offdiag,
+        MethodSpec::Barlow(m) => Box::new(barlow::Barlow {
+            lambda_offdiag: m.lambda_offdiag,
         }),
-        MethodSpec::Byol { ema_base, .. } => {
-            Box::new(byol::Byol::new(spec, varmap, device, *ema_base)?)
-        }
-        MethodSpec::Mocov3 {
-            temperature,
-            ema_base,
-            ..
-        } => Box::new(mocov3::MocoV3::new(
+        MethodSpec::Byol(m) => Box::new(byol::Byol::new(spec, varmap, device, m.ema_base)?),
+        MethodSpec::Mocov3(m) => Box::new(mocov3::MocoV3::new(
             spec,
             varmap,
             device,
-            *temperature,
-            *ema_base,
+            m.temperature,
+            m.ema_base,
         )?),
-        MethodSpec::Simsiam { .. } => Box::new(simsiam::SimSiam::new(spec, varmap, device)?),
-        MethodSpec::Dino { .. } => Box::new(dino::Dino::new(spec, varmap, device)?),
-        MethodSpec::Swav { .. } => Box::new(swav::Swav::new(spec, varmap, device)?),
-        MethodSpec::Msn { .. } | MethodSpec::Pmsn { .. } => {
-            Box::new(msn::Msn::new(spec, varmap, device)?)
-        }
-        MethodSpec::Mae { .. } => Box::new(mae::Mae::new(spec, varmap, device)?),
-        MethodSpec::Simmim { .. } => Box::new(simmim::SimMim::new(spec, varmap, device)?),
+        MethodSpec::Simsiam(_) => Box::new(simsiam::SimSiam::new(spec, varmap, device)?),
+        MethodSpec::Dino(m) => Box::new(dino::Dino::new(spec, m, varmap, device)?),
+        MethodSpec::Swav(m) => Box::new(swav::Swav::new(spec, m, varmap, device)?),
+        MethodSpec::Msn(m) => Box::new(msn::Msn::new(spec, m, 0.0, varmap, device)?),
+        MethodSpec::Pmsn(m) => Box::new(msn::Msn::new(spec, &m.msn(), m.power, varmap, device)?),
+        MethodSpec::Mae(m) => Box::new(mae::Mae::new(spec, m, varmap, device)?),
+        MethodSpec::Simmim(m) => Box::new(simmim::SimMim::new(spec, m, varmap, device)?),
     })
 }
 
@@ -395,7 +366,7 @@ mod behaviour_tests {
             ..ScenesSpec::default()
         });
         s.backbone.width = 8;
-        s.projector.dims = "64-32".into();
+        s.projector.dims = "64-32".parse().expect("widths");
         s.optimizer.batch_size = 32;
         s.optimizer.lr = 3e-3;
         s.seed = 4;
@@ -415,11 +386,11 @@ mod behaviour_tests {
             s.augment.local_views = 2;
         }
         match &mut s.method {
-            MethodSpec::Dino { prototypes, .. }
-            | MethodSpec::Swav { prototypes, .. }
-            | MethodSpec::Msn { prototypes, .. }
-            | MethodSpec::Pmsn { prototypes, .. } => *prototypes = 64,
-            MethodSpec::Mae { decoder_width, .. } => *decoder_width = 16,
+            MethodSpec::Dino(m) => m.prototypes = 64,
+            MethodSpec::Swav(m) => m.prototypes = 64,
+            MethodSpec::Msn(m) => m.prototypes = 64,
+            MethodSpec::Pmsn(m) => m.prototypes = 64,
+            MethodSpec::Mae(m) => m.decoder_width = 16,
             _ => {}
         }
         s.fit_model_to_method();

@@ -13,9 +13,9 @@
 use candle_core::{D, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use sslab_shared::RunSpec;
-use sslab_shared::spec::MethodSpec;
+use sslab_shared::spec::MsnSpec;
 
-use super::byol::EmaTarget;
+use super::ema::EmaTarget;
 use super::prototypes::Prototypes;
 use super::{Method, StepInfo, StepLoss};
 use crate::model::Encoder;
@@ -37,8 +37,14 @@ pub fn power_law_prior(k: usize, power: f64) -> Vec<f64> {
 }
 
 impl Msn {
-    pub fn new(spec: &RunSpec, online: &VarMap, device: &Device) -> crate::Result<Self> {
-        let (MethodSpec::Msn {
+    pub fn new(
+        spec: &RunSpec,
+        settings: &MsnSpec,
+        power: f64,
+        online: &VarMap,
+        device: &Device,
+    ) -> crate::Result<Self> {
+        let MsnSpec {
             prototypes: k,
             temperature,
             sharpen,
@@ -46,24 +52,7 @@ impl Msn {
             mask_ratio,
             ema_base,
             sinkhorn_iterations,
-        }
-        | MethodSpec::Pmsn {
-            prototypes: k,
-            temperature,
-            sharpen,
-            me_max_weight,
-            mask_ratio,
-            ema_base,
-            sinkhorn_iterations,
-            ..
-        }) = spec.method
-        else {
-            unreachable!("built for MSN and PMSN specs only")
-        };
-        let power = match spec.method {
-            MethodSpec::Pmsn { power, .. } => power,
-            _ => 0.0,
-        };
+        } = *settings;
         let vb = VarBuilder::from_varmap(online, candle_core::DType::F32, device);
         let prototypes = Prototypes::new(k, spec.embedding_dim(), vb.pp("prototypes"))?;
         crate::model::seed_weights_under(online, "prototypes.", spec.seed ^ 0x3517)?;
@@ -203,10 +192,10 @@ impl Method for Msn {
     }
 
     fn state(&self) -> Vec<(String, Tensor)> {
-        super::target_state(&self.target)
+        self.target.state()
     }
 
     fn load_state(&mut self, state: &super::State) -> crate::Result<()> {
-        super::load_target_state(&self.target, state)
+        self.target.load_state(state)
     }
 }

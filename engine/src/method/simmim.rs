@@ -6,7 +6,7 @@
 use candle_core::{D, Device, IndexOp, Tensor};
 use candle_nn::{Init, Linear, VarBuilder, VarMap, linear};
 use sslab_shared::RunSpec;
-use sslab_shared::spec::MethodSpec;
+use sslab_shared::spec::SimmimSpec;
 
 use super::msn::kept_count;
 use super::{Method, StepInfo, StepLoss};
@@ -20,10 +20,13 @@ pub struct SimMim {
 }
 
 impl SimMim {
-    pub fn new(spec: &RunSpec, online: &VarMap, device: &Device) -> crate::Result<Self> {
-        let MethodSpec::Simmim { mask_ratio } = spec.method else {
-            unreachable!("built for SimMIM specs only")
-        };
+    pub fn new(
+        spec: &RunSpec,
+        settings: &SimmimSpec,
+        online: &VarMap,
+        device: &Device,
+    ) -> crate::Result<Self> {
+        let SimmimSpec { mask_ratio } = *settings;
         let b = &spec.backbone;
         let vb = VarBuilder::from_varmap(online, candle_core::DType::F32, device).pp("mim");
         let init = Init::Randn {

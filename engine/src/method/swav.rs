@@ -7,7 +7,7 @@
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use sslab_shared::RunSpec;
-use sslab_shared::spec::MethodSpec;
+use sslab_shared::spec::{MethodSpec, SwavSpec};
 
 use super::prototypes::{Prototypes, cross_view_loss, scores_per_view};
 use super::{Method, State, StepInfo, StepLoss, l2_normalize};
@@ -29,8 +29,13 @@ pub struct Swav {
 }
 
 impl Swav {
-    pub fn new(spec: &RunSpec, online: &VarMap, device: &Device) -> crate::Result<Self> {
-        let MethodSpec::Swav {
+    pub fn new(
+        spec: &RunSpec,
+        settings: &SwavSpec,
+        online: &VarMap,
+        device: &Device,
+    ) -> crate::Result<Self> {
+        let SwavSpec {
             prototypes,
             temperature,
             epsilon,
@@ -38,10 +43,7 @@ impl Swav {
             freeze_prototypes_epochs,
             queue_size,
             queue_starts_epoch,
-        } = spec.method
-        else {
-            unreachable!("built for SwAV specs only")
-        };
+        } = *settings;
         let vb = VarBuilder::from_varmap(online, DType::F32, device);
         let p = Prototypes::new(prototypes, spec.embedding_dim(), vb.pp("prototypes"))?;
         crate::model::seed_weights_under(online, "prototypes.", spec.seed ^ 0x5FA7)?;
@@ -186,14 +188,9 @@ mod tests {
             method: MethodSpec::from_name("swav").unwrap(),
             ..RunSpec::default()
         };
-        if let MethodSpec::Swav {
-            prototypes,
-            queue_size,
-            ..
-        } = &mut s.method
-        {
-            *prototypes = 16;
-            *queue_size = queue;
+        if let MethodSpec::Swav(m) = &mut s.method {
+            m.prototypes = 16;
+            m.queue_size = queue;
         }
         s.data = DataSpec::Scenes(ScenesSpec {
             classes: 4,
@@ -202,7 +199,7 @@ mod tests {
             ..ScenesSpec::default()
         });
         s.backbone.width = 8;
-        s.projector.dims = "32-16".into();
+        s.projector.dims = "32-16".parse().expect("widths");
         s.optimizer.batch_size = 8;
         s.fit_model_to_method();
         s.validate().unwrap();

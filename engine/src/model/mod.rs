@@ -95,13 +95,9 @@ impl Encoder {
                 vb.pp("backbone"),
             )?),
         };
-        let dims = spec
-            .projector
-            .parse_dims()
-            .map_err(|m| sslab_shared::SpecError::new("projector.dims", m))?;
         let projector = Projector::new(
             b.output_dim(),
-            &dims,
+            spec.projector.dims.as_slice(),
             spec.projector.batch_norm,
             vb.pp("projector"),
         )?;

@@ -350,7 +350,8 @@ pub(super) fn forward(
         Tail::AddRelu(skip) => skip,
         _ => x,
     };
-    let mut y = output(x.len());
+    // SAFETY: the kernel below writes every element before any is read.
+    let mut y = unsafe { output(x.len()) };
     for_each_span(
         d,
         &mut y,
@@ -531,7 +532,8 @@ impl CustomOp2 for Backward {
         if self.stats.mean.len() != d.c || dy.len() != x.len() {
             candle_core::bail!("batch norm backward: shapes do not match the forward's");
         }
-        let mut flat = output(x.len() + 2 * d.c);
+        // SAFETY: the kernel below writes every element before any is read.
+        let mut flat = unsafe { output(x.len() + 2 * d.c) };
         let (dx, rest) = flat.split_at_mut(x.len());
         let (d_gamma, d_beta) = rest.split_at_mut(d.c);
         backward(

@@ -493,16 +493,19 @@ fn matmul(
 /// The convolution of a batch `x` with the kernel `w`, (N, Cout, Ho, Wo).
 pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
     let (taps, p) = (g.taps(), g.positions());
-    let mut out = output(g.n * g.out_len());
+    // SAFETY: the kernel below writes every element before any is read.
+    let mut out = unsafe { output(g.n * g.out_len()) };
     let (per_task, group, par) = g.split();
     let unfold = Unfold::new(g);
     out.par_chunks_mut(per_task * g.out_len())
         .zip(x.par_chunks(per_task * g.in_len()))
         .for_each(|(out, x)| {
             // Scratch that every group writes in full before reading.
-            let mut cols = output(taps * group * p);
+            // SAFETY: the kernel below writes every element before any is read.
+            let mut cols = unsafe { output(taps * group * p) };
             let mut scratch = unfold.scratch(g);
-            let mut res = output(if group > 1 { g.cout * group * p } else { 0 });
+            // SAFETY: the kernel below writes every element before any is read.
+            let mut res = unsafe { output(if group > 1 { g.cout * group * p } else { 0 }) };
             let images = out
                 .chunks_mut(group * g.out_len())
                 .zip(x.chunks(group * g.in_len()));
@@ -608,9 +611,12 @@ pub(super) fn backward(
         // are K² times larger.
         // Written in full before read: dWᵀ by the first group's gemm, the
         // others by every group.
-        let mut dwt = output(w_len);
-        let mut cols = output(taps * group * p);
-        let mut dys = output(if group > 1 { g.cout * group * p } else { 0 });
+        // SAFETY: the kernel below writes every element before any is read.
+        let mut dwt = unsafe { output(w_len) };
+        // SAFETY: the kernel below writes every element before any is read.
+        let mut cols = unsafe { output(taps * group * p) };
+        // SAFETY: the kernel below writes every element before any is read.
+        let mut dys = unsafe { output(if group > 1 { g.cout * group * p } else { 0 }) };
         let (mut unfold_scratch, mut fold_scratch) = (unfold.scratch(g), unfold.scratch(g));
         let images = x
             .chunks(group * g.in_len())
@@ -732,7 +738,8 @@ impl CustomOp3 for Conv2dBackward {
             );
         }
         let w_len = g.cout * g.taps();
-        let mut flat = output(g.n * g.in_len() + w_len);
+        // SAFETY: the kernel below writes every element before any is read.
+        let mut flat = unsafe { output(g.n * g.in_len() + w_len) };
         let (dx, dw) = flat.split_at_mut(g.n * g.in_len());
         backward(&g, x, w, dy, (dx, self.0.input_grad), dw);
         Ok((CpuStorage::F32(flat), Shape::from(g.n * g.in_len() + w_len)))

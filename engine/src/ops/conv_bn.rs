@@ -338,11 +338,13 @@ impl CustomOp3 for Backward {
             candle_core::bail!("conv + batch norm backward: shapes do not match the forward's");
         }
         let (x_len, w_len) = (x.len(), w.len());
-        let mut flat = output(x_len + w_len + 2 * g.cout);
+        // SAFETY: the kernel below writes every element before any is read.
+        let mut flat = unsafe { output(x_len + w_len + 2 * g.cout) };
         let (dx, rest) = flat.split_at_mut(x_len);
         let (dw, rest) = rest.split_at_mut(w_len);
         let (d_gamma, d_beta) = rest.split_at_mut(g.cout);
-        let mut dz = output(z.len());
+        // SAFETY: the kernel below writes every element before any is read.
+        let mut dz = unsafe { output(z.len()) };
         batch_norm::backward(
             dims(&g),
             &self.saved.stats,

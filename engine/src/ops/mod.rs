@@ -93,14 +93,16 @@ fn avx2<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// A buffer of `len` values for a kernel that writes every one before
-/// anything reads it. `vec![0.0; len]` would zero it first: the allocator
-/// hands back used memory, so that is a memset over the step's largest
-/// buffers.
-fn output(len: usize) -> Vec<f32> {
+/// A buffer of `len` uninitialised values. `vec![0.0; len]` would zero it
+/// first: the allocator hands back used memory, so that is a memset over
+/// the step's largest buffers.
+///
+/// # Safety
+/// The caller writes every element before anything reads it (as candle's
+/// own CPU kernels do with their outputs).
+unsafe fn output(len: usize) -> Vec<f32> {
     let mut v = Vec::with_capacity(len);
-    // SAFETY: the callers write each element before any is read (as
-    // candle's own CPU kernels do with their outputs).
+    // SAFETY: the capacity is `len`; initialising is the caller's promise.
     unsafe { v.set_len(len) };
     v
 }

@@ -12,6 +12,7 @@ use sslab_shared::audit::{AuditReport, AuditSpec, Example, SnapshotReport};
 
 use super::{every_two_seconds, status_class, time_text};
 use crate::api;
+use crate::chart::{ChartFrame, Outline};
 
 /// Matches the server's gallery size.
 const GALLERY: usize = 12;
@@ -37,7 +38,7 @@ fn starter_spec() -> String {
     spec.name = "scenes-audit".into();
     spec.run.backbone.kind = sslab_shared::spec::BackboneKind::TinyCnn;
     spec.run.backbone.width = 16;
-    spec.run.projector.dims = "128-64".into();
+    spec.run.projector.dims = "128-64".parse().expect("widths");
     spec.run.optimizer.batch_size = 32;
     spec.run.schedule.epochs = 20;
     spec.split.per_class = 20;
@@ -326,14 +327,11 @@ fn CurveChart(snapshots: Vec<SnapshotReport>) -> impl IntoView {
         })
         .collect_view();
     view! {
-        <svg class="chart" id="audit-curve" data-points=points.to_string()
-            viewBox=format!("0 0 {w} {h}") width=w.to_string() height=h.to_string()>
-            <line class="axis" x1=pad.to_string() y1=(h - pad).to_string() x2=(w - pad).to_string() y2=(h - pad).to_string()/>
-            <line class="axis" x1=pad.to_string() y1=pad.to_string() x2=pad.to_string() y2=(h - pad).to_string()/>
-            <text x=(w / 2.0).to_string() y=(h - 6.0).to_string() text-anchor="middle">"most confident fraction"</text>
-            <text x="4" y=(pad - 10.0).to_string()>{format!("top-1 (axis to {top:.2})")}</text>
+        <ChartFrame id="audit-curve" width=w height=h pad=pad outline=Outline::Axes
+            data_points=points x_label="most confident fraction"
+            title=format!("top-1 (axis to {top:.2})") title_gap=10.0>
             {lines}
-        </svg>
+        </ChartFrame>
         <p class="legend"><span class="swatch target"></span>"target "<span class="swatch reference"></span>"reference (darker: later epoch)"</p>
     }
 }

@@ -9,6 +9,7 @@ use sslab_shared::sweep::value_label;
 
 use super::status_class;
 use crate::api;
+use crate::chart::ChartFrame;
 use crate::probes::{COLOURS, axes as probe_axes, column_name, value};
 
 const W: f64 = 680.0;
@@ -49,12 +50,10 @@ fn OverlaidLoss(c: Comparison) -> impl IntoView {
         })
         .collect_view();
     view! {
-        <svg id="compare-loss" class="chart" viewBox=format!("0 0 {W} {H}") data-lines=c.runs.len().to_string()>
-            <rect x=PAD y=PAD width=W - 2.0 * PAD height=H - 2.0 * PAD class="frame"/>
+        <ChartFrame id="compare-loss" width=W height=H pad=PAD data_lines=c.runs.len()
+            title=format!("loss {hi:.3} … {lo:.3}") x_label="fraction of training">
             {lines}
-            <text x=PAD y=PAD - 8.0 class="label">{format!("loss {hi:.3} … {lo:.3}")}</text>
-            <text x=W - PAD y=H - 10.0 class="label" text-anchor="end">"fraction of training"</text>
-        </svg>
+        </ChartFrame>
     }
 }
 
@@ -82,18 +81,20 @@ fn OverlaidProbes(c: Comparison) -> impl IntoView {
             view! { <polyline class="run-probe" points=points stroke=colour fill="none" stroke-width="2"/> }
         })
         .collect_view();
+    let y_ticks = [0.0, 0.5, 1.0]
+        .into_iter()
+        .map(|v| (y(v), format!("{v:.1}")))
+        .collect::<Vec<_>>();
+    let x_ticks = layers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (x(i), l.clone()))
+        .collect::<Vec<_>>();
     view! {
-        <svg id="compare-probe-chart" class="chart" viewBox=format!("0 0 {W} {H}") data-lines=c.runs.len().to_string()>
-            <rect x=PAD y=PAD width=W - 2.0 * PAD height=H - 2.0 * PAD class="frame"/>
-            {[0.0, 0.5, 1.0].into_iter().map(|v| view! {
-                <text x=PAD - 6.0 y=y(v) + 4.0 class="label" text-anchor="end">{format!("{v:.1}")}</text>
-            }).collect_view()}
-            {layers.iter().enumerate().map(|(i, l)| view! {
-                <text x=x(i) y=H - PAD + 16.0 class="label" text-anchor="middle">{l.clone()}</text>
-            }).collect_view()}
+        <ChartFrame id="compare-probe-chart" width=W height=H pad=PAD data_lines=c.runs.len()
+            y_ticks=y_ticks x_ticks=x_ticks title="kNN top-1 by layer (deeper →)">
             {lines}
-            <text x=PAD y=PAD - 8.0 class="label">"kNN top-1 by layer (deeper →)"</text>
-        </svg>
+        </ChartFrame>
     }
 }
 

@@ -299,7 +299,7 @@ pub fn NewRunPage() -> impl IntoView {
                     |s| s.backbone.last_block_width.map(|w| w.to_string()).unwrap_or_default(),
                     |s, v| { s.backbone.last_block_width = if v.trim().is_empty() { None } else { Some(num(v)?) }; Ok(()) })}
                 {field(spec, "projector.dims", "Projector", "layer widths, e.g. 512-512-128; empty = none",
-                    |s| s.projector.dims.clone(), |s, v| { s.projector.dims = v.trim().to_string(); s.projector.parse_dims().map(|_| ()) })}
+                    |s| s.projector.dims.to_string(), |s, v| v.parse().map(|d| s.projector.dims = d))}
                 {select(spec, "projector.batch_norm", "Projector BatchNorm", &["true", "false"],
                     |s| s.projector.batch_norm.to_string(), |s, v| { s.projector.batch_norm = v == "true"; Ok(()) })}
                 {field(spec, "augment.local_views", "Local views", "multi-crop for DINO, SwAV, MSN, PMSN; 0 = off",

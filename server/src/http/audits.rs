@@ -200,7 +200,7 @@ async fn examples(State(state): State<AppState>, Path(id): Path<String>) -> ApiR
                 format!("attachment; filename=\"audit-{id}-examples.csv\""),
             ),
         ],
-        crate::audit_cmd::examples_csv(&report),
+        crate::csv::examples(&report),
     )
         .into_response())
 }

@@ -25,7 +25,8 @@ pub enum ApiError {
     InvalidData(String),
     #[error("{0}")]
     TooLarge(String),
-    /// The server could not store what it was sent (a full disk, say).
+    /// The server could not store what it was sent (a full disk, say); the
+    /// message is logged, never sent.
     #[error("{0}")]
     Storage(String),
     #[error(transparent)]
@@ -48,9 +49,15 @@ impl IntoResponse for ApiError {
             ApiError::Conflict(m) => (StatusCode::CONFLICT, "conflict", m, None),
             ApiError::InvalidData(m) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_data", m, None),
             ApiError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large", m, None),
+            // The detail names server paths: it goes to the log only.
             ApiError::Storage(m) => {
                 tracing::error!(error = %m, "storage error");
-                (StatusCode::INSUFFICIENT_STORAGE, "storage", m, None)
+                (
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "storage",
+                    "the server could not write to its storage (a full disk, or a folder it may not write); its log names the file".into(),
+                    None,
+                )
             }
             ApiError::Store(e) => {
                 tracing::error!(error = %e, "store error");

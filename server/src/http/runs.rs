@@ -27,6 +27,7 @@ pub fn router() -> axum::Router<AppState> {
         .route("/runs/{id}/evaluate", post(evaluate))
         .route("/runs/{id}/evaluation-jobs", get(evaluation_jobs))
         .route("/evaluation-jobs/{id}", get(evaluation_job))
+        .route("/evaluation-jobs/{id}/cancel", post(cancel_evaluation))
         .route("/runs/{id}/checkpoint", get(checkpoint))
         .route("/runs/{id}/events", get(events::stream))
 }
@@ -198,13 +199,13 @@ async fn evaluations(
             for e in &rows {
                 out.push_str(&format!(
                     "{},{},{},{},{},{},{}\n",
-                    crate::sweep::csv_field(&id),
-                    crate::sweep::csv_field(e.job_id.as_deref().unwrap_or("")),
-                    crate::sweep::csv_field(&e.layer),
-                    crate::sweep::csv_field(&e.probe),
-                    crate::sweep::csv_field(&e.metric),
+                    crate::csv::field(&id),
+                    crate::csv::field(e.job_id.as_deref().unwrap_or("")),
+                    crate::csv::field(&e.layer),
+                    crate::csv::field(&e.probe),
+                    crate::csv::field(&e.metric),
                     e.value,
-                    crate::sweep::csv_field(&e.settings.to_string()),
+                    crate::csv::field(&e.settings.to_string()),
                 ));
             }
             Ok((
@@ -279,6 +280,28 @@ async fn evaluation_job(
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::NotFound(format!("no evaluation job with id `{id}`")))
+}
+
+/// Cancels a queued re-evaluation at once; a running one ends as
+/// cancelled, its rows discarded.
+async fn cancel_evaluation(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<EvaluationJob>> {
+    let missing = || ApiError::NotFound(format!("no evaluation job with id `{id}`"));
+    let job = state.store.evaluation_job(&id).await?.ok_or_else(missing)?;
+    if job.status.is_terminal() {
+        return Err(ApiError::Conflict(format!(
+            "evaluation job `{id}` has already ended ({})",
+            job.status.as_str()
+        )));
+    }
+    state
+        .store
+        .cancel_evaluation(&id)
+        .await?
+        .map(Json)
+        .ok_or_else(missing)
 }
 
 /// The last end-of-epoch weights, as safetensors.

@@ -6,7 +6,7 @@ use sqlx::{AssertSqlSafe, Row};
 use sslab_shared::api::{Audit, RunStatus};
 use sslab_shared::audit::{AuditReport, AuditSpec};
 
-use super::{Dialect, Result, Store, StoreError, now_ms};
+use super::{JobKind, Lease, Result, Store, StoreError, now_ms};
 
 const COLUMNS: &str = "id, name, status, spec, created_at, started_at, finished_at, error, \
     stage, step, total_steps";
@@ -109,64 +109,53 @@ impl Store {
             .map_err(|e| StoreError::Corrupt(format!("audit report: {e}")))
     }
 
-    /// An interrupted attempt starts over: nothing of it is kept.
-    pub async fn claim_next_audit(&self, worker: &str, lease_ms: i64) -> Result<Option<Audit>> {
-        let lock = match self.dialect {
-            Dialect::Postgres => "FOR UPDATE SKIP LOCKED",
-            Dialect::Sqlite => "",
-        };
-        let now = now_ms();
-        let sql = format!(
-            "UPDATE audits SET status = 'running', worker = $1, lease_expires_at = $2, \
-                 started_at = $3, attempts = attempts + 1, step = 0, stage = '' \
-             WHERE id = (SELECT id FROM audits WHERE status = 'queued' ORDER BY created_at, id LIMIT 1 {lock}) \
-               AND status = 'queued' \
-             RETURNING {COLUMNS}"
-        );
-        sqlx::query(AssertSqlSafe(sql))
-            .bind(worker)
-            .bind(now + lease_ms)
-            .bind(now)
-            .fetch_optional(&self.pool)
-            .await?
-            .map(|r| from_row(&r))
+    /// Claims the oldest queued audit. An interrupted attempt starts over:
+    /// nothing of it is kept.
+    pub async fn claim_next_audit(
+        &self,
+        worker: &str,
+        lease_ms: i64,
+    ) -> Result<Option<(Audit, Lease)>> {
+        let reset = ", step = 0, stage = ''";
+        let claimed = self
+            .claim(JobKind::Audit, worker, lease_ms, reset, COLUMNS)
+            .await?;
+        claimed
+            .map(|(row, lease)| Ok((from_row(&row)?, lease)))
             .transpose()
     }
 
-    /// Records progress and extends the lease. `None` if `worker` no longer
-    /// holds the audit, else whether a cancel was requested.
+    /// Records progress and extends the lease. `None` if the lease is no
+    /// longer held, else whether a cancel was requested.
     pub async fn audit_progress(
         &self,
-        id: &str,
-        worker: &str,
+        lease: &Lease,
         lease_ms: i64,
         stage: &str,
         step: i64,
         total_steps: i64,
     ) -> Result<Option<bool>> {
-        let row = sqlx::query(
-            "UPDATE audits SET lease_expires_at = $1, stage = $2, step = $3, total_steps = $4 \
-             WHERE id = $5 AND worker = $6 AND status = 'running' RETURNING cancel_requested",
-        )
-        .bind(now_ms() + lease_ms)
-        .bind(stage)
-        .bind(step)
-        .bind(total_steps)
-        .bind(id)
-        .bind(worker)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(match row {
-            Some(r) => Some(r.try_get::<i64, _>("cancel_requested")? != 0),
-            None => None,
-        })
+        let held = self.heartbeat(lease, lease_ms).await?;
+        if held.is_some() {
+            sqlx::query(
+                "UPDATE audits SET stage = $1, step = $2, total_steps = $3 \
+                 WHERE id = $4 AND worker = $5 AND status = 'running'",
+            )
+            .bind(stage)
+            .bind(step)
+            .bind(total_steps)
+            .bind(&lease.id)
+            .bind(&lease.token)
+            .execute(&self.pool)
+            .await?;
+        }
+        Ok(held)
     }
 
-    /// Ends an audit held by `worker`, with its report when it succeeded.
+    /// Ends a held audit, with its report when it succeeded.
     pub async fn finish_audit(
         &self,
-        id: &str,
-        worker: &str,
+        lease: &Lease,
         status: RunStatus,
         error: Option<&str>,
         report: Option<&AuditReport>,
@@ -175,48 +164,25 @@ impl Store {
             .map(serde_json::to_string)
             .transpose()
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let done = sqlx::query(
-            "UPDATE audits SET status = $1, error = $2, report = $3, finished_at = $4, \
-                 worker = NULL, lease_expires_at = NULL \
-             WHERE id = $5 AND worker = $6 AND status = 'running'",
-        )
-        .bind(status.as_str())
-        .bind(error)
-        .bind(report)
-        .bind(now_ms())
-        .bind(id)
-        .bind(worker)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    /// Hands a running audit back to the queue (its worker is stopping).
-    pub async fn release_audit(&self, id: &str, worker: &str) -> Result<()> {
-        sqlx::query(
-            "UPDATE audits SET status = 'queued', worker = NULL, lease_expires_at = NULL, step = 0, stage = '' \
-             WHERE id = $1 AND worker = $2 AND status = 'running'",
-        )
-        .bind(id)
-        .bind(worker)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE audits SET report = $1 WHERE id = $2 AND worker = $3")
+            .bind(report)
+            .bind(&lease.id)
+            .bind(&lease.token)
+            .execute(&mut *tx)
+            .await?;
+        let done = Self::end(&mut tx, lease, status, error).await?;
+        if done {
+            tx.commit().await?;
+        } else {
+            tx.rollback().await?;
+        }
+        Ok(done)
     }
 
     /// Cancels a queued audit at once; asks the worker of a running one to stop.
     pub async fn cancel_audit(&self, id: &str) -> Result<Option<Audit>> {
-        sqlx::query(
-            "UPDATE audits SET status = 'cancelled', finished_at = $1 WHERE id = $2 AND status = 'queued'",
-        )
-        .bind(now_ms())
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
-        sqlx::query("UPDATE audits SET cancel_requested = 1 WHERE id = $1 AND status = 'running'")
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+        self.cancel(JobKind::Audit, id).await?;
         self.audit(id).await
     }
 }

@@ -14,7 +14,7 @@ use sslab_engine::dejavu::{AuditObserver, Model};
 use sslab_engine::train::{Control, StepMetrics};
 use sslab_shared::audit::{AuditReport, AuditSpec, SnapshotReport};
 
-use crate::train_cmd::{interrupt_flag, step_bar, write_json};
+use crate::cli::train::{interrupt_flag, step_bar, write_json};
 
 struct Progress {
     bar: ProgressBar,
@@ -126,56 +126,7 @@ pub async fn run(spec_path: &Path, out: &Path) -> anyhow::Result<()> {
 fn write_examples(path: &Path, report: &AuditReport) -> anyhow::Result<()> {
     let mut file =
         std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?;
-    file.write_all(examples_csv(report).as_bytes())
+    file.write_all(crate::csv::examples(report).as_bytes())
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// One row per attacked image: its crop, both models' guesses, the outcome.
-pub fn examples_csv(report: &AuditReport) -> String {
-    let name = |c: u32| {
-        report
-            .class_names
-            .get(c as usize)
-            .cloned()
-            .unwrap_or_else(|| c.to_string())
-    };
-    let mut text = String::from(
-        "image,set,label,class,crop_x0,crop_y0,crop_x1,crop_y1,target_top1,target_top5,target_confidence,target_neighbours,reference_top1,reference_top5,reference_confidence,reference_neighbours,outcome\n",
-    );
-    for e in &report.examples {
-        let top1 = |g: &sslab_shared::audit::Guess| {
-            g.top5.first().map_or(String::new(), |&c| c.to_string())
-        };
-        let c = e.crop;
-        text += &format!(
-            "{},{},{},{},{},{},{},{},{},{},{:.6},{},{},{},{:.6},{},{}\n",
-            e.image,
-            e.set,
-            e.label,
-            crate::sweep::csv_field(&name(e.label)),
-            c[0],
-            c[1],
-            c[2],
-            c[3],
-            top1(&e.target),
-            spaced(&e.target.top5),
-            e.target.confidence,
-            spaced(&e.target.neighbours),
-            top1(&e.reference),
-            spaced(&e.reference.top5),
-            e.reference.confidence,
-            spaced(&e.reference.neighbours),
-            e.outcome()
-        );
-    }
-    text
-}
-
-/// Values separated by spaces, one CSV cell.
-fn spaced<T: ToString>(values: &[T]) -> String {
-    values
-        .iter()
-        .map(T::to_string)
-        .collect::<Vec<_>>()
-        .join(" ")
-}

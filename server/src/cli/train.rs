@@ -322,14 +322,8 @@ pub async fn train_into(
     let spec_for_job = spec.clone();
     let (result, mut observer) = tokio::task::spawn_blocking(move || {
         let device = sslab_engine::default_device();
-        let result = sslab_engine::data::load(&spec_for_job.data).and_then(|splits| {
-            let train = if resume {
-                sslab_engine::train::resume
-            } else {
-                sslab_engine::train::train
-            };
-            train(&spec_for_job, &splits, &device, &checkpoint, &mut observer)
-        });
+        let result =
+            sslab_engine::train::start(&spec_for_job, resume, &device, &checkpoint, &mut observer);
         (result, observer)
     })
     .await?;
@@ -449,11 +443,14 @@ where
         .map(Path::to_path_buf)
         .unwrap_or_else(|| run_dir.join(format!("evaluations-{stem}.json")));
     let rows = tokio::task::spawn_blocking(move || {
-        let device = sslab_engine::default_device();
         let data = request.eval.data.as_ref().unwrap_or(&run.spec.data);
-        let splits = sslab_engine::data::load(data)?;
-        let encoder = sslab_engine::train::load_encoder(&run.spec, &checkpoint, &device)?;
-        sslab_engine::eval::evaluate(&encoder, &splits, &request.eval, run.spec.seed, &device)
+        sslab_engine::eval::evaluate_checkpoint(
+            &run.spec,
+            &checkpoint,
+            data,
+            &request.eval,
+            &sslab_engine::default_device(),
+        )
     })
     .await??;
     write_json(&out, &rows)?;

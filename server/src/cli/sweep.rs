@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use sslab_shared::api::{RunStatus, SweepRun};
 use sslab_shared::sweep::{SweepSpec, canonical_path, value_label};
 
-use crate::train_cmd::{folder_safe, interrupt_flag, train_into, write_json};
+use crate::cli::train::{folder_safe, interrupt_flag, train_into, write_json};
 
 /// A folder name for a run: its index, then its axis values and seed.
 fn folder_name(index: usize, point: &sslab_shared::sweep::SweepPoint) -> String {

@@ -1,0 +1,107 @@
+//! The database: runs, metrics, evaluations, sweeps and data sets, on SQLite (embedded default)
+//! or PostgreSQL (teams), through sqlx's `Any` driver. Ids and times are
+//! TEXT and INTEGER (milliseconds) so both dialects map them the same way.
+
+
+mod audits;
+mod datasets;
+mod evaluations;
+mod memorization;
+mod queue;
+mod runs;
+mod sweeps;
+#[cfg(test)]
+mod tests;
+
+pub use queue::{JobKind, Lease, MAX_ATTEMPTS};
+pub use runs::{Claim, RunFilter, is_page_token};
+
+use sqlx::AnyPool;
+use sqlx::any::AnyPoolOptions;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("unsupported database URL `{0}`: use sqlite://… or postgres://…")]
+    Url(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    dialect: Dialect,
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Store {
+    /// Connects and brings the schema up to date.
+    pub async fn connect(url: &str) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let dialect = if url.starts_with("sqlite:") {
+            Dialect::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Dialect::Postgres
+        } else {
+            return Err(StoreError::Url(url.to_string()));
+        };
+        let mut options = AnyPoolOptions::new().max_connections(8);
+        if dialect == Dialect::Sqlite {
+            // One writer at a time; WAL and a busy timeout keep readers going.
+            options = options.max_connections(4).after_connect(|conn, _| {
+                Box::pin(async move {
+                    sqlx::query("PRAGMA journal_mode = WAL")
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query("PRAGMA busy_timeout = 5000")
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query("PRAGMA foreign_keys = ON")
+                        .execute(&mut *conn)
+                        .await?;
+                    Ok(())
+                })
+            });
+        }
+        // sqlx's Any driver declares a missing f64 as a float4 parameter, and
+        // a statement PostgreSQL prepared with one then refuses the next
+        // present value ("incorrect binary data format"); statements are
+        // prepared afresh each time instead of cached.
+        let url = if dialect == Dialect::Postgres && !url.contains("statement-cache-capacity") {
+            let sep = if url.contains('?') { '&' } else { '?' };
+            format!("{url}{sep}statement-cache-capacity=0")
+        } else {
+            url.to_string()
+        };
+        let pool = options.connect(&url).await?;
+        match dialect {
+            Dialect::Sqlite => sqlx::migrate!("../migrations/sqlite").run(&pool).await?,
+            Dialect::Postgres => sqlx::migrate!("../migrations/postgres").run(&pool).await?,
+        }
+        Ok(Store { pool, dialect })
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// Stores a new queued run. With an idempotency key already used, returns
+}

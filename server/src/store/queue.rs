@@ -1,0 +1,215 @@
+//! The one job queue: runs, evaluation jobs and audits are rows of their own
+//! tables with the same queue columns (`status`, `worker`,
+//! `lease_expires_at`, `attempts`, `cancel_requested`), claimed with a lease
+//! that the holder renews and that every report must show.
+
+use sqlx::any::AnyRow;
+use sqlx::{AssertSqlSafe, Row};
+use sslab_shared::api::RunStatus;
+
+use super::{Dialect, Result, Store, now_ms};
+
+/// How many times a job may be claimed before an interruption counts as a failure.
+pub const MAX_ATTEMPTS: i64 = 3;
+
+/// What the queue holds; each kind is a table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    Run,
+    Evaluation,
+    Audit,
+}
+
+impl JobKind {
+    pub const ALL: [JobKind; 3] = [JobKind::Run, JobKind::Evaluation, JobKind::Audit];
+
+    fn table(self) -> &'static str {
+        match self {
+            JobKind::Run => "runs",
+            JobKind::Evaluation => "evaluation_jobs",
+            JobKind::Audit => "audits",
+        }
+    }
+}
+
+/// A claimed job. `token` is unique to this claim: a report that carries an
+/// older claim's token (a worker that lost its lease and came back) is
+/// refused even when the same worker holds the job again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub kind: JobKind,
+    pub id: String,
+    pub token: String,
+    /// 1 for the first claim of the job.
+    pub attempt: i64,
+}
+
+impl Store {
+    /// Claims the oldest queued job of `kind` for `worker`, holding it for
+    /// `lease_ms`. `reset` are extra `column = value` assignments of the
+    /// kind (progress that a new attempt starts from); `columns` are read
+    /// back from the claimed row.
+    pub(super) async fn claim(
+        &self,
+        kind: JobKind,
+        worker: &str,
+        lease_ms: i64,
+        reset: &str,
+        columns: &str,
+    ) -> Result<Option<(AnyRow, Lease)>> {
+        let lock = match self.dialect {
+            Dialect::Postgres => "FOR UPDATE SKIP LOCKED",
+            Dialect::Sqlite => "",
+        };
+        let table = kind.table();
+        let token = format!(
+            "{worker}#{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
+        let now = now_ms();
+        let sql = format!(
+            "UPDATE {table} SET status = 'running', worker = $1, lease_expires_at = $2, \
+                 started_at = $3, attempts = attempts + 1{reset} \
+             WHERE id = (SELECT id FROM {table} WHERE status = 'queued' ORDER BY created_at, id LIMIT 1 {lock}) \
+               AND status = 'queued' \
+             RETURNING {columns}, attempts"
+        );
+        let Some(row) = sqlx::query(AssertSqlSafe(sql))
+            .bind(&token)
+            .bind(now + lease_ms)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let lease = Lease {
+            kind,
+            id: row.try_get("id")?,
+            token,
+            attempt: row.try_get("attempts")?,
+        };
+        Ok(Some((row, lease)))
+    }
+
+    /// Extends the lease. `None` if it is no longer held, else whether a
+    /// cancel was requested.
+    pub async fn heartbeat(&self, lease: &Lease, lease_ms: i64) -> Result<Option<bool>> {
+        let sql = format!(
+            "UPDATE {} SET lease_expires_at = $1 WHERE id = $2 AND worker = $3 AND status = 'running' \
+             RETURNING cancel_requested",
+            lease.kind.table()
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(now_ms() + lease_ms)
+            .bind(&lease.id)
+            .bind(&lease.token)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => Some(r.try_get::<i64, _>("cancel_requested")? != 0),
+            None => None,
+        })
+    }
+
+    /// Ends a held job in `conn` (the caller's transaction, which writes the
+    /// job's results beside it). Returns false if the lease was lost.
+    pub(super) async fn end(
+        conn: &mut sqlx::AnyConnection,
+        lease: &Lease,
+        status: RunStatus,
+        error: Option<&str>,
+    ) -> Result<bool> {
+        let sql = format!(
+            "UPDATE {} SET status = $1, error = $2, finished_at = $3, worker = NULL, lease_expires_at = NULL \
+             WHERE id = $4 AND worker = $5 AND status = 'running'",
+            lease.kind.table()
+        );
+        let done = sqlx::query(AssertSqlSafe(sql))
+            .bind(status.as_str())
+            .bind(error)
+            .bind(now_ms())
+            .bind(&lease.id)
+            .bind(&lease.token)
+            .execute(&mut *conn)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Hands a held job back to the queue (its worker is stopping), or fails
+    /// it if it has been tried too often.
+    pub async fn release(&self, lease: &Lease, why: &str) -> Result<()> {
+        let sql = format!(
+            "UPDATE {} SET \
+                 status = CASE WHEN attempts >= $1 THEN 'failed' ELSE 'queued' END, \
+                 error = CASE WHEN attempts >= $1 THEN $2 ELSE NULL END, \
+                 finished_at = CASE WHEN attempts >= $1 THEN $3 ELSE NULL END, \
+                 worker = NULL, lease_expires_at = NULL \
+             WHERE id = $4 AND worker = $5 AND status = 'running'",
+            lease.kind.table()
+        );
+        sqlx::query(AssertSqlSafe(sql))
+            .bind(MAX_ATTEMPTS)
+            .bind(format!("{why}; gave up after {MAX_ATTEMPTS} attempts"))
+            .bind(now_ms())
+            .bind(&lease.id)
+            .bind(&lease.token)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Cancels a queued job at once; asks the holder of a running one to stop.
+    pub(super) async fn cancel(&self, kind: JobKind, id: &str) -> Result<()> {
+        let table = kind.table();
+        let mut tx = self.pool.begin().await?;
+        let sql = format!(
+            "UPDATE {table} SET status = 'cancelled', finished_at = $1 WHERE id = $2 AND status = 'queued'"
+        );
+        sqlx::query(AssertSqlSafe(sql))
+            .bind(now_ms())
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let sql =
+            format!("UPDATE {table} SET cancel_requested = 1 WHERE id = $1 AND status = 'running'");
+        sqlx::query(AssertSqlSafe(sql))
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Jobs whose worker vanished (lease expired, or `all_running` at the
+    /// start of an embedded server that is the only worker) go back to the
+    /// queue, are cancelled if that was asked, or fail after too many
+    /// attempts. Returns how many were touched.
+    pub async fn recover_orphans(&self, all_running: bool) -> Result<u64> {
+        let cutoff = if all_running { i64::MAX } else { now_ms() };
+        let mut touched = 0;
+        for kind in JobKind::ALL {
+            let sql = format!(
+                "UPDATE {} SET \
+                     status = CASE WHEN cancel_requested <> 0 THEN 'cancelled' \
+                                   WHEN attempts >= $1 THEN 'failed' ELSE 'queued' END, \
+                     error = CASE WHEN cancel_requested = 0 AND attempts >= $1 THEN $2 ELSE NULL END, \
+                     finished_at = CASE WHEN cancel_requested <> 0 OR attempts >= $1 THEN $3 ELSE NULL END, \
+                     worker = NULL, lease_expires_at = NULL \
+                 WHERE status = 'running' AND (lease_expires_at IS NULL OR lease_expires_at < $4)",
+                kind.table()
+            );
+            let done = sqlx::query(AssertSqlSafe(sql))
+                .bind(MAX_ATTEMPTS)
+                .bind(format!(
+                    "its worker stopped while it was running, {MAX_ATTEMPTS} times"
+                ))
+                .bind(now_ms())
+                .bind(cutoff)
+                .execute(&self.pool)
+                .await?;
+            touched += done.rows_affected();
+        }
+        Ok(touched)
+    }
+}
