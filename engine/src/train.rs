@@ -700,7 +700,8 @@ mod tests {
         dino.optimizer.batch_size = 32;
         dino.method = sslab_shared::spec::MethodSpec::from_name("dino").unwrap();
         if let sslab_shared::spec::MethodSpec::Dino(sslab_shared::spec::DinoSpec {
-            prototypes, ..
+            prototypes,
+            ..
         }) = &mut dino.method
         {
             *prototypes = 32;

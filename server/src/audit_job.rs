@@ -13,8 +13,8 @@ use sslab_shared::api::{Audit, RunStatus};
 use sslab_shared::audit::AuditReport;
 use tokio::sync::watch;
 
-use crate::worker::{LEASE_MS, Worker};
 use crate::store::Lease;
+use crate::worker::{LEASE_MS, Worker};
 
 const PROGRESS: Duration = Duration::from_secs(2);
 /// Memorized images the audit page shows.
@@ -176,19 +176,13 @@ impl Worker {
             Err(e) => (RunStatus::Failed, Some(e), None),
         };
         if let Some(r) = &report
-            && let Err(e) =
-                std::fs::write(dir.join("examples.csv"), crate::csv::examples(r))
+            && let Err(e) = std::fs::write(dir.join("examples.csv"), crate::csv::examples(r))
         {
             tracing::warn!(audit = %audit.id, error = %e, "could not write examples.csv");
         }
         match self
             .store
-            .finish_audit(
-                lease,
-                status,
-                error.as_deref(),
-                report.as_ref(),
-            )
+            .finish_audit(lease, status, error.as_deref(), report.as_ref())
             .await
         {
             Ok(true) => {

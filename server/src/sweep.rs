@@ -70,7 +70,6 @@ fn mean_std(xs: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
-
 /// One row per run and layer: the run, its status, the axis values, the
 /// seed, then one column per `probe.metric`. Runs without evaluations
 /// (failed, unfinished) get one row with empty results.

@@ -262,8 +262,16 @@ impl Worker {
         tracing::info!(job = %job.id, run = %job.run_id, "evaluation started");
         let run = match self.store.run(&job.run_id).await {
             Ok(Some(run)) => run,
-            Ok(None) => return self.end_evaluation(&job, &lease, Err(Some("its run was deleted".into()))).await,
-            Err(e) => return self.end_evaluation(&job, &lease, Err(Some(e.to_string()))).await,
+            Ok(None) => {
+                return self
+                    .end_evaluation(&job, &lease, Err(Some("its run was deleted".into())))
+                    .await;
+            }
+            Err(e) => {
+                return self
+                    .end_evaluation(&job, &lease, Err(Some(e.to_string())))
+                    .await;
+            }
         };
         let checkpoint = self.artifacts.checkpoint(&run.id);
         let request = job.request.clone();
@@ -296,7 +304,11 @@ impl Worker {
                 },
             }
         };
-        let result = if cancelled { Err(None) } else { result.map_err(Some) };
+        let result = if cancelled {
+            Err(None)
+        } else {
+            result.map_err(Some)
+        };
         self.end_evaluation(&job, &lease, result).await
     }
 

@@ -50,8 +50,11 @@ async fn runs_stored_by_an_earlier_release_load_show_and_resume() {
     assert_eq!(finished.spec.projector.dims, "32-16");
     let history = metrics(&client, &server, FINISHED).await;
     assert_eq!(history.len() as i64, finished.total_steps);
-    let rows: Vec<Evaluation> =
-        get_json(&client, server.url(&format!("/runs/{FINISHED}/evaluations"))).await;
+    let rows: Vec<Evaluation> = get_json(
+        &client,
+        server.url(&format!("/runs/{FINISHED}/evaluations")),
+    )
+    .await;
     assert!(rows.iter().any(|e| e.layer == "proj.1" && e.probe == "knn"));
     let checkpoint = client
         .get(server.url(&format!("/runs/{FINISHED}/checkpoint")))

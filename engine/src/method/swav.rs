@@ -7,7 +7,7 @@
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use sslab_shared::RunSpec;
-use sslab_shared::spec::{MethodSpec, SwavSpec};
+use sslab_shared::spec::SwavSpec;
 
 use super::prototypes::{Prototypes, cross_view_loss, scores_per_view};
 use super::{Method, State, StepInfo, StepLoss, l2_normalize};
@@ -179,9 +179,16 @@ impl Method for Swav {
 
 #[cfg(test)]
 mod tests {
-    use sslab_shared::spec::{DataSpec, ScenesSpec};
+    use sslab_shared::spec::{DataSpec, MethodSpec, ScenesSpec};
 
     use super::*;
+
+    fn build(s: &RunSpec, varmap: &VarMap, device: &Device) -> crate::Result<Swav> {
+        let MethodSpec::Swav(settings) = &s.method else {
+            panic!("a SwAV spec")
+        };
+        Swav::new(s, settings, varmap, device)
+    }
 
     fn spec(queue: usize) -> RunSpec {
         let mut s = RunSpec {
@@ -214,8 +221,8 @@ mod tests {
         let with_queue = spec(16);
         let splits = crate::data::load(&with_queue.data).unwrap();
         let (encoder, varmap) = crate::model::build(&with_queue, &device).unwrap();
-        let mut queued = Swav::new(&with_queue, &varmap, &device).unwrap();
-        let mut plain = Swav::new(&spec(0), &varmap, &device).unwrap();
+        let mut queued = build(&with_queue, &varmap, &device).unwrap();
+        let mut plain = build(&spec(0), &varmap, &device).unwrap();
         let loss = |m: &mut Swav, step: usize| {
             let idx: Vec<usize> = (8 * step..8 * step + 8).collect();
             let views =
@@ -242,12 +249,12 @@ mod tests {
         }
         assert_eq!(queued.queued, 16);
         let state: State = queued.state().into_iter().collect();
-        let mut resumed = Swav::new(&with_queue, &varmap, &device).unwrap();
+        let mut resumed = build(&with_queue, &varmap, &device).unwrap();
         resumed.load_state(&state).unwrap();
         let (a, b) = (loss(&mut queued, 2), loss(&mut plain, 2));
         assert_ne!(a, b, "a full queue changes the codes");
         assert_eq!(loss(&mut resumed, 2), a);
-        let err = Swav::new(&spec(24), &varmap, &device)
+        let err = build(&spec(24), &varmap, &device)
             .unwrap()
             .load_state(&state)
             .unwrap_err();

@@ -129,4 +129,3 @@ fn write_examples(path: &Path, report: &AuditReport) -> anyhow::Result<()> {
     file.write_all(crate::csv::examples(report).as_bytes())
         .with_context(|| format!("cannot write {}", path.display()))
 }
-

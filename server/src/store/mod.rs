@@ -2,7 +2,6 @@
 //! or PostgreSQL (teams), through sqlx's `Any` driver. Ids and times are
 //! TEXT and INTEGER (milliseconds) so both dialects map them the same way.
 
-
 mod audits;
 mod datasets;
 mod evaluations;
@@ -13,7 +12,7 @@ mod sweeps;
 #[cfg(test)]
 mod tests;
 
-pub use queue::{JobKind, Lease, MAX_ATTEMPTS};
+pub use queue::{JobKind, Lease};
 pub use runs::{Claim, RunFilter, is_page_token};
 
 use sqlx::AnyPool;
@@ -102,6 +101,4 @@ impl Store {
     pub fn dialect(&self) -> Dialect {
         self.dialect
     }
-
-    /// Stores a new queued run. With an idempotency key already used, returns
 }

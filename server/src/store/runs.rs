@@ -80,6 +80,8 @@ pub fn is_page_token(token: &str) -> bool {
 }
 
 impl Store {
+    /// Stores a new queued run. With an idempotency key already used, returns
+    /// the run created then (and `false`).
     pub async fn create_run(
         &self,
         spec: &RunSpec,

@@ -4,9 +4,11 @@ use std::collections::HashMap;
 
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
-use sslab_shared::api::{Run, RunStatus, StatusCounts, Sweep, SweepRun};
+use sslab_shared::RunSpec;
+use sslab_shared::api::{Evaluation, Page, RunStatus, StatusCounts, Sweep, SweepRun};
 use sslab_shared::sweep::{SweepPoint, SweepSpec};
 
+use super::runs::{default_run_name, new_id, parse_page_token};
 use super::{Result, Store, StoreError, now_ms};
 
 impl Store {

@@ -1,5 +1,5 @@
+use super::queue::MAX_ATTEMPTS;
 use super::*;
-use sqlx::AssertSqlSafe;
 use sslab_shared::RunSpec;
 use sslab_shared::api::{Evaluation, EvaluationRequest, MetricPoint, RunStatus};
 use sslab_shared::sweep::SweepSpec;
@@ -245,12 +245,7 @@ async fn sweep_runs_failures_and_requeue() {
         .unwrap();
     let second = store.claim_next("w", 10_000).await.unwrap().unwrap();
     store
-        .finish_run(
-            &second.lease,
-            RunStatus::Failed,
-            Some("boom"),
-            &[row(0.1)],
-        )
+        .finish_run(&second.lease, RunStatus::Failed, Some("boom"), &[row(0.1)])
         .await
         .unwrap();
     let runs = store.sweep_runs(&created.id).await.unwrap();
@@ -263,7 +258,7 @@ async fn sweep_runs_failures_and_requeue() {
     assert_eq!(store.requeue_sweep(&created.id).await.unwrap(), 1);
     let after = store.sweep(&created.id).await.unwrap().unwrap();
     assert_eq!((after.counts.queued, after.counts.succeeded), (1, 1));
-    let again = store.run(&second.id).await.unwrap().unwrap();
+    let again = store.run(&second.run.id).await.unwrap().unwrap();
     assert_eq!((again.status, again.error), (RunStatus::Queued, None));
     assert_eq!(store.cancel_sweep(&created.id).await.unwrap(), 1);
     let page = store.list_sweeps(10, None).await.unwrap();
@@ -292,10 +287,7 @@ async fn idempotency_cancel_and_orphans() {
     let r = store.request_cancel(&claimed.id).await.unwrap().unwrap();
     assert_eq!(r.status, RunStatus::Running);
     assert!(r.cancel_requested);
-    assert_eq!(
-        store.heartbeat(&lease, 10_000).await.unwrap(),
-        Some(true)
-    );
+    assert_eq!(store.heartbeat(&lease, 10_000).await.unwrap(), Some(true));
 
     // A worker that died: its run is re-queued, then failed after MAX_ATTEMPTS.
     let run = store.create_run(&spec(), None).await.unwrap().0;
@@ -347,7 +339,13 @@ async fn every_job_kind_shares_the_queue() {
         .unwrap();
     let cancelled = store.cancel_evaluation(&queued.id).await.unwrap().unwrap();
     assert_eq!(cancelled.status, RunStatus::Cancelled);
-    assert!(store.claim_next_evaluation("w", 10_000).await.unwrap().is_none());
+    assert!(
+        store
+            .claim_next_evaluation("w", 10_000)
+            .await
+            .unwrap()
+            .is_none()
+    );
     // A running one hears of it at its next heartbeat.
     let job = store
         .create_evaluation_job(&run.run.id, &request)
@@ -367,7 +365,11 @@ async fn every_job_kind_shares_the_queue() {
     // ... unless a cancel was asked: recovery then ends it as cancelled.
     let again = store.evaluation_job(&job.id).await.unwrap().unwrap();
     assert_eq!(again.status, RunStatus::Queued);
-    let (_, dead) = store.claim_next_evaluation("dead", -1).await.unwrap().unwrap();
+    let (_, dead) = store
+        .claim_next_evaluation("dead", -1)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(dead.attempt, 2);
     assert_eq!(store.recover_orphans(false).await.unwrap(), 1);
     let ended = store.evaluation_job(&job.id).await.unwrap().unwrap();
