@@ -81,6 +81,7 @@ fn main() -> anyhow::Result<()> {
             }
         }
     }
+    let spec = spec.into_valid()?;
     let (encoder, varmap) = model::build(&spec, &device)?;
     let mut method = method::build(&spec, &varmap, &device)?;
     let mut optimizer = Optimizer::new(&spec.optimizer, &varmap)?;

@@ -44,7 +44,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         RunSpec::from_json(&text)?
     } else {
         RunSpec::from_toml(&text)?
-    };
+    }
+    .into_valid()?;
     let device = sslab_engine::default_device();
     let splits = data::load(&spec.data)?;
     let (untrained, _) = model::build(&spec, &device)?;

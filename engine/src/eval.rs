@@ -230,7 +230,7 @@ pub fn evaluate(
 /// `spec` describes from `checkpoint`, and probes it. What the server's
 /// re-evaluation jobs and `sslab eval` both do.
 pub fn evaluate_checkpoint(
-    spec: &sslab_shared::RunSpec,
+    spec: &sslab_shared::ValidSpec,
     checkpoint: &std::path::Path,
     data: &sslab_shared::spec::DataSpec,
     plan: &EvalSpec,

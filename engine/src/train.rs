@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use candle_core::{D, DType, Device, Tensor, Var};
 use candle_nn::VarMap;
-use sslab_shared::RunSpec;
+use sslab_shared::{RunSpec, ValidSpec};
 use sslab_shared::api::{Evaluation, MemorizationPoint};
 
 use crate::data::Splits;
@@ -79,7 +79,7 @@ pub enum Outcome {
 /// safetensors checkpoint to `checkpoint` after every epoch (and the
 /// optimiser and method state beside it, see [`state_path`]), and evaluates it.
 pub fn train(
-    spec: &RunSpec,
+    spec: &ValidSpec,
     splits: &Splits,
     device: &Device,
     checkpoint: &Path,
@@ -94,7 +94,7 @@ pub fn train(
 /// weights, optimiser moments, EMA targets and data order, so that the
 /// result equals an uninterrupted run.
 pub fn resume(
-    spec: &RunSpec,
+    spec: &ValidSpec,
     splits: &Splits,
     device: &Device,
     checkpoint: &Path,
@@ -109,7 +109,7 @@ pub fn resume(
 /// `resume`s it from the last epoch its checkpoint holds. What the server's
 /// worker and `sslab train` both do.
 pub fn start(
-    spec: &RunSpec,
+    spec: &ValidSpec,
     resume: bool,
     device: &Device,
     checkpoint: &Path,
@@ -188,14 +188,13 @@ fn view_tensors(
 }
 
 fn run(
-    spec: &RunSpec,
+    spec: &ValidSpec,
     splits: &Splits,
     device: &Device,
     checkpoint: &Path,
     resuming: bool,
     observer: &mut dyn Observer,
 ) -> Result<Outcome> {
-    spec.validate()?;
     let part;
     let data = match (&spec.subset, &splits.unlabeled) {
         (None, None) => &splits.train,
@@ -564,7 +563,7 @@ fn load_training_state(
 }
 
 /// Loads a checkpoint written by [`train`] into a fresh encoder.
-pub fn load_encoder(spec: &RunSpec, path: &Path, device: &Device) -> Result<model::Encoder> {
+pub fn load_encoder(spec: &ValidSpec, path: &Path, device: &Device) -> Result<model::Encoder> {
     let (encoder, mut varmap) = model::build(spec, device)?;
     varmap.load(path)?;
     Ok(encoder)
@@ -573,6 +572,10 @@ pub fn load_encoder(spec: &RunSpec, path: &Path, device: &Device) -> Result<mode
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn valid(spec: &RunSpec) -> ValidSpec {
+        spec.clone().into_valid().unwrap()
+    }
     use sslab_shared::spec::{DataSpec, ScenesSpec};
 
     /// Collects losses; stops after `stop_after` steps if set.
@@ -641,7 +644,7 @@ mod tests {
         let ck = dir.join("a.safetensors");
         let mut a = Record::stopping_after(None);
         let mut b = Record::stopping_after(Some(1));
-        train(&spec, &splits, &Device::Cpu, &ck, &mut a).unwrap();
+        train(&valid(&spec), &splits, &Device::Cpu, &ck, &mut a).unwrap();
         let out = train(
             &spec,
             &splits,
@@ -656,7 +659,7 @@ mod tests {
         assert!(matches!(out, Outcome::Stopped { step: 1 }));
         assert_eq!(b.checkpoints, 0);
         // The checkpoint loads back into the same architecture.
-        load_encoder(&spec, &ck, &Device::Cpu).unwrap();
+        load_encoder(&valid(&spec), &ck, &Device::Cpu).unwrap();
     }
 
     /// Stops after `epochs` checkpoints.
@@ -721,7 +724,7 @@ mod tests {
     }
 
     fn check_resume(spec: &RunSpec) {
-        let spec = spec.clone();
+        let spec = valid(spec);
         let splits = crate::data::load(&spec.data).unwrap();
         let dir = tempdir();
         let (straight, halves) = (
@@ -734,7 +737,7 @@ mod tests {
         };
         let Outcome::Finished {
             evaluations: e1, ..
-        } = train(&spec, &splits, &Device::Cpu, &straight, &mut all).unwrap()
+        } = train(&valid(&spec), &splits, &Device::Cpu, &straight, &mut all).unwrap()
         else {
             panic!("stopped")
         };
@@ -742,7 +745,7 @@ mod tests {
             losses: vec![],
             epochs: 2,
         };
-        let out = train(&spec, &splits, &Device::Cpu, &halves, &mut first).unwrap();
+        let out = train(&valid(&spec), &splits, &Device::Cpu, &halves, &mut first).unwrap();
         assert!(matches!(out, Outcome::Stopped { step: 4 }), "{out:?}");
         let mut second = StopAfterEpochs {
             losses: vec![],
@@ -750,7 +753,7 @@ mod tests {
         };
         let Outcome::Finished {
             evaluations: e2, ..
-        } = resume(&spec, &splits, &Device::Cpu, &halves, &mut second).unwrap()
+        } = resume(&valid(&spec), &splits, &Device::Cpu, &halves, &mut second).unwrap()
         else {
             panic!("stopped")
         };
@@ -765,10 +768,10 @@ mod tests {
             epochs: 1,
         };
         let other = dir.join("other.safetensors");
-        train(&spec, &splits, &Device::Cpu, &other, &mut stop).unwrap();
+        train(&valid(&spec), &splits, &Device::Cpu, &other, &mut stop).unwrap();
         std::fs::copy(state_path(&halves, 4), state_path(&other, 1)).unwrap();
         assert!(!state_path(&halves, 3).exists(), "older states are removed");
-        let err = resume(&spec, &splits, &Device::Cpu, &other, &mut stop).unwrap_err();
+        let err = resume(&valid(&spec), &splits, &Device::Cpu, &other, &mut stop).unwrap_err();
         assert!(err.to_string().contains("different epochs"), "{err}");
         let err = resume(
             &spec,
@@ -790,8 +793,8 @@ mod tests {
             spec.optimizer.batch_size = 32;
             spec.eval.probes = vec![sslab_shared::spec::ProbeKind::Knn];
             spec.method = sslab_shared::spec::MethodSpec::from_name(name).unwrap();
-            let (_, varmap) = model::build(&spec, &Device::Cpu).unwrap();
-            method::build(&spec, &varmap, &Device::Cpu).unwrap();
+            let (_, varmap) = model::build(&valid(&spec), &Device::Cpu).unwrap();
+            method::build(&valid(&spec), &varmap, &Device::Cpu).unwrap();
             let start = varmap.data().lock().unwrap()["prototypes.weight"]
                 .as_tensor()
                 .flatten_all()
@@ -868,7 +871,7 @@ mod tests {
         let splits = crate::data::load(&spec.data).unwrap();
         let mut rec = Record::stopping_after(None);
         let ck = tempdir().join("bf16.safetensors");
-        let out = train(&spec, &splits, &Device::Cpu, &ck, &mut rec).unwrap();
+        let out = train(&valid(&spec), &splits, &Device::Cpu, &ck, &mut rec).unwrap();
         assert_eq!(rec.losses.len(), 4);
         assert!(rec.losses.iter().all(|l| l.is_finite()), "{:?}", rec.losses);
         assert!(matches!(out, Outcome::Finished { .. }));
@@ -908,7 +911,7 @@ mod tests {
         let splits = crate::data::load(&spec.data).unwrap();
         let mut rec = Points::default();
         let ck = tempdir().join("m.safetensors");
-        train(&spec, &splits, &Device::Cpu, &ck, &mut rec).unwrap();
+        train(&valid(&spec), &splits, &Device::Cpu, &ck, &mut rec).unwrap();
         // 160 images less 5 × 4 held out: two batches of 64 per epoch.
         assert_eq!(rec.steps, 3 * 2);
         let epochs: Vec<i64> = rec.points.iter().map(|p| p.epoch).collect();
@@ -958,7 +961,7 @@ mod tests {
     fn simclr_learns_on_the_builtin_scenes() {
         let spec = tiny_spec(640, 6);
         let splits = crate::data::load(&spec.data).unwrap();
-        let (untrained, _) = model::build(&spec, &Device::Cpu).unwrap();
+        let (untrained, _) = model::build(&valid(&spec), &Device::Cpu).unwrap();
         let before =
             eval::evaluate(&untrained, &splits, &spec.eval, spec.seed, &Device::Cpu).unwrap();
         let (rec, evaluations) = train_to_end(&spec, &splits);
@@ -1073,7 +1076,7 @@ mod tests {
                 spec.optimizer.weight_decay = 0.01;
             }
             let splits = crate::data::load(&spec.data).unwrap();
-            let (untrained, _) = model::build(&spec, &Device::Cpu).unwrap();
+            let (untrained, _) = model::build(&valid(&spec), &Device::Cpu).unwrap();
             let before = eval::evaluate(&untrained, &splits, &spec.eval, spec.seed, &Device::Cpu)
                 .unwrap()[0]
                 .value;

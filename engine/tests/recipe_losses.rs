@@ -68,7 +68,9 @@ fn root() -> PathBuf {
 fn first_losses(recipe: &str) -> Vec<f64> {
     let path = root().join(format!("recipes/{recipe}-tiny.toml"));
     let text = std::fs::read_to_string(&path).expect("the recipe is there");
-    let spec = RunSpec::from_toml(&text).expect("the recipe parses");
+    let spec = RunSpec::from_toml(&text)
+        .and_then(RunSpec::into_valid)
+        .expect("the recipe parses");
     let splits = sslab_engine::data::load(&spec.data).expect("the scenes generate");
     let dir = tempfile::tempdir().expect("a temporary folder");
     let mut seen = FirstSteps(Vec::new());

@@ -122,6 +122,17 @@ impl Worker {
     async fn execute(&self, claim: Claim, shutdown: &mut watch::Receiver<bool>) {
         let Claim { run, lease } = claim;
         tracing::info!(run = %run.id, name = %run.name, attempt = lease.attempt, "run started");
+        // Checked when it was created; checked again here, as the engine
+        // takes only a checked spec, in case a stored one no longer passes.
+        let spec = match run.spec.clone().into_valid() {
+            Ok(spec) => spec,
+            Err(e) => {
+                let msg = format!("its spec does not pass the checks: {e}");
+                self.finish(&lease, RunStatus::Failed, Some(&msg), &[])
+                    .await;
+                return;
+            }
+        };
         let dir = self.artifacts.run_dir(&run.id);
         if let Err(e) = tokio::fs::create_dir_all(&dir).await {
             tracing::error!(run = %run.id, folder = %dir.display(), error = %e, "cannot create the run's folder");
@@ -132,7 +143,6 @@ impl Worker {
         }
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let spec = run.spec.clone();
         let checkpoint = self.artifacts.checkpoint(&run.id);
         let observer_stop = stop.clone();
         let total_steps = Arc::new(AtomicUsize::new(0));
@@ -276,9 +286,10 @@ impl Worker {
         let checkpoint = self.artifacts.checkpoint(&run.id);
         let request = job.request.clone();
         let mut work = tokio::task::spawn_blocking(move || {
-            let data = request.eval.data.as_ref().unwrap_or(&run.spec.data);
+            let spec = run.spec.into_valid()?;
+            let data = request.eval.data.as_ref().unwrap_or(&spec.data);
             sslab_engine::eval::evaluate_checkpoint(
-                &run.spec,
+                &spec,
                 &checkpoint,
                 data,
                 &request.eval,

@@ -10,4 +10,4 @@ pub mod spec;
 pub mod sweep;
 
 pub use error::SpecError;
-pub use spec::RunSpec;
+pub use spec::{RunSpec, ValidSpec};

@@ -13,6 +13,7 @@ use std::path::Path;
 
 use candle_core::Device;
 use sslab_shared::audit::{AttackEmbedding, AuditReport, AuditSpec, SnapshotReport, SplitSummary};
+use sslab_shared::ValidSpec;
 use sslab_shared::spec::ProbeKind;
 
 use crate::Result;
@@ -186,6 +187,8 @@ fn attack(encoder: &Encoder, spec: &AuditSpec, prep: &Prepared, device: &Device)
 struct Snapshots<'a> {
     model: Model,
     spec: &'a AuditSpec,
+    /// The run spec the model trains with.
+    run: &'a ValidSpec,
     prep: &'a Prepared,
     device: &'a Device,
     wanted: Vec<usize>,
@@ -204,7 +207,7 @@ impl Observer for Snapshots<'_> {
         if !self.wanted.contains(&done) {
             return Control::Continue;
         }
-        let attacked = train::load_encoder(&self.spec.run, path, self.device)
+        let attacked = train::load_encoder(self.run, path, self.device)
             .and_then(|enc| attack(&enc, self.spec, self.prep, self.device));
         match attacked {
             Ok(a) => {
@@ -254,6 +257,7 @@ pub fn run(
     run.eval.data = None;
     // The audit is the attack; a monitor would hold images back from A and B.
     run.eval.memorization = None;
+    let run = run.into_valid()?;
     let mut results = Vec::new();
     for (model, train_set) in [
         (Model::A, prep.partition.train_a()),
@@ -263,6 +267,7 @@ pub fn run(
         let mut snaps = Snapshots {
             model,
             spec,
+            run: &run,
             prep: &prep,
             device,
             wanted: spec.snapshot_epochs(),
@@ -308,8 +313,9 @@ pub fn run_trained(
 ) -> Result<AuditReport> {
     spec.validate()?;
     let prep = prepare(spec)?;
+    let run = spec.run.clone().into_valid()?;
     let at_last_epoch = |checkpoint: &Path| -> Result<BTreeMap<usize, Attack>> {
-        let encoder = train::load_encoder(&spec.run, checkpoint, device)?;
+        let encoder = train::load_encoder(&run, checkpoint, device)?;
         let attacked = attack(&encoder, spec, &prep, device)?;
         Ok(BTreeMap::from([(spec.run.schedule.epochs, attacked)]))
     };

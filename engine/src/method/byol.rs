@@ -4,7 +4,7 @@
 
 use candle_core::{D, Device, ModuleT, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use sslab_shared::RunSpec;
+use sslab_shared::{RunSpec, ValidSpec};
 
 use super::ema::EmaTarget;
 use super::{Method, StepInfo, StepLoss, l2_normalize};
@@ -45,7 +45,7 @@ pub struct Byol {
 
 impl Byol {
     pub fn new(
-        spec: &RunSpec,
+        spec: &ValidSpec,
         online: &VarMap,
         device: &Device,
         ema_base: f64,

@@ -5,7 +5,7 @@
 
 use candle_core::{Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use sslab_shared::RunSpec;
+use sslab_shared::{RunSpec, ValidSpec};
 use sslab_shared::spec::DinoSpec;
 
 use super::ema::EmaTarget;
@@ -32,7 +32,7 @@ pub struct Dino {
 
 impl Dino {
     pub fn new(
-        spec: &RunSpec,
+        spec: &ValidSpec,
         settings: &DinoSpec,
         online: &VarMap,
         device: &Device,

@@ -3,7 +3,7 @@
 
 use candle_core::{Device, ModuleT, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use sslab_shared::RunSpec;
+use sslab_shared::ValidSpec;
 
 use super::{State, StepInfo, state_tensor};
 use crate::model::{self, Encoder};
@@ -19,7 +19,7 @@ pub struct EmaTarget {
 }
 
 impl EmaTarget {
-    pub fn new(spec: &RunSpec, online: &VarMap, device: &Device, base: f64) -> crate::Result<Self> {
+    pub fn new(spec: &ValidSpec, online: &VarMap, device: &Device, base: f64) -> crate::Result<Self> {
         let (encoder, vars) = model::build(spec, device)?;
         copy_encoder_vars(online, &vars, 0.0)?;
         Ok(EmaTarget {

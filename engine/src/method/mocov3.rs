@@ -5,7 +5,7 @@
 
 use candle_core::{Device, ModuleT, Tensor};
 use candle_nn::VarMap;
-use sslab_shared::RunSpec;
+use sslab_shared::{RunSpec, ValidSpec};
 
 use super::byol::predictor;
 use super::ema::EmaTarget;
@@ -20,7 +20,7 @@ pub struct MocoV3 {
 
 impl MocoV3 {
     pub fn new(
-        spec: &RunSpec,
+        spec: &ValidSpec,
         online: &VarMap,
         device: &Device,
         temperature: f64,

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
-use sslab_shared::RunSpec;
+use sslab_shared::ValidSpec;
 use sslab_shared::spec::MethodSpec;
 
 use crate::model::Encoder;
@@ -102,7 +102,7 @@ pub(super) fn state_tensor(state: &State, name: &str) -> crate::Result<Tensor> {
 /// The method a spec names. Methods with parameters of their own (a
 /// predictor) add them to `varmap`, so the optimiser trains them and the
 /// checkpoint keeps them.
-pub fn build(spec: &RunSpec, varmap: &VarMap, device: &Device) -> crate::Result<Box<dyn Method>> {
+pub fn build(spec: &ValidSpec, varmap: &VarMap, device: &Device) -> crate::Result<Box<dyn Method>> {
     Ok(match &spec.method {
         MethodSpec::Simclr(m) => Box::new(simclr::SimClr::new(m.temperature, m.negatives)),
         MethodSpec::Vicreg(m) => Box::new(vicreg::Vicreg {
@@ -353,6 +353,10 @@ mod behaviour_tests {
     use candle_core::DType;
     use sslab_shared::spec::{DataSpec, ScenesSpec};
 
+    fn valid(spec: &RunSpec) -> sslab_shared::ValidSpec {
+        spec.clone().into_valid().unwrap()
+    }
+
     use super::*;
     use crate::optim::Optimizer;
 
@@ -410,8 +414,8 @@ mod behaviour_tests {
                 spec.optimizer.grad_clip = 5.0;
             }
             let splits = crate::data::load(&spec.data).unwrap();
-            let (encoder, varmap) = crate::model::build(&spec, &device).unwrap();
-            let mut method = build(&spec, &varmap, &device).unwrap();
+            let (encoder, varmap) = crate::model::build(&valid(&spec), &device).unwrap();
+            let mut method = build(&valid(&spec), &varmap, &device).unwrap();
             let mut optimizer = Optimizer::new(&spec.optimizer, &varmap).unwrap();
             let idx: Vec<usize> = (0..32).collect();
             let s = spec.data.image_size();

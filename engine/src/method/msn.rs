@@ -12,7 +12,7 @@
 
 use candle_core::{D, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use sslab_shared::RunSpec;
+use sslab_shared::{RunSpec, ValidSpec};
 use sslab_shared::spec::MsnSpec;
 
 use super::ema::EmaTarget;
@@ -38,7 +38,7 @@ pub fn power_law_prior(k: usize, power: f64) -> Vec<f64> {
 
 impl Msn {
     pub fn new(
-        spec: &RunSpec,
+        spec: &ValidSpec,
         settings: &MsnSpec,
         power: f64,
         online: &VarMap,

@@ -181,6 +181,10 @@ impl Method for Swav {
 mod tests {
     use sslab_shared::spec::{DataSpec, MethodSpec, ScenesSpec};
 
+    fn valid(spec: &RunSpec) -> sslab_shared::ValidSpec {
+        spec.clone().into_valid().unwrap()
+    }
+
     use super::*;
 
     fn build(s: &RunSpec, varmap: &VarMap, device: &Device) -> crate::Result<Swav> {
@@ -220,7 +224,7 @@ mod tests {
         let device = Device::Cpu;
         let with_queue = spec(16);
         let splits = crate::data::load(&with_queue.data).unwrap();
-        let (encoder, varmap) = crate::model::build(&with_queue, &device).unwrap();
+        let (encoder, varmap) = crate::model::build(&valid(&with_queue), &device).unwrap();
         let mut queued = build(&with_queue, &varmap, &device).unwrap();
         let mut plain = build(&spec(0), &varmap, &device).unwrap();
         let loss = |m: &mut Swav, step: usize| {

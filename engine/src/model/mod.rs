@@ -9,7 +9,8 @@ pub mod vit;
 
 use candle_core::{DType, Device, ModuleT, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use sslab_shared::spec::{BackboneKind, Precision, RunSpec, Stem};
+use sslab_shared::ValidSpec;
+use sslab_shared::spec::{BackboneKind, Precision, Stem};
 
 use crate::Result;
 use sslab_shared::rng::Rng;
@@ -61,8 +62,7 @@ pub struct Encoder {
 impl Encoder {
     /// Builds the encoder a spec describes, with weights under `vb`
     /// (`backbone.*`, `projector.*`).
-    pub fn new(spec: &RunSpec, vb: VarBuilder) -> Result<Self> {
-        spec.validate()?;
+    pub fn new(spec: &ValidSpec, vb: VarBuilder) -> Result<Self> {
         let b = &spec.backbone;
         let backbone = match b.kind {
             BackboneKind::TinyCnn => Backbone::TinyCnn(cnn::TinyCnn::new(
@@ -150,7 +150,7 @@ impl ModuleT for Encoder {
 }
 
 /// A freshly initialised encoder and the variables that hold its weights.
-pub fn build(spec: &RunSpec, device: &Device) -> Result<(Encoder, VarMap)> {
+pub fn build(spec: &ValidSpec, device: &Device) -> Result<(Encoder, VarMap)> {
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
     let encoder = Encoder::new(spec, vb)?;

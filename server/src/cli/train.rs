@@ -319,7 +319,7 @@ pub async fn train_into(
         last_loss: None,
     };
     let checkpoint = out.join("checkpoint.safetensors");
-    let spec_for_job = spec.clone();
+    let spec_for_job = spec.clone().into_valid()?;
     let (result, mut observer) = tokio::task::spawn_blocking(move || {
         let device = sslab_engine::default_device();
         let result =
@@ -443,9 +443,10 @@ where
         .map(Path::to_path_buf)
         .unwrap_or_else(|| run_dir.join(format!("evaluations-{stem}.json")));
     let rows = tokio::task::spawn_blocking(move || {
-        let data = request.eval.data.as_ref().unwrap_or(&run.spec.data);
+        let spec = run.spec.into_valid()?;
+        let data = request.eval.data.as_ref().unwrap_or(&spec.data);
         sslab_engine::eval::evaluate_checkpoint(
-            &run.spec,
+            &spec,
             &checkpoint,
             data,
             &request.eval,

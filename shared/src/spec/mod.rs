@@ -66,6 +66,26 @@ impl Default for RunSpec {
     }
 }
 
+/// A run spec that passed [`RunSpec::validate`]: what the engine trains.
+/// Only [`RunSpec::into_valid`] makes one, so a function that takes it
+/// needs no check of its own.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidSpec(RunSpec);
+
+impl std::ops::Deref for ValidSpec {
+    type Target = RunSpec;
+
+    fn deref(&self) -> &RunSpec {
+        &self.0
+    }
+}
+
+impl ValidSpec {
+    pub fn into_inner(self) -> RunSpec {
+        self.0
+    }
+}
+
 /// A failed check: the field's dotted path and what is wrong.
 fn bad<T>(field: &str, msg: String) -> Result<T, SpecError> {
     Err(SpecError::new(field, msg))
@@ -84,6 +104,12 @@ impl RunSpec {
         let spec: RunSpec = crate::error::from_toml(text)?;
         spec.validate()?;
         Ok(spec)
+    }
+
+    /// The spec, checked once, in the type the engine takes.
+    pub fn into_valid(self) -> Result<ValidSpec, SpecError> {
+        self.validate()?;
+        Ok(ValidSpec(self))
     }
 
     pub fn to_toml(&self) -> String {
