@@ -226,17 +226,17 @@ pub fn evaluate(
     Ok(rows)
 }
 
-/// The plan on a finished run's weights: reads `data`, loads the encoder
-/// `spec` describes from `checkpoint`, and probes it. What the server's
-/// re-evaluation jobs and `sslab eval` both do.
+/// The plan on a finished run's weights: reads the plan's data (the run's
+/// own when it names none), loads the encoder `spec` describes from
+/// `checkpoint`, and probes it. What the server's re-evaluation jobs and
+/// `sslab eval` both do.
 pub fn evaluate_checkpoint(
     spec: &sslab_shared::ValidSpec,
     checkpoint: &std::path::Path,
-    data: &sslab_shared::spec::DataSpec,
     plan: &EvalSpec,
     device: &Device,
 ) -> crate::Result<Vec<Evaluation>> {
-    let splits = crate::data::load(data)?;
+    let splits = crate::data::load(plan.data.as_ref().unwrap_or(&spec.data))?;
     let encoder = crate::train::load_encoder(spec, checkpoint, device)?;
     evaluate(&encoder, &splits, plan, spec.seed, device)
 }

@@ -287,14 +287,8 @@ impl Worker {
         let request = job.request.clone();
         let mut work = tokio::task::spawn_blocking(move || {
             let spec = run.spec.into_valid()?;
-            let data = request.eval.data.as_ref().unwrap_or(&spec.data);
-            sslab_engine::eval::evaluate_checkpoint(
-                &spec,
-                &checkpoint,
-                data,
-                &request.eval,
-                &sslab_engine::default_device(),
-            )
+            let device = sslab_engine::default_device();
+            sslab_engine::eval::evaluate_checkpoint(&spec, &checkpoint, &request.eval, &device)
         });
         // The engine's evaluation cannot be interrupted; the heartbeat keeps
         // the lease, and a cancel asked meanwhile discards the rows.

@@ -444,14 +444,8 @@ where
         .unwrap_or_else(|| run_dir.join(format!("evaluations-{stem}.json")));
     let rows = tokio::task::spawn_blocking(move || {
         let spec = run.spec.into_valid()?;
-        let data = request.eval.data.as_ref().unwrap_or(&spec.data);
-        sslab_engine::eval::evaluate_checkpoint(
-            &spec,
-            &checkpoint,
-            data,
-            &request.eval,
-            &sslab_engine::default_device(),
-        )
+        let device = sslab_engine::default_device();
+        sslab_engine::eval::evaluate_checkpoint(&spec, &checkpoint, &request.eval, &device)
     })
     .await??;
     write_json(&out, &rows)?;

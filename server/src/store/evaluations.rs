@@ -98,13 +98,7 @@ impl Store {
     ) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
         Self::insert_evaluations(&mut tx, &job.run_id, &job.id, rows).await?;
-        let done = Self::end(&mut tx, lease, status, error).await?;
-        if done {
-            tx.commit().await?
-        } else {
-            tx.rollback().await?
-        }
-        Ok(done)
+        Self::end(tx, lease, status, error).await
     }
 
     /// Cancels a queued job at once; asks the worker of a running one to

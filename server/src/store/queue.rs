@@ -112,10 +112,11 @@ impl Store {
         })
     }
 
-    /// Ends a held job in `conn` (the caller's transaction, which writes the
-    /// job's results beside it). Returns false if the lease was lost.
+    /// Ends a held job and commits `tx`, the transaction that wrote the
+    /// job's results beside it; rolls it back instead if the lease was lost.
+    /// Returns whether the job was ended.
     pub(super) async fn end(
-        conn: &mut sqlx::AnyConnection,
+        mut tx: sqlx::Transaction<'_, sqlx::Any>,
         lease: &Lease,
         status: RunStatus,
         error: Option<&str>,
@@ -131,9 +132,16 @@ impl Store {
             .bind(now_ms())
             .bind(&lease.id)
             .bind(&lease.token)
-            .execute(&mut *conn)
-            .await?;
-        Ok(done.rows_affected() == 1)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            == 1;
+        if done {
+            tx.commit().await?;
+        } else {
+            tx.rollback().await?;
+        }
+        Ok(done)
     }
 
     /// Hands a held job back to the queue (its worker is stopping), or fails

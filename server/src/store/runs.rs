@@ -412,13 +412,7 @@ impl Store {
             .bind(&lease.token)
             .execute(&mut *tx)
             .await?;
-        let done = Self::end(&mut tx, lease, status, error).await?;
-        if done {
-            tx.commit().await?;
-        } else {
-            tx.rollback().await?;
-        }
-        Ok(done)
+        Self::end(tx, lease, status, error).await
     }
 
     /// Cancels a queued run at once; asks the worker of a running one to stop.
