@@ -9,8 +9,8 @@ use std::collections::HashMap;
 
 use candle_core::{D, DType, Device, Tensor, Var};
 use candle_nn::VarMap;
-use sslab_shared::{RunSpec, ValidSpec};
 use sslab_shared::api::{Evaluation, MemorizationPoint};
+use sslab_shared::{RunSpec, ValidSpec};
 
 use crate::data::Splits;
 use crate::error::{EngineError, Result};
@@ -646,7 +646,7 @@ mod tests {
         let mut b = Record::stopping_after(Some(1));
         train(&valid(&spec), &splits, &Device::Cpu, &ck, &mut a).unwrap();
         let out = train(
-            &spec,
+            &valid(&spec),
             &splits,
             &Device::Cpu,
             &dir.join("b.safetensors"),
@@ -817,7 +817,7 @@ mod tests {
             let mut seen = AfterEpoch(Vec::new());
             let dir = tempdir();
             train(
-                &spec,
+                &valid(&spec),
                 &splits,
                 &Device::Cpu,
                 &dir.join("p.safetensors"),
@@ -846,7 +846,7 @@ mod tests {
         splits.unlabeled = Some(extra.concat(&extra).concat(&extra));
         let mut rec = Record::stopping_after(None);
         train(
-            &spec,
+            &valid(&spec),
             &splits,
             &Device::Cpu,
             &tempdir().join("u.safetensors"),
@@ -1125,7 +1125,7 @@ mod tests {
     fn train_to_end(spec: &RunSpec, splits: &Splits) -> (Record, Vec<Evaluation>) {
         let mut rec = Record::stopping_after(None);
         let ck = tempdir().join("run.safetensors");
-        match train(spec, splits, &Device::Cpu, &ck, &mut rec) {
+        match train(&valid(spec), splits, &Device::Cpu, &ck, &mut rec) {
             Ok(Outcome::Finished { evaluations, .. }) => (rec, evaluations),
             Ok(_) => panic!("{}: stopped before its end", spec.name),
             Err(e) => panic!("{}: {e}", spec.name),

@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use candle_core::Device;
-use sslab_shared::audit::{AttackEmbedding, AuditReport, AuditSpec, SnapshotReport, SplitSummary};
 use sslab_shared::ValidSpec;
+use sslab_shared::audit::{AttackEmbedding, AuditReport, AuditSpec, SnapshotReport, SplitSummary};
 use sslab_shared::spec::ProbeKind;
 
 use crate::Result;

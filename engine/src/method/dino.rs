@@ -5,7 +5,7 @@
 
 use candle_core::{Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use sslab_shared::{RunSpec, ValidSpec};
+use sslab_shared::ValidSpec;
 use sslab_shared::spec::DinoSpec;
 
 use super::ema::EmaTarget;

@@ -19,7 +19,12 @@ pub struct EmaTarget {
 }
 
 impl EmaTarget {
-    pub fn new(spec: &ValidSpec, online: &VarMap, device: &Device, base: f64) -> crate::Result<Self> {
+    pub fn new(
+        spec: &ValidSpec,
+        online: &VarMap,
+        device: &Device,
+        base: f64,
+    ) -> crate::Result<Self> {
         let (encoder, vars) = model::build(spec, device)?;
         copy_encoder_vars(online, &vars, 0.0)?;
         Ok(EmaTarget {

@@ -5,7 +5,7 @@
 
 use candle_core::{Device, ModuleT, Tensor};
 use candle_nn::VarMap;
-use sslab_shared::{RunSpec, ValidSpec};
+use sslab_shared::ValidSpec;
 
 use super::byol::predictor;
 use super::ema::EmaTarget;

@@ -351,6 +351,7 @@ mod reference_tests {
 #[cfg(test)]
 mod behaviour_tests {
     use candle_core::DType;
+    use sslab_shared::RunSpec;
     use sslab_shared::spec::{DataSpec, ScenesSpec};
 
     fn valid(spec: &RunSpec) -> sslab_shared::ValidSpec {

@@ -12,7 +12,7 @@
 
 use candle_core::{D, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use sslab_shared::{RunSpec, ValidSpec};
+use sslab_shared::ValidSpec;
 use sslab_shared::spec::MsnSpec;
 
 use super::ema::EmaTarget;

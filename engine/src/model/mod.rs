@@ -204,6 +204,7 @@ pub fn seed_weights_under(varmap: &VarMap, prefix: &str, seed: u64) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sslab_shared::RunSpec;
 
     fn values(varmap: &VarMap, suffix: &str) -> Vec<f32> {
         let data = varmap.data().lock().unwrap();
@@ -218,9 +219,9 @@ mod tests {
     fn bf16_training_is_close_to_f32_and_trains_f32_weights() {
         let mut spec = RunSpec::default();
         spec.backbone.width = 8;
-        let (full, _) = build(&spec, &Device::Cpu).unwrap();
+        let (full, _) = build(&spec.clone().into_valid().unwrap(), &Device::Cpu).unwrap();
         spec.optimizer.precision = Precision::Bf16;
-        let (half, varmap) = build(&spec, &Device::Cpu).unwrap();
+        let (half, varmap) = build(&spec.clone().into_valid().unwrap(), &Device::Cpu).unwrap();
         let mut rng = Rng::new(4);
         let pixels: Vec<f32> = (0..4 * 3 * 32 * 32).map(|_| rng.normal() as f32).collect();
         let x = Tensor::from_vec(pixels, (4, 3, 32, 32), &Device::Cpu).unwrap();
@@ -269,7 +270,7 @@ mod tests {
         spec.backbone.kind = BackboneKind::Vit;
         spec.backbone.width = 48;
         spec.backbone.depth = 1;
-        let (_, varmap) = build(&spec, &Device::Cpu).unwrap();
+        let (_, varmap) = build(&spec.clone().into_valid().unwrap(), &Device::Cpu).unwrap();
         let pos = values(&varmap, "pos_embed");
         let n = pos.len() as f64;
         let mean = pos.iter().map(|&v| v as f64).sum::<f64>() / n;
