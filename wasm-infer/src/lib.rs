@@ -28,6 +28,7 @@ impl Embedder {
     #[wasm_bindgen(constructor)]
     pub fn new(spec_json: &str, weights: Vec<u8>) -> Result<Embedder, JsError> {
         let spec = RunSpec::from_json(spec_json)
+            .and_then(RunSpec::into_valid)
             .map_err(|e| JsError::new(&format!("invalid spec: {e}")))?;
         let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, &Device::Cpu)
             .map_err(|e| JsError::new(&format!("cannot read the weights: {e}")))?;
