@@ -14,12 +14,13 @@ pub mod simsiam;
 pub mod swav;
 pub mod vicreg;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::RwLock;
 
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 use sslab_shared::ValidSpec;
-use sslab_shared::spec::MethodSpec;
+use sslab_shared::spec::{MethodSpec, SettingsCheck};
 
 use crate::model::Encoder;
 
@@ -99,6 +100,38 @@ pub(super) fn state_tensor(state: &State, name: &str) -> crate::Result<Tensor> {
     })
 }
 
+/// Builds a registered method from the run's spec and the method's own
+/// settings as written in it.
+pub type BuildFn = fn(
+    &ValidSpec,
+    &serde_json::Map<String, serde_json::Value>,
+    &VarMap,
+    &Device,
+) -> crate::Result<Box<dyn Method>>;
+
+/// A method added without touching sslab's crates: a file that implements
+/// [`Method`], and this, handed to [`register`] once before specs that name
+/// the method are read.
+pub struct Registration {
+    pub name: &'static str,
+    /// Checks the settings when a spec is validated; errors name `method.<field>`.
+    pub check: SettingsCheck,
+    pub build: BuildFn,
+}
+
+static REGISTERED: RwLock<BTreeMap<&'static str, BuildFn>> = RwLock::new(BTreeMap::new());
+
+/// Adds a method: specs may name it from now on, and [`build`] builds it.
+pub fn register(method: Registration) -> crate::Result<()> {
+    sslab_shared::spec::register_method(method.name, method.check)
+        .map_err(crate::EngineError::Data)?;
+    REGISTERED
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(method.name, method.build);
+    Ok(())
+}
+
 /// The method a spec names. Methods with parameters of their own (a
 /// predictor) add them to `varmap`, so the optimiser trains them and the
 /// checkpoint keeps them.
@@ -128,6 +161,16 @@ pub fn build(spec: &ValidSpec, varmap: &VarMap, device: &Device) -> crate::Resul
         MethodSpec::Pmsn(m) => Box::new(msn::Msn::new(spec, &m.msn(), m.power, varmap, device)?),
         MethodSpec::Mae(m) => Box::new(mae::Mae::new(spec, m, varmap, device)?),
         MethodSpec::Simmim(m) => Box::new(simmim::SimMim::new(spec, m, varmap, device)?),
+        MethodSpec::Registered(m) => {
+            let registered = REGISTERED.read().unwrap_or_else(|e| e.into_inner());
+            let build = registered.get(m.name.as_str()).ok_or_else(|| {
+                crate::EngineError::Data(format!(
+                    "no method `{}` is registered with the engine",
+                    m.name
+                ))
+            })?;
+            build(spec, &m.settings, varmap, device)?
+        }
     })
 }
 

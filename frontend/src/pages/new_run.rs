@@ -202,7 +202,7 @@ fn MethodFields(spec: RwSignal<RunSpec>, model_rev: RwSignal<u32>) -> impl IntoV
                 on:input=move |ev| {
                     let text = event_target_value(&ev);
                     params.set(text.clone());
-                    let name = spec.with_untracked(|s| s.method.name());
+                    let name = spec.with_untracked(|s| s.method.name().to_string());
                     let parsed = serde_json::from_str::<serde_json::Value>(&text)
                         .map_err(|e| e.to_string())
                         .and_then(|mut v| {

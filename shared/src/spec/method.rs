@@ -1,14 +1,22 @@
 //! The SSL method and its hyper-parameters: one settings type per method,
 //! each with its defaults and its own checks.
 
-use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::RwLock;
+
+use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::{Map, Value};
 
 use super::*;
 use crate::error::SpecError;
 
-/// The SSL method and its hyper-parameters, tagged by `name`.
+/// The SSL method and its hyper-parameters, tagged by `name`: one of the
+/// built-in methods, or one added at run time with [`register_method`].
+// `remote = "Self"` derives the built-ins' serde as inherent functions; the
+// trait impls below add the registered methods around them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "name", rename_all = "snake_case")]
+#[serde(remote = "Self", tag = "name", rename_all = "snake_case")]
 pub enum MethodSpec {
     Simclr(SimclrSpec),
     Vicreg(VicregSpec),
@@ -22,6 +30,109 @@ pub enum MethodSpec {
     Pmsn(PmsnSpec),
     Mae(MaeSpec),
     Simmim(SimmimSpec),
+    #[serde(skip)]
+    Registered(RegisteredMethod),
+}
+
+/// A method added with [`register_method`]: its name and its settings as
+/// written, which the method itself reads (and its check has checked).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RegisteredMethod {
+    pub name: String,
+    #[serde(flatten)]
+    pub settings: Map<String, Value>,
+}
+
+/// Checks a registered method's settings; errors name `method.<field>`.
+pub type SettingsCheck = fn(&Map<String, Value>) -> Result<(), SpecError>;
+
+static REGISTERED: RwLock<BTreeMap<String, SettingsCheck>> = RwLock::new(BTreeMap::new());
+
+/// Lets specs name a method this crate does not know, with the check of its
+/// settings. The engine's `method::register` calls it beside its builder.
+/// A built-in name cannot be taken.
+pub fn register_method(name: &str, settings_check: SettingsCheck) -> Result<(), String> {
+    if MethodSpec::NAMES.contains(&name) {
+        return Err(format!("`{name}` is a built-in method"));
+    }
+    REGISTERED
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(name.to_string(), settings_check);
+    Ok(())
+}
+
+fn registered_check(name: &str) -> Option<SettingsCheck> {
+    let registered = REGISTERED.read().unwrap_or_else(|e| e.into_inner());
+    registered.get(name).copied()
+}
+
+impl Serialize for MethodSpec {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            MethodSpec::Registered(m) => m.serialize(s),
+            builtin => MethodSpec::serialize(builtin, s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for MethodSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(MethodVisitor)
+    }
+}
+
+/// Reads `name` first-hand, so that an unknown one is reported at
+/// `method.name`; the rest goes to the named method's settings.
+struct MethodVisitor;
+
+impl<'de> Visitor<'de> for MethodVisitor {
+    type Value = MethodSpec;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a method: its `name` and its settings")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<MethodSpec, A::Error> {
+        let mut name = None;
+        let mut settings = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if key == "name" {
+                name = Some(map.next_value_seed(KnownName)?);
+            } else {
+                settings.insert(key, map.next_value()?);
+            }
+        }
+        let name = name.ok_or_else(|| de::Error::missing_field("name"))?;
+        if registered_check(&name).is_some() {
+            return Ok(MethodSpec::Registered(RegisteredMethod { name, settings }));
+        }
+        settings.insert("name".into(), Value::String(name));
+        MethodSpec::deserialize(Value::Object(settings)).map_err(de::Error::custom)
+    }
+}
+
+/// A method name that is built in or registered.
+struct KnownName;
+
+impl<'de> DeserializeSeed<'de> for KnownName {
+    type Value = String;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<String, D::Error> {
+        let name = String::deserialize(d)?;
+        if MethodSpec::NAMES.contains(&name.as_str()) || registered_check(&name).is_some() {
+            return Ok(name);
+        }
+        let registered = REGISTERED.read().unwrap_or_else(|e| e.into_inner());
+        let all: Vec<String> = (MethodSpec::NAMES.iter().map(|n| n.to_string()))
+            .chain(registered.keys().cloned())
+            .map(|n| format!("`{n}`"))
+            .collect();
+        Err(de::Error::custom(format!(
+            "unknown variant `{name}`, expected one of {}",
+            all.join(", ")
+        )))
+    }
 }
 
 /// SimCLR (arXiv:2002.05709): NT-Xent over two augmented views.
@@ -533,7 +644,7 @@ impl Default for MethodSpec {
 }
 
 impl MethodSpec {
-    pub fn name(&self) -> &'static str {
+    pub fn name(&self) -> &str {
         match self {
             MethodSpec::Simclr(_) => "simclr",
             MethodSpec::Vicreg(_) => "vicreg",
@@ -547,6 +658,7 @@ impl MethodSpec {
             MethodSpec::Pmsn(_) => "pmsn",
             MethodSpec::Mae(_) => "mae",
             MethodSpec::Simmim(_) => "simmim",
+            MethodSpec::Registered(m) => &m.name,
         }
     }
 
@@ -627,6 +739,13 @@ impl MethodSpec {
             MethodSpec::Pmsn(m) => m.validate(),
             MethodSpec::Mae(m) => m.validate(),
             MethodSpec::Simmim(m) => mask_ratio(m.mask_ratio),
+            MethodSpec::Registered(m) => match registered_check(&m.name) {
+                Some(settings_check) => settings_check(&m.settings),
+                None => bad(
+                    "method.name",
+                    format!("no method `{}` is registered", m.name),
+                ),
+            },
         }
     }
 }
