@@ -129,6 +129,25 @@ pub fn ChartFrame(
     }
 }
 
+/// Ticks of an accuracy axis (0, 0.5, 1) and of a layer axis (one per
+/// layer, by name), for the charts that plot accuracy against depth.
+pub fn accuracy_by_layer_ticks(
+    layers: &[String],
+    x: impl Fn(usize) -> f64,
+    y: impl Fn(f64) -> f64,
+) -> (Vec<(f64, String)>, Vec<(f64, String)>) {
+    let y_ticks = [0.0, 0.5, 1.0]
+        .into_iter()
+        .map(|v| (y(v), format!("{v:.1}")))
+        .collect();
+    let x_ticks = layers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (x(i), l.clone()))
+        .collect();
+    (y_ticks, x_ticks)
+}
+
 /// Loss against step; the x axis spans the whole run so progress shows.
 #[component]
 pub fn LossChart(

@@ -4,7 +4,7 @@
 use leptos::prelude::*;
 use sslab_shared::api::Evaluation;
 
-use crate::chart::ChartFrame;
+use crate::chart::{ChartFrame, accuracy_by_layer_ticks};
 
 const PROBE_ORDER: [&str; 4] = ["knn", "linear", "lowshot", "rankme"];
 pub const COLOURS: [&str; 8] = [
@@ -144,15 +144,7 @@ pub fn GuillotineChart(rows: Vec<Evaluation>) -> impl IntoView {
             }
         })
         .collect_view();
-    let y_ticks = [0.0, 0.5, 1.0]
-        .into_iter()
-        .map(|v| (y(v), format!("{v:.1}")))
-        .collect::<Vec<_>>();
-    let x_ticks = layers
-        .iter()
-        .enumerate()
-        .map(|(i, l)| (x(i), l.clone()))
-        .collect::<Vec<_>>();
+    let (y_ticks, x_ticks) = accuracy_by_layer_ticks(&layers, x, y);
     view! {
         <ChartFrame id="guillotine-chart" width=W height=H pad=PAD legend=90.0
             data_lines=columns.len() y_ticks=y_ticks x_ticks=x_ticks

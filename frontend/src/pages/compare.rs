@@ -9,7 +9,7 @@ use sslab_shared::sweep::value_label;
 
 use super::status_class;
 use crate::api;
-use crate::chart::ChartFrame;
+use crate::chart::{ChartFrame, accuracy_by_layer_ticks};
 use crate::probes::{COLOURS, axes as probe_axes, column_name, value};
 
 const W: f64 = 680.0;
@@ -81,15 +81,7 @@ fn OverlaidProbes(c: Comparison) -> impl IntoView {
             view! { <polyline class="run-probe" points=points stroke=colour fill="none" stroke-width="2"/> }
         })
         .collect_view();
-    let y_ticks = [0.0, 0.5, 1.0]
-        .into_iter()
-        .map(|v| (y(v), format!("{v:.1}")))
-        .collect::<Vec<_>>();
-    let x_ticks = layers
-        .iter()
-        .enumerate()
-        .map(|(i, l)| (x(i), l.clone()))
-        .collect::<Vec<_>>();
+    let (y_ticks, x_ticks) = accuracy_by_layer_ticks(&layers, x, y);
     view! {
         <ChartFrame id="compare-probe-chart" width=W height=H pad=PAD data_lines=c.runs.len()
             y_ticks=y_ticks x_ticks=x_ticks title="kNN top-1 by layer (deeper →)">
