@@ -1,6 +1,10 @@
-//! Calls to the sslab REST API.
+//! Calls to the sslab REST API. The session cookie authorizes them; every
+//! state-changing call also sends the session's CSRF token, and a 401
+//! sends the visitor to the sign-in page.
 
-use gloo_net::http::{Request, Response};
+use std::cell::RefCell;
+
+use gloo_net::http::{Request, RequestBuilder, Response};
 use serde::de::DeserializeOwned;
 use sslab_shared::RunSpec;
 use sslab_shared::api::{ErrorBody, Run};
@@ -27,7 +31,51 @@ fn network(e: impl std::fmt::Display) -> ApiFailure {
     }
 }
 
+thread_local! {
+    static CSRF: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Remembers the session's CSRF token (from `GET /session`).
+pub fn set_csrf(token: Option<String>) {
+    CSRF.with(|c| *c.borrow_mut() = token);
+}
+
+/// Adds the CSRF header; asks for the session first when a change comes
+/// before the page has loaded it.
+async fn with_csrf(request: RequestBuilder) -> RequestBuilder {
+    let mut token = CSRF.with(|c| c.borrow().clone());
+    if token.is_none()
+        && let Ok(resp) = Request::get("/api/v1/session").send().await
+        && let Ok(me) = resp.json::<sslab_shared::auth::Me>().await
+    {
+        set_csrf(me.csrf.clone());
+        token = me.csrf;
+    }
+    match token {
+        Some(token) => request.header("x-csrf-token", &token),
+        None => request,
+    }
+}
+
+/// The sign-in page, with the page to come back to.
+pub fn go_to_sign_in() {
+    let Some(window) = web_sys::window() else {
+        return;
+    };
+    let location = window.location();
+    let here = location.pathname().unwrap_or_default();
+    if here == "/signin" {
+        return;
+    }
+    let search = location.search().unwrap_or_default();
+    let back = query_value(&format!("{here}{search}"));
+    let _ = location.set_href(&format!("/signin?next={back}"));
+}
+
 async fn decode<T: DeserializeOwned>(resp: Response) -> Result<T, ApiFailure> {
+    if resp.status() == 401 {
+        go_to_sign_in();
+    }
     if resp.ok() {
         return resp.json::<T>().await.map_err(|e| ApiFailure {
             message: format!("unexpected answer from the server: {e}"),
@@ -60,7 +108,7 @@ pub async fn post<T: DeserializeOwned>(
     path: &str,
     body: Option<&impl serde::Serialize>,
 ) -> Result<T, ApiFailure> {
-    let request = Request::post(&format!("/api/v1{path}"));
+    let request = with_csrf(Request::post(&format!("/api/v1{path}"))).await;
     let resp = match body {
         Some(b) => {
             let text = serde_json::to_string(b).map_err(|e| ApiFailure {
@@ -82,7 +130,8 @@ pub async fn post<T: DeserializeOwned>(
 
 /// POSTs a file as the raw body (an upload) and decodes the answer.
 pub async fn upload<T: DeserializeOwned>(path: &str, file: web_sys::File) -> Result<T, ApiFailure> {
-    let resp = Request::post(&format!("/api/v1{path}"))
+    let resp = with_csrf(Request::post(&format!("/api/v1{path}")))
+        .await
         .header("content-type", "application/octet-stream")
         .body(wasm_bindgen::JsValue::from(file))
         .map_err(network)?
@@ -90,6 +139,32 @@ pub async fn upload<T: DeserializeOwned>(path: &str, file: web_sys::File) -> Res
         .await
         .map_err(network)?;
     decode(resp).await
+}
+
+/// DELETEs `path`; the answer has no body.
+pub async fn delete(path: &str) -> Result<(), ApiFailure> {
+    let resp = with_csrf(Request::delete(&format!("/api/v1{path}")))
+        .await
+        .send()
+        .await
+        .map_err(network)?;
+    if resp.ok() {
+        return Ok(());
+    }
+    decode::<serde_json::Value>(resp).await.map(|_| ())
+}
+
+/// POSTs and expects no body back (204).
+pub async fn post_empty(path: &str) -> Result<(), ApiFailure> {
+    let resp = with_csrf(Request::post(&format!("/api/v1{path}")))
+        .await
+        .send()
+        .await
+        .map_err(network)?;
+    if resp.ok() {
+        return Ok(());
+    }
+    decode::<serde_json::Value>(resp).await.map(|_| ())
 }
 
 /// Text safe inside a query string value.

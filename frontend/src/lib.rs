@@ -20,6 +20,14 @@ pub fn start() {
 
 #[component]
 fn App() -> impl IntoView {
+    // Who is signed in; a 401 here sends the visitor to the sign-in page.
+    let me = LocalResource::new(|| async {
+        let me = api::get::<sslab_shared::auth::Me>("/session").await;
+        if let Ok(m) = &me {
+            api::set_csrf(m.csrf.clone());
+        }
+        me
+    });
     view! {
         <Router>
             <header class="top">
@@ -31,9 +39,15 @@ fn App() -> impl IntoView {
                     <A href="/datasets">"Data sets"</A>
                     <A href="/audits">"Audits"</A>
                 </nav>
+                <Transition fallback=|| ()>
+                    {move || me.get().and_then(|m| m.ok()).map(|m| view! { <pages::account::AccountBar me=m/> })}
+                </Transition>
             </header>
             <main>
                 <Routes fallback=|| view! { <p class="error">"No such page."</p> }>
+                    <Route path=path!("/signin") view=pages::account::SignInPage/>
+                    <Route path=path!("/tokens") view=pages::account::TokensPage/>
+                    <Route path=path!("/members") view=pages::account::MembersPage/>
                     <Route path=path!("/") view=pages::runs::RunsPage/>
                     <Route path=path!("/runs/new") view=pages::new_run::NewRunPage/>
                     <Route path=path!("/runs/:id") view=pages::run::RunPage/>

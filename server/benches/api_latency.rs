@@ -135,14 +135,22 @@ async fn main() -> anyhow::Result<()> {
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line)?;
-    let base = line
-        .trim()
-        .strip_prefix("sslab listening on ")
-        .ok_or_else(|| anyhow::anyhow!("unexpected first line {line:?}"))?
-        .to_string();
-    let client = reqwest::Client::new();
+    let mut reader = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut token = String::new();
+    // The first start prints its admin token before the listening line.
+    let base = loop {
+        let mut line = String::new();
+        anyhow::ensure!(reader.read_line(&mut line)? > 0, "the server exited early");
+        if let Some(t) = line.trim().strip_prefix("sslab admin token: ") {
+            token = t.to_string();
+        }
+        if let Some(b) = line.trim().strip_prefix("sslab listening on ") {
+            break b.to_string();
+        }
+    };
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse()?);
+    let client = reqwest::Client::builder().default_headers(headers).build()?;
     let queries = [
         (
             "runs list (newest 50)",

@@ -13,7 +13,7 @@ use sslab_shared::spec::{DataSpec, RegisteredData};
 use sslab_shared::{RunSpec, SpecError};
 
 use crate::archive;
-use crate::store::{Store, StoreError, now_ms};
+use crate::store::{Owner, Store, StoreError, now_ms};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -97,19 +97,19 @@ impl Registry {
         Ok(dir.join(uuid::Uuid::new_v4().simple().to_string()))
     }
 
-    /// A usable name no data set has yet.
-    pub async fn check_free(&self, name: &str) -> Result<()> {
+    /// A usable name no data set of the team has yet.
+    pub async fn check_free(&self, team: &str, name: &str) -> Result<()> {
         sslab_shared::spec::check_dataset_name(name)
             .map_err(|m| RegistryError::Invalid(SpecError::new("name", m)))?;
-        if self.store.dataset(name).await?.is_some() {
+        if self.store.dataset(team, name).await?.is_some() {
             return Err(RegistryError::Exists(name.to_string()));
         }
         Ok(())
     }
 
     /// Registers files that stay where they are on this machine.
-    pub async fn import_path(&self, req: &DatasetImport) -> Result<Dataset> {
-        self.check_free(&req.name).await?;
+    pub async fn import_path(&self, req: &DatasetImport, owner: &Owner) -> Result<Dataset> {
+        self.check_free(&owner.team, &req.name).await?;
         let Some(path) = req.path.as_deref().filter(|p| !p.trim().is_empty()) else {
             return invalid("path", "name the folder on the server that holds the files");
         };
@@ -127,7 +127,7 @@ impl Registry {
         let folder = self.root.join(&id);
         let origin = format!("folder {}", dir.display());
         let d = describe(id, req, spec, origin, &splits, hash, Vec::new());
-        self.record(d, &splits, &folder).await
+        self.record(d, &splits, &folder, owner).await
     }
 
     /// Unpacks `archive` (tar, tar.gz or zip) and registers its files. The
@@ -137,8 +137,9 @@ impl Registry {
         req: &DatasetImport,
         archive: &Path,
         origin: String,
+        owner: &Owner,
     ) -> Result<Dataset> {
-        let result = self.unpack_and_record(req, archive, origin).await;
+        let result = self.unpack_and_record(req, archive, origin, owner).await;
         let _ = std::fs::remove_file(archive);
         result
     }
@@ -148,8 +149,9 @@ impl Registry {
         req: &DatasetImport,
         archive: &Path,
         origin: String,
+        owner: &Owner,
     ) -> Result<Dataset> {
-        self.check_free(&req.name).await?;
+        self.check_free(&owner.team, &req.name).await?;
         if req.path.is_some() {
             return invalid("path", "an upload carries its files; leave `path` out");
         }
@@ -202,7 +204,7 @@ impl Registry {
                 .data_spec(&files.join(rel).to_string_lossy())
                 .map_err(RegistryError::Invalid)?;
             let d = describe(id, req, spec, origin, &splits, hash, unpacked.skipped);
-            self.record(d, &splits, &folder).await
+            self.record(d, &splits, &folder, owner).await
         }
         .await;
         if result.is_err() {
@@ -221,7 +223,14 @@ impl Registry {
     }
 
     /// Writes the thumbnails and the row; the folder is removed if either fails.
-    async fn record(&self, d: Dataset, splits: &Splits, folder: &Path) -> Result<Dataset> {
+    async fn record(
+        &self,
+        mut d: Dataset,
+        splits: &Splits,
+        folder: &Path,
+        owner: &Owner,
+    ) -> Result<Dataset> {
+        d.team = owner.team.clone();
         let written = async {
             let (per_class, classes, side) = SHEET;
             let sheet = data::sample_grid(&splits.train, per_class, classes, side)
@@ -231,7 +240,7 @@ impl Registry {
                 .map_err(|e| {
                     RegistryError::Io(format!("cannot write {}: {e}", folder.display()))
                 })?;
-            if !self.store.insert_dataset(&d).await? {
+            if !self.store.insert_dataset(&d, owner).await? {
                 return Err(RegistryError::Exists(d.name.clone()));
             }
             Ok(())
@@ -248,11 +257,12 @@ impl Registry {
     /// Fills in what a run's registered data set names stand for, and checks
     /// the spec again now that image sizes are known. `within` prefixes the
     /// fields errors name: where the run sits in a larger spec (`base.`, `run.`).
-    pub async fn resolve(&self, spec: &mut RunSpec, within: &str) -> Result<()> {
+    /// Names are looked up among `team`'s data sets.
+    pub async fn resolve(&self, spec: &mut RunSpec, within: &str, team: &str) -> Result<()> {
         let resolved = async {
-            self.resolve_data(&mut spec.data, "data").await?;
+            self.resolve_data(&mut spec.data, "data", team).await?;
             if let Some(d) = &mut spec.eval.data {
-                self.resolve_data(d, "eval.data").await?;
+                self.resolve_data(d, "eval.data", team).await?;
             }
             spec.validate().map_err(RegistryError::Invalid)
         }
@@ -267,11 +277,11 @@ impl Registry {
 
     /// Fills in one data spec that may name a registered data set; `field`
     /// names it in errors.
-    pub async fn resolve_data(&self, data: &mut DataSpec, field: &str) -> Result<()> {
+    pub async fn resolve_data(&self, data: &mut DataSpec, field: &str, team: &str) -> Result<()> {
         let DataSpec::Dataset { name, registered } = data else {
             return Ok(());
         };
-        let Some(d) = self.store.dataset(name).await? else {
+        let Some(d) = self.store.dataset(team, name).await? else {
             return invalid(
                 &format!("{field}.name"),
                 format!(
@@ -284,6 +294,49 @@ impl Registry {
             data: d.data,
         }));
         Ok(())
+    }
+}
+
+/// Why a server folder named over the API was refused.
+#[derive(Debug)]
+pub enum PathRefused {
+    /// Not inside the `--data-root` folders (or none are set): nothing
+    /// about the file system outside them is revealed.
+    Outside(String),
+    /// Inside them, but it cannot be opened.
+    Unreadable(String),
+}
+
+/// Where server folders may be read from over the API: `path`, with every
+/// link followed, inside one of `roots` (`sslab serve --data-root`).
+pub fn under_roots(path: &str, roots: &[PathBuf]) -> std::result::Result<PathBuf, PathRefused> {
+    if roots.is_empty() {
+        return Err(PathRefused::Outside(
+            "this server reads no folders named over the API; an operator can allow some \
+             with `sslab serve --data-root DIR`, or register data with an upload or \
+             `sslab data import`"
+                .into(),
+        ));
+    }
+    let given = Path::new(path);
+    if given.components().any(|c| c == std::path::Component::ParentDir) {
+        return Err(PathRefused::Outside(format!("`{path}` must not contain `..`")));
+    }
+    let outside = || {
+        PathRefused::Outside(format!(
+            "`{path}` is not inside a folder this server reads (its --data-root list); a link out of one counts as outside"
+        ))
+    };
+    // Checked before the file system is touched, and again once links are followed.
+    if !roots.iter().any(|root| given.starts_with(root)) {
+        return Err(outside());
+    }
+    let real = std::fs::canonicalize(given)
+        .map_err(|e| PathRefused::Unreadable(format!("cannot open {path}: {e}")))?;
+    if roots.iter().any(|root| real.starts_with(root)) {
+        Ok(real)
+    } else {
+        Err(outside())
     }
 }
 
@@ -410,5 +463,7 @@ fn describe(
         boxed_images: boxed(&splits.train) + boxed(&splits.test),
         skipped,
         created_at: now_ms(),
+        // Set when it is recorded for its owner.
+        team: String::new(),
     }
 }

@@ -3,6 +3,7 @@
 mod archive;
 mod artifacts;
 mod audit_job;
+mod auth;
 mod cli;
 mod csv;
 mod datasets;
@@ -61,6 +62,17 @@ enum Command {
         /// Bytes one archive may unpack to (a zip bomb stops here).
         #[arg(long, env = "SSLAB_MAX_UNPACKED_BYTES", default_value_t = datasets::Limits::default().max_unpacked)]
         max_unpacked_bytes: u64,
+        /// A folder whose data team admins may register or name in specs
+        /// over the API (repeatable); without one, only uploads and
+        /// `sslab data import` register data.
+        #[arg(long = "data-root", env = "SSLAB_DATA_ROOTS", value_delimiter = ',')]
+        data_roots: Vec<PathBuf>,
+    },
+    /// Teams, users and tokens: `create-team`, `create-user`,
+    /// `create-token`, `list-tokens`, `revoke-token`.
+    Admin {
+        #[command(subcommand)]
+        command: cli::admin::AdminCommand,
     },
     /// The data set registry of this data folder: `import`, `list`.
     Data {
@@ -120,6 +132,8 @@ enum Command {
     },
     /// Create or update the database schema, then exit.
     Migrate,
+    /// Every API path this build serves, one a line (the tests walk them).
+    Routes,
 }
 
 fn database_url(cli: &Cli) -> anyhow::Result<String> {
@@ -152,13 +166,31 @@ async fn main() -> std::process::ExitCode {
             max_sweep_runs,
             max_upload_bytes,
             max_unpacked_bytes,
+            data_roots,
         } => {
             let limits = datasets::Limits {
                 max_upload: *max_upload_bytes,
                 max_unpacked: *max_unpacked_bytes,
                 ..Default::default()
             };
-            serve(&cli, *addr, static_dir, *workers, *max_sweep_runs, limits).await
+            let options = ServeOptions {
+                addr: *addr,
+                static_dir,
+                workers: *workers,
+                max_sweep_runs: *max_sweep_runs,
+                limits,
+                data_roots,
+            };
+            serve(&cli, options).await
+        }
+        Command::Admin { command } => {
+            async {
+                let store = store::Store::connect(&database_url(&cli)?)
+                    .await
+                    .context("opening the database")?;
+                cli::admin::run(command, &store).await
+            }
+            .await
         }
         Command::Data { command } => cli::data::run(command, || registry(&cli)).await,
         Command::Train {
@@ -182,6 +214,16 @@ async fn main() -> std::process::ExitCode {
             cli::train::evaluate(run, spec, out.as_deref(), || registry(&cli)).await
         }
         Command::Audit { spec, out } => cli::audit::run(spec, out).await,
+        Command::Routes => {
+            async {
+                let state = bare_state(&cli).await?;
+                for path in http::api_paths(&http::app(state, None)) {
+                    println!("{path}");
+                }
+                Ok(())
+            }
+            .await
+        }
         Command::Migrate => {
             async {
                 store::Store::connect(&database_url(&cli)?).await?;
@@ -200,6 +242,20 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
+/// A state on an empty in-memory database: enough to build the router.
+async fn bare_state(cli: &Cli) -> anyhow::Result<http::AppState> {
+    let store = store::Store::connect("sqlite::memory:").await?;
+    Ok(http::AppState {
+        store: store.clone(),
+        artifacts: artifacts::Artifacts::new(&cli.data_dir),
+        queued: Arc::new(tokio::sync::Notify::new()),
+        max_sweep_runs: 1,
+        datasets: datasets::Registry::new(store, &cli.data_dir, datasets::Limits::default()),
+        data_roots: Arc::new(Vec::new()),
+        backoff: auth::Backoff::default(),
+    })
+}
+
 /// The registry of the data folder, for commands that need it.
 async fn registry(cli: &Cli) -> anyhow::Result<datasets::Registry> {
     let store = store::Store::connect(&database_url(cli)?)
@@ -212,14 +268,32 @@ async fn registry(cli: &Cli) -> anyhow::Result<datasets::Registry> {
     ))
 }
 
-async fn serve(
-    cli: &Cli,
+struct ServeOptions<'a> {
     addr: SocketAddr,
-    static_dir: &Path,
+    static_dir: &'a Path,
     workers: usize,
     max_sweep_runs: usize,
     limits: datasets::Limits,
-) -> anyhow::Result<()> {
+    data_roots: &'a [PathBuf],
+}
+
+async fn serve(cli: &Cli, options: ServeOptions<'_>) -> anyhow::Result<()> {
+    let ServeOptions {
+        addr,
+        static_dir,
+        workers,
+        max_sweep_runs,
+        limits,
+        data_roots,
+    } = options;
+    // Resolved once: a root that is a link counts as where it points.
+    let data_roots = data_roots
+        .iter()
+        .map(|r| {
+            std::fs::canonicalize(r)
+                .with_context(|| format!("--data-root {} cannot be opened", r.display()))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let url = database_url(cli)?;
     let store = store::Store::connect(&url)
         .await
@@ -241,6 +315,8 @@ async fn serve(
         queued: Arc::new(tokio::sync::Notify::new()),
         max_sweep_runs,
         datasets: datasets::Registry::new(store.clone(), &cli.data_dir, limits),
+        data_roots: Arc::new(data_roots),
+        backoff: auth::Backoff::default(),
     };
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let mut worker_tasks = Vec::new();
@@ -282,11 +358,16 @@ async fn serve(
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
+    cli::admin::bootstrap(&store, &format!("http://{local}")).await?;
     // Tests and scripts read this line to find an ephemeral port.
     println!("sslab listening on http://{local}");
     tracing::info!(%local, database = %redact(&url), "serving");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
+    // The peer address feeds the sign-in back-off.
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
             shutdown_signal().await;
             tracing::info!("shutting down");
             let _ = shutdown_tx.send(true);

@@ -15,7 +15,7 @@ use sslab_shared::api::{
 /// create → run → done; metrics, memorization readings, evaluations,
 /// checkpoint, pagination.
 async fn lifecycle(server: &Server) {
-    let client = reqwest::Client::new();
+    let client = server.client();
     let mut spec = tiny_spec(2);
     spec["eval"]["memorization"] = json!({"every": 1, "canaries_per_class": 2});
     let run = create(&client, server, &spec).await;
@@ -121,7 +121,7 @@ async fn lifecycle(server: &Server) {
 /// A finished run evaluated again on other data with another plan, without
 /// retraining; rows export as CSV.
 async fn reevaluate(server: &Server, run: &Run, training_rows: usize) {
-    let client = reqwest::Client::new();
+    let client = server.client();
     let url = server.url(&format!("/runs/{}/evaluate", run.id));
     for (body, field) in [
         (r#"{"eval": {"layers": ["proj.9"]}}"#, "eval.layers"),
@@ -222,7 +222,7 @@ async fn reevaluate(server: &Server, run: &Run, training_rows: usize) {
 
 /// SSE delivers steps while the run trains, then the status and evaluations.
 async fn live_events(server: &Server) {
-    let client = reqwest::Client::new();
+    let client = server.client();
     let run = create(&client, server, &tiny_spec(6)).await;
     let resp = client
         .get(server.url(&format!("/runs/{}/events", run.id)))
@@ -296,7 +296,7 @@ async fn live_events(server: &Server) {
 
 /// Cancel stops a running run mid-epoch, and a queued one at once.
 async fn cancel(server: &Server) {
-    let client = reqwest::Client::new();
+    let client = server.client();
     let long = create(&client, server, &tiny_spec(500)).await;
     let queued = create(&client, server, &tiny_spec(1)).await;
     wait_for(&client, server, &long.id, 60, |r| r.step >= 1).await;
@@ -356,7 +356,7 @@ async fn expect_422(
 
 /// Invalid specs are refused with a 422 naming the field; nothing is stored.
 async fn invalid_specs(server: &Server) {
-    let client = reqwest::Client::new();
+    let client = server.client();
     let before: Page<Run> = get_json(&client, server.url("/runs")).await;
     let cases = [
         ("optimizer", "lr", json!(-1.0), "optimizer.lr", "must be in"),
@@ -457,8 +457,8 @@ async fn sqlite_api() {
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_server_requeues_its_run() {
     let dir = tempfile::tempdir().unwrap();
-    let client = reqwest::Client::new();
     let server = Server::start(dir.path(), None);
+    let client = server.client();
     let run = create(&client, &server, &tiny_spec(40)).await;
     // Four steps an epoch: past step 6 the first epoch's checkpoint is written.
     wait_for(&client, &server, &run.id, 60, |r| r.step >= 6).await;
@@ -497,7 +497,7 @@ async fn postgres_api() {
     lifecycle(&server).await;
     cancel(&server).await;
 
-    let client = reqwest::Client::new();
+    let client = server.client();
     let run = create(&client, &server, &tiny_spec(40)).await;
     wait_for(&client, &server, &run.id, 60, |r| r.step >= 2).await;
     server.stop("TERM");

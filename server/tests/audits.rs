@@ -52,7 +52,7 @@ async fn post(client: &reqwest::Client, url: String, body: &Value) -> (u16, Valu
 }
 
 async fn audits_api(server: &Server) {
-    let client = reqwest::Client::new();
+    let client = server.client();
     let (status, body) = post(&client, server.url("/audits"), &tiny_audit()).await;
     assert_eq!(status, 201, "{body}");
     let audit: Audit = serde_json::from_value(body).unwrap();

@@ -114,6 +114,13 @@ impl Browser {
         }
     }
 
+    /// Opens the server's one-time sign-in link and uses it.
+    async fn sign_in_with_link(&self, server: &Server) {
+        self.goto(&server.sign_in_link).await;
+        self.click("#signin-link").await;
+        self.wait_find("#signed-in-as").await;
+    }
+
     async fn set_field(&self, css: &str, text: &str) {
         let el = self.wait_find(css).await;
         self.cmd(
@@ -224,9 +231,29 @@ async fn launch_watch_and_read_a_run_in_chromium() {
     }
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), None);
+    // A member with a password, who signs in through the form.
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sslab"));
+    cmd.arg("--data-dir")
+        .arg(dir.path())
+        .args(["admin", "create-user", "rita", "--team", "default", "--password-stdin"])
+        .env_remove("DATABASE_URL")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"rita's password\n").unwrap();
+    assert!(child.wait().unwrap().success());
     let browser = Browser::start().await;
 
+    // Signed out, the dashboard sends the visitor to the sign-in form.
     browser.goto(&format!("{}/", server.base)).await;
+    browser.wait_find("#signin-form").await;
+    browser.set_field("#signin-name", "rita").await;
+    browser.set_field("#signin-password", "not it").await;
+    browser.click("#signin-submit").await;
+    browser.wait_find("#signin-error").await;
+    browser.set_field("#signin-password", "rita's password").await;
+    browser.click("#signin-submit").await;
+    browser.wait_find("#signed-in-as").await;
     browser.wait_find(".empty").await;
     browser.click("#new-run").await;
     for (field, value) in [
@@ -383,6 +410,22 @@ async fn launch_watch_and_read_a_run_in_chromium() {
     assert_eq!(result["len"], 32, "tiny CNN width 8 → 32-d backbone");
     assert_eq!(result["finite"], true);
     assert_eq!(result["layers"], json!(["backbone", "proj.0", "proj.1"]));
+
+    // Signed out, neither the run's page nor its API answers.
+    let run_url = browser.script("return location.href").await;
+    let run_url = run_url.as_str().unwrap().to_string();
+    browser.click("#sign-out").await;
+    browser.wait_find("#signin-form").await;
+    browser.goto(&run_url).await;
+    browser.wait_find("#signin-form").await;
+    assert!(browser.find("#loss-chart").await.is_none());
+    let status = browser
+        .script_async(
+            r#"const done = arguments[arguments.length - 1];
+               fetch('/api/v1/runs?page_size=1').then(r => done(r.status), e => done(String(e)));"#,
+        )
+        .await;
+    assert_eq!(status, json!(401));
 }
 
 /// Polls a script until it returns something other than null/false.
@@ -408,10 +451,11 @@ async fn sweep_from_a_run_page_in_chromium() {
     }
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), None);
-    let client = reqwest::Client::new();
+    let client = server.client();
     let run = create(&client, &server, &tiny_spec(1)).await;
     assert_succeeded(&wait_terminal(&client, &server, &run.id).await);
     let browser = Browser::start().await;
+    browser.sign_in_with_link(&server).await;
 
     browser
         .goto(&format!("{}/runs/{}", server.base, run.id))
@@ -567,6 +611,7 @@ async fn upload_a_data_set_in_chromium() {
     std::fs::write(&not_archive, "plain text").unwrap();
 
     let browser = Browser::start().await;
+    browser.sign_in_with_link(&server).await;
     browser.goto(&format!("{}/datasets", server.base)).await;
     browser.set_field("#upload-name", "web-pets").await;
     browser.set_field("#upload-size", "16").await;
@@ -603,7 +648,7 @@ async fn upload_a_data_set_in_chromium() {
             .contains("not a tar, tar.gz or zip"),
         "{status}"
     );
-    let listed: Vec<Value> = get_json(&reqwest::Client::new(), server.url("/datasets")).await;
+    let listed: Vec<Value> = get_json(&server.client(), server.url("/datasets")).await;
     assert_eq!(listed.len(), 1);
 }
 
@@ -618,7 +663,7 @@ async fn an_audit_page_in_chromium() {
     }
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), None);
-    let client = reqwest::Client::new();
+    let client = server.client();
     let spec = json!({
         "name": "page-audit", "snapshots": [1], "split": {"per_class": 6}, "attack": {"k": 10},
         "run": {"seed": 3,
@@ -637,6 +682,7 @@ async fn an_audit_page_in_chromium() {
     let id = audit["id"].as_str().unwrap().to_string();
 
     let browser = Browser::start().await;
+    browser.sign_in_with_link(&server).await;
     browser.goto(&format!("{}/audits/{id}", server.base)).await;
     // Two snapshots × 11 fractions × two models.
     wait_script(

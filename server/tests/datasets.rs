@@ -63,7 +63,8 @@ fn pet_files() -> Vec<(String, Vec<u8>)> {
 }
 
 async fn upload(server: &Server, query: &str, body: Vec<u8>) -> (u16, Value) {
-    let resp = reqwest::Client::new()
+    let resp = server
+        .client()
         .post(server.url(&format!("/datasets/upload?{query}")))
         .body(body)
         .send()
@@ -97,7 +98,7 @@ fn assert_clean(data_dir: &Path, registered: &[Dataset]) {
 }
 
 async fn datasets_api(server: &Server) {
-    let client = reqwest::Client::new();
+    let client = server.client();
     let (status, body) = upload(
         server,
         "name=pets&format=folder&image_size=16",
@@ -259,12 +260,38 @@ async fn datasets_api(server: &Server) {
     assert_eq!(resp.status(), 422);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["field"], "path", "{body}");
+    // Outside the --data-root folders, directly, through `..` or a link: 403,
+    // and nothing about that folder is told.
+    let outside = server.data_dir.join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, folder.join("link-out")).unwrap();
+    for path in [
+        outside.clone(),
+        folder.join("..").join("outside"),
+        folder.join("link-out"),
+        std::path::PathBuf::from("/etc"),
+    ] {
+        let resp = import("escape", &path).await.unwrap();
+        assert_eq!(resp.status(), 403, "{}", path.display());
+    }
+    let listed: Vec<Dataset> = common::get_json(&client, server.url("/datasets")).await;
+    assert!(listed.iter().all(|d| d.name != "escape"));
+}
+
+/// A server with small limits that reads data folders under `DIR/server-side`.
+fn start(dir: &Path, url: Option<&str>) -> Server {
+    let root = dir.join("server-side");
+    std::fs::create_dir_all(&root).unwrap();
+    let root = root.to_string_lossy().into_owned();
+    let mut env = LIMITS.to_vec();
+    env.push(("SSLAB_DATA_ROOTS", &root));
+    Server::start_with(dir, url, &env)
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sqlite_datasets() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start_with(dir.path(), None, &LIMITS);
+    let server = start(dir.path(), None);
     datasets_api(&server).await;
 }
 
@@ -274,6 +301,6 @@ async fn postgres_datasets() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start_with(dir.path(), Some(&url), &LIMITS);
+    let server = start(dir.path(), Some(&url));
     datasets_api(&server).await;
 }

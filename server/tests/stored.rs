@@ -38,7 +38,7 @@ async fn runs_stored_by_an_earlier_release_load_show_and_resume() {
         dir.path(),
     );
     let server = Server::start(dir.path(), None);
-    let client = reqwest::Client::new();
+    let client = server.client();
 
     let page: Page<Run> = get_json(&client, server.url("/runs")).await;
     let mut names: Vec<_> = page.items.iter().map(|r| r.name.as_str()).collect();

@@ -57,7 +57,7 @@ async fn wait_sweep_done(client: &reqwest::Client, server: &Server, id: &str) ->
 }
 
 async fn sweeps(server: &Server) {
-    let client = reqwest::Client::new();
+    let client = server.client();
     let base = tiny_spec(1);
     let runs_before: Page<Run> = get_json(&client, server.url("/runs")).await;
 

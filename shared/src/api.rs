@@ -74,6 +74,12 @@ pub struct Run {
     /// The sweep the run belongs to, if any.
     #[serde(default)]
     pub sweep_id: Option<String>,
+    /// The team that owns it.
+    #[serde(default)]
+    pub team: String,
+    /// The user who launched it (its id); none for runs from before teams.
+    #[serde(default)]
+    pub created_by: Option<String>,
 }
 
 /// One optimiser step.
@@ -169,6 +175,8 @@ pub struct EvaluationJob {
     pub created_at: i64,
     pub finished_at: Option<i64>,
     pub error: Option<String>,
+    #[serde(default)]
+    pub created_by: Option<String>,
 }
 
 /// A page of a list; pass `next_page_token` back as `page_token`.
@@ -243,6 +251,10 @@ pub struct Sweep {
     pub created_at: i64,
     pub run_count: i64,
     pub counts: StatusCounts,
+    #[serde(default)]
+    pub team: String,
+    #[serde(default)]
+    pub created_by: Option<String>,
 }
 
 /// One run of a sweep with its point and its end-of-training evaluations.
@@ -321,4 +333,8 @@ pub struct Audit {
     /// Steps of the model being trained, and its length.
     pub step: i64,
     pub total_steps: i64,
+    #[serde(default)]
+    pub team: String,
+    #[serde(default)]
+    pub created_by: Option<String>,
 }

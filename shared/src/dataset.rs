@@ -171,6 +171,9 @@ pub struct Dataset {
     /// Files of an upload that were left out, each with why.
     pub skipped: Vec<String>,
     pub created_at: i64,
+    /// The team that owns it; names are unique within a team.
+    #[serde(default)]
+    pub team: String,
 }
 
 impl Dataset {

@@ -1,3 +1,4 @@
+pub mod account;
 pub mod audits;
 pub mod compare;
 pub mod datasets;

@@ -8,6 +8,7 @@ use clap::Subcommand;
 use sslab_shared::dataset::{DataFormat, Dataset, DatasetImport};
 
 use crate::datasets::Registry;
+use crate::store::Owner;
 
 #[derive(Debug, Subcommand)]
 pub enum DataCommand {
@@ -35,9 +36,16 @@ pub enum DataCommand {
         /// Seeds the held-out draw of image folders.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// The team it is registered for.
+        #[arg(long, default_value = Owner::DEFAULT_TEAM)]
+        team: String,
     },
     /// The registered data sets: name, format, splits, images and classes.
-    List,
+    List {
+        /// The team whose data sets are listed.
+        #[arg(long, default_value = Owner::DEFAULT_TEAM)]
+        team: String,
+    },
 }
 
 fn parse_format(text: &str) -> Result<DataFormat, String> {
@@ -62,6 +70,7 @@ where
             coarse,
             unlabeled,
             seed,
+            team,
         } => {
             let mut req = DatasetImport::new(name, *format);
             req.image_size = *image_size;
@@ -70,18 +79,22 @@ where
             req.unlabeled = *unlabeled;
             req.seed = *seed;
             let registry = registry().await?;
+            let owner = Owner {
+                team: team_id(&registry, team).await?,
+                user: None,
+            };
             let meta = std::fs::metadata(path)
                 .with_context(|| format!("cannot open {}", path.display()))?;
             let d = if meta.is_dir() {
                 req.path = Some(path.to_string_lossy().into_owned());
-                registry.import_path(&req).await?
+                registry.import_path(&req, &owner).await?
             } else {
                 // The registry consumes its copy of the archive.
                 let copy = registry.scratch()?;
                 std::fs::copy(path, &copy)
                     .with_context(|| format!("cannot copy {}", path.display()))?;
                 let origin = format!("archive {}", path.display());
-                registry.import_archive(&req, &copy, origin).await?
+                registry.import_archive(&req, &copy, origin, &owner).await?
             };
             println!(
                 "registered `{}`: {} classes, {}, {}",
@@ -95,8 +108,12 @@ where
             }
             Ok(())
         }
-        DataCommand::List => {
-            let all = registry().await?.store().list_datasets().await?;
+        DataCommand::List { team } => {
+            let registry = registry().await?;
+            let all = registry
+                .store()
+                .list_datasets(&team_id(&registry, team).await?)
+                .await?;
             if all.is_empty() {
                 println!("no data sets are registered; add one with `sslab data import`");
                 return Ok(());
@@ -118,6 +135,14 @@ where
             Ok(())
         }
     }
+}
+
+async fn team_id(registry: &Registry, name: &str) -> anyhow::Result<String> {
+    registry
+        .store()
+        .team_id(name)
+        .await?
+        .with_context(|| format!("no team named `{name}` (sslab admin create-team makes one)"))
 }
 
 fn splits(d: &Dataset) -> String {

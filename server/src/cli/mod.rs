@@ -1,6 +1,7 @@
 //! The command line's commands that run on this machine without a server:
 //! `sslab train`, `eval`, `sweep`, `audit` and `data`.
 
+pub mod admin;
 pub mod audit;
 pub mod data;
 pub mod sweep;

@@ -15,7 +15,7 @@ use sslab_engine::train::{Control, Observer, Outcome, StepMetrics};
 use sslab_shared::RunSpec;
 use sslab_shared::api::{Evaluation, EvaluationRequest, MemorizationPoint, RunStatus};
 
-use crate::store::now_ms;
+use crate::store::{Owner, now_ms};
 
 #[derive(Serialize)]
 struct RunFile<'a> {
@@ -213,7 +213,7 @@ where
     if names_dataset {
         registry()
             .await?
-            .resolve(&mut spec, "")
+            .resolve(&mut spec, "", Owner::DEFAULT_TEAM)
             .await
             .with_context(|| format!("{}", spec_path.display()))?;
     }
@@ -431,7 +431,7 @@ where
     {
         registry()
             .await?
-            .resolve_data(data, "eval.data")
+            .resolve_data(data, "eval.data", Owner::DEFAULT_TEAM)
             .await
             .with_context(|| format!("{}", spec_path.display()))?;
     }

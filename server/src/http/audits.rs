@@ -12,7 +12,9 @@ use sslab_shared::api::{Audit, RunStatus};
 use sslab_shared::audit::{AuditReport, AuditRuns, AuditSpec, SplitSpec};
 use sslab_shared::spec::{DejavuPart, SubsetSpec};
 
-use super::{ApiError, ApiResult, AppState};
+use super::authn::JsonText;
+use super::{ApiError, ApiResult, AppState, check_may_change, owner};
+use crate::auth::Principal;
 
 pub fn router() -> axum::Router<AppState> {
     axum::Router::new()
@@ -26,14 +28,24 @@ pub fn router() -> axum::Router<AppState> {
 
 /// Checked like a run (422 naming the field), with a registered data set
 /// looked up first.
-async fn create(State(state): State<AppState>, body: String) -> ApiResult<Response> {
+async fn create(
+    State(state): State<AppState>,
+    p: Principal,
+    JsonText(body): JsonText,
+) -> ApiResult<Response> {
     let mut spec = AuditSpec::from_json(&body).map_err(ApiError::InvalidSpec)?;
     match spec.runs.clone() {
-        Some(runs) => from_runs(&state, &mut spec, &runs).await?,
-        None => state.datasets.resolve(&mut spec.run, "run.").await?,
+        Some(runs) => from_runs(&state, &p, &mut spec, &runs).await?,
+        None => {
+            super::check_run_data(&state, &p, &spec.run, "run.")?;
+            state
+                .datasets
+                .resolve(&mut spec.run, "run.", p.team())
+                .await?
+        }
     }
     spec.validate().map_err(ApiError::InvalidSpec)?;
-    let audit = state.store.create_audit(&spec).await?;
+    let audit = state.store.create_audit(&spec, &owner(&p)).await?;
     state.wake_workers();
     let location = format!("/api/v1/audits/{}", audit.id);
     Ok(super::created(true, location, audit))
@@ -41,7 +53,12 @@ async fn create(State(state): State<AppState>, body: String) -> ApiResult<Respon
 
 /// Fills `run` and `split` from two finished runs trained on parts A and B
 /// of one déjà vu partition with the same spec; 422 on `runs.…` otherwise.
-async fn from_runs(state: &AppState, spec: &mut AuditSpec, runs: &AuditRuns) -> ApiResult<()> {
+async fn from_runs(
+    state: &AppState,
+    principal: &Principal,
+    spec: &mut AuditSpec,
+    runs: &AuditRuns,
+) -> ApiResult<()> {
     let bad = |field: &str, message: String| ApiError::InvalidSpec(SpecError::new(field, message));
     let mut found = Vec::new();
     for (field, id, part) in [
@@ -52,6 +69,7 @@ async fn from_runs(state: &AppState, spec: &mut AuditSpec, runs: &AuditRuns) -> 
             .store
             .run(id)
             .await?
+            .filter(|r| super::visible(principal, &r.team))
             .ok_or_else(|| bad(field, format!("no run with id `{id}`")))?;
         if run.status != RunStatus::Succeeded {
             return Err(bad(
@@ -108,24 +126,34 @@ async fn from_runs(state: &AppState, spec: &mut AuditSpec, runs: &AuditRuns) -> 
     Ok(())
 }
 
-async fn list(State(state): State<AppState>) -> ApiResult<Json<Vec<Audit>>> {
-    Ok(Json(state.store.list_audits(200).await?))
+async fn list(State(state): State<AppState>, p: Principal) -> ApiResult<Json<Vec<Audit>>> {
+    Ok(Json(state.store.list_audits(p.team(), 200).await?))
 }
 
-async fn find(state: &AppState, id: &str) -> ApiResult<Audit> {
+async fn find(state: &AppState, p: &Principal, id: &str) -> ApiResult<Audit> {
     state
         .store
         .audit(id)
         .await?
+        .filter(|a| super::visible(p, &a.team))
         .ok_or_else(|| ApiError::NotFound(format!("no audit with id `{id}`")))
 }
 
-async fn read(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Audit>> {
-    Ok(Json(find(&state, &id).await?))
+async fn read(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Audit>> {
+    Ok(Json(find(&state, &p, &id).await?))
 }
 
-async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Audit>> {
-    let audit = find(&state, &id).await?;
+async fn cancel(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Audit>> {
+    let audit = find(&state, &p, &id).await?;
+    check_may_change(&p, audit.created_by.as_deref(), "this audit")?;
     if audit.status.is_terminal() {
         return Err(ApiError::Conflict(format!(
             "audit `{id}` has already ended ({})",
@@ -138,8 +166,8 @@ async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> ApiRes
         .ok_or_else(|| ApiError::NotFound(format!("no audit with id `{id}`")))
 }
 
-async fn finished_report(state: &AppState, id: &str) -> ApiResult<AuditReport> {
-    let audit = find(state, id).await?;
+async fn finished_report(state: &AppState, p: &Principal, id: &str) -> ApiResult<AuditReport> {
+    let audit = find(state, p, id).await?;
     if audit.status != RunStatus::Succeeded {
         return Err(ApiError::Conflict(format!(
             "audit `{id}` is {}; its report comes when it succeeds",
@@ -155,18 +183,20 @@ async fn finished_report(state: &AppState, id: &str) -> ApiResult<AuditReport> {
 
 async fn report(
     State(state): State<AppState>,
+    p: Principal,
     Path(id): Path<String>,
 ) -> ApiResult<Json<AuditReport>> {
-    Ok(Json(finished_report(&state, &id).await?))
+    Ok(Json(finished_report(&state, &p, &id).await?))
 }
 
 /// `{index}.png`: an image of the gallery (a memorized image or one of its
 /// nearest public images), by pool index.
 async fn image(
     State(state): State<AppState>,
+    p: Principal,
     Path((id, file)): Path<(String, String)>,
 ) -> ApiResult<Response> {
-    find(&state, &id).await?;
+    find(&state, &p, &id).await?;
     let index: usize = file
         .strip_suffix(".png")
         .and_then(|i| i.parse().ok())
@@ -189,8 +219,12 @@ async fn image(
         .into_response())
 }
 
-async fn examples(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
-    let report = finished_report(&state, &id).await?;
+async fn examples(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let report = finished_report(&state, &p, &id).await?;
     Ok((
         StatusCode::OK,
         [

@@ -12,7 +12,9 @@ use sslab_shared::SpecError;
 use sslab_shared::dataset::{Dataset, DatasetImport};
 use tokio::io::AsyncWriteExt;
 
-use super::{ApiError, ApiResult, AppState};
+use super::authn::JsonText;
+use super::{ApiError, ApiResult, AppState, owner};
+use crate::auth::Principal;
 
 pub fn router() -> axum::Router<AppState> {
     axum::Router::new()
@@ -26,11 +28,26 @@ pub fn router() -> axum::Router<AppState> {
         .route("/datasets/{name}/samples.png", get(samples))
 }
 
-/// Files already on the server: `{ "name", "format", "path", … }`.
-async fn import(State(state): State<AppState>, body: String) -> ApiResult<Response> {
-    let req: DatasetImport =
+/// Files already on the server: `{ "name", "format", "path", … }`. Team
+/// admins only, and only inside the operator's `--data-root` folders.
+async fn import(
+    State(state): State<AppState>,
+    p: Principal,
+    JsonText(body): JsonText,
+) -> ApiResult<Response> {
+    let mut req: DatasetImport =
         sslab_shared::error::from_json(&body).map_err(ApiError::InvalidSpec)?;
-    let d = state.datasets.import_path(&req).await?;
+    if !p.is_admin() {
+        return Err(ApiError::Forbidden(
+            "only a team admin registers a folder on the server; upload an archive instead".into(),
+        ));
+    }
+    if let Some(path) = req.path.as_deref().filter(|p| !p.trim().is_empty()) {
+        let real = crate::datasets::under_roots(path, &state.data_roots)
+            .map_err(|e| super::path_refused(e, "path"))?;
+        req.path = Some(real.to_string_lossy().into_owned());
+    }
+    let d = state.datasets.import_path(&req, &owner(&p)).await?;
     Ok(created(d))
 }
 
@@ -43,6 +60,7 @@ fn created(d: Dataset) -> Response {
 /// `?name=pets&format=folder&image_size=64`.
 async fn upload(
     State(state): State<AppState>,
+    p: Principal,
     RawQuery(query): RawQuery,
     body: Body,
 ) -> ApiResult<Response> {
@@ -50,7 +68,7 @@ async fn upload(
         .map_err(|e| ApiError::InvalidSpec(SpecError::new("query", e.to_string())))?;
     let registry = &state.datasets;
     // Refuse before reading a byte when the name is unusable.
-    registry.check_free(&req.name).await?;
+    registry.check_free(p.team(), &req.name).await?;
     let file = registry.scratch()?;
     let received = receive(body, &file, registry.limits.max_upload).await;
     let bytes = match received {
@@ -61,7 +79,9 @@ async fn upload(
         }
     };
     let origin = format!("upload of {bytes} bytes");
-    let d = registry.import_archive(&req, &file, origin).await?;
+    let d = registry
+        .import_archive(&req, &file, origin, &owner(&p))
+        .await?;
     Ok(created(d))
 }
 
@@ -87,25 +107,33 @@ async fn receive(body: Body, file: &std::path::Path, limit: u64) -> ApiResult<u6
     Ok(total)
 }
 
-async fn list(State(state): State<AppState>) -> ApiResult<Json<Vec<Dataset>>> {
-    Ok(Json(state.datasets.store().list_datasets().await?))
+async fn list(State(state): State<AppState>, p: Principal) -> ApiResult<Json<Vec<Dataset>>> {
+    Ok(Json(state.datasets.store().list_datasets(p.team()).await?))
 }
 
-async fn find(state: &AppState, name: &str) -> ApiResult<Dataset> {
+async fn find(state: &AppState, p: &Principal, name: &str) -> ApiResult<Dataset> {
     state
         .datasets
         .store()
-        .dataset(name)
+        .dataset(p.team(), name)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no data set named `{name}`")))
 }
 
-async fn read(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<Dataset>> {
-    Ok(Json(find(&state, &name).await?))
+async fn read(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Dataset>> {
+    Ok(Json(find(&state, &p, &name).await?))
 }
 
-async fn samples(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Response> {
-    let d = find(&state, &name).await?;
+async fn samples(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    let d = find(&state, &p, &name).await?;
     let path = state.datasets.samples_path(&d);
     let png = tokio::fs::read(&path)
         .await

@@ -18,6 +18,17 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     NotFound(String),
+    /// No credentials, or ones that do not work; the answer asks for a bearer token.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Credentials that work but do not allow this.
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// Wait this many seconds before trying again.
+    #[error("{1}")]
+    TooManyRequests(u64, String),
     #[error("{0}")]
     Conflict(String),
     /// Files that cannot be used as what they were sent as.
@@ -37,6 +48,11 @@ pub enum ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let retry_after = match &self {
+            ApiError::TooManyRequests(secs, _) => Some(*secs),
+            _ => None,
+        };
+        let unauthorized = matches!(self, ApiError::Unauthorized(_));
         let (status, code, message, field) = match self {
             ApiError::InvalidSpec(e) => (
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -46,6 +62,17 @@ impl IntoResponse for ApiError {
             ),
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m, None),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m, None),
+            ApiError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, "unauthorized", m, None),
+            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", m, None),
+            ApiError::UnsupportedMediaType(m) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                m,
+                None,
+            ),
+            ApiError::TooManyRequests(_, m) => {
+                (StatusCode::TOO_MANY_REQUESTS, "too_many_requests", m, None)
+            }
             ApiError::Conflict(m) => (StatusCode::CONFLICT, "conflict", m, None),
             ApiError::InvalidData(m) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_data", m, None),
             ApiError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large", m, None),
@@ -85,7 +112,18 @@ impl IntoResponse for ApiError {
                 field,
             },
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        let headers = response.headers_mut();
+        if let Some(secs) = retry_after {
+            headers.insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        if unauthorized {
+            headers.insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer realm=\"sslab\""),
+            );
+        }
+        response
     }
 }
 

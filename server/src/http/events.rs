@@ -14,12 +14,17 @@ use futures_util::Stream;
 use sslab_shared::api::{RunStatus, events};
 
 use super::{ApiResult, AppState};
-use crate::store::Store;
+use crate::auth::Principal;
 
 const POLL: Duration = Duration::from_millis(250);
+const RECHECK: Duration = Duration::from_secs(2);
 
 struct Cursor {
-    store: Store,
+    state: AppState,
+    /// The request's credentials, checked again every `RECHECK`: a revoked
+    /// token or ended session ends the stream.
+    headers: HeaderMap,
+    checked: std::time::Instant,
     id: String,
     /// Last metric step sent (also the SSE event id, so a reconnect resumes).
     last_step: i64,
@@ -31,17 +36,20 @@ struct Cursor {
 
 pub async fn stream(
     State(state): State<AppState>,
+    p: Principal,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
-    super::runs::find(&state, &id).await?;
+    super::runs::find(&state, &p, &id).await?;
     let last_step = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     let cursor = Cursor {
-        store: state.store.clone(),
+        state: state.clone(),
+        headers,
+        checked: std::time::Instant::now(),
         id,
         last_step,
         last_status: None,
@@ -78,13 +86,20 @@ fn json_event(name: &str, data: &impl serde::Serialize) -> Event {
 }
 
 async fn poll(c: &mut Cursor) -> crate::store::Result<()> {
+    if c.checked.elapsed() >= RECHECK {
+        c.checked = std::time::Instant::now();
+        if super::authn::resolve(&c.state, &c.headers).await.is_err() {
+            c.done = true;
+            return Ok(());
+        }
+    }
     // Status first: once it reads terminal, every metric is already stored.
-    let Some(run) = c.store.run(&c.id).await? else {
+    let Some(run) = c.state.store.run(&c.id).await? else {
         c.done = true;
         return Ok(());
     };
     loop {
-        let batch = c.store.metrics(&c.id, c.last_step, 500).await?;
+        let batch = c.state.store.metrics(&c.id, c.last_step, 500).await?;
         let full = batch.len() == 500;
         for m in batch {
             c.last_step = m.step;
@@ -101,7 +116,7 @@ async fn poll(c: &mut Cursor) -> crate::store::Result<()> {
         let terminal = run.status.is_terminal();
         c.queue.push_back(json_event(events::STATUS, &run));
         if terminal {
-            let evaluations = c.store.evaluations(&c.id, Some("")).await?;
+            let evaluations = c.state.store.evaluations(&c.id, Some("")).await?;
             c.queue
                 .push_back(json_event(events::EVALUATIONS, &evaluations));
             c.done = true;

@@ -1,6 +1,8 @@
 //! The HTTP surface: JSON API under `/api/v1` and the built dashboard at `/`.
 
+mod accounts;
 mod audits;
+mod authn;
 mod datasets;
 mod error;
 mod events;
@@ -17,9 +19,11 @@ use axum::routing::get;
 use tokio::sync::Notify;
 use tower_http::services::{ServeDir, ServeFile};
 
+pub use accounts::{issue_sign_in_code, issue_token};
 pub use error::{ApiError, ApiResult};
 
 use crate::artifacts::Artifacts;
+use crate::auth::{Backoff, Principal};
 use crate::datasets::Registry;
 use crate::store::Store;
 
@@ -32,6 +36,9 @@ pub struct AppState {
     /// The most runs one sweep may expand to.
     pub max_sweep_runs: usize,
     pub datasets: Registry,
+    /// Server folders the API may read data from (`--data-root`), resolved.
+    pub data_roots: Arc<Vec<PathBuf>>,
+    pub backoff: Backoff,
 }
 
 impl AppState {
@@ -41,6 +48,75 @@ impl AppState {
         self.queued.notify_waiters();
         self.queued.notify_one();
     }
+}
+
+/// Who owns what `p` creates.
+pub(crate) fn owner(p: &Principal) -> crate::store::Owner {
+    crate::store::Owner {
+        team: p.team().to_string(),
+        user: p.user_id.clone(),
+    }
+}
+
+/// Another team's objects do not exist, as far as `p` can tell.
+pub(crate) fn visible(p: &Principal, team: &str) -> bool {
+    p.team_id.as_deref() == Some(team)
+}
+
+/// Members cancel what they created; admins anything of the team.
+pub(crate) fn check_may_change(p: &Principal, created_by: Option<&str>, what: &str) -> ApiResult<()> {
+    if p.may_change(created_by) {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!(
+            "only its creator or a team admin may change {what}"
+        )))
+    }
+}
+
+/// Data read straight from a server folder: team admins only, and only
+/// inside the operator's `--data-root` folders. `field` names the spec's
+/// data in errors.
+pub(crate) fn check_server_data(
+    state: &AppState,
+    p: &Principal,
+    data: &sslab_shared::spec::DataSpec,
+    field: &str,
+) -> ApiResult<()> {
+    let Some(path) = data.server_path() else {
+        return Ok(());
+    };
+    if !p.is_admin() {
+        return Err(ApiError::Forbidden(format!(
+            "{field}.path: only a team admin may name a folder on the server; upload the data instead"
+        )));
+    }
+    crate::datasets::under_roots(path, &state.data_roots)
+        .map(|_| ())
+        .map_err(|e| path_refused(e, &format!("{field}.path")))
+}
+
+pub(crate) fn path_refused(e: crate::datasets::PathRefused, field: &str) -> ApiError {
+    match e {
+        crate::datasets::PathRefused::Outside(m) => ApiError::Forbidden(format!("{field}: {m}")),
+        crate::datasets::PathRefused::Unreadable(m) => {
+            ApiError::InvalidSpec(sslab_shared::SpecError::new(field, m))
+        }
+    }
+}
+
+/// `check_server_data` for every data a run spec reads.
+pub(crate) fn check_run_data(
+    state: &AppState,
+    p: &Principal,
+    spec: &sslab_shared::RunSpec,
+    within: &str,
+) -> ApiResult<()> {
+    check_server_data(state, p, &spec.data, &format!("{within}data"))?;
+    if let Some(d) = &spec.eval.data {
+        check_server_data(state, p, d, &format!("{within}eval.data"))?;
+    }
+    Ok(())
 }
 
 /// The answer to a creating POST: 201 with a Location, or 200 when an
@@ -81,14 +157,46 @@ pub(crate) fn idempotency_key(headers: &axum::http::HeaderMap) -> ApiResult<Opti
     Ok(key)
 }
 
+/// Every API path the router serves, read off the router itself (its
+/// `Debug` form is the only public view of its table), in order.
+pub fn api_paths(router: &Router) -> Vec<String> {
+    let text = format!("{router:?}");
+    let mut paths: Vec<String> = text
+        .split("RouteId(")
+        .skip(1)
+        .filter_map(|part| {
+            let rest = part.split_once("): \"")?.1;
+            Some(rest.split_once('"')?.0.to_string())
+        })
+        // `/api/v1` itself and the `__private__` tail are the nest's fallback.
+        .filter(|p| p.starts_with("/api/v1/") && !p.contains("__private__"))
+        .collect();
+    paths.sort();
+    paths.dedup();
+    paths
+}
+
 /// The whole application; tests call this with their own state.
 pub fn app(state: AppState, static_dir: Option<PathBuf>) -> Router {
-    let api = Router::new()
-        .route("/health", get(|| async { "ok" }))
+    use authn::Access;
+    let guarded = |router: Router<AppState>, access: Access| {
+        router.route_layer(axum::middleware::from_fn_with_state(
+            (state.clone(), access),
+            authn::layer,
+        ))
+    };
+    let team = Router::new()
         .merge(runs::router())
         .merge(sweeps::router())
         .merge(datasets::router())
         .merge(audits::router())
+        .merge(accounts::team_router());
+    // Everything but health and sign-in goes through the authentication layer.
+    let api = Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .merge(accounts::public_router())
+        .merge(guarded(accounts::account_router(), Access::Account))
+        .merge(guarded(team, Access::Team))
         .fallback(|| async { ApiError::NotFound("no such API route".into()) });
     let router = Router::new().nest("/api/v1", api).with_state(state);
     match static_dir.filter(|d| d.join("index.html").is_file()) {

@@ -13,7 +13,9 @@ use sslab_shared::api::{
     EvaluationJob, EvaluationRequest, MemorizationPoint, MetricPoint, Page, Run, RunStatus,
 };
 
-use super::{ApiError, ApiResult, AppState, events, idempotency_key};
+use super::authn::JsonText;
+use super::{ApiError, ApiResult, AppState, check_may_change, events, idempotency_key, owner};
+use crate::auth::Principal;
 use crate::store::RunFilter;
 
 pub fn router() -> axum::Router<AppState> {
@@ -36,13 +38,15 @@ pub fn router() -> axum::Router<AppState> {
 /// problem, syntax included, comes back as a 422 naming the field.
 async fn create(
     State(state): State<AppState>,
+    p: Principal,
     headers: HeaderMap,
-    body: String,
+    JsonText(body): JsonText,
 ) -> ApiResult<Response> {
     let mut spec = RunSpec::from_json(&body).map_err(ApiError::InvalidSpec)?;
-    state.datasets.resolve(&mut spec, "").await?;
+    super::check_run_data(&state, &p, &spec, "")?;
+    state.datasets.resolve(&mut spec, "", p.team()).await?;
     let key = idempotency_key(&headers)?;
-    let (run, created) = state.store.create_run(&spec, key).await?;
+    let (run, created) = state.store.create_run(&spec, &owner(&p), key).await?;
     if created {
         state.wake_workers();
     }
@@ -87,6 +91,7 @@ pub(super) fn check_page_token(token: Option<&str>) -> ApiResult<()> {
 /// Newest first, filtered on the server: status, sweep, method, name.
 async fn list(
     State(state): State<AppState>,
+    p: Principal,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Page<Run>>> {
     let page_size = page_size(q.page_size)?;
@@ -101,6 +106,7 @@ async fn list(
     };
     let nonempty = |s: Option<String>| s.filter(|s| !s.trim().is_empty());
     let filter = RunFilter {
+        team: p.team().to_string(),
         status,
         sweep_id: nonempty(q.sweep),
         method: nonempty(q.method),
@@ -114,20 +120,31 @@ async fn list(
     ))
 }
 
-pub(super) async fn find(state: &AppState, id: &str) -> ApiResult<Run> {
+/// The run, if `p`'s team has one with that id.
+pub(super) async fn find(state: &AppState, p: &Principal, id: &str) -> ApiResult<Run> {
     state
         .store
         .run(id)
         .await?
+        .filter(|r| super::visible(p, &r.team))
         .ok_or_else(|| ApiError::NotFound(format!("no run with id `{id}`")))
 }
 
-async fn read(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Run>> {
-    Ok(Json(find(&state, &id).await?))
+async fn read(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Run>> {
+    Ok(Json(find(&state, &p, &id).await?))
 }
 
-async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Run>> {
-    let run = find(&state, &id).await?;
+async fn cancel(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Run>> {
+    let run = find(&state, &p, &id).await?;
+    check_may_change(&p, run.created_by.as_deref(), "this run")?;
     if run.status.is_terminal() {
         return Err(ApiError::Conflict(format!(
             "run `{id}` has already ended ({})",
@@ -148,10 +165,11 @@ struct MetricsQuery {
 
 async fn metrics(
     State(state): State<AppState>,
+    p: Principal,
     Path(id): Path<String>,
     Query(q): Query<MetricsQuery>,
 ) -> ApiResult<Json<Vec<MetricPoint>>> {
-    find(&state, &id).await?;
+    find(&state, &p, &id).await?;
     let limit = q.limit.unwrap_or(10_000).min(100_000);
     Ok(Json(
         state
@@ -165,9 +183,10 @@ async fn metrics(
 /// no `eval.memorization`).
 async fn memorization(
     State(state): State<AppState>,
+    p: Principal,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Vec<MemorizationPoint>>> {
-    find(&state, &id).await?;
+    find(&state, &p, &id).await?;
     Ok(Json(state.store.memorization(&id).await?))
 }
 
@@ -183,10 +202,11 @@ struct EvaluationsQuery {
 /// One row per (layer, probe, metric), as JSON or CSV.
 async fn evaluations(
     State(state): State<AppState>,
+    p: Principal,
     Path(id): Path<String>,
     Query(q): Query<EvaluationsQuery>,
 ) -> ApiResult<Response> {
-    find(&state, &id).await?;
+    find(&state, &p, &id).await?;
     let job = q
         .job
         .as_deref()
@@ -229,10 +249,11 @@ async fn evaluations(
 /// Queues a re-evaluation of a finished run: another plan, other data, no retraining.
 async fn evaluate(
     State(state): State<AppState>,
+    p: Principal,
     Path(id): Path<String>,
-    body: String,
+    JsonText(body): JsonText,
 ) -> ApiResult<Response> {
-    let run = find(&state, &id).await?;
+    let run = find(&state, &p, &id).await?;
     let body = if body.trim().is_empty() {
         "{}"
     } else {
@@ -241,7 +262,8 @@ async fn evaluate(
     let mut request = EvaluationRequest::parse(body, false, &run.spec.layer_names())
         .map_err(ApiError::InvalidSpec)?;
     if let Some(data) = &mut request.eval.data {
-        state.datasets.resolve_data(data, "eval.data").await?;
+        super::check_server_data(&state, &p, data, "eval.data")?;
+        state.datasets.resolve_data(data, "eval.data", p.team()).await?;
     }
     if run.status != RunStatus::Succeeded {
         return Err(ApiError::Conflict(format!(
@@ -249,7 +271,10 @@ async fn evaluate(
             run.status.as_str()
         )));
     }
-    let job = state.store.create_evaluation_job(&id, &request).await?;
+    let job = state
+        .store
+        .create_evaluation_job(&id, &request, p.user_id.as_deref())
+        .await?;
     state.wake_workers();
     Ok((
         StatusCode::CREATED,
@@ -264,32 +289,39 @@ async fn evaluate(
 
 async fn evaluation_jobs(
     State(state): State<AppState>,
+    p: Principal,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Vec<EvaluationJob>>> {
-    find(&state, &id).await?;
+    find(&state, &p, &id).await?;
     Ok(Json(state.store.evaluation_jobs(&id).await?))
+}
+
+/// The job, if it evaluates a run of `p`'s team.
+async fn find_job(state: &AppState, p: &Principal, id: &str) -> ApiResult<EvaluationJob> {
+    let missing = || ApiError::NotFound(format!("no evaluation job with id `{id}`"));
+    let job = state.store.evaluation_job(id).await?.ok_or_else(missing)?;
+    find(state, p, &job.run_id).await.map_err(|_| missing())?;
+    Ok(job)
 }
 
 async fn evaluation_job(
     State(state): State<AppState>,
+    p: Principal,
     Path(id): Path<String>,
 ) -> ApiResult<Json<EvaluationJob>> {
-    state
-        .store
-        .evaluation_job(&id)
-        .await?
-        .map(Json)
-        .ok_or_else(|| ApiError::NotFound(format!("no evaluation job with id `{id}`")))
+    Ok(Json(find_job(&state, &p, &id).await?))
 }
 
 /// Cancels a queued re-evaluation at once; a running one ends as
 /// cancelled, its rows discarded.
 async fn cancel_evaluation(
     State(state): State<AppState>,
+    p: Principal,
     Path(id): Path<String>,
 ) -> ApiResult<Json<EvaluationJob>> {
     let missing = || ApiError::NotFound(format!("no evaluation job with id `{id}`"));
-    let job = state.store.evaluation_job(&id).await?.ok_or_else(missing)?;
+    let job = find_job(&state, &p, &id).await?;
+    check_may_change(&p, job.created_by.as_deref(), "this evaluation job")?;
     if job.status.is_terminal() {
         return Err(ApiError::Conflict(format!(
             "evaluation job `{id}` has already ended ({})",
@@ -305,8 +337,12 @@ async fn cancel_evaluation(
 }
 
 /// The last end-of-epoch weights, as safetensors.
-async fn checkpoint(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
-    find(&state, &id).await?;
+async fn checkpoint(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    find(&state, &p, &id).await?;
     let path = state.artifacts.checkpoint(&id);
     let bytes = match tokio::fs::read(&path).await {
         Ok(b) => b,

@@ -10,7 +10,9 @@ use serde::Deserialize;
 use sslab_shared::api::{Comparison, MetricPoint, Page, SpecDifference, Sweep, SweepSummary};
 use sslab_shared::sweep::{SweepSpec, canonical_path, flatten};
 
-use super::{ApiError, ApiResult, AppState, idempotency_key, runs};
+use super::authn::JsonText;
+use super::{ApiError, ApiResult, AppState, check_may_change, idempotency_key, owner, runs};
+use crate::auth::Principal;
 
 pub fn router() -> axum::Router<AppState> {
     axum::Router::new()
@@ -26,16 +28,28 @@ pub fn router() -> axum::Router<AppState> {
 /// is a 422 and nothing is stored.
 async fn create(
     State(state): State<AppState>,
+    p: Principal,
     headers: HeaderMap,
-    body: String,
+    JsonText(body): JsonText,
 ) -> ApiResult<Response> {
     let mut spec = SweepSpec::from_json(&body).map_err(ApiError::InvalidSpec)?;
-    state.datasets.resolve(&mut spec.base, "base.").await?;
+    super::check_run_data(&state, &p, &spec.base, "base.")?;
+    state
+        .datasets
+        .resolve(&mut spec.base, "base.", p.team())
+        .await?;
     let points = spec
         .expand(state.max_sweep_runs)
         .map_err(ApiError::InvalidSpec)?;
     let key = idempotency_key(&headers)?;
-    let (sweep, created) = state.store.create_sweep(&spec, &points, key).await?;
+    // Axes may name data too: every expanded run is checked.
+    for point in &points {
+        super::check_run_data(&state, &p, &point.spec, "base.")?;
+    }
+    let (sweep, created) = state
+        .store
+        .create_sweep(&spec, &points, &owner(&p), key)
+        .await?;
     if created {
         state.wake_workers();
     }
@@ -52,6 +66,7 @@ struct ListQuery {
 
 async fn list(
     State(state): State<AppState>,
+    p: Principal,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Page<Sweep>>> {
     let page_size = runs::page_size(q.page_size)?;
@@ -59,21 +74,26 @@ async fn list(
     Ok(Json(
         state
             .store
-            .list_sweeps(page_size, q.page_token.as_deref())
+            .list_sweeps(p.team(), page_size, q.page_token.as_deref())
             .await?,
     ))
 }
 
-async fn find(state: &AppState, id: &str) -> ApiResult<Sweep> {
+async fn find(state: &AppState, p: &Principal, id: &str) -> ApiResult<Sweep> {
     state
         .store
         .sweep(id)
         .await?
+        .filter(|s| super::visible(p, &s.team))
         .ok_or_else(|| ApiError::NotFound(format!("no sweep with id `{id}`")))
 }
 
-async fn read(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Sweep>> {
-    Ok(Json(find(&state, &id).await?))
+async fn read(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Sweep>> {
+    Ok(Json(find(&state, &p, &id).await?))
 }
 
 #[derive(Debug, Deserialize)]
@@ -86,10 +106,11 @@ struct SummaryQuery {
 /// Everything the sweep page draws, in one response; or the CSV export.
 async fn summary(
     State(state): State<AppState>,
+    p: Principal,
     Path(id): Path<String>,
     Query(q): Query<SummaryQuery>,
 ) -> ApiResult<Response> {
-    let sweep = find(&state, &id).await?;
+    let sweep = find(&state, &p, &id).await?;
     let runs = state.store.sweep_runs(&id).await?;
     let axes: Vec<String> = sweep
         .spec
@@ -125,19 +146,29 @@ async fn summary(
     }
 }
 
-async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Sweep>> {
-    find(&state, &id).await?;
+async fn cancel(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Sweep>> {
+    let sweep = find(&state, &p, &id).await?;
+    check_may_change(&p, sweep.created_by.as_deref(), "this sweep")?;
     state.store.cancel_sweep(&id).await?;
-    Ok(Json(find(&state, &id).await?))
+    Ok(Json(find(&state, &p, &id).await?))
 }
 
 /// Failed and cancelled runs start over; the others are left alone.
-async fn requeue(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Sweep>> {
-    find(&state, &id).await?;
+async fn requeue(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Sweep>> {
+    let sweep = find(&state, &p, &id).await?;
+    check_may_change(&p, sweep.created_by.as_deref(), "this sweep")?;
     if state.store.requeue_sweep(&id).await? > 0 {
         state.wake_workers();
     }
-    Ok(Json(find(&state, &id).await?))
+    Ok(Json(find(&state, &p, &id).await?))
 }
 
 #[derive(Debug, Deserialize)]
@@ -153,6 +184,7 @@ const MAX_COMPARED: usize = 20;
 
 async fn compare(
     State(state): State<AppState>,
+    p: Principal,
     Query(q): Query<CompareQuery>,
 ) -> ApiResult<Json<Comparison>> {
     let ids: Vec<&str> = q
@@ -175,7 +207,7 @@ async fn compare(
         spec_diff: Vec::new(),
     };
     for id in &ids {
-        let run = runs::find(&state, id).await?;
+        let run = runs::find(&state, &p, id).await?;
         let points = state.store.metrics(id, 0, 1_000_000).await?;
         out.metrics.push(thin(points, max_points));
         out.evaluations

@@ -6,10 +6,10 @@ use sqlx::{AssertSqlSafe, Row};
 use sslab_shared::api::{Audit, RunStatus};
 use sslab_shared::audit::{AuditReport, AuditSpec};
 
-use super::{JobKind, Lease, Result, Store, StoreError, now_ms};
+use super::{JobKind, Lease, Owner, Result, Store, StoreError, now_ms};
 
 const COLUMNS: &str = "id, name, status, spec, created_at, started_at, finished_at, error, \
-    stage, step, total_steps";
+    stage, step, total_steps, team_id, created_by";
 
 fn from_row(row: &AnyRow) -> Result<Audit> {
     let status: String = row.try_get("status")?;
@@ -28,11 +28,13 @@ fn from_row(row: &AnyRow) -> Result<Audit> {
         stage: row.try_get("stage")?,
         step: row.try_get("step")?,
         total_steps: row.try_get("total_steps")?,
+        team: row.try_get("team_id")?,
+        created_by: row.try_get("created_by")?,
     })
 }
 
 impl Store {
-    pub async fn create_audit(&self, spec: &AuditSpec) -> Result<Audit> {
+    pub async fn create_audit(&self, spec: &AuditSpec, owner: &Owner) -> Result<Audit> {
         let id = format!("au{}", &uuid::Uuid::new_v4().simple().to_string()[..14]);
         let name = if spec.name.trim().is_empty() {
             format!("audit-{}", &id[2..8])
@@ -44,8 +46,8 @@ impl Store {
         // before its creator has seen it queued.
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "INSERT INTO audits (id, name, status, spec, created_at, total_steps) \
-             VALUES ($1, $2, 'queued', $3, $4, $5)",
+            "INSERT INTO audits (id, name, status, spec, created_at, total_steps, team_id, created_by) \
+             VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7)",
         )
         .bind(&id)
         .bind(&name)
@@ -57,6 +59,8 @@ impl Store {
         } else {
             spec.run.total_steps() as i64
         })
+        .bind(&owner.team)
+        .bind(owner.user.as_deref())
         .execute(&mut *tx)
         .await?;
         let sql = format!("SELECT {COLUMNS} FROM audits WHERE id = $1");
@@ -79,11 +83,13 @@ impl Store {
     }
 
     /// Newest first.
-    pub async fn list_audits(&self, limit: usize) -> Result<Vec<Audit>> {
-        let sql =
-            format!("SELECT {COLUMNS} FROM audits ORDER BY created_at DESC, id DESC LIMIT $1");
+    pub async fn list_audits(&self, team: &str, limit: usize) -> Result<Vec<Audit>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM audits WHERE team_id = $2 ORDER BY created_at DESC, id DESC LIMIT $1"
+        );
         sqlx::query(AssertSqlSafe(sql))
             .bind(limit as i64)
+            .bind(team)
             .fetch_all(&self.pool)
             .await?
             .iter()

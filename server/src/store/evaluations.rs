@@ -6,7 +6,7 @@ use sslab_shared::api::{Evaluation, EvaluationJob, EvaluationRequest, RunStatus}
 
 use super::{JobKind, Lease, Result, Store, StoreError, now_ms};
 
-const JOB_COLUMNS: &str = "id, run_id, status, request, created_at, finished_at, error";
+const JOB_COLUMNS: &str = "id, run_id, status, request, created_at, finished_at, error, created_by";
 
 fn job_from_row(row: &AnyRow) -> Result<EvaluationJob> {
     let status: String = row.try_get("status")?;
@@ -22,6 +22,7 @@ fn job_from_row(row: &AnyRow) -> Result<EvaluationJob> {
         created_at: row.try_get("created_at")?,
         finished_at: row.try_get("finished_at")?,
         error: row.try_get("error")?,
+        created_by: row.try_get("created_by")?,
     })
 }
 
@@ -32,17 +33,20 @@ impl Store {
         &self,
         run_id: &str,
         request: &EvaluationRequest,
+        created_by: Option<&str>,
     ) -> Result<EvaluationJob> {
         let id = format!("ev{}", &uuid::Uuid::new_v4().simple().to_string()[..14]);
         let body =
             serde_json::to_string(request).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         sqlx::query(
-            "INSERT INTO evaluation_jobs (id, run_id, status, request, created_at) VALUES ($1, $2, 'queued', $3, $4)",
+            "INSERT INTO evaluation_jobs (id, run_id, status, request, created_at, created_by) \
+             VALUES ($1, $2, 'queued', $3, $4, $5)",
         )
         .bind(&id)
         .bind(run_id)
         .bind(body)
         .bind(now_ms())
+        .bind(created_by)
         .execute(&self.pool)
         .await?;
         self.evaluation_job(&id)

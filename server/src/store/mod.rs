@@ -2,6 +2,7 @@
 //! or PostgreSQL (teams), through sqlx's `Any` driver. Ids and times are
 //! TEXT and INTEGER (milliseconds) so both dialects map them the same way.
 
+mod accounts;
 mod audits;
 mod datasets;
 mod evaluations;
@@ -12,6 +13,7 @@ mod sweeps;
 #[cfg(test)]
 mod tests;
 
+pub use accounts::NewTokenRow;
 pub use queue::{JobKind, Lease};
 pub use runs::{Claim, RunFilter, is_page_token};
 
@@ -28,6 +30,32 @@ pub enum StoreError {
     Corrupt(String),
     #[error("unsupported database URL `{0}`: use sqlite://… or postgres://…")]
     Url(String),
+}
+
+/// Who a new job or data set belongs to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Owner {
+    pub team: String,
+    /// The user's id; none for a team's service token or the local CLI.
+    pub user: Option<String>,
+}
+
+impl Owner {
+    /// The team rows from before teams belong to, and the local CLI's.
+    pub const DEFAULT_TEAM: &str = "default";
+
+    #[cfg(test)]
+    pub fn default_team() -> Owner {
+        Owner {
+            team: Owner::DEFAULT_TEAM.into(),
+            user: None,
+        }
+    }
+
+    /// An idempotency key as stored: the team's own.
+    pub(crate) fn scoped_key(&self, key: &str) -> String {
+        format!("{}/{key}", self.team)
+    }
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;

@@ -5,7 +5,7 @@ use sqlx::{AssertSqlSafe, Row};
 use sslab_shared::RunSpec;
 use sslab_shared::api::{Evaluation, MetricPoint, Page, Run, RunStatus};
 
-use super::{JobKind, Lease, Result, Store, StoreError, now_ms};
+use super::{JobKind, Lease, Owner, Result, Store, StoreError, now_ms};
 
 /// A claimed run and its lease.
 pub struct Claim {
@@ -14,7 +14,8 @@ pub struct Claim {
 }
 
 pub(super) const RUN_COLUMNS: &str = "id, name, status, method, backbone, spec, created_at, started_at, \
-    finished_at, error, step, total_steps, epoch, last_loss, knn_backbone, cancel_requested, sweep_id";
+    finished_at, error, step, total_steps, epoch, last_loss, knn_backbone, cancel_requested, sweep_id, \
+    team_id, created_by";
 
 pub(super) fn run_from_row(row: &AnyRow) -> Result<Run> {
     let status: String = row.try_get("status")?;
@@ -39,17 +40,32 @@ pub(super) fn run_from_row(row: &AnyRow) -> Result<Run> {
         knn_backbone: row.try_get("knn_backbone")?,
         cancel_requested: row.try_get::<i64, _>("cancel_requested")? != 0,
         sweep_id: row.try_get("sweep_id")?,
+        team: row.try_get("team_id")?,
+        created_by: row.try_get("created_by")?,
     })
 }
 
 /// Which runs a list shows; every field narrows it.
 #[derive(Debug, Clone, Default)]
 pub struct RunFilter {
+    /// Lists always stay within one team.
+    pub team: String,
     pub status: Option<RunStatus>,
     pub sweep_id: Option<String>,
     pub method: Option<String>,
     /// Part of the name, any case.
     pub name_contains: Option<String>,
+}
+
+#[cfg(test)]
+impl RunFilter {
+    /// Every run of the team.
+    pub fn team(team: &str) -> RunFilter {
+        RunFilter {
+            team: team.to_string(),
+            ..RunFilter::default()
+        }
+    }
 }
 
 pub(super) fn new_id() -> String {
@@ -85,8 +101,12 @@ impl Store {
     pub async fn create_run(
         &self,
         spec: &RunSpec,
+        owner: &Owner,
         idempotency_key: Option<&str>,
     ) -> Result<(Run, bool)> {
+        // Keys are the team's own: another team's key never finds this run.
+        let idempotency_key = idempotency_key.map(|k| owner.scoped_key(k));
+        let idempotency_key = idempotency_key.as_deref();
         if let Some(key) = idempotency_key
             && let Some(run) = self.run_by_idempotency_key(key).await?
         {
@@ -100,8 +120,8 @@ impl Store {
         // before its creator has seen it queued.
         let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
-            "INSERT INTO runs (id, name, status, method, backbone, spec, created_at, total_steps, idempotency_key) \
-             VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO runs (id, name, status, method, backbone, spec, created_at, total_steps, \
+             idempotency_key, team_id, created_by) VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(&id)
         .bind(&name)
@@ -111,6 +131,8 @@ impl Store {
         .bind(now_ms())
         .bind(spec.total_steps() as i64)
         .bind(idempotency_key)
+        .bind(&owner.team)
+        .bind(owner.user.as_deref())
         .execute(&mut *tx)
         .await;
         match inserted {
@@ -176,6 +198,7 @@ impl Store {
             binds.push(value);
             clauses.push_str(&format!(" AND {clause} ${}", binds.len() + 3));
         };
+        add("team_id =", filter.team.clone());
         if let Some(s) = filter.status {
             add("status =", s.as_str().to_string());
         }

@@ -9,7 +9,9 @@ use sslab_shared::api::{Evaluation, Page, RunStatus, StatusCounts, Sweep, SweepR
 use sslab_shared::sweep::{SweepPoint, SweepSpec};
 
 use super::runs::{default_run_name, new_id, parse_page_token};
-use super::{Result, Store, StoreError, now_ms};
+use super::{Owner, Result, Store, StoreError, now_ms};
+
+const SWEEP_COLUMNS: &str = "id, name, spec, created_at, run_count, team_id, created_by";
 
 impl Store {
     /// Stores the sweep and all its runs in one transaction; with an
@@ -18,8 +20,11 @@ impl Store {
         &self,
         spec: &SweepSpec,
         points: &[SweepPoint],
+        owner: &Owner,
         idempotency_key: Option<&str>,
     ) -> Result<(Sweep, bool)> {
+        let idempotency_key = idempotency_key.map(|k| owner.scoped_key(k));
+        let idempotency_key = idempotency_key.as_deref();
         if let Some(key) = idempotency_key
             && let Some(id) = self.sweep_id_by_key(key).await?
             && let Some(sweep) = self.sweep(&id).await?
@@ -37,8 +42,8 @@ impl Store {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
-            "INSERT INTO sweeps (id, name, spec, created_at, run_count, idempotency_key) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO sweeps (id, name, spec, created_at, run_count, idempotency_key, team_id, created_by) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(&id)
         .bind(&name)
@@ -46,6 +51,8 @@ impl Store {
         .bind(now)
         .bind(points.len() as i64)
         .bind(idempotency_key)
+        .bind(&owner.team)
+        .bind(owner.user.as_deref())
         .execute(&mut *tx)
         .await;
         if let Err(e) = inserted {
@@ -69,8 +76,9 @@ impl Store {
             // One millisecond apart, so that the queue and the list keep the
             // expansion order.
             sqlx::query(
-                "INSERT INTO runs (id, name, status, method, backbone, spec, created_at, total_steps, sweep_id, sweep_point) \
-                 VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9)",
+                "INSERT INTO runs (id, name, status, method, backbone, spec, created_at, total_steps, \
+                 sweep_id, sweep_point, team_id, created_by) \
+                 VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $11)",
             )
             .bind(&run_id)
             .bind(default_run_name(&point.spec, &run_id))
@@ -81,6 +89,8 @@ impl Store {
             .bind(point.spec.total_steps() as i64)
             .bind(&id)
             .bind(values)
+            .bind(&owner.team)
+            .bind(owner.user.as_deref())
             .execute(&mut *tx)
             .await?;
         }
@@ -114,6 +124,8 @@ impl Store {
             created_at: row.try_get("created_at")?,
             run_count: row.try_get("run_count")?,
             counts,
+            team: row.try_get("team_id")?,
+            created_by: row.try_get("created_by")?,
         })
     }
 
@@ -145,7 +157,7 @@ impl Store {
 
     pub async fn sweep(&self, id: &str) -> Result<Option<Sweep>> {
         let Some(row) =
-            sqlx::query("SELECT id, name, spec, created_at, run_count FROM sweeps WHERE id = $1")
+            sqlx::query(AssertSqlSafe(format!("SELECT {SWEEP_COLUMNS} FROM sweeps WHERE id = $1")))
                 .bind(id)
                 .fetch_optional(&self.pool)
                 .await?
@@ -162,20 +174,22 @@ impl Store {
     /// Newest first, with their run counts.
     pub async fn list_sweeps(
         &self,
+        team: &str,
         page_size: usize,
         page_token: Option<&str>,
     ) -> Result<Page<Sweep>> {
         let (t, id) = page_token
             .and_then(parse_page_token)
             .unwrap_or((i64::MAX, "\u{10FFFF}".to_string()));
-        let rows = sqlx::query(
-            "SELECT id, name, spec, created_at, run_count FROM sweeps \
-             WHERE created_at < $1 OR (created_at = $1 AND id < $2) \
-             ORDER BY created_at DESC, id DESC LIMIT $3",
-        )
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {SWEEP_COLUMNS} FROM sweeps \
+             WHERE (created_at < $1 OR (created_at = $1 AND id < $2)) AND team_id = $4 \
+             ORDER BY created_at DESC, id DESC LIMIT $3"
+        )))
         .bind(t)
         .bind(id)
         .bind(page_size as i64 + 1)
+        .bind(team)
         .fetch_all(&self.pool)
         .await?;
         let ids: Vec<String> = rows

@@ -34,7 +34,7 @@ async fn missing_and_present_floats_alternate_on_postgres() {
     let store = Store::connect(&format!("{base}/{name}")).await.unwrap();
     for round in 0..4 {
         let present = round % 2 == 1;
-        store.create_run(&spec(), None).await.unwrap();
+        store.create_run(&spec(), &Owner::default_team(), None).await.unwrap();
         let Claim { run, lease } = store.claim_next("w", 10_000).await.unwrap().unwrap();
         let m = MetricPoint {
             step: 1,
@@ -71,19 +71,19 @@ async fn lifecycle_and_pagination() {
     let (store, _dir) = store().await;
     let mut ids = Vec::new();
     for _ in 0..5 {
-        ids.push(store.create_run(&spec(), None).await.unwrap().0.id);
+        ids.push(store.create_run(&spec(), &Owner::default_team(), None).await.unwrap().0.id);
     }
     let p1 = store
-        .list_runs(2, None, &RunFilter::default())
+        .list_runs(2, None, &RunFilter::team("default"))
         .await
         .unwrap();
     assert_eq!(p1.items.len(), 2);
     let p2 = store
-        .list_runs(2, p1.next_page_token.as_deref(), &RunFilter::default())
+        .list_runs(2, p1.next_page_token.as_deref(), &RunFilter::team("default"))
         .await
         .unwrap();
     let p3 = store
-        .list_runs(2, p2.next_page_token.as_deref(), &RunFilter::default())
+        .list_runs(2, p2.next_page_token.as_deref(), &RunFilter::team("default"))
         .await
         .unwrap();
     assert_eq!(p3.items.len(), 1);
@@ -163,7 +163,7 @@ async fn lifecycle_and_pagination() {
         eval: Default::default(),
     };
     let job = store
-        .create_evaluation_job(&claimed.id, &req)
+        .create_evaluation_job(&claimed.id, &req, None)
         .await
         .unwrap();
     let (got, lease) = store
@@ -197,7 +197,7 @@ async fn lifecycle_and_pagination() {
             None,
             &RunFilter {
                 status: Some(RunStatus::Succeeded),
-                ..RunFilter::default()
+                ..RunFilter::team("default")
             },
         )
         .await
@@ -224,7 +224,7 @@ async fn sweep_runs_failures_and_requeue() {
     };
     sweep.base.optimizer.batch_size = 100;
     let points = sweep.expand(10).unwrap();
-    let (created, fresh) = store.create_sweep(&sweep, &points, None).await.unwrap();
+    let (created, fresh) = store.create_sweep(&sweep, &points, &Owner::default_team(), None).await.unwrap();
     assert!(fresh);
     assert_eq!(created.counts.queued, 2);
     let row = |v: f64| Evaluation {
@@ -261,21 +261,21 @@ async fn sweep_runs_failures_and_requeue() {
     let again = store.run(&second.run.id).await.unwrap().unwrap();
     assert_eq!((again.status, again.error), (RunStatus::Queued, None));
     assert_eq!(store.cancel_sweep(&created.id).await.unwrap(), 1);
-    let page = store.list_sweeps(10, None).await.unwrap();
+    let page = store.list_sweeps("default", 10, None).await.unwrap();
     assert_eq!(page.items[0].counts.cancelled, 1);
 }
 
 #[tokio::test]
 async fn idempotency_cancel_and_orphans() {
     let (store, _dir) = store().await;
-    let (a, created) = store.create_run(&spec(), Some("k1")).await.unwrap();
+    let (a, created) = store.create_run(&spec(), &Owner::default_team(), Some("k1")).await.unwrap();
     assert!(created);
-    let (b, created) = store.create_run(&spec(), Some("k1")).await.unwrap();
+    let (b, created) = store.create_run(&spec(), &Owner::default_team(), Some("k1")).await.unwrap();
     assert!(!created);
     assert_eq!(a.id, b.id);
 
     // A queued run is cancelled at once.
-    let queued = store.create_run(&spec(), None).await.unwrap().0;
+    let queued = store.create_run(&spec(), &Owner::default_team(), None).await.unwrap().0;
     let Claim {
         run: claimed,
         lease,
@@ -290,7 +290,7 @@ async fn idempotency_cancel_and_orphans() {
     assert_eq!(store.heartbeat(&lease, 10_000).await.unwrap(), Some(true));
 
     // A worker that died: its run is re-queued, then failed after MAX_ATTEMPTS.
-    let run = store.create_run(&spec(), None).await.unwrap().0;
+    let run = store.create_run(&spec(), &Owner::default_team(), None).await.unwrap().0;
     for attempt in 1..=MAX_ATTEMPTS {
         let got = store.claim_next("dead", -1).await.unwrap().unwrap().run;
         assert_eq!(got.id, run.id);
@@ -321,7 +321,7 @@ async fn idempotency_cancel_and_orphans() {
 #[tokio::test]
 async fn every_job_kind_shares_the_queue() {
     let (store, _dir) = store().await;
-    store.create_run(&spec(), None).await.unwrap();
+    store.create_run(&spec(), &Owner::default_team(), None).await.unwrap();
     let run = store.claim_next("w", 10_000).await.unwrap().unwrap();
     assert!(
         store
@@ -334,7 +334,7 @@ async fn every_job_kind_shares_the_queue() {
     };
     // A queued evaluation is cancelled at once.
     let queued = store
-        .create_evaluation_job(&run.run.id, &request)
+        .create_evaluation_job(&run.run.id, &request, None)
         .await
         .unwrap();
     let cancelled = store.cancel_evaluation(&queued.id).await.unwrap().unwrap();
@@ -348,7 +348,7 @@ async fn every_job_kind_shares_the_queue() {
     );
     // A running one hears of it at its next heartbeat.
     let job = store
-        .create_evaluation_job(&run.run.id, &request)
+        .create_evaluation_job(&run.run.id, &request, None)
         .await
         .unwrap();
     let (claimed, lease) = store

@@ -13,6 +13,10 @@ pub struct Server {
     child: Child,
     pub base: String,
     pub data_dir: PathBuf,
+    /// The first start's admin token (empty when the database had users).
+    pub token: String,
+    /// The first start's one-time sign-in link for that admin.
+    pub sign_in_link: String,
 }
 
 impl Server {
@@ -39,20 +43,36 @@ impl Server {
         }
         let mut child = cmd.spawn().expect("start sslab serve");
         let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read the listening line");
-        let base = line
-            .trim()
-            .strip_prefix("sslab listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line from the server: {line:?}"))
-            .to_string();
+        let mut reader = BufReader::new(stdout);
+        let mut token = String::new();
+        let mut sign_in_link = String::new();
+        // The first start prints its admin's token before the listening line.
+        let base = loop {
+            let mut line = String::new();
+            let n = reader.read_line(&mut line).expect("read the server's output");
+            assert!(n > 0, "the server exited before it listened");
+            if let Some(t) = line.trim().strip_prefix("sslab admin token: ") {
+                token = t.to_string();
+            }
+            if let Some(l) = line.trim().strip_prefix("sslab sign-in link (once, 24 h): ") {
+                sign_in_link = l.to_string();
+            }
+            if let Some(base) = line.trim().strip_prefix("sslab listening on ") {
+                break base.to_string();
+            }
+        };
         Server {
             child,
             base,
             data_dir: data_dir.to_path_buf(),
+            token,
+            sign_in_link,
         }
+    }
+
+    /// A client that sends the admin token with every request.
+    pub fn client(&self) -> reqwest::Client {
+        client_with(&self.token)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -81,6 +101,42 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A client that sends `token` as its bearer token.
+pub fn client_with(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().expect("a token is ASCII"),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("a client")
+}
+
+/// Runs `sslab admin ARGS…` on the server's data folder and database;
+/// returns its standard output.
+pub fn admin(data_dir: &Path, database_url: Option<&str>, args: &[&str]) -> String {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sslab"));
+    cmd.arg("--data-dir").arg(data_dir).arg("admin").args(args);
+    cmd.env_remove("DATABASE_URL");
+    if let Some(url) = database_url {
+        cmd.env("DATABASE_URL", url);
+    }
+    let out = cmd.output().expect("run sslab admin");
+    assert!(
+        out.status.success(),
+        "sslab admin {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 output")
+}
+
+/// The token `sslab admin create-token` printed on its last line.
+pub fn last_line(out: &str) -> String {
+    out.lines().last().unwrap_or_default().trim().to_string()
 }
 
 /// A run that takes a second or two on a CPU.

@@ -156,6 +156,19 @@ impl DataSpec {
         }
     }
 
+    /// The folder on the server this reads directly, if it names one (a
+    /// registered data set's folder is the registry's business, not the spec's).
+    pub fn server_path(&self) -> Option<&str> {
+        match self {
+            DataSpec::Cifar10 { path }
+            | DataSpec::Cifar100 { path, .. }
+            | DataSpec::Idx { path }
+            | DataSpec::Stl10 { path, .. }
+            | DataSpec::Folder { path, .. } => Some(path),
+            DataSpec::Scenes(_) | DataSpec::Dataset { .. } => None,
+        }
+    }
+
     /// Training images, as far as the spec tells: exact for the built-in
     /// scenes, the standard size for file formats (the worker corrects it
     /// once the files are read).

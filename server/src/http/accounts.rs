@@ -1,0 +1,423 @@
+//! Signing in and out, the signed-in user, their tokens, and the team's
+//! members.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use sslab_shared::auth::{
+    AddMember, AddedMember, CreatedToken, Me, Member, NewToken, Role, Scope, SignIn, SwitchTeam,
+    TeamRole, TokenInfo,
+};
+
+use super::authn::JsonText;
+use super::{ApiError, ApiResult, AppState};
+use crate::auth::{self, Principal, Via};
+use crate::store::{NewTokenRow, Store};
+
+/// Routes anyone may call.
+pub fn public_router() -> Router<AppState> {
+    Router::new().route("/sign-in", post(sign_in))
+}
+
+/// Routes any credential may call: its own session and tokens.
+pub fn account_router() -> Router<AppState> {
+    Router::new()
+        .route("/session", get(me))
+        .route("/session/team", post(switch_team))
+        .route("/sign-out", post(sign_out))
+        .route("/tokens", get(list_tokens).post(create_token))
+        .route("/tokens/{id}/revoke", post(revoke_token))
+}
+
+/// Routes of the team's own: who is in it.
+pub fn team_router() -> Router<AppState> {
+    Router::new()
+        .route("/members", get(members).post(add_member))
+        .route("/members/{user_id}", delete(remove_member))
+}
+
+/// The address a request came from, when the server knows it.
+struct Peer(Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Peer(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip()),
+        ))
+    }
+}
+
+async fn sign_in(
+    State(state): State<AppState>,
+    Peer(peer): Peer,
+    JsonText(body): JsonText,
+) -> ApiResult<Response> {
+    let req: SignIn = sslab_shared::error::from_json(&body).map_err(ApiError::InvalidSpec)?;
+    let address_key = format!("ip:{}", peer.map_or("?".into(), |ip| ip.to_string()));
+    let (user_id, team_id) = if !req.code.is_empty() {
+        check_backoff(&state, &address_key)?;
+        match state
+            .store
+            .consume_sign_in(&auth::hash_secret(req.code.trim()))
+            .await?
+        {
+            Some(found) => found,
+            None => {
+                state.backoff.failed(&address_key);
+                return Err(ApiError::Unauthorized(
+                    "this sign-in link is unknown, used or expired; ask an admin for a new one".into(),
+                ));
+            }
+        }
+    } else {
+        let account_key = format!("user:{}", req.name);
+        check_backoff(&state, &account_key)?;
+        check_backoff(&state, &address_key)?;
+        let user = state.store.user_by_name(&req.name).await?;
+        // Hashing runs on a blocking thread: it takes tens of milliseconds by design.
+        let password = req.password.clone();
+        let hash = user.as_ref().and_then(|u| u.password_hash.clone());
+        let ok = tokio::task::spawn_blocking(move || {
+            hash.is_some_and(|h| auth::verify_password(&password, &h))
+        })
+        .await
+        .unwrap_or(false);
+        let Some(user) = user.filter(|_| ok) else {
+            state.backoff.failed(&account_key);
+            state.backoff.failed(&address_key);
+            return Err(ApiError::Unauthorized(
+                "wrong name or password".into(),
+            ));
+        };
+        state.backoff.succeeded(&account_key);
+        let teams = state.store.teams_of(&user.id).await?;
+        let Some(team) = teams.first() else {
+            return Err(ApiError::Forbidden(format!(
+                "`{}` belongs to no team yet; ask an admin to add them",
+                user.name
+            )));
+        };
+        (user.id, team.id.clone())
+    };
+    state.backoff.succeeded(&address_key);
+    let secret = auth::new_secret();
+    let csrf = uuid::Uuid::new_v4().simple().to_string();
+    let hash = auth::hash_secret(&secret);
+    state
+        .store
+        .create_session(&hash, &user_id, &team_id, &csrf)
+        .await?;
+    let principal = state
+        .store
+        .session_principal(&hash)
+        .await?
+        .map_err(|why| ApiError::Unauthorized(why.message().into()))?;
+    let me = me_of(&state.store, &principal).await?;
+    let cookie = format!(
+        "{}={secret}; Path=/; HttpOnly; SameSite=Strict; Secure; Max-Age={}",
+        auth::SESSION_COOKIE,
+        auth::SESSION_MS / 1000
+    );
+    Ok((
+        [(header::SET_COOKIE, HeaderValue::try_from(cookie).map_err(anyhow::Error::new)?)],
+        Json(me),
+    )
+        .into_response())
+}
+
+fn check_backoff(state: &AppState, key: &str) -> ApiResult<()> {
+    match state.backoff.wait(key) {
+        Some(wait) => Err(ApiError::TooManyRequests(
+            wait.as_secs().max(1),
+            format!(
+                "too many failed sign-ins; try again in {} s",
+                wait.as_secs().max(1)
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+async fn me_of(store: &Store, p: &Principal) -> ApiResult<Me> {
+    let teams = match &p.user_id {
+        Some(user) => store.teams_of(user).await?,
+        None => Vec::new(),
+    };
+    Ok(Me {
+        user_id: p.user_id.clone(),
+        name: p.name.clone(),
+        team: TeamRole {
+            id: p.team().to_string(),
+            name: p.team_name.clone(),
+            role: p.role,
+        },
+        teams,
+        scope: p.scope,
+        csrf: match &p.via {
+            Via::Session { csrf, .. } => Some(csrf.clone()),
+            Via::Token { .. } => None,
+        },
+    })
+}
+
+async fn me(State(state): State<AppState>, p: Principal) -> ApiResult<Json<Me>> {
+    Ok(Json(me_of(&state.store, &p).await?))
+}
+
+async fn sign_out(State(state): State<AppState>, p: Principal) -> ApiResult<Response> {
+    if let Via::Session { hash, .. } = &p.via {
+        state.store.end_session(hash).await?;
+    }
+    let cookie = format!(
+        "{}=; Path=/; HttpOnly; SameSite=Strict; Secure; Max-Age=0",
+        auth::SESSION_COOKIE
+    );
+    Ok((
+        StatusCode::NO_CONTENT,
+        [(header::SET_COOKIE, cookie)],
+    )
+        .into_response())
+}
+
+async fn switch_team(
+    State(state): State<AppState>,
+    p: Principal,
+    JsonText(body): JsonText,
+) -> ApiResult<Json<Me>> {
+    let req: SwitchTeam = sslab_shared::error::from_json(&body).map_err(ApiError::InvalidSpec)?;
+    let Via::Session { hash, .. } = &p.via else {
+        return Err(ApiError::BadRequest(
+            "a token belongs to one team; make a token in the other team instead".into(),
+        ));
+    };
+    let teams = match &p.user_id {
+        Some(user) => state.store.teams_of(user).await?,
+        None => Vec::new(),
+    };
+    let Some(team) = teams
+        .iter()
+        .find(|t| t.id == req.team || t.name == req.team)
+    else {
+        return Err(ApiError::NotFound(format!(
+            "you are in no team `{}`",
+            req.team
+        )));
+    };
+    state.store.set_session_team(hash, &team.id).await?;
+    let p = state
+        .store
+        .session_principal(hash)
+        .await?
+        .map_err(|why| ApiError::Unauthorized(why.message().into()))?;
+    Ok(Json(me_of(&state.store, &p).await?))
+}
+
+/// Your own tokens in this team; an admin sees every token of the team.
+async fn list_tokens(
+    State(state): State<AppState>,
+    p: Principal,
+) -> ApiResult<Json<Vec<TokenInfo>>> {
+    let Some(team) = &p.team_id else {
+        return Err(ApiError::Forbidden("a site-wide worker token lists nothing".into()));
+    };
+    if p.is_admin() {
+        return Ok(Json(state.store.tokens(Some(team), None).await?));
+    }
+    match p.user_id.as_deref() {
+        Some(user) => Ok(Json(state.store.tokens(Some(team), Some(user)).await?)),
+        // A service token owns no tokens.
+        None => Ok(Json(Vec::new())),
+    }
+}
+
+async fn create_token(
+    State(state): State<AppState>,
+    p: Principal,
+    JsonText(body): JsonText,
+) -> ApiResult<Response> {
+    let req: NewToken = sslab_shared::error::from_json(&body).map_err(ApiError::InvalidSpec)?;
+    auth::check_name("token", &req.name)
+        .map_err(|m| ApiError::InvalidSpec(sslab_shared::SpecError::new("name", m)))?;
+    if p.scope != Scope::Write || p.team_id.is_none() {
+        return Err(ApiError::Forbidden(format!(
+            "a {} token cannot make tokens",
+            p.scope.as_str()
+        )));
+    }
+    if (req.service || matches!(req.scope, Scope::Worker | Scope::Metrics)) && !p.is_admin() {
+        return Err(ApiError::Forbidden(
+            "only a team admin makes service, worker and metrics tokens".into(),
+        ));
+    }
+    if !req.service && p.user_id.is_none() {
+        return Err(ApiError::Forbidden(
+            "a service token cannot make personal tokens".into(),
+        ));
+    }
+    let expires_at = req
+        .expires_in_days
+        .map(|d| crate::store::now_ms() + i64::from(d) * 24 * 3600 * 1000);
+    let created = issue_token(
+        &state.store,
+        &NewTokenRow {
+            hash: "",
+            name: &req.name,
+            kind: if req.service { "service" } else { "personal" },
+            scope: req.scope,
+            user_id: if req.service { None } else { p.user_id.as_deref() },
+            team_id: p.team_id.as_deref(),
+            expires_at,
+        },
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+/// Stores a new token (`row.hash` is ignored) and returns it with its secret.
+pub async fn issue_token(store: &Store, row: &NewTokenRow<'_>) -> ApiResult<CreatedToken> {
+    let secret = auth::new_secret();
+    let hash = auth::hash_secret(&secret);
+    let id = store
+        .insert_token(&NewTokenRow { hash: &hash, ..*row })
+        .await?;
+    let owner = store
+        .token(&id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the new token vanished"))?;
+    Ok(CreatedToken {
+        token: owner.info,
+        secret,
+    })
+}
+
+/// A one-time sign-in code for `user_id` into `team_id`.
+pub async fn issue_sign_in_code(store: &Store, user_id: &str, team_id: &str) -> ApiResult<String> {
+    let secret = auth::new_secret();
+    store
+        .insert_token(&NewTokenRow {
+            hash: &auth::hash_secret(&secret),
+            name: "sign-in link",
+            kind: "signin",
+            scope: Scope::Write,
+            user_id: Some(user_id),
+            team_id: Some(team_id),
+            expires_at: Some(crate::store::now_ms() + auth::SIGN_IN_LINK_MS),
+        })
+        .await?;
+    Ok(secret)
+}
+
+/// Revokes your own token, or as an admin any token of the team.
+async fn revoke_token(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<TokenInfo>> {
+    let missing = || ApiError::NotFound(format!("no token with id `{id}`"));
+    let token = state.store.token(&id).await?.ok_or_else(missing)?;
+    let same_team = token.team_id.is_some() && token.team_id == p.team_id;
+    let own = token.user_id.is_some() && token.user_id == p.user_id;
+    if p.scope != Scope::Write || !same_team || !(own || p.is_admin()) {
+        return Err(missing());
+    }
+    state.store.revoke_token(&id).await?;
+    let token = state.store.token(&id).await?.ok_or_else(missing)?;
+    Ok(Json(token.info))
+}
+
+async fn members(State(state): State<AppState>, p: Principal) -> ApiResult<Json<Vec<Member>>> {
+    Ok(Json(state.store.members(p.team()).await?))
+}
+
+fn require_admin(p: &Principal) -> ApiResult<()> {
+    if p.is_admin() {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!(
+            "only an admin of team `{}` manages its members",
+            p.team_name
+        )))
+    }
+}
+
+/// Adds a user to the team (creating them, with a one-time sign-in link,
+/// when the name is new) or changes their role.
+async fn add_member(
+    State(state): State<AppState>,
+    p: Principal,
+    JsonText(body): JsonText,
+) -> ApiResult<Response> {
+    require_admin(&p)?;
+    let req: AddMember = sslab_shared::error::from_json(&body).map_err(ApiError::InvalidSpec)?;
+    auth::check_name("user", &req.name)
+        .map_err(|m| ApiError::InvalidSpec(sslab_shared::SpecError::new("name", m)))?;
+    let (user_id, fresh) = match state.store.user_by_name(&req.name).await? {
+        Some(u) => (u.id, false),
+        None => match state.store.create_user(&req.name, None, false).await? {
+            Some(id) => (id, true),
+            None => {
+                return Err(ApiError::Conflict(format!(
+                    "`{}` was created meanwhile; try again",
+                    req.name
+                )));
+            }
+        },
+    };
+    if Some(&user_id) == p.user_id.as_ref() && req.role != Role::Admin {
+        return Err(ApiError::Conflict(
+            "you cannot lower your own role; another admin can".into(),
+        ));
+    }
+    state
+        .store
+        .set_membership(p.team(), &user_id, req.role)
+        .await?;
+    let sign_in_link = if fresh {
+        let code = issue_sign_in_code(&state.store, &user_id, p.team()).await?;
+        Some(format!("/signin?code={code}"))
+    } else {
+        None
+    };
+    let status = if fresh { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((
+        status,
+        Json(AddedMember {
+            member: Member {
+                user_id,
+                name: req.name,
+                role: req.role,
+            },
+            sign_in_link,
+        }),
+    )
+        .into_response())
+}
+
+async fn remove_member(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(user_id): Path<String>,
+) -> ApiResult<StatusCode> {
+    require_admin(&p)?;
+    if Some(&user_id) == p.user_id.as_ref() {
+        return Err(ApiError::Conflict(
+            "you cannot remove yourself; another admin can".into(),
+        ));
+    }
+    if !state.store.remove_membership(p.team(), &user_id).await? {
+        return Err(ApiError::NotFound(format!(
+            "no member with id `{user_id}` in this team"
+        )));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,579 @@
+//! Authorization on every route, walked off the router itself (`sslab
+//! routes`), not a hand-kept list: anonymous requests get 401 except on the
+//! public surface; a viewer changes nothing; another team's objects do not
+//! exist (404); revoked, expired, malformed and read-scoped tokens; sign-in
+//! with a cookie and its CSRF token; the back-off on wrong passwords. On
+//! SQLite and on PostgreSQL.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+
+use common::{
+    Server, admin, assert_succeeded, client_with, create, fresh_postgres_database, last_line,
+    tiny_spec, wait_terminal,
+};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+/// What anyone may call.
+const PUBLIC: [(&str, &str); 2] = [("GET", "/api/v1/health"), ("POST", "/api/v1/sign-in")];
+
+/// Changes a viewer may make: their own session and tokens.
+const ACCOUNT_CHANGES: [&str; 4] = [
+    "/api/v1/sign-out",
+    "/api/v1/session/team",
+    "/api/v1/tokens",
+    "/api/v1/tokens/{id}/revoke",
+];
+
+const METHODS: [Method; 5] = [
+    Method::GET,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+];
+
+fn sslab(dir: &Path, url: Option<&str>, args: &[&str]) -> String {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sslab"));
+    cmd.arg("--data-dir").arg(dir).args(args).env_remove("DATABASE_URL");
+    if let Some(url) = url {
+        cmd.env("DATABASE_URL", url);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "sslab {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn png(colour: [u8; 3], seed: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(16, 16, |x, y| {
+        if (x * 3 + y + seed).is_multiple_of(4) {
+            image::Rgb([255 - colour[0], 255 - colour[1], 255 - colour[2]])
+        } else {
+            image::Rgb(colour)
+        }
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+/// Team A's objects, one of each kind, by the path parameter that names them.
+struct Objects {
+    run: String,
+    sweep: String,
+    audit: String,
+    evaluation_job: String,
+    dataset: String,
+    token: String,
+    member: String,
+}
+
+impl Objects {
+    /// `path` with its parameters filled in with team A's objects.
+    fn fill(&self, path: &str) -> String {
+        let mut out = Vec::new();
+        let parts: Vec<&str> = path.split('/').collect();
+        for (i, part) in parts.iter().enumerate() {
+            if !part.starts_with('{') {
+                out.push(part.to_string());
+                continue;
+            }
+            let value = match (parts[i - 1], *part) {
+                ("runs", "{id}") => &self.run,
+                ("sweeps", "{id}") => &self.sweep,
+                ("audits", "{id}") => &self.audit,
+                ("evaluation-jobs", "{id}") => &self.evaluation_job,
+                ("datasets", "{name}") => &self.dataset,
+                ("tokens", "{id}") => &self.token,
+                ("members", "{user_id}") => &self.member,
+                ("images", "{file}") => "0.png",
+                (before, param) => panic!(
+                    "no test object for `{param}` after `{before}` in {path}: add one to Objects"
+                ),
+            };
+            out.push(value.to_string());
+        }
+        out.join("/")
+    }
+
+    fn ids(&self) -> [&str; 6] {
+        [
+            &self.run,
+            &self.sweep,
+            &self.audit,
+            &self.evaluation_job,
+            &self.token,
+            &self.member,
+        ]
+    }
+}
+
+async fn send(client: &reqwest::Client, method: Method, url: &str) -> (StatusCode, String) {
+    let mut req = client.request(method.clone(), url);
+    if method != Method::GET {
+        req = req.json(&json!({}));
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status();
+    // Event streams of another team never start, so reading ends.
+    let body = resp.text().await.unwrap_or_default();
+    (status, body)
+}
+
+async fn authorization(server: &Server, url: Option<&str>) {
+    let dir = server.data_dir.as_path();
+    let a = server.client();
+    let anonymous = reqwest::Client::new();
+
+    // Team A (the default team): a viewer; team B: its own admin.
+    admin(dir, url, &["create-user", "vic", "--team", "default", "--role", "viewer"]);
+    let viewer = client_with(&last_line(&admin(
+        dir,
+        url,
+        &["create-token", "--user", "vic", "--name", "vic-cli"],
+    )));
+    admin(dir, url, &["create-team", "beta"]);
+    admin(dir, url, &["create-user", "bob", "--team", "beta", "--role", "admin"]);
+    let b = client_with(&last_line(&admin(
+        dir,
+        url,
+        &["create-token", "--user", "bob"],
+    )));
+
+    // One object of each kind in team A.
+    let run = create(&a, server, &tiny_spec(1)).await;
+    assert_succeeded(&wait_terminal(&a, server, &run.id).await);
+    let sweep: Value = a
+        .post(server.url("/sweeps"))
+        .json(&json!({"base": tiny_spec(1), "axes": [{"path": "projector.dims", "values": ["32-8"]}]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let audit: Value = a
+        .post(server.url("/audits"))
+        .json(&json!({"runs": {"target": run.id, "reference": run.id}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // The run was not trained on a déjà vu partition: a 422, so queue a real one and cancel it.
+    assert_eq!(audit["error"]["field"], "runs.target", "{audit}");
+    let audit: Value = a
+        .post(server.url("/audits"))
+        .json(&json!({"name": "a", "snapshots": [1], "split": {"per_class": 6}, "attack": {"k": 10},
+            "run": {"seed": 3, "data": {"source": "scenes", "classes": 3, "train_images": 90, "test_images": 30},
+                    "backbone": {"kind": "tiny_cnn", "width": 8}, "projector": {"dims": "32-16"},
+                    "optimizer": {"batch_size": 12}, "schedule": {"epochs": 1}}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let audit_id = audit["id"].as_str().unwrap_or_else(|| panic!("{audit}")).to_string();
+    a.post(server.url(&format!("/audits/{audit_id}/cancel")))
+        .send()
+        .await
+        .unwrap();
+    let job: Value = a
+        .post(server.url(&format!("/runs/{}/evaluate", run.id)))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let folder = dir.join("pets");
+    for (c, colour) in [("cat", [200, 40, 40]), ("dog", [40, 200, 40])] {
+        std::fs::create_dir_all(folder.join(c)).unwrap();
+        for i in 0..6 {
+            std::fs::write(folder.join(c).join(format!("{i}.png")), png(colour, i)).unwrap();
+        }
+    }
+    let folder_text = folder.to_string_lossy().into_owned();
+    sslab(
+        dir,
+        url,
+        &["data", "import", &folder_text, "--format", "folder", "--name", "pets", "--image-size", "16"],
+    );
+    let tokens: Vec<Value> = a
+        .get(server.url("/tokens"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let members: Vec<Value> = a
+        .get(server.url("/members"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let objects = Objects {
+        run: run.id.clone(),
+        sweep: sweep["id"].as_str().unwrap_or_else(|| panic!("{sweep}")).into(),
+        audit: audit_id,
+        evaluation_job: job["id"].as_str().unwrap_or_else(|| panic!("{job}")).into(),
+        dataset: "pets".into(),
+        token: tokens[0]["id"].as_str().unwrap().into(),
+        member: members
+            .iter()
+            .find(|m| m["name"] == "vic")
+            .and_then(|m| m["user_id"].as_str())
+            .unwrap()
+            .into(),
+    };
+
+    // Every route of the router, as the binary itself lists them.
+    let paths: Vec<String> = sslab(dir, url, &["routes"])
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert!(paths.len() >= 30, "{paths:?}");
+    let mut routed: Vec<(Method, String)> = Vec::new();
+    let probe = Method::from_bytes(b"PROBE").unwrap();
+    for path in &paths {
+        let target = format!("{}{}", server.base, objects.fill(path));
+        // A method no route has: past authentication, the router answers 405
+        // and lists the path's methods, and no handler runs.
+        let resp = a.request(probe.clone(), &target).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED, "PROBE {path}");
+        let allow = resp.headers()["allow"].to_str().unwrap().to_string();
+        for method in allow.split(',').map(str::trim).filter(|m| *m != "HEAD") {
+            routed.push((Method::from_bytes(method.as_bytes()).unwrap(), path.clone()));
+        }
+        for method in METHODS {
+            let (status, body) = send(&anonymous, method.clone(), &target).await;
+            let public = PUBLIC.contains(&(method.as_str(), path.as_str()));
+            if public {
+                continue;
+            }
+            // Unrouted methods too: nothing about a path shows without credentials.
+            let expected = if PUBLIC.iter().any(|(_, p)| p == path) {
+                StatusCode::METHOD_NOT_ALLOWED
+            } else {
+                StatusCode::UNAUTHORIZED
+            };
+            assert_eq!(status, expected, "anonymous {method} {path}: {body}");
+        }
+    }
+    assert!(routed.len() >= paths.len(), "{routed:?}");
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (method, path) in &routed {
+        *seen.entry(method.as_str()).or_default() += 1;
+        if PUBLIC.contains(&(method.as_str(), path.as_str())) {
+            continue;
+        }
+        let target = format!("{}{}", server.base, objects.fill(path));
+        // Another team's objects do not exist, for any method.
+        if path.contains('{') {
+            let (status, body) = send(&b, method.clone(), &target).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "team B {method} {path}: {body}");
+        } else if *method == Method::GET {
+            let (status, body) = send(&b, Method::GET, &target).await;
+            // `/compare` without its query is a 400; every other list answers.
+            assert!(
+                status.is_success() || status == StatusCode::BAD_REQUEST,
+                "team B {method} {path}: {status} {body}"
+            );
+            for id in objects.ids() {
+                assert!(!body.contains(id), "team B's {path} shows team A's `{id}`: {body}");
+            }
+            assert!(!body.contains("\"pets\""), "team B's {path} shows team A's data set: {body}");
+        }
+        // A viewer reads but changes nothing of the team's.
+        if *method != Method::GET && !ACCOUNT_CHANGES.contains(&path.as_str()) {
+            let (status, body) = send(&viewer, method.clone(), &target).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "viewer {method} {path}: {body}");
+        }
+        if *method == Method::GET {
+            let (status, body) = send(&viewer, Method::GET, &target).await;
+            assert!(
+                status != StatusCode::UNAUTHORIZED && status != StatusCode::FORBIDDEN,
+                "viewer GET {path}: {status} {body}"
+            );
+        }
+    }
+    assert!(seen["GET"] > 10 && seen["POST"] > 5, "{seen:?}");
+    // Nothing of A's changed: the run is as it was, vic still a member.
+    let again: Value = a
+        .get(server.url(&format!("/runs/{}", run.id)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again["status"], "succeeded");
+    let members: Vec<Value> = a.get(server.url("/members")).send().await.unwrap().json().await.unwrap();
+    assert!(members.iter().any(|m| m["name"] == "vic"));
+
+    tokens_behave(server, url).await;
+    cookies_and_csrf(server, url).await;
+}
+
+/// Revoked, expired, malformed and read-scoped tokens.
+async fn tokens_behave(server: &Server, url: Option<&str>) {
+    let dir = server.data_dir.as_path();
+    let runs = server.url("/runs");
+    let out = admin(dir, url, &["create-token", "--user", "admin", "--name", "short"]);
+    let secret = last_line(&out);
+    let id = out.split_whitespace().nth(1).unwrap().to_string();
+    let short = client_with(&secret);
+    assert_eq!(short.get(&runs).send().await.unwrap().status(), 200);
+    admin(dir, url, &["revoke-token", &id]);
+    let resp = short.get(&runs).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    assert!(resp.text().await.unwrap().contains("revoked"));
+    assert!(admin(dir, url, &["list-tokens"]).contains("revoked"));
+
+    let expired = client_with(&last_line(&admin(
+        dir,
+        url,
+        &["create-token", "--user", "admin", "--expires-in-days", "0"],
+    )));
+    let resp = expired.get(&runs).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    assert!(resp.text().await.unwrap().contains("expired"));
+
+    let good = server.token.clone();
+    for header in [
+        format!("Bearer  {good}"),
+        format!("Token {good}"),
+        format!("Bearer {}", good.replace("sslab_", "ghp_")),
+        format!("Bearer {}x", good),
+        "Bearer".to_string(),
+    ] {
+        let resp = reqwest::Client::new()
+            .get(&runs)
+            .header("authorization", &header)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401, "{header}");
+        assert!(resp.headers().contains_key("www-authenticate"));
+        let body: Value = resp.json().await.unwrap();
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains("malformed"),
+            "{header}: {body}"
+        );
+    }
+    // A well-formed secret the server never issued.
+    let resp = client_with(&format!("sslab_{}", "0".repeat(61)))
+        .get(&runs)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+
+    let read = client_with(&last_line(&admin(
+        dir,
+        url,
+        &["create-token", "--user", "admin", "--scope", "read"],
+    )));
+    let before: Value = read.get(&runs).send().await.unwrap().json().await.unwrap();
+    let resp = read.post(&runs).json(&tiny_spec(1)).send().await.unwrap();
+    assert_eq!(resp.status(), 403);
+    let resp = read
+        .post(server.url("/tokens"))
+        .json(&json!({"name": "escalate"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    let after: Value = read.get(&runs).send().await.unwrap().json().await.unwrap();
+    assert_eq!(before["items"].as_array().unwrap().len(), after["items"].as_array().unwrap().len());
+
+    // A JSON body sent as text/plain (what a cross-site form can send) is refused.
+    let resp = server
+        .client()
+        .post(&runs)
+        .header("content-type", "text/plain")
+        .body(tiny_spec(1).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 415);
+    // A body over the limit.
+    let resp = server
+        .client()
+        .post(&runs)
+        .header("content-type", "application/json")
+        .body(format!("{{\"name\": \"{}\"}}", "x".repeat(3 << 20)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    let after: Value = read.get(&runs).send().await.unwrap().json().await.unwrap();
+    assert_eq!(before["items"].as_array().unwrap().len(), after["items"].as_array().unwrap().len());
+}
+
+/// The session cookie of a sign-in, without the `Secure` flag's https:
+/// reqwest is given the cookie by hand.
+async fn sign_in(server: &Server, body: Value) -> (StatusCode, Option<String>, Value) {
+    let resp = reqwest::Client::new()
+        .post(server.url("/sign-in"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let cookie = resp
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap().to_string());
+    if let Some(c) = &resp.headers().get("set-cookie") {
+        let c = c.to_str().unwrap();
+        for flag in ["HttpOnly", "SameSite=Strict", "Secure"] {
+            assert!(c.contains(flag), "{c}");
+        }
+    }
+    (status, cookie, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn cookies_and_csrf(server: &Server, url: Option<&str>) {
+    let dir = server.data_dir.as_path();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sslab"));
+    cmd.arg("--data-dir")
+        .arg(dir)
+        .args(["admin", "create-user", "pia", "--team", "default", "--password-stdin"])
+        .env_remove("DATABASE_URL")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    if let Some(url) = url {
+        cmd.env("DATABASE_URL", url);
+    }
+    let mut child = cmd.spawn().unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"correct horse battery\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let link = last_line(&String::from_utf8(out.stdout).unwrap());
+    let code = link.split("code=").nth(1).unwrap().to_string();
+
+    let (status, _, body) = sign_in(server, json!({"name": "pia", "password": "wrong horse"})).await;
+    assert_eq!(status, 401, "{body}");
+    let (status, cookie, me) =
+        sign_in(server, json!({"name": "pia", "password": "correct horse battery"})).await;
+    assert_eq!(status, 200, "{me}");
+    let cookie = cookie.expect("a session cookie");
+    let csrf = me["csrf"].as_str().unwrap().to_string();
+    let plain = reqwest::Client::new();
+    let me: Value = plain
+        .get(server.url("/session"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["name"], "pia");
+    assert_eq!(me["team"]["role"], "member");
+    // A change with the cookie alone is refused; with the CSRF header it is made.
+    let resp = plain
+        .post(server.url("/runs"))
+        .header("cookie", &cookie)
+        .json(&tiny_spec(1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    let resp = plain
+        .post(server.url("/runs"))
+        .header("cookie", &cookie)
+        .header("x-csrf-token", &csrf)
+        .json(&tiny_spec(1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let run: Value = resp.json().await.unwrap();
+    assert_eq!(run["created_by"], me["user_id"]);
+    // A forged cookie is not a session.
+    let resp = plain
+        .get(server.url("/session"))
+        .header("cookie", format!("sslab_session=sslab_{}", "1".repeat(61)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    // Signing out ends the session; replaying its cookie gets 401.
+    let resp = plain
+        .post(server.url("/sign-out"))
+        .header("cookie", &cookie)
+        .header("x-csrf-token", &csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    let resp = plain
+        .get(server.url("/runs"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+
+    // The one-time link works once.
+    let (status, cookie, _) = sign_in(server, json!({"code": code})).await;
+    assert_eq!(status, 200);
+    assert!(cookie.is_some());
+    let (status, _, _) = sign_in(server, json!({"code": code})).await;
+    assert_eq!(status, 401);
+
+    // Guessing slows down: after five wrong passwords, 429 with Retry-After,
+    // even for the right one.
+    for _ in 0..5 {
+        let (status, _, _) = sign_in(server, json!({"name": "vic", "password": "guess-guess"})).await;
+        assert!(status == 401 || status == 429, "{status}");
+    }
+    let resp = reqwest::Client::new()
+        .post(server.url("/sign-in"))
+        .json(&json!({"name": "vic", "password": "guess-guess"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    assert!(resp.headers().contains_key("retry-after"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_authorization() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), None);
+    authorization(&server, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_authorization() {
+    let Some(url) = fresh_postgres_database().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), Some(&url));
+    authorization(&server, Some(&url)).await;
+}
