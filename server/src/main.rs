@@ -37,6 +37,9 @@ struct Cli {
     /// Overrides the database (sqlite://… or postgres://…).
     #[arg(long, global = true, env = "DATABASE_URL")]
     database_url: Option<String>,
+    /// `text` for people, `json` (one object a line) for log collectors.
+    #[arg(long, global = true, env = "SSLAB_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -67,6 +70,10 @@ enum Command {
         /// `sslab data import` register data.
         #[arg(long = "data-root", env = "SSLAB_DATA_ROOTS", value_delimiter = ',')]
         data_roots: Vec<PathBuf>,
+        /// An origin (`https://host:port`) whose scripts may call the API
+        /// with a token (repeatable); none: cross-origin calls are refused.
+        #[arg(long = "cors-origin", env = "SSLAB_CORS_ORIGINS", value_delimiter = ',')]
+        cors_origins: Vec<String>,
     },
     /// Teams, users and tokens: `create-team`, `create-user`,
     /// `create-token`, `list-tokens`, `revoke-token`.
@@ -150,14 +157,17 @@ fn database_url(cli: &Cli) -> anyhow::Result<String> {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sqlx=warn,tower_http=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,sqlx=warn,tower_http=info".into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cli.log_format == "json" {
+        logs.json().with_current_span(true).init();
+    } else {
+        logs.init();
+    }
     let result = match &cli.command {
         Command::Serve {
             addr,
@@ -167,6 +177,7 @@ async fn main() -> std::process::ExitCode {
             max_upload_bytes,
             max_unpacked_bytes,
             data_roots,
+            cors_origins,
         } => {
             let limits = datasets::Limits {
                 max_upload: *max_upload_bytes,
@@ -180,6 +191,7 @@ async fn main() -> std::process::ExitCode {
                 max_sweep_runs: *max_sweep_runs,
                 limits,
                 data_roots,
+                cors_origins,
             };
             serve(&cli, options).await
         }
@@ -252,6 +264,7 @@ async fn bare_state(cli: &Cli) -> anyhow::Result<http::AppState> {
         max_sweep_runs: 1,
         datasets: datasets::Registry::new(store, &cli.data_dir, datasets::Limits::default()),
         data_roots: Arc::new(Vec::new()),
+        cors_origins: Arc::new(Vec::new()),
         backoff: auth::Backoff::default(),
     })
 }
@@ -275,6 +288,7 @@ struct ServeOptions<'a> {
     max_sweep_runs: usize,
     limits: datasets::Limits,
     data_roots: &'a [PathBuf],
+    cors_origins: &'a [String],
 }
 
 async fn serve(cli: &Cli, options: ServeOptions<'_>) -> anyhow::Result<()> {
@@ -285,7 +299,15 @@ async fn serve(cli: &Cli, options: ServeOptions<'_>) -> anyhow::Result<()> {
         max_sweep_runs,
         limits,
         data_roots,
+        cors_origins,
     } = options;
+    let cors_origins = cors_origins
+        .iter()
+        .map(|o| {
+            axum::http::HeaderValue::from_str(o.trim_end_matches('/'))
+                .with_context(|| format!("--cors-origin `{o}` is not a usable origin"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     // Resolved once: a root that is a link counts as where it points.
     let data_roots = data_roots
         .iter()
@@ -316,6 +338,7 @@ async fn serve(cli: &Cli, options: ServeOptions<'_>) -> anyhow::Result<()> {
         max_sweep_runs,
         datasets: datasets::Registry::new(store.clone(), &cli.data_dir, limits),
         data_roots: Arc::new(data_roots),
+        cors_origins: Arc::new(cors_origins),
         backoff: auth::Backoff::default(),
     };
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);

@@ -131,7 +131,13 @@ async fn reevaluate(server: &Server, run: &Run, training_rows: usize) {
         ),
         (r#"{"data": {}}"#, "data"),
     ] {
-        let bad = client.post(&url).body(body).send().await.unwrap();
+        let bad = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(bad.status(), 422);
         assert_eq!(
             bad.json::<ErrorBody>()
@@ -207,6 +213,7 @@ async fn reevaluate(server: &Server, run: &Run, training_rows: usize) {
     let queued = create(&client, server, &tiny_spec(300)).await;
     let resp = client
         .post(server.url(&format!("/runs/{}/evaluate", queued.id)))
+        .header("content-type", "application/json")
         .body("{}")
         .send()
         .await
@@ -404,6 +411,7 @@ async fn invalid_specs(server: &Server) {
     // Malformed JSON: still a 422 with a message.
     let resp = client
         .post(server.url("/runs"))
+        .header("content-type", "application/json")
         .body("{\"seed\": ")
         .send()
         .await

@@ -423,6 +423,25 @@ async fn tokens_behave(server: &Server, url: Option<&str>) {
     assert_eq!(resp.status(), 413);
     let after: Value = read.get(&runs).send().await.unwrap().json().await.unwrap();
     assert_eq!(before["items"].as_array().unwrap().len(), after["items"].as_array().unwrap().len());
+
+    // Conventions: a request id on every answer, compressed JSON when asked,
+    // and no cross-origin access unless the operator allows an origin.
+    let resp = read
+        .get(&runs)
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["content-encoding"], "gzip");
+    assert!(!resp.headers()["x-request-id"].is_empty());
+    let resp = reqwest::Client::new()
+        .request(Method::OPTIONS, &runs)
+        .header("origin", "https://elsewhere.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert!(!resp.headers().contains_key("access-control-allow-origin"));
 }
 
 /// The session cookie of a sign-in, without the `Secure` flag's https:

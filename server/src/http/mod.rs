@@ -38,6 +38,9 @@ pub struct AppState {
     pub datasets: Registry,
     /// Server folders the API may read data from (`--data-root`), resolved.
     pub data_roots: Arc<Vec<PathBuf>>,
+    /// Origins other sites' scripts may call the API from (`--cors-origin`);
+    /// none by default.
+    pub cors_origins: Arc<Vec<axum::http::HeaderValue>>,
     pub backoff: Backoff,
 }
 
@@ -198,8 +201,9 @@ pub fn app(state: AppState, static_dir: Option<PathBuf>) -> Router {
         .merge(guarded(accounts::account_router(), Access::Account))
         .merge(guarded(team, Access::Team))
         .fallback(|| async { ApiError::NotFound("no such API route".into()) });
+    let cors = cors_layer(&state.cors_origins);
     let router = Router::new().nest("/api/v1", api).with_state(state);
-    match static_dir.filter(|d| d.join("index.html").is_file()) {
+    let app = match static_dir.filter(|d| d.join("index.html").is_file()) {
         // Client-side routes (/runs/…) get index.html; the app routes itself.
         Some(dir) => router
             .fallback_service(ServeDir::new(&dir).fallback(ServeFile::new(dir.join("index.html")))),
@@ -214,6 +218,44 @@ pub fn app(state: AppState, static_dir: Option<PathBuf>) -> Router {
                 ),
             )
         }),
+    };
+    // The last layer added runs first: a request id is set, then traced
+    // (every log line of the request carries it), echoed, and the answer
+    // compressed.
+    use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+    use tower_http::trace::{DefaultOnResponse, TraceLayer};
+    let trace = TraceLayer::new_for_http()
+        .make_span_with(|req: &axum::http::Request<axum::body::Body>| {
+            let id = req
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-");
+            tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+        })
+        .on_response(DefaultOnResponse::new().level(tracing::Level::INFO));
+    app.layer(tower_http::compression::CompressionLayer::new())
+        .layer(cors)
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(trace)
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+}
+
+/// Cross-origin calls: refused unless the operator names origins; those may
+/// send bearer tokens, never the session cookie.
+fn cors_layer(origins: &[axum::http::HeaderValue]) -> tower_http::cors::CorsLayer {
+    use axum::http::{Method, header};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return CorsLayer::new();
     }
-    .layer(tower_http::trace::TraceLayer::new_for_http())
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins.iter().cloned()))
+        .allow_methods([Method::GET, Method::POST, Method::DELETE])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            axum::http::HeaderName::from_static("idempotency-key"),
+        ])
+        .expose_headers([header::LOCATION, header::RETRY_AFTER])
 }

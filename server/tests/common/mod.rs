@@ -32,7 +32,7 @@ impl Server {
         cmd.args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .env_remove("DATABASE_URL")
-            .env("RUST_LOG", "info,sqlx=warn")
+            .env("RUST_LOG", "info,sqlx=warn,tower_http=warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         if let Ok(dir) = std::env::var("SSLAB_STATIC_DIR") {
