@@ -9,6 +9,7 @@ use crate::sweep::SweepSpec;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum RunStatus {
     Queued,
     Running,
@@ -51,12 +52,14 @@ impl RunStatus {
 
 /// A run as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Run {
     pub id: String,
     pub name: String,
     pub status: RunStatus,
     pub method: String,
     pub backbone: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub spec: RunSpec,
     /// Milliseconds since the Unix epoch.
     pub created_at: i64,
@@ -84,6 +87,7 @@ pub struct Run {
 
 /// One optimiser step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MetricPoint {
     pub step: i64,
     pub epoch: i64,
@@ -104,6 +108,7 @@ pub struct MetricPoint {
 /// held-out images (never trained on), over all of them and over each
 /// set's most confident 20 %.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MemorizationPoint {
     /// Epochs done when the attack ran.
     pub epoch: i64,
@@ -120,6 +125,7 @@ pub struct MemorizationPoint {
 
 /// One evaluation result: a probe at a layer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Evaluation {
     /// `backbone`, `proj.0`, `proj.1`, …
     pub layer: String,
@@ -130,6 +136,7 @@ pub struct Evaluation {
     pub value: f64,
     /// The probe's settings, e.g. `{"k": 20, "temperature": 0.07}`.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub settings: serde_json::Value,
     /// The re-evaluation job that produced the row; none for the evaluation
     /// at the end of training.
@@ -142,8 +149,10 @@ pub struct Evaluation {
 /// without retraining.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EvaluationRequest {
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub eval: crate::spec::EvalSpec,
 }
 
@@ -167,6 +176,7 @@ impl EvaluationRequest {
 
 /// A re-evaluation job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EvaluationJob {
     pub id: String,
     pub run_id: String,
@@ -181,6 +191,7 @@ pub struct EvaluationJob {
 
 /// A page of a list; pass `next_page_token` back as `page_token`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Page<T> {
     pub items: Vec<T>,
     pub next_page_token: Option<String>,
@@ -188,11 +199,13 @@ pub struct Page<T> {
 
 /// Body of every error response.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorDetail {
     /// Stable machine-readable code, e.g. `invalid_spec`, `not_found`.
     pub code: String,
@@ -213,6 +226,7 @@ pub mod events {
 
 /// How many runs are in each state.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StatusCounts {
     pub queued: i64,
     pub running: i64,
@@ -244,9 +258,11 @@ impl StatusCounts {
 
 /// A sweep as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Sweep {
     pub id: String,
     pub name: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub spec: SweepSpec,
     pub created_at: i64,
     pub run_count: i64,
@@ -259,12 +275,14 @@ pub struct Sweep {
 
 /// One run of a sweep with its point and its end-of-training evaluations.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SweepRun {
     pub id: String,
     pub name: String,
     pub status: RunStatus,
     pub seed: u64,
     /// Axis path → value.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub values: Map<String, Value>,
     pub last_loss: Option<f64>,
     pub error: Option<String>,
@@ -274,8 +292,10 @@ pub struct SweepRun {
 /// One metric at one layer for one value of one axis, over every
 /// succeeded run with that value (seeds and the other axes pooled).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AxisAggregate {
     pub axis: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub value: Value,
     pub layer: String,
     pub probe: String,
@@ -288,6 +308,7 @@ pub struct AxisAggregate {
 
 /// `GET /sweeps/{id}/summary`: everything the sweep page draws, in one response.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SweepSummary {
     pub sweep: Sweep,
     /// The swept paths, in the spec's order (seed excluded).
@@ -300,6 +321,7 @@ pub struct SweepSummary {
 
 /// A field whose value differs between compared runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SpecDifference {
     pub path: String,
     /// One per run, in the order of `Comparison::runs`.
@@ -308,6 +330,7 @@ pub struct SpecDifference {
 
 /// `GET /compare?runs=a,b,…`: runs side by side.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Comparison {
     pub runs: Vec<Run>,
     /// Loss curves, one per run, thinned to at most `max_points`.
@@ -319,10 +342,12 @@ pub struct Comparison {
 /// A déjà vu audit as the API shows it; its report comes from
 /// `GET /audits/{id}/report` once it has succeeded.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Audit {
     pub id: String,
     pub name: String,
     pub status: RunStatus,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub spec: crate::audit::AuditSpec,
     pub created_at: i64,
     pub started_at: Option<i64>,

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 /// What a member may do in a team; each role includes the ones before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Role {
     /// Reads everything in the team.
     Viewer,
@@ -34,6 +35,7 @@ impl Role {
 /// What a token may be used for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Scope {
     /// Reads only, whatever the owner's role.
     Read,
@@ -65,6 +67,7 @@ impl Scope {
 
 /// A team and the role the signed-in user has in it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TeamRole {
     pub id: String,
     pub name: String,
@@ -73,6 +76,7 @@ pub struct TeamRole {
 
 /// `GET /session`: who is signed in, in which team.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Me {
     pub user_id: Option<String>,
     /// The user's name, or the token's for a service token.
@@ -88,6 +92,7 @@ pub struct Me {
 /// `POST /session`: a name and password, or the code of a sign-in link.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SignIn {
     #[serde(default)]
     pub name: String,
@@ -100,12 +105,14 @@ pub struct SignIn {
 /// `POST /session/team`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SwitchTeam {
     pub team: String,
 }
 
 /// A token as lists show it; the secret is never shown again.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenInfo {
     pub id: String,
     pub name: String,
@@ -125,6 +132,7 @@ pub struct TokenInfo {
 /// `POST /tokens`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NewToken {
     pub name: String,
     #[serde(default)]
@@ -139,6 +147,7 @@ pub struct NewToken {
 
 /// The answer to `POST /tokens`: the secret, shown this once.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreatedToken {
     pub token: TokenInfo,
     pub secret: String,
@@ -146,6 +155,7 @@ pub struct CreatedToken {
 
 /// A team member.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Member {
     pub user_id: String,
     pub name: String,
@@ -155,6 +165,7 @@ pub struct Member {
 /// `POST /members`: adds a user (created if new) or changes their role.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AddMember {
     pub name: String,
     pub role: Role,
@@ -162,6 +173,7 @@ pub struct AddMember {
 
 /// The answer to `POST /members`; a new user gets a one-time sign-in link.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AddedMember {
     pub member: Member,
     /// `/signin?code=…`, valid for a day and once.

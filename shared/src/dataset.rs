@@ -8,6 +8,7 @@ use crate::spec::{DataSpec, check_dataset_name};
 /// The file formats a data set can be imported from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum DataFormat {
     /// One sub-folder per class of PNG/JPEG files (optional `boxes.csv`).
     Folder,
@@ -55,6 +56,7 @@ fn default_test_fraction() -> f64 {
 /// `sslab data import`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DatasetImport {
     pub name: String,
     pub format: DataFormat,
@@ -143,6 +145,7 @@ impl DatasetImport {
 
 /// Images of one split, in total and per class (in `Dataset::classes` order).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SplitInfo {
     /// `train`, `test` or `unlabeled`.
     pub name: String,
@@ -153,6 +156,7 @@ pub struct SplitInfo {
 
 /// A registered data set as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Dataset {
     pub id: String,
     pub name: String,
@@ -162,6 +166,7 @@ pub struct Dataset {
     /// `sha256:…` of the decoded images, labels and class names.
     pub hash: String,
     /// How runs read it.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub data: DataSpec,
     pub image_size: usize,
     pub classes: Vec<String>,

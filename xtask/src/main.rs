@@ -164,6 +164,24 @@ fn ensure_browser() -> Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
+/// The OpenAPI validator the API document is checked with (PyPI).
+fn ensure_openapi_validator() -> Result<()> {
+    let present = Command::new("python3")
+        .args(["-c", "import openapi_spec_validator"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if present {
+        return Ok(());
+    }
+    run(Command::new("python3").args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "openapi-spec-validator==0.9.0",
+    ]))
+}
+
 /// A PostgreSQL server to test against; starts the local cluster if it is down.
 fn ensure_postgres() -> Result<String> {
     if let Ok(url) = std::env::var("SSLAB_TEST_DATABASE_URL") {
@@ -201,6 +219,7 @@ fn ensure_postgres() -> Result<String> {
 fn test(root: &Path, args: &[String]) -> Result<()> {
     build_web(root)?;
     ensure_browser()?;
+    ensure_openapi_validator()?;
     let pg = ensure_postgres()?;
     run(cargo()
         .args([

@@ -57,6 +57,15 @@ impl<S: Send + Sync> FromRequestParts<S> for Peer {
     }
 }
 
+#[utoipa::path(
+    operation_id = "sign_in",
+    post,
+    path = "/sign-in",
+    tag = "accounts",
+    request_body = sslab_shared::auth::SignIn,
+    responses((status = 200, description = "signed in; sets the session cookie", body = sslab_shared::auth::Me), (status = 401, description = "wrong name or password, or a used link", body = sslab_shared::api::ErrorBody), (status = 415, description = "not JSON", body = sslab_shared::api::ErrorBody), (status = 429, description = "too many failures: wait Retry-After seconds", body = sslab_shared::api::ErrorBody)),
+    security(())
+)]
 async fn sign_in(
     State(state): State<AppState>,
     Peer(peer): Peer,
@@ -170,10 +179,24 @@ async fn me_of(store: &Store, p: &Principal) -> ApiResult<Me> {
     })
 }
 
+#[utoipa::path(
+    operation_id = "get_session",
+    get,
+    path = "/session",
+    tag = "accounts",
+    responses((status = 200, description = "OK", body = sslab_shared::auth::Me), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
 async fn me(State(state): State<AppState>, p: Principal) -> ApiResult<Json<Me>> {
     Ok(Json(me_of(&state.store, &p).await?))
 }
 
+#[utoipa::path(
+    operation_id = "sign_out",
+    post,
+    path = "/sign-out",
+    tag = "accounts",
+    responses((status = 204, description = "signed out"), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
 async fn sign_out(State(state): State<AppState>, p: Principal) -> ApiResult<Response> {
     if let Via::Session { hash, .. } = &p.via {
         state.store.end_session(hash).await?;
@@ -189,6 +212,14 @@ async fn sign_out(State(state): State<AppState>, p: Principal) -> ApiResult<Resp
         .into_response())
 }
 
+#[utoipa::path(
+    operation_id = "switch_team",
+    post,
+    path = "/session/team",
+    tag = "accounts",
+    request_body = sslab_shared::auth::SwitchTeam,
+    responses((status = 200, description = "OK", body = sslab_shared::auth::Me), (status = 404, description = "not found, or another team's", body = sslab_shared::api::ErrorBody), (status = 400, description = "tokens belong to one team", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
 async fn switch_team(
     State(state): State<AppState>,
     p: Principal,
@@ -223,6 +254,13 @@ async fn switch_team(
 }
 
 /// Your own tokens in this team; an admin sees every token of the team.
+#[utoipa::path(
+    operation_id = "list_tokens",
+    get,
+    path = "/tokens",
+    tag = "accounts",
+    responses((status = 200, description = "yours; an admin's: the team's", body = Vec<sslab_shared::auth::TokenInfo>), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
 async fn list_tokens(
     State(state): State<AppState>,
     p: Principal,
@@ -240,6 +278,14 @@ async fn list_tokens(
     }
 }
 
+#[utoipa::path(
+    operation_id = "create_token",
+    post,
+    path = "/tokens",
+    tag = "accounts",
+    request_body = sslab_shared::auth::NewToken,
+    responses((status = 201, description = "the secret, shown once", body = sslab_shared::auth::CreatedToken), (status = 403, description = "the credentials do not allow it", body = sslab_shared::api::ErrorBody), (status = 422, description = "invalid; `field` names what", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
 async fn create_token(
     State(state): State<AppState>,
     p: Principal,
@@ -318,6 +364,14 @@ pub async fn issue_sign_in_code(store: &Store, user_id: &str, team_id: &str) -> 
 }
 
 /// Revokes your own token, or as an admin any token of the team.
+#[utoipa::path(
+    operation_id = "revoke_token",
+    post,
+    path = "/tokens/{id}/revoke",
+    tag = "accounts",
+    params(("id" = String, Path, description = "the token's id")),
+    responses((status = 200, description = "OK", body = sslab_shared::auth::TokenInfo), (status = 404, description = "not found, or another team's", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
 async fn revoke_token(
     State(state): State<AppState>,
     p: Principal,
@@ -335,6 +389,13 @@ async fn revoke_token(
     Ok(Json(token.info))
 }
 
+#[utoipa::path(
+    operation_id = "list_members",
+    get,
+    path = "/members",
+    tag = "accounts",
+    responses((status = 200, description = "OK", body = Vec<sslab_shared::auth::Member>), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
 async fn members(State(state): State<AppState>, p: Principal) -> ApiResult<Json<Vec<Member>>> {
     Ok(Json(state.store.members(p.team()).await?))
 }
@@ -352,6 +413,14 @@ fn require_admin(p: &Principal) -> ApiResult<()> {
 
 /// Adds a user to the team (creating them, with a one-time sign-in link,
 /// when the name is new) or changes their role.
+#[utoipa::path(
+    operation_id = "add_member",
+    post,
+    path = "/members",
+    tag = "accounts",
+    request_body = sslab_shared::auth::AddMember,
+    responses((status = 201, description = "a new user, with a sign-in link", body = sslab_shared::auth::AddedMember), (status = 200, description = "the role changed", body = sslab_shared::auth::AddedMember), (status = 403, description = "the credentials do not allow it", body = sslab_shared::api::ErrorBody), (status = 409, description = "conflicts with the object's state", body = sslab_shared::api::ErrorBody), (status = 422, description = "invalid; `field` names what", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
 async fn add_member(
     State(state): State<AppState>,
     p: Principal,
@@ -403,6 +472,14 @@ async fn add_member(
         .into_response())
 }
 
+#[utoipa::path(
+    operation_id = "remove_member",
+    delete,
+    path = "/members/{user_id}",
+    tag = "accounts",
+    params(("user_id" = String, Path)),
+    responses((status = 204, description = "removed"), (status = 404, description = "not found, or another team's", body = sslab_shared::api::ErrorBody), (status = 403, description = "the credentials do not allow it", body = sslab_shared::api::ErrorBody), (status = 409, description = "conflicts with the object's state", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
 async fn remove_member(
     State(state): State<AppState>,
     p: Principal,

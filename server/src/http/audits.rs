@@ -28,6 +28,14 @@ pub fn router() -> axum::Router<AppState> {
 
 /// Checked like a run (422 naming the field), with a registered data set
 /// looked up first.
+#[utoipa::path(
+    operation_id = "create_audit",
+    post,
+    path = "/audits",
+    tag = "audits",
+    request_body(content = serde_json::Value, description = "an AuditSpec (docs/api.md)", content_type = "application/json"),
+    responses((status = 201, description = "queued", body = sslab_shared::api::Audit), (status = 422, description = "invalid; `field` names what", body = sslab_shared::api::ErrorBody), (status = 403, description = "the credentials do not allow it", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
 async fn create(
     State(state): State<AppState>,
     p: Principal,
@@ -126,6 +134,13 @@ async fn from_runs(
     Ok(())
 }
 
+#[utoipa::path(
+    operation_id = "list_audits",
+    get,
+    path = "/audits",
+    tag = "audits",
+    responses((status = 200, description = "newest first", body = Vec<sslab_shared::api::Audit>), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
 async fn list(State(state): State<AppState>, p: Principal) -> ApiResult<Json<Vec<Audit>>> {
     Ok(Json(state.store.list_audits(p.team(), 200).await?))
 }
@@ -139,6 +154,14 @@ async fn find(state: &AppState, p: &Principal, id: &str) -> ApiResult<Audit> {
         .ok_or_else(|| ApiError::NotFound(format!("no audit with id `{id}`")))
 }
 
+#[utoipa::path(
+    operation_id = "get_audit",
+    get,
+    path = "/audits/{id}",
+    tag = "audits",
+    params(("id" = String, Path, description = "the audit's id")),
+    responses((status = 200, description = "OK", body = sslab_shared::api::Audit), (status = 404, description = "not found, or another team's", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
 async fn read(
     State(state): State<AppState>,
     p: Principal,
@@ -147,6 +170,14 @@ async fn read(
     Ok(Json(find(&state, &p, &id).await?))
 }
 
+#[utoipa::path(
+    operation_id = "cancel_audit",
+    post,
+    path = "/audits/{id}/cancel",
+    tag = "audits",
+    params(("id" = String, Path, description = "the audit's id")),
+    responses((status = 200, description = "OK", body = sslab_shared::api::Audit), (status = 404, description = "not found, or another team's", body = sslab_shared::api::ErrorBody), (status = 409, description = "conflicts with the object's state", body = sslab_shared::api::ErrorBody), (status = 403, description = "the credentials do not allow it", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
 async fn cancel(
     State(state): State<AppState>,
     p: Principal,
@@ -181,6 +212,14 @@ async fn finished_report(state: &AppState, p: &Principal, id: &str) -> ApiResult
         .ok_or_else(|| ApiError::NotFound(format!("audit `{id}` has no report")))
 }
 
+#[utoipa::path(
+    operation_id = "audit_report",
+    get,
+    path = "/audits/{id}/report",
+    tag = "audits",
+    params(("id" = String, Path, description = "the audit's id")),
+    responses((status = 200, description = "the AuditReport", body = serde_json::Value), (status = 404, description = "not found, or another team's", body = sslab_shared::api::ErrorBody), (status = 409, description = "conflicts with the object's state", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
 async fn report(
     State(state): State<AppState>,
     p: Principal,
@@ -191,6 +230,14 @@ async fn report(
 
 /// `{index}.png`: an image of the gallery (a memorized image or one of its
 /// nearest public images), by pool index.
+#[utoipa::path(
+    operation_id = "audit_image",
+    get,
+    path = "/audits/{id}/images/{file}",
+    tag = "audits",
+    params(("id" = String, Path, description = "the audit's id"), ("file" = String, Path, description = "`{index}.png`")),
+    responses((status = 200, description = "a PNG", body = Vec<u8>, content_type = "image/png"), (status = 404, description = "not found, or another team's", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
 async fn image(
     State(state): State<AppState>,
     p: Principal,
@@ -219,6 +266,14 @@ async fn image(
         .into_response())
 }
 
+#[utoipa::path(
+    operation_id = "audit_examples",
+    get,
+    path = "/audits/{id}/examples.csv",
+    tag = "audits",
+    params(("id" = String, Path, description = "the audit's id")),
+    responses((status = 200, description = "one row per attacked image", body = String, content_type = "text/csv"), (status = 404, description = "not found, or another team's", body = sslab_shared::api::ErrorBody), (status = 409, description = "conflicts with the object's state", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
 async fn examples(
     State(state): State<AppState>,
     p: Principal,

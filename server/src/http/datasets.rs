@@ -30,6 +30,14 @@ pub fn router() -> axum::Router<AppState> {
 
 /// Files already on the server: `{ "name", "format", "path", … }`. Team
 /// admins only, and only inside the operator's `--data-root` folders.
+#[utoipa::path(
+    operation_id = "register_dataset",
+    post,
+    path = "/datasets",
+    tag = "datasets",
+    request_body = sslab_shared::dataset::DatasetImport,
+    responses((status = 201, description = "registered", body = sslab_shared::dataset::Dataset), (status = 409, description = "the team has a data set of that name", body = sslab_shared::api::ErrorBody), (status = 422, description = "invalid; `field` names what", body = sslab_shared::api::ErrorBody), (status = 403, description = "the credentials do not allow it", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
 async fn import(
     State(state): State<AppState>,
     p: Principal,
@@ -58,6 +66,15 @@ fn created(d: Dataset) -> Response {
 
 /// An archive (tar, tar.gz or zip) in the body; the options in the query:
 /// `?name=pets&format=folder&image_size=64`.
+#[utoipa::path(
+    operation_id = "upload_dataset",
+    post,
+    path = "/datasets/upload",
+    tag = "datasets",
+    params(("name" = String, Query), ("format" = String, Query, description = "folder, cifar10, cifar100, stl10 or idx"), ("image_size" = Option<usize>, Query)),
+    request_body(content = Vec<u8>, description = "a tar, tar.gz or zip archive", content_type = "application/octet-stream"),
+    responses((status = 201, description = "registered", body = sslab_shared::dataset::Dataset), (status = 409, description = "the team has a data set of that name", body = sslab_shared::api::ErrorBody), (status = 413, description = "over the upload limit", body = sslab_shared::api::ErrorBody), (status = 422, description = "invalid; `field` names what", body = sslab_shared::api::ErrorBody), (status = 403, description = "the credentials do not allow it", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
 async fn upload(
     State(state): State<AppState>,
     p: Principal,
@@ -107,6 +124,13 @@ async fn receive(body: Body, file: &std::path::Path, limit: u64) -> ApiResult<u6
     Ok(total)
 }
 
+#[utoipa::path(
+    operation_id = "list_datasets",
+    get,
+    path = "/datasets",
+    tag = "datasets",
+    responses((status = 200, description = "newest first", body = Vec<sslab_shared::dataset::Dataset>), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
 async fn list(State(state): State<AppState>, p: Principal) -> ApiResult<Json<Vec<Dataset>>> {
     Ok(Json(state.datasets.store().list_datasets(p.team()).await?))
 }
@@ -120,6 +144,14 @@ async fn find(state: &AppState, p: &Principal, name: &str) -> ApiResult<Dataset>
         .ok_or_else(|| ApiError::NotFound(format!("no data set named `{name}`")))
 }
 
+#[utoipa::path(
+    operation_id = "get_dataset",
+    get,
+    path = "/datasets/{name}",
+    tag = "datasets",
+    params(("name" = String, Path)),
+    responses((status = 200, description = "OK", body = sslab_shared::dataset::Dataset), (status = 404, description = "not found, or another team's", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
 async fn read(
     State(state): State<AppState>,
     p: Principal,
@@ -128,6 +160,14 @@ async fn read(
     Ok(Json(find(&state, &p, &name).await?))
 }
 
+#[utoipa::path(
+    operation_id = "dataset_samples",
+    get,
+    path = "/datasets/{name}/samples.png",
+    tag = "datasets",
+    params(("name" = String, Path)),
+    responses((status = 200, description = "a sheet of sample images", body = Vec<u8>, content_type = "image/png"), (status = 404, description = "not found, or another team's", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
 async fn samples(
     State(state): State<AppState>,
     p: Principal,

@@ -34,6 +34,14 @@ struct Cursor {
     first: bool,
 }
 
+#[utoipa::path(
+    operation_id = "run_events",
+    get,
+    path = "/runs/{id}/events",
+    tag = "runs",
+    params(("id" = String, Path, description = "the run's id")),
+    responses((status = 200, description = "server-sent events: metric, status, evaluations", body = String, content_type = "text/event-stream"), (status = 404, description = "not found, or another team's", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
 pub async fn stream(
     State(state): State<AppState>,
     p: Principal,

@@ -6,6 +6,7 @@ mod authn;
 mod datasets;
 mod error;
 mod events;
+mod openapi;
 mod runs;
 mod sweeps;
 
@@ -196,7 +197,8 @@ pub fn app(state: AppState, static_dir: Option<PathBuf>) -> Router {
         .merge(accounts::team_router());
     // Everything but health and sign-in goes through the authentication layer.
     let api = Router::new()
-        .route("/health", get(|| async { "ok" }))
+        .route("/health", get(openapi::health))
+        .route("/openapi.json", get(openapi::document))
         .merge(accounts::public_router())
         .merge(guarded(accounts::account_router(), Access::Account))
         .merge(guarded(team, Access::Team))

@@ -36,6 +36,15 @@ pub fn router() -> axum::Router<AppState> {
 
 /// The body is parsed here rather than by axum's `Json` so that every
 /// problem, syntax included, comes back as a 422 naming the field.
+#[utoipa::path(
+    operation_id = "create_run",
+    post,
+    path = "/runs",
+    tag = "runs",
+    params(("Idempotency-Key" = Option<String>, Header, description = "repeat a creating request safely")),
+    request_body(content = serde_json::Value, description = "a RunSpec (docs/api.md)", content_type = "application/json"),
+    responses((status = 201, description = "created", body = sslab_shared::api::Run), (status = 200, description = "created earlier with this Idempotency-Key", body = sslab_shared::api::Run), (status = 422, description = "invalid; `field` names what", body = sslab_shared::api::ErrorBody), (status = 403, description = "the credentials do not allow it", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
 async fn create(
     State(state): State<AppState>,
     p: Principal,
@@ -54,8 +63,9 @@ async fn create(
     Ok(super::created(created, location, run))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
     page_size: Option<usize>,
     page_token: Option<String>,
@@ -89,6 +99,14 @@ pub(super) fn check_page_token(token: Option<&str>) -> ApiResult<()> {
 }
 
 /// Newest first, filtered on the server: status, sweep, method, name.
+#[utoipa::path(
+    operation_id = "list_runs",
+    get,
+    path = "/runs",
+    tag = "runs",
+    params(ListQuery),
+    responses((status = 200, description = "newest first", body = sslab_shared::api::Page<sslab_shared::api::Run>), (status = 400, description = "bad page size, token or status", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
 async fn list(
     State(state): State<AppState>,
     p: Principal,
@@ -130,6 +148,14 @@ pub(super) async fn find(state: &AppState, p: &Principal, id: &str) -> ApiResult
         .ok_or_else(|| ApiError::NotFound(format!("no run with id `{id}`")))
 }
 
+#[utoipa::path(
+    operation_id = "get_run",
+    get,
+    path = "/runs/{id}",
+    tag = "runs",
+    params(("id" = String, Path, description = "the run's id")),
+    responses((status = 200, description = "OK", body = sslab_shared::api::Run), (status = 404, description = "not found, or another team's", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
 async fn read(
     State(state): State<AppState>,
     p: Principal,
@@ -138,6 +164,14 @@ async fn read(
     Ok(Json(find(&state, &p, &id).await?))
 }
 
+#[utoipa::path(
+    operation_id = "cancel_run",
+    post,
+    path = "/runs/{id}/cancel",
+    tag = "runs",
+    params(("id" = String, Path, description = "the run's id")),
+    responses((status = 200, description = "cancel requested", body = sslab_shared::api::Run), (status = 404, description = "not found, or another team's", body = sslab_shared::api::ErrorBody), (status = 409, description = "conflicts with the object's state", body = sslab_shared::api::ErrorBody), (status = 403, description = "the credentials do not allow it", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
 async fn cancel(
     State(state): State<AppState>,
     p: Principal,
@@ -156,13 +190,22 @@ async fn cancel(
         .ok_or_else(|| ApiError::NotFound(format!("no run with id `{id}`")))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct MetricsQuery {
     after_step: Option<i64>,
     limit: Option<usize>,
 }
 
+#[utoipa::path(
+    operation_id = "run_metrics",
+    get,
+    path = "/runs/{id}/metrics",
+    tag = "runs",
+    params(("id" = String, Path, description = "the run's id"), MetricsQuery),
+    responses((status = 200, description = "OK", body = Vec<sslab_shared::api::MetricPoint>), (status = 404, description = "not found, or another team's", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
 async fn metrics(
     State(state): State<AppState>,
     p: Principal,
@@ -181,6 +224,14 @@ async fn metrics(
 
 /// The memorization monitor's readings, by epoch (empty when the run has
 /// no `eval.memorization`).
+#[utoipa::path(
+    operation_id = "run_memorization",
+    get,
+    path = "/runs/{id}/memorization",
+    tag = "runs",
+    params(("id" = String, Path, description = "the run's id")),
+    responses((status = 200, description = "OK", body = Vec<sslab_shared::api::MemorizationPoint>), (status = 404, description = "not found, or another team's", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
 async fn memorization(
     State(state): State<AppState>,
     p: Principal,
@@ -190,8 +241,9 @@ async fn memorization(
     Ok(Json(state.store.memorization(&id).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct EvaluationsQuery {
     /// `json` (default) or `csv`.
     format: Option<String>,
@@ -200,6 +252,14 @@ struct EvaluationsQuery {
 }
 
 /// One row per (layer, probe, metric), as JSON or CSV.
+#[utoipa::path(
+    operation_id = "run_evaluations",
+    get,
+    path = "/runs/{id}/evaluations",
+    tag = "runs",
+    params(("id" = String, Path, description = "the run's id"), EvaluationsQuery),
+    responses((status = 200, description = "rows as JSON, or CSV with format=csv", body = Vec<sslab_shared::api::Evaluation>), (status = 404, description = "not found, or another team's", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
 async fn evaluations(
     State(state): State<AppState>,
     p: Principal,
@@ -247,6 +307,15 @@ async fn evaluations(
 }
 
 /// Queues a re-evaluation of a finished run: another plan, other data, no retraining.
+#[utoipa::path(
+    operation_id = "evaluate_run",
+    post,
+    path = "/runs/{id}/evaluate",
+    tag = "runs",
+    params(("id" = String, Path, description = "the run's id")),
+    request_body(content = serde_json::Value, description = "an EvaluationRequest: {\"eval\": {…}}", content_type = "application/json"),
+    responses((status = 201, description = "queued", body = sslab_shared::api::EvaluationJob), (status = 404, description = "not found, or another team's", body = sslab_shared::api::ErrorBody), (status = 409, description = "conflicts with the object's state", body = sslab_shared::api::ErrorBody), (status = 422, description = "invalid; `field` names what", body = sslab_shared::api::ErrorBody), (status = 403, description = "the credentials do not allow it", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
 async fn evaluate(
     State(state): State<AppState>,
     p: Principal,
@@ -287,6 +356,14 @@ async fn evaluate(
         .into_response())
 }
 
+#[utoipa::path(
+    operation_id = "run_evaluation_jobs",
+    get,
+    path = "/runs/{id}/evaluation-jobs",
+    tag = "runs",
+    params(("id" = String, Path, description = "the run's id")),
+    responses((status = 200, description = "OK", body = Vec<sslab_shared::api::EvaluationJob>), (status = 404, description = "not found, or another team's", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
 async fn evaluation_jobs(
     State(state): State<AppState>,
     p: Principal,
@@ -304,6 +381,14 @@ async fn find_job(state: &AppState, p: &Principal, id: &str) -> ApiResult<Evalua
     Ok(job)
 }
 
+#[utoipa::path(
+    operation_id = "get_evaluation_job",
+    get,
+    path = "/evaluation-jobs/{id}",
+    tag = "runs",
+    params(("id" = String, Path, description = "the evaluation job's id")),
+    responses((status = 200, description = "OK", body = sslab_shared::api::EvaluationJob), (status = 404, description = "not found, or another team's", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
 async fn evaluation_job(
     State(state): State<AppState>,
     p: Principal,
@@ -314,6 +399,14 @@ async fn evaluation_job(
 
 /// Cancels a queued re-evaluation at once; a running one ends as
 /// cancelled, its rows discarded.
+#[utoipa::path(
+    operation_id = "cancel_evaluation_job",
+    post,
+    path = "/evaluation-jobs/{id}/cancel",
+    tag = "runs",
+    params(("id" = String, Path, description = "the evaluation job's id")),
+    responses((status = 200, description = "OK", body = sslab_shared::api::EvaluationJob), (status = 404, description = "not found, or another team's", body = sslab_shared::api::ErrorBody), (status = 409, description = "conflicts with the object's state", body = sslab_shared::api::ErrorBody), (status = 403, description = "the credentials do not allow it", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
 async fn cancel_evaluation(
     State(state): State<AppState>,
     p: Principal,
@@ -337,6 +430,14 @@ async fn cancel_evaluation(
 }
 
 /// The last end-of-epoch weights, as safetensors.
+#[utoipa::path(
+    operation_id = "run_checkpoint",
+    get,
+    path = "/runs/{id}/checkpoint",
+    tag = "runs",
+    params(("id" = String, Path, description = "the run's id")),
+    responses((status = 200, description = "safetensors weights", body = Vec<u8>, content_type = "application/octet-stream"), (status = 404, description = "not found, or another team's", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
 async fn checkpoint(
     State(state): State<AppState>,
     p: Principal,

@@ -26,6 +26,15 @@ pub fn router() -> axum::Router<AppState> {
 
 /// Expands the spec first: an invalid axis, value or a count over the cap
 /// is a 422 and nothing is stored.
+#[utoipa::path(
+    operation_id = "create_sweep",
+    post,
+    path = "/sweeps",
+    tag = "sweeps",
+    params(("Idempotency-Key" = Option<String>, Header, description = "repeat a creating request safely")),
+    request_body(content = serde_json::Value, description = "a SweepSpec (docs/api.md)", content_type = "application/json"),
+    responses((status = 201, description = "created", body = sslab_shared::api::Sweep), (status = 200, description = "created earlier with this Idempotency-Key", body = sslab_shared::api::Sweep), (status = 422, description = "invalid; `field` names what", body = sslab_shared::api::ErrorBody), (status = 403, description = "the credentials do not allow it", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
 async fn create(
     State(state): State<AppState>,
     p: Principal,
@@ -57,13 +66,22 @@ async fn create(
     Ok(super::created(created, location, sweep))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
     page_size: Option<usize>,
     page_token: Option<String>,
 }
 
+#[utoipa::path(
+    operation_id = "list_sweeps",
+    get,
+    path = "/sweeps",
+    tag = "sweeps",
+    params(ListQuery),
+    responses((status = 200, description = "OK", body = sslab_shared::api::Page<sslab_shared::api::Sweep>), (status = 400, description = "bad page size or token", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
 async fn list(
     State(state): State<AppState>,
     p: Principal,
@@ -88,6 +106,14 @@ async fn find(state: &AppState, p: &Principal, id: &str) -> ApiResult<Sweep> {
         .ok_or_else(|| ApiError::NotFound(format!("no sweep with id `{id}`")))
 }
 
+#[utoipa::path(
+    operation_id = "get_sweep",
+    get,
+    path = "/sweeps/{id}",
+    tag = "sweeps",
+    params(("id" = String, Path, description = "the sweep's id")),
+    responses((status = 200, description = "OK", body = sslab_shared::api::Sweep), (status = 404, description = "not found, or another team's", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
 async fn read(
     State(state): State<AppState>,
     p: Principal,
@@ -96,14 +122,23 @@ async fn read(
     Ok(Json(find(&state, &p, &id).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct SummaryQuery {
     /// `json` (default) or `csv`.
     format: Option<String>,
 }
 
 /// Everything the sweep page draws, in one response; or the CSV export.
+#[utoipa::path(
+    operation_id = "sweep_summary",
+    get,
+    path = "/sweeps/{id}/summary",
+    tag = "sweeps",
+    params(("id" = String, Path, description = "the sweep's id"), SummaryQuery),
+    responses((status = 200, description = "JSON, or CSV with format=csv", body = sslab_shared::api::SweepSummary), (status = 404, description = "not found, or another team's", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
 async fn summary(
     State(state): State<AppState>,
     p: Principal,
@@ -146,6 +181,14 @@ async fn summary(
     }
 }
 
+#[utoipa::path(
+    operation_id = "cancel_sweep",
+    post,
+    path = "/sweeps/{id}/cancel",
+    tag = "sweeps",
+    params(("id" = String, Path, description = "the sweep's id")),
+    responses((status = 200, description = "OK", body = sslab_shared::api::Sweep), (status = 404, description = "not found, or another team's", body = sslab_shared::api::ErrorBody), (status = 403, description = "the credentials do not allow it", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
 async fn cancel(
     State(state): State<AppState>,
     p: Principal,
@@ -158,6 +201,14 @@ async fn cancel(
 }
 
 /// Failed and cancelled runs start over; the others are left alone.
+#[utoipa::path(
+    operation_id = "requeue_sweep",
+    post,
+    path = "/sweeps/{id}/requeue",
+    tag = "sweeps",
+    params(("id" = String, Path, description = "the sweep's id")),
+    responses((status = 200, description = "OK", body = sslab_shared::api::Sweep), (status = 404, description = "not found, or another team's", body = sslab_shared::api::ErrorBody), (status = 403, description = "the credentials do not allow it", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
 async fn requeue(
     State(state): State<AppState>,
     p: Principal,
@@ -171,8 +222,9 @@ async fn requeue(
     Ok(Json(find(&state, &p, &id).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct CompareQuery {
     /// Run ids joined by commas.
     runs: String,
@@ -182,6 +234,14 @@ struct CompareQuery {
 
 const MAX_COMPARED: usize = 20;
 
+#[utoipa::path(
+    operation_id = "compare_runs",
+    get,
+    path = "/compare",
+    tag = "runs",
+    params(CompareQuery),
+    responses((status = 200, description = "OK", body = sslab_shared::api::Comparison), (status = 400, description = "no or too many runs", body = sslab_shared::api::ErrorBody), (status = 404, description = "not found, or another team's", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
 async fn compare(
     State(state): State<AppState>,
     p: Principal,

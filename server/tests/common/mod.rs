@@ -134,6 +134,35 @@ pub fn admin(data_dir: &Path, database_url: Option<&str>, args: &[&str]) -> Stri
     String::from_utf8(out.stdout).expect("UTF-8 output")
 }
 
+/// Every API path the server binary serves (`sslab routes`, read off its router).
+pub fn routes() -> Vec<String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_sslab"))
+        .args(["--data-dir", "/nonexistent-sslab-routes", "routes"])
+        .output()
+        .expect("run sslab routes");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// The methods `url`'s route takes, as its 405 lists them for a method no
+/// route has (no handler runs); HEAD, which GET brings, left out.
+pub async fn allowed_methods(client: &reqwest::Client, url: &str) -> Vec<String> {
+    let probe = reqwest::Method::from_bytes(b"PROBE").unwrap();
+    let resp = client.request(probe, url).send().await.unwrap();
+    assert_eq!(resp.status(), 405, "PROBE {url}");
+    resp.headers()["allow"]
+        .to_str()
+        .unwrap()
+        .split(',')
+        .map(|m| m.trim().to_string())
+        .filter(|m| m != "HEAD")
+        .collect()
+}
+
 /// The token `sslab admin create-token` printed on its last line.
 pub fn last_line(out: &str) -> String {
     out.lines().last().unwrap_or_default().trim().to_string()

@@ -1,0 +1,73 @@
+//! The OpenAPI 3 document of the API, generated from the handlers'
+//! `#[utoipa::path]` attributes and the `sslab_shared` types, served at
+//! `GET /api/v1/openapi.json`. `tests/openapi.rs` checks it against the
+//! router and the OpenAPI schema.
+
+use axum::Json;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::{accounts, audits, datasets, events, runs, sweeps};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "sslab",
+        description = "Self-supervised vision research platform. Send `Authorization: Bearer sslab_…` (a token), or the dashboard's session cookie with `X-CSRF-Token` on changes."
+    ),
+    servers((url = "/api/v1")),
+    paths(
+        runs::create, runs::list, runs::read, runs::cancel, runs::metrics, runs::memorization,
+        runs::evaluations, runs::evaluate, runs::evaluation_jobs, runs::evaluation_job,
+        runs::cancel_evaluation, runs::checkpoint, events::stream,
+        sweeps::create, sweeps::list, sweeps::read, sweeps::summary, sweeps::cancel,
+        sweeps::requeue, sweeps::compare,
+        audits::create, audits::list, audits::read, audits::cancel, audits::report,
+        audits::image, audits::examples,
+        datasets::import, datasets::upload, datasets::list, datasets::read, datasets::samples,
+        accounts::sign_in, accounts::me, accounts::sign_out, accounts::switch_team,
+        accounts::list_tokens, accounts::create_token, accounts::revoke_token,
+        accounts::members, accounts::add_member, accounts::remove_member,
+        health, document,
+    ),
+    modifiers(&Security),
+    security(("bearer" = []), ("session" = [])),
+)]
+pub struct ApiDoc;
+
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("sslab_…")
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new(
+                crate::auth::SESSION_COOKIE,
+            ))),
+        );
+    }
+}
+
+/// Whether the server is up.
+#[utoipa::path(get, path = "/health", tag = "meta", security(()),
+    responses((status = 200, description = "`ok`", body = String, content_type = "text/plain")))]
+pub async fn health() -> &'static str {
+    "ok"
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "meta", security(()),
+    responses((status = 200, description = "the OpenAPI 3 document", body = serde_json::Value)))]
+pub async fn document() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
