@@ -38,6 +38,7 @@ fn App() -> impl IntoView {
                     <A href="/sweeps">"Sweeps"</A>
                     <A href="/datasets">"Data sets"</A>
                     <A href="/audits">"Audits"</A>
+                    <A href="/api">"API"</A>
                 </nav>
                 <Transition fallback=|| ()>
                     {move || me.get().and_then(|m| m.ok()).map(|m| view! { <pages::account::AccountBar me=m/> })}
@@ -47,6 +48,7 @@ fn App() -> impl IntoView {
                 <Routes fallback=|| view! { <p class="error">"No such page."</p> }>
                     <Route path=path!("/signin") view=pages::account::SignInPage/>
                     <Route path=path!("/tokens") view=pages::account::TokensPage/>
+                    <Route path=path!("/api") view=pages::api_reference::ApiReferencePage/>
                     <Route path=path!("/members") view=pages::account::MembersPage/>
                     <Route path=path!("/") view=pages::runs::RunsPage/>
                     <Route path=path!("/runs/new") view=pages::new_run::NewRunPage/>

@@ -650,6 +650,22 @@ async fn upload_a_data_set_in_chromium() {
     );
     let listed: Vec<Value> = get_json(&server.client(), server.url("/datasets")).await;
     assert_eq!(listed.len(), 1);
+
+    // The API reference lists every operation of the OpenAPI document.
+    browser.goto(&format!("{}/api", server.base)).await;
+    browser.wait_find("#api-table").await;
+    let rows = browser
+        .script("return document.querySelectorAll('#api-table tr.api-op').length")
+        .await;
+    let doc: Value = get_json(&server.client(), server.url("/openapi.json")).await;
+    let operations: usize = doc["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|item| item.as_object().unwrap().len())
+        .sum();
+    assert_eq!(rows.as_u64(), Some(operations as u64));
+    assert!(operations > 40);
 }
 
 /// An audit started through the API renders on its page: the curves of

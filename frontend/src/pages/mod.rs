@@ -1,4 +1,5 @@
 pub mod account;
+pub mod api_reference;
 pub mod audits;
 pub mod compare;
 pub mod datasets;
