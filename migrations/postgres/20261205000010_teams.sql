@@ -52,6 +52,8 @@ CREATE TABLE sessions (
 ALTER TABLE runs ADD COLUMN team_id TEXT NOT NULL DEFAULT 'default' REFERENCES teams (id);
 ALTER TABLE runs ADD COLUMN created_by TEXT;
 CREATE INDEX runs_team ON runs (team_id, created_at DESC, id DESC);
+-- A sweep's runs, newest first, within the team.
+CREATE INDEX runs_team_sweep ON runs (team_id, sweep_id, created_at DESC, id DESC);
 ALTER TABLE sweeps ADD COLUMN team_id TEXT NOT NULL DEFAULT 'default' REFERENCES teams (id);
 ALTER TABLE sweeps ADD COLUMN created_by TEXT;
 ALTER TABLE audits ADD COLUMN team_id TEXT NOT NULL DEFAULT 'default' REFERENCES teams (id);

@@ -1,6 +1,9 @@
 //! `cargo xtask bench api`: latency of the list, filter and sweep-summary
 //! endpoints of a real `sslab serve` over a SQLite database seeded with
-//! 10 000 runs (metrics and evaluations included). Prints p50/p99 per query.
+//! 10 000 runs (metrics and evaluations included). Prints p50/p99 per query,
+//! and what authentication costs: an authenticated request that does
+//! nothing else (`POST /sign-out` with a token) against an unauthenticated
+//! one (`GET /health`).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -128,6 +131,8 @@ async fn main() -> anyhow::Result<()> {
             "127.0.0.1:0",
             "--workers",
             "0",
+            "--rate-limit",
+            "0",
             "--data-dir",
         ])
         .arg(dir.path())
@@ -152,6 +157,8 @@ async fn main() -> anyhow::Result<()> {
     headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse()?);
     let client = reqwest::Client::builder().default_headers(headers).build()?;
     let queries = [
+        ("health (no auth)", "GET /api/v1/health".to_string()),
+        ("authenticated no-op", "POST /api/v1/sign-out".to_string()),
         (
             "runs list (newest 50)",
             "/api/v1/runs?page_size=50".to_string(),
@@ -170,6 +177,7 @@ async fn main() -> anyhow::Result<()> {
         ),
     ];
     let mut worst_p99: f64 = 0.0;
+    let mut p50s = std::collections::HashMap::new();
     println!(
         "{:<32} {:>9} {:>9} {:>9}",
         "query", "p50 ms", "p99 ms", "bytes"
@@ -179,7 +187,11 @@ async fn main() -> anyhow::Result<()> {
         let mut bytes = 0;
         for i in 0..REQUESTS + 10 {
             let t = Instant::now();
-            let resp = client.get(format!("{base}{path}")).send().await?;
+            let resp = match path.split_once(' ') {
+                Some(("POST", p)) => client.post(format!("{base}{p}")).send().await?,
+                Some((_, p)) => client.get(format!("{base}{p}")).send().await?,
+                None => client.get(format!("{base}{path}")).send().await?,
+            };
             anyhow::ensure!(resp.status().is_success(), "{path}: {}", resp.status());
             bytes = resp.bytes().await?.len();
             // The first few warm the caches.
@@ -190,11 +202,16 @@ async fn main() -> anyhow::Result<()> {
         times.sort_by(f64::total_cmp);
         let (p50, p99) = (percentile(&times, 0.5), percentile(&times, 0.99));
         worst_p99 = worst_p99.max(p99);
+        p50s.insert(*label, p50);
         println!("{label:<32} {p50:>9.2} {p99:>9.2} {bytes:>9}");
     }
     let _ = child.kill();
     let _ = child.wait();
     std::thread::sleep(Duration::from_millis(50));
     println!("api_worst_p99_ms={worst_p99:.2}");
+    println!(
+        "api_auth_p50_ms={:.3}",
+        p50s["authenticated no-op"] - p50s["health (no auth)"]
+    );
     Ok(())
 }

@@ -131,6 +131,33 @@ impl Principal {
     }
 }
 
+/// Requests per token (or session) over time; worker tokens are not counted.
+pub type Limiter = governor::DefaultKeyedRateLimiter<String>;
+
+/// `per_second` sustained with bursts of `burst`; none when `per_second` is 0.
+pub fn limiter(per_second: u32, burst: u32) -> Option<Arc<Limiter>> {
+    let rate = std::num::NonZeroU32::new(per_second)?;
+    let burst = std::num::NonZeroU32::new(burst.max(per_second)).unwrap_or(rate);
+    Some(Arc::new(Limiter::keyed(
+        governor::Quota::per_second(rate).allow_burst(burst),
+    )))
+}
+
+/// How long the principal must wait before its next request, if at all.
+pub fn throttled(limiter: &Limiter, p: &Principal) -> Option<Duration> {
+    if p.scope == Scope::Worker {
+        return None;
+    }
+    let key = match &p.via {
+        Via::Token { id } => format!("t:{id}"),
+        Via::Session { hash, .. } => format!("s:{hash}"),
+    };
+    limiter.check_key(&key).err().map(|not_until| {
+        use governor::clock::Clock;
+        not_until.wait_time_from(governor::clock::DefaultClock::default().now())
+    })
+}
+
 /// Slows down guessing: after a few failures for one account or one
 /// address, each further attempt waits twice as long as the last, up to a
 /// minute. Kept in memory: a restart forgives.

@@ -74,6 +74,13 @@ enum Command {
         /// with a token (repeatable); none: cross-origin calls are refused.
         #[arg(long = "cors-origin", env = "SSLAB_CORS_ORIGINS", value_delimiter = ',')]
         cors_origins: Vec<String>,
+        /// Requests per second one token or session may make, sustained
+        /// (worker tokens are not limited); 0 turns the limit off.
+        #[arg(long, env = "SSLAB_RATE_LIMIT", default_value_t = 50)]
+        rate_limit: u32,
+        /// Requests one token or session may make at once above the rate.
+        #[arg(long, env = "SSLAB_RATE_BURST", default_value_t = 200)]
+        rate_burst: u32,
     },
     /// Teams, users and tokens: `create-team`, `create-user`,
     /// `create-token`, `list-tokens`, `revoke-token`.
@@ -178,6 +185,8 @@ async fn main() -> std::process::ExitCode {
             max_unpacked_bytes,
             data_roots,
             cors_origins,
+            rate_limit,
+            rate_burst,
         } => {
             let limits = datasets::Limits {
                 max_upload: *max_upload_bytes,
@@ -192,6 +201,7 @@ async fn main() -> std::process::ExitCode {
                 limits,
                 data_roots,
                 cors_origins,
+                rate: (*rate_limit, *rate_burst),
             };
             serve(&cli, options).await
         }
@@ -266,6 +276,7 @@ async fn bare_state(cli: &Cli) -> anyhow::Result<http::AppState> {
         data_roots: Arc::new(Vec::new()),
         cors_origins: Arc::new(Vec::new()),
         backoff: auth::Backoff::default(),
+        rate_limit: None,
     })
 }
 
@@ -289,6 +300,8 @@ struct ServeOptions<'a> {
     limits: datasets::Limits,
     data_roots: &'a [PathBuf],
     cors_origins: &'a [String],
+    /// Requests per second and burst per token.
+    rate: (u32, u32),
 }
 
 async fn serve(cli: &Cli, options: ServeOptions<'_>) -> anyhow::Result<()> {
@@ -300,6 +313,7 @@ async fn serve(cli: &Cli, options: ServeOptions<'_>) -> anyhow::Result<()> {
         limits,
         data_roots,
         cors_origins,
+        rate,
     } = options;
     let cors_origins = cors_origins
         .iter()
@@ -340,7 +354,19 @@ async fn serve(cli: &Cli, options: ServeOptions<'_>) -> anyhow::Result<()> {
         data_roots: Arc::new(data_roots),
         cors_origins: Arc::new(cors_origins),
         backoff: auth::Backoff::default(),
+        rate_limit: auth::limiter(rate.0, rate.1),
     };
+    if let Some(limiter) = state.rate_limit.clone() {
+        // Forget tokens that have been quiet, now and then.
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                limiter.retain_recent();
+                limiter.shrink_to_fit();
+            }
+        });
+    }
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let mut worker_tasks = Vec::new();
     for i in 0..workers {

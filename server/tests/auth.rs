@@ -591,3 +591,37 @@ async fn postgres_authorization() {
     let server = Server::start(dir.path(), Some(&url));
     authorization(&server, Some(&url)).await;
 }
+
+/// Each token has its own budget: past it, 429 with `Retry-After`, while
+/// another token goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_are_limited_per_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(
+        dir.path(),
+        None,
+        &[("SSLAB_RATE_LIMIT", "1"), ("SSLAB_RATE_BURST", "3")],
+    );
+    let a = server.client();
+    let mut statuses = Vec::new();
+    let mut retry_after = None;
+    for _ in 0..8 {
+        let resp = a.get(server.url("/runs")).send().await.unwrap();
+        if resp.status() == 429 {
+            retry_after = resp.headers().get("retry-after").cloned();
+        }
+        statuses.push(resp.status().as_u16());
+    }
+    assert_eq!(&statuses[..3], [200, 200, 200], "{statuses:?}");
+    assert!(statuses.contains(&429), "{statuses:?}");
+    let secs: u64 = retry_after.unwrap().to_str().unwrap().parse().unwrap();
+    assert!((1..=2).contains(&secs), "{secs}");
+    let other = client_with(&last_line(&admin(
+        dir.path(),
+        None,
+        &["create-token", "--user", "admin", "--name", "other"],
+    )));
+    assert_eq!(other.get(server.url("/runs")).send().await.unwrap().status(), 200);
+    // Health is not counted against anyone.
+    assert_eq!(reqwest::get(server.url("/health")).await.unwrap().status(), 200);
+}

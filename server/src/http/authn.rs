@@ -28,6 +28,15 @@ pub async fn layer(
     next: Next,
 ) -> Result<Response, ApiError> {
     let principal = resolve(&state, request.headers()).await?;
+    if let Some(limiter) = &state.rate_limit
+        && let Some(wait) = auth::throttled(limiter, &principal)
+    {
+        let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+        return Err(ApiError::TooManyRequests(
+            secs,
+            format!("too many requests with this token; try again in {secs} s"),
+        ));
+    }
     let reads = matches!(*request.method(), Method::GET | Method::HEAD);
     if let Via::Session { csrf, .. } = &principal.via
         && !reads

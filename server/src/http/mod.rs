@@ -43,6 +43,8 @@ pub struct AppState {
     /// none by default.
     pub cors_origins: Arc<Vec<axum::http::HeaderValue>>,
     pub backoff: Backoff,
+    /// Requests per token; none: unlimited.
+    pub rate_limit: Option<Arc<crate::auth::Limiter>>,
 }
 
 impl AppState {
