@@ -103,6 +103,8 @@ pub struct Principal {
     pub team_name: String,
     pub role: Role,
     pub scope: Scope,
+    /// The operator's account (the first start's admin): sees `/metrics`.
+    pub site_admin: bool,
     pub via: Via,
 }
 
@@ -243,6 +245,7 @@ mod tests {
             team_name: "t".into(),
             role,
             scope,
+            site_admin: false,
             via: Via::Token { id: "x".into() },
         };
         assert!(!p(Role::Viewer, Scope::Write).can_write());

@@ -277,6 +277,7 @@ async fn bare_state(cli: &Cli) -> anyhow::Result<http::AppState> {
         cors_origins: Arc::new(Vec::new()),
         backoff: auth::Backoff::default(),
         rate_limit: None,
+        metrics: http::Metrics::new(),
     })
 }
 
@@ -355,6 +356,7 @@ async fn serve(cli: &Cli, options: ServeOptions<'_>) -> anyhow::Result<()> {
         cors_origins: Arc::new(cors_origins),
         backoff: auth::Backoff::default(),
         rate_limit: auth::limiter(rate.0, rate.1),
+        metrics: http::Metrics::new(),
     };
     if let Some(limiter) = state.rate_limit.clone() {
         // Forget tokens that have been quiet, now and then.

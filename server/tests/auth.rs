@@ -33,6 +33,9 @@ const ACCOUNT_CHANGES: [&str; 4] = [
     "/api/v1/tokens/{id}/revoke",
 ];
 
+/// Site-wide readings: the operator's (site admin, metrics tokens) only.
+const SITE_ONLY: [&str; 1] = ["/metrics"];
+
 const METHODS: [Method; 5] = [
     Method::GET,
     Method::POST,
@@ -277,6 +280,15 @@ async fn authorization(server: &Server, url: Option<&str>) {
             continue;
         }
         let target = format!("{}{}", server.base, objects.fill(path));
+        if SITE_ONLY.contains(&path.as_str()) {
+            for (who, client) in [("team B's admin", &b), ("viewer", &viewer)] {
+                let (status, body) = send(client, method.clone(), &target).await;
+                assert_eq!(status, StatusCode::FORBIDDEN, "{who} {method} {path}: {body}");
+            }
+            let (status, body) = send(&a, method.clone(), &target).await;
+            assert_eq!(status, StatusCode::OK, "site admin {method} {path}: {body}");
+            continue;
+        }
         // Another team's objects do not exist, for any method.
         if path.contains('{') {
             let (status, body) = send(&b, method.clone(), &target).await;
@@ -307,6 +319,22 @@ async fn authorization(server: &Server, url: Option<&str>) {
         }
     }
     assert!(seen["GET"] > 10 && seen["POST"] > 5, "{seen:?}");
+    assert!(routed.iter().any(|(_, p)| p == "/metrics"));
+
+    // Prometheus readings: requests and the jobs by kind and status.
+    let text = a.get(format!("{}/metrics", server.base)).send().await.unwrap().text().await.unwrap();
+    assert!(text.contains("sslab_http_requests_total{method=\"GET\",status=\"200\"}"), "{text}");
+    assert!(text.contains("sslab_http_request_duration_seconds_bucket"), "{text}");
+    assert!(text.contains("sslab_jobs{kind=\"run\",status=\"succeeded\"}"), "{text}");
+    let metrics_only = client_with(&last_line(&admin(
+        dir,
+        url,
+        &["create-token", "--user", "admin", "--scope", "metrics"],
+    )));
+    let resp = metrics_only.get(format!("{}/metrics", server.base)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = metrics_only.get(server.url("/runs")).send().await.unwrap();
+    assert_eq!(resp.status(), 403);
     // Nothing of A's changed: the run is as it was, vic still a member.
     let again: Value = a
         .get(server.url(&format!("/runs/{}", run.id)))

@@ -29,7 +29,8 @@ async fn the_document_matches_the_router_and_the_schema() {
     }
     let client = server.client();
     let mut routed = BTreeSet::new();
-    for path in routes() {
+    // `/metrics` is Prometheus's, outside the API the document describes.
+    for path in routes().into_iter().filter(|p| p.starts_with("/api/v1/")) {
         // Any value matches a parameter; the 405 comes before any handler.
         let concrete: Vec<String> = path
             .split('/')

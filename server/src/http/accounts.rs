@@ -300,9 +300,15 @@ async fn create_token(
             p.scope.as_str()
         )));
     }
-    if (req.service || matches!(req.scope, Scope::Worker | Scope::Metrics)) && !p.is_admin() {
+    if (req.service || req.scope == Scope::Worker) && !p.is_admin() {
         return Err(ApiError::Forbidden(
-            "only a team admin makes service, worker and metrics tokens".into(),
+            "only a team admin makes service and worker tokens".into(),
+        ));
+    }
+    // Metrics count every team's jobs: the operator's to hand out.
+    if req.scope == Scope::Metrics && !p.site_admin {
+        return Err(ApiError::Forbidden(
+            "only a site admin makes metrics tokens".into(),
         ));
     }
     if !req.service && p.user_id.is_none() {

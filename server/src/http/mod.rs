@@ -6,6 +6,7 @@ mod authn;
 mod datasets;
 mod error;
 mod events;
+mod metrics;
 mod openapi;
 mod runs;
 mod sweeps;
@@ -21,6 +22,7 @@ use tokio::sync::Notify;
 use tower_http::services::{ServeDir, ServeFile};
 
 pub use accounts::{issue_sign_in_code, issue_token};
+pub use metrics::Metrics;
 pub use error::{ApiError, ApiResult};
 
 use crate::artifacts::Artifacts;
@@ -45,6 +47,7 @@ pub struct AppState {
     pub backoff: Backoff,
     /// Requests per token; none: unlimited.
     pub rate_limit: Option<Arc<crate::auth::Limiter>>,
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 impl AppState {
@@ -163,7 +166,7 @@ pub(crate) fn idempotency_key(headers: &axum::http::HeaderMap) -> ApiResult<Opti
     Ok(key)
 }
 
-/// Every API path the router serves, read off the router itself (its
+/// Every API path the router serves (and `/metrics`), read off the router itself (its
 /// `Debug` form is the only public view of its table), in order.
 pub fn api_paths(router: &Router) -> Vec<String> {
     let text = format!("{router:?}");
@@ -175,7 +178,7 @@ pub fn api_paths(router: &Router) -> Vec<String> {
             Some(rest.split_once('"')?.0.to_string())
         })
         // `/api/v1` itself and the `__private__` tail are the nest's fallback.
-        .filter(|p| p.starts_with("/api/v1/") && !p.contains("__private__"))
+        .filter(|p| (p.starts_with("/api/v1/") || p == "/metrics") && !p.contains("__private__"))
         .collect();
     paths.sort();
     paths.dedup();
@@ -206,7 +209,15 @@ pub fn app(state: AppState, static_dir: Option<PathBuf>) -> Router {
         .merge(guarded(team, Access::Team))
         .fallback(|| async { ApiError::NotFound("no such API route".into()) });
     let cors = cors_layer(&state.cors_origins);
-    let router = Router::new().nest("/api/v1", api).with_state(state);
+    let counters = state.metrics.clone();
+    let readings = guarded(
+        Router::new().route("/metrics", get(metrics::serve)),
+        Access::Account,
+    );
+    let router = Router::new()
+        .nest("/api/v1", api)
+        .merge(readings)
+        .with_state(state);
     let app = match static_dir.filter(|d| d.join("index.html").is_file()) {
         // Client-side routes (/runs/…) get index.html; the app routes itself.
         Some(dir) => router
@@ -238,7 +249,8 @@ pub fn app(state: AppState, static_dir: Option<PathBuf>) -> Router {
             tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
         })
         .on_response(DefaultOnResponse::new().level(tracing::Level::INFO));
-    app.layer(tower_http::compression::CompressionLayer::new())
+    app.layer(axum::middleware::from_fn_with_state(counters, metrics::record))
+        .layer(tower_http::compression::CompressionLayer::new())
         .layer(cors)
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(trace)

@@ -274,7 +274,7 @@ impl Store {
     ) -> Result<std::result::Result<Principal, Refused>> {
         let row = sqlx::query(
             "SELECT t.id, t.kind, t.scope, t.user_id, t.team_id, t.expires_at, t.revoked_at, \
-             t.last_used_at, t.name, u.name AS user_name, tm.name AS team_name, m.role \
+             t.last_used_at, t.name, u.name AS user_name, u.site_admin, tm.name AS team_name, m.role \
              FROM tokens t LEFT JOIN users u ON u.id = t.user_id \
              LEFT JOIN teams tm ON tm.id = t.team_id \
              LEFT JOIN memberships m ON m.team_id = t.team_id AND m.user_id = t.user_id \
@@ -331,6 +331,7 @@ impl Store {
                 .unwrap_or_default(),
             role,
             scope: scope(&scope_text)?,
+            site_admin: row.try_get::<Option<i64>, _>("site_admin")?.unwrap_or(0) != 0,
             via: Via::Token { id },
         }))
     }
@@ -437,7 +438,7 @@ impl Store {
         hash: &str,
     ) -> Result<std::result::Result<Principal, Refused>> {
         let row = sqlx::query(
-            "SELECT s.user_id, s.team_id, s.csrf, s.expires_at, u.name AS user_name, \
+            "SELECT s.user_id, s.team_id, s.csrf, s.expires_at, u.name AS user_name, u.site_admin, \
              tm.name AS team_name, m.role FROM sessions s JOIN users u ON u.id = s.user_id \
              JOIN teams tm ON tm.id = s.team_id \
              LEFT JOIN memberships m ON m.team_id = s.team_id AND m.user_id = s.user_id \
@@ -462,6 +463,7 @@ impl Store {
             team_name: row.try_get("team_name")?,
             role: role(&role_text)?,
             scope: Scope::Write,
+            site_admin: row.try_get::<i64, _>("site_admin")? != 0,
             via: Via::Session {
                 hash: hash.to_string(),
                 csrf: row.try_get("csrf")?,

@@ -23,6 +23,15 @@ pub enum JobKind {
 impl JobKind {
     pub const ALL: [JobKind; 3] = [JobKind::Run, JobKind::Evaluation, JobKind::Audit];
 
+    /// Its name in metrics and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            JobKind::Run => "run",
+            JobKind::Evaluation => "evaluation",
+            JobKind::Audit => "audit",
+        }
+    }
+
     fn table(self) -> &'static str {
         match self {
             JobKind::Run => "runs",
@@ -45,6 +54,21 @@ pub struct Lease {
 }
 
 impl Store {
+    /// How many jobs of each kind are in each status, over every team.
+    pub async fn job_counts(&self) -> Result<Vec<(JobKind, String, i64)>> {
+        let mut out = Vec::new();
+        for kind in JobKind::ALL {
+            let sql = format!(
+                "SELECT status, COUNT(*) AS n FROM {} GROUP BY status",
+                kind.table()
+            );
+            for row in sqlx::query(AssertSqlSafe(sql)).fetch_all(&self.pool).await? {
+                out.push((kind, row.try_get("status")?, row.try_get("n")?));
+            }
+        }
+        Ok(out)
+    }
+
     /// Claims the oldest queued job of `kind` for `worker`, holding it for
     /// `lease_ms`. `reset` are extra `column = value` assignments of the
     /// kind (progress that a new attempt starts from); `columns` are read
