@@ -376,6 +376,38 @@ async fn tokens_behave(server: &Server, url: Option<&str>) {
     assert_eq!(resp.status(), 401);
     assert!(resp.text().await.unwrap().contains("expired"));
 
+    // A token revoked while its event stream is open: the stream ends.
+    let out = admin(dir, url, &["create-token", "--user", "admin", "--name", "watcher"]);
+    let watcher_id = out.split_whitespace().nth(1).unwrap().to_string();
+    let watcher = client_with(&last_line(&out));
+    let long = create(&server.client(), server, &tiny_spec(300)).await;
+    let resp = watcher
+        .get(server.url(&format!("/runs/{}/events", long.id)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut stream = resp.bytes_stream();
+    use futures_util::StreamExt;
+    assert!(stream.next().await.is_some(), "the stream sends its first event");
+    admin(dir, url, &["revoke-token", &watcher_id]);
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(15), async {
+        while let Some(chunk) = stream.next().await {
+            if chunk.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the event stream went on after its token was revoked");
+    let resp = server
+        .client()
+        .post(server.url(&format!("/runs/{}/cancel", long.id)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
     let good = server.token.clone();
     for header in [
         format!("Bearer  {good}"),

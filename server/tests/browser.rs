@@ -457,6 +457,50 @@ async fn sweep_from_a_run_page_in_chromium() {
     let browser = Browser::start().await;
     browser.sign_in_with_link(&server).await;
 
+    // A token made on the Tokens page works for a script until it is revoked there.
+    browser.goto(&format!("{}/tokens", server.base)).await;
+    browser.set_field("#token-name", "notebook").await;
+    browser.click("#token-form button[type=submit]").await;
+    let secret = wait_script(
+        &browser,
+        "const s = document.querySelector('#token-secret'); return s ? s.textContent : null",
+        30,
+    )
+    .await;
+    let script_client = common::client_with(secret.as_str().unwrap());
+    let runs_url = server.url("/runs");
+    assert_eq!(script_client.get(&runs_url).send().await.unwrap().status(), 200);
+    browser.click("#tokens-table button.revoke").await;
+    wait_script(
+        &browser,
+        "return document.querySelectorAll('#tokens-table button.revoke').length < 2 || null",
+        30,
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while script_client.get(&runs_url).send().await.unwrap().status() != 401 {
+        assert!(Instant::now() < deadline, "the revoked token still works");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // An admin adds a member; a new user gets a one-time sign-in link.
+    browser.goto(&format!("{}/members", server.base)).await;
+    browser.set_field("#member-name", "newbie").await;
+    browser.click("#member-form button[type=submit]").await;
+    let status = wait_script(
+        &browser,
+        "const s = document.querySelector('#member-status'); return s ? s.textContent : null",
+        30,
+    )
+    .await;
+    assert!(status.as_str().unwrap().contains("/signin?code=sslab_"), "{status}");
+    let members = wait_script(
+        &browser,
+        "return document.querySelectorAll('#members-table tbody tr').length === 2 || null",
+        30,
+    )
+    .await;
+    assert_eq!(members, json!(true));
+
     browser
         .goto(&format!("{}/runs/{}", server.base, run.id))
         .await;

@@ -112,13 +112,15 @@ pub fn TokensPage() -> impl IntoView {
     });
     let (name, set_name) = signal(String::new());
     let (scope, set_scope) = signal("write".to_string());
+    let (service, set_service) = signal(false);
+    let (days, set_days) = signal(String::new());
     let (created, set_created) = signal(None::<Result<CreatedToken, String>>);
     let create = move || {
         let req = NewToken {
             name: name.get_untracked(),
             scope: Scope::parse(&scope.get_untracked()).unwrap_or_default(),
-            service: false,
-            expires_in_days: None,
+            service: service.get_untracked(),
+            expires_in_days: days.get_untracked().trim().parse().ok(),
         };
         spawn_local(async move {
             let result = api::post::<CreatedToken>("/tokens", Some(&req)).await;
@@ -141,7 +143,12 @@ pub fn TokensPage() -> impl IntoView {
             <label>"Scope "<select id="token-scope" on:change=move |ev| set_scope.set(event_target_value(&ev))>
                 <option value="write" selected>"write"</option>
                 <option value="read">"read"</option>
+                <option value="worker">"worker (admins)"</option>
             </select></label>
+            <label>"Expires in days "<input id="token-days" size="4" placeholder="never" prop:value=days
+                on:input=move |ev| set_days.set(event_target_value(&ev))/></label>
+            <label><input id="token-service" type="checkbox" prop:checked=service
+                on:change=move |ev| set_service.set(event_target_checked(&ev))/>" the team's service token (admins)"</label>
             <button type="submit">"Create token"</button>
         </form>
         {move || created.get().map(|r| match r {
@@ -156,7 +163,7 @@ pub fn TokensPage() -> impl IntoView {
                 Ok(list) => view! {
                     <table id="tokens-table">
                         <thead><tr><th>"Name"</th><th>"Scope"</th><th>"Owner"</th><th>"Created"</th>
-                            <th>"Last used"</th><th>"State"</th><th></th></tr></thead>
+                            <th>"Expires"</th><th>"Last used"</th><th>"State"</th><th></th></tr></thead>
                         <tbody>{list.into_iter().map(|t| {
                             let id = t.id.clone();
                             let active = t.revoked_at.is_none();
@@ -166,6 +173,7 @@ pub fn TokensPage() -> impl IntoView {
                                     <td>{t.scope.as_str()}</td>
                                     <td>{t.user.clone().unwrap_or_else(|| "service".into())}</td>
                                     <td>{time_text(t.created_at)}</td>
+                                    <td>{t.expires_at.map(time_text).unwrap_or_else(|| "never".into())}</td>
                                     <td>{t.last_used_at.map(time_text).unwrap_or_else(|| "never".into())}</td>
                                     <td>{if active { "active" } else { "revoked" }}</td>
                                     <td>{active.then(|| view! {
