@@ -154,8 +154,13 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse()?);
-    let client = reqwest::Client::builder().default_headers(headers).build()?;
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse()?,
+    );
+    let client = reqwest::Client::builder()
+        .default_headers(headers)
+        .build()?;
     let queries = [
         ("health (no auth)", "GET /api/v1/health".to_string()),
         ("authenticated no-op", "POST /api/v1/sign-out".to_string()),

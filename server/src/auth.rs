@@ -87,9 +87,14 @@ pub fn check_name(what: &str, name: &str) -> Result<(), String> {
 /// How the request proved who it is.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Via {
-    Token { id: String },
+    Token {
+        id: String,
+    },
     /// The dashboard's cookie; state-changing requests also send `csrf`.
-    Session { hash: String, csrf: String },
+    Session {
+        hash: String,
+        csrf: String,
+    },
 }
 
 /// The one asking: resolved once per request by the authentication layer.
@@ -179,7 +184,8 @@ impl Backoff {
         if *count < FREE_FAILURES {
             return None;
         }
-        let delay = Duration::from_secs(1 << (count - FREE_FAILURES).min(6)).min(Duration::from_secs(60));
+        let delay =
+            Duration::from_secs(1 << (count - FREE_FAILURES).min(6)).min(Duration::from_secs(60));
         delay.checked_sub(last.elapsed())
     }
 

@@ -319,8 +319,13 @@ pub fn under_roots(path: &str, roots: &[PathBuf]) -> std::result::Result<PathBuf
         ));
     }
     let given = Path::new(path);
-    if given.components().any(|c| c == std::path::Component::ParentDir) {
-        return Err(PathRefused::Outside(format!("`{path}` must not contain `..`")));
+    if given
+        .components()
+        .any(|c| c == std::path::Component::ParentDir)
+    {
+        return Err(PathRefused::Outside(format!(
+            "`{path}` must not contain `..`"
+        )));
     }
     let outside = || {
         PathRefused::Outside(format!(

@@ -72,7 +72,11 @@ enum Command {
         data_roots: Vec<PathBuf>,
         /// An origin (`https://host:port`) whose scripts may call the API
         /// with a token (repeatable); none: cross-origin calls are refused.
-        #[arg(long = "cors-origin", env = "SSLAB_CORS_ORIGINS", value_delimiter = ',')]
+        #[arg(
+            long = "cors-origin",
+            env = "SSLAB_CORS_ORIGINS",
+            value_delimiter = ','
+        )]
         cors_origins: Vec<String>,
         /// Requests per second one token or session may make, sustained
         /// (worker tokens are not limited); 0 turns the limit off.
@@ -419,11 +423,11 @@ async fn serve(cli: &Cli, options: ServeOptions<'_>) -> anyhow::Result<()> {
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            tracing::info!("shutting down");
-            let _ = shutdown_tx.send(true);
-        })
-        .await?;
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        let _ = shutdown_tx.send(true);
+    })
+    .await?;
     for t in worker_tasks {
         let _ = t.await;
     }

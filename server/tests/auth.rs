@@ -12,8 +12,8 @@ use std::path::Path;
 use std::process::Command;
 
 use common::{
-    Server, admin, allowed_methods, assert_succeeded, client_with, create,
-    fresh_postgres_database, last_line, routes, tiny_spec, wait_terminal,
+    Server, admin, allowed_methods, assert_succeeded, client_with, create, fresh_postgres_database,
+    last_line, routes, tiny_spec, wait_terminal,
 };
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -46,7 +46,10 @@ const METHODS: [Method; 5] = [
 
 fn sslab(dir: &Path, url: Option<&str>, args: &[&str]) -> String {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sslab"));
-    cmd.arg("--data-dir").arg(dir).args(args).env_remove("DATABASE_URL");
+    cmd.arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .env_remove("DATABASE_URL");
     if let Some(url) = url {
         cmd.env("DATABASE_URL", url);
     }
@@ -141,14 +144,29 @@ async fn authorization(server: &Server, url: Option<&str>) {
     let anonymous = reqwest::Client::new();
 
     // Team A (the default team): a viewer; team B: its own admin.
-    admin(dir, url, &["create-user", "vic", "--team", "default", "--role", "viewer"]);
+    admin(
+        dir,
+        url,
+        &[
+            "create-user",
+            "vic",
+            "--team",
+            "default",
+            "--role",
+            "viewer",
+        ],
+    );
     let viewer = client_with(&last_line(&admin(
         dir,
         url,
         &["create-token", "--user", "vic", "--name", "vic-cli"],
     )));
     admin(dir, url, &["create-team", "beta"]);
-    admin(dir, url, &["create-user", "bob", "--team", "beta", "--role", "admin"]);
+    admin(
+        dir,
+        url,
+        &["create-user", "bob", "--team", "beta", "--role", "admin"],
+    );
     let b = client_with(&last_line(&admin(
         dir,
         url,
@@ -190,7 +208,10 @@ async fn authorization(server: &Server, url: Option<&str>) {
         .json()
         .await
         .unwrap();
-    let audit_id = audit["id"].as_str().unwrap_or_else(|| panic!("{audit}")).to_string();
+    let audit_id = audit["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{audit}"))
+        .to_string();
     a.post(server.url(&format!("/audits/{audit_id}/cancel")))
         .send()
         .await
@@ -215,7 +236,17 @@ async fn authorization(server: &Server, url: Option<&str>) {
     sslab(
         dir,
         url,
-        &["data", "import", &folder_text, "--format", "folder", "--name", "pets", "--image-size", "16"],
+        &[
+            "data",
+            "import",
+            &folder_text,
+            "--format",
+            "folder",
+            "--name",
+            "pets",
+            "--image-size",
+            "16",
+        ],
     );
     let tokens: Vec<Value> = a
         .get(server.url("/tokens"))
@@ -235,7 +266,10 @@ async fn authorization(server: &Server, url: Option<&str>) {
         .unwrap();
     let objects = Objects {
         run: run.id.clone(),
-        sweep: sweep["id"].as_str().unwrap_or_else(|| panic!("{sweep}")).into(),
+        sweep: sweep["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{sweep}"))
+            .into(),
         audit: audit_id,
         evaluation_job: job["id"].as_str().unwrap_or_else(|| panic!("{job}")).into(),
         dataset: "pets".into(),
@@ -283,7 +317,11 @@ async fn authorization(server: &Server, url: Option<&str>) {
         if SITE_ONLY.contains(&path.as_str()) {
             for (who, client) in [("team B's admin", &b), ("viewer", &viewer)] {
                 let (status, body) = send(client, method.clone(), &target).await;
-                assert_eq!(status, StatusCode::FORBIDDEN, "{who} {method} {path}: {body}");
+                assert_eq!(
+                    status,
+                    StatusCode::FORBIDDEN,
+                    "{who} {method} {path}: {body}"
+                );
             }
             let (status, body) = send(&a, method.clone(), &target).await;
             assert_eq!(status, StatusCode::OK, "site admin {method} {path}: {body}");
@@ -292,7 +330,11 @@ async fn authorization(server: &Server, url: Option<&str>) {
         // Another team's objects do not exist, for any method.
         if path.contains('{') {
             let (status, body) = send(&b, method.clone(), &target).await;
-            assert_eq!(status, StatusCode::NOT_FOUND, "team B {method} {path}: {body}");
+            assert_eq!(
+                status,
+                StatusCode::NOT_FOUND,
+                "team B {method} {path}: {body}"
+            );
         } else if *method == Method::GET {
             let (status, body) = send(&b, Method::GET, &target).await;
             // `/compare` without its query is a 400; every other list answers.
@@ -301,14 +343,24 @@ async fn authorization(server: &Server, url: Option<&str>) {
                 "team B {method} {path}: {status} {body}"
             );
             for id in objects.ids() {
-                assert!(!body.contains(id), "team B's {path} shows team A's `{id}`: {body}");
+                assert!(
+                    !body.contains(id),
+                    "team B's {path} shows team A's `{id}`: {body}"
+                );
             }
-            assert!(!body.contains("\"pets\""), "team B's {path} shows team A's data set: {body}");
+            assert!(
+                !body.contains("\"pets\""),
+                "team B's {path} shows team A's data set: {body}"
+            );
         }
         // A viewer reads but changes nothing of the team's.
         if *method != Method::GET && !ACCOUNT_CHANGES.contains(&path.as_str()) {
             let (status, body) = send(&viewer, method.clone(), &target).await;
-            assert_eq!(status, StatusCode::FORBIDDEN, "viewer {method} {path}: {body}");
+            assert_eq!(
+                status,
+                StatusCode::FORBIDDEN,
+                "viewer {method} {path}: {body}"
+            );
         }
         if *method == Method::GET {
             let (status, body) = send(&viewer, Method::GET, &target).await;
@@ -322,16 +374,36 @@ async fn authorization(server: &Server, url: Option<&str>) {
     assert!(routed.iter().any(|(_, p)| p == "/metrics"));
 
     // Prometheus readings: requests and the jobs by kind and status.
-    let text = a.get(format!("{}/metrics", server.base)).send().await.unwrap().text().await.unwrap();
-    assert!(text.contains("sslab_http_requests_total{method=\"GET\",status=\"200\"}"), "{text}");
-    assert!(text.contains("sslab_http_request_duration_seconds_bucket"), "{text}");
-    assert!(text.contains("sslab_jobs{kind=\"run\",status=\"succeeded\"}"), "{text}");
+    let text = a
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("sslab_http_requests_total{method=\"GET\",status=\"200\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("sslab_http_request_duration_seconds_bucket"),
+        "{text}"
+    );
+    assert!(
+        text.contains("sslab_jobs{kind=\"run\",status=\"succeeded\"}"),
+        "{text}"
+    );
     let metrics_only = client_with(&last_line(&admin(
         dir,
         url,
         &["create-token", "--user", "admin", "--scope", "metrics"],
     )));
-    let resp = metrics_only.get(format!("{}/metrics", server.base)).send().await.unwrap();
+    let resp = metrics_only
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let resp = metrics_only.get(server.url("/runs")).send().await.unwrap();
     assert_eq!(resp.status(), 403);
@@ -345,7 +417,14 @@ async fn authorization(server: &Server, url: Option<&str>) {
         .await
         .unwrap();
     assert_eq!(again["status"], "succeeded");
-    let members: Vec<Value> = a.get(server.url("/members")).send().await.unwrap().json().await.unwrap();
+    let members: Vec<Value> = a
+        .get(server.url("/members"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert!(members.iter().any(|m| m["name"] == "vic"));
 
     tokens_behave(server, url).await;
@@ -356,7 +435,11 @@ async fn authorization(server: &Server, url: Option<&str>) {
 async fn tokens_behave(server: &Server, url: Option<&str>) {
     let dir = server.data_dir.as_path();
     let runs = server.url("/runs");
-    let out = admin(dir, url, &["create-token", "--user", "admin", "--name", "short"]);
+    let out = admin(
+        dir,
+        url,
+        &["create-token", "--user", "admin", "--name", "short"],
+    );
     let secret = last_line(&out);
     let id = out.split_whitespace().nth(1).unwrap().to_string();
     let short = client_with(&secret);
@@ -377,7 +460,11 @@ async fn tokens_behave(server: &Server, url: Option<&str>) {
     assert!(resp.text().await.unwrap().contains("expired"));
 
     // A token revoked while its event stream is open: the stream ends.
-    let out = admin(dir, url, &["create-token", "--user", "admin", "--name", "watcher"]);
+    let out = admin(
+        dir,
+        url,
+        &["create-token", "--user", "admin", "--name", "watcher"],
+    );
     let watcher_id = out.split_whitespace().nth(1).unwrap().to_string();
     let watcher = client_with(&last_line(&out));
     let long = create(&server.client(), server, &tiny_spec(300)).await;
@@ -389,7 +476,10 @@ async fn tokens_behave(server: &Server, url: Option<&str>) {
     assert_eq!(resp.status(), 200);
     let mut stream = resp.bytes_stream();
     use futures_util::StreamExt;
-    assert!(stream.next().await.is_some(), "the stream sends its first event");
+    assert!(
+        stream.next().await.is_some(),
+        "the stream sends its first event"
+    );
     admin(dir, url, &["revoke-token", &watcher_id]);
     let ended = tokio::time::timeout(std::time::Duration::from_secs(15), async {
         while let Some(chunk) = stream.next().await {
@@ -399,7 +489,10 @@ async fn tokens_behave(server: &Server, url: Option<&str>) {
         }
     })
     .await;
-    assert!(ended.is_ok(), "the event stream went on after its token was revoked");
+    assert!(
+        ended.is_ok(),
+        "the event stream went on after its token was revoked"
+    );
     let resp = server
         .client()
         .post(server.url(&format!("/runs/{}/cancel", long.id)))
@@ -426,7 +519,10 @@ async fn tokens_behave(server: &Server, url: Option<&str>) {
         assert!(resp.headers().contains_key("www-authenticate"));
         let body: Value = resp.json().await.unwrap();
         assert!(
-            body["error"]["message"].as_str().unwrap().contains("malformed"),
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("malformed"),
             "{header}: {body}"
         );
     }
@@ -454,7 +550,10 @@ async fn tokens_behave(server: &Server, url: Option<&str>) {
         .unwrap();
     assert_eq!(resp.status(), 403);
     let after: Value = read.get(&runs).send().await.unwrap().json().await.unwrap();
-    assert_eq!(before["items"].as_array().unwrap().len(), after["items"].as_array().unwrap().len());
+    assert_eq!(
+        before["items"].as_array().unwrap().len(),
+        after["items"].as_array().unwrap().len()
+    );
 
     // A JSON body sent as text/plain (what a cross-site form can send) is refused.
     let resp = server
@@ -477,7 +576,10 @@ async fn tokens_behave(server: &Server, url: Option<&str>) {
         .unwrap();
     assert_eq!(resp.status(), 413);
     let after: Value = read.get(&runs).send().await.unwrap().json().await.unwrap();
-    assert_eq!(before["items"].as_array().unwrap().len(), after["items"].as_array().unwrap().len());
+    assert_eq!(
+        before["items"].as_array().unwrap().len(),
+        after["items"].as_array().unwrap().len()
+    );
 
     // Conventions: a request id on every answer, compressed JSON when asked,
     // and no cross-origin access unless the operator allows an origin.
@@ -528,7 +630,14 @@ async fn cookies_and_csrf(server: &Server, url: Option<&str>) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sslab"));
     cmd.arg("--data-dir")
         .arg(dir)
-        .args(["admin", "create-user", "pia", "--team", "default", "--password-stdin"])
+        .args([
+            "admin",
+            "create-user",
+            "pia",
+            "--team",
+            "default",
+            "--password-stdin",
+        ])
         .env_remove("DATABASE_URL")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped());
@@ -548,10 +657,14 @@ async fn cookies_and_csrf(server: &Server, url: Option<&str>) {
     let link = last_line(&String::from_utf8(out.stdout).unwrap());
     let code = link.split("code=").nth(1).unwrap().to_string();
 
-    let (status, _, body) = sign_in(server, json!({"name": "pia", "password": "wrong horse"})).await;
+    let (status, _, body) =
+        sign_in(server, json!({"name": "pia", "password": "wrong horse"})).await;
     assert_eq!(status, 401, "{body}");
-    let (status, cookie, me) =
-        sign_in(server, json!({"name": "pia", "password": "correct horse battery"})).await;
+    let (status, cookie, me) = sign_in(
+        server,
+        json!({"name": "pia", "password": "correct horse battery"}),
+    )
+    .await;
     assert_eq!(status, 200, "{me}");
     let cookie = cookie.expect("a session cookie");
     let csrf = me["csrf"].as_str().unwrap().to_string();
@@ -622,7 +735,8 @@ async fn cookies_and_csrf(server: &Server, url: Option<&str>) {
     // Guessing slows down: after five wrong passwords, 429 with Retry-After,
     // even for the right one.
     for _ in 0..5 {
-        let (status, _, _) = sign_in(server, json!({"name": "vic", "password": "guess-guess"})).await;
+        let (status, _, _) =
+            sign_in(server, json!({"name": "vic", "password": "guess-guess"})).await;
         assert!(status == 401 || status == 429, "{status}");
     }
     let resp = reqwest::Client::new()
@@ -681,7 +795,18 @@ async fn requests_are_limited_per_token() {
         None,
         &["create-token", "--user", "admin", "--name", "other"],
     )));
-    assert_eq!(other.get(server.url("/runs")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        other
+            .get(server.url("/runs"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     // Health is not counted against anyone.
-    assert_eq!(reqwest::get(server.url("/health")).await.unwrap().status(), 200);
+    assert_eq!(
+        reqwest::get(server.url("/health")).await.unwrap().status(),
+        200
+    );
 }

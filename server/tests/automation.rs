@@ -13,7 +13,16 @@ use common::{Server, admin, last_line};
 fn script(base: &str, token: &str, out: &Path) -> std::process::Output {
     Command::new("python3")
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/automation.py"))
-        .args(["--url", base, "--dims", "32-8,32-16", "--epochs", "1", "--timeout", "120"])
+        .args([
+            "--url",
+            base,
+            "--dims",
+            "32-8,32-16",
+            "--epochs",
+            "1",
+            "--timeout",
+            "120",
+        ])
         .arg("--out")
         .arg(out)
         .env("SSLAB_TOKEN", token)
@@ -42,7 +51,10 @@ async fn the_automation_example_runs_a_sweep_and_downloads_its_summary() {
     let csv = std::fs::read_to_string(&out).unwrap();
     let mut lines = csv.lines();
     let header = lines.next().unwrap();
-    assert!(header.starts_with("run_id,name,status,projector.dims,seed,layer"), "{header}");
+    assert!(
+        header.starts_with("run_id,name,status,projector.dims,seed,layer"),
+        "{header}"
+    );
     // Two runs, three layers each (backbone, proj.0, proj.1).
     let rows: Vec<&str> = lines.collect();
     assert_eq!(rows.len(), 6, "{csv}");

@@ -235,7 +235,14 @@ async fn launch_watch_and_read_a_run_in_chromium() {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sslab"));
     cmd.arg("--data-dir")
         .arg(dir.path())
-        .args(["admin", "create-user", "rita", "--team", "default", "--password-stdin"])
+        .args([
+            "admin",
+            "create-user",
+            "rita",
+            "--team",
+            "default",
+            "--password-stdin",
+        ])
         .env_remove("DATABASE_URL")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null());
@@ -251,7 +258,9 @@ async fn launch_watch_and_read_a_run_in_chromium() {
     browser.set_field("#signin-password", "not it").await;
     browser.click("#signin-submit").await;
     browser.wait_find("#signin-error").await;
-    browser.set_field("#signin-password", "rita's password").await;
+    browser
+        .set_field("#signin-password", "rita's password")
+        .await;
     browser.click("#signin-submit").await;
     browser.wait_find("#signed-in-as").await;
     browser.wait_find(".empty").await;
@@ -469,7 +478,10 @@ async fn sweep_from_a_run_page_in_chromium() {
     .await;
     let script_client = common::client_with(secret.as_str().unwrap());
     let runs_url = server.url("/runs");
-    assert_eq!(script_client.get(&runs_url).send().await.unwrap().status(), 200);
+    assert_eq!(
+        script_client.get(&runs_url).send().await.unwrap().status(),
+        200
+    );
     browser.click("#tokens-table button.revoke").await;
     wait_script(
         &browser,
@@ -492,7 +504,10 @@ async fn sweep_from_a_run_page_in_chromium() {
         30,
     )
     .await;
-    assert!(status.as_str().unwrap().contains("/signin?code=sslab_"), "{status}");
+    assert!(
+        status.as_str().unwrap().contains("/signin?code=sslab_"),
+        "{status}"
+    );
     let members = wait_script(
         &browser,
         "return document.querySelectorAll('#members-table tbody tr').length === 2 || null",

@@ -34,7 +34,13 @@ async fn the_document_matches_the_router_and_the_schema() {
         // Any value matches a parameter; the 405 comes before any handler.
         let concrete: Vec<String> = path
             .split('/')
-            .map(|p| if p.starts_with('{') { "x".into() } else { p.to_string() })
+            .map(|p| {
+                if p.starts_with('{') {
+                    "x".into()
+                } else {
+                    p.to_string()
+                }
+            })
             .collect();
         let url = format!("{}{}", server.base, concrete.join("/"));
         for method in allowed_methods(&client, &url).await {
@@ -43,13 +49,27 @@ async fn the_document_matches_the_router_and_the_schema() {
     }
     let undocumented: Vec<_> = routed.difference(&documented).collect();
     let unrouted: Vec<_> = documented.difference(&routed).collect();
-    assert!(undocumented.is_empty(), "routes missing from the document: {undocumented:?}");
-    assert!(unrouted.is_empty(), "the document names routes that do not exist: {unrouted:?}");
+    assert!(
+        undocumented.is_empty(),
+        "routes missing from the document: {undocumented:?}"
+    );
+    assert!(
+        unrouted.is_empty(),
+        "the document names routes that do not exist: {unrouted:?}"
+    );
     assert!(routed.len() > 40, "{routed:?}");
 
     // Every documented body type is in the components.
     let text = doc.to_string();
-    for schema in ["Run", "Page_Run", "ErrorBody", "Me", "TokenInfo", "Dataset", "Audit"] {
+    for schema in [
+        "Run",
+        "Page_Run",
+        "ErrorBody",
+        "Me",
+        "TokenInfo",
+        "Dataset",
+        "Audit",
+    ] {
         assert!(doc["components"]["schemas"][schema].is_object(), "{schema}");
     }
     assert!(text.contains("\"bearer\""));
@@ -62,8 +82,13 @@ async fn the_document_matches_the_router_and_the_schema() {
         .output();
     match validated {
         Ok(out) if out.status.success() => {}
-        Ok(out) if !e2e_required() && String::from_utf8_lossy(&out.stderr).contains("No module named") => {
-            eprintln!("skipped the schema check: pip install openapi-spec-validator (cargo xtask test does)");
+        Ok(out)
+            if !e2e_required()
+                && String::from_utf8_lossy(&out.stderr).contains("No module named") =>
+        {
+            eprintln!(
+                "skipped the schema check: pip install openapi-spec-validator (cargo xtask test does)"
+            );
         }
         Ok(out) => panic!(
             "the document is not valid OpenAPI: {}{}",

@@ -74,7 +74,10 @@ pub fn AccountBar(me: Me) -> impl IntoView {
     let current = me.team.id.clone();
     let switch = move |team: String| {
         spawn_local(async move {
-            if api::post::<Me>("/session/team", Some(&SwitchTeam { team })).await.is_ok() {
+            if api::post::<Me>("/session/team", Some(&SwitchTeam { team }))
+                .await
+                .is_ok()
+            {
                 go("/");
             }
         });
@@ -207,11 +210,17 @@ pub fn MembersPage() -> impl IntoView {
         spawn_local(async move {
             let result = api::post::<AddedMember>("/members", Some(&req)).await;
             set_status.set(Some(match result {
-                Ok(AddedMember { member, sign_in_link: Some(link) }) => {
+                Ok(AddedMember {
+                    member,
+                    sign_in_link: Some(link),
+                }) => {
                     let origin = web_sys::window()
                         .and_then(|w| w.location().origin().ok())
                         .unwrap_or_default();
-                    Ok(format!("added {}; send them this one-time sign-in link: {origin}{link}", member.name))
+                    Ok(format!(
+                        "added {}; send them this one-time sign-in link: {origin}{link}",
+                        member.name
+                    ))
                 }
                 Ok(AddedMember { member, .. }) => {
                     Ok(format!("{} is now {}", member.name, member.role.as_str()))

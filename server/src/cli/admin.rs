@@ -141,8 +141,8 @@ pub async fn run(command: &AdminCommand, store: &Store) -> anyhow::Result<()> {
                 }
                 (Some(u.id), Some(team_id))
             };
-            let expires_at = expires_in_days
-                .map(|d| crate::store::now_ms() + i64::from(d) * 24 * 3600 * 1000);
+            let expires_at =
+                expires_in_days.map(|d| crate::store::now_ms() + i64::from(d) * 24 * 3600 * 1000);
             let created = issue_token(
                 store,
                 &NewTokenRow {

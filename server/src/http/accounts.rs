@@ -84,7 +84,8 @@ async fn sign_in(
             None => {
                 state.backoff.failed(&address_key);
                 return Err(ApiError::Unauthorized(
-                    "this sign-in link is unknown, used or expired; ask an admin for a new one".into(),
+                    "this sign-in link is unknown, used or expired; ask an admin for a new one"
+                        .into(),
                 ));
             }
         }
@@ -104,9 +105,7 @@ async fn sign_in(
         let Some(user) = user.filter(|_| ok) else {
             state.backoff.failed(&account_key);
             state.backoff.failed(&address_key);
-            return Err(ApiError::Unauthorized(
-                "wrong name or password".into(),
-            ));
+            return Err(ApiError::Unauthorized("wrong name or password".into()));
         };
         state.backoff.succeeded(&account_key);
         let teams = state.store.teams_of(&user.id).await?;
@@ -138,7 +137,10 @@ async fn sign_in(
         auth::SESSION_MS / 1000
     );
     Ok((
-        [(header::SET_COOKIE, HeaderValue::try_from(cookie).map_err(anyhow::Error::new)?)],
+        [(
+            header::SET_COOKIE,
+            HeaderValue::try_from(cookie).map_err(anyhow::Error::new)?,
+        )],
         Json(me),
     )
         .into_response())
@@ -205,11 +207,7 @@ async fn sign_out(State(state): State<AppState>, p: Principal) -> ApiResult<Resp
         "{}=; Path=/; HttpOnly; SameSite=Strict; Secure; Max-Age=0",
         auth::SESSION_COOKIE
     );
-    Ok((
-        StatusCode::NO_CONTENT,
-        [(header::SET_COOKIE, cookie)],
-    )
-        .into_response())
+    Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, cookie)]).into_response())
 }
 
 #[utoipa::path(
@@ -266,7 +264,9 @@ async fn list_tokens(
     p: Principal,
 ) -> ApiResult<Json<Vec<TokenInfo>>> {
     let Some(team) = &p.team_id else {
-        return Err(ApiError::Forbidden("a site-wide worker token lists nothing".into()));
+        return Err(ApiError::Forbidden(
+            "a site-wide worker token lists nothing".into(),
+        ));
     };
     if p.is_admin() {
         return Ok(Json(state.store.tokens(Some(team), None).await?));
@@ -326,7 +326,11 @@ async fn create_token(
             name: &req.name,
             kind: if req.service { "service" } else { "personal" },
             scope: req.scope,
-            user_id: if req.service { None } else { p.user_id.as_deref() },
+            user_id: if req.service {
+                None
+            } else {
+                p.user_id.as_deref()
+            },
             team_id: p.team_id.as_deref(),
             expires_at,
         },
@@ -340,7 +344,10 @@ pub async fn issue_token(store: &Store, row: &NewTokenRow<'_>) -> ApiResult<Crea
     let secret = auth::new_secret();
     let hash = auth::hash_secret(&secret);
     let id = store
-        .insert_token(&NewTokenRow { hash: &hash, ..*row })
+        .insert_token(&NewTokenRow {
+            hash: &hash,
+            ..*row
+        })
         .await?;
     let owner = store
         .token(&id)
@@ -463,7 +470,11 @@ async fn add_member(
     } else {
         None
     };
-    let status = if fresh { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if fresh {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((
         status,
         Json(AddedMember {

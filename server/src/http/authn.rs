@@ -86,13 +86,21 @@ fn denied_write(p: &Principal) -> String {
 pub async fn resolve(state: &AppState, headers: &HeaderMap) -> ApiResult<Principal> {
     if let Some(value) = headers.get(header::AUTHORIZATION) {
         let secret = bearer(value.as_bytes())?;
-        return match state.store.token_principal(&auth::hash_secret(secret)).await? {
+        return match state
+            .store
+            .token_principal(&auth::hash_secret(secret))
+            .await?
+        {
             Ok(p) => Ok(p),
             Err(why) => Err(ApiError::Unauthorized(why.message().into())),
         };
     }
     if let Some(secret) = session_cookie(headers) {
-        return match state.store.session_principal(&auth::hash_secret(&secret)).await? {
+        return match state
+            .store
+            .session_principal(&auth::hash_secret(&secret))
+            .await?
+        {
             Ok(p) => Ok(p),
             Err(why) => Err(ApiError::Unauthorized(format!(
                 "{}; sign in again",
@@ -207,7 +215,10 @@ mod tests {
     #[test]
     fn the_session_cookie_is_found_among_others() {
         let mut h = HeaderMap::new();
-        h.insert(header::COOKIE, "a=1; sslab_session=xyz; b=2".parse().unwrap());
+        h.insert(
+            header::COOKIE,
+            "a=1; sslab_session=xyz; b=2".parse().unwrap(),
+        );
         assert_eq!(session_cookie(&h).as_deref(), Some("xyz"));
         h.insert(header::COOKIE, "sslab_sessionx=1".parse().unwrap());
         assert_eq!(session_cookie(&h), None);

@@ -22,8 +22,8 @@ use tokio::sync::Notify;
 use tower_http::services::{ServeDir, ServeFile};
 
 pub use accounts::{issue_sign_in_code, issue_token};
-pub use metrics::Metrics;
 pub use error::{ApiError, ApiResult};
+pub use metrics::Metrics;
 
 use crate::artifacts::Artifacts;
 use crate::auth::{Backoff, Principal};
@@ -73,7 +73,11 @@ pub(crate) fn visible(p: &Principal, team: &str) -> bool {
 }
 
 /// Members cancel what they created; admins anything of the team.
-pub(crate) fn check_may_change(p: &Principal, created_by: Option<&str>, what: &str) -> ApiResult<()> {
+pub(crate) fn check_may_change(
+    p: &Principal,
+    created_by: Option<&str>,
+    what: &str,
+) -> ApiResult<()> {
     if p.may_change(created_by) {
         Ok(())
     } else {
@@ -249,12 +253,15 @@ pub fn app(state: AppState, static_dir: Option<PathBuf>) -> Router {
             tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
         })
         .on_response(DefaultOnResponse::new().level(tracing::Level::INFO));
-    app.layer(axum::middleware::from_fn_with_state(counters, metrics::record))
-        .layer(tower_http::compression::CompressionLayer::new())
-        .layer(cors)
-        .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(trace)
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+    app.layer(axum::middleware::from_fn_with_state(
+        counters,
+        metrics::record,
+    ))
+    .layer(tower_http::compression::CompressionLayer::new())
+    .layer(cors)
+    .layer(PropagateRequestIdLayer::x_request_id())
+    .layer(trace)
+    .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
 }
 
 /// Cross-origin calls: refused unless the operator names origins; those may

@@ -332,7 +332,10 @@ async fn evaluate(
         .map_err(ApiError::InvalidSpec)?;
     if let Some(data) = &mut request.eval.data {
         super::check_server_data(&state, &p, data, "eval.data")?;
-        state.datasets.resolve_data(data, "eval.data", p.team()).await?;
+        state
+            .datasets
+            .resolve_data(data, "eval.data", p.team())
+            .await?;
     }
     if run.status != RunStatus::Succeeded {
         return Err(ApiError::Conflict(format!(

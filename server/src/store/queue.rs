@@ -62,7 +62,10 @@ impl Store {
                 "SELECT status, COUNT(*) AS n FROM {} GROUP BY status",
                 kind.table()
             );
-            for row in sqlx::query(AssertSqlSafe(sql)).fetch_all(&self.pool).await? {
+            for row in sqlx::query(AssertSqlSafe(sql))
+                .fetch_all(&self.pool)
+                .await?
+            {
                 out.push((kind, row.try_get("status")?, row.try_get("n")?));
             }
         }

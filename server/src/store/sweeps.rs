@@ -156,11 +156,12 @@ impl Store {
     }
 
     pub async fn sweep(&self, id: &str) -> Result<Option<Sweep>> {
-        let Some(row) =
-            sqlx::query(AssertSqlSafe(format!("SELECT {SWEEP_COLUMNS} FROM sweeps WHERE id = $1")))
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?
+        let Some(row) = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {SWEEP_COLUMNS} FROM sweeps WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
         else {
             return Ok(None);
         };

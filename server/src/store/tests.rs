@@ -34,7 +34,10 @@ async fn missing_and_present_floats_alternate_on_postgres() {
     let store = Store::connect(&format!("{base}/{name}")).await.unwrap();
     for round in 0..4 {
         let present = round % 2 == 1;
-        store.create_run(&spec(), &Owner::default_team(), None).await.unwrap();
+        store
+            .create_run(&spec(), &Owner::default_team(), None)
+            .await
+            .unwrap();
         let Claim { run, lease } = store.claim_next("w", 10_000).await.unwrap().unwrap();
         let m = MetricPoint {
             step: 1,
@@ -71,7 +74,14 @@ async fn lifecycle_and_pagination() {
     let (store, _dir) = store().await;
     let mut ids = Vec::new();
     for _ in 0..5 {
-        ids.push(store.create_run(&spec(), &Owner::default_team(), None).await.unwrap().0.id);
+        ids.push(
+            store
+                .create_run(&spec(), &Owner::default_team(), None)
+                .await
+                .unwrap()
+                .0
+                .id,
+        );
     }
     let p1 = store
         .list_runs(2, None, &RunFilter::team("default"))
@@ -79,11 +89,19 @@ async fn lifecycle_and_pagination() {
         .unwrap();
     assert_eq!(p1.items.len(), 2);
     let p2 = store
-        .list_runs(2, p1.next_page_token.as_deref(), &RunFilter::team("default"))
+        .list_runs(
+            2,
+            p1.next_page_token.as_deref(),
+            &RunFilter::team("default"),
+        )
         .await
         .unwrap();
     let p3 = store
-        .list_runs(2, p2.next_page_token.as_deref(), &RunFilter::team("default"))
+        .list_runs(
+            2,
+            p2.next_page_token.as_deref(),
+            &RunFilter::team("default"),
+        )
         .await
         .unwrap();
     assert_eq!(p3.items.len(), 1);
@@ -224,7 +242,10 @@ async fn sweep_runs_failures_and_requeue() {
     };
     sweep.base.optimizer.batch_size = 100;
     let points = sweep.expand(10).unwrap();
-    let (created, fresh) = store.create_sweep(&sweep, &points, &Owner::default_team(), None).await.unwrap();
+    let (created, fresh) = store
+        .create_sweep(&sweep, &points, &Owner::default_team(), None)
+        .await
+        .unwrap();
     assert!(fresh);
     assert_eq!(created.counts.queued, 2);
     let row = |v: f64| Evaluation {
@@ -268,14 +289,24 @@ async fn sweep_runs_failures_and_requeue() {
 #[tokio::test]
 async fn idempotency_cancel_and_orphans() {
     let (store, _dir) = store().await;
-    let (a, created) = store.create_run(&spec(), &Owner::default_team(), Some("k1")).await.unwrap();
+    let (a, created) = store
+        .create_run(&spec(), &Owner::default_team(), Some("k1"))
+        .await
+        .unwrap();
     assert!(created);
-    let (b, created) = store.create_run(&spec(), &Owner::default_team(), Some("k1")).await.unwrap();
+    let (b, created) = store
+        .create_run(&spec(), &Owner::default_team(), Some("k1"))
+        .await
+        .unwrap();
     assert!(!created);
     assert_eq!(a.id, b.id);
 
     // A queued run is cancelled at once.
-    let queued = store.create_run(&spec(), &Owner::default_team(), None).await.unwrap().0;
+    let queued = store
+        .create_run(&spec(), &Owner::default_team(), None)
+        .await
+        .unwrap()
+        .0;
     let Claim {
         run: claimed,
         lease,
@@ -290,7 +321,11 @@ async fn idempotency_cancel_and_orphans() {
     assert_eq!(store.heartbeat(&lease, 10_000).await.unwrap(), Some(true));
 
     // A worker that died: its run is re-queued, then failed after MAX_ATTEMPTS.
-    let run = store.create_run(&spec(), &Owner::default_team(), None).await.unwrap().0;
+    let run = store
+        .create_run(&spec(), &Owner::default_team(), None)
+        .await
+        .unwrap()
+        .0;
     for attempt in 1..=MAX_ATTEMPTS {
         let got = store.claim_next("dead", -1).await.unwrap().unwrap().run;
         assert_eq!(got.id, run.id);
@@ -321,7 +356,10 @@ async fn idempotency_cancel_and_orphans() {
 #[tokio::test]
 async fn every_job_kind_shares_the_queue() {
     let (store, _dir) = store().await;
-    store.create_run(&spec(), &Owner::default_team(), None).await.unwrap();
+    store
+        .create_run(&spec(), &Owner::default_team(), None)
+        .await
+        .unwrap();
     let run = store.claim_next("w", 10_000).await.unwrap().unwrap();
     assert!(
         store

@@ -49,12 +49,17 @@ impl Server {
         // The first start prints its admin's token before the listening line.
         let base = loop {
             let mut line = String::new();
-            let n = reader.read_line(&mut line).expect("read the server's output");
+            let n = reader
+                .read_line(&mut line)
+                .expect("read the server's output");
             assert!(n > 0, "the server exited before it listened");
             if let Some(t) = line.trim().strip_prefix("sslab admin token: ") {
                 token = t.to_string();
             }
-            if let Some(l) = line.trim().strip_prefix("sslab sign-in link (once, 24 h): ") {
+            if let Some(l) = line
+                .trim()
+                .strip_prefix("sslab sign-in link (once, 24 h): ")
+            {
                 sign_in_link = l.to_string();
             }
             if let Some(base) = line.trim().strip_prefix("sslab listening on ") {
@@ -140,7 +145,11 @@ pub fn routes() -> Vec<String> {
         .args(["--data-dir", "/nonexistent-sslab-routes", "routes"])
         .output()
         .expect("run sslab routes");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout)
         .unwrap()
         .lines()
