@@ -167,6 +167,26 @@ pub async fn post_empty(path: &str) -> Result<(), ApiFailure> {
     decode::<serde_json::Value>(resp).await.map(|_| ())
 }
 
+/// POSTs `body` as JSON and expects no body back (204).
+pub async fn post_json_empty(path: &str, body: &impl serde::Serialize) -> Result<(), ApiFailure> {
+    let text = serde_json::to_string(body).map_err(|e| ApiFailure {
+        message: e.to_string(),
+        field: None,
+    })?;
+    let resp = with_csrf(Request::post(&format!("/api/v1{path}")))
+        .await
+        .header("content-type", "application/json")
+        .body(text)
+        .map_err(network)?
+        .send()
+        .await
+        .map_err(network)?;
+    if resp.ok() {
+        return Ok(());
+    }
+    decode::<serde_json::Value>(resp).await.map(|_| ())
+}
+
 /// Text safe inside a query string value.
 pub fn query_value(text: &str) -> String {
     js_sys::encode_uri_component(text).into()

@@ -86,7 +86,7 @@ impl Worker {
 
     /// Runs one queued audit, if any. Returns whether there was one.
     pub async fn audit_next(&self, shutdown: &mut watch::Receiver<bool>) -> bool {
-        let (audit, lease) = match self.store.claim_next_audit(&self.id, LEASE_MS).await {
+        let (audit, lease) = match self.store.claim_next_audit(self.claimant(), LEASE_MS).await {
             Ok(Some(claimed)) => claimed,
             Ok(None) => return false,
             Err(e) => {

@@ -48,6 +48,13 @@ pub fn hash_password(password: &str) -> anyhow::Result<String> {
         .to_string())
 }
 
+/// A hash to verify against when the account has none, so that an unknown
+/// name takes as long to refuse as a wrong password.
+pub fn dummy_hash() -> &'static str {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| hash_password("no account has this password").unwrap_or_default())
+}
+
 pub fn verify_password(password: &str, hash: &str) -> bool {
     use argon2::PasswordVerifier;
     argon2::password_hash::PasswordHash::new(hash).is_ok_and(|parsed| {
@@ -110,6 +117,8 @@ pub struct Principal {
     pub scope: Scope,
     /// The operator's account (the first start's admin): sees `/metrics`.
     pub site_admin: bool,
+    /// When the token stops working; none for sessions and lasting tokens.
+    pub expires_at: Option<i64>,
     pub via: Via,
 }
 
@@ -131,10 +140,20 @@ impl Principal {
         self.team_id.is_some() && self.scope == Scope::Write && self.role == Role::Admin
     }
 
+    /// Who a created object records as its creator: the user, or for a
+    /// team's service token the token itself.
+    pub fn actor(&self) -> Option<String> {
+        match (&self.user_id, &self.via) {
+            (Some(user), _) => Some(user.clone()),
+            (None, Via::Token { id }) => Some(format!("token:{id}")),
+            (None, Via::Session { .. }) => None,
+        }
+    }
+
     /// Members change what they created; admins anything in the team.
     pub fn may_change(&self, created_by: Option<&str>) -> bool {
         self.is_admin()
-            || (self.can_write() && created_by.is_some() && created_by == self.user_id.as_deref())
+            || (self.can_write() && created_by.is_some() && created_by == self.actor().as_deref())
     }
 }
 
@@ -199,11 +218,15 @@ impl Backoff {
         entry.1 = Instant::now();
     }
 
-    pub fn succeeded(&self, key: &str) {
-        self.failures
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(key);
+    /// Takes back one counted attempt (it succeeded).
+    pub fn forgive(&self, key: &str) {
+        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = map.get_mut(key) {
+            entry.0 = entry.0.saturating_sub(1);
+            if entry.0 == 0 {
+                map.remove(key);
+            }
+        }
     }
 }
 
@@ -238,7 +261,13 @@ mod tests {
         assert!(b.wait("u").is_none());
         b.failed("u");
         assert!(b.wait("u").is_some());
-        b.succeeded("u");
+        // A success takes back its own attempt, not the ones before it.
+        b.failed("u");
+        b.forgive("u");
+        assert!(b.wait("u").is_some());
+        for _ in 0..FREE_FAILURES {
+            b.forgive("u");
+        }
         assert!(b.wait("u").is_none());
     }
 
@@ -252,6 +281,7 @@ mod tests {
             role,
             scope,
             site_admin: false,
+            expires_at: None,
             via: Via::Token { id: "x".into() },
         };
         assert!(!p(Role::Viewer, Scope::Write).can_write());
@@ -262,5 +292,10 @@ mod tests {
         assert!(!p(Role::Member, Scope::Write).may_change(Some("v")));
         assert!(!p(Role::Member, Scope::Write).may_change(None));
         assert!(p(Role::Admin, Scope::Write).may_change(None));
+        // A service token changes what it created.
+        let mut service = p(Role::Member, Scope::Write);
+        service.user_id = None;
+        assert!(service.may_change(Some("token:x")));
+        assert!(!service.may_change(Some("u")));
     }
 }

@@ -85,6 +85,10 @@ enum Command {
         /// Requests one token or session may make at once above the rate.
         #[arg(long, env = "SSLAB_RATE_BURST", default_value_t = 200)]
         rate_burst: u32,
+        /// Send the session cookie without `Secure`: only for plain HTTP on
+        /// a trusted network, reached by another name than localhost.
+        #[arg(long, env = "SSLAB_INSECURE_COOKIES")]
+        insecure_cookies: bool,
     },
     /// Teams, users and tokens: `create-team`, `create-user`,
     /// `create-token`, `list-tokens`, `revoke-token`.
@@ -191,6 +195,7 @@ async fn main() -> std::process::ExitCode {
             cors_origins,
             rate_limit,
             rate_burst,
+            insecure_cookies,
         } => {
             let limits = datasets::Limits {
                 max_upload: *max_upload_bytes,
@@ -206,6 +211,7 @@ async fn main() -> std::process::ExitCode {
                 data_roots,
                 cors_origins,
                 rate: (*rate_limit, *rate_burst),
+                secure_cookies: !*insecure_cookies,
             };
             serve(&cli, options).await
         }
@@ -282,6 +288,7 @@ async fn bare_state(cli: &Cli) -> anyhow::Result<http::AppState> {
         backoff: auth::Backoff::default(),
         rate_limit: None,
         metrics: http::Metrics::new(),
+        secure_cookies: true,
     })
 }
 
@@ -307,6 +314,7 @@ struct ServeOptions<'a> {
     cors_origins: &'a [String],
     /// Requests per second and burst per token.
     rate: (u32, u32),
+    secure_cookies: bool,
 }
 
 async fn serve(cli: &Cli, options: ServeOptions<'_>) -> anyhow::Result<()> {
@@ -319,6 +327,7 @@ async fn serve(cli: &Cli, options: ServeOptions<'_>) -> anyhow::Result<()> {
         data_roots,
         cors_origins,
         rate,
+        secure_cookies,
     } = options;
     let cors_origins = cors_origins
         .iter()
@@ -361,6 +370,7 @@ async fn serve(cli: &Cli, options: ServeOptions<'_>) -> anyhow::Result<()> {
         backoff: auth::Backoff::default(),
         rate_limit: auth::limiter(rate.0, rate.1),
         metrics: http::Metrics::new(),
+        secure_cookies,
     };
     if let Some(limiter) = state.rate_limit.clone() {
         // Forget tokens that have been quiet, now and then.
@@ -375,6 +385,7 @@ async fn serve(cli: &Cli, options: ServeOptions<'_>) -> anyhow::Result<()> {
     }
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let mut worker_tasks = Vec::new();
+    let capabilities = worker::Worker::local_capabilities();
     for i in 0..workers {
         let w = worker::Worker {
             id: format!(
@@ -382,6 +393,7 @@ async fn serve(cli: &Cli, options: ServeOptions<'_>) -> anyhow::Result<()> {
                 std::process::id(),
                 &uuid::Uuid::new_v4().simple().to_string()[..6]
             ),
+            capabilities: capabilities.clone(),
             store: store.clone(),
             artifacts: state.artifacts.clone(),
             queued: state.queued.clone(),
@@ -413,7 +425,13 @@ async fn serve(cli: &Cli, options: ServeOptions<'_>) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
-    cli::admin::bootstrap(&store, &format!("http://{local}")).await?;
+    // Links name an address a browser can open: not 0.0.0.0.
+    let reachable = if local.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], local.port()))
+    } else {
+        local
+    };
+    cli::admin::bootstrap(&store, &format!("http://{reachable}")).await?;
     // Tests and scripts read this line to find an ephemeral port.
     println!("sslab listening on http://{local}");
     tracing::info!(%local, database = %redact(&url), "serving");

@@ -21,6 +21,8 @@ const IDLE_POLL: Duration = Duration::from_secs(2);
 
 pub struct Worker {
     pub id: String,
+    /// What it can run beyond the plain CPU: `cuda` with a GPU.
+    pub capabilities: Vec<String>,
     pub store: Store,
     pub artifacts: Artifacts,
     pub queued: Arc<tokio::sync::Notify>,
@@ -89,6 +91,22 @@ enum Ending {
 }
 
 impl Worker {
+    pub fn claimant(&self) -> crate::store::Claimant<'_> {
+        crate::store::Claimant {
+            id: &self.id,
+            capabilities: &self.capabilities,
+        }
+    }
+
+    /// What this machine's default device adds to a worker's capabilities.
+    pub fn local_capabilities() -> Vec<String> {
+        if sslab_engine::default_device().is_cuda() {
+            vec!["cuda".into()]
+        } else {
+            Vec::new()
+        }
+    }
+
     /// Claims and runs jobs until `shutdown` turns true. A run in progress at
     /// shutdown is stopped and handed back to the queue.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
@@ -97,7 +115,7 @@ impl Worker {
             if *shutdown.borrow() {
                 break;
             }
-            match self.store.claim_next(&self.id, LEASE_MS).await {
+            match self.store.claim_next(self.claimant(), LEASE_MS).await {
                 Ok(Some(claim)) => self.execute(claim, &mut shutdown).await,
                 // No run waits: take a re-evaluation or an audit, else sleep until woken.
                 Ok(None) => {
@@ -261,7 +279,11 @@ impl Worker {
 
     /// Runs one queued re-evaluation, if any. Returns whether there was one.
     async fn evaluate_next(&self) -> bool {
-        let (job, lease) = match self.store.claim_next_evaluation(&self.id, LEASE_MS).await {
+        let (job, lease) = match self
+            .store
+            .claim_next_evaluation(self.claimant(), LEASE_MS)
+            .await
+        {
             Ok(Some(claimed)) => claimed,
             Ok(None) => return false,
             Err(e) => {

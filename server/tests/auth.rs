@@ -26,9 +26,10 @@ const PUBLIC: [(&str, &str); 3] = [
 ];
 
 /// Changes a viewer may make: their own session and tokens.
-const ACCOUNT_CHANGES: [&str; 4] = [
+const ACCOUNT_CHANGES: [&str; 5] = [
     "/api/v1/sign-out",
     "/api/v1/session/team",
+    "/api/v1/session/password",
     "/api/v1/tokens",
     "/api/v1/tokens/{id}/revoke",
 ];
@@ -725,12 +726,27 @@ async fn cookies_and_csrf(server: &Server, url: Option<&str>) {
         .unwrap();
     assert_eq!(resp.status(), 401);
 
-    // The one-time link works once.
-    let (status, cookie, _) = sign_in(server, json!({"code": code})).await;
+    // The one-time link works once; signed in with it, a user sets a password.
+    let (status, cookie, me) = sign_in(server, json!({"code": code})).await;
     assert_eq!(status, 200);
-    assert!(cookie.is_some());
+    let cookie = cookie.unwrap();
     let (status, _, _) = sign_in(server, json!({"code": code})).await;
     assert_eq!(status, 401);
+    let resp = plain
+        .post(server.url("/session/password"))
+        .header("cookie", &cookie)
+        .header("x-csrf-token", me["csrf"].as_str().unwrap())
+        .json(&json!({"password": "a new horse battery"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    let (status, _, _) = sign_in(
+        server,
+        json!({"name": "pia", "password": "a new horse battery"}),
+    )
+    .await;
+    assert_eq!(status, 200);
 
     // Guessing slows down: after five wrong passwords, 429 with Retry-After,
     // even for the right one.

@@ -227,6 +227,29 @@ async fn datasets_api(server: &Server) {
     .await;
     assert!(!evals.is_empty());
 
+    // A sweep axis cannot point a registered name at another folder, even
+    // when the base spec brings what the name stood for: every run's name
+    // is looked up again.
+    let mut base = spec.clone();
+    base["data"]["registered"] =
+        json!({"hash": "sha256:0", "data": {"source": "folder", "path": "/tmp", "image_size": 16}});
+    let resp = client
+        .post(server.url("/sweeps"))
+        .json(&json!({"base": base, "axes": [{"path": "data.registered.data.path", "values": ["/etc"]}]}))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = resp.json().await.unwrap();
+    let runs: Value = common::get_json(&client, server.url("/runs?page_size=500")).await;
+    assert!(!runs.to_string().contains("\"/etc\""), "{body}");
+    if let Some(id) = body["id"].as_str() {
+        client
+            .post(server.url(&format!("/sweeps/{id}/cancel")))
+            .send()
+            .await
+            .unwrap();
+    }
+
     spec["data"] = json!({"source": "dataset", "name": "nope"});
     let resp = client
         .post(server.url("/runs"))

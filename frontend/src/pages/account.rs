@@ -14,7 +14,7 @@ use crate::api;
 /// Where to go after signing in: the page that sent the visitor here, if it
 /// is one of ours.
 fn next_page(next: Option<String>) -> String {
-    next.filter(|n| n.starts_with('/') && !n.starts_with("//"))
+    next.filter(|n| n.starts_with('/') && !n.starts_with("//") && !n.contains('\\'))
         .unwrap_or_else(|| "/".into())
 }
 
@@ -106,6 +106,37 @@ pub fn AccountBar(me: Me) -> impl IntoView {
     }
 }
 
+/// Sets the signed-in user's password.
+#[component]
+fn PasswordForm() -> impl IntoView {
+    let (password, set_password) = signal(String::new());
+    let (status, set_status) = signal(None::<Result<String, String>>);
+    let save = move || {
+        let req = sslab_shared::auth::SetPassword {
+            password: password.get_untracked(),
+        };
+        spawn_local(async move {
+            set_status.set(Some(
+                match api::post_json_empty("/session/password", &req).await {
+                    Ok(()) => Ok("password set".into()),
+                    Err(e) => Err(e.message),
+                },
+            ));
+        });
+    };
+    view! {
+        <form id="password-form" on:submit=move |ev| { ev.prevent_default(); save(); }>
+            <label>"New password "<input id="new-password" type="password" autocomplete="new-password"
+                prop:value=password on:input=move |ev| set_password.set(event_target_value(&ev))/></label>
+            <button type="submit">"Set password"</button>
+            {move || status.get().map(|s| match s {
+                Ok(m) => view! { <span id="password-status">{m}</span> }.into_any(),
+                Err(e) => view! { <span class="error" id="password-status">{e}</span> }.into_any(),
+            })}
+        </form>
+    }
+}
+
 #[component]
 pub fn TokensPage() -> impl IntoView {
     let (version, set_version) = signal(0u32);
@@ -139,6 +170,7 @@ pub fn TokensPage() -> impl IntoView {
     };
     view! {
         <div class="bar"><h1>"Tokens"</h1></div>
+        <PasswordForm/>
         <p>"A token lets a script use the API as you: send "<code>"Authorization: Bearer sslab_…"</code>"."</p>
         <form id="token-form" on:submit=move |ev| { ev.prevent_default(); create(); }>
             <label>"Name "<input id="token-name" prop:value=name

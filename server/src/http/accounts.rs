@@ -29,6 +29,7 @@ pub fn account_router() -> Router<AppState> {
     Router::new()
         .route("/session", get(me))
         .route("/session/team", post(switch_team))
+        .route("/session/password", post(set_password))
         .route("/sign-out", post(sign_out))
         .route("/tokens", get(list_tokens).post(create_token))
         .route("/tokens/{id}/revoke", post(revoke_token))
@@ -73,8 +74,11 @@ async fn sign_in(
 ) -> ApiResult<Response> {
     let req: SignIn = sslab_shared::error::from_json(&body).map_err(ApiError::InvalidSpec)?;
     let address_key = format!("ip:{}", peer.map_or("?".into(), |ip| ip.to_string()));
+    // Every attempt counts before it is checked, so that parallel guesses
+    // meet the back-off too; a success takes back only its own count.
+    check_backoff(&state, &address_key)?;
+    state.backoff.failed(&address_key);
     let (user_id, team_id) = if !req.code.is_empty() {
-        check_backoff(&state, &address_key)?;
         match state
             .store
             .consume_sign_in(&auth::hash_secret(req.code.trim()))
@@ -82,7 +86,6 @@ async fn sign_in(
         {
             Some(found) => found,
             None => {
-                state.backoff.failed(&address_key);
                 return Err(ApiError::Unauthorized(
                     "this sign-in link is unknown, used or expired; ask an admin for a new one"
                         .into(),
@@ -90,24 +93,30 @@ async fn sign_in(
             }
         }
     } else {
+        if auth::check_name("user", &req.name).is_err() || req.password.len() > 1024 {
+            return Err(ApiError::Unauthorized("wrong name or password".into()));
+        }
         let account_key = format!("user:{}", req.name);
         check_backoff(&state, &account_key)?;
-        check_backoff(&state, &address_key)?;
+        state.backoff.failed(&account_key);
         let user = state.store.user_by_name(&req.name).await?;
-        // Hashing runs on a blocking thread: it takes tens of milliseconds by design.
+        // Hashing runs on a blocking thread: it takes tens of milliseconds by
+        // design, and as long for a name that does not exist.
         let password = req.password.clone();
         let hash = user.as_ref().and_then(|u| u.password_hash.clone());
-        let ok = tokio::task::spawn_blocking(move || {
-            hash.is_some_and(|h| auth::verify_password(&password, &h))
+        let ok = tokio::task::spawn_blocking(move || match hash {
+            Some(h) => auth::verify_password(&password, &h),
+            None => {
+                auth::verify_password(&password, auth::dummy_hash());
+                false
+            }
         })
         .await
         .unwrap_or(false);
         let Some(user) = user.filter(|_| ok) else {
-            state.backoff.failed(&account_key);
-            state.backoff.failed(&address_key);
             return Err(ApiError::Unauthorized("wrong name or password".into()));
         };
-        state.backoff.succeeded(&account_key);
+        state.backoff.forgive(&account_key);
         let teams = state.store.teams_of(&user.id).await?;
         let Some(team) = teams.first() else {
             return Err(ApiError::Forbidden(format!(
@@ -117,7 +126,7 @@ async fn sign_in(
         };
         (user.id, team.id.clone())
     };
-    state.backoff.succeeded(&address_key);
+    state.backoff.forgive(&address_key);
     let secret = auth::new_secret();
     let csrf = uuid::Uuid::new_v4().simple().to_string();
     let hash = auth::hash_secret(&secret);
@@ -132,8 +141,9 @@ async fn sign_in(
         .map_err(|why| ApiError::Unauthorized(why.message().into()))?;
     let me = me_of(&state.store, &principal).await?;
     let cookie = format!(
-        "{}={secret}; Path=/; HttpOnly; SameSite=Strict; Secure; Max-Age={}",
+        "{}={secret}; Path=/; HttpOnly; SameSite=Strict{}; Max-Age={}",
         auth::SESSION_COOKIE,
+        if state.secure_cookies { "; Secure" } else { "" },
         auth::SESSION_MS / 1000
     );
     Ok((
@@ -204,8 +214,9 @@ async fn sign_out(State(state): State<AppState>, p: Principal) -> ApiResult<Resp
         state.store.end_session(hash).await?;
     }
     let cookie = format!(
-        "{}=; Path=/; HttpOnly; SameSite=Strict; Secure; Max-Age=0",
-        auth::SESSION_COOKIE
+        "{}=; Path=/; HttpOnly; SameSite=Strict{}; Max-Age=0",
+        auth::SESSION_COOKIE,
+        if state.secure_cookies { "; Secure" } else { "" },
     );
     Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, cookie)]).into_response())
 }
@@ -249,6 +260,37 @@ async fn switch_team(
         .await?
         .map_err(|why| ApiError::Unauthorized(why.message().into()))?;
     Ok(Json(me_of(&state.store, &p).await?))
+}
+
+#[utoipa::path(
+    operation_id = "set_password",
+    post,
+    path = "/session/password",
+    tag = "accounts",
+    request_body = sslab_shared::auth::SetPassword,
+    responses((status = 204, description = "set"), (status = 400, description = "only a signed-in user sets a password", body = sslab_shared::api::ErrorBody), (status = 422, description = "too short or too long", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
+/// Sets the signed-in user's password (after a sign-in link, say).
+async fn set_password(
+    State(state): State<AppState>,
+    p: Principal,
+    JsonText(body): JsonText,
+) -> ApiResult<StatusCode> {
+    let req: sslab_shared::auth::SetPassword =
+        sslab_shared::error::from_json(&body).map_err(ApiError::InvalidSpec)?;
+    let (Via::Session { .. }, Some(user)) = (&p.via, &p.user_id) else {
+        return Err(ApiError::BadRequest(
+            "sign in to the dashboard to set your password; tokens cannot".into(),
+        ));
+    };
+    auth::check_password(&req.password)
+        .map_err(|m| ApiError::InvalidSpec(sslab_shared::SpecError::new("password", m)))?;
+    let password = req.password;
+    let hash = tokio::task::spawn_blocking(move || auth::hash_password(&password))
+        .await
+        .map_err(anyhow::Error::new)??;
+    state.store.set_password(user, &hash).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Your own tokens in this team; an admin sees every token of the team.
@@ -316,9 +358,14 @@ async fn create_token(
             "a service token cannot make personal tokens".into(),
         ));
     }
-    let expires_at = req
+    let asked = req
         .expires_in_days
         .map(|d| crate::store::now_ms() + i64::from(d) * 24 * 3600 * 1000);
+    // A token cannot make one that outlives it.
+    let expires_at = match (asked, p.expires_at) {
+        (Some(a), Some(own)) => Some(a.min(own)),
+        (a, own) => a.or(own),
+    };
     let created = issue_token(
         &state.store,
         &NewTokenRow {
@@ -445,6 +492,14 @@ async fn add_member(
         .map_err(|m| ApiError::InvalidSpec(sslab_shared::SpecError::new("name", m)))?;
     let (user_id, fresh) = match state.store.user_by_name(&req.name).await? {
         Some(u) => (u.id, false),
+        // Accounts are the site's: a team admin who could make them could
+        // make one that another team later adds, and sign in as it.
+        None if !p.site_admin => {
+            return Err(ApiError::NotFound(format!(
+                "no user named `{}`; the operator creates accounts (sslab admin create-user)",
+                req.name
+            )));
+        }
         None => match state.store.create_user(&req.name, None, false).await? {
             Some(id) => (id, true),
             None => {

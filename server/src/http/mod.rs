@@ -48,6 +48,9 @@ pub struct AppState {
     /// Requests per token; none: unlimited.
     pub rate_limit: Option<Arc<crate::auth::Limiter>>,
     pub metrics: Arc<metrics::Metrics>,
+    /// Mark the session cookie `Secure` (off only for plain HTTP on a
+    /// trusted network other than localhost: `--insecure-cookies`).
+    pub secure_cookies: bool,
 }
 
 impl AppState {
@@ -63,7 +66,7 @@ impl AppState {
 pub(crate) fn owner(p: &Principal) -> crate::store::Owner {
     crate::store::Owner {
         team: p.team().to_string(),
-        user: p.user_id.clone(),
+        user: p.actor(),
     }
 }
 

@@ -26,6 +26,7 @@ use super::{accounts, audits, datasets, events, runs, sweeps};
         audits::image, audits::examples,
         datasets::import, datasets::upload, datasets::list, datasets::read, datasets::samples,
         accounts::sign_in, accounts::me, accounts::sign_out, accounts::switch_team,
+        accounts::set_password,
         accounts::list_tokens, accounts::create_token, accounts::revoke_token,
         accounts::members, accounts::add_member, accounts::remove_member,
         health, document,

@@ -345,7 +345,7 @@ async fn evaluate(
     }
     let job = state
         .store
-        .create_evaluation_job(&id, &request, p.user_id.as_deref())
+        .create_evaluation_job(&id, &request, p.actor().as_deref())
         .await?;
     state.wake_workers();
     Ok((

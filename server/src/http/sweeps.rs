@@ -47,13 +47,19 @@ async fn create(
         .datasets
         .resolve(&mut spec.base, "base.", p.team())
         .await?;
-    let points = spec
+    let mut points = spec
         .expand(state.max_sweep_runs)
         .map_err(ApiError::InvalidSpec)?;
     let key = idempotency_key(&headers)?;
-    // Axes may name data too: every expanded run is checked.
-    for point in &points {
+    // Axes may name data too (a folder, or a registered name, or what a
+    // name was resolved to): every expanded run is checked and its names
+    // looked up again, so that no axis reaches past the team's data.
+    for point in &mut points {
         super::check_run_data(&state, &p, &point.spec, "base.")?;
+        state
+            .datasets
+            .resolve(&mut point.spec, "base.", p.team())
+            .await?;
     }
     let (sweep, created) = state
         .store

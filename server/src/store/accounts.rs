@@ -332,6 +332,7 @@ impl Store {
             role,
             scope: scope(&scope_text)?,
             site_admin: row.try_get::<Option<i64>, _>("site_admin")?.unwrap_or(0) != 0,
+            expires_at: row.try_get("expires_at")?,
             via: Via::Token { id },
         }))
     }
@@ -464,6 +465,7 @@ impl Store {
             role: role(&role_text)?,
             scope: Scope::Write,
             site_admin: row.try_get::<i64, _>("site_admin")? != 0,
+            expires_at: None,
             via: Via::Session {
                 hash: hash.to_string(),
                 csrf: row.try_get("csrf")?,

@@ -6,7 +6,7 @@ use sqlx::{AssertSqlSafe, Row};
 use sslab_shared::api::{Audit, RunStatus};
 use sslab_shared::audit::{AuditReport, AuditSpec};
 
-use super::{JobKind, Lease, Owner, Result, Store, StoreError, now_ms};
+use super::{Claimant, JobKind, Lease, Owner, Result, Store, StoreError, now_ms};
 
 const COLUMNS: &str = "id, name, status, spec, created_at, started_at, finished_at, error, \
     stage, step, total_steps, team_id, created_by";
@@ -117,14 +117,14 @@ impl Store {
 
     /// Claims the oldest queued audit. An interrupted attempt starts over:
     /// nothing of it is kept.
-    pub async fn claim_next_audit(
+    pub async fn claim_next_audit<'a>(
         &self,
-        worker: &str,
+        worker: impl Into<Claimant<'a>>,
         lease_ms: i64,
     ) -> Result<Option<(Audit, Lease)>> {
         let reset = ", step = 0, stage = ''";
         let claimed = self
-            .claim(JobKind::Audit, worker, lease_ms, reset, COLUMNS)
+            .claim(JobKind::Audit, worker.into(), lease_ms, reset, COLUMNS)
             .await?;
         claimed
             .map(|(row, lease)| Ok((from_row(&row)?, lease)))

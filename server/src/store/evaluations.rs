@@ -4,7 +4,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 use sslab_shared::api::{Evaluation, EvaluationJob, EvaluationRequest, RunStatus};
 
-use super::{JobKind, Lease, Result, Store, StoreError, now_ms};
+use super::{Claimant, JobKind, Lease, Result, Store, StoreError, now_ms};
 
 const JOB_COLUMNS: &str = "id, run_id, status, request, created_at, finished_at, error, created_by";
 
@@ -78,13 +78,19 @@ impl Store {
     /// Claims the oldest queued re-evaluation. Rows are written only with
     /// the job's end, in one transaction, so an interrupted attempt leaves
     /// nothing to clean up.
-    pub async fn claim_next_evaluation(
+    pub async fn claim_next_evaluation<'a>(
         &self,
-        worker: &str,
+        worker: impl Into<Claimant<'a>>,
         lease_ms: i64,
     ) -> Result<Option<(EvaluationJob, Lease)>> {
         let claimed = self
-            .claim(JobKind::Evaluation, worker, lease_ms, "", JOB_COLUMNS)
+            .claim(
+                JobKind::Evaluation,
+                worker.into(),
+                lease_ms,
+                "",
+                JOB_COLUMNS,
+            )
             .await?;
         claimed
             .map(|(row, lease)| Ok((job_from_row(&row)?, lease)))

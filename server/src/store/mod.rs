@@ -14,7 +14,7 @@ mod sweeps;
 mod tests;
 
 pub use accounts::NewTokenRow;
-pub use queue::{JobKind, Lease};
+pub use queue::{Claimant, JobKind, Lease};
 pub use runs::{Claim, RunFilter, is_page_token};
 
 use sqlx::AnyPool;

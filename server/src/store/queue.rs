@@ -41,6 +41,24 @@ impl JobKind {
     }
 }
 
+/// Who claims: a worker's id and what it can run beyond the plain CPU
+/// (`cuda`). A job whose `requires` is set waits for a worker that has it.
+#[derive(Debug, Clone, Copy)]
+pub struct Claimant<'a> {
+    pub id: &'a str,
+    pub capabilities: &'a [String],
+}
+
+impl<'a> From<&'a str> for Claimant<'a> {
+    /// A worker that runs what needs nothing special.
+    fn from(id: &'a str) -> Self {
+        Claimant {
+            id,
+            capabilities: &[],
+        }
+    }
+}
+
 /// A claimed job. `token` is unique to this claim: a report that carries an
 /// older claim's token (a worker that lost its lease and came back) is
 /// refused even when the same worker holds the job again.
@@ -72,14 +90,15 @@ impl Store {
         Ok(out)
     }
 
-    /// Claims the oldest queued job of `kind` for `worker`, holding it for
+    /// Claims the oldest queued job of `kind` that `worker` can run (its
+    /// `requires` empty or among the worker's capabilities), holding it for
     /// `lease_ms`. `reset` are extra `column = value` assignments of the
     /// kind (progress that a new attempt starts from); `columns` are read
     /// back from the claimed row.
     pub(super) async fn claim(
         &self,
         kind: JobKind,
-        worker: &str,
+        worker: Claimant<'_>,
         lease_ms: i64,
         reset: &str,
         columns: &str,
@@ -90,24 +109,31 @@ impl Store {
         };
         let table = kind.table();
         let token = format!(
-            "{worker}#{}",
+            "{}#{}",
+            worker.id,
             &uuid::Uuid::new_v4().simple().to_string()[..12]
         );
         let now = now_ms();
+        let can: Vec<String> = (0..worker.capabilities.len())
+            .map(|i| format!(", ${}", i + 4))
+            .collect();
         let sql = format!(
             "UPDATE {table} SET status = 'running', worker = $1, lease_expires_at = $2, \
                  started_at = $3, attempts = attempts + 1{reset} \
-             WHERE id = (SELECT id FROM {table} WHERE status = 'queued' ORDER BY created_at, id LIMIT 1 {lock}) \
+             WHERE id = (SELECT id FROM {table} WHERE status = 'queued' \
+                 AND requires IN (''{can}) ORDER BY created_at, id LIMIT 1 {lock}) \
                AND status = 'queued' \
-             RETURNING {columns}, attempts"
+             RETURNING {columns}, attempts",
+            can = can.concat()
         );
-        let Some(row) = sqlx::query(AssertSqlSafe(sql))
+        let mut query = sqlx::query(AssertSqlSafe(sql))
             .bind(&token)
             .bind(now + lease_ms)
-            .bind(now)
-            .fetch_optional(&self.pool)
-            .await?
-        else {
+            .bind(now);
+        for c in worker.capabilities {
+            query = query.bind(c);
+        }
+        let Some(row) = query.fetch_optional(&self.pool).await? else {
             return Ok(None);
         };
         let lease = Lease {

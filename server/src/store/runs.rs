@@ -5,7 +5,7 @@ use sqlx::{AssertSqlSafe, Row};
 use sslab_shared::RunSpec;
 use sslab_shared::api::{Evaluation, MetricPoint, Page, Run, RunStatus};
 
-use super::{JobKind, Lease, Owner, Result, Store, StoreError, now_ms};
+use super::{Claimant, JobKind, Lease, Owner, Result, Store, StoreError, now_ms};
 
 /// A claimed run and its lease.
 pub struct Claim {
@@ -251,10 +251,14 @@ impl Store {
     /// metrics or evaluations of an earlier life of the run); a later one
     /// (its worker died) keeps its metrics, for the worker to resume from
     /// the last checkpoint and drop only what comes after it.
-    pub async fn claim_next(&self, worker: &str, lease_ms: i64) -> Result<Option<Claim>> {
+    pub async fn claim_next<'a>(
+        &self,
+        worker: impl Into<Claimant<'a>>,
+        lease_ms: i64,
+    ) -> Result<Option<Claim>> {
         let reset = ", step = 0, epoch = 0, last_loss = NULL";
         let Some((row, lease)) = self
-            .claim(JobKind::Run, worker, lease_ms, reset, RUN_COLUMNS)
+            .claim(JobKind::Run, worker.into(), lease_ms, reset, RUN_COLUMNS)
             .await?
         else {
             return Ok(None);

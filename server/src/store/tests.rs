@@ -301,7 +301,9 @@ async fn idempotency_cancel_and_orphans() {
     assert!(!created);
     assert_eq!(a.id, b.id);
 
-    // A queued run is cancelled at once.
+    // A queued run is cancelled at once. (Later by a clock tick: runs of
+    // one millisecond are claimed in no set order.)
+    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     let queued = store
         .create_run(&spec(), &Owner::default_team(), None)
         .await
@@ -349,6 +351,39 @@ async fn idempotency_cancel_and_orphans() {
             .contains("worker stopped")
     );
     assert!(store.run("nope").await.unwrap().is_none());
+}
+
+/// A job that requires a capability waits for a worker that has it; one
+/// that requires nothing goes to any worker.
+#[tokio::test]
+async fn jobs_go_to_workers_that_can_run_them() {
+    let (store, _dir) = store().await;
+    let (run, _) = store
+        .create_run(&spec(), &Owner::default_team(), None)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE runs SET requires = 'cuda' WHERE id = $1")
+        .bind(&run.id)
+        .execute(&store.pool)
+        .await
+        .unwrap();
+    assert!(store.claim_next("cpu", 10_000).await.unwrap().is_none());
+    let cuda = ["cuda".to_string()];
+    let gpu = Claimant {
+        id: "gpu",
+        capabilities: &cuda,
+    };
+    let claimed = store.claim_next(gpu, 10_000).await.unwrap().unwrap();
+    assert_eq!(claimed.run.id, run.id);
+    assert!(claimed.lease.token.starts_with("gpu#"));
+    let (plain, _) = store
+        .create_run(&spec(), &Owner::default_team(), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.claim_next(gpu, 10_000).await.unwrap().unwrap().run.id,
+        plain.id
+    );
 }
 
 /// Every kind of job goes through the same queue: evaluation jobs and audits
