@@ -89,6 +89,14 @@ enum Command {
         /// a trusted network, reached by another name than localhost.
         #[arg(long, env = "SSLAB_INSECURE_COOKIES")]
         insecure_cookies: bool,
+        /// A reverse proxy's address (repeatable): its `X-Forwarded-For`
+        /// names the client that the sign-in back-off counts.
+        #[arg(
+            long = "trusted-proxy",
+            env = "SSLAB_TRUSTED_PROXIES",
+            value_delimiter = ','
+        )]
+        trusted_proxies: Vec<std::net::IpAddr>,
     },
     /// Teams, users and tokens: `create-team`, `create-user`,
     /// `create-token`, `list-tokens`, `revoke-token`.
@@ -196,6 +204,7 @@ async fn main() -> std::process::ExitCode {
             rate_limit,
             rate_burst,
             insecure_cookies,
+            trusted_proxies,
         } => {
             let limits = datasets::Limits {
                 max_upload: *max_upload_bytes,
@@ -212,6 +221,7 @@ async fn main() -> std::process::ExitCode {
                 cors_origins,
                 rate: (*rate_limit, *rate_burst),
                 secure_cookies: !*insecure_cookies,
+                trusted_proxies,
             };
             serve(&cli, options).await
         }
@@ -289,6 +299,7 @@ async fn bare_state(cli: &Cli) -> anyhow::Result<http::AppState> {
         rate_limit: None,
         metrics: http::Metrics::new(),
         secure_cookies: true,
+        trusted_proxies: Arc::new(Vec::new()),
     })
 }
 
@@ -315,6 +326,7 @@ struct ServeOptions<'a> {
     /// Requests per second and burst per token.
     rate: (u32, u32),
     secure_cookies: bool,
+    trusted_proxies: &'a [std::net::IpAddr],
 }
 
 async fn serve(cli: &Cli, options: ServeOptions<'_>) -> anyhow::Result<()> {
@@ -328,6 +340,7 @@ async fn serve(cli: &Cli, options: ServeOptions<'_>) -> anyhow::Result<()> {
         cors_origins,
         rate,
         secure_cookies,
+        trusted_proxies,
     } = options;
     let cors_origins = cors_origins
         .iter()
@@ -371,6 +384,7 @@ async fn serve(cli: &Cli, options: ServeOptions<'_>) -> anyhow::Result<()> {
         rate_limit: auth::limiter(rate.0, rate.1),
         metrics: http::Metrics::new(),
         secure_cookies,
+        trusted_proxies: Arc::new(trusted_proxies.to_vec()),
     };
     if let Some(limiter) = state.rate_limit.clone() {
         // Forget tokens that have been quiet, now and then.

@@ -826,3 +826,30 @@ async fn requests_are_limited_per_token() {
         200
     );
 }
+
+/// Behind a proxy the operator names, the back-off counts the client the
+/// proxy names; otherwise `X-Forwarded-For` is ignored.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_back_off_counts_the_client_behind_a_trusted_proxy() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(dir.path(), None, &[("SSLAB_TRUSTED_PROXIES", "127.0.0.1")]);
+    let attempt = |name: &'static str, from: &'static str| {
+        reqwest::Client::new()
+            .post(server.url("/sign-in"))
+            .header("x-forwarded-for", from)
+            .json(&json!({"name": name, "password": "guess-guess"}))
+            .send()
+    };
+    let mut last = 0;
+    for i in 0..7 {
+        // Each try names another account: only the address adds up.
+        let names = ["a1", "a2", "a3", "a4", "a5", "a6", "a7"];
+        last = attempt(names[i], "10.0.0.1")
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+    }
+    assert_eq!(last, 429);
+    assert_eq!(attempt("b1", "10.0.0.2").await.unwrap().status(), 401);
+}

@@ -50,6 +50,16 @@ pub enum AdminCommand {
         #[arg(long, conflicts_with_all = ["user", "team"])]
         site: bool,
     },
+    /// A new one-time sign-in link for an existing user (24 h).
+    SignInLink {
+        name: String,
+        /// The team the link signs into; their only team when not given.
+        #[arg(long)]
+        team: Option<String>,
+        /// The server's address, for the link.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+    },
     /// Sets a user's password, read from standard input (one line).
     SetPassword {
         name: String,
@@ -164,6 +174,32 @@ pub async fn run(command: &AdminCommand, store: &Store) -> anyhow::Result<()> {
                 created.token.scope.as_str()
             );
             println!("{}", created.secret);
+        }
+        AdminCommand::SignInLink { name, team, url } => {
+            let user = store
+                .user_by_name(name)
+                .await?
+                .with_context(|| format!("no user named `{name}`"))?;
+            let teams = store.teams_of(&user.id).await?;
+            let team_id = match team {
+                Some(t) => {
+                    let id = team_id(store, t).await?;
+                    if !teams.iter().any(|m| m.id == id) {
+                        bail!("`{name}` is not a member of `{t}`");
+                    }
+                    id
+                }
+                None => match teams.as_slice() {
+                    [only] => only.id.clone(),
+                    [] => bail!("`{name}` belongs to no team"),
+                    _ => bail!("`{name}` is in several teams: add `--team`"),
+                },
+            };
+            let code = issue_sign_in_code(store, &user.id, &team_id)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("one-time sign-in link for `{name}` (24 h):");
+            println!("{}/signin?code={code}", url.trim_end_matches('/'));
         }
         AdminCommand::SetPassword { name, .. } => {
             let user = store

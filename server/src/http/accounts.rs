@@ -42,19 +42,36 @@ pub fn team_router() -> Router<AppState> {
         .route("/members/{user_id}", delete(remove_member))
 }
 
-/// The address a request came from, when the server knows it.
+/// The address a request came from, when the server knows it: the peer,
+/// or behind a proxy the operator trusts (`--trusted-proxy`), the last
+/// address that proxy added to `X-Forwarded-For`.
 struct Peer(Option<IpAddr>);
 
-impl<S: Send + Sync> FromRequestParts<S> for Peer {
+impl FromRequestParts<AppState> for Peer {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(Peer(
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        let forwarded = || {
             parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0.ip()),
-        ))
+                .headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .filter_map(|a| a.trim().parse::<IpAddr>().ok())
+                .next_back()
+        };
+        Ok(Peer(match peer {
+            Some(ip) if state.trusted_proxies.contains(&ip) => forwarded().or(peer),
+            _ => peer,
+        }))
     }
 }
 

@@ -51,6 +51,8 @@ pub struct AppState {
     /// Mark the session cookie `Secure` (off only for plain HTTP on a
     /// trusted network other than localhost: `--insecure-cookies`).
     pub secure_cookies: bool,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (`--trusted-proxy`).
+    pub trusted_proxies: Arc<Vec<std::net::IpAddr>>,
 }
 
 impl AppState {
