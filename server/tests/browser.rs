@@ -395,6 +395,13 @@ async fn launch_watch_and_read_a_run_in_chromium() {
         .script("return document.querySelector('#run-status').textContent")
         .await;
     assert_eq!(status.as_str(), Some("succeeded"));
+    let by = wait_script(
+        &browser,
+        "const b = document.querySelector('#launched-by'); return b && b.textContent ? b.textContent : null",
+        30,
+    )
+    .await;
+    assert_eq!(by.as_str(), Some(" · launched by rita"));
     browser
         .screenshot(&std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("run-page.png"))
         .await;

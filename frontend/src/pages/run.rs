@@ -138,10 +138,25 @@ pub fn RunPage() -> impl IntoView {
             }
         });
     });
+    // Who launched it, by name: the team's members are readable by all of it.
+    let members = LocalResource::new(|| api::get::<Vec<sslab_shared::auth::Member>>("/members"));
+    let launched_by = move |by: Option<String>| {
+        let by = by?;
+        let name = members
+            .get()
+            .and_then(|m| m.ok())
+            .and_then(|m| m.into_iter().find(|m| m.user_id == by).map(|m| m.name));
+        Some(match name {
+            Some(n) => format!(" · launched by {n}"),
+            None if by.starts_with("token:") => " · launched by a service token".to_string(),
+            None => String::new(),
+        })
+    };
     view! {
         {move || error.get().map(|e| view! { <p class="error">{e}</p> })}
         {move || run.get().map(|r| {
             let active = !r.status.is_terminal();
+            let by = r.created_by.clone();
             view! {
                 <div class="bar">
                     <h1>{r.name.clone()}</h1>
@@ -153,6 +168,7 @@ pub fn RunPage() -> impl IntoView {
                 <p class="meta">
                     {format!("{} · {} · created {} · step {}/{} · epoch {}",
                         r.method, r.backbone, time_text(r.created_at), r.step, r.total_steps, r.epoch + 1)}
+                    <span id="launched-by">{move || launched_by(by.clone()).unwrap_or_default()}</span>
                 </p>
                 {r.error.clone().map(|e| view! { <p class="error" id="run-error">{e}</p> })}
             }
