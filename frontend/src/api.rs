@@ -141,50 +141,44 @@ pub async fn upload<T: DeserializeOwned>(path: &str, file: web_sys::File) -> Res
     decode(resp).await
 }
 
-/// DELETEs `path`; the answer has no body.
+/// Sends a change whose answer has no body (204); an error answer is decoded.
+async fn send_empty(request: RequestBuilder, body: Option<String>) -> Result<(), ApiFailure> {
+    let request = with_csrf(request).await;
+    let resp = match body {
+        Some(text) => {
+            request
+                .header("content-type", "application/json")
+                .body(text)
+                .map_err(network)?
+                .send()
+                .await
+        }
+        None => request.send().await,
+    }
+    .map_err(network)?;
+    if resp.ok() {
+        return Ok(());
+    }
+    decode::<serde_json::Value>(resp).await.map(|_| ())
+}
+
+/// DELETEs `path`.
 pub async fn delete(path: &str) -> Result<(), ApiFailure> {
-    let resp = with_csrf(Request::delete(&format!("/api/v1{path}")))
-        .await
-        .send()
-        .await
-        .map_err(network)?;
-    if resp.ok() {
-        return Ok(());
-    }
-    decode::<serde_json::Value>(resp).await.map(|_| ())
+    send_empty(Request::delete(&format!("/api/v1{path}")), None).await
 }
 
-/// POSTs and expects no body back (204).
+/// POSTs nothing.
 pub async fn post_empty(path: &str) -> Result<(), ApiFailure> {
-    let resp = with_csrf(Request::post(&format!("/api/v1{path}")))
-        .await
-        .send()
-        .await
-        .map_err(network)?;
-    if resp.ok() {
-        return Ok(());
-    }
-    decode::<serde_json::Value>(resp).await.map(|_| ())
+    send_empty(Request::post(&format!("/api/v1{path}")), None).await
 }
 
-/// POSTs `body` as JSON and expects no body back (204).
+/// POSTs `body` as JSON.
 pub async fn post_json_empty(path: &str, body: &impl serde::Serialize) -> Result<(), ApiFailure> {
     let text = serde_json::to_string(body).map_err(|e| ApiFailure {
         message: e.to_string(),
         field: None,
     })?;
-    let resp = with_csrf(Request::post(&format!("/api/v1{path}")))
-        .await
-        .header("content-type", "application/json")
-        .body(text)
-        .map_err(network)?
-        .send()
-        .await
-        .map_err(network)?;
-    if resp.ok() {
-        return Ok(());
-    }
-    decode::<serde_json::Value>(resp).await.map(|_| ())
+    send_empty(Request::post(&format!("/api/v1{path}")), Some(text)).await
 }
 
 /// Text safe inside a query string value.

@@ -63,19 +63,6 @@ fn sslab(dir: &Path, url: Option<&str>, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn png(colour: [u8; 3], seed: u32) -> Vec<u8> {
-    let img = image::RgbImage::from_fn(16, 16, |x, y| {
-        if (x * 3 + y + seed).is_multiple_of(4) {
-            image::Rgb([255 - colour[0], 255 - colour[1], 255 - colour[2]])
-        } else {
-            image::Rgb(colour)
-        }
-    });
-    let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
-    out.into_inner()
-}
-
 /// Team A's objects, one of each kind, by the path parameter that names them.
 struct Objects {
     run: String,
@@ -230,7 +217,11 @@ async fn authorization(server: &Server, url: Option<&str>) {
     for (c, colour) in [("cat", [200, 40, 40]), ("dog", [40, 200, 40])] {
         std::fs::create_dir_all(folder.join(c)).unwrap();
         for i in 0..6 {
-            std::fs::write(folder.join(c).join(format!("{i}.png")), png(colour, i)).unwrap();
+            std::fs::write(
+                folder.join(c).join(format!("{i}.png")),
+                common::png(colour, i),
+            )
+            .unwrap();
         }
     }
     let folder_text = folder.to_string_lossy().into_owned();

@@ -18,19 +18,6 @@ const LIMITS: [(&str, &str); 2] = [
     ("SSLAB_MAX_UNPACKED_BYTES", "4000000"),
 ];
 
-fn png(colour: [u8; 3], seed: u32) -> Vec<u8> {
-    let img = image::RgbImage::from_fn(20, 16, |x, y| {
-        if (x + y + seed).is_multiple_of(5) {
-            image::Rgb([255 - colour[0], 255 - colour[1], 255 - colour[2]])
-        } else {
-            image::Rgb(colour)
-        }
-    });
-    let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
-    out.into_inner()
-}
-
 fn tar_of(entries: &[(String, Vec<u8>)]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for (name, data) in entries {
@@ -55,7 +42,7 @@ fn pet_files() -> Vec<(String, Vec<u8>)> {
         ("fox", [40, 40, 200]),
     ] {
         for i in 0..20 {
-            out.push((format!("pets/{c}/{i:02}.png"), png(colour, i)));
+            out.push((format!("pets/{c}/{i:02}.png"), common::png(colour, i)));
         }
     }
     out.push(("pets/readme.txt".into(), b"three classes".to_vec()));
@@ -155,7 +142,7 @@ async fn datasets_api(server: &Server) {
     let cases: Vec<(&str, Vec<u8>, &[&str])> = vec![
         (
             "traversal",
-            tar_of(&[("../evil.png".into(), png([1, 2, 3], 0))]),
+            tar_of(&[("../evil.png".into(), common::png([1, 2, 3], 0))]),
             &["../evil.png", "outside"],
         ),
         ("bomb", bomb, &["pets/cat/big.png", "zip bomb"]),

@@ -177,6 +177,20 @@ pub fn last_line(out: &str) -> String {
     out.lines().last().unwrap_or_default().trim().to_string()
 }
 
+/// A 20×16 PNG of one colour with a pattern in its complement.
+pub fn png(colour: [u8; 3], seed: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(20, 16, |x, y| {
+        if (x + y + seed).is_multiple_of(5) {
+            image::Rgb([255 - colour[0], 255 - colour[1], 255 - colour[2]])
+        } else {
+            image::Rgb(colour)
+        }
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
 /// A run that takes a second or two on a CPU.
 pub fn tiny_spec(epochs: usize) -> Value {
     json!({
