@@ -3,6 +3,7 @@
 //! reports through an [`train::Observer`].
 
 pub mod augment;
+pub mod cka;
 pub mod data;
 pub mod dejavu;
 pub mod error;
