@@ -160,6 +160,30 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// How alike two finished runs' representations are, layer by layer
+    /// (CKA), on the same held-out images; writes OUT/cka.json.
+    Cka {
+        /// A folder `sslab train` wrote (the matrix's rows).
+        #[arg(long)]
+        a: PathBuf,
+        /// Another (or the same) run folder (the columns).
+        #[arg(long)]
+        b: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// A data spec in TOML (a recipe's `[data]` keys); default: the runs'
+        /// own data, which must be the same. Its test split is compared on.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// The first run's layers, comma-separated; default: all.
+        #[arg(long)]
+        layers_a: Option<String>,
+        #[arg(long)]
+        layers_b: Option<String>,
+        /// Minibatch CKA (unbiased HSIC) over batches of N images.
+        #[arg(long)]
+        minibatch: Option<usize>,
+    },
     /// Create or update the database schema, then exit.
     Migrate,
     /// Every API path this build serves, one a line (the tests walk them).
@@ -256,6 +280,26 @@ async fn main() -> std::process::ExitCode {
             cli::train::evaluate(run, spec, out.as_deref(), || registry(&cli)).await
         }
         Command::Audit { spec, out } => cli::audit::run(spec, out).await,
+        Command::Cka {
+            a,
+            b,
+            out,
+            data,
+            layers_a,
+            layers_b,
+            minibatch,
+        } => {
+            let request = cli::cka::Request {
+                a,
+                b,
+                out,
+                data: data.as_deref(),
+                layers_a: layers_a.as_deref(),
+                layers_b: layers_b.as_deref(),
+                minibatch: *minibatch,
+            };
+            cli::cka::run(request, || registry(&cli)).await
+        }
         Command::Routes => {
             async {
                 let state = bare_state(&cli).await?;

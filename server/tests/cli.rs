@@ -778,3 +778,95 @@ knn_k = 5
             .starts_with("sha256:")
     );
 }
+
+/// `sslab cka`: a run against itself is 1 on the diagonal; two runs give a
+/// layer × layer matrix in [0, 1]; a layer that does not exist, runs on
+/// other data and a too-small minibatch are refused by name.
+#[test]
+fn cka_compares_two_runs_layer_by_layer() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("run.toml");
+    std::fs::write(&spec, TINY).unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    assert!(train(&spec, &a).status.success());
+    std::fs::write(&spec, TINY.replace("seed = 2", "seed = 9")).unwrap();
+    assert!(train(&spec, &b).status.success());
+    let cka = |args: &[&str]| {
+        let mut all = vec![
+            "cka",
+            "--a",
+            a.to_str().unwrap(),
+            "--out",
+            dir.path().to_str().unwrap(),
+        ];
+        all.extend_from_slice(args);
+        sslab(&all)
+    };
+    let read = || -> Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("cka.json")).unwrap())
+            .unwrap()
+    };
+
+    let res = cka(&["--b", a.to_str().unwrap()]);
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let same = read();
+    assert_eq!(
+        same["a"]["layers"],
+        serde_json::json!(["backbone", "proj.0", "proj.1"])
+    );
+    assert_eq!(same["settings"]["kind"], "linear");
+    assert_eq!(same["settings"]["images"], 24);
+    for i in 0..3 {
+        let v = same["matrix"][i][i].as_f64().unwrap();
+        assert!((v - 1.0).abs() < 1e-6, "{same}");
+    }
+
+    let res = cka(&[
+        "--b",
+        b.to_str().unwrap(),
+        "--layers-b",
+        "backbone,proj.1",
+        "--minibatch",
+        "8",
+    ]);
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let other = read();
+    assert_eq!(
+        other["b"]["layers"],
+        serde_json::json!(["backbone", "proj.1"])
+    );
+    assert_eq!(other["settings"]["kind"], "minibatch");
+    let m = other["matrix"].as_array().unwrap();
+    assert_eq!((m.len(), m[0].as_array().unwrap().len()), (3, 2));
+    for v in m.iter().flat_map(|r| r.as_array().unwrap()) {
+        let v = v.as_f64().unwrap();
+        assert!((-0.5..=1.0 + 1e-9).contains(&v), "{other}");
+    }
+
+    let res = cka(&["--b", b.to_str().unwrap(), "--layers-a", "proj.7"]);
+    assert!(!res.status.success());
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(
+        err.contains("no layer `proj.7`") && err.contains("backbone, proj.0, proj.1"),
+        "{err}"
+    );
+
+    let c = dir.path().join("c");
+    std::fs::write(&spec, TINY.replace("classes = 3", "classes = 4")).unwrap();
+    assert!(train(&spec, &c).status.success());
+    let res = cka(&["--b", c.to_str().unwrap()]);
+    assert!(!res.status.success());
+    assert!(String::from_utf8_lossy(&res.stderr).contains("different data"));
+
+    let res = cka(&["--b", b.to_str().unwrap(), "--minibatch", "2"]);
+    assert!(!res.status.success());
+    assert!(String::from_utf8_lossy(&res.stderr).contains("at least 4"));
+}

@@ -1,8 +1,9 @@
 //! The command line's commands that run on this machine without a server:
-//! `sslab train`, `eval`, `sweep`, `audit` and `data`.
+//! `sslab train`, `eval`, `sweep`, `audit`, `cka` and `data`.
 
 pub mod admin;
 pub mod audit;
+pub mod cka;
 pub mod data;
 pub mod sweep;
 pub mod train;

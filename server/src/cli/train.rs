@@ -387,18 +387,8 @@ struct RunFileIn {
     status: RunStatus,
 }
 
-/// `sslab eval --run DIR --spec FILE`: the run's final weights, a new plan.
-/// `registry` is opened only when the plan's `eval.data` names a data set.
-pub async fn evaluate<F, R>(
-    run_dir: &Path,
-    spec_path: &Path,
-    out: Option<&Path>,
-    registry: F,
-) -> anyhow::Result<()>
-where
-    F: FnOnce() -> R,
-    R: Future<Output = anyhow::Result<crate::datasets::Registry>>,
-{
+/// The spec and final weights of a run folder `sslab train` finished.
+pub fn finished_run(run_dir: &Path) -> anyhow::Result<(RunSpec, PathBuf)> {
     let run_file = run_dir.join("run.json");
     let text = std::fs::read_to_string(&run_file).with_context(|| {
         format!(
@@ -419,9 +409,25 @@ where
     if !checkpoint.is_file() {
         bail!("{} is missing", checkpoint.display());
     }
+    Ok((run.spec, checkpoint))
+}
+
+/// `sslab eval --run DIR --spec FILE`: the run's final weights, a new plan.
+/// `registry` is opened only when the plan's `eval.data` names a data set.
+pub async fn evaluate<F, R>(
+    run_dir: &Path,
+    spec_path: &Path,
+    out: Option<&Path>,
+    registry: F,
+) -> anyhow::Result<()>
+where
+    F: FnOnce() -> R,
+    R: Future<Output = anyhow::Result<crate::datasets::Registry>>,
+{
+    let (spec, checkpoint) = finished_run(run_dir)?;
     let plan = std::fs::read_to_string(spec_path)
         .with_context(|| format!("cannot read the plan {}", spec_path.display()))?;
-    let mut request = EvaluationRequest::parse(&plan, true, &run.spec.layer_names())
+    let mut request = EvaluationRequest::parse(&plan, true, &spec.layer_names())
         .map_err(|e| anyhow::anyhow!("{}: invalid plan: {e}", spec_path.display()))?;
     if let Some(data) = request
         .eval
@@ -443,7 +449,7 @@ where
         .map(Path::to_path_buf)
         .unwrap_or_else(|| run_dir.join(format!("evaluations-{stem}.json")));
     let rows = tokio::task::spawn_blocking(move || {
-        let spec = run.spec.into_valid()?;
+        let spec = spec.into_valid()?;
         let device = sslab_engine::default_device();
         sslab_engine::eval::evaluate_checkpoint(&spec, &checkpoint, &request.eval, &device)
     })
