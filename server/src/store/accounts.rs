@@ -205,45 +205,55 @@ impl Store {
         Ok(gone > 0)
     }
 
-    pub async fn members(&self, team_id: &str) -> Result<Vec<Member>> {
-        sqlx::query(
-            "SELECT u.id, u.name, m.role FROM memberships m JOIN users u ON u.id = m.user_id \
-             WHERE m.team_id = $1 ORDER BY u.name",
-        )
-        .bind(team_id)
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|r| {
-            let role_text: String = r.try_get("role")?;
-            Ok(Member {
-                user_id: r.try_get("id")?,
-                name: r.try_get("name")?,
-                role: role(&role_text)?,
+    /// `(id, name, role)` rows of a membership query bound to `key`.
+    async fn memberships(
+        &self,
+        sql: &'static str,
+        key: &str,
+    ) -> Result<Vec<(String, String, Role)>> {
+        sqlx::query(sql)
+            .bind(key)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| {
+                let role_text: String = r.try_get("role")?;
+                Ok((r.try_get("id")?, r.try_get("name")?, role(&role_text)?))
             })
-        })
-        .collect()
+            .collect()
+    }
+
+    pub async fn members(&self, team_id: &str) -> Result<Vec<Member>> {
+        let rows = self
+            .memberships(
+                "SELECT u.id, u.name, m.role FROM memberships m JOIN users u ON u.id = m.user_id \
+                 WHERE m.team_id = $1 ORDER BY u.name",
+                team_id,
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(user_id, name, role)| Member {
+                user_id,
+                name,
+                role,
+            })
+            .collect())
     }
 
     /// The teams a user belongs to, by name.
     pub async fn teams_of(&self, user_id: &str) -> Result<Vec<TeamRole>> {
-        sqlx::query(
-            "SELECT t.id, t.name, m.role FROM memberships m JOIN teams t ON t.id = m.team_id \
-             WHERE m.user_id = $1 ORDER BY t.name",
-        )
-        .bind(user_id)
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|r| {
-            let role_text: String = r.try_get("role")?;
-            Ok(TeamRole {
-                id: r.try_get("id")?,
-                name: r.try_get("name")?,
-                role: role(&role_text)?,
-            })
-        })
-        .collect()
+        let rows = self
+            .memberships(
+                "SELECT t.id, t.name, m.role FROM memberships m JOIN teams t ON t.id = m.team_id \
+                 WHERE m.user_id = $1 ORDER BY t.name",
+                user_id,
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, name, role)| TeamRole { id, name, role })
+            .collect())
     }
 
     /// Stores a token; returns its id.
