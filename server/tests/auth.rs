@@ -13,7 +13,7 @@ use std::process::Command;
 
 use common::{
     Server, admin, allowed_methods, assert_succeeded, client_with, create, fresh_postgres_database,
-    last_line, routes, tiny_spec, wait_terminal,
+    get_json, last_line, routes, tiny_spec, wait_terminal,
 };
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -240,22 +240,8 @@ async fn authorization(server: &Server, url: Option<&str>) {
             "16",
         ],
     );
-    let tokens: Vec<Value> = a
-        .get(server.url("/tokens"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let members: Vec<Value> = a
-        .get(server.url("/members"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let tokens: Vec<Value> = get_json(&a, server.url("/tokens")).await;
+    let members: Vec<Value> = get_json(&a, server.url("/members")).await;
     let objects = Objects {
         run: run.id.clone(),
         sweep: sweep["id"]
@@ -400,23 +386,9 @@ async fn authorization(server: &Server, url: Option<&str>) {
     let resp = metrics_only.get(server.url("/runs")).send().await.unwrap();
     assert_eq!(resp.status(), 403);
     // Nothing of A's changed: the run is as it was, vic still a member.
-    let again: Value = a
-        .get(server.url(&format!("/runs/{}", run.id)))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let again: Value = get_json(&a, server.url(&format!("/runs/{}", run.id))).await;
     assert_eq!(again["status"], "succeeded");
-    let members: Vec<Value> = a
-        .get(server.url("/members"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let members: Vec<Value> = get_json(&a, server.url("/members")).await;
     assert!(members.iter().any(|m| m["name"] == "vic"));
 
     tokens_behave(server, url).await;

@@ -99,11 +99,7 @@ impl Store {
             .bind(now_ms())
             .execute(&self.pool)
             .await;
-        match inserted {
-            Ok(_) => Ok(Some(id)),
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        Ok(super::inserted(inserted)?.then_some(id))
     }
 
     /// A team's id by its name.
@@ -134,11 +130,7 @@ impl Store {
         .bind(now_ms())
         .execute(&self.pool)
         .await;
-        match inserted {
-            Ok(_) => Ok(Some(id)),
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        Ok(super::inserted(inserted)?.then_some(id))
     }
 
     pub async fn user_by_name(&self, name: &str) -> Result<Option<User>> {

@@ -33,11 +33,7 @@ impl Store {
         .bind(owner.user.as_deref())
         .execute(&self.pool)
         .await;
-        match inserted {
-            Ok(_) => Ok(true),
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(false),
-            Err(e) => Err(e.into()),
-        }
+        super::inserted(inserted)
     }
 
     /// The team's data set of that name.

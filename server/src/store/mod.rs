@@ -60,6 +60,17 @@ impl Owner {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// Whether an insert wrote its row: `false` when a unique key was taken.
+pub(crate) fn inserted(
+    result: std::result::Result<sqlx::any::AnyQueryResult, sqlx::Error>,
+) -> Result<bool> {
+    match result {
+        Ok(_) => Ok(true),
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
     Sqlite,
