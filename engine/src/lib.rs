@@ -8,6 +8,7 @@ pub mod data;
 pub mod dejavu;
 pub mod error;
 pub mod eval;
+pub mod export;
 pub mod method;
 pub mod model;
 pub mod ops;

@@ -1,4 +1,5 @@
-//! Files a run leaves behind, under `DATA_DIR/artifacts/runs/ID/`.
+//! Files jobs leave behind, under `DATA_DIR/artifacts/`: `runs/ID/`,
+//! `audits/ID/` and published demos' bundles, `demos/SLUG/`.
 
 use std::path::{Path, PathBuf};
 
@@ -21,6 +22,11 @@ impl Artifacts {
     /// An audit's two checkpoints and its `examples.csv`.
     pub fn audit_dir(&self, id: &str) -> PathBuf {
         self.root.join("audits").join(id)
+    }
+
+    /// A published demo's bundle files.
+    pub fn demo_dir(&self, slug: &str) -> PathBuf {
+        self.root.join("demos").join(slug)
     }
 
     pub fn checkpoint(&self, id: &str) -> PathBuf {

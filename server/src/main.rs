@@ -7,6 +7,7 @@ mod auth;
 mod cli;
 mod csv;
 mod datasets;
+mod demos;
 mod http;
 mod store;
 mod sweep;
@@ -97,6 +98,9 @@ enum Command {
             value_delimiter = ','
         )]
         trusted_proxies: Vec<std::net::IpAddr>,
+        /// MiB a published demo bundle may weigh.
+        #[arg(long, env = "SSLAB_MAX_DEMO_MIB", default_value_t = sslab_engine::export::DEFAULT_MAX_BYTES >> 20)]
+        max_demo_mib: u64,
     },
     /// Teams, users and tokens: `create-team`, `create-user`,
     /// `create-token`, `list-tokens`, `revoke-token`.
@@ -184,6 +188,33 @@ enum Command {
         #[arg(long)]
         minibatch: Option<usize>,
     },
+    /// A demo bundle for the browser demo from a finished audit's or run's
+    /// folder: encoders, their embeddings of a public set, thumbnails and
+    /// demo images, named with sizes and hashes in OUT/manifest.json.
+    Export {
+        /// A folder `sslab audit` wrote.
+        #[arg(long, conflicts_with = "run")]
+        audit: Option<PathBuf>,
+        /// A folder `sslab train` wrote.
+        #[arg(long)]
+        run: Option<PathBuf>,
+        /// A new or empty folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// A run's public set: a data spec in TOML (a recipe's `[data]`
+        /// keys); default: the run's held-out split.
+        #[arg(long)]
+        public: Option<PathBuf>,
+        /// A run's layer to embed at; default `backbone`.
+        #[arg(long)]
+        layer: Option<String>,
+        /// Weights as f16 (half the size).
+        #[arg(long)]
+        f16: bool,
+        /// Refuse bundles larger than this many MiB.
+        #[arg(long, default_value_t = 64)]
+        max_mib: u64,
+    },
     /// Create or update the database schema, then exit.
     Migrate,
     /// Every API path this build serves, one a line (the tests walk them).
@@ -229,6 +260,7 @@ async fn main() -> std::process::ExitCode {
             rate_burst,
             insecure_cookies,
             trusted_proxies,
+            max_demo_mib,
         } => {
             let limits = datasets::Limits {
                 max_upload: *max_upload_bytes,
@@ -246,6 +278,7 @@ async fn main() -> std::process::ExitCode {
                 rate: (*rate_limit, *rate_burst),
                 secure_cookies: !*insecure_cookies,
                 trusted_proxies,
+                max_demo_mib: *max_demo_mib,
             };
             serve(&cli, options).await
         }
@@ -300,6 +333,26 @@ async fn main() -> std::process::ExitCode {
             };
             cli::cka::run(request, || registry(&cli)).await
         }
+        Command::Export {
+            audit,
+            run,
+            out,
+            public,
+            layer,
+            f16,
+            max_mib,
+        } => {
+            let request = cli::export::Request {
+                audit: audit.as_deref(),
+                run: run.as_deref(),
+                out,
+                public: public.as_deref(),
+                layer: layer.as_deref(),
+                f16: *f16,
+                max_mib: *max_mib,
+            };
+            cli::export::run(request, || registry(&cli)).await
+        }
         Command::Routes => {
             async {
                 let state = bare_state(&cli).await?;
@@ -344,6 +397,7 @@ async fn bare_state(cli: &Cli) -> anyhow::Result<http::AppState> {
         metrics: http::Metrics::new(),
         secure_cookies: true,
         trusted_proxies: Arc::new(Vec::new()),
+        max_demo_bytes: 0,
     })
 }
 
@@ -371,6 +425,7 @@ struct ServeOptions<'a> {
     rate: (u32, u32),
     secure_cookies: bool,
     trusted_proxies: &'a [std::net::IpAddr],
+    max_demo_mib: u64,
 }
 
 async fn serve(cli: &Cli, options: ServeOptions<'_>) -> anyhow::Result<()> {
@@ -385,6 +440,7 @@ async fn serve(cli: &Cli, options: ServeOptions<'_>) -> anyhow::Result<()> {
         rate,
         secure_cookies,
         trusted_proxies,
+        max_demo_mib,
     } = options;
     let cors_origins = cors_origins
         .iter()
@@ -429,6 +485,7 @@ async fn serve(cli: &Cli, options: ServeOptions<'_>) -> anyhow::Result<()> {
         metrics: http::Metrics::new(),
         secure_cookies,
         trusted_proxies: Arc::new(trusted_proxies.to_vec()),
+        max_demo_bytes: max_demo_mib << 20,
     };
     if let Some(limiter) = state.rate_limit.clone() {
         // Forget tokens that have been quiet, now and then.

@@ -12,6 +12,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::{
+    export_run, publish, tar_dir,
     Server, admin, allowed_methods, assert_succeeded, client_with, create, fresh_postgres_database,
     get_json, last_line, routes, tiny_spec, wait_terminal,
 };
@@ -19,10 +20,12 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 /// What anyone may call.
-const PUBLIC: [(&str, &str); 3] = [
+const PUBLIC: [(&str, &str); 5] = [
     ("GET", "/api/v1/health"),
     ("GET", "/api/v1/openapi.json"),
     ("POST", "/api/v1/sign-in"),
+    ("GET", "/api/v1/public/demos/{slug}"),
+    ("GET", "/api/v1/public/demos/{slug}/files/{sha256}"),
 ];
 
 /// Changes a viewer may make: their own session and tokens.
@@ -72,6 +75,9 @@ struct Objects {
     dataset: String,
     token: String,
     member: String,
+    /// A published demo's slug, and the hash of one of its files.
+    demo: String,
+    demo_file: String,
 }
 
 impl Objects {
@@ -93,6 +99,8 @@ impl Objects {
                 ("tokens", "{id}") => &self.token,
                 ("members", "{user_id}") => &self.member,
                 ("images", "{file}") => "0.png",
+                ("demos", "{slug}") => &self.demo,
+                ("files", "{sha256}") => &self.demo_file,
                 (before, param) => panic!(
                     "no test object for `{param}` after `{before}` in {path}: add one to Objects"
                 ),
@@ -102,8 +110,9 @@ impl Objects {
         out.join("/")
     }
 
-    fn ids(&self) -> [&str; 6] {
+    fn ids(&self) -> [&str; 7] {
         [
+            &self.demo,
             &self.run,
             &self.sweep,
             &self.audit,
@@ -240,6 +249,16 @@ async fn authorization(server: &Server, url: Option<&str>) {
             "16",
         ],
     );
+    let work = tempfile::tempdir().unwrap();
+    let bundle = export_run(work.path(), "demo", &tiny_spec(1), &[]);
+    let published = publish(&a, server, tar_dir(&bundle)).await;
+    assert_eq!(published.status(), 201);
+    let demo: Value = published.json().await.unwrap();
+    let manifest: Value = get_json(
+        &anonymous,
+        server.url(&format!("/public/demos/{}", demo["slug"].as_str().unwrap())),
+    )
+    .await;
     let tokens: Vec<Value> = get_json(&a, server.url("/tokens")).await;
     let members: Vec<Value> = get_json(&a, server.url("/members")).await;
     let objects = Objects {
@@ -258,6 +277,8 @@ async fn authorization(server: &Server, url: Option<&str>) {
             .and_then(|m| m["user_id"].as_str())
             .unwrap()
             .into(),
+        demo: demo["slug"].as_str().unwrap().into(),
+        demo_file: manifest["files"][0]["sha256"].as_str().unwrap().into(),
     };
 
     // Every route of the router, as the binary itself lists them.
@@ -390,6 +411,8 @@ async fn authorization(server: &Server, url: Option<&str>) {
     assert_eq!(again["status"], "succeeded");
     let members: Vec<Value> = get_json(&a, server.url("/members")).await;
     assert!(members.iter().any(|m| m["name"] == "vic"));
+    let demos: Vec<Value> = get_json(&a, server.url("/demos")).await;
+    assert_eq!(demos.len(), 1, "{demos:?}");
 
     tokens_behave(server, url).await;
     cookies_and_csrf(server, url).await;

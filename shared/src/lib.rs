@@ -5,6 +5,7 @@ pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod dataset;
+pub mod demo;
 pub mod error;
 pub mod rng;
 pub mod spec;

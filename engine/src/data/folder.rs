@@ -110,14 +110,55 @@ fn decode_mapped(path: &Path, size: usize) -> Result<(Vec<u8>, Mapping)> {
     let img = image::load_from_memory(&bytes).map_err(|e| {
         EngineError::Data(format!("{} is not a readable image: {e}", path.display()))
     })?;
+    Ok(square(&img, size))
+}
+
+/// Largest side of an image `decode_bytes` takes.
+pub const MAX_SIDE: u32 = 8192;
+
+/// Decodes an image file's bytes (PNG or JPEG, at most [`MAX_SIDE`] pixels
+/// a side) into `size`×`size` RGB bytes, as image folders are read.
+pub fn decode_bytes(bytes: &[u8], size: usize) -> Result<Vec<u8>> {
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| EngineError::Data(format!("cannot read the image: {e}")))?;
+    if reader.format().is_none() {
+        return Err(EngineError::Data(
+            "not an image: expected a PNG or JPEG file".into(),
+        ));
+    }
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    reader.limits(limits);
+    let img = reader.decode().map_err(|e| match e {
+        image::ImageError::Limits(_) => EngineError::Data(format!(
+            "the image is too large: at most {MAX_SIDE}×{MAX_SIDE} pixels"
+        )),
+        e => EngineError::Data(format!("not a readable image: {e}")),
+    })?;
+    if (img.width(), img.height()) == (size as u32, size as u32) {
+        // Exactly the models' size: the pixels as they are.
+        return Ok(over_black(&img).into_raw());
+    }
+    Ok(square(&img, size).0)
+}
+
+/// Alpha over black, explicitly.
+fn over_black(img: &image::DynamicImage) -> image::RgbImage {
     let rgba = img.to_rgba8();
     let (w, h) = rgba.dimensions();
-    // Alpha over black, explicitly.
-    let rgb = image::RgbImage::from_fn(w, h, |x, y| {
+    image::RgbImage::from_fn(w, h, |x, y| {
         let p = rgba.get_pixel(x, y).0;
         let a = p[3] as u32;
         image::Rgb([0, 1, 2].map(|c| ((p[c] as u32 * a + 127) / 255) as u8))
-    });
+    })
+}
+
+/// Alpha over black, the shorter side resized to `size`, the centre cut out.
+fn square(img: &image::DynamicImage, size: usize) -> (Vec<u8>, Mapping) {
+    let rgb = over_black(img);
+    let (w, h) = rgb.dimensions();
     let scale = size as f64 / w.min(h) as f64;
     let (nw, nh) = (
         ((w as f64 * scale).round() as u32).max(size as u32),
@@ -132,7 +173,7 @@ fn decode_mapped(path: &Path, size: usize) -> Result<(Vec<u8>, Mapping)> {
         x0: x0 as f64,
         y0: y0 as f64,
     };
-    Ok((crop.into_raw(), mapping))
+    (crop.into_raw(), mapping)
 }
 
 type Boxes = HashMap<PathBuf, [f64; 4]>;

@@ -18,6 +18,12 @@ impl PublicIndex<'_> {
     /// which label's nearest neighbour is closer. `neighbours` are positions
     /// in the index, nearest first.
     pub fn guess(&self, query: &[f32], k: usize) -> Guess {
+        self.vote(&self.nearest(query, k))
+    }
+
+    /// Positions of the `k` nearest public images (exact L2), nearest first;
+    /// ties go to the lower position.
+    pub fn nearest(&self, query: &[f32], k: usize) -> Vec<usize> {
         let n = self.labels.len();
         let k = k.min(n).max(1);
         let mut dist: Vec<(f32, usize)> = (0..n)
@@ -37,15 +43,21 @@ impl PublicIndex<'_> {
             dist.truncate(k);
         }
         dist.sort_unstable_by(by_distance);
+        dist.into_iter().map(|(_, j)| j).collect()
+    }
+
+    /// The label histogram of `nearest` (nearest first) as a guess.
+    pub fn vote(&self, nearest: &[usize]) -> Guess {
         let mut votes = vec![0usize; self.classes];
         let mut first_seen = vec![usize::MAX; self.classes];
-        for (rank, &(_, j)) in dist.iter().enumerate() {
+        for (rank, &j) in nearest.iter().enumerate() {
             let label = self.labels[j] as usize;
             votes[label] += 1;
             first_seen[label] = first_seen[label].min(rank);
         }
         let mut ranked: Vec<usize> = (0..self.classes).filter(|&c| votes[c] > 0).collect();
         ranked.sort_by_key(|&c| (std::cmp::Reverse(votes[c]), first_seen[c]));
+        let k = nearest.len();
         let confidence = votes
             .iter()
             .filter(|&&v| v > 0)
@@ -57,7 +69,7 @@ impl PublicIndex<'_> {
         Guess {
             top5: ranked.iter().take(5).map(|&c| c as u32).collect(),
             confidence,
-            neighbours: dist.iter().take(5).map(|&(_, j)| j).collect(),
+            neighbours: nearest.iter().take(5).copied().collect(),
         }
     }
 }

@@ -1,9 +1,10 @@
 //! The command line's commands that run on this machine without a server:
-//! `sslab train`, `eval`, `sweep`, `audit`, `cka` and `data`.
+//! `sslab train`, `eval`, `sweep`, `audit`, `cka`, `export` and `data`.
 
 pub mod admin;
 pub mod audit;
 pub mod cka;
 pub mod data;
+pub mod export;
 pub mod sweep;
 pub mod train;

@@ -4,6 +4,7 @@ mod accounts;
 mod audits;
 mod authn;
 mod datasets;
+mod demos;
 mod error;
 mod events;
 mod metrics;
@@ -15,6 +16,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Html;
 use axum::routing::get;
@@ -53,6 +55,8 @@ pub struct AppState {
     pub secure_cookies: bool,
     /// Reverse proxies whose `X-Forwarded-For` names the client (`--trusted-proxy`).
     pub trusted_proxies: Arc<Vec<std::net::IpAddr>>,
+    /// Bytes a published demo bundle may weigh (`--max-demo-mib`).
+    pub max_demo_bytes: u64,
 }
 
 impl AppState {
@@ -208,12 +212,14 @@ pub fn app(state: AppState, static_dir: Option<PathBuf>) -> Router {
         .merge(sweeps::router())
         .merge(datasets::router())
         .merge(audits::router())
+        .merge(demos::router())
         .merge(accounts::team_router());
     // Everything but health and sign-in goes through the authentication layer.
     let api = Router::new()
         .route("/health", get(openapi::health))
         .route("/openapi.json", get(openapi::document))
         .merge(accounts::public_router())
+        .merge(demos::public_router())
         .merge(guarded(accounts::account_router(), Access::Account))
         .merge(guarded(team, Access::Team))
         .fallback(|| async { ApiError::NotFound("no such API route".into()) });
@@ -223,11 +229,21 @@ pub fn app(state: AppState, static_dir: Option<PathBuf>) -> Router {
         Router::new().route("/metrics", get(metrics::serve)),
         Access::Account,
     );
-    let router = Router::new()
-        .nest("/api/v1", api)
-        .merge(readings)
-        .with_state(state);
-    let app = match static_dir.filter(|d| d.join("index.html").is_file()) {
+    let static_dir = static_dir.filter(|d| d.join("index.html").is_file());
+    let mut router = Router::new().nest("/api/v1", api).merge(readings);
+    if let Some(dir) = &static_dir {
+        // A public demo's page: its own small app, 404 for an unknown slug.
+        let page = dir.join("demo.html");
+        router = router.route(
+            "/demo/{slug}",
+            get(move |state: State<AppState>, slug: Path<String>| {
+                let page = page.clone();
+                async move { demos::page(state, slug, page).await }
+            }),
+        );
+    }
+    let router = router.with_state(state);
+    let app = match static_dir {
         // Client-side routes (/runs/…) get index.html; the app routes itself.
         Some(dir) => router
             .fallback_service(ServeDir::new(&dir).fallback(ServeFile::new(dir.join("index.html")))),

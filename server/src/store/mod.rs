@@ -5,6 +5,7 @@
 mod accounts;
 mod audits;
 mod datasets;
+mod demos;
 mod evaluations;
 mod memorization;
 mod queue;

@@ -294,3 +294,45 @@ pub async fn fresh_postgres_database() -> Option<String> {
         .expect("a database URL ends with /NAME");
     Some(format!("{base}/{name}"))
 }
+
+/// Trains `spec` with `sslab train` into `work/NAME` and exports it with
+/// `sslab export` (plus `extra` arguments) into `work/NAME-bundle`.
+pub fn export_run(work: &Path, name: &str, spec: &Value, extra: &[&str]) -> PathBuf {
+    let spec_file = work.join(format!("{name}.json"));
+    std::fs::write(&spec_file, spec.to_string()).unwrap();
+    let (run, bundle) = (work.join(name), work.join(format!("{name}-bundle")));
+    let path = |p: &Path| p.to_str().unwrap().to_string();
+    let train = vec!["train".into(), "--spec".into(), path(&spec_file), "--out".into(), path(&run)];
+    let mut export = vec!["export".into(), "--run".into(), path(&run), "--out".into(), path(&bundle)];
+    export.extend(extra.iter().map(|s| s.to_string()));
+    for args in [train, export] {
+        let out = Command::new(env!("CARGO_BIN_EXE_sslab"))
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "sslab {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    bundle
+}
+
+/// A folder as a tar archive, as `tar -cf - -C DIR .` makes it.
+pub fn tar_dir(dir: &Path) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    builder.append_dir_all(".", dir).unwrap();
+    builder.into_inner().unwrap()
+}
+
+/// `POST /demos` with a bundle archive.
+pub async fn publish(client: &reqwest::Client, server: &Server, archive: Vec<u8>) -> reqwest::Response {
+    client
+        .post(server.url("/demos"))
+        .header("content-type", "application/x-tar")
+        .body(archive)
+        .send()
+        .await
+        .unwrap()
+}
