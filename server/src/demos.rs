@@ -105,12 +105,10 @@ fn mib(bytes: u64) -> String {
 pub fn store(checked: &Checked, dir: &Path) -> std::io::Result<()> {
     let parent = dir.parent().expect("a demo folder has a parent");
     std::fs::create_dir_all(parent)?;
-    let scratch = parent.join(format!(
-        ".incoming-{}",
-        uuid::Uuid::new_v4().simple()
-    ));
+    let scratch = parent.join(format!(".incoming-{}", uuid::Uuid::new_v4().simple()));
     let write = || -> std::io::Result<()> {
-        let text = serde_json::to_string_pretty(&checked.manifest).map_err(std::io::Error::other)?;
+        let text =
+            serde_json::to_string_pretty(&checked.manifest).map_err(std::io::Error::other)?;
         std::fs::create_dir_all(&scratch)?;
         std::fs::write(scratch.join(MANIFEST), text)?;
         for (path, bytes) in &checked.files {

@@ -12,9 +12,9 @@ use std::path::Path;
 use std::process::Command;
 
 use common::{
-    export_run, publish, tar_dir,
-    Server, admin, allowed_methods, assert_succeeded, client_with, create, fresh_postgres_database,
-    get_json, last_line, routes, tiny_spec, wait_terminal,
+    Server, admin, allowed_methods, assert_succeeded, client_with, create, export_run,
+    fresh_postgres_database, get_json, last_line, publish, routes, tar_dir, tiny_spec,
+    wait_terminal,
 };
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};

@@ -158,6 +158,25 @@ impl Browser {
         .await;
     }
 
+    /// Presses the mouse at `from` (pixels from the element's centre),
+    /// moves it by `by` and lets go.
+    async fn drag(&self, element: &str, from: (i64, i64), by: (i64, i64)) {
+        let origin = json!({"element-6066-11e4-a52e-4f735466cecf": element});
+        self.cmd(
+            reqwest::Method::POST,
+            "/actions",
+            json!({"actions": [{"type": "pointer", "id": "mouse", "parameters": {"pointerType": "mouse"},
+                "actions": [
+                    {"type": "pointerMove", "duration": 0, "origin": origin, "x": from.0, "y": from.1},
+                    {"type": "pointerDown", "button": 0},
+                    {"type": "pointerMove", "duration": 150, "origin": "pointer", "x": by.0 / 2, "y": by.1 / 2},
+                    {"type": "pointerMove", "duration": 150, "origin": "pointer", "x": by.0 - by.0 / 2, "y": by.1 - by.1 / 2},
+                    {"type": "pointerUp", "button": 0}
+                ]}]}),
+        )
+        .await;
+    }
+
     async fn script(&self, js: &str) -> Value {
         self.cmd(
             reqwest::Method::POST,
@@ -811,4 +830,295 @@ async fn an_audit_page_in_chromium() {
         row.as_str().unwrap_or_default().contains("page-audit"),
         "{row}"
     );
+}
+
+/// A run's spec for the demo tests: three classes of 32 px scenes, one epoch.
+fn demo_spec(backbone: Value) -> Value {
+    let mut spec = tiny_spec(1);
+    spec["backbone"] = backbone;
+    spec
+}
+
+/// Crops the parity check compares, `[x0, y0, x1, y1)` in pixels.
+const CROPS: [[u32; 4]; 3] = [[0, 0, 32, 32], [2, 3, 20, 17], [10, 12, 31, 30]];
+
+/// The page's worker answers like the native engine: the same embedding
+/// (relative error under 1e-4) and the same k-NN answer, for a tiny CNN, a
+/// ResNet-18 and a ViT bundle.
+async fn worker_matches_native(
+    browser: &Browser,
+    server: &Server,
+    slug: &str,
+    bundle: &std::path::Path,
+) {
+    use sslab_engine::export::bundle::{Demo, read_dir};
+    let (manifest, mut files) = read_dir(bundle).unwrap();
+    let image = manifest.images[0].file.clone();
+    let rgb =
+        sslab_engine::data::folder::decode_bytes(&files[&image], manifest.input_size).unwrap();
+    let native = Demo::open(manifest.clone(), &mut files).unwrap();
+
+    browser.goto(&format!("{}/demo/{slug}", server.base)).await;
+    let js = format!(
+        r#"const done = arguments[arguments.length - 1];
+        (async () => {{
+            const d = window.sslabDemo;
+            await d.ready;
+            await d.call('bundleImage', {{ path: {image:?} }});
+            const out = [];
+            for (const rect of {crops}) {{
+                const e = await d.call('embed', {{ rect }});
+                const p = await d.call('predict', {{ rect }});
+                out.push({{ embedding: e.embedding, answer: p.answer }});
+            }}
+            done(out);
+        }})().catch(err => done({{ error: String(err) }}));"#,
+        crops = serde_json::to_string(&CROPS).unwrap()
+    );
+    let got = browser.script_async(&js).await;
+    assert!(got.get("error").is_none(), "{slug}: {got}");
+    for (i, rect) in CROPS.iter().enumerate() {
+        let want = native.embed(&rgb, *rect).unwrap().concat();
+        let have: Vec<f32> = serde_json::from_value(got[i]["embedding"].clone()).unwrap();
+        assert_eq!(have.len(), want.len(), "{slug}");
+        let diff: f64 = have
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| ((a - b) as f64).powi(2))
+            .sum();
+        let norm: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
+        let rel = (diff / norm).sqrt();
+        assert!(rel < 1e-4, "{slug} crop {rect:?}: relative error {rel:e}");
+        let answer = native.predict(&rgb, *rect).unwrap();
+        let page: sslab_shared::demo::Answer =
+            serde_json::from_value(got[i]["answer"].clone()).unwrap();
+        for (m, (a, b)) in answer.models.iter().zip(&page.models).enumerate() {
+            assert_eq!(
+                a.top[0].label, b.top[0].label,
+                "{slug} model {m} crop {rect:?}"
+            );
+            assert_eq!(a.neighbours, b.neighbours, "{slug} model {m} crop {rect:?}");
+        }
+    }
+}
+
+/// Publishing, the public page signed out, live answers as the crop box
+/// moves, uploads, bad input, unpublishing; and parity with the native
+/// engine for three architectures.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_public_demo_in_chromium() {
+    if !e2e_required() {
+        eprintln!("skipped: set SSLAB_E2E=1 (cargo xtask test does)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // A 2 MiB cap: the ResNet-18's f32 weights are over it, its f16 ones not.
+    let server = Server::start_with(
+        &dir.path().join("server"),
+        None,
+        &[("SSLAB_MAX_DEMO_MIB", "2")],
+    );
+    let admin = server.client();
+    let work = dir.path();
+    // Trained long enough that crops of one image land near different neighbours.
+    let mut cnn_spec = demo_spec(json!({"kind": "tiny_cnn", "width": 16}));
+    cnn_spec["schedule"]["epochs"] = json!(8);
+    let cnn = export_run(work, "cnn", &cnn_spec, &[]);
+    let resnet_spec = demo_spec(json!({"kind": "resnet18", "width": 16}));
+    let resnet_f32 = export_run(work, "resnet", &resnet_spec, &[]);
+    let resp = publish(&admin, &server, tar_dir(&resnet_f32)).await;
+    assert_eq!(resp.status(), 413);
+    let msg = resp.text().await.unwrap();
+    assert!(msg.contains("over this server's cap of 2.0 MiB"), "{msg}");
+    let resnet = work.join("resnet-f16");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sslab"))
+        .args(["export", "--f16", "--run"])
+        .arg(work.join("resnet"))
+        .arg("--out")
+        .arg(&resnet)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let vit = export_run(
+        work,
+        "vit",
+        &demo_spec(json!({"kind": "vit", "width": 96, "depth": 4, "heads": 3, "patch_size": 4})),
+        &["--f16", "--layer", "proj.1"],
+    );
+
+    // Damaged bundles are refused, naming the file, and nothing is published.
+    let broken = work.join("broken");
+    for sub in ["", "images"] {
+        std::fs::create_dir_all(broken.join(sub)).unwrap();
+        for entry in std::fs::read_dir(cnn.join(sub)).unwrap() {
+            let entry = entry.unwrap();
+            if entry.path().is_file() {
+                std::fs::copy(entry.path(), broken.join(sub).join(entry.file_name())).unwrap();
+            }
+        }
+    }
+    let mut f16 = std::fs::read(cnn.join("model-0.f16")).unwrap();
+    f16[7] ^= 0x40;
+    std::fs::write(broken.join("model-0.f16"), &f16).unwrap();
+    let resp = publish(&admin, &server, tar_dir(&broken)).await;
+    assert_eq!(resp.status(), 422);
+    let msg = resp.text().await.unwrap();
+    assert!(
+        msg.contains("`model-0.f16` does not match its hash"),
+        "{msg}"
+    );
+    let resp = publish(&admin, &server, b"not a tar archive at all".to_vec()).await;
+    assert_eq!(resp.status(), 422);
+    let none: Vec<Value> = get_json(&admin, server.url("/demos")).await;
+    assert!(none.is_empty(), "{none:?}");
+
+    let mut slugs = Vec::new();
+    for bundle in [&cnn, &resnet, &vit] {
+        let resp = publish(&admin, &server, tar_dir(bundle)).await;
+        assert_eq!(resp.status(), 201);
+        let location = resp.headers()["location"].to_str().unwrap().to_string();
+        let demo: Value = resp.json().await.unwrap();
+        assert_eq!(
+            location,
+            format!("/demo/{}", demo["slug"].as_str().unwrap())
+        );
+        slugs.push(demo["slug"].as_str().unwrap().to_string());
+    }
+    let listed: Vec<Value> = get_json(&admin, server.url("/demos")).await;
+    assert_eq!(listed.len(), 3);
+
+    // Signed out: this browser never signed in.
+    let browser = Browser::start().await;
+    for (slug, bundle) in slugs.iter().zip([&cnn, &resnet, &vit]) {
+        worker_matches_native(&browser, &server, slug, bundle).await;
+    }
+
+    // The page: answers appear, and change as the crop box moves.
+    browser
+        .goto(&format!("{}/demo/{}", server.base, slugs[0]))
+        .await;
+    let first = wait_script(
+        &browser,
+        "const s = window.sslabDemo && window.sslabDemo.state; \
+         return s && s.answered > 0 ? JSON.stringify([s.rect, s.answer]) : null",
+        60,
+    )
+    .await;
+    let title = browser
+        .script("return document.querySelector('#demo-title').textContent")
+        .await;
+    assert_eq!(title, json!("tiny"));
+    let top = browser
+        .script("return document.querySelector('#answer-0').dataset.top")
+        .await;
+    assert!(!top.as_str().unwrap().is_empty(), "{top}");
+    let answered = browser
+        .script("return window.sslabDemo.state.answered")
+        .await;
+    // Drag the box by its middle with the mouse, then draw a new one.
+    let area = browser.wait_find("#crop-area").await;
+    let cropbox = browser.wait_find("#crop-box").await;
+    browser.drag(&cropbox, (0, 0), (-60, -60)).await;
+    browser.drag(&area, (-120, -120), (90, 70)).await;
+    let moved = wait_script(
+        &browser,
+        &format!(
+            "const s = window.sslabDemo.state; \
+             return s.answered > {answered} && !s.busy ? JSON.stringify([s.rect, s.answer]) : null"
+        ),
+        30,
+    )
+    .await;
+    let (before, after): (Value, Value) = (
+        serde_json::from_str(first.as_str().unwrap()).unwrap(),
+        serde_json::from_str(moved.as_str().unwrap()).unwrap(),
+    );
+    assert_ne!(before[0], after[0], "the crop did not move");
+    assert_ne!(
+        before[1], after[1],
+        "the answer did not change from {} to {}",
+        before[0], after[0]
+    );
+    browser.click("#reveal").await;
+    let truth = browser
+        .script("return document.querySelector('#truth').textContent")
+        .await;
+    assert!(
+        truth.as_str().unwrap().starts_with("The object: "),
+        "{truth}"
+    );
+
+    // The visitor's own image, and a file that is not one.
+    let own = work.join("own.png");
+    std::fs::write(&own, png([30, 160, 220], 1)).unwrap();
+    let answered = browser
+        .script("return window.sslabDemo.state.answered")
+        .await;
+    browser.choose_file("#upload", &own).await;
+    wait_script(
+        &browser,
+        &format!("return window.sslabDemo.state.answered > {answered} && window.sslabDemo.state.image.upload === true"),
+        30,
+    )
+    .await;
+    let fake = work.join("fake.png");
+    std::fs::write(&fake, "plain text").unwrap();
+    browser.choose_file("#upload", &fake).await;
+    let error = wait_script(
+        &browser,
+        "const e = document.querySelector('#demo-error'); return e.hidden ? null : e.textContent",
+        30,
+    )
+    .await;
+    assert!(error.as_str().unwrap().contains("not an image"), "{error}");
+
+    // A phone-sized screen: nothing wider than the screen.
+    browser
+        .cmd(
+            reqwest::Method::POST,
+            "/window/rect",
+            json!({"width": 390, "height": 844}),
+        )
+        .await;
+    let fits = browser
+        .script("return document.documentElement.scrollWidth <= window.innerWidth + 1")
+        .await;
+    assert_eq!(fits, json!(true));
+    browser
+        .screenshot(&std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("demo-page.png"))
+        .await;
+
+    // Unknown and unpublished slugs are 404s, page and files alike.
+    let anonymous = reqwest::Client::new();
+    let page = anonymous
+        .get(format!("{}/demo/no-such-demo", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 404);
+    let resp = admin
+        .delete(server.url(&format!("/demos/{}", slugs[0])))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    for path in [
+        format!("/demo/{}", slugs[0]),
+        format!("/api/v1/public/demos/{}", slugs[0]),
+    ] {
+        let resp = anonymous
+            .get(format!("{}{path}", server.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 404, "{path}");
+    }
+    browser
+        .goto(&format!("{}/demo/{}", server.base, slugs[0]))
+        .await;
+    browser.wait_find("#no-demo").await;
 }

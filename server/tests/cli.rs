@@ -551,6 +551,49 @@ fn audit_writes_the_report_and_one_row_per_attacked_image() {
         || l.ends_with("forgotten")
         || l.ends_with("unassociated")));
 
+    // The audit as a demo bundle: both models, the public set, the attacked
+    // images with their verdicts, memorized first.
+    let bundle = dir.path().join("bundle");
+    let export = |args: &[&str]| {
+        let mut all = vec!["export", "--out", bundle.to_str().unwrap()];
+        all.extend_from_slice(args);
+        sslab(&all)
+    };
+    let res = export(&["--audit", out.to_str().unwrap(), "--f16"]);
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(bundle.join("manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["kind"], "audit");
+    assert_eq!(manifest["models"].as_array().unwrap().len(), 2);
+    assert_eq!(manifest["models"][0]["dtype"], "f16");
+    assert_eq!(manifest["public"]["count"], 90 - 36);
+    assert_eq!(manifest["layer"], "proj.1");
+    let images = manifest["images"].as_array().unwrap();
+    assert_eq!(images.len() as u64, attacked.min(24));
+    let memorized = counts["memorized"].as_u64().unwrap() as usize;
+    assert!(
+        images[..memorized.min(images.len())]
+            .iter()
+            .all(|i| i["verdict"] == "memorized")
+    );
+    for f in manifest["files"].as_array().unwrap() {
+        let len = std::fs::metadata(bundle.join(f["path"].as_str().unwrap()))
+            .unwrap()
+            .len();
+        assert_eq!(f["bytes"], len);
+    }
+    let err =
+        String::from_utf8_lossy(&export(&["--audit", out.to_str().unwrap()]).stderr).into_owned();
+    assert!(err.contains("is not empty"), "{err}");
+    let err =
+        String::from_utf8_lossy(&export(&["--run", out.to_str().unwrap()]).stderr).into_owned();
+    assert!(err.contains("run.json"), "{err}");
+
     // Bad specs are refused by field, before anything trains.
     std::fs::write(&spec, AUDIT.replace("snapshots = [1]", "snapshots = [9]")).unwrap();
     let err = String::from_utf8_lossy(&audit(&spec, &out).stderr).into_owned();

@@ -211,7 +211,16 @@ mod tests {
         for ok in ["manifest.json", "images/3.png", "a-b_c.f16"] {
             assert!(plain_path(ok), "{ok}");
         }
-        for bad in ["", "/etc/passwd", "../x", "a/../b", "a//b", "a\\b", "a b", "./a"] {
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../b",
+            "a//b",
+            "a\\b",
+            "a b",
+            "./a",
+        ] {
             assert!(!plain_path(bad), "{bad}");
         }
     }

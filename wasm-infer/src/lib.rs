@@ -108,10 +108,7 @@ impl DemoBundle {
     /// the other.
     pub fn embed(&self, x0: u32, y0: u32, x1: u32, y1: u32) -> Result<Vec<f32>, JsError> {
         let (demo, image) = self.ready()?;
-        Ok(demo
-            .embed(image, [x0, y0, x1, y1])
-            .map_err(js)?
-            .concat())
+        Ok(demo.embed(image, [x0, y0, x1, y1]).map_err(js)?.concat())
     }
 
     /// The models' answers for the crop, as JSON (`sslab_shared::demo::Answer`).
@@ -122,7 +119,10 @@ impl DemoBundle {
     }
 
     fn ready(&self) -> Result<(&Demo, &[u8]), JsError> {
-        let demo = self.demo.as_ref().ok_or_else(|| js("the bundle is not open"))?;
+        let demo = self
+            .demo
+            .as_ref()
+            .ok_or_else(|| js("the bundle is not open"))?;
         let image = self.image.as_deref().ok_or_else(|| js("no image is set"))?;
         Ok((demo, image))
     }

@@ -67,8 +67,8 @@ impl Writer {
     fn new(dir: &Path) -> Result<Writer> {
         let io = |what: String| move |source| EngineError::Io { what, source };
         if dir.exists() {
-            let mut entries = std::fs::read_dir(dir)
-                .map_err(io(format!("cannot read {}", dir.display())))?;
+            let mut entries =
+                std::fs::read_dir(dir).map_err(io(format!("cannot read {}", dir.display())))?;
             if entries.next().is_some() {
                 return Err(EngineError::Data(format!(
                     "{} is not empty; export into a new folder",
@@ -140,7 +140,11 @@ fn encoder_weights(spec: &ValidSpec, checkpoint: &Path, f16: bool) -> Result<Vec
         data.iter()
             .map(|(name, var)| {
                 let t = var.as_tensor();
-                let t = if f16 { t.to_dtype(DType::F16)? } else { t.clone() };
+                let t = if f16 {
+                    t.to_dtype(DType::F16)?
+                } else {
+                    t.clone()
+                };
                 Ok((name.clone(), t))
             })
             .collect::<Result<_>>()?
@@ -420,8 +424,12 @@ pub fn export_run(
         .into_iter()
         .map(|i| Picked {
             pool_index: i,
-            crop: crop::background_crop(pool, i, &attack)
-                .unwrap_or([s / 4, s / 4, s - s / 4, s - s / 4]),
+            crop: crop::background_crop(pool, i, &attack).unwrap_or([
+                s / 4,
+                s / 4,
+                s - s / 4,
+                s - s / 4,
+            ]),
             target: None,
             verdict: None,
         })

@@ -59,9 +59,19 @@ fn an_audit_bundle_answers_its_crops_as_the_audit_did() {
     assert_eq!(manifest.kind, DemoKind::Audit);
     assert_eq!(manifest.images.len(), 24.min(report.examples.len()));
     // Memorized images first.
-    let verdicts: Vec<_> = manifest.images.iter().map(|i| i.verdict.clone().unwrap()).collect();
-    let first_other = verdicts.iter().position(|v| v != "memorized").unwrap_or(verdicts.len());
-    assert!(verdicts[first_other..].iter().all(|v| v != "memorized"), "{verdicts:?}");
+    let verdicts: Vec<_> = manifest
+        .images
+        .iter()
+        .map(|i| i.verdict.clone().unwrap())
+        .collect();
+    let first_other = verdicts
+        .iter()
+        .position(|v| v != "memorized")
+        .unwrap_or(verdicts.len());
+    assert!(
+        verdicts[first_other..].iter().all(|v| v != "memorized"),
+        "{verdicts:?}"
+    );
 
     let (manifest, mut files) = bundle::read_dir(&dir.path().join("bundle")).unwrap();
     let images: Vec<(String, Vec<u8>)> = manifest
@@ -74,8 +84,14 @@ fn an_audit_bundle_answers_its_crops_as_the_audit_did() {
     for (img, (_, png)) in manifest.images.iter().zip(&images) {
         let rgb = image::load_from_memory(png).unwrap().to_rgb8().into_raw();
         let answer = demo.predict(&rgb, img.crop).unwrap();
-        let pool_index: usize = img.file["images/".len()..img.file.len() - 4].parse().unwrap();
-        let example = report.examples.iter().find(|e| e.image == pool_index).unwrap();
+        let pool_index: usize = img.file["images/".len()..img.file.len() - 4]
+            .parse()
+            .unwrap();
+        let example = report
+            .examples
+            .iter()
+            .find(|e| e.image == pool_index)
+            .unwrap();
         let target = img.target.unwrap();
         for (m, guess) in [(target, &example.target), (1 - target, &example.reference)] {
             total += 1;
@@ -87,13 +103,17 @@ fn an_audit_bundle_answers_its_crops_as_the_audit_did() {
             }
         }
     }
-    assert!(agree * 10 >= total * 9, "{agree} of {total} answers agree with the audit");
+    assert!(
+        agree * 10 >= total * 9,
+        "{agree} of {total} answers agree with the audit"
+    );
 }
 
 #[test]
 fn damaged_bundles_and_bad_crops_are_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
-    let spec: RunSpec = RunSpec::from_toml(include_str!("../../../recipes/simclr-tiny.toml")).unwrap();
+    let spec: RunSpec =
+        RunSpec::from_toml(include_str!("../../../recipes/simclr-tiny.toml")).unwrap();
     let mut spec = spec;
     let sslab_shared::spec::DataSpec::Scenes(s) = &mut spec.data else {
         panic!("scenes")
@@ -139,7 +159,11 @@ fn damaged_bundles_and_bad_crops_are_refused_by_name() {
     assert!(err.contains("version 2"), "{err}");
     let mut escaping = m.clone();
     escaping.files[0].path = "../x".into();
-    assert!(open(escaping, &|_| {}).unwrap().contains("not a plain relative file name"));
+    assert!(
+        open(escaping, &|_| {})
+            .unwrap()
+            .contains("not a plain relative file name")
+    );
 
     let demo = Demo::open(m.clone(), &mut files.clone()).unwrap();
     let rgb = vec![128u8; 32 * 32 * 3];
@@ -150,7 +174,10 @@ fn damaged_bundles_and_bad_crops_are_refused_by_name() {
     assert!(err.contains("no area"), "{err}");
     let err = demo.predict(&rgb, [0, 0, 33, 8]).unwrap_err().to_string();
     assert!(err.contains("reaches outside the 32×32 image"), "{err}");
-    let err = demo.predict(&rgb[..100], [0, 0, 8, 8]).unwrap_err().to_string();
+    let err = demo
+        .predict(&rgb[..100], [0, 0, 8, 8])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("expected a 32×32 RGB image"), "{err}");
 
     // Over the cap: refused with the sizes, and nothing is left behind.
@@ -168,9 +195,14 @@ fn damaged_bundles_and_bad_crops_are_refused_by_name() {
     )
     .unwrap_err()
     .to_string();
-    assert!(err.contains("over the cap of 0.0 MiB") && err.contains("model-0.safetensors"), "{err}");
+    assert!(
+        err.contains("over the cap of 0.0 MiB") && err.contains("model-0.safetensors"),
+        "{err}"
+    );
     assert!(!capped.exists());
     // A folder with something in it is not exported into.
-    let err = export_run(&spec, &ckpt, None, "backbone", &opts, &out).unwrap_err().to_string();
+    let err = export_run(&spec, &ckpt, None, "backbone", &opts, &out)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("is not empty"), "{err}");
 }

@@ -37,6 +37,7 @@ const state = {
   busy: false,
   again: false,
   answered: 0,
+  answer: null,
   firstAnswerMs: null,
   lastMs: null,
 };
@@ -80,7 +81,11 @@ let drag = null;
 area.addEventListener('pointerdown', (e) => {
   if (!state.image) return;
   e.preventDefault();
-  area.setPointerCapture(e.pointerId);
+  try {
+    area.setPointerCapture(e.pointerId);
+  } catch {
+    // Synthetic events have no pointer to capture; moves still arrive.
+  }
   const r = area.getBoundingClientRect();
   const at = [(e.clientX - r.left) / scale(), (e.clientY - r.top) / scale()];
   const mode = e.target.id === 'crop-handle' ? 'resize' : e.target === box ? 'move' : 'draw';
@@ -170,6 +175,7 @@ function thumb(index) {
 }
 
 function render(answer) {
+  state.answer = answer;
   const host = $('answers');
   host.replaceChildren();
   host.dataset.answered = String(state.answered);

@@ -42,11 +42,17 @@ where
             }
             let file = dir.join("audit.json");
             let text = std::fs::read_to_string(&file).with_context(|| {
-                format!("cannot read {}; is this a folder `sslab audit` wrote?", file.display())
+                format!(
+                    "cannot read {}; is this a folder `sslab audit` wrote?",
+                    file.display()
+                )
             })?;
             let report: AuditReport = serde_json::from_str(&text)
                 .with_context(|| format!("{} is not an audit report", file.display()))?;
-            let (a, b) = (dir.join("target-a.safetensors"), dir.join("reference-b.safetensors"));
+            let (a, b) = (
+                dir.join("target-a.safetensors"),
+                dir.join("reference-b.safetensors"),
+            );
             for f in [&a, &b] {
                 if !f.is_file() {
                     bail!("{} is missing", f.display());

@@ -96,7 +96,12 @@ async fn publish(
         checked.manifest.source.clone()
     };
     let created_at = crate::store::now_ms();
-    let row = demos::row(&checked, demos::slug(&checked.manifest.title), source, created_at);
+    let row = demos::row(
+        &checked,
+        demos::slug(&checked.manifest.title),
+        source,
+        created_at,
+    );
     let dir = state.artifacts.demo_dir(&row.slug);
     let (slug_dir, checked) = (dir.clone(), checked);
     tokio::task::spawn_blocking(move || demos::store(&checked, &slug_dir))
@@ -107,7 +112,9 @@ async fn publish(
     if !matches!(stored, Ok(true)) {
         let _ = tokio::fs::remove_dir_all(&dir).await;
         stored?;
-        return Err(ApiError::Conflict("that slug is taken; publish again".into()));
+        return Err(ApiError::Conflict(
+            "that slug is taken; publish again".into(),
+        ));
     }
     let demo = state
         .store
@@ -260,11 +267,10 @@ pub async fn page(
             page,
         )
             .into_response(),
-        (Some(_), Err(e)) => ApiError::Storage(format!(
-            "the demo page {} is missing: {e}",
-            html.display()
-        ))
-        .into_response(),
+        (Some(_), Err(e)) => {
+            ApiError::Storage(format!("the demo page {} is missing: {e}", html.display()))
+                .into_response()
+        }
         (None, _) => (
             StatusCode::NOT_FOUND,
             axum::response::Html(

@@ -302,8 +302,20 @@ pub fn export_run(work: &Path, name: &str, spec: &Value, extra: &[&str]) -> Path
     std::fs::write(&spec_file, spec.to_string()).unwrap();
     let (run, bundle) = (work.join(name), work.join(format!("{name}-bundle")));
     let path = |p: &Path| p.to_str().unwrap().to_string();
-    let train = vec!["train".into(), "--spec".into(), path(&spec_file), "--out".into(), path(&run)];
-    let mut export = vec!["export".into(), "--run".into(), path(&run), "--out".into(), path(&bundle)];
+    let train = vec![
+        "train".into(),
+        "--spec".into(),
+        path(&spec_file),
+        "--out".into(),
+        path(&run),
+    ];
+    let mut export = vec![
+        "export".into(),
+        "--run".into(),
+        path(&run),
+        "--out".into(),
+        path(&bundle),
+    ];
     export.extend(extra.iter().map(|s| s.to_string()));
     for args in [train, export] {
         let out = Command::new(env!("CARGO_BIN_EXE_sslab"))
@@ -327,7 +339,11 @@ pub fn tar_dir(dir: &Path) -> Vec<u8> {
 }
 
 /// `POST /demos` with a bundle archive.
-pub async fn publish(client: &reqwest::Client, server: &Server, archive: Vec<u8>) -> reqwest::Response {
+pub async fn publish(
+    client: &reqwest::Client,
+    server: &Server,
+    archive: Vec<u8>,
+) -> reqwest::Response {
     client
         .post(server.url("/demos"))
         .header("content-type", "application/x-tar")
