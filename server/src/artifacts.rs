@@ -1,5 +1,6 @@
 //! Files jobs leave behind, under `DATA_DIR/artifacts/`: `runs/ID/`,
-//! `audits/ID/` and published demos' bundles, `demos/SLUG/`.
+//! `audits/ID/`, export jobs' bundles, `exports/ID/`, and published demos'
+//! bundles, `demos/SLUG/`.
 
 use std::path::{Path, PathBuf};
 
@@ -27,6 +28,11 @@ impl Artifacts {
     /// A published demo's bundle files.
     pub fn demo_dir(&self, slug: &str) -> PathBuf {
         self.root.join("demos").join(slug)
+    }
+
+    /// An export job's bundle.
+    pub fn export_dir(&self, id: &str) -> PathBuf {
+        self.root.join("exports").join(id)
     }
 
     pub fn checkpoint(&self, id: &str) -> PathBuf {

@@ -83,6 +83,21 @@ pub fn check_archive(archive: &[u8], max_bytes: u64) -> Result<Checked, Refused>
             .ok_or_else(|| invalid(format!("the archive has no `{}`", f.path)))?;
         bundle::verify_file(&manifest, &f.path, bytes).map_err(|e| invalid(e.to_string()))?;
     }
+    finish(manifest, files, max_bytes)
+}
+
+/// Checks an export job's bundle folder as `check_archive` checks an upload.
+pub fn check_folder(dir: &Path, max_bytes: u64) -> Result<Checked, Refused> {
+    let (manifest, files) = bundle::read_dir(dir).map_err(|e| Refused::Invalid(e.to_string()))?;
+    finish(manifest, files, max_bytes)
+}
+
+/// The cap, and the models built once: proof the weights fit their specs.
+fn finish(
+    manifest: Manifest,
+    files: HashMap<String, Vec<u8>>,
+    max_bytes: u64,
+) -> Result<Checked, Refused> {
     if manifest.total_bytes() > max_bytes {
         return Err(Refused::TooLarge(format!(
             "the bundle is {}, over this server's cap of {}",
@@ -90,9 +105,8 @@ pub fn check_archive(archive: &[u8], max_bytes: u64) -> Result<Checked, Refused>
             mib(max_bytes)
         )));
     }
-    // Building the models proves the weights fit their specs.
     let mut copy = files.clone();
-    Opened::open(manifest.clone(), &mut copy).map_err(|e| invalid(e.to_string()))?;
+    Opened::open(manifest.clone(), &mut copy).map_err(|e| Refused::Invalid(e.to_string()))?;
     Ok(Checked { manifest, files })
 }
 

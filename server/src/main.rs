@@ -8,6 +8,7 @@ mod cli;
 mod csv;
 mod datasets;
 mod demos;
+mod export_job;
 mod http;
 mod store;
 mod sweep;

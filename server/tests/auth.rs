@@ -78,6 +78,7 @@ struct Objects {
     /// A published demo's slug, and the hash of one of its files.
     demo: String,
     demo_file: String,
+    export: String,
 }
 
 impl Objects {
@@ -100,6 +101,7 @@ impl Objects {
                 ("members", "{user_id}") => &self.member,
                 ("images", "{file}") => "0.png",
                 ("demos", "{slug}") => &self.demo,
+                ("exports", "{id}") => &self.export,
                 ("files", "{sha256}") => &self.demo_file,
                 (before, param) => panic!(
                     "no test object for `{param}` after `{before}` in {path}: add one to Objects"
@@ -110,9 +112,10 @@ impl Objects {
         out.join("/")
     }
 
-    fn ids(&self) -> [&str; 7] {
+    fn ids(&self) -> [&str; 8] {
         [
             &self.demo,
+            &self.export,
             &self.run,
             &self.sweep,
             &self.audit,
@@ -259,6 +262,15 @@ async fn authorization(server: &Server, url: Option<&str>) {
         server.url(&format!("/public/demos/{}", demo["slug"].as_str().unwrap())),
     )
     .await;
+    let export: Value = a
+        .post(server.url(&format!("/runs/{}/export", run.id)))
+        .json(&json!({"f16": true}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let tokens: Vec<Value> = get_json(&a, server.url("/tokens")).await;
     let members: Vec<Value> = get_json(&a, server.url("/members")).await;
     let objects = Objects {
@@ -279,6 +291,10 @@ async fn authorization(server: &Server, url: Option<&str>) {
             .into(),
         demo: demo["slug"].as_str().unwrap().into(),
         demo_file: manifest["files"][0]["sha256"].as_str().unwrap().into(),
+        export: export["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{export}"))
+            .into(),
     };
 
     // Every route of the router, as the binary itself lists them.

@@ -991,8 +991,115 @@ async fn a_public_demo_in_chromium() {
     let listed: Vec<Value> = get_json(&admin, server.url("/demos")).await;
     assert_eq!(listed.len(), 3);
 
+    // An audit on the server, exported by a job and published from it.
+    let audit: Value = admin
+        .post(server.url("/audits"))
+        .json(&json!({"name": "web-audit", "snapshots": [1], "split": {"per_class": 6}, "attack": {"k": 10},
+            "run": {"seed": 3, "data": {"source": "scenes", "classes": 3, "train_images": 90, "test_images": 30},
+                    "backbone": {"kind": "tiny_cnn", "width": 8}, "projector": {"dims": "32-16"},
+                    "optimizer": {"batch_size": 12}, "schedule": {"epochs": 2}}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let audit_id = audit["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{audit}"))
+        .to_string();
+    let early = admin
+        .post(server.url(&format!("/audits/{audit_id}/export")))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    // Queued or running: nothing to export yet (it may finish first on a fast machine).
+    assert!(
+        [201, 409].contains(&early.status().as_u16()),
+        "{:?}",
+        early.text().await
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let a: Value = get_json(&admin, server.url(&format!("/audits/{audit_id}"))).await;
+        if a["status"] == "succeeded" {
+            break;
+        }
+        assert!(a["status"] == "queued" || a["status"] == "running", "{a}");
+        assert!(Instant::now() < deadline, "the audit did not finish: {a}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let job: Value = admin
+        .post(server.url(&format!("/audits/{audit_id}/export")))
+        .json(&json!({"f16": true}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let job_id = job["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{job}"))
+        .to_string();
+    let job = loop {
+        let j: Value = get_json(&admin, server.url(&format!("/exports/{job_id}"))).await;
+        if j["status"] != "queued" && j["status"] != "running" {
+            break j;
+        }
+        assert!(Instant::now() < deadline, "the export did not finish: {j}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert!(job["bytes"].as_u64().unwrap() > 0);
+    let resp = admin
+        .post(server.url("/demos"))
+        .json(&json!({"export": job_id}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let audit_demo: Value = resp.json().await.unwrap();
+    assert_eq!(audit_demo["kind"], "audit");
+    assert_eq!(audit_demo["models"], 2);
+
     // Signed out: this browser never signed in.
     let browser = Browser::start().await;
+    browser
+        .goto(&format!(
+            "{}/demo/{}",
+            server.base,
+            audit_demo["slug"].as_str().unwrap()
+        ))
+        .await;
+    wait_script(
+        &browser,
+        "const s = window.sslabDemo && window.sslabDemo.state; return s && s.answered > 0",
+        60,
+    )
+    .await;
+    let heads = browser
+        .script("return Array.from(document.querySelectorAll('#answers h3')).map(h => h.firstChild.textContent.trim())")
+        .await;
+    let mut heads: Vec<String> = serde_json::from_value(heads).unwrap();
+    heads.sort();
+    assert_eq!(heads, vec!["Reference", "Target"]);
+    let verdict = browser
+        .script("return document.querySelector('#verdict').textContent")
+        .await;
+    assert!(
+        verdict
+            .as_str()
+            .unwrap()
+            .starts_with("The audit's verdict for this image: "),
+        "{verdict}"
+    );
+    let link = browser
+        .script("return document.querySelector('#report-link').getAttribute('href')")
+        .await;
+    assert_eq!(link, json!(format!("/audits/{audit_id}")));
+
     for (slug, bundle) in slugs.iter().zip([&cnn, &resnet, &vit]) {
         worker_matches_native(&browser, &server, slug, bundle).await;
     }

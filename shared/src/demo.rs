@@ -188,6 +188,65 @@ pub struct Demo {
     pub created_at: i64,
 }
 
+/// What an export job reads: a finished run or audit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum ExportSource {
+    Run,
+    Audit,
+}
+
+impl ExportSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExportSource::Run => "run",
+            ExportSource::Audit => "audit",
+        }
+    }
+}
+
+/// How to export: the body of `POST /runs/{id}/export` and
+/// `POST /audits/{id}/export` (every field optional).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(default, deny_unknown_fields)]
+pub struct ExportOptions {
+    /// Weights as f16: half the size.
+    pub f16: bool,
+    /// A run's layer to embed at (default `backbone`); an audit uses its own.
+    pub layer: Option<String>,
+}
+
+/// An export job: a demo bundle written from a finished run or audit, then
+/// published with `POST /demos {"export": id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Export {
+    pub id: String,
+    pub source: ExportSource,
+    pub source_id: String,
+    pub options: ExportOptions,
+    pub status: crate::api::RunStatus,
+    pub error: Option<String>,
+    /// The bundle's size once written.
+    pub bytes: u64,
+    pub created_at: i64,
+    pub finished_at: Option<i64>,
+    #[serde(default)]
+    pub team: String,
+    #[serde(default)]
+    pub created_by: Option<String>,
+}
+
+/// The body of `POST /demos` that publishes an export job's bundle.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct PublishExport {
+    pub export: String,
+}
+
 /// `a/b.png`: relative, no `..`, no empty part, plain characters only.
 fn plain_path(path: &str) -> bool {
     !path.is_empty()

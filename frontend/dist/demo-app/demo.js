@@ -286,6 +286,14 @@ function explain(m) {
       'Two models learned from images without labels: the target trained on the image you pick, the reference never saw it. ' +
       'Drag the yellow box over the background so that the object is hidden; each model embeds the crop and its nearest public images vote on the object. ' +
       'When the target names the hidden object and the reference cannot, the target has memorized this image (the déjà vu test).';
+    const audit = /^audit (au[0-9a-f]+)$/.exec(m.source);
+    if (audit) {
+      const a = document.createElement('a');
+      a.id = 'report-link';
+      a.href = `/audits/${audit[1]}`;
+      a.textContent = "The audit's report";
+      p.append(' ', a, ' (for its team).');
+    }
   } else {
     p.textContent =
       'This model learned from images without labels. ' +

@@ -145,7 +145,7 @@ async fn list(State(state): State<AppState>, p: Principal) -> ApiResult<Json<Vec
     Ok(Json(state.store.list_audits(p.team(), 200).await?))
 }
 
-async fn find(state: &AppState, p: &Principal, id: &str) -> ApiResult<Audit> {
+pub(super) async fn find(state: &AppState, p: &Principal, id: &str) -> ApiResult<Audit> {
     state
         .store
         .audit(id)

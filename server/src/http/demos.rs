@@ -9,7 +9,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use futures_util::StreamExt;
-use sslab_shared::demo::{Demo, MANIFEST};
+use sslab_shared::api::RunStatus;
+use sslab_shared::demo::{Demo, MANIFEST, PublishExport};
 
 use super::{ApiError, ApiResult, AppState, owner};
 use crate::auth::Principal;
@@ -36,14 +37,18 @@ pub fn public_router() -> axum::Router<AppState> {
 }
 
 /// A bundle folder as a tar archive (`tar -cf demo.tar -C BUNDLE .`), made
-/// by `sslab export`. Team admins only; the answer names the demo's page.
+/// by `sslab export`, or `{"export": id}` (JSON) for an export job's
+/// bundle. Team admins only; the answer names the demo's page.
 #[utoipa::path(
     operation_id = "publish_demo",
     post,
     path = "/demos",
     tag = "demos",
-    request_body(content = Vec<u8>, description = "a tar archive of a bundle folder", content_type = "application/x-tar"),
-    responses((status = 201, description = "published at /demo/{slug}", body = sslab_shared::demo::Demo), (status = 413, description = "over the bundle cap", body = sslab_shared::api::ErrorBody), (status = 415, description = "not a tar archive", body = sslab_shared::api::ErrorBody), (status = 422, description = "a damaged or mismatched bundle; the message says which file", body = sslab_shared::api::ErrorBody), (status = 403, description = "the credentials do not allow it", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+    request_body(content(
+        (Vec<u8> = "application/x-tar"),
+        (sslab_shared::demo::PublishExport = "application/json"),
+    ), description = "a tar archive of a bundle folder, or an export job to publish"),
+    responses((status = 201, description = "published at /demo/{slug}", body = sslab_shared::demo::Demo), (status = 413, description = "over the bundle cap", body = sslab_shared::api::ErrorBody), (status = 404, description = "no such export, or another team's", body = sslab_shared::api::ErrorBody), (status = 409, description = "the export has not succeeded", body = sslab_shared::api::ErrorBody), (status = 415, description = "not a tar archive", body = sslab_shared::api::ErrorBody), (status = 422, description = "a damaged or mismatched bundle; the message says which file", body = sslab_shared::api::ErrorBody), (status = 403, description = "the credentials do not allow it", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
 )]
 async fn publish(
     State(state): State<AppState>,
@@ -59,32 +64,42 @@ async fn publish(
     let kind = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !["application/x-tar", "application/octet-stream"].contains(&kind) {
-        return Err(ApiError::UnsupportedMediaType(format!(
-            "send the bundle as a tar archive with Content-Type application/x-tar, not `{kind}`"
-        )));
-    }
+        .and_then(|v| v.split(';').next())
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     let cap = state.max_demo_bytes;
-    let mut archive = Vec::new();
-    let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| {
-            ApiError::BadRequest(format!(
-                "the upload broke off after {} bytes: {e}",
-                archive.len()
-            ))
-        })?;
-        archive.extend_from_slice(&chunk);
-        if archive.len() as u64 > cap + ARCHIVE_OVERHEAD {
-            return Err(ApiError::TooLarge(format!(
-                "the archive is over this server's bundle cap of {} MiB",
-                cap >> 20
+    let checked = match kind.as_str() {
+        "application/json" => {
+            let text = read_body(body, 64 << 10).await?;
+            let req: PublishExport = sslab_shared::error::from_json(
+                std::str::from_utf8(&text)
+                    .map_err(|_| ApiError::BadRequest("the body is not UTF-8".into()))?,
+            )
+            .map_err(ApiError::InvalidSpec)?;
+            let job = super::exports::find(&state, &p, &req.export).await?;
+            if job.status != RunStatus::Succeeded {
+                return Err(ApiError::Conflict(format!(
+                    "export {} is {}; publish it once it has succeeded",
+                    job.id,
+                    job.status.as_str()
+                )));
+            }
+            let dir = state.artifacts.export_dir(&job.id);
+            tokio::task::spawn_blocking(move || demos::check_folder(&dir, cap)).await
+        }
+        "application/x-tar" | "application/octet-stream" => {
+            let archive = read_body(body, cap + ARCHIVE_OVERHEAD).await?;
+            tokio::task::spawn_blocking(move || demos::check_archive(&archive, cap)).await
+        }
+        _ => {
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "send a bundle as a tar archive (Content-Type application/x-tar) or \
+                 {{\"export\": id}} as JSON, not `{kind}`"
             )));
         }
-    }
-    let checked = tokio::task::spawn_blocking(move || demos::check_archive(&archive, cap))
-        .await
+    };
+    let checked = checked
         .map_err(|e| anyhow::anyhow!("checking the bundle crashed: {e}"))?
         .map_err(|e| match e {
             Refused::TooLarge(m) => ApiError::TooLarge(m),
@@ -169,6 +184,28 @@ async fn unpublish(
         tracing::warn!(slug = %demo.slug, error = %e, "an unpublished demo's files were not removed");
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The body, refused past `limit` bytes.
+async fn read_body(body: Body, limit: u64) -> ApiResult<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::BadRequest(format!(
+                "the upload broke off after {} bytes: {e}",
+                out.len()
+            ))
+        })?;
+        out.extend_from_slice(&chunk);
+        if out.len() as u64 > limit {
+            return Err(ApiError::TooLarge(format!(
+                "the body is over this route's limit of {} MiB",
+                (limit >> 20).max(1)
+            )));
+        }
+    }
+    Ok(out)
 }
 
 async fn published(state: &AppState, slug: &str) -> ApiResult<Demo> {

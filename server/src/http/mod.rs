@@ -7,6 +7,7 @@ mod datasets;
 mod demos;
 mod error;
 mod events;
+mod exports;
 mod metrics;
 mod openapi;
 mod runs;
@@ -213,6 +214,7 @@ pub fn app(state: AppState, static_dir: Option<PathBuf>) -> Router {
         .merge(datasets::router())
         .merge(audits::router())
         .merge(demos::router())
+        .merge(exports::router())
         .merge(accounts::team_router());
     // Everything but health and sign-in goes through the authentication layer.
     let api = Router::new()

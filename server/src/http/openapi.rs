@@ -7,7 +7,7 @@ use axum::Json;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{accounts, audits, datasets, demos, events, runs, sweeps};
+use super::{accounts, audits, datasets, demos, events, exports, runs, sweeps};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -30,6 +30,7 @@ use super::{accounts, audits, datasets, demos, events, runs, sweeps};
         accounts::list_tokens, accounts::create_token, accounts::revoke_token,
         accounts::members, accounts::add_member, accounts::remove_member,
         demos::publish, demos::list, demos::unpublish, demos::manifest, demos::file,
+        exports::export_run, exports::export_audit, exports::read,
         health, document,
     ),
     modifiers(&Security),

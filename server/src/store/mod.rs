@@ -7,6 +7,7 @@ mod audits;
 mod datasets;
 mod demos;
 mod evaluations;
+mod exports;
 mod memorization;
 mod queue;
 mod runs;

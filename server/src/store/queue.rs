@@ -1,4 +1,4 @@
-//! The one job queue: runs, evaluation jobs and audits are rows of their own
+//! The one job queue: runs, evaluation jobs, audits and exports are rows of their own
 //! tables with the same queue columns (`status`, `worker`,
 //! `lease_expires_at`, `attempts`, `cancel_requested`), claimed with a lease
 //! that the holder renews and that every report must show.
@@ -18,10 +18,16 @@ pub enum JobKind {
     Run,
     Evaluation,
     Audit,
+    Export,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 3] = [JobKind::Run, JobKind::Evaluation, JobKind::Audit];
+    pub const ALL: [JobKind; 4] = [
+        JobKind::Run,
+        JobKind::Evaluation,
+        JobKind::Audit,
+        JobKind::Export,
+    ];
 
     /// Its name in metrics and logs.
     pub fn name(self) -> &'static str {
@@ -29,6 +35,7 @@ impl JobKind {
             JobKind::Run => "run",
             JobKind::Evaluation => "evaluation",
             JobKind::Audit => "audit",
+            JobKind::Export => "export",
         }
     }
 
@@ -37,6 +44,7 @@ impl JobKind {
             JobKind::Run => "runs",
             JobKind::Evaluation => "evaluation_jobs",
             JobKind::Audit => "audits",
+            JobKind::Export => "exports",
         }
     }
 }
