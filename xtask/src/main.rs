@@ -29,7 +29,7 @@ fn main() -> Result<()> {
                  serve [ARGS]      build the dashboard and start the platform (args go to `sslab serve`)\n\
                  test [FILTER]     every test: unit, API against SQLite and PostgreSQL, browser end-to-end\n\
                  build-web         build the dashboard and the browser inference module only\n\
-                 bench [NAME]      benchmarks (release builds): api, train-step, augment; all when no name is given\n\
+                 bench [NAME]      benchmarks (release builds): api, wasm, train-step, augment; all when no name is given\n\
                  cuda [--cudnn]    CUDA builds of `sslab` and the train-step bench into target/cuda/bin (toolkit from PyPI)"
             );
             bail!("no command given")
@@ -237,8 +237,9 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
 }
 
 /// Benchmarks, by name: (name, package, bench target).
-const BENCHES: [(&str, &str, &str); 3] = [
+const BENCHES: [(&str, &str, &str); 4] = [
     ("api", "sslab-server", "api_latency"),
+    ("wasm", "sslab-server", "wasm_demo"),
     ("train-step", "sslab-engine", "train_step"),
     ("augment", "sslab-engine", "augment"),
 ];
@@ -262,11 +263,49 @@ fn bench(args: &[String]) -> Result<()> {
             train_step_bench(package, target)?;
         } else if *name == "augment" {
             augment_bench(package, target)?;
+        } else if *name == "wasm" {
+            wasm_bench(package, target)?;
         } else {
             run(cargo().args(["bench", "--package", package, "--bench", target]))?;
         }
     }
     Ok(())
+}
+
+/// onnxruntime-web, from npm, for the browser demo's side-by-side bench.
+const ORT_WEB_VERSION: &str = "1.31.1";
+
+/// The demo page in Chromium beside onnxruntime-web: the dashboard and the
+/// inference module built, Chromium, the ONNX exporter's Python modules and
+/// onnxruntime-web's npm package.
+fn wasm_bench(package: &str, target: &str) -> Result<()> {
+    let root = workspace_root();
+    build_web(&root)?;
+    ensure_browser()?;
+    if output(Command::new("python3").args(["-c", "import numpy, onnx"])).is_none() {
+        run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "numpy", "onnx"]))?;
+    }
+    let npm = root.join("target/onnxruntime-web");
+    let dist = npm.join("node_modules/onnxruntime-web/dist");
+    let installed = std::fs::read_to_string(npm.join("node_modules/onnxruntime-web/package.json"))
+        .unwrap_or_default();
+    if !installed.contains(&format!("\"version\": \"{ORT_WEB_VERSION}\"")) {
+        std::fs::create_dir_all(&npm)?;
+        run(Command::new("npm")
+            .args([
+                "install",
+                "--no-save",
+                "--no-audit",
+                "--no-fund",
+                "--prefix",
+            ])
+            .arg(&npm)
+            .arg(format!("onnxruntime-web@{ORT_WEB_VERSION}")))?;
+    }
+    run(cargo()
+        .args(["bench", "--package", package, "--bench", target])
+        .env("SSLAB_STATIC_DIR", root.join("frontend/dist"))
+        .env("SSLAB_ORT_DIR", dist))
 }
 
 fn figure(text: &str, key: &str) -> Result<f64> {

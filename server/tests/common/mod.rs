@@ -1,6 +1,8 @@
 //! A real `sslab serve` process on an ephemeral port, for the integration tests.
 #![allow(dead_code)]
 
+pub mod browser;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
