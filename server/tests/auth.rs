@@ -262,15 +262,12 @@ async fn authorization(server: &Server, url: Option<&str>) {
         server.url(&format!("/public/demos/{}", demo["slug"].as_str().unwrap())),
     )
     .await;
-    let export: Value = a
-        .post(server.url(&format!("/runs/{}/export", run.id)))
-        .json(&json!({"f16": true}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let export = post_json(
+        &a,
+        server.url(&format!("/runs/{}/export", run.id)),
+        &json!({"f16": true}),
+    )
+    .await;
     let tokens: Vec<Value> = get_json(&a, server.url("/tokens")).await;
     let members: Vec<Value> = get_json(&a, server.url("/members")).await;
     let objects = Objects {

@@ -762,18 +762,11 @@ async fn a_public_demo_in_chromium() {
     assert_eq!(listed.len(), 3);
 
     // An audit on the server, exported by a job and published from it.
-    let audit: Value = admin
-        .post(server.url("/audits"))
-        .json(&json!({"name": "web-audit", "snapshots": [1], "split": {"per_class": 6}, "attack": {"k": 10},
-            "run": {"seed": 3, "data": {"source": "scenes", "classes": 3, "train_images": 90, "test_images": 30},
-                    "backbone": {"kind": "tiny_cnn", "width": 8}, "projector": {"dims": "32-16"},
-                    "optimizer": {"batch_size": 12}, "schedule": {"epochs": 2}}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let audit_spec = json!({"name": "web-audit", "snapshots": [1], "split": {"per_class": 6}, "attack": {"k": 10},
+        "run": {"seed": 3, "data": {"source": "scenes", "classes": 3, "train_images": 90, "test_images": 30},
+                "backbone": {"kind": "tiny_cnn", "width": 8}, "projector": {"dims": "32-16"},
+                "optimizer": {"batch_size": 12}, "schedule": {"epochs": 2}}});
+    let audit = post_json(&admin, server.url("/audits"), &audit_spec).await;
     let audit_id = audit["id"]
         .as_str()
         .unwrap_or_else(|| panic!("{audit}"))
@@ -800,15 +793,12 @@ async fn a_public_demo_in_chromium() {
         assert!(Instant::now() < deadline, "the audit did not finish: {a}");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let job: Value = admin
-        .post(server.url(&format!("/audits/{audit_id}/export")))
-        .json(&json!({"f16": true}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let job = post_json(
+        &admin,
+        server.url(&format!("/audits/{audit_id}/export")),
+        &json!({"f16": true}),
+    )
+    .await;
     let job_id = job["id"]
         .as_str()
         .unwrap_or_else(|| panic!("{job}"))
@@ -969,8 +959,30 @@ async fn a_public_demo_in_chromium() {
         .screenshot(&std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("demo-page.png"))
         .await;
 
-    // Unknown and unpublished slugs are 404s, page and files alike.
+    // Served compressed, with the right types; bundle files by hash, cached for good.
     let anonymous = reqwest::Client::new();
+    let wasm = anonymous
+        .get(format!("{}/wasm-infer/sslab_wasm_infer_bg.wasm", server.base))
+        .header("accept-encoding", "br, gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wasm.headers()["content-type"], "application/wasm");
+    assert_eq!(wasm.headers()["content-encoding"], "br");
+    let manifest: Value = get_json(&anonymous, server.url(&format!("/public/demos/{}", slugs[0]))).await;
+    let file = anonymous
+        .get(server.url(&format!(
+            "/public/demos/{}/files/{}",
+            slugs[0],
+            manifest["files"][0]["sha256"].as_str().unwrap()
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(file.status(), 200);
+    assert_eq!(file.headers()["cache-control"], "public, max-age=31536000, immutable");
+
+    // Unknown and unpublished slugs are 404s, page and files alike.
     let page = anonymous
         .get(format!("{}/demo/no-such-demo", server.base))
         .send()

@@ -206,3 +206,28 @@ fn damaged_bundles_and_bad_crops_are_refused_by_name() {
         .to_string();
     assert!(err.contains("is not empty"), "{err}");
 }
+
+/// A visitor's upload: any size is cut to the models' square; a file that
+/// is not an image, or one too large to decode safely, is refused by name.
+#[test]
+fn uploads_are_squared_or_refused_by_name() {
+    let encode = |w: u32, h: u32| {
+        let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 7]));
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+        out.into_inner()
+    };
+    let decode = crate::data::folder::decode_bytes;
+    assert_eq!(decode(&encode(64, 40), 32).unwrap().len(), 32 * 32 * 3);
+    // Exactly the models' size: the pixels as they are.
+    let exact = decode(&encode(32, 32), 32).unwrap();
+    assert_eq!(&exact[..6], &[0, 0, 7, 1, 0, 7]);
+    let err = decode(b"plain text, not pixels", 32).unwrap_err().to_string();
+    assert!(err.contains("not an image"), "{err}");
+    let err = decode(&encode(9000, 2), 32).unwrap_err().to_string();
+    assert!(err.contains("too large"), "{err}");
+    let mut cut = encode(64, 64);
+    cut.truncate(cut.len() / 2);
+    let err = decode(&cut, 32).unwrap_err().to_string();
+    assert!(err.contains("not a readable image"), "{err}");
+}
