@@ -13,7 +13,7 @@ use std::process::Command;
 
 use common::{
     Server, admin, allowed_methods, assert_succeeded, client_with, create, export_run,
-    fresh_postgres_database, get_json, last_line, publish, routes, tar_dir, tiny_spec,
+    fresh_postgres_database, get_json, last_line, post_json, publish, routes, tar_dir, tiny_spec,
     wait_terminal,
 };
 use reqwest::{Method, StatusCode};

@@ -962,14 +962,21 @@ async fn a_public_demo_in_chromium() {
     // Served compressed, with the right types; bundle files by hash, cached for good.
     let anonymous = reqwest::Client::new();
     let wasm = anonymous
-        .get(format!("{}/wasm-infer/sslab_wasm_infer_bg.wasm", server.base))
+        .get(format!(
+            "{}/wasm-infer/sslab_wasm_infer_bg.wasm",
+            server.base
+        ))
         .header("accept-encoding", "br, gzip")
         .send()
         .await
         .unwrap();
     assert_eq!(wasm.headers()["content-type"], "application/wasm");
     assert_eq!(wasm.headers()["content-encoding"], "br");
-    let manifest: Value = get_json(&anonymous, server.url(&format!("/public/demos/{}", slugs[0]))).await;
+    let manifest: Value = get_json(
+        &anonymous,
+        server.url(&format!("/public/demos/{}", slugs[0])),
+    )
+    .await;
     let file = anonymous
         .get(server.url(&format!(
             "/public/demos/{}/files/{}",
@@ -980,7 +987,10 @@ async fn a_public_demo_in_chromium() {
         .await
         .unwrap();
     assert_eq!(file.status(), 200);
-    assert_eq!(file.headers()["cache-control"], "public, max-age=31536000, immutable");
+    assert_eq!(
+        file.headers()["cache-control"],
+        "public, max-age=31536000, immutable"
+    );
 
     // Unknown and unpublished slugs are 404s, page and files alike.
     let page = anonymous

@@ -212,7 +212,9 @@ fn damaged_bundles_and_bad_crops_are_refused_by_name() {
 #[test]
 fn uploads_are_squared_or_refused_by_name() {
     let encode = |w: u32, h: u32| {
-        let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 7]));
+        let img = image::RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([(x % 256) as u8, (y % 256) as u8, 7])
+        });
         let mut out = std::io::Cursor::new(Vec::new());
         img.write_to(&mut out, image::ImageFormat::Png).unwrap();
         out.into_inner()
@@ -222,7 +224,9 @@ fn uploads_are_squared_or_refused_by_name() {
     // Exactly the models' size: the pixels as they are.
     let exact = decode(&encode(32, 32), 32).unwrap();
     assert_eq!(&exact[..6], &[0, 0, 7, 1, 0, 7]);
-    let err = decode(b"plain text, not pixels", 32).unwrap_err().to_string();
+    let err = decode(b"plain text, not pixels", 32)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("not an image"), "{err}");
     let err = decode(&encode(9000, 2), 32).unwrap_err().to_string();
     assert!(err.contains("too large"), "{err}");

@@ -227,7 +227,15 @@ pub async fn get_json<T: serde::de::DeserializeOwned>(client: &reqwest::Client, 
 
 /// POSTs `body` as JSON and reads the answer, whatever its status.
 pub async fn post_json(client: &reqwest::Client, url: String, body: &Value) -> Value {
-    client.post(&url).json(body).send().await.unwrap().json().await.unwrap()
+    client
+        .post(&url)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 pub async fn get_run(client: &reqwest::Client, server: &Server, id: &str) -> Run {
