@@ -5,7 +5,14 @@
 //! batch's linear Gram matrices summed over batches, for sets too large to
 //! hold at once. Sums run in f64.
 
+use std::path::Path;
+
+use candle_core::Device;
+use sslab_shared::RunSpec;
+use sslab_shared::spec::DataSpec;
+
 use crate::eval::Features;
+use crate::EngineError;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum CkaError {
@@ -160,6 +167,52 @@ pub fn matrix(
                 .collect()
         })
         .collect()
+}
+
+/// One run of a comparison: a name for messages, its spec and final
+/// weights, and the indices of the layers compared.
+pub struct Run<'a> {
+    pub label: &'a str,
+    pub spec: &'a RunSpec,
+    pub checkpoint: &'a Path,
+    pub layers: &'a [usize],
+}
+
+/// CKA of `a`'s layers against `b`'s on the test split of `data`: the
+/// matrix and how many images it covers. Errors name the run and layer.
+pub fn compare_runs(
+    a: &Run,
+    b: &Run,
+    data: &DataSpec,
+    batch: Option<usize>,
+    device: &Device,
+) -> crate::Result<(Vec<Vec<f64>>, usize)> {
+    let splits = crate::data::load(data)?;
+    let features = |run: &Run| -> crate::Result<Vec<Features>> {
+        let size = run.spec.data.image_size();
+        if size != 0 && size != splits.test.size {
+            return Err(EngineError::Data(format!(
+                "{} was trained on {size} px images; these are {} px",
+                run.label, splits.test.size
+            )));
+        }
+        let spec = run.spec.clone().into_valid()?;
+        let encoder = crate::train::load_encoder(&spec, run.checkpoint, device)?;
+        let all = crate::eval::embed_layers(&encoder, &splits.test, device)?;
+        Ok(run.layers.iter().map(|&i| all[i].clone()).collect())
+    };
+    let (fa, fb) = (features(a)?, features(b)?);
+    let matrix = matrix(&fa, &fb, batch).map_err(|(i, j, e)| {
+        let name = |run: &Run, k: usize| run.spec.layer_names()[run.layers[k]].clone();
+        EngineError::Data(format!(
+            "{} layer `{}` against {} layer `{}`: {e}",
+            a.label,
+            name(a, i),
+            b.label,
+            name(b, j)
+        ))
+    })?;
+    Ok((matrix, splits.test.len()))
 }
 
 #[cfg(test)]

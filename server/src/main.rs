@@ -4,6 +4,7 @@ mod archive;
 mod artifacts;
 mod audit_job;
 mod auth;
+mod cka_job;
 mod cli;
 mod csv;
 mod datasets;

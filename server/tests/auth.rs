@@ -79,6 +79,7 @@ struct Objects {
     demo: String,
     demo_file: String,
     export: String,
+    cka: String,
 }
 
 impl Objects {
@@ -102,6 +103,7 @@ impl Objects {
                 ("images", "{file}") => "0.png",
                 ("demos", "{slug}") => &self.demo,
                 ("exports", "{id}") => &self.export,
+                ("cka", "{id}") => &self.cka,
                 ("files", "{sha256}") => &self.demo_file,
                 (before, param) => panic!(
                     "no test object for `{param}` after `{before}` in {path}: add one to Objects"
@@ -112,8 +114,9 @@ impl Objects {
         out.join("/")
     }
 
-    fn ids(&self) -> [&str; 8] {
+    fn ids(&self) -> [&str; 9] {
         [
+            &self.cka,
             &self.demo,
             &self.export,
             &self.run,
@@ -268,6 +271,7 @@ async fn authorization(server: &Server, url: Option<&str>) {
         &json!({"f16": true}),
     )
     .await;
+    let cka = post_json(&a, server.url("/cka"), &json!({"a": run.id})).await;
     let tokens: Vec<Value> = get_json(&a, server.url("/tokens")).await;
     let members: Vec<Value> = get_json(&a, server.url("/members")).await;
     let objects = Objects {
@@ -292,6 +296,7 @@ async fn authorization(server: &Server, url: Option<&str>) {
             .as_str()
             .unwrap_or_else(|| panic!("{export}"))
             .into(),
+        cka: cka["id"].as_str().unwrap_or_else(|| panic!("{cka}")).into(),
     };
 
     // Every route of the router, as the binary itself lists them.

@@ -431,6 +431,28 @@ async fn sweep_from_a_run_page_in_chromium() {
         json!([3, 3]),
         "one kNN curve per run through every layer"
     );
+    // The CKA of the two runs, layer by layer, as a heatmap with values.
+    browser.click("#cka-start").await;
+    let cells = wait_script(
+        &browser,
+        "const m = document.querySelector('#cka-heatmap'); \
+         return m ? Array.from(m.querySelectorAll('.cka-cell')).map(c => Number(c.dataset.value)) : null",
+        90,
+    )
+    .await;
+    let cells: Vec<f64> = serde_json::from_value(cells).unwrap();
+    assert_eq!(cells.len(), 9, "3 layers × 3 layers: {cells:?}");
+    assert!(
+        cells.iter().all(|v| (-0.05..=1.0 + 1e-9).contains(v)),
+        "{cells:?}"
+    );
+    let hover = browser
+        .script("return document.querySelector('#cka-heatmap .cka-cell title').textContent")
+        .await;
+    assert!(
+        hover.as_str().unwrap().starts_with("backbone × backbone: "),
+        "{hover}"
+    );
 }
 
 /// An image-folder archive uploaded through the Data sets page is listed

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod cka;
 pub mod dataset;
 pub mod demo;
 pub mod error;

@@ -187,6 +187,10 @@ fn render(c: Comparison) -> impl IntoView {
             </table>
         </section>
         <section>
+            <h2>"Representations (CKA)"</h2>
+            <super::cka::CkaSection runs=c.runs.clone()/>
+        </section>
+        <section>
             <h2>"Where the specs differ"</h2>
             {diff}
         </section>

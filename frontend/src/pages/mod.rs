@@ -1,6 +1,7 @@
 pub mod account;
 pub mod api_reference;
 pub mod audits;
+pub mod cka;
 pub mod compare;
 pub mod datasets;
 pub mod new_run;

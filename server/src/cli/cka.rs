@@ -2,10 +2,11 @@
 //! representations are, layer by layer (CKA), on the same held-out images.
 //! Writes `DIR/cka.json` (rows: the first run's layers).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, bail};
-use serde::Serialize;
+use sslab_engine::cka;
+use sslab_shared::cka::{CkaResult, CkaSettings, CkaSide};
 use sslab_shared::spec::DataSpec;
 
 use super::train::finished_run;
@@ -23,30 +24,6 @@ pub struct Request<'a> {
     pub layers_b: Option<&'a str>,
     /// Minibatch CKA over batches of this many images; linear CKA without.
     pub minibatch: Option<usize>,
-}
-
-#[derive(Serialize)]
-struct Side {
-    run: String,
-    name: String,
-    layers: Vec<String>,
-}
-
-#[derive(Serialize)]
-struct Settings {
-    kind: &'static str,
-    batch: Option<usize>,
-    split: &'static str,
-    images: usize,
-    data: DataSpec,
-}
-
-#[derive(Serialize)]
-struct Output {
-    a: Side,
-    b: Side,
-    matrix: Vec<Vec<f64>>,
-    settings: Settings,
 }
 
 /// The layers asked for, by name, among the run's own; all without a list.
@@ -109,63 +86,47 @@ where
     let names_b = spec_b.layer_names();
     let pick_a = pick(&names_a, req.layers_a, req.a)?;
     let pick_b = pick(&names_b, req.layers_b, req.b)?;
-    let side = |dir: &Path, spec_name: String, names: &[String], pick: &[usize]| Side {
+    let side = |dir: &Path, spec_name: String, names: &[String], pick: &[usize]| CkaSide {
         run: dir.display().to_string(),
         name: spec_name,
         layers: pick.iter().map(|&i| names[i].clone()).collect(),
     };
     let a = side(req.a, title_a, &names_a, &pick_a);
     let b = side(req.b, title_b, &names_b, &pick_b);
-    let (layers_a, layers_b) = (a.layers.clone(), b.layers.clone());
-    let (dir_a, dir_b) = (req.a.to_path_buf(), req.b.to_path_buf());
+    let (label_a, label_b) = (req.a.display().to_string(), req.b.display().to_string());
     let batch = req.minibatch;
     let data_for_job = data.clone();
-    let (matrix, images) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+    let (matrix, images) = tokio::task::spawn_blocking(move || {
+        let run_a = cka::Run {
+            label: &label_a,
+            spec: &spec_a,
+            checkpoint: &ckpt_a,
+            layers: &pick_a,
+        };
+        let run_b = cka::Run {
+            label: &label_b,
+            spec: &spec_b,
+            checkpoint: &ckpt_b,
+            layers: &pick_b,
+        };
         let device = sslab_engine::default_device();
-        let splits = sslab_engine::data::load(&data_for_job)?;
-        let features =
-            |spec: sslab_shared::RunSpec, ckpt: &PathBuf, dir: &PathBuf, pick: &[usize]| {
-                if spec.data.image_size() != 0 && spec.data.image_size() != splits.test.size {
-                    bail!(
-                        "{} was trained on {} px images; these are {} px",
-                        dir.display(),
-                        spec.data.image_size(),
-                        splits.test.size
-                    );
-                }
-                let spec = spec.into_valid()?;
-                let encoder = sslab_engine::train::load_encoder(&spec, ckpt, &device)?;
-                let all = sslab_engine::eval::embed_layers(&encoder, &splits.test, &device)?;
-                Ok(pick.iter().map(|&i| all[i].clone()).collect::<Vec<_>>())
-            };
-        let fa = features(spec_a, &ckpt_a, &dir_a, &pick_a)?;
-        let fb = features(spec_b, &ckpt_b, &dir_b, &pick_b)?;
-        let images = splits.test.len();
-        let matrix = sslab_engine::cka::matrix(&fa, &fb, batch).map_err(|(i, j, e)| {
-            anyhow::anyhow!(
-                "{} layer `{}` against {} layer `{}`: {e}",
-                dir_a.display(),
-                layers_a[i],
-                dir_b.display(),
-                layers_b[j]
-            )
-        })?;
-        Ok((matrix, images))
+        cka::compare_runs(&run_a, &run_b, &data_for_job, batch, &device)
     })
     .await??;
     print_matrix(&a, &b, &matrix);
-    let output = Output {
+    let output = CkaResult {
         a,
         b,
         matrix,
-        settings: Settings {
+        settings: CkaSettings {
             kind: if batch.is_some() {
                 "minibatch"
             } else {
                 "linear"
-            },
+            }
+            .into(),
             batch,
-            split: "test",
+            split: "test".into(),
             images,
             data,
         },
@@ -178,7 +139,7 @@ where
     Ok(())
 }
 
-fn print_matrix(a: &Side, b: &Side, m: &[Vec<f64>]) {
+fn print_matrix(a: &CkaSide, b: &CkaSide, m: &[Vec<f64>]) {
     print!("{:<12}", "");
     for l in &b.layers {
         print!(" {l:>10}");

@@ -3,6 +3,7 @@
 mod accounts;
 mod audits;
 mod authn;
+mod cka;
 mod datasets;
 mod demos;
 mod error;
@@ -215,6 +216,7 @@ pub fn app(state: AppState, static_dir: Option<PathBuf>) -> Router {
         .merge(audits::router())
         .merge(demos::router())
         .merge(exports::router())
+        .merge(cka::router())
         .merge(accounts::team_router());
     // Everything but health and sign-in goes through the authentication layer.
     let api = Router::new()

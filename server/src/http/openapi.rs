@@ -7,7 +7,7 @@ use axum::Json;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{accounts, audits, datasets, demos, events, exports, runs, sweeps};
+use super::{accounts, audits, cka, datasets, demos, events, exports, runs, sweeps};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -31,6 +31,7 @@ use super::{accounts, audits, datasets, demos, events, exports, runs, sweeps};
         accounts::members, accounts::add_member, accounts::remove_member,
         demos::publish, demos::list, demos::unpublish, demos::manifest, demos::file,
         exports::export_run, exports::export_audit, exports::read,
+        cka::create, cka::read, cka::cancel,
         health, document,
     ),
     modifiers(&Security),

@@ -4,6 +4,7 @@
 
 mod accounts;
 mod audits;
+mod cka;
 mod datasets;
 mod demos;
 mod evaluations;

@@ -1,4 +1,4 @@
-//! The one job queue: runs, evaluation jobs, audits and exports are rows of their own
+//! The one job queue: runs, evaluation jobs, audits, exports and CKA jobs are rows of their own
 //! tables with the same queue columns (`status`, `worker`,
 //! `lease_expires_at`, `attempts`, `cancel_requested`), claimed with a lease
 //! that the holder renews and that every report must show.
@@ -19,14 +19,16 @@ pub enum JobKind {
     Evaluation,
     Audit,
     Export,
+    Cka,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 4] = [
+    pub const ALL: [JobKind; 5] = [
         JobKind::Run,
         JobKind::Evaluation,
         JobKind::Audit,
         JobKind::Export,
+        JobKind::Cka,
     ];
 
     /// Its name in metrics and logs.
@@ -36,6 +38,7 @@ impl JobKind {
             JobKind::Evaluation => "evaluation",
             JobKind::Audit => "audit",
             JobKind::Export => "export",
+            JobKind::Cka => "cka",
         }
     }
 
@@ -45,6 +48,7 @@ impl JobKind {
             JobKind::Evaluation => "evaluation_jobs",
             JobKind::Audit => "audits",
             JobKind::Export => "exports",
+            JobKind::Cka => "cka_jobs",
         }
     }
 }

@@ -1,0 +1,160 @@
+//! CKA jobs on the worker: two finished runs' layers compared on a blocking
+//! thread while the async side keeps the lease; a cancel asked meanwhile
+//! discards the result.
+
+use std::time::Duration;
+
+use sslab_engine::cka;
+use sslab_shared::api::{Run, RunStatus};
+use sslab_shared::cka::{CkaJob, CkaResult, CkaSettings, CkaSide};
+
+use crate::worker::{LEASE_MS, Worker};
+
+/// Indices of `names` among the run's layers; all of them without a list.
+pub fn layer_indices(run: &Run, names: Option<&[String]>) -> Result<Vec<usize>, String> {
+    let all = run.spec.layer_names();
+    let Some(names) = names else {
+        return Ok((0..all.len()).collect());
+    };
+    names
+        .iter()
+        .map(|l| {
+            all.iter().position(|a| a == l).ok_or_else(|| {
+                format!(
+                    "run {} has no layer `{l}`; its layers are {}",
+                    run.id,
+                    all.join(", ")
+                )
+            })
+        })
+        .collect()
+}
+
+impl Worker {
+    /// Runs one queued CKA job, if any. Returns whether there was one.
+    pub async fn cka_next(&self) -> bool {
+        let (job, lease) = match self.store.claim_next_cka(self.claimant(), LEASE_MS).await {
+            Ok(Some(claimed)) => claimed,
+            Ok(None) => return false,
+            Err(e) => {
+                tracing::error!(error = %e, "claiming a CKA job failed");
+                return false;
+            }
+        };
+        tracing::info!(cka = %job.id, "CKA job started");
+        let (status, error, result) = match self.compare(&job, &lease).await {
+            Ok(Some(result)) => (RunStatus::Succeeded, None, Some(result)),
+            Ok(None) => (RunStatus::Cancelled, None, None),
+            Err(e) => (RunStatus::Failed, Some(e), None),
+        };
+        match self
+            .store
+            .finish_cka(&lease, status, error.as_deref(), result.as_ref())
+            .await
+        {
+            Ok(true) => {
+                tracing::info!(cka = %job.id, status = status.as_str(), error = error.as_deref().unwrap_or(""), "CKA job ended")
+            }
+            Ok(false) => {
+                tracing::warn!(cka = %job.id, "CKA job was taken from this worker before it ended")
+            }
+            Err(e) => {
+                tracing::error!(cka = %job.id, error = %e, "recording the end of a CKA job failed")
+            }
+        }
+        true
+    }
+
+    async fn finished_run(&self, id: &str) -> Result<Run, String> {
+        let run = self
+            .store
+            .run(id)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("run {id} no longer exists"))?;
+        if run.status != RunStatus::Succeeded {
+            return Err(format!("run {id} has not succeeded"));
+        }
+        Ok(run)
+    }
+
+    /// The result, or `None` when a cancel was asked while it ran.
+    async fn compare(
+        &self,
+        job: &CkaJob,
+        lease: &crate::store::Lease,
+    ) -> Result<Option<CkaResult>, String> {
+        let req = &job.request;
+        let a = self.finished_run(&req.a).await?;
+        let b = self
+            .finished_run(req.b.as_deref().unwrap_or(&req.a))
+            .await?;
+        let pick_a = layer_indices(&a, req.layers_a.as_deref())?;
+        let pick_b = layer_indices(&b, req.layers_b.as_deref())?;
+        let data = req.data.clone().unwrap_or_else(|| a.spec.data.clone());
+        let side = |run: &Run, pick: &[usize]| CkaSide {
+            run: run.id.clone(),
+            name: run.spec.name.clone(),
+            layers: pick
+                .iter()
+                .map(|&i| run.spec.layer_names()[i].clone())
+                .collect(),
+        };
+        let (side_a, side_b) = (side(&a, &pick_a), side(&b, &pick_b));
+        let (ckpt_a, ckpt_b) = (
+            self.artifacts.checkpoint(&a.id),
+            self.artifacts.checkpoint(&b.id),
+        );
+        let (batch, on) = (req.minibatch, data.clone());
+        let mut thread = tokio::task::spawn_blocking(move || {
+            let (label_a, label_b) = (format!("run {}", a.id), format!("run {}", b.id));
+            let run_a = cka::Run {
+                label: &label_a,
+                spec: &a.spec,
+                checkpoint: &ckpt_a,
+                layers: &pick_a,
+            };
+            let run_b = cka::Run {
+                label: &label_b,
+                spec: &b.spec,
+                checkpoint: &ckpt_b,
+                layers: &pick_b,
+            };
+            let device = sslab_engine::default_device();
+            cka::compare_runs(&run_a, &run_b, &on, batch, &device)
+        });
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        let mut cancelled = false;
+        let outcome = loop {
+            tokio::select! {
+                done = &mut thread => break done.map_err(|e| format!("the CKA thread crashed: {e}"))?,
+                _ = tick.tick() => {
+                    if let Ok(Some(true)) = self.store.heartbeat(lease, LEASE_MS).await {
+                        cancelled = true;
+                    }
+                }
+            }
+        };
+        if cancelled {
+            return Ok(None);
+        }
+        let (matrix, images) = outcome.map_err(|e| e.to_string())?;
+        Ok(Some(CkaResult {
+            a: side_a,
+            b: side_b,
+            matrix,
+            settings: CkaSettings {
+                kind: if batch.is_some() {
+                    "minibatch"
+                } else {
+                    "linear"
+                }
+                .into(),
+                batch,
+                split: "test".into(),
+                images,
+                data,
+            },
+        }))
+    }
+}

@@ -1,0 +1,112 @@
+//! CKA jobs: two finished runs compared layer by layer by a worker of the
+//! one queue; the result is written with the job's end.
+
+use sqlx::any::AnyRow;
+use sqlx::{AssertSqlSafe, Row};
+use sslab_shared::api::RunStatus;
+use sslab_shared::cka::{CkaJob, CkaRequest, CkaResult};
+
+use super::{Claimant, JobKind, Lease, Owner, Result, Store, StoreError, now_ms};
+
+const COLUMNS: &str =
+    "id, request, result, status, error, created_at, finished_at, team_id, created_by";
+
+fn from_row(row: &AnyRow) -> Result<CkaJob> {
+    let status: String = row.try_get("status")?;
+    let request: String = row.try_get("request")?;
+    let result: Option<String> = row.try_get("result")?;
+    Ok(CkaJob {
+        id: row.try_get("id")?,
+        status: RunStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("CKA job status `{status}`")))?,
+        error: row.try_get("error")?,
+        request: serde_json::from_str(&request)
+            .map_err(|e| StoreError::Corrupt(format!("CKA request: {e}")))?,
+        result: result
+            .map(|r| serde_json::from_str(&r))
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("CKA result: {e}")))?,
+        created_at: row.try_get("created_at")?,
+        finished_at: row.try_get("finished_at")?,
+        team: row.try_get("team_id")?,
+        created_by: row.try_get("created_by")?,
+    })
+}
+
+impl Store {
+    pub async fn create_cka(&self, request: &CkaRequest, owner: &Owner) -> Result<CkaJob> {
+        let id = format!("ck{}", &uuid::Uuid::new_v4().simple().to_string()[..14]);
+        let body =
+            serde_json::to_string(request).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO cka_jobs (id, request, status, created_at, team_id, created_by) \
+             VALUES ($1, $2, 'queued', $3, $4, $5)",
+        )
+        .bind(&id)
+        .bind(&body)
+        .bind(now_ms())
+        .bind(&owner.team)
+        .bind(owner.user.as_deref())
+        .execute(&mut *tx)
+        .await?;
+        let sql = format!("SELECT {COLUMNS} FROM cka_jobs WHERE id = $1");
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(&id)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        from_row(&row)
+    }
+
+    pub async fn cka(&self, id: &str) -> Result<Option<CkaJob>> {
+        let sql = format!("SELECT {COLUMNS} FROM cka_jobs WHERE id = $1");
+        sqlx::query(AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| from_row(&r))
+            .transpose()
+    }
+
+    pub async fn claim_next_cka<'a>(
+        &self,
+        worker: impl Into<Claimant<'a>>,
+        lease_ms: i64,
+    ) -> Result<Option<(CkaJob, Lease)>> {
+        let claimed = self
+            .claim(JobKind::Cka, worker.into(), lease_ms, "", COLUMNS)
+            .await?;
+        claimed
+            .map(|(row, lease)| Ok((from_row(&row)?, lease)))
+            .transpose()
+    }
+
+    /// Ends a held CKA job, with its result when it succeeded.
+    pub async fn finish_cka(
+        &self,
+        lease: &Lease,
+        status: RunStatus,
+        error: Option<&str>,
+        result: Option<&CkaResult>,
+    ) -> Result<bool> {
+        let result = result
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE cka_jobs SET result = $1 WHERE id = $2 AND worker = $3")
+            .bind(result)
+            .bind(&lease.id)
+            .bind(&lease.token)
+            .execute(&mut *tx)
+            .await?;
+        Self::end(tx, lease, status, error).await
+    }
+
+    /// Cancels a queued job at once; asks the worker of a running one to stop.
+    pub async fn cancel_cka(&self, id: &str) -> Result<Option<CkaJob>> {
+        self.cancel(JobKind::Cka, id).await?;
+        self.cka(id).await
+    }
+}
