@@ -11,8 +11,8 @@ use candle_core::Device;
 use sslab_shared::RunSpec;
 use sslab_shared::spec::DataSpec;
 
-use crate::eval::Features;
 use crate::EngineError;
+use crate::eval::Features;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum CkaError {
@@ -170,7 +170,8 @@ pub fn matrix(
 }
 
 /// One run of a comparison: a name for messages, its spec and final
-/// weights, and the indices of the layers compared.
+/// weights, and the indices of the layers compared (into
+/// `RunSpec::cka_layer_names`: the backbone's blocks, then the layers).
 pub struct Run<'a> {
     pub label: &'a str,
     pub spec: &'a RunSpec,
@@ -198,12 +199,12 @@ pub fn compare_runs(
         }
         let spec = run.spec.clone().into_valid()?;
         let encoder = crate::train::load_encoder(&spec, run.checkpoint, device)?;
-        let all = crate::eval::embed_layers(&encoder, &splits.test, device)?;
+        let all = crate::eval::embed_taps(&encoder, &splits.test, device)?;
         Ok(run.layers.iter().map(|&i| all[i].clone()).collect())
     };
     let (fa, fb) = (features(a)?, features(b)?);
     let matrix = matrix(&fa, &fb, batch).map_err(|(i, j, e)| {
-        let name = |run: &Run, k: usize| run.spec.layer_names()[run.layers[k]].clone();
+        let name = |run: &Run, k: usize| run.spec.cka_layer_names()[run.layers[k]].clone();
         EngineError::Data(format!(
             "{} layer `{}` against {} layer `{}`: {e}",
             a.label,

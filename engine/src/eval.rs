@@ -53,6 +53,25 @@ pub fn embed_layers(
     set: &ImageSet,
     device: &Device,
 ) -> candle_core::Result<Vec<Features>> {
+    embed_with(set, device, |x| encoder.forward_layers(x, false))
+}
+
+/// `embed_layers` at every CKA tap: the backbone's blocks, then the layers.
+pub fn embed_taps(
+    encoder: &Encoder,
+    set: &ImageSet,
+    device: &Device,
+) -> candle_core::Result<Vec<Features>> {
+    embed_with(set, device, |x| encoder.forward_taps(x))
+}
+
+/// Every image of `set` through `forward`, in batches; one `Features` per
+/// output.
+fn embed_with(
+    set: &ImageSet,
+    device: &Device,
+    forward: impl Fn(&Tensor) -> candle_core::Result<Vec<Tensor>>,
+) -> candle_core::Result<Vec<Features>> {
     let s = set.size;
     let per = 3 * s * s;
     let batch = 256;
@@ -64,7 +83,7 @@ pub fn embed_layers(
             augment::plain(set, i, &mut buf[k * per..(k + 1) * per]);
         }
         let x = Tensor::from_vec(buf, (end - start, 3, s, s), device)?;
-        let outs = encoder.forward_layers(&x, false)?;
+        let outs = forward(&x)?;
         if layers.is_empty() {
             layers = outs
                 .iter()

@@ -12,7 +12,7 @@ use crate::worker::{LEASE_MS, Worker};
 
 /// Indices of `names` among the run's layers; all of them without a list.
 pub fn layer_indices(run: &Run, names: Option<&[String]>) -> Result<Vec<usize>, String> {
-    let all = run.spec.layer_names();
+    let all = run.spec.cka_layer_names();
     let Some(names) = names else {
         return Ok((0..all.len()).collect());
     };
@@ -97,7 +97,7 @@ impl Worker {
             name: run.spec.name.clone(),
             layers: pick
                 .iter()
-                .map(|&i| run.spec.layer_names()[i].clone())
+                .map(|&i| run.spec.cka_layer_names()[i].clone())
                 .collect(),
         };
         let (side_a, side_b) = (side(&a, &pick_a), side(&b, &pick_b));

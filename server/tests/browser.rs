@@ -441,7 +441,11 @@ async fn sweep_from_a_run_page_in_chromium() {
     )
     .await;
     let cells: Vec<f64> = serde_json::from_value(cells).unwrap();
-    assert_eq!(cells.len(), 9, "3 layers × 3 layers: {cells:?}");
+    assert_eq!(
+        cells.len(),
+        36,
+        "3 blocks and 3 layers on each side: {cells:?}"
+    );
     assert!(
         cells.iter().all(|v| (-0.05..=1.0 + 1e-9).contains(v)),
         "{cells:?}"
@@ -450,7 +454,7 @@ async fn sweep_from_a_run_page_in_chromium() {
         .script("return document.querySelector('#cka-heatmap .cka-cell title').textContent")
         .await;
     assert!(
-        hover.as_str().unwrap().starts_with("backbone × backbone: "),
+        hover.as_str().unwrap().starts_with("block0 × block0: "),
         "{hover}"
     );
 }

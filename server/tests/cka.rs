@@ -57,11 +57,11 @@ async fn cka_jobs_compare_runs_layer_by_layer() {
     let result = &job["result"];
     assert_eq!(
         result["a"]["layers"],
-        json!(["backbone", "proj.0", "proj.1"])
+        json!(["block0", "block1", "block2", "backbone", "proj.0", "proj.1"])
     );
     assert_eq!(result["settings"]["kind"], "linear");
     assert_eq!(result["settings"]["images"], 30);
-    for i in 0..3 {
+    for i in 0..6 {
         let v = result["matrix"][i][i].as_f64().unwrap();
         assert!((v - 1.0).abs() < 1e-6, "{result}");
     }
@@ -76,7 +76,7 @@ async fn cka_jobs_compare_runs_layer_by_layer() {
     let job = finished(&client, &server, &id).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     let matrix: Vec<Vec<f64>> = serde_json::from_value(job["result"]["matrix"].clone()).unwrap();
-    assert_eq!((matrix.len(), matrix[0].len()), (3, 2));
+    assert_eq!((matrix.len(), matrix[0].len()), (6, 2));
     assert!(
         matrix
             .iter()

@@ -859,14 +859,17 @@ fn cka_compares_two_runs_layer_by_layer() {
     let same = read();
     assert_eq!(
         same["a"]["layers"],
-        serde_json::json!(["backbone", "proj.0", "proj.1"])
+        serde_json::json!(["block0", "block1", "block2", "backbone", "proj.0", "proj.1"])
     );
     assert_eq!(same["settings"]["kind"], "linear");
     assert_eq!(same["settings"]["images"], 24);
-    for i in 0..3 {
+    for i in 0..6 {
         let v = same["matrix"][i][i].as_f64().unwrap();
         assert!((v - 1.0).abs() < 1e-6, "{same}");
     }
+    // The tiny CNN's last block, pooled, is its backbone output.
+    let v = same["matrix"][2][3].as_f64().unwrap();
+    assert!((v - 1.0).abs() < 1e-6, "{same}");
 
     let res = cka(&[
         "--b",
@@ -888,7 +891,7 @@ fn cka_compares_two_runs_layer_by_layer() {
     );
     assert_eq!(other["settings"]["kind"], "minibatch");
     let m = other["matrix"].as_array().unwrap();
-    assert_eq!((m.len(), m[0].as_array().unwrap().len()), (3, 2));
+    assert_eq!((m.len(), m[0].as_array().unwrap().len()), (6, 2));
     for v in m.iter().flat_map(|r| r.as_array().unwrap()) {
         let v = v.as_f64().unwrap();
         assert!((-0.5..=1.0 + 1e-9).contains(&v), "{other}");
@@ -898,7 +901,7 @@ fn cka_compares_two_runs_layer_by_layer() {
     assert!(!res.status.success());
     let err = String::from_utf8_lossy(&res.stderr);
     assert!(
-        err.contains("no layer `proj.7`") && err.contains("backbone, proj.0, proj.1"),
+        err.contains("no layer `proj.7`") && err.contains("block2, backbone, proj.0, proj.1"),
         "{err}"
     );
 

@@ -100,6 +100,19 @@ impl TinyCnn {
     }
 }
 
+impl TinyCnn {
+    /// Each block's output, pooled: `block0`…`block2` (inference).
+    pub fn taps(&self, x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+        let mut h = x.clone();
+        let mut out = Vec::new();
+        for b in &self.blocks {
+            h = b.forward_relu(&h, false)?;
+            out.push(global_avg_pool(&h)?);
+        }
+        Ok(out)
+    }
+}
+
 impl ModuleT for TinyCnn {
     fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         let mut h = x.clone();

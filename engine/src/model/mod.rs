@@ -117,6 +117,18 @@ impl Encoder {
         &self.layer_names
     }
 
+    /// Every CKA tap (`RunSpec::cka_layer_names`): the backbone's blocks,
+    /// pooled, then every named layer (inference).
+    pub fn forward_taps(&self, x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+        let mut out = match &self.backbone {
+            Backbone::TinyCnn(m) => m.taps(x)?,
+            Backbone::Resnet(m) => m.taps(x)?,
+            Backbone::Vit(m) => m.taps(x)?,
+        };
+        out.extend(self.forward_layers(x, false)?);
+        Ok(out)
+    }
+
     /// The output of every named layer, in depth order.
     pub fn forward_layers(&self, x: &Tensor, train: bool) -> candle_core::Result<Vec<Tensor>> {
         self.layers_from(self.backbone_forward(x, train)?, train)
@@ -261,6 +273,49 @@ mod tests {
                 .to_scalar::<f32>()
                 .unwrap();
             assert!(norm.is_finite() && norm > 0.0, "{name}: {norm}");
+        }
+    }
+
+    /// One tap per name, each one vector per image; the last tap of a CNN
+    /// is its pooled representation, and a ViT's last MLP tap is the
+    /// patch tokens before the final norm.
+    #[test]
+    fn taps_match_their_names_and_end_at_the_representation() {
+        let mut rng = Rng::new(2);
+        let pixels: Vec<f32> = (0..2 * 3 * 32 * 32).map(|_| rng.normal() as f32).collect();
+        let x = Tensor::from_vec(pixels, (2, 3, 32, 32), &Device::Cpu).unwrap();
+        for (kind, width) in [
+            (BackboneKind::TinyCnn, 8),
+            (BackboneKind::Resnet18, 4),
+            (BackboneKind::Vit, 24),
+        ] {
+            let mut spec = RunSpec::default();
+            spec.backbone.kind = kind;
+            spec.backbone.width = width;
+            spec.backbone.depth = 2;
+            let valid = spec.clone().into_valid().unwrap();
+            let (encoder, _) = build(&valid, &Device::Cpu).unwrap();
+            let taps = encoder.forward_taps(&x).unwrap();
+            let names = spec.cka_layer_names();
+            assert_eq!(taps.len(), names.len(), "{kind:?}: {names:?}");
+            for (t, n) in taps.iter().zip(&names) {
+                assert_eq!(t.dims().len(), 2, "{kind:?} {n}");
+                assert_eq!(t.dim(0).unwrap(), 2, "{kind:?} {n}");
+            }
+            let blocks = spec.block_names().len();
+            if kind != BackboneKind::Vit {
+                let last = taps[blocks - 1]
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap();
+                let rep = taps[blocks]
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap();
+                assert_eq!(last, rep, "{kind:?}");
+            }
         }
     }
 

@@ -124,6 +124,8 @@ pub struct ResNet {
     /// The ImageNet stem: a 7×7/2 conv followed by a 3×3/2 max-pool.
     imagenet_stem: bool,
     blocks: Vec<Block>,
+    /// Blocks per stage.
+    depths: [usize; 4],
 }
 
 impl ResNet {
@@ -181,7 +183,28 @@ impl ResNet {
             stem,
             imagenet_stem,
             blocks,
+            depths,
         })
+    }
+}
+
+impl ResNet {
+    /// The stem's and each stage's output, pooled: `stem`, `layer1`…`layer4`
+    /// (inference).
+    pub fn taps(&self, x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+        let mut h = self.stem.forward_relu(x, false)?;
+        if self.imagenet_stem {
+            h = max_pool_3x3_s2(&h)?;
+        }
+        let mut out = vec![global_avg_pool(&h)?];
+        let mut blocks = self.blocks.iter();
+        for &depth in &self.depths {
+            for b in blocks.by_ref().take(depth) {
+                h = b.forward_t(&h, false)?;
+            }
+            out.push(global_avg_pool(&h)?);
+        }
+        Ok(out)
     }
 }
 

@@ -64,15 +64,23 @@ impl Block {
     }
 }
 
-impl Module for Block {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+impl Block {
+    /// The tokens after the attention's residual add and after the MLP's.
+    fn forward_both(&self, x: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
         let x = (x + self.attn.forward(&x.apply(&self.norm1)?)?)?;
         let h = x
             .apply(&self.norm2)?
             .apply(&self.fc1)?
             .gelu_erf()?
             .apply(&self.fc2)?;
-        x + h
+        let out = (&x + h)?;
+        Ok((x, out))
+    }
+}
+
+impl Module for Block {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        Ok(self.forward_both(x)?.1)
     }
 }
 
@@ -255,6 +263,26 @@ impl Vit {
         train: bool,
     ) -> candle_core::Result<Tensor> {
         self.represent(&self.encode(&select_tokens(&self.embed(x, train)?, keep)?)?)
+    }
+}
+
+impl Vit {
+    /// After every block's attention and MLP, the patch tokens' mean (the
+    /// CLS token is left out): `blocks.I.attn`, `blocks.I.mlp` (inference).
+    pub fn taps(&self, x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+        let tokens = self.embed(x, false)?;
+        let (b, _, width) = tokens.dims3()?;
+        let cls = (&self.cls + self.pos.i((.., ..1, ..))?)?.broadcast_as((b, 1, width))?;
+        let mut h = Tensor::cat(&[&cls, &tokens], 1)?;
+        let pool = |t: &Tensor| t.i((.., 1.., ..))?.mean(1);
+        let mut out = Vec::new();
+        for block in &self.blocks {
+            let (attn, mlp) = block.forward_both(&h)?;
+            out.push(pool(&attn)?);
+            out.push(pool(&mlp)?);
+            h = mlp;
+        }
+        Ok(out)
     }
 }
 

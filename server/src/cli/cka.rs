@@ -82,8 +82,8 @@ where
             .await?;
     }
     let (title_a, title_b) = (spec_a.name.clone(), spec_b.name.clone());
-    let names_a = spec_a.layer_names();
-    let names_b = spec_b.layer_names();
+    let names_a = spec_a.cka_layer_names();
+    let names_b = spec_b.cka_layer_names();
     let pick_a = pick(&names_a, req.layers_a, req.a)?;
     let pick_b = pick(&names_b, req.layers_b, req.b)?;
     let side = |dir: &Path, spec_name: String, names: &[String], pick: &[usize]| CkaSide {

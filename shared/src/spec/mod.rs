@@ -160,6 +160,31 @@ impl RunSpec {
             .collect()
     }
 
+    /// Points inside the backbone that CKA can compare, in depth order:
+    /// the tiny CNN's `block0`…`block2`, a ResNet's `stem` and
+    /// `layer1`…`layer4`, a ViT's `blocks.I.attn` and `blocks.I.mlp` (after
+    /// each residual add). Each is pooled to one vector per image.
+    pub fn block_names(&self) -> Vec<String> {
+        match self.backbone.kind {
+            BackboneKind::TinyCnn => (0..3).map(|i| format!("block{i}")).collect(),
+            BackboneKind::Resnet18 | BackboneKind::Resnet50 => std::iter::once("stem".to_string())
+                .chain((1..=4).map(|i| format!("layer{i}")))
+                .collect(),
+            BackboneKind::Vit => (0..self.backbone.depth)
+                .flat_map(|i| [format!("blocks.{i}.attn"), format!("blocks.{i}.mlp")])
+                .collect(),
+        }
+    }
+
+    /// Everything CKA can compare: the backbone's blocks, then the named
+    /// layers (`backbone`, `proj.0`, …).
+    pub fn cka_layer_names(&self) -> Vec<String> {
+        self.block_names()
+            .into_iter()
+            .chain(self.layer_names())
+            .collect()
+    }
+
     /// The method's predictor widths for this projector (`None` without a
     /// predictor); the input is the projector's output.
     pub fn predictor_dims(&self) -> Option<Result<Vec<usize>, String>> {
