@@ -143,18 +143,7 @@ impl Worker {
             a: side_a,
             b: side_b,
             matrix,
-            settings: CkaSettings {
-                kind: if batch.is_some() {
-                    "minibatch"
-                } else {
-                    "linear"
-                }
-                .into(),
-                batch,
-                split: "test".into(),
-                images,
-                data,
-            },
+            settings: CkaSettings::on_test_split(batch, images, data),
         }))
     }
 }

@@ -29,6 +29,25 @@ pub struct CkaSettings {
     pub data: DataSpec,
 }
 
+impl CkaSettings {
+    /// Linear CKA, or minibatch CKA over batches of `batch`, on the test
+    /// split of `data` (`images` of them): how both `sslab cka` and CKA jobs compare.
+    pub fn on_test_split(batch: Option<usize>, images: usize, data: DataSpec) -> Self {
+        CkaSettings {
+            kind: if batch.is_some() {
+                "minibatch"
+            } else {
+                "linear"
+            }
+            .into(),
+            batch,
+            split: "test".into(),
+            images,
+            data,
+        }
+    }
+}
+
 /// The layer × layer matrix (rows: `a`'s layers) with what produced it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -118,18 +118,7 @@ where
         a,
         b,
         matrix,
-        settings: CkaSettings {
-            kind: if batch.is_some() {
-                "minibatch"
-            } else {
-                "linear"
-            }
-            .into(),
-            batch,
-            split: "test".into(),
-            images,
-            data,
-        },
+        settings: CkaSettings::on_test_split(batch, images, data),
     };
     std::fs::create_dir_all(req.out)
         .with_context(|| format!("cannot create {}", req.out.display()))?;
