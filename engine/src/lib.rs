@@ -55,6 +55,35 @@ pub fn release_free_memory() {
     }
 }
 
+/// The device `name` names: `cpu`, or `cuda:N` (`cuda` alone is `cuda:0`)
+/// in a build with the `cuda` feature.
+pub fn device_named(name: &str) -> std::result::Result<candle_core::Device, String> {
+    let name = name.trim();
+    if name == "cpu" {
+        return Ok(candle_core::Device::Cpu);
+    }
+    let index = match name.strip_prefix("cuda") {
+        Some("") => 0,
+        Some(rest) => rest
+            .strip_prefix(':')
+            .and_then(|n| n.parse::<usize>().ok())
+            .ok_or_else(|| format!("`{name}` is not a device: use cpu or cuda:N"))?,
+        None => return Err(format!("`{name}` is not a device: use cpu or cuda:N")),
+    };
+    #[cfg(feature = "cuda")]
+    {
+        candle_core::Device::new_cuda(index)
+            .map_err(|e| format!("cannot open GPU {index} (`{name}`): {e}"))
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = index;
+        Err(format!(
+            "`{name}` needs a CUDA build of sslab (`cargo xtask cuda`); this one runs on the CPU only"
+        ))
+    }
+}
+
 /// The device training runs on: the first CUDA GPU when built with `cuda`
 /// and one is present, else the CPU.
 pub fn default_device() -> candle_core::Device {

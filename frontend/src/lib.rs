@@ -38,6 +38,7 @@ fn App() -> impl IntoView {
                     <A href="/sweeps">"Sweeps"</A>
                     <A href="/datasets">"Data sets"</A>
                     <A href="/audits">"Audits"</A>
+                    <A href="/workers">"Workers"</A>
                     <A href="/api">"API"</A>
                 </nav>
                 <Transition fallback=|| ()>
@@ -60,6 +61,7 @@ fn App() -> impl IntoView {
                     <Route path=path!("/datasets") view=pages::datasets::DatasetsPage/>
                     <Route path=path!("/audits") view=pages::audits::AuditsPage/>
                     <Route path=path!("/audits/:id") view=pages::audits::AuditPage/>
+                    <Route path=path!("/workers") view=pages::workers::WorkersPage/>
                 </Routes>
             </main>
         </Router>

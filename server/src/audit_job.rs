@@ -14,7 +14,7 @@ use sslab_shared::audit::AuditReport;
 use tokio::sync::watch;
 
 use crate::store::Lease;
-use crate::worker::{LEASE_MS, Worker};
+use crate::worker::{Worker, lease_ms};
 
 const PROGRESS: Duration = Duration::from_secs(2);
 /// Memorized images the audit page shows.
@@ -80,13 +80,13 @@ impl Worker {
         };
         let step = shared.step.load(Ordering::Relaxed);
         self.store
-            .audit_progress(lease, LEASE_MS, stage, step, total)
+            .audit_progress(lease, lease_ms(), stage, step, total)
             .await
     }
 
     /// Runs one queued audit, if any. Returns whether there was one.
     pub async fn audit_next(&self, shutdown: &mut watch::Receiver<bool>) -> bool {
-        let (audit, lease) = match self.store.claim_next_audit(self.claimant(), LEASE_MS).await {
+        let (audit, lease) = match self.store.claim_next_audit(self.claimant(), lease_ms()).await {
             Ok(Some(claimed)) => claimed,
             Ok(None) => return false,
             Err(e) => {

@@ -8,7 +8,7 @@ use sslab_engine::cka;
 use sslab_shared::api::{Run, RunStatus};
 use sslab_shared::cka::{CkaJob, CkaResult, CkaSettings, CkaSide};
 
-use crate::worker::{LEASE_MS, Worker};
+use crate::worker::{Worker, lease_ms};
 
 /// Indices of `names` among the run's layers; all of them without a list.
 pub fn layer_indices(run: &Run, names: Option<&[String]>) -> Result<Vec<usize>, String> {
@@ -33,7 +33,7 @@ pub fn layer_indices(run: &Run, names: Option<&[String]>) -> Result<Vec<usize>, 
 impl Worker {
     /// Runs one queued CKA job, if any. Returns whether there was one.
     pub async fn cka_next(&self) -> bool {
-        let (job, lease) = match self.store.claim_next_cka(self.claimant(), LEASE_MS).await {
+        let (job, lease) = match self.store.claim_next_cka(self.claimant(), lease_ms()).await {
             Ok(Some(claimed)) => claimed,
             Ok(None) => return false,
             Err(e) => {
@@ -129,7 +129,7 @@ impl Worker {
             tokio::select! {
                 done = &mut thread => break done.map_err(|e| format!("the CKA thread crashed: {e}"))?,
                 _ = tick.tick() => {
-                    if let Ok(Some(true)) = self.store.heartbeat(lease, LEASE_MS).await {
+                    if let Ok(Some(true)) = self.store.heartbeat(lease, lease_ms()).await {
                         cancelled = true;
                     }
                 }

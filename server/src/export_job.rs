@@ -10,7 +10,7 @@ use sslab_shared::api::RunStatus;
 use sslab_shared::audit::AuditReport;
 use sslab_shared::demo::{Export, ExportSource};
 
-use crate::worker::{LEASE_MS, Worker};
+use crate::worker::{Worker, lease_ms};
 
 /// What the blocking thread exports.
 enum Work {
@@ -31,7 +31,7 @@ impl Worker {
     pub async fn export_next(&self) -> bool {
         let (job, lease) = match self
             .store
-            .claim_next_export(self.claimant(), LEASE_MS)
+            .claim_next_export(self.claimant(), lease_ms())
             .await
         {
             Ok(Some(claimed)) => claimed,
@@ -158,7 +158,7 @@ impl Worker {
             tokio::select! {
                 done = &mut thread => break done.map_err(|e| format!("the export thread crashed: {e}"))?,
                 _ = tick.tick() => {
-                    if let Ok(None) = self.store.heartbeat(lease, LEASE_MS).await {
+                    if let Ok(None) = self.store.heartbeat(lease, lease_ms()).await {
                         tracing::warn!(export = %job.id, "lost the lease during an export");
                     }
                 }

@@ -57,8 +57,11 @@ enum Command {
         #[arg(long, env = "SSLAB_STATIC_DIR", default_value = "frontend/dist")]
         static_dir: PathBuf,
         /// In-process workers; 0 leaves training to remote workers.
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, env = "SSLAB_WORKERS", default_value_t = 1)]
         workers: usize,
+        /// Milliseconds a worker keeps a job without a heartbeat.
+        #[arg(long, env = "SSLAB_LEASE_MS", default_value_t = 30_000, hide = true)]
+        lease_ms: i64,
         /// Sweeps that expand to more runs are refused.
         #[arg(long, env = "SSLAB_MAX_SWEEP_RUNS", default_value_t = sslab_shared::sweep::DEFAULT_MAX_RUNS)]
         max_sweep_runs: usize,
@@ -103,6 +106,31 @@ enum Command {
         /// MiB a published demo bundle may weigh.
         #[arg(long, env = "SSLAB_MAX_DEMO_MIB", default_value_t = sslab_engine::export::DEFAULT_MAX_BYTES >> 20)]
         max_demo_mib: u64,
+    },
+    /// Train runs for a server on another machine: claims its queued runs
+    /// over the API with a worker token (no database or storage access),
+    /// reports metrics, logs and checkpoints, and resumes runs whose worker
+    /// died from their last stored checkpoint.
+    Worker {
+        /// The server, e.g. `http://10.0.0.5:8080`.
+        #[arg(long, env = "SSLAB_SERVER")]
+        server: String,
+        /// A worker token (`sslab admin create-token --scope worker`).
+        #[arg(long, env = "SSLAB_WORKER_TOKEN", hide_env_values = true)]
+        token: String,
+        /// `cpu`, or GPUs: `cuda:0,cuda:1` (one slot each).
+        #[arg(long, env = "SSLAB_DEVICE", default_value = "cpu", value_delimiter = ',')]
+        device: Vec<String>,
+        /// Runs at once; default: one per listed device.
+        #[arg(long, env = "SSLAB_SLOTS")]
+        slots: Option<usize>,
+        /// Where runs being trained keep their checkpoints; default:
+        /// DATA_DIR/worker.
+        #[arg(long, env = "SSLAB_WORK_DIR")]
+        work_dir: Option<PathBuf>,
+        /// Milliseconds an idle slot waits before asking for work again.
+        #[arg(long, default_value_t = 2000, hide = true)]
+        poll_ms: u64,
     },
     /// Teams, users and tokens: `create-team`, `create-user`,
     /// `create-token`, `list-tokens`, `revoke-token`.
@@ -253,6 +281,7 @@ async fn main() -> std::process::ExitCode {
             addr,
             static_dir,
             workers,
+            lease_ms,
             max_sweep_runs,
             max_upload_bytes,
             max_unpacked_bytes,
@@ -264,6 +293,7 @@ async fn main() -> std::process::ExitCode {
             trusted_proxies,
             max_demo_mib,
         } => {
+            worker::set_lease_ms(*lease_ms);
             let limits = datasets::Limits {
                 max_upload: *max_upload_bytes,
                 max_unpacked: *max_unpacked_bytes,
@@ -283,6 +313,30 @@ async fn main() -> std::process::ExitCode {
                 max_demo_mib: *max_demo_mib,
             };
             serve(&cli, options).await
+        }
+        Command::Worker {
+            server,
+            token,
+            device,
+            slots,
+            work_dir,
+            poll_ms,
+        } => {
+            let options = worker::remote::Options {
+                server: server.clone(),
+                token: token.clone(),
+                devices: device.clone(),
+                slots: *slots,
+                work_dir: work_dir.clone().unwrap_or_else(|| cli.data_dir.join("worker")),
+                poll: std::time::Duration::from_millis(*poll_ms),
+            };
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                tracing::info!("stopping: runs in progress go back to the queue");
+                let _ = stop.send(true);
+            });
+            worker::remote::run(options, stopped).await
         }
         Command::Admin { command } => {
             async {
@@ -463,9 +517,9 @@ async fn serve(cli: &Cli, options: ServeOptions<'_>) -> anyhow::Result<()> {
     let store = store::Store::connect(&url)
         .await
         .context("opening the database")?;
-    // An embedded SQLite server is the only worker of its database: whatever
-    // it left running when it last stopped is orphaned. Shared databases wait
-    // for leases to expire.
+    // An embedded SQLite server is its database's only server: what its own
+    // workers left running when it last stopped is orphaned. Remote workers'
+    // leases, and everything on a shared database, wait to expire.
     let embedded = store.dialect() == store::Dialect::Sqlite && workers > 0;
     let recovered = store.recover_orphans(embedded).await?;
     if recovered > 0 {
@@ -502,14 +556,31 @@ async fn serve(cli: &Cli, options: ServeOptions<'_>) -> anyhow::Result<()> {
     }
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let mut worker_tasks = Vec::new();
+    // In-process workers of earlier starts are gone; a server beside this
+    // one on a shared database keeps its own fresh.
+    store
+        .forget_workers("in-process", store::now_ms() - 2 * worker::lease_ms())
+        .await?;
     let capabilities = worker::Worker::local_capabilities();
     for i in 0..workers {
+        let id = format!(
+            "{}{}-{i}-{}",
+            store::LOCAL_PREFIX,
+            std::process::id(),
+            &uuid::Uuid::new_v4().simple().to_string()[..6]
+        );
+        let registration = sslab_shared::worker::Registration {
+            host: "this server".into(),
+            device: worker::device_name(&sslab_engine::default_device()),
+            slots: 1,
+            version: env!("CARGO_PKG_VERSION").into(),
+            capabilities: capabilities.clone(),
+        };
+        store
+            .register_worker(&id, None, &registration, "in-process")
+            .await?;
         let w = worker::Worker {
-            id: format!(
-                "local-{}-{i}-{}",
-                std::process::id(),
-                &uuid::Uuid::new_v4().simple().to_string()[..6]
-            ),
+            id,
             capabilities: capabilities.clone(),
             store: store.clone(),
             artifacts: state.artifacts.clone(),
@@ -521,12 +592,17 @@ async fn serve(cli: &Cli, options: ServeOptions<'_>) -> anyhow::Result<()> {
     let reaper_store = store.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_millis(
-            worker::LEASE_MS as u64 / 2,
+            worker::lease_ms() as u64 / 2,
         ));
         loop {
             tick.tick().await;
             if let Err(e) = reaper_store.recover_orphans(false).await {
                 tracing::warn!(error = %e, "checking for expired leases failed");
+            }
+            // A remote worker not heard from in a day is off the list.
+            let day = 24 * 3600 * 1000;
+            if let Err(e) = reaper_store.forget_workers("remote", store::now_ms() - day).await {
+                tracing::warn!(error = %e, "forgetting silent workers failed");
             }
         }
     });

@@ -37,6 +37,9 @@ const ACCOUNT_CHANGES: [&str; 5] = [
     "/api/v1/tokens/{id}/revoke",
 ];
 
+/// What workers call: worker tokens only.
+const WORKER_ONLY: &str = "/api/v1/worker/";
+
 /// Site-wide readings: the operator's (site admin, metrics tokens) only.
 const SITE_ONLY: [&str; 1] = ["/metrics"];
 
@@ -80,6 +83,7 @@ struct Objects {
     demo_file: String,
     export: String,
     cka: String,
+    worker: String,
 }
 
 impl Objects {
@@ -104,6 +108,8 @@ impl Objects {
                 ("demos", "{slug}") => &self.demo,
                 ("exports", "{id}") => &self.export,
                 ("cka", "{id}") => &self.cka,
+                ("workers", "{id}") => &self.worker,
+                ("files", "{file}") => "checkpoint.safetensors",
                 ("files", "{sha256}") => &self.demo_file,
                 (before, param) => panic!(
                     "no test object for `{param}` after `{before}` in {path}: add one to Objects"
@@ -114,8 +120,9 @@ impl Objects {
         out.join("/")
     }
 
-    fn ids(&self) -> [&str; 9] {
+    fn ids(&self) -> [&str; 10] {
         [
+            &self.worker,
             &self.cka,
             &self.demo,
             &self.export,
@@ -272,6 +279,23 @@ async fn authorization(server: &Server, url: Option<&str>) {
     )
     .await;
     let cka = post_json(&a, server.url("/cka"), &json!({"a": run.id})).await;
+    // A worker of team A, and a worker token of team B.
+    let worker_a = client_with(&last_line(&admin(
+        dir,
+        url,
+        &["create-token", "--user", "admin", "--scope", "worker", "--name", "wa"],
+    )));
+    let worker_b = client_with(&last_line(&admin(
+        dir,
+        url,
+        &["create-token", "--user", "bob", "--scope", "worker", "--name", "wb"],
+    )));
+    let worker = post_json(
+        &worker_a,
+        server.url("/worker/register"),
+        &json!({"host": "a", "device": "cpu", "slots": 1, "version": env!("CARGO_PKG_VERSION")}),
+    )
+    .await;
     let tokens: Vec<Value> = get_json(&a, server.url("/tokens")).await;
     let members: Vec<Value> = get_json(&a, server.url("/members")).await;
     let objects = Objects {
@@ -297,6 +321,10 @@ async fn authorization(server: &Server, url: Option<&str>) {
             .unwrap_or_else(|| panic!("{export}"))
             .into(),
         cka: cka["id"].as_str().unwrap_or_else(|| panic!("{cka}")).into(),
+        worker: worker["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{worker}"))
+            .into(),
     };
 
     // Every route of the router, as the binary itself lists them.
@@ -343,6 +371,34 @@ async fn authorization(server: &Server, url: Option<&str>) {
             let (status, body) = send(&a, method.clone(), &target).await;
             assert_eq!(status, StatusCode::OK, "site admin {method} {path}: {body}");
             continue;
+        }
+        // Only worker tokens call the workers' routes; another team's
+        // worker finds nothing of team A's.
+        if path.starts_with(WORKER_ONLY) {
+            for (who, client) in [("team A's admin", &a), ("team B's admin", &b), ("viewer", &viewer)] {
+                let (status, body) = send(client, method.clone(), &target).await;
+                assert_eq!(status, StatusCode::FORBIDDEN, "{who} {method} {path}: {body}");
+            }
+            let (status, body) = send(&worker_b, method.clone(), &target).await;
+            if path.contains('{') {
+                assert_eq!(status, StatusCode::NOT_FOUND, "team B's worker {method} {path}: {body}");
+            } else {
+                assert!(
+                    status != StatusCode::UNAUTHORIZED && status != StatusCode::FORBIDDEN,
+                    "team B's worker {method} {path}: {status} {body}"
+                );
+            }
+            continue;
+        }
+        // Worker tokens read and change nothing of the team's.
+        let account = ACCOUNT_CHANGES.contains(&path.as_str()) || path == "/api/v1/session";
+        if !account {
+            let (status, body) = send(&worker_a, method.clone(), &target).await;
+            assert_eq!(
+                status,
+                StatusCode::FORBIDDEN,
+                "team A's worker {method} {path}: {body}"
+            );
         }
         // Another team's objects do not exist, for any method.
         if path.contains('{') {

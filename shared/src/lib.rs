@@ -11,6 +11,7 @@ pub mod error;
 pub mod rng;
 pub mod spec;
 pub mod sweep;
+pub mod worker;
 
 pub use error::SpecError;
 pub use spec::{RunSpec, ValidSpec};

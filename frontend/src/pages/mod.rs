@@ -9,6 +9,7 @@ pub mod new_sweep;
 pub mod run;
 pub mod runs;
 pub mod sweeps;
+pub mod workers;
 
 use sslab_shared::api::RunStatus;
 

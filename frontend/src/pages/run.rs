@@ -138,6 +138,16 @@ pub fn RunPage() -> impl IntoView {
             }
         });
     });
+    // The workers' log lines: where it ran, epochs, checkpoints, resumes.
+    let (log, set_log) = signal(Vec::<sslab_shared::worker::RunLogLine>::new());
+    Effect::new(move |_| {
+        let (id, ..) = progress.get();
+        spawn_local(async move {
+            if let Ok(v) = api::get::<Vec<sslab_shared::worker::RunLogLine>>(&format!("/runs/{id}/logs")).await {
+                set_log.set(v);
+            }
+        });
+    });
     // Who launched it, by name: the team's members are readable by all of it.
     let members = LocalResource::new(|| api::get::<Vec<sslab_shared::auth::Member>>("/members"));
     let launched_by = move |by: Option<String>| {
@@ -186,6 +196,12 @@ pub fn RunPage() -> impl IntoView {
                 format!("step {} · loss {:.4} · lr {:.2e} · {:.0} images/s{wait}{online}", m.step, m.loss, m.lr, m.images_per_sec)
             }).unwrap_or_default())}</p>
         </section>
+        <details id="run-log">
+            <summary>{move || format!("Log ({} lines)", log.with(Vec::len))}</summary>
+            <pre>{move || log.with(|lines| lines.iter().map(|l| {
+                format!("{} #{} {}\n", time_text(l.at), l.attempt, l.text)
+            }).collect::<String>())}</pre>
+        </details>
         {move || monitored().map(|epochs| view! {
             <section id="memorization">
                 <div class="bar">

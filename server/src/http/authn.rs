@@ -20,6 +20,8 @@ pub enum Access {
     Account,
     /// A team's objects: GET and HEAD read, every other method writes.
     Team,
+    /// What workers call: worker tokens only.
+    Worker,
 }
 
 pub async fn layer(
@@ -50,6 +52,12 @@ pub async fn layer(
                 "a change made with the session cookie needs the X-CSRF-Token header that GET /api/v1/session gives".into(),
             ));
         }
+    }
+    if access == Access::Worker && principal.scope != sslab_shared::auth::Scope::Worker {
+        return Err(ApiError::Forbidden(format!(
+            "only a worker token calls /worker/…; this is a {} token",
+            principal.scope.as_str()
+        )));
     }
     if access == Access::Team {
         if reads && !principal.can_read() {

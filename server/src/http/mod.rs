@@ -13,6 +13,7 @@ mod metrics;
 mod openapi;
 mod runs;
 mod sweeps;
+mod workers;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -217,6 +218,7 @@ pub fn app(state: AppState, static_dir: Option<PathBuf>) -> Router {
         .merge(demos::router())
         .merge(exports::router())
         .merge(cka::router())
+        .merge(workers::router())
         .merge(accounts::team_router());
     // Everything but health and sign-in goes through the authentication layer.
     let api = Router::new()
@@ -226,6 +228,7 @@ pub fn app(state: AppState, static_dir: Option<PathBuf>) -> Router {
         .merge(demos::public_router())
         .merge(guarded(accounts::account_router(), Access::Account))
         .merge(guarded(team, Access::Team))
+        .merge(guarded(workers::worker_router(), Access::Worker))
         .fallback(|| async { ApiError::NotFound("no such API route".into()) });
     let cors = cors_layer(&state.cors_origins);
     let counters = state.metrics.clone();

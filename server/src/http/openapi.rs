@@ -7,7 +7,7 @@ use axum::Json;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{accounts, audits, cka, datasets, demos, events, exports, runs, sweeps};
+use super::{accounts, audits, cka, datasets, demos, events, exports, runs, sweeps, workers};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -32,6 +32,9 @@ use super::{accounts, audits, cka, datasets, demos, events, exports, runs, sweep
         demos::publish, demos::list, demos::unpublish, demos::manifest, demos::file,
         exports::export_run, exports::export_audit, exports::read,
         cka::create, cka::read, cka::cancel,
+        workers::register, workers::claim, workers::start, workers::heartbeat, workers::metrics,
+        workers::logs, workers::upload, workers::download, workers::end, workers::release,
+        workers::list, workers::drain, runs::logs,
         health, document,
     ),
     modifiers(&Security),

@@ -25,6 +25,7 @@ pub fn router() -> axum::Router<AppState> {
         .route("/runs/{id}/cancel", post(cancel))
         .route("/runs/{id}/metrics", get(metrics))
         .route("/runs/{id}/memorization", get(memorization))
+        .route("/runs/{id}/logs", get(logs))
         .route("/runs/{id}/evaluations", get(evaluations))
         .route("/runs/{id}/evaluate", post(evaluate))
         .route("/runs/{id}/evaluation-jobs", get(evaluation_jobs))
@@ -239,6 +240,25 @@ async fn memorization(
 ) -> ApiResult<Json<Vec<MemorizationPoint>>> {
     find(&state, &p, &id).await?;
     Ok(Json(state.store.memorization(&id).await?))
+}
+
+/// What the run's workers said, attempt by attempt: where it ran, each
+/// epoch, checkpoints, resumes and the end.
+#[utoipa::path(
+    operation_id = "run_logs",
+    get,
+    path = "/runs/{id}/logs",
+    tag = "runs",
+    params(("id" = String, Path, description = "the run's id")),
+    responses((status = 200, description = "oldest first, the first 5 000 lines", body = Vec<sslab_shared::worker::RunLogLine>), (status = 404, description = "not found, or another team's", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
+pub(super) async fn logs(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Vec<sslab_shared::worker::RunLogLine>>> {
+    find(&state, &p, &id).await?;
+    Ok(Json(state.store.run_logs(&id, 5000).await?))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

@@ -9,7 +9,11 @@ use super::{Result, Store};
 impl Store {
     /// Records a reading; a run trained again from an earlier epoch
     /// replaces the reading of the same epoch.
-    pub async fn add_memorization(&self, run_id: &str, p: &MemorizationPoint) -> Result<()> {
+    pub(super) async fn insert_memorization(
+        conn: &mut sqlx::AnyConnection,
+        run_id: &str,
+        p: &MemorizationPoint,
+    ) -> Result<()> {
         sqlx::query(
             "INSERT INTO memorization (run_id, epoch, step, canary_top1, heldout_top1, dejavu_gap, \
              dejavu_gap_confident, canaries, heldout) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
@@ -27,7 +31,7 @@ impl Store {
         .bind(p.dejavu_gap_confident)
         .bind(p.canaries)
         .bind(p.heldout)
-        .execute(&self.pool)
+        .execute(conn)
         .await?;
         Ok(())
     }

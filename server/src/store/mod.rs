@@ -15,9 +15,10 @@ mod runs;
 mod sweeps;
 #[cfg(test)]
 mod tests;
+mod workers;
 
 pub use accounts::NewTokenRow;
-pub use queue::{Claimant, JobKind, Lease};
+pub use queue::{Claimant, JobKind, LOCAL_PREFIX, Lease};
 pub use runs::{Claim, RunFilter, is_page_token};
 
 use sqlx::AnyPool;

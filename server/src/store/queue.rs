@@ -9,6 +9,9 @@ use sslab_shared::api::RunStatus;
 
 use super::{Dialect, Result, Store, now_ms};
 
+/// The ids of a server's in-process workers begin with this.
+pub const LOCAL_PREFIX: &str = "local-";
+
 /// How many times a job may be claimed before an interruption counts as a failure.
 pub const MAX_ATTEMPTS: i64 = 3;
 
@@ -59,6 +62,8 @@ impl JobKind {
 pub struct Claimant<'a> {
     pub id: &'a str,
     pub capabilities: &'a [String],
+    /// The one team it serves; none: every team.
+    pub team: Option<&'a str>,
 }
 
 impl<'a> From<&'a str> for Claimant<'a> {
@@ -67,6 +72,7 @@ impl<'a> From<&'a str> for Claimant<'a> {
         Claimant {
             id,
             capabilities: &[],
+            team: None,
         }
     }
 }
@@ -129,11 +135,15 @@ impl Store {
         let can: Vec<String> = (0..worker.capabilities.len())
             .map(|i| format!(", ${}", i + 4))
             .collect();
+        let team = match worker.team {
+            Some(_) => format!("AND team_id = ${} ", worker.capabilities.len() + 4),
+            None => String::new(),
+        };
         let sql = format!(
             "UPDATE {table} SET status = 'running', worker = $1, lease_expires_at = $2, \
                  started_at = $3, attempts = attempts + 1{reset} \
              WHERE id = (SELECT id FROM {table} WHERE status = 'queued' \
-                 AND requires IN (''{can}) ORDER BY created_at, id LIMIT 1 {lock}) \
+                 AND requires IN (''{can}) {team}ORDER BY created_at, id LIMIT 1 {lock}) \
                AND status = 'queued' \
              RETURNING {columns}, attempts",
             can = can.concat()
@@ -144,6 +154,9 @@ impl Store {
             .bind(now);
         for c in worker.capabilities {
             query = query.bind(c);
+        }
+        if let Some(team) = worker.team {
+            query = query.bind(team);
         }
         let Some(row) = query.fetch_optional(&self.pool).await? else {
             return Ok(None);
@@ -254,12 +267,17 @@ impl Store {
         Ok(())
     }
 
-    /// Jobs whose worker vanished (lease expired, or `all_running` at the
-    /// start of an embedded server that is the only worker) go back to the
-    /// queue, are cancelled if that was asked, or fail after too many
-    /// attempts. Returns how many were touched.
-    pub async fn recover_orphans(&self, all_running: bool) -> Result<u64> {
-        let cutoff = if all_running { i64::MAX } else { now_ms() };
+    /// Jobs whose worker vanished (lease expired, or held by a server's
+    /// in-process worker when `local_too`, at the start of a server that is
+    /// its database's only server) go back to the queue, are cancelled if
+    /// that was asked, or fail after too many attempts. Remote workers keep
+    /// their leases across a server restart. Returns how many were touched.
+    pub async fn recover_orphans(&self, local_too: bool) -> Result<u64> {
+        let local = if local_too {
+            format!(" OR worker LIKE '{LOCAL_PREFIX}%'")
+        } else {
+            String::new()
+        };
         let mut touched = 0;
         for kind in JobKind::ALL {
             let sql = format!(
@@ -269,7 +287,7 @@ impl Store {
                      error = CASE WHEN cancel_requested = 0 AND attempts >= $1 THEN $2 ELSE NULL END, \
                      finished_at = CASE WHEN cancel_requested <> 0 OR attempts >= $1 THEN $3 ELSE NULL END, \
                      worker = NULL, lease_expires_at = NULL \
-                 WHERE status = 'running' AND (lease_expires_at IS NULL OR lease_expires_at < $4)",
+                 WHERE status = 'running' AND (lease_expires_at IS NULL OR lease_expires_at < $4{local})",
                 kind.table()
             );
             let done = sqlx::query(AssertSqlSafe(sql))
@@ -278,7 +296,7 @@ impl Store {
                     "its worker stopped while it was running, {MAX_ATTEMPTS} times"
                 ))
                 .bind(now_ms())
-                .bind(cutoff)
+                .bind(now_ms())
                 .execute(&self.pool)
                 .await?;
             touched += done.rows_affected();

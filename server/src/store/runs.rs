@@ -3,7 +3,7 @@
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 use sslab_shared::RunSpec;
-use sslab_shared::api::{Evaluation, MetricPoint, Page, Run, RunStatus};
+use sslab_shared::api::{Evaluation, MemorizationPoint, MetricPoint, Page, Run, RunStatus};
 
 use super::{Claimant, JobKind, Lease, Owner, Result, Store, StoreError, now_ms};
 
@@ -274,6 +274,22 @@ impl Store {
         Ok(Some(Claim { run, lease }))
     }
 
+    /// A held run starts after `epochs` epochs (0: from scratch): what an
+    /// earlier attempt stored after them is dropped. `false` when the lease
+    /// is no longer held.
+    pub async fn start_run(&self, lease: &Lease, epochs: i64) -> Result<bool> {
+        let held = sqlx::query("SELECT 1 AS one FROM runs WHERE id = $1 AND worker = $2 AND status = 'running'")
+            .bind(&lease.id)
+            .bind(&lease.token)
+            .fetch_optional(&self.pool)
+            .await?
+            .is_some();
+        if held {
+            self.drop_metrics_from(&lease.id, epochs).await?;
+        }
+        Ok(held)
+    }
+
     /// Drops a run's metrics of epoch `epoch` (0-based) and later, and the
     /// memorization readings taken after them: what a resumed run trains again.
     pub async fn drop_metrics_from(&self, id: &str, epoch: i64) -> Result<()> {
@@ -291,25 +307,46 @@ impl Store {
         Ok(())
     }
 
-    /// Appends metrics and moves the run's progress to the last of them, in
-    /// one transaction. `total_steps`, when given, corrects the run's length
-    /// (file-based data sets are counted only once they are read).
+    /// Appends metrics (and memorization readings) reported under `lease`
+    /// and moves the run's progress to the last step, in one transaction.
+    /// Steps already stored are kept, so a batch sent twice stores nothing
+    /// twice. `total_steps`, when given, corrects the run's length
+    /// (file-based data sets are counted only once they are read). Returns
+    /// `false`, storing nothing, when the lease is no longer held.
     pub async fn add_metrics(
         &self,
-        id: &str,
+        lease: &Lease,
         points: &[MetricPoint],
         total_steps: Option<i64>,
-    ) -> Result<()> {
-        let Some(last) = points.last() else {
-            return Ok(());
-        };
+        memorization: &[MemorizationPoint],
+    ) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
+        let last = points.last();
+        let held = sqlx::query(
+            "UPDATE runs SET step = COALESCE($1, step), epoch = COALESCE($2, epoch), \
+                 last_loss = COALESCE($3, last_loss), total_steps = COALESCE($4, total_steps) \
+             WHERE id = $5 AND worker = $6 AND status = 'running'",
+        )
+        .bind(last.map(|p| p.step))
+        .bind(last.map(|p| p.epoch))
+        .bind(last.map(|p| p.loss))
+        .bind(total_steps)
+        .bind(&lease.id)
+        .bind(&lease.token)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !held {
+            tx.rollback().await?;
+            return Ok(false);
+        }
         for p in points {
             sqlx::query(
                 "INSERT INTO metrics (run_id, step, epoch, loss, lr, images_per_sec, data_wait, online_probe_acc) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (run_id, step) DO NOTHING",
             )
-            .bind(id)
+            .bind(&lease.id)
             .bind(p.step)
             .bind(p.epoch)
             .bind(p.loss)
@@ -320,19 +357,11 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        sqlx::query(
-            "UPDATE runs SET step = $1, epoch = $2, last_loss = $3, total_steps = COALESCE($4, total_steps) \
-             WHERE id = $5",
-        )
-        .bind(last.step)
-        .bind(last.epoch)
-        .bind(last.loss)
-        .bind(total_steps)
-        .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        for p in memorization {
+            Store::insert_memorization(&mut *tx, &lease.id, p).await?;
+        }
         tx.commit().await?;
-        Ok(())
+        Ok(true)
     }
 
     /// Metrics with `step > after_step`, oldest first.

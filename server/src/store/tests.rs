@@ -48,7 +48,7 @@ async fn missing_and_present_floats_alternate_on_postgres() {
             data_wait: present.then_some(0.1),
             online_probe_acc: present.then_some(0.5),
         };
-        store.add_metrics(&run.id, &[m], Some(8)).await.unwrap();
+        assert!(store.add_metrics(&lease, &[m], Some(8), &[]).await.unwrap());
         let ev = Evaluation {
             layer: "backbone".into(),
             probe: "knn".into(),
@@ -141,10 +141,11 @@ async fn lifecycle_and_pagination() {
         data_wait: Some(0.02),
         online_probe_acc: Some(0.5),
     };
-    store
-        .add_metrics(&claimed.id, &[m.clone()], Some(8))
-        .await
-        .unwrap();
+    // A stale lease stores nothing; the holder's batch sent twice stores once.
+    assert!(!store.add_metrics(&stale, &[m.clone()], Some(8), &[]).await.unwrap());
+    for _ in 0..2 {
+        assert!(store.add_metrics(&w1, &[m.clone()], Some(8), &[]).await.unwrap());
+    }
     assert_eq!(store.metrics(&claimed.id, 0, 10).await.unwrap(), vec![m]);
     assert!(store.metrics(&claimed.id, 1, 10).await.unwrap().is_empty());
     let ev = Evaluation {
@@ -372,6 +373,7 @@ async fn jobs_go_to_workers_that_can_run_them() {
     let gpu = Claimant {
         id: "gpu",
         capabilities: &cuda,
+        team: None,
     };
     let claimed = store.claim_next(gpu, 10_000).await.unwrap().unwrap();
     assert_eq!(claimed.run.id, run.id);

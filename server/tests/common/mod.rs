@@ -29,9 +29,19 @@ impl Server {
 
     /// `start`, with extra environment variables for the server.
     pub fn start_with(data_dir: &Path, database_url: Option<&str>, env: &[(&str, &str)]) -> Server {
+        Server::start_on("127.0.0.1:0", data_dir, database_url, env)
+    }
+
+    /// `start_with` on a given address (a restarted server keeps its own).
+    pub fn start_on(
+        addr: &str,
+        data_dir: &Path,
+        database_url: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sslab"));
         cmd.envs(env.iter().copied());
-        cmd.args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
+        cmd.args(["serve", "--addr", addr, "--data-dir"])
             .arg(data_dir)
             .env_remove("DATABASE_URL")
             .env("RUST_LOG", "info,sqlx=warn,tower_http=warn")

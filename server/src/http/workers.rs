@@ -1,0 +1,631 @@
+//! Workers. `/worker/…` is what `sslab worker` calls with a worker token:
+//! register, claim, and report on a claimed run with its lease in the
+//! `Sslab-Lease` header (a lease that is no longer held gets 409 and
+//! changes nothing). `/workers` is the team's view: list, drain.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
+use sslab_shared::api::Run;
+use sslab_shared::worker::{
+    ClaimAnswer, ClaimRequest, ClaimedRun, HeartbeatAnswer, LEASE_HEADER, LogBatch, MetricBatch,
+    Registration, RunEnd, RunRelease, RunStart, StoredFile, WorkerInfo, is_run_file,
+};
+use tokio::io::AsyncWriteExt;
+
+use super::authn::JsonText;
+use super::{ApiError, ApiResult, AppState};
+use crate::auth::Principal;
+use crate::store::{Claimant, Lease};
+
+/// The largest file a worker may store for a run.
+const MAX_FILE_BYTES: u64 = 16 << 30;
+
+/// Routes for worker tokens only.
+pub fn worker_router() -> axum::Router<AppState> {
+    axum::Router::new()
+        .route("/worker/register", post(register))
+        .route("/worker/claim", post(claim))
+        .route("/worker/runs/{id}/start", post(start))
+        .route("/worker/runs/{id}/heartbeat", post(heartbeat))
+        .route("/worker/runs/{id}/metrics", post(metrics))
+        .route("/worker/runs/{id}/logs", post(logs))
+        .route(
+            "/worker/runs/{id}/files/{file}",
+            get(download)
+                .put(upload)
+                .layer(DefaultBodyLimit::disable()),
+        )
+        .route("/worker/runs/{id}/end", post(end))
+        .route("/worker/runs/{id}/release", post(release))
+}
+
+/// The team's view of its workers.
+pub fn router() -> axum::Router<AppState> {
+    axum::Router::new()
+        .route("/workers", get(list))
+        .route("/workers/{id}/drain", post(drain))
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &str) -> ApiResult<T> {
+    sslab_shared::error::from_json(body).map_err(ApiError::InvalidSpec)
+}
+
+/// Whether a worker of `p`'s scope may see an object of `team`: a team's
+/// worker its team's, a site-wide one every team's.
+fn serves(p: &Principal, team: Option<&str>) -> bool {
+    match (&p.team_id, team) {
+        (None, _) => true,
+        (Some(mine), Some(theirs)) => mine == theirs,
+        (Some(_), None) => false,
+    }
+}
+
+/// Registers the calling worker; another sslab version is refused.
+#[utoipa::path(
+    operation_id = "register_worker",
+    post,
+    path = "/worker/register",
+    tag = "workers",
+    request_body = Registration,
+    responses((status = 201, description = "registered", body = WorkerInfo), (status = 409, description = "another sslab version; both are named", body = sslab_shared::api::ErrorBody), (status = 422, description = "invalid; `field` names what", body = sslab_shared::api::ErrorBody), (status = 403, description = "not a worker token", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
+async fn register(
+    State(state): State<AppState>,
+    p: Principal,
+    JsonText(body): JsonText,
+) -> ApiResult<Response> {
+    let reg: Registration = parse(&body)?;
+    let ours = env!("CARGO_PKG_VERSION");
+    if reg.version != ours {
+        return Err(ApiError::Conflict(format!(
+            "this worker is sslab {}, the server is sslab {ours}: run the same version on both",
+            reg.version
+        )));
+    }
+    if reg.slots == 0 || reg.slots > 64 {
+        return Err(ApiError::InvalidSpec(sslab_shared::SpecError::new(
+            "slots",
+            "a worker runs 1 to 64 jobs at once",
+        )));
+    }
+    let id = format!("w-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    let info = state
+        .store
+        .register_worker(&id, p.team_id.as_deref(), &reg, "remote")
+        .await?;
+    tracing::info!(worker = %id, host = %reg.host, device = %reg.device, "worker registered");
+    Ok((StatusCode::CREATED, Json(info)).into_response())
+}
+
+/// The calling worker's record, if it is one of this token's team.
+async fn own_worker(state: &AppState, p: &Principal, id: &str) -> ApiResult<WorkerInfo> {
+    state
+        .store
+        .worker(id, p.team_id.as_deref())
+        .await?
+        .filter(|w| w.team == p.team_id)
+        .ok_or_else(|| ApiError::NotFound(format!("no worker `{id}`: register first")))
+}
+
+/// The oldest queued run this worker can run (its capabilities, its team),
+/// or none; `drain` once the worker was told to stop taking work.
+#[utoipa::path(
+    operation_id = "claim_run",
+    post,
+    path = "/worker/claim",
+    tag = "workers",
+    request_body = ClaimRequest,
+    responses((status = 200, description = "a claimed run, or none", body = ClaimAnswer), (status = 404, description = "no such worker for this token", body = sslab_shared::api::ErrorBody), (status = 403, description = "not a worker token", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
+async fn claim(
+    State(state): State<AppState>,
+    p: Principal,
+    JsonText(body): JsonText,
+) -> ApiResult<Json<ClaimAnswer>> {
+    let req: ClaimRequest = parse(&body)?;
+    let worker = own_worker(&state, &p, &req.worker).await?;
+    if state.store.worker_seen(&worker.id).await? == Some(true) {
+        return Ok(Json(ClaimAnswer {
+            job: None,
+            drain: true,
+        }));
+    }
+    let claimant = Claimant {
+        id: &worker.id,
+        capabilities: &worker.capabilities,
+        team: p.team_id.as_deref(),
+    };
+    let Some(claim) = state
+        .store
+        .claim_next(claimant, crate::worker::lease_ms())
+        .await?
+    else {
+        return Ok(Json(ClaimAnswer {
+            job: None,
+            drain: false,
+        }));
+    };
+    let files = if claim.lease.attempt > 1 {
+        stored_files(&state, &claim.run.id).await?
+    } else {
+        // A first attempt starts clean: nothing of an earlier life is kept.
+        let dir = state.artifacts.run_dir(&claim.run.id);
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+        Vec::new()
+    };
+    tracing::info!(run = %claim.run.id, worker = %worker.id, attempt = claim.lease.attempt, "run claimed");
+    Ok(Json(ClaimAnswer {
+        job: Some(ClaimedRun {
+            id: claim.run.id,
+            name: claim.run.name,
+            spec: claim.run.spec,
+            lease: claim.lease.token,
+            attempt: claim.lease.attempt,
+            lease_ms: crate::worker::lease_ms(),
+            files,
+        }),
+        drain: false,
+    }))
+}
+
+/// The run's stored files with their hashes.
+async fn stored_files(state: &AppState, id: &str) -> ApiResult<Vec<StoredFile>> {
+    let dir = state.artifacts.run_dir(id);
+    let mut out = Vec::new();
+    let mut entries = match tokio::fs::read_dir(&dir).await {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(anyhow::Error::new(e).into()),
+    };
+    while let Some(e) = entries.next_entry().await.map_err(anyhow::Error::new)? {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !is_run_file(&name) {
+            continue;
+        }
+        let path = e.path();
+        let (bytes, sha256) = tokio::task::spawn_blocking(move || hash_file(&path))
+            .await
+            .map_err(anyhow::Error::new)??;
+        out.push(StoredFile {
+            name,
+            bytes,
+            sha256,
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+fn hash_file(path: &std::path::Path) -> anyhow::Result<(u64, String)> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut bytes = 0u64;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        bytes += n as u64;
+        hash.update(&buf[..n]);
+    }
+    Ok((bytes, hex(&hash.finalize())))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The run a report is about, and the lease it shows, which must be the
+/// run's current one: 404 for a run the worker may not see, 409 for a lease
+/// it no longer holds.
+async fn held(state: &AppState, p: &Principal, id: &str, headers: &HeaderMap) -> ApiResult<(Run, Lease)> {
+    let run = state
+        .store
+        .run(id)
+        .await?
+        .filter(|r| serves(p, Some(&r.team)))
+        .ok_or_else(|| ApiError::NotFound(format!("no run with id `{id}`")))?;
+    let token = headers
+        .get(LEASE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| {
+            ApiError::BadRequest("send the claim's lease in the Sslab-Lease header".into())
+        })?;
+    let lease = state
+        .store
+        .run_lease(id, token)
+        .await?
+        .ok_or_else(|| lost(id))?;
+    if let Some((worker, _)) = token.split_once('#') {
+        state.store.worker_seen(worker).await?;
+    }
+    Ok((run, lease))
+}
+
+fn lost(id: &str) -> ApiError {
+    ApiError::Conflict(format!(
+        "run `{id}` is not held with this lease: it ended, was cancelled, or went to another worker"
+    ))
+}
+
+fn stored(ok: bool, id: &str) -> ApiResult<StatusCode> {
+    if ok {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(lost(id))
+    }
+}
+
+/// The run starts from scratch or after the epochs its checkpoint holds:
+/// metrics an earlier attempt stored after them are dropped.
+#[utoipa::path(
+    operation_id = "start_run",
+    post,
+    path = "/worker/runs/{id}/start",
+    tag = "workers",
+    params(("id" = String, Path, description = "the run's id"), ("Sslab-Lease" = String, Header, description = "the claim's lease")),
+    request_body = RunStart,
+    responses((status = 204, description = "started"), (status = 409, description = "the lease is not held", body = sslab_shared::api::ErrorBody), (status = 404, description = "not found, or not this worker's team", body = sslab_shared::api::ErrorBody), (status = 403, description = "not a worker token", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
+async fn start(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    JsonText(body): JsonText,
+) -> ApiResult<StatusCode> {
+    let (_, lease) = held(&state, &p, &id, &headers).await?;
+    let req: RunStart = parse(&body)?;
+    stored(
+        state
+            .store
+            .start_run(&lease, req.resumed_epochs as i64)
+            .await?,
+        &id,
+    )
+}
+
+/// Keeps the lease for another `lease_ms()`; says whether a cancel was asked.
+#[utoipa::path(
+    operation_id = "run_heartbeat",
+    post,
+    path = "/worker/runs/{id}/heartbeat",
+    tag = "workers",
+    params(("id" = String, Path, description = "the run's id"), ("Sslab-Lease" = String, Header, description = "the claim's lease")),
+    responses((status = 200, description = "the lease is extended", body = HeartbeatAnswer), (status = 409, description = "the lease is not held", body = sslab_shared::api::ErrorBody), (status = 404, description = "not found, or not this worker's team", body = sslab_shared::api::ErrorBody), (status = 403, description = "not a worker token", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
+async fn heartbeat(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<HeartbeatAnswer>> {
+    let (_, lease) = held(&state, &p, &id, &headers).await?;
+    match state
+        .store
+        .heartbeat(&lease, crate::worker::lease_ms())
+        .await?
+    {
+        Some(cancel) => Ok(Json(HeartbeatAnswer { cancel })),
+        None => Err(lost(&id)),
+    }
+}
+
+/// Step-numbered metrics (and memorization readings): a step already stored
+/// is kept as it is, so a batch sent twice stores nothing twice.
+#[utoipa::path(
+    operation_id = "report_metrics",
+    post,
+    path = "/worker/runs/{id}/metrics",
+    tag = "workers",
+    params(("id" = String, Path, description = "the run's id"), ("Sslab-Lease" = String, Header, description = "the claim's lease")),
+    request_body = MetricBatch,
+    responses((status = 204, description = "stored"), (status = 409, description = "the lease is not held; nothing stored", body = sslab_shared::api::ErrorBody), (status = 422, description = "invalid; `field` names what", body = sslab_shared::api::ErrorBody), (status = 404, description = "not found, or not this worker's team", body = sslab_shared::api::ErrorBody), (status = 403, description = "not a worker token", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
+async fn metrics(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    JsonText(body): JsonText,
+) -> ApiResult<StatusCode> {
+    let (_, lease) = held(&state, &p, &id, &headers).await?;
+    let batch: MetricBatch = parse(&body)?;
+    if let Some(bad) = batch.points.iter().find(|m| m.step < 1) {
+        return Err(ApiError::InvalidSpec(sslab_shared::SpecError::new(
+            "points.step",
+            format!("steps count from 1, not {}", bad.step),
+        )));
+    }
+    let ok = state
+        .store
+        .add_metrics(&lease, &batch.points, batch.total_steps, &batch.memorization)
+        .await?;
+    stored(ok, &id)
+}
+
+/// Log lines numbered per attempt; a line sent twice is kept once.
+#[utoipa::path(
+    operation_id = "report_logs",
+    post,
+    path = "/worker/runs/{id}/logs",
+    tag = "workers",
+    params(("id" = String, Path, description = "the run's id"), ("Sslab-Lease" = String, Header, description = "the claim's lease")),
+    request_body = LogBatch,
+    responses((status = 204, description = "stored"), (status = 409, description = "the lease is not held; nothing stored", body = sslab_shared::api::ErrorBody), (status = 404, description = "not found, or not this worker's team", body = sslab_shared::api::ErrorBody), (status = 403, description = "not a worker token", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
+async fn logs(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    JsonText(body): JsonText,
+) -> ApiResult<StatusCode> {
+    let (_, lease) = held(&state, &p, &id, &headers).await?;
+    let mut batch: LogBatch = parse(&body)?;
+    for line in &mut batch.lines {
+        // One line is a line, not a file.
+        if let Some((cut, _)) = line.text.char_indices().nth(4000) {
+            line.text.truncate(cut);
+        }
+    }
+    stored(state.store.add_run_logs(&lease, &batch.lines).await?, &id)
+}
+
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct UploadQuery {
+    /// For `checkpoint.safetensors`: the epochs it holds; training states
+    /// of other epochs are then removed.
+    epochs: Option<u32>,
+}
+
+/// Stores a file of the run (its checkpoint, its training state), streamed
+/// to the artifact store; the answer carries the stored bytes' SHA-256.
+#[utoipa::path(
+    operation_id = "upload_run_file",
+    put,
+    path = "/worker/runs/{id}/files/{file}",
+    tag = "workers",
+    params(("id" = String, Path, description = "the run's id"), ("file" = String, Path, description = "`checkpoint.safetensors` or `checkpoint.state-N.safetensors`"), ("Sslab-Lease" = String, Header, description = "the claim's lease"), UploadQuery),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 200, description = "stored", body = StoredFile), (status = 409, description = "the lease is not held; nothing stored", body = sslab_shared::api::ErrorBody), (status = 400, description = "not a run file name, or the body broke off", body = sslab_shared::api::ErrorBody), (status = 413, description = "too large", body = sslab_shared::api::ErrorBody), (status = 404, description = "not found, or not this worker's team", body = sslab_shared::api::ErrorBody), (status = 403, description = "not a worker token", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
+async fn upload(
+    State(state): State<AppState>,
+    p: Principal,
+    Path((id, file)): Path<(String, String)>,
+    Query(query): Query<UploadQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<StoredFile>> {
+    let (_, lease) = held(&state, &p, &id, &headers).await?;
+    if !is_run_file(&file) {
+        return Err(ApiError::BadRequest(format!(
+            "`{file}` is not a run file: checkpoint.safetensors or checkpoint.state-N.safetensors"
+        )));
+    }
+    let dir = state.artifacts.run_dir(&id);
+    tokio::fs::create_dir_all(&dir)
+        .await
+        .map_err(|e| ApiError::Storage(format!("cannot create the run's folder: {e}")))?;
+    let part = dir.join(format!(
+        ".{file}.{}.part",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    ));
+    let result = receive(body, &part).await;
+    let (bytes, sha256) = match result {
+        Ok(done) => done,
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&part).await;
+            return Err(e);
+        }
+    };
+    // The lease may have gone while the bytes came: then nothing changes.
+    if state.store.run_lease(&id, &lease.token).await?.is_none() {
+        let _ = tokio::fs::remove_file(&part).await;
+        return Err(lost(&id));
+    }
+    let target = dir.join(&file);
+    tokio::fs::rename(&part, &target)
+        .await
+        .map_err(|e| ApiError::Storage(format!("cannot store {file}: {e}")))?;
+    if let (Some(epochs), "checkpoint.safetensors") = (query.epochs, file.as_str()) {
+        let keep = format!("checkpoint.state-{epochs}.safetensors");
+        for stale in stored_files(&state, &id).await? {
+            if stale.name.starts_with("checkpoint.state-") && stale.name != keep {
+                let _ = tokio::fs::remove_file(dir.join(&stale.name)).await;
+            }
+        }
+    }
+    Ok(Json(StoredFile {
+        name: file,
+        bytes,
+        sha256,
+    }))
+}
+
+/// Writes a request body to `part`, hashing it on the way.
+async fn receive(body: Body, part: &std::path::Path) -> ApiResult<(u64, String)> {
+    let storage = |e: std::io::Error| ApiError::Storage(format!("cannot write the file: {e}"));
+    let mut out = tokio::fs::File::create(part).await.map_err(storage)?;
+    let mut hash = Sha256::new();
+    let mut bytes = 0u64;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk
+            .map_err(|e| ApiError::BadRequest(format!("the upload broke off after {bytes} bytes: {e}")))?;
+        bytes += chunk.len() as u64;
+        if bytes > MAX_FILE_BYTES {
+            return Err(ApiError::TooLarge(format!(
+                "a run file may weigh {} GiB at most",
+                MAX_FILE_BYTES >> 30
+            )));
+        }
+        hash.update(&chunk);
+        out.write_all(&chunk).await.map_err(storage)?;
+    }
+    out.sync_all().await.map_err(storage)?;
+    Ok((bytes, hex(&hash.finalize())))
+}
+
+/// A stored file of the run, streamed: what a worker resumes from.
+#[utoipa::path(
+    operation_id = "download_run_file",
+    get,
+    path = "/worker/runs/{id}/files/{file}",
+    tag = "workers",
+    params(("id" = String, Path, description = "the run's id"), ("file" = String, Path, description = "a name from the claim's `files`"), ("Sslab-Lease" = String, Header, description = "the claim's lease")),
+    responses((status = 200, description = "the file", body = Vec<u8>, content_type = "application/octet-stream"), (status = 409, description = "the lease is not held", body = sslab_shared::api::ErrorBody), (status = 404, description = "no such file, or not this worker's team", body = sslab_shared::api::ErrorBody), (status = 403, description = "not a worker token", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
+async fn download(
+    State(state): State<AppState>,
+    p: Principal,
+    Path((id, file)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    held(&state, &p, &id, &headers).await?;
+    let missing = || ApiError::NotFound(format!("run `{id}` has no file `{file}`"));
+    if !is_run_file(&file) {
+        return Err(missing());
+    }
+    let path = state.artifacts.run_dir(&id).join(&file);
+    let f = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(missing()),
+        Err(e) => return Err(anyhow::Error::new(e).into()),
+    };
+    let len = f.metadata().await.map_err(anyhow::Error::new)?.len();
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(f));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, len.to_string()),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// The run's end, with the evaluations of a finished run.
+#[utoipa::path(
+    operation_id = "end_run",
+    post,
+    path = "/worker/runs/{id}/end",
+    tag = "workers",
+    params(("id" = String, Path, description = "the run's id"), ("Sslab-Lease" = String, Header, description = "the claim's lease")),
+    request_body = RunEnd,
+    responses((status = 204, description = "recorded"), (status = 409, description = "the lease is not held; nothing recorded", body = sslab_shared::api::ErrorBody), (status = 422, description = "invalid; `field` names what", body = sslab_shared::api::ErrorBody), (status = 404, description = "not found, or not this worker's team", body = sslab_shared::api::ErrorBody), (status = 403, description = "not a worker token", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
+async fn end(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    JsonText(body): JsonText,
+) -> ApiResult<StatusCode> {
+    let (_, lease) = held(&state, &p, &id, &headers).await?;
+    let end: RunEnd = parse(&body)?;
+    use sslab_shared::api::RunStatus;
+    if matches!(end.status, RunStatus::Queued | RunStatus::Running) {
+        return Err(ApiError::InvalidSpec(sslab_shared::SpecError::new(
+            "status",
+            "a run ends succeeded, failed or cancelled",
+        )));
+    }
+    if end.status == RunStatus::Succeeded
+        && !state.artifacts.checkpoint(&id).is_file()
+    {
+        return Err(ApiError::Conflict(format!(
+            "run `{id}` has no stored checkpoint: store it before reporting success"
+        )));
+    }
+    let ok = state
+        .store
+        .finish_run(&lease, end.status, end.error.as_deref(), &end.evaluations)
+        .await?;
+    stored(ok, &id)
+}
+
+/// Hands the run back to the queue (the worker is stopping).
+#[utoipa::path(
+    operation_id = "release_run",
+    post,
+    path = "/worker/runs/{id}/release",
+    tag = "workers",
+    params(("id" = String, Path, description = "the run's id"), ("Sslab-Lease" = String, Header, description = "the claim's lease")),
+    request_body = RunRelease,
+    responses((status = 204, description = "queued again (or failed after too many attempts)"), (status = 409, description = "the lease is not held", body = sslab_shared::api::ErrorBody), (status = 404, description = "not found, or not this worker's team", body = sslab_shared::api::ErrorBody), (status = 403, description = "not a worker token", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
+async fn release(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    JsonText(body): JsonText,
+) -> ApiResult<StatusCode> {
+    let (_, lease) = held(&state, &p, &id, &headers).await?;
+    let req: RunRelease = parse(&body)?;
+    state.store.release(&lease, &req.reason).await?;
+    state.wake_workers();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The workers that serve the team: its own and the site-wide ones.
+#[utoipa::path(
+    operation_id = "list_workers",
+    get,
+    path = "/workers",
+    tag = "workers",
+    responses((status = 200, description = "most recently seen first", body = Vec<WorkerInfo>), (status = 403, description = "the credentials do not allow it", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
+async fn list(State(state): State<AppState>, p: Principal) -> ApiResult<Json<Vec<WorkerInfo>>> {
+    Ok(Json(state.store.list_workers(p.team()).await?))
+}
+
+/// Tells a worker to take no new job; it stops once its jobs end. Team
+/// admins drain their team's workers, the site admin site-wide ones.
+#[utoipa::path(
+    operation_id = "drain_worker",
+    post,
+    path = "/workers/{id}/drain",
+    tag = "workers",
+    params(("id" = String, Path, description = "the worker's id")),
+    responses((status = 200, description = "draining", body = WorkerInfo), (status = 404, description = "not found, or another team's", body = sslab_shared::api::ErrorBody), (status = 403, description = "not an admin of its team", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
+async fn drain(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<WorkerInfo>> {
+    let worker = state
+        .store
+        .worker(&id, Some(p.team()))
+        .await?
+        .filter(|w| w.team.is_none() || w.team == p.team_id)
+        .ok_or_else(|| ApiError::NotFound(format!("no worker `{id}`")))?;
+    let allowed = match &worker.team {
+        Some(_) => p.is_admin(),
+        None => p.site_admin && p.can_write(),
+    };
+    if !allowed {
+        return Err(ApiError::Forbidden(
+            "only a team admin drains the team's workers, and the site admin site-wide ones".into(),
+        ));
+    }
+    state.store.drain_worker(&id).await?;
+    let worker = state
+        .store
+        .worker(&id, Some(p.team()))
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no worker `{id}`")))?;
+    Ok(Json(worker))
+}

@@ -1,0 +1,208 @@
+//! What a worker and the server say to each other over `/api/v1/worker/…`,
+//! and the workers the dashboard lists. A remote worker holds only a worker
+//! token: it registers, claims runs, and reports on each claimed run with
+//! the claim's lease in the `Sslab-Lease` header.
+
+use serde::{Deserialize, Serialize};
+
+use crate::api::{Evaluation, MemorizationPoint, MetricPoint, RunStatus};
+use crate::spec::RunSpec;
+
+/// The header every report on a claimed job carries.
+pub const LEASE_HEADER: &str = "sslab-lease";
+
+/// A worker introduces itself; the server refuses another sslab version.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Registration {
+    pub host: String,
+    /// `cpu`, or the GPUs it trains on: `cuda:0,cuda:1`.
+    pub device: String,
+    /// Jobs it runs at once.
+    pub slots: u32,
+    /// Its sslab version; must equal the server's.
+    pub version: String,
+    /// What it can run beyond the plain CPU: `cuda`.
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+}
+
+/// A worker as the server knows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WorkerInfo {
+    pub id: String,
+    /// The team it serves; none for a site-wide worker.
+    pub team: Option<String>,
+    pub host: String,
+    pub device: String,
+    pub slots: u32,
+    pub version: String,
+    pub capabilities: Vec<String>,
+    /// `remote`, or `in-process` for the server's own.
+    pub kind: String,
+    pub registered_at: i64,
+    pub last_seen: i64,
+    /// Told to take no new job; it stops once its jobs end.
+    pub draining: bool,
+    /// The runs it holds now.
+    pub current: Vec<String>,
+}
+
+/// `POST /worker/claim`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ClaimRequest {
+    pub worker: String,
+}
+
+/// A claimed run, or none; `drain` tells the worker to stop claiming.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ClaimAnswer {
+    pub job: Option<ClaimedRun>,
+    pub drain: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ClaimedRun {
+    pub id: String,
+    pub name: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub spec: RunSpec,
+    /// The lease every report on this run must carry.
+    pub lease: String,
+    /// 1 for the first claim of the run.
+    pub attempt: i64,
+    /// The lease lapses this long after the last heartbeat.
+    pub lease_ms: i64,
+    /// The run's files in the artifact store (an earlier attempt's
+    /// checkpoint), to resume from.
+    pub files: Vec<StoredFile>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct StoredFile {
+    pub name: String,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// The answer to a heartbeat on a held lease.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct HeartbeatAnswer {
+    pub cancel: bool,
+}
+
+/// The run starts, from scratch or after `resumed_epochs` epochs: what an
+/// earlier attempt stored after that is dropped.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RunStart {
+    pub resumed_epochs: u32,
+}
+
+/// Steps are numbered: a batch sent again stores nothing twice.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct MetricBatch {
+    pub points: Vec<MetricPoint>,
+    /// The run's length once the data is read.
+    pub total_steps: Option<i64>,
+    #[serde(default)]
+    pub memorization: Vec<MemorizationPoint>,
+}
+
+/// Lines numbered per attempt: a batch sent again stores nothing twice.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct LogBatch {
+    pub lines: Vec<LogLine>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LogLine {
+    pub seq: i64,
+    /// Milliseconds since the epoch.
+    pub at: i64,
+    pub text: String,
+}
+
+/// A run's log as the run page shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RunLogLine {
+    pub attempt: i64,
+    pub seq: i64,
+    pub at: i64,
+    pub text: String,
+}
+
+/// How a claimed run ended. The evaluations of a finished run come with it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RunEnd {
+    pub status: RunStatus,
+    pub error: Option<String>,
+    #[serde(default)]
+    pub evaluations: Vec<Evaluation>,
+}
+
+/// A worker hands a run back (it is stopping): queued again.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RunRelease {
+    pub reason: String,
+}
+
+/// Whether a file name is one a run may store: its checkpoint and the
+/// training state beside it.
+pub fn is_run_file(name: &str) -> bool {
+    if name == "checkpoint.safetensors" {
+        return true;
+    }
+    name.strip_prefix("checkpoint.state-")
+        .and_then(|rest| rest.strip_suffix(".safetensors"))
+        .is_some_and(|n| !n.is_empty() && n.len() <= 9 && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_checkpoints_are_run_files() {
+        assert!(is_run_file("checkpoint.safetensors"));
+        assert!(is_run_file("checkpoint.state-12.safetensors"));
+        for bad in [
+            "../checkpoint.safetensors",
+            "checkpoint.state-.safetensors",
+            "checkpoint.state-1a.safetensors",
+            "run.json",
+            "checkpoint.state-1.safetensors/x",
+        ] {
+            assert!(!is_run_file(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_claim_answer_round_trips() {
+        let answer = ClaimAnswer {
+            job: None,
+            drain: true,
+        };
+        let text = serde_json::to_string(&answer).unwrap();
+        assert_eq!(serde_json::from_str::<ClaimAnswer>(&text).unwrap(), answer);
+    }
+}
