@@ -170,14 +170,18 @@ impl Store {
     /// twice is kept once. `false` when the lease is no longer held.
     pub async fn add_run_logs(&self, lease: &Lease, lines: &[LogLine]) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
+        // A write first: SQLite cannot turn a read transaction into a
+        // writing one while another writer waits.
         let held = sqlx::query(
-            "SELECT 1 AS one FROM runs WHERE id = $1 AND worker = $2 AND status = 'running'",
+            "UPDATE runs SET lease_expires_at = lease_expires_at \
+             WHERE id = $1 AND worker = $2 AND status = 'running'",
         )
         .bind(&lease.id)
         .bind(&lease.token)
-        .fetch_optional(&mut *tx)
+        .execute(&mut *tx)
         .await?
-        .is_some();
+        .rows_affected()
+            == 1;
         if !held {
             tx.rollback().await?;
             return Ok(false);

@@ -120,7 +120,7 @@ struct Reporter<'a, H: Host> {
 impl<H: Host> Reporter<'_, H> {
     fn say(&mut self, text: impl Into<String>) {
         let text = text.into();
-        tracing::info!(run = %self.job.id, "{text}");
+        tracing::debug!(run = %self.job.id, "{text}");
         self.lines.push(LogLine {
             seq: self.next_line,
             at: now_ms(),
