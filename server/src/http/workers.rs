@@ -80,7 +80,9 @@ async fn register(
     p: Principal,
     JsonText(body): JsonText,
 ) -> ApiResult<Response> {
-    let reg: Registration = parse(&body)?;
+    let mut reg: Registration = parse(&body)?;
+    // Only the server's own workers read its data folders.
+    reg.capabilities.retain(|c| c != crate::store::SERVER_DATA);
     let ours = env!("CARGO_PKG_VERSION");
     if reg.version != ours {
         return Err(ApiError::Conflict(format!(

@@ -19,7 +19,7 @@ mod workers;
 
 pub use accounts::NewTokenRow;
 pub use queue::{Claimant, JobKind, LOCAL_PREFIX, Lease};
-pub use runs::{Claim, RunFilter, is_page_token};
+pub use runs::{Claim, RunFilter, SERVER_DATA, is_page_token};
 
 use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;

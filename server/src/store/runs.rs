@@ -121,7 +121,8 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO runs (id, name, status, method, backbone, spec, created_at, total_steps, \
-             idempotency_key, team_id, created_by) VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10)",
+             idempotency_key, team_id, created_by, requires) \
+             VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(&id)
         .bind(&name)
@@ -133,6 +134,7 @@ impl Store {
         .bind(idempotency_key)
         .bind(&owner.team)
         .bind(owner.user.as_deref())
+        .bind(requires(spec))
         .execute(&mut *tx)
         .await;
         match inserted {
@@ -478,3 +480,19 @@ impl Store {
         self.run(id).await
     }
 }
+
+/// What a worker needs to train `spec`: files on the server's disk (a
+/// registered data set or a server folder) only the server's own workers
+/// read; the built-in scenes are made anywhere.
+pub(super) fn requires(spec: &RunSpec) -> &'static str {
+    use sslab_shared::spec::DataSpec;
+    let on_server = |d: &DataSpec| !matches!(d, DataSpec::Scenes(_));
+    if on_server(&spec.data) || spec.eval.data.as_ref().is_some_and(on_server) {
+        SERVER_DATA
+    } else {
+        ""
+    }
+}
+
+/// The capability of reading the server's data folders: in-process workers'.
+pub const SERVER_DATA: &str = "server-data";

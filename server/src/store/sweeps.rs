@@ -77,8 +77,8 @@ impl Store {
             // expansion order.
             sqlx::query(
                 "INSERT INTO runs (id, name, status, method, backbone, spec, created_at, total_steps, \
-                 sweep_id, sweep_point, team_id, created_by) \
-                 VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                 sweep_id, sweep_point, team_id, created_by, requires) \
+                 VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
             )
             .bind(&run_id)
             .bind(default_run_name(&point.spec, &run_id))
@@ -91,6 +91,7 @@ impl Store {
             .bind(values)
             .bind(&owner.team)
             .bind(owner.user.as_deref())
+            .bind(super::runs::requires(&point.spec))
             .execute(&mut *tx)
             .await?;
         }

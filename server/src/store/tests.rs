@@ -386,6 +386,26 @@ async fn jobs_go_to_workers_that_can_run_them() {
         store.claim_next(gpu, 10_000).await.unwrap().unwrap().run.id,
         plain.id
     );
+    // Data on the server's disk waits for the server's own workers.
+    let mut on_disk = spec();
+    on_disk.data = sslab_shared::spec::DataSpec::Cifar10 {
+        path: "/srv/cifar".into(),
+    };
+    let (local, _) = store
+        .create_run(&on_disk, &Owner::default_team(), None)
+        .await
+        .unwrap();
+    assert!(store.claim_next(gpu, 10_000).await.unwrap().is_none());
+    let server = [super::SERVER_DATA.to_string()];
+    let own = Claimant {
+        id: "local-1",
+        capabilities: &server,
+        team: None,
+    };
+    assert_eq!(
+        store.claim_next(own, 10_000).await.unwrap().unwrap().run.id,
+        local.id
+    );
 }
 
 /// Every kind of job goes through the same queue: evaluation jobs and audits

@@ -53,13 +53,14 @@ impl Worker {
         }
     }
 
-    /// What this machine's default device adds to a worker's capabilities.
+    /// What the server's own workers can run: runs on its data folders, and
+    /// with a GPU, CUDA jobs.
     pub fn local_capabilities() -> Vec<String> {
+        let mut can = vec![crate::store::SERVER_DATA.to_string()];
         if sslab_engine::default_device().is_cuda() {
-            vec!["cuda".into()]
-        } else {
-            Vec::new()
+            can.push("cuda".into());
         }
+        can
     }
 
     /// Claims and runs jobs until `shutdown` turns true. A run in progress at
