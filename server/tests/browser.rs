@@ -219,6 +219,24 @@ async fn launch_watch_and_read_a_run_in_chromium() {
     // Signed out, neither the run's page nor its API answers.
     let run_url = browser.script("return location.href").await;
     let run_url = run_url.as_str().unwrap().to_string();
+    // The run's log, and the Workers page with the server's own worker.
+    let log = wait_script(
+        &browser,
+        "const p = document.querySelector('#run-log pre'); \
+         return p && p.textContent.includes('succeeded') && p.textContent",
+        20,
+    )
+    .await;
+    assert!(log.as_str().unwrap().contains("attempt 1 of run"), "{log}");
+    browser.goto(&format!("{}/workers", server.base)).await;
+    let table = wait_script(
+        &browser,
+        "const t = document.querySelector('#workers-table'); \
+         return t && t.textContent.includes('in-process') && t.textContent",
+        20,
+    )
+    .await;
+    assert!(table.as_str().unwrap().contains(env!("CARGO_PKG_VERSION")), "{table}");
     browser.click("#sign-out").await;
     browser.wait_find("#signin-form").await;
     browser.goto(&run_url).await;

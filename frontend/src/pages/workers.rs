@@ -75,8 +75,8 @@ pub fn WorkersPage() -> impl IntoView {
                                             <td class="current">{if w.current.is_empty() {
                                                 view! { <span class="muted">"idle"</span> }.into_any()
                                             } else {
-                                                w.current.iter().map(|r| view! {
-                                                    <A href=format!("/runs/{r}")>{r.clone()}</A>" "
+                                                w.current.clone().into_iter().map(|r| view! {
+                                                    <A href=format!("/runs/{r}")>{r}</A>" "
                                                 }).collect_view().into_any()
                                             }}</td>
                                             <td>{seen_text(w.last_seen, now)}</td>
