@@ -86,7 +86,11 @@ impl Worker {
 
     /// Runs one queued audit, if any. Returns whether there was one.
     pub async fn audit_next(&self, shutdown: &mut watch::Receiver<bool>) -> bool {
-        let (audit, lease) = match self.store.claim_next_audit(self.claimant(), lease_ms()).await {
+        let (audit, lease) = match self
+            .store
+            .claim_next_audit(self.claimant(), lease_ms())
+            .await
+        {
             Ok(Some(claimed)) => claimed,
             Ok(None) => return false,
             Err(e) => {

@@ -119,7 +119,12 @@ enum Command {
         #[arg(long, env = "SSLAB_WORKER_TOKEN", hide_env_values = true)]
         token: String,
         /// `cpu`, or GPUs: `cuda:0,cuda:1` (one slot each).
-        #[arg(long, env = "SSLAB_DEVICE", default_value = "cpu", value_delimiter = ',')]
+        #[arg(
+            long,
+            env = "SSLAB_DEVICE",
+            default_value = "cpu",
+            value_delimiter = ','
+        )]
         device: Vec<String>,
         /// Runs at once; default: one per listed device.
         #[arg(long, env = "SSLAB_SLOTS")]
@@ -327,7 +332,9 @@ async fn main() -> std::process::ExitCode {
                 token: token.clone(),
                 devices: device.clone(),
                 slots: *slots,
-                work_dir: work_dir.clone().unwrap_or_else(|| cli.data_dir.join("worker")),
+                work_dir: work_dir
+                    .clone()
+                    .unwrap_or_else(|| cli.data_dir.join("worker")),
                 poll: std::time::Duration::from_millis(*poll_ms),
             };
             let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -601,7 +608,10 @@ async fn serve(cli: &Cli, options: ServeOptions<'_>) -> anyhow::Result<()> {
             }
             // A remote worker not heard from in a day is off the list.
             let day = 24 * 3600 * 1000;
-            if let Err(e) = reaper_store.forget_workers("remote", store::now_ms() - day).await {
+            if let Err(e) = reaper_store
+                .forget_workers("remote", store::now_ms() - day)
+                .await
+            {
                 tracing::warn!(error = %e, "forgetting silent workers failed");
             }
         }

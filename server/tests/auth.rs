@@ -283,12 +283,28 @@ async fn authorization(server: &Server, url: Option<&str>) {
     let worker_a = client_with(&last_line(&admin(
         dir,
         url,
-        &["create-token", "--user", "admin", "--scope", "worker", "--name", "wa"],
+        &[
+            "create-token",
+            "--user",
+            "admin",
+            "--scope",
+            "worker",
+            "--name",
+            "wa",
+        ],
     )));
     let worker_b = client_with(&last_line(&admin(
         dir,
         url,
-        &["create-token", "--user", "bob", "--scope", "worker", "--name", "wb"],
+        &[
+            "create-token",
+            "--user",
+            "bob",
+            "--scope",
+            "worker",
+            "--name",
+            "wb",
+        ],
     )));
     let worker = post_json(
         &worker_a,
@@ -334,7 +350,11 @@ async fn authorization(server: &Server, url: Option<&str>) {
     for path in &paths {
         let target = format!("{}{}", server.base, objects.fill(path));
         // The routes' methods, as someone who may call them sees them.
-        let prober = if path.starts_with(WORKER_ONLY) { &worker_a } else { &a };
+        let prober = if path.starts_with(WORKER_ONLY) {
+            &worker_a
+        } else {
+            &a
+        };
         for method in allowed_methods(prober, &target).await {
             routed.push((Method::from_bytes(method.as_bytes()).unwrap(), path.clone()));
         }
@@ -377,13 +397,25 @@ async fn authorization(server: &Server, url: Option<&str>) {
         // Only worker tokens call the workers' routes; another team's
         // worker finds nothing of team A's.
         if path.starts_with(WORKER_ONLY) {
-            for (who, client) in [("team A's admin", &a), ("team B's admin", &b), ("viewer", &viewer)] {
+            for (who, client) in [
+                ("team A's admin", &a),
+                ("team B's admin", &b),
+                ("viewer", &viewer),
+            ] {
                 let (status, body) = send(client, method.clone(), &target).await;
-                assert_eq!(status, StatusCode::FORBIDDEN, "{who} {method} {path}: {body}");
+                assert_eq!(
+                    status,
+                    StatusCode::FORBIDDEN,
+                    "{who} {method} {path}: {body}"
+                );
             }
             let (status, body) = send(&worker_b, method.clone(), &target).await;
             if path.contains('{') {
-                assert_eq!(status, StatusCode::NOT_FOUND, "team B's worker {method} {path}: {body}");
+                assert_eq!(
+                    status,
+                    StatusCode::NOT_FOUND,
+                    "team B's worker {method} {path}: {body}"
+                );
             } else {
                 assert!(
                     status != StatusCode::UNAUTHORIZED && status != StatusCode::FORBIDDEN,

@@ -236,7 +236,10 @@ async fn launch_watch_and_read_a_run_in_chromium() {
         20,
     )
     .await;
-    assert!(table.as_str().unwrap().contains(env!("CARGO_PKG_VERSION")), "{table}");
+    assert!(
+        table.as_str().unwrap().contains(env!("CARGO_PKG_VERSION")),
+        "{table}"
+    );
     browser.click("#sign-out").await;
     browser.wait_find("#signin-form").await;
     browser.goto(&run_url).await;

@@ -49,7 +49,11 @@ async fn the_document_matches_the_router_and_the_schema() {
             })
             .collect();
         let url = format!("{}{}", server.base, concrete.join("/"));
-        let prober = if path.starts_with("/api/v1/worker/") { &worker } else { &client };
+        let prober = if path.starts_with("/api/v1/worker/") {
+            &worker
+        } else {
+            &client
+        };
         for method in allowed_methods(prober, &url).await {
             routed.insert((method, path.clone()));
         }

@@ -35,7 +35,15 @@ struct Worker {
 impl Worker {
     fn start(base: &str, token: &str, work: PathBuf) -> Worker {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sslab"))
-            .args(["worker", "--server", base, "--token", token, "--poll-ms", "150"])
+            .args([
+                "worker",
+                "--server",
+                base,
+                "--token",
+                token,
+                "--poll-ms",
+                "150",
+            ])
             .arg("--work-dir")
             .arg(&work)
             .env_remove("DATABASE_URL")
@@ -102,7 +110,12 @@ async fn logs(client: &reqwest::Client, server: &Server, id: &str) -> Vec<RunLog
     get_json(client, server.url(&format!("/runs/{id}/logs"))).await
 }
 
-async fn wait_log(client: &reqwest::Client, server: &Server, id: &str, needle: &str) -> Vec<RunLogLine> {
+async fn wait_log(
+    client: &reqwest::Client,
+    server: &Server,
+    id: &str,
+    needle: &str,
+) -> Vec<RunLogLine> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let lines = logs(client, server, id).await;
@@ -120,8 +133,11 @@ async fn wait_log(client: &reqwest::Client, server: &Server, id: &str, needle: &
 /// Every step from 1 to the run's length, once each.
 async fn assert_continuous(client: &reqwest::Client, server: &Server, id: &str) {
     let run = get_run(client, server, id).await;
-    let points: Vec<MetricPoint> =
-        get_json(client, server.url(&format!("/runs/{id}/metrics?limit=100000"))).await;
+    let points: Vec<MetricPoint> = get_json(
+        client,
+        server.url(&format!("/runs/{id}/metrics?limit=100000")),
+    )
+    .await;
     let steps: Vec<i64> = points.iter().map(|p| p.step).collect();
     let expected: Vec<i64> = (1..=run.total_steps).collect();
     assert_eq!(steps, expected, "run {id}'s steps");
@@ -140,7 +156,15 @@ async fn remote_workers_on_postgres() {
     let token = last_line(&admin(
         dir.path(),
         Some(&url),
-        &["create-token", "--user", "admin", "--scope", "worker", "--name", "gpu-box"],
+        &[
+            "create-token",
+            "--user",
+            "admin",
+            "--scope",
+            "worker",
+            "--name",
+            "gpu-box",
+        ],
     ));
     let w = client_with(&token);
 
@@ -217,28 +241,45 @@ async fn stale_leases_change_nothing(server: &Server, a: &reqwest::Client, w: &r
     };
     let point = |step: i64| json!({"step": step, "epoch": 0, "loss": 1.5, "lr": 0.1, "images_per_sec": 10.0});
     let batch = json!({"points": [point(1), point(2)], "total_steps": 16});
-    assert_eq!(report(first.clone(), "start", json!({"resumed_epochs": 0})).await, 204);
+    assert_eq!(
+        report(first.clone(), "start", json!({"resumed_epochs": 0})).await,
+        204
+    );
     assert_eq!(report(first.clone(), "metrics", batch.clone()).await, 204);
     // The same batch again (its answer was lost): nothing twice.
     assert_eq!(report(first.clone(), "metrics", batch.clone()).await, 204);
-    let points: Vec<MetricPoint> = get_json(a, server.url(&format!("/runs/{}/metrics", run.id))).await;
+    let points: Vec<MetricPoint> =
+        get_json(a, server.url(&format!("/runs/{}/metrics", run.id))).await;
     assert_eq!(points.len(), 2);
 
     // Handed back and claimed again: the first lease is dead.
-    assert_eq!(report(first.clone(), "release", json!({"reason": "test"})).await, 204);
+    assert_eq!(
+        report(first.clone(), "release", json!({"reason": "test"})).await,
+        204
+    );
     let second = claim(reg.id.clone()).await;
     assert_ne!(first, second);
     for (tail, body) in [
         ("heartbeat", json!({})),
         ("metrics", json!({"points": [point(3)], "total_steps": 16})),
-        ("logs", json!({"lines": [{"seq": 0, "at": 0, "text": "stale"}]})),
+        (
+            "logs",
+            json!({"lines": [{"seq": 0, "at": 0, "text": "stale"}]}),
+        ),
         ("end", json!({"status": "failed", "error": "stale"})),
         ("release", json!({"reason": "stale"})),
     ] {
-        assert_eq!(report(first.clone(), tail, body).await, StatusCode::CONFLICT, "{tail}");
+        assert_eq!(
+            report(first.clone(), tail, body).await,
+            StatusCode::CONFLICT,
+            "{tail}"
+        );
     }
     let resp = w
-        .put(server.url(&format!("/worker/runs/{}/files/checkpoint.safetensors", run.id)))
+        .put(server.url(&format!(
+            "/worker/runs/{}/files/checkpoint.safetensors",
+            run.id
+        )))
         .header("sslab-lease", &first)
         .body(vec![1u8; 64])
         .send()
@@ -247,10 +288,16 @@ async fn stale_leases_change_nothing(server: &Server, a: &reqwest::Client, w: &r
     assert_eq!(resp.status(), StatusCode::CONFLICT);
     let after = get_run(a, server, &run.id).await;
     assert_eq!(after.status, RunStatus::Running);
-    let points: Vec<MetricPoint> = get_json(a, server.url(&format!("/runs/{}/metrics", run.id))).await;
+    let points: Vec<MetricPoint> =
+        get_json(a, server.url(&format!("/runs/{}/metrics", run.id))).await;
     assert_eq!(points.iter().map(|p| p.step).collect::<Vec<_>>(), [1, 2]);
     assert!(logs(a, server, &run.id).await.is_empty());
-    assert!(!server.data_dir.join(format!("artifacts/runs/{}/checkpoint.safetensors", run.id)).exists());
+    assert!(
+        !server
+            .data_dir
+            .join(format!("artifacts/runs/{}/checkpoint.safetensors", run.id))
+            .exists()
+    );
     // Success needs a stored checkpoint; the holder ends it.
     let resp = w
         .post(server.url(&format!("/worker/runs/{}/end", run.id)))
@@ -260,10 +307,16 @@ async fn stale_leases_change_nothing(server: &Server, a: &reqwest::Client, w: &r
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::CONFLICT);
-    assert_eq!(report(second, "end", json!({"status": "cancelled"})).await, 204);
+    assert_eq!(
+        report(second, "end", json!({"status": "cancelled"})).await,
+        204
+    );
     // The Workers list shows it, and a team admin drains it.
     let workers: Vec<WorkerInfo> = get_json(a, server.url("/workers")).await;
-    assert!(workers.iter().any(|x| x.id == reg.id && x.host == "test"), "{workers:?}");
+    assert!(
+        workers.iter().any(|x| x.id == reg.id && x.host == "test"),
+        "{workers:?}"
+    );
     let drained: WorkerInfo = a
         .post(server.url(&format!("/workers/{}/drain", reg.id)))
         .send()
@@ -312,7 +365,9 @@ async fn kill_a_worker_mid_run(server: &Server, a: &reqwest::Client, token: &str
     let lines = logs(a, server, &run.id).await;
     let text: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
     assert!(
-        lines.iter().any(|l| l.attempt == 1 && l.text.contains(&first_id)),
+        lines
+            .iter()
+            .any(|l| l.attempt == 1 && l.text.contains(&first_id)),
         "{text:?}"
     );
     let resumed = lines
@@ -332,9 +387,14 @@ async fn kill_a_worker_mid_run(server: &Server, a: &reqwest::Client, token: &str
         .iter()
         .find(|l| l.attempt == 2 && l.text.starts_with("fetched checkpoint.safetensors"))
         .unwrap_or_else(|| panic!("{text:?}"));
-    assert!(fetched.text.contains(&stored_hash), "{stored_hash}: {text:?}");
     assert!(
-        lines.iter().any(|l| l.attempt == 2 && l.text.contains(&second.id)),
+        fetched.text.contains(&stored_hash),
+        "{stored_hash}: {text:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.attempt == 2 && l.text.contains(&second.id)),
         "{text:?}"
     );
     second.terminate();
@@ -362,7 +422,11 @@ async fn four_workers_twenty_runs(server: &Server, a: &reqwest::Client, token: &
             .iter()
             .filter(|l| l.text.starts_with("attempt "))
             .collect();
-        assert_eq!(claims.len(), 1, "run {id} was claimed more than once: {lines:?}");
+        assert_eq!(
+            claims.len(),
+            1,
+            "run {id} was claimed more than once: {lines:?}"
+        );
         assert_eq!(claims[0].attempt, 1);
         let who = workers
             .iter()
@@ -372,7 +436,10 @@ async fn four_workers_twenty_runs(server: &Server, a: &reqwest::Client, token: &
         assert_continuous(a, server, id).await;
     }
     assert_eq!(by_worker.values().sum::<usize>(), 20);
-    assert!(by_worker.len() >= 2, "one worker ran everything: {by_worker:?}");
+    assert!(
+        by_worker.len() >= 2,
+        "one worker ran everything: {by_worker:?}"
+    );
     for w in workers {
         w.terminate();
     }

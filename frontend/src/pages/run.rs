@@ -143,7 +143,9 @@ pub fn RunPage() -> impl IntoView {
     Effect::new(move |_| {
         let (id, ..) = progress.get();
         spawn_local(async move {
-            if let Ok(v) = api::get::<Vec<sslab_shared::worker::RunLogLine>>(&format!("/runs/{id}/logs")).await {
+            if let Ok(v) =
+                api::get::<Vec<sslab_shared::worker::RunLogLine>>(&format!("/runs/{id}/logs")).await
+            {
                 set_log.set(v);
             }
         });

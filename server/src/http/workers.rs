@@ -37,9 +37,7 @@ pub fn worker_router() -> axum::Router<AppState> {
         .route("/worker/runs/{id}/logs", post(logs))
         .route(
             "/worker/runs/{id}/files/{file}",
-            get(download)
-                .put(upload)
-                .layer(DefaultBodyLimit::disable()),
+            get(download).put(upload).layer(DefaultBodyLimit::disable()),
         )
         .route("/worker/runs/{id}/end", post(end))
         .route("/worker/runs/{id}/release", post(release))
@@ -228,7 +226,12 @@ fn hex(bytes: &[u8]) -> String {
 /// The run a report is about, and the lease it shows, which must be the
 /// run's current one: 404 for a run the worker may not see, 409 for a lease
 /// it no longer holds.
-async fn held(state: &AppState, p: &Principal, id: &str, headers: &HeaderMap) -> ApiResult<(Run, Lease)> {
+async fn held(
+    state: &AppState,
+    p: &Principal,
+    id: &str,
+    headers: &HeaderMap,
+) -> ApiResult<(Run, Lease)> {
     let run = state
         .store
         .run(id)
@@ -349,7 +352,12 @@ async fn metrics(
     }
     let ok = state
         .store
-        .add_metrics(&lease, &batch.points, batch.total_steps, &batch.memorization)
+        .add_metrics(
+            &lease,
+            &batch.points,
+            batch.total_steps,
+            &batch.memorization,
+        )
         .await?;
     stored(ok, &id)
 }
@@ -463,8 +471,9 @@ async fn receive(body: Body, part: &std::path::Path) -> ApiResult<(u64, String)>
     let mut bytes = 0u64;
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk
-            .map_err(|e| ApiError::BadRequest(format!("the upload broke off after {bytes} bytes: {e}")))?;
+        let chunk = chunk.map_err(|e| {
+            ApiError::BadRequest(format!("the upload broke off after {bytes} bytes: {e}"))
+        })?;
         bytes += chunk.len() as u64;
         if bytes > MAX_FILE_BYTES {
             return Err(ApiError::TooLarge(format!(
@@ -543,9 +552,7 @@ async fn end(
             "a run ends succeeded, failed or cancelled",
         )));
     }
-    if end.status == RunStatus::Succeeded
-        && !state.artifacts.checkpoint(&id).is_file()
-    {
+    if end.status == RunStatus::Succeeded && !state.artifacts.checkpoint(&id).is_file() {
         return Err(ApiError::Conflict(format!(
             "run `{id}` has no stored checkpoint: store it before reporting success"
         )));

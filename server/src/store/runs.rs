@@ -280,12 +280,14 @@ impl Store {
     /// earlier attempt stored after them is dropped. `false` when the lease
     /// is no longer held.
     pub async fn start_run(&self, lease: &Lease, epochs: i64) -> Result<bool> {
-        let held = sqlx::query("SELECT 1 AS one FROM runs WHERE id = $1 AND worker = $2 AND status = 'running'")
-            .bind(&lease.id)
-            .bind(&lease.token)
-            .fetch_optional(&self.pool)
-            .await?
-            .is_some();
+        let held = sqlx::query(
+            "SELECT 1 AS one FROM runs WHERE id = $1 AND worker = $2 AND status = 'running'",
+        )
+        .bind(&lease.id)
+        .bind(&lease.token)
+        .fetch_optional(&self.pool)
+        .await?
+        .is_some();
         if held {
             self.drop_metrics_from(&lease.id, epochs).await?;
         }

@@ -142,9 +142,19 @@ async fn lifecycle_and_pagination() {
         online_probe_acc: Some(0.5),
     };
     // A stale lease stores nothing; the holder's batch sent twice stores once.
-    assert!(!store.add_metrics(&stale, &[m.clone()], Some(8), &[]).await.unwrap());
+    assert!(
+        !store
+            .add_metrics(&stale, &[m.clone()], Some(8), &[])
+            .await
+            .unwrap()
+    );
     for _ in 0..2 {
-        assert!(store.add_metrics(&w1, &[m.clone()], Some(8), &[]).await.unwrap());
+        assert!(
+            store
+                .add_metrics(&w1, &[m.clone()], Some(8), &[])
+                .await
+                .unwrap()
+        );
     }
     assert_eq!(store.metrics(&claimed.id, 0, 10).await.unwrap(), vec![m]);
     assert!(store.metrics(&claimed.id, 1, 10).await.unwrap().is_empty());

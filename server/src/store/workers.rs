@@ -129,12 +129,14 @@ impl Store {
 
     /// Forgets workers of `kind` not heard from since `before` (ms).
     pub async fn forget_workers(&self, kind: &str, before: i64) -> Result<u64> {
-        Ok(sqlx::query("DELETE FROM workers WHERE kind = $1 AND last_seen < $2")
-            .bind(kind)
-            .bind(before)
-            .execute(&self.pool)
-            .await?
-            .rows_affected())
+        Ok(
+            sqlx::query("DELETE FROM workers WHERE kind = $1 AND last_seen < $2")
+                .bind(kind)
+                .bind(before)
+                .execute(&self.pool)
+                .await?
+                .rows_affected(),
+        )
     }
 
     /// Tells a worker to take no new job.

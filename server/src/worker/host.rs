@@ -98,7 +98,10 @@ impl Host for LocalHost {
     async fn prepare(&self, job: &RunJob) -> anyhow::Result<PathBuf> {
         let dir = self.artifacts.run_dir(&job.id);
         tokio::fs::create_dir_all(&dir).await.map_err(|e| {
-            anyhow::anyhow!("cannot create the run's artifact folder {}: {e}", dir.display())
+            anyhow::anyhow!(
+                "cannot create the run's artifact folder {}: {e}",
+                dir.display()
+            )
         })?;
         Ok(self.artifacts.checkpoint(&job.id))
     }
@@ -109,10 +112,7 @@ impl Host for LocalHost {
 
     async fn heartbeat(&self, lease: &Lease) -> anyhow::Result<Option<bool>> {
         self.store.worker_seen(&self.worker).await?;
-        Ok(self
-            .store
-            .heartbeat(lease, super::lease_ms())
-            .await?)
+        Ok(self.store.heartbeat(lease, super::lease_ms()).await?)
     }
 
     async fn metrics(

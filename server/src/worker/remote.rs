@@ -144,7 +144,13 @@ impl RemoteHost {
     }
 
     /// Fetches a stored file into `to`, checked against its hash.
-    async fn download(&self, run: &str, lease: &str, file: &StoredFile, to: &Path) -> anyhow::Result<()> {
+    async fn download(
+        &self,
+        run: &str,
+        lease: &str,
+        file: &StoredFile,
+        to: &Path,
+    ) -> anyhow::Result<()> {
         if to.is_file() && sha256_file(to).await.ok().as_deref() == Some(file.sha256.as_str()) {
             return Ok(());
         }
@@ -225,7 +231,9 @@ impl Host for RemoteHost {
     async fn heartbeat(&self, lease: &Lease) -> anyhow::Result<Option<bool>> {
         let url = self.run_path(lease, "heartbeat");
         match self
-            .call("heartbeat", |c| c.post(&url).header(LEASE_HEADER, &lease.token))
+            .call("heartbeat", |c| {
+                c.post(&url).header(LEASE_HEADER, &lease.token)
+            })
             .await
         {
             Ok(resp) => Ok(Some(resp.json::<HeartbeatAnswer>().await?.cancel)),
@@ -503,8 +511,7 @@ async fn slot_loop(
         };
         match answer {
             Ok(ClaimAnswer {
-                job: Some(claimed),
-                ..
+                job: Some(claimed), ..
             }) => {
                 let job = RunJob {
                     lease: Lease {

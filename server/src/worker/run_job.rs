@@ -370,7 +370,9 @@ async fn progress<H: Host>(
                     false
                 }
                 Err(e) => {
-                    report.say(format!("storing the checkpoint after epoch {epochs} failed: {e:#}"));
+                    report.say(format!(
+                        "storing the checkpoint after epoch {epochs} failed: {e:#}"
+                    ));
                     *why = Interruption::Storage;
                     false
                 }
