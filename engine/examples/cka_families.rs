@@ -4,8 +4,10 @@
 //! settings) on the same ViT and data (`recipes/mae-tiny.toml`'s), then
 //! prints the linear CKA of every pair at every block (after attention and
 //! after the MLP) and at the representation, the mean over joint-embedding
-//! pairs against the mean over pairs with MAE, and writes the pairs × depth
-//! heatmap as SVG (default `docs/cka-families.svg`).
+//! pairs against the mean over pairs with MAE, the family's dendrogram at
+//! the representation, each run's mean attention distance and entropy per
+//! block, and writes the pairs × depth heatmap as SVG (default
+//! `docs/cka-families.svg`).
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -13,6 +15,7 @@ use std::path::Path;
 use sslab_engine::train::{Control, Observer, Outcome, StepMetrics, train};
 use sslab_engine::{cka, data};
 use sslab_shared::RunSpec;
+use sslab_shared::spec::ProbeKind;
 
 const METHODS: [&str; 4] = ["simclr", "vicreg", "dino", "mae"];
 
@@ -49,6 +52,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         spec.data = base.data.clone();
         spec.schedule = base.schedule.clone();
         spec.eval.memorization = None;
+        if !spec.eval.probes.contains(&ProbeKind::Attention) {
+            spec.eval.probes.push(ProbeKind::Attention);
+        }
         let valid = spec.clone().into_valid()?;
         let splits = data::load(&valid.data)?;
         let ckpt = dir.join(format!("{m}.safetensors"));
@@ -70,7 +76,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "  {:.0} s, backbone kNN top-1 {knn:.3}",
             started.elapsed().as_secs_f64()
         );
-        runs.push((m, spec, ckpt, knn));
+        let attention: Vec<(String, f64)> = evaluations
+            .iter()
+            .filter(|e| e.probe == "attention")
+            .map(|e| (format!("{} {}", e.layer, e.metric), e.value))
+            .collect();
+        runs.push((m, spec, ckpt, knn, attention));
     }
     // The blocks and the representation: the names every run shares.
     let names: Vec<String> = base
@@ -137,13 +148,81 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         print!(" {:>14.3}", mean(false, k));
     }
     println!();
+    // The family at the representation: which runs learned alike.
+    let backbone = |spec: &RunSpec| {
+        vec![
+            spec.cka_layer_names()
+                .iter()
+                .position(|a| a == "backbone")
+                .unwrap(),
+        ]
+    };
+    let picks: Vec<Vec<usize>> = runs.iter().map(|r| backbone(&r.1)).collect();
+    let family: Vec<cka::Run> = runs.iter().zip(&picks).map(|(r, p)| run(r, p)).collect();
+    let (m, _) = cka::family(&family, &base.data, None, &device)?;
+    let (merges, order) = cka::average_linkage(&m);
+    let name = |k: usize| -> String {
+        let mut leaves = vec![k];
+        while leaves.iter().any(|&l| l >= runs.len()) {
+            leaves = leaves
+                .iter()
+                .flat_map(|&l| match l.checked_sub(runs.len()) {
+                    Some(i) => vec![merges[i].left, merges[i].right],
+                    None => vec![l],
+                })
+                .collect();
+        }
+        let names: Vec<&str> = leaves.iter().map(|&l| runs[l].0).collect();
+        format!("{{{}}}", names.join(", "))
+    };
+    println!(
+        "family at the representation, dendrogram order: {}",
+        order
+            .iter()
+            .map(|&k| runs[k].0)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for mg in &merges {
+        println!(
+            "  merge {} + {} at 1 − CKA = {:.3}",
+            name(mg.left),
+            name(mg.right),
+            mg.distance
+        );
+    }
+    println!("attention per block (mean distance in px / entropy in nats):");
+    for r in &runs {
+        let value = |key: String| {
+            r.4.iter()
+                .find(|(k, _)| *k == key)
+                .map_or(f64::NAN, |(_, v)| *v)
+        };
+        let cells: Vec<String> = (0..base.backbone.depth)
+            .map(|b| {
+                format!(
+                    "{:.2} / {:.2}",
+                    value(format!("blocks.{b}.attn mean_distance")),
+                    value(format!("blocks.{b}.attn entropy"))
+                )
+            })
+            .collect();
+        println!("  {:<8} {}", r.0, cells.join("   "));
+    }
     std::fs::write(&out, heatmap(&names, &pairs))?;
     println!("wrote {out}");
     std::fs::remove_dir_all(&dir).ok();
     Ok(())
 }
 
-type Trained = (&'static str, RunSpec, std::path::PathBuf, f64);
+/// Method, spec, checkpoint, backbone kNN top-1, attention rows by name.
+type Trained = (
+    &'static str,
+    RunSpec,
+    std::path::PathBuf,
+    f64,
+    Vec<(String, f64)>,
+);
 
 fn run<'a>(r: &'a Trained, layers: &'a [usize]) -> cka::Run<'a> {
     cka::Run {

@@ -9,6 +9,7 @@ use std::path::Path;
 
 use candle_core::Device;
 use sslab_shared::RunSpec;
+use sslab_shared::cka::CkaMerge;
 use sslab_shared::spec::DataSpec;
 
 use crate::EngineError;
@@ -179,6 +180,30 @@ pub struct Run<'a> {
     pub layers: &'a [usize],
 }
 
+/// A run's features at its chosen layers on `set`, checked against the
+/// image size it was trained on.
+fn run_features(
+    run: &Run,
+    set: &crate::data::ImageSet,
+    device: &Device,
+) -> crate::Result<Vec<Features>> {
+    let size = run.spec.data.image_size();
+    if size != 0 && size != set.size {
+        return Err(EngineError::Data(format!(
+            "{} was trained on {size} px images; these are {} px",
+            run.label, set.size
+        )));
+    }
+    let spec = run.spec.clone().into_valid()?;
+    let encoder = crate::train::load_encoder(&spec, run.checkpoint, device)?;
+    let all = crate::eval::embed_taps(&encoder, set, device)?;
+    Ok(run.layers.iter().map(|&i| all[i].clone()).collect())
+}
+
+fn layer_name(run: &Run, k: usize) -> String {
+    run.spec.cka_layer_names()[run.layers[k]].clone()
+}
+
 /// CKA of `a`'s layers against `b`'s on the test split of `data`: the
 /// matrix and how many images it covers. Errors name the run and layer.
 pub fn compare_runs(
@@ -189,31 +214,85 @@ pub fn compare_runs(
     device: &Device,
 ) -> crate::Result<(Vec<Vec<f64>>, usize)> {
     let splits = crate::data::load(data)?;
-    let features = |run: &Run| -> crate::Result<Vec<Features>> {
-        let size = run.spec.data.image_size();
-        if size != 0 && size != splits.test.size {
-            return Err(EngineError::Data(format!(
-                "{} was trained on {size} px images; these are {} px",
-                run.label, splits.test.size
-            )));
-        }
-        let spec = run.spec.clone().into_valid()?;
-        let encoder = crate::train::load_encoder(&spec, run.checkpoint, device)?;
-        let all = crate::eval::embed_taps(&encoder, &splits.test, device)?;
-        Ok(run.layers.iter().map(|&i| all[i].clone()).collect())
-    };
-    let (fa, fb) = (features(a)?, features(b)?);
+    let (fa, fb) = (
+        run_features(a, &splits.test, device)?,
+        run_features(b, &splits.test, device)?,
+    );
     let matrix = matrix(&fa, &fb, batch).map_err(|(i, j, e)| {
-        let name = |run: &Run, k: usize| run.spec.cka_layer_names()[run.layers[k]].clone();
         EngineError::Data(format!(
             "{} layer `{}` against {} layer `{}`: {e}",
             a.label,
-            name(a, i),
+            layer_name(a, i),
             b.label,
-            name(b, j)
+            layer_name(b, j)
         ))
     })?;
     Ok((matrix, splits.test.len()))
+}
+
+/// A family: every run against every other at its one layer (`layers[0]`)
+/// on the test split of `data`. The run × run matrix and the image count.
+pub fn family(
+    runs: &[Run],
+    data: &DataSpec,
+    batch: Option<usize>,
+    device: &Device,
+) -> crate::Result<(Vec<Vec<f64>>, usize)> {
+    let splits = crate::data::load(data)?;
+    let features = runs
+        .iter()
+        .map(|r| Ok(run_features(r, &splits.test, device)?.remove(0)))
+        .collect::<crate::Result<Vec<_>>>()?;
+    let matrix = matrix(&features, &features, batch).map_err(|(i, j, e)| {
+        EngineError::Data(format!(
+            "{} layer `{}` against {} layer `{}`: {e}",
+            runs[i].label,
+            layer_name(&runs[i], 0),
+            runs[j].label,
+            layer_name(&runs[j], 0)
+        ))
+    })?;
+    Ok((matrix, splits.test.len()))
+}
+
+/// Average-linkage clustering of runs on 1 − CKA: the merges in order
+/// (SciPy's numbering) and the leaves in dendrogram order, so that a
+/// sorted matrix shows the families as blocks. Ties merge the lowest ids.
+pub fn average_linkage(similarity: &[Vec<f64>]) -> (Vec<CkaMerge>, Vec<usize>) {
+    let n = similarity.len();
+    let dist = |i: usize, j: usize| 1.0 - (similarity[i][j] + similarity[j][i]) / 2.0;
+    // (cluster id, its runs), the runs listed in leaf order.
+    let mut active: Vec<(usize, Vec<usize>)> = (0..n).map(|i| (i, vec![i])).collect();
+    let mut merges = Vec::new();
+    while active.len() > 1 {
+        let mut best = (f64::INFINITY, 0, 1);
+        for x in 0..active.len() {
+            for y in x + 1..active.len() {
+                let (p, q) = (&active[x].1, &active[y].1);
+                let sum: f64 = p
+                    .iter()
+                    .flat_map(|&i| q.iter().map(move |&j| dist(i, j)))
+                    .sum();
+                let d = sum / (p.len() * q.len()) as f64;
+                if d < best.0 {
+                    best = (d, x, y);
+                }
+            }
+        }
+        let (d, x, y) = best;
+        let (right_id, right) = active.remove(y);
+        let (left_id, mut left) = active.remove(x);
+        left.extend(right);
+        merges.push(CkaMerge {
+            left: left_id,
+            right: right_id,
+            distance: d,
+            size: left.len(),
+        });
+        active.push((n + merges.len() - 1, left));
+    }
+    let order = active.pop().map(|(_, runs)| runs).unwrap_or_default();
+    (merges, order)
 }
 
 #[cfg(test)]
@@ -354,5 +433,29 @@ mod tests {
         assert_eq!(minibatch(&x, &x, 3), Err(CkaError::Batch(3)));
         let m = matrix(&[x.clone()], &[x.clone(), flat], None).unwrap_err();
         assert_eq!((m.0, m.1), (0, 1));
+    }
+
+    #[test]
+    fn average_linkage_groups_the_closest_runs() {
+        // Runs 0 and 2 are near twins, 1 and 3 a looser pair, 4 stands apart.
+        let s = vec![
+            vec![1.0, 0.3, 0.95, 0.35, 0.1],
+            vec![0.3, 1.0, 0.25, 0.8, 0.1],
+            vec![0.95, 0.25, 1.0, 0.3, 0.1],
+            vec![0.35, 0.8, 0.3, 1.0, 0.2],
+            vec![0.1, 0.1, 0.1, 0.2, 1.0],
+        ];
+        let (merges, order) = average_linkage(&s);
+        let pairs: Vec<(usize, usize, usize)> =
+            merges.iter().map(|m| (m.left, m.right, m.size)).collect();
+        assert_eq!(pairs, vec![(0, 2, 2), (1, 3, 2), (5, 6, 4), (4, 7, 5)]);
+        let d: Vec<f64> = merges.iter().map(|m| m.distance).collect();
+        assert!((d[0] - 0.05).abs() < 1e-12 && (d[1] - 0.2).abs() < 1e-12);
+        // {0,2} against {1,3}: 1 − mean(0.3, 0.35, 0.25, 0.3).
+        assert!((d[2] - 0.7).abs() < 1e-12, "{d:?}");
+        assert!((d[3] - 0.875).abs() < 1e-12, "{d:?}");
+        assert!(d.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(order, vec![4, 0, 2, 1, 3]);
+        assert_eq!(average_linkage(&[vec![1.0]]), (vec![], vec![0]));
     }
 }

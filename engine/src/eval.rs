@@ -9,7 +9,7 @@ use sslab_shared::spec::{EvalSpec, ProbeKind};
 use crate::augment;
 use crate::data::{ImageSet, Splits};
 use crate::model::Encoder;
-use crate::probe::{knn, linear, rankme};
+use crate::probe::{attention, knn, linear, rankme};
 
 /// Row-major `len × dim` embeddings.
 #[derive(Debug, Clone)]
@@ -65,6 +65,26 @@ pub fn embed_taps(
     embed_with(set, device, |x| encoder.forward_taps(x))
 }
 
+/// Every image of `set` (un-augmented) through `f`, in batches.
+pub(crate) fn each_batch(
+    set: &ImageSet,
+    device: &Device,
+    mut f: impl FnMut(&Tensor) -> candle_core::Result<()>,
+) -> candle_core::Result<()> {
+    let s = set.size;
+    let per = 3 * s * s;
+    let batch = 256;
+    for start in (0..set.len()).step_by(batch) {
+        let end = (start + batch).min(set.len());
+        let mut buf = vec![0.0f32; (end - start) * per];
+        for (k, i) in (start..end).enumerate() {
+            augment::plain(set, i, &mut buf[k * per..(k + 1) * per]);
+        }
+        f(&Tensor::from_vec(buf, (end - start, 3, s, s), device)?)?;
+    }
+    Ok(())
+}
+
 /// Every image of `set` through `forward`, in batches; one `Features` per
 /// output.
 fn embed_with(
@@ -72,18 +92,9 @@ fn embed_with(
     device: &Device,
     forward: impl Fn(&Tensor) -> candle_core::Result<Vec<Tensor>>,
 ) -> candle_core::Result<Vec<Features>> {
-    let s = set.size;
-    let per = 3 * s * s;
-    let batch = 256;
     let mut layers: Vec<Features> = Vec::new();
-    for start in (0..set.len()).step_by(batch) {
-        let end = (start + batch).min(set.len());
-        let mut buf = vec![0.0f32; (end - start) * per];
-        for (k, i) in (start..end).enumerate() {
-            augment::plain(set, i, &mut buf[k * per..(k + 1) * per]);
-        }
-        let x = Tensor::from_vec(buf, (end - start, 3, s, s), device)?;
-        let outs = forward(&x)?;
+    each_batch(set, device, |x| {
+        let outs = forward(x)?;
         if layers.is_empty() {
             layers = outs
                 .iter()
@@ -98,7 +109,8 @@ fn embed_with(
         for (f, o) in layers.iter_mut().zip(outs) {
             f.data.extend(o.flatten_all()?.to_vec1::<f32>()?);
         }
-    }
+        Ok(())
+    })?;
     Ok(layers)
 }
 
@@ -219,12 +231,15 @@ fn probe_layer(
                 let s = serde_json::json!({"split": "test", "n": test.len(), "dim": test.dim});
                 out.push(row(layer, *probe, "rank", v, s));
             }
+            // Per block, not per layer: see `evaluate`.
+            ProbeKind::Attention => {}
         }
     }
     Ok(out)
 }
 
-/// Runs the plan: one row per (layer, probe, metric), layers in depth order.
+/// Runs the plan: one row per (layer, probe, metric), layers in depth
+/// order, then a ViT's attention rows per block.
 pub fn evaluate(
     encoder: &Encoder,
     splits: &Splits,
@@ -241,6 +256,12 @@ pub fn evaluate(
         if wanted.contains(name) {
             rows.extend(probe_layer(name, tr, te, splits, spec, seed)?);
         }
+    }
+    if let (true, Some(vit)) = (
+        spec.probes.contains(&ProbeKind::Attention),
+        encoder.backbone.vit(),
+    ) {
+        rows.extend(attention::attention_rows(vit, &splits.test, device)?);
     }
     Ok(rows)
 }

@@ -1,6 +1,7 @@
 //! The sslab dashboard: a client-side Leptos app that talks to `/api/v1` only.
 
 mod api;
+mod attention;
 mod chart;
 mod memorization;
 mod pages;

@@ -23,11 +23,12 @@ pub fn layer_depth(layer: &str) -> i64 {
     }
 }
 
-/// Layers in depth order and the (probe, metric) columns present.
+/// Layers in depth order and the (probe, metric) columns present; the
+/// attention rows (per block) have their own charts.
 pub fn axes(rows: &[Evaluation]) -> (Vec<String>, Vec<(String, String)>) {
     let mut layers: Vec<String> = Vec::new();
     let mut columns: Vec<(String, String)> = Vec::new();
-    for e in rows {
+    for e in rows.iter().filter(|e| e.probe != "attention") {
         if !layers.contains(&e.layer) {
             layers.push(e.layer.clone());
         }

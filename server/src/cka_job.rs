@@ -1,13 +1,14 @@
-//! CKA jobs on the worker: two finished runs' layers compared on a blocking
-//! thread while the async side keeps the lease; a cancel asked meanwhile
-//! discards the result.
+//! CKA jobs on the worker: two finished runs' layers, or a family of runs
+//! at one layer, compared on a blocking thread while the async side keeps
+//! the lease; a cancel asked meanwhile discards the result.
 
 use std::time::Duration;
 
 use sslab_engine::cka;
 use sslab_shared::api::{Run, RunStatus};
-use sslab_shared::cka::{CkaJob, CkaResult, CkaSettings, CkaSide};
+use sslab_shared::cka::{CkaFamily, CkaJob, CkaResult, CkaSettings, CkaSide};
 
+use crate::store::CkaOutcome as Outcome;
 use crate::worker::{Worker, lease_ms};
 
 /// Indices of `names` among the run's layers; all of them without a list.
@@ -42,7 +43,16 @@ impl Worker {
             }
         };
         tracing::info!(cka = %job.id, "CKA job started");
-        let (status, error, result) = match self.compare(&job, &lease).await {
+        let outcome = if job.request.runs.is_some() {
+            self.compare_family(&job, &lease)
+                .await
+                .map(|f| f.map(Outcome::Family))
+        } else {
+            self.compare(&job, &lease)
+                .await
+                .map(|r| r.map(Outcome::Pair))
+        };
+        let (status, error, result) = match outcome {
             Ok(Some(result)) => (RunStatus::Succeeded, None, Some(result)),
             Ok(None) => (RunStatus::Cancelled, None, None),
             Err(e) => (RunStatus::Failed, Some(e), None),
@@ -106,7 +116,7 @@ impl Worker {
             self.artifacts.checkpoint(&b.id),
         );
         let (batch, on) = (req.minibatch, data.clone());
-        let mut thread = tokio::task::spawn_blocking(move || {
+        let thread = tokio::task::spawn_blocking(move || {
             let (label_a, label_b) = (format!("run {}", a.id), format!("run {}", b.id));
             let run_a = cka::Run {
                 label: &label_a,
@@ -123,6 +133,88 @@ impl Worker {
             let device = sslab_engine::default_device();
             cka::compare_runs(&run_a, &run_b, &on, batch, &device)
         });
+        let Some((matrix, images)) = self.hold_lease(lease, thread).await? else {
+            return Ok(None);
+        };
+        Ok(Some(CkaResult {
+            a: side_a,
+            b: side_b,
+            matrix,
+            settings: CkaSettings::on_test_split(batch, images, data),
+        }))
+    }
+
+    /// A family's run × run matrix at one layer, with its dendrogram; `None`
+    /// when a cancel was asked while it ran.
+    async fn compare_family(
+        &self,
+        job: &CkaJob,
+        lease: &crate::store::Lease,
+    ) -> Result<Option<CkaFamily>, String> {
+        let req = &job.request;
+        let mut runs = Vec::new();
+        for id in req.runs.iter().flatten() {
+            runs.push(self.finished_run(id).await?);
+        }
+        let layer = family_layer(req);
+        let picks = runs
+            .iter()
+            .map(|r| layer_indices(r, Some(std::slice::from_ref(&layer))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let data = req
+            .data
+            .clone()
+            .or_else(|| runs.first().map(|r| r.spec.data.clone()))
+            .ok_or("a family needs runs")?;
+        let sides: Vec<CkaSide> = runs
+            .iter()
+            .map(|r| CkaSide {
+                run: r.id.clone(),
+                name: r.spec.name.clone(),
+                layers: vec![layer.clone()],
+            })
+            .collect();
+        let checkpoints: Vec<_> = runs
+            .iter()
+            .map(|r| self.artifacts.checkpoint(&r.id))
+            .collect();
+        let (batch, on) = (req.minibatch, data.clone());
+        let thread = tokio::task::spawn_blocking(move || {
+            let labels: Vec<String> = runs.iter().map(|r| format!("run {}", r.id)).collect();
+            let family: Vec<cka::Run> = runs
+                .iter()
+                .zip(&labels)
+                .zip(checkpoints.iter().zip(&picks))
+                .map(|((r, label), (checkpoint, layers))| cka::Run {
+                    label,
+                    spec: &r.spec,
+                    checkpoint,
+                    layers,
+                })
+                .collect();
+            let device = sslab_engine::default_device();
+            cka::family(&family, &on, batch, &device)
+        });
+        let Some((matrix, images)) = self.hold_lease(lease, thread).await? else {
+            return Ok(None);
+        };
+        let (merges, order) = cka::average_linkage(&matrix);
+        Ok(Some(CkaFamily {
+            runs: sides,
+            matrix,
+            order,
+            merges,
+            settings: CkaSettings::on_test_split(batch, images, data),
+        }))
+    }
+
+    /// Waits for the comparing thread while heartbeating the lease: its
+    /// answer, or `None` when a cancel was asked meanwhile.
+    async fn hold_lease<T>(
+        &self,
+        lease: &crate::store::Lease,
+        mut thread: tokio::task::JoinHandle<sslab_engine::Result<T>>,
+    ) -> Result<Option<T>, String> {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         let mut cancelled = false;
         let outcome = loop {
@@ -138,12 +230,11 @@ impl Worker {
         if cancelled {
             return Ok(None);
         }
-        let (matrix, images) = outcome.map_err(|e| e.to_string())?;
-        Ok(Some(CkaResult {
-            a: side_a,
-            b: side_b,
-            matrix,
-            settings: CkaSettings::on_test_split(batch, images, data),
-        }))
+        outcome.map(Some).map_err(|e| e.to_string())
     }
+}
+
+/// The layer a family compares: the one asked, or the representation.
+pub fn family_layer(req: &sslab_shared::cka::CkaRequest) -> String {
+    req.layer.clone().unwrap_or_else(|| "backbone".into())
 }

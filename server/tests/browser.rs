@@ -240,6 +240,27 @@ async fn launch_watch_and_read_a_run_in_chromium() {
         table.as_str().unwrap().contains(env!("CARGO_PKG_VERSION")),
         "{table}"
     );
+
+    // A ViT's run page charts its attention against depth, per head.
+    let mut vit = tiny_spec(1);
+    vit["name"] = json!("tiny-vit");
+    vit["backbone"] = json!({"kind": "vit", "width": 32, "depth": 2, "heads": 2, "patch_size": 8});
+    vit["eval"]["probes"] = json!(["knn", "attention"]);
+    let client = server.client();
+    let run = create(&client, &server, &vit).await;
+    assert_succeeded(&wait_terminal(&client, &server, &run.id).await);
+    browser
+        .goto(&format!("{}/runs/{}", server.base, run.id))
+        .await;
+    let charts = wait_script(
+        &browser,
+        "const d = document.querySelector('#attention-distance'), e = document.querySelector('#attention-entropy'); \
+         return d && e && [d.dataset.points, d.dataset.lines, e.dataset.points, e.querySelectorAll('.head-line').length, \
+                           document.querySelector('#probe-table').textContent.includes('blocks.')]",
+        30,
+    )
+    .await;
+    assert_eq!(charts, json!(["2", "2", "2", 2, false]));
     browser.click("#sign-out").await;
     browser.wait_find("#signin-form").await;
     browser.goto(&run_url).await;
@@ -431,6 +452,9 @@ async fn sweep_from_a_run_page_in_chromium() {
     browser
         .click("#runs-table tbody tr:nth-child(2) input.pick")
         .await;
+    browser
+        .click("#runs-table tbody tr:nth-child(3) input.pick")
+        .await;
     browser.click("#compare-selected").await;
     browser.wait_find("#compare-probes").await;
     let diff = wait_script(
@@ -443,13 +467,13 @@ async fn sweep_from_a_run_page_in_chromium() {
     let curves = browser
         .script("return document.querySelector('#compare-loss').getAttribute('data-lines')")
         .await;
-    assert_eq!(curves, json!("2"));
+    assert_eq!(curves, json!("3"));
     let probe_curves = browser
         .script("return Array.from(document.querySelectorAll('#compare-probe-chart polyline')).map(p => p.getAttribute('points').trim().split(' ').length)")
         .await;
     assert_eq!(
         probe_curves,
-        json!([3, 3]),
+        json!([3, 3, 3]),
         "one kNN curve per run through every layer"
     );
     // The CKA of the two runs, layer by layer, as a heatmap with values.
@@ -478,6 +502,36 @@ async fn sweep_from_a_run_page_in_chromium() {
         hover.as_str().unwrap().starts_with("block0 × block0: "),
         "{hover}"
     );
+    // The family of the three runs: a 3 × 3 matrix in dendrogram order,
+    // ones on the diagonal, and the dendrogram's two merges drawn.
+    browser.click("#cka-family-start").await;
+    let family = wait_script(
+        &browser,
+        "const m = document.querySelector('#cka-family'); \
+         return m ? {cells: Array.from(m.querySelectorAll('.cka-cell')).map(c => [c.dataset.row, c.dataset.col, Number(c.dataset.value)]), \
+                     order: m.dataset.order, links: m.querySelectorAll('.dendrogram-link').length, \
+                     rows: Array.from(m.querySelectorAll('.family-row')).map(t => t.textContent)} : null",
+        90,
+    )
+    .await;
+    let cells = family["cells"].as_array().unwrap();
+    assert_eq!(cells.len(), 9, "{family}");
+    assert_eq!(family["links"], json!(2), "{family}");
+    let order: Vec<&str> = family["order"].as_str().unwrap().split(',').collect();
+    assert_eq!(order.len(), 3);
+    for (k, c) in cells.iter().enumerate() {
+        let (row, col, v) = (
+            c[0].as_str().unwrap(),
+            c[1].as_str().unwrap(),
+            c[2].as_f64().unwrap(),
+        );
+        assert_eq!((row, col), (order[k / 3], order[k % 3]), "{family}");
+        assert!((-0.05..=1.0 + 1e-9).contains(&v), "{family}");
+        if row == col {
+            assert!((v - 1.0).abs() < 1e-3, "{family}");
+        }
+    }
+    assert_eq!(family["rows"].as_array().unwrap().len(), 3);
 }
 
 /// An image-folder archive uploaded through the Data sets page is listed

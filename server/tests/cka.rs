@@ -1,6 +1,7 @@
 //! CKA jobs through the REST API of a real server: a run against itself is
 //! 1 on the diagonal, two runs give a matrix in [0, 1] (linear or
-//! minibatch), and bad requests are refused by field before anything runs.
+//! minibatch), a family of runs is ordered by its dendrogram, and bad
+//! requests are refused by field before anything runs.
 
 mod common;
 
@@ -120,4 +121,79 @@ async fn cka_jobs_compare_runs_layer_by_layer() {
     .await;
     let job = finished(&client, &server, job["id"].as_str().unwrap()).await;
     assert_eq!(job["status"], "succeeded", "{job}");
+
+    // A family: every run against every other at the representation.
+    let mut twin = tiny_spec(1);
+    twin["seed"] = json!(9);
+    twin["name"] = json!("twin");
+    let d = create(&client, &server, &twin).await;
+    assert_succeeded(&wait_terminal(&client, &server, &d.id).await);
+    let ids = [&a.id, &b.id, &d.id];
+    let job = post_json(&client, server.url("/cka"), &json!({"runs": ids})).await;
+    let job = finished(&client, &server, job["id"].as_str().unwrap()).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert!(job["result"].is_null(), "{job}");
+    let family = &job["family"];
+    let runs: Vec<&str> = family["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["run"].as_str().unwrap())
+        .collect();
+    assert_eq!(runs, ids.map(|s| s.as_str()));
+    assert_eq!(family["runs"][0]["layers"], json!(["backbone"]));
+    let m: Vec<Vec<f64>> = serde_json::from_value(family["matrix"].clone()).unwrap();
+    for i in 0..3 {
+        assert!((m[i][i] - 1.0).abs() < 1e-6, "{m:?}");
+        for j in 0..3 {
+            assert!((m[i][j] - m[j][i]).abs() < 1e-9, "{m:?}");
+        }
+    }
+    // b and d trained from the same seed on the same data: one family, merged first.
+    assert!(
+        m[1][2] > 0.95 && m[1][2] > m[0][1] && m[1][2] > m[0][2],
+        "{m:?}"
+    );
+    assert_eq!(family["merges"][0]["left"], 1, "{family}");
+    assert_eq!(family["merges"][0]["right"], 2, "{family}");
+    assert_eq!(family["merges"][1]["size"], 3, "{family}");
+    let mut order: Vec<u64> = serde_json::from_value(family["order"].clone()).unwrap();
+    assert_eq!(
+        order
+            .iter()
+            .position(|&r| r == 1)
+            .unwrap()
+            .abs_diff(order.iter().position(|&r| r == 2).unwrap()),
+        1
+    );
+    order.sort();
+    assert_eq!(order, vec![0, 1, 2]);
+
+    refused(&client, &server, json!({"runs": [a.id]}), 422, "runs").await;
+    refused(&client, &server, json!({"runs": [a.id, a.id]}), 422, "runs").await;
+    refused(
+        &client,
+        &server,
+        json!({"runs": [a.id, b.id], "a": a.id}),
+        422,
+        "runs",
+    )
+    .await;
+    refused(
+        &client,
+        &server,
+        json!({"runs": [a.id, b.id], "layer": "proj.9"}),
+        422,
+        "layer",
+    )
+    .await;
+    refused(&client, &server, json!({"runs": [a.id, c.id]}), 422, "data").await;
+    refused(
+        &client,
+        &server,
+        json!({"a": a.id, "layer": "backbone"}),
+        422,
+        "layer",
+    )
+    .await;
 }

@@ -58,11 +58,41 @@ pub struct CkaResult {
     pub settings: CkaSettings,
 }
 
-/// `POST /cka`: two finished runs of the team (or one against itself).
+/// One merge of the family's dendrogram (average linkage on 1 − CKA).
+/// Clusters are numbered as in SciPy's `linkage`: the runs are `0..n`, the
+/// cluster made by merge `k` is `n + k`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CkaMerge {
+    pub left: usize,
+    pub right: usize,
+    /// The mean 1 − CKA between the two clusters' runs.
+    pub distance: f64,
+    /// Runs in the merged cluster.
+    pub size: usize,
+}
+
+/// Several runs compared at one layer each: the run × run matrix (in the
+/// request's order), and the dendrogram that groups similar runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CkaFamily {
+    /// Each run with the one layer compared.
+    pub runs: Vec<CkaSide>,
+    pub matrix: Vec<Vec<f64>>,
+    /// The runs in the dendrogram's leaf order: similar runs side by side.
+    pub order: Vec<usize>,
+    pub merges: Vec<CkaMerge>,
+    pub settings: CkaSettings,
+}
+
+/// `POST /cka`: two finished runs of the team (or one against itself),
+/// layer by layer; or, with `runs`, a family of runs at one layer.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default, deny_unknown_fields)]
 pub struct CkaRequest {
+    /// The first run (not with `runs`).
     pub a: String,
     /// Default: `a` itself.
     pub b: Option<String>,
@@ -75,7 +105,15 @@ pub struct CkaRequest {
     /// be the same). Its test split is used.
     #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub data: Option<DataSpec>,
+    /// A family: 2 to 16 runs compared pairwise at `layer` (instead of `a`
+    /// and `b`).
+    pub runs: Option<Vec<String>>,
+    /// The family's layer; default: `backbone`, the representation.
+    pub layer: Option<String>,
 }
+
+/// The most runs in one family.
+pub const FAMILY_MAX: usize = 16;
 
 /// A CKA job and, once it has succeeded, its result.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -86,6 +124,9 @@ pub struct CkaJob {
     pub error: Option<String>,
     pub request: CkaRequest,
     pub result: Option<CkaResult>,
+    /// A family job's result, once it has succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family: Option<CkaFamily>,
     pub created_at: i64,
     pub finished_at: Option<i64>,
     #[serde(default)]

@@ -20,7 +20,8 @@ struct Attention {
 }
 
 impl Attention {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    /// The output and the attention probabilities (B, heads, N, N).
+    fn attend(&self, x: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
         let (b, n, d) = x.dims3()?;
         let hd = d / self.heads;
         // (B, N, 3, H, hd) → (3, B, H, N, hd)
@@ -32,10 +33,12 @@ impl Attention {
         let k = qkv.i(1)?.contiguous()?;
         let v = qkv.i(2)?.contiguous()?;
         let attn = candle_nn::ops::softmax(&q.matmul(&k.t()?.contiguous()?)?, D::Minus1)?;
-        attn.matmul(&v)?
+        let out = attn
+            .matmul(&v)?
             .transpose(1, 2)?
             .reshape((b, n, d))?
-            .apply(&self.proj)
+            .apply(&self.proj)?;
+        Ok((out, attn))
     }
 }
 
@@ -67,14 +70,21 @@ impl Block {
 impl Block {
     /// The tokens after the attention's residual add and after the MLP's.
     fn forward_both(&self, x: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
-        let x = (x + self.attn.forward(&x.apply(&self.norm1)?)?)?;
+        let (attn, mlp, _) = self.forward_all(x)?;
+        Ok((attn, mlp))
+    }
+
+    /// `forward_both` and the attention probabilities.
+    fn forward_all(&self, x: &Tensor) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+        let (a, probs) = self.attn.attend(&x.apply(&self.norm1)?)?;
+        let x = (x + a)?;
         let h = x
             .apply(&self.norm2)?
             .apply(&self.fc1)?
             .gelu_erf()?
             .apply(&self.fc2)?;
         let out = (&x + h)?;
-        Ok((x, out))
+        Ok((x, out, probs))
     }
 }
 
@@ -192,6 +202,10 @@ impl Vit {
         self.patch
     }
 
+    pub fn heads(&self) -> usize {
+        self.blocks.first().map_or(1, |b| b.attn.heads)
+    }
+
     /// Patch embeddings without positions: (B, 3, H, W) → (B, L, width).
     pub fn patch_tokens(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         if self.stem.is_empty() {
@@ -267,19 +281,37 @@ impl Vit {
 }
 
 impl Vit {
-    /// After every block's attention and MLP, the patch tokens' mean (the
-    /// CLS token is left out): `blocks.I.attn`, `blocks.I.mlp` (inference).
-    pub fn taps(&self, x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+    /// The CLS token and the patch tokens of full images, before the blocks.
+    fn tokens(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let tokens = self.embed(x, false)?;
         let (b, _, width) = tokens.dims3()?;
         let cls = (&self.cls + self.pos.i((.., ..1, ..))?)?.broadcast_as((b, 1, width))?;
-        let mut h = Tensor::cat(&[&cls, &tokens], 1)?;
+        Tensor::cat(&[&cls, &tokens], 1)
+    }
+
+    /// After every block's attention and MLP, the patch tokens' mean (the
+    /// CLS token is left out): `blocks.I.attn`, `blocks.I.mlp` (inference).
+    pub fn taps(&self, x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+        let mut h = self.tokens(x)?;
         let pool = |t: &Tensor| t.i((.., 1.., ..))?.mean(1);
         let mut out = Vec::new();
         for block in &self.blocks {
             let (attn, mlp) = block.forward_both(&h)?;
             out.push(pool(&attn)?);
             out.push(pool(&mlp)?);
+            h = mlp;
+        }
+        Ok(out)
+    }
+
+    /// Every block's attention probabilities on full images, (B, heads,
+    /// 1 + L, 1 + L) with the CLS token first (inference).
+    pub fn attention_maps(&self, x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+        let mut h = self.tokens(x)?;
+        let mut out = Vec::new();
+        for block in &self.blocks {
+            let (_, mlp, probs) = block.forward_all(&h)?;
+            out.push(probs);
             h = mlp;
         }
         Ok(out)

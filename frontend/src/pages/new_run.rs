@@ -360,7 +360,7 @@ pub fn NewRunPage() -> impl IntoView {
                     |s| s.schedule.final_lr_fraction.to_string(), |s, v| { s.schedule.final_lr_fraction = num(v)?; Ok(()) })}
             </fieldset>
             <fieldset><legend>"Evaluation"</legend>
-                {field(spec, "eval.probes", "Probes", "comma-separated: knn, linear, lowshot, rankme",
+                {field(spec, "eval.probes", "Probes", "comma-separated: knn, linear, lowshot, rankme, attention (ViTs)",
                     |s| s.eval.probes.iter().map(|p| p.name()).collect::<Vec<_>>().join(", "),
                     |s, v| { s.eval.probes = list(v, |p| ProbeKind::ALL.into_iter().find(|k| k.name() == p).ok_or_else(|| format!("unknown probe `{p}`")))?; Ok(()) })}
                 {field(spec, "eval.layers", "Layers", "comma-separated, e.g. backbone, proj.1; empty = every layer",

@@ -13,6 +13,7 @@ use web_sys::{EventSource, MessageEvent};
 
 use super::{status_class, time_text};
 use crate::api;
+use crate::attention::AttentionCharts;
 use crate::chart::LossChart;
 use crate::memorization::{MemorizationChart, MemorizationTable};
 use crate::probes::{GuillotineChart, ProbeTable};
@@ -237,7 +238,8 @@ pub fn RunPage() -> impl IntoView {
                 Some(v) if v.is_empty() => view! { <p class="meta">"No evaluations: the run did not finish."</p> }.into_any(),
                 Some(v) => view! {
                     <ProbeTable rows=v.clone()/>
-                    <GuillotineChart rows=v/>
+                    <GuillotineChart rows=v.clone()/>
+                    <AttentionCharts rows=v/>
                 }.into_any(),
             }}
         </section>

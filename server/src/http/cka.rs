@@ -6,13 +6,13 @@ use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::routing::{get, post};
 use sslab_shared::SpecError;
-use sslab_shared::api::RunStatus;
-use sslab_shared::cka::{CkaJob, CkaRequest};
+use sslab_shared::api::{Run, RunStatus};
+use sslab_shared::cka::{CkaJob, CkaRequest, FAMILY_MAX};
 
 use super::authn::JsonText;
 use super::{ApiError, ApiResult, AppState, check_may_change, owner};
 use crate::auth::Principal;
-use crate::cka_job::layer_indices;
+use crate::cka_job::{family_layer, layer_indices};
 
 pub fn router() -> axum::Router<AppState> {
     axum::Router::new()
@@ -27,7 +27,9 @@ fn invalid(field: &str, message: impl Into<String>) -> ApiError {
 
 /// `{"a", "b"?, "layers_a"?, "layers_b"?, "minibatch"?, "data"?}`: runs
 /// that have succeeded, layers by name, and the images (default: the runs'
-/// own data, which must be the same).
+/// own data, which must be the same). Or a family, `{"runs": […],
+/// "layer"?, "minibatch"?, "data"?}`: every run against every other at one
+/// layer, with a dendrogram that orders them.
 #[utoipa::path(
     operation_id = "create_cka",
     post,
@@ -43,50 +45,113 @@ async fn create(
 ) -> ApiResult<Response> {
     let mut req: CkaRequest =
         sslab_shared::error::from_json(&body).map_err(ApiError::InvalidSpec)?;
-    if req.a.trim().is_empty() {
-        return Err(invalid("a", "name the first run's id"));
-    }
     if req.minibatch.is_some_and(|b| b < 4) {
         return Err(invalid(
             "minibatch",
             "minibatch CKA takes batches of at least 4 images",
         ));
     }
-    let a = super::runs::find(&state, &p, &req.a).await?;
-    let b = match req.b.as_deref() {
-        Some(id) => super::runs::find(&state, &p, id).await?,
-        None => a.clone(),
+    let runs = match &req.runs {
+        Some(ids) => family_runs(&state, &p, &req, ids).await?,
+        None => pair_runs(&state, &p, &req).await?,
     };
-    for run in [&a, &b] {
-        if run.status != RunStatus::Succeeded {
-            return Err(ApiError::Conflict(format!(
-                "run `{}` is {}; only a run that succeeded has final weights to compare",
-                run.id,
-                run.status.as_str()
-            )));
-        }
-    }
-    layer_indices(&a, req.layers_a.as_deref()).map_err(|e| invalid("layers_a", e))?;
-    layer_indices(&b, req.layers_b.as_deref()).map_err(|e| invalid("layers_b", e))?;
     match &mut req.data {
         Some(data) => {
             super::check_server_data(&state, &p, data, "data")?;
             state.datasets.resolve_data(data, "data", p.team()).await?;
         }
-        None if a.spec.data.resolved() != b.spec.data.resolved() => {
-            return Err(invalid(
-                "data",
-                format!(
-                    "runs `{}` and `{}` were trained on different data; name the images to compare them on",
-                    a.id, b.id
-                ),
-            ));
+        None => {
+            if let Some(other) = runs
+                .iter()
+                .find(|r| r.spec.data.resolved() != runs[0].spec.data.resolved())
+            {
+                return Err(invalid(
+                    "data",
+                    format!(
+                        "runs `{}` and `{}` were trained on different data; name the images to compare them on",
+                        runs[0].id, other.id
+                    ),
+                ));
+            }
         }
-        None => {}
     }
     let job = state.store.create_cka(&req, &owner(&p)).await?;
     state.wake_workers();
     Ok(super::created(true, format!("/api/v1/cka/{}", job.id), job))
+}
+
+fn check_succeeded(run: &Run) -> ApiResult<()> {
+    if run.status != RunStatus::Succeeded {
+        return Err(ApiError::Conflict(format!(
+            "run `{}` is {}; only a run that succeeded has final weights to compare",
+            run.id,
+            run.status.as_str()
+        )));
+    }
+    Ok(())
+}
+
+/// A pair's two runs (`b` is `a` when left out), with their layers checked.
+async fn pair_runs(state: &AppState, p: &Principal, req: &CkaRequest) -> ApiResult<Vec<Run>> {
+    if req.a.trim().is_empty() {
+        return Err(invalid(
+            "a",
+            "name the first run's id (or a family in `runs`)",
+        ));
+    }
+    if req.layer.is_some() {
+        return Err(invalid(
+            "layer",
+            "`layer` is a family's; a pair takes `layers_a` and `layers_b`",
+        ));
+    }
+    let a = super::runs::find(state, p, &req.a).await?;
+    let b = match req.b.as_deref() {
+        Some(id) => super::runs::find(state, p, id).await?,
+        None => a.clone(),
+    };
+    check_succeeded(&a)?;
+    check_succeeded(&b)?;
+    layer_indices(&a, req.layers_a.as_deref()).map_err(|e| invalid("layers_a", e))?;
+    layer_indices(&b, req.layers_b.as_deref()).map_err(|e| invalid("layers_b", e))?;
+    Ok(vec![a, b])
+}
+
+/// A family's runs: 2 to `FAMILY_MAX` distinct ones that all have `layer`.
+async fn family_runs(
+    state: &AppState,
+    p: &Principal,
+    req: &CkaRequest,
+    ids: &[String],
+) -> ApiResult<Vec<Run>> {
+    if !req.a.is_empty() || req.b.is_some() || req.layers_a.is_some() || req.layers_b.is_some() {
+        return Err(invalid(
+            "runs",
+            "a family names its runs in `runs` alone; leave out `a`, `b`, `layers_a` and `layers_b`",
+        ));
+    }
+    if !(2..=FAMILY_MAX).contains(&ids.len()) {
+        return Err(invalid(
+            "runs",
+            format!("a family has 2 to {FAMILY_MAX} runs, got {}", ids.len()),
+        ));
+    }
+    if let Some(twice) = ids
+        .iter()
+        .enumerate()
+        .find(|(i, id)| ids[..*i].contains(id))
+    {
+        return Err(invalid("runs", format!("run `{}` is named twice", twice.1)));
+    }
+    let layer = family_layer(req);
+    let mut runs = Vec::new();
+    for id in ids {
+        let run = super::runs::find(state, p, id).await?;
+        check_succeeded(&run)?;
+        layer_indices(&run, Some(std::slice::from_ref(&layer))).map_err(|e| invalid("layer", e))?;
+        runs.push(run);
+    }
+    Ok(runs)
 }
 
 async fn find(state: &AppState, p: &Principal, id: &str) -> ApiResult<CkaJob> {
@@ -99,7 +164,8 @@ async fn find(state: &AppState, p: &Principal, id: &str) -> ApiResult<CkaJob> {
 }
 
 /// The job, with `result` (both sides' layers, the matrix with `a`'s layers
-/// as rows, the settings) once it has succeeded.
+/// as rows, the settings) once it has succeeded; a family job has `family`
+/// (the runs, their matrix, the dendrogram's merges and leaf order).
 #[utoipa::path(
     operation_id = "get_cka",
     get,

@@ -4,28 +4,40 @@
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 use sslab_shared::api::RunStatus;
-use sslab_shared::cka::{CkaJob, CkaRequest, CkaResult};
+use sslab_shared::cka::{CkaFamily, CkaJob, CkaRequest, CkaResult};
 
 use super::{Claimant, JobKind, Lease, Owner, Result, Store, StoreError, now_ms};
 
 const COLUMNS: &str =
     "id, request, result, status, error, created_at, finished_at, team_id, created_by";
 
+/// What a CKA job produced: a pair's layer × layer matrix or a family's.
+pub enum CkaOutcome {
+    Pair(CkaResult),
+    Family(CkaFamily),
+}
+
 fn from_row(row: &AnyRow) -> Result<CkaJob> {
     let status: String = row.try_get("status")?;
     let request: String = row.try_get("request")?;
     let result: Option<String> = row.try_get("result")?;
+    let request: CkaRequest = serde_json::from_str(&request)
+        .map_err(|e| StoreError::Corrupt(format!("CKA request: {e}")))?;
+    // A family job's result column holds a `CkaFamily`, a pair's a `CkaResult`.
+    let corrupt = |e: serde_json::Error| StoreError::Corrupt(format!("CKA result: {e}"));
+    let (result, family) = match (result, request.runs.is_some()) {
+        (None, _) => (None, None),
+        (Some(r), false) => (Some(serde_json::from_str(&r).map_err(corrupt)?), None),
+        (Some(r), true) => (None, Some(serde_json::from_str(&r).map_err(corrupt)?)),
+    };
     Ok(CkaJob {
         id: row.try_get("id")?,
         status: RunStatus::parse(&status)
             .ok_or_else(|| StoreError::Corrupt(format!("CKA job status `{status}`")))?,
         error: row.try_get("error")?,
-        request: serde_json::from_str(&request)
-            .map_err(|e| StoreError::Corrupt(format!("CKA request: {e}")))?,
-        result: result
-            .map(|r| serde_json::from_str(&r))
-            .transpose()
-            .map_err(|e| StoreError::Corrupt(format!("CKA result: {e}")))?,
+        request,
+        result,
+        family,
         created_at: row.try_get("created_at")?,
         finished_at: row.try_get("finished_at")?,
         team: row.try_get("team_id")?,
@@ -88,10 +100,13 @@ impl Store {
         lease: &Lease,
         status: RunStatus,
         error: Option<&str>,
-        result: Option<&CkaResult>,
+        result: Option<&CkaOutcome>,
     ) -> Result<bool> {
         let result = result
-            .map(serde_json::to_string)
+            .map(|r| match r {
+                CkaOutcome::Pair(p) => serde_json::to_string(p),
+                CkaOutcome::Family(f) => serde_json::to_string(f),
+            })
             .transpose()
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mut tx = self.pool.begin().await?;

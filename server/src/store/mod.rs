@@ -18,6 +18,7 @@ mod tests;
 mod workers;
 
 pub use accounts::NewTokenRow;
+pub use cka::CkaOutcome;
 pub use queue::{Claimant, JobKind, LOCAL_PREFIX, Lease};
 pub use runs::{Claim, RunFilter, SERVER_DATA, is_page_token};
 

@@ -18,14 +18,19 @@ pub enum ProbeKind {
     Lowshot,
     /// Effective rank of the embeddings (arXiv:2210.02885); needs no labels.
     Rankme,
+    /// ViTs only: each block's mean attention distance and attention
+    /// entropy (rows at `blocks.I.attn`, whatever `layers` says); nothing
+    /// for other backbones.
+    Attention,
 }
 
 impl ProbeKind {
-    pub const ALL: [ProbeKind; 4] = [
+    pub const ALL: [ProbeKind; 5] = [
         ProbeKind::Knn,
         ProbeKind::Linear,
         ProbeKind::Lowshot,
         ProbeKind::Rankme,
+        ProbeKind::Attention,
     ];
 
     pub fn name(&self) -> &'static str {
@@ -34,6 +39,7 @@ impl ProbeKind {
             ProbeKind::Linear => "linear",
             ProbeKind::Lowshot => "lowshot",
             ProbeKind::Rankme => "rankme",
+            ProbeKind::Attention => "attention",
         }
     }
 }
@@ -142,7 +148,7 @@ impl EvalSpec {
         if self.probes.is_empty() {
             return bad(
                 "eval.probes",
-                "name at least one probe: knn, linear, lowshot or rankme".into(),
+                "name at least one probe: knn, linear, lowshot, rankme or attention".into(),
             );
         }
         for l in &self.layers {
