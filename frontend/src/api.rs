@@ -128,6 +128,26 @@ pub async fn post<T: DeserializeOwned>(
     decode(resp).await
 }
 
+/// PATCHes `body` as JSON and decodes the answer.
+pub async fn patch<T: DeserializeOwned>(
+    path: &str,
+    body: &impl serde::Serialize,
+) -> Result<T, ApiFailure> {
+    let text = serde_json::to_string(body).map_err(|e| ApiFailure {
+        message: e.to_string(),
+        field: None,
+    })?;
+    let resp = with_csrf(Request::patch(&format!("/api/v1{path}")))
+        .await
+        .header("content-type", "application/json")
+        .body(text)
+        .map_err(network)?
+        .send()
+        .await
+        .map_err(network)?;
+    decode(resp).await
+}
+
 /// POSTs a file as the raw body (an upload) and decodes the answer.
 pub async fn upload<T: DeserializeOwned>(path: &str, file: web_sys::File) -> Result<T, ApiFailure> {
     let resp = with_csrf(Request::post(&format!("/api/v1{path}")))

@@ -3,6 +3,7 @@
 mod api;
 mod attention;
 mod chart;
+mod labels;
 mod memorization;
 mod pages;
 mod probes;
@@ -53,6 +54,7 @@ fn App() -> impl IntoView {
                     <Route path=path!("/api") view=pages::api_reference::ApiReferencePage/>
                     <Route path=path!("/members") view=pages::account::MembersPage/>
                     <Route path=path!("/") view=pages::runs::RunsPage/>
+                    <Route path=path!("/runs") view=pages::runs::RunsPage/>
                     <Route path=path!("/runs/new") view=pages::new_run::NewRunPage/>
                     <Route path=path!("/runs/:id") view=pages::run::RunPage/>
                     <Route path=path!("/sweeps") view=pages::sweeps::SweepsPage/>

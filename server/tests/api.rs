@@ -449,6 +449,138 @@ async fn invalid_specs(server: &Server) {
     );
 }
 
+/// Tags, notes and the archive narrow the list; a delete removes the rows
+/// and the files, and is refused while the run is busy or still used.
+async fn labels_and_delete(server: &Server, data_dir: &std::path::Path) {
+    let client = server.client();
+    let patch = |id: &str, body: Value| {
+        client
+            .patch(server.url(&format!("/runs/{id}")))
+            .json(&body)
+            .send()
+    };
+    let delete = |id: &str| client.delete(server.url(&format!("/runs/{id}"))).send();
+    let a = create(&client, server, &tiny_spec(1)).await;
+    let c = create(&client, server, &tiny_spec(1)).await;
+    let a = wait_terminal(&client, server, &a.id).await;
+    wait_terminal(&client, server, &c.id).await;
+
+    let note = "# Baseline\n<script>alert(1)</script>";
+    let r = patch(
+        &a.id,
+        json!({"tags": [" baseline ", "lr:0.3", "baseline"], "note": note}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let tagged: Run = r.json().await.unwrap();
+    assert_eq!(tagged.tags, ["baseline", "lr:0.3"]);
+    assert_eq!(
+        tagged.note, note,
+        "stored as written; the page renders it inert"
+    );
+    assert_eq!(get_run(&client, server, &a.id).await.tags, tagged.tags);
+    for (body, field) in [
+        (json!({"tags": ["a b"]}), "tags"),
+        (
+            json!({"tags": (0..1000).map(|i| format!("t{i}")).collect::<Vec<_>>()}),
+            "tags",
+        ),
+        (json!({"note": "n".repeat(20_001)}), "note"),
+        (json!({"name": "  "}), "name"),
+        (json!({"colour": "red"}), "colour"),
+    ] {
+        let r = patch(&a.id, body).await.unwrap();
+        assert_eq!(r.status(), 422);
+        let e: ErrorBody = r.json().await.unwrap();
+        assert_eq!(e.error.field.as_deref(), Some(field), "{}", e.error.message);
+    }
+    assert_eq!(
+        get_run(&client, server, &a.id).await.tags,
+        tagged.tags,
+        "a refused change changes nothing"
+    );
+
+    let list =
+        |query: &'static str| get_json::<Page<Run>>(&client, server.url(&format!("/runs?{query}")));
+    let ids = |p: Page<Run>| p.items.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    assert_eq!(ids(list("tag=baseline").await), [a.id.clone()]);
+    assert_eq!(ids(list("tag=lr:0.3").await), [a.id.clone()]);
+    assert!(ids(list("tag=other").await).is_empty());
+    patch(&a.id, json!({"archived": true})).await.unwrap();
+    assert!(
+        ids(list("tag=baseline").await).is_empty(),
+        "archived runs are hidden"
+    );
+    assert_eq!(
+        ids(list("tag=baseline&archived=true").await),
+        [a.id.clone()]
+    );
+    assert_eq!(ids(list("tag=baseline&archived=all").await), [a.id.clone()]);
+    assert!(!ids(list("archived=true").await).contains(&c.id));
+    let bad = client
+        .get(server.url("/runs?archived=maybe"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+
+    // Busy: queued or running.
+    let long = create(&client, server, &tiny_spec(500)).await;
+    assert_eq!(delete(&long.id).await.unwrap().status(), 409);
+    client
+        .post(server.url(&format!("/runs/{}/cancel", long.id)))
+        .send()
+        .await
+        .unwrap();
+    wait_terminal(&client, server, &long.id).await;
+    // Used: a CKA job compares `c`.
+    post_json(&client, server.url("/cka"), &json!({"a": c.id})).await;
+    let r = delete(&c.id).await.unwrap();
+    assert_eq!(r.status(), 409);
+    let e: ErrorBody = r.json().await.unwrap();
+    assert!(e.error.message.contains("CKA job"), "{}", e.error.message);
+
+    let runs_dir = data_dir.join("artifacts").join("runs");
+    let names = || -> Vec<String> {
+        std::fs::read_dir(&runs_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    assert!(names().contains(&a.id));
+    assert_eq!(delete(&a.id).await.unwrap().status(), 204);
+    assert!(!names().iter().any(|n| n.contains(&a.id)), "{:?}", names());
+    assert_eq!(
+        client
+            .get(server.url(&format!("/runs/{}", a.id)))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    let metrics = client
+        .get(server.url(&format!("/runs/{}/metrics", a.id)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), 404);
+    assert_eq!(delete(&a.id).await.unwrap().status(), 404);
+    assert!(ids(list("tag=baseline&archived=all").await).is_empty());
+
+    // Two deletes of one run at once: one wins, the other finds it gone.
+    let (x, y) = tokio::join!(delete(&long.id), delete(&long.id));
+    let mut codes = [x.unwrap().status().as_u16(), y.unwrap().status().as_u16()];
+    codes.sort();
+    assert_eq!(codes, [204, 404]);
+    assert!(
+        !names().iter().any(|n| n.contains(&long.id)),
+        "{:?}",
+        names()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sqlite_api() {
     let dir = tempfile::tempdir().unwrap();
@@ -457,6 +589,7 @@ async fn sqlite_api() {
     lifecycle(&server).await;
     live_events(&server).await;
     cancel(&server).await;
+    labels_and_delete(&server, dir.path()).await;
 }
 
 /// A server killed mid-run (no chance to clean up) re-queues the run when it
@@ -504,6 +637,7 @@ async fn postgres_api() {
     invalid_specs(&server).await;
     lifecycle(&server).await;
     cancel(&server).await;
+    labels_and_delete(&server, dir.path()).await;
 
     let client = server.client();
     let run = create(&client, &server, &tiny_spec(40)).await;

@@ -261,6 +261,67 @@ async fn launch_watch_and_read_a_run_in_chromium() {
     )
     .await;
     assert_eq!(charts, json!(["2", "2", "2", 2, false]));
+
+    // Rita tags her run, finds it by the tag, annotates it, and deletes it
+    // after the confirmation.
+    browser.goto(&run_url).await;
+    browser.wait_find("#tag-input").await;
+    browser.set_field("#tag-input", "baseline").await;
+    browser.click("#tag-add").await;
+    browser
+        .wait_find("#run-labels .tag[data-tag='baseline']")
+        .await;
+    browser.click("#note-edit").await;
+    browser.wait_find("#note-input").await;
+    browser
+        .set_field(
+            "#note-input",
+            "# First try\n\n<script>window.pwned = 1</script>\n\n**lr** 0.003",
+        )
+        .await;
+    browser.click("#note-save").await;
+    let note = wait_script(
+        &browser,
+        "const n = document.querySelector('#run-note h1');          return n && [n.textContent, document.querySelectorAll('#run-note script').length,                       document.querySelector('#run-note strong').textContent, String(window.pwned)]",
+        20,
+    )
+    .await;
+    assert_eq!(note, json!(["First try", 0, "lr", "undefined"]));
+    browser
+        .goto(&format!("{}/runs?tag=baseline", server.base))
+        .await;
+    let listed = wait_script(
+        &browser,
+        "const rows = document.querySelectorAll('#runs-table tbody tr');          return rows.length ? Array.from(rows).map(r => r.cells[1].textContent) : null",
+        20,
+    )
+    .await;
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert!(
+        listed[0].as_str().unwrap().starts_with("browser-run"),
+        "{listed}"
+    );
+    browser.goto(&run_url).await;
+    browser.wait_find("#delete-run").await;
+    browser.click("#delete-run").await;
+    browser.wait_find("#delete-confirm").await;
+    browser.click("#delete-yes").await;
+    let gone = wait_script(
+        &browser,
+        "return location.pathname === '/runs' && !!document.querySelector('#runs-table, .empty')",
+        20,
+    )
+    .await;
+    assert_eq!(gone, json!(true));
+    let run_id = run_url.rsplit('/').next().unwrap();
+    let status = client
+        .get(server.url(&format!("/runs/{run_id}")))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 404);
+    assert!(!dir.path().join("artifacts/runs").join(run_id).exists());
     browser.click("#sign-out").await;
     browser.wait_find("#signin-form").await;
     browser.goto(&run_url).await;

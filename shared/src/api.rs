@@ -83,6 +83,14 @@ pub struct Run {
     /// The user who launched it (its id); none for runs from before teams.
     #[serde(default)]
     pub created_by: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Markdown.
+    #[serde(default)]
+    pub note: String,
+    /// Hidden from lists unless asked for.
+    #[serde(default)]
+    pub archived: bool,
 }
 
 /// One optimiser step.

@@ -8,6 +8,7 @@ pub mod cka;
 pub mod dataset;
 pub mod demo;
 pub mod error;
+pub mod labels;
 pub mod rng;
 pub mod spec;
 pub mod sweep;

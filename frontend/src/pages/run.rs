@@ -1,4 +1,5 @@
-//! A run: live loss chart over server-sent events, status, cancel, the
+//! A run: live loss chart over server-sent events, status, cancel, tags,
+//! note, archive and delete, the
 //! memorization monitor's readings, and the kNN accuracy of every layer once
 //! evaluated.
 
@@ -15,6 +16,7 @@ use super::{status_class, time_text};
 use crate::api;
 use crate::attention::AttentionCharts;
 use crate::chart::LossChart;
+use crate::labels::RunLabels;
 use crate::memorization::{MemorizationChart, MemorizationTable};
 use crate::probes::{GuillotineChart, ProbeTable};
 
@@ -186,6 +188,7 @@ pub fn RunPage() -> impl IntoView {
                 {r.error.clone().map(|e| view! { <p class="error" id="run-error">{e}</p> })}
             }
         })}
+        {move || run.with(Option::is_some).then(|| view! { <RunLabels run=run set_run=set_run/> })}
         <section>
             <h2>"Training loss"</h2>
             <LossChart points=points total_steps=total/>

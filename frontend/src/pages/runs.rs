@@ -1,4 +1,5 @@
-//! The runs list: filtered and paged on the server, refreshed while open;
+//! The runs list: filtered (name, status, tag, archived) and paged on the
+//! server, refreshed while open;
 //! pick runs to compare.
 
 use leptos::prelude::*;
@@ -18,6 +19,9 @@ pub fn RunsPage() -> impl IntoView {
     let name = RwSignal::new(initial("q"));
     let status = RwSignal::new(initial("status"));
     let sweep = RwSignal::new(initial("sweep"));
+    let tag = RwSignal::new(initial("tag"));
+    // "" hides archived runs (the API's default), "all" shows them too.
+    let archived = RwSignal::new(initial("archived"));
     // Tokens of the pages before the current one; the last is the current start.
     let pages = RwSignal::new(Vec::<String>::new());
     let picked = RwSignal::new(Vec::<String>::new());
@@ -31,6 +35,8 @@ pub fn RunsPage() -> impl IntoView {
             ("q", name.get()),
             ("status", status.get()),
             ("sweep", sweep.get()),
+            ("tag", tag.get()),
+            ("archived", archived.get()),
         ] {
             if !value.trim().is_empty() {
                 url.push_str(&format!("&{key}={}", api::query_value(value.trim())));
@@ -65,6 +71,16 @@ pub fn RunsPage() -> impl IntoView {
                     <option value=s.as_str() selected=move || status.get() == s.as_str()>{s.as_str()}</option>
                 }).collect_view()}
             </select>
+            <input id="filter-tag" placeholder="tag…" prop:value=move || tag.get()
+                on:input=move |ev| { tag.set(event_target_value(&ev)); reset(); }/>
+            <label class="check">
+                <input type="checkbox" id="show-archived" prop:checked=move || archived.get() == "all"
+                    on:change=move |ev| {
+                        archived.set(if event_target_checked(&ev) { "all".into() } else { String::new() });
+                        reset();
+                    }/>
+                " archived too"
+            </label>
             {move || (!sweep.get().is_empty()).then(|| view! {
                 <span class="chip">"sweep " {sweep.get()}
                     <button class="secondary" id="clear-sweep" on:click=move |_| { sweep.set(String::new()); reset(); }>"×"</button>
@@ -100,7 +116,17 @@ pub fn RunsPage() -> impl IntoView {
                                                         if on { p.push(id) }
                                                     });
                                                 }/></td>
-                                            <td><A href=format!("/runs/{}", r.id)>{r.name.clone()}</A></td>
+                                            <td>
+                                                <A href=format!("/runs/{}", r.id)>{r.name.clone()}</A>
+                                                {r.archived.then(|| view! { <span class="chip">"archived"</span> })}
+                                                {r.tags.iter().map(|t| {
+                                                    let (label, data, pick) = (t.clone(), t.clone(), t.clone());
+                                                    view! {
+                                                        <button class="chip tag" data-tag=data
+                                                            on:click=move |_| { tag.set(pick.clone()); reset(); }>{label}</button>
+                                                    }
+                                                }).collect_view()}
+                                            </td>
                                             <td><span class=status_class(r.status)>{r.status.as_str()}</span></td>
                                             <td>{r.method.clone()}</td>
                                             <td>{r.backbone.clone()}</td>

@@ -11,6 +11,7 @@ mod events;
 mod exports;
 mod metrics;
 mod openapi;
+mod run_labels;
 mod runs;
 mod sweeps;
 mod workers;

@@ -7,7 +7,9 @@ use axum::Json;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{accounts, audits, cka, datasets, demos, events, exports, runs, sweeps, workers};
+use super::{
+    accounts, audits, cka, datasets, demos, events, exports, run_labels, runs, sweeps, workers,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -20,6 +22,7 @@ use super::{accounts, audits, cka, datasets, demos, events, exports, runs, sweep
         runs::create, runs::list, runs::read, runs::cancel, runs::metrics, runs::memorization,
         runs::evaluations, runs::evaluate, runs::evaluation_jobs, runs::evaluation_job,
         runs::cancel_evaluation, runs::checkpoint, events::stream,
+        run_labels::update, run_labels::delete,
         sweeps::create, sweeps::list, sweeps::read, sweeps::summary, sweeps::cancel,
         sweeps::requeue, sweeps::compare,
         audits::create, audits::list, audits::read, audits::cancel, audits::report,

@@ -21,7 +21,12 @@ use crate::store::RunFilter;
 pub fn router() -> axum::Router<AppState> {
     axum::Router::new()
         .route("/runs", post(create).get(list))
-        .route("/runs/{id}", get(read))
+        .route(
+            "/runs/{id}",
+            get(read)
+                .patch(super::run_labels::update)
+                .delete(super::run_labels::delete),
+        )
         .route("/runs/{id}/cancel", post(cancel))
         .route("/runs/{id}/metrics", get(metrics))
         .route("/runs/{id}/memorization", get(memorization))
@@ -76,6 +81,11 @@ struct ListQuery {
     method: Option<String>,
     /// Part of the run name, any case.
     q: Option<String>,
+    /// Only the runs with this tag.
+    tag: Option<String>,
+    /// `false` (default: archived runs hidden), `true` (only archived
+    /// ones) or `all`.
+    archived: Option<String>,
 }
 
 pub(super) fn page_size(asked: Option<usize>) -> ApiResult<usize> {
@@ -99,7 +109,8 @@ pub(super) fn check_page_token(token: Option<&str>) -> ApiResult<()> {
     Ok(())
 }
 
-/// Newest first, filtered on the server: status, sweep, method, name.
+/// Newest first, filtered on the server: status, sweep, method, name,
+/// tag; archived runs only when asked for.
 #[utoipa::path(
     operation_id = "list_runs",
     get,
@@ -123,6 +134,16 @@ async fn list(
             ))
         })?),
     };
+    let archived = match q.archived.as_deref() {
+        None | Some("") | Some("false") => Some(false),
+        Some("true") => Some(true),
+        Some("all") => None,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "archived is true, false or all, got `{other}`"
+            )));
+        }
+    };
     let nonempty = |s: Option<String>| s.filter(|s| !s.trim().is_empty());
     let filter = RunFilter {
         team: p.team().to_string(),
@@ -130,6 +151,8 @@ async fn list(
         sweep_id: nonempty(q.sweep),
         method: nonempty(q.method),
         name_contains: nonempty(q.q).map(|s| s.trim().to_string()),
+        tag: nonempty(q.tag).map(|s| s.trim().to_string()),
+        archived,
     };
     Ok(Json(
         state

@@ -11,6 +11,7 @@ mod evaluations;
 mod exports;
 mod memorization;
 mod queue;
+mod run_labels;
 mod runs;
 mod sweeps;
 #[cfg(test)]
@@ -20,6 +21,7 @@ mod workers;
 pub use accounts::NewTokenRow;
 pub use cka::CkaOutcome;
 pub use queue::{Claimant, JobKind, LOCAL_PREFIX, Lease};
+pub use run_labels::Deleted;
 pub use runs::{Claim, RunFilter, SERVER_DATA, is_page_token};
 
 use sqlx::AnyPool;

@@ -15,7 +15,7 @@ pub struct Claim {
 
 pub(super) const RUN_COLUMNS: &str = "id, name, status, method, backbone, spec, created_at, started_at, \
     finished_at, error, step, total_steps, epoch, last_loss, knn_backbone, cancel_requested, sweep_id, \
-    team_id, created_by";
+    team_id, created_by, tags, note, archived";
 
 pub(super) fn run_from_row(row: &AnyRow) -> Result<Run> {
     let status: String = row.try_get("status")?;
@@ -42,6 +42,10 @@ pub(super) fn run_from_row(row: &AnyRow) -> Result<Run> {
         sweep_id: row.try_get("sweep_id")?,
         team: row.try_get("team_id")?,
         created_by: row.try_get("created_by")?,
+        tags: serde_json::from_str(&row.try_get::<String, _>("tags")?)
+            .map_err(|e| StoreError::Corrupt(format!("stored tags do not parse: {e}")))?,
+        note: row.try_get("note")?,
+        archived: row.try_get::<i64, _>("archived")? != 0,
     })
 }
 
@@ -55,6 +59,11 @@ pub struct RunFilter {
     pub method: Option<String>,
     /// Part of the name, any case.
     pub name_contains: Option<String>,
+    /// Runs with this tag.
+    pub tag: Option<String>,
+    /// Only archived runs (`Some(true)`), only the others (`Some(false)`),
+    /// or both.
+    pub archived: Option<bool>,
 }
 
 #[cfg(test)]
@@ -196,19 +205,20 @@ impl Store {
             .unwrap_or((i64::MAX, String::new()));
         let mut clauses = String::new();
         let mut binds: Vec<String> = Vec::new();
-        let mut add = |clause: &str, value: String| {
+        // `clause $n` (and `tail`), `n` the next free placeholder.
+        let mut add = |clause: &str, value: String, tail: &str| {
             binds.push(value);
-            clauses.push_str(&format!(" AND {clause} ${}", binds.len() + 3));
+            clauses.push_str(&format!(" AND {clause} ${}{tail}", binds.len() + 3));
         };
-        add("team_id =", filter.team.clone());
+        add("team_id =", filter.team.clone(), "");
         if let Some(s) = filter.status {
-            add("status =", s.as_str().to_string());
+            add("status =", s.as_str().to_string(), "");
         }
         if let Some(s) = &filter.sweep_id {
-            add("sweep_id =", s.clone());
+            add("sweep_id =", s.clone(), "");
         }
         if let Some(m) = &filter.method {
-            add("method =", m.clone());
+            add("method =", m.clone(), "");
         }
         if let Some(text) = filter.name_contains.as_deref().filter(|t| !t.is_empty()) {
             let escaped = text
@@ -216,8 +226,19 @@ impl Store {
                 .replace('\\', "\\\\")
                 .replace('%', "\\%")
                 .replace('_', "\\_");
-            add("LOWER(name) LIKE", format!("%{escaped}%"));
-            clauses.push_str(" ESCAPE '\\'");
+            add("LOWER(name) LIKE", format!("%{escaped}%"), " ESCAPE '\\'");
+        }
+        if let Some(tag) = &filter.tag {
+            add(
+                "EXISTS (SELECT 1 FROM run_tags t WHERE t.run_id = runs.id AND t.tag =",
+                tag.clone(),
+                ")",
+            );
+        }
+        match filter.archived {
+            Some(true) => clauses.push_str(" AND archived = 1"),
+            Some(false) => clauses.push_str(" AND archived = 0"),
+            None => {}
         }
         let sql = format!(
             "SELECT {RUN_COLUMNS} FROM runs \
