@@ -83,9 +83,14 @@ impl Registry {
         &self.store
     }
 
+    /// Where a registered data set's thumbnails (and an upload's files) are.
+    pub fn folder(&self, d: &Dataset) -> PathBuf {
+        self.root.join(&d.id)
+    }
+
     /// The thumbnail sheet of a registered data set.
     pub fn samples_path(&self, d: &Dataset) -> PathBuf {
-        self.root.join(&d.id).join("samples.png")
+        self.folder(d).join("samples.png")
     }
 
     /// A scratch file for an upload on the registry's disk, so that the

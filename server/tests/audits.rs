@@ -211,6 +211,26 @@ async fn audits_api(server: &Server) {
             "{body}"
         );
     }
+
+    // A run an audit read stays; the audit goes with its files.
+    let resp = client
+        .delete(server.url(&format!("/runs/{}", target.id)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 409);
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("audit `{id}`")),
+        "{body}"
+    );
+    let delete = || client.delete(server.url(&format!("/audits/{id}"))).send();
+    assert_eq!(delete().await.unwrap().status(), 204);
+    assert_eq!(delete().await.unwrap().status(), 404);
+    assert!(!server.data_dir.join("artifacts/audits").join(&id).exists());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -286,6 +286,29 @@ async fn datasets_api(server: &Server) {
     }
     let listed: Vec<Dataset> = common::get_json(&client, server.url("/datasets")).await;
     assert!(listed.iter().all(|d| d.name != "escape"));
+
+    // A data set a run was made from stays; one nothing uses goes, with
+    // its files.
+    let delete = |name: &str| {
+        client
+            .delete(server.url(&format!("/datasets/{name}")))
+            .send()
+    };
+    let resp = delete("pets").await.unwrap();
+    assert_eq!(resp.status(), 409);
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        message(&body).contains(&format!("run `{}`", run.id)),
+        "{body}"
+    );
+    assert_eq!(delete("pets-copy").await.unwrap().status(), 204);
+    assert_eq!(delete("pets-copy").await.unwrap().status(), 404);
+    let listed: Vec<Dataset> = common::get_json(&client, server.url("/datasets")).await;
+    assert_eq!(
+        listed.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(),
+        ["pets"]
+    );
+    assert_clean(&server.data_dir, &listed);
 }
 
 /// A server with small limits that reads data folders under `DIR/server-side`.

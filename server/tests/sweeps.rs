@@ -242,6 +242,12 @@ async fn sweeps(server: &Server) {
         "{:?}",
         back.counts
     );
+    let delete = || {
+        client
+            .delete(server.url(&format!("/sweeps/{}", long.id)))
+            .send()
+    };
+    assert_eq!(delete().await.unwrap().status(), 409, "runs still to do");
     client
         .post(server.url(&format!("/sweeps/{}/cancel", long.id)))
         .send()
@@ -265,6 +271,27 @@ async fn sweeps(server: &Server) {
     let list: Page<Sweep> = get_json(&client, server.url("/sweeps")).await;
     assert_eq!(list.items.len(), 2);
     assert_eq!(list.items[0].id, long.id, "newest first");
+
+    // Deleting the sweep deletes its runs, rows and files.
+    assert_eq!(delete().await.unwrap().status(), 204);
+    assert_eq!(delete().await.unwrap().status(), 404);
+    let left: Page<Run> = get_json(
+        &client,
+        server.url(&format!("/runs?sweep={}&archived=all", long.id)),
+    )
+    .await;
+    assert!(left.items.is_empty());
+    for r in &members.items {
+        let gone = client
+            .get(server.url(&format!("/runs/{}", r.id)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(gone.status(), 404);
+        assert!(!server.data_dir.join("artifacts/runs").join(&r.id).exists());
+    }
+    let list: Page<Sweep> = get_json(&client, server.url("/sweeps")).await;
+    assert_eq!(list.items.len(), 1);
     assert_eq!(
         client
             .get(server.url("/sweeps/nope/summary"))

@@ -19,7 +19,7 @@ use crate::auth::Principal;
 pub fn router() -> axum::Router<AppState> {
     axum::Router::new()
         .route("/audits", post(create).get(list))
-        .route("/audits/{id}", get(read))
+        .route("/audits/{id}", get(read).delete(super::deletes::audit))
         .route("/audits/{id}/cancel", post(cancel))
         .route("/audits/{id}/report", get(report))
         .route("/audits/{id}/examples.csv", get(examples))

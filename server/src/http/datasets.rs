@@ -24,7 +24,10 @@ pub fn router() -> axum::Router<AppState> {
             // The handler streams the body to disk under its own limit.
             post(upload).layer(DefaultBodyLimit::disable()),
         )
-        .route("/datasets/{name}", get(read))
+        .route(
+            "/datasets/{name}",
+            get(read).delete(super::deletes::dataset),
+        )
         .route("/datasets/{name}/samples.png", get(samples))
 }
 
@@ -135,7 +138,7 @@ async fn list(State(state): State<AppState>, p: Principal) -> ApiResult<Json<Vec
     Ok(Json(state.datasets.store().list_datasets(p.team()).await?))
 }
 
-async fn find(state: &AppState, p: &Principal, name: &str) -> ApiResult<Dataset> {
+pub(super) async fn find(state: &AppState, p: &Principal, name: &str) -> ApiResult<Dataset> {
     state
         .datasets
         .store()

@@ -5,6 +5,7 @@ mod audits;
 mod authn;
 mod cka;
 mod datasets;
+mod deletes;
 mod demos;
 mod error;
 mod events;

@@ -8,7 +8,8 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    accounts, audits, cka, datasets, demos, events, exports, run_labels, runs, sweeps, workers,
+    accounts, audits, cka, datasets, deletes, demos, events, exports, run_labels, runs, sweeps,
+    workers,
 };
 
 #[derive(OpenApi)]
@@ -22,7 +23,7 @@ use super::{
         runs::create, runs::list, runs::read, runs::cancel, runs::metrics, runs::memorization,
         runs::evaluations, runs::evaluate, runs::evaluation_jobs, runs::evaluation_job,
         runs::cancel_evaluation, runs::checkpoint, events::stream,
-        run_labels::update, run_labels::delete,
+        run_labels::update, deletes::run, deletes::sweep, deletes::audit, deletes::dataset,
         sweeps::create, sweeps::list, sweeps::read, sweeps::summary, sweeps::cancel,
         sweeps::requeue, sweeps::compare,
         audits::create, audits::list, audits::read, audits::cancel, audits::report,

@@ -25,7 +25,7 @@ pub fn router() -> axum::Router<AppState> {
             "/runs/{id}",
             get(read)
                 .patch(super::run_labels::update)
-                .delete(super::run_labels::delete),
+                .delete(super::deletes::run),
         )
         .route("/runs/{id}/cancel", post(cancel))
         .route("/runs/{id}/metrics", get(metrics))

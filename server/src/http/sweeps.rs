@@ -17,7 +17,7 @@ use crate::auth::Principal;
 pub fn router() -> axum::Router<AppState> {
     axum::Router::new()
         .route("/sweeps", post(create).get(list))
-        .route("/sweeps/{id}", get(read))
+        .route("/sweeps/{id}", get(read).delete(super::deletes::sweep))
         .route("/sweeps/{id}/summary", get(summary))
         .route("/sweeps/{id}/cancel", post(cancel))
         .route("/sweeps/{id}/requeue", post(requeue))
@@ -103,7 +103,7 @@ async fn list(
     ))
 }
 
-async fn find(state: &AppState, p: &Principal, id: &str) -> ApiResult<Sweep> {
+pub(super) async fn find(state: &AppState, p: &Principal, id: &str) -> ApiResult<Sweep> {
     state
         .store
         .sweep(id)

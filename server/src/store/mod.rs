@@ -6,6 +6,7 @@ mod accounts;
 mod audits;
 mod cka;
 mod datasets;
+mod deletes;
 mod demos;
 mod evaluations;
 mod exports;
@@ -20,8 +21,8 @@ mod workers;
 
 pub use accounts::NewTokenRow;
 pub use cka::CkaOutcome;
+pub use deletes::Deleted;
 pub use queue::{Claimant, JobKind, LOCAL_PREFIX, Lease};
-pub use run_labels::Deleted;
 pub use runs::{Claim, RunFilter, SERVER_DATA, is_page_token};
 
 use sqlx::AnyPool;

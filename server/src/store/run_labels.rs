@@ -1,20 +1,9 @@
-//! A run's tags, note and archived flag, and deleting a run's rows.
+//! A run's tags, note and archived flag.
 
-use sqlx::Row;
 use sslab_shared::api::Run;
 use sslab_shared::labels::RunUpdate;
 
 use super::{Result, Store};
-
-/// What `delete_run` did.
-#[derive(Debug, PartialEq)]
-pub enum Deleted {
-    Yes,
-    /// No such run (any more).
-    Gone,
-    /// Queued or running now.
-    Busy,
-}
 
 impl Store {
     /// Applies the checked fields of `update`; `None` when there is no such
@@ -55,64 +44,5 @@ impl Store {
         }
         tx.commit().await?;
         self.run(id).await
-    }
-
-    /// What still reads the run, in words: export jobs of it, CKA jobs that
-    /// compare it, demos published from it.
-    pub async fn run_users(&self, id: &str) -> Result<Vec<String>> {
-        let mut users = Vec::new();
-        let ids = |sql: &'static str, key: String| async move {
-            sqlx::query(sql)
-                .bind(key)
-                .fetch_all(&self.pool)
-                .await?
-                .iter()
-                .map(|r| Ok(r.try_get::<String, _>(0)?))
-                .collect::<Result<Vec<String>>>()
-        };
-        for e in ids(
-            "SELECT id FROM exports WHERE source_kind = 'run' AND source_id = $1",
-            id.to_string(),
-        )
-        .await?
-        {
-            users.push(format!("export job `{e}`"));
-        }
-        // Run ids are hex, so they need no LIKE escaping.
-        for c in ids(
-            "SELECT id FROM cka_jobs WHERE request LIKE $1",
-            format!("%\"{id}\"%"),
-        )
-        .await?
-        {
-            users.push(format!("CKA job `{c}`"));
-        }
-        for d in ids(
-            "SELECT slug FROM demos WHERE body LIKE $1",
-            format!("%\"run {id}\"%"),
-        )
-        .await?
-        {
-            users.push(format!("demo `{d}`"));
-        }
-        Ok(users)
-    }
-
-    /// Deletes the run's rows (metrics, evaluations, jobs, logs and tags go
-    /// with it) unless it is queued or running.
-    pub async fn delete_run(&self, id: &str) -> Result<Deleted> {
-        let gone =
-            sqlx::query("DELETE FROM runs WHERE id = $1 AND status NOT IN ('queued', 'running')")
-                .bind(id)
-                .execute(&self.pool)
-                .await?
-                .rows_affected();
-        if gone > 0 {
-            return Ok(Deleted::Yes);
-        }
-        Ok(match self.run(id).await? {
-            Some(_) => Deleted::Busy,
-            None => Deleted::Gone,
-        })
     }
 }
