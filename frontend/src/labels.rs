@@ -2,12 +2,12 @@
 
 use leptos::prelude::*;
 use leptos::task::spawn_local;
-use leptos_router::hooks::use_navigate;
 use pulldown_cmark::{CowStr, Event, Parser, Tag, html};
 use sslab_shared::api::Run;
 use sslab_shared::labels::{RunUpdate, check_tag};
 
 use crate::api;
+use crate::confirm::DeleteButton;
 
 /// Markdown as HTML with nothing active: raw HTML is shown as text, and
 /// links and images keep only http(s), mailto and same-site addresses.
@@ -89,21 +89,6 @@ pub fn RunLabels(run: ReadSignal<Option<Run>>, set_run: WriteSignal<Option<Run>>
     };
     let editing = RwSignal::new(false);
     let draft = RwSignal::new(String::new());
-    let confirming = RwSignal::new(false);
-    let navigate = use_navigate();
-    let delete = move |_| {
-        let id = id();
-        let navigate = navigate.clone();
-        spawn_local(async move {
-            match api::delete(&format!("/runs/{id}")).await {
-                Ok(()) => navigate("/runs", Default::default()),
-                Err(e) => {
-                    confirming.set(false);
-                    set_error.set(Some(e.to_string()));
-                }
-            }
-        });
-    };
     let archived = move || run.with(|r| r.as_ref().is_some_and(|r| r.archived));
     view! {
         <section id="run-labels">
@@ -131,15 +116,10 @@ pub fn RunLabels(run: ReadSignal<Option<Run>>, set_run: WriteSignal<Option<Run>>
                     archived: Some(!archived()),
                     ..RunUpdate::default()
                 })>{move || if archived() { "Unarchive" } else { "Archive" }}</button>
-                <button class="secondary danger" id="delete-run" on:click=move |_| confirming.set(true)>"Delete"</button>
+                <DeleteButton id="delete-run".to_string() path=format!("/runs/{}", id())
+                    what="this run, its metrics, evaluations, log and checkpoint".to_string()
+                    after="/runs".to_string()/>
             </div>
-            {move || confirming.get().then(|| view! {
-                <div class="confirm" id="delete-confirm">
-                    <span>"Delete this run, its metrics, evaluations, log and checkpoint? This cannot be undone."</span>
-                    <button class="danger" id="delete-yes" on:click=delete.clone()>"Delete for good"</button>
-                    <button class="secondary" id="delete-no" on:click=move |_| confirming.set(false)>"Keep it"</button>
-                </div>
-            })}
             {move || error.get().map(|e| view! { <p class="error" id="labels-error">{e}</p> })}
             <div class="note">
                 {move || if editing.get() {

@@ -3,6 +3,7 @@
 mod api;
 mod attention;
 mod chart;
+mod confirm;
 mod labels;
 mod memorization;
 mod pages;

@@ -304,8 +304,8 @@ async fn launch_watch_and_read_a_run_in_chromium() {
     browser.goto(&run_url).await;
     browser.wait_find("#delete-run").await;
     browser.click("#delete-run").await;
-    browser.wait_find("#delete-confirm").await;
-    browser.click("#delete-yes").await;
+    browser.wait_find("#delete-run-confirm").await;
+    browser.click("#delete-run-yes").await;
     let gone = wait_script(
         &browser,
         "return location.pathname === '/runs' && !!document.querySelector('#runs-table, .empty')",
@@ -593,6 +593,25 @@ async fn sweep_from_a_run_page_in_chromium() {
         }
     }
     assert_eq!(family["rows"].as_array().unwrap().len(), 3);
+
+    // The CKA jobs read the sweep's runs: deleting the sweep is refused on
+    // its page, by name, and nothing goes.
+    let sweep_id = sweep_id.as_str().unwrap();
+    browser
+        .goto(&format!("{}/sweeps/{sweep_id}", server.base))
+        .await;
+    browser.click("#delete-sweep").await;
+    browser.wait_find("#delete-sweep-confirm").await;
+    browser.click("#delete-sweep-yes").await;
+    let refused = wait_script(
+        &browser,
+        "const e = document.querySelector('#delete-sweep-error'); return e ? e.textContent : null",
+        20,
+    )
+    .await;
+    assert!(refused.as_str().unwrap().contains("CKA job"), "{refused}");
+    let still: Value = get_json(&client, server.url(&format!("/sweeps/{sweep_id}"))).await;
+    assert_eq!(still["id"], json!(sweep_id));
 }
 
 /// An image-folder archive uploaded through the Data sets page is listed
@@ -667,6 +686,18 @@ async fn upload_a_data_set_in_chromium() {
     );
     let listed: Vec<Value> = get_json(&server.client(), server.url("/datasets")).await;
     assert_eq!(listed.len(), 1);
+
+    // Nothing was made from it: it goes, after the confirmation.
+    browser.click("#delete-dataset-web-pets").await;
+    browser.click("#delete-dataset-web-pets-yes").await;
+    wait_script(
+        &browser,
+        "return !document.querySelector('#dataset-web-pets') && !!document.querySelector('.empty')",
+        20,
+    )
+    .await;
+    let listed: Vec<Value> = get_json(&server.client(), server.url("/datasets")).await;
+    assert!(listed.is_empty());
 
     // The API reference lists every operation of the OpenAPI document.
     browser.goto(&format!("{}/api", server.base)).await;
@@ -762,6 +793,25 @@ async fn an_audit_page_in_chromium() {
         row.as_str().unwrap_or_default().contains("page-audit"),
         "{row}"
     );
+
+    // Deleted from its page, after the confirmation: rows and images go.
+    browser.goto(&format!("{}/audits/{id}", server.base)).await;
+    browser.click("#delete-audit").await;
+    browser.click("#delete-audit-yes").await;
+    let back = wait_script(
+        &browser,
+        "return location.pathname === '/audits' ? location.pathname : null",
+        20,
+    )
+    .await;
+    assert_eq!(back, json!("/audits"));
+    let gone = client
+        .get(server.url(&format!("/audits/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), 404);
+    assert!(!dir.path().join("artifacts/audits").join(&id).exists());
 }
 
 /// A run's spec for the demo tests: three classes of 32 px scenes, one epoch.

@@ -221,6 +221,8 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
     ensure_browser()?;
     ensure_openapi_validator()?;
     let pg = ensure_postgres()?;
+    // The dashboard's pure logic (note rendering), natively.
+    run(cargo().args(["test", "-p", "sslab-frontend", "--lib"]))?;
     run(cargo()
         .args([
             "test",

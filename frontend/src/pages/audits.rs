@@ -13,6 +13,7 @@ use sslab_shared::audit::{AuditReport, AuditSpec, Example, SnapshotReport};
 use super::{every_two_seconds, status_class, time_text};
 use crate::api;
 use crate::chart::{ChartFrame, Outline};
+use crate::confirm::DeleteButton;
 
 /// Matches the server's gallery size.
 const GALLERY: usize = 12;
@@ -156,6 +157,11 @@ pub fn AuditPage() -> impl IntoView {
             <div class="bar">
                 <h1>{a.name.clone()}</h1>
                 <span class=status_class(a.status) id="audit-status">{a.status.as_str()}</span>
+                {a.status.is_terminal().then(|| view! {
+                    <DeleteButton id="delete-audit".to_string() path=format!("/audits/{}", a.id)
+                        what="this audit, its report and images".to_string()
+                        after="/audits".to_string()/>
+                })}
             </div>
             <p id="audit-progress">{progress_text(&a)}</p>
             {a.error.clone().map(|e| view! { <p class="error">{e}</p> })}

@@ -8,6 +8,7 @@ use sslab_shared::dataset::{DataFormat, Dataset};
 
 use super::time_text;
 use crate::api;
+use crate::confirm::DeleteButton;
 
 fn splits_text(d: &Dataset) -> String {
     d.splits
@@ -69,6 +70,10 @@ pub fn DatasetsPage() -> impl IntoView {
                                             src=format!("/api/v1/datasets/{}/samples.png", d.name)/></td>
                                         <td><code title=d.hash.clone()>{hash_short}</code></td>
                                         <td>{time_text(d.created_at)}
+                                            <DeleteButton id=format!("delete-dataset-{}", d.name)
+                                                path=format!("/datasets/{}", api::query_value(&d.name))
+                                                what=format!("data set {} and its stored files", d.name)
+                                                on_done=Callback::new(move |_| set_version.update(|v| *v += 1))/>
                                             {(!d.skipped.is_empty()).then(|| view! {
                                                 <details><summary>{format!("{} files skipped", d.skipped.len())}</summary>
                                                     <ul>{d.skipped.iter().map(|s| view! { <li>{s.clone()}</li> }).collect_view()}</ul>

@@ -11,6 +11,7 @@ use sslab_shared::sweep::value_label;
 
 use super::{every_two_seconds, opt_num, status_class, time_text};
 use crate::api;
+use crate::confirm::DeleteButton;
 use crate::probes::{axes as probe_axes, column_name, layer_depth};
 use crate::sweep_chart::{AxisChart, ParallelCoordinates, distinct, suits_log};
 
@@ -318,6 +319,11 @@ fn render_summary(
             })}
             {(left_out > 0).then(|| view! {
                 <button id="sweep-requeue" class="secondary" on:click=move |_| act("requeue")>"Re-queue failed and cancelled"</button>
+            })}
+            {c.is_done().then(|| view! {
+                <DeleteButton id="delete-sweep".to_string() path=format!("/sweeps/{}", s.sweep.id)
+                    what=format!("this sweep and its {} runs with their files", s.runs.len())
+                    after="/sweeps".to_string()/>
             })}
         </div>
         <p class="meta" id="sweep-counts">{counts_text(c)}</p>
