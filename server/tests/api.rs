@@ -573,7 +573,7 @@ async fn labels_and_delete(server: &Server, data_dir: &std::path::Path) {
     let (x, y) = tokio::join!(delete(&long.id), delete(&long.id));
     let mut codes = [x.unwrap().status().as_u16(), y.unwrap().status().as_u16()];
     codes.sort();
-    assert_eq!(codes, [204, 404]);
+    assert_eq!(codes, [204, 404], "{codes:?}");
     assert!(
         !names().iter().any(|n| n.contains(&long.id)),
         "{:?}",

@@ -28,6 +28,28 @@ fn colour(v: f64) -> String {
 
 /// The matrix as coloured cells with the value on hover; rows are the first
 /// run's layers, columns the second's.
+/// One matrix cell at (x, y): its colour, value and hover `title`;
+/// `rows_cols` are the family's run ids (none for a pair's layers).
+fn cell(
+    x: f64,
+    y: f64,
+    v: f64,
+    title: String,
+    rows_cols: Option<(String, String)>,
+) -> impl IntoView {
+    let text_fill = if v > 0.55 { "#fff" } else { "#1d232b" };
+    let (row, col) = rows_cols.unzip();
+    view! {
+        <g class="cka-cell" data-value=format!("{v:.4}") data-row=row data-col=col>
+            <title>{title}</title>
+            <rect x=x y=y width=CELL height=CELL fill=colour(v) stroke="#fff"/>
+            <text x=x + CELL / 2.0 y=y + CELL / 2.0 + 4.0 text-anchor="middle" font-size="10" fill=text_fill>
+                {format!("{v:.2}")}
+            </text>
+        </g>
+    }
+}
+
 #[component]
 fn Heatmap(r: CkaResult) -> impl IntoView {
     let (rows, cols) = (r.a.layers.len(), r.b.layers.len());
@@ -43,16 +65,7 @@ fn Heatmap(r: CkaResult) -> impl IntoView {
             let (la, lb) = (r.a.layers[i].clone(), r.b.layers.clone());
             row.iter().enumerate().map(move |(j, &v)| {
                 let (x, y) = (LEFT + j as f64 * CELL, TOP + i as f64 * CELL);
-                let text_fill = if v > 0.55 { "#fff" } else { "#1d232b" };
-                view! {
-                    <g class="cka-cell" data-value=format!("{v:.4}")>
-                        <title>{format!("{la} × {}: {v:.4}", lb[j])}</title>
-                        <rect x=x y=y width=CELL height=CELL fill=colour(v) stroke="#fff"/>
-                        <text x=x + CELL / 2.0 y=y + CELL / 2.0 + 4.0 text-anchor="middle" font-size="10" fill=text_fill>
-                            {format!("{v:.2}")}
-                        </text>
-                    </g>
-                }
+                cell(x, y, v, format!("{la} × {}: {v:.4}", lb[j]), None)
             })
         })
         .collect_view();
@@ -113,16 +126,14 @@ fn FamilyView(f: CkaFamily) -> impl IntoView {
             order.into_iter().enumerate().map(move |(j, rj)| {
                 let v = f.matrix[ri][rj];
                 let (x, y) = (left + j as f64 * CELL, TOP + i as f64 * CELL);
-                let text_fill = if v > 0.55 { "#fff" } else { "#1d232b" };
-                view! {
-                    <g class="cka-cell" data-value=format!("{v:.4}") data-row=f.runs[ri].run.clone() data-col=f.runs[rj].run.clone()>
-                        <title>{format!("{} × {}: {v:.4}", f.runs[ri].name, f.runs[rj].name)}</title>
-                        <rect x=x y=y width=CELL height=CELL fill=colour(v) stroke="#fff"/>
-                        <text x=x + CELL / 2.0 y=y + CELL / 2.0 + 4.0 text-anchor="middle" font-size="10" fill=text_fill>
-                            {format!("{v:.2}")}
-                        </text>
-                    </g>
-                }
+                let title = format!("{} × {}: {v:.4}", f.runs[ri].name, f.runs[rj].name);
+                cell(
+                    x,
+                    y,
+                    v,
+                    title,
+                    Some((f.runs[ri].run.clone(), f.runs[rj].run.clone())),
+                )
             })
         })
         .collect_view();

@@ -23,7 +23,8 @@ fn still_used(what: &str, users: &[String]) -> ApiResult<()> {
 
 /// Moves `dirs` aside (one rename each), runs `rows`, then removes them —
 /// or, when the rows stay, puts them back: a delete never leaves rows
-/// without files or files without rows.
+/// without files or files without rows. Rows another request deleted
+/// meanwhile (`Gone`) leave nothing to put back for.
 async fn with_files_aside(
     dirs: Vec<PathBuf>,
     rows: impl Future<Output = crate::store::Result<Deleted>>,
@@ -32,7 +33,9 @@ async fn with_files_aside(
     let mut failed = None;
     for dir in dirs {
         let name = dir.file_name().unwrap_or_default().to_string_lossy();
-        let aside = dir.with_file_name(format!(".deleting-{name}"));
+        // Unique, so that two deletes at once never rename onto each other.
+        let tag = &uuid::Uuid::new_v4().simple().to_string()[..8];
+        let aside = dir.with_file_name(format!(".deleting-{name}-{tag}"));
         match tokio::fs::rename(&dir, &aside).await {
             Ok(()) => moved.push((dir, aside)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -48,7 +51,7 @@ async fn with_files_aside(
         None => rows.await.map_err(ApiError::from),
     };
     for (dir, aside) in moved {
-        if matches!(outcome, Ok(Deleted::Yes)) {
+        if matches!(outcome, Ok(Deleted::Yes | Deleted::Gone)) {
             if let Err(e) = tokio::fs::remove_dir_all(&aside).await {
                 tracing::warn!("deleted files stay at {}: {e}", aside.display());
             }

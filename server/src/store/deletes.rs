@@ -19,11 +19,13 @@ pub enum Deleted {
 const BUSY: &str = "('queued', 'running')";
 
 impl Store {
-    /// The first column of `sql`'s rows, bound to `key`.
-    async fn ids(&self, sql: &str, key: &str) -> Result<Vec<String>> {
-        sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
-            .bind(key)
-            .fetch_all(&self.pool)
+    /// The first column of `sql`'s rows, bound to `keys`.
+    async fn ids(&self, sql: &str, keys: &[&str]) -> Result<Vec<String>> {
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.to_string()));
+        for k in keys {
+            q = q.bind(*k);
+        }
+        q.fetch_all(&self.pool)
             .await?
             .iter()
             .map(|r| Ok(r.try_get::<String, _>(0)?))
@@ -37,7 +39,7 @@ impl Store {
         let mut users = Vec::new();
         let exports =
             format!("SELECT id FROM exports WHERE source_kind = '{kind}' AND source_id = $1");
-        for e in self.ids(&exports, id).await? {
+        for e in self.ids(&exports, &[id]).await? {
             users.push(format!("export job `{e}`"));
         }
         // Ids are hex, so they need no LIKE escaping.
@@ -45,7 +47,7 @@ impl Store {
             for a in self
                 .ids(
                     "SELECT id FROM audits WHERE spec LIKE $1",
-                    &format!("%\"{id}\"%"),
+                    &[&format!("%\"{id}\"%")],
                 )
                 .await?
             {
@@ -54,7 +56,7 @@ impl Store {
             for c in self
                 .ids(
                     "SELECT id FROM cka_jobs WHERE request LIKE $1",
-                    &format!("%\"{id}\"%"),
+                    &[&format!("%\"{id}\"%")],
                 )
                 .await?
             {
@@ -64,7 +66,7 @@ impl Store {
         for d in self
             .ids(
                 "SELECT slug FROM demos WHERE body LIKE $1",
-                &format!("%\"{kind} {id}\"%"),
+                &[&format!("%\"{kind} {id}\"%")],
             )
             .await?
         {
@@ -101,14 +103,7 @@ impl Store {
                 "SELECT id FROM cka_jobs WHERE team_id = $2 AND request LIKE $1 ESCAPE '\\'",
             ),
         ] {
-            let found: Vec<String> = sqlx::query(sql)
-                .bind(&like)
-                .bind(team)
-                .fetch_all(&self.pool)
-                .await?
-                .iter()
-                .map(|r| Ok(r.try_get::<String, _>(0)?))
-                .collect::<Result<_>>()?;
+            let found = self.ids(sql, &[&like, team]).await?;
             users.extend(found.into_iter().map(|id| format!("{what} `{id}`")));
         }
         Ok(users)
@@ -124,13 +119,10 @@ impl Store {
         if q.execute(&self.pool).await?.rows_affected() > 0 {
             return Ok(Deleted::Yes);
         }
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(exists.to_string()));
-        for k in keys {
-            q = q.bind(*k);
-        }
-        Ok(match q.fetch_optional(&self.pool).await? {
-            Some(_) => Deleted::Busy,
-            None => Deleted::Gone,
+        Ok(if self.ids(exists, keys).await?.is_empty() {
+            Deleted::Gone
+        } else {
+            Deleted::Busy
         })
     }
 
