@@ -5,12 +5,11 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::routing::{get, post};
-use sslab_shared::SpecError;
 use sslab_shared::api::{Run, RunStatus};
 use sslab_shared::cka::{CkaJob, CkaRequest, FAMILY_MAX};
 
 use super::authn::JsonText;
-use super::{ApiError, ApiResult, AppState, check_may_change, owner};
+use super::{ApiError, ApiResult, AppState, check_may_change, invalid, owner};
 use crate::auth::Principal;
 use crate::cka_job::{family_layer, layer_indices};
 
@@ -19,10 +18,6 @@ pub fn router() -> axum::Router<AppState> {
         .route("/cka", post(create))
         .route("/cka/{id}", get(read))
         .route("/cka/{id}/cancel", post(cancel))
-}
-
-fn invalid(field: &str, message: impl Into<String>) -> ApiError {
-    ApiError::InvalidSpec(SpecError::new(field, message.into()))
 }
 
 /// `{"a", "b"?, "layers_a"?, "layers_b"?, "minibatch"?, "data"?}`: runs

@@ -87,6 +87,11 @@ pub(crate) fn visible(p: &Principal, team: &str) -> bool {
 }
 
 /// Members cancel what they created; admins anything of the team.
+/// A 422 naming `field`.
+pub(crate) fn invalid(field: &str, message: impl Into<String>) -> ApiError {
+    ApiError::InvalidSpec(sslab_shared::SpecError::new(field, message.into()))
+}
+
 pub(crate) fn check_may_change(
     p: &Principal,
     created_by: Option<&str>,

@@ -2,18 +2,13 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use sslab_shared::SpecError;
 use sslab_shared::api::Run;
 use sslab_shared::labels::{RunUpdate, check_note, check_tags};
 
 use super::authn::JsonText;
 use super::runs::find;
-use super::{ApiError, ApiResult, AppState, check_may_change};
+use super::{ApiError, ApiResult, AppState, check_may_change, invalid};
 use crate::auth::Principal;
-
-fn invalid(field: &str, message: impl Into<String>) -> ApiError {
-    ApiError::InvalidSpec(SpecError::new(field, message.into()))
-}
 
 /// Each field given replaces the stored one: `name`, `tags` (the whole
 /// set), `note` (markdown), `archived`.

@@ -34,7 +34,7 @@ impl Store {
 
     /// What still reads the run or audit `id` (`kind` is `run` or
     /// `audit`), in words: export jobs of it, demos published from it, and
-    /// for a run the CKA jobs that compare it.
+    /// for a run the audits and CKA jobs that read it.
     pub async fn users(&self, kind: &str, id: &str) -> Result<Vec<String>> {
         let mut users = Vec::new();
         let exports =
