@@ -1,13 +1,12 @@
-//! A run's tags, note, archive flag and delete, on its page.
+//! Tags, a markdown note and the archive flag of a run, sweep or audit, on
+//! its page.
 
 use leptos::prelude::*;
 use leptos::task::spawn_local;
 use pulldown_cmark::{CowStr, Event, Parser, Tag, html};
-use sslab_shared::api::Run;
-use sslab_shared::labels::{RunUpdate, check_tag};
+use sslab_shared::labels::{LabelUpdate, check_tag};
 
 use crate::api;
-use crate::confirm::DeleteButton;
 
 /// Markdown as HTML with nothing active: raw HTML is shown as text, and
 /// links and images keep only http(s), mailto and same-site addresses.
@@ -52,56 +51,140 @@ pub fn safe_markdown(text: &str) -> String {
     out
 }
 
+/// The labels an editor shows: a run's, a sweep's or an audit's.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Labels {
+    pub tags: Vec<String>,
+    pub note: String,
+    pub archived: bool,
+}
+
+impl Labels {
+    pub fn new(tags: &[String], note: &str, archived: bool) -> Labels {
+        Labels {
+            tags: tags.to_vec(),
+            note: note.to_string(),
+            archived,
+        }
+    }
+}
+
+/// The tag and archived filters of a sweeps or audits list, started from
+/// the page's URL (`?tag=…&archived=all`, as the tag chips link).
+#[derive(Clone, Copy)]
+pub struct ListFilter {
+    pub tag: RwSignal<String>,
+    pub all: RwSignal<bool>,
+}
+
+impl ListFilter {
+    pub fn from_url() -> ListFilter {
+        let query = leptos_router::hooks::use_query_map();
+        let initial = |key: &str| query.with_untracked(|q| q.get(key)).unwrap_or_default();
+        ListFilter {
+            tag: RwSignal::new(initial("tag")),
+            all: RwSignal::new(initial("archived") == "all"),
+        }
+    }
+
+    /// The list request's query parameters, each starting with `&`.
+    pub fn query(self) -> String {
+        let mut q = String::new();
+        let tag = self.tag.get();
+        if !tag.trim().is_empty() {
+            q.push_str(&format!("&tag={}", api::query_value(tag.trim())));
+        }
+        if self.all.get() {
+            q.push_str("&archived=all");
+        }
+        q
+    }
+}
+
 #[component]
-pub fn RunLabels(run: ReadSignal<Option<Run>>, set_run: WriteSignal<Option<Run>>) -> impl IntoView {
+pub fn ListFilterBar(filter: ListFilter) -> impl IntoView {
+    view! {
+        <div class="bar filters">
+            <input id="filter-tag" placeholder="tag…" prop:value=move || filter.tag.get()
+                on:input=move |ev| filter.tag.set(event_target_value(&ev))/>
+            <label>
+                <input type="checkbox" id="show-archived" prop:checked=move || filter.all.get()
+                    on:change=move |ev| filter.all.set(event_target_checked(&ev))/>
+                " archived too"
+            </label>
+        </div>
+    }
+}
+
+/// A list row's archived mark and tag chips.
+pub fn label_chips(tags: &[String], archived: bool) -> impl IntoView + use<> {
+    view! {
+        {archived.then(|| view! { <span class="chip">"archived"</span> })}
+        {tags.iter().map(|t| view! { <span class="chip tag" data-tag=t.clone()>{t.clone()}</span> }).collect_view()}
+    }
+}
+
+/// Tags, note and archive of one object. `path` is where its `PATCH` goes
+/// (`/sweeps/{id}`), `list` the list its tag chips filter (`/sweeps`), and
+/// `on_saved` gets the object the server sends back.
+#[component]
+pub fn LabelsEditor<T>(
+    path: String,
+    list: &'static str,
+    current: Signal<Labels>,
+    on_saved: Callback<T>,
+) -> impl IntoView
+where
+    T: serde::de::DeserializeOwned + Send + Sync + 'static,
+{
     let (error, set_error) = signal(None::<String>);
-    let id = move || run.with(|r| r.as_ref().map(|r| r.id.clone()).unwrap_or_default());
-    let send = move |update: RunUpdate| {
-        let id = id();
+    let path = StoredValue::new(path);
+    let send = move |update: LabelUpdate| {
+        let path = path.get_value();
         spawn_local(async move {
-            match api::patch::<Run>(&format!("/runs/{id}"), &update).await {
-                Ok(r) => {
+            match api::patch::<T>(&path, &update).await {
+                Ok(saved) => {
                     set_error.set(None);
-                    set_run.set(Some(r));
+                    on_saved.run(saved);
                 }
                 Err(e) => set_error.set(Some(e.to_string())),
             }
         });
     };
-    let tags = move || run.with(|r| r.as_ref().map(|r| r.tags.clone()).unwrap_or_default());
+    let tags = move || current.with(|l| l.tags.clone());
     let new_tag = RwSignal::new(String::new());
     let add_tag = move || {
         let text = new_tag.get_untracked();
         match check_tag(&text) {
             Err(e) => set_error.set(Some(e)),
             Ok(t) => {
-                let mut all = tags();
+                let mut all = current.with_untracked(|l| l.tags.clone());
                 if !all.contains(&t) {
                     all.push(t);
                 }
                 new_tag.set(String::new());
-                send(RunUpdate {
+                send(LabelUpdate {
                     tags: Some(all),
-                    ..RunUpdate::default()
+                    ..LabelUpdate::default()
                 });
             }
         }
     };
     let editing = RwSignal::new(false);
     let draft = RwSignal::new(String::new());
-    let archived = move || run.with(|r| r.as_ref().is_some_and(|r| r.archived));
+    let archived = move || current.with(|l| l.archived);
     view! {
-        <section id="run-labels">
+        <section id="labels">
             <div class="bar tags">
                 {move || tags().into_iter().map(|t| {
                     let gone = t.clone();
                     view! {
                         <span class="chip tag" data-tag=t.clone()>
-                            <a href=format!("/runs?tag={}&archived=all", api::query_value(&t))>{t.clone()}</a>
+                            <a href=format!("{list}?tag={}&archived=all", api::query_value(&t))>{t.clone()}</a>
                             <button class="secondary tag-remove" title="Remove this tag" on:click=move |_| {
-                                send(RunUpdate {
+                                send(LabelUpdate {
                                     tags: Some(tags().into_iter().filter(|x| *x != gone).collect()),
-                                    ..RunUpdate::default()
+                                    ..LabelUpdate::default()
                                 });
                             }>"×"</button>
                         </span>
@@ -112,13 +195,10 @@ pub fn RunLabels(run: ReadSignal<Option<Run>>, set_run: WriteSignal<Option<Run>>
                     on:keydown=move |ev| if ev.key() == "Enter" { add_tag() }/>
                 <button class="secondary" id="tag-add" on:click=move |_| add_tag()>"Tag"</button>
                 {move || archived().then(|| view! { <span class="chip" id="archived-badge">"archived"</span> })}
-                <button class="secondary" id="archive" on:click=move |_| send(RunUpdate {
+                <button class="secondary" id="archive" on:click=move |_| send(LabelUpdate {
                     archived: Some(!archived()),
-                    ..RunUpdate::default()
+                    ..LabelUpdate::default()
                 })>{move || if archived() { "Unarchive" } else { "Archive" }}</button>
-                <DeleteButton id="delete-run".to_string() path=format!("/runs/{}", id())
-                    what="this run, its metrics, evaluations, log and checkpoint".to_string()
-                    after="/runs".to_string()/>
             </div>
             {move || error.get().map(|e| view! { <p class="error" id="labels-error">{e}</p> })}
             <div class="note">
@@ -129,17 +209,17 @@ pub fn RunLabels(run: ReadSignal<Option<Run>>, set_run: WriteSignal<Option<Run>>
                         <div class="bar">
                             <button id="note-save" on:click=move |_| {
                                 editing.set(false);
-                                send(RunUpdate { note: Some(draft.get_untracked()), ..RunUpdate::default() });
+                                send(LabelUpdate { note: Some(draft.get_untracked()), ..LabelUpdate::default() });
                             }>"Save note"</button>
                             <button class="secondary" on:click=move |_| editing.set(false)>"Cancel"</button>
                         </div>
                     }.into_any()
                 } else {
-                    let note = run.with(|r| r.as_ref().map(|r| r.note.clone()).unwrap_or_default());
+                    let note = current.with(|l| l.note.clone());
                     view! {
-                        <div id="run-note" class="markdown" inner_html=safe_markdown(&note)></div>
+                        <div id="note" class="markdown" inner_html=safe_markdown(&note)></div>
                         <button class="secondary" id="note-edit" on:click=move |_| {
-                            draft.set(run.with_untracked(|r| r.as_ref().map(|r| r.note.clone()).unwrap_or_default()));
+                            draft.set(current.with_untracked(|l| l.note.clone()));
                             editing.set(true);
                         }>{if note.is_empty() { "Add a note" } else { "Edit note" }}</button>
                     }.into_any()

@@ -8,7 +8,10 @@ mod labels;
 mod memorization;
 mod pages;
 mod probes;
+mod reevaluate;
+mod search;
 mod sweep_chart;
+mod system;
 
 use leptos::prelude::*;
 use leptos_router::components::{A, Route, Router, Routes};
@@ -44,6 +47,7 @@ fn App() -> impl IntoView {
                     <A href="/workers">"Workers"</A>
                     <A href="/api">"API"</A>
                 </nav>
+                <search::SearchBox/>
                 <Transition fallback=|| ()>
                     {move || me.get().and_then(|m| m.ok()).map(|m| view! { <pages::account::AccountBar me=m/> })}
                 </Transition>

@@ -76,7 +76,12 @@ pub fn column_name(col: &(String, String)) -> String {
 
 /// Layer × probe table; the best layer of each column is marked.
 #[component]
-pub fn ProbeTable(rows: Vec<Evaluation>) -> impl IntoView {
+pub fn ProbeTable(
+    rows: Vec<Evaluation>,
+    /// The table's DOM id.
+    #[prop(default = "probe-table".to_string())]
+    id: String,
+) -> impl IntoView {
     let (layers, columns) = axes(&rows);
     let best: Vec<Option<String>> = columns
         .iter()
@@ -89,7 +94,7 @@ pub fn ProbeTable(rows: Vec<Evaluation>) -> impl IntoView {
         })
         .collect();
     view! {
-        <table id="probe-table">
+        <table id=id class="probe-table">
             <thead><tr>
                 <th>"Layer"</th>
                 {columns.iter().map(|c| view! { <th>{column_name(c)}</th> }).collect_view()}

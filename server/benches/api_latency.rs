@@ -1,6 +1,6 @@
-//! `cargo xtask bench api`: latency of the list, filter and sweep-summary
-//! endpoints of a real `sslab serve` over a SQLite database seeded with
-//! 10 000 runs (metrics and evaluations included). Prints p50/p99 per query,
+//! `cargo xtask bench api`: latency of the list, filter, search and
+//! sweep-summary endpoints of a real `sslab serve` over a SQLite database
+//! seeded with 10 000 runs (tags, metrics and evaluations included). Prints p50/p99 per query,
 //! and what authentication costs: an authenticated request that does
 //! nothing else (`POST /sign-out` with a token) against an unauthenticated
 //! one (`GET /health`).
@@ -62,8 +62,8 @@ async fn seed(url: &str) -> anyhow::Result<String> {
             statuses[i % statuses.len()]
         };
         sqlx::query(
-            "INSERT INTO runs (id, name, status, method, backbone, spec, created_at, finished_at, step, total_steps, epoch, last_loss, knn_backbone, sweep_id, sweep_point) \
-             VALUES ($1, $2, $3, 'simclr', 'tiny_cnn', $4, $5, $5, $6, $6, 19, $7, $8, $9, $10)",
+            "INSERT INTO runs (id, name, status, method, backbone, spec, created_at, finished_at, step, total_steps, epoch, last_loss, knn_backbone, sweep_id, sweep_point, tags) \
+             VALUES ($1, $2, $3, 'simclr', 'tiny_cnn', $4, $5, $5, $6, $6, 19, $7, $8, $9, $10, $11)",
         )
         .bind(&id)
         .bind(&name)
@@ -75,8 +75,16 @@ async fn seed(url: &str) -> anyhow::Result<String> {
         .bind(0.3 + (i % 17) as f64 / 40.0)
         .bind(in_sweep.then(|| sweep_id.clone()))
         .bind(in_sweep.then(|| serde_json::json!({"projector.dims": spec.projector.dims}).to_string()))
+        .bind(serde_json::to_string(&tags(i))?)
         .execute(&mut *tx)
         .await?;
+        for tag in tags(i) {
+            sqlx::query("INSERT INTO run_tags (run_id, tag) VALUES ($1, $2)")
+                .bind(&id)
+                .bind(tag)
+                .execute(&mut *tx)
+                .await?;
+        }
         for step in 1..=METRICS_PER_RUN {
             sqlx::query("INSERT INTO metrics (run_id, step, epoch, loss, lr, images_per_sec, online_probe_acc) VALUES ($1, $2, $3, $4, 0.001, 500.0, 0.3)")
                 .bind(&id)
@@ -103,6 +111,11 @@ async fn seed(url: &str) -> anyhow::Result<String> {
     }
     tx.commit().await?;
     Ok(sweep_id)
+}
+
+/// Two tags a run: one of 50 groups (200 runs each) and its seed.
+fn tags(i: usize) -> [String; 2] {
+    [format!("group-{}", i % 50), format!("seed:{}", i % 10)]
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {
@@ -175,6 +188,26 @@ async fn main() -> anyhow::Result<()> {
         (
             "runs of a sweep",
             format!("/api/v1/runs?sweep={sweep}&page_size=50"),
+        ),
+        (
+            "tag filter (200 of 10 000)",
+            "/api/v1/runs?tag=group-7&page_size=50".to_string(),
+        ),
+        (
+            "search by tag (all kinds)",
+            "/api/v1/search?q=group-7".to_string(),
+        ),
+        (
+            "search by name, rare",
+            "/api/v1/search?q=run-9999%20".to_string(),
+        ),
+        (
+            "search, no match",
+            "/api/v1/search?q=nothing-like-this".to_string(),
+        ),
+        (
+            "search by id",
+            "/api/v1/search?q=bench00000004321".to_string(),
         ),
         (
             "sweep summary (200 runs)",

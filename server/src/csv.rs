@@ -1,5 +1,6 @@
 //! CSV exports that the API and the command line both write.
 
+use sslab_shared::api::{Evaluation, MetricPoint};
 use sslab_shared::audit::AuditReport;
 
 /// One CSV cell: quoted when it holds a comma, a quote or a line break.
@@ -9,6 +10,44 @@ pub fn field(text: &str) -> String {
     } else {
         text.to_string()
     }
+}
+
+/// One row per (job, layer, probe, metric) of a run.
+pub fn evaluations(run_id: &str, rows: &[Evaluation]) -> String {
+    let mut out = String::from("run_id,job_id,layer,probe,metric,value,settings\n");
+    for e in rows {
+        out.push_str(&format!(
+            "{},{},{},{},{},{},{}\n",
+            field(run_id),
+            field(e.job_id.as_deref().unwrap_or("")),
+            field(&e.layer),
+            field(&e.probe),
+            field(&e.metric),
+            e.value,
+            field(&e.settings.to_string()),
+        ));
+    }
+    out
+}
+
+/// One row per step of a run; missing readings are empty cells.
+pub fn metrics(points: &[MetricPoint]) -> String {
+    let opt = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
+    let mut out =
+        String::from("step,epoch,loss,lr,images_per_sec,data_wait,online_probe_acc\n");
+    for m in points {
+        out.push_str(&format!(
+            "{},{},{},{},{},{},{}\n",
+            m.step,
+            m.epoch,
+            m.loss,
+            m.lr,
+            m.images_per_sec,
+            opt(m.data_wait),
+            opt(m.online_probe_acc),
+        ));
+    }
+    out
 }
 
 /// One row per attacked image: its crop, both models' guesses, the outcome.

@@ -8,8 +8,10 @@ use std::time::Duration;
 use common::*;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
+use sslab_shared::labels::{SearchHit, SearchKind};
 use sslab_shared::api::{
-    ErrorBody, Evaluation, MemorizationPoint, MetricPoint, Page, Run, RunStatus,
+    ErrorBody, Evaluation, MemorizationPoint, MetricPoint, Page, Run, RunFile, RunStatus,
+    SystemSample,
 };
 
 /// create → run → done; metrics, memorization readings, evaluations,
@@ -54,6 +56,20 @@ async fn lifecycle(server: &Server) {
             .all(|m| m.data_wait.is_some_and(|w| (0.0..=1.0).contains(&w))),
         "every step reports the fraction of it spent waiting for data"
     );
+    // The worker sampled the machine while the run trained, and once at
+    // its end: this process's CPU and memory, no GPU.
+    let system: Vec<SystemSample> =
+        get_json(&client, server.url(&format!("/runs/{}/system", run.id))).await;
+    assert!(!system.is_empty());
+    assert!(system.windows(2).all(|w| w[0].at < w[1].at), "{system:?}");
+    assert!(
+        system.iter().all(|s| s.cpu_percent >= 0.0
+            && s.rss_bytes > 1 << 20
+            && (0..=6).contains(&s.step)
+            && s.gpu_util.is_none()),
+        "{system:?}"
+    );
+    assert_eq!(system.last().unwrap().step, 6, "the last sample is taken at the end");
     let evals: Vec<Evaluation> = get_json(
         &client,
         server.url(&format!("/runs/{}/evaluations", run.id)),
@@ -90,6 +106,7 @@ async fn lifecycle(server: &Server) {
         .unwrap();
     assert_eq!(ck.status(), 200);
     assert!(ck.bytes().await.unwrap().len() > 1000);
+    files(server, &done).await;
 
     // Idempotent creation, then pagination over three runs.
     let post = |key: &'static str| {
@@ -116,6 +133,53 @@ async fn lifecycle(server: &Server) {
     assert!(p2.items.iter().all(|r| r.id != p1.items[0].id));
     assert!(p2.next_page_token.is_none());
     wait_terminal(&client, server, &a.id).await;
+}
+
+/// A run's files: each listed with the size its download has, the spec as
+/// TOML that parses back to the run's spec, and metrics as CSV.
+async fn files(server: &Server, run: &Run) {
+    let client = server.client();
+    let files: Vec<RunFile> =
+        get_json(&client, server.url(&format!("/runs/{}/files", run.id))).await;
+    let names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
+    let id = &run.id;
+    assert_eq!(
+        names,
+        [
+            format!("{id}.safetensors"),
+            format!("{id}.toml"),
+            format!("{id}-metrics.csv"),
+            format!("{id}-evaluations.csv"),
+            format!("{id}-evaluations.json"),
+            format!("{id}-system.json"),
+        ]
+    );
+    for f in &files {
+        let resp = client.get(format!("{}{}", server.base, f.url)).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{}", f.url);
+        assert_eq!(resp.bytes().await.unwrap().len() as u64, f.bytes, "{}", f.name);
+    }
+    let toml = client
+        .get(server.url(&format!("/runs/{id}/spec.toml")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(sslab_shared::RunSpec::from_toml(&toml).unwrap(), run.spec);
+    let csv = client
+        .get(server.url(&format!("/runs/{id}/metrics.csv")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len() as i64, run.total_steps + 1, "{csv}");
+    assert!(lines[0].starts_with("step,epoch,loss"), "{csv}");
+    assert!(lines[1].starts_with("1,0,"), "{csv}");
 }
 
 /// A finished run evaluated again on other data with another plan, without
@@ -518,6 +582,38 @@ async fn labels_and_delete(server: &Server, data_dir: &std::path::Path) {
     );
     assert_eq!(ids(list("tag=baseline&archived=all").await), [a.id.clone()]);
     assert!(!ids(list("archived=true").await).contains(&c.id));
+
+    // Search: an id's start, a part of a name, a tag's start; archived runs
+    // are found and say so.
+    let search = |q: String| {
+        let client = &client;
+        async move {
+            get_json::<Vec<SearchHit>>(client, server.url(&format!("/search?q={q}")))
+                .await
+                .into_iter()
+                .filter(|h| h.kind == SearchKind::Run)
+                .map(|h| (h.id, h.matched, h.archived))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        search("BASEL".into()).await,
+        [(a.id.clone(), "tag".to_string(), true)]
+    );
+    assert_eq!(
+        search(a.id[..8].to_string()).await,
+        [(a.id.clone(), "id".to_string(), true)]
+    );
+    patch(&c.id, json!({"name": "the needle run"})).await.unwrap();
+    assert_eq!(
+        search("EEDLE%20r".into()).await,
+        [(c.id.clone(), "name".to_string(), false)]
+    );
+    assert!(search("lr%25".into()).await.is_empty(), "% is taken literally");
+    for bad in ["", "%20", "x&limit=0", "x&limit=51"] {
+        let r = client.get(server.url(&format!("/search?q={bad}"))).send().await.unwrap();
+        assert_eq!(r.status(), 400, "q={bad}");
+    }
     let bad = client
         .get(server.url("/runs?archived=maybe"))
         .send()

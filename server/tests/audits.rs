@@ -227,6 +227,35 @@ async fn audits_api(server: &Server) {
             .contains(&format!("audit `{id}`")),
         "{body}"
     );
+    // Labels, as on runs.
+    let patch = |body: Value| {
+        client
+            .patch(server.url(&format!("/audits/{id}")))
+            .json(&body)
+            .send()
+    };
+    let r = patch(json!({"tags": ["dejavu"], "note": "<b>kept</b>", "archived": true}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let labelled: Audit = r.json().await.unwrap();
+    assert_eq!((labelled.tags.as_slice(), labelled.archived), (&["dejavu".to_string()][..], true));
+    let listed = |q: &'static str| {
+        let client = &client;
+        async move {
+            get_json::<Vec<Audit>>(client, server.url(&format!("/audits{q}")))
+                .await
+                .into_iter()
+                .map(|a| a.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert!(!listed("").await.contains(&id), "archived audits are hidden");
+    assert!(listed("?tag=dejavu&archived=all").await.contains(&id));
+    assert!(listed("?tag=other&archived=all").await.is_empty());
+    let r = patch(json!({"note": "n".repeat(20_001)})).await.unwrap();
+    assert_eq!(r.status(), 422);
+
     let delete = || client.delete(server.url(&format!("/audits/{id}"))).send();
     assert_eq!(delete().await.unwrap().status(), 204);
     assert_eq!(delete().await.unwrap().status(), 404);

@@ -343,6 +343,15 @@ async fn authorization(server: &Server, url: Option<&str>) {
             .into(),
     };
 
+    // Search finds another team's objects by no id or name.
+    for q in [objects.run.as_str(), &objects.sweep, &objects.audit, "pets"] {
+        let url = format!("{}/api/v1/search?q={q}", server.base);
+        let (status, body) = send(&b, Method::GET, &url).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "[]"), "team B searches {q}");
+        let (status, body) = send(&viewer, Method::GET, &url).await;
+        assert!(status == StatusCode::OK && body.contains(q), "team A searches {q}: {body}");
+    }
+
     // Every route of the router, as the binary itself lists them.
     let paths = routes();
     assert!(paths.len() >= 30, "{paths:?}");

@@ -269,7 +269,7 @@ async fn launch_watch_and_read_a_run_in_chromium() {
     browser.set_field("#tag-input", "baseline").await;
     browser.click("#tag-add").await;
     browser
-        .wait_find("#run-labels .tag[data-tag='baseline']")
+        .wait_find("#labels .tag[data-tag='baseline']")
         .await;
     browser.click("#note-edit").await;
     browser.wait_find("#note-input").await;
@@ -282,11 +282,80 @@ async fn launch_watch_and_read_a_run_in_chromium() {
     browser.click("#note-save").await;
     let note = wait_script(
         &browser,
-        "const n = document.querySelector('#run-note h1');          return n && [n.textContent, document.querySelectorAll('#run-note script').length,                       document.querySelector('#run-note strong').textContent, String(window.pwned)]",
+        "const n = document.querySelector('#note h1');          return n && [n.textContent, document.querySelectorAll('#note script').length,                       document.querySelector('#note strong').textContent, String(window.pwned)]",
         20,
     )
     .await;
     assert_eq!(note, json!(["First try", 0, "lr", "undefined"]));
+    // The finished run's page charts what its worker sampled while it ran,
+    // and its throughput per step.
+    let system = wait_script(
+        &browser,
+        "const c = document.querySelector('#cpu-chart'), m = document.querySelector('#memory-chart'), \
+               t = document.querySelector('#throughput-chart'); \
+         return c && m && t ? [Number(c.dataset.points) > 0, Number(m.dataset.points) > 0, Number(t.dataset.points), \
+                               document.querySelector('#system-summary').textContent.includes('peak memory'), \
+                               !!document.querySelector('#gpu-chart')] : null",
+        20,
+    )
+    .await;
+    let got = system.as_array().unwrap();
+    assert_eq!(got[0..2], [json!(true), json!(true)], "{system}");
+    assert!(got[2].as_u64().unwrap() >= 2, "{system}");
+    assert_eq!(got[3..5], [json!(true), json!(false)], "no GPU here: {system}");
+
+    // Its files, with sizes and links; and a re-evaluation with another
+    // plan, refused first for a probe that does not exist.
+    let files = wait_script(
+        &browser,
+        "const rows = document.querySelectorAll('#run-files tbody tr'); \
+         return rows.length ? Array.from(rows).map(r => [r.dataset.file.split(/[.-]/).slice(1).join('.'), \
+                Number(r.cells[1].dataset.bytes) > 0, r.querySelector('a').getAttribute('href').startsWith('/api/v1/runs/')]) : null",
+        20,
+    )
+    .await;
+    let files = files.as_array().unwrap();
+    assert_eq!(files.len(), 6, "{files:?}");
+    assert_eq!(files[0], json!(["safetensors", true, true]), "{files:?}");
+    browser.click("#reevaluate summary").await;
+    browser.set_field("#eval-plan", "[eval]\nprobes = [\"nope\"]").await;
+    browser.click("#eval-submit").await;
+    let refused = wait_script(
+        &browser,
+        "const e = document.querySelector('#eval-error'); return e && e.textContent",
+        20,
+    )
+    .await;
+    assert!(refused.as_str().unwrap().contains("probes"), "{refused}");
+    browser
+        .set_field("#eval-plan", "[eval]\nprobes = [\"knn\"]\nlayers = [\"backbone\"]")
+        .await;
+    browser.click("#eval-submit").await;
+    let job = wait_script(
+        &browser,
+        "const j = document.querySelector('.evaluation-job[data-status=succeeded] table.probe-table'); \
+         return j && [j.id.startsWith('probe-table-'), j.querySelectorAll('tbody tr').length, !document.querySelector('#eval-error')]",
+        60,
+    )
+    .await;
+    assert_eq!(job, json!([true, 1, true]));
+
+    // The header's search box finds it by the start of its tag.
+    let run_id = run_url.rsplit('/').next().unwrap().to_string();
+    browser.goto(&format!("{}/sweeps", server.base)).await;
+    browser.set_field("#search-input", "BASEL").await;
+    let hit = format!("#search-results a[data-id='{run_id}']");
+    browser.wait_find(&hit).await;
+    browser.click(&hit).await;
+    let opened = wait_script(
+        &browser,
+        &format!("return location.pathname === '/runs/{run_id}' && !document.querySelector('#search-results')"),
+        20,
+    )
+    .await;
+    assert_eq!(opened, json!(true));
+    browser.set_field("#search-input", "no-such-thing-anywhere").await;
+    browser.wait_find("#search-none").await;
     browser
         .goto(&format!("{}/runs?tag=baseline", server.base))
         .await;
@@ -313,7 +382,6 @@ async fn launch_watch_and_read_a_run_in_chromium() {
     )
     .await;
     assert_eq!(gone, json!(true));
-    let run_id = run_url.rsplit('/').next().unwrap();
     let status = client
         .get(server.url(&format!("/runs/{run_id}")))
         .send()

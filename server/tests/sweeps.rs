@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{Value, json};
 use sslab_shared::api::{Comparison, ErrorBody, Page, Run, RunStatus, Sweep, SweepSummary};
+use sslab_shared::labels::{SearchHit, SearchKind};
 
 async fn post_sweep(client: &reqwest::Client, server: &Server, body: &Value) -> reqwest::Response {
     client
@@ -271,6 +272,50 @@ async fn sweeps(server: &Server) {
     let list: Page<Sweep> = get_json(&client, server.url("/sweeps")).await;
     assert_eq!(list.items.len(), 2);
     assert_eq!(list.items[0].id, long.id, "newest first");
+
+    // Tags, a note and the archive, as on runs; the list filters by them
+    // and search finds the sweep by tag.
+    let patch = |body: Value| {
+        client
+            .patch(server.url(&format!("/sweeps/{}", long.id)))
+            .json(&body)
+            .send()
+    };
+    let r = patch(json!({"tags": ["width_study", "seeds:4"], "note": "*flat* so far"}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let tagged: Sweep = r.json().await.unwrap();
+    assert_eq!(
+        (tagged.tags.clone(), tagged.note.as_str()),
+        (vec!["width_study".to_string(), "seeds:4".to_string()], "*flat* so far")
+    );
+    let r = patch(json!({"tags": ["no spaces"]})).await.unwrap();
+    assert_eq!(r.status(), 422);
+    let ids = |p: Page<Sweep>| p.items.into_iter().map(|s| s.id).collect::<Vec<_>>();
+    // `_` is a LIKE wildcard: `widthXstudy` must not match `width_study`.
+    assert_eq!(
+        ids(get_json(&client, server.url("/sweeps?tag=width_study")).await),
+        [long.id.clone()]
+    );
+    assert!(ids(get_json(&client, server.url("/sweeps?tag=width")).await).is_empty());
+    let hits: Vec<SearchHit> = get_json(&client, server.url("/search?q=WIDTH_s")).await;
+    assert!(
+        hits.iter()
+            .any(|h| h.kind == SearchKind::Sweep && h.id == long.id && h.matched == "tag"),
+        "{hits:?}"
+    );
+    patch(json!({"archived": true})).await.unwrap();
+    assert_eq!(
+        get_json::<Page<Sweep>>(&client, server.url("/sweeps")).await.items.len(),
+        1,
+        "archived sweeps are hidden"
+    );
+    assert_eq!(
+        ids(get_json(&client, server.url("/sweeps?archived=true")).await),
+        [long.id.clone()]
+    );
+    patch(json!({"archived": false})).await.unwrap();
 
     // Deleting the sweep deletes its runs, rows and files.
     assert_eq!(delete().await.unwrap().status(), 204);

@@ -111,6 +111,28 @@ pub struct MetricPoint {
     pub online_probe_acc: Option<f64>,
 }
 
+/// What the machine did at one moment of a run's training, as its worker
+/// sampled it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SystemSample {
+    /// Milliseconds since the epoch.
+    pub at: i64,
+    /// The last step done then.
+    pub step: i64,
+    /// The worker process's CPU time over the last interval, in percent of
+    /// one core (200 is two cores busy).
+    pub cpu_percent: f64,
+    /// The worker process's resident memory.
+    pub rss_bytes: i64,
+    /// The GPU's utilisation in percent, on CUDA.
+    #[serde(default)]
+    pub gpu_util: Option<f64>,
+    /// Memory in use on the GPU, on CUDA.
+    #[serde(default)]
+    pub gpu_memory_bytes: Option<i64>,
+}
+
 /// One reading of the memorization monitor (`eval.memorization`): top-1 of
 /// the background-crop attack on the canaries (trained on) and on the
 /// held-out images (never trained on), over all of them and over each
@@ -180,6 +202,11 @@ impl EvaluationRequest {
         req.eval.validate(layers)?;
         Ok(req)
     }
+
+    /// As `parse` reads it with `toml_format`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
 }
 
 /// A re-evaluation job.
@@ -195,6 +222,19 @@ pub struct EvaluationJob {
     pub error: Option<String>,
     #[serde(default)]
     pub created_by: Option<String>,
+}
+
+/// One file a run's page offers for download.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RunFile {
+    /// The name it downloads as.
+    pub name: String,
+    /// What it holds.
+    pub description: String,
+    pub bytes: u64,
+    /// Its address, from the site's root.
+    pub url: String,
 }
 
 /// A page of a list; pass `next_page_token` back as `page_token`.
@@ -278,7 +318,13 @@ pub struct Sweep {
     #[serde(default)]
     pub team: String,
     #[serde(default)]
-    pub created_by: Option<String>,
+    pub created_by: Option<String>,    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Markdown.
+    #[serde(default)]
+    pub note: String,
+    #[serde(default)]
+    pub archived: bool,
 }
 
 /// One run of a sweep with its point and its end-of-training evaluations.
@@ -369,5 +415,11 @@ pub struct Audit {
     #[serde(default)]
     pub team: String,
     #[serde(default)]
-    pub created_by: Option<String>,
+    pub created_by: Option<String>,    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Markdown.
+    #[serde(default)]
+    pub note: String,
+    #[serde(default)]
+    pub archived: bool,
 }

@@ -1,4 +1,4 @@
-//! What a team writes on its runs to find them again: tags, a note, the
+//! What a team writes on its runs, sweeps and audits to find them again: tags, a note, the
 //! archived flag, and the checks both the API and the dashboard apply.
 
 use serde::{Deserialize, Serialize};
@@ -10,17 +10,66 @@ pub const TAG_LEN_MAX: usize = 40;
 /// The longest note, in characters.
 pub const NOTE_MAX: usize = 20_000;
 
-/// `PATCH /runs/{id}`: each field given replaces the stored one.
+/// `PATCH` of a run, sweep or audit: each field given replaces the stored one.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default, deny_unknown_fields)]
-pub struct RunUpdate {
+pub struct LabelUpdate {
     pub name: Option<String>,
     /// The whole set of tags (duplicates are dropped, order kept).
     pub tags: Option<Vec<String>>,
     /// Markdown; shown with raw HTML and script links made inert.
     pub note: Option<String>,
     pub archived: Option<bool>,
+}
+
+/// What `GET /search` finds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum SearchKind {
+    Run,
+    Sweep,
+    Audit,
+    Dataset,
+}
+
+impl SearchKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SearchKind::Run => "run",
+            SearchKind::Sweep => "sweep",
+            SearchKind::Audit => "audit",
+            SearchKind::Dataset => "dataset",
+        }
+    }
+
+    /// Its page in the dashboard.
+    pub fn page(self, id: &str) -> String {
+        match self {
+            SearchKind::Run => format!("/runs/{id}"),
+            SearchKind::Sweep => format!("/sweeps/{id}"),
+            SearchKind::Audit => format!("/audits/{id}"),
+            SearchKind::Dataset => format!("/datasets#dataset-{id}"),
+        }
+    }
+}
+
+/// One thing `GET /search` found.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SearchHit {
+    pub kind: SearchKind,
+    /// The id; for a data set its name, which its API paths use.
+    pub id: String,
+    pub name: String,
+    /// Of a run or an audit.
+    pub status: Option<crate::api::RunStatus>,
+    pub tags: Vec<String>,
+    pub archived: bool,
+    pub created_at: i64,
+    /// What matched: `id` (its start), `name` (a part) or `tag` (its start).
+    pub matched: String,
 }
 
 /// A tag as stored (trimmed), or why it cannot be one. Letters, digits and

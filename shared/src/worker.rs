@@ -118,6 +118,9 @@ pub struct MetricBatch {
     pub total_steps: Option<i64>,
     #[serde(default)]
     pub memorization: Vec<MemorizationPoint>,
+    /// The machine's readings since the last batch.
+    #[serde(default)]
+    pub system: Vec<crate::api::SystemSample>,
 }
 
 /// Lines numbered per attempt: a batch sent again stores nothing twice.

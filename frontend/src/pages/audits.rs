@@ -14,6 +14,7 @@ use super::{every_two_seconds, status_class, time_text};
 use crate::api;
 use crate::chart::{ChartFrame, Outline};
 use crate::confirm::DeleteButton;
+use crate::labels::{Labels, LabelsEditor, ListFilter, ListFilterBar, label_chips};
 
 /// Matches the server's gallery size.
 const GALLERY: usize = 12;
@@ -56,9 +57,11 @@ fn starter_spec() -> String {
 pub fn AuditsPage() -> impl IntoView {
     let (tick, set_tick) = signal(0u32);
     every_two_seconds(move || set_tick.update(|t| *t += 1));
+    let filter = ListFilter::from_url();
     let audits = LocalResource::new(move || {
         tick.track();
-        api::get::<Vec<Audit>>("/audits")
+        let url = format!("/audits?{}", filter.query().trim_start_matches('&'));
+        async move { api::get::<Vec<Audit>>(&url).await }
     });
     let (text, set_text) = signal(starter_spec());
     let (error, set_error) = signal(None::<String>);
@@ -94,6 +97,7 @@ pub fn AuditsPage() -> impl IntoView {
             <button id="start-audit" on:click=start>"Start audit"</button>
             {move || error.get().map(|e| view! { <p class="error" id="audit-error">{e}</p> })}
         </details>
+        <ListFilterBar filter=filter/>
         <Transition fallback=|| view! { <p>"Loading audits…"</p> }>
             {move || audits.get().map(|res| match res {
                 Err(e) => view! { <p class="error">{e.to_string()}</p> }.into_any(),
@@ -105,8 +109,9 @@ pub fn AuditsPage() -> impl IntoView {
                             {list.into_iter().map(|a| {
                                 let progress = progress_text(&a);
                                 view! {
-                                    <tr>
-                                        <td><A href=format!("/audits/{}", a.id)>{a.name.clone()}</A></td>
+                                    <tr data-audit=a.id.clone()>
+                                        <td><A href=format!("/audits/{}", a.id)>{a.name.clone()}</A>
+                                            " "{label_chips(&a.tags, a.archived)}</td>
                                         <td><span class=status_class(a.status)>{a.status.as_str()}</span></td>
                                         <td>{progress}</td>
                                         <td>{time_text(a.created_at)}</td>
@@ -151,6 +156,7 @@ pub fn AuditPage() -> impl IntoView {
     };
     poll();
     every_two_seconds(poll);
+    let has_audit = Memo::new(move |_| audit.with(Option::is_some));
     view! {
         {move || error.get().map(|e| view! { <p class="error">{e}</p> })}
         {move || audit.get().map(|a| view! {
@@ -165,6 +171,12 @@ pub fn AuditPage() -> impl IntoView {
             </div>
             <p id="audit-progress">{progress_text(&a)}</p>
             {a.error.clone().map(|e| view! { <p class="error">{e}</p> })}
+        })}
+        {move || has_audit.get().then(|| view! {
+            <LabelsEditor path=format!("/audits/{}", id()) list="/audits"
+                current=Signal::derive(move || audit.with(|a| a.as_ref()
+                    .map(|a| Labels::new(&a.tags, &a.note, a.archived)).unwrap_or_default()))
+                on_saved=Callback::new(move |a: Audit| set_audit.set(Some(a)))/>
         })}
         {move || report.get().map(|r| {
             let id = id();

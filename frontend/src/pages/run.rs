@@ -16,9 +16,12 @@ use super::{status_class, time_text};
 use crate::api;
 use crate::attention::AttentionCharts;
 use crate::chart::LossChart;
-use crate::labels::RunLabels;
+use crate::confirm::DeleteButton;
+use crate::labels::{Labels, LabelsEditor};
 use crate::memorization::{MemorizationChart, MemorizationTable};
 use crate::probes::{GuillotineChart, ProbeTable};
+use crate::reevaluate::{Reevaluate, RunFiles};
+use crate::system::{SystemCharts, ThroughputCharts};
 
 /// Opens the run's event stream and feeds the signals; closes it on unmount.
 fn subscribe(
@@ -141,6 +144,25 @@ pub fn RunPage() -> impl IntoView {
             }
         });
     });
+    // The worker's system samples, asked for again as the run moves on.
+    let (system, set_system) = signal(Vec::<sslab_shared::api::SystemSample>::new());
+    let sampled = Memo::new(move |_| {
+        (
+            id(),
+            points.with(|p| p.last().map(|m| m.step / 50)),
+            run.with(|r| r.as_ref().map(|r| r.status)),
+        )
+    });
+    Effect::new(move |_| {
+        let (id, ..) = sampled.get();
+        spawn_local(async move {
+            if let Ok(v) =
+                api::get::<Vec<sslab_shared::api::SystemSample>>(&format!("/runs/{id}/system")).await
+            {
+                set_system.set(v);
+            }
+        });
+    });
     // The workers' log lines: where it ran, epochs, checkpoints, resumes.
     let (log, set_log) = signal(Vec::<sslab_shared::worker::RunLogLine>::new());
     Effect::new(move |_| {
@@ -167,6 +189,16 @@ pub fn RunPage() -> impl IntoView {
             None => String::new(),
         })
     };
+    let has_run = Memo::new(move |_| run.with(Option::is_some));
+    let succeeded = Memo::new(move |_| {
+        run.with(|r| r.as_ref().is_some_and(|r| r.status == sslab_shared::api::RunStatus::Succeeded))
+    });
+    // The files are listed again after each epoch and at the end.
+    let files_version = Memo::new(move |_| {
+        let epoch = points.with(|p| p.last().map_or(0, |m| m.epoch as u32));
+        let ended = run.with(|r| r.as_ref().is_some_and(|r| r.status.is_terminal()));
+        2 * epoch + ended as u32
+    });
     view! {
         {move || error.get().map(|e| view! { <p class="error">{e}</p> })}
         {move || run.get().map(|r| {
@@ -179,6 +211,11 @@ pub fn RunPage() -> impl IntoView {
                     {(active && !r.cancel_requested).then(|| view! {
                         <button id="cancel" class="secondary" on:click=cancel>"Cancel"</button>
                     })}
+                    {(!active).then(|| view! {
+                        <DeleteButton id="delete-run".to_string() path=format!("/runs/{}", r.id)
+                            what="this run, its metrics, evaluations, log and checkpoint".to_string()
+                            after="/runs".to_string()/>
+                    })}
                 </div>
                 <p class="meta">
                     {format!("{} · {} · created {} · step {}/{} · epoch {}",
@@ -188,7 +225,12 @@ pub fn RunPage() -> impl IntoView {
                 {r.error.clone().map(|e| view! { <p class="error" id="run-error">{e}</p> })}
             }
         })}
-        {move || run.with(Option::is_some).then(|| view! { <RunLabels run=run set_run=set_run/> })}
+        {move || has_run.get().then(|| view! {
+            <LabelsEditor path=format!("/runs/{}", id()) list="/runs"
+                current=Signal::derive(move || run.with(|r| r.as_ref()
+                    .map(|r| Labels::new(&r.tags, &r.note, r.archived)).unwrap_or_default()))
+                on_saved=Callback::new(move |r: sslab_shared::api::Run| set_run.set(Some(r)))/>
+        })}
         <section>
             <h2>"Training loss"</h2>
             <LossChart points=points total_steps=total/>
@@ -201,6 +243,14 @@ pub fn RunPage() -> impl IntoView {
                 };
                 format!("step {} · loss {:.4} · lr {:.2e} · {:.0} images/s{wait}{online}", m.step, m.loss, m.lr, m.images_per_sec)
             }).unwrap_or_default())}</p>
+        </section>
+        <section id="run-system">
+            <div class="bar">
+                <h2>"System and throughput"</h2>
+                <a href=move || format!("/api/v1/runs/{}/system", id())>"JSON"</a>
+            </div>
+            <SystemCharts samples=system/>
+            <ThroughputCharts points=points/>
         </section>
         <details id="run-log">
             <summary>{move || format!("Log ({} lines)", log.with(Vec::len))}</summary>
@@ -245,6 +295,13 @@ pub fn RunPage() -> impl IntoView {
                     <AttentionCharts rows=v/>
                 }.into_any(),
             }}
+            {move || succeeded.get().then(|| run.get_untracked().map(|r| view! { <Reevaluate run=r/> }))}
+        </section>
+        <section id="files">
+            <h2>"Files"</h2>
+            {move || has_run.get().then(|| view! {
+                <RunFiles id=id() version=files_version/>
+            })}
         </section>
         <section>
             <h2>"Sweep from this run"</h2>

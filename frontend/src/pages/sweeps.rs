@@ -12,6 +12,7 @@ use sslab_shared::sweep::value_label;
 use super::{every_two_seconds, opt_num, status_class, time_text};
 use crate::api;
 use crate::confirm::DeleteButton;
+use crate::labels::{Labels, LabelsEditor, ListFilter, ListFilterBar, label_chips};
 use crate::probes::{axes as probe_axes, column_name, layer_depth};
 use crate::sweep_chart::{AxisChart, ParallelCoordinates, distinct, suits_log};
 
@@ -35,15 +36,18 @@ fn counts_text(c: &StatusCounts) -> String {
 pub fn SweepsPage() -> impl IntoView {
     let (tick, set_tick) = signal(0u32);
     every_two_seconds(move || set_tick.update(|t| *t += 1));
+    let filter = ListFilter::from_url();
     let sweeps = LocalResource::new(move || {
         tick.track();
-        api::get::<Page<Sweep>>("/sweeps?page_size=100")
+        let url = format!("/sweeps?page_size=100{}", filter.query());
+        async move { api::get::<Page<Sweep>>(&url).await }
     });
     view! {
         <div class="bar">
             <h1>"Sweeps"</h1>
             <a href="/sweeps/new" class="button" id="new-sweep">"New sweep"</a>
         </div>
+        <ListFilterBar filter=filter/>
         <Transition fallback=|| view! { <p>"Loading sweeps…"</p> }>
             {move || sweeps.get().map(|res| match res {
                 Err(e) => view! { <p class="error">{e.to_string()}</p> }.into_any(),
@@ -58,8 +62,9 @@ pub fn SweepsPage() -> impl IntoView {
                             {page.items.into_iter().map(|s| {
                                 let axes = s.spec.swept_axes().map(|a| a.path.clone()).collect::<Vec<_>>().join(", ");
                                 view! {
-                                    <tr>
-                                        <td><A href=format!("/sweeps/{}", s.id)>{s.name.clone()}</A></td>
+                                    <tr data-sweep=s.id.clone()>
+                                        <td><A href=format!("/sweeps/{}", s.id)>{s.name.clone()}</A>
+                                            " "{label_chips(&s.tags, s.archived)}</td>
                                         <td>{axes}</td>
                                         <td>{counts_text(&s.counts)}</td>
                                         <td>{time_text(s.created_at)}</td>
@@ -220,11 +225,16 @@ pub fn SweepPage() -> impl IntoView {
         let id = id();
         async move { api::get::<SweepSummary>(&format!("/sweeps/{id}/summary")).await }
     });
+    // Kept apart from the polled summary, so that a poll does not
+    // rebuild the editor under a note being written.
+    let labels = RwSignal::new(None::<Labels>);
     Effect::new(move |_| {
         if let Some(Ok(s)) = summary.get() {
             done.set(s.sweep.counts.is_done());
+            labels.set(Some(Labels::new(&s.sweep.tags, &s.sweep.note, s.sweep.archived)));
         }
     });
+    let has_labels = Memo::new(move |_| labels.with(Option::is_some));
     let metric = RwSignal::new(("knn".to_string(), "top1".to_string()));
     let log_x = RwSignal::new(None::<bool>);
     let (action_error, set_action_error) = signal(None::<String>);
@@ -249,6 +259,11 @@ pub fn SweepPage() -> impl IntoView {
                 Ok(s) => render_summary(s, id(), metric, log_x, act).into_any(),
             })}
         </Transition>
+        {move || has_labels.get().then(|| view! {
+            <LabelsEditor path=format!("/sweeps/{}", id()) list="/sweeps"
+                current=Signal::derive(move || labels.get().unwrap_or_default())
+                on_saved=Callback::new(move |s: Sweep| labels.set(Some(Labels::new(&s.tags, &s.note, s.archived))))/>
+        })}
     }
 }
 

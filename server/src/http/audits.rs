@@ -3,7 +3,7 @@
 //! rows as CSV).
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -19,7 +19,12 @@ use crate::auth::Principal;
 pub fn router() -> axum::Router<AppState> {
     axum::Router::new()
         .route("/audits", post(create).get(list))
-        .route("/audits/{id}", get(read).delete(super::deletes::audit))
+        .route(
+            "/audits/{id}",
+            get(read)
+                .patch(super::labels::update_audit)
+                .delete(super::deletes::audit),
+        )
         .route("/audits/{id}/cancel", post(cancel))
         .route("/audits/{id}/report", get(report))
         .route("/audits/{id}/examples.csv", get(examples))
@@ -139,10 +144,26 @@ async fn from_runs(
     get,
     path = "/audits",
     tag = "audits",
-    responses((status = 200, description = "newest first", body = Vec<sslab_shared::api::Audit>), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+    params(ListQuery),
+    responses((status = 200, description = "newest first (the last 200); archived ones only when asked for", body = Vec<sslab_shared::api::Audit>), (status = 400, description = "bad archived", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
 )]
-async fn list(State(state): State<AppState>, p: Principal) -> ApiResult<Json<Vec<Audit>>> {
-    Ok(Json(state.store.list_audits(p.team(), 200).await?))
+async fn list(
+    State(state): State<AppState>,
+    p: Principal,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Vec<Audit>>> {
+    let filter = super::labels::label_filter(q.tag, q.archived.as_deref())?;
+    Ok(Json(state.store.list_audits(p.team(), 200, &filter).await?))
+}
+
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct ListQuery {
+    /// Only the audits with this tag.
+    tag: Option<String>,
+    /// `false` (default: archived audits hidden), `true` or `all`.
+    archived: Option<String>,
 }
 
 pub(super) async fn find(state: &AppState, p: &Principal, id: &str) -> ApiResult<Audit> {

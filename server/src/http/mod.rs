@@ -12,8 +12,10 @@ mod events;
 mod exports;
 mod metrics;
 mod openapi;
-mod run_labels;
+mod run_files;
+mod labels;
 mod runs;
+mod search;
 mod sweeps;
 mod workers;
 
@@ -219,12 +221,14 @@ pub fn app(state: AppState, static_dir: Option<PathBuf>) -> Router {
     };
     let team = Router::new()
         .merge(runs::router())
+        .merge(run_files::router())
         .merge(sweeps::router())
         .merge(datasets::router())
         .merge(audits::router())
         .merge(demos::router())
         .merge(exports::router())
         .merge(cka::router())
+        .merge(search::router())
         .merge(workers::router())
         .merge(accounts::team_router());
     // Everything but health and sign-in goes through the authentication layer.

@@ -8,7 +8,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    accounts, audits, cka, datasets, deletes, demos, events, exports, run_labels, runs, sweeps,
+    accounts, audits, cka, datasets, deletes, demos, events, exports, labels, run_files, runs, search, sweeps,
     workers,
 };
 
@@ -21,9 +21,10 @@ use super::{
     servers((url = "/api/v1")),
     paths(
         runs::create, runs::list, runs::read, runs::cancel, runs::metrics, runs::memorization,
+        runs::system, run_files::list, run_files::spec, run_files::metrics_csv,
         runs::evaluations, runs::evaluate, runs::evaluation_jobs, runs::evaluation_job,
         runs::cancel_evaluation, runs::checkpoint, events::stream,
-        run_labels::update, deletes::run, deletes::sweep, deletes::audit, deletes::dataset,
+        labels::update_run, labels::update_sweep, labels::update_audit, deletes::run, deletes::sweep, deletes::audit, deletes::dataset,
         sweeps::create, sweeps::list, sweeps::read, sweeps::summary, sweeps::cancel,
         sweeps::requeue, sweeps::compare,
         audits::create, audits::list, audits::read, audits::cancel, audits::report,
@@ -35,7 +36,7 @@ use super::{
         accounts::members, accounts::add_member, accounts::remove_member,
         demos::publish, demos::list, demos::unpublish, demos::manifest, demos::file,
         exports::export_run, exports::export_audit, exports::read,
-        cka::create, cka::read, cka::cancel,
+        cka::create, cka::read, cka::cancel, search::search,
         workers::register, workers::claim, workers::start, workers::heartbeat, workers::metrics,
         workers::logs, workers::upload, workers::download, workers::end, workers::release,
         workers::list, workers::drain, runs::logs,

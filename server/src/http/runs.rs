@@ -24,12 +24,13 @@ pub fn router() -> axum::Router<AppState> {
         .route(
             "/runs/{id}",
             get(read)
-                .patch(super::run_labels::update)
+                .patch(super::labels::update_run)
                 .delete(super::deletes::run),
         )
         .route("/runs/{id}/cancel", post(cancel))
         .route("/runs/{id}/metrics", get(metrics))
         .route("/runs/{id}/memorization", get(memorization))
+        .route("/runs/{id}/system", get(system))
         .route("/runs/{id}/logs", get(logs))
         .route("/runs/{id}/evaluations", get(evaluations))
         .route("/runs/{id}/evaluate", post(evaluate))
@@ -134,16 +135,7 @@ async fn list(
             ))
         })?),
     };
-    let archived = match q.archived.as_deref() {
-        None | Some("") | Some("false") => Some(false),
-        Some("true") => Some(true),
-        Some("all") => None,
-        Some(other) => {
-            return Err(ApiError::BadRequest(format!(
-                "archived is true, false or all, got `{other}`"
-            )));
-        }
-    };
+    let archived = super::labels::archived_filter(q.archived.as_deref())?;
     let nonempty = |s: Option<String>| s.filter(|s| !s.trim().is_empty());
     let filter = RunFilter {
         team: p.team().to_string(),
@@ -265,6 +257,26 @@ async fn memorization(
     Ok(Json(state.store.memorization(&id).await?))
 }
 
+/// What the machine did while the run trained, sampled every two seconds
+/// by its worker: process CPU and memory, and on CUDA the GPU's
+/// utilisation and memory. Oldest first.
+#[utoipa::path(
+    operation_id = "run_system_metrics",
+    get,
+    path = "/runs/{id}/system",
+    tag = "runs",
+    params(("id" = String, Path, description = "the run's id")),
+    responses((status = 200, description = "OK", body = Vec<sslab_shared::api::SystemSample>), (status = 404, description = "not found, or another team's", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
+async fn system(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Vec<sslab_shared::api::SystemSample>>> {
+    find(&state, &p, &id).await?;
+    Ok(Json(state.store.system_samples(&id).await?))
+}
+
 /// What the run's workers said, attempt by attempt: where it ran, each
 /// epoch, checkpoints, resumes and the end.
 #[utoipa::path(
@@ -318,19 +330,7 @@ async fn evaluations(
     match q.format.as_deref() {
         None | Some("json") => Ok(Json(rows).into_response()),
         Some("csv") => {
-            let mut out = String::from("run_id,job_id,layer,probe,metric,value,settings\n");
-            for e in &rows {
-                out.push_str(&format!(
-                    "{},{},{},{},{},{},{}\n",
-                    crate::csv::field(&id),
-                    crate::csv::field(e.job_id.as_deref().unwrap_or("")),
-                    crate::csv::field(&e.layer),
-                    crate::csv::field(&e.probe),
-                    crate::csv::field(&e.metric),
-                    e.value,
-                    crate::csv::field(&e.settings.to_string()),
-                ));
-            }
+            let out = crate::csv::evaluations(&id, &rows);
             Ok((
                 [
                     (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),

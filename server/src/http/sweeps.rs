@@ -17,7 +17,12 @@ use crate::auth::Principal;
 pub fn router() -> axum::Router<AppState> {
     axum::Router::new()
         .route("/sweeps", post(create).get(list))
-        .route("/sweeps/{id}", get(read).delete(super::deletes::sweep))
+        .route(
+            "/sweeps/{id}",
+            get(read)
+                .patch(super::labels::update_sweep)
+                .delete(super::deletes::sweep),
+        )
         .route("/sweeps/{id}/summary", get(summary))
         .route("/sweeps/{id}/cancel", post(cancel))
         .route("/sweeps/{id}/requeue", post(requeue))
@@ -78,6 +83,10 @@ async fn create(
 struct ListQuery {
     page_size: Option<usize>,
     page_token: Option<String>,
+    /// Only the sweeps with this tag.
+    tag: Option<String>,
+    /// `false` (default: archived sweeps hidden), `true` or `all`.
+    archived: Option<String>,
 }
 
 #[utoipa::path(
@@ -86,7 +95,7 @@ struct ListQuery {
     path = "/sweeps",
     tag = "sweeps",
     params(ListQuery),
-    responses((status = 200, description = "OK", body = sslab_shared::api::Page<sslab_shared::api::Sweep>), (status = 400, description = "bad page size or token", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+    responses((status = 200, description = "newest first; archived ones only when asked for", body = sslab_shared::api::Page<sslab_shared::api::Sweep>), (status = 400, description = "bad page size, token or archived", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
 )]
 async fn list(
     State(state): State<AppState>,
@@ -95,10 +104,11 @@ async fn list(
 ) -> ApiResult<Json<Page<Sweep>>> {
     let page_size = runs::page_size(q.page_size)?;
     runs::check_page_token(q.page_token.as_deref())?;
+    let filter = super::labels::label_filter(q.tag, q.archived.as_deref())?;
     Ok(Json(
         state
             .store
-            .list_sweeps(p.team(), page_size, q.page_token.as_deref())
+            .list_sweeps(p.team(), page_size, q.page_token.as_deref(), &filter)
             .await?,
     ))
 }

@@ -352,12 +352,7 @@ async fn metrics(
     }
     let ok = state
         .store
-        .add_metrics(
-            &lease,
-            &batch.points,
-            batch.total_steps,
-            &batch.memorization,
-        )
+        .add_metrics(&lease, &batch)
         .await?;
     stored(ok, &id)
 }

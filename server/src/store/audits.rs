@@ -6,14 +6,15 @@ use sqlx::{AssertSqlSafe, Row};
 use sslab_shared::api::{Audit, RunStatus};
 use sslab_shared::audit::{AuditReport, AuditSpec};
 
-use super::{Claimant, JobKind, Lease, Owner, Result, Store, StoreError, now_ms};
+use super::{Claimant, JobKind, LabelFilter, Lease, Owner, Result, Store, StoreError, now_ms};
 
 const COLUMNS: &str = "id, name, status, spec, created_at, started_at, finished_at, error, \
-    stage, step, total_steps, team_id, created_by";
+    stage, step, total_steps, team_id, created_by, tags, note, archived";
 
 fn from_row(row: &AnyRow) -> Result<Audit> {
     let status: String = row.try_get("status")?;
     let spec: String = row.try_get("spec")?;
+    let (tags, note, archived) = super::labels::labels_from_row(row)?;
     Ok(Audit {
         id: row.try_get("id")?,
         name: row.try_get("name")?,
@@ -30,6 +31,9 @@ fn from_row(row: &AnyRow) -> Result<Audit> {
         total_steps: row.try_get("total_steps")?,
         team: row.try_get("team_id")?,
         created_by: row.try_get("created_by")?,
+        tags,
+        note,
+        archived,
     })
 }
 
@@ -83,14 +87,21 @@ impl Store {
     }
 
     /// Newest first.
-    pub async fn list_audits(&self, team: &str, limit: usize) -> Result<Vec<Audit>> {
+    pub async fn list_audits(
+        &self,
+        team: &str,
+        limit: usize,
+        filter: &LabelFilter,
+    ) -> Result<Vec<Audit>> {
+        let (clauses, binds) = filter.clauses(3);
         let sql = format!(
-            "SELECT {COLUMNS} FROM audits WHERE team_id = $2 ORDER BY created_at DESC, id DESC LIMIT $1"
+            "SELECT {COLUMNS} FROM audits WHERE team_id = $2{clauses} ORDER BY created_at DESC, id DESC LIMIT $1"
         );
-        sqlx::query(AssertSqlSafe(sql))
-            .bind(limit as i64)
-            .bind(team)
-            .fetch_all(&self.pool)
+        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(limit as i64).bind(team);
+        for b in binds {
+            q = q.bind(b);
+        }
+        q.fetch_all(&self.pool)
             .await?
             .iter()
             .map(from_row)

@@ -12,8 +12,9 @@ mod evaluations;
 mod exports;
 mod memorization;
 mod queue;
-mod run_labels;
+mod labels;
 mod runs;
+mod search;
 mod sweeps;
 #[cfg(test)]
 mod tests;
@@ -23,6 +24,7 @@ pub use accounts::NewTokenRow;
 pub use cka::CkaOutcome;
 pub use deletes::Deleted;
 pub use queue::{Claimant, JobKind, LOCAL_PREFIX, Lease};
+pub use labels::{LabelFilter, Labelled};
 pub use runs::{Claim, RunFilter, SERVER_DATA, is_page_token};
 
 use sqlx::AnyPool;

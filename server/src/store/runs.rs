@@ -3,7 +3,8 @@
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 use sslab_shared::RunSpec;
-use sslab_shared::api::{Evaluation, MemorizationPoint, MetricPoint, Page, Run, RunStatus};
+use sslab_shared::api::{Evaluation, MetricPoint, Page, Run, RunStatus, SystemSample};
+use sslab_shared::worker::MetricBatch;
 
 use super::{Claimant, JobKind, Lease, Owner, Result, Store, StoreError, now_ms};
 
@@ -20,6 +21,7 @@ pub(super) const RUN_COLUMNS: &str = "id, name, status, method, backbone, spec, 
 pub(super) fn run_from_row(row: &AnyRow) -> Result<Run> {
     let status: String = row.try_get("status")?;
     let spec: String = row.try_get("spec")?;
+    let (tags, note, archived) = super::labels::labels_from_row(row)?;
     Ok(Run {
         id: row.try_get("id")?,
         name: row.try_get("name")?,
@@ -42,10 +44,9 @@ pub(super) fn run_from_row(row: &AnyRow) -> Result<Run> {
         sweep_id: row.try_get("sweep_id")?,
         team: row.try_get("team_id")?,
         created_by: row.try_get("created_by")?,
-        tags: serde_json::from_str(&row.try_get::<String, _>("tags")?)
-            .map_err(|e| StoreError::Corrupt(format!("stored tags do not parse: {e}")))?,
-        note: row.try_get("note")?,
-        archived: row.try_get::<i64, _>("archived")? != 0,
+        tags,
+        note,
+        archived,
     })
 }
 
@@ -221,11 +222,7 @@ impl Store {
             add("method =", m.clone(), "");
         }
         if let Some(text) = filter.name_contains.as_deref().filter(|t| !t.is_empty()) {
-            let escaped = text
-                .to_lowercase()
-                .replace('\\', "\\\\")
-                .replace('%', "\\%")
-                .replace('_', "\\_");
+            let escaped = super::labels::like_escaped(&text.to_lowercase());
             add("LOWER(name) LIKE", format!("%{escaped}%"), " ESCAPE '\\'");
         }
         if let Some(tag) = &filter.tag {
@@ -332,19 +329,20 @@ impl Store {
         Ok(())
     }
 
-    /// Appends metrics (and memorization readings) reported under `lease`
-    /// and moves the run's progress to the last step, in one transaction.
-    /// Steps already stored are kept, so a batch sent twice stores nothing
-    /// twice. `total_steps`, when given, corrects the run's length
-    /// (file-based data sets are counted only once they are read). Returns
-    /// `false`, storing nothing, when the lease is no longer held.
-    pub async fn add_metrics(
-        &self,
-        lease: &Lease,
-        points: &[MetricPoint],
-        total_steps: Option<i64>,
-        memorization: &[MemorizationPoint],
-    ) -> Result<bool> {
+    /// Appends metrics (memorization readings and system samples too)
+    /// reported under `lease` and moves the run's progress to the last step,
+    /// in one transaction. Steps and sample times already stored are kept,
+    /// so a batch sent twice stores nothing twice. `total_steps`, when
+    /// given, corrects the run's length (file-based data sets are counted
+    /// only once they are read). Returns `false`, storing nothing, when the
+    /// lease is no longer held.
+    pub async fn add_metrics(&self, lease: &Lease, batch: &MetricBatch) -> Result<bool> {
+        let MetricBatch {
+            points,
+            total_steps,
+            memorization,
+            system,
+        } = batch;
         let mut tx = self.pool.begin().await?;
         let last = points.last();
         let held = sqlx::query(
@@ -385,8 +383,46 @@ impl Store {
         for p in memorization {
             Store::insert_memorization(&mut *tx, &lease.id, p).await?;
         }
+        for s in system {
+            sqlx::query(
+                "INSERT INTO system_metrics (run_id, at, step, cpu_percent, rss_bytes, gpu_util, gpu_memory_bytes) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (run_id, at) DO NOTHING",
+            )
+            .bind(&lease.id)
+            .bind(s.at)
+            .bind(s.step)
+            .bind(s.cpu_percent)
+            .bind(s.rss_bytes)
+            .bind(s.gpu_util)
+            .bind(s.gpu_memory_bytes)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// The system samples of a run, oldest first.
+    pub async fn system_samples(&self, id: &str) -> Result<Vec<SystemSample>> {
+        let rows = sqlx::query(
+            "SELECT at, step, cpu_percent, rss_bytes, gpu_util, gpu_memory_bytes FROM system_metrics \
+             WHERE run_id = $1 ORDER BY at",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(SystemSample {
+                    at: r.try_get("at")?,
+                    step: r.try_get("step")?,
+                    cpu_percent: r.try_get("cpu_percent")?,
+                    rss_bytes: r.try_get("rss_bytes")?,
+                    gpu_util: r.try_get("gpu_util")?,
+                    gpu_memory_bytes: r.try_get("gpu_memory_bytes")?,
+                })
+            })
+            .collect()
     }
 
     /// Metrics with `step > after_step`, oldest first.

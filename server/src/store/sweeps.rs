@@ -9,9 +9,10 @@ use sslab_shared::api::{Evaluation, Page, RunStatus, StatusCounts, Sweep, SweepR
 use sslab_shared::sweep::{SweepPoint, SweepSpec};
 
 use super::runs::{default_run_name, new_id, parse_page_token};
-use super::{Owner, Result, Store, StoreError, now_ms};
+use super::{LabelFilter, Owner, Result, Store, StoreError, now_ms};
 
-const SWEEP_COLUMNS: &str = "id, name, spec, created_at, run_count, team_id, created_by";
+const SWEEP_COLUMNS: &str =
+    "id, name, spec, created_at, run_count, team_id, created_by, tags, note, archived";
 
 impl Store {
     /// Stores the sweep and all its runs in one transaction; with an
@@ -116,6 +117,7 @@ impl Store {
 
     fn sweep_from_row(row: &AnyRow, counts: StatusCounts) -> Result<Sweep> {
         let spec: String = row.try_get("spec")?;
+        let (tags, note, archived) = super::labels::labels_from_row(row)?;
         Ok(Sweep {
             id: row.try_get("id")?,
             name: row.try_get("name")?,
@@ -127,6 +129,9 @@ impl Store {
             counts,
             team: row.try_get("team_id")?,
             created_by: row.try_get("created_by")?,
+            tags,
+            note,
+            archived,
         })
     }
 
@@ -179,21 +184,25 @@ impl Store {
         team: &str,
         page_size: usize,
         page_token: Option<&str>,
+        filter: &LabelFilter,
     ) -> Result<Page<Sweep>> {
         let (t, id) = page_token
             .and_then(parse_page_token)
             .unwrap_or((i64::MAX, "\u{10FFFF}".to_string()));
-        let rows = sqlx::query(AssertSqlSafe(format!(
+        let (clauses, binds) = filter.clauses(5);
+        let mut q = sqlx::query(AssertSqlSafe(format!(
             "SELECT {SWEEP_COLUMNS} FROM sweeps \
-             WHERE (created_at < $1 OR (created_at = $1 AND id < $2)) AND team_id = $4 \
+             WHERE (created_at < $1 OR (created_at = $1 AND id < $2)) AND team_id = $4{clauses} \
              ORDER BY created_at DESC, id DESC LIMIT $3"
         )))
         .bind(t)
         .bind(id)
         .bind(page_size as i64 + 1)
-        .bind(team)
-        .fetch_all(&self.pool)
-        .await?;
+        .bind(team);
+        for b in binds {
+            q = q.bind(b);
+        }
+        let rows = q.fetch_all(&self.pool).await?;
         let ids: Vec<String> = rows
             .iter()
             .map(|r| r.try_get::<String, _>("id"))

@@ -1,7 +1,8 @@
 use super::queue::MAX_ATTEMPTS;
 use super::*;
 use sslab_shared::RunSpec;
-use sslab_shared::api::{Evaluation, EvaluationRequest, MetricPoint, RunStatus};
+use sslab_shared::api::{Evaluation, EvaluationRequest, MetricPoint, RunStatus, SystemSample};
+use sslab_shared::worker::MetricBatch;
 use sslab_shared::sweep::SweepSpec;
 
 async fn store() -> (Store, tempfile::TempDir) {
@@ -48,7 +49,22 @@ async fn missing_and_present_floats_alternate_on_postgres() {
             data_wait: present.then_some(0.1),
             online_probe_acc: present.then_some(0.5),
         };
-        assert!(store.add_metrics(&lease, &[m], Some(8), &[]).await.unwrap());
+        let sample = SystemSample {
+            at: 1_000 + round,
+            step: 1,
+            cpu_percent: 150.0,
+            rss_bytes: 1 << 30,
+            gpu_util: present.then_some(87.5),
+            gpu_memory_bytes: present.then_some(1 << 33),
+        };
+        let batch = MetricBatch {
+            points: vec![m],
+            total_steps: Some(8),
+            memorization: vec![],
+            system: vec![sample.clone()],
+        };
+        assert!(store.add_metrics(&lease, &batch).await.unwrap());
+        assert_eq!(store.system_samples(&run.id).await.unwrap(), [sample]);
         let ev = Evaluation {
             layer: "backbone".into(),
             probe: "knn".into(),
@@ -141,22 +157,26 @@ async fn lifecycle_and_pagination() {
         data_wait: Some(0.02),
         online_probe_acc: Some(0.5),
     };
+    let batch = MetricBatch {
+        points: vec![m.clone()],
+        total_steps: Some(8),
+        memorization: vec![],
+        system: vec![SystemSample {
+            at: 5,
+            step: 1,
+            cpu_percent: 90.0,
+            rss_bytes: 1 << 20,
+            gpu_util: None,
+            gpu_memory_bytes: None,
+        }],
+    };
     // A stale lease stores nothing; the holder's batch sent twice stores once.
-    assert!(
-        !store
-            .add_metrics(&stale, &[m.clone()], Some(8), &[])
-            .await
-            .unwrap()
-    );
+    assert!(!store.add_metrics(&stale, &batch).await.unwrap());
     for _ in 0..2 {
-        assert!(
-            store
-                .add_metrics(&w1, &[m.clone()], Some(8), &[])
-                .await
-                .unwrap()
-        );
+        assert!(store.add_metrics(&w1, &batch).await.unwrap());
     }
     assert_eq!(store.metrics(&claimed.id, 0, 10).await.unwrap(), vec![m]);
+    assert_eq!(store.system_samples(&claimed.id).await.unwrap(), batch.system);
     assert!(store.metrics(&claimed.id, 1, 10).await.unwrap().is_empty());
     let ev = Evaluation {
         layer: "backbone".into(),
@@ -293,7 +313,7 @@ async fn sweep_runs_failures_and_requeue() {
     let again = store.run(&second.run.id).await.unwrap().unwrap();
     assert_eq!((again.status, again.error), (RunStatus::Queued, None));
     assert_eq!(store.cancel_sweep(&created.id).await.unwrap(), 1);
-    let page = store.list_sweeps("default", 10, None).await.unwrap();
+    let page = store.list_sweeps("default", 10, None, &LabelFilter::default()).await.unwrap();
     assert_eq!(page.items[0].counts.cancelled, 1);
 }
 

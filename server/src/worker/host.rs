@@ -10,9 +10,9 @@
 use std::future::Future;
 use std::path::{Path, PathBuf};
 
-use sslab_shared::api::{Evaluation, MemorizationPoint, MetricPoint, RunStatus};
+use sslab_shared::api::{Evaluation, RunStatus};
 use sslab_shared::spec::RunSpec;
-use sslab_shared::worker::{LogLine, StoredFile};
+use sslab_shared::worker::{LogLine, MetricBatch, StoredFile};
 
 use crate::artifacts::Artifacts;
 use crate::store::{Lease, Store};
@@ -47,13 +47,7 @@ pub trait Host: Send + Sync + 'static {
     fn heartbeat(&self, lease: &Lease)
     -> impl Future<Output = anyhow::Result<Option<bool>>> + Send;
 
-    fn metrics(
-        &self,
-        lease: &Lease,
-        points: &[MetricPoint],
-        total_steps: Option<i64>,
-        memorization: &[MemorizationPoint],
-    ) -> impl Future<Output = Report> + Send;
+    fn metrics(&self, lease: &Lease, batch: &MetricBatch) -> impl Future<Output = Report> + Send;
 
     fn log(&self, lease: &Lease, lines: &[LogLine]) -> impl Future<Output = Report> + Send;
 
@@ -115,17 +109,8 @@ impl Host for LocalHost {
         Ok(self.store.heartbeat(lease, super::lease_ms()).await?)
     }
 
-    async fn metrics(
-        &self,
-        lease: &Lease,
-        points: &[MetricPoint],
-        total_steps: Option<i64>,
-        memorization: &[MemorizationPoint],
-    ) -> Report {
-        Ok(self
-            .store
-            .add_metrics(lease, points, total_steps, memorization)
-            .await?)
+    async fn metrics(&self, lease: &Lease, batch: &MetricBatch) -> Report {
+        Ok(self.store.add_metrics(lease, batch).await?)
     }
 
     async fn log(&self, lease: &Lease, lines: &[LogLine]) -> Report {

@@ -5,6 +5,7 @@
 pub mod host;
 pub mod remote;
 pub mod run_job;
+mod system;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};

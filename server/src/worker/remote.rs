@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow, bail};
 use reqwest::StatusCode;
 use sha2::{Digest, Sha256};
-use sslab_shared::api::{Evaluation, MemorizationPoint, MetricPoint, RunStatus};
+use sslab_shared::api::{Evaluation, RunStatus};
 use sslab_shared::worker::{
     ClaimAnswer, ClaimRequest, HeartbeatAnswer, LEASE_HEADER, LogBatch, LogLine, MetricBatch,
     Registration, RunEnd, RunRelease, RunStart, StoredFile, WorkerInfo,
@@ -242,19 +242,8 @@ impl Host for RemoteHost {
         }
     }
 
-    async fn metrics(
-        &self,
-        lease: &Lease,
-        points: &[MetricPoint],
-        total_steps: Option<i64>,
-        memorization: &[MemorizationPoint],
-    ) -> Report {
-        let batch = MetricBatch {
-            points: points.to_vec(),
-            total_steps,
-            memorization: memorization.to_vec(),
-        };
-        self.report(lease, "metrics", &batch).await
+    async fn metrics(&self, lease: &Lease, batch: &MetricBatch) -> Report {
+        self.report(lease, "metrics", batch).await
     }
 
     async fn log(&self, lease: &Lease, lines: &[LogLine]) -> Report {

@@ -8,14 +8,16 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use sslab_engine::train::{Control, Observer, Outcome, StepMetrics};
-use sslab_shared::api::{Evaluation, MemorizationPoint, MetricPoint, RunStatus};
-use sslab_shared::worker::LogLine;
+use sslab_shared::api::{Evaluation, MemorizationPoint, MetricPoint, RunStatus, SystemSample};
+use sslab_shared::worker::{LogLine, MetricBatch};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::host::{Host, RunJob};
 use crate::store::now_ms;
 
 const FLUSH: Duration = Duration::from_millis(300);
+/// How often the machine is sampled while a run trains.
+const SAMPLE: Duration = Duration::from_secs(2);
 
 /// What the training thread tells the async side, in order.
 enum Progress {
@@ -111,6 +113,9 @@ struct Reporter<'a, H: Host> {
     job: &'a RunJob,
     points: Vec<MetricPoint>,
     memorization: Vec<MemorizationPoint>,
+    system: Vec<SystemSample>,
+    /// The last step the engine reported, for the system samples.
+    last_step: i64,
     lines: Vec<LogLine>,
     next_line: i64,
     total_steps: Arc<AtomicUsize>,
@@ -136,20 +141,22 @@ impl<H: Host> Reporter<'_, H> {
             return;
         }
         let lease = &self.job.lease;
-        if !self.points.is_empty() || !self.memorization.is_empty() {
-            let total = Some(self.total_steps.load(Ordering::Relaxed) as i64).filter(|t| *t > 0);
-            match self
-                .host
-                .metrics(lease, &self.points, total, &self.memorization)
-                .await
-            {
-                Ok(true) => {
-                    self.points.clear();
-                    self.memorization.clear();
-                }
+        if !self.points.is_empty() || !self.memorization.is_empty() || !self.system.is_empty() {
+            let batch = MetricBatch {
+                points: std::mem::take(&mut self.points),
+                total_steps: Some(self.total_steps.load(Ordering::Relaxed) as i64)
+                    .filter(|t| *t > 0),
+                memorization: std::mem::take(&mut self.memorization),
+                system: std::mem::take(&mut self.system),
+            };
+            match self.host.metrics(lease, &batch).await {
+                Ok(true) => {}
                 Ok(false) => self.lost = true,
                 Err(e) => {
-                    tracing::warn!(run = %self.job.id, error = %e, "storing metrics failed; will send them again")
+                    tracing::warn!(run = %self.job.id, error = %e, "storing metrics failed; will send them again");
+                    self.points = batch.points;
+                    self.memorization = batch.memorization;
+                    self.system = batch.system;
                 }
             }
         }
@@ -180,6 +187,8 @@ pub async fn execute<H: Host>(
         job: &job,
         points: Vec::new(),
         memorization: Vec::new(),
+        system: Vec::new(),
+        last_step: 0,
         lines: Vec::new(),
         // Lines are numbered per attempt; 0 is the first.
         next_line: 0,
@@ -253,6 +262,7 @@ pub async fn execute<H: Host>(
         )),
     }
 
+    let mut sampler = super::system::Sampler::new(&device);
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, mut rx) = mpsc::unbounded_channel();
     let observer_stop = stop.clone();
@@ -270,6 +280,7 @@ pub async fn execute<H: Host>(
 
     let mut flush = tokio::time::interval(FLUSH);
     let mut heartbeat = tokio::time::interval(job.heartbeat);
+    let mut sample = tokio::time::interval(SAMPLE);
     let mut why = Interruption::None;
     let result = loop {
         tokio::select! {
@@ -281,6 +292,11 @@ pub async fn execute<H: Host>(
             }
             Some(p) = rx.recv() => progress(&mut report, p, &checkpoint, &mut why).await,
             _ = flush.tick() => report.flush().await,
+            _ = sample.tick() => {
+                if let Some(s) = sampler.sample(report.last_step).await {
+                    report.system.push(s);
+                }
+            }
             _ = heartbeat.tick() => match host.heartbeat(&lease).await {
                 Ok(Some(true)) => { why = Interruption::Cancelled; stop.store(true, Ordering::Relaxed); }
                 Ok(Some(false)) => {}
@@ -301,6 +317,10 @@ pub async fn execute<H: Host>(
             stop.store(true, Ordering::Relaxed);
         }
     };
+    // The last reading covers the end of training and the evaluation.
+    if let Some(s) = sampler.sample(report.last_step).await {
+        report.system.push(s);
+    }
     report.flush().await;
     let outcome = result
         .map_err(|e| format!("the training thread crashed: {e}"))
@@ -339,7 +359,10 @@ async fn progress<H: Host>(
     why: &mut Interruption,
 ) {
     match progress {
-        Progress::Step(m) => report.points.push(m),
+        Progress::Step(m) => {
+            report.last_step = m.step;
+            report.points.push(m);
+        }
         Progress::Memorization(p) => report.memorization.push(p),
         Progress::Flush(done) => {
             if let Some(last) = report.points.last() {

@@ -1,0 +1,13 @@
+-- What the machine did while a run trained: the worker process's CPU and
+-- memory and, on CUDA, the GPU's utilisation and memory, sampled every few
+-- seconds. A sample is keyed by its time, so a batch sent twice stores it once.
+CREATE TABLE system_metrics (
+    run_id TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+    at BIGINT NOT NULL,
+    step BIGINT NOT NULL,
+    cpu_percent DOUBLE PRECISION NOT NULL,
+    rss_bytes BIGINT NOT NULL,
+    gpu_util DOUBLE PRECISION,
+    gpu_memory_bytes BIGINT,
+    PRIMARY KEY (run_id, at)
+);
