@@ -206,8 +206,9 @@ pub fn query_value(text: &str) -> String {
     js_sys::encode_uri_component(text).into()
 }
 
-pub async fn create_run(spec: &RunSpec) -> Result<Run, ApiFailure> {
-    post("/runs", Some(spec)).await
+/// Queues `spec` in `project` of the team.
+pub async fn create_run(spec: &RunSpec, project: &str) -> Result<Run, ApiFailure> {
+    post(&format!("/runs?project={}", query_value(project)), Some(spec)).await
 }
 
 pub async fn cancel_run(id: &str) -> Result<Run, ApiFailure> {

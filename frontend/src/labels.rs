@@ -54,14 +54,16 @@ pub fn safe_markdown(text: &str) -> String {
 /// The labels an editor shows: a run's, a sweep's or an audit's.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Labels {
+    pub project: String,
     pub tags: Vec<String>,
     pub note: String,
     pub archived: bool,
 }
 
 impl Labels {
-    pub fn new(tags: &[String], note: &str, archived: bool) -> Labels {
+    pub fn new(project: &str, tags: &[String], note: &str, archived: bool) -> Labels {
         Labels {
+            project: project.to_string(),
             tags: tags.to_vec(),
             note: note.to_string(),
             archived,
@@ -69,35 +71,44 @@ impl Labels {
     }
 }
 
-/// The tag and archived filters of a sweeps or audits list, started from
-/// the page's URL (`?tag=…&archived=all`, as the tag chips link).
+/// The project, tag and archived filters of a sweeps or audits list, kept
+/// in the page's URL (`?project=…&tag=…&archived=all`, as the tag chips link).
 #[derive(Clone, Copy)]
 pub struct ListFilter {
+    pub project: RwSignal<String>,
     pub tag: RwSignal<String>,
     pub all: RwSignal<bool>,
 }
 
 impl ListFilter {
+    /// Started from the page's URL, and kept there.
     pub fn from_url() -> ListFilter {
         let query = leptos_router::hooks::use_query_map();
         let initial = |key: &str| query.with_untracked(|q| q.get(key)).unwrap_or_default();
-        ListFilter {
+        let filter = ListFilter {
+            project: RwSignal::new(initial("project")),
             tag: RwSignal::new(initial("tag")),
             all: RwSignal::new(initial("archived") == "all"),
-        }
+        };
+        crate::projects::keep_in_url(move || filter.pairs());
+        filter
+    }
+
+    fn pairs(self) -> Vec<(&'static str, String)> {
+        vec![
+            ("project", self.project.get()),
+            ("tag", self.tag.get()),
+            ("archived", if self.all.get() { "all".into() } else { String::new() }),
+        ]
     }
 
     /// The list request's query parameters, each starting with `&`.
     pub fn query(self) -> String {
-        let mut q = String::new();
-        let tag = self.tag.get();
-        if !tag.trim().is_empty() {
-            q.push_str(&format!("&tag={}", api::query_value(tag.trim())));
-        }
-        if self.all.get() {
-            q.push_str("&archived=all");
-        }
-        q
+        self.pairs()
+            .into_iter()
+            .filter(|(_, v)| !v.trim().is_empty())
+            .map(|(k, v)| format!("&{k}={}", api::query_value(v.trim())))
+            .collect()
     }
 }
 
@@ -105,6 +116,7 @@ impl ListFilter {
 pub fn ListFilterBar(filter: ListFilter) -> impl IntoView {
     view! {
         <div class="bar filters">
+            <crate::projects::ProjectSelect id="filter-project" value=filter.project any=true/>
             <input id="filter-tag" placeholder="tag…" prop:value=move || filter.tag.get()
                 on:input=move |ev| filter.tag.set(event_target_value(&ev))/>
             <label>
@@ -173,8 +185,20 @@ where
     let editing = RwSignal::new(false);
     let draft = RwSignal::new(String::new());
     let archived = move || current.with(|l| l.archived);
+    let project = RwSignal::new(current.with_untracked(|l| l.project.clone()));
+    Effect::new(move |_| project.set(current.with(|l| l.project.clone())));
+    let move_to = Callback::new(move |to: String| {
+        send(LabelUpdate {
+            project: Some(to),
+            ..LabelUpdate::default()
+        })
+    });
     view! {
         <section id="labels">
+            <div class="bar">
+                <label for="move-project">"Project "</label>
+                <crate::projects::ProjectSelect id="move-project" value=project on_pick=move_to/>
+            </div>
             <div class="bar tags">
                 {move || tags().into_iter().map(|t| {
                     let gone = t.clone();

@@ -2,16 +2,19 @@
 
 mod api;
 mod attention;
+mod bulk;
 mod chart;
 mod confirm;
 mod labels;
 mod memorization;
 mod pages;
 mod probes;
+mod projects;
 mod reevaluate;
 mod search;
 mod sweep_chart;
 mod system;
+mod typed_fields;
 
 use leptos::prelude::*;
 use leptos_router::components::{A, Route, Router, Routes};
@@ -39,6 +42,7 @@ fn App() -> impl IntoView {
             <header class="top">
                 <A href="/">"sslab"</A>
                 <nav>
+                    <A href="/projects">"Projects"</A>
                     <A href="/">"Runs"</A>
                     <A href="/runs/new">"New run"</A>
                     <A href="/sweeps">"Sweeps"</A>
@@ -60,6 +64,7 @@ fn App() -> impl IntoView {
                     <Route path=path!("/members") view=pages::account::MembersPage/>
                     <Route path=path!("/") view=pages::runs::RunsPage/>
                     <Route path=path!("/runs") view=pages::runs::RunsPage/>
+                    <Route path=path!("/projects") view=pages::projects::ProjectsPage/>
                     <Route path=path!("/runs/new") view=pages::new_run::NewRunPage/>
                     <Route path=path!("/runs/:id") view=pages::run::RunPage/>
                     <Route path=path!("/sweeps") view=pages::sweeps::SweepsPage/>

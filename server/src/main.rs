@@ -11,6 +11,7 @@ mod datasets;
 mod demos;
 mod export_job;
 mod http;
+mod recipes;
 mod store;
 mod sweep;
 mod worker;

@@ -9,8 +9,9 @@ use common::*;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use sslab_shared::labels::{SearchHit, SearchKind};
+use sslab_shared::project::Project;
 use sslab_shared::api::{
-    ErrorBody, Evaluation, MemorizationPoint, MetricPoint, Page, Run, RunFile, RunStatus,
+    ErrorBody, Evaluation, MemorizationPoint, MetricPoint, Page, Run, RunFile, RunStatus, Sweep,
     SystemSample,
 };
 
@@ -677,6 +678,98 @@ async fn labels_and_delete(server: &Server, data_dir: &std::path::Path) {
     );
 }
 
+/// Projects: created, listed with their counts, named on creation, filtered
+/// on, moved between (a sweep with its runs), and deleted only when empty.
+async fn projects(server: &Server) {
+    let client = server.client();
+    let projects = || get_json::<Vec<Project>>(&client, server.url("/projects"));
+    let names = |list: Vec<Project>| list.into_iter().map(|p| p.name).collect::<Vec<_>>();
+    assert_eq!(names(projects().await)[0], "default");
+    let post = |body: Value| client.post(server.url("/projects")).json(&body).send();
+    for (body, field) in [
+        (json!({"name": "width study"}), "name"),
+        (json!({"name": ""}), "name"),
+        (json!({"name": "w", "description": "d".repeat(2001)}), "description"),
+        (json!({"name": "w", "colour": "red"}), "colour"),
+    ] {
+        let r = post(body).await.unwrap();
+        assert_eq!(r.status(), 422);
+        let e: ErrorBody = r.json().await.unwrap();
+        assert_eq!(e.error.field.as_deref(), Some(field), "{}", e.error.message);
+    }
+    let r = post(json!({"name": "width", "description": "last-block width"})).await.unwrap();
+    assert_eq!(r.status(), 201);
+    for taken in ["width", "default"] {
+        assert_eq!(post(json!({"name": taken})).await.unwrap().status(), 409, "{taken}");
+    }
+
+    let r = client
+        .post(server.url("/runs?project=nope"))
+        .json(&tiny_spec(1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let e: ErrorBody = r.json().await.unwrap();
+    assert_eq!(e.error.field.as_deref(), Some("project"));
+    assert!(e.error.message.contains("`nope`"), "{}", e.error.message);
+    let run: Run = client
+        .post(server.url("/runs?project=width"))
+        .json(&tiny_spec(1))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(run.project, "width");
+    let list = |query: String| get_json::<Page<Run>>(&client, server.url(&format!("/runs?{query}")));
+    let ids = |p: Page<Run>| p.items.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    assert_eq!(ids(list("project=width".into()).await), [run.id.clone()]);
+    assert!(!ids(list("project=default&page_size=500".into()).await).contains(&run.id));
+
+    let sweep: Sweep = client
+        .post(server.url("/sweeps?project=width"))
+        .json(&json!({"base": tiny_spec(1), "seeds": [1, 2], "axes": [{"path": "epochs", "values": [1]}]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(sweep.project, "width");
+    let sweeps = |query: &str| get_json::<Page<Sweep>>(&client, server.url(&format!("/sweeps?{query}")));
+    assert_eq!(sweeps("project=width").await.items.len(), 1);
+    assert_eq!(list(format!("sweep={}&project=width", sweep.id)).await.items.len(), 2);
+    let counts = projects().await.into_iter().find(|p| p.name == "width").unwrap();
+    assert_eq!((counts.runs, counts.sweeps, counts.audits), (3, 1, 0));
+    assert_eq!(counts.description, "last-block width");
+    assert!(
+        get_json::<Vec<Value>>(&client, server.url("/audits?project=width")).await.is_empty()
+    );
+
+    // A sweep moves with its runs; a move to a project that does not exist is refused.
+    let patch = |path: String, body: Value| client.patch(server.url(&path)).json(&body).send();
+    let r = patch(format!("/sweeps/{}", sweep.id), json!({"project": "gone"})).await.unwrap();
+    assert_eq!(r.status(), 422);
+    let r = patch(format!("/sweeps/{}", sweep.id), json!({"project": "default"})).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(sweeps("project=width").await.items.is_empty());
+    assert_eq!(list(format!("sweep={}&project=default", sweep.id)).await.items.len(), 2);
+
+    let remove = || client.delete(server.url("/projects/width")).send();
+    let r = remove().await.unwrap();
+    assert_eq!(r.status(), 409);
+    let e: ErrorBody = r.json().await.unwrap();
+    assert!(e.error.message.contains("1 run"), "{}", e.error.message);
+    patch(format!("/runs/{}", run.id), json!({"project": "default"})).await.unwrap();
+    assert_eq!(remove().await.unwrap().status(), 204);
+    assert_eq!(remove().await.unwrap().status(), 404);
+    assert!(!names(projects().await).contains(&"width".to_string()));
+    let r = client.delete(server.url("/projects/default")).send().await.unwrap();
+    assert_eq!(r.status(), 409);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sqlite_api() {
     let dir = tempfile::tempdir().unwrap();
@@ -686,6 +779,7 @@ async fn sqlite_api() {
     live_events(&server).await;
     cancel(&server).await;
     labels_and_delete(&server, dir.path()).await;
+    projects(&server).await;
 }
 
 /// A server killed mid-run (no chance to clean up) re-queues the run when it
@@ -734,6 +828,7 @@ async fn postgres_api() {
     lifecycle(&server).await;
     cancel(&server).await;
     labels_and_delete(&server, dir.path()).await;
+    projects(&server).await;
 
     let client = server.client();
     let run = create(&client, &server, &tiny_spec(40)).await;

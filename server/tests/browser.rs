@@ -404,6 +404,171 @@ async fn launch_watch_and_read_a_run_in_chromium() {
     assert_eq!(status, json!(401));
 }
 
+/// A team's day in projects: one made on the Projects page, a run launched
+/// into it from a shipped recipe with typed hyper-parameters and a subset,
+/// found by project (the URL keeps the filter), tagged in bulk, cloned,
+/// annotated, moved, and deleted in bulk after the confirmation; the empty
+/// project is deleted last.
+#[tokio::test(flavor = "multi_thread")]
+async fn projects_recipes_and_bulk_actions_in_chromium() {
+    if !e2e_required() {
+        eprintln!("skipped: set SSLAB_E2E=1 (cargo xtask test does)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), None);
+    let client = server.client();
+    let browser = Browser::start().await;
+    browser.sign_in_with_link(&server).await;
+    let text = |css: &'static str| {
+        let browser = &browser;
+        async move {
+            wait_script(
+                browser,
+                &format!("const e = document.querySelector(\"{css}\"); return e && e.textContent"),
+                30,
+            )
+            .await
+            .as_str()
+            .unwrap()
+            .to_string()
+        }
+    };
+
+    browser.goto(&format!("{}/projects", server.base)).await;
+    browser.set_field("#project-name", "bad name").await;
+    browser.click("#project-create").await;
+    assert!(text("#project-error").await.contains("letters, digits"));
+    browser.set_field("#project-name", "width").await;
+    browser.set_field("#project-description", "last-block width").await;
+    browser.click("#project-create").await;
+    browser.wait_find("#projects-table tr[data-project='width']").await;
+
+    browser
+        .goto(&format!("{}/runs/new?project=width", server.base))
+        .await;
+    browser.choose("#f-recipe", "simclr-tiny").await;
+    let filled = wait_script(
+        &browser,
+        "const n = document.querySelector('#f-name'), t = document.querySelector('#f-method-temperature'); \
+         return n && t && n.value === 'simclr-tiny' \
+           ? [t.value, document.querySelector('#f-method-negatives').value, document.querySelector('#f-project').value] : null",
+        30,
+    )
+    .await;
+    assert_eq!(filled, json!(["0.2", "all", "width"]));
+    browser.set_field("#f-method-temperature", "warm").await;
+    let refused = wait_script(
+        &browser,
+        "const l = document.querySelector('#f-method-temperature').closest('label'); \
+         return l.classList.contains('invalid') && l.querySelector('.help').textContent",
+        10,
+    )
+    .await;
+    assert!(refused.as_str().unwrap().contains("`warm`"), "{refused}");
+    browser.set_field("#f-method-temperature", "0.3").await;
+    for (field, value) in [
+        ("#f-name", "wide-run"),
+        ("#f-data-classes", "3"),
+        ("#f-data-train_images", "120"),
+        ("#f-data-test_images", "30"),
+        ("#f-backbone-width", "8"),
+        ("#f-projector-dims", "32-16"),
+        ("#f-optimizer-batch_size", "16"),
+        ("#f-schedule-epochs", "2"),
+    ] {
+        browser.set_field(field, value).await;
+    }
+    browser.choose("#f-subset-kind", "per_class").await;
+    browser.set_field("#f-subset-per_class", "30").await;
+    browser.click("#launch").await;
+    browser.wait_find("#loss-chart").await;
+    let path = browser.script("return location.pathname").await;
+    let run_id = path.as_str().unwrap().rsplit('/').next().unwrap().to_string();
+    let run = get_run(&client, &server, &run_id).await;
+    assert_eq!(run.project, "width");
+    assert_eq!(run.name, "wide-run");
+    let spec = serde_json::to_value(&run.spec).unwrap();
+    assert_eq!(spec["method"], json!({"name": "simclr", "temperature": 0.3, "negatives": "all"}));
+    assert_eq!(spec["subset"], json!({"kind": "per_class", "per_class": 30, "seed": 0}));
+
+    // Found by its project; the address keeps the filter.
+    browser.goto(&format!("{}/runs", server.base)).await;
+    browser.choose("#filter-project", "width").await;
+    let listed = wait_script(
+        &browser,
+        "const rows = document.querySelectorAll('#runs-table tbody tr'); \
+         return location.search === '?project=width' && rows.length === 1 ? rows[0].cells[1].textContent : null",
+        30,
+    )
+    .await;
+    assert!(listed.as_str().unwrap().starts_with("wide-run"), "{listed}");
+
+    // Tagged in bulk, then found by the tag.
+    browser.click(&format!(".pick[data-run='{run_id}']")).await;
+    browser.set_field("#bulk-tag", "wide").await;
+    browser.click("#bulk-tag-add").await;
+    assert_eq!(text("#bulk-result").await, "1 of 1 tagged");
+    assert_eq!(get_run(&client, &server, &run_id).await.tags, ["wide"]);
+    browser.goto(&format!("{}/runs?tag=wide", server.base)).await;
+    browser.wait_find(&format!(".pick[data-run='{run_id}']")).await;
+
+    // Cloned from its page: the form holds its settings, in its project.
+    let done = wait_terminal(&client, &server, &run_id).await;
+    assert_succeeded(&done);
+    browser.goto(&format!("{}/runs/{run_id}", server.base)).await;
+    browser.click("#clone-run").await;
+    let clone = wait_script(
+        &browser,
+        "const n = document.querySelector('#f-name'); \
+         return document.querySelector('#cloned-from') && n && n.value === 'wide-run-copy' \
+           ? [document.querySelector('#f-method-temperature').value, document.querySelector('#f-project').value, \
+              document.querySelector('#f-subset-per_class').value] : null",
+        30,
+    )
+    .await;
+    assert_eq!(clone, json!(["0.3", "width", "30"]));
+
+    // Annotated and moved from its page.
+    browser.goto(&format!("{}/runs/{run_id}", server.base)).await;
+    browser.click("#note-edit").await;
+    browser.set_field("#note-input", "Width **32**").await;
+    browser.click("#note-save").await;
+    assert_eq!(text("#note strong").await, "32");
+    browser.choose("#move-project", "default").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get_run(&client, &server, &run_id).await.project != "default" {
+        assert!(Instant::now() < deadline, "the run was not moved");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Deleted in bulk after the confirmation; then the empty project.
+    browser.goto(&format!("{}/runs?project=default", server.base)).await;
+    browser.click(&format!(".pick[data-run='{run_id}']")).await;
+    browser.click("#bulk-delete").await;
+    browser.wait_find("#bulk-delete-confirm").await;
+    browser.click("#bulk-delete-yes").await;
+    assert_eq!(text("#bulk-result").await, "1 of 1 deleted");
+    let status = client
+        .get(server.url(&format!("/runs/{run_id}")))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 404);
+    assert!(!dir.path().join("artifacts/runs").join(&run_id).exists());
+    browser.goto(&format!("{}/projects", server.base)).await;
+    browser.click("#delete-project-width").await;
+    browser.click("#delete-project-width-yes").await;
+    let gone = wait_script(
+        &browser,
+        "return document.querySelector('#projects-table') && !document.querySelector(\"tr[data-project='width']\")",
+        20,
+    )
+    .await;
+    assert_eq!(gone, json!(true));
+}
+
 /// Polls a script until it returns something other than null/false.
 async fn wait_script(browser: &Browser, js: &str, secs: u64) -> Value {
     let deadline = Instant::now() + Duration::from_secs(secs);

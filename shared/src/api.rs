@@ -83,6 +83,9 @@ pub struct Run {
     /// The user who launched it (its id); none for runs from before teams.
     #[serde(default)]
     pub created_by: Option<String>,
+    /// The project it belongs to, within its team.
+    #[serde(default = "crate::project::default_project")]
+    pub project: String,
     #[serde(default)]
     pub tags: Vec<String>,
     /// Markdown.
@@ -318,7 +321,11 @@ pub struct Sweep {
     #[serde(default)]
     pub team: String,
     #[serde(default)]
-    pub created_by: Option<String>,    #[serde(default)]
+    pub created_by: Option<String>,
+    /// The project it belongs to, within its team.
+    #[serde(default = "crate::project::default_project")]
+    pub project: String,
+    #[serde(default)]
     pub tags: Vec<String>,
     /// Markdown.
     #[serde(default)]
@@ -415,11 +422,32 @@ pub struct Audit {
     #[serde(default)]
     pub team: String,
     #[serde(default)]
-    pub created_by: Option<String>,    #[serde(default)]
+    pub created_by: Option<String>,
+    /// The project it belongs to, within its team.
+    #[serde(default = "crate::project::default_project")]
+    pub project: String,
+    #[serde(default)]
     pub tags: Vec<String>,
     /// Markdown.
     #[serde(default)]
     pub note: String,
     #[serde(default)]
     pub archived: bool,
+}
+
+/// A shipped recipe (`recipes/*.toml`), as `GET /recipes` serves it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Recipe {
+    /// The file's name without `.toml`.
+    pub name: String,
+    /// `run`, `sweep` or `audit`: what `spec` is.
+    pub kind: String,
+    /// The file's opening comment.
+    pub description: String,
+    /// The file as written.
+    pub toml: String,
+    /// The spec it parses to, as `POST /runs`, `/sweeps` or `/audits` takes it.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub spec: serde_json::Value,
 }

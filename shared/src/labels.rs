@@ -21,6 +21,8 @@ pub struct LabelUpdate {
     /// Markdown; shown with raw HTML and script links made inert.
     pub note: Option<String>,
     pub archived: Option<bool>,
+    /// Moves it (a sweep with its runs) to this project of its team.
+    pub project: Option<String>,
 }
 
 /// What `GET /search` finds.

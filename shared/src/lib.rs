@@ -9,6 +9,7 @@ pub mod dataset;
 pub mod demo;
 pub mod error;
 pub mod labels;
+pub mod project;
 pub mod rng;
 pub mod spec;
 pub mod sweep;

@@ -69,10 +69,15 @@ pub fn AuditsPage() -> impl IntoView {
     let start = move |_| {
         let body = text.get_untracked();
         let navigate = navigate.clone();
+        // Into the project the list shows.
+        let url = match filter.project.get_untracked() {
+            p if p.is_empty() => "/audits".to_string(),
+            p => format!("/audits?project={}", api::query_value(&p)),
+        };
         spawn_local(async move {
             let spec: Result<serde_json::Value, _> = serde_json::from_str(&body);
             let result = match spec {
-                Ok(v) => api::post::<Audit>("/audits", Some(&v)).await,
+                Ok(v) => api::post::<Audit>(&url, Some(&v)).await,
                 Err(e) => Err(api::ApiFailure {
                     message: format!("not JSON: {e}"),
                     field: None,
@@ -94,7 +99,10 @@ pub fn AuditsPage() -> impl IntoView {
             <summary>"New audit"</summary>
             <textarea id="audit-spec" rows="16" prop:value=text
                 on:input=move |ev| set_text.set(event_target_value(&ev))></textarea>
-            <button id="start-audit" on:click=start>"Start audit"</button>
+            <button id="start-audit" on:click=start>{move || match filter.project.get() {
+                p if p.is_empty() => "Start audit".to_string(),
+                p => format!("Start audit in {p}"),
+            }}</button>
             {move || error.get().map(|e| view! { <p class="error" id="audit-error">{e}</p> })}
         </details>
         <ListFilterBar filter=filter/>
@@ -175,7 +183,7 @@ pub fn AuditPage() -> impl IntoView {
         {move || has_audit.get().then(|| view! {
             <LabelsEditor path=format!("/audits/{}", id()) list="/audits"
                 current=Signal::derive(move || audit.with(|a| a.as_ref()
-                    .map(|a| Labels::new(&a.tags, &a.note, a.archived)).unwrap_or_default()))
+                    .map(|a| Labels::new(&a.project, &a.tags, &a.note, a.archived)).unwrap_or_default()))
                 on_saved=Callback::new(move |a: Audit| set_audit.set(Some(a)))/>
         })}
         {move || report.get().map(|r| {

@@ -1,10 +1,11 @@
-//! Runs side by side (`/compare?runs=a,b,…`): loss curves overlaid, every
-//! probe at every layer in one table, and the fields where the specs differ.
+//! Runs side by side (`/compare?runs=a,b,…&project=…`): loss curves
+//! overlaid, every probe at every layer in one table, and the fields where
+//! the specs differ; finished runs of a project can be added.
 
 use leptos::prelude::*;
 use leptos_router::components::A;
-use leptos_router::hooks::use_query_map;
-use sslab_shared::api::{Comparison, Evaluation};
+use leptos_router::hooks::{use_navigate, use_query_map};
+use sslab_shared::api::{Comparison, Evaluation, Page, Run};
 use sslab_shared::sweep::value_label;
 
 use super::status_class;
@@ -94,12 +95,48 @@ fn OverlaidProbes(c: Comparison) -> impl IntoView {
 pub fn ComparePage() -> impl IntoView {
     let query = use_query_map();
     let ids = move || query.with(|q| q.get("runs").unwrap_or_default());
+    let project = RwSignal::new(query.with_untracked(|q| q.get("project")).unwrap_or_default());
+    crate::projects::keep_in_url(move || {
+        vec![("runs", ids()), ("project", project.get())]
+    });
     let data = LocalResource::new(move || {
         let ids = ids();
         async move { api::get::<Comparison>(&format!("/compare?runs={}", api::query_value(&ids))).await }
     });
+    // The finished runs of the chosen project, to add to the comparison.
+    let candidates = LocalResource::new(move || {
+        let mut url = "/runs?status=succeeded&page_size=200".to_string();
+        let project = project.get();
+        if !project.is_empty() {
+            url.push_str(&format!("&project={}", api::query_value(&project)));
+        }
+        async move { api::get::<Page<Run>>(&url).await }
+    });
+    let navigate = use_navigate();
+    let add = move |id: String| {
+        let mut list: Vec<String> = ids().split(',').filter(|s| !s.is_empty()).map(str::to_string).collect();
+        if !id.is_empty() && !list.contains(&id) {
+            list.push(id);
+        }
+        let project = project.get_untracked();
+        let place = if project.is_empty() { String::new() } else { format!("&project={}", api::query_value(&project)) };
+        navigate(&format!("/compare?runs={}{place}", list.join(",")), Default::default());
+    };
     view! {
         <h1>"Compare runs"</h1>
+        <div class="bar filters">
+            <crate::projects::ProjectSelect id="compare-project" value=project any=true/>
+            <select id="compare-add" on:change=move |ev| add(event_target_value(&ev))>
+                <option value="" selected=true>"add a finished run…"</option>
+                {move || {
+                    let shown = ids();
+                    candidates.get().and_then(|r| r.ok()).map(|page| page.items.into_iter()
+                        .filter(|r| !shown.split(',').any(|s| s == r.id))
+                        .map(|r| view! { <option value=r.id.clone()>{format!("{} ({})", r.name, r.method)}</option> })
+                        .collect_view())
+                }}
+            </select>
+        </div>
         <Transition fallback=|| view! { <p>"Loading…"</p> }>
             {move || data.get().map(|res| match res {
                 Err(e) => view! { <p class="error">{e.to_string()}</p> }.into_any(),

@@ -6,6 +6,7 @@ pub mod compare;
 pub mod datasets;
 pub mod new_run;
 pub mod new_sweep;
+pub mod projects;
 pub mod run;
 pub mod runs;
 pub mod sweeps;

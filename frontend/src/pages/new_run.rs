@@ -1,15 +1,20 @@
-//! The new-run form: every `RunSpec` field, starting from the defaults.
+//! The new-run form: every `RunSpec` field as its own typed input, started
+//! from the defaults, a shipped recipe (`?recipe=`) or another run (`?from=`),
+//! launched into a project (`?project=`).
 
 use leptos::prelude::*;
 use leptos::task::spawn_local;
-use leptos_router::hooks::use_navigate;
+use leptos_router::hooks::{use_navigate, use_query_map};
+use serde_json::{Map, Value};
 use sslab_shared::RunSpec;
+use sslab_shared::api::{Recipe, Run};
 use sslab_shared::spec::{
-    BackboneKind, DataSpec, KnnMetric, MemorizationMonitor, MethodSpec, OptimizerKind, Precision,
-    ProbeKind, ScenesSpec, Stem,
+    BackboneKind, DataSpec, DejavuPart, KnnMetric, MemorizationMonitor, MethodSpec, OptimizerKind,
+    Precision, ProbeKind, ScenesSpec, Stem, SubsetSpec, help,
 };
 
 use crate::api::{self, ApiFailure};
+use crate::typed_fields::ObjectFields;
 
 type Getter = fn(&RunSpec) -> String;
 type Setter = fn(&mut RunSpec, &str) -> Result<(), String>;
@@ -155,30 +160,39 @@ fn select(
     }
 }
 
-/// The method's hyper-parameters as JSON, without its name.
-fn method_params(method: &MethodSpec) -> String {
-    let mut v = serde_json::to_value(method).unwrap_or_default();
-    if let Some(map) = v.as_object_mut() {
-        map.remove("name");
-    }
-    v.to_string()
+/// A spec part's settings as a JSON object.
+fn object_of(v: &impl serde::Serialize) -> Map<String, Value> {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_object().cloned())
+        .unwrap_or_default()
 }
 
-/// The method's name, and its hyper-parameters (reset to the method's
-/// defaults when the name changes). A method that needs another model (a
-/// ViT, no projector) brings it, and `model_rev` redraws the model fields.
+/// `part` with `key` set to `value`, read back as its type: the message
+/// says why it cannot be.
+fn with_setting<T: serde::Serialize + serde::de::DeserializeOwned>(
+    part: &T,
+    key: &str,
+    value: Value,
+) -> Result<T, String> {
+    let mut object = object_of(part);
+    object.insert(key.to_string(), value);
+    serde_json::from_value(Value::Object(object)).map_err(|e| e.to_string())
+}
+
+/// The method's name, and its hyper-parameters as typed fields (reset to
+/// the method's defaults when the name changes). A method that needs
+/// another model (a ViT, no projector) brings it, and `model_rev` redraws
+/// the model fields.
 #[component]
 fn MethodFields(spec: RwSignal<RunSpec>, model_rev: RwSignal<u32>) -> impl IntoView {
     let initial = spec.with_untracked(|s| s.method.clone());
-    let params = RwSignal::new(method_params(&initial));
-    let (error, set_error) = signal(None::<String>);
+    let method_rev = RwSignal::new(0u32);
     view! {
         <label class="field">
             <span class="name">"Method"</span>
             <select id="f-method-name" name="method.name" on:change=move |ev| {
                 if let Some(m) = MethodSpec::from_name(&event_target_value(&ev)) {
-                    params.set(method_params(&m));
-                    set_error.set(None);
                     let mut refit = false;
                     spec.update(|s| {
                         let before = (s.backbone.clone(), s.projector.clone(), s.augment.clone());
@@ -186,6 +200,7 @@ fn MethodFields(spec: RwSignal<RunSpec>, model_rev: RwSignal<u32>) -> impl IntoV
                         s.fit_model_to_method();
                         refit = before != (s.backbone.clone(), s.projector.clone(), s.augment.clone());
                     });
+                    method_rev.update(|r| *r += 1);
                     if refit {
                         model_rev.update(|r| *r += 1);
                     }
@@ -196,44 +211,164 @@ fn MethodFields(spec: RwSignal<RunSpec>, model_rev: RwSignal<u32>) -> impl IntoV
                 }).collect_view()}
             </select>
         </label>
-        <label class="field" class:invalid=move || error.with(|e| e.is_some())>
-            <span class="name">"Hyper-parameters"</span>
-            <input id="f-method-params" name="method" prop:value=move || params.get()
-                on:input=move |ev| {
-                    let text = event_target_value(&ev);
-                    params.set(text.clone());
-                    let name = spec.with_untracked(|s| s.method.name().to_string());
-                    let parsed = serde_json::from_str::<serde_json::Value>(&text)
-                        .map_err(|e| e.to_string())
-                        .and_then(|mut v| {
-                            let map = v.as_object_mut().ok_or("write a JSON object, e.g. {\"temperature\": 0.5}")?;
-                            map.insert("name".into(), name.into());
-                            serde_json::from_value::<MethodSpec>(v).map_err(|e| e.to_string())
-                        });
-                    match parsed {
-                        Ok(m) => { set_error.set(None); spec.update(|s| s.method = m); }
-                        Err(e) => set_error.set(Some(e)),
-                    }
-                }/>
-            <span class="help">{move || error.get().unwrap_or_else(|| "JSON; SimCLR: temperature, negatives (all|single) · VICReg: invariance, variance, covariance · Barlow: lambda_offdiag · BYOL: predictor, ema_base · MoCo v3: temperature, predictor, ema_base · SimSiam: predictor · SwAV: prototypes, temperature, epsilon, sinkhorn_iterations, queue_size, queue_starts_epoch · DINO: prototypes, student_temperature, teacher_temperature, warmup_teacher_temperature, warmup_teacher_epochs, center_momentum, ema_base · MSN/PMSN: prototypes, temperature, sharpen, me_max_weight, mask_ratio, ema_base, sinkhorn_iterations (PMSN: power) · MAE: mask_ratio, decoder_width, decoder_depth, decoder_heads, norm_pix_loss · SimMIM: mask_ratio".into())}</span>
-        </label>
+        {move || {
+            method_rev.track();
+            let method = spec.with_untracked(|s| s.method.clone());
+            let name = method.name().to_string();
+            let defaults = MethodSpec::from_name(&name).map(|m| object_of(&m)).unwrap_or_default();
+            view! {
+                <ObjectFields prefix="method" current=object_of(&method) defaults=defaults skip=&["name"]
+                    help=Callback::new(move |key: String| help::method_param(&name, &key))
+                    apply=Callback::new(move |(key, value): (String, Value)| {
+                        let m = spec.with_untracked(|s| with_setting(&s.method, &key, value))?;
+                        spec.update(|s| s.method = m);
+                        Ok(())
+                    })/>
+            }
+        }}
     }
+}
+
+/// Which part of the training split a run trains on: all of it, so many
+/// images per class, a power law over the classes, or one side of a déjà
+/// vu partition.
+#[component]
+fn SubsetFields(spec: RwSignal<RunSpec>) -> impl IntoView {
+    let kind = |s: &RunSpec| match &s.subset {
+        None => "all",
+        Some(SubsetSpec::PerClass { .. }) => "per_class",
+        Some(SubsetSpec::PowerLaw { .. }) => "power_law",
+        Some(SubsetSpec::Dejavu { .. }) => "dejavu",
+    };
+    let initial = spec.with_untracked(kind);
+    let rev = RwSignal::new(0u32);
+    view! {
+        <label class="field">
+            <span class="name">"Subset"</span>
+            <select id="f-subset-kind" name="subset.kind" on:change=move |ev| {
+                let subset = match event_target_value(&ev).as_str() {
+                    "per_class" => Some(SubsetSpec::PerClass { per_class: 50, seed: 0 }),
+                    "power_law" => Some(SubsetSpec::PowerLaw { images: 500, power: 1.0, seed: 0 }),
+                    "dejavu" => Some(SubsetSpec::Dejavu { part: DejavuPart::A, per_class: 50, public_per_class: 0, seed: 0 }),
+                    _ => None,
+                };
+                spec.update(|s| s.subset = subset);
+                rev.update(|r| *r += 1);
+            }>
+                {[("all", "all training images"), ("per_class", "per class"), ("power_law", "power law (imbalanced)"), ("dejavu", "déjà vu partition side")]
+                    .into_iter()
+                    .map(|(v, label)| view! { <option value=v selected={v == initial}>{label}</option> })
+                    .collect_view()}
+            </select>
+            <span class="help">"a deterministic part of the training split"</span>
+        </label>
+        {move || {
+            rev.track();
+            spec.with_untracked(|s| s.subset.clone()).map(|subset| view! {
+                <ObjectFields prefix="subset" current=object_of(&subset) skip=&["kind"]
+                    help=Callback::new(|key: String| help::subset_param(&key))
+                    apply=Callback::new(move |(key, value): (String, Value)| {
+                        let Some(current) = spec.with_untracked(|s| s.subset.clone()) else {
+                            return Err("choose a subset first".to_string());
+                        };
+                        let next = with_setting(&current, &key, value)?;
+                        spec.update(|s| s.subset = Some(next));
+                        Ok(())
+                    })/>
+            })
+        }}
+    }
+}
+
+/// The spec a recipe holds, if it is a run's.
+fn recipe_spec(r: &Recipe) -> Result<RunSpec, ApiFailure> {
+    if r.kind != "run" {
+        return Err(ApiFailure {
+            message: format!("recipe `{}` is a {}, not a run", r.name, r.kind),
+            field: None,
+        });
+    }
+    RunSpec::from_json(&r.spec.to_string()).map_err(|e| ApiFailure {
+        message: e.to_string(),
+        field: Some(e.field),
+    })
 }
 
 #[component]
 pub fn NewRunPage() -> impl IntoView {
+    let query = use_query_map();
+    let asked = |key: &str| query.with_untracked(|q| q.get(key)).unwrap_or_default();
     let spec = RwSignal::new(RunSpec::default());
     let model_rev = RwSignal::new(0u32);
+    // Redraws every field after the whole spec is replaced.
+    let form_rev = RwSignal::new(0u32);
+    let project = RwSignal::new(match asked("project") {
+        p if p.is_empty() => sslab_shared::project::DEFAULT_PROJECT.to_string(),
+        p => p,
+    });
+    let recipe = RwSignal::new(asked("recipe"));
+    let (origin, set_origin) = signal(None::<(String, String)>);
     let (failure, set_failure) = signal(None::<ApiFailure>);
     let (busy, set_busy) = signal(false);
+    let recipes = LocalResource::new(|| api::get::<Vec<Recipe>>("/recipes"));
+    let replace = move |next: RunSpec| {
+        spec.set(next);
+        form_rev.update(|r| *r += 1);
+    };
+    let start_from = move |name: String| {
+        if name.is_empty() {
+            set_origin.set(None);
+            return replace(RunSpec::default());
+        }
+        let found = recipes
+            .get_untracked()
+            .and_then(|r| r.ok())
+            .and_then(|all| all.into_iter().find(|r| r.name == name));
+        match found.map(|r| recipe_spec(&r)) {
+            Some(Ok(next)) => {
+                set_failure.set(None);
+                replace(next);
+            }
+            Some(Err(e)) => set_failure.set(Some(e)),
+            None => {}
+        }
+    };
+    // `?recipe=` applies once the recipes are in.
+    Effect::new(move |done: Option<bool>| {
+        if done == Some(true) {
+            return true;
+        }
+        let loaded = recipes.with(|r| r.is_some());
+        if loaded && !recipe.get_untracked().is_empty() {
+            start_from(recipe.get_untracked());
+        }
+        loaded
+    });
+    // `?from=<run id>`: that run's spec, under a new name, in its project.
+    let from = asked("from");
+    if !from.is_empty() {
+        spawn_local(async move {
+            match api::get::<Run>(&format!("/runs/{}", api::query_value(&from))).await {
+                Ok(run) => {
+                    let mut next = run.spec;
+                    next.name = format!("{}-copy", run.name);
+                    project.set(run.project);
+                    set_origin.set(Some((run.id, run.name)));
+                    replace(next);
+                }
+                Err(e) => set_failure.set(Some(e)),
+            }
+        });
+    }
     let navigate = use_navigate();
     let submit = move |ev: leptos::ev::SubmitEvent| {
         ev.prevent_default();
         let body = spec.get_untracked();
+        let project = project.get_untracked();
         let navigate = navigate.clone();
         set_busy.set(true);
         spawn_local(async move {
-            match api::create_run(&body).await {
+            match api::create_run(&body, &project).await {
                 Ok(run) => navigate(&format!("/runs/{}", run.id), Default::default()),
                 Err(e) => {
                     set_failure.set(Some(e));
@@ -244,7 +379,34 @@ pub fn NewRunPage() -> impl IntoView {
     };
     view! {
         <h1>"New run"</h1>
+        <div class="bar start-from">
+            <label class="field">
+                <span class="name">"Start from"</span>
+                <select id="f-recipe" on:change=move |ev| {
+                    let name = event_target_value(&ev);
+                    recipe.set(name.clone());
+                    start_from(name);
+                }>
+                    <option value="" selected=move || recipe.get().is_empty()>"the defaults"</option>
+                    {move || recipes.get().and_then(|r| r.ok()).unwrap_or_default().into_iter()
+                        .filter(|r| r.kind == "run")
+                        .map(|r| {
+                            let (value, label, this) = (r.name.clone(), r.name.clone(), r.name.clone());
+                            view! { <option value=value title=r.description.clone() selected=move || recipe.get() == this>{label}</option> }
+                        }).collect_view()}
+                </select>
+                <span class="help">{move || match origin.get() {
+                    Some((id, name)) => view! { "a copy of run " <a id="cloned-from" href=format!("/runs/{id}")>{name}</a> }.into_any(),
+                    None => "a shipped recipe (recipes/*.toml) fills every field below".into_any(),
+                }}</span>
+            </label>
+            <label class="field">
+                <span class="name">"Project"</span>
+                <crate::projects::ProjectSelect id="f-project" value=project/>
+            </label>
+        </div>
         <form id="new-run-form" on:submit=submit>
+          {move || { form_rev.track(); view! {
             <fieldset><legend>"Run"</legend>
                 {field(spec, "name", "Name", "shown in lists; empty picks one",
                     |s| s.name.clone(), |s, v| { s.name = v.to_string(); Ok(()) })}
@@ -272,6 +434,7 @@ pub fn NewRunPage() -> impl IntoView {
                     |s| scenes(s).background_signature.to_string(), |s, v| { scenes_mut(s).background_signature = num(v)?; Ok(()) })}
                 {field(spec, "data.seed", "Data seed", "which scenes are drawn",
                     |s| scenes(s).seed.to_string(), |s, v| { scenes_mut(s).seed = num(v)?; Ok(()) })}
+                <SubsetFields spec=spec/>
             </fieldset>
             <fieldset><legend>"Method"</legend>
                 <MethodFields spec=spec model_rev=model_rev/>
@@ -404,6 +567,7 @@ pub fn NewRunPage() -> impl IntoView {
                         Ok(())
                     })}
             </fieldset>
+          }.into_any() }}
             {move || failure.get().map(|f| view! {
                 <p class="error" id="form-error">{f.message.clone()}</p>
             })}

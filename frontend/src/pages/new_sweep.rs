@@ -76,6 +76,12 @@ pub fn NewSweepPage() -> impl IntoView {
     let path = RwSignal::new(String::new());
     let values = RwSignal::new(String::new());
     let seeds = RwSignal::new(String::new());
+    let project = RwSignal::new(
+        query
+            .with_untracked(|q| q.get("project"))
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| sslab_shared::project::DEFAULT_PROJECT.to_string()),
+    );
     let (failure, set_failure) = signal(None::<ApiFailure>);
     let (busy, set_busy) = signal(false);
 
@@ -102,6 +108,7 @@ pub fn NewSweepPage() -> impl IntoView {
                 Ok(run) => {
                     base_label.set(format!("run {} ({})", run.name, run.id));
                     base.set(Some(run.spec));
+                    project.set(run.project);
                     apply(preset.get_untracked());
                 }
                 Err(e) => set_failure.set(Some(e)),
@@ -151,8 +158,9 @@ pub fn NewSweepPage() -> impl IntoView {
         };
         set_busy.set(true);
         let navigate = navigate.clone();
+        let url = format!("/sweeps?project={}", api::query_value(&project.get_untracked()));
         spawn_local(async move {
-            match api::post::<Sweep>("/sweeps", Some(&spec)).await {
+            match api::post::<Sweep>(&url, Some(&spec)).await {
                 Ok(sweep) => navigate(&format!("/sweeps/{}", sweep.id), Default::default()),
                 Err(e) => {
                     set_failure.set(Some(e));
@@ -177,6 +185,10 @@ pub fn NewSweepPage() -> impl IntoView {
                 <label class="field"><span class="name">"Name"</span>
                     <input id="sweep-name" prop:value=move || name.get() on:input=move |ev| name.set(event_target_value(&ev))/>
                     <span class="help">"Prefixed to every run's name."</span>
+                </label>
+                <label class="field"><span class="name">"Project"</span>
+                    <crate::projects::ProjectSelect id="sweep-project" value=project/>
+                    <span class="help">"The sweep and its runs go here."</span>
                 </label>
                 <label class="field"><span class="name">"Field"</span>
                     <input id="sweep-path" prop:value=move || path.get() on:input=move |ev| path.set(event_target_value(&ev))/>

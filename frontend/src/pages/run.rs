@@ -211,6 +211,8 @@ pub fn RunPage() -> impl IntoView {
                     {(active && !r.cancel_requested).then(|| view! {
                         <button id="cancel" class="secondary" on:click=cancel>"Cancel"</button>
                     })}
+                    <a class="button secondary" id="clone-run" href=format!("/runs/new?from={}", r.id)
+                        title="a new run with this one's settings">"Clone"</a>
                     {(!active).then(|| view! {
                         <DeleteButton id="delete-run".to_string() path=format!("/runs/{}", r.id)
                             what="this run, its metrics, evaluations, log and checkpoint".to_string()
@@ -228,7 +230,7 @@ pub fn RunPage() -> impl IntoView {
         {move || has_run.get().then(|| view! {
             <LabelsEditor path=format!("/runs/{}", id()) list="/runs"
                 current=Signal::derive(move || run.with(|r| r.as_ref()
-                    .map(|r| Labels::new(&r.tags, &r.note, r.archived)).unwrap_or_default()))
+                    .map(|r| Labels::new(&r.project, &r.tags, &r.note, r.archived)).unwrap_or_default()))
                 on_saved=Callback::new(move |r: sslab_shared::api::Run| set_run.set(Some(r)))/>
         })}
         <section>

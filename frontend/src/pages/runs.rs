@@ -1,6 +1,6 @@
-//! The runs list: filtered (name, status, tag, archived) and paged on the
-//! server, refreshed while open;
-//! pick runs to compare.
+//! The runs list: filtered (project, name, status, tag, archived) and paged
+//! on the server, the filters kept in the URL, refreshed while open; pick
+//! runs to compare, or to tag, move, archive or delete together.
 
 use leptos::prelude::*;
 use leptos_router::components::A;
@@ -16,6 +16,7 @@ const PAGE_SIZE: usize = 50;
 pub fn RunsPage() -> impl IntoView {
     let query = use_query_map();
     let initial = |key: &str| query.with_untracked(|q| q.get(key)).unwrap_or_default();
+    let project = RwSignal::new(initial("project"));
     let name = RwSignal::new(initial("q"));
     let status = RwSignal::new(initial("status"));
     let sweep = RwSignal::new(initial("sweep"));
@@ -28,16 +29,21 @@ pub fn RunsPage() -> impl IntoView {
     let (tick, set_tick) = signal(0u32);
     // Refresh while the page is open, so statuses move on their own.
     super::every_two_seconds(move || set_tick.update(|t| *t += 1));
-    let runs = LocalResource::new(move || {
-        tick.track();
-        let mut url = format!("/runs?page_size={PAGE_SIZE}");
-        for (key, value) in [
+    let filters = move || {
+        vec![
+            ("project", project.get()),
             ("q", name.get()),
             ("status", status.get()),
             ("sweep", sweep.get()),
             ("tag", tag.get()),
             ("archived", archived.get()),
-        ] {
+        ]
+    };
+    crate::projects::keep_in_url(filters);
+    let runs = LocalResource::new(move || {
+        tick.track();
+        let mut url = format!("/runs?page_size={PAGE_SIZE}");
+        for (key, value) in filters() {
             if !value.trim().is_empty() {
                 url.push_str(&format!("&{key}={}", api::query_value(value.trim())));
             }
@@ -51,8 +57,18 @@ pub fn RunsPage() -> impl IntoView {
     let navigate = use_navigate();
     let compare = move |_| {
         let ids = picked.get_untracked().join(",");
-        navigate(&format!("/compare?runs={ids}"), Default::default());
+        let project = project.get_untracked();
+        let place = if project.is_empty() {
+            String::new()
+        } else {
+            format!("&project={}", api::query_value(&project))
+        };
+        navigate(&format!("/compare?runs={ids}{place}"), Default::default());
     };
+    let refresh = Callback::new(move |()| {
+        picked.set(Vec::new());
+        set_tick.update(|t| *t += 1);
+    });
     view! {
         <div class="bar">
             <h1>"Runs"</h1>
@@ -63,6 +79,8 @@ pub fn RunsPage() -> impl IntoView {
             <a href="/runs/new" class="button" id="new-run">"New run"</a>
         </div>
         <div class="bar filters">
+            <crate::projects::ProjectSelect id="filter-project" value=project any=true
+                on_pick=Callback::new(move |_| reset())/>
             <input id="filter-q" placeholder="name contains…" prop:value=move || name.get()
                 on:input=move |ev| { name.set(event_target_value(&ev)); reset(); }/>
             <select id="filter-status" on:change=move |ev| { status.set(event_target_value(&ev)); reset(); }>
@@ -87,6 +105,7 @@ pub fn RunsPage() -> impl IntoView {
                 </span>
             })}
         </div>
+        <crate::bulk::BulkBar picked=picked done=refresh/>
         <Transition fallback=|| view! { <p>"Loading runs…"</p> }>
             {move || runs.get().map(|res| match res {
                 Err(e) => view! { <p class="error">{e.to_string()}</p> }.into_any(),
@@ -99,7 +118,7 @@ pub fn RunsPage() -> impl IntoView {
                         <table id="runs-table">
                             <thead><tr>
                                 <th></th><th>"Run"</th><th>"Status"</th><th>"Method"</th><th>"Backbone"</th>
-                                <th>"Progress"</th><th>"Loss"</th><th>"kNN @ backbone"</th><th>"Sweep"</th><th>"Created"</th>
+                                <th>"Progress"</th><th>"Loss"</th><th>"kNN @ backbone"</th><th>"Sweep"</th><th>"Project"</th><th>"Created"</th>
                             </tr></thead>
                             <tbody>
                                 {page.items.into_iter().map(|r| {
@@ -134,6 +153,10 @@ pub fn RunsPage() -> impl IntoView {
                                             <td>{opt_num(r.last_loss, 4)}</td>
                                             <td>{opt_num(r.knn_backbone, 3)}</td>
                                             <td>{r.sweep_id.clone().map(|s| view! { <A href=format!("/sweeps/{s}")>"sweep"</A> })}</td>
+                                            <td>{
+                                                let (label, pick) = (r.project.clone(), r.project.clone());
+                                                view! { <button class="chip project" on:click=move |_| { project.set(pick.clone()); reset(); }>{label}</button> }
+                                            }</td>
                                             <td>{time_text(r.created_at)}</td>
                                         </tr>
                                     }

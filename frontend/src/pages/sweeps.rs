@@ -231,7 +231,7 @@ pub fn SweepPage() -> impl IntoView {
     Effect::new(move |_| {
         if let Some(Ok(s)) = summary.get() {
             done.set(s.sweep.counts.is_done());
-            labels.set(Some(Labels::new(&s.sweep.tags, &s.sweep.note, s.sweep.archived)));
+            labels.set(Some(Labels::new(&s.sweep.project, &s.sweep.tags, &s.sweep.note, s.sweep.archived)));
         }
     });
     let has_labels = Memo::new(move |_| labels.with(Option::is_some));
@@ -262,7 +262,7 @@ pub fn SweepPage() -> impl IntoView {
         {move || has_labels.get().then(|| view! {
             <LabelsEditor path=format!("/sweeps/{}", id()) list="/sweeps"
                 current=Signal::derive(move || labels.get().unwrap_or_default())
-                on_saved=Callback::new(move |s: Sweep| labels.set(Some(Labels::new(&s.tags, &s.note, s.archived))))/>
+                on_saved=Callback::new(move |s: Sweep| labels.set(Some(Labels::new(&s.project, &s.tags, &s.note, s.archived))))/>
         })}
     }
 }

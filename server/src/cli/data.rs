@@ -82,6 +82,7 @@ where
             let owner = Owner {
                 team: team_id(&registry, team).await?,
                 user: None,
+                project: sslab_shared::project::DEFAULT_PROJECT.into(),
             };
             let meta = std::fs::metadata(path)
                 .with_context(|| format!("cannot open {}", path.display()))?;

@@ -13,7 +13,7 @@ use sslab_shared::audit::{AuditReport, AuditRuns, AuditSpec, SplitSpec};
 use sslab_shared::spec::{DejavuPart, SubsetSpec};
 
 use super::authn::JsonText;
-use super::{ApiError, ApiResult, AppState, check_may_change, owner};
+use super::{ApiError, ApiResult, AppState, check_may_change};
 use crate::auth::Principal;
 
 pub fn router() -> axum::Router<AppState> {
@@ -38,15 +38,18 @@ pub fn router() -> axum::Router<AppState> {
     post,
     path = "/audits",
     tag = "audits",
+    params(super::projects::CreateQuery),
     request_body(content = serde_json::Value, description = "an AuditSpec (docs/api.md)", content_type = "application/json"),
     responses((status = 201, description = "queued", body = sslab_shared::api::Audit), (status = 422, description = "invalid; `field` names what", body = sslab_shared::api::ErrorBody), (status = 403, description = "the credentials do not allow it", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
 )]
 async fn create(
     State(state): State<AppState>,
     p: Principal,
+    Query(place): Query<super::projects::CreateQuery>,
     JsonText(body): JsonText,
 ) -> ApiResult<Response> {
     let mut spec = AuditSpec::from_json(&body).map_err(ApiError::InvalidSpec)?;
+    let owner = super::projects::owner_in(&state, &p, &place).await?;
     match spec.runs.clone() {
         Some(runs) => from_runs(&state, &p, &mut spec, &runs).await?,
         None => {
@@ -58,7 +61,7 @@ async fn create(
         }
     }
     spec.validate().map_err(ApiError::InvalidSpec)?;
-    let audit = state.store.create_audit(&spec, &owner(&p)).await?;
+    let audit = state.store.create_audit(&spec, &owner).await?;
     state.wake_workers();
     let location = format!("/api/v1/audits/{}", audit.id);
     Ok(super::created(true, location, audit))
@@ -152,7 +155,7 @@ async fn list(
     p: Principal,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Vec<Audit>>> {
-    let filter = super::labels::label_filter(q.tag, q.archived.as_deref())?;
+    let filter = super::labels::label_filter(q.tag, q.project, q.archived.as_deref())?;
     Ok(Json(state.store.list_audits(p.team(), 200, &filter).await?))
 }
 
@@ -162,6 +165,8 @@ async fn list(
 struct ListQuery {
     /// Only the audits with this tag.
     tag: Option<String>,
+    /// Only the audits of this project.
+    project: Option<String>,
     /// `false` (default: archived audits hidden), `true` or `all`.
     archived: Option<String>,
 }

@@ -12,7 +12,7 @@ use crate::auth::Principal;
 use crate::store::{LabelFilter, Labelled};
 
 /// The update with its fields checked: a 422 names the first bad one.
-fn checked(body: &str) -> ApiResult<LabelUpdate> {
+async fn checked(state: &AppState, p: &Principal, body: &str) -> ApiResult<LabelUpdate> {
     let mut update: LabelUpdate =
         sslab_shared::error::from_json(body).map_err(ApiError::InvalidSpec)?;
     if let Some(name) = &mut update.name {
@@ -26,6 +26,9 @@ fn checked(body: &str) -> ApiResult<LabelUpdate> {
     }
     if let Some(note) = &update.note {
         check_note(note).map_err(|e| invalid("note", e))?;
+    }
+    if let Some(project) = &update.project {
+        update.project = Some(super::projects::existing(state, p, project).await?);
     }
     Ok(update)
 }
@@ -43,9 +46,14 @@ pub(super) fn archived_filter(asked: Option<&str>) -> ApiResult<Option<bool>> {
 }
 
 /// The filter of a sweeps or audits list.
-pub(super) fn label_filter(tag: Option<String>, archived: Option<&str>) -> ApiResult<LabelFilter> {
+pub(super) fn label_filter(
+    tag: Option<String>,
+    project: Option<String>,
+    archived: Option<&str>,
+) -> ApiResult<LabelFilter> {
     Ok(LabelFilter {
         tag: tag.map(|t| t.trim().to_string()).filter(|t| !t.is_empty()),
+        project: project.map(|t| t.trim().to_string()).filter(|t| !t.is_empty()),
         archived: archived_filter(archived)?,
     })
 }
@@ -59,7 +67,7 @@ async fn apply(state: &AppState, what: Labelled, id: &str, update: &LabelUpdate)
 }
 
 /// Each field given replaces the stored one: `name`, `tags` (the whole
-/// set), `note` (markdown), `archived`.
+/// set), `note` (markdown), `archived`, `project` (moves it).
 #[utoipa::path(
     operation_id = "update_run",
     patch,
@@ -75,14 +83,15 @@ pub(super) async fn update_run(
     Path(id): Path<String>,
     JsonText(body): JsonText,
 ) -> ApiResult<Json<Run>> {
-    let update = checked(&body)?;
+    let update = checked(&state, &p, &body).await?;
     let run = runs::find(&state, &p, &id).await?;
     check_may_change(&p, run.created_by.as_deref(), "this run")?;
     apply(&state, Labelled::Run, &id, &update).await?;
     Ok(Json(runs::find(&state, &p, &id).await?))
 }
 
-/// As for runs: `name`, `tags`, `note`, `archived`.
+/// As for runs: `name`, `tags`, `note`, `archived`, `project` (moves the
+/// sweep with its runs).
 #[utoipa::path(
     operation_id = "update_sweep",
     patch,
@@ -98,14 +107,14 @@ pub(super) async fn update_sweep(
     Path(id): Path<String>,
     JsonText(body): JsonText,
 ) -> ApiResult<Json<Sweep>> {
-    let update = checked(&body)?;
+    let update = checked(&state, &p, &body).await?;
     let sweep = sweeps::find(&state, &p, &id).await?;
     check_may_change(&p, sweep.created_by.as_deref(), "this sweep")?;
     apply(&state, Labelled::Sweep, &id, &update).await?;
     Ok(Json(sweeps::find(&state, &p, &id).await?))
 }
 
-/// As for runs: `name`, `tags`, `note`, `archived`.
+/// As for runs: `name`, `tags`, `note`, `archived`, `project`.
 #[utoipa::path(
     operation_id = "update_audit",
     patch,
@@ -121,7 +130,7 @@ pub(super) async fn update_audit(
     Path(id): Path<String>,
     JsonText(body): JsonText,
 ) -> ApiResult<Json<Audit>> {
-    let update = checked(&body)?;
+    let update = checked(&state, &p, &body).await?;
     let audit = audits::find(&state, &p, &id).await?;
     check_may_change(&p, audit.created_by.as_deref(), "this audit")?;
     apply(&state, Labelled::Audit, &id, &update).await?;

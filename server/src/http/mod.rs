@@ -11,9 +11,11 @@ mod error;
 mod events;
 mod exports;
 mod metrics;
-mod openapi;
-mod run_files;
 mod labels;
+mod openapi;
+mod projects;
+mod recipes;
+mod run_files;
 mod runs;
 mod search;
 mod sweeps;
@@ -80,6 +82,7 @@ pub(crate) fn owner(p: &Principal) -> crate::store::Owner {
     crate::store::Owner {
         team: p.team().to_string(),
         user: p.actor(),
+        project: sslab_shared::project::DEFAULT_PROJECT.into(),
     }
 }
 
@@ -229,6 +232,8 @@ pub fn app(state: AppState, static_dir: Option<PathBuf>) -> Router {
         .merge(exports::router())
         .merge(cka::router())
         .merge(search::router())
+        .merge(projects::router())
+        .merge(recipes::router())
         .merge(workers::router())
         .merge(accounts::team_router());
     // Everything but health and sign-in goes through the authentication layer.

@@ -8,7 +8,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    accounts, audits, cka, datasets, deletes, demos, events, exports, labels, run_files, runs, search, sweeps,
+    accounts, audits, cka, datasets, deletes, demos, events, exports, labels, projects, recipes, run_files, runs, search, sweeps,
     workers,
 };
 
@@ -37,6 +37,7 @@ use super::{
         demos::publish, demos::list, demos::unpublish, demos::manifest, demos::file,
         exports::export_run, exports::export_audit, exports::read,
         cka::create, cka::read, cka::cancel, search::search,
+        projects::list, projects::create, projects::remove, recipes::list,
         workers::register, workers::claim, workers::start, workers::heartbeat, workers::metrics,
         workers::logs, workers::upload, workers::download, workers::end, workers::release,
         workers::list, workers::drain, runs::logs,

@@ -14,7 +14,7 @@ use sslab_shared::api::{
 };
 
 use super::authn::JsonText;
-use super::{ApiError, ApiResult, AppState, check_may_change, events, idempotency_key, owner};
+use super::{ApiError, ApiResult, AppState, check_may_change, events, idempotency_key};
 use crate::auth::Principal;
 use crate::store::RunFilter;
 
@@ -48,7 +48,7 @@ pub fn router() -> axum::Router<AppState> {
     post,
     path = "/runs",
     tag = "runs",
-    params(("Idempotency-Key" = Option<String>, Header, description = "repeat a creating request safely")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "repeat a creating request safely"), super::projects::CreateQuery),
     request_body(content = serde_json::Value, description = "a RunSpec (docs/api.md)", content_type = "application/json"),
     responses((status = 201, description = "created", body = sslab_shared::api::Run), (status = 200, description = "created earlier with this Idempotency-Key", body = sslab_shared::api::Run), (status = 422, description = "invalid; `field` names what", body = sslab_shared::api::ErrorBody), (status = 403, description = "the credentials do not allow it", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
 )]
@@ -56,13 +56,15 @@ async fn create(
     State(state): State<AppState>,
     p: Principal,
     headers: HeaderMap,
+    Query(place): Query<super::projects::CreateQuery>,
     JsonText(body): JsonText,
 ) -> ApiResult<Response> {
     let mut spec = RunSpec::from_json(&body).map_err(ApiError::InvalidSpec)?;
+    let owner = super::projects::owner_in(&state, &p, &place).await?;
     super::check_run_data(&state, &p, &spec, "")?;
     state.datasets.resolve(&mut spec, "", p.team()).await?;
     let key = idempotency_key(&headers)?;
-    let (run, created) = state.store.create_run(&spec, &owner(&p), key).await?;
+    let (run, created) = state.store.create_run(&spec, &owner, key).await?;
     if created {
         state.wake_workers();
     }
@@ -84,6 +86,8 @@ struct ListQuery {
     q: Option<String>,
     /// Only the runs with this tag.
     tag: Option<String>,
+    /// Only the runs of this project.
+    project: Option<String>,
     /// `false` (default: archived runs hidden), `true` (only archived
     /// ones) or `all`.
     archived: Option<String>,
@@ -144,6 +148,7 @@ async fn list(
         method: nonempty(q.method),
         name_contains: nonempty(q.q).map(|s| s.trim().to_string()),
         tag: nonempty(q.tag).map(|s| s.trim().to_string()),
+        project: nonempty(q.project).map(|s| s.trim().to_string()),
         archived,
     };
     Ok(Json(

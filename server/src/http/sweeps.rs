@@ -11,7 +11,7 @@ use sslab_shared::api::{Comparison, MetricPoint, Page, SpecDifference, Sweep, Sw
 use sslab_shared::sweep::{SweepSpec, canonical_path, flatten};
 
 use super::authn::JsonText;
-use super::{ApiError, ApiResult, AppState, check_may_change, idempotency_key, owner, runs};
+use super::{ApiError, ApiResult, AppState, check_may_change, idempotency_key, runs};
 use crate::auth::Principal;
 
 pub fn router() -> axum::Router<AppState> {
@@ -36,7 +36,7 @@ pub fn router() -> axum::Router<AppState> {
     post,
     path = "/sweeps",
     tag = "sweeps",
-    params(("Idempotency-Key" = Option<String>, Header, description = "repeat a creating request safely")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "repeat a creating request safely"), super::projects::CreateQuery),
     request_body(content = serde_json::Value, description = "a SweepSpec (docs/api.md)", content_type = "application/json"),
     responses((status = 201, description = "created", body = sslab_shared::api::Sweep), (status = 200, description = "created earlier with this Idempotency-Key", body = sslab_shared::api::Sweep), (status = 422, description = "invalid; `field` names what", body = sslab_shared::api::ErrorBody), (status = 403, description = "the credentials do not allow it", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
 )]
@@ -44,9 +44,11 @@ async fn create(
     State(state): State<AppState>,
     p: Principal,
     headers: HeaderMap,
+    Query(place): Query<super::projects::CreateQuery>,
     JsonText(body): JsonText,
 ) -> ApiResult<Response> {
     let mut spec = SweepSpec::from_json(&body).map_err(ApiError::InvalidSpec)?;
+    let owner = super::projects::owner_in(&state, &p, &place).await?;
     super::check_run_data(&state, &p, &spec.base, "base.")?;
     state
         .datasets
@@ -68,7 +70,7 @@ async fn create(
     }
     let (sweep, created) = state
         .store
-        .create_sweep(&spec, &points, &owner(&p), key)
+        .create_sweep(&spec, &points, &owner, key)
         .await?;
     if created {
         state.wake_workers();
@@ -85,6 +87,8 @@ struct ListQuery {
     page_token: Option<String>,
     /// Only the sweeps with this tag.
     tag: Option<String>,
+    /// Only the sweeps of this project.
+    project: Option<String>,
     /// `false` (default: archived sweeps hidden), `true` or `all`.
     archived: Option<String>,
 }
@@ -104,7 +108,7 @@ async fn list(
 ) -> ApiResult<Json<Page<Sweep>>> {
     let page_size = runs::page_size(q.page_size)?;
     runs::check_page_token(q.page_token.as_deref())?;
-    let filter = super::labels::label_filter(q.tag, q.archived.as_deref())?;
+    let filter = super::labels::label_filter(q.tag, q.project, q.archived.as_deref())?;
     Ok(Json(
         state
             .store

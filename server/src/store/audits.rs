@@ -9,7 +9,7 @@ use sslab_shared::audit::{AuditReport, AuditSpec};
 use super::{Claimant, JobKind, LabelFilter, Lease, Owner, Result, Store, StoreError, now_ms};
 
 const COLUMNS: &str = "id, name, status, spec, created_at, started_at, finished_at, error, \
-    stage, step, total_steps, team_id, created_by, tags, note, archived";
+    stage, step, total_steps, team_id, created_by, project, tags, note, archived";
 
 fn from_row(row: &AnyRow) -> Result<Audit> {
     let status: String = row.try_get("status")?;
@@ -31,6 +31,7 @@ fn from_row(row: &AnyRow) -> Result<Audit> {
         total_steps: row.try_get("total_steps")?,
         team: row.try_get("team_id")?,
         created_by: row.try_get("created_by")?,
+        project: row.try_get("project")?,
         tags,
         note,
         archived,
@@ -50,8 +51,8 @@ impl Store {
         // before its creator has seen it queued.
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "INSERT INTO audits (id, name, status, spec, created_at, total_steps, team_id, created_by) \
-             VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7)",
+            "INSERT INTO audits (id, name, status, spec, created_at, total_steps, team_id, created_by, project) \
+             VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8)",
         )
         .bind(&id)
         .bind(&name)
@@ -65,6 +66,7 @@ impl Store {
         })
         .bind(&owner.team)
         .bind(owner.user.as_deref())
+        .bind(&owner.project)
         .execute(&mut *tx)
         .await?;
         let sql = format!("SELECT {COLUMNS} FROM audits WHERE id = $1");

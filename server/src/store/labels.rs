@@ -53,6 +53,7 @@ pub(super) fn like_escaped(text: &str) -> String {
 #[derive(Debug, Clone, Default)]
 pub struct LabelFilter {
     pub tag: Option<String>,
+    pub project: Option<String>,
     /// Only archived (`Some(true)`), only the others, or both (`None`).
     pub archived: Option<bool>,
 }
@@ -63,8 +64,15 @@ impl LabelFilter {
         let mut sql = String::new();
         let mut binds = Vec::new();
         if let Some(tag) = &self.tag {
+            sql.push_str(&format!(
+                " AND tags LIKE ${} ESCAPE '\\'",
+                first + binds.len()
+            ));
             binds.push(tag_pattern(tag));
-            sql.push_str(&format!(" AND tags LIKE ${first} ESCAPE '\\'"));
+        }
+        if let Some(project) = &self.project {
+            sql.push_str(&format!(" AND project = ${}", first + binds.len()));
+            binds.push(project.clone());
         }
         match self.archived {
             Some(true) => sql.push_str(" AND archived = 1"),
@@ -91,7 +99,8 @@ impl Store {
             .map(|t| serde_json::to_string(t).expect("strings serialise"));
         let sql = format!(
             "UPDATE {} SET name = COALESCE($2, name), tags = COALESCE($3, tags), \
-             note = COALESCE($4, note), archived = COALESCE($5, archived) WHERE id = $1",
+             note = COALESCE($4, note), archived = COALESCE($5, archived), \
+             project = COALESCE($6, project) WHERE id = $1",
             what.table()
         );
         let found = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -100,11 +109,20 @@ impl Store {
             .bind(tags)
             .bind(update.note.as_deref())
             .bind(update.archived.map(i64::from))
+            .bind(update.project.as_deref())
             .execute(&mut *tx)
             .await?
             .rows_affected();
         if found == 0 {
             return Ok(false);
+        }
+        // A sweep's runs stay in its project.
+        if let (Labelled::Sweep, Some(project)) = (what, &update.project) {
+            sqlx::query("UPDATE runs SET project = $2 WHERE sweep_id = $1")
+                .bind(id)
+                .bind(project)
+                .execute(&mut *tx)
+                .await?;
         }
         if let (Labelled::Run, Some(tags)) = (what, &update.tags) {
             sqlx::query("DELETE FROM run_tags WHERE run_id = $1")

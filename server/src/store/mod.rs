@@ -10,9 +10,10 @@ mod deletes;
 mod demos;
 mod evaluations;
 mod exports;
-mod memorization;
-mod queue;
 mod labels;
+mod memorization;
+mod projects;
+mod queue;
 mod runs;
 mod search;
 mod sweeps;
@@ -48,6 +49,8 @@ pub struct Owner {
     pub team: String,
     /// The user's id; none for a team's service token or the local CLI.
     pub user: Option<String>,
+    /// Where what it creates goes, within the team.
+    pub project: String,
 }
 
 impl Owner {
@@ -59,6 +62,7 @@ impl Owner {
         Owner {
             team: Owner::DEFAULT_TEAM.into(),
             user: None,
+            project: sslab_shared::project::DEFAULT_PROJECT.into(),
         }
     }
 

@@ -16,7 +16,7 @@ pub struct Claim {
 
 pub(super) const RUN_COLUMNS: &str = "id, name, status, method, backbone, spec, created_at, started_at, \
     finished_at, error, step, total_steps, epoch, last_loss, knn_backbone, cancel_requested, sweep_id, \
-    team_id, created_by, tags, note, archived";
+    team_id, created_by, project, tags, note, archived";
 
 pub(super) fn run_from_row(row: &AnyRow) -> Result<Run> {
     let status: String = row.try_get("status")?;
@@ -44,6 +44,7 @@ pub(super) fn run_from_row(row: &AnyRow) -> Result<Run> {
         sweep_id: row.try_get("sweep_id")?,
         team: row.try_get("team_id")?,
         created_by: row.try_get("created_by")?,
+        project: row.try_get("project")?,
         tags,
         note,
         archived,
@@ -62,6 +63,8 @@ pub struct RunFilter {
     pub name_contains: Option<String>,
     /// Runs with this tag.
     pub tag: Option<String>,
+    /// Runs of this project.
+    pub project: Option<String>,
     /// Only archived runs (`Some(true)`), only the others (`Some(false)`),
     /// or both.
     pub archived: Option<bool>,
@@ -131,8 +134,8 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO runs (id, name, status, method, backbone, spec, created_at, total_steps, \
-             idempotency_key, team_id, created_by, requires) \
-             VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+             idempotency_key, team_id, created_by, requires, project) \
+             VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(&id)
         .bind(&name)
@@ -145,6 +148,7 @@ impl Store {
         .bind(&owner.team)
         .bind(owner.user.as_deref())
         .bind(requires(spec))
+        .bind(&owner.project)
         .execute(&mut *tx)
         .await;
         match inserted {
@@ -212,6 +216,9 @@ impl Store {
             clauses.push_str(&format!(" AND {clause} ${}{tail}", binds.len() + 3));
         };
         add("team_id =", filter.team.clone(), "");
+        if let Some(project) = &filter.project {
+            add("project =", project.clone(), "");
+        }
         if let Some(s) = filter.status {
             add("status =", s.as_str().to_string(), "");
         }

@@ -12,7 +12,7 @@ use super::runs::{default_run_name, new_id, parse_page_token};
 use super::{LabelFilter, Owner, Result, Store, StoreError, now_ms};
 
 const SWEEP_COLUMNS: &str =
-    "id, name, spec, created_at, run_count, team_id, created_by, tags, note, archived";
+    "id, name, spec, created_at, run_count, team_id, created_by, project, tags, note, archived";
 
 impl Store {
     /// Stores the sweep and all its runs in one transaction; with an
@@ -43,8 +43,8 @@ impl Store {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
-            "INSERT INTO sweeps (id, name, spec, created_at, run_count, idempotency_key, team_id, created_by) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO sweeps (id, name, spec, created_at, run_count, idempotency_key, team_id, created_by, project) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(&id)
         .bind(&name)
@@ -54,6 +54,7 @@ impl Store {
         .bind(idempotency_key)
         .bind(&owner.team)
         .bind(owner.user.as_deref())
+        .bind(&owner.project)
         .execute(&mut *tx)
         .await;
         if let Err(e) = inserted {
@@ -78,8 +79,8 @@ impl Store {
             // expansion order.
             sqlx::query(
                 "INSERT INTO runs (id, name, status, method, backbone, spec, created_at, total_steps, \
-                 sweep_id, sweep_point, team_id, created_by, requires) \
-                 VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                 sweep_id, sweep_point, team_id, created_by, requires, project) \
+                 VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
             )
             .bind(&run_id)
             .bind(default_run_name(&point.spec, &run_id))
@@ -93,6 +94,7 @@ impl Store {
             .bind(&owner.team)
             .bind(owner.user.as_deref())
             .bind(super::runs::requires(&point.spec))
+            .bind(&owner.project)
             .execute(&mut *tx)
             .await?;
         }
@@ -129,6 +131,7 @@ impl Store {
             counts,
             team: row.try_get("team_id")?,
             created_by: row.try_get("created_by")?,
+            project: row.try_get("project")?,
             tags,
             note,
             archived,

@@ -135,6 +135,32 @@ impl Browser {
         .await;
     }
 
+    /// Picks `value` in the `<select>` at `css`, as a visitor would, once
+    /// the select offers it (options may arrive with a request).
+    pub async fn choose(&self, css: &str, value: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let el = self.wait_find(css).await;
+            let done = self
+                .cmd(
+                    reqwest::Method::POST,
+                    "/execute/sync",
+                    json!({
+                        "script": "const s = arguments[0]; \
+                                   if (![...s.options].some(o => o.value === arguments[1])) return false; \
+                                   s.value = arguments[1]; s.dispatchEvent(new Event('change', {bubbles: true})); return true;",
+                        "args": [{"element-6066-11e4-a52e-4f735466cecf": el}, value],
+                    }),
+                )
+                .await;
+            if done == json!(true) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "`{css}` never offered `{value}`");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Picks a local file in an `<input type=file>`.
     pub async fn choose_file(&self, css: &str, path: &std::path::Path) {
         let el = self.wait_find(css).await;

@@ -6,6 +6,7 @@
 mod augment;
 mod data;
 mod eval;
+pub mod help;
 mod method;
 mod model;
 mod optim;
