@@ -208,7 +208,11 @@ pub fn query_value(text: &str) -> String {
 
 /// Queues `spec` in `project` of the team.
 pub async fn create_run(spec: &RunSpec, project: &str) -> Result<Run, ApiFailure> {
-    post(&format!("/runs?project={}", query_value(project)), Some(spec)).await
+    post(
+        &format!("/runs?project={}", query_value(project)),
+        Some(spec),
+    )
+    .await
 }
 
 pub async fn cancel_run(id: &str) -> Result<Run, ApiFailure> {

@@ -97,7 +97,9 @@ pub fn BulkBar(picked: RwSignal<Vec<String>>, done: Callback<()>) -> impl IntoVi
             done.run(());
         });
     };
-    let controls = move || (!picked.with(Vec::is_empty)).then(|| view! {
+    let controls =
+        move || {
+            (!picked.with(Vec::is_empty)).then(|| view! {
         <div class="bar bulk" id="bulk">
             <span>{move || format!("{} selected:", picked.with(Vec::len))}</span>
             <input id="bulk-tag" placeholder="tag…" prop:value=move || tag.get()
@@ -114,7 +116,8 @@ pub fn BulkBar(picked: RwSignal<Vec<String>>, done: Callback<()>) -> impl IntoVi
             <button class="secondary danger" id="bulk-delete" disabled=move || busy.get()
                 on:click=move |_| confirming.set(true)>"Delete"</button>
         </div>
-    });
+    })
+        };
     view! {
         {controls}
         {move || confirming.get().then(|| view! {
@@ -139,7 +142,11 @@ mod tests {
     fn the_report_counts_and_names_refusals() {
         assert_eq!(report(Action::Tag, 3, &[]), "3 of 3 tagged");
         assert_eq!(
-            report(Action::Delete, 2, &[("ab12".into(), "run `ab12` is running".into())]),
+            report(
+                Action::Delete,
+                2,
+                &[("ab12".into(), "run `ab12` is running".into())]
+            ),
             "1 of 2 deleted; ab12: run `ab12` is running"
         );
     }

@@ -1,12 +1,10 @@
-//! The frame every chart shares, and a small SVG line chart of the
-//! training loss.
+//! The frame the hand-drawn charts share (probes by layer, curves of the
+//! audit), and the training loss drawn by `plot`.
 
 use leptos::prelude::*;
 use sslab_shared::api::MetricPoint;
 
-const W: f64 = 640.0;
-const H: f64 = 220.0;
-const PAD: f64 = 36.0;
+use crate::plot::{Plot, PlotSpec, Series};
 
 /// How a chart outlines its plot area.
 #[derive(Clone, Copy, Default, PartialEq, Eq)]
@@ -157,42 +155,32 @@ pub fn LossChart(
     #[prop(into)]
     total_steps: Signal<i64>,
 ) -> impl IntoView {
-    let geometry = move || {
+    let spec = Signal::derive(move || {
         points.with(|pts| {
-            let total = total_steps
-                .get()
-                .max(pts.last().map(|p| p.step).unwrap_or(1))
-                .max(1) as f64;
             let (lo, hi) = pts
                 .iter()
                 .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| {
                     (lo.min(p.loss), hi.max(p.loss))
                 });
-            let span = if hi > lo { hi - lo } else { 1.0 };
-            let line = pts
-                .iter()
-                .map(|p| {
-                    let x = PAD + (p.step as f64 / total) * (W - 2.0 * PAD);
-                    let y = PAD + (1.0 - (p.loss - lo) / span) * (H - 2.0 * PAD);
-                    format!("{x:.1},{y:.1}")
-                })
-                .collect::<Vec<_>>()
-                .join(" ");
-            (line, pts.len(), lo, hi)
+            let title = if pts.is_empty() {
+                "loss: waiting for the first step".to_string()
+            } else {
+                format!("loss {hi:.3} … {lo:.3}")
+            };
+            PlotSpec {
+                id: "loss-chart".into(),
+                title,
+                x_label: "step".into(),
+                y_label: "loss".into(),
+                series: vec![Series::new(
+                    "loss",
+                    pts.iter().map(|p| (p.step as f64, p.loss)).collect(),
+                )],
+                x_span: Some((0.0, total_steps.get().max(1) as f64)),
+                smoothing: Some(0.0),
+                ..PlotSpec::default()
+            }
         })
-    };
-    let title = move || {
-        let (_, n, lo, hi) = geometry();
-        if n == 0 {
-            "loss: waiting for the first step".to_string()
-        } else {
-            format!("loss {hi:.3} … {lo:.3}")
-        }
-    };
-    view! {
-        <ChartFrame id="loss-chart" width=W height=H pad=PAD
-            data_points=Signal::derive(move || geometry().1) title=title x_label="step">
-            <polyline class="loss" points=move || geometry().0/>
-        </ChartFrame>
-    }
+    });
+    view! { <Plot spec=spec/> }
 }

@@ -98,7 +98,14 @@ impl ListFilter {
         vec![
             ("project", self.project.get()),
             ("tag", self.tag.get()),
-            ("archived", if self.all.get() { "all".into() } else { String::new() }),
+            (
+                "archived",
+                if self.all.get() {
+                    "all".into()
+                } else {
+                    String::new()
+                },
+            ),
         ]
     }
 

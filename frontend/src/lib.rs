@@ -8,6 +8,7 @@ mod confirm;
 mod labels;
 mod memorization;
 mod pages;
+mod plot;
 mod probes;
 mod projects;
 mod reevaluate;

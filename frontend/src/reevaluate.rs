@@ -93,7 +93,8 @@ pub fn Reevaluate(run: Run) -> impl IntoView {
         };
         let id = id.get_value();
         spawn_local(async move {
-            match api::post::<EvaluationJob>(&format!("/runs/{id}/evaluate"), Some(&request)).await {
+            match api::post::<EvaluationJob>(&format!("/runs/{id}/evaluate"), Some(&request)).await
+            {
                 Ok(_) => {
                     set_error.set(None);
                     set_tick.update(|t| *t += 1);
@@ -130,7 +131,11 @@ pub fn Reevaluate(run: Run) -> impl IntoView {
 #[component]
 fn JobRows(job: EvaluationJob) -> impl IntoView {
     let rows = LocalResource::new({
-        let (run, jid, done) = (job.run_id.clone(), job.id.clone(), job.status == RunStatus::Succeeded);
+        let (run, jid, done) = (
+            job.run_id.clone(),
+            job.id.clone(),
+            job.status == RunStatus::Succeeded,
+        );
         move || {
             let (run, jid) = (run.clone(), jid.clone());
             async move {

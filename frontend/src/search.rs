@@ -19,9 +19,10 @@ pub fn SearchBox() -> impl IntoView {
             return;
         }
         spawn_local(async move {
-            let found = api::get::<Vec<SearchHit>>(&format!("/search?q={}", api::query_value(q.trim())))
-                .await
-                .map_err(|e| e.message);
+            let found =
+                api::get::<Vec<SearchHit>>(&format!("/search?q={}", api::query_value(q.trim())))
+                    .await
+                    .map_err(|e| e.message);
             // A slower answer to an older query must not replace a newer one.
             if text.get_untracked() == q {
                 set_hits.set(Some(found));

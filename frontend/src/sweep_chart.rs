@@ -1,5 +1,5 @@
 //! Sweep charts: one metric against one swept axis with a line per layer
-//! (mean ± std over seeds), and parallel coordinates over every run.
+//! (mean ± std over seeds, drawn by `plot`), and parallel coordinates over every run.
 
 use leptos::prelude::*;
 use serde_json::Value;
@@ -7,12 +7,12 @@ use sslab_shared::api::{AxisAggregate, SweepRun};
 use sslab_shared::sweep::{value_label, value_number};
 
 use crate::chart::{ChartFrame, Outline};
+use crate::plot::{Plot, PlotSpec, Series};
 use crate::probes::{COLOURS, column_name, layer_depth};
 
 const W: f64 = 680.0;
 const H: f64 = 260.0;
 const PAD: f64 = 46.0;
-const LEGEND: f64 = 90.0;
 
 /// The values in first-seen order, each once.
 pub fn distinct<'a>(values: impl IntoIterator<Item = &'a Value>) -> Vec<Value> {
@@ -25,27 +25,20 @@ pub fn distinct<'a>(values: impl IntoIterator<Item = &'a Value>) -> Vec<Value> {
     out
 }
 
-/// Where each value of an axis sits, in [0, 1]: by number (log or linear)
-/// when every value has one, else evenly in first-seen order.
-pub fn positions(values: &[Value], log: bool) -> Vec<f64> {
-    let numbers: Option<Vec<f64>> = values
-        .iter()
-        .map(|v| value_number(v).filter(|x| !log || *x > 0.0))
-        .collect();
+/// Where each value of an axis sits, in [0, 1]: by number when every
+/// value has one, else evenly in first-seen order.
+pub fn positions(values: &[Value]) -> Vec<f64> {
+    let numbers: Option<Vec<f64>> = values.iter().map(value_number).collect();
     let n = values.len();
     match numbers {
         Some(xs) if n > 1 => {
-            let t: Vec<f64> = xs
-                .iter()
-                .map(|x| if log { x.log10() } else { *x })
-                .collect();
-            let (lo, hi) = t
+            let (lo, hi) = xs
                 .iter()
                 .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
                     (a.min(*x), b.max(*x))
                 });
             if hi > lo {
-                t.iter().map(|x| (x - lo) / (hi - lo)).collect()
+                xs.iter().map(|x| (x - lo) / (hi - lo)).collect()
             } else {
                 vec![0.5; n]
             }
@@ -55,33 +48,19 @@ pub fn positions(values: &[Value], log: bool) -> Vec<f64> {
     }
 }
 
-/// Whether a log scale suits these values: all positive numbers spanning
-/// a factor of 8 or more.
-pub fn suits_log(values: &[Value]) -> bool {
-    let xs: Option<Vec<f64>> = values.iter().map(value_number).collect();
-    match xs {
-        Some(xs) if xs.len() > 1 && xs.iter().all(|x| *x > 0.0) => {
-            let lo = xs.iter().cloned().fold(f64::INFINITY, f64::min);
-            let hi = xs.iter().cloned().fold(0.0, f64::max);
-            hi / lo >= 8.0
-        }
-        _ => false,
-    }
-}
-
 /// The DOM id of an axis chart: `projector.dims` → `sweep-chart-projector-dims`.
 pub fn chart_id(axis: &str) -> String {
     format!("sweep-chart-{}", axis.replace(['.', '_'], "-"))
 }
 
-/// One metric against one axis: a line per layer, a point per axis value,
-/// error bars of ± one standard deviation over the runs pooled there.
+/// One metric against one axis: a line per layer, a point per axis value
+/// (evenly spaced, in first-seen order), error bars of ± one standard
+/// deviation over the runs pooled there.
 #[component]
 pub fn AxisChart(
     axis: String,
     /// The aggregates of this axis for one (probe, metric).
     rows: Vec<AxisAggregate>,
-    log_x: bool,
     /// Shown on the y axis.
     metric_label: String,
 ) -> impl IntoView {
@@ -93,86 +72,37 @@ pub fn AxisChart(
         }
     }
     layers.sort_by_key(|l| layer_depth(l));
-    let pos = positions(&values, log_x);
-    let x = move |p: f64| PAD + 10.0 + p * (W - 2.0 * PAD - LEGEND - 20.0);
-    let (lo, hi) = rows
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), r| {
-            (a.min(r.mean - r.std), b.max(r.mean + r.std))
-        });
-    let (lo, hi) = if hi > lo {
-        let pad = (hi - lo) * 0.08;
-        (lo - pad, hi + pad)
-    } else {
-        (lo - 0.5, hi + 0.5)
-    };
-    let y = move |v: f64| PAD + (1.0 - (v - lo) / (hi - lo)) * (H - 2.0 * PAD);
-    let total_points = rows.len();
     let series = layers
         .iter()
-        .enumerate()
-        .map(|(k, layer)| {
-            let colour = COLOURS[k % COLOURS.len()];
-            let mut pts: Vec<(f64, &AxisAggregate)> = rows
+        .map(|layer| {
+            let mut cells: Vec<(f64, f64, f64)> = rows
                 .iter()
                 .filter(|r| &r.layer == layer)
                 .filter_map(|r| {
                     let i = values.iter().position(|v| *v == r.value)?;
-                    Some((pos[i], r))
+                    Some((i as f64, r.mean, r.std))
                 })
                 .collect();
-            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-            let line = pts
-                .iter()
-                .map(|(p, r)| format!("{:.1},{:.1}", x(*p), y(r.mean)))
-                .collect::<Vec<_>>()
-                .join(" ");
-            let marks = pts
-                .iter()
-                .map(|(p, r)| {
-                    let title = format!(
-                        "{layer} at {} = {}: {:.4} ± {:.4} (n = {})",
-                        axis,
-                        value_label(&r.value),
-                        r.mean,
-                        r.std,
-                        r.n
-                    );
-                    view! {
-                        <line class="errbar" x1=x(*p) x2=x(*p) y1=y(r.mean - r.std) y2=y(r.mean + r.std) stroke=colour/>
-                        <circle class="pt" cx=x(*p) cy=y(r.mean) r="4" fill=colour
-                            data-layer=layer.clone() data-value=value_label(&r.value) data-mean=r.mean.to_string()>
-                            <title>{title}</title>
-                        </circle>
-                    }
-                })
-                .collect_view();
-            view! {
-                <g class="series" data-layer=layer.clone()>
-                    <polyline points=line stroke=colour fill="none" stroke-width="2"/>
-                    {marks}
-                    <text x=W - PAD - LEGEND + 12.0 y=PAD + 14.0 * k as f64 class="legend" fill=colour>{layer.clone()}</text>
-                </g>
+            cells.sort_by(|a, b| a.0.total_cmp(&b.0));
+            Series {
+                name: layer.clone(),
+                points: cells.iter().map(|c| (c.0, c.1)).collect(),
+                spread: cells.iter().map(|c| c.2).collect(),
             }
         })
-        .collect_view();
-    let y_ticks = [lo, (lo + hi) / 2.0, hi]
-        .into_iter()
-        .map(|v| (y(v), format!("{v:.3}")))
-        .collect::<Vec<_>>();
-    let x_ticks = values
-        .iter()
-        .zip(&pos)
-        .map(|(v, p)| (x(*p), value_label(v)))
-        .collect::<Vec<_>>();
-    let scale = if log_x { " (log scale)" } else { "" };
-    view! {
-        <ChartFrame id=chart_id(&axis) class="sweep-chart" width=W height=H pad=PAD legend=LEGEND
-            data_points=total_points data_layers=layers.len() y_ticks=y_ticks x_ticks=x_ticks
-            title=format!("{metric_label} against {axis}{scale}, mean ± std") title_gap=10.0>
-            {series}
-        </ChartFrame>
-    }
+        .collect();
+    let spec = PlotSpec {
+        id: chart_id(&axis),
+        title: format!("{metric_label} against {axis}, mean ± std over seeds"),
+        x_label: axis.clone(),
+        y_label: metric_label,
+        series,
+        categories: Some(values.iter().map(value_label).collect()),
+        marks: true,
+        height: 280,
+        ..PlotSpec::default()
+    };
+    view! { <Plot spec=spec/> }
 }
 
 /// Every succeeded run as a line across the swept axes, the seed, and the
@@ -228,7 +158,7 @@ pub fn ParallelCoordinates(
         .iter()
         .map(|(_, vals)| {
             let seen = distinct(vals.iter().flatten());
-            let pos = positions(&seen, false);
+            let pos = positions(&seen);
             vals.iter()
                 .map(|v| {
                     let v = v.as_ref()?;

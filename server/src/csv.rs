@@ -33,8 +33,7 @@ pub fn evaluations(run_id: &str, rows: &[Evaluation]) -> String {
 /// One row per step of a run; missing readings are empty cells.
 pub fn metrics(points: &[MetricPoint]) -> String {
     let opt = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
-    let mut out =
-        String::from("step,epoch,loss,lr,images_per_sec,data_wait,online_probe_acc\n");
+    let mut out = String::from("step,epoch,loss,lr,images_per_sec,data_wait,online_probe_acc\n");
     for m in points {
         out.push_str(&format!(
             "{},{},{},{},{},{},{}\n",

@@ -69,6 +69,12 @@ mod tests {
         assert_eq!(kind("sweep-projector-tiny"), "sweep");
         assert_eq!(kind("dejavu-tiny"), "audit");
         let simclr = all.iter().find(|r| r.name == "simclr-tiny").unwrap();
-        assert!(simclr.description.starts_with("SimCLR on the built-in scenes"), "{}", simclr.description);
+        assert!(
+            simclr
+                .description
+                .starts_with("SimCLR on the built-in scenes"),
+            "{}",
+            simclr.description
+        );
     }
 }

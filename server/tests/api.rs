@@ -8,12 +8,12 @@ use std::time::Duration;
 use common::*;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use sslab_shared::labels::{SearchHit, SearchKind};
-use sslab_shared::project::Project;
 use sslab_shared::api::{
     ErrorBody, Evaluation, MemorizationPoint, MetricPoint, Page, Run, RunFile, RunStatus, Sweep,
     SystemSample,
 };
+use sslab_shared::labels::{SearchHit, SearchKind};
+use sslab_shared::project::Project;
 
 /// create → run → done; metrics, memorization readings, evaluations,
 /// checkpoint, pagination.
@@ -70,7 +70,11 @@ async fn lifecycle(server: &Server) {
             && s.gpu_util.is_none()),
         "{system:?}"
     );
-    assert_eq!(system.last().unwrap().step, 6, "the last sample is taken at the end");
+    assert_eq!(
+        system.last().unwrap().step,
+        6,
+        "the last sample is taken at the end"
+    );
     let evals: Vec<Evaluation> = get_json(
         &client,
         server.url(&format!("/runs/{}/evaluations", run.id)),
@@ -156,9 +160,18 @@ async fn files(server: &Server, run: &Run) {
         ]
     );
     for f in &files {
-        let resp = client.get(format!("{}{}", server.base, f.url)).send().await.unwrap();
+        let resp = client
+            .get(format!("{}{}", server.base, f.url))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 200, "{}", f.url);
-        assert_eq!(resp.bytes().await.unwrap().len() as u64, f.bytes, "{}", f.name);
+        assert_eq!(
+            resp.bytes().await.unwrap().len() as u64,
+            f.bytes,
+            "{}",
+            f.name
+        );
     }
     let toml = client
         .get(server.url(&format!("/runs/{id}/spec.toml")))
@@ -605,14 +618,23 @@ async fn labels_and_delete(server: &Server, data_dir: &std::path::Path) {
         search(a.id[..8].to_string()).await,
         [(a.id.clone(), "id".to_string(), true)]
     );
-    patch(&c.id, json!({"name": "the needle run"})).await.unwrap();
+    patch(&c.id, json!({"name": "the needle run"}))
+        .await
+        .unwrap();
     assert_eq!(
         search("EEDLE%20r".into()).await,
         [(c.id.clone(), "name".to_string(), false)]
     );
-    assert!(search("lr%25".into()).await.is_empty(), "% is taken literally");
+    assert!(
+        search("lr%25".into()).await.is_empty(),
+        "% is taken literally"
+    );
     for bad in ["", "%20", "x&limit=0", "x&limit=51"] {
-        let r = client.get(server.url(&format!("/search?q={bad}"))).send().await.unwrap();
+        let r = client
+            .get(server.url(&format!("/search?q={bad}")))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 400, "q={bad}");
     }
     let bad = client
@@ -689,7 +711,10 @@ async fn projects(server: &Server) {
     for (body, field) in [
         (json!({"name": "width study"}), "name"),
         (json!({"name": ""}), "name"),
-        (json!({"name": "w", "description": "d".repeat(2001)}), "description"),
+        (
+            json!({"name": "w", "description": "d".repeat(2001)}),
+            "description",
+        ),
         (json!({"name": "w", "colour": "red"}), "colour"),
     ] {
         let r = post(body).await.unwrap();
@@ -697,10 +722,16 @@ async fn projects(server: &Server) {
         let e: ErrorBody = r.json().await.unwrap();
         assert_eq!(e.error.field.as_deref(), Some(field), "{}", e.error.message);
     }
-    let r = post(json!({"name": "width", "description": "last-block width"})).await.unwrap();
+    let r = post(json!({"name": "width", "description": "last-block width"}))
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201);
     for taken in ["width", "default"] {
-        assert_eq!(post(json!({"name": taken})).await.unwrap().status(), 409, "{taken}");
+        assert_eq!(
+            post(json!({"name": taken})).await.unwrap().status(),
+            409,
+            "{taken}"
+        );
     }
 
     let r = client
@@ -723,7 +754,8 @@ async fn projects(server: &Server) {
         .await
         .unwrap();
     assert_eq!(run.project, "width");
-    let list = |query: String| get_json::<Page<Run>>(&client, server.url(&format!("/runs?{query}")));
+    let list =
+        |query: String| get_json::<Page<Run>>(&client, server.url(&format!("/runs?{query}")));
     let ids = |p: Page<Run>| p.items.into_iter().map(|r| r.id).collect::<Vec<_>>();
     assert_eq!(ids(list("project=width".into()).await), [run.id.clone()]);
     assert!(!ids(list("project=default&page_size=500".into()).await).contains(&run.id));
@@ -738,35 +770,67 @@ async fn projects(server: &Server) {
         .await
         .unwrap();
     assert_eq!(sweep.project, "width");
-    let sweeps = |query: &str| get_json::<Page<Sweep>>(&client, server.url(&format!("/sweeps?{query}")));
+    let sweeps =
+        |query: &str| get_json::<Page<Sweep>>(&client, server.url(&format!("/sweeps?{query}")));
     assert_eq!(sweeps("project=width").await.items.len(), 1);
-    assert_eq!(list(format!("sweep={}&project=width", sweep.id)).await.items.len(), 2);
-    let counts = projects().await.into_iter().find(|p| p.name == "width").unwrap();
+    assert_eq!(
+        list(format!("sweep={}&project=width", sweep.id))
+            .await
+            .items
+            .len(),
+        2
+    );
+    let counts = projects()
+        .await
+        .into_iter()
+        .find(|p| p.name == "width")
+        .unwrap();
     assert_eq!((counts.runs, counts.sweeps, counts.audits), (3, 1, 0));
     assert_eq!(counts.description, "last-block width");
     assert!(
-        get_json::<Vec<Value>>(&client, server.url("/audits?project=width")).await.is_empty()
+        get_json::<Vec<Value>>(&client, server.url("/audits?project=width"))
+            .await
+            .is_empty()
     );
 
     // A sweep moves with its runs; a move to a project that does not exist is refused.
     let patch = |path: String, body: Value| client.patch(server.url(&path)).json(&body).send();
-    let r = patch(format!("/sweeps/{}", sweep.id), json!({"project": "gone"})).await.unwrap();
+    let r = patch(format!("/sweeps/{}", sweep.id), json!({"project": "gone"}))
+        .await
+        .unwrap();
     assert_eq!(r.status(), 422);
-    let r = patch(format!("/sweeps/{}", sweep.id), json!({"project": "default"})).await.unwrap();
+    let r = patch(
+        format!("/sweeps/{}", sweep.id),
+        json!({"project": "default"}),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status(), 200);
     assert!(sweeps("project=width").await.items.is_empty());
-    assert_eq!(list(format!("sweep={}&project=default", sweep.id)).await.items.len(), 2);
+    assert_eq!(
+        list(format!("sweep={}&project=default", sweep.id))
+            .await
+            .items
+            .len(),
+        2
+    );
 
     let remove = || client.delete(server.url("/projects/width")).send();
     let r = remove().await.unwrap();
     assert_eq!(r.status(), 409);
     let e: ErrorBody = r.json().await.unwrap();
     assert!(e.error.message.contains("1 run"), "{}", e.error.message);
-    patch(format!("/runs/{}", run.id), json!({"project": "default"})).await.unwrap();
+    patch(format!("/runs/{}", run.id), json!({"project": "default"}))
+        .await
+        .unwrap();
     assert_eq!(remove().await.unwrap().status(), 204);
     assert_eq!(remove().await.unwrap().status(), 404);
     assert!(!names(projects().await).contains(&"width".to_string()));
-    let r = client.delete(server.url("/projects/default")).send().await.unwrap();
+    let r = client
+        .delete(server.url("/projects/default"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 409);
 }
 

@@ -239,7 +239,10 @@ async fn audits_api(server: &Server) {
         .unwrap();
     assert_eq!(r.status(), 200);
     let labelled: Audit = r.json().await.unwrap();
-    assert_eq!((labelled.tags.as_slice(), labelled.archived), (&["dejavu".to_string()][..], true));
+    assert_eq!(
+        (labelled.tags.as_slice(), labelled.archived),
+        (&["dejavu".to_string()][..], true)
+    );
     let listed = |q: &'static str| {
         let client = &client;
         async move {
@@ -250,7 +253,10 @@ async fn audits_api(server: &Server) {
                 .collect::<Vec<_>>()
         }
     };
-    assert!(!listed("").await.contains(&id), "archived audits are hidden");
+    assert!(
+        !listed("").await.contains(&id),
+        "archived audits are hidden"
+    );
     assert!(listed("?tag=dejavu&archived=all").await.contains(&id));
     assert!(listed("?tag=other&archived=all").await.is_empty());
     let r = patch(json!({"note": "n".repeat(20_001)})).await.unwrap();

@@ -84,6 +84,7 @@ struct Objects {
     export: String,
     cka: String,
     worker: String,
+    project: String,
 }
 
 impl Objects {
@@ -109,6 +110,7 @@ impl Objects {
                 ("exports", "{id}") => &self.export,
                 ("cka", "{id}") => &self.cka,
                 ("workers", "{id}") => &self.worker,
+                ("projects", "{name}") => &self.project,
                 ("files", "{file}") => "checkpoint.safetensors",
                 ("files", "{sha256}") => &self.demo_file,
                 (before, param) => panic!(
@@ -120,8 +122,9 @@ impl Objects {
         out.join("/")
     }
 
-    fn ids(&self) -> [&str; 10] {
+    fn ids(&self) -> [&str; 11] {
         [
+            &self.project,
             &self.worker,
             &self.cka,
             &self.demo,
@@ -312,6 +315,7 @@ async fn authorization(server: &Server, url: Option<&str>) {
         &json!({"host": "a", "device": "cpu", "slots": 1, "version": env!("CARGO_PKG_VERSION")}),
     )
     .await;
+    let project = post_json(&a, server.url("/projects"), &json!({"name": "vision-a-only"})).await;
     let tokens: Vec<Value> = get_json(&a, server.url("/tokens")).await;
     let members: Vec<Value> = get_json(&a, server.url("/members")).await;
     let objects = Objects {
@@ -341,15 +345,26 @@ async fn authorization(server: &Server, url: Option<&str>) {
             .as_str()
             .unwrap_or_else(|| panic!("{worker}"))
             .into(),
+        project: project["name"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{project}"))
+            .into(),
     };
 
     // Search finds another team's objects by no id or name.
     for q in [objects.run.as_str(), &objects.sweep, &objects.audit, "pets"] {
         let url = format!("{}/api/v1/search?q={q}", server.base);
         let (status, body) = send(&b, Method::GET, &url).await;
-        assert_eq!((status, body.as_str()), (StatusCode::OK, "[]"), "team B searches {q}");
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::OK, "[]"),
+            "team B searches {q}"
+        );
         let (status, body) = send(&viewer, Method::GET, &url).await;
-        assert!(status == StatusCode::OK && body.contains(q), "team A searches {q}: {body}");
+        assert!(
+            status == StatusCode::OK && body.contains(q),
+            "team A searches {q}: {body}"
+        );
     }
 
     // Every route of the router, as the binary itself lists them.

@@ -120,6 +120,51 @@ async fn launch_watch_and_read_a_run_in_chromium() {
         "the chart never showed a partial run: {seen:?}"
     );
 
+    // The loss chart reads out the point under the mouse, switches to a log
+    // scale and zooms to a dragged span; a double-click resets the zoom.
+    let mouse = |kind: &str, at: f64| {
+        format!(
+            "const a = document.querySelector('#loss-chart .plot-area'), r = a.getBoundingClientRect(); \
+             a.dispatchEvent(new MouseEvent('{kind}', {{bubbles: true, clientX: r.left + {at} * r.width, clientY: r.top + r.height / 2}}));"
+        )
+    };
+    browser.script(&mouse("mousemove", 0.5)).await;
+    let readout = wait_script(
+        &browser,
+        "const t = document.querySelector('#loss-chart .plot-readout').textContent; return t.startsWith('step') ? t : null",
+        10,
+    )
+    .await;
+    assert!(readout.as_str().unwrap().contains("loss "), "{readout}");
+    browser.click("#loss-chart .plot-log").await;
+    wait_script(
+        &browser,
+        "return document.querySelector('#loss-chart').dataset.log === 'true'",
+        10,
+    )
+    .await;
+    let full = browser
+        .script("return document.querySelector('#loss-chart').dataset.xRange")
+        .await;
+    browser.script(&mouse("mousedown", 0.4)).await;
+    browser.script(&mouse("mousemove", 0.7)).await;
+    browser.script(&mouse("mouseup", 0.7)).await;
+    let zoomed = wait_script(
+        &browser,
+        "const r = document.querySelector('#loss-chart').dataset.xRange.split(',').map(Number); \
+         return r[0] > 0 && r[1] < 60 ? r : null",
+        10,
+    )
+    .await;
+    assert!(zoomed[1].as_f64() > zoomed[0].as_f64(), "{zoomed}");
+    browser.script(&mouse("dblclick", 0.5)).await;
+    wait_script(
+        &browser,
+        &format!("return document.querySelector('#loss-chart').dataset.xRange === {full}"),
+        10,
+    )
+    .await;
+
     // The layer × probe table: one row per layer, kNN first.
     let header = browser.script(
         "return Array.from(document.querySelectorAll('#probe-table thead th')).map(c => c.textContent)",
@@ -268,9 +313,7 @@ async fn launch_watch_and_read_a_run_in_chromium() {
     browser.wait_find("#tag-input").await;
     browser.set_field("#tag-input", "baseline").await;
     browser.click("#tag-add").await;
-    browser
-        .wait_find("#labels .tag[data-tag='baseline']")
-        .await;
+    browser.wait_find("#labels .tag[data-tag='baseline']").await;
     browser.click("#note-edit").await;
     browser.wait_find("#note-input").await;
     browser
@@ -302,7 +345,11 @@ async fn launch_watch_and_read_a_run_in_chromium() {
     let got = system.as_array().unwrap();
     assert_eq!(got[0..2], [json!(true), json!(true)], "{system}");
     assert!(got[2].as_u64().unwrap() >= 2, "{system}");
-    assert_eq!(got[3..5], [json!(true), json!(false)], "no GPU here: {system}");
+    assert_eq!(
+        got[3..5],
+        [json!(true), json!(false)],
+        "no GPU here: {system}"
+    );
 
     // Its files, with sizes and links; and a re-evaluation with another
     // plan, refused first for a probe that does not exist.
@@ -318,7 +365,9 @@ async fn launch_watch_and_read_a_run_in_chromium() {
     assert_eq!(files.len(), 6, "{files:?}");
     assert_eq!(files[0], json!(["safetensors", true, true]), "{files:?}");
     browser.click("#reevaluate summary").await;
-    browser.set_field("#eval-plan", "[eval]\nprobes = [\"nope\"]").await;
+    browser
+        .set_field("#eval-plan", "[eval]\nprobes = [\"nope\"]")
+        .await;
     browser.click("#eval-submit").await;
     let refused = wait_script(
         &browser,
@@ -328,7 +377,10 @@ async fn launch_watch_and_read_a_run_in_chromium() {
     .await;
     assert!(refused.as_str().unwrap().contains("probes"), "{refused}");
     browser
-        .set_field("#eval-plan", "[eval]\nprobes = [\"knn\"]\nlayers = [\"backbone\"]")
+        .set_field(
+            "#eval-plan",
+            "[eval]\nprobes = [\"knn\"]\nlayers = [\"backbone\"]",
+        )
         .await;
     browser.click("#eval-submit").await;
     let job = wait_script(
@@ -354,7 +406,9 @@ async fn launch_watch_and_read_a_run_in_chromium() {
     )
     .await;
     assert_eq!(opened, json!(true));
-    browser.set_field("#search-input", "no-such-thing-anywhere").await;
+    browser
+        .set_field("#search-input", "no-such-thing-anywhere")
+        .await;
     browser.wait_find("#search-none").await;
     browser
         .goto(&format!("{}/runs?tag=baseline", server.base))
@@ -440,9 +494,13 @@ async fn projects_recipes_and_bulk_actions_in_chromium() {
     browser.click("#project-create").await;
     assert!(text("#project-error").await.contains("letters, digits"));
     browser.set_field("#project-name", "width").await;
-    browser.set_field("#project-description", "last-block width").await;
+    browser
+        .set_field("#project-description", "last-block width")
+        .await;
     browser.click("#project-create").await;
-    browser.wait_find("#projects-table tr[data-project='width']").await;
+    browser
+        .wait_find("#projects-table tr[data-project='width']")
+        .await;
 
     browser
         .goto(&format!("{}/runs/new?project=width", server.base))
@@ -484,13 +542,25 @@ async fn projects_recipes_and_bulk_actions_in_chromium() {
     browser.click("#launch").await;
     browser.wait_find("#loss-chart").await;
     let path = browser.script("return location.pathname").await;
-    let run_id = path.as_str().unwrap().rsplit('/').next().unwrap().to_string();
+    let run_id = path
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
     let run = get_run(&client, &server, &run_id).await;
     assert_eq!(run.project, "width");
     assert_eq!(run.name, "wide-run");
     let spec = serde_json::to_value(&run.spec).unwrap();
-    assert_eq!(spec["method"], json!({"name": "simclr", "temperature": 0.3, "negatives": "all"}));
-    assert_eq!(spec["subset"], json!({"kind": "per_class", "per_class": 30, "seed": 0}));
+    assert_eq!(
+        spec["method"],
+        json!({"name": "simclr", "temperature": 0.3, "negatives": "all"})
+    );
+    assert_eq!(
+        spec["subset"],
+        json!({"kind": "per_class", "per_class": 30, "seed": 0})
+    );
 
     // Found by its project; the address keeps the filter.
     browser.goto(&format!("{}/runs", server.base)).await;
@@ -510,13 +580,19 @@ async fn projects_recipes_and_bulk_actions_in_chromium() {
     browser.click("#bulk-tag-add").await;
     assert_eq!(text("#bulk-result").await, "1 of 1 tagged");
     assert_eq!(get_run(&client, &server, &run_id).await.tags, ["wide"]);
-    browser.goto(&format!("{}/runs?tag=wide", server.base)).await;
-    browser.wait_find(&format!(".pick[data-run='{run_id}']")).await;
+    browser
+        .goto(&format!("{}/runs?tag=wide", server.base))
+        .await;
+    browser
+        .wait_find(&format!(".pick[data-run='{run_id}']"))
+        .await;
 
     // Cloned from its page: the form holds its settings, in its project.
     let done = wait_terminal(&client, &server, &run_id).await;
     assert_succeeded(&done);
-    browser.goto(&format!("{}/runs/{run_id}", server.base)).await;
+    browser
+        .goto(&format!("{}/runs/{run_id}", server.base))
+        .await;
     browser.click("#clone-run").await;
     let clone = wait_script(
         &browser,
@@ -530,7 +606,9 @@ async fn projects_recipes_and_bulk_actions_in_chromium() {
     assert_eq!(clone, json!(["0.3", "width", "30"]));
 
     // Annotated and moved from its page.
-    browser.goto(&format!("{}/runs/{run_id}", server.base)).await;
+    browser
+        .goto(&format!("{}/runs/{run_id}", server.base))
+        .await;
     browser.click("#note-edit").await;
     browser.set_field("#note-input", "Width **32**").await;
     browser.click("#note-save").await;
@@ -543,7 +621,9 @@ async fn projects_recipes_and_bulk_actions_in_chromium() {
     }
 
     // Deleted in bulk after the confirmation; then the empty project.
-    browser.goto(&format!("{}/runs?project=default", server.base)).await;
+    browser
+        .goto(&format!("{}/runs?project=default", server.base))
+        .await;
     browser.click(&format!(".pick[data-run='{run_id}']")).await;
     browser.click("#bulk-delete").await;
     browser.wait_find("#bulk-delete-confirm").await;
@@ -676,14 +756,17 @@ async fn sweep_from_a_run_page_in_chromium() {
         r#"const c = document.querySelector('#sweep-chart-projector-dims');
            if (!c || c.getAttribute('data-points') !== '9') return null;
            const out = {};
-           c.querySelectorAll('g.series').forEach(g => out[g.dataset.layer] = g.querySelectorAll('circle.pt').length);
-           return out;"#,
+           c.querySelectorAll('.chart-data tbody tr').forEach(r => out[r.dataset.series] = (out[r.dataset.series] || 0) + 1);
+           return [out, c.dataset.lines, c.querySelectorAll('svg polyline').length > 0];"#,
         240,
     )
     .await;
-    assert_eq!(per_layer, json!({"backbone": 3, "proj.0": 3, "proj.1": 3}));
+    assert_eq!(
+        per_layer,
+        json!([{"backbone": 3, "proj.0": 3, "proj.1": 3}, "3", true])
+    );
     let labels = browser
-        .script("return Array.from(document.querySelectorAll('#sweep-chart-projector-dims circle.pt')).filter(c => c.dataset.layer === 'backbone').map(c => c.dataset.value)")
+        .script("return Array.from(document.querySelectorAll('#sweep-chart-projector-dims .chart-data tbody tr')).filter(r => r.dataset.series === 'backbone').map(r => r.dataset.x)")
         .await;
     assert_eq!(labels, json!(["32-8", "32-16", "32-32"]));
     wait_script(

@@ -288,7 +288,10 @@ async fn sweeps(server: &Server) {
     let tagged: Sweep = r.json().await.unwrap();
     assert_eq!(
         (tagged.tags.clone(), tagged.note.as_str()),
-        (vec!["width_study".to_string(), "seeds:4".to_string()], "*flat* so far")
+        (
+            vec!["width_study".to_string(), "seeds:4".to_string()],
+            "*flat* so far"
+        )
     );
     let r = patch(json!({"tags": ["no spaces"]})).await.unwrap();
     assert_eq!(r.status(), 422);
@@ -307,7 +310,10 @@ async fn sweeps(server: &Server) {
     );
     patch(json!({"archived": true})).await.unwrap();
     assert_eq!(
-        get_json::<Page<Sweep>>(&client, server.url("/sweeps")).await.items.len(),
+        get_json::<Page<Sweep>>(&client, server.url("/sweeps"))
+            .await
+            .items
+            .len(),
         1,
         "archived sweeps are hidden"
     );

@@ -50,7 +50,10 @@ pub fn check_project_name(name: &str) -> Result<String, String> {
             n.chars().take(16).collect::<String>()
         ));
     }
-    if let Some(c) = n.chars().find(|c| !(c.is_alphanumeric() || "-_.".contains(*c))) {
+    if let Some(c) = n
+        .chars()
+        .find(|c| !(c.is_alphanumeric() || "-_.".contains(*c)))
+    {
         return Err(format!(
             "project name `{n}` has `{}`; use letters, digits and - _ . only",
             c.escape_default()
@@ -79,7 +82,11 @@ mod tests {
         assert!(check_project_name("").unwrap_err().contains("empty"));
         assert!(check_project_name("a/b").unwrap_err().contains("`/`"));
         assert!(check_project_name("<b>").unwrap_err().contains("`<`"));
-        assert!(check_project_name(&"p".repeat(41)).unwrap_err().contains("40"));
+        assert!(
+            check_project_name(&"p".repeat(41))
+                .unwrap_err()
+                .contains("40")
+        );
         assert!(check_project_description(&"d".repeat(2001)).is_err());
     }
 }

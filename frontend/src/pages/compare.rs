@@ -11,6 +11,7 @@ use sslab_shared::sweep::value_label;
 use super::status_class;
 use crate::api;
 use crate::chart::{ChartFrame, accuracy_by_layer_ticks};
+use crate::plot::{Plot, PlotSpec, Series};
 use crate::probes::{COLOURS, axes as probe_axes, column_name, value};
 
 const W: f64 = 680.0;
@@ -20,42 +21,32 @@ const PAD: f64 = 40.0;
 /// Loss against the fraction of training done, one line per run.
 #[component]
 fn OverlaidLoss(c: Comparison) -> impl IntoView {
-    let (lo, hi) = c
-        .metrics
-        .iter()
-        .flatten()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
-            (a.min(p.loss), b.max(p.loss))
-        });
-    let span = if hi > lo { hi - lo } else { 1.0 };
-    let lines = c
+    let series = c
         .runs
         .iter()
         .zip(&c.metrics)
-        .enumerate()
-        .map(|(k, (run, pts))| {
+        .map(|(run, pts)| {
             let total = run.total_steps.max(1) as f64;
-            let colour = COLOURS[k % COLOURS.len()];
-            let line = pts
-                .iter()
-                .map(|p| {
-                    let x = PAD + (p.step as f64 / total).min(1.0) * (W - 2.0 * PAD);
-                    let y = PAD + (1.0 - (p.loss - lo) / span) * (H - 2.0 * PAD);
-                    format!("{x:.1},{y:.1}")
-                })
-                .collect::<Vec<_>>()
-                .join(" ");
-            view! {
-                <polyline class="run-loss" points=line stroke=colour fill="none" stroke-width="1.8" data-points=pts.len().to_string()/>
-            }
+            Series::new(
+                run.name.clone(),
+                pts.iter()
+                    .map(|p| ((p.step as f64 / total).min(1.0), p.loss))
+                    .collect(),
+            )
         })
-        .collect_view();
-    view! {
-        <ChartFrame id="compare-loss" width=W height=H pad=PAD data_lines=c.runs.len()
-            title=format!("loss {hi:.3} … {lo:.3}") x_label="fraction of training">
-            {lines}
-        </ChartFrame>
-    }
+        .collect();
+    let spec = PlotSpec {
+        id: "compare-loss".into(),
+        title: "Loss, one line per run".into(),
+        x_label: "fraction of training".into(),
+        y_label: "loss".into(),
+        series,
+        x_span: Some((0.0, 1.0)),
+        smoothing: Some(0.0),
+        height: 280,
+        ..PlotSpec::default()
+    };
+    view! { <Plot spec=spec/> }
 }
 
 /// kNN top-1 against depth, one line per run: the guillotine curves overlaid.
@@ -95,10 +86,12 @@ fn OverlaidProbes(c: Comparison) -> impl IntoView {
 pub fn ComparePage() -> impl IntoView {
     let query = use_query_map();
     let ids = move || query.with(|q| q.get("runs").unwrap_or_default());
-    let project = RwSignal::new(query.with_untracked(|q| q.get("project")).unwrap_or_default());
-    crate::projects::keep_in_url(move || {
-        vec![("runs", ids()), ("project", project.get())]
-    });
+    let project = RwSignal::new(
+        query
+            .with_untracked(|q| q.get("project"))
+            .unwrap_or_default(),
+    );
+    crate::projects::keep_in_url(move || vec![("runs", ids()), ("project", project.get())]);
     let data = LocalResource::new(move || {
         let ids = ids();
         async move { api::get::<Comparison>(&format!("/compare?runs={}", api::query_value(&ids))).await }
@@ -114,13 +107,24 @@ pub fn ComparePage() -> impl IntoView {
     });
     let navigate = use_navigate();
     let add = move |id: String| {
-        let mut list: Vec<String> = ids().split(',').filter(|s| !s.is_empty()).map(str::to_string).collect();
+        let mut list: Vec<String> = ids()
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect();
         if !id.is_empty() && !list.contains(&id) {
             list.push(id);
         }
         let project = project.get_untracked();
-        let place = if project.is_empty() { String::new() } else { format!("&project={}", api::query_value(&project)) };
-        navigate(&format!("/compare?runs={}{place}", list.join(",")), Default::default());
+        let place = if project.is_empty() {
+            String::new()
+        } else {
+            format!("&project={}", api::query_value(&project))
+        };
+        navigate(
+            &format!("/compare?runs={}{place}", list.join(",")),
+            Default::default(),
+        );
     };
     view! {
         <h1>"Compare runs"</h1>

@@ -158,7 +158,10 @@ pub fn NewSweepPage() -> impl IntoView {
         };
         set_busy.set(true);
         let navigate = navigate.clone();
-        let url = format!("/sweeps?project={}", api::query_value(&project.get_untracked()));
+        let url = format!(
+            "/sweeps?project={}",
+            api::query_value(&project.get_untracked())
+        );
         spawn_local(async move {
             match api::post::<Sweep>(&url, Some(&spec)).await {
                 Ok(sweep) => navigate(&format!("/sweeps/{}", sweep.id), Default::default()),

@@ -157,7 +157,8 @@ pub fn RunPage() -> impl IntoView {
         let (id, ..) = sampled.get();
         spawn_local(async move {
             if let Ok(v) =
-                api::get::<Vec<sslab_shared::api::SystemSample>>(&format!("/runs/{id}/system")).await
+                api::get::<Vec<sslab_shared::api::SystemSample>>(&format!("/runs/{id}/system"))
+                    .await
             {
                 set_system.set(v);
             }
@@ -191,7 +192,10 @@ pub fn RunPage() -> impl IntoView {
     };
     let has_run = Memo::new(move |_| run.with(Option::is_some));
     let succeeded = Memo::new(move |_| {
-        run.with(|r| r.as_ref().is_some_and(|r| r.status == sslab_shared::api::RunStatus::Succeeded))
+        run.with(|r| {
+            r.as_ref()
+                .is_some_and(|r| r.status == sslab_shared::api::RunStatus::Succeeded)
+        })
     });
     // The files are listed again after each epoch and at the end.
     let files_version = Memo::new(move |_| {

@@ -14,7 +14,7 @@ use crate::api;
 use crate::confirm::DeleteButton;
 use crate::labels::{Labels, LabelsEditor, ListFilter, ListFilterBar, label_chips};
 use crate::probes::{axes as probe_axes, column_name, layer_depth};
-use crate::sweep_chart::{AxisChart, ParallelCoordinates, distinct, suits_log};
+use crate::sweep_chart::{AxisChart, ParallelCoordinates};
 
 fn counts_text(c: &StatusCounts) -> String {
     let mut parts = vec![format!("{} runs", c.total())];
@@ -231,12 +231,16 @@ pub fn SweepPage() -> impl IntoView {
     Effect::new(move |_| {
         if let Some(Ok(s)) = summary.get() {
             done.set(s.sweep.counts.is_done());
-            labels.set(Some(Labels::new(&s.sweep.project, &s.sweep.tags, &s.sweep.note, s.sweep.archived)));
+            labels.set(Some(Labels::new(
+                &s.sweep.project,
+                &s.sweep.tags,
+                &s.sweep.note,
+                s.sweep.archived,
+            )));
         }
     });
     let has_labels = Memo::new(move |_| labels.with(Option::is_some));
     let metric = RwSignal::new(("knn".to_string(), "top1".to_string()));
-    let log_x = RwSignal::new(None::<bool>);
     let (action_error, set_action_error) = signal(None::<String>);
     let act = move |what: &'static str| {
         let id = id();
@@ -256,7 +260,7 @@ pub fn SweepPage() -> impl IntoView {
         <Transition fallback=|| view! { <p>"Loading the sweep…"</p> }>
             {move || summary.get().map(|res| match res {
                 Err(e) => view! { <p class="error">{e.to_string()}</p> }.into_any(),
-                Ok(s) => render_summary(s, id(), metric, log_x, act).into_any(),
+                Ok(s) => render_summary(s, id(), metric, act).into_any(),
             })}
         </Transition>
         {move || has_labels.get().then(|| view! {
@@ -271,7 +275,6 @@ fn render_summary(
     s: SweepSummary,
     id: String,
     metric: RwSignal<(String, String)>,
-    log_x: RwSignal<Option<bool>>,
     act: impl Fn(&'static str) + Copy + Send + Sync + 'static,
 ) -> impl IntoView {
     let c = &s.sweep.counts;
@@ -307,14 +310,12 @@ fn render_summary(
                 .filter(|a| &a.axis == axis && a.probe == probe && a.metric == metric_name)
                 .cloned()
                 .collect();
-            let values = distinct(rows.iter().map(|r| &r.value));
-            let log = log_x.get().unwrap_or_else(|| suits_log(&values));
             view! {
                 <h3>{axis.clone()}</h3>
                 {if rows.is_empty() {
                     view! { <p class="meta">"No run has succeeded yet; the chart fills in as runs finish."</p> }.into_any()
                 } else {
-                    view! { <AxisChart axis=axis.clone() rows=rows log_x=log metric_label=label.clone()/> }.into_any()
+                    view! { <AxisChart axis=axis.clone() rows=rows metric_label=label.clone()/> }.into_any()
                 }}
             }
         })
@@ -325,7 +326,6 @@ fn render_summary(
         .filter(|r| r.status == sslab_shared::api::RunStatus::Succeeded)
         .cloned()
         .collect();
-    let log_checked = log_x.get().unwrap_or(false);
     view! {
         <div class="bar">
             <h1>{s.sweep.name.clone()}</h1>
@@ -360,8 +360,6 @@ fn render_summary(
                         }).collect_view()}
                     </select>
                 </label>
-                <label><input type="checkbox" id="sweep-log" prop:checked=log_checked
-                    on:change=move |ev| log_x.set(Some(event_target_checked(&ev)))/>" log x"</label>
                 <a href=format!("/api/v1/sweeps/{id}/summary?format=csv") id="sweep-export-csv">"CSV"</a>
                 <a href=format!("/api/v1/sweeps/{id}/summary") id="sweep-export-json">"JSON"</a>
                 <a href=format!("/?sweep={id}")>"Runs"</a>

@@ -53,7 +53,9 @@ pub(super) fn label_filter(
 ) -> ApiResult<LabelFilter> {
     Ok(LabelFilter {
         tag: tag.map(|t| t.trim().to_string()).filter(|t| !t.is_empty()),
-        project: project.map(|t| t.trim().to_string()).filter(|t| !t.is_empty()),
+        project: project
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty()),
         archived: archived_filter(archived)?,
     })
 }

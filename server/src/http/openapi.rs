@@ -8,8 +8,8 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    accounts, audits, cka, datasets, deletes, demos, events, exports, labels, projects, recipes, run_files, runs, search, sweeps,
-    workers,
+    accounts, audits, cka, datasets, deletes, demos, events, exports, labels, projects, recipes,
+    run_files, runs, search, sweeps, workers,
 };
 
 #[derive(OpenApi)]

@@ -43,11 +43,7 @@ pub(super) async fn existing(state: &AppState, p: &Principal, asked: &str) -> Ap
 }
 
 /// Who owns what `p` creates, and in which project.
-pub(super) async fn owner_in(
-    state: &AppState,
-    p: &Principal,
-    q: &CreateQuery,
-) -> ApiResult<Owner> {
+pub(super) async fn owner_in(state: &AppState, p: &Principal, q: &CreateQuery) -> ApiResult<Owner> {
     let mut o = owner(p);
     if let Some(asked) = q.project.as_deref().filter(|s| !s.trim().is_empty()) {
         o.project = existing(state, p, asked).await?;
@@ -64,7 +60,10 @@ pub(super) async fn owner_in(
     tag = "projects",
     responses((status = 200, description = "OK", body = Vec<sslab_shared::project::Project>), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
 )]
-pub(super) async fn list(State(state): State<AppState>, p: Principal) -> ApiResult<Json<Vec<Project>>> {
+pub(super) async fn list(
+    State(state): State<AppState>,
+    p: Principal,
+) -> ApiResult<Json<Vec<Project>>> {
     Ok(Json(state.store.list_projects(p.team()).await?))
 }
 
@@ -81,7 +80,8 @@ pub(super) async fn create(
     p: Principal,
     JsonText(body): JsonText,
 ) -> ApiResult<Response> {
-    let mut new: NewProject = sslab_shared::error::from_json(&body).map_err(ApiError::InvalidSpec)?;
+    let mut new: NewProject =
+        sslab_shared::error::from_json(&body).map_err(ApiError::InvalidSpec)?;
     new.name = check_project_name(&new.name).map_err(|e| invalid("name", e))?;
     check_project_description(&new.description).map_err(|e| invalid("description", e))?;
     let created = state
@@ -110,7 +110,9 @@ pub(super) async fn remove(
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
     if name == DEFAULT_PROJECT {
-        return Err(ApiError::Conflict("the `default` project cannot be deleted".into()));
+        return Err(ApiError::Conflict(
+            "the `default` project cannot be deleted".into(),
+        ));
     }
     let project = state
         .store

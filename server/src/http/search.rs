@@ -36,9 +36,7 @@ pub(super) async fn search(
 ) -> ApiResult<Json<Vec<SearchHit>>> {
     let text = q.q.trim();
     if text.is_empty() || text.chars().count() > 100 {
-        return Err(ApiError::BadRequest(
-            "q must be 1 to 100 characters".into(),
-        ));
+        return Err(ApiError::BadRequest("q must be 1 to 100 characters".into()));
     }
     let limit = q.limit.unwrap_or(10);
     if !(1..=50).contains(&limit) {

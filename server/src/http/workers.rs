@@ -350,10 +350,7 @@ async fn metrics(
             format!("steps count from 1, not {}", bad.step),
         )));
     }
-    let ok = state
-        .store
-        .add_metrics(&lease, &batch)
-        .await?;
+    let ok = state.store.add_metrics(&lease, &batch).await?;
     stored(ok, &id)
 }
 

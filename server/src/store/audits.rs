@@ -99,7 +99,9 @@ impl Store {
         let sql = format!(
             "SELECT {COLUMNS} FROM audits WHERE team_id = $2{clauses} ORDER BY created_at DESC, id DESC LIMIT $1"
         );
-        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(limit as i64).bind(team);
+        let mut q = sqlx::query(AssertSqlSafe(sql))
+            .bind(limit as i64)
+            .bind(team);
         for b in binds {
             q = q.bind(b);
         }

@@ -24,8 +24,8 @@ mod workers;
 pub use accounts::NewTokenRow;
 pub use cka::CkaOutcome;
 pub use deletes::Deleted;
-pub use queue::{Claimant, JobKind, LOCAL_PREFIX, Lease};
 pub use labels::{LabelFilter, Labelled};
+pub use queue::{Claimant, JobKind, LOCAL_PREFIX, Lease};
 pub use runs::{Claim, RunFilter, SERVER_DATA, is_page_token};
 
 use sqlx::AnyPool;

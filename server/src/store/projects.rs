@@ -139,7 +139,14 @@ impl Store {
                 .await?
                 .try_get("n")?;
             if n > 0 {
-                held.push(format!("{n} {}", if n == 1 { &table[..table.len() - 1] } else { table }));
+                held.push(format!(
+                    "{n} {}",
+                    if n == 1 {
+                        &table[..table.len() - 1]
+                    } else {
+                        table
+                    }
+                ));
             }
         }
         if !held.is_empty() {

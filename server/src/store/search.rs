@@ -72,9 +72,7 @@ fn hit(kind: SearchKind, row: &AnyRow, query: &str) -> Result<SearchHit> {
     let name: String = row.try_get("name")?;
     let status = row
         .try_get::<Option<String>, _>("status")?
-        .map(|s| {
-            RunStatus::parse(&s).ok_or_else(|| StoreError::Corrupt(format!("status `{s}`")))
-        })
+        .map(|s| RunStatus::parse(&s).ok_or_else(|| StoreError::Corrupt(format!("status `{s}`"))))
         .transpose()?;
     let tags: Vec<String> = serde_json::from_str(&row.try_get::<String, _>("tags")?)
         .map_err(|e| StoreError::Corrupt(format!("stored tags do not parse: {e}")))?;
@@ -142,8 +140,11 @@ impl Store {
                 .iter()
                 .map(|r| hit(*kind, r, query))
                 .filter(|h| !matches!((h, &exact_id), (Ok(h), Some(e)) if &h.id == e));
-            let mut of_kind: Vec<SearchHit> =
-                first.into_iter().map(Ok).chain(rest).collect::<Result<_>>()?;
+            let mut of_kind: Vec<SearchHit> = first
+                .into_iter()
+                .map(Ok)
+                .chain(rest)
+                .collect::<Result<_>>()?;
             of_kind.truncate(limit);
             hits.extend(of_kind);
         }

@@ -2,8 +2,8 @@ use super::queue::MAX_ATTEMPTS;
 use super::*;
 use sslab_shared::RunSpec;
 use sslab_shared::api::{Evaluation, EvaluationRequest, MetricPoint, RunStatus, SystemSample};
-use sslab_shared::worker::MetricBatch;
 use sslab_shared::sweep::SweepSpec;
+use sslab_shared::worker::MetricBatch;
 
 async fn store() -> (Store, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -176,7 +176,10 @@ async fn lifecycle_and_pagination() {
         assert!(store.add_metrics(&w1, &batch).await.unwrap());
     }
     assert_eq!(store.metrics(&claimed.id, 0, 10).await.unwrap(), vec![m]);
-    assert_eq!(store.system_samples(&claimed.id).await.unwrap(), batch.system);
+    assert_eq!(
+        store.system_samples(&claimed.id).await.unwrap(),
+        batch.system
+    );
     assert!(store.metrics(&claimed.id, 1, 10).await.unwrap().is_empty());
     let ev = Evaluation {
         layer: "backbone".into(),
@@ -313,7 +316,10 @@ async fn sweep_runs_failures_and_requeue() {
     let again = store.run(&second.run.id).await.unwrap().unwrap();
     assert_eq!((again.status, again.error), (RunStatus::Queued, None));
     assert_eq!(store.cancel_sweep(&created.id).await.unwrap(), 1);
-    let page = store.list_sweeps("default", 10, None, &LabelFilter::default()).await.unwrap();
+    let page = store
+        .list_sweeps("default", 10, None, &LabelFilter::default())
+        .await
+        .unwrap();
     assert_eq!(page.items[0].counts.cancelled, 1);
 }
 

@@ -6,7 +6,9 @@
 pub fn method_param(method: &str, key: &str) -> Option<&'static str> {
     Some(match (method, key) {
         ("simclr", "temperature") => "softmax temperature; 0.5 at CIFAR scale, 0.1–0.2 on ImageNet",
-        ("simclr", "negatives") => "all: every other view is a negative; single: one negative per pair",
+        ("simclr", "negatives") => {
+            "all: every other view is a negative; single: one negative per pair"
+        }
         ("vicreg", "invariance") => "λ, weight of the distance between the views; 25",
         ("vicreg", "variance") => "μ, weight of the hinge on each dimension's std; 25",
         ("vicreg", "covariance") => "ν, weight of the off-diagonal covariances; 1",
@@ -14,9 +16,15 @@ pub fn method_param(method: &str, key: &str) -> Option<&'static str> {
         ("mocov3", "temperature") => "InfoNCE temperature; 0.2",
         ("swav", "temperature") => "softmax temperature of the predictions; 0.1",
         ("msn" | "pmsn", "temperature") => "anchor softmax temperature; 0.1",
-        (_, "predictor") => "predictor widths, e.g. 512-128 (the last equals the projector's output); empty: the method's default",
-        (_, "ema_base") => "target EMA rate at the start, rising to 1 along a cosine; 0.99 at CIFAR scale, 0.996 on ImageNet",
-        ("dino", "prototypes") => "output dimension K of the head; 4096 at CIFAR scale, 65536 on ImageNet",
+        (_, "predictor") => {
+            "predictor widths, e.g. 512-128 (the last equals the projector's output); empty: the method's default"
+        }
+        (_, "ema_base") => {
+            "target EMA rate at the start, rising to 1 along a cosine; 0.99 at CIFAR scale, 0.996 on ImageNet"
+        }
+        ("dino", "prototypes") => {
+            "output dimension K of the head; 4096 at CIFAR scale, 65536 on ImageNet"
+        }
         (_, "prototypes") => "number of learnable prototypes",
         ("dino", "student_temperature") => "τ_s; 0.1",
         ("dino", "teacher_temperature") => "τ_t after its warm-up; 0.04–0.07",
@@ -27,15 +35,23 @@ pub fn method_param(method: &str, key: &str) -> Option<&'static str> {
         ("swav", "epsilon") => "entropic regularisation ε of Sinkhorn-Knopp; 0.05",
         ("swav", "sinkhorn_iterations") => "Sinkhorn-Knopp iterations; 3",
         ("swav", "freeze_prototypes_epochs") => "epochs the prototypes stay fixed at the start; 1",
-        ("swav", "queue_size") => "past features kept per view for balanced codes at small batch; 0: none, 3840 at CIFAR scale",
+        ("swav", "queue_size") => {
+            "past features kept per view for balanced codes at small batch; 0: none, 3840 at CIFAR scale"
+        }
         ("swav", "queue_starts_epoch") => "epoch from which the queue fills",
         ("msn" | "pmsn", "sharpen") => "target sharpening T (p^(1/T)); 0.25",
         ("msn", "me_max_weight") => "λ of the mean-entropy maximisation; 1",
         ("pmsn", "me_max_weight") => "λ of KL(p̄‖π) to the power-law prior; 1",
         ("pmsn", "power") => "exponent τ of the prior π_k ∝ k^(−τ); 0.25 (0 is MSN)",
-        ("msn", "sinkhorn_iterations") => "Sinkhorn-Knopp iterations balancing the targets; 3, 0 = off",
-        ("pmsn", "sinkhorn_iterations") => "Sinkhorn-Knopp iterations; 0, since uniform balancing works against the prior",
-        ("msn" | "pmsn", "mask_ratio") => "fraction of the anchor's patches dropped; 0.15 in the paper",
+        ("msn", "sinkhorn_iterations") => {
+            "Sinkhorn-Knopp iterations balancing the targets; 3, 0 = off"
+        }
+        ("pmsn", "sinkhorn_iterations") => {
+            "Sinkhorn-Knopp iterations; 0, since uniform balancing works against the prior"
+        }
+        ("msn" | "pmsn", "mask_ratio") => {
+            "fraction of the anchor's patches dropped; 0.15 in the paper"
+        }
         ("mae", "mask_ratio") => "fraction of patches masked; 0.75",
         ("simmim", "mask_ratio") => "fraction of patches masked; 0.6",
         ("mae", "decoder_width") => "decoder width; 512 in the paper",
@@ -70,10 +86,20 @@ mod tests {
             let m = MethodSpec::from_name(name).unwrap();
             let v = serde_json::to_value(&m).unwrap();
             for key in v.as_object().unwrap().keys().filter(|k| *k != "name") {
-                assert!(method_param(name, key).is_some(), "{name}.{key} has no help");
+                assert!(
+                    method_param(name, key).is_some(),
+                    "{name}.{key} has no help"
+                );
             }
         }
-        for key in ["per_class", "images", "power", "seed", "part", "public_per_class"] {
+        for key in [
+            "per_class",
+            "images",
+            "power",
+            "seed",
+            "part",
+            "public_per_class",
+        ] {
             assert!(subset_param(key).is_some(), "{key}");
         }
     }
