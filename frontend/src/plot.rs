@@ -146,21 +146,31 @@ pub fn nearest(points: &[(f64, f64)], x: f64) -> Option<usize> {
     })
 }
 
-/// A number short enough for a tick or a read-out.
+/// A number short enough for a tick or a read-out, without trailing zeros.
 pub fn short(v: f64) -> String {
     let a = v.abs();
     if v == 0.0 {
-        "0".into()
-    } else if a >= 1e5 || a < 1e-3 {
-        format!("{v:.2e}")
-    } else if v.fract() == 0.0 {
-        format!("{v:.0}")
-    } else if a >= 100.0 {
+        return "0".into();
+    }
+    if a >= 1e5 || a < 1e-3 {
+        return format!("{v:.2e}");
+    }
+    let text = if a >= 100.0 {
         format!("{v:.1}")
     } else if a >= 1.0 {
         format!("{v:.3}")
     } else {
         format!("{v:.4}")
+    };
+    text.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+/// A tick's label: values within rounding error of zero read as zero.
+fn tick(v: f64, span: f64) -> String {
+    if v.abs() < span.abs() * 1e-9 {
+        "0".into()
+    } else {
+        short(v)
     }
 }
 
@@ -262,9 +272,9 @@ pub fn render(spec: &PlotSpec, view: &ViewState) -> Result<(String, Frame), Stri
             }
             return String::new();
         }
-        short(*v)
+        tick(*v, x.1 - x.0)
     };
-    let y_format = |v: &f64| short(*v);
+    let y_format = |v: &f64| tick(*v, y_hi - y_lo);
     let x_labels = if spec.categories.is_some() {
         cats.len() + 1
     } else {
@@ -352,7 +362,7 @@ pub fn render(spec: &PlotSpec, view: &ViewState) -> Result<(String, Frame), Stri
                     chart
                         .configure_series_labels()
                         .position(SeriesLabelPosition::UpperRight)
-                        .background_style(WHITE.mix(0.85))
+                        .background_style(WHITE.mix(0.7))
                         .border_style(RGBColor(200, 205, 210))
                         .label_font(("sans-serif", 15))
                         .draw()
@@ -550,8 +560,9 @@ pub fn Plot(#[prop(into)] spec: Signal<PlotSpec>) -> impl IntoView {
                         <span class="meta">{move || format!(" {:.2}", smoothing.get())}</span>
                     </label>
                 })}
-                <button type="button" class="plot-reset" hidden=move || zoom.get().is_none()
-                    on:click=move |_| zoom.set(None)>"Reset zoom"</button>
+                {move || zoom.get().is_some().then(|| view! {
+                    <button type="button" class="plot-reset secondary" on:click=move |_| zoom.set(None)>"Reset zoom"</button>
+                })}
             </div>
             <div class="plot-area" node_ref=area on:mousedown=on_down on:mousemove=on_move on:mouseup=on_up
                 on:mouseleave=on_leave on:dblclick=move |_| zoom.set(None)>
@@ -656,6 +667,11 @@ mod tests {
         assert_eq!(readout(&spec, 0.9, 0.0), "step 1 · a 1 · b -1");
         spec.categories = Some(vec!["64".into(), "128".into(), "256".into()]);
         spec.series[0].spread = vec![0.1, 0.2, 0.3];
-        assert!(readout(&spec, 2.2, 0.0).starts_with("step 256 · a 0.5000 ± 0.3000"));
+        assert!(readout(&spec, 2.2, 0.0).starts_with("step 256 · a 0.5 ± 0.3"));
+        assert_eq!(
+            (short(3.2), short(-0.4), short(1200.0), short(2e-5)),
+            ("3.2".into(), "-0.4".into(), "1200".into(), "2.00e-5".into())
+        );
+        assert_eq!(tick(-5.55e-17, 1.0), "0");
     }
 }

@@ -315,7 +315,12 @@ async fn authorization(server: &Server, url: Option<&str>) {
         &json!({"host": "a", "device": "cpu", "slots": 1, "version": env!("CARGO_PKG_VERSION")}),
     )
     .await;
-    let project = post_json(&a, server.url("/projects"), &json!({"name": "vision-a-only"})).await;
+    let project = post_json(
+        &a,
+        server.url("/projects"),
+        &json!({"name": "vision-a-only"}),
+    )
+    .await;
     let tokens: Vec<Value> = get_json(&a, server.url("/tokens")).await;
     let members: Vec<Value> = get_json(&a, server.url("/members")).await;
     let objects = Objects {
