@@ -12,4 +12,8 @@ CREATE TABLE projects (
 ALTER TABLE runs ADD COLUMN project TEXT NOT NULL DEFAULT 'default';
 ALTER TABLE sweeps ADD COLUMN project TEXT NOT NULL DEFAULT 'default';
 ALTER TABLE audits ADD COLUMN project TEXT NOT NULL DEFAULT 'default';
-CREATE INDEX runs_team_project ON runs (team_id, project, created_at);
+-- The lists filter on archived too: with it in the index a project's or a
+-- sweep's newest runs are read in order instead of scanning the team's.
+CREATE INDEX runs_team_project ON runs (team_id, project, archived, created_at DESC, id DESC);
+DROP INDEX runs_team_sweep;
+CREATE INDEX runs_team_sweep ON runs (team_id, sweep_id, archived, created_at DESC, id DESC);

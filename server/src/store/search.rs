@@ -37,7 +37,8 @@ const SOURCES: [Source; 4] = [
         table: "runs",
         id: "id",
         columns: "id, name, status, tags, archived, created_at",
-        tag_match: "EXISTS (SELECT 1 FROM run_tags t WHERE t.run_id = runs.id AND LOWER(t.tag) LIKE $5 ESCAPE '\\')",
+        // Not correlated: the matching tags are found once, not per run.
+        tag_match: "id IN (SELECT t.run_id FROM run_tags t WHERE LOWER(t.tag) LIKE $5 ESCAPE '\\')",
         tag_pattern: prefix,
     },
     Source {
