@@ -202,49 +202,52 @@ fn x_range(spec: &PlotSpec, view: &ViewState) -> (f64, f64) {
     }
 }
 
-/// The y range that holds every shown value (and spread) within `x`;
-/// only positive values count on a log scale.
+/// A value as the y axis places it: its log10 on a log scale, where only
+/// positive values have a place.
+fn y_of(v: f64, log: bool) -> Option<f64> {
+    match (log, v.is_finite()) {
+        (_, false) => None,
+        (true, _) if v <= 0.0 => None,
+        (true, _) => Some(v.log10()),
+        (false, _) => Some(v),
+    }
+}
+
+/// The y range, in axis units (log10 on a log scale), that holds every
+/// shown value (and spread) within `x`.
 pub fn y_range(spec: &PlotSpec, shown: &[Vec<(f64, f64)>], x: (f64, f64), log: bool) -> (f64, f64) {
     let mut lo = f64::INFINITY;
     let mut hi = f64::NEG_INFINITY;
     for (s, pts) in spec.series.iter().zip(shown) {
         for (i, &(px, py)) in pts.iter().enumerate() {
-            if px < x.0 || px > x.1 || !py.is_finite() {
+            if px < x.0 || px > x.1 {
                 continue;
             }
             let e = s.spread.get(i).copied().unwrap_or(0.0);
-            for v in [py - e, py + e] {
-                if !log || v > 0.0 {
-                    lo = lo.min(v);
-                    hi = hi.max(v);
-                }
+            for v in [py - e, py + e].into_iter().filter_map(|v| y_of(v, log)) {
+                lo = lo.min(v);
+                hi = hi.max(v);
             }
         }
     }
     if !lo.is_finite() {
-        return if log { (0.1, 1.0) } else { (0.0, 1.0) };
+        return (0.0, 1.0);
     }
-    if log {
-        return (lo / 1.2, hi * 1.2);
-    }
-    if spec.y_from_zero {
-        lo = lo.min(0.0);
-    }
-    if let Some(top) = spec.y_max {
-        hi = hi.max(top);
+    if !log {
+        if spec.y_from_zero {
+            lo = lo.min(0.0);
+        }
+        if let Some(top) = spec.y_max {
+            hi = hi.max(top);
+        }
     }
     let pad = if hi > lo { (hi - lo) * 0.06 } else { 0.5 };
-    let lo = if spec.y_from_zero && lo >= 0.0 {
-        lo
-    } else {
-        lo - pad
-    };
-    let hi = if spec.y_max.is_some_and(|t| t >= hi) {
-        hi
-    } else {
-        hi + pad
-    };
-    (lo, hi)
+    let keep_lo = !log && spec.y_from_zero && lo >= 0.0;
+    let keep_hi = !log && spec.y_max.is_some_and(|t| t >= hi);
+    (
+        if keep_lo { lo } else { lo - pad },
+        if keep_hi { hi } else { hi + pad },
+    )
 }
 
 fn colour(k: usize) -> RGBColor {
@@ -262,7 +265,8 @@ pub fn render(spec: &PlotSpec, view: &ViewState) -> Result<(String, Frame), Stri
         .map(|s| smooth(&s.points, view.smoothing))
         .collect();
     let x = x_range(spec, view);
-    let (y_lo, y_hi) = y_range(spec, &shown, x, view.log_y);
+    let log = view.log_y;
+    let (y_lo, y_hi) = y_range(spec, &shown, x, log);
     let cats = spec.categories.clone().unwrap_or_default();
     let x_format = |v: &f64| -> String {
         if spec.categories.is_some() {
@@ -274,116 +278,102 @@ pub fn render(spec: &PlotSpec, view: &ViewState) -> Result<(String, Frame), Stri
         }
         tick(*v, x.1 - x.0)
     };
-    let y_format = |v: &f64| tick(*v, y_hi - y_lo);
+    // On a log scale the axis runs over log10 of the values; its ticks
+    // read as the values themselves.
+    let y_format = |v: &f64| {
+        if log {
+            short(10f64.powf(*v))
+        } else {
+            tick(*v, y_hi - y_lo)
+        }
+    };
     let x_labels = if spec.categories.is_some() {
         cats.len() + 1
     } else {
         8
+    };
+    // The points inside the x range, in axis units.
+    let placed = |pts: &[(f64, f64)]| -> Vec<(f64, f64)> {
+        pts.iter()
+            .filter(|p| p.0 >= x.0 && p.0 <= x.1)
+            .filter_map(|&(px, py)| Some((px, y_of(py, log)?)))
+            .collect()
     };
     let mut svg = String::new();
     let frame;
     {
         let root = SVGBackend::with_string(&mut svg, (spec.width, spec.height)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| err(&e))?;
-        let mut builder = ChartBuilder::on(&root);
-        builder
+        let mut chart = ChartBuilder::on(&root)
             .margin(12)
             .x_label_area_size(36)
-            .y_label_area_size(62);
-        macro_rules! draw {
-            ($y:expr) => {{
-                let mut chart = builder
-                    .build_cartesian_2d(x.0..x.1, $y)
-                    .map_err(|e| err(&e))?;
+            .y_label_area_size(62)
+            .build_cartesian_2d(x.0..x.1, y_lo..y_hi)
+            .map_err(|e| err(&e))?;
+        chart
+            .configure_mesh()
+            .x_desc(spec.x_label.as_str())
+            .y_desc(if log {
+                format!("{} (log scale)", spec.y_label)
+            } else {
+                spec.y_label.clone()
+            })
+            .x_labels(x_labels)
+            .y_labels(6)
+            .x_label_formatter(&x_format)
+            .y_label_formatter(&y_format)
+            .light_line_style(RGBColor(238, 240, 243))
+            .bold_line_style(RGBColor(222, 226, 230))
+            .label_style(("sans-serif", 15))
+            .axis_desc_style(("sans-serif", 16))
+            .draw()
+            .map_err(|e| err(&e))?;
+        for (k, (s, pts)) in spec.series.iter().zip(&shown).enumerate() {
+            let c = colour(k);
+            if view.smoothing > 0.0 {
                 chart
-                    .configure_mesh()
-                    .x_desc(spec.x_label.as_str())
-                    .y_desc(spec.y_label.as_str())
-                    .x_labels(x_labels)
-                    .y_labels(6)
-                    .x_label_formatter(&x_format)
-                    .y_label_formatter(&y_format)
-                    .light_line_style(RGBColor(238, 240, 243))
-                    .bold_line_style(RGBColor(222, 226, 230))
-                    .label_style(("sans-serif", 15))
-                    .axis_desc_style(("sans-serif", 16))
-                    .draw()
+                    .draw_series(LineSeries::new(placed(&s.points), c.mix(0.25)))
                     .map_err(|e| err(&e))?;
-                let inside = |p: &&(f64, f64)| {
-                    p.0 >= x.0 && p.0 <= x.1 && p.1.is_finite() && (!view.log_y || p.1 > 0.0)
-                };
-                for (k, (s, pts)) in spec.series.iter().zip(&shown).enumerate() {
-                    let c = colour(k);
-                    if view.smoothing > 0.0 {
-                        chart
-                            .draw_series(LineSeries::new(
-                                s.points.iter().filter(inside).copied(),
-                                c.mix(0.25),
-                            ))
-                            .map_err(|e| err(&e))?;
-                    }
-                    chart
-                        .draw_series(LineSeries::new(
-                            pts.iter().filter(inside).copied(),
-                            c.stroke_width(2),
-                        ))
-                        .map_err(|e| err(&e))?
-                        .label(s.name.as_str())
-                        .legend(move |(a, b)| {
-                            PathElement::new(vec![(a, b), (a + 16, b)], c.stroke_width(2))
-                        });
-                    if spec.marks || pts.len() == 1 {
-                        chart
-                            .draw_series(
-                                pts.iter()
-                                    .filter(inside)
-                                    .map(|&p| Circle::new(p, 3, c.filled())),
-                            )
-                            .map_err(|e| err(&e))?;
-                    }
-                    if !s.spread.is_empty() {
-                        chart
-                            .draw_series(pts.iter().zip(&s.spread).filter(|(p, _)| inside(p)).map(
-                                |(&(px, py), &e)| {
-                                    ErrorBar::new_vertical(
-                                        px,
-                                        py - e,
-                                        py,
-                                        py + e,
-                                        c.stroke_width(1),
-                                        8,
-                                    )
-                                },
-                            ))
-                            .map_err(|e| err(&e))?;
-                    }
-                }
-                if spec.series.len() > 1 {
-                    chart
-                        .configure_series_labels()
-                        .position(SeriesLabelPosition::UpperRight)
-                        .background_style(WHITE.mix(0.7))
-                        .border_style(RGBColor(200, 205, 210))
-                        .label_font(("sans-serif", 15))
-                        .draw()
-                        .map_err(|e| err(&e))?;
-                }
-                let (px, py) = chart.plotting_area().get_pixel_range();
-                frame = Frame {
-                    left: px.start as f64,
-                    right: px.end as f64,
-                    top: py.start as f64,
-                    bottom: py.end as f64,
-                    x_lo: x.0,
-                    x_hi: x.1,
-                };
-            }};
+            }
+            let line = placed(pts);
+            chart
+                .draw_series(LineSeries::new(line.iter().copied(), c.stroke_width(2)))
+                .map_err(|e| err(&e))?
+                .label(s.name.as_str())
+                .legend(move |(a, b)| {
+                    PathElement::new(vec![(a, b), (a + 16, b)], c.stroke_width(2))
+                });
+            if spec.marks || pts.len() == 1 {
+                chart
+                    .draw_series(line.iter().map(|&p| Circle::new(p, 3, c.filled())))
+                    .map_err(|e| err(&e))?;
+            }
+            let bars = pts.iter().zip(&s.spread).filter_map(|(&(px, py), &e)| {
+                let inside = px >= x.0 && px <= x.1;
+                let (lo, mid, hi) = (y_of(py - e, log)?, y_of(py, log)?, y_of(py + e, log)?);
+                inside.then(|| ErrorBar::new_vertical(px, lo, mid, hi, c.stroke_width(1), 8))
+            });
+            chart.draw_series(bars).map_err(|e| err(&e))?;
         }
-        if view.log_y {
-            draw!((y_lo..y_hi).log_scale())
-        } else {
-            draw!(y_lo..y_hi)
+        if spec.series.len() > 1 {
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperRight)
+                .background_style(WHITE.mix(0.7))
+                .border_style(RGBColor(200, 205, 210))
+                .label_font(("sans-serif", 15))
+                .draw()
+                .map_err(|e| err(&e))?;
         }
+        let (px, py) = chart.plotting_area().get_pixel_range();
+        frame = Frame {
+            left: px.start as f64,
+            right: px.end as f64,
+            top: py.start as f64,
+            bottom: py.end as f64,
+            x_lo: x.0,
+            x_hi: x.1,
+        };
         root.present().map_err(|e| err(&e))?;
     }
     Ok((svg, frame))
@@ -643,8 +633,12 @@ mod tests {
     fn log_scale_keeps_positive_values_and_zoom_narrows_x() {
         let spec = two_lines();
         let shown: Vec<_> = spec.series.iter().map(|s| s.points.clone()).collect();
+        // In log10 units, from below 0.25 to above 3; -1 has no place.
         let (lo, hi) = y_range(&spec, &shown, (0.0, 2.0), true);
-        assert!(lo > 0.0 && lo < 0.25 && hi > 3.0);
+        assert!(
+            lo < 0.25f64.log10() && lo > -1.0 && hi > 3f64.log10() && hi < 1.0,
+            "{lo} {hi}"
+        );
         let view = ViewState {
             log_y: true,
             zoom: Some((0.5, 1.5)),
@@ -652,6 +646,20 @@ mod tests {
         };
         let (_, frame) = render(&spec, &view).unwrap();
         assert_eq!((frame.x_lo, frame.x_hi), (0.5, 1.5));
+        // A narrow range on a log scale still gets its y ticks.
+        let narrow = PlotSpec {
+            series: vec![Series::new("loss", vec![(0.0, 3.2), (1.0, 2.4)])],
+            ..PlotSpec::default()
+        };
+        let (svg, _) = render(
+            &narrow,
+            &ViewState {
+                log_y: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(svg.matches("text-anchor=\"end\"").count() >= 3, "{svg}");
         assert_eq!(
             (frame.data_x(frame.left), frame.data_x(frame.right)),
             (0.5, 1.5)

@@ -239,10 +239,11 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
 }
 
 /// Benchmarks, by name: (name, package, bench target).
-const BENCHES: [(&str, &str, &str); 4] = [
+const BENCHES: [(&str, &str, &str); 5] = [
     ("api", "sslab-server", "api_latency"),
     ("wasm", "sslab-server", "wasm_demo"),
     ("train-step", "sslab-engine", "train_step"),
+    ("vit-step", "sslab-engine", "vit_step"),
     ("augment", "sslab-engine", "augment"),
 ];
 
@@ -263,6 +264,8 @@ fn bench(args: &[String]) -> Result<()> {
     for (name, package, target) in chosen {
         if *name == "train-step" {
             train_step_bench(package, target)?;
+        } else if *name == "vit-step" {
+            vit_step_bench(package, target)?;
         } else if *name == "augment" {
             augment_bench(package, target)?;
         } else if *name == "wasm" {
@@ -383,6 +386,63 @@ fn train_step_bench(package: &str, target: &str) -> Result<()> {
     }
     println!("best of {rounds}: sslab {ours:.2} images/s, pytorch {theirs:.2} images/s");
     println!("train_step_ratio_vs_pytorch={:.3}", ours / theirs);
+    Ok(())
+}
+
+/// The ViT cases of `engine/benches/vit_step.rs`, as they print.
+const VIT_CASES: [&str; 4] = [
+    "mae_tiny_32",
+    "dino_tiny_32",
+    "mae_small_96",
+    "dino_small_96",
+];
+
+/// MAE and DINO steps of ViTs against PyTorch eager, taking turns
+/// `SSLAB_BENCH_ROUNDS` times (2) as train-step does; each case's ratio of
+/// best rounds, then `vit_step_ratio_vs_pytorch=<their geometric mean>`.
+fn vit_step_bench(package: &str, target: &str) -> Result<()> {
+    let rounds = std::env::var("SSLAB_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2usize)
+        .max(1);
+    // `SSLAB_BENCH_CASES` narrows both sides to some cases.
+    let wanted = std::env::var("SSLAB_BENCH_CASES").unwrap_or_default();
+    let cases: Vec<&str> = VIT_CASES
+        .into_iter()
+        .filter(|c| wanted.is_empty() || wanted.split(',').any(|w| w == *c))
+        .collect();
+    if cases.is_empty() {
+        bail!(
+            "SSLAB_BENCH_CASES names no case; there are: {}",
+            VIT_CASES.join(", ")
+        );
+    }
+    let mut best = vec![(0f64, 0f64); cases.len()];
+    for round in 1..=rounds {
+        eprintln!("xtask: vit-step round {round} of {rounds}");
+        let (ours, theirs) =
+            twin_bench(package, target, "bench/reference/vit_step.py", &["torch"])?;
+        for (case, best) in cases.iter().zip(&mut best) {
+            let a = figure(&ours, &format!("sslab_{case}_images_per_sec"))?;
+            let b = figure(&theirs, &format!("pytorch_{case}_images_per_sec"))?;
+            println!("round {round}: {case} ratio {:.3}", a / b);
+            best.0 = best.0.max(a);
+            best.1 = best.1.max(b);
+        }
+    }
+    let mut log_sum = 0.0;
+    for (case, (a, b)) in cases.iter().zip(&best) {
+        println!(
+            "best of {rounds}: {case}: sslab {a:.2} images/s, pytorch {b:.2} images/s, ratio {:.3}",
+            a / b
+        );
+        log_sum += (a / b).ln();
+    }
+    println!(
+        "vit_step_ratio_vs_pytorch={:.3}",
+        (log_sum / cases.len() as f64).exp()
+    );
     Ok(())
 }
 
