@@ -368,11 +368,7 @@ fn twin_bench(
 /// ±15 % over minutes, so each side's best round is compared. The last line
 /// is `train_step_ratio_vs_pytorch=<ours / theirs>`.
 fn train_step_bench(package: &str, target: &str) -> Result<()> {
-    let rounds = std::env::var("SSLAB_BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2usize)
-        .max(1);
+    let rounds = bench_rounds();
     let (mut ours, mut theirs) = (0f64, 0f64);
     for round in 1..=rounds {
         eprintln!("xtask: train-step round {round} of {rounds}");
@@ -389,6 +385,15 @@ fn train_step_bench(package: &str, target: &str) -> Result<()> {
     Ok(())
 }
 
+/// How many turns each side of a twin bench takes: `SSLAB_BENCH_ROUNDS` (2).
+fn bench_rounds() -> usize {
+    std::env::var("SSLAB_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2usize)
+        .max(1)
+}
+
 /// The ViT cases of `engine/benches/vit_step.rs`, as they print.
 const VIT_CASES: [&str; 4] = [
     "mae_tiny_32",
@@ -401,11 +406,7 @@ const VIT_CASES: [&str; 4] = [
 /// `SSLAB_BENCH_ROUNDS` times (2) as train-step does; each case's ratio of
 /// best rounds, then `vit_step_ratio_vs_pytorch=<their geometric mean>`.
 fn vit_step_bench(package: &str, target: &str) -> Result<()> {
-    let rounds = std::env::var("SSLAB_BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2usize)
-        .max(1);
+    let rounds = bench_rounds();
     // `SSLAB_BENCH_CASES` narrows both sides to some cases.
     let wanted = std::env::var("SSLAB_BENCH_CASES").unwrap_or_default();
     let cases: Vec<&str> = VIT_CASES
