@@ -122,7 +122,18 @@ impl Worker {
                 self.artifacts.checkpoint(&r.reference),
             )
         });
+        let mut missing = None;
+        if let Some((target, reference)) = &trained {
+            for path in [target, reference] {
+                if let Err(e) = self.artifacts.need(path).await {
+                    missing = Some(format!("{e:#}"));
+                }
+            }
+        }
         let mut job = tokio::task::spawn_blocking(move || {
+            if let Some(why) = missing {
+                return Err(why);
+            }
             std::fs::create_dir_all(&job_dir).map_err(|e| {
                 tracing::error!(folder = %job_dir.display(), error = %e, "cannot create an audit's folder");
                 format!("cannot create the audit's folder: {e}")
@@ -184,6 +195,13 @@ impl Worker {
         {
             tracing::warn!(audit = %audit.id, error = %e, "could not write examples.csv");
         }
+        // Not done until its files are stored.
+        let (status, error, report) = match self.artifacts.persist_dir(&dir).await {
+            Err(e) if status == RunStatus::Succeeded => {
+                (RunStatus::Failed, Some(format!("{e:#}")), None)
+            }
+            _ => (status, error, report),
+        };
         match self
             .store
             .finish_audit(lease, status, error.as_deref(), report.as_ref())

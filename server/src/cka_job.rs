@@ -85,6 +85,10 @@ impl Worker {
         if run.status != RunStatus::Succeeded {
             return Err(format!("run {id} has not succeeded"));
         }
+        self.artifacts
+            .need(&self.artifacts.checkpoint(id))
+            .await
+            .map_err(|e| format!("run {id}'s checkpoint: {e:#}"))?;
         Ok(run)
     }
 

@@ -131,6 +131,21 @@ impl Worker {
                 }
             }
         };
+        let need = |path: std::path::PathBuf| async move {
+            self.artifacts
+                .need(&path)
+                .await
+                .map_err(|e| format!("{e:#}"))
+        };
+        match &work {
+            Work::Run { checkpoint, .. } => need(checkpoint.clone()).await?,
+            Work::Audit {
+                target, reference, ..
+            } => {
+                need(target.clone()).await?;
+                need(reference.clone()).await?;
+            }
+        }
         Ok((work, opts))
     }
 
@@ -168,6 +183,10 @@ impl Worker {
             let _ = std::fs::remove_dir_all(&dir);
             e.to_string()
         })?;
+        self.artifacts
+            .persist_dir(&dir)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
         Ok(manifest.total_bytes())
     }
 }

@@ -107,6 +107,13 @@ enum Command {
         /// MiB a published demo bundle may weigh.
         #[arg(long, env = "SSLAB_MAX_DEMO_MIB", default_value_t = sslab_engine::export::DEFAULT_MAX_BYTES >> 20)]
         max_demo_mib: u64,
+        /// Where checkpoints, audit images and bundles are kept:
+        /// `file:///path` (default: DATA_DIR/artifacts) or
+        /// `s3://bucket/prefix` (AWS_* environment variables; AWS_ENDPOINT
+        /// for another S3-compatible server), with DATA_DIR/artifacts as
+        /// its cache.
+        #[arg(long, env = "SSLAB_ARTIFACTS")]
+        artifacts: Option<String>,
     },
     /// Train runs for a server on another machine: claims its queued runs
     /// over the API with a worker token (no database or storage access),
@@ -298,6 +305,7 @@ async fn main() -> std::process::ExitCode {
             insecure_cookies,
             trusted_proxies,
             max_demo_mib,
+            artifacts,
         } => {
             worker::set_lease_ms(*lease_ms);
             let limits = datasets::Limits {
@@ -317,6 +325,7 @@ async fn main() -> std::process::ExitCode {
                 secure_cookies: !*insecure_cookies,
                 trusted_proxies,
                 max_demo_mib: *max_demo_mib,
+                artifacts: artifacts.as_deref(),
             };
             serve(&cli, options).await
         }
@@ -490,6 +499,7 @@ struct ServeOptions<'a> {
     secure_cookies: bool,
     trusted_proxies: &'a [std::net::IpAddr],
     max_demo_mib: u64,
+    artifacts: Option<&'a str>,
 }
 
 async fn serve(cli: &Cli, options: ServeOptions<'_>) -> anyhow::Result<()> {
@@ -505,7 +515,10 @@ async fn serve(cli: &Cli, options: ServeOptions<'_>) -> anyhow::Result<()> {
         secure_cookies,
         trusted_proxies,
         max_demo_mib,
+        artifacts,
     } = options;
+    let artifacts = artifacts::Artifacts::open(&cli.data_dir, artifacts)?;
+    tracing::info!(artifacts = %artifacts.location(), "artifact store");
     let cors_origins = cors_origins
         .iter()
         .map(|o| {
@@ -538,7 +551,7 @@ async fn serve(cli: &Cli, options: ServeOptions<'_>) -> anyhow::Result<()> {
     }
     let state = http::AppState {
         store: store.clone(),
-        artifacts: artifacts::Artifacts::new(&cli.data_dir),
+        artifacts,
         queued: Arc::new(tokio::sync::Notify::new()),
         max_sweep_runs,
         datasets: datasets::Registry::new(store.clone(), &cli.data_dir, limits),

@@ -8,95 +8,21 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::time::Duration;
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
+use common::workers::{Worker, assert_continuous, free_addr, logs, sha256, wait_log};
 use common::{
     Server, admin, assert_succeeded, client_with, create, fresh_postgres_database, get_json,
     get_run, last_line, tiny_spec, wait_for,
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use sslab_shared::api::{MetricPoint, RunStatus};
 use sslab_shared::worker::{RunLogLine, WorkerInfo};
 
 /// Short leases, so that a dead worker's run moves on within seconds.
 const LEASE_MS: &str = "3000";
-
-struct Worker {
-    child: Child,
-    id: String,
-}
-
-impl Worker {
-    fn start(base: &str, token: &str, work: PathBuf) -> Worker {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sslab"))
-            .args([
-                "worker",
-                "--server",
-                base,
-                "--token",
-                token,
-                "--poll-ms",
-                "150",
-            ])
-            .arg("--work-dir")
-            .arg(&work)
-            .env_remove("DATABASE_URL")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start sslab worker");
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        let id = line
-            .trim()
-            .strip_prefix("sslab worker ")
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap_or_else(|| panic!("the worker said `{line}`"))
-            .to_string();
-        Worker { child, id }
-    }
-
-    fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn terminate(mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().to_string()
-}
-
-fn sha256(path: &Path) -> String {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 /// A run long enough to be interrupted: 8 steps an epoch.
 fn long_spec(name: &str, epochs: usize) -> Value {
@@ -104,43 +30,6 @@ fn long_spec(name: &str, epochs: usize) -> Value {
     spec["name"] = json!(name);
     spec["data"]["train_images"] = json!(128);
     spec
-}
-
-async fn logs(client: &reqwest::Client, server: &Server, id: &str) -> Vec<RunLogLine> {
-    get_json(client, server.url(&format!("/runs/{id}/logs"))).await
-}
-
-async fn wait_log(
-    client: &reqwest::Client,
-    server: &Server,
-    id: &str,
-    needle: &str,
-) -> Vec<RunLogLine> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let lines = logs(client, server, id).await;
-        if lines.iter().any(|l| l.text.contains(needle)) {
-            return lines;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no log line `{needle}` for run {id}: {lines:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Every step from 1 to the run's length, once each.
-async fn assert_continuous(client: &reqwest::Client, server: &Server, id: &str) {
-    let run = get_run(client, server, id).await;
-    let points: Vec<MetricPoint> = get_json(
-        client,
-        server.url(&format!("/runs/{id}/metrics?limit=100000")),
-    )
-    .await;
-    let steps: Vec<i64> = points.iter().map(|p| p.step).collect();
-    let expected: Vec<i64> = (1..=run.total_steps).collect();
-    assert_eq!(steps, expected, "run {id}'s steps");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

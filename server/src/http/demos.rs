@@ -86,6 +86,7 @@ async fn publish(
                 )));
             }
             let dir = state.artifacts.export_dir(&job.id);
+            state.artifacts.fetch_dir(&dir).await?;
             tokio::task::spawn_blocking(move || demos::check_folder(&dir, cap)).await
         }
         "application/x-tar" | "application/octet-stream" => {
@@ -123,9 +124,15 @@ async fn publish(
         .await
         .map_err(|e| anyhow::anyhow!("storing the bundle crashed: {e}"))?
         .map_err(|e| ApiError::Storage(format!("cannot store the bundle: {e}")))?;
+    if let Err(e) = state.artifacts.persist_dir(&dir).await {
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+        let _ = state.artifacts.forget_dir(&dir).await;
+        return Err(ApiError::Storage(format!("{e:#}")));
+    }
     let stored = state.store.insert_demo(&row, &owner(&p)).await;
     if !matches!(stored, Ok(true)) {
         let _ = tokio::fs::remove_dir_all(&dir).await;
+        let _ = state.artifacts.forget_dir(&dir).await;
         stored?;
         return Err(ApiError::Conflict(
             "that slug is taken; publish again".into(),
@@ -180,8 +187,12 @@ async fn unpublish(
     state.store.delete_demo(&demo.slug).await?;
     // The row is gone, so nothing serves the files any more; a folder left
     // by a failed removal is only disk.
-    if let Err(e) = tokio::fs::remove_dir_all(state.artifacts.demo_dir(&demo.slug)).await {
+    let dir = state.artifacts.demo_dir(&demo.slug);
+    if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
         tracing::warn!(slug = %demo.slug, error = %e, "an unpublished demo's files were not removed");
+    }
+    if let Err(e) = state.artifacts.forget_dir(&dir).await {
+        tracing::warn!(slug = %demo.slug, error = %format!("{e:#}"), "an unpublished demo's stored files were not removed");
     }
     Ok(StatusCode::NO_CONTENT)
 }
@@ -230,6 +241,7 @@ async fn published(state: &AppState, slug: &str) -> ApiResult<Demo> {
 async fn manifest(State(state): State<AppState>, Path(slug): Path<String>) -> ApiResult<Response> {
     let demo = published(&state, &slug).await?;
     let path = state.artifacts.demo_dir(&demo.slug).join(MANIFEST);
+    state.artifacts.fetch(&path).await?;
     let text = tokio::fs::read(&path)
         .await
         .map_err(|e| ApiError::NotFound(format!("the demo's files are missing: {e}")))?;
@@ -260,6 +272,7 @@ async fn file(
 ) -> ApiResult<Response> {
     let demo = published(&state, &slug).await?;
     let dir = state.artifacts.demo_dir(&demo.slug);
+    state.artifacts.fetch(&dir.join(MANIFEST)).await?;
     let text = tokio::fs::read_to_string(dir.join(MANIFEST))
         .await
         .map_err(|e| ApiError::NotFound(format!("the demo's files are missing: {e}")))?;
@@ -271,6 +284,7 @@ async fn file(
         .iter()
         .find(|f| f.sha256 == sha256)
         .ok_or_else(|| ApiError::NotFound(format!("demo `{slug}` has no file {sha256}")))?;
+    state.artifacts.fetch(&dir.join(&entry.path)).await?;
     let bytes = tokio::fs::read(dir.join(&entry.path))
         .await
         .map_err(|e| ApiError::NotFound(format!("`{}` is missing: {e}", entry.path)))?;

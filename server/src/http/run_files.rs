@@ -48,11 +48,11 @@ async fn files(state: &AppState, run: &Run) -> ApiResult<Vec<RunFile>> {
         })
     };
     let checkpoint = state.artifacts.checkpoint(id);
-    if let Ok(meta) = tokio::fs::metadata(&checkpoint).await {
+    if let Some(bytes) = state.artifacts.size(&checkpoint).await? {
         add(
             format!("{id}.safetensors"),
             "the final weights (safetensors), or the last epoch's while it trains",
-            meta.len(),
+            bytes,
             format!("{api}/checkpoint"),
         );
     }

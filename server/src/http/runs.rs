@@ -496,6 +496,7 @@ async fn checkpoint(
 ) -> ApiResult<Response> {
     find(&state, &p, &id).await?;
     let path = state.artifacts.checkpoint(&id);
+    state.artifacts.fetch(&path).await?;
     let bytes = match tokio::fs::read(&path).await {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

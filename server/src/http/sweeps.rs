@@ -7,7 +7,9 @@ use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
-use sslab_shared::api::{Comparison, MetricPoint, Page, SpecDifference, Sweep, SweepSummary};
+use sslab_shared::api::{
+    Comparison, MetricPoint, Page, RunStatus, SpecDifference, Sweep, SweepSummary,
+};
 use sslab_shared::sweep::{SweepSpec, canonical_path, flatten};
 
 use super::authn::JsonText;
@@ -236,6 +238,21 @@ async fn requeue(
 ) -> ApiResult<Json<Sweep>> {
     let sweep = find(&state, &p, &id).await?;
     check_may_change(&p, sweep.created_by.as_deref(), "this sweep")?;
+    // The runs start over: their earlier files go first, so that no new
+    // attempt resumes from them.
+    for run in state.store.sweep_runs(&id).await? {
+        if matches!(run.status, RunStatus::Failed | RunStatus::Cancelled) {
+            let dir = state.artifacts.run_dir(&run.id);
+            if let Err(e) = tokio::fs::remove_dir_all(&dir).await
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                return Err(anyhow::Error::new(e)
+                    .context(format!("removing {}", dir.display()))
+                    .into());
+            }
+            state.artifacts.forget_dir(&dir).await?;
+        }
+    }
     if state.store.requeue_sweep(&id).await? > 0 {
         state.wake_workers();
     }

@@ -11,9 +11,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
-use sslab_shared::api::Run;
+use sslab_shared::api::{EvaluationJob, Run, RunStatus};
+use sslab_shared::spec::DataSpec;
 use sslab_shared::worker::{
-    ClaimAnswer, ClaimRequest, ClaimedRun, HeartbeatAnswer, LEASE_HEADER, LogBatch, MetricBatch,
+    ClaimAnswer, ClaimRequest, ClaimedEvaluation, ClaimedRun, HeartbeatAnswer, LEASE_HEADER, LogBatch, MetricBatch,
     Registration, RunEnd, RunRelease, RunStart, StoredFile, WorkerInfo, is_run_file,
 };
 use tokio::io::AsyncWriteExt;
@@ -39,8 +40,14 @@ pub fn worker_router() -> axum::Router<AppState> {
             "/worker/runs/{id}/files/{file}",
             get(download).put(upload).layer(DefaultBodyLimit::disable()),
         )
+        .route("/worker/runs/{id}/data/{hash}", get(data))
         .route("/worker/runs/{id}/end", post(end))
         .route("/worker/runs/{id}/release", post(release))
+        .route("/worker/evaluations/{id}/heartbeat", post(evaluation_heartbeat))
+        .route("/worker/evaluations/{id}/checkpoint", get(evaluation_checkpoint))
+        .route("/worker/evaluations/{id}/data/{hash}", get(evaluation_data))
+        .route("/worker/evaluations/{id}/end", post(evaluation_end))
+        .route("/worker/evaluations/{id}/release", post(evaluation_release))
 }
 
 /// The team's view of its workers.
@@ -133,6 +140,7 @@ async fn claim(
     if state.store.worker_seen(&worker.id).await? == Some(true) {
         return Ok(Json(ClaimAnswer {
             job: None,
+            evaluation: None,
             drain: true,
         }));
     }
@@ -148,13 +156,15 @@ async fn claim(
     else {
         return Ok(Json(ClaimAnswer {
             job: None,
+            evaluation: claim_evaluation(&state, claimant).await?,
             drain: false,
         }));
     };
     let files = if claim.lease.attempt > 1 {
         stored_files(&state, &claim.run.id).await?
     } else {
-        // A first attempt starts clean: nothing of an earlier life is kept.
+        // A first attempt starts clean (a sweep's requeue removed the
+        // stored files of an earlier life).
         let dir = state.artifacts.run_dir(&claim.run.id);
         let _ = tokio::fs::remove_dir_all(&dir).await;
         Vec::new()
@@ -170,25 +180,68 @@ async fn claim(
             lease_ms: crate::worker::lease_ms(),
             files,
         }),
+        evaluation: None,
         drain: false,
     }))
 }
 
-/// The run's stored files with their hashes.
+/// The oldest queued re-evaluation this worker can run, with the hash of
+/// the checkpoint it evaluates. A job whose run lost its checkpoint fails
+/// at once, naming it.
+async fn claim_evaluation(
+    state: &AppState,
+    claimant: Claimant<'_>,
+) -> ApiResult<Option<ClaimedEvaluation>> {
+    loop {
+        let Some((job, lease)) = state
+            .store
+            .claim_next_evaluation(claimant, crate::worker::lease_ms())
+            .await?
+        else {
+            return Ok(None);
+        };
+        let run = state.store.run(&job.run_id).await?;
+        let checkpoint = match &run {
+            Some(run) => stored_files(state, &run.id)
+                .await?
+                .into_iter()
+                .find(|f| f.name == "checkpoint.safetensors"),
+            None => None,
+        };
+        let (Some(run), Some(checkpoint)) = (run, checkpoint) else {
+            let why = format!("run `{}` has no stored checkpoint to evaluate", job.run_id);
+            state
+                .store
+                .finish_evaluation(&job, &lease, RunStatus::Failed, Some(&why), &[])
+                .await?;
+            continue;
+        };
+        tracing::info!(job = %job.id, run = %run.id, worker = %claimant.id, "evaluation claimed");
+        return Ok(Some(ClaimedEvaluation {
+            id: job.id,
+            run_id: run.id,
+            spec: run.spec,
+            request: job.request,
+            lease: lease.token,
+            lease_ms: crate::worker::lease_ms(),
+            checkpoint,
+        }));
+    }
+}
+
+/// The run's stored files with their hashes (fetched from the artifact
+/// store where this server's cache lacks them).
 async fn stored_files(state: &AppState, id: &str) -> ApiResult<Vec<StoredFile>> {
     let dir = state.artifacts.run_dir(id);
     let mut out = Vec::new();
-    let mut entries = match tokio::fs::read_dir(&dir).await {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(anyhow::Error::new(e).into()),
-    };
-    while let Some(e) = entries.next_entry().await.map_err(anyhow::Error::new)? {
-        let name = e.file_name().to_string_lossy().into_owned();
+    for name in state.artifacts.list(&dir).await? {
         if !is_run_file(&name) {
             continue;
         }
-        let path = e.path();
+        let path = dir.join(&name);
+        if !state.artifacts.fetch(&path).await? {
+            continue;
+        }
         let (bytes, sha256) = tokio::task::spawn_blocking(move || hash_file(&path))
             .await
             .map_err(anyhow::Error::new)??;
@@ -198,7 +251,6 @@ async fn stored_files(state: &AppState, id: &str) -> ApiResult<Vec<StoredFile>> 
             sha256,
         });
     }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
 }
 
@@ -440,11 +492,17 @@ async fn upload(
     tokio::fs::rename(&part, &target)
         .await
         .map_err(|e| ApiError::Storage(format!("cannot store {file}: {e}")))?;
+    // Answered only once the artifact store holds it: the worker retries
+    // an upload the store did not take.
+    state.artifacts.persist(&target).await.map_err(|e| {
+        tracing::error!(run = %id, file = %file, error = %format!("{e:#}"), "storing a run file failed");
+        ApiError::Storage(format!("the artifact store did not take {file}; send it again"))
+    })?;
     if let (Some(epochs), "checkpoint.safetensors") = (query.epochs, file.as_str()) {
         let keep = format!("checkpoint.state-{epochs}.safetensors");
-        for stale in stored_files(&state, &id).await? {
-            if stale.name.starts_with("checkpoint.state-") && stale.name != keep {
-                let _ = tokio::fs::remove_file(dir.join(&stale.name)).await;
+        for stale in state.artifacts.list(&dir).await? {
+            if stale.starts_with("checkpoint.state-") && stale != keep {
+                let _ = state.artifacts.remove(&dir.join(&stale)).await;
             }
         }
     }
@@ -501,7 +559,20 @@ async fn download(
         return Err(missing());
     }
     let path = state.artifacts.run_dir(&id).join(&file);
-    let f = match tokio::fs::File::open(&path).await {
+    stream_file(&state, &path, missing).await
+}
+
+/// A kept file, streamed (fetched from the artifact store first when the
+/// server's cache lacks it); `missing` when it is nowhere.
+async fn stream_file(
+    state: &AppState,
+    path: &std::path::Path,
+    missing: impl Fn() -> ApiError,
+) -> ApiResult<Response> {
+    if !state.artifacts.fetch(path).await? {
+        return Err(missing());
+    }
+    let f = match tokio::fs::File::open(path).await {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(missing()),
         Err(e) => return Err(anyhow::Error::new(e).into()),
@@ -511,6 +582,96 @@ async fn download(
     Ok((
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, len.to_string()),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// A registered data set the held run reads, by its content hash (the hex
+/// digits of `sha256:…`), as a tar of its folder: what a worker caches.
+#[utoipa::path(
+    operation_id = "download_run_data",
+    get,
+    path = "/worker/runs/{id}/data/{hash}",
+    tag = "workers",
+    params(("id" = String, Path, description = "the run's id"), ("hash" = String, Path, description = "the data set's content hash, hex digits"), ("Sslab-Lease" = String, Header, description = "the claim's lease")),
+    responses((status = 200, description = "a tar of the data set's folder", body = Vec<u8>, content_type = "application/x-tar"), (status = 409, description = "the lease is not held", body = sslab_shared::api::ErrorBody), (status = 404, description = "the run reads no such data set, or its files are gone", body = sslab_shared::api::ErrorBody), (status = 403, description = "not a worker token", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
+async fn data(
+    State(state): State<AppState>,
+    p: Principal,
+    Path((id, hash)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let (run, _) = held(&state, &p, &id, &headers).await?;
+    let reads = [Some(&run.spec.data), run.spec.eval.data.as_ref()];
+    data_tar(&format!("run `{id}`"), &hash, reads.into_iter().flatten()).await
+}
+
+/// A tar of the folder of the registered data set among `reads` whose
+/// content hash is `hash`.
+async fn data_tar<'a>(
+    who: &str,
+    hash: &str,
+    reads: impl Iterator<Item = &'a DataSpec>,
+) -> ApiResult<Response> {
+    let hash = hash.trim_start_matches("sha256:").to_ascii_lowercase();
+    let registered = reads
+        .filter_map(|d| match d {
+            DataSpec::Dataset {
+                registered: Some(r),
+                ..
+            } if r.hash.trim_start_matches("sha256:") == hash => Some(r.data.clone()),
+            _ => None,
+        })
+        .next()
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "{who} reads no registered data set with content hash {hash}"
+            ))
+        })?;
+    let folder = registered
+        .server_path()
+        .map(std::path::PathBuf::from)
+        .filter(|f| f.is_dir())
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "the files of data set {hash} are no longer on the server"
+            ))
+        })?;
+    // Packed into a scratch file that is unlinked once open: the stream
+    // reads it, and nothing is left behind whatever happens to the request.
+    let scratch = std::env::temp_dir().join(format!(
+        "sslab-data-{}.tar",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    ));
+    let packed = scratch.clone();
+    let file = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
+        let out = std::fs::File::create(&packed)?;
+        let mut tar = tar::Builder::new(out);
+        tar.follow_symlinks(true);
+        tar.append_dir_all(".", &folder)?;
+        let mut out = tar.into_inner()?;
+        std::io::Write::flush(&mut out)?;
+        let file = std::fs::File::open(&packed)?;
+        std::fs::remove_file(&packed)?;
+        Ok(file)
+    })
+    .await
+    .map_err(anyhow::Error::new)?;
+    let file = file.map_err(|e| {
+        let _ = std::fs::remove_file(&scratch);
+        ApiError::Storage(format!("cannot pack data set {hash}: {e}"))
+    })?;
+    let len = file.metadata().map_err(anyhow::Error::new)?.len();
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(
+        file,
+    )));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/x-tar".to_string()),
             (header::CONTENT_LENGTH, len.to_string()),
         ],
         body,
@@ -537,14 +698,15 @@ async fn end(
 ) -> ApiResult<StatusCode> {
     let (_, lease) = held(&state, &p, &id, &headers).await?;
     let end: RunEnd = parse(&body)?;
-    use sslab_shared::api::RunStatus;
     if matches!(end.status, RunStatus::Queued | RunStatus::Running) {
         return Err(ApiError::InvalidSpec(sslab_shared::SpecError::new(
             "status",
             "a run ends succeeded, failed or cancelled",
         )));
     }
-    if end.status == RunStatus::Succeeded && !state.artifacts.checkpoint(&id).is_file() {
+    if end.status == RunStatus::Succeeded
+        && state.artifacts.size(&state.artifacts.checkpoint(&id)).await?.is_none()
+    {
         return Err(ApiError::Conflict(format!(
             "run `{id}` has no stored checkpoint: store it before reporting success"
         )));
@@ -574,6 +736,184 @@ async fn release(
     JsonText(body): JsonText,
 ) -> ApiResult<StatusCode> {
     let (_, lease) = held(&state, &p, &id, &headers).await?;
+    let req: RunRelease = parse(&body)?;
+    state.store.release(&lease, &req.reason).await?;
+    state.wake_workers();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The re-evaluation a report is about, its run, and the lease it shows,
+/// which must be the job's current one.
+async fn held_evaluation(
+    state: &AppState,
+    p: &Principal,
+    id: &str,
+    headers: &HeaderMap,
+) -> ApiResult<(EvaluationJob, Run, Lease)> {
+    let missing = || ApiError::NotFound(format!("no evaluation job with id `{id}`"));
+    let job = state.store.evaluation_job(id).await?.ok_or_else(missing)?;
+    let run = state
+        .store
+        .run(&job.run_id)
+        .await?
+        .filter(|r| serves(p, Some(&r.team)))
+        .ok_or_else(missing)?;
+    let token = headers
+        .get(LEASE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| {
+            ApiError::BadRequest("send the claim's lease in the Sslab-Lease header".into())
+        })?;
+    let lease = state
+        .store
+        .lease_of(crate::store::JobKind::Evaluation, id, token)
+        .await?
+        .ok_or_else(|| {
+            ApiError::Conflict(format!(
+                "evaluation job `{id}` is not held with this lease: it ended, was cancelled, or went to another worker"
+            ))
+        })?;
+    if let Some((worker, _)) = token.split_once('#') {
+        state.store.worker_seen(worker).await?;
+    }
+    Ok((job, run, lease))
+}
+
+/// Keeps a re-evaluation's lease; says whether a cancel was asked.
+#[utoipa::path(
+    operation_id = "evaluation_heartbeat",
+    post,
+    path = "/worker/evaluations/{id}/heartbeat",
+    tag = "workers",
+    params(("id" = String, Path, description = "the evaluation job's id"), ("Sslab-Lease" = String, Header, description = "the claim's lease")),
+    responses((status = 200, description = "the lease is extended", body = HeartbeatAnswer), (status = 409, description = "the lease is not held", body = sslab_shared::api::ErrorBody), (status = 404, description = "not found, or not this worker's team", body = sslab_shared::api::ErrorBody), (status = 403, description = "not a worker token", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
+async fn evaluation_heartbeat(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<HeartbeatAnswer>> {
+    let (_, _, lease) = held_evaluation(&state, &p, &id, &headers).await?;
+    match state
+        .store
+        .heartbeat(&lease, crate::worker::lease_ms())
+        .await?
+    {
+        Some(cancel) => Ok(Json(HeartbeatAnswer { cancel })),
+        None => Err(ApiError::Conflict(format!(
+            "evaluation job `{id}` is not held with this lease"
+        ))),
+    }
+}
+
+/// The final weights of the run a held re-evaluation evaluates, streamed.
+#[utoipa::path(
+    operation_id = "evaluation_checkpoint",
+    get,
+    path = "/worker/evaluations/{id}/checkpoint",
+    tag = "workers",
+    params(("id" = String, Path, description = "the evaluation job's id"), ("Sslab-Lease" = String, Header, description = "the claim's lease")),
+    responses((status = 200, description = "safetensors weights", body = Vec<u8>, content_type = "application/octet-stream"), (status = 409, description = "the lease is not held", body = sslab_shared::api::ErrorBody), (status = 404, description = "not found, or not this worker's team", body = sslab_shared::api::ErrorBody), (status = 403, description = "not a worker token", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
+async fn evaluation_checkpoint(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let (_, run, _) = held_evaluation(&state, &p, &id, &headers).await?;
+    stream_file(&state, &state.artifacts.checkpoint(&run.id), || {
+        ApiError::NotFound(format!("run `{}` has no stored checkpoint", run.id))
+    })
+    .await
+}
+
+/// A registered data set a held re-evaluation reads (the run's, or the
+/// request's own), by content hash, as a tar of its folder.
+#[utoipa::path(
+    operation_id = "evaluation_data",
+    get,
+    path = "/worker/evaluations/{id}/data/{hash}",
+    tag = "workers",
+    params(("id" = String, Path, description = "the evaluation job's id"), ("hash" = String, Path, description = "the data set's content hash, hex digits"), ("Sslab-Lease" = String, Header, description = "the claim's lease")),
+    responses((status = 200, description = "a tar of the data set's folder", body = Vec<u8>, content_type = "application/x-tar"), (status = 409, description = "the lease is not held", body = sslab_shared::api::ErrorBody), (status = 404, description = "the job reads no such data set, or its files are gone", body = sslab_shared::api::ErrorBody), (status = 403, description = "not a worker token", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
+async fn evaluation_data(
+    State(state): State<AppState>,
+    p: Principal,
+    Path((id, hash)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let (job, run, _) = held_evaluation(&state, &p, &id, &headers).await?;
+    let reads = [
+        Some(&run.spec.data),
+        run.spec.eval.data.as_ref(),
+        job.request.eval.data.as_ref(),
+    ];
+    data_tar(&format!("evaluation job `{id}`"), &hash, reads.into_iter().flatten()).await
+}
+
+/// A re-evaluation's end, with its rows when it succeeded.
+#[utoipa::path(
+    operation_id = "evaluation_end",
+    post,
+    path = "/worker/evaluations/{id}/end",
+    tag = "workers",
+    params(("id" = String, Path, description = "the evaluation job's id"), ("Sslab-Lease" = String, Header, description = "the claim's lease")),
+    request_body = RunEnd,
+    responses((status = 204, description = "recorded"), (status = 409, description = "the lease is not held; nothing recorded", body = sslab_shared::api::ErrorBody), (status = 422, description = "invalid; `field` names what", body = sslab_shared::api::ErrorBody), (status = 404, description = "not found, or not this worker's team", body = sslab_shared::api::ErrorBody), (status = 403, description = "not a worker token", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
+async fn evaluation_end(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    JsonText(body): JsonText,
+) -> ApiResult<StatusCode> {
+    let (job, _, lease) = held_evaluation(&state, &p, &id, &headers).await?;
+    let end: RunEnd = parse(&body)?;
+    if matches!(end.status, RunStatus::Queued | RunStatus::Running) {
+        return Err(ApiError::InvalidSpec(sslab_shared::SpecError::new(
+            "status",
+            "an evaluation ends succeeded, failed or cancelled",
+        )));
+    }
+    let rows = match end.status {
+        RunStatus::Succeeded => end.evaluations.as_slice(),
+        _ => &[],
+    };
+    let ok = state
+        .store
+        .finish_evaluation(&job, &lease, end.status, end.error.as_deref(), rows)
+        .await?;
+    if ok {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::Conflict(format!(
+            "evaluation job `{id}` is not held with this lease"
+        )))
+    }
+}
+
+/// Hands a re-evaluation back to the queue (the worker is stopping).
+#[utoipa::path(
+    operation_id = "evaluation_release",
+    post,
+    path = "/worker/evaluations/{id}/release",
+    tag = "workers",
+    params(("id" = String, Path, description = "the evaluation job's id"), ("Sslab-Lease" = String, Header, description = "the claim's lease")),
+    request_body = RunRelease,
+    responses((status = 204, description = "queued again (or failed after too many attempts)"), (status = 409, description = "the lease is not held", body = sslab_shared::api::ErrorBody), (status = 404, description = "not found, or not this worker's team", body = sslab_shared::api::ErrorBody), (status = 403, description = "not a worker token", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
+async fn evaluation_release(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    JsonText(body): JsonText,
+) -> ApiResult<StatusCode> {
+    let (_, _, lease) = held_evaluation(&state, &p, &id, &headers).await?;
     let req: RunRelease = parse(&body)?;
     state.store.release(&lease, &req.reason).await?;
     state.wake_workers();

@@ -38,15 +38,24 @@ impl Store {
         let id = format!("ev{}", &uuid::Uuid::new_v4().simple().to_string()[..14]);
         let body =
             serde_json::to_string(request).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        // The run's team, and what the run needs of a worker unless the
+        // request reads a server folder of its own.
+        let own = match request.eval.data.as_ref().and_then(|d| d.server_path()) {
+            Some(_) => super::SERVER_DATA,
+            None => "",
+        };
         sqlx::query(
-            "INSERT INTO evaluation_jobs (id, run_id, status, request, created_at, created_by) \
-             VALUES ($1, $2, 'queued', $3, $4, $5)",
+            "INSERT INTO evaluation_jobs (id, run_id, status, request, created_at, created_by, team_id, requires) \
+             VALUES ($1, $2, 'queued', $3, $4, $5, \
+                 COALESCE((SELECT team_id FROM runs WHERE id = $2), 'default'), \
+                 COALESCE(NULLIF($6, ''), (SELECT requires FROM runs WHERE id = $2), ''))",
         )
         .bind(&id)
         .bind(run_id)
         .bind(body)
         .bind(now_ms())
         .bind(created_by)
+        .bind(own)
         .execute(&self.pool)
         .await?;
         self.evaluation_job(&id)

@@ -170,6 +170,28 @@ impl Store {
         Ok(Some((row, lease)))
     }
 
+    /// The lease `token` of job `id`, if it is the job's current one.
+    pub async fn lease_of(&self, kind: JobKind, id: &str, token: &str) -> Result<Option<Lease>> {
+        let sql = format!(
+            "SELECT attempts FROM {} WHERE id = $1 AND worker = $2 AND status = 'running'",
+            kind.table()
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(id)
+            .bind(token)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => Some(Lease {
+                kind,
+                id: id.to_string(),
+                token: token.to_string(),
+                attempt: r.try_get("attempts")?,
+            }),
+            None => None,
+        })
+    }
+
     /// Extends the lease. `None` if it is no longer held, else whether a
     /// cancel was requested.
     pub async fn heartbeat(&self, lease: &Lease, lease_ms: i64) -> Result<Option<bool>> {

@@ -547,12 +547,12 @@ impl Store {
     }
 }
 
-/// What a worker needs to train `spec`: files on the server's disk (a
-/// registered data set or a server folder) only the server's own workers
-/// read; the built-in scenes are made anywhere.
+/// What a worker needs to train `spec`: a server folder named in the spec
+/// only the server's own workers read; a registered data set is fetched
+/// through the API by any worker, and the built-in scenes are made anywhere.
 pub(super) fn requires(spec: &RunSpec) -> &'static str {
     use sslab_shared::spec::DataSpec;
-    let on_server = |d: &DataSpec| !matches!(d, DataSpec::Scenes(_));
+    let on_server = |d: &DataSpec| d.server_path().is_some();
     if on_server(&spec.data) || spec.eval.data.as_ref().is_some_and(on_server) {
         SERVER_DATA
     } else {

@@ -148,24 +148,9 @@ impl Store {
         Ok(())
     }
 
-    /// The lease a report on run `id` shows, if it is the run's current one.
+    /// The lease `token` of run `id`, if it is the run's current one.
     pub async fn run_lease(&self, id: &str, token: &str) -> Result<Option<Lease>> {
-        let row = sqlx::query(
-            "SELECT attempts FROM runs WHERE id = $1 AND worker = $2 AND status = 'running'",
-        )
-        .bind(id)
-        .bind(token)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(match row {
-            Some(r) => Some(Lease {
-                kind: super::JobKind::Run,
-                id: id.to_string(),
-                token: token.to_string(),
-                attempt: r.try_get("attempts")?,
-            }),
-            None => None,
-        })
+        self.lease_of(super::JobKind::Run, id, token).await
     }
 
     /// Appends log lines of the attempt `lease` stands for; a line sent

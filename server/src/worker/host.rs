@@ -36,6 +36,10 @@ pub trait Host: Send + Sync + 'static {
     /// Who is training, for the run's log: worker, host and device.
     fn describe(&self) -> String;
 
+    /// The spec with its registered data sets readable here (a remote
+    /// worker fetches them by content hash and points the spec at its copy).
+    fn data(&self, job: &RunJob) -> impl Future<Output = anyhow::Result<RunSpec>> + Send;
+
     /// Where the run's checkpoint lives while it trains, with the files of
     /// an earlier attempt in place.
     fn prepare(&self, job: &RunJob) -> impl Future<Output = anyhow::Result<PathBuf>> + Send;
@@ -89,6 +93,11 @@ impl Host for LocalHost {
         format!("in-process worker {} ({})", self.worker, self.device)
     }
 
+    /// The registry's folders are on this machine.
+    async fn data(&self, job: &RunJob) -> anyhow::Result<RunSpec> {
+        Ok(job.spec.clone())
+    }
+
     async fn prepare(&self, job: &RunJob) -> anyhow::Result<PathBuf> {
         let dir = self.artifacts.run_dir(&job.id);
         tokio::fs::create_dir_all(&dir).await.map_err(|e| {
@@ -97,6 +106,10 @@ impl Host for LocalHost {
                 dir.display()
             )
         })?;
+        // Another server may have trained the earlier attempt.
+        if job.lease.attempt > 1 {
+            self.artifacts.fetch_dir(&dir).await?;
+        }
         Ok(self.artifacts.checkpoint(&job.id))
     }
 
@@ -117,8 +130,19 @@ impl Host for LocalHost {
         Ok(self.store.add_run_logs(lease, lines).await?)
     }
 
-    /// The engine wrote it into the artifact folder already.
-    async fn store_checkpoint(&self, _: &Lease, _: &Path, _: usize) -> Report {
+    /// The engine wrote it into the artifact folder; the artifact store
+    /// takes the training state, then the weights that name it.
+    async fn store_checkpoint(&self, lease: &Lease, checkpoint: &Path, epochs: usize) -> Report {
+        let state = sslab_engine::train::state_path(checkpoint, epochs);
+        self.artifacts.persist(&state).await?;
+        self.artifacts.persist(checkpoint).await?;
+        let dir = self.artifacts.run_dir(&lease.id);
+        let keep = state.file_name().map(|n| n.to_string_lossy().into_owned());
+        for name in self.artifacts.list(&dir).await? {
+            if name.starts_with("checkpoint.state-") && Some(&name) != keep.as_ref() {
+                self.artifacts.remove(&dir.join(&name)).await?;
+            }
+        }
         Ok(true)
     }
 

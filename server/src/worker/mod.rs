@@ -154,6 +154,11 @@ impl Worker {
             }
         };
         let checkpoint = self.artifacts.checkpoint(&run.id);
+        if let Err(e) = self.artifacts.fetch(&checkpoint).await {
+            return self
+                .end_evaluation(&job, &lease, Err(Some(format!("{e:#}"))))
+                .await;
+        }
         let request = job.request.clone();
         let mut work = tokio::task::spawn_blocking(move || {
             let spec = run.spec.into_valid()?;

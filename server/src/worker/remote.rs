@@ -11,8 +11,9 @@ use anyhow::{Context, anyhow, bail};
 use reqwest::StatusCode;
 use sha2::{Digest, Sha256};
 use sslab_shared::api::{Evaluation, RunStatus};
+use sslab_shared::spec::{DataSpec, RegisteredData, RunSpec};
 use sslab_shared::worker::{
-    ClaimAnswer, ClaimRequest, HeartbeatAnswer, LEASE_HEADER, LogBatch, LogLine, MetricBatch,
+    ClaimAnswer, ClaimRequest, ClaimedEvaluation, HeartbeatAnswer, LEASE_HEADER, LogBatch, LogLine, MetricBatch,
     Registration, RunEnd, RunRelease, RunStart, StoredFile, WorkerInfo,
 };
 use tokio::io::AsyncWriteExt;
@@ -146,7 +147,7 @@ impl RemoteHost {
     /// Fetches a stored file into `to`, checked against its hash.
     async fn download(
         &self,
-        run: &str,
+        path: &str,
         lease: &str,
         file: &StoredFile,
         to: &Path,
@@ -154,7 +155,7 @@ impl RemoteHost {
         if to.is_file() && sha256_file(to).await.ok().as_deref() == Some(file.sha256.as_str()) {
             return Ok(());
         }
-        let url = self.url(&format!("/worker/runs/{run}/files/{}", file.name));
+        let url = self.url(path);
         let resp = self
             .call(&file.name, |c| c.get(&url).header(LEASE_HEADER, lease))
             .await
@@ -192,9 +193,137 @@ impl RemoteHost {
     }
 }
 
+/// Where a held job's reports go, and its lease.
+struct JobPath<'a> {
+    path: String,
+    lease: &'a str,
+}
+
+impl RemoteHost {
+    /// Points every registered data set among `reads` at this worker's copy.
+    async fn fetch_data<'a>(
+        &self,
+        job: &JobPath<'_>,
+        reads: impl IntoIterator<Item = Option<&'a mut DataSpec>>,
+    ) -> anyhow::Result<()> {
+        for d in reads.into_iter().flatten() {
+            if let DataSpec::Dataset {
+                name,
+                registered: Some(r),
+            } = d
+            {
+                **r = self.dataset(job, name, r).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// This worker's copy of a registered data set: a cached one that still
+    /// hashes as registered, else a fresh one fetched by content hash. The
+    /// training checks the hash again, so a fresh copy is not read twice.
+    async fn dataset(
+        &self,
+        job: &JobPath<'_>,
+        name: &str,
+        registered: &RegisteredData,
+    ) -> anyhow::Result<RegisteredData> {
+        let hex = registered.hash.trim_start_matches("sha256:").to_string();
+        let root = self.work_dir.join("datasets");
+        let cache = root.join(&hex);
+        let mut copy = registered.clone();
+        if !copy.data.set_server_path(cache.to_string_lossy().into_owned()) {
+            bail!("data set `{name}` names no folder to fetch");
+        }
+        if cache.is_dir() {
+            let check = DataSpec::Dataset {
+                name: name.to_string(),
+                registered: Some(Box::new(copy.clone())),
+            };
+            match tokio::task::spawn_blocking(move || sslab_engine::data::load(&check)).await? {
+                Ok(_) => return Ok(copy),
+                Err(e) => {
+                    tracing::warn!(data = name, error = %e, "the cached copy no longer matches; fetching it again");
+                    tokio::fs::remove_dir_all(&cache).await?;
+                }
+            }
+        }
+        tokio::fs::create_dir_all(&root)
+            .await
+            .with_context(|| format!("creating {}", root.display()))?;
+        let tag = &uuid::Uuid::new_v4().simple().to_string()[..8];
+        let (archive, unpacked) = (
+            root.join(format!(".{hex}-{tag}.tar")),
+            root.join(format!(".{hex}-{tag}")),
+        );
+        let fetched = async {
+            let url = self.url(&format!("{}/data/{hex}", job.path));
+            let token = job.lease.to_string();
+            let resp = self
+                .call(&format!("data set `{name}`"), |c| {
+                    c.get(&url).header(LEASE_HEADER, &token)
+                })
+                .await
+                .map_err(|f| match f {
+                    Failure::Conflict(_) => anyhow!("the run was taken from this worker"),
+                    Failure::Other(e) => e,
+                })?;
+            let mut out = tokio::fs::File::create(&archive)
+                .await
+                .with_context(|| format!("creating {}", archive.display()))?;
+            let mut stream = resp.bytes_stream();
+            use futures_util::StreamExt;
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.with_context(|| format!("downloading data set `{name}`"))?;
+                out.write_all(&chunk)
+                    .await
+                    .with_context(|| format!("writing {}", archive.display()))?;
+            }
+            out.flush().await?;
+            drop(out);
+            tokio::fs::create_dir_all(&unpacked).await?;
+            let (from, to) = (archive.clone(), unpacked.clone());
+            tokio::task::spawn_blocking(move || {
+                let limits = crate::archive::Limits {
+                    max_bytes: u64::MAX,
+                    max_entries: usize::MAX,
+                };
+                crate::archive::unpack(&from, &to, limits, &|_| Ok(()))
+            })
+            .await?
+            .with_context(|| format!("unpacking data set `{name}`"))?;
+            // Another slot may have fetched it meanwhile: then theirs is kept.
+            if let Err(e) = tokio::fs::rename(&unpacked, &cache).await {
+                if !cache.is_dir() {
+                    return Err(anyhow::Error::new(e).context("storing the fetched data set"));
+                }
+                let _ = tokio::fs::remove_dir_all(&unpacked).await;
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        let _ = tokio::fs::remove_file(&archive).await;
+        if fetched.is_err() {
+            let _ = tokio::fs::remove_dir_all(&unpacked).await;
+        }
+        fetched?;
+        Ok(copy)
+    }
+}
+
 impl Host for RemoteHost {
     fn describe(&self) -> String {
         format!("worker {} on {} ({})", self.worker, self.host, self.device)
+    }
+
+    async fn data(&self, job: &RunJob) -> anyhow::Result<RunSpec> {
+        let mut spec = job.spec.clone();
+        let at = JobPath {
+            path: format!("/worker/runs/{}", job.id),
+            lease: &job.lease.token,
+        };
+        self.fetch_data(&at, [Some(&mut spec.data), spec.eval.data.as_mut()])
+            .await?;
+        Ok(spec)
     }
 
     async fn prepare(&self, job: &RunJob) -> anyhow::Result<PathBuf> {
@@ -211,7 +340,8 @@ impl Host for RemoteHost {
             }
         }
         for file in &job.files {
-            self.download(&job.id, &job.lease.token, file, &dir.join(&file.name))
+            let path = format!("/worker/runs/{}/files/{}", job.id, file.name);
+            self.download(&path, &job.lease.token, file, &dir.join(&file.name))
                 .await?;
         }
         Ok(dir.join("checkpoint.safetensors"))
@@ -469,6 +599,107 @@ pub async fn run(opts: Options, mut shutdown: watch::Receiver<bool>) -> anyhow::
     Ok(())
 }
 
+/// Runs a claimed re-evaluation: fetches the run's weights (checked by
+/// hash) and its data, evaluates while the lease is kept, and reports the
+/// rows — or the error, or a cancel asked meanwhile.
+async fn evaluate(host: &RemoteHost, claimed: ClaimedEvaluation, device: candle_core::Device) {
+    let at = JobPath {
+        path: format!("/worker/evaluations/{}", claimed.id),
+        lease: &claimed.lease,
+    };
+    let dir = host.work_dir.join("evaluations").join(&claimed.id);
+    tracing::info!(job = %claimed.id, run = %claimed.run_id, "evaluation started");
+    let work = async {
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .with_context(|| format!("creating {}", dir.display()))?;
+        let checkpoint = dir.join("checkpoint.safetensors");
+        host.download(
+            &format!("{}/checkpoint", at.path),
+            at.lease,
+            &claimed.checkpoint,
+            &checkpoint,
+        )
+        .await?;
+        let (mut spec, mut request) = (claimed.spec.clone(), claimed.request.clone());
+        host.fetch_data(
+            &at,
+            [
+                Some(&mut spec.data),
+                spec.eval.data.as_mut(),
+                request.eval.data.as_mut(),
+            ],
+        )
+        .await?;
+        let spec = spec.into_valid().map_err(|e| anyhow!("its run's spec: {e}"))?;
+        anyhow::Ok((spec, request, checkpoint))
+    }
+    .await;
+    let result = match work {
+        Err(e) => Err(Some(format!("{e:#}"))),
+        Ok((spec, request, checkpoint)) => {
+            let mut job = tokio::task::spawn_blocking(move || {
+                sslab_engine::eval::evaluate_checkpoint(&spec, &checkpoint, &request.eval, &device)
+            });
+            let mut beat = tokio::time::interval(super::heartbeat_every(claimed.lease_ms));
+            let heartbeat = host.url(&format!("{}/heartbeat", at.path));
+            let mut cancelled = false;
+            loop {
+                tokio::select! {
+                    done = &mut job => break match done {
+                        Err(e) => Err(Some(format!("the evaluation thread crashed: {e}"))),
+                        Ok(Err(e)) => Err(Some(e.to_string())),
+                        Ok(Ok(_)) if cancelled => Err(None),
+                        Ok(Ok(rows)) => Ok(rows),
+                    },
+                    _ = beat.tick() => match host.call("heartbeat", |c| c.post(&heartbeat).header(LEASE_HEADER, at.lease)).await {
+                        Ok(resp) => cancelled |= resp.json::<HeartbeatAnswer>().await.is_ok_and(|a| a.cancel),
+                        Err(Failure::Conflict(_)) => {
+                            tracing::warn!(job = %claimed.id, "lost the evaluation's lease");
+                            let _ = tokio::fs::remove_dir_all(&dir).await;
+                            return;
+                        }
+                        Err(Failure::Other(e)) => tracing::warn!(job = %claimed.id, error = %e, "heartbeat failed"),
+                    },
+                }
+            }
+        }
+    };
+    let end = match result {
+        Ok(rows) => RunEnd {
+            status: RunStatus::Succeeded,
+            error: None,
+            evaluations: rows,
+        },
+        Err(None) => RunEnd {
+            status: RunStatus::Cancelled,
+            error: None,
+            evaluations: Vec::new(),
+        },
+        Err(Some(e)) => RunEnd {
+            status: RunStatus::Failed,
+            error: Some(e),
+            evaluations: Vec::new(),
+        },
+    };
+    let url = host.url(&format!("{}/end", at.path));
+    match host
+        .call("ending the evaluation", |c| {
+            c.post(&url).header(LEASE_HEADER, at.lease).json(&end)
+        })
+        .await
+    {
+        Ok(_) => tracing::info!(job = %claimed.id, status = end.status.as_str(), "evaluation ended"),
+        Err(Failure::Conflict(_)) => {
+            tracing::warn!(job = %claimed.id, "the evaluation was taken from this worker")
+        }
+        Err(Failure::Other(e)) => {
+            tracing::error!(job = %claimed.id, error = %e, "reporting the evaluation failed")
+        }
+    }
+    let _ = tokio::fs::remove_dir_all(&dir).await;
+}
+
 fn error_message(body: &str) -> String {
     serde_json::from_str::<serde_json::Value>(body)
         .ok()
@@ -517,6 +748,10 @@ async fn slot_loop(
                 };
                 super::run_job::execute(&host, job, device.clone(), &mut shutdown).await;
             }
+            Ok(ClaimAnswer {
+                evaluation: Some(claimed),
+                ..
+            }) => evaluate(&host, claimed, device.clone()).await,
             Ok(ClaimAnswer { drain: true, .. }) => {
                 tracing::info!(worker = %host.worker, "drained: no new work");
                 return;

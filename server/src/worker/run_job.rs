@@ -201,9 +201,17 @@ pub async fn execute<H: Host>(
         job.name,
         host.describe()
     ));
+    let spec = match host.data(&job).await {
+        Ok(spec) => spec,
+        Err(e) => {
+            let msg = format!("its data cannot be read here: {e:#}");
+            end(&mut report, RunStatus::Failed, Some(msg), &[]).await;
+            return host.done(&job).await;
+        }
+    };
     // Checked when it was created; checked again here, as the engine takes
     // only a checked spec, in case a stored one no longer passes.
-    let spec = match job.spec.clone().into_valid() {
+    let spec = match spec.into_valid() {
         Ok(spec) => spec,
         Err(e) => {
             let msg = format!("its spec does not pass the checks: {e}");
@@ -379,11 +387,24 @@ async fn progress<H: Host>(
             let _ = done.send(());
         }
         Progress::Checkpoint(epochs, done) => {
-            let ok = match report
-                .host
-                .store_checkpoint(&report.job.lease, checkpoint, epochs)
-                .await
-            {
+            // A big checkpoint on a slow store takes longer than a lease:
+            // the heartbeat goes on meanwhile.
+            let (host, lease) = (report.host, &report.job.lease);
+            let store = host.store_checkpoint(lease, checkpoint, epochs);
+            tokio::pin!(store);
+            let mut beat = tokio::time::interval(report.job.heartbeat);
+            beat.tick().await;
+            let stored = loop {
+                tokio::select! {
+                    stored = &mut store => break stored,
+                    _ = beat.tick() => {
+                        if let Err(e) = host.heartbeat(lease).await {
+                            tracing::warn!(run = %lease.id, error = %e, "heartbeat failed");
+                        }
+                    }
+                }
+            };
+            let ok = match stored {
                 Ok(true) => {
                     report.say(format!("checkpoint after epoch {epochs} stored"));
                     true

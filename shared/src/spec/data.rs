@@ -169,6 +169,22 @@ impl DataSpec {
         }
     }
 
+    /// Points a spec that reads a folder at another copy of it (a worker's
+    /// cache of a registered data set); `false` for one that reads none.
+    pub fn set_server_path(&mut self, to: String) -> bool {
+        match self {
+            DataSpec::Cifar10 { path }
+            | DataSpec::Cifar100 { path, .. }
+            | DataSpec::Idx { path }
+            | DataSpec::Stl10 { path, .. }
+            | DataSpec::Folder { path, .. } => {
+                *path = to;
+                true
+            }
+            DataSpec::Scenes(_) | DataSpec::Dataset { .. } => false,
+        }
+    }
+
     /// Training images, as far as the spec tells: exact for the built-in
     /// scenes, the standard size for file formats (the worker corrects it
     /// once the files are read).
