@@ -101,7 +101,7 @@ impl Objects {
                 ("runs", "{id}") => &self.run,
                 ("sweeps", "{id}") => &self.sweep,
                 ("audits", "{id}") => &self.audit,
-                ("evaluation-jobs", "{id}") => &self.evaluation_job,
+                ("evaluation-jobs", "{id}") | ("evaluations", "{id}") => &self.evaluation_job,
                 ("datasets", "{name}") => &self.dataset,
                 ("tokens", "{id}") => &self.token,
                 ("members", "{user_id}") => &self.member,
@@ -113,6 +113,8 @@ impl Objects {
                 ("projects", "{name}") => &self.project,
                 ("files", "{file}") => "checkpoint.safetensors",
                 ("files", "{sha256}") => &self.demo_file,
+                // A data set's content hash; the walk needs no real one.
+                ("data", "{hash}") => "00000000000000000000000000000000",
                 (before, param) => panic!(
                     "no test object for `{param}` after `{before}` in {path}: add one to Objects"
                 ),
