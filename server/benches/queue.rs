@@ -36,7 +36,12 @@ fn client(token: &str) -> anyhow::Result<reqwest::Client> {
         .build()?)
 }
 
-async fn post(c: &reqwest::Client, url: String, lease: Option<&str>, body: Value) -> anyhow::Result<Value> {
+async fn post(
+    c: &reqwest::Client,
+    url: String,
+    lease: Option<&str>,
+    body: Value,
+) -> anyhow::Result<Value> {
     let mut req = c.post(url).json(&body);
     if let Some(l) = lease {
         req = req.header("sslab-lease", l);
@@ -63,8 +68,18 @@ async fn register(w: &reqwest::Client, api: &str, i: usize) -> anyhow::Result<St
     Ok(reg["id"].as_str().unwrap_or_default().to_string())
 }
 
-async fn claim(w: &reqwest::Client, api: &str, worker: &str) -> anyhow::Result<Option<(String, String)>> {
-    let answer = post(w, format!("{api}/worker/claim"), None, json!({"worker": worker})).await?;
+async fn claim(
+    w: &reqwest::Client,
+    api: &str,
+    worker: &str,
+) -> anyhow::Result<Option<(String, String)>> {
+    let answer = post(
+        w,
+        format!("{api}/worker/claim"),
+        None,
+        json!({"worker": worker}),
+    )
+    .await?;
     let job = &answer["job"];
     Ok(job["id"].as_str().map(|id| {
         (
@@ -119,7 +134,14 @@ async fn main() -> anyhow::Result<()> {
     let out = sslab()
         .arg("--data-dir")
         .arg(dir.path())
-        .args(["admin", "create-token", "--user", "admin", "--scope", "worker"])
+        .args([
+            "admin",
+            "create-token",
+            "--user",
+            "admin",
+            "--scope",
+            "worker",
+        ])
         .env("DATABASE_URL", &url)
         .output()?;
     anyhow::ensure!(out.status.success(), "sslab admin create-token failed");
@@ -158,8 +180,20 @@ async fn main() -> anyhow::Result<()> {
                 };
                 claimed.fetch_add(1, Ordering::SeqCst);
                 let run = format!("{api}/worker/runs/{id}");
-                post(&w, format!("{run}/start"), Some(&lease), json!({"resumed_epochs": 0})).await?;
-                post(&w, format!("{run}/end"), Some(&lease), json!({"status": "cancelled"})).await?;
+                post(
+                    &w,
+                    format!("{run}/start"),
+                    Some(&lease),
+                    json!({"resumed_epochs": 0}),
+                )
+                .await?;
+                post(
+                    &w,
+                    format!("{run}/end"),
+                    Some(&lease),
+                    json!({"status": "cancelled"}),
+                )
+                .await?;
                 ids.push(id);
             }
             anyhow::Ok(ids)

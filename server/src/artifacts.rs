@@ -355,7 +355,7 @@ async fn download(remote: &Remote, key: &Key, to: &Path) -> anyhow::Result<()> {
 }
 
 /// Every file under `dir` (none when it does not exist), partial files left out.
-async fn files_under(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+pub(crate) async fn files_under(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let dir = dir.to_path_buf();
     tokio::task::spawn_blocking(move || {
         let mut out = Vec::new();

@@ -22,7 +22,7 @@ pub const GALLERY: usize = 12;
 
 /// Shared with the training thread: where it is, and whether to stop.
 #[derive(Default)]
-struct Shared {
+pub(crate) struct Shared {
     target: AtomicBool,
     step: AtomicI64,
     total: AtomicI64,
@@ -31,9 +31,42 @@ struct Shared {
 
 /// Reports steps to `Shared`; at the end, writes the page's gallery (the
 /// memorized images and their neighbours) into `images`.
-struct Progress {
+pub(crate) struct Progress {
     shared: Arc<Shared>,
     images: std::path::PathBuf,
+}
+
+impl Progress {
+    /// An observer that writes the gallery into `images`, and what it shares.
+    pub(crate) fn new(images: std::path::PathBuf) -> (Progress, Arc<Shared>) {
+        let shared = Arc::new(Shared::default());
+        (
+            Progress {
+                shared: shared.clone(),
+                images,
+            },
+            shared,
+        )
+    }
+}
+
+impl Shared {
+    /// The model in training (`target`, `reference`, or empty before
+    /// training starts), its step and its steps in all.
+    pub(crate) fn now(&self) -> (&'static str, i64, i64) {
+        let total = self.total.load(Ordering::Relaxed);
+        let stage = match (total, self.target.load(Ordering::Relaxed)) {
+            (0, _) => "",
+            (_, true) => "target",
+            (_, false) => "reference",
+        };
+        (stage, self.step.load(Ordering::Relaxed), total)
+    }
+
+    /// Asks the training to stop after its current step.
+    pub(crate) fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 impl AuditObserver for Progress {
@@ -72,13 +105,7 @@ impl Worker {
         lease: &Lease,
         shared: &Shared,
     ) -> crate::store::Result<Option<bool>> {
-        let total = shared.total.load(Ordering::Relaxed);
-        let stage = match (total, shared.target.load(Ordering::Relaxed)) {
-            (0, _) => "",
-            (_, true) => "target",
-            (_, false) => "reference",
-        };
-        let step = shared.step.load(Ordering::Relaxed);
+        let (stage, step, total) = shared.now();
         self.store
             .audit_progress(lease, lease_ms(), stage, step, total)
             .await
@@ -110,11 +137,7 @@ impl Worker {
         shutdown: &mut watch::Receiver<bool>,
     ) {
         let dir = self.artifacts.audit_dir(&audit.id);
-        let shared = Arc::new(Shared::default());
-        let observer = Progress {
-            shared: shared.clone(),
-            images: dir.join("images"),
-        };
+        let (observer, shared) = Progress::new(dir.join("images"));
         let (spec, job_dir) = (audit.spec.clone(), dir.clone());
         let trained = spec.runs.as_ref().map(|r| {
             (

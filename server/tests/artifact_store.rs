@@ -4,8 +4,8 @@
 //! children that hold only a worker token.
 //!
 //! A remote worker trains on an uploaded data set it fetches by content
-//! hash (a spoilt cached copy is fetched again) and re-evaluates the run
-//! from its weights in S3; a worker killed mid-run
+//! hash (a spoilt cached copy is fetched again), re-evaluates the run from
+//! its weights in S3 and runs a déjà vu audit whose files land in S3; a worker killed mid-run
 //! loses the run to another, which resumes from the checkpoint in S3 (the
 //! server's local cache wiped in between, the hash checked); an S3 outage
 //! during a checkpoint upload is retried and the run is not done until the
@@ -90,7 +90,12 @@ impl Moto {
     async fn keys(&self, prefix: &str) -> Vec<String> {
         use futures_util::TryStreamExt;
         let under = object_store::path::Path::from(format!("{PREFIX}/{prefix}"));
-        let listed: Vec<_> = self.bucket().list(Some(&under)).try_collect().await.unwrap();
+        let listed: Vec<_> = self
+            .bucket()
+            .list(Some(&under))
+            .try_collect()
+            .await
+            .unwrap();
         listed
             .into_iter()
             .map(|m| {
@@ -295,7 +300,10 @@ async fn artifacts_in_s3_and_data_on_workers() {
             break;
         }
         assert!(j["status"] == "queued" || j["status"] == "running", "{j}");
-        assert!(Instant::now() < deadline, "the re-evaluation did not finish");
+        assert!(
+            Instant::now() < deadline,
+            "the re-evaluation did not finish"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let rows: Vec<sslab_shared::api::Evaluation> = common::get_json(
@@ -309,6 +317,69 @@ async fn artifacts_in_s3_and_data_on_workers() {
         .unwrap_or_else(|| panic!("{rows:?}"));
     assert!(knn.value > 0.6, "{rows:?}");
     assert!(rows.iter().any(|e| e.probe == "rankme"), "{rows:?}");
+
+    // A déjà vu audit on the remote worker: its files land in S3 and its
+    // page's images are served from there.
+    let audit: serde_json::Value = a
+        .post(server.url("/audits"))
+        .json(&json!({
+            "name": "remote-audit",
+            "snapshots": [1],
+            "split": {"per_class": 6},
+            "attack": {"k": 10},
+            "run": {
+                "seed": 3,
+                "data": {"source": "scenes", "classes": 3, "train_images": 90, "test_images": 30},
+                "backbone": {"kind": "tiny_cnn", "width": 8},
+                "projector": {"dims": "32-16"},
+                "optimizer": {"batch_size": 12},
+                "schedule": {"epochs": 2}
+            }
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let audit_id = audit["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{audit}"))
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let audit = loop {
+        let got: sslab_shared::api::Audit =
+            common::get_json(&a, server.url(&format!("/audits/{audit_id}"))).await;
+        if got.status.is_terminal() {
+            break got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the audit did not finish: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(audit.status, RunStatus::Succeeded, "{audit:?}");
+    let kept = moto.keys(&format!("audits/{audit_id}/")).await;
+    for file in [
+        "examples.csv",
+        "target-a.safetensors",
+        "reference-b.safetensors",
+    ] {
+        let key = format!("audits/{audit_id}/{file}");
+        assert!(kept.contains(&key), "{key} not in {kept:?}");
+    }
+    let image = kept
+        .iter()
+        .find_map(|k| k.strip_prefix(&format!("audits/{audit_id}/images/")))
+        .unwrap_or_else(|| panic!("no gallery image in {kept:?}"));
+    let png = a
+        .get(server.url(&format!("/audits/{audit_id}/images/{image}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(png.status(), 200);
+    assert_eq!(png.headers()["content-type"], "image/png");
 
     // A spoilt cached copy no longer hashes as registered: fetched again.
     std::fs::write(&cached, common::png([1, 2, 3], 7)).unwrap();

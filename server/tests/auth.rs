@@ -113,6 +113,7 @@ impl Objects {
                 ("projects", "{name}") => &self.project,
                 ("files", "{file}") => "checkpoint.safetensors",
                 ("files", "{sha256}") => &self.demo_file,
+                ("checkpoints", "{model}") => "target",
                 // A data set's content hash; the walk needs no real one.
                 ("data", "{hash}") => "00000000000000000000000000000000",
                 (before, param) => panic!(

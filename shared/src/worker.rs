@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::api::{Evaluation, EvaluationRequest, MemorizationPoint, MetricPoint, RunStatus};
+use crate::audit::{AuditReport, AuditSpec};
 use crate::spec::RunSpec;
 
 /// The header every report on a claimed job carries.
@@ -66,7 +67,63 @@ pub struct ClaimAnswer {
     pub job: Option<ClaimedRun>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evaluation: Option<ClaimedEvaluation>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<ClaimedAudit>,
     pub drain: bool,
+}
+
+/// A claimed déjà vu audit; reports go to `/worker/audits/{id}/…` with
+/// `lease` in the `Sslab-Lease` header.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ClaimedAudit {
+    pub id: String,
+    pub name: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub spec: AuditSpec,
+    pub lease: String,
+    pub lease_ms: i64,
+    /// For an audit of two finished runs: their final weights,
+    /// `GET /worker/audits/{id}/checkpoints/target` and `…/reference`.
+    pub target: Option<StoredFile>,
+    pub reference: Option<StoredFile>,
+}
+
+/// Where a claimed audit is: `POST /worker/audits/{id}/progress`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct AuditProgress {
+    /// `target`, `reference`, or empty before training starts.
+    pub stage: String,
+    pub step: i64,
+    pub total_steps: i64,
+}
+
+/// An audit's end, with its report when it succeeded.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct AuditEnd {
+    pub status: RunStatus,
+    pub error: Option<String>,
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub report: Option<AuditReport>,
+}
+
+/// Whether `path` names a file an audit keeps: its two models' weights,
+/// `examples.csv`, or a gallery image `images/N.png`.
+pub fn is_audit_file(path: &str) -> bool {
+    match path {
+        "target-a.safetensors" | "reference-b.safetensors" | "examples.csv" => true,
+        _ => path
+            .strip_prefix("images/")
+            .and_then(|f| f.strip_suffix(".png"))
+            .is_some_and(|n| {
+                !n.is_empty() && n.len() <= 9 && n.bytes().all(|b| b.is_ascii_digit())
+            }),
+    }
 }
 
 /// A claimed re-evaluation of a finished run's final weights; reports go
@@ -221,10 +278,35 @@ mod tests {
     }
 
     #[test]
+    fn audit_files_are_named_plainly() {
+        for good in [
+            "target-a.safetensors",
+            "reference-b.safetensors",
+            "examples.csv",
+            "images/0.png",
+            "images/123.png",
+        ] {
+            assert!(is_audit_file(good), "{good}");
+        }
+        for bad in [
+            "images/../x.png",
+            "images/.png",
+            "images/a.png",
+            "images/1.png/x",
+            "../examples.csv",
+            "run.json",
+            "images/1234567890.png",
+        ] {
+            assert!(!is_audit_file(bad), "{bad}");
+        }
+    }
+
+    #[test]
     fn a_claim_answer_round_trips() {
         let answer = ClaimAnswer {
             job: None,
             evaluation: None,
+            audit: None,
             drain: true,
         };
         let text = serde_json::to_string(&answer).unwrap();

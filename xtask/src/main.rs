@@ -206,7 +206,10 @@ fn lint_deploy(root: &Path) -> Result<()> {
     // pip puts the linter beside python3's scripts, which need not be on PATH.
     let scripts = String::from_utf8(
         Command::new("python3")
-            .args(["-c", "import sysconfig; print(sysconfig.get_path('scripts'))"])
+            .args([
+                "-c",
+                "import sysconfig; print(sysconfig.get_path('scripts'))",
+            ])
             .output()
             .context("python3 is needed to lint the deployment files")?
             .stdout,

@@ -219,7 +219,12 @@ pub(super) async fn dataset(
     still_used(&format!("data set `{name}`"), &users)?;
     let dirs = vec![state.datasets.folder(&d)];
     let team = p.team().to_string();
-    let outcome = with_files_aside(&state.artifacts, dirs, state.store.delete_dataset(&team, &name)).await?;
+    let outcome = with_files_aside(
+        &state.artifacts,
+        dirs,
+        state.store.delete_dataset(&team, &name),
+    )
+    .await?;
     tracing::info!(dataset = %name, ?outcome, "delete");
     answer(
         outcome,

@@ -42,6 +42,8 @@ use super::{
         workers::logs, workers::upload, workers::download, workers::data, workers::end,
         workers::release, workers::evaluation_heartbeat, workers::evaluation_checkpoint,
         workers::evaluation_data, workers::evaluation_end, workers::evaluation_release,
+        workers::audit_progress, workers::audit_checkpoint, workers::audit_data,
+        workers::audit_upload, workers::audit_image_upload, workers::audit_end, workers::audit_release,
         workers::list, workers::drain, runs::logs,
         health, document,
     ),

@@ -8,14 +8,15 @@ use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
-use sslab_shared::api::{EvaluationJob, Run, RunStatus};
+use sslab_shared::api::{Audit, EvaluationJob, Run, RunStatus};
 use sslab_shared::spec::DataSpec;
 use sslab_shared::worker::{
-    ClaimAnswer, ClaimRequest, ClaimedEvaluation, ClaimedRun, HeartbeatAnswer, LEASE_HEADER, LogBatch, MetricBatch,
-    Registration, RunEnd, RunRelease, RunStart, StoredFile, WorkerInfo, is_run_file,
+    AuditEnd, AuditProgress, ClaimAnswer, ClaimRequest, ClaimedAudit, ClaimedEvaluation,
+    ClaimedRun, HeartbeatAnswer, LEASE_HEADER, LogBatch, MetricBatch, Registration, RunEnd,
+    RunRelease, RunStart, StoredFile, WorkerInfo, is_audit_file, is_run_file,
 };
 use tokio::io::AsyncWriteExt;
 
@@ -43,11 +44,30 @@ pub fn worker_router() -> axum::Router<AppState> {
         .route("/worker/runs/{id}/data/{hash}", get(data))
         .route("/worker/runs/{id}/end", post(end))
         .route("/worker/runs/{id}/release", post(release))
-        .route("/worker/evaluations/{id}/heartbeat", post(evaluation_heartbeat))
-        .route("/worker/evaluations/{id}/checkpoint", get(evaluation_checkpoint))
+        .route(
+            "/worker/evaluations/{id}/heartbeat",
+            post(evaluation_heartbeat),
+        )
+        .route(
+            "/worker/evaluations/{id}/checkpoint",
+            get(evaluation_checkpoint),
+        )
         .route("/worker/evaluations/{id}/data/{hash}", get(evaluation_data))
         .route("/worker/evaluations/{id}/end", post(evaluation_end))
         .route("/worker/evaluations/{id}/release", post(evaluation_release))
+        .route("/worker/audits/{id}/progress", post(audit_progress))
+        .route(
+            "/worker/audits/{id}/checkpoints/{model}",
+            get(audit_checkpoint),
+        )
+        .route("/worker/audits/{id}/data/{hash}", get(audit_data))
+        .route(
+            "/worker/audits/{id}/files/{file}",
+            put(audit_upload).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/worker/audits/{id}/images/{file}", put(audit_image_upload))
+        .route("/worker/audits/{id}/end", post(audit_end))
+        .route("/worker/audits/{id}/release", post(audit_release))
 }
 
 /// The team's view of its workers.
@@ -141,6 +161,7 @@ async fn claim(
         return Ok(Json(ClaimAnswer {
             job: None,
             evaluation: None,
+            audit: None,
             drain: true,
         }));
     }
@@ -154,9 +175,16 @@ async fn claim(
         .claim_next(claimant, crate::worker::lease_ms())
         .await?
     else {
+        // No run waits: a re-evaluation, else an audit.
+        let evaluation = claim_evaluation(&state, claimant).await?;
+        let audit = match evaluation {
+            Some(_) => None,
+            None => claim_audit(&state, claimant).await?,
+        };
         return Ok(Json(ClaimAnswer {
             job: None,
-            evaluation: claim_evaluation(&state, claimant).await?,
+            evaluation,
+            audit,
             drain: false,
         }));
     };
@@ -181,6 +209,7 @@ async fn claim(
             files,
         }),
         evaluation: None,
+        audit: None,
         drain: false,
     }))
 }
@@ -202,10 +231,7 @@ async fn claim_evaluation(
         };
         let run = state.store.run(&job.run_id).await?;
         let checkpoint = match &run {
-            Some(run) => stored_files(state, &run.id)
-                .await?
-                .into_iter()
-                .find(|f| f.name == "checkpoint.safetensors"),
+            Some(run) => checkpoint_file(state, &run.id).await?,
             None => None,
         };
         let (Some(run), Some(checkpoint)) = (run, checkpoint) else {
@@ -227,6 +253,55 @@ async fn claim_evaluation(
             checkpoint,
         }));
     }
+}
+
+/// The oldest queued audit this worker can run; for one of two finished
+/// runs, with the hashes of their weights. One whose runs lost their
+/// weights fails at once, naming them.
+async fn claim_audit(state: &AppState, claimant: Claimant<'_>) -> ApiResult<Option<ClaimedAudit>> {
+    loop {
+        let Some((audit, lease)) = state
+            .store
+            .claim_next_audit(claimant, crate::worker::lease_ms())
+            .await?
+        else {
+            return Ok(None);
+        };
+        let (mut target, mut reference) = (None, None);
+        if let Some(runs) = &audit.spec.runs {
+            target = checkpoint_file(state, &runs.target).await?;
+            reference = checkpoint_file(state, &runs.reference).await?;
+            if target.is_none() || reference.is_none() {
+                let why = format!(
+                    "runs `{}` and `{}` must both have stored weights",
+                    runs.target, runs.reference
+                );
+                state
+                    .store
+                    .finish_audit(&lease, RunStatus::Failed, Some(&why), None)
+                    .await?;
+                continue;
+            }
+        }
+        tracing::info!(audit = %audit.id, worker = %claimant.id, "audit claimed");
+        return Ok(Some(ClaimedAudit {
+            id: audit.id,
+            name: audit.name,
+            spec: audit.spec,
+            lease: lease.token,
+            lease_ms: crate::worker::lease_ms(),
+            target,
+            reference,
+        }));
+    }
+}
+
+/// A run's stored final weights with their hash, if it has them.
+async fn checkpoint_file(state: &AppState, run: &str) -> ApiResult<Option<StoredFile>> {
+    Ok(stored_files(state, run)
+        .await?
+        .into_iter()
+        .find(|f| f.name == "checkpoint.safetensors"))
 }
 
 /// The run's stored files with their hashes (fetched from the artifact
@@ -468,36 +543,9 @@ async fn upload(
         )));
     }
     let dir = state.artifacts.run_dir(&id);
-    tokio::fs::create_dir_all(&dir)
-        .await
-        .map_err(|e| ApiError::Storage(format!("cannot create the run's folder: {e}")))?;
-    let part = dir.join(format!(
-        ".{file}.{}.part",
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    ));
-    let result = receive(body, &part).await;
-    let (bytes, sha256) = match result {
-        Ok(done) => done,
-        Err(e) => {
-            let _ = tokio::fs::remove_file(&part).await;
-            return Err(e);
-        }
-    };
-    // The lease may have gone while the bytes came: then nothing changes.
-    if state.store.run_lease(&id, &lease.token).await?.is_none() {
-        let _ = tokio::fs::remove_file(&part).await;
-        return Err(lost(&id));
-    }
     let target = dir.join(&file);
-    tokio::fs::rename(&part, &target)
-        .await
-        .map_err(|e| ApiError::Storage(format!("cannot store {file}: {e}")))?;
-    // Answered only once the artifact store holds it: the worker retries
-    // an upload the store did not take.
-    state.artifacts.persist(&target).await.map_err(|e| {
-        tracing::error!(run = %id, file = %file, error = %format!("{e:#}"), "storing a run file failed");
-        ApiError::Storage(format!("the artifact store did not take {file}; send it again"))
-    })?;
+    let still_held = async { Ok(state.store.run_lease(&id, &lease.token).await?.is_some()) };
+    let (bytes, sha256) = keep_upload(&state, body, &target, still_held, || lost(&id)).await?;
     if let (Some(epochs), "checkpoint.safetensors") = (query.epochs, file.as_str()) {
         let keep = format!("checkpoint.state-{epochs}.safetensors");
         for stale in state.artifacts.list(&dir).await? {
@@ -511,6 +559,51 @@ async fn upload(
         bytes,
         sha256,
     }))
+}
+
+/// Receives a body into `target` through a partial file beside it, hashing
+/// it; keeps it only if `held` (asked once the bytes are in) says the lease
+/// is still held, else answers `lost()`. Answered once the artifact store
+/// holds the file: a worker sends again what the store did not take.
+async fn keep_upload(
+    state: &AppState,
+    body: Body,
+    target: &std::path::Path,
+    held: impl std::future::Future<Output = ApiResult<bool>>,
+    lost: impl Fn() -> ApiError,
+) -> ApiResult<(u64, String)> {
+    let dir = target.parent().unwrap_or(target);
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(|e| ApiError::Storage(format!("cannot create {}: {e}", dir.display())))?;
+    let part = dir.join(format!(
+        ".{name}.{}.part",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    ));
+    let (bytes, sha256) = match receive(body, &part).await {
+        Ok(done) => done,
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&part).await;
+            return Err(e);
+        }
+    };
+    // The lease may have gone while the bytes came: then nothing changes.
+    if !held.await? {
+        let _ = tokio::fs::remove_file(&part).await;
+        return Err(lost());
+    }
+    tokio::fs::rename(&part, target)
+        .await
+        .map_err(|e| ApiError::Storage(format!("cannot store {name}: {e}")))?;
+    state.artifacts.persist(target).await.map_err(|e| {
+        tracing::error!(file = %target.display(), error = %format!("{e:#}"), "storing an uploaded file failed");
+        ApiError::Storage(format!("the artifact store did not take {name}; send it again"))
+    })?;
+    Ok((bytes, sha256))
 }
 
 /// Writes a request body to `part`, hashing it on the way.
@@ -666,9 +759,9 @@ async fn data_tar<'a>(
         ApiError::Storage(format!("cannot pack data set {hash}: {e}"))
     })?;
     let len = file.metadata().map_err(anyhow::Error::new)?.len();
-    let body = Body::from_stream(tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(
-        file,
-    )));
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(
+        tokio::fs::File::from_std(file),
+    ));
     Ok((
         [
             (header::CONTENT_TYPE, "application/x-tar".to_string()),
@@ -705,7 +798,11 @@ async fn end(
         )));
     }
     if end.status == RunStatus::Succeeded
-        && state.artifacts.size(&state.artifacts.checkpoint(&id)).await?.is_none()
+        && state
+            .artifacts
+            .size(&state.artifacts.checkpoint(&id))
+            .await?
+            .is_none()
     {
         return Err(ApiError::Conflict(format!(
             "run `{id}` has no stored checkpoint: store it before reporting success"
@@ -851,7 +948,12 @@ async fn evaluation_data(
         run.spec.eval.data.as_ref(),
         job.request.eval.data.as_ref(),
     ];
-    data_tar(&format!("evaluation job `{id}`"), &hash, reads.into_iter().flatten()).await
+    data_tar(
+        &format!("evaluation job `{id}`"),
+        &hash,
+        reads.into_iter().flatten(),
+    )
+    .await
 }
 
 /// A re-evaluation's end, with its rows when it succeeded.
@@ -914,6 +1016,273 @@ async fn evaluation_release(
     JsonText(body): JsonText,
 ) -> ApiResult<StatusCode> {
     let (_, _, lease) = held_evaluation(&state, &p, &id, &headers).await?;
+    let req: RunRelease = parse(&body)?;
+    state.store.release(&lease, &req.reason).await?;
+    state.wake_workers();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The audit a report is about and the lease it shows, which must be the
+/// audit's current one.
+async fn held_audit(
+    state: &AppState,
+    p: &Principal,
+    id: &str,
+    headers: &HeaderMap,
+) -> ApiResult<(Audit, Lease)> {
+    let audit = state
+        .store
+        .audit(id)
+        .await?
+        .filter(|a| serves(p, Some(&a.team)))
+        .ok_or_else(|| ApiError::NotFound(format!("no audit with id `{id}`")))?;
+    let token = headers
+        .get(LEASE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| {
+            ApiError::BadRequest("send the claim's lease in the Sslab-Lease header".into())
+        })?;
+    let lease = state
+        .store
+        .lease_of(crate::store::JobKind::Audit, id, token)
+        .await?
+        .ok_or_else(|| lost_audit(id))?;
+    if let Some((worker, _)) = token.split_once('#') {
+        state.store.worker_seen(worker).await?;
+    }
+    Ok((audit, lease))
+}
+
+fn lost_audit(id: &str) -> ApiError {
+    ApiError::Conflict(format!(
+        "audit `{id}` is not held with this lease: it ended, was cancelled, or went to another worker"
+    ))
+}
+
+/// Where a held audit is; keeps its lease and says whether a cancel was asked.
+#[utoipa::path(
+    operation_id = "audit_progress",
+    post,
+    path = "/worker/audits/{id}/progress",
+    tag = "workers",
+    params(("id" = String, Path, description = "the audit's id"), ("Sslab-Lease" = String, Header, description = "the claim's lease")),
+    request_body = AuditProgress,
+    responses((status = 200, description = "recorded; the lease is extended", body = HeartbeatAnswer), (status = 409, description = "the lease is not held", body = sslab_shared::api::ErrorBody), (status = 422, description = "invalid; `field` names what", body = sslab_shared::api::ErrorBody), (status = 404, description = "not found, or not this worker's team", body = sslab_shared::api::ErrorBody), (status = 403, description = "not a worker token", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
+async fn audit_progress(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    JsonText(body): JsonText,
+) -> ApiResult<Json<HeartbeatAnswer>> {
+    let (_, lease) = held_audit(&state, &p, &id, &headers).await?;
+    let at: AuditProgress = parse(&body)?;
+    if !matches!(at.stage.as_str(), "" | "target" | "reference") {
+        return Err(ApiError::InvalidSpec(sslab_shared::SpecError::new(
+            "stage",
+            "`target`, `reference`, or empty before training",
+        )));
+    }
+    match state
+        .store
+        .audit_progress(
+            &lease,
+            crate::worker::lease_ms(),
+            &at.stage,
+            at.step,
+            at.total_steps,
+        )
+        .await?
+    {
+        Some(cancel) => Ok(Json(HeartbeatAnswer { cancel })),
+        None => Err(lost_audit(&id)),
+    }
+}
+
+/// The final weights of one of the two runs a held audit attacks.
+#[utoipa::path(
+    operation_id = "audit_checkpoint",
+    get,
+    path = "/worker/audits/{id}/checkpoints/{model}",
+    tag = "workers",
+    params(("id" = String, Path, description = "the audit's id"), ("model" = String, Path, description = "`target` or `reference`"), ("Sslab-Lease" = String, Header, description = "the claim's lease")),
+    responses((status = 200, description = "safetensors weights", body = Vec<u8>, content_type = "application/octet-stream"), (status = 409, description = "the lease is not held", body = sslab_shared::api::ErrorBody), (status = 404, description = "not an audit of finished runs, or not this worker's team", body = sslab_shared::api::ErrorBody), (status = 403, description = "not a worker token", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
+async fn audit_checkpoint(
+    State(state): State<AppState>,
+    p: Principal,
+    Path((id, model)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let (audit, _) = held_audit(&state, &p, &id, &headers).await?;
+    let missing = || ApiError::NotFound(format!("audit `{id}` attacks no `{model}` run"));
+    let runs = audit.spec.runs.as_ref().ok_or_else(missing)?;
+    let run = match model.as_str() {
+        "target" => &runs.target,
+        "reference" => &runs.reference,
+        _ => return Err(missing()),
+    };
+    stream_file(&state, &state.artifacts.checkpoint(run), missing).await
+}
+
+/// A registered data set a held audit trains on, as for runs.
+#[utoipa::path(
+    operation_id = "audit_data",
+    get,
+    path = "/worker/audits/{id}/data/{hash}",
+    tag = "workers",
+    params(("id" = String, Path, description = "the audit's id"), ("hash" = String, Path, description = "the data set's content hash, hex digits"), ("Sslab-Lease" = String, Header, description = "the claim's lease")),
+    responses((status = 200, description = "a tar of the data set's folder", body = Vec<u8>, content_type = "application/x-tar"), (status = 409, description = "the lease is not held", body = sslab_shared::api::ErrorBody), (status = 404, description = "the audit reads no such data set, or its files are gone", body = sslab_shared::api::ErrorBody), (status = 403, description = "not a worker token", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
+async fn audit_data(
+    State(state): State<AppState>,
+    p: Principal,
+    Path((id, hash)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let (audit, _) = held_audit(&state, &p, &id, &headers).await?;
+    let reads = [
+        Some(&audit.spec.run.data),
+        audit.spec.run.eval.data.as_ref(),
+    ];
+    data_tar(&format!("audit `{id}`"), &hash, reads.into_iter().flatten()).await
+}
+
+/// Stores a file of a held audit: the two models' weights or `examples.csv`.
+#[utoipa::path(
+    operation_id = "upload_audit_file",
+    put,
+    path = "/worker/audits/{id}/files/{file}",
+    tag = "workers",
+    params(("id" = String, Path, description = "the audit's id"), ("file" = String, Path, description = "`target-a.safetensors`, `reference-b.safetensors` or `examples.csv`"), ("Sslab-Lease" = String, Header, description = "the claim's lease")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 200, description = "stored", body = StoredFile), (status = 409, description = "the lease is not held; nothing stored", body = sslab_shared::api::ErrorBody), (status = 400, description = "not an audit file, or the body broke off", body = sslab_shared::api::ErrorBody), (status = 413, description = "too large", body = sslab_shared::api::ErrorBody), (status = 404, description = "not found, or not this worker's team", body = sslab_shared::api::ErrorBody), (status = 403, description = "not a worker token", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
+async fn audit_upload(
+    State(state): State<AppState>,
+    p: Principal,
+    Path((id, file)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<StoredFile>> {
+    keep_audit_file(&state, &p, &id, &headers, body, file).await
+}
+
+/// Stores a gallery image `N.png` of a held audit.
+#[utoipa::path(
+    operation_id = "upload_audit_image",
+    put,
+    path = "/worker/audits/{id}/images/{file}",
+    tag = "workers",
+    params(("id" = String, Path, description = "the audit's id"), ("file" = String, Path, description = "`N.png`"), ("Sslab-Lease" = String, Header, description = "the claim's lease")),
+    request_body(content = Vec<u8>, content_type = "image/png"),
+    responses((status = 200, description = "stored", body = StoredFile), (status = 409, description = "the lease is not held; nothing stored", body = sslab_shared::api::ErrorBody), (status = 400, description = "not a gallery image name, or the body broke off", body = sslab_shared::api::ErrorBody), (status = 404, description = "not found, or not this worker's team", body = sslab_shared::api::ErrorBody), (status = 403, description = "not a worker token", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
+async fn audit_image_upload(
+    State(state): State<AppState>,
+    p: Principal,
+    Path((id, file)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<StoredFile>> {
+    keep_audit_file(&state, &p, &id, &headers, body, format!("images/{file}")).await
+}
+
+async fn keep_audit_file(
+    state: &AppState,
+    p: &Principal,
+    id: &str,
+    headers: &HeaderMap,
+    body: Body,
+    path: String,
+) -> ApiResult<Json<StoredFile>> {
+    let (_, lease) = held_audit(state, p, id, headers).await?;
+    if !is_audit_file(&path) {
+        return Err(ApiError::BadRequest(format!(
+            "`{path}` is not an audit file: target-a.safetensors, reference-b.safetensors, examples.csv or images/N.png"
+        )));
+    }
+    let target = state.artifacts.audit_dir(id).join(&path);
+    let still_held = async {
+        Ok(state
+            .store
+            .lease_of(crate::store::JobKind::Audit, id, &lease.token)
+            .await?
+            .is_some())
+    };
+    let (bytes, sha256) = keep_upload(state, body, &target, still_held, || lost_audit(id)).await?;
+    Ok(Json(StoredFile {
+        name: path,
+        bytes,
+        sha256,
+    }))
+}
+
+/// A held audit's end, with its report when it succeeded.
+#[utoipa::path(
+    operation_id = "audit_end",
+    post,
+    path = "/worker/audits/{id}/end",
+    tag = "workers",
+    params(("id" = String, Path, description = "the audit's id"), ("Sslab-Lease" = String, Header, description = "the claim's lease")),
+    request_body = AuditEnd,
+    responses((status = 204, description = "recorded"), (status = 409, description = "the lease is not held; nothing recorded", body = sslab_shared::api::ErrorBody), (status = 422, description = "invalid; `field` names what", body = sslab_shared::api::ErrorBody), (status = 404, description = "not found, or not this worker's team", body = sslab_shared::api::ErrorBody), (status = 403, description = "not a worker token", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
+async fn audit_end(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    JsonText(body): JsonText,
+) -> ApiResult<StatusCode> {
+    let (_, lease) = held_audit(&state, &p, &id, &headers).await?;
+    let end: AuditEnd = parse(&body)?;
+    if matches!(end.status, RunStatus::Queued | RunStatus::Running) {
+        return Err(ApiError::InvalidSpec(sslab_shared::SpecError::new(
+            "status",
+            "an audit ends succeeded, failed or cancelled",
+        )));
+    }
+    if end.status == RunStatus::Succeeded && end.report.is_none() {
+        return Err(ApiError::InvalidSpec(sslab_shared::SpecError::new(
+            "report",
+            "a succeeded audit sends its report",
+        )));
+    }
+    let report = match end.status {
+        RunStatus::Succeeded => end.report.as_ref(),
+        _ => None,
+    };
+    if state
+        .store
+        .finish_audit(&lease, end.status, end.error.as_deref(), report)
+        .await?
+    {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(lost_audit(&id))
+    }
+}
+
+/// Hands a held audit back to the queue (the worker is stopping); it starts over.
+#[utoipa::path(
+    operation_id = "audit_release",
+    post,
+    path = "/worker/audits/{id}/release",
+    tag = "workers",
+    params(("id" = String, Path, description = "the audit's id"), ("Sslab-Lease" = String, Header, description = "the claim's lease")),
+    request_body = RunRelease,
+    responses((status = 204, description = "queued again (or failed after too many attempts)"), (status = 409, description = "the lease is not held", body = sslab_shared::api::ErrorBody), (status = 404, description = "not found, or not this worker's team", body = sslab_shared::api::ErrorBody), (status = 403, description = "not a worker token", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
+async fn audit_release(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    JsonText(body): JsonText,
+) -> ApiResult<StatusCode> {
+    let (_, lease) = held_audit(&state, &p, &id, &headers).await?;
     let req: RunRelease = parse(&body)?;
     state.store.release(&lease, &req.reason).await?;
     state.wake_workers();

@@ -51,8 +51,8 @@ impl Store {
         // before its creator has seen it queued.
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "INSERT INTO audits (id, name, status, spec, created_at, total_steps, team_id, created_by, project) \
-             VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO audits (id, name, status, spec, created_at, total_steps, team_id, created_by, project, requires) \
+             VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(&id)
         .bind(&name)
@@ -67,6 +67,7 @@ impl Store {
         .bind(&owner.team)
         .bind(owner.user.as_deref())
         .bind(&owner.project)
+        .bind(super::runs::requires(&spec.run))
         .execute(&mut *tx)
         .await?;
         let sql = format!("SELECT {COLUMNS} FROM audits WHERE id = $1");

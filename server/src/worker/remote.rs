@@ -13,8 +13,9 @@ use sha2::{Digest, Sha256};
 use sslab_shared::api::{Evaluation, RunStatus};
 use sslab_shared::spec::{DataSpec, RegisteredData, RunSpec};
 use sslab_shared::worker::{
-    ClaimAnswer, ClaimRequest, ClaimedEvaluation, HeartbeatAnswer, LEASE_HEADER, LogBatch, LogLine, MetricBatch,
-    Registration, RunEnd, RunRelease, RunStart, StoredFile, WorkerInfo,
+    AuditEnd, AuditProgress, ClaimAnswer, ClaimRequest, ClaimedAudit, ClaimedEvaluation,
+    HeartbeatAnswer, LEASE_HEADER, LogBatch, LogLine, MetricBatch, Registration, RunEnd,
+    RunRelease, RunStart, StoredFile, WorkerInfo, is_audit_file,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
@@ -104,9 +105,16 @@ impl RemoteHost {
     }
 
     async fn upload(&self, lease: &Lease, file: &Path, name: &str, query: &str) -> Report {
-        let url = self.run_path(lease, &format!("files/{name}{query}"));
+        let path = format!("/worker/runs/{}/files/{name}{query}", lease.id);
+        self.upload_to(&path, &lease.token, file, name).await
+    }
+
+    /// PUTs `file` to `path` under the lease `token`, checked against the
+    /// hash the server answers; `Ok(false)` on 409.
+    async fn upload_to(&self, path: &str, token: &str, file: &Path, name: &str) -> Report {
+        let url = self.url(path);
         let expected = sha256_file(file).await?;
-        let token = lease.token.clone();
+        let token = token.to_string();
         let mut attempt_error = None;
         for _ in 0..3 {
             let body = tokio::fs::File::open(file)
@@ -231,7 +239,10 @@ impl RemoteHost {
         let root = self.work_dir.join("datasets");
         let cache = root.join(&hex);
         let mut copy = registered.clone();
-        if !copy.data.set_server_path(cache.to_string_lossy().into_owned()) {
+        if !copy
+            .data
+            .set_server_path(cache.to_string_lossy().into_owned())
+        {
             bail!("data set `{name}` names no folder to fetch");
         }
         if cache.is_dir() {
@@ -631,7 +642,9 @@ async fn evaluate(host: &RemoteHost, claimed: ClaimedEvaluation, device: candle_
             ],
         )
         .await?;
-        let spec = spec.into_valid().map_err(|e| anyhow!("its run's spec: {e}"))?;
+        let spec = spec
+            .into_valid()
+            .map_err(|e| anyhow!("its run's spec: {e}"))?;
         anyhow::Ok((spec, request, checkpoint))
     }
     .await;
@@ -689,7 +702,9 @@ async fn evaluate(host: &RemoteHost, claimed: ClaimedEvaluation, device: candle_
         })
         .await
     {
-        Ok(_) => tracing::info!(job = %claimed.id, status = end.status.as_str(), "evaluation ended"),
+        Ok(_) => {
+            tracing::info!(job = %claimed.id, status = end.status.as_str(), "evaluation ended")
+        }
         Err(Failure::Conflict(_)) => {
             tracing::warn!(job = %claimed.id, "the evaluation was taken from this worker")
         }
@@ -698,6 +713,196 @@ async fn evaluate(host: &RemoteHost, claimed: ClaimedEvaluation, device: candle_
         }
     }
     let _ = tokio::fs::remove_dir_all(&dir).await;
+}
+
+/// Runs a claimed audit: fetches what it needs (the two runs' weights, or
+/// the data to train both models on), trains and attacks while reporting
+/// progress, stores its files and ends it with its report. A cancel stops
+/// it after the current step; a stop of this worker hands it back.
+async fn audit(
+    host: &RemoteHost,
+    claimed: ClaimedAudit,
+    device: candle_core::Device,
+    shutdown: &mut watch::Receiver<bool>,
+) {
+    let at = JobPath {
+        path: format!("/worker/audits/{}", claimed.id),
+        lease: &claimed.lease,
+    };
+    let dir = host.work_dir.join("audits").join(&claimed.id);
+    tracing::info!(audit = %claimed.id, name = %claimed.name, "audit started");
+    let _ = tokio::fs::remove_dir_all(&dir).await;
+    let prepared = async {
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .with_context(|| format!("creating {}", dir.display()))?;
+        let mut spec = claimed.spec.clone();
+        host.fetch_data(&at, [Some(&mut spec.run.data), spec.run.eval.data.as_mut()])
+            .await?;
+        let mut trained = None;
+        if let (Some(target), Some(reference)) = (&claimed.target, &claimed.reference) {
+            let paths = (dir.join("target.ckpt"), dir.join("reference.ckpt"));
+            host.download(
+                &format!("{}/checkpoints/target", at.path),
+                at.lease,
+                target,
+                &paths.0,
+            )
+            .await?;
+            host.download(
+                &format!("{}/checkpoints/reference", at.path),
+                at.lease,
+                reference,
+                &paths.1,
+            )
+            .await?;
+            trained = Some(paths);
+        }
+        anyhow::Ok((spec, trained))
+    }
+    .await;
+    let (spec, trained) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            let end = AuditEnd {
+                status: RunStatus::Failed,
+                error: Some(format!("{e:#}")),
+                report: None,
+            };
+            end_audit(host, &at, &claimed.id, &end).await;
+            let _ = tokio::fs::remove_dir_all(&dir).await;
+            return;
+        }
+    };
+    let (observer, shared) = crate::audit_job::Progress::new(dir.join("images"));
+    let job_dir = dir.clone();
+    let mut job = tokio::task::spawn_blocking(move || {
+        let mut observer = observer;
+        match &trained {
+            Some((target, reference)) => {
+                sslab_engine::dejavu::run_trained(&spec, target, reference, &device, &mut observer)
+            }
+            None => sslab_engine::dejavu::run(&spec, &device, &job_dir, &mut observer),
+        }
+        .map_err(|e| e.to_string())
+    });
+    let progress = host.url(&format!("{}/progress", at.path));
+    let mut tick = tokio::time::interval(super::heartbeat_every(claimed.lease_ms));
+    let (mut cancelled, mut stopping, mut lost) = (false, false, false);
+    let result = loop {
+        tokio::select! {
+            done = &mut job => break done.unwrap_or_else(|e| Err(format!("the audit thread crashed: {e}"))),
+            _ = tick.tick() => {
+                let (stage, step, total_steps) = shared.now();
+                let body = AuditProgress { stage: stage.to_string(), step, total_steps };
+                match host.call("audit progress", |c| c.post(&progress).header(LEASE_HEADER, at.lease).json(&body)).await {
+                    Ok(resp) => if resp.json::<HeartbeatAnswer>().await.is_ok_and(|a| a.cancel) {
+                        cancelled = true;
+                        shared.stop();
+                    },
+                    Err(Failure::Conflict(_)) => { lost = true; shared.stop(); }
+                    Err(Failure::Other(e)) => tracing::warn!(audit = %claimed.id, error = %e, "progress report failed"),
+                }
+            }
+            _ = shutdown.changed(), if !stopping => { stopping = true; shared.stop(); }
+        }
+    };
+    let end = match result {
+        _ if lost => {
+            tracing::warn!(audit = %claimed.id, "the audit was taken from this worker");
+            None
+        }
+        Ok(report) => {
+            let files = async {
+                tokio::fs::write(dir.join("examples.csv"), crate::csv::examples(&report)).await?;
+                for file in crate::artifacts::files_under(&dir).await? {
+                    let Some(name) = file
+                        .strip_prefix(&dir)
+                        .ok()
+                        .map(|p| p.to_string_lossy().replace('\\', "/"))
+                        .filter(|n| is_audit_file(n))
+                    else {
+                        continue;
+                    };
+                    if !host
+                        .upload_to(&audit_file_path(&at.path, &name), at.lease, &file, &name)
+                        .await?
+                    {
+                        anyhow::bail!("the audit was taken from this worker");
+                    }
+                }
+                anyhow::Ok(())
+            }
+            .await;
+            Some(match files {
+                Ok(()) => AuditEnd {
+                    status: RunStatus::Succeeded,
+                    error: None,
+                    report: Some(report),
+                },
+                Err(e) => AuditEnd {
+                    status: RunStatus::Failed,
+                    error: Some(format!("its files could not be stored: {e:#}")),
+                    report: None,
+                },
+            })
+        }
+        Err(_) if cancelled => Some(AuditEnd {
+            status: RunStatus::Cancelled,
+            error: None,
+            report: None,
+        }),
+        Err(_) if stopping => {
+            let url = host.url(&format!("{}/release", at.path));
+            let body = RunRelease {
+                reason: "its worker stopped during the audit".into(),
+            };
+            if let Err(Failure::Other(e)) = host
+                .call("releasing the audit", |c| {
+                    c.post(&url).header(LEASE_HEADER, at.lease).json(&body)
+                })
+                .await
+            {
+                tracing::error!(audit = %claimed.id, error = %e, "could not hand the audit back; its lease will expire");
+            }
+            None
+        }
+        Err(e) => Some(AuditEnd {
+            status: RunStatus::Failed,
+            error: Some(e),
+            report: None,
+        }),
+    };
+    if let Some(end) = end {
+        end_audit(host, &at, &claimed.id, &end).await;
+    }
+    let _ = tokio::fs::remove_dir_all(&dir).await;
+}
+
+/// Where an audit file goes: gallery images under `images/`, the rest under `files/`.
+fn audit_file_path(audit: &str, name: &str) -> String {
+    match name.strip_prefix("images/") {
+        Some(image) => format!("{audit}/images/{image}"),
+        None => format!("{audit}/files/{name}"),
+    }
+}
+
+async fn end_audit(host: &RemoteHost, at: &JobPath<'_>, id: &str, end: &AuditEnd) {
+    let url = host.url(&format!("{}/end", at.path));
+    match host
+        .call("ending the audit", |c| {
+            c.post(&url).header(LEASE_HEADER, at.lease).json(end)
+        })
+        .await
+    {
+        Ok(_) => tracing::info!(audit = %id, status = end.status.as_str(), "audit ended"),
+        Err(Failure::Conflict(_)) => {
+            tracing::warn!(audit = %id, "the audit was taken from this worker")
+        }
+        Err(Failure::Other(e)) => {
+            tracing::error!(audit = %id, error = %e, "reporting the audit failed")
+        }
+    }
 }
 
 fn error_message(body: &str) -> String {
@@ -752,6 +957,10 @@ async fn slot_loop(
                 evaluation: Some(claimed),
                 ..
             }) => evaluate(&host, claimed, device.clone()).await,
+            Ok(ClaimAnswer {
+                audit: Some(claimed),
+                ..
+            }) => audit(&host, claimed, device.clone(), &mut shutdown).await,
             Ok(ClaimAnswer { drain: true, .. }) => {
                 tracing::info!(worker = %host.worker, "drained: no new work");
                 return;

@@ -84,7 +84,6 @@ pub fn sha256(path: &Path) -> String {
         .collect()
 }
 
-
 pub async fn logs(client: &reqwest::Client, server: &Server, id: &str) -> Vec<RunLogLine> {
     get_json(client, server.url(&format!("/runs/{id}/logs"))).await
 }
