@@ -158,6 +158,7 @@ async fn main() -> anyhow::Result<()> {
         "data": {"source": "scenes", "classes": 3, "train_images": 64, "test_images": 30, "image_size": 32},
         "backbone": {"kind": "tiny_cnn", "width": 8},
         "projector": {"dims": "32-16"},
+        "optimizer": {"batch_size": 16},
         "schedule": {"epochs": 1},
     });
     for _ in 0..RUNS + 2 * WORKERS {
