@@ -1,12 +1,16 @@
-//! CKA jobs on the worker: two finished runs' layers, or a family of runs
-//! at one layer, compared on a blocking thread while the async side keeps
-//! the lease; a cancel asked meanwhile discards the result.
+//! CKA jobs: two finished runs' layers, or a family of runs at one layer,
+//! compared on a blocking thread while the async side keeps the lease; a
+//! cancel asked meanwhile discards the result. `compute` is the comparison
+//! itself, which the server's own worker (here) and `sslab worker` (with
+//! the weights and data it fetched) both call.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use sslab_engine::cka;
 use sslab_shared::api::{Run, RunStatus};
-use sslab_shared::cka::{CkaFamily, CkaJob, CkaResult, CkaSettings, CkaSide};
+use sslab_shared::cka::{CkaFamily, CkaJob, CkaRequest, CkaResult, CkaSettings, CkaSide};
+use sslab_shared::spec::DataSpec;
 
 use crate::store::CkaOutcome as Outcome;
 use crate::worker::{Worker, lease_ms};
@@ -31,6 +35,113 @@ pub fn layer_indices(run: &Run, names: Option<&[String]>) -> Result<Vec<usize>, 
         .collect()
 }
 
+/// The runs a job compares, in the order `compute` takes them: the family,
+/// or `a` and `b` (`a` again when `b` is left out).
+pub fn run_ids(req: &CkaRequest) -> Vec<String> {
+    match &req.runs {
+        Some(family) => family.clone(),
+        None => vec![
+            req.a.clone(),
+            req.b.clone().unwrap_or_else(|| req.a.clone()),
+        ],
+    }
+}
+
+/// The images a job compares on, as the job names them: its own, or its
+/// runs' data.
+pub fn job_data(req: &CkaRequest, runs: &[Run]) -> Option<DataSpec> {
+    req.data
+        .clone()
+        .or_else(|| runs.first().map(|r| r.spec.data.clone()))
+}
+
+/// Compares `runs` (in `run_ids` order, all finished) with their weights at
+/// `checkpoints`; blocking. `recorded` is the data as the job names it, for
+/// the result's settings (a remote worker reads its own copy).
+pub fn compute(
+    req: &CkaRequest,
+    runs: &[Run],
+    checkpoints: &[PathBuf],
+    recorded: DataSpec,
+    device: &candle_core::Device,
+) -> Result<Outcome, String> {
+    let data = job_data(req, runs).ok_or("a CKA job needs runs")?;
+    let batch = req.minibatch;
+    let labels: Vec<String> = runs.iter().map(|r| format!("run {}", r.id)).collect();
+    if req.runs.is_some() {
+        let layer = family_layer(req);
+        let picks = runs
+            .iter()
+            .map(|r| layer_indices(r, Some(std::slice::from_ref(&layer))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let family: Vec<cka::Run> = runs
+            .iter()
+            .zip(&labels)
+            .zip(checkpoints.iter().zip(&picks))
+            .map(|((r, label), (checkpoint, layers))| cka::Run {
+                label,
+                spec: &r.spec,
+                checkpoint,
+                layers,
+            })
+            .collect();
+        let (matrix, images) =
+            cka::family(&family, &data, batch, device).map_err(|e| e.to_string())?;
+        let (merges, order) = cka::average_linkage(&matrix);
+        let sides = runs
+            .iter()
+            .map(|r| CkaSide {
+                run: r.id.clone(),
+                name: r.spec.name.clone(),
+                layers: vec![layer.clone()],
+            })
+            .collect();
+        return Ok(Outcome::Family(CkaFamily {
+            runs: sides,
+            matrix,
+            order,
+            merges,
+            settings: CkaSettings::on_test_split(batch, images, recorded),
+        }));
+    }
+    let [a, b] = runs else {
+        return Err(format!("a pair compares two runs, not {}", runs.len()));
+    };
+    let [ckpt_a, ckpt_b] = checkpoints else {
+        return Err("a pair needs two checkpoints".into());
+    };
+    let pick_a = layer_indices(a, req.layers_a.as_deref())?;
+    let pick_b = layer_indices(b, req.layers_b.as_deref())?;
+    let side = |run: &Run, pick: &[usize]| CkaSide {
+        run: run.id.clone(),
+        name: run.spec.name.clone(),
+        layers: pick
+            .iter()
+            .map(|&i| run.spec.cka_layer_names()[i].clone())
+            .collect(),
+    };
+    let run_a = cka::Run {
+        label: &labels[0],
+        spec: &a.spec,
+        checkpoint: ckpt_a,
+        layers: &pick_a,
+    };
+    let run_b = cka::Run {
+        label: &labels[1],
+        spec: &b.spec,
+        checkpoint: ckpt_b,
+        layers: &pick_b,
+    };
+    let (matrix, images) =
+        cka::compare_runs(&run_a, &run_b, &data, batch, device).map_err(|e| e.to_string())?;
+    Ok(Outcome::Pair(CkaResult {
+        a: side(a, &pick_a),
+        b: side(b, &pick_b),
+        matrix,
+        settings: CkaSettings::on_test_split(batch, images, recorded),
+    }))
+}
+
 impl Worker {
     /// Runs one queued CKA job, if any. Returns whether there was one.
     pub async fn cka_next(&self) -> bool {
@@ -43,16 +154,7 @@ impl Worker {
             }
         };
         tracing::info!(cka = %job.id, "CKA job started");
-        let outcome = if job.request.runs.is_some() {
-            self.compare_family(&job, &lease)
-                .await
-                .map(|f| f.map(Outcome::Family))
-        } else {
-            self.compare(&job, &lease)
-                .await
-                .map(|r| r.map(Outcome::Pair))
-        };
-        let (status, error, result) = match outcome {
+        let (status, error, result) = match self.compare(&job, &lease).await {
             Ok(Some(result)) => (RunStatus::Succeeded, None, Some(result)),
             Ok(None) => (RunStatus::Cancelled, None, None),
             Err(e) => (RunStatus::Failed, Some(e), None),
@@ -97,119 +199,22 @@ impl Worker {
         &self,
         job: &CkaJob,
         lease: &crate::store::Lease,
-    ) -> Result<Option<CkaResult>, String> {
-        let req = &job.request;
-        let a = self.finished_run(&req.a).await?;
-        let b = self
-            .finished_run(req.b.as_deref().unwrap_or(&req.a))
-            .await?;
-        let pick_a = layer_indices(&a, req.layers_a.as_deref())?;
-        let pick_b = layer_indices(&b, req.layers_b.as_deref())?;
-        let data = req.data.clone().unwrap_or_else(|| a.spec.data.clone());
-        let side = |run: &Run, pick: &[usize]| CkaSide {
-            run: run.id.clone(),
-            name: run.spec.name.clone(),
-            layers: pick
-                .iter()
-                .map(|&i| run.spec.cka_layer_names()[i].clone())
-                .collect(),
-        };
-        let (side_a, side_b) = (side(&a, &pick_a), side(&b, &pick_b));
-        let (ckpt_a, ckpt_b) = (
-            self.artifacts.checkpoint(&a.id),
-            self.artifacts.checkpoint(&b.id),
-        );
-        let (batch, on) = (req.minibatch, data.clone());
-        let thread = tokio::task::spawn_blocking(move || {
-            let (label_a, label_b) = (format!("run {}", a.id), format!("run {}", b.id));
-            let run_a = cka::Run {
-                label: &label_a,
-                spec: &a.spec,
-                checkpoint: &ckpt_a,
-                layers: &pick_a,
-            };
-            let run_b = cka::Run {
-                label: &label_b,
-                spec: &b.spec,
-                checkpoint: &ckpt_b,
-                layers: &pick_b,
-            };
-            let device = sslab_engine::default_device();
-            cka::compare_runs(&run_a, &run_b, &on, batch, &device)
-        });
-        let Some((matrix, images)) = self.hold_lease(lease, thread).await? else {
-            return Ok(None);
-        };
-        Ok(Some(CkaResult {
-            a: side_a,
-            b: side_b,
-            matrix,
-            settings: CkaSettings::on_test_split(batch, images, data),
-        }))
-    }
-
-    /// A family's run × run matrix at one layer, with its dendrogram; `None`
-    /// when a cancel was asked while it ran.
-    async fn compare_family(
-        &self,
-        job: &CkaJob,
-        lease: &crate::store::Lease,
-    ) -> Result<Option<CkaFamily>, String> {
-        let req = &job.request;
+    ) -> Result<Option<Outcome>, String> {
         let mut runs = Vec::new();
-        for id in req.runs.iter().flatten() {
-            runs.push(self.finished_run(id).await?);
+        for id in run_ids(&job.request) {
+            runs.push(self.finished_run(&id).await?);
         }
-        let layer = family_layer(req);
-        let picks = runs
-            .iter()
-            .map(|r| layer_indices(r, Some(std::slice::from_ref(&layer))))
-            .collect::<Result<Vec<_>, _>>()?;
-        let data = req
-            .data
-            .clone()
-            .or_else(|| runs.first().map(|r| r.spec.data.clone()))
-            .ok_or("a family needs runs")?;
-        let sides: Vec<CkaSide> = runs
-            .iter()
-            .map(|r| CkaSide {
-                run: r.id.clone(),
-                name: r.spec.name.clone(),
-                layers: vec![layer.clone()],
-            })
-            .collect();
-        let checkpoints: Vec<_> = runs
+        let checkpoints: Vec<PathBuf> = runs
             .iter()
             .map(|r| self.artifacts.checkpoint(&r.id))
             .collect();
-        let (batch, on) = (req.minibatch, data.clone());
+        let req = job.request.clone();
+        let recorded = job_data(&req, &runs).ok_or("a CKA job needs runs")?;
         let thread = tokio::task::spawn_blocking(move || {
-            let labels: Vec<String> = runs.iter().map(|r| format!("run {}", r.id)).collect();
-            let family: Vec<cka::Run> = runs
-                .iter()
-                .zip(&labels)
-                .zip(checkpoints.iter().zip(&picks))
-                .map(|((r, label), (checkpoint, layers))| cka::Run {
-                    label,
-                    spec: &r.spec,
-                    checkpoint,
-                    layers,
-                })
-                .collect();
             let device = sslab_engine::default_device();
-            cka::family(&family, &on, batch, &device)
+            compute(&req, &runs, &checkpoints, recorded, &device)
         });
-        let Some((matrix, images)) = self.hold_lease(lease, thread).await? else {
-            return Ok(None);
-        };
-        let (merges, order) = cka::average_linkage(&matrix);
-        Ok(Some(CkaFamily {
-            runs: sides,
-            matrix,
-            order,
-            merges,
-            settings: CkaSettings::on_test_split(batch, images, data),
-        }))
+        self.hold_lease(lease, thread).await
     }
 
     /// Waits for the comparing thread while heartbeating the lease: its
@@ -217,7 +222,7 @@ impl Worker {
     async fn hold_lease<T>(
         &self,
         lease: &crate::store::Lease,
-        mut thread: tokio::task::JoinHandle<sslab_engine::Result<T>>,
+        mut thread: tokio::task::JoinHandle<Result<T, String>>,
     ) -> Result<Option<T>, String> {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         let mut cancelled = false;
@@ -234,11 +239,11 @@ impl Worker {
         if cancelled {
             return Ok(None);
         }
-        outcome.map(Some).map_err(|e| e.to_string())
+        outcome.map(Some)
     }
 }
 
 /// The layer a family compares: the one asked, or the representation.
-pub fn family_layer(req: &sslab_shared::cka::CkaRequest) -> String {
+pub fn family_layer(req: &CkaRequest) -> String {
     req.layer.clone().unwrap_or_else(|| "backbone".into())
 }

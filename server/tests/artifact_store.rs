@@ -5,7 +5,8 @@
 //!
 //! A remote worker trains on an uploaded data set it fetches by content
 //! hash (a spoilt cached copy is fetched again), re-evaluates the run from
-//! its weights in S3 and runs a déjà vu audit whose files land in S3; a worker killed mid-run
+//! its weights in S3, compares it with CKA, and runs a déjà vu audit whose
+//! files land in S3; a worker killed mid-run
 //! loses the run to another, which resumes from the checkpoint in S3 (the
 //! server's local cache wiped in between, the hash checked); an S3 outage
 //! during a checkpoint upload is retried and the run is not done until the
@@ -380,6 +381,47 @@ async fn artifacts_in_s3_and_data_on_workers() {
         .unwrap();
     assert_eq!(png.status(), 200);
     assert_eq!(png.headers()["content-type"], "image/png");
+
+    // CKA of the run with itself on the remote worker: weights from S3,
+    // images fetched by hash; a layer compared with itself scores 1.
+    let cka: serde_json::Value = a
+        .post(server.url("/cka"))
+        .json(&json!({"a": on_pets.id, "layers_a": ["backbone"], "layers_b": ["backbone"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let cka_id = cka["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{cka}"))
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let cka = loop {
+        let got: sslab_shared::cka::CkaJob =
+            common::get_json(&a, server.url(&format!("/cka/{cka_id}"))).await;
+        if got.status.is_terminal() {
+            break got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the CKA job did not finish: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(cka.status, RunStatus::Succeeded, "{cka:?}");
+    let result = cka.result.expect("a pair's result");
+    assert!(
+        (result.matrix[0][0] - 1.0).abs() < 1e-3,
+        "{:?}",
+        result.matrix
+    );
+    assert_eq!(
+        serde_json::to_value(&result.settings).unwrap()["data"]["registered"]["hash"],
+        json!(format!("sha256:{hash}")),
+        "the settings name the data as the job did"
+    );
 
     // A spoilt cached copy no longer hashes as registered: fetched again.
     std::fs::write(&cached, common::png([1, 2, 3], 7)).unwrap();

@@ -114,6 +114,7 @@ impl Objects {
                 ("files", "{file}") => "checkpoint.safetensors",
                 ("files", "{sha256}") => &self.demo_file,
                 ("checkpoints", "{model}") => "target",
+                ("checkpoints", "{run}") => &self.run,
                 // A data set's content hash; the walk needs no real one.
                 ("data", "{hash}") => "00000000000000000000000000000000",
                 (before, param) => panic!(

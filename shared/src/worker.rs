@@ -5,8 +5,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::{Evaluation, EvaluationRequest, MemorizationPoint, MetricPoint, RunStatus};
+use crate::api::{Evaluation, EvaluationRequest, MemorizationPoint, MetricPoint, Run, RunStatus};
 use crate::audit::{AuditReport, AuditSpec};
+use crate::cka::{CkaFamily, CkaRequest, CkaResult};
 use crate::spec::RunSpec;
 
 /// The header every report on a claimed job carries.
@@ -69,7 +70,42 @@ pub struct ClaimAnswer {
     pub evaluation: Option<ClaimedEvaluation>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit: Option<ClaimedAudit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cka: Option<ClaimedCka>,
     pub drain: bool,
+}
+
+/// A claimed CKA job; reports go to `/worker/cka/{id}/…` with `lease` in
+/// the `Sslab-Lease` header.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ClaimedCka {
+    pub id: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub request: CkaRequest,
+    /// The runs it compares: the family, or `a` and `b`.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<Object>))]
+    pub runs: Vec<Run>,
+    /// Their final weights, in the same order:
+    /// `GET /worker/cka/{id}/checkpoints/{run}`.
+    pub checkpoints: Vec<StoredFile>,
+    pub lease: String,
+    pub lease_ms: i64,
+}
+
+/// A CKA job's end, with a pair's or a family's result when it succeeded.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct CkaEnd {
+    pub status: RunStatus,
+    pub error: Option<String>,
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub pair: Option<CkaResult>,
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub family: Option<CkaFamily>,
 }
 
 /// A claimed déjà vu audit; reports go to `/worker/audits/{id}/…` with
@@ -307,6 +343,7 @@ mod tests {
             job: None,
             evaluation: None,
             audit: None,
+            cka: None,
             drain: true,
         };
         let text = serde_json::to_string(&answer).unwrap();

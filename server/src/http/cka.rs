@@ -70,7 +70,14 @@ async fn create(
             }
         }
     }
-    let job = state.store.create_cka(&req, &owner(&p)).await?;
+    let reads_server =
+        crate::cka_job::job_data(&req, &runs).is_some_and(|d| d.server_path().is_some());
+    let requires = if reads_server {
+        crate::store::SERVER_DATA
+    } else {
+        ""
+    };
+    let job = state.store.create_cka(&req, &owner(&p), requires).await?;
     state.wake_workers();
     Ok(super::created(true, format!("/api/v1/cka/{}", job.id), job))
 }

@@ -44,6 +44,8 @@ use super::{
         workers::evaluation_data, workers::evaluation_end, workers::evaluation_release,
         workers::audit_progress, workers::audit_checkpoint, workers::audit_data,
         workers::audit_upload, workers::audit_image_upload, workers::audit_end, workers::audit_release,
+        workers::cka_heartbeat, workers::cka_checkpoint, workers::cka_data, workers::cka_end,
+        workers::cka_release,
         workers::list, workers::drain, runs::logs,
         health, document,
     ),

@@ -14,9 +14,9 @@ use sha2::{Digest, Sha256};
 use sslab_shared::api::{Audit, EvaluationJob, Run, RunStatus};
 use sslab_shared::spec::DataSpec;
 use sslab_shared::worker::{
-    AuditEnd, AuditProgress, ClaimAnswer, ClaimRequest, ClaimedAudit, ClaimedEvaluation,
-    ClaimedRun, HeartbeatAnswer, LEASE_HEADER, LogBatch, MetricBatch, Registration, RunEnd,
-    RunRelease, RunStart, StoredFile, WorkerInfo, is_audit_file, is_run_file,
+    AuditEnd, AuditProgress, CkaEnd, ClaimAnswer, ClaimRequest, ClaimedAudit, ClaimedCka,
+    ClaimedEvaluation, ClaimedRun, HeartbeatAnswer, LEASE_HEADER, LogBatch, MetricBatch,
+    Registration, RunEnd, RunRelease, RunStart, StoredFile, WorkerInfo, is_audit_file, is_run_file,
 };
 use tokio::io::AsyncWriteExt;
 
@@ -68,6 +68,11 @@ pub fn worker_router() -> axum::Router<AppState> {
         .route("/worker/audits/{id}/images/{file}", put(audit_image_upload))
         .route("/worker/audits/{id}/end", post(audit_end))
         .route("/worker/audits/{id}/release", post(audit_release))
+        .route("/worker/cka/{id}/heartbeat", post(cka_heartbeat))
+        .route("/worker/cka/{id}/checkpoints/{run}", get(cka_checkpoint))
+        .route("/worker/cka/{id}/data/{hash}", get(cka_data))
+        .route("/worker/cka/{id}/end", post(cka_end))
+        .route("/worker/cka/{id}/release", post(cka_release))
 }
 
 /// The team's view of its workers.
@@ -162,6 +167,7 @@ async fn claim(
             job: None,
             evaluation: None,
             audit: None,
+            cka: None,
             drain: true,
         }));
     }
@@ -175,18 +181,21 @@ async fn claim(
         .claim_next(claimant, crate::worker::lease_ms())
         .await?
     else {
-        // No run waits: a re-evaluation, else an audit.
-        let evaluation = claim_evaluation(&state, claimant).await?;
-        let audit = match evaluation {
-            Some(_) => None,
-            None => claim_audit(&state, claimant).await?,
-        };
-        return Ok(Json(ClaimAnswer {
+        // No run waits: a re-evaluation, else an audit, else a CKA job.
+        let mut answer = ClaimAnswer {
             job: None,
-            evaluation,
-            audit,
+            evaluation: claim_evaluation(&state, claimant).await?,
+            audit: None,
+            cka: None,
             drain: false,
-        }));
+        };
+        if answer.evaluation.is_none() {
+            answer.audit = claim_audit(&state, claimant).await?;
+        }
+        if answer.evaluation.is_none() && answer.audit.is_none() {
+            answer.cka = claim_cka(&state, claimant).await?;
+        }
+        return Ok(Json(answer));
     };
     let files = if claim.lease.attempt > 1 {
         stored_files(&state, &claim.run.id).await?
@@ -210,6 +219,7 @@ async fn claim(
         }),
         evaluation: None,
         audit: None,
+        cka: None,
         drain: false,
     }))
 }
@@ -292,6 +302,52 @@ async fn claim_audit(state: &AppState, claimant: Claimant<'_>) -> ApiResult<Opti
             lease_ms: crate::worker::lease_ms(),
             target,
             reference,
+        }));
+    }
+}
+
+/// The oldest queued CKA job this worker can run, with the runs it compares
+/// and the hashes of their weights. One whose runs are gone or lost their
+/// weights fails at once, naming them.
+async fn claim_cka(state: &AppState, claimant: Claimant<'_>) -> ApiResult<Option<ClaimedCka>> {
+    'jobs: loop {
+        let Some((job, lease)) = state
+            .store
+            .claim_next_cka(claimant, crate::worker::lease_ms())
+            .await?
+        else {
+            return Ok(None);
+        };
+        let (mut runs, mut checkpoints) = (Vec::new(), Vec::new());
+        for id in crate::cka_job::run_ids(&job.request) {
+            let run = state
+                .store
+                .run(&id)
+                .await?
+                .filter(|r| r.status == RunStatus::Succeeded);
+            let file = match &run {
+                Some(_) => checkpoint_file(state, &id).await?,
+                None => None,
+            };
+            let (Some(run), Some(file)) = (run, file) else {
+                let why = format!("run {id} has no stored final weights to compare");
+                state
+                    .store
+                    .finish_cka(&lease, RunStatus::Failed, Some(&why), None)
+                    .await?;
+                continue 'jobs;
+            };
+            runs.push(run);
+            checkpoints.push(file);
+        }
+        tracing::info!(cka = %job.id, worker = %claimant.id, "CKA job claimed");
+        return Ok(Some(ClaimedCka {
+            id: job.id,
+            request: job.request,
+            runs,
+            checkpoints,
+            lease: lease.token,
+            lease_ms: crate::worker::lease_ms(),
         }));
     }
 }
@@ -1283,6 +1339,193 @@ async fn audit_release(
     JsonText(body): JsonText,
 ) -> ApiResult<StatusCode> {
     let (_, lease) = held_audit(&state, &p, &id, &headers).await?;
+    let req: RunRelease = parse(&body)?;
+    state.store.release(&lease, &req.reason).await?;
+    state.wake_workers();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The CKA job a report is about and the lease it shows, which must be the
+/// job's current one.
+async fn held_cka(
+    state: &AppState,
+    p: &Principal,
+    id: &str,
+    headers: &HeaderMap,
+) -> ApiResult<(sslab_shared::cka::CkaJob, Lease)> {
+    let job = state
+        .store
+        .cka(id)
+        .await?
+        .filter(|j| serves(p, Some(&j.team)))
+        .ok_or_else(|| ApiError::NotFound(format!("no CKA job with id `{id}`")))?;
+    let token = headers
+        .get(LEASE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| {
+            ApiError::BadRequest("send the claim's lease in the Sslab-Lease header".into())
+        })?;
+    let lease = state
+        .store
+        .lease_of(crate::store::JobKind::Cka, id, token)
+        .await?
+        .ok_or_else(|| lost_cka(id))?;
+    if let Some((worker, _)) = token.split_once('#') {
+        state.store.worker_seen(worker).await?;
+    }
+    Ok((job, lease))
+}
+
+fn lost_cka(id: &str) -> ApiError {
+    ApiError::Conflict(format!(
+        "CKA job `{id}` is not held with this lease: it ended, was cancelled, or went to another worker"
+    ))
+}
+
+/// Keeps a CKA job's lease; says whether a cancel was asked.
+#[utoipa::path(
+    operation_id = "cka_heartbeat",
+    post,
+    path = "/worker/cka/{id}/heartbeat",
+    tag = "workers",
+    params(("id" = String, Path, description = "the CKA job's id"), ("Sslab-Lease" = String, Header, description = "the claim's lease")),
+    responses((status = 200, description = "the lease is extended", body = HeartbeatAnswer), (status = 409, description = "the lease is not held", body = sslab_shared::api::ErrorBody), (status = 404, description = "not found, or not this worker's team", body = sslab_shared::api::ErrorBody), (status = 403, description = "not a worker token", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
+async fn cka_heartbeat(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<HeartbeatAnswer>> {
+    let (_, lease) = held_cka(&state, &p, &id, &headers).await?;
+    match state
+        .store
+        .heartbeat(&lease, crate::worker::lease_ms())
+        .await?
+    {
+        Some(cancel) => Ok(Json(HeartbeatAnswer { cancel })),
+        None => Err(lost_cka(&id)),
+    }
+}
+
+/// The final weights of one of the runs a held CKA job compares.
+#[utoipa::path(
+    operation_id = "cka_checkpoint",
+    get,
+    path = "/worker/cka/{id}/checkpoints/{run}",
+    tag = "workers",
+    params(("id" = String, Path, description = "the CKA job's id"), ("run" = String, Path, description = "one of the compared runs' ids"), ("Sslab-Lease" = String, Header, description = "the claim's lease")),
+    responses((status = 200, description = "safetensors weights", body = Vec<u8>, content_type = "application/octet-stream"), (status = 409, description = "the lease is not held", body = sslab_shared::api::ErrorBody), (status = 404, description = "not a run of this job, or not this worker's team", body = sslab_shared::api::ErrorBody), (status = 403, description = "not a worker token", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
+async fn cka_checkpoint(
+    State(state): State<AppState>,
+    p: Principal,
+    Path((id, run)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let (job, _) = held_cka(&state, &p, &id, &headers).await?;
+    let missing = || ApiError::NotFound(format!("CKA job `{id}` compares no run `{run}`"));
+    if !crate::cka_job::run_ids(&job.request).contains(&run) {
+        return Err(missing());
+    }
+    stream_file(&state, &state.artifacts.checkpoint(&run), missing).await
+}
+
+/// A registered data set a held CKA job compares on, as for runs.
+#[utoipa::path(
+    operation_id = "cka_data",
+    get,
+    path = "/worker/cka/{id}/data/{hash}",
+    tag = "workers",
+    params(("id" = String, Path, description = "the CKA job's id"), ("hash" = String, Path, description = "the data set's content hash, hex digits"), ("Sslab-Lease" = String, Header, description = "the claim's lease")),
+    responses((status = 200, description = "a tar of the data set's folder", body = Vec<u8>, content_type = "application/x-tar"), (status = 409, description = "the lease is not held", body = sslab_shared::api::ErrorBody), (status = 404, description = "the job reads no such data set, or its files are gone", body = sslab_shared::api::ErrorBody), (status = 403, description = "not a worker token", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
+async fn cka_data(
+    State(state): State<AppState>,
+    p: Principal,
+    Path((id, hash)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let (job, _) = held_cka(&state, &p, &id, &headers).await?;
+    let mut runs = Vec::new();
+    for run in crate::cka_job::run_ids(&job.request) {
+        runs.extend(state.store.run(&run).await?);
+    }
+    let data = crate::cka_job::job_data(&job.request, &runs);
+    data_tar(&format!("CKA job `{id}`"), &hash, data.iter()).await
+}
+
+/// A held CKA job's end, with its result when it succeeded.
+#[utoipa::path(
+    operation_id = "cka_end",
+    post,
+    path = "/worker/cka/{id}/end",
+    tag = "workers",
+    params(("id" = String, Path, description = "the CKA job's id"), ("Sslab-Lease" = String, Header, description = "the claim's lease")),
+    request_body = CkaEnd,
+    responses((status = 204, description = "recorded"), (status = 409, description = "the lease is not held; nothing recorded", body = sslab_shared::api::ErrorBody), (status = 422, description = "invalid; `field` names what", body = sslab_shared::api::ErrorBody), (status = 404, description = "not found, or not this worker's team", body = sslab_shared::api::ErrorBody), (status = 403, description = "not a worker token", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
+async fn cka_end(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    JsonText(body): JsonText,
+) -> ApiResult<StatusCode> {
+    let (job, lease) = held_cka(&state, &p, &id, &headers).await?;
+    let end: CkaEnd = parse(&body)?;
+    if matches!(end.status, RunStatus::Queued | RunStatus::Running) {
+        return Err(ApiError::InvalidSpec(sslab_shared::SpecError::new(
+            "status",
+            "a CKA job ends succeeded, failed or cancelled",
+        )));
+    }
+    let family_job = job.request.runs.is_some();
+    let result = match (end.status, end.pair, end.family) {
+        (RunStatus::Succeeded, Some(pair), None) if !family_job => {
+            Some(crate::store::CkaOutcome::Pair(pair))
+        }
+        (RunStatus::Succeeded, None, Some(family)) if family_job => {
+            Some(crate::store::CkaOutcome::Family(family))
+        }
+        (RunStatus::Succeeded, ..) => {
+            let field = if family_job { "family" } else { "pair" };
+            return Err(ApiError::InvalidSpec(sslab_shared::SpecError::new(
+                field,
+                format!("a succeeded CKA job of this kind sends `{field}` and nothing else"),
+            )));
+        }
+        _ => None,
+    };
+    if state
+        .store
+        .finish_cka(&lease, end.status, end.error.as_deref(), result.as_ref())
+        .await?
+    {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(lost_cka(&id))
+    }
+}
+
+/// Hands a held CKA job back to the queue (the worker is stopping).
+#[utoipa::path(
+    operation_id = "cka_release",
+    post,
+    path = "/worker/cka/{id}/release",
+    tag = "workers",
+    params(("id" = String, Path, description = "the CKA job's id"), ("Sslab-Lease" = String, Header, description = "the claim's lease")),
+    request_body = RunRelease,
+    responses((status = 204, description = "queued again (or failed after too many attempts)"), (status = 409, description = "the lease is not held", body = sslab_shared::api::ErrorBody), (status = 404, description = "not found, or not this worker's team", body = sslab_shared::api::ErrorBody), (status = 403, description = "not a worker token", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
+async fn cka_release(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    JsonText(body): JsonText,
+) -> ApiResult<StatusCode> {
+    let (_, lease) = held_cka(&state, &p, &id, &headers).await?;
     let req: RunRelease = parse(&body)?;
     state.store.release(&lease, &req.reason).await?;
     state.wake_workers();

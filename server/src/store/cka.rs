@@ -46,20 +46,27 @@ fn from_row(row: &AnyRow) -> Result<CkaJob> {
 }
 
 impl Store {
-    pub async fn create_cka(&self, request: &CkaRequest, owner: &Owner) -> Result<CkaJob> {
+    /// `requires`: what a worker needs to read the images it compares on.
+    pub async fn create_cka(
+        &self,
+        request: &CkaRequest,
+        owner: &Owner,
+        requires: &str,
+    ) -> Result<CkaJob> {
         let id = format!("ck{}", &uuid::Uuid::new_v4().simple().to_string()[..14]);
         let body =
             serde_json::to_string(request).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "INSERT INTO cka_jobs (id, request, status, created_at, team_id, created_by) \
-             VALUES ($1, $2, 'queued', $3, $4, $5)",
+            "INSERT INTO cka_jobs (id, request, status, created_at, team_id, created_by, requires) \
+             VALUES ($1, $2, 'queued', $3, $4, $5, $6)",
         )
         .bind(&id)
         .bind(&body)
         .bind(now_ms())
         .bind(&owner.team)
         .bind(owner.user.as_deref())
+        .bind(requires)
         .execute(&mut *tx)
         .await?;
         let sql = format!("SELECT {COLUMNS} FROM cka_jobs WHERE id = $1");

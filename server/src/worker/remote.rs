@@ -13,9 +13,9 @@ use sha2::{Digest, Sha256};
 use sslab_shared::api::{Evaluation, RunStatus};
 use sslab_shared::spec::{DataSpec, RegisteredData, RunSpec};
 use sslab_shared::worker::{
-    AuditEnd, AuditProgress, ClaimAnswer, ClaimRequest, ClaimedAudit, ClaimedEvaluation,
-    HeartbeatAnswer, LEASE_HEADER, LogBatch, LogLine, MetricBatch, Registration, RunEnd,
-    RunRelease, RunStart, StoredFile, WorkerInfo, is_audit_file,
+    AuditEnd, AuditProgress, CkaEnd, ClaimAnswer, ClaimRequest, ClaimedAudit, ClaimedCka,
+    ClaimedEvaluation, HeartbeatAnswer, LEASE_HEADER, LogBatch, LogLine, MetricBatch, Registration,
+    RunEnd, RunRelease, RunStart, StoredFile, WorkerInfo, is_audit_file,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
@@ -879,6 +879,104 @@ async fn audit(
     let _ = tokio::fs::remove_dir_all(&dir).await;
 }
 
+/// Runs a claimed CKA job: fetches the runs' weights (checked by hash) and
+/// the images, compares while the lease is kept, and reports the result —
+/// or the error, or a cancel asked meanwhile.
+async fn compare(host: &RemoteHost, claimed: ClaimedCka, device: candle_core::Device) {
+    let at = JobPath {
+        path: format!("/worker/cka/{}", claimed.id),
+        lease: &claimed.lease,
+    };
+    let dir = host.work_dir.join("cka").join(&claimed.id);
+    tracing::info!(cka = %claimed.id, "CKA job started");
+    let prepared = async {
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .with_context(|| format!("creating {}", dir.display()))?;
+        let mut paths = Vec::new();
+        for (run, file) in claimed.runs.iter().zip(&claimed.checkpoints) {
+            let to = dir.join(format!("{}.safetensors", run.id));
+            let from = format!("{}/checkpoints/{}", at.path, run.id);
+            host.download(&from, at.lease, file, &to).await?;
+            paths.push(to);
+        }
+        let (mut req, mut runs) = (claimed.request.clone(), claimed.runs.clone());
+        let recorded =
+            crate::cka_job::job_data(&req, &runs).ok_or_else(|| anyhow!("a CKA job needs runs"))?;
+        // The images it compares on: the job's own, else its runs' data.
+        if req.data.is_some() {
+            host.fetch_data(&at, [req.data.as_mut()]).await?;
+        } else {
+            for run in runs.iter_mut() {
+                host.fetch_data(&at, [Some(&mut run.spec.data)]).await?;
+            }
+        }
+        anyhow::Ok((req, runs, paths, recorded))
+    }
+    .await;
+    let result = match prepared {
+        Err(e) => Err(Some(format!("{e:#}"))),
+        Ok((req, runs, paths, recorded)) => {
+            let mut job = tokio::task::spawn_blocking(move || {
+                crate::cka_job::compute(&req, &runs, &paths, recorded, &device)
+            });
+            let mut beat = tokio::time::interval(super::heartbeat_every(claimed.lease_ms));
+            let heartbeat = host.url(&format!("{}/heartbeat", at.path));
+            let mut cancelled = false;
+            loop {
+                tokio::select! {
+                    done = &mut job => break match done {
+                        Err(e) => Err(Some(format!("the CKA thread crashed: {e}"))),
+                        Ok(Err(e)) => Err(Some(e)),
+                        Ok(Ok(_)) if cancelled => Err(None),
+                        Ok(Ok(outcome)) => Ok(outcome),
+                    },
+                    _ = beat.tick() => match host.call("heartbeat", |c| c.post(&heartbeat).header(LEASE_HEADER, at.lease)).await {
+                        Ok(resp) => cancelled |= resp.json::<HeartbeatAnswer>().await.is_ok_and(|a| a.cancel),
+                        Err(Failure::Conflict(_)) => {
+                            tracing::warn!(cka = %claimed.id, "lost the CKA job's lease");
+                            let _ = tokio::fs::remove_dir_all(&dir).await;
+                            return;
+                        }
+                        Err(Failure::Other(e)) => tracing::warn!(cka = %claimed.id, error = %e, "heartbeat failed"),
+                    },
+                }
+            }
+        }
+    };
+    let mut end = CkaEnd {
+        status: RunStatus::Succeeded,
+        error: None,
+        pair: None,
+        family: None,
+    };
+    match result {
+        Ok(crate::store::CkaOutcome::Pair(pair)) => end.pair = Some(pair),
+        Ok(crate::store::CkaOutcome::Family(family)) => end.family = Some(family),
+        Err(None) => end.status = RunStatus::Cancelled,
+        Err(Some(e)) => {
+            end.status = RunStatus::Failed;
+            end.error = Some(e);
+        }
+    }
+    let url = host.url(&format!("{}/end", at.path));
+    match host
+        .call("ending the CKA job", |c| {
+            c.post(&url).header(LEASE_HEADER, at.lease).json(&end)
+        })
+        .await
+    {
+        Ok(_) => tracing::info!(cka = %claimed.id, status = end.status.as_str(), "CKA job ended"),
+        Err(Failure::Conflict(_)) => {
+            tracing::warn!(cka = %claimed.id, "the CKA job was taken from this worker")
+        }
+        Err(Failure::Other(e)) => {
+            tracing::error!(cka = %claimed.id, error = %e, "reporting the CKA job failed")
+        }
+    }
+    let _ = tokio::fs::remove_dir_all(&dir).await;
+}
+
 /// Where an audit file goes: gallery images under `images/`, the rest under `files/`.
 fn audit_file_path(audit: &str, name: &str) -> String {
     match name.strip_prefix("images/") {
@@ -961,6 +1059,9 @@ async fn slot_loop(
                 audit: Some(claimed),
                 ..
             }) => audit(&host, claimed, device.clone(), &mut shutdown).await,
+            Ok(ClaimAnswer {
+                cka: Some(claimed), ..
+            }) => compare(&host, claimed, device.clone()).await,
             Ok(ClaimAnswer { drain: true, .. }) => {
                 tracing::info!(worker = %host.worker, "drained: no new work");
                 return;
