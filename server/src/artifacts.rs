@@ -9,7 +9,9 @@
 //! (`persist`) before anything depends on it, and a file to read is
 //! fetched (`fetch`) when the cache lacks it, so a server on a fresh disk
 //! serves everything the store holds. The cache never holds a file the
-//! store does not.
+//! store does not. Registered data sets' folders (`DATA_DIR/datasets/ID/`:
+//! an upload's files and the thumbnail sheet) are kept the same way, under
+//! `datasets/`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,6 +25,8 @@ use tokio::io::AsyncWriteExt;
 #[derive(Debug, Clone)]
 pub struct Artifacts {
     root: PathBuf,
+    /// `DATA_DIR/datasets`, and its canonical form (the paths runs record).
+    datasets: (PathBuf, PathBuf),
     remote: Option<Arc<Remote>>,
 }
 
@@ -35,8 +39,10 @@ struct Remote {
 impl Artifacts {
     /// The plain local folder `DATA_DIR/artifacts`.
     pub fn new(data_dir: &Path) -> Self {
+        let datasets = data_dir.join("datasets");
         Artifacts {
             root: data_dir.join("artifacts"),
+            datasets: (datasets.clone(), datasets),
             remote: None,
         }
     }
@@ -58,7 +64,7 @@ impl Artifacts {
             }
             return Ok(Artifacts {
                 root: PathBuf::from(path),
-                remote: None,
+                ..Self::new(data_dir)
             });
         }
         let Some(rest) = url.strip_prefix("s3://") else {
@@ -85,8 +91,14 @@ impl Artifacts {
             "" => Arc::new(s3),
             p => Arc::new(object_store::prefix::PrefixStore::new(s3, p)),
         };
+        let datasets = data_dir.join("datasets");
+        std::fs::create_dir_all(&datasets)
+            .with_context(|| format!("creating {}", datasets.display()))?;
+        let canonical = std::fs::canonicalize(&datasets)
+            .with_context(|| format!("opening {}", datasets.display()))?;
         Ok(Artifacts {
             root: data_dir.join("artifacts"),
+            datasets: (datasets, canonical),
             remote: Some(Arc::new(Remote {
                 store,
                 url: url.to_string(),
@@ -125,16 +137,72 @@ impl Artifacts {
         self.run_dir(id).join("checkpoint.safetensors")
     }
 
-    /// The store's name for a file of the local folder.
+    /// The store's name for a file of the local folder or of a data set's.
     fn key(&self, path: &Path) -> anyhow::Result<Key> {
-        let rel = path
-            .strip_prefix(&self.root)
-            .map_err(|_| anyhow!("{} is outside the artifact folder", path.display()))?;
+        let (prefix, rel) = if let Ok(rel) = path.strip_prefix(&self.root) {
+            ("", rel)
+        } else if let Some(rel) = [&self.datasets.0, &self.datasets.1]
+            .into_iter()
+            .find_map(|d| path.strip_prefix(d).ok())
+        {
+            ("datasets/", rel)
+        } else {
+            return Err(anyhow!("{} is outside the artifact folder", path.display()));
+        };
         let parts: Vec<String> = rel
             .components()
             .map(|c| c.as_os_str().to_string_lossy().into_owned())
             .collect();
-        Ok(Key::from(parts.join("/")))
+        Ok(Key::from(format!("{prefix}{}", parts.join("/"))))
+    }
+
+    /// Where a stored file lives in the local folders.
+    fn path_of(&self, key: &Key) -> PathBuf {
+        let mut parts = key.parts().peekable();
+        let base = match parts.peek() {
+            Some(p) if p.as_ref() == "datasets" => {
+                parts.next();
+                self.datasets.0.clone()
+            }
+            _ => self.root.clone(),
+        };
+        parts.fold(base, |p, part| p.join(part.as_ref()))
+    }
+
+    /// Makes sure the registered data set `data` names is on this disk,
+    /// fetching its folder from the store when the cache lacks it (a data
+    /// set that reads a server folder of its own is that folder's).
+    pub async fn need_data(&self, data: &sslab_shared::spec::DataSpec) -> anyhow::Result<()> {
+        let sslab_shared::spec::DataSpec::Dataset {
+            registered: Some(r),
+            ..
+        } = data
+        else {
+            return Ok(());
+        };
+        let Some(path) = r.data.server_path().map(Path::new) else {
+            return Ok(());
+        };
+        if self.remote.is_none() || path.exists() {
+            return Ok(());
+        }
+        let Some((base, rel)) = [&self.datasets.0, &self.datasets.1]
+            .into_iter()
+            .find_map(|d| path.strip_prefix(d).ok().map(|rel| (d, rel)))
+        else {
+            return Ok(());
+        };
+        let Some(id) = rel.components().next() else {
+            return Ok(());
+        };
+        self.fetch_dir(&base.join(id)).await?;
+        if !path.exists() {
+            return Err(anyhow!(
+                "the files of the registered data set are neither at {} nor in the artifact store",
+                path.display()
+            ));
+        }
+        Ok(())
     }
 
     /// Stores a written file for good (a multipart upload for big ones,
@@ -209,10 +277,7 @@ impl Artifacts {
             keys.push(meta.location);
         }
         for key in keys {
-            let path = key
-                .parts()
-                .fold(self.root.clone(), |p, part| p.join(part.as_ref()));
-            self.fetch(&path).await?;
+            self.fetch(&self.path_of(&key)).await?;
         }
         Ok(())
     }
@@ -408,6 +473,11 @@ mod tests {
         let a = Artifacts::new(Path::new("/d"));
         let key = a.key(&a.checkpoint("r1")).unwrap();
         assert_eq!(key.as_ref(), "runs/r1/checkpoint.safetensors");
+        assert_eq!(a.path_of(&key), a.checkpoint("r1"));
+        let sheet = Path::new("/d/datasets/ds1/samples.png");
+        let key = a.key(sheet).unwrap();
+        assert_eq!(key.as_ref(), "datasets/ds1/samples.png");
+        assert_eq!(a.path_of(&key), sheet);
         assert!(a.key(Path::new("/elsewhere/x")).is_err());
     }
 }

@@ -145,7 +145,12 @@ impl Worker {
                 self.artifacts.checkpoint(&r.reference),
             )
         });
-        let mut missing = None;
+        let mut missing = self
+            .artifacts
+            .need_data(&spec.run.data)
+            .await
+            .err()
+            .map(|e| format!("{e:#}"));
         if let Some((target, reference)) = &trained {
             for path in [target, reference] {
                 if let Err(e) = self.artifacts.need(path).await {

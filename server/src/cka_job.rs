@@ -210,6 +210,10 @@ impl Worker {
             .collect();
         let req = job.request.clone();
         let recorded = job_data(&req, &runs).ok_or("a CKA job needs runs")?;
+        self.artifacts
+            .need_data(&recorded)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
         let thread = tokio::task::spawn_blocking(move || {
             let device = sslab_engine::default_device();
             compute(&req, &runs, &checkpoints, recorded, &device)

@@ -61,6 +61,8 @@ impl Default for Limits {
 #[derive(Clone)]
 pub struct Registry {
     store: Store,
+    /// Where data set folders are kept for good (with S3, beside the disk).
+    artifacts: crate::artifacts::Artifacts,
     /// `DATA_DIR/datasets`: one folder per data set (thumbnails, and the
     /// files of uploads).
     root: PathBuf,
@@ -74,9 +76,16 @@ impl Registry {
     pub fn new(store: Store, data_dir: &Path, limits: Limits) -> Self {
         Registry {
             store,
+            artifacts: crate::artifacts::Artifacts::new(data_dir),
             root: data_dir.join("datasets"),
             limits,
         }
+    }
+
+    /// The registry, keeping data set folders in `artifacts`' store too.
+    pub fn keeping_in(mut self, artifacts: &crate::artifacts::Artifacts) -> Self {
+        self.artifacts = artifacts.clone();
+        self
     }
 
     pub fn store(&self) -> &Store {
@@ -88,9 +97,12 @@ impl Registry {
         self.root.join(&d.id)
     }
 
-    /// The thumbnail sheet of a registered data set.
-    pub fn samples_path(&self, d: &Dataset) -> PathBuf {
-        self.folder(d).join("samples.png")
+    /// The thumbnail sheet of a registered data set, fetched from the
+    /// artifact store when this disk lacks it.
+    pub async fn samples_path(&self, d: &Dataset) -> anyhow::Result<PathBuf> {
+        let path = self.folder(d).join("samples.png");
+        self.artifacts.fetch(&path).await?;
+        Ok(path)
     }
 
     /// A scratch file for an upload on the registry's disk, so that the
@@ -245,6 +257,11 @@ impl Registry {
                 .map_err(|e| {
                     RegistryError::Io(format!("cannot write {}: {e}", folder.display()))
                 })?;
+            // Registered only once the store holds its files.
+            self.artifacts
+                .persist_dir(folder)
+                .await
+                .map_err(|e| RegistryError::Io(format!("{e:#}")))?;
             if !self.store.insert_dataset(&d, owner).await? {
                 return Err(RegistryError::Exists(d.name.clone()));
             }
@@ -253,6 +270,7 @@ impl Registry {
         .await;
         if let Err(e) = written {
             let _ = std::fs::remove_dir_all(folder);
+            let _ = self.artifacts.forget_dir(folder).await;
             return Err(e);
         }
         tracing::info!(name = %d.name, hash = %d.hash, "data set registered");

@@ -551,10 +551,11 @@ async fn serve(cli: &Cli, options: ServeOptions<'_>) -> anyhow::Result<()> {
     }
     let state = http::AppState {
         store: store.clone(),
-        artifacts,
+        artifacts: artifacts.clone(),
         queued: Arc::new(tokio::sync::Notify::new()),
         max_sweep_runs,
-        datasets: datasets::Registry::new(store.clone(), &cli.data_dir, limits),
+        datasets: datasets::Registry::new(store.clone(), &cli.data_dir, limits)
+            .keeping_in(&artifacts),
         data_roots: Arc::new(data_roots),
         cors_origins: Arc::new(cors_origins),
         backoff: auth::Backoff::default(),

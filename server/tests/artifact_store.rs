@@ -10,8 +10,9 @@
 //! loses the run to another, which resumes from the checkpoint in S3 (the
 //! server's local cache wiped in between, the hash checked); an S3 outage
 //! during a checkpoint upload is retried and the run is not done until the
-//! checkpoint is stored; a server on a fresh disk serves what S3 holds; a
-//! deleted run leaves nothing in the bucket.
+//! checkpoint is stored; a server on a fresh disk serves what S3 holds (its
+//! checkpoints, and the data set's thumbnails and files); a deleted run
+//! leaves nothing in the bucket.
 
 mod common;
 
@@ -484,8 +485,13 @@ async fn artifacts_in_s3_and_data_on_workers() {
     second.terminate();
 
     // A server on a fresh disk serves what S3 holds.
+    // A fresh disk in the same place: the server's data folder loses its
+    // artifacts and data sets (the database is PostgreSQL's).
     server.stop("TERM");
-    let server = Server::start_on(&addr, &dir.path().join("disk-b"), Some(&db), &env);
+    let disk = dir.path().join("disk-a");
+    std::fs::remove_dir_all(disk.join("artifacts")).unwrap();
+    std::fs::remove_dir_all(disk.join("datasets")).unwrap();
+    let server = Server::start_on(&addr, &disk, Some(&db), &env);
     let served = a
         .get(server.url(&format!("/runs/{}/checkpoint", killed.id)))
         .send()
@@ -499,6 +505,28 @@ async fn artifacts_in_s3_and_data_on_workers() {
         hex_sha256(&served.bytes().await.unwrap()),
         hex_sha256(&in_s3)
     );
+    // The data set came back too: its thumbnails, and its files for a
+    // worker that has no copy yet.
+    let sheet = a
+        .get(server.url("/datasets/pets/samples.png"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sheet.status(), 200);
+    assert!(
+        moto.keys("datasets/")
+            .await
+            .iter()
+            .any(|k| k.ends_with("/samples.png")),
+        "no data set files in S3"
+    );
+    let third = Worker::start(&server.base, &token, dir.path().join("w3"));
+    spec["name"] = json!("pets-after-the-disk");
+    let after = create(&a, &server, &spec).await;
+    let done = wait_for(&a, &server, &after.id, 180, |r| r.status.is_terminal()).await;
+    assert_succeeded(&done);
+    third.terminate();
+
     // Deleting a run deletes its objects.
     let resp = a
         .delete(server.url(&format!("/runs/{}", killed.id)))

@@ -177,7 +177,7 @@ async fn samples(
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
     let d = find(&state, &p, &name).await?;
-    let path = state.datasets.samples_path(&d);
+    let path = state.datasets.samples_path(&d).await?;
     let png = tokio::fs::read(&path)
         .await
         .map_err(|e| ApiError::NotFound(format!("the thumbnails of `{name}` are missing: {e}")))?;

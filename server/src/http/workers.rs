@@ -756,12 +756,19 @@ async fn data(
 ) -> ApiResult<Response> {
     let (run, _) = held(&state, &p, &id, &headers).await?;
     let reads = [Some(&run.spec.data), run.spec.eval.data.as_ref()];
-    data_tar(&format!("run `{id}`"), &hash, reads.into_iter().flatten()).await
+    data_tar(
+        &state,
+        &format!("run `{id}`"),
+        &hash,
+        reads.into_iter().flatten(),
+    )
+    .await
 }
 
 /// A tar of the folder of the registered data set among `reads` whose
 /// content hash is `hash`.
 async fn data_tar<'a>(
+    state: &AppState,
     who: &str,
     hash: &str,
     reads: impl Iterator<Item = &'a DataSpec>,
@@ -781,6 +788,15 @@ async fn data_tar<'a>(
                 "{who} reads no registered data set with content hash {hash}"
             ))
         })?;
+    // On a fresh disk the folder comes back from the artifact store.
+    let named = DataSpec::Dataset {
+        name: String::new(),
+        registered: Some(Box::new(sslab_shared::spec::RegisteredData {
+            hash: format!("sha256:{hash}"),
+            data: registered.clone(),
+        })),
+    };
+    state.artifacts.need_data(&named).await?;
     let folder = registered
         .server_path()
         .map(std::path::PathBuf::from)
@@ -1005,6 +1021,7 @@ async fn evaluation_data(
         job.request.eval.data.as_ref(),
     ];
     data_tar(
+        &state,
         &format!("evaluation job `{id}`"),
         &hash,
         reads.into_iter().flatten(),
@@ -1202,7 +1219,13 @@ async fn audit_data(
         Some(&audit.spec.run.data),
         audit.spec.run.eval.data.as_ref(),
     ];
-    data_tar(&format!("audit `{id}`"), &hash, reads.into_iter().flatten()).await
+    data_tar(
+        &state,
+        &format!("audit `{id}`"),
+        &hash,
+        reads.into_iter().flatten(),
+    )
+    .await
 }
 
 /// Stores a file of a held audit: the two models' weights or `examples.csv`.
@@ -1452,7 +1475,7 @@ async fn cka_data(
         runs.extend(state.store.run(&run).await?);
     }
     let data = crate::cka_job::job_data(&job.request, &runs);
-    data_tar(&format!("CKA job `{id}`"), &hash, data.iter()).await
+    data_tar(&state, &format!("CKA job `{id}`"), &hash, data.iter()).await
 }
 
 /// A held CKA job's end, with its result when it succeeded.

@@ -93,8 +93,13 @@ impl Host for LocalHost {
         format!("in-process worker {} ({})", self.worker, self.device)
     }
 
-    /// The registry's folders are on this machine.
+    /// The registry's folders are on this machine (fetched from the
+    /// artifact store when this disk lacks them).
     async fn data(&self, job: &RunJob) -> anyhow::Result<RunSpec> {
+        self.artifacts.need_data(&job.spec.data).await?;
+        if let Some(d) = &job.spec.eval.data {
+            self.artifacts.need_data(d).await?;
+        }
         Ok(job.spec.clone())
     }
 

@@ -154,7 +154,15 @@ impl Worker {
             }
         };
         let checkpoint = self.artifacts.checkpoint(&run.id);
-        if let Err(e) = self.artifacts.fetch(&checkpoint).await {
+        let fetched = async {
+            self.artifacts.fetch(&checkpoint).await?;
+            self.artifacts.need_data(&run.spec.data).await?;
+            match &job.request.eval.data {
+                Some(d) => self.artifacts.need_data(d).await,
+                None => Ok(()),
+            }
+        };
+        if let Err(e) = fetched.await {
             return self
                 .end_evaluation(&job, &lease, Err(Some(format!("{e:#}"))))
                 .await;
