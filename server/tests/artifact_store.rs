@@ -349,12 +349,19 @@ async fn artifacts_in_s3_and_data_on_workers() {
         .unwrap_or_else(|| panic!("{audit}"))
         .to_string();
     let deadline = Instant::now() + Duration::from_secs(240);
+    let mut listed = false;
     let audit = loop {
         let got: sslab_shared::api::Audit =
             common::get_json(&a, server.url(&format!("/audits/{audit_id}"))).await;
         if got.status.is_terminal() {
             break got;
         }
+        // The Workers list shows who holds it.
+        let workers: Vec<sslab_shared::worker::WorkerInfo> =
+            common::get_json(&a, server.url("/workers")).await;
+        listed |= workers
+            .iter()
+            .any(|w| w.jobs.iter().any(|j| j.kind == "audit" && j.id == audit_id));
         assert!(
             Instant::now() < deadline,
             "the audit did not finish: {got:?}"
@@ -362,6 +369,7 @@ async fn artifacts_in_s3_and_data_on_workers() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(audit.status, RunStatus::Succeeded, "{audit:?}");
+    assert!(listed, "no worker listed audit {audit_id} among its jobs");
     let kept = moto.keys(&format!("audits/{audit_id}/")).await;
     for file in [
         "examples.csv",

@@ -50,6 +50,21 @@ pub struct WorkerInfo {
     pub draining: bool,
     /// The runs it holds now.
     pub current: Vec<String>,
+    /// The other jobs it holds now: re-evaluations, audits and CKA jobs.
+    #[serde(default)]
+    pub jobs: Vec<HeldJob>,
+}
+
+/// A job other than a run that a worker holds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct HeldJob {
+    /// `evaluation`, `audit` or `cka`.
+    pub kind: String,
+    pub id: String,
+    /// The run a re-evaluation evaluates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
 }
 
 /// `POST /worker/claim`.

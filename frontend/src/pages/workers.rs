@@ -72,12 +72,22 @@ pub fn WorkersPage() -> impl IntoView {
                                             <td>{w.host.clone()}</td>
                                             <td>{format!("{} · {} slot{}", w.device, w.slots, if w.slots == 1 { "" } else { "s" })}</td>
                                             <td>{w.version.clone()}</td>
-                                            <td class="current">{if w.current.is_empty() {
+                                            <td class="current">{if w.current.is_empty() && w.jobs.is_empty() {
                                                 view! { <span class="muted">"idle"</span> }.into_any()
                                             } else {
-                                                w.current.clone().into_iter().map(|r| view! {
-                                                    <A href=format!("/runs/{r}")>{r}</A>" "
-                                                }).collect_view().into_any()
+                                                view! {
+                                                    {w.current.clone().into_iter().map(|r| view! {
+                                                        <A href=format!("/runs/{r}")>{r}</A>" "
+                                                    }).collect_view()}
+                                                    {w.jobs.clone().into_iter().map(|j| {
+                                                        let label = format!("{} {}", j.kind, j.id);
+                                                        match (j.kind.as_str(), j.run) {
+                                                            ("audit", _) => view! { <A href=format!("/audits/{}", j.id)>{label}</A>" " }.into_any(),
+                                                            (_, Some(run)) => view! { <A href=format!("/runs/{run}")>{label}</A>" " }.into_any(),
+                                                            _ => view! { <span>{label}" "</span> }.into_any(),
+                                                        }
+                                                    }).collect_view()}
+                                                }.into_any()
                                             }}</td>
                                             <td>{seen_text(w.last_seen, now)}</td>
                                             <td>{time_text(w.registered_at)}</td>

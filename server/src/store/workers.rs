@@ -3,7 +3,7 @@
 
 use sqlx::Row;
 use sqlx::any::AnyRow;
-use sslab_shared::worker::{LogLine, Registration, RunLogLine, WorkerInfo};
+use sslab_shared::worker::{HeldJob, LogLine, Registration, RunLogLine, WorkerInfo};
 
 use super::{Lease, Result, Store, StoreError, now_ms};
 
@@ -26,6 +26,7 @@ fn worker_from_row(r: &AnyRow) -> Result<WorkerInfo> {
         last_seen: r.try_get("last_seen")?,
         draining: r.try_get::<i64, _>("draining")? != 0,
         current: Vec::new(),
+        jobs: Vec::new(),
     })
 }
 
@@ -71,6 +72,7 @@ impl Store {
             Some(r) => {
                 let mut w = worker_from_row(&r)?;
                 w.current = self.held_by(&w.id, team).await?;
+                w.jobs = self.jobs_held_by(&w.id, team).await?;
                 Ok(Some(w))
             }
             None => Ok(None),
@@ -92,6 +94,7 @@ impl Store {
         for r in &rows {
             let mut w = worker_from_row(r)?;
             w.current = self.held_by(&w.id, Some(team)).await?;
+            w.jobs = self.jobs_held_by(&w.id, Some(team)).await?;
             out.push(w);
         }
         Ok(out)
@@ -111,6 +114,35 @@ impl Store {
         rows.iter()
             .map(|r| Ok(r.try_get::<String, _>("id")?))
             .collect()
+    }
+
+    /// The re-evaluations, audits and CKA jobs of `team` (any: none) a
+    /// worker holds now.
+    async fn jobs_held_by(&self, worker: &str, team: Option<&str>) -> Result<Vec<HeldJob>> {
+        let mut out = Vec::new();
+        for (kind, table, run) in [
+            ("evaluation", "evaluation_jobs", "run_id"),
+            ("audit", "audits", "NULL"),
+            ("cka", "cka_jobs", "NULL"),
+        ] {
+            let sql = format!(
+                "SELECT id, {run} AS run FROM {table} WHERE status = 'running' AND worker LIKE $1 \
+                 AND ($2 IS NULL OR team_id = $2) ORDER BY started_at"
+            );
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(format!("{}#%", worker.replace(['%', '_'], "")))
+                .bind(team)
+                .fetch_all(&self.pool)
+                .await?;
+            for r in rows {
+                out.push(HeldJob {
+                    kind: kind.to_string(),
+                    id: r.try_get("id")?,
+                    run: r.try_get("run")?,
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// Notes that the worker was heard from; returns whether it is draining
