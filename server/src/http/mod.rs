@@ -19,6 +19,7 @@ mod run_files;
 mod runs;
 mod search;
 mod sweeps;
+mod worker_jobs;
 mod workers;
 
 use std::path::PathBuf;

@@ -9,7 +9,7 @@ use utoipa::{Modify, OpenApi};
 
 use super::{
     accounts, audits, cka, datasets, deletes, demos, events, exports, labels, projects, recipes,
-    run_files, runs, search, sweeps, workers,
+    run_files, runs, search, sweeps, worker_jobs, workers,
 };
 
 #[derive(OpenApi)]
@@ -40,12 +40,12 @@ use super::{
         projects::list, projects::create, projects::remove, recipes::list,
         workers::register, workers::claim, workers::start, workers::heartbeat, workers::metrics,
         workers::logs, workers::upload, workers::download, workers::data, workers::end,
-        workers::release, workers::evaluation_heartbeat, workers::evaluation_checkpoint,
-        workers::evaluation_data, workers::evaluation_end, workers::evaluation_release,
-        workers::audit_progress, workers::audit_checkpoint, workers::audit_data,
-        workers::audit_upload, workers::audit_image_upload, workers::audit_end, workers::audit_release,
-        workers::cka_heartbeat, workers::cka_checkpoint, workers::cka_data, workers::cka_end,
-        workers::cka_release,
+        workers::release, worker_jobs::evaluation_heartbeat, worker_jobs::evaluation_checkpoint,
+        worker_jobs::evaluation_data, worker_jobs::evaluation_end, worker_jobs::evaluation_release,
+        worker_jobs::audit_progress, worker_jobs::audit_checkpoint, worker_jobs::audit_data,
+        worker_jobs::audit_upload, worker_jobs::audit_image_upload, worker_jobs::audit_end, worker_jobs::audit_release,
+        worker_jobs::cka_heartbeat, worker_jobs::cka_checkpoint, worker_jobs::cka_data, worker_jobs::cka_end,
+        worker_jobs::cka_release,
         workers::list, workers::drain, runs::logs,
         health, document,
     ),

@@ -4,6 +4,7 @@
 
 pub mod host;
 pub mod remote;
+mod remote_jobs;
 pub mod run_job;
 mod system;
 
