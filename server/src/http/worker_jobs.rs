@@ -16,8 +16,8 @@ use sslab_shared::worker::{
 
 use super::authn::JsonText;
 use super::workers::{
-    checkpoint_file, data_tar, hand_back, keep_upload, lease_in, lost_job, parse, renew, serves,
-    stream_file,
+    check_ended, checkpoint_file, data_tar, hand_back, keep_upload, lease_in, lost_job, parse,
+    recorded, renew, serves, stream_file,
 };
 use super::{ApiError, ApiResult, AppState};
 use crate::auth::Principal;
@@ -301,12 +301,7 @@ async fn evaluation_end(
 ) -> ApiResult<StatusCode> {
     let (job, _, lease) = held_evaluation(&state, &p, &id, &headers).await?;
     let end: RunEnd = parse(&body)?;
-    if matches!(end.status, RunStatus::Queued | RunStatus::Running) {
-        return Err(ApiError::InvalidSpec(sslab_shared::SpecError::new(
-            "status",
-            "an evaluation ends succeeded, failed or cancelled",
-        )));
-    }
+    check_ended(end.status)?;
     let rows = match end.status {
         RunStatus::Succeeded => end.evaluations.as_slice(),
         _ => &[],
@@ -315,11 +310,7 @@ async fn evaluation_end(
         .store
         .finish_evaluation(&job, &lease, end.status, end.error.as_deref(), rows)
         .await?;
-    if ok {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(lost_job(JobKind::Evaluation, &id))
-    }
+    recorded(ok, JobKind::Evaluation, &id)
 }
 
 /// Hands a re-evaluation back to the queue (the worker is stopping).
@@ -549,12 +540,7 @@ async fn audit_end(
 ) -> ApiResult<StatusCode> {
     let (_, lease) = held_audit(&state, &p, &id, &headers).await?;
     let end: AuditEnd = parse(&body)?;
-    if matches!(end.status, RunStatus::Queued | RunStatus::Running) {
-        return Err(ApiError::InvalidSpec(sslab_shared::SpecError::new(
-            "status",
-            "an audit ends succeeded, failed or cancelled",
-        )));
-    }
+    check_ended(end.status)?;
     if end.status == RunStatus::Succeeded && end.report.is_none() {
         return Err(ApiError::InvalidSpec(sslab_shared::SpecError::new(
             "report",
@@ -565,15 +551,11 @@ async fn audit_end(
         RunStatus::Succeeded => end.report.as_ref(),
         _ => None,
     };
-    if state
+    let ok = state
         .store
         .finish_audit(&lease, end.status, end.error.as_deref(), report)
-        .await?
-    {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(lost_job(JobKind::Audit, &id))
-    }
+        .await?;
+    recorded(ok, JobKind::Audit, &id)
 }
 
 /// Hands a held audit back to the queue (the worker is stopping); it starts over.
@@ -700,12 +682,7 @@ async fn cka_end(
 ) -> ApiResult<StatusCode> {
     let (job, lease) = held_cka(&state, &p, &id, &headers).await?;
     let end: CkaEnd = parse(&body)?;
-    if matches!(end.status, RunStatus::Queued | RunStatus::Running) {
-        return Err(ApiError::InvalidSpec(sslab_shared::SpecError::new(
-            "status",
-            "a CKA job ends succeeded, failed or cancelled",
-        )));
-    }
+    check_ended(end.status)?;
     let family_job = job.request.runs.is_some();
     let result = match (end.status, end.pair, end.family) {
         (RunStatus::Succeeded, Some(pair), None) if !family_job => {
@@ -723,15 +700,11 @@ async fn cka_end(
         }
         _ => None,
     };
-    if state
+    let ok = state
         .store
         .finish_cka(&lease, end.status, end.error.as_deref(), result.as_ref())
-        .await?
-    {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(lost_job(JobKind::Cka, &id))
-    }
+        .await?;
+    recorded(ok, JobKind::Cka, &id)
 }
 
 /// Hands a held CKA job back to the queue (the worker is stopping).

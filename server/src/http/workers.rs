@@ -336,11 +336,27 @@ pub(super) async fn hand_back(
 }
 
 fn stored(ok: bool, id: &str) -> ApiResult<StatusCode> {
+    recorded(ok, JobKind::Run, id)
+}
+
+/// A report's answer: stored, or the lease was no longer held.
+pub(super) fn recorded(ok: bool, kind: JobKind, id: &str) -> ApiResult<StatusCode> {
     if ok {
         Ok(StatusCode::NO_CONTENT)
     } else {
-        Err(lost(id))
+        Err(lost_job(kind, id))
     }
+}
+
+/// A job's end names how it ended: succeeded, failed or cancelled.
+pub(super) fn check_ended(status: RunStatus) -> ApiResult<()> {
+    if matches!(status, RunStatus::Queued | RunStatus::Running) {
+        return Err(ApiError::InvalidSpec(sslab_shared::SpecError::new(
+            "status",
+            "a job ends succeeded, failed or cancelled",
+        )));
+    }
+    Ok(())
 }
 
 /// The run starts from scratch or after the epochs its checkpoint holds:
@@ -747,12 +763,7 @@ async fn end(
 ) -> ApiResult<StatusCode> {
     let (_, lease) = held(&state, &p, &id, &headers).await?;
     let end: RunEnd = parse(&body)?;
-    if matches!(end.status, RunStatus::Queued | RunStatus::Running) {
-        return Err(ApiError::InvalidSpec(sslab_shared::SpecError::new(
-            "status",
-            "a run ends succeeded, failed or cancelled",
-        )));
-    }
+    check_ended(end.status)?;
     if end.status == RunStatus::Succeeded
         && state
             .artifacts
