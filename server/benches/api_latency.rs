@@ -5,8 +5,6 @@
 //! nothing else (`POST /sign-out` with a token) against an unauthenticated
 //! one (`GET /health`).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sqlx::Connection;
@@ -25,9 +23,9 @@ const PROBES: [(&str, &str); 4] = [
     ("rankme", "rank"),
 ];
 
-fn sslab() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_sslab"))
-}
+#[path = "support/serve.rs"]
+mod serve;
+use serve::sslab;
 
 async fn seed(url: &str) -> anyhow::Result<String> {
     let status = sslab().arg("migrate").env("DATABASE_URL", url).status()?;
@@ -137,35 +135,8 @@ async fn main() -> anyhow::Result<()> {
         RUNS * METRICS_PER_RUN,
         t.elapsed().as_secs_f64()
     );
-    let mut child = sslab()
-        .args([
-            "serve",
-            "--addr",
-            "127.0.0.1:0",
-            "--workers",
-            "0",
-            "--rate-limit",
-            "0",
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .env("DATABASE_URL", &url)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let mut reader = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut token = String::new();
-    // The first start prints its admin token before the listening line.
-    let base = loop {
-        let mut line = String::new();
-        anyhow::ensure!(reader.read_line(&mut line)? > 0, "the server exited early");
-        if let Some(t) = line.trim().strip_prefix("sslab admin token: ") {
-            token = t.to_string();
-        }
-        if let Some(b) = line.trim().strip_prefix("sslab listening on ") {
-            break b.to_string();
-        }
-    };
+    let served = serve::start(dir.path(), &url)?;
+    let (mut child, base, token) = (served.child, served.base, served.admin_token);
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(
         reqwest::header::AUTHORIZATION,

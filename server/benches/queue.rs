@@ -7,8 +7,6 @@
 //! rows/s, and checks that every run was claimed exactly once and every
 //! row stored once.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
@@ -21,9 +19,9 @@ const RUNS: usize = 400;
 const BATCHES: usize = 40;
 const POINTS: usize = 100;
 
-fn sslab() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_sslab"))
-}
+#[path = "support/serve.rs"]
+mod serve;
+use serve::sslab;
 
 fn client(token: &str) -> anyhow::Result<reqwest::Client> {
     let mut headers = reqwest::header::HeaderMap::new();
@@ -103,34 +101,8 @@ async fn main() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("a database URL ends with /NAME"))?;
     let url = format!("{base}/{name}");
     let dir = tempfile::tempdir()?;
-    let mut child = sslab()
-        .args([
-            "serve",
-            "--addr",
-            "127.0.0.1:0",
-            "--workers",
-            "0",
-            "--rate-limit",
-            "0",
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .env("DATABASE_URL", &url)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let mut reader = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut admin = String::new();
-    let base = loop {
-        let mut line = String::new();
-        anyhow::ensure!(reader.read_line(&mut line)? > 0, "the server exited early");
-        if let Some(t) = line.trim().strip_prefix("sslab admin token: ") {
-            admin = t.to_string();
-        }
-        if let Some(b) = line.trim().strip_prefix("sslab listening on ") {
-            break b.to_string();
-        }
-    };
+    let served = serve::start(dir.path(), &url)?;
+    let (mut child, base, admin) = (served.child, served.base, served.admin_token);
     let out = sslab()
         .arg("--data-dir")
         .arg(dir.path())

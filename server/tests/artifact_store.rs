@@ -284,30 +284,15 @@ async fn artifacts_in_s3_and_data_on_workers() {
         "probes": ["knn", "rankme"], "layers": ["backbone"], "knn_k": 5,
         "data": {"source": "dataset", "name": "pets"}
     }});
-    let job: serde_json::Value = a
-        .post(server.url(&format!("/runs/{}/evaluate", on_pets.id)))
-        .json(&plan)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let job = common::post_json(
+        &a,
+        server.url(&format!("/runs/{}/evaluate", on_pets.id)),
+        &plan,
+    )
+    .await;
     let job_id = job["id"].as_str().unwrap_or_else(|| panic!("{job}"));
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let j: serde_json::Value =
-            common::get_json(&a, server.url(&format!("/evaluation-jobs/{job_id}"))).await;
-        if j["status"] == "succeeded" {
-            break;
-        }
-        assert!(j["status"] == "queued" || j["status"] == "running", "{j}");
-        assert!(
-            Instant::now() < deadline,
-            "the re-evaluation did not finish"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let ended = common::wait_job(&a, server.url(&format!("/evaluation-jobs/{job_id}")), 120).await;
+    assert_eq!(ended["status"], "succeeded", "{ended}");
     let rows: Vec<sslab_shared::api::Evaluation> = common::get_json(
         &a,
         server.url(&format!("/runs/{}/evaluations?job={job_id}", on_pets.id)),
@@ -322,28 +307,9 @@ async fn artifacts_in_s3_and_data_on_workers() {
 
     // A déjà vu audit on the remote worker: its files land in S3 and its
     // page's images are served from there.
-    let audit: serde_json::Value = a
-        .post(server.url("/audits"))
-        .json(&json!({
-            "name": "remote-audit",
-            "snapshots": [1],
-            "split": {"per_class": 6},
-            "attack": {"k": 10},
-            "run": {
-                "seed": 3,
-                "data": {"source": "scenes", "classes": 3, "train_images": 90, "test_images": 30},
-                "backbone": {"kind": "tiny_cnn", "width": 8},
-                "projector": {"dims": "32-16"},
-                "optimizer": {"batch_size": 12},
-                "schedule": {"epochs": 2}
-            }
-        }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let mut spec_audit = common::tiny_audit();
+    spec_audit["name"] = json!("remote-audit");
+    let audit = common::post_json(&a, server.url("/audits"), &spec_audit).await;
     let audit_id = audit["id"]
         .as_str()
         .unwrap_or_else(|| panic!("{audit}"))
@@ -393,32 +359,17 @@ async fn artifacts_in_s3_and_data_on_workers() {
 
     // CKA of the run with itself on the remote worker: weights from S3,
     // images fetched by hash; a layer compared with itself scores 1.
-    let cka: serde_json::Value = a
-        .post(server.url("/cka"))
-        .json(&json!({"a": on_pets.id, "layers_a": ["backbone"], "layers_b": ["backbone"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let cka_id = cka["id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{cka}"))
-        .to_string();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let cka = loop {
-        let got: sslab_shared::cka::CkaJob =
-            common::get_json(&a, server.url(&format!("/cka/{cka_id}"))).await;
-        if got.status.is_terminal() {
-            break got;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the CKA job did not finish: {got:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let cka = common::post_json(
+        &a,
+        server.url("/cka"),
+        &json!({"a": on_pets.id, "layers_a": ["backbone"], "layers_b": ["backbone"]}),
+    )
+    .await;
+    let cka_id = cka["id"].as_str().unwrap_or_else(|| panic!("{cka}"));
+    let cka: sslab_shared::cka::CkaJob = serde_json::from_value(
+        common::wait_job(&a, server.url(&format!("/cka/{cka_id}")), 120).await,
+    )
+    .unwrap();
     assert_eq!(cka.status, RunStatus::Succeeded, "{cka:?}");
     let result = cka.result.expect("a pair's result");
     assert!(

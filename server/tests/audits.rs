@@ -6,26 +6,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Server, assert_succeeded, create, fresh_postgres_database, get_json, wait_terminal};
+use common::{
+    Server, assert_succeeded, create, fresh_postgres_database, get_json, tiny_audit, wait_terminal,
+};
 use serde_json::{Value, json};
 use sslab_shared::api::{Audit, RunStatus};
-
-fn tiny_audit() -> Value {
-    json!({
-        "name": "api-audit",
-        "snapshots": [1],
-        "split": {"per_class": 6},
-        "attack": {"k": 10},
-        "run": {
-            "seed": 3,
-            "data": {"source": "scenes", "classes": 3, "train_images": 90, "test_images": 30},
-            "backbone": {"kind": "tiny_cnn", "width": 8},
-            "projector": {"dims": "32-16"},
-            "optimizer": {"batch_size": 12},
-            "schedule": {"epochs": 2}
-        }
-    })
-}
 
 async fn wait_audit(client: &reqwest::Client, server: &Server, id: &str) -> Audit {
     let deadline = Instant::now() + Duration::from_secs(180);

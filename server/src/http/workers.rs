@@ -197,35 +197,35 @@ async fn claim(
 
 /// A run's stored final weights with their hash, if it has them.
 pub(super) async fn checkpoint_file(state: &AppState, run: &str) -> ApiResult<Option<StoredFile>> {
-    Ok(stored_files(state, run)
-        .await?
-        .into_iter()
-        .find(|f| f.name == "checkpoint.safetensors"))
+    stored_file(state, run, "checkpoint.safetensors".into()).await
 }
 
-/// The run's stored files with their hashes (fetched from the artifact
-/// store where this server's cache lacks them).
+/// The run's stored files with their hashes.
 async fn stored_files(state: &AppState, id: &str) -> ApiResult<Vec<StoredFile>> {
-    let dir = state.artifacts.run_dir(id);
     let mut out = Vec::new();
-    for name in state.artifacts.list(&dir).await? {
-        if !is_run_file(&name) {
-            continue;
+    for name in state.artifacts.list(&state.artifacts.run_dir(id)).await? {
+        if is_run_file(&name) {
+            out.extend(stored_file(state, id, name).await?);
         }
-        let path = dir.join(&name);
-        if !state.artifacts.fetch(&path).await? {
-            continue;
-        }
-        let (bytes, sha256) = tokio::task::spawn_blocking(move || hash_file(&path))
-            .await
-            .map_err(anyhow::Error::new)??;
-        out.push(StoredFile {
-            name,
-            bytes,
-            sha256,
-        });
     }
     Ok(out)
+}
+
+/// One stored file of a run with its hash (fetched from the artifact store
+/// when this server's cache lacks it); `None` when there is none.
+async fn stored_file(state: &AppState, id: &str, name: String) -> ApiResult<Option<StoredFile>> {
+    let path = state.artifacts.run_dir(id).join(&name);
+    if !state.artifacts.fetch(&path).await? {
+        return Ok(None);
+    }
+    let (bytes, sha256) = tokio::task::spawn_blocking(move || hash_file(&path))
+        .await
+        .map_err(anyhow::Error::new)??;
+    Ok(Some(StoredFile {
+        name,
+        bytes,
+        sha256,
+    }))
 }
 
 fn hash_file(path: &std::path::Path) -> anyhow::Result<(u64, String)> {

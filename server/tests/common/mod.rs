@@ -204,6 +204,41 @@ pub fn png(colour: [u8; 3], seed: u32) -> Vec<u8> {
     out.into_inner()
 }
 
+/// A déjà vu audit of two tiny models on the built-in scenes.
+pub fn tiny_audit() -> Value {
+    json!({
+        "name": "api-audit",
+        "snapshots": [1],
+        "split": {"per_class": 6},
+        "attack": {"k": 10},
+        "run": {
+            "seed": 3,
+            "data": {"source": "scenes", "classes": 3, "train_images": 90, "test_images": 30},
+            "backbone": {"kind": "tiny_cnn", "width": 8},
+            "projector": {"dims": "32-16"},
+            "optimizer": {"batch_size": 12},
+            "schedule": {"epochs": 2}
+        }
+    })
+}
+
+/// Polls a job (`GET url`, a JSON body with `status`) until it ends;
+/// its last body.
+pub async fn wait_job(client: &reqwest::Client, url: String, secs: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let job: Value = get_json(client, url.clone()).await;
+        if matches!(
+            job["status"].as_str(),
+            Some("succeeded" | "failed" | "cancelled")
+        ) {
+            return job;
+        }
+        assert!(Instant::now() < deadline, "{url} did not end: {job}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A run that takes a second or two on a CPU.
 pub fn tiny_spec(epochs: usize) -> Value {
     json!({
