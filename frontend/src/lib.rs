@@ -49,6 +49,7 @@ fn App() -> impl IntoView {
                     <A href="/sweeps">"Sweeps"</A>
                     <A href="/datasets">"Data sets"</A>
                     <A href="/audits">"Audits"</A>
+                    <A href="/studies">"Studies"</A>
                     <A href="/workers">"Workers"</A>
                     <A href="/api">"API"</A>
                 </nav>
@@ -76,6 +77,8 @@ fn App() -> impl IntoView {
                     <Route path=path!("/audits") view=pages::audits::AuditsPage/>
                     <Route path=path!("/audits/:id") view=pages::audits::AuditPage/>
                     <Route path=path!("/workers") view=pages::workers::WorkersPage/>
+                    <Route path=path!("/studies") view=pages::studies::StudiesPage/>
+                    <Route path=path!("/studies/:id") view=pages::studies::StudyPage/>
                 </Routes>
             </main>
         </Router>

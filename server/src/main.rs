@@ -13,6 +13,7 @@ mod export_job;
 mod http;
 mod recipes;
 mod store;
+mod study;
 mod sweep;
 mod worker;
 
@@ -197,6 +198,19 @@ enum Command {
         /// Where to write the rows; default `RUN/evaluations-<spec name>.json`.
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+    /// A study on this machine: its sweeps, audits and CKA comparisons, then
+    /// DIR/report.json, DIR/report.md and DIR/charts/ with each finding's
+    /// verdict against the paper's claim (recipes/studies/).
+    Study {
+        #[arg(long)]
+        spec: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Run the study's [micro] size: every part in seconds, to check the
+        /// study end to end (its figures mean nothing).
+        #[arg(long)]
+        micro: bool,
     },
     /// A déjà vu memorization audit on this machine: trains the target on A
     /// and the reference on B, attacks background crops, and writes
@@ -386,6 +400,7 @@ async fn main() -> std::process::ExitCode {
             cli::train::evaluate(run, spec, out.as_deref(), || registry(&cli)).await
         }
         Command::Audit { spec, out } => cli::audit::run(spec, out).await,
+        Command::Study { spec, out, micro } => cli::study::run(spec, out, *micro).await,
         Command::Cka {
             a,
             b,
@@ -573,6 +588,21 @@ async fn serve(cli: &Cli, options: ServeOptions<'_>) -> anyhow::Result<()> {
                 tick.tick().await;
                 limiter.retain_recent();
                 limiter.shrink_to_fit();
+            }
+        });
+    }
+    {
+        // A study's CKA comparisons are queued once the runs they compare end.
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(3));
+            loop {
+                tick.tick().await;
+                match study::advance::advance(&state.store).await {
+                    Ok(true) => state.wake_workers(),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, "could not queue the studies' comparisons"),
+                }
             }
         });
     }

@@ -83,6 +83,7 @@ struct Objects {
     demo_file: String,
     export: String,
     cka: String,
+    study: String,
     worker: String,
     project: String,
 }
@@ -109,6 +110,8 @@ impl Objects {
                 ("demos", "{slug}") => &self.demo,
                 ("exports", "{id}") => &self.export,
                 ("cka", "{id}") => &self.cka,
+                ("studies", "{id}") => &self.study,
+                ("charts", "{file}") => "finding-1.png",
                 ("workers", "{id}") => &self.worker,
                 ("projects", "{name}") => &self.project,
                 ("files", "{file}") => "checkpoint.safetensors",
@@ -126,9 +129,10 @@ impl Objects {
         out.join("/")
     }
 
-    fn ids(&self) -> [&str; 11] {
+    fn ids(&self) -> [&str; 12] {
         [
             &self.project,
+            &self.study,
             &self.worker,
             &self.cka,
             &self.demo,
@@ -202,6 +206,17 @@ async fn authorization(server: &Server, url: Option<&str>) {
         .json()
         .await
         .unwrap();
+    let study = post_json(
+        &a,
+        server.url("/studies"),
+        &json!({
+            "name": "s",
+            "sweeps": {"m": {"base": tiny_spec(1), "axes": [{"path": "projector.dims", "values": ["32-8"]}]}},
+            "findings": [{"name": "f", "claim": "c", "expect": "positive",
+                "of": {"part": "sweeps.m", "layer": "backbone", "metric": "knn.top1"}}],
+        }),
+    )
+    .await;
     let audit: Value = a
         .post(server.url("/audits"))
         .json(&json!({"runs": {"target": run.id, "reference": run.id}}))
@@ -350,6 +365,7 @@ async fn authorization(server: &Server, url: Option<&str>) {
             .unwrap_or_else(|| panic!("{export}"))
             .into(),
         cka: cka["id"].as_str().unwrap_or_else(|| panic!("{cka}")).into(),
+        study: study["id"].as_str().unwrap_or_else(|| panic!("{study}")).into(),
         worker: worker["id"]
             .as_str()
             .unwrap_or_else(|| panic!("{worker}"))

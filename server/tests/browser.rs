@@ -1549,3 +1549,91 @@ async fn a_public_demo_in_chromium() {
         .await;
     browser.wait_find("#no-demo").await;
 }
+
+/// A study started through the API renders on its page once its runs end:
+/// the findings table with verdicts, charts that load, the parts linked to
+/// their runs; the Studies page lists it beside the shipped studies.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_study_page_in_chromium() {
+    if !e2e_required() {
+        eprintln!("skipped: set SSLAB_E2E=1 (cargo xtask test does)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), None);
+    let client = server.client();
+    let study = json!({
+        "name": "page-study", "paper": "arXiv:2206.13378", "question": "Is the backbone better?",
+        "claim": "about 20 points",
+        "sweeps": {"main": {"seeds": [1, 2], "base": tiny_spec(1)}},
+        "findings": [{"name": "backbone beats projector", "claim": "+20 points", "expect": "positive",
+            "of": {"part": "sweeps.main", "layer": "backbone", "metric": "knn.top1"},
+            "minus": {"part": "sweeps.main", "layer": "proj.1", "metric": "knn.top1"}}],
+    });
+    let created = post_json(&client, server.url("/studies"), &study).await;
+    let id = created["id"].as_str().unwrap_or_else(|| panic!("{created}")).to_string();
+
+    let browser = Browser::start().await;
+    browser.sign_in_with_link(&server).await;
+    browser.goto(&format!("{}/studies/{id}", server.base)).await;
+    let verdict = wait_script(
+        &browser,
+        "const s = document.querySelector('section.finding'); \
+         return s && s.dataset.verdict !== 'no data' ? s.dataset.verdict : null",
+        180,
+    )
+    .await;
+    assert!(
+        ["agrees", "disagrees", "inconclusive"].contains(&verdict.as_str().unwrap_or_default()),
+        "{verdict}"
+    );
+    let progress = wait_script(
+        &browser,
+        "const p = document.querySelector('#study-progress'); \
+         return p && p.textContent.startsWith('2 of 2 done') ? p.textContent : null",
+        60,
+    )
+    .await;
+    assert!(progress.is_string());
+    let table = browser
+        .script("return document.querySelector('#findings').textContent")
+        .await;
+    assert!(
+        table.as_str().unwrap_or_default().contains("backbone beats projector"),
+        "{table}"
+    );
+    let chart = wait_script(
+        &browser,
+        "const i = document.querySelector('img.finding-chart'); \
+         return i && i.complete && i.naturalWidth > 0 ? i.naturalWidth : null",
+        30,
+    )
+    .await;
+    assert_eq!(chart, json!(520));
+    let links = browser
+        .script("return Array.from(document.querySelectorAll('#study-parts a')).map(a => a.getAttribute('href'))")
+        .await;
+    let links = links.as_array().cloned().unwrap_or_default();
+    assert_eq!(links.len(), 2, "{links:?}");
+    assert!(links.iter().all(|l| l.as_str().unwrap_or_default().starts_with("/runs/")));
+
+    browser.goto(&format!("{}/studies", server.base)).await;
+    let listed = wait_script(
+        &browser,
+        "const t = document.querySelector('#studies-table'); return t ? t.textContent : null",
+        30,
+    )
+    .await;
+    assert!(listed.as_str().unwrap_or_default().contains("page-study"), "{listed}");
+    let shipped = wait_script(
+        &browser,
+        "const b = document.querySelectorAll('#shipped-studies button.start-micro'); \
+         return b.length >= 6 ? Array.from(b).map(x => x.dataset.study) : null",
+        30,
+    )
+    .await;
+    assert!(
+        shipped.as_array().unwrap().iter().any(|s| s == "guillotine"),
+        "{shipped}"
+    );
+}

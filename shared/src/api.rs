@@ -435,19 +435,21 @@ pub struct Audit {
     pub archived: bool,
 }
 
-/// A shipped recipe (`recipes/*.toml`), as `GET /recipes` serves it.
+/// A shipped recipe (`recipes/*.toml`) or study (`recipes/studies/*.toml`),
+/// as `GET /recipes` serves it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Recipe {
     /// The file's name without `.toml`.
     pub name: String,
-    /// `run`, `sweep` or `audit`: what `spec` is.
+    /// `run`, `sweep`, `audit` or `study`: what `spec` is.
     pub kind: String,
     /// The file's opening comment.
     pub description: String,
     /// The file as written.
     pub toml: String,
-    /// The spec it parses to, as `POST /runs`, `/sweeps` or `/audits` takes it.
+    /// The spec it parses to, as `POST /runs`, `/sweeps`, `/audits` or
+    /// `/studies` takes it.
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub spec: serde_json::Value,
 }

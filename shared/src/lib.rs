@@ -12,6 +12,7 @@ pub mod labels;
 pub mod project;
 pub mod rng;
 pub mod spec;
+pub mod study;
 pub mod sweep;
 pub mod worker;
 

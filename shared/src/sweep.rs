@@ -448,12 +448,12 @@ fn draw(axis: &SweepAxis, rng: &mut Rng) -> Value {
     }
 }
 
-fn lookup<'a>(doc: &'a Value, path: &str) -> Option<&'a Value> {
+pub(crate) fn lookup<'a>(doc: &'a Value, path: &str) -> Option<&'a Value> {
     path.split('.')
         .try_fold(doc, |v, key| v.as_object()?.get(key))
 }
 
-fn lookup_mut<'a>(doc: &'a mut Value, path: &str) -> Option<&'a mut Value> {
+pub(crate) fn lookup_mut<'a>(doc: &'a mut Value, path: &str) -> Option<&'a mut Value> {
     path.split('.')
         .try_fold(doc, |v, key| v.as_object_mut()?.get_mut(key))
 }

@@ -9,6 +9,7 @@ pub mod new_sweep;
 pub mod projects;
 pub mod run;
 pub mod runs;
+pub mod studies;
 pub mod sweeps;
 pub mod workers;
 

@@ -81,23 +81,9 @@ pub async fn run(spec_path: &Path, out: &Path) -> anyhow::Result<()> {
             spec_path.display()
         );
     }
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    let mut progress = Progress {
-        bar: step_bar(spec.run.total_steps()),
-        model: None,
-        interrupted: interrupt_flag(),
-    };
-    let dir = out.to_path_buf();
-    let (report, progress) = tokio::task::spawn_blocking(move || {
-        let device = sslab_engine::default_device();
-        let report = sslab_engine::dejavu::run(&spec, &device, &dir, &mut progress);
-        (report, progress)
-    })
-    .await?;
-    progress.bar.finish_and_clear();
-    let report = report.map_err(|e| anyhow::anyhow!("the audit failed: {e}"))?;
-    write_json(&out.join("audit.json"), &report)?;
-    write_examples(&out.join("examples.csv"), &report)?;
+    let report = audit_into(spec, out, interrupt_flag())
+        .await?
+        .map_err(|e| anyhow::anyhow!("the audit failed: {e}"))?;
     let s = &report.split;
     println!(
         "A-only {} (attacked {}), B-only {} (attacked {}), shared {}, public {}",
@@ -121,6 +107,37 @@ pub async fn run(spec_path: &Path, out: &Path) -> anyhow::Result<()> {
     }
     println!("wrote {}", out.display());
     Ok(())
+}
+
+/// Runs an audit into `out` (both checkpoints, `audit.json`,
+/// `examples.csv`). The outer `Err` is a file that cannot be written; the
+/// inner one says why the audit itself failed.
+pub async fn audit_into(
+    spec: AuditSpec,
+    out: &Path,
+    interrupted: Arc<AtomicBool>,
+) -> anyhow::Result<Result<AuditReport, String>> {
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let mut progress = Progress {
+        bar: step_bar(spec.run.total_steps()),
+        model: None,
+        interrupted,
+    };
+    let dir = out.to_path_buf();
+    let (report, progress) = tokio::task::spawn_blocking(move || {
+        let device = sslab_engine::default_device();
+        let report = sslab_engine::dejavu::run(&spec, &device, &dir, &mut progress);
+        (report, progress)
+    })
+    .await?;
+    progress.bar.finish_and_clear();
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => return Ok(Err(e.to_string())),
+    };
+    write_json(&out.join("audit.json"), &report)?;
+    write_examples(&out.join("examples.csv"), &report)?;
+    Ok(Ok(report))
 }
 
 fn write_examples(path: &Path, report: &AuditReport) -> anyhow::Result<()> {

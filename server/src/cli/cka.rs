@@ -55,46 +55,85 @@ where
     if req.minibatch.is_some_and(|b| b < 4) {
         bail!("--minibatch takes batches of at least 4 images");
     }
-    let (spec_a, ckpt_a) = finished_run(req.a)?;
-    let (spec_b, ckpt_b) = finished_run(req.b)?;
-    let mut data = match req.data {
+    let data = match req.data {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read {}", path.display()))?;
-            sslab_shared::error::from_toml::<DataSpec>(&text)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+            let mut data = sslab_shared::error::from_toml::<DataSpec>(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            if matches!(data, DataSpec::Dataset { .. }) {
+                registry()
+                    .await?
+                    .resolve_data(&mut data, "data", Owner::DEFAULT_TEAM)
+                    .await?;
+            }
+            Some(data)
         }
+        None => None,
+    };
+    let output = compare_dirs(
+        Side {
+            dir: req.a,
+            layers: req.layers_a,
+        },
+        Side {
+            dir: req.b,
+            layers: req.layers_b,
+        },
+        data,
+        req.minibatch,
+    )
+    .await?;
+    print_matrix(&output.a, &output.b, &output.matrix);
+    std::fs::create_dir_all(req.out)
+        .with_context(|| format!("cannot create {}", req.out.display()))?;
+    let file = req.out.join("cka.json");
+    super::train::write_json(&file, &output)?;
+    println!("wrote {}", file.display());
+    Ok(())
+}
+
+/// A run folder and its layers to compare, comma-separated (all without).
+pub struct Side<'a> {
+    pub dir: &'a Path,
+    pub layers: Option<&'a str>,
+}
+
+/// CKA of two finished run folders' layers on the test split of `data`
+/// (default: the runs' own data, which must be the same).
+pub async fn compare_dirs(
+    a: Side<'_>,
+    b: Side<'_>,
+    data: Option<DataSpec>,
+    batch: Option<usize>,
+) -> anyhow::Result<CkaResult> {
+    let (spec_a, ckpt_a) = finished_run(a.dir)?;
+    let (spec_b, ckpt_b) = finished_run(b.dir)?;
+    let data = match data {
+        Some(d) => d,
         None => {
             if spec_a.data.resolved() != spec_b.data.resolved() {
                 bail!(
                     "{} and {} were trained on different data; name the images to compare them on with --data FILE",
-                    req.a.display(),
-                    req.b.display()
+                    a.dir.display(),
+                    b.dir.display()
                 );
             }
             spec_a.data.clone()
         }
     };
-    if matches!(data, DataSpec::Dataset { .. }) && req.data.is_some() {
-        registry()
-            .await?
-            .resolve_data(&mut data, "data", Owner::DEFAULT_TEAM)
-            .await?;
-    }
-    let (title_a, title_b) = (spec_a.name.clone(), spec_b.name.clone());
     let names_a = spec_a.cka_layer_names();
     let names_b = spec_b.cka_layer_names();
-    let pick_a = pick(&names_a, req.layers_a, req.a)?;
-    let pick_b = pick(&names_b, req.layers_b, req.b)?;
+    let pick_a = pick(&names_a, a.layers, a.dir)?;
+    let pick_b = pick(&names_b, b.layers, b.dir)?;
     let side = |dir: &Path, spec_name: String, names: &[String], pick: &[usize]| CkaSide {
         run: dir.display().to_string(),
         name: spec_name,
         layers: pick.iter().map(|&i| names[i].clone()).collect(),
     };
-    let a = side(req.a, title_a, &names_a, &pick_a);
-    let b = side(req.b, title_b, &names_b, &pick_b);
-    let (label_a, label_b) = (req.a.display().to_string(), req.b.display().to_string());
-    let batch = req.minibatch;
+    let side_a = side(a.dir, spec_a.name.clone(), &names_a, &pick_a);
+    let side_b = side(b.dir, spec_b.name.clone(), &names_b, &pick_b);
+    let (label_a, label_b) = (a.dir.display().to_string(), b.dir.display().to_string());
     let data_for_job = data.clone();
     let (matrix, images) = tokio::task::spawn_blocking(move || {
         let run_a = cka::Run {
@@ -113,19 +152,12 @@ where
         cka::compare_runs(&run_a, &run_b, &data_for_job, batch, &device)
     })
     .await??;
-    print_matrix(&a, &b, &matrix);
-    let output = CkaResult {
-        a,
-        b,
+    Ok(CkaResult {
+        a: side_a,
+        b: side_b,
         matrix,
         settings: CkaSettings::on_test_split(batch, images, data),
-    };
-    std::fs::create_dir_all(req.out)
-        .with_context(|| format!("cannot create {}", req.out.display()))?;
-    let file = req.out.join("cka.json");
-    super::train::write_json(&file, &output)?;
-    println!("wrote {}", file.display());
-    Ok(())
+    })
 }
 
 fn print_matrix(a: &CkaSide, b: &CkaSide, m: &[Vec<f64>]) {

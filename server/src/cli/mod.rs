@@ -6,5 +6,6 @@ pub mod audit;
 pub mod cka;
 pub mod data;
 pub mod export;
+pub mod study;
 pub mod sweep;
 pub mod train;

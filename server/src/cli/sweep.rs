@@ -12,7 +12,7 @@ use sslab_shared::sweep::{SweepSpec, canonical_path, value_label};
 use crate::cli::train::{folder_safe, interrupt_flag, train_into, write_json};
 
 /// A folder name for a run: its index, then its axis values and seed.
-fn folder_name(index: usize, point: &sslab_shared::sweep::SweepPoint) -> String {
+pub(crate) fn folder_name(index: usize, point: &sslab_shared::sweep::SweepPoint) -> String {
     let mut name = format!("{index:03}");
     for (path, v) in &point.values {
         let short = path.rsplit('.').next().unwrap_or(path);

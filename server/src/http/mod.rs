@@ -18,6 +18,7 @@ mod recipes;
 mod run_files;
 mod runs;
 mod search;
+mod studies;
 mod sweeps;
 mod worker_jobs;
 mod workers;
@@ -233,6 +234,7 @@ pub fn app(state: AppState, static_dir: Option<PathBuf>) -> Router {
         .merge(exports::router())
         .merge(cka::router())
         .merge(search::router())
+        .merge(studies::router())
         .merge(projects::router())
         .merge(recipes::router())
         .merge(workers::router())

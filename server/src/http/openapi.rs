@@ -9,7 +9,7 @@ use utoipa::{Modify, OpenApi};
 
 use super::{
     accounts, audits, cka, datasets, deletes, demos, events, exports, labels, projects, recipes,
-    run_files, runs, search, sweeps, worker_jobs, workers,
+    run_files, runs, search, studies, sweeps, worker_jobs, workers,
 };
 
 #[derive(OpenApi)]
@@ -37,6 +37,8 @@ use super::{
         demos::publish, demos::list, demos::unpublish, demos::manifest, demos::file,
         exports::export_run, exports::export_audit, exports::read,
         cka::create, cka::read, cka::cancel, search::search,
+        studies::create, studies::list, studies::read, studies::report, studies::report_md,
+        studies::chart, studies::cancel,
         projects::list, projects::create, projects::remove, recipes::list,
         workers::register, workers::claim, workers::start, workers::heartbeat, workers::metrics,
         workers::logs, workers::upload, workers::download, workers::data, workers::end,

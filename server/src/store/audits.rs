@@ -40,36 +40,10 @@ fn from_row(row: &AnyRow) -> Result<Audit> {
 
 impl Store {
     pub async fn create_audit(&self, spec: &AuditSpec, owner: &Owner) -> Result<Audit> {
-        let id = format!("au{}", &uuid::Uuid::new_v4().simple().to_string()[..14]);
-        let name = if spec.name.trim().is_empty() {
-            format!("audit-{}", &id[2..8])
-        } else {
-            spec.name.clone()
-        };
-        let body = serde_json::to_string(spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         // Read back in the same transaction: no worker can claim the audit
         // before its creator has seen it queued.
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO audits (id, name, status, spec, created_at, total_steps, team_id, created_by, project, requires) \
-             VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(&id)
-        .bind(&name)
-        .bind(&body)
-        .bind(now_ms())
-        // Finished runs are attacked without training.
-        .bind(if spec.runs.is_some() {
-            0
-        } else {
-            spec.run.total_steps() as i64
-        })
-        .bind(&owner.team)
-        .bind(owner.user.as_deref())
-        .bind(&owner.project)
-        .bind(super::runs::requires(&spec.run))
-        .execute(&mut *tx)
-        .await?;
+        let id = insert_audit(&mut tx, spec, owner).await?;
         let sql = format!("SELECT {COLUMNS} FROM audits WHERE id = $1");
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(&id)
@@ -201,4 +175,40 @@ impl Store {
         self.cancel(JobKind::Audit, id).await?;
         self.audit(id).await
     }
+}
+
+/// Inserts a queued audit in `tx`; returns its id.
+pub(super) async fn insert_audit(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    spec: &AuditSpec,
+    owner: &Owner,
+) -> Result<String> {
+    let id = format!("au{}", &uuid::Uuid::new_v4().simple().to_string()[..14]);
+    let name = if spec.name.trim().is_empty() {
+        format!("audit-{}", &id[2..8])
+    } else {
+        spec.name.clone()
+    };
+    let body = serde_json::to_string(spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    sqlx::query(
+        "INSERT INTO audits (id, name, status, spec, created_at, total_steps, team_id, created_by, project, requires) \
+         VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(&id)
+    .bind(&name)
+    .bind(&body)
+    .bind(now_ms())
+    // Finished runs are attacked without training.
+    .bind(if spec.runs.is_some() {
+        0
+    } else {
+        spec.run.total_steps() as i64
+    })
+    .bind(&owner.team)
+    .bind(owner.user.as_deref())
+    .bind(&owner.project)
+    .bind(super::runs::requires(&spec.run))
+    .execute(&mut **tx)
+    .await?;
+    Ok(id)
 }

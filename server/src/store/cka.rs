@@ -53,22 +53,8 @@ impl Store {
         owner: &Owner,
         requires: &str,
     ) -> Result<CkaJob> {
-        let id = format!("ck{}", &uuid::Uuid::new_v4().simple().to_string()[..14]);
-        let body =
-            serde_json::to_string(request).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO cka_jobs (id, request, status, created_at, team_id, created_by, requires) \
-             VALUES ($1, $2, 'queued', $3, $4, $5, $6)",
-        )
-        .bind(&id)
-        .bind(&body)
-        .bind(now_ms())
-        .bind(&owner.team)
-        .bind(owner.user.as_deref())
-        .bind(requires)
-        .execute(&mut *tx)
-        .await?;
+        let id = insert_cka(&mut tx, request, owner, requires).await?;
         let sql = format!("SELECT {COLUMNS} FROM cka_jobs WHERE id = $1");
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(&id)
@@ -131,4 +117,28 @@ impl Store {
         self.cancel(JobKind::Cka, id).await?;
         self.cka(id).await
     }
+}
+
+/// Inserts a queued CKA job in `tx`; returns its id.
+pub(super) async fn insert_cka(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    request: &CkaRequest,
+    owner: &Owner,
+    requires: &str,
+) -> Result<String> {
+    let id = format!("ck{}", &uuid::Uuid::new_v4().simple().to_string()[..14]);
+    let body = serde_json::to_string(request).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    sqlx::query(
+        "INSERT INTO cka_jobs (id, request, status, created_at, team_id, created_by, requires) \
+         VALUES ($1, $2, 'queued', $3, $4, $5, $6)",
+    )
+    .bind(&id)
+    .bind(&body)
+    .bind(now_ms())
+    .bind(&owner.team)
+    .bind(owner.user.as_deref())
+    .bind(requires)
+    .execute(&mut **tx)
+    .await?;
+    Ok(id)
 }

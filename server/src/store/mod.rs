@@ -16,6 +16,7 @@ mod projects;
 mod queue;
 mod runs;
 mod search;
+mod studies;
 mod sweeps;
 #[cfg(test)]
 mod tests;
@@ -27,6 +28,7 @@ pub use deletes::Deleted;
 pub use labels::{LabelFilter, Labelled};
 pub use queue::{Claimant, JobKind, LOCAL_PREFIX, Lease};
 pub use runs::{Claim, RunFilter, SERVER_DATA, is_page_token};
+pub use studies::NewSweep;
 
 use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;

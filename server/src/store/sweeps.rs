@@ -32,72 +32,23 @@ impl Store {
         {
             return Ok((sweep, false));
         }
-        let id = format!("sw{}", &new_id()[..14]);
-        let name = if spec.name.trim().is_empty() {
-            format!("sweep-{}", &id[2..8])
-        } else {
-            spec.name.trim().to_string()
-        };
-        let spec_json =
-            serde_json::to_string(spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let now = now_ms();
         let mut tx = self.pool.begin().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO sweeps (id, name, spec, created_at, run_count, idempotency_key, team_id, created_by, project) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(&id)
-        .bind(&name)
-        .bind(&spec_json)
-        .bind(now)
-        .bind(points.len() as i64)
-        .bind(idempotency_key)
-        .bind(&owner.team)
-        .bind(owner.user.as_deref())
-        .bind(&owner.project)
-        .execute(&mut *tx)
-        .await;
-        if let Err(e) = inserted {
-            tx.rollback().await?;
-            if let sqlx::Error::Database(d) = &e
-                && d.is_unique_violation()
-                && let Some(key) = idempotency_key
-                && let Some(id) = self.sweep_id_by_key(key).await?
-                && let Some(sweep) = self.sweep(&id).await?
-            {
-                return Ok((sweep, false));
+        let inserted = insert_sweep(&mut tx, spec, points, owner, idempotency_key).await;
+        let id = match inserted {
+            Ok(id) => id,
+            Err(e) => {
+                tx.rollback().await?;
+                if let StoreError::Db(sqlx::Error::Database(d)) = &e
+                    && d.is_unique_violation()
+                    && let Some(key) = idempotency_key
+                    && let Some(id) = self.sweep_id_by_key(key).await?
+                    && let Some(sweep) = self.sweep(&id).await?
+                {
+                    return Ok((sweep, false));
+                }
+                return Err(e);
             }
-            return Err(e.into());
-        }
-        for (i, point) in points.iter().enumerate() {
-            let run_id = new_id();
-            let spec_json = serde_json::to_string(&point.spec)
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            let values = serde_json::to_string(&point.values)
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            // One millisecond apart, so that the queue and the list keep the
-            // expansion order.
-            sqlx::query(
-                "INSERT INTO runs (id, name, status, method, backbone, spec, created_at, total_steps, \
-                 sweep_id, sweep_point, team_id, created_by, requires, project) \
-                 VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-            )
-            .bind(&run_id)
-            .bind(default_run_name(&point.spec, &run_id))
-            .bind(point.spec.method.name())
-            .bind(point.spec.backbone.kind.name())
-            .bind(spec_json)
-            .bind(now + i as i64)
-            .bind(point.spec.total_steps() as i64)
-            .bind(&id)
-            .bind(values)
-            .bind(&owner.team)
-            .bind(owner.user.as_deref())
-            .bind(super::runs::requires(&point.spec))
-            .bind(&owner.project)
-            .execute(&mut *tx)
-            .await?;
-        }
+        };
         tx.commit().await?;
         let sweep = self
             .sweep(&id)
@@ -335,4 +286,68 @@ impl Store {
         tx.commit().await?;
         Ok(done.rows_affected())
     }
+}
+
+/// Inserts a sweep and its runs (queued) in `tx`; returns the sweep's id.
+pub(super) async fn insert_sweep(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    spec: &SweepSpec,
+    points: &[SweepPoint],
+    owner: &Owner,
+    idempotency_key: Option<&str>,
+) -> Result<String> {
+        let id = format!("sw{}", &new_id()[..14]);
+        let name = if spec.name.trim().is_empty() {
+            format!("sweep-{}", &id[2..8])
+        } else {
+            spec.name.trim().to_string()
+        };
+        let spec_json =
+            serde_json::to_string(spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let now = now_ms();
+    sqlx::query(
+            "INSERT INTO sweeps (id, name, spec, created_at, run_count, idempotency_key, team_id, created_by, project) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&id)
+        .bind(&name)
+        .bind(&spec_json)
+        .bind(now)
+        .bind(points.len() as i64)
+        .bind(idempotency_key)
+        .bind(&owner.team)
+        .bind(owner.user.as_deref())
+        .bind(&owner.project)
+        .execute(&mut **tx)
+        .await?;
+        for (i, point) in points.iter().enumerate() {
+            let run_id = new_id();
+            let spec_json = serde_json::to_string(&point.spec)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let values = serde_json::to_string(&point.values)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            // One millisecond apart, so that the queue and the list keep the
+            // expansion order.
+            sqlx::query(
+                "INSERT INTO runs (id, name, status, method, backbone, spec, created_at, total_steps, \
+                 sweep_id, sweep_point, team_id, created_by, requires, project) \
+                 VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            )
+            .bind(&run_id)
+            .bind(default_run_name(&point.spec, &run_id))
+            .bind(point.spec.method.name())
+            .bind(point.spec.backbone.kind.name())
+            .bind(spec_json)
+            .bind(now + i as i64)
+            .bind(point.spec.total_steps() as i64)
+            .bind(&id)
+            .bind(values)
+            .bind(&owner.team)
+            .bind(owner.user.as_deref())
+            .bind(super::runs::requires(&point.spec))
+            .bind(&owner.project)
+            .execute(&mut **tx)
+            .await?;
+        }
+    Ok(id)
 }
