@@ -458,14 +458,23 @@ pub(crate) fn lookup_mut<'a>(doc: &'a mut Value, path: &str) -> Option<&'a mut V
         .try_fold(doc, |v, key| v.as_object_mut()?.get_mut(key))
 }
 
-/// `<sweep>: dims=256-64 seed=1`, by the last segment of each path.
+/// A path's last segment, or the whole path where another of `paths` ends
+/// the same way (`subset.power` beside `method.power`).
+pub fn short_path<'a>(path: &'a str, paths: &[&str]) -> &'a str {
+    let last = |p: &'a str| p.rsplit('.').next().unwrap_or(p);
+    let clash = paths
+        .iter()
+        .filter(|p| **p != path && p.rsplit('.').next() == Some(last(path)))
+        .count();
+    if clash > 0 { path } else { last(path) }
+}
+
+/// `<sweep>: dims=256-64 seed=1`, by the short name of each path.
 fn run_name(sweep: &str, values: &[(String, Value)], seed: u64) -> String {
+    let paths: Vec<&str> = values.iter().map(|(p, _)| p.as_str()).collect();
     let mut parts: Vec<String> = values
         .iter()
-        .map(|(path, v)| {
-            let short = path.rsplit('.').next().unwrap_or(path);
-            format!("{short}={}", value_label(v))
-        })
+        .map(|(path, v)| format!("{}={}", short_path(path, &paths), value_label(v)))
         .collect();
     parts.push(format!("seed={seed}"));
     let mut name = if sweep.trim().is_empty() {

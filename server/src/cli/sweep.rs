@@ -14,8 +14,9 @@ use crate::cli::train::{folder_safe, interrupt_flag, train_into, write_json};
 /// A folder name for a run: its index, then its axis values and seed.
 pub(crate) fn folder_name(index: usize, point: &sslab_shared::sweep::SweepPoint) -> String {
     let mut name = format!("{index:03}");
+    let paths: Vec<&str> = point.values.keys().map(String::as_str).collect();
     for (path, v) in &point.values {
-        let short = path.rsplit('.').next().unwrap_or(path);
+        let short = sslab_shared::sweep::short_path(path, &paths);
         name.push_str(&format!("-{short}={}", value_label(v)));
     }
     name.push_str(&format!("-seed={}", point.seed));

@@ -77,14 +77,43 @@ pub fn png(f: &Finding) -> Vec<u8> {
             }
         }
         let max = (step / 8).max(3) as usize;
-        let l = clip(&p.label, max);
-        text(&mut img, x - 4 * l.len() as i32, y1 + 8, &l, INK);
+        for (row, l) in wrap(&p.label, max).iter().enumerate() {
+            let y = y1 + 6 + 10 * row as i32;
+            text(&mut img, x - 4 * l.chars().count() as i32, y, l, INK);
+        }
     }
     if !f.axis.is_empty() {
         let l = clip(&f.axis, 60);
-        text(&mut img, (x0 + x1) / 2 - 4 * l.len() as i32, y1 + 26, &l, INK);
+        text(&mut img, (x0 + x1) / 2 - 4 * l.len() as i32, y1 + 28, &l, INK);
     }
     encode(&img)
+}
+
+/// Words on at most two lines of `n` characters, the rest clipped.
+fn wrap(s: &str, n: usize) -> Vec<String> {
+    let mut lines: Vec<String> = vec![String::new()];
+    for word in s.split_whitespace() {
+        let line = lines.last_mut().expect("one line at least");
+        if line.is_empty() {
+            line.push_str(word);
+        } else if line.chars().count() + 1 + word.chars().count() <= n {
+            line.push(' ');
+            line.push_str(word);
+        } else {
+            lines.push(word.to_string());
+        }
+    }
+    let mut out: Vec<String> = lines.iter().take(2).map(|l| clip(l, n)).collect();
+    if lines.len() > 2
+        && let Some(last) = out.last_mut()
+    {
+        if last.chars().count() < n {
+            last.push('~');
+        } else {
+            *last = clip(&format!("{last}~"), n);
+        }
+    }
+    out
 }
 
 fn clip(s: &str, n: usize) -> String {

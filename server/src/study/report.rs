@@ -12,7 +12,7 @@ use sslab_shared::cka::CkaResult;
 use sslab_shared::study::{
     Expect, Finding, FindingSpec, Measure, SeriesPoint, StudyItem, StudyReport, StudySpec,
 };
-use sslab_shared::sweep::{canonical_path, value_label, value_number};
+use sslab_shared::sweep::{canonical_path, short_path, value_label, value_number};
 
 /// What a study's parts have stored.
 #[derive(Debug, Default, Clone)]
@@ -254,9 +254,9 @@ fn label(m: &Measure) -> String {
         "cka" => format!("CKA {}", m.layer),
         _ => format!("{} {}", m.layer, m.metric),
     };
+    let paths: Vec<&str> = m.at.keys().map(String::as_str).collect();
     for (k, v) in &m.at {
-        let short = k.rsplit('.').next().unwrap_or(k);
-        out.push_str(&format!(" {short}={}", value_label(v)));
+        out.push_str(&format!(" {}={}", short_path(k, &paths), value_label(v)));
     }
     out
 }
