@@ -121,10 +121,17 @@ fn figure(f: &Finding) -> String {
 }
 
 fn part_link(item: &StudyItem) -> AnyView {
+    let name = item.name.clone();
     match item.kind.as_str() {
-        "run" => view! { <A href=format!("/runs/{}", item.id)>{item.name.clone()}</A> }.into_any(),
-        "audit" => view! { <A href=format!("/audits/{}", item.id)>{item.name.clone()}</A> }.into_any(),
-        _ => view! { <span>{item.name.clone()}</span> }.into_any(),
+        "run" => {
+            let href = format!("/runs/{}", item.id);
+            view! { <A href=href>{name}</A> }.into_any()
+        }
+        "audit" => {
+            let href = format!("/audits/{}", item.id);
+            view! { <A href=href>{name}</A> }.into_any()
+        }
+        _ => view! { <span>{name}</span> }.into_any(),
     }
 }
 
