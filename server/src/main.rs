@@ -601,7 +601,9 @@ async fn serve(cli: &Cli, options: ServeOptions<'_>) -> anyhow::Result<()> {
                 match study::advance::advance(&state.store).await {
                     Ok(true) => state.wake_workers(),
                     Ok(false) => {}
-                    Err(e) => tracing::warn!(error = %e, "could not queue the studies' comparisons"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not queue the studies' comparisons")
+                    }
                 }
             }
         });

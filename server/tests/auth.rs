@@ -365,7 +365,10 @@ async fn authorization(server: &Server, url: Option<&str>) {
             .unwrap_or_else(|| panic!("{export}"))
             .into(),
         cka: cka["id"].as_str().unwrap_or_else(|| panic!("{cka}")).into(),
-        study: study["id"].as_str().unwrap_or_else(|| panic!("{study}")).into(),
+        study: study["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{study}"))
+            .into(),
         worker: worker["id"]
             .as_str()
             .unwrap_or_else(|| panic!("{worker}"))

@@ -1571,7 +1571,10 @@ async fn a_study_page_in_chromium() {
             "minus": {"part": "sweeps.main", "layer": "proj.1", "metric": "knn.top1"}}],
     });
     let created = post_json(&client, server.url("/studies"), &study).await;
-    let id = created["id"].as_str().unwrap_or_else(|| panic!("{created}")).to_string();
+    let id = created["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{created}"))
+        .to_string();
 
     let browser = Browser::start().await;
     browser.sign_in_with_link(&server).await;
@@ -1599,7 +1602,10 @@ async fn a_study_page_in_chromium() {
         .script("return document.querySelector('#findings').textContent")
         .await;
     assert!(
-        table.as_str().unwrap_or_default().contains("backbone beats projector"),
+        table
+            .as_str()
+            .unwrap_or_default()
+            .contains("backbone beats projector"),
         "{table}"
     );
     let chart = wait_script(
@@ -1615,7 +1621,11 @@ async fn a_study_page_in_chromium() {
         .await;
     let links = links.as_array().cloned().unwrap_or_default();
     assert_eq!(links.len(), 2, "{links:?}");
-    assert!(links.iter().all(|l| l.as_str().unwrap_or_default().starts_with("/runs/")));
+    assert!(
+        links
+            .iter()
+            .all(|l| l.as_str().unwrap_or_default().starts_with("/runs/"))
+    );
 
     browser.goto(&format!("{}/studies", server.base)).await;
     let listed = wait_script(
@@ -1624,7 +1634,10 @@ async fn a_study_page_in_chromium() {
         30,
     )
     .await;
-    assert!(listed.as_str().unwrap_or_default().contains("page-study"), "{listed}");
+    assert!(
+        listed.as_str().unwrap_or_default().contains("page-study"),
+        "{listed}"
+    );
     let shipped = wait_script(
         &browser,
         "const b = document.querySelectorAll('#shipped-studies button.start-micro'); \
@@ -1633,7 +1646,11 @@ async fn a_study_page_in_chromium() {
     )
     .await;
     assert!(
-        shipped.as_array().unwrap().iter().any(|s| s == "guillotine"),
+        shipped
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s == "guillotine"),
         "{shipped}"
     );
 }

@@ -43,12 +43,14 @@ fn check_shape(name: &str, out: &Path, res: &std::process::Output) -> Value {
     );
     let r = report(out);
     assert_eq!(r["study"], name);
-    let spec: Value = serde_json::from_str(
-        &std::fs::read_to_string(out.join("study.json")).unwrap(),
-    )
-    .unwrap();
+    let spec: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("study.json")).unwrap()).unwrap();
     let findings = r["findings"].as_array().unwrap();
-    assert_eq!(findings.len(), spec["findings"].as_array().unwrap().len(), "{name}");
+    assert_eq!(
+        findings.len(),
+        spec["findings"].as_array().unwrap().len(),
+        "{name}"
+    );
     for (i, f) in findings.iter().enumerate() {
         for key in ["name", "claim", "ours", "std", "agrees", "verdict"] {
             assert!(f.get(key).is_some(), "{name}: finding {i} lacks {key}");
@@ -71,7 +73,10 @@ fn check_shape(name: &str, out: &Path, res: &std::process::Output) -> Value {
         r["problems"]
     );
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
-    assert!(md.contains("| finding | paper's claim | ours | std | seeds | agrees? |"), "{md}");
+    assert!(
+        md.contains("| finding | paper's claim | ours | std | seeds | agrees? |"),
+        "{md}"
+    );
     assert!(md.contains("charts/finding-1.png"));
     r
 }
@@ -81,16 +86,33 @@ fn check_shape(name: &str, out: &Path, res: &std::process::Output) -> Value {
 #[test]
 fn every_shipped_study_runs_at_micro_size() {
     let root = tempfile::tempdir().unwrap();
-    for name in ["guillotine", "width", "pmsn-imbalance", "negatives-noise", "dejavu-trend", "je-vs-mae"] {
+    for name in [
+        "guillotine",
+        "width",
+        "pmsn-imbalance",
+        "negatives-noise",
+        "dejavu-trend",
+        "je-vs-mae",
+    ] {
         let out = root.path().join(name);
         let res = study(&shipped(name), &out, true);
         let r = check_shape(name, &out, &res);
         if name == "je-vs-mae" {
-            let cka = r["runs"].as_array().unwrap().iter().filter(|i| i["kind"] == "cka").count();
+            let cka = r["runs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|i| i["kind"] == "cka")
+                .count();
             assert_eq!(cka, 4, "two comparisons × two seeds");
         }
         if name == "dejavu-trend" {
-            let audits = r["runs"].as_array().unwrap().iter().filter(|i| i["kind"] == "audit").count();
+            let audits = r["runs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|i| i["kind"] == "audit")
+                .count();
             assert_eq!(audits, 4, "two sizes × two seeds");
         }
     }
@@ -125,12 +147,19 @@ fn the_verdict_follows_the_stored_results() {
     assert_eq!(edited, 2, "two seeds at the longest training");
     let res = study(&spec, &out, true);
     let stdout = String::from_utf8_lossy(&res.stdout);
-    assert_eq!(stdout.matches("finished earlier; kept").count(), 6, "{stdout}");
+    assert_eq!(
+        stdout.matches("finished earlier; kept").count(),
+        6,
+        "{stdout}"
+    );
     let r = check_shape("guillotine", &out, &res);
     let first = &r["findings"][0];
     assert_eq!(first["verdict"], "disagrees", "{}", first["detail"]);
     assert_eq!(first["agrees"], false);
-    assert!((first["ours"].as_f64().unwrap() + 0.98).abs() < 1e-9, "{first}");
+    assert!(
+        (first["ours"].as_f64().unwrap() + 0.98).abs() < 1e-9,
+        "{first}"
+    );
 }
 
 #[test]
@@ -138,9 +167,21 @@ fn bad_studies_are_refused_by_name() {
     let root = tempfile::tempdir().unwrap();
     let text = std::fs::read_to_string(shipped("guillotine")).unwrap();
     let cases = [
-        ("layer = \"proj.1\"", "layer = \"proj.9\"", "findings[0].minus.layer"),
-        ("metric = \"knn.top1\" }\nminus", "metric = \"knn\" }\nminus", "findings[0].of.metric"),
-        ("values = [2, 6, 18]", "values = []", "sweeps.epochs.axes[0].values"),
+        (
+            "layer = \"proj.1\"",
+            "layer = \"proj.9\"",
+            "findings[0].minus.layer",
+        ),
+        (
+            "metric = \"knn.top1\" }\nminus",
+            "metric = \"knn\" }\nminus",
+            "findings[0].of.metric",
+        ),
+        (
+            "values = [2, 6, 18]",
+            "values = []",
+            "sweeps.epochs.axes[0].values",
+        ),
     ];
     for (from, to, field) in cases {
         assert!(text.contains(from), "{from}");
@@ -200,8 +241,16 @@ async fn a_study_through_the_api_on_postgres() {
     bad["findings"][0]["minus"]["layer"] = json!("proj.9");
     let mut bad_sweep = api_study("bad");
     bad_sweep["sweeps"]["je"]["base"]["optimizer"]["lr"] = json!(-1.0);
-    for (body, field) in [(bad, "findings[0].minus.layer"), (bad_sweep, "sweeps.je.base.optimizer.lr")] {
-        let resp = client.post(server.url("/studies")).json(&body).send().await.unwrap();
+    for (body, field) in [
+        (bad, "findings[0].minus.layer"),
+        (bad_sweep, "sweeps.je.base.optimizer.lr"),
+    ] {
+        let resp = client
+            .post(server.url("/studies"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 422);
         let err: Value = resp.json().await.unwrap();
         assert_eq!(err["error"]["field"], field, "{err}");
@@ -212,7 +261,10 @@ async fn a_study_through_the_api_on_postgres() {
     assert_eq!(runs["items"], json!([]), "a refused study queues nothing");
 
     let study = post_json(&client, server.url("/studies"), &api_study("api-study")).await;
-    let id = study["id"].as_str().unwrap_or_else(|| panic!("{study}")).to_string();
+    let id = study["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{study}"))
+        .to_string();
     assert_eq!(study["parts"], 6, "4 runs and 2 comparisons");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
     let finished = loop {
@@ -235,7 +287,11 @@ async fn a_study_through_the_api_on_postgres() {
     let cka = f[1]["ours"].as_f64().unwrap();
     assert!(cka > 0.0 && cka <= 1.0 + 1e-9, "{}", f[1]);
     assert_eq!(f[2]["verdict"], "no data");
-    assert!(f[2]["detail"].as_str().unwrap().contains("svm.top1"), "{}", f[2]);
+    assert!(
+        f[2]["detail"].as_str().unwrap().contains("svm.top1"),
+        "{}",
+        f[2]
+    );
     assert_eq!(report["runs"].as_array().unwrap().len(), 6);
     let png = client
         .get(server.url(&format!("/studies/{id}/charts/finding-2.png")))
@@ -279,7 +335,10 @@ async fn a_study_through_the_api_on_postgres() {
     let report: Value = get_json(&client, server.url(&format!("/studies/{id}/report"))).await;
     let first = &report["findings"][0];
     assert_eq!(first["verdict"], "disagrees", "{first}");
-    assert!((first["ours"].as_f64().unwrap() + 0.98).abs() < 1e-9, "{first}");
+    assert!(
+        (first["ours"].as_f64().unwrap() + 0.98).abs() < 1e-9,
+        "{first}"
+    );
 
     // Idempotent creation, then cancel: the cancelled parts are named.
     let send = |key: &'static str| {
@@ -311,11 +370,12 @@ async fn a_study_through_the_api_on_postgres() {
         assert!(std::time::Instant::now() < deadline, "{cancelled} {s}");
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     }
-    let report: Value =
-        get_json(&client, server.url(&format!("/studies/{again_id}/report"))).await;
+    let report: Value = get_json(&client, server.url(&format!("/studies/{again_id}/report"))).await;
     let problems = report["problems"].as_array().unwrap();
     assert!(
-        problems.iter().any(|p| p.as_str().unwrap().contains("cancelled")),
+        problems
+            .iter()
+            .any(|p| p.as_str().unwrap().contains("cancelled")),
         "{problems:?}"
     );
     let list: Value = get_json(&client, server.url("/studies")).await;

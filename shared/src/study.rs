@@ -298,7 +298,10 @@ impl StudySpec {
     pub fn validate(&self) -> Result<(), SpecError> {
         let bad = |field: String, msg: String| Err(SpecError::new(field, msg));
         if self.name.trim().is_empty() || self.name.len() > 120 {
-            return bad("name".into(), "give the study a name of 1–120 characters".into());
+            return bad(
+                "name".into(),
+                "give the study a name of 1–120 characters".into(),
+            );
         }
         if self.sweeps.is_empty() && self.audits.is_empty() {
             return bad(
@@ -341,11 +344,17 @@ impl StudySpec {
                 }
             }
             if pair.layers.is_empty() {
-                return bad(format!("cka.{key}.layers"), "name at least one layer".into());
+                return bad(
+                    format!("cka.{key}.layers"),
+                    "name at least one layer".into(),
+                );
             }
         }
         if self.findings.is_empty() {
-            return bad("findings".into(), "a study needs at least one finding".into());
+            return bad(
+                "findings".into(),
+                "a study needs at least one finding".into(),
+            );
         }
         for (i, f) in self.findings.iter().enumerate() {
             let field = |s: &str| format!("findings[{i}].{s}");
@@ -357,7 +366,10 @@ impl StudySpec {
                 self.check_measure(minus, &field("minus"))?;
             }
             if f.minus.is_some() && f.baseline.is_some() {
-                return bad(field("baseline"), "subtract `minus` or a `baseline`, not both".into());
+                return bad(
+                    field("baseline"),
+                    "subtract `minus` or a `baseline`, not both".into(),
+                );
             }
             if f.baseline.is_some_and(|b| !b.is_finite()) {
                 return bad(field("baseline"), "must be a finite number".into());
@@ -476,7 +488,10 @@ impl StudySpec {
                     return bad("part", format!("no CKA comparison `{key}` in this study"));
                 };
                 if m.metric != "cka" {
-                    return bad("metric", format!("a comparison's figure is `cka`; got `{}`", m.metric));
+                    return bad(
+                        "metric",
+                        format!("a comparison's figure is `cka`; got `{}`", m.metric),
+                    );
                 }
                 if !pair.layers.contains(&m.layer) {
                     return bad(
@@ -514,7 +529,10 @@ impl StudySpec {
         // (path, value at full size, value at micro size): findings and
         // comparisons that pin a value follow it.
         let mut moved: Vec<(String, Value, Value)> = Vec::new();
-        let mut swap = |path: &str, values: &mut Vec<Value>, field: &str| -> Result<(), SpecError> {
+        let mut swap = |path: &str,
+                        values: &mut Vec<Value>,
+                        field: &str|
+         -> Result<(), SpecError> {
             let path = canonical_path(path);
             let Some(new) = micro
                 .axes
@@ -525,7 +543,10 @@ impl StudySpec {
                 return Ok(());
             };
             let Value::Array(new) = new else {
-                return Err(SpecError::new(field, format!("micro.axes.{path} must be a list")));
+                return Err(SpecError::new(
+                    field,
+                    format!("micro.axes.{path} must be a list"),
+                ));
             };
             if new.len() != values.len() {
                 return Err(SpecError::new(
@@ -666,8 +687,8 @@ impl AuditSeries {
         self.base
             .validate()
             .map_err(|e| SpecError::new(format!("base.{}", e.field), e.message))?;
-        let base = serde_json::to_value(&self.base)
-            .map_err(|e| SpecError::new("base", e.to_string()))?;
+        let base =
+            serde_json::to_value(&self.base).map_err(|e| SpecError::new("base", e.to_string()))?;
         let path = canonical_path(&self.path);
         let values: Vec<Option<&Value>> = if path.is_empty() {
             if !self.values.is_empty() {
@@ -678,11 +699,16 @@ impl AuditSeries {
             if lookup(&base, &path).is_none() {
                 return Err(SpecError::new(
                     "path",
-                    format!("an audit spec has no field `{path}`; e.g. split.per_class, run.schedule.epochs"),
+                    format!(
+                        "an audit spec has no field `{path}`; e.g. split.per_class, run.schedule.epochs"
+                    ),
                 ));
             }
             if self.values.is_empty() {
-                return Err(SpecError::new("values", format!("give values for `{path}`")));
+                return Err(SpecError::new(
+                    "values",
+                    format!("give values for `{path}`"),
+                ));
             }
             self.values.iter().map(Some).collect()
         };
@@ -778,15 +804,37 @@ seeds = [4, 5, 6]
     #[test]
     fn errors_name_the_field() {
         let cases = [
-            ("layer = \"backbone\", metric = \"knn.top1\" }\nminus", "layer = \"proj.7\", metric = \"knn.top1\" }\nminus", "findings[0].of.layer"),
-            ("part = \"sweeps.epochs\", at = { epochs = 2 }, layer = \"backbone\"", "part = \"sweeps.nope\", at = { epochs = 2 }, layer = \"backbone\"", "findings[0].of.part"),
-            ("expect = \"positive\"", "expect = \"small\"", "findings[0].tolerance"),
-            ("at = { epochs = 2 }, layer = \"backbone\"", "at = { lr = 2 }, layer = \"backbone\"", "findings[0].of.at"),
-            ("\"data.train_images\" = 64", "\"data.nope\" = 64", "micro (sweeps.epochs)"),
+            (
+                "layer = \"backbone\", metric = \"knn.top1\" }\nminus",
+                "layer = \"proj.7\", metric = \"knn.top1\" }\nminus",
+                "findings[0].of.layer",
+            ),
+            (
+                "part = \"sweeps.epochs\", at = { epochs = 2 }, layer = \"backbone\"",
+                "part = \"sweeps.nope\", at = { epochs = 2 }, layer = \"backbone\"",
+                "findings[0].of.part",
+            ),
+            (
+                "expect = \"positive\"",
+                "expect = \"small\"",
+                "findings[0].tolerance",
+            ),
+            (
+                "at = { epochs = 2 }, layer = \"backbone\"",
+                "at = { lr = 2 }, layer = \"backbone\"",
+                "findings[0].of.at",
+            ),
+            (
+                "\"data.train_images\" = 64",
+                "\"data.nope\" = 64",
+                "micro (sweeps.epochs)",
+            ),
         ];
         for (from, to, field) in cases {
             let text = STUDY.replacen(from, to, 1);
-            let err = StudySpec::from_toml(&text).and_then(|s| s.micro()).unwrap_err();
+            let err = StudySpec::from_toml(&text)
+                .and_then(|s| s.micro())
+                .unwrap_err();
             assert!(err.field.contains(field), "{field}: {err}");
         }
     }

@@ -25,7 +25,10 @@ fn stored<T: serde::de::DeserializeOwned>(file: &Path) -> Option<T> {
 }
 
 /// The evaluations of a run folder that succeeded with exactly `spec`.
-fn stored_run(dir: &Path, spec: &sslab_shared::RunSpec) -> Option<Vec<sslab_shared::api::Evaluation>> {
+fn stored_run(
+    dir: &Path,
+    spec: &sslab_shared::RunSpec,
+) -> Option<Vec<sslab_shared::api::Evaluation>> {
     #[derive(serde::Deserialize)]
     struct RunFile {
         spec: sslab_shared::RunSpec,
@@ -119,8 +122,8 @@ pub async fn run(spec_path: &Path, out: &Path, micro: bool) -> anyhow::Result<()
             let folder = format!("audits/{key}/{i:03}-{}", folder_safe(&name, "-=._", '_'));
             println!("[{done}/{total}] {part}: {name}");
             let dir = out.join(&folder);
-            let earlier = stored::<AuditReport>(&dir.join("audit.json"))
-                .filter(|r| r.spec == point.spec);
+            let earlier =
+                stored::<AuditReport>(&dir.join("audit.json")).filter(|r| r.spec == point.spec);
             let outcome = match earlier {
                 Some(r) => {
                     println!("      finished earlier; kept");
@@ -178,7 +181,9 @@ pub async fn run(spec_path: &Path, out: &Path, micro: bool) -> anyhow::Result<()
             let folder = format!("cka/{key}/seed={seed}");
             let earlier = stored::<CkaResult>(&out.join(&folder).join("cka.json"));
             let outcome = match (find(&pair.a), find(&pair.b)) {
-                (Some((a, _)), Some((b, _))) if a.status == RunStatus::Succeeded && b.status == RunStatus::Succeeded => {
+                (Some((a, _)), Some((b, _)))
+                    if a.status == RunStatus::Succeeded && b.status == RunStatus::Succeeded =>
+                {
                     let stale = fresh.contains(&a.id) || fresh.contains(&b.id);
                     let (a, b) = (out.join(&a.id), out.join(&b.id));
                     let same = |r: &CkaResult| {

@@ -147,10 +147,7 @@ impl Store {
         let id: String = row.try_get("id")?;
         let spec: String = row.try_get("spec")?;
         let spec: StudySpec = serde_json::from_str(&spec).map_err(corrupt("study spec"))?;
-        let mut counts = StatusCounts::default();
-        for item in self.study_results(&id).await?.items() {
-            counts.add(item.status, 1);
-        }
+        let counts = self.study_counts(&id).await?;
         Ok(Study {
             name: row.try_get("name")?,
             paper: spec.paper.clone(),
@@ -165,6 +162,41 @@ impl Store {
             spec,
             id,
         })
+    }
+
+    /// The study's runs, audits and comparisons by status, without their figures.
+    async fn study_counts(&self, id: &str) -> Result<StatusCounts> {
+        let mut counts = StatusCounts::default();
+        let parts = self.study_parts(id).await?;
+        let sweeps: Vec<String> = parts
+            .iter()
+            .filter(|p| p.kind == "sweep")
+            .map(|p| p.target.clone())
+            .collect();
+        let by_sweep = self.sweep_counts(&sweeps).await?;
+        for sweep in &sweeps {
+            match by_sweep.get(sweep) {
+                Some(c) => {
+                    counts.queued += c.queued;
+                    counts.running += c.running;
+                    counts.succeeded += c.succeeded;
+                    counts.failed += c.failed;
+                    counts.cancelled += c.cancelled;
+                }
+                None if self.sweep(sweep).await?.is_none() => counts.failed += 1,
+                None => {}
+            }
+        }
+        for p in &parts {
+            let status = match p.kind.as_str() {
+                "audit" => self.audit(&p.target).await?.map(|a| a.status),
+                "cka" => self.cka(&p.target).await?.map(|c| c.status),
+                _ => continue,
+            };
+            // A deleted part counts as failed, as the report lists it.
+            counts.add(status.unwrap_or(RunStatus::Failed), 1);
+        }
+        Ok(counts)
     }
 
     /// Newest first.

@@ -90,7 +90,10 @@ impl Store {
     }
 
     /// Run counts by status for each of `ids`.
-    async fn sweep_counts(&self, ids: &[String]) -> Result<HashMap<String, StatusCounts>> {
+    pub(super) async fn sweep_counts(
+        &self,
+        ids: &[String],
+    ) -> Result<HashMap<String, StatusCounts>> {
         let mut out: HashMap<String, StatusCounts> = HashMap::new();
         if ids.is_empty() {
             return Ok(out);
@@ -296,15 +299,14 @@ pub(super) async fn insert_sweep(
     owner: &Owner,
     idempotency_key: Option<&str>,
 ) -> Result<String> {
-        let id = format!("sw{}", &new_id()[..14]);
-        let name = if spec.name.trim().is_empty() {
-            format!("sweep-{}", &id[2..8])
-        } else {
-            spec.name.trim().to_string()
-        };
-        let spec_json =
-            serde_json::to_string(spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let now = now_ms();
+    let id = format!("sw{}", &new_id()[..14]);
+    let name = if spec.name.trim().is_empty() {
+        format!("sweep-{}", &id[2..8])
+    } else {
+        spec.name.trim().to_string()
+    };
+    let spec_json = serde_json::to_string(spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let now = now_ms();
     sqlx::query(
             "INSERT INTO sweeps (id, name, spec, created_at, run_count, idempotency_key, team_id, created_by, project) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -320,34 +322,34 @@ pub(super) async fn insert_sweep(
         .bind(&owner.project)
         .execute(&mut **tx)
         .await?;
-        for (i, point) in points.iter().enumerate() {
-            let run_id = new_id();
-            let spec_json = serde_json::to_string(&point.spec)
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            let values = serde_json::to_string(&point.values)
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            // One millisecond apart, so that the queue and the list keep the
-            // expansion order.
-            sqlx::query(
-                "INSERT INTO runs (id, name, status, method, backbone, spec, created_at, total_steps, \
+    for (i, point) in points.iter().enumerate() {
+        let run_id = new_id();
+        let spec_json =
+            serde_json::to_string(&point.spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let values =
+            serde_json::to_string(&point.values).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        // One millisecond apart, so that the queue and the list keep the
+        // expansion order.
+        sqlx::query(
+            "INSERT INTO runs (id, name, status, method, backbone, spec, created_at, total_steps, \
                  sweep_id, sweep_point, team_id, created_by, requires, project) \
                  VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-            )
-            .bind(&run_id)
-            .bind(default_run_name(&point.spec, &run_id))
-            .bind(point.spec.method.name())
-            .bind(point.spec.backbone.kind.name())
-            .bind(spec_json)
-            .bind(now + i as i64)
-            .bind(point.spec.total_steps() as i64)
-            .bind(&id)
-            .bind(values)
-            .bind(&owner.team)
-            .bind(owner.user.as_deref())
-            .bind(super::runs::requires(&point.spec))
-            .bind(&owner.project)
-            .execute(&mut **tx)
-            .await?;
-        }
+        )
+        .bind(&run_id)
+        .bind(default_run_name(&point.spec, &run_id))
+        .bind(point.spec.method.name())
+        .bind(point.spec.backbone.kind.name())
+        .bind(spec_json)
+        .bind(now + i as i64)
+        .bind(point.spec.total_steps() as i64)
+        .bind(&id)
+        .bind(values)
+        .bind(&owner.team)
+        .bind(owner.user.as_deref())
+        .bind(super::runs::requires(&point.spec))
+        .bind(&owner.project)
+        .execute(&mut **tx)
+        .await?;
+    }
     Ok(id)
 }

@@ -25,17 +25,20 @@ pub async fn advance(store: &Store) -> Result<bool> {
                 .map(|s| s.run_seeds())
                 .unwrap_or_default();
             for seed in seeds {
-                if results.cka.iter().any(|(i, _)| i.part == part && i.seed == seed) {
+                if results
+                    .cka
+                    .iter()
+                    .any(|(i, _)| i.part == part && i.seed == seed)
+                {
                     continue;
                 }
-                let find = |g: &RunGroup| -> Option<&StudyItem> {
-                    let sweep = format!("sweeps.{}", g.sweep);
-                    results
-                        .runs
-                        .iter()
-                        .map(|(i, _)| i)
-                        .find(|i| i.part == sweep && i.seed == seed && matches(&i.values, &g.at))
-                };
+                let find =
+                    |g: &RunGroup| -> Option<&StudyItem> {
+                        let sweep = format!("sweeps.{}", g.sweep);
+                        results.runs.iter().map(|(i, _)| i).find(|i| {
+                            i.part == sweep && i.seed == seed && matches(&i.values, &g.at)
+                        })
+                    };
                 let (Some(a), Some(b)) = (find(&pair.a), find(&pair.b)) else {
                     continue;
                 };

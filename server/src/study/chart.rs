@@ -45,7 +45,13 @@ pub fn png(f: &Finding) -> Vec<u8> {
         let y = y_of(v);
         line(&mut img, x0, y, x1, y, GRID);
         let label = format!("{v:.2}");
-        text(&mut img, x0 - 6 - 8 * label.len() as i32, y - 4, &label, INK);
+        text(
+            &mut img,
+            x0 - 6 - 8 * label.len() as i32,
+            y - 4,
+            &label,
+            INK,
+        );
     }
     let zero = y_of(0.0);
     line(&mut img, x0, zero, x1, zero, INK);
@@ -84,7 +90,13 @@ pub fn png(f: &Finding) -> Vec<u8> {
     }
     if !f.axis.is_empty() {
         let l = clip(&f.axis, 60);
-        text(&mut img, (x0 + x1) / 2 - 4 * l.len() as i32, y1 + 28, &l, INK);
+        text(
+            &mut img,
+            (x0 + x1) / 2 - 4 * l.len() as i32,
+            y1 + 28,
+            &l,
+            INK,
+        );
     }
     encode(&img)
 }
@@ -160,10 +172,26 @@ fn line(img: &mut RgbImage, x0: i32, y0: i32, x1: i32, y1: i32, c: Rgb<u8>) {
     }
 }
 
+/// The text in characters the font has: a few symbols spelt out, accented
+/// letters from the Latin-1 set, anything else `?`.
+fn drawable(s: &str) -> Vec<char> {
+    s.chars()
+        .flat_map(|ch| match ch {
+            '…' => "...".chars().collect::<Vec<_>>(),
+            '→' => "->".chars().collect(),
+            '±' => "+-".chars().collect(),
+            '×' => vec!['x'],
+            '−' | '–' | '—' => vec!['-'],
+            other => vec![other],
+        })
+        .collect()
+}
+
 fn text(img: &mut RgbImage, x: i32, y: i32, s: &str, c: Rgb<u8>) {
-    for (i, ch) in s.chars().enumerate() {
+    for (i, ch) in drawable(s).into_iter().enumerate() {
         let glyph = font8x8::BASIC_FONTS
             .get(ch)
+            .or_else(|| font8x8::LATIN_FONTS.get(ch))
             .or_else(|| font8x8::BASIC_FONTS.get('?'))
             .unwrap_or([0; 8]);
         for (row, bits) in glyph.iter().enumerate() {
@@ -195,8 +223,18 @@ mod tests {
             expect: Expect::Positive,
             tolerance: 0.0,
             series: vec![
-                SeriesPoint { label: "2".into(), mean: 0.1, std: 0.02, n: 3 },
-                SeriesPoint { label: "8".into(), mean: 0.3, std: 0.01, n: 3 },
+                SeriesPoint {
+                    label: "2".into(),
+                    mean: 0.1,
+                    std: 0.02,
+                    n: 3,
+                },
+                SeriesPoint {
+                    label: "8".into(),
+                    mean: 0.3,
+                    std: 0.01,
+                    n: 3,
+                },
             ],
             axis: "schedule.epochs".into(),
         };

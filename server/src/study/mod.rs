@@ -27,7 +27,9 @@ pub fn markdown(r: &StudyReport) -> String {
     if !r.claim.is_empty() {
         md.push_str(&format!("**The paper's claim.** {}\n\n", r.claim));
     }
-    md.push_str("| finding | paper's claim | ours | std | seeds | agrees? |\n|---|---|---|---|---|---|\n");
+    md.push_str(
+        "| finding | paper's claim | ours | std | seeds | agrees? |\n|---|---|---|---|---|---|\n",
+    );
     for f in &r.findings {
         let agrees = match f.agrees {
             Some(true) => "yes".to_string(),
@@ -55,7 +57,9 @@ pub fn markdown(r: &StudyReport) -> String {
         ));
         if !f.series.is_empty() {
             let head = if f.axis.is_empty() { "figure" } else { &f.axis };
-            md.push_str(&format!("\n| {head} | mean | std | n |\n|---|---|---|---|\n"));
+            md.push_str(&format!(
+                "\n| {head} | mean | std | n |\n|---|---|---|---|\n"
+            ));
             for p in &f.series {
                 md.push_str(&format!(
                     "| {} | {:.4} | {:.4} | {} |\n",

@@ -116,7 +116,8 @@ pub fn matches(values: &Map<String, Value>, at: &Map<String, Value>) -> bool {
     at.iter().all(|(path, want)| {
         let got = values.get(&canonical_path(path));
         got == Some(want)
-            || got.is_some_and(|g| value_number(g).is_some() && value_number(g) == value_number(want))
+            || got
+                .is_some_and(|g| value_number(g).is_some() && value_number(g) == value_number(want))
     })
 }
 
@@ -147,7 +148,9 @@ fn read(
                     continue;
                 }
                 candidates += 1;
-                let Some(x) = x_of(&item.values) else { continue };
+                let Some(x) = x_of(&item.values) else {
+                    continue;
+                };
                 if let Some(e) = evals
                     .iter()
                     .filter(|e| e.job_id.is_none())
@@ -164,9 +167,14 @@ fn read(
                 }
                 candidates += 1;
                 let picked: Vec<(Value, &SnapshotReport)> = if across.as_deref() == Some("epoch") {
-                    snapshots.iter().map(|s| (Value::from(s.epoch), s)).collect()
+                    snapshots
+                        .iter()
+                        .map(|s| (Value::from(s.epoch), s))
+                        .collect()
                 } else {
-                    let Some(x) = x_of(&item.values) else { continue };
+                    let Some(x) = x_of(&item.values) else {
+                        continue;
+                    };
                     snapshots.last().map(|s| (x, s)).into_iter().collect()
                 };
                 for (x, s) in picked {
@@ -227,7 +235,10 @@ fn audit_value(s: &SnapshotReport, metric: &str, fraction: f64) -> Option<f64> {
     if metric == "knn_target" {
         return Some(s.knn_target);
     }
-    let p = s.curve.iter().find(|p| (p.fraction - fraction).abs() < 1e-9)?;
+    let p = s
+        .curve
+        .iter()
+        .find(|p| (p.fraction - fraction).abs() < 1e-9)?;
     match metric {
         "gap" => Some(p.target_top1 - p.reference_top1),
         "target" => Some(p.target_top1),
@@ -247,13 +258,18 @@ fn mean_std(xs: &[f64]) -> (f64, Option<f64>) {
     (mean, Some(var.sqrt()))
 }
 
-fn label(m: &Measure) -> String {
+/// What a measure reads, for a chart's side; `with_part` names its part
+/// too, where the two sides read different parts.
+fn label(m: &Measure, with_part: bool) -> String {
     let mut out = match m.part.split_once('.').map_or("", |(k, _)| k) {
         "audits" if m.metric == "knn_target" => "kNN of the target".to_string(),
         "audits" => format!("{} top-1 @{}%", m.metric, (m.fraction * 100.0).round()),
         "cka" => format!("CKA {}", m.layer),
         _ => format!("{} {}", m.layer, m.metric),
     };
+    if with_part {
+        out = format!("{}: {out}", part_key(m));
+    }
     let paths: Vec<&str> = m.at.keys().map(String::as_str).collect();
     for (k, v) in &m.at {
         out.push_str(&format!(" {}={}", short_path(k, &paths), value_label(v)));
@@ -296,7 +312,12 @@ fn finding(spec: &StudySpec, f: &FindingSpec, results: &Results) -> Finding {
     let d: Vec<(String, BTreeMap<u64, f64>)> = match &minus {
         None => of
             .iter()
-            .map(|(x, seeds)| (x.clone(), seeds.iter().map(|(s, v)| (*s, v - base)).collect()))
+            .map(|(x, seeds)| {
+                (
+                    x.clone(),
+                    seeds.iter().map(|(s, v)| (*s, v - base)).collect(),
+                )
+            })
             .collect(),
         Some(minus) => of
             .iter()
@@ -331,7 +352,10 @@ fn finding(spec: &StudySpec, f: &FindingSpec, results: &Results) -> Finding {
             .collect()
     } else {
         if d.len() > 1 {
-            notes.push(format!("pooled over {} points; pin them with `at`", d.len()));
+            notes.push(format!(
+                "pooled over {} points; pin them with `at`",
+                d.len()
+            ));
         }
         let mut per_seed: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
         for (_, seeds) in &d {
@@ -349,8 +373,8 @@ fn finding(spec: &StudySpec, f: &FindingSpec, results: &Results) -> Finding {
             f,
             format!(
                 "no seed has both figures ({} and {})",
-                label(&f.of),
-                f.minus.as_ref().map(label).unwrap_or_default()
+                label(&f.of, true),
+                f.minus.as_ref().map(|m| label(m, true)).unwrap_or_default()
             ),
         );
     }
@@ -359,9 +383,10 @@ fn finding(spec: &StudySpec, f: &FindingSpec, results: &Results) -> Finding {
             .map(|(x, seeds)| point(x.clone(), seeds.values().copied().collect()))
             .collect()
     } else {
+        let apart = f.minus.as_ref().is_some_and(|m| m.part != f.of.part);
         let side = |m: &Measure, t: &[(String, BTreeMap<u64, f64>)]| {
             point(
-                label(m),
+                label(m, apart),
                 t.iter().flat_map(|(_, s)| s.values().copied()).collect(),
             )
         };
@@ -389,9 +414,8 @@ fn finding(spec: &StudySpec, f: &FindingSpec, results: &Results) -> Finding {
         Expect::Small => format!("within ±{}", f.tolerance),
     };
     let spread = std.map_or(String::new(), |s| format!(" ± {s:.4}"));
-    let mut detail = format!(
-        "{verdict}: {mean:+.4}{spread} over {n} seed(s), the paper's sign is {expected}"
-    );
+    let mut detail =
+        format!("{verdict}: {mean:+.4}{spread} over {n} seed(s), the paper's sign is {expected}");
     if !notes.is_empty() {
         detail.push_str(&format!(" ({})", notes.join("; ")));
     }
@@ -459,7 +483,11 @@ fn verdict(
     let clear = |x: f64| sem2.is_some_and(|e| x > e);
     match expect {
         Expect::Positive | Expect::Negative => {
-            let signed = if expect == Expect::Positive { mean } else { -mean };
+            let signed = if expect == Expect::Positive {
+                mean
+            } else {
+                -mean
+            };
             if signed > 0.0 && clear(signed) {
                 ("agrees", true)
             } else if signed < 0.0 && clear(-signed) {
@@ -580,15 +608,32 @@ tolerance = 0.1
             let jitter = seed as f64 * 0.01;
             for (epochs, backbone, proj) in [(2, 0.50, 0.45), (8, 0.70, 0.55)] {
                 r.runs.push((
-                    item("run", "sweeps.main", seed, "schedule.epochs", epochs, RunStatus::Succeeded),
-                    vec![eval("backbone", backbone + jitter), eval("proj.1", proj - jitter)],
+                    item(
+                        "run",
+                        "sweeps.main",
+                        seed,
+                        "schedule.epochs",
+                        epochs,
+                        RunStatus::Succeeded,
+                    ),
+                    vec![
+                        eval("backbone", backbone + jitter),
+                        eval("proj.1", proj - jitter),
+                    ],
                 ));
             }
         }
         for seed in 1..=2u64 {
             for (per_class, gap) in [(5, 0.2), (20, 0.05 + seed as f64 * 0.01)] {
                 r.audits.push((
-                    item("audit", "audits.size", seed, "split.per_class", per_class, RunStatus::Succeeded),
+                    item(
+                        "audit",
+                        "audits.size",
+                        seed,
+                        "split.per_class",
+                        per_class,
+                        RunStatus::Succeeded,
+                    ),
                     vec![snapshot(gap)],
                 ));
             }
@@ -609,7 +654,14 @@ tolerance = 0.1
         let trend = &report.findings[1];
         assert_eq!(trend.verdict, "agrees");
         assert!((trend.ours.unwrap() - 0.2).abs() < 1e-9);
-        assert_eq!(trend.series.iter().map(|p| p.label.as_str()).collect::<Vec<_>>(), ["2", "8"]);
+        assert_eq!(
+            trend
+                .series
+                .iter()
+                .map(|p| p.label.as_str())
+                .collect::<Vec<_>>(),
+            ["2", "8"]
+        );
         let audit = &report.findings[2];
         assert_eq!(audit.verdict, "agrees", "{}", audit.detail);
         assert!(audit.ours.unwrap() < -0.1);
@@ -646,7 +698,11 @@ tolerance = 0.1
         }
         let report = report(&spec, &r);
         assert_eq!(report.problems.len(), 2);
-        assert!(report.problems[0].contains("loss is NaN"), "{:?}", report.problems);
+        assert!(
+            report.problems[0].contains("loss is NaN"),
+            "{:?}",
+            report.problems
+        );
         let gap = &report.findings[0];
         assert_eq!(gap.n, 1);
         assert_eq!(gap.std, None);
@@ -664,11 +720,29 @@ tolerance = 0.1
 
     #[test]
     fn small_effects_agree_within_tolerance() {
-        assert_eq!(verdict(Expect::Small, 0.05, 0.01, Some(0.02), 3), ("agrees", true));
-        assert_eq!(verdict(Expect::Small, 0.05, 0.3, Some(0.01), 3), ("disagrees", false));
-        assert_eq!(verdict(Expect::Small, 0.05, 0.08, Some(0.2), 3), ("inconclusive", false));
-        assert_eq!(verdict(Expect::Positive, 0.0, 0.1, Some(0.5), 3), ("inconclusive", false));
-        assert_eq!(verdict(Expect::Negative, 0.0, -0.1, Some(0.01), 3), ("agrees", true));
-        assert_eq!(verdict(Expect::Positive, 0.0, 0.1, None, 1), ("inconclusive", false));
+        assert_eq!(
+            verdict(Expect::Small, 0.05, 0.01, Some(0.02), 3),
+            ("agrees", true)
+        );
+        assert_eq!(
+            verdict(Expect::Small, 0.05, 0.3, Some(0.01), 3),
+            ("disagrees", false)
+        );
+        assert_eq!(
+            verdict(Expect::Small, 0.05, 0.08, Some(0.2), 3),
+            ("inconclusive", false)
+        );
+        assert_eq!(
+            verdict(Expect::Positive, 0.0, 0.1, Some(0.5), 3),
+            ("inconclusive", false)
+        );
+        assert_eq!(
+            verdict(Expect::Negative, 0.0, -0.1, Some(0.01), 3),
+            ("agrees", true)
+        );
+        assert_eq!(
+            verdict(Expect::Positive, 0.0, 0.1, None, 1),
+            ("inconclusive", false)
+        );
     }
 }
