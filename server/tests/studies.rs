@@ -178,7 +178,7 @@ fn bad_studies_are_refused_by_name() {
             "findings[0].of.metric",
         ),
         (
-            "values = [2, 6, 18]",
+            "values = [3, 10, 30]",
             "values = []",
             "sweeps.epochs.axes[0].values",
         ),

@@ -170,9 +170,7 @@ pub async fn run(spec_path: &Path, out: &Path, micro: bool) -> anyhow::Result<()
                 results.runs.iter().find(|(item, _)| {
                     item.part == format!("sweeps.{}", group.sweep)
                         && item.seed == seed
-                        && group.at.iter().all(|(k, v)| {
-                            item.values.get(&sslab_shared::sweep::canonical_path(k)) == Some(v)
-                        })
+                        && crate::study::report::matches(&item.values, &group.at)
                 })
             };
             let name = format!("{key} seed={seed}");

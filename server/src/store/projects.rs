@@ -121,13 +121,29 @@ impl Store {
     }
 
     /// Deletes an empty project. `Err` names what it still holds; `Ok(false)`
-    /// when there was no such project.
+    /// when there was no such project. One statement checks and deletes, so
+    /// that no write between a check and the delete can fail it.
     pub async fn delete_project(
         &self,
         team: &str,
         name: &str,
     ) -> Result<std::result::Result<bool, String>> {
-        let mut tx = self.pool.begin().await?;
+        let empty: String = HOLDERS
+            .iter()
+            .map(|t| {
+                format!(" AND NOT EXISTS (SELECT 1 FROM {t} WHERE team_id = $1 AND project = $2)")
+            })
+            .collect();
+        let sql = format!("DELETE FROM projects WHERE team_id = $1 AND name = $2{empty}");
+        let gone = sqlx::query(AssertSqlSafe(sql))
+            .bind(team)
+            .bind(name)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        if gone > 0 {
+            return Ok(Ok(true));
+        }
         let mut held = Vec::new();
         for table in HOLDERS {
             let sql =
@@ -135,7 +151,7 @@ impl Store {
             let n: i64 = sqlx::query(AssertSqlSafe(sql))
                 .bind(team)
                 .bind(name)
-                .fetch_one(&mut *tx)
+                .fetch_one(&self.pool)
                 .await?
                 .try_get("n")?;
             if n > 0 {
@@ -149,16 +165,10 @@ impl Store {
                 ));
             }
         }
-        if !held.is_empty() {
-            return Ok(Err(held.join(", ")));
+        if held.is_empty() {
+            Ok(Ok(false))
+        } else {
+            Ok(Err(held.join(", ")))
         }
-        let gone = sqlx::query("DELETE FROM projects WHERE team_id = $1 AND name = $2")
-            .bind(team)
-            .bind(name)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        tx.commit().await?;
-        Ok(Ok(gone > 0))
     }
 }
