@@ -598,7 +598,7 @@ async fn serve(cli: &Cli, options: ServeOptions<'_>) -> anyhow::Result<()> {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(3));
             loop {
                 tick.tick().await;
-                match study::advance::advance(&state.store).await {
+                match study::advance::advance(&state.store, None).await {
                     Ok(true) => state.wake_workers(),
                     Ok(false) => {}
                     Err(e) => {

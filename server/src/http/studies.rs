@@ -173,7 +173,7 @@ async fn read(
 /// comparisons whose runs have finished are queued first.
 async fn current_report(state: &AppState, p: &Principal, id: &str) -> ApiResult<StudyReport> {
     let study = find(state, p, id).await?;
-    if crate::study::advance::advance(&state.store).await? {
+    if crate::study::advance::advance(&state.store, Some(id)).await? {
         state.wake_workers();
     }
     let results = state.store.study_results(id).await?;

@@ -341,12 +341,17 @@ impl Store {
         Ok(out)
     }
 
-    /// Studies with comparisons still to queue: (id, spec, owner).
-    pub async fn pending_studies(&self) -> Result<Vec<(String, StudySpec, Owner)>> {
+    /// Studies with comparisons still to queue, or `only` that one if it
+    /// has: (id, spec, owner).
+    pub async fn pending_studies(
+        &self,
+        only: Option<&str>,
+    ) -> Result<Vec<(String, StudySpec, Owner)>> {
         let rows = sqlx::query(
-            "SELECT id, spec, team_id, created_by, project FROM studies WHERE pending = 1 \
-             ORDER BY created_at LIMIT 100",
+            "SELECT id, spec, team_id, created_by, project FROM studies \
+             WHERE pending = 1 AND ($1 = '' OR id = $1) ORDER BY created_at LIMIT 100",
         )
+        .bind(only.unwrap_or_default())
         .fetch_all(&self.pool)
         .await?;
         rows.iter()

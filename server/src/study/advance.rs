@@ -9,12 +9,13 @@ use sslab_shared::study::{RunGroup, StudyItem};
 use super::report::matches;
 use crate::store::{Result, SERVER_DATA, Store};
 
-/// Queues every comparison whose two runs have succeeded; a study whose
-/// pairs are all queued, or can no longer be (a run failed), is settled.
-/// Returns whether anything was queued.
-pub async fn advance(store: &Store) -> Result<bool> {
+/// Queues every comparison whose two runs have succeeded, in every pending
+/// study or in `only` that one; a study whose pairs are all queued, or can
+/// no longer be (a run failed), is settled. Returns whether anything was
+/// queued.
+pub async fn advance(store: &Store, only: Option<&str>) -> Result<bool> {
     let mut queued = false;
-    for (id, spec, owner) in store.pending_studies().await? {
+    for (id, spec, owner) in store.pending_studies(only).await? {
         let results = store.study_results(&id).await?;
         let mut waiting = false;
         for (key, pair) in &spec.cka {
