@@ -60,7 +60,7 @@ pub fn aggregate(axes: &[String], runs: &[SweepRun]) -> (Vec<AxisAggregate>, Sta
 }
 
 /// Mean and sample standard deviation (0 for a single value).
-fn mean_std(xs: &[f64]) -> (f64, f64) {
+pub fn mean_std(xs: &[f64]) -> (f64, f64) {
     let n = xs.len() as f64;
     let mean = xs.iter().sum::<f64>() / n;
     if xs.len() < 2 {

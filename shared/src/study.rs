@@ -662,7 +662,8 @@ impl AuditSeries {
         self.values.len().max(1) * self.seeds.len().max(1)
     }
 
-    fn seeds(&self) -> Vec<u64> {
+    /// The seeds every value is audited with; empty `seeds`: the run's own.
+    pub fn run_seeds(&self) -> Vec<u64> {
         if self.seeds.is_empty() {
             vec![self.base.run.seed]
         } else {
@@ -712,7 +713,7 @@ impl AuditSeries {
             }
             self.values.iter().map(Some).collect()
         };
-        let mut seeds = self.seeds();
+        let mut seeds = self.run_seeds();
         seeds.sort_unstable();
         if seeds.windows(2).any(|w| w[0] == w[1]) {
             return Err(SpecError::new("seeds", "a seed is repeated"));
@@ -730,7 +731,7 @@ impl AuditSeries {
             let spec: AuditSpec = crate::error::from_value(doc)
                 .and_then(|s: AuditSpec| s.validate().map(|_| s))
                 .map_err(|e| SpecError::new(format!("values[{j}]"), e.to_string()))?;
-            for &seed in &self.seeds() {
+            for &seed in &self.run_seeds() {
                 let mut spec = spec.clone();
                 spec.run.seed = seed;
                 let mut name = spec.name.trim().to_string();

@@ -121,6 +121,11 @@ pub fn matches(values: &Map<String, Value>, at: &Map<String, Value>) -> bool {
     })
 }
 
+/// `sweeps`, `audits` or `cka`: what kind of part a measure reads.
+fn part_kind(m: &Measure) -> &str {
+    m.part.split_once('.').map_or("", |(k, _)| k)
+}
+
 fn part_key(m: &Measure) -> &str {
     m.part.split_once('.').map_or("", |(_, k)| k)
 }
@@ -139,7 +144,7 @@ fn read(
         Some(a) => values.get(a).cloned(),
         None => Some(none.clone()),
     };
-    let kind = m.part.split_once('.').map_or("", |(k, _)| k);
+    let kind = part_kind(m);
     let mut candidates = 0;
     match kind {
         "sweeps" => {
@@ -249,19 +254,14 @@ fn audit_value(s: &SnapshotReport, metric: &str, fraction: f64) -> Option<f64> {
 
 /// Mean and sample standard deviation (none for fewer than two values).
 fn mean_std(xs: &[f64]) -> (f64, Option<f64>) {
-    let n = xs.len() as f64;
-    let mean = xs.iter().sum::<f64>() / n;
-    if xs.len() < 2 {
-        return (mean, None);
-    }
-    let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
-    (mean, Some(var.sqrt()))
+    let (mean, std) = crate::sweep::mean_std(xs);
+    (mean, (xs.len() >= 2).then_some(std))
 }
 
 /// What a measure reads, for a chart's side; `with_part` names its part
 /// too, where the two sides read different parts.
 fn label(m: &Measure, with_part: bool) -> String {
-    let mut out = match m.part.split_once('.').map_or("", |(k, _)| k) {
+    let mut out = match part_kind(m) {
         "audits" if m.metric == "knn_target" => "kNN of the target".to_string(),
         "audits" => format!("{} top-1 @{}%", m.metric, (m.fraction * 100.0).round()),
         "cka" => format!("CKA {}", m.layer),
@@ -448,15 +448,9 @@ fn point(label: String, xs: Vec<f64>) -> SeriesPoint {
 /// The part's seeds as a person reads them, e.g. `sweeps.main has seeds [5]`.
 fn seeds_of(spec: &StudySpec, m: &Measure) -> String {
     let key = part_key(m);
-    let seeds = match m.part.split_once('.').map_or("", |(k, _)| k) {
+    let seeds = match part_kind(m) {
         "sweeps" => spec.sweeps.get(key).map(|s| s.run_seeds()),
-        "audits" => spec.audits.get(key).map(|a| {
-            if a.seeds.is_empty() {
-                vec![a.base.run.seed]
-            } else {
-                a.seeds.clone()
-            }
-        }),
+        "audits" => spec.audits.get(key).map(|a| a.run_seeds()),
         "cka" => spec
             .cka
             .get(key)
