@@ -9,6 +9,7 @@ pub mod dejavu;
 pub mod error;
 pub mod eval;
 pub mod export;
+pub mod generate;
 pub mod method;
 pub mod model;
 pub mod ops;

@@ -5,6 +5,7 @@ mod attention;
 mod bulk;
 mod chart;
 mod confirm;
+mod decoders;
 mod labels;
 mod memorization;
 mod pages;

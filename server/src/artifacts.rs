@@ -133,6 +133,11 @@ impl Artifacts {
         self.root.join("exports").join(id)
     }
 
+    /// A decoder job's sample grids.
+    pub fn decoder_dir(&self, id: &str) -> PathBuf {
+        self.root.join("decoders").join(id)
+    }
+
     pub fn checkpoint(&self, id: &str) -> PathBuf {
         self.run_dir(id).join("checkpoint.safetensors")
     }

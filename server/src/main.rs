@@ -5,6 +5,7 @@ mod artifacts;
 mod audit_job;
 mod auth;
 mod cka_job;
+mod decoder_job;
 mod cli;
 mod csv;
 mod datasets;
@@ -245,6 +246,19 @@ enum Command {
         #[arg(long)]
         minibatch: Option<usize>,
     },
+    /// Trains a conditional generator (RCDM or infusion) on a finished run's
+    /// representation and writes OUT/samples.png, OUT/interpolation.png and
+    /// OUT/decoder.json (loss, conditioning accuracy, sample diversity).
+    Decode {
+        /// A folder `sslab train` wrote.
+        #[arg(long)]
+        run: PathBuf,
+        /// A decoder spec in TOML (`recipes/infusion-tiny.toml`).
+        #[arg(long)]
+        spec: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// A demo bundle for the browser demo from a finished audit's or run's
     /// folder: encoders, their embeddings of a public set, thumbnails and
     /// demo images, named with sizes and hashes in OUT/manifest.json.
@@ -420,6 +434,9 @@ async fn main() -> std::process::ExitCode {
                 minibatch: *minibatch,
             };
             cli::cka::run(request, || registry(&cli)).await
+        }
+        Command::Decode { run, spec, out } => {
+            cli::decode::run(run, spec, out, || registry(&cli)).await
         }
         Command::Export {
             audit,

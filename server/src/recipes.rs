@@ -1,14 +1,15 @@
 //! The shipped recipes, embedded at build time, each parsed as the spec it
-//! is (run, sweep or audit), and the shipped studies.
+//! is (run, sweep, audit or decoder), and the shipped studies.
 
 use sslab_shared::RunSpec;
 use sslab_shared::api::Recipe;
 use sslab_shared::audit::AuditSpec;
+use sslab_shared::decoder::DecoderSpec;
 use sslab_shared::sweep::SweepSpec;
 
 include!(concat!(env!("OUT_DIR"), "/recipes.rs"));
 
-/// `toml` as a run, sweep or audit spec, in JSON; the run's error when it
+/// `toml` as a run, sweep, audit or decoder spec, in JSON; the run's error when it
 /// is none of them.
 fn parse(toml: &str) -> Result<(&'static str, serde_json::Value), String> {
     let json = |v: serde_json::Result<serde_json::Value>| v.map_err(|e| e.to_string());
@@ -19,6 +20,8 @@ fn parse(toml: &str) -> Result<(&'static str, serde_json::Value), String> {
                 Ok(("sweep", json(serde_json::to_value(s))?))
             } else if let Ok(s) = AuditSpec::from_toml(toml) {
                 Ok(("audit", json(serde_json::to_value(s))?))
+            } else if let Ok(s) = DecoderSpec::from_toml(toml) {
+                Ok(("decoder", json(serde_json::to_value(s))?))
             } else {
                 Err(run_error.to_string())
             }

@@ -83,6 +83,7 @@ struct Objects {
     demo_file: String,
     export: String,
     cka: String,
+    decoder: String,
     study: String,
     worker: String,
     project: String,
@@ -110,6 +111,8 @@ impl Objects {
                 ("demos", "{slug}") => &self.demo,
                 ("exports", "{id}") => &self.export,
                 ("cka", "{id}") => &self.cka,
+                ("decoders", "{id}") => &self.decoder,
+                ("{id}", "{file}") if parts[i - 2] == "decoders" => "samples.png",
                 ("studies", "{id}") => &self.study,
                 ("charts", "{file}") => "finding-1.png",
                 ("workers", "{id}") => &self.worker,
@@ -129,10 +132,11 @@ impl Objects {
         out.join("/")
     }
 
-    fn ids(&self) -> [&str; 12] {
+    fn ids(&self) -> [&str; 13] {
         [
             &self.project,
             &self.study,
+            &self.decoder,
             &self.worker,
             &self.cka,
             &self.demo,
@@ -301,6 +305,12 @@ async fn authorization(server: &Server, url: Option<&str>) {
     )
     .await;
     let cka = post_json(&a, server.url("/cka"), &json!({"a": run.id})).await;
+    let decoder = post_json(
+        &a,
+        server.url(&format!("/runs/{}/decoders", run.id)),
+        &json!({"steps": 2, "batch": 4}),
+    )
+    .await;
     // A worker of team A, and a worker token of team B.
     let worker_a = client_with(&last_line(&admin(
         dir,
@@ -365,6 +375,10 @@ async fn authorization(server: &Server, url: Option<&str>) {
             .unwrap_or_else(|| panic!("{export}"))
             .into(),
         cka: cka["id"].as_str().unwrap_or_else(|| panic!("{cka}")).into(),
+        decoder: decoder["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{decoder}"))
+            .into(),
         study: study["id"]
             .as_str()
             .unwrap_or_else(|| panic!("{study}"))

@@ -916,3 +916,98 @@ fn cka_compares_two_runs_layer_by_layer() {
     assert!(!res.status.success());
     assert!(String::from_utf8_lossy(&res.stderr).contains("at least 4"));
 }
+
+/// An infusion decoder on a tiny run: samples drawn from held-out images'
+/// representations carry their class (a kNN on that representation says
+/// so well above chance), differ from each other, and land in the files.
+#[test]
+fn decode_draws_samples_that_carry_the_class() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("run.toml");
+    let run_toml = TINY
+        .replace("classes = 3", "classes = 5")
+        .replace("train_images = 48", "train_images = 200")
+        .replace("test_images = 24", "test_images = 160")
+        .replace("epochs = 2", "epochs = 3");
+    std::fs::write(&spec, run_toml).unwrap();
+    let run = dir.path().join("run");
+    let res = train(&spec, &run);
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+
+    let decoder = dir.path().join("decoder.toml");
+    let decoder_toml = r#"
+kind = "infusion"
+layers = ["backbone", "proj.1"]
+image_size = 16
+steps = 150
+batch = 32
+lr = 0.003
+samples = 3
+[infusion]
+steps = 6
+channels = 16
+blocks = 1
+"#;
+    std::fs::write(&decoder, decoder_toml).unwrap();
+    let out = dir.path().join("decoded");
+    let decode = |spec: &Path, run: &Path| {
+        sslab(&[
+            "decode",
+            "--run",
+            run.to_str().unwrap(),
+            "--spec",
+            spec.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    let res = decode(&decoder, &run);
+    let said = String::from_utf8_lossy(&res.stdout);
+    assert!(res.status.success(), "{said}{}", String::from_utf8_lossy(&res.stderr));
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("decoder.json")).unwrap()).unwrap();
+    assert_eq!(report["kind"], "infusion");
+    assert_eq!(report["image_size"], 16);
+    assert_eq!(report["held_out_images"], 20);
+    let backbone = &report["layers"][0];
+    assert_eq!(backbone["layer"], "backbone");
+    let accuracy = backbone["conditioning_accuracy"].as_f64().unwrap();
+    let chance = backbone["chance"].as_f64().unwrap();
+    assert!((chance - 0.2).abs() < 1e-9, "{report}");
+    assert!(accuracy >= 2.0 * chance, "{accuracy} against chance {chance}: {said}");
+    let diversity = backbone["sample_diversity"].as_f64().unwrap();
+    let real = backbone["real_pair_distance"].as_f64().unwrap();
+    assert!(diversity > 0.0 && real > 0.0, "{report}");
+    let loss = backbone["loss"].as_array().unwrap();
+    let at = |i: usize| loss[i]["loss"].as_f64().unwrap();
+    assert!(at(loss.len() - 1) < at(0), "{report}");
+    assert_eq!(report["layers"][1]["layer"], "proj.1");
+    // Rows: held-out images, one per class first (5), the rest to 8; each
+    // 32 px cell: the image, then three samples per layer with gaps.
+    let grid = image::load_from_memory(&std::fs::read(out.join("samples.png")).unwrap()).unwrap();
+    assert_eq!((grid.width(), grid.height()), (32 + 2 * (6 + 3 * 32), 8 * 32));
+    assert!(out.join("interpolation.png").is_file());
+
+    // Bad input: named by field or by run.
+    let bad = |toml: &str, wanted: &str| {
+        std::fs::write(&decoder, toml).unwrap();
+        let res = decode(&decoder, &run);
+        assert!(!res.status.success(), "{toml}");
+        let err = String::from_utf8_lossy(&res.stderr);
+        assert!(err.contains(wanted), "{toml}: {err}");
+    };
+    bad("kind = \"rcdm\"\n[rcdm]\nsample_steps = 0", "rcdm.sample_steps");
+    bad("layers = [\"proj.7\"]", "no layer `proj.7`");
+    bad("image_size = 12", "image_size: 12 px does not divide the run's 32 px");
+    bad("[infusion]\nsteps = 0", "infusion.steps");
+    std::fs::write(&decoder, decoder_toml).unwrap();
+    let unfinished = dir.path().join("unfinished");
+    std::fs::create_dir_all(&unfinished).unwrap();
+    let run_json = std::fs::read_to_string(run.join("run.json"))
+        .unwrap()
+        .replace("\"succeeded\"", "\"failed\"");
+    std::fs::write(unfinished.join("run.json"), run_json).unwrap();
+    let res = decode(&decoder, &unfinished);
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(!res.status.success() && err.contains("did not succeed"), "{err}");
+}

@@ -6,6 +6,7 @@ pub mod audit;
 pub mod auth;
 pub mod cka;
 pub mod dataset;
+pub mod decoder;
 pub mod demo;
 pub mod error;
 pub mod labels;

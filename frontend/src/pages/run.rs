@@ -17,6 +17,7 @@ use crate::api;
 use crate::attention::AttentionCharts;
 use crate::chart::LossChart;
 use crate::confirm::DeleteButton;
+use crate::decoders::Decoders;
 use crate::labels::{Labels, LabelsEditor};
 use crate::memorization::{MemorizationChart, MemorizationTable};
 use crate::probes::{GuillotineChart, ProbeTable};
@@ -303,6 +304,7 @@ pub fn RunPage() -> impl IntoView {
             }}
             {move || succeeded.get().then(|| run.get_untracked().map(|r| view! { <Reevaluate run=r/> }))}
         </section>
+        {move || succeeded.get().then(|| run.get_untracked().map(|r| view! { <Decoders run=r/> }))}
         <section id="files">
             <h2>"Files"</h2>
             {move || has_run.get().then(|| view! {

@@ -5,6 +5,7 @@ mod audits;
 mod authn;
 mod cka;
 mod datasets;
+mod decoders;
 mod deletes;
 mod demos;
 mod error;
@@ -233,6 +234,7 @@ pub fn app(state: AppState, static_dir: Option<PathBuf>) -> Router {
         .merge(demos::router())
         .merge(exports::router())
         .merge(cka::router())
+        .merge(decoders::router())
         .merge(search::router())
         .merge(studies::router())
         .merge(projects::router())
@@ -300,15 +302,34 @@ pub fn app(state: AppState, static_dir: Option<PathBuf>) -> Router {
             tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
         })
         .on_response(DefaultOnResponse::new().level(tracing::Level::INFO));
-    app.layer(axum::middleware::from_fn_with_state(
-        counters,
-        metrics::record,
-    ))
+    app.layer(axum::middleware::from_fn(run_to_end))
+        .layer(axum::middleware::from_fn_with_state(
+            counters,
+            metrics::record,
+        ))
     .layer(tower_http::compression::CompressionLayer::new())
     .layer(cors)
     .layer(PropagateRequestIdLayer::x_request_id())
     .layer(trace)
     .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+}
+
+/// Runs a request's handler to its end even when the caller hangs up. A
+/// handler dropped at an `.await` can leave a database connection inside
+/// a transaction (sqlx does not roll back a `BEGIN` cancelled in flight),
+/// and every statement later run on that pooled connection then holds its
+/// locks uncommitted: a killed worker could wedge the queue.
+async fn run_to_end(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    use tracing::Instrument;
+    let handler = tokio::spawn(next.run(req).in_current_span());
+    match handler.await {
+        Ok(response) => response,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => {
+            use axum::response::IntoResponse;
+            ApiError::Internal(anyhow::anyhow!("the request's task ended: {e}")).into_response()
+        }
+    }
 }
 
 /// Cross-origin calls: refused unless the operator names origins; those may

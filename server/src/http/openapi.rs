@@ -8,7 +8,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    accounts, audits, cka, datasets, deletes, demos, events, exports, labels, projects, recipes,
+    accounts, audits, cka, datasets, decoders, deletes, demos, events, exports, labels, projects, recipes,
     run_files, runs, search, studies, sweeps, worker_jobs, workers,
 };
 
@@ -37,6 +37,7 @@ use super::{
         demos::publish, demos::list, demos::unpublish, demos::manifest, demos::file,
         exports::export_run, exports::export_audit, exports::read,
         cka::create, cka::read, cka::cancel, search::search,
+        decoders::create, decoders::list, decoders::read, decoders::grid, decoders::cancel,
         studies::create, studies::list, studies::read, studies::report, studies::report_md,
         studies::chart, studies::cancel,
         projects::list, projects::create, projects::remove, recipes::list,

@@ -280,6 +280,7 @@ pub(super) fn lost_job(kind: JobKind, id: &str) -> ApiError {
         JobKind::Audit => "audit",
         JobKind::Export => "export",
         JobKind::Cka => "CKA job",
+        JobKind::Decoder => "decoder job",
     };
     ApiError::Conflict(format!(
         "{what} `{id}` is not held with this lease: it ended, was cancelled, or went to another worker"

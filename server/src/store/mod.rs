@@ -6,6 +6,7 @@ mod accounts;
 mod audits;
 mod cka;
 mod datasets;
+mod decoders;
 mod deletes;
 mod demos;
 mod evaluations;

@@ -23,15 +23,17 @@ pub enum JobKind {
     Audit,
     Export,
     Cka,
+    Decoder,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 5] = [
+    pub const ALL: [JobKind; 6] = [
         JobKind::Run,
         JobKind::Evaluation,
         JobKind::Audit,
         JobKind::Export,
         JobKind::Cka,
+        JobKind::Decoder,
     ];
 
     /// Its name in metrics and logs.
@@ -42,6 +44,7 @@ impl JobKind {
             JobKind::Audit => "audit",
             JobKind::Export => "export",
             JobKind::Cka => "cka",
+            JobKind::Decoder => "decoder",
         }
     }
 
@@ -52,6 +55,7 @@ impl JobKind {
             JobKind::Audit => "audits",
             JobKind::Export => "exports",
             JobKind::Cka => "cka_jobs",
+            JobKind::Decoder => "decoders",
         }
     }
 }

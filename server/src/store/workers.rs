@@ -124,6 +124,7 @@ impl Store {
             ("evaluation", "evaluation_jobs", "run_id"),
             ("audit", "audits", "NULL"),
             ("cka", "cka_jobs", "NULL"),
+            ("decoder", "decoders", "run_id"),
         ] {
             let sql = format!(
                 "SELECT id, {run} AS run FROM {table} WHERE status = 'running' AND worker LIKE $1 \

@@ -78,13 +78,14 @@ impl Worker {
             }
             match self.store.claim_next(self.claimant(), lease_ms()).await {
                 Ok(Some(claim)) => self.execute(claim, &mut shutdown).await,
-                // No run waits: take a re-evaluation, an audit, an export or
-                // a CKA job, else sleep until woken.
+                // No run waits: take a re-evaluation, an audit, an export, a
+                // CKA job or a decoder, else sleep until woken.
                 Ok(None) => {
                     if self.evaluate_next().await
                         || self.audit_next(&mut shutdown).await
                         || self.export_next().await
                         || self.cka_next().await
+                        || self.decoder_next().await
                     {
                         continue;
                     }

@@ -1,0 +1,562 @@
+//! A decoder for a finished run: trained on images the run did not train
+//! on, conditioned on the run's frozen representation at each chosen layer,
+//! then measured — do samples drawn from an image's representation carry
+//! its class (a kNN classifier on that same representation says so), and
+//! how much do they vary?
+
+use std::path::Path;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use sslab_shared::RunSpec;
+use sslab_shared::decoder::{DecoderKind, DecoderLayer, DecoderReport, DecoderSpec, LossPoint};
+use sslab_shared::rng::Rng;
+
+use super::infusion::Infusion;
+use super::rcdm::Rcdm;
+use crate::augment::{MEAN, STD};
+use crate::data::ImageSet;
+use crate::error::{EngineError, Result};
+use crate::eval::Features;
+use crate::model::Encoder;
+
+/// Where training stands, for progress bars and logs.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    /// The decoder being trained (index into the spec's layers).
+    pub layer: usize,
+    pub layers: usize,
+    pub step: usize,
+    pub steps: usize,
+    pub loss: f32,
+}
+
+/// What a decoder run produces.
+pub struct Decoded {
+    pub report: DecoderReport,
+    /// Rows: held-out images; columns: the image, then each layer's samples.
+    pub samples_png: Vec<u8>,
+    /// Per layer, a row of samples from representations interpolated
+    /// between two held-out images of different classes.
+    pub interpolation_png: Vec<u8>,
+}
+
+/// Training loss is recorded about this many times per decoder.
+const LOSS_POINTS: usize = 100;
+/// Images of the run's training split the kNN classifier remembers.
+const KNN_BANK: usize = 4000;
+/// Points of an interpolation, both ends included.
+const INTERPOLATION_POINTS: usize = 6;
+
+enum Generator {
+    Infusion(Box<Infusion>),
+    Rcdm(Box<Rcdm>),
+}
+
+impl Generator {
+    /// `x` in [0, 1].
+    fn train_step(&mut self, x: &Tensor, cond: &Tensor, rng: &mut Rng) -> Result<f32> {
+        match self {
+            Generator::Infusion(m) => m.train_step(x, cond, rng),
+            Generator::Rcdm(m) => m.train_step(&x.affine(2.0, -1.0)?, cond, rng),
+        }
+    }
+
+    /// One sample per row of `cond`, in [0, 1].
+    fn sample(&self, cond: &Tensor, spec: &DecoderSpec, rng: &mut Rng) -> Result<Tensor> {
+        match self {
+            Generator::Infusion(m) => m.sample(cond, spec.infusion.steps, rng),
+            Generator::Rcdm(m) => m.sample(cond, rng),
+        }
+    }
+}
+
+/// Trains one decoder per layer of `spec` for the run (`run` its spec,
+/// `checkpoint` its final weights). `progress` is told after every step and
+/// stops the work by returning false.
+pub fn decode(
+    run: &RunSpec,
+    checkpoint: &Path,
+    spec: &DecoderSpec,
+    device: &Device,
+    progress: &mut dyn FnMut(&Progress) -> bool,
+) -> Result<Decoded> {
+    spec.validate()?;
+    let valid = run.clone().into_valid()?;
+    let encoder = crate::train::load_encoder(&valid, checkpoint, device)?;
+    let layer_index = spec
+        .layers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            encoder.layer_names().iter().position(|n| n == l).ok_or_else(|| {
+                EngineError::Spec(sslab_shared::SpecError::new(
+                    format!("layers[{i}]"),
+                    format!(
+                        "the run has no layer `{l}`; it has {}",
+                        encoder.layer_names().join(", ")
+                    ),
+                ))
+            })
+        })
+        .collect::<Result<Vec<usize>>>()?;
+
+    let run_splits = crate::data::load(&run.data)?;
+    let pool = match &spec.data {
+        Some(d) => crate::data::load(d)?.train,
+        None => run_splits.test.clone(),
+    };
+    if pool.size != run_splits.train.size {
+        return Err(EngineError::Data(format!(
+            "the run was trained on {r}×{r} images; the decoder's data are {p}×{p}",
+            r = run_splits.train.size,
+            p = pool.size
+        )));
+    }
+    let (train, held) = hold_out(&pool, spec.held_out_per_class);
+    if train.len() < 2 || held.is_empty() {
+        return Err(EngineError::Data(format!(
+            "{} images are too few: {} per class are held out and at least 2 must be left to train on",
+            pool.len(),
+            spec.held_out_per_class
+        )));
+    }
+    let size = spec.image_size.unwrap_or(pool.size);
+    if size > pool.size || pool.size % size != 0 {
+        return Err(EngineError::Spec(sslab_shared::SpecError::new(
+            "image_size",
+            format!(
+                "{size} px does not divide the run's {} px images",
+                pool.size
+            ),
+        )));
+    }
+    let shrink = pool.size / size;
+    if spec.kind == DecoderKind::Rcdm {
+        spec.rcdm.check_image_size(size)?;
+    }
+    let bank_ids: Vec<usize> = (0..run_splits.train.len().min(KNN_BANK)).collect();
+    let bank = run_splits.train.subset(&bank_ids);
+
+    let embed = |set: &ImageSet| crate::eval::embed_layers(&encoder, set, device);
+    let (train_f, held_f, bank_f) = (embed(&train)?, embed(&held)?, embed(&bank)?);
+    let classes = run_splits.train.classes().max(pool.classes()).max(1);
+    let images01 = |set: &ImageSet, ids: &[usize], rng: Option<&mut Rng>| -> Result<Tensor> {
+        let x = to_unit(set, ids, rng, device)?;
+        Ok(if shrink > 1 { x.avg_pool2d(shrink)? } else { x })
+    };
+    let all_train: Vec<usize> = (0..train.len()).collect();
+    let train_pixels = images01(&train, &all_train, None)?;
+
+    let grid_rows = grid_order(&held, spec.grid_images);
+    let pair = interpolation_pair(&held);
+    let mut layers = Vec::new();
+    let mut grid_columns: Vec<Vec<Tensor>> = Vec::new();
+    let mut interpolations: Vec<Tensor> = Vec::new();
+    for (k, (&li, name)) in layer_index.iter().zip(&spec.layers).enumerate() {
+        let started = Instant::now();
+        let stats = Standardize::fit(&train_f[li]);
+        let cond_train = stats.apply(&train_f[li], device)?;
+        let cond_held = stats.apply(&held_f[li], device)?;
+        let dim = train_f[li].dim;
+        let seed = spec.seed.wrapping_add(k as u64);
+        let mut generator = match spec.kind {
+            DecoderKind::Infusion => Generator::Infusion(Box::new(Infusion::new(
+                &spec.infusion,
+                &train_pixels,
+                dim,
+                spec.lr,
+                seed,
+            )?)),
+            DecoderKind::Rcdm => Generator::Rcdm(Box::new(Rcdm::new(
+                &spec.rcdm, size, dim, spec.lr, seed, device,
+            )?)),
+        };
+        let mut rng = Rng::derive(spec.seed, &[0xDEC0DE, k as u64]);
+        let every = (spec.steps / LOSS_POINTS).max(1);
+        let mut loss = Vec::new();
+        for step in 0..spec.steps {
+            let ids: Vec<usize> = (0..spec.batch).map(|_| rng.below(train.len())).collect();
+            let x = images01(&train, &ids, Some(&mut rng))?;
+            let c = cond_train.index_select(&index_tensor(&ids, device)?, 0)?;
+            let value = generator.train_step(&x, &c, &mut rng)?;
+            if step % every == 0 || step + 1 == spec.steps {
+                loss.push(LossPoint {
+                    step: step + 1,
+                    loss: value as f64,
+                });
+            }
+            let p = Progress {
+                layer: k,
+                layers: spec.layers.len(),
+                step: step + 1,
+                steps: spec.steps,
+                loss: value,
+            };
+            if !progress(&p) {
+                return Err(EngineError::Data("the decoder was stopped".into()));
+            }
+        }
+
+        // `samples` draws for every held-out image, in image order.
+        let repeated: Vec<usize> = (0..held.len())
+            .flat_map(|i| std::iter::repeat_n(i, spec.samples))
+            .collect();
+        let mut drawn = Vec::new();
+        for chunk in repeated.chunks(256) {
+            let c = cond_held.index_select(&index_tensor(chunk, device)?, 0)?;
+            drawn.push(generator.sample(&c, spec, &mut rng)?);
+        }
+        let drawn = Tensor::cat(&drawn, 0)?;
+        let labels: Vec<u32> = repeated.iter().map(|&i| held.labels[i]).collect();
+        let full = if shrink > 1 {
+            drawn.upsample_nearest2d(pool.size, pool.size)?
+        } else {
+            drawn.clone()
+        };
+        let drawn_f = embed_tensor(&encoder, &full, li)?;
+        let ev = &run.eval;
+        let accuracy = crate::probe::knn::knn_accuracy(
+            &bank_f[li],
+            &bank.labels,
+            &drawn_f,
+            &labels,
+            classes,
+            ev.knn_k,
+            ev.knn_temperature,
+            ev.knn_metric,
+        );
+        let pixels = drawn.flatten_from(1)?.to_vec2::<f32>()?;
+        let real = images01(&held, &(0..held.len()).collect::<Vec<_>>(), None)?
+            .flatten_from(1)?
+            .to_vec2::<f32>()?;
+        layers.push(DecoderLayer {
+            layer: name.clone(),
+            dim,
+            loss,
+            conditioning_accuracy: accuracy,
+            chance: 1.0 / classes as f64,
+            sample_diversity: diversity(&pixels, spec.samples),
+            real_pair_distance: real_distance(&real, &held.labels),
+            seconds: started.elapsed().as_secs_f64(),
+        });
+        grid_columns.push(
+            grid_rows
+                .iter()
+                .map(|&i| drawn.narrow(0, i * spec.samples, spec.samples))
+                .collect::<candle_core::Result<_>>()?,
+        );
+        if let Some((a, b)) = pair {
+            let ca = cond_held.get(a)?;
+            let cb = cond_held.get(b)?;
+            let mixed: Vec<Tensor> = (0..INTERPOLATION_POINTS)
+                .map(|j| {
+                    let w = j as f64 / (INTERPOLATION_POINTS - 1) as f64;
+                    (ca.affine(1.0 - w, 0.0)? + cb.affine(w, 0.0)?)?.unsqueeze(0)
+                })
+                .collect::<candle_core::Result<_>>()?;
+            // The same noise for every point, so only the conditioning moves.
+            let same = Rng::derive(spec.seed, &[0x1A7E, k as u64]);
+            let mut row = Vec::new();
+            for m in mixed {
+                row.push(generator.sample(&m, spec, &mut same.clone())?);
+            }
+            interpolations.push(Tensor::cat(&row, 0)?);
+        }
+    }
+
+    let samples_png = samples_grid(&held, &grid_rows, &grid_columns)?;
+    let interpolation_png = interpolation_grid(&held, pair, &interpolations)?;
+    let report = DecoderReport {
+        name: spec.name.clone(),
+        kind: spec.kind,
+        settings: serde_json::to_value(spec).unwrap_or_default(),
+        image_size: size,
+        train_images: train.len(),
+        held_out_images: held.len(),
+        layers,
+    };
+    Ok(Decoded {
+        report,
+        samples_png,
+        interpolation_png,
+    })
+}
+
+/// Splits `set` into images to train on and `per_class` held-out images
+/// of every class (the first ones in order).
+fn hold_out(set: &ImageSet, per_class: usize) -> (ImageSet, ImageSet) {
+    let mut taken = vec![0usize; set.classes().max(1)];
+    let (mut train, mut held) = (Vec::new(), Vec::new());
+    for i in 0..set.len() {
+        let c = set.labels[i] as usize;
+        if c < taken.len() && taken[c] < per_class {
+            taken[c] += 1;
+            held.push(i);
+        } else {
+            train.push(i);
+        }
+    }
+    (set.subset(&train), set.subset(&held))
+}
+
+/// Held-out images shown in the grid: one per class first, then the rest.
+fn grid_order(held: &ImageSet, rows: usize) -> Vec<usize> {
+    let mut seen = std::collections::HashSet::new();
+    let (mut first, mut rest) = (Vec::new(), Vec::new());
+    for i in 0..held.len() {
+        if seen.insert(held.labels[i]) {
+            first.push(i);
+        } else {
+            rest.push(i);
+        }
+    }
+    first.extend(rest);
+    first.truncate(rows);
+    first
+}
+
+/// The first held-out image and the first of another class.
+fn interpolation_pair(held: &ImageSet) -> Option<(usize, usize)> {
+    let a = 0;
+    let b = (1..held.len()).find(|&i| held.labels[i] != held.labels[a])?;
+    Some((a, b))
+}
+
+/// Images `ids` of `set` as `n × 3 × s × s` in [0, 1]; with `rng`,
+/// dequantised with U(0, 1/256) noise.
+fn to_unit(
+    set: &ImageSet,
+    ids: &[usize],
+    mut rng: Option<&mut Rng>,
+    device: &Device,
+) -> Result<Tensor> {
+    let s = set.size;
+    let mut buf = vec![0.0f32; ids.len() * 3 * s * s];
+    for (k, &i) in ids.iter().enumerate() {
+        let img = set.image(i);
+        let out = &mut buf[k * 3 * s * s..(k + 1) * 3 * s * s];
+        for c in 0..3 {
+            for p in 0..s * s {
+                let jitter = rng.as_mut().map_or(0.0, |r| r.f32() / 256.0);
+                out[c * s * s + p] = img[p * 3 + c] as f32 / 255.0 + jitter;
+            }
+        }
+    }
+    Ok(Tensor::from_vec(buf, (ids.len(), 3, s, s), device)?)
+}
+
+fn index_tensor(ids: &[usize], device: &Device) -> Result<Tensor> {
+    let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
+    let n = ids.len();
+    Ok(Tensor::from_vec(ids, n, device)?)
+}
+
+/// Per-dimension standardisation fitted on the decoder's training images:
+/// every layer's representation reaches the decoder at one scale.
+struct Standardize {
+    mean: Vec<f32>,
+    std: Vec<f32>,
+}
+
+impl Standardize {
+    fn fit(f: &Features) -> Self {
+        let n = f.len().max(1) as f32;
+        let mut mean = vec![0.0f32; f.dim];
+        for i in 0..f.len() {
+            mean.iter_mut().zip(f.row(i)).for_each(|(m, v)| *m += v / n);
+        }
+        let mut var = vec![0.0f32; f.dim];
+        for i in 0..f.len() {
+            for ((s, v), m) in var.iter_mut().zip(f.row(i)).zip(&mean) {
+                *s += (v - m) * (v - m) / n;
+            }
+        }
+        Standardize {
+            mean,
+            std: var.iter().map(|v| v.sqrt() + 1e-6).collect(),
+        }
+    }
+
+    fn apply(&self, f: &Features, device: &Device) -> Result<Tensor> {
+        let dim = f.dim;
+        let data: Vec<f32> = f
+            .data
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (v - self.mean[i % dim]) / self.std[i % dim])
+            .collect();
+        Ok(Tensor::from_vec(data, (f.len(), dim), device)?)
+    }
+}
+
+/// The encoder's layer `layer` for images in [0, 1], normalised as
+/// training normalised them.
+fn embed_tensor(encoder: &Encoder, images: &Tensor, layer: usize) -> Result<Features> {
+    let device = images.device();
+    let mean = Tensor::from_vec(MEAN.to_vec(), (1, 3, 1, 1), device)?;
+    let std = Tensor::from_vec(STD.to_vec(), (1, 3, 1, 1), device)?;
+    let mut out = Features {
+        dim: 0,
+        data: Vec::new(),
+    };
+    let n = images.dim(0)?;
+    for start in (0..n).step_by(256) {
+        let x = images.narrow(0, start, (n - start).min(256))?;
+        let x = x.broadcast_sub(&mean)?.broadcast_div(&std)?;
+        let h = encoder.forward_layers(&x, false)?.swap_remove(layer);
+        out.dim = h.dim(1)?;
+        out.data.extend(h.flatten_all()?.to_vec1::<f32>()?);
+    }
+    Ok(out)
+}
+
+fn rms(a: &[f32], b: &[f32]) -> f64 {
+    let sq: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| ((x - y) as f64).powi(2))
+        .sum();
+    (sq / a.len().max(1) as f64).sqrt()
+}
+
+/// Mean RMS distance between two samples of one image, over every pair of
+/// every image's `per` samples (rows in image order); 0 for one sample.
+fn diversity(samples: &[Vec<f32>], per: usize) -> f64 {
+    let (mut sum, mut pairs) = (0.0, 0usize);
+    for group in samples.chunks(per) {
+        for i in 0..group.len() {
+            for j in i + 1..group.len() {
+                sum += rms(&group[i], &group[j]);
+                pairs += 1;
+            }
+        }
+    }
+    if pairs == 0 { 0.0 } else { sum / pairs as f64 }
+}
+
+/// Mean RMS distance between two real images of one class.
+fn real_distance(images: &[Vec<f32>], labels: &[u32]) -> f64 {
+    let (mut sum, mut pairs) = (0.0, 0usize);
+    for i in 0..images.len() {
+        for j in i + 1..images.len() {
+            if labels[i] == labels[j] {
+                sum += rms(&images[i], &images[j]);
+                pairs += 1;
+            }
+        }
+    }
+    if pairs == 0 { 0.0 } else { sum / pairs as f64 }
+}
+
+/// Pixels per cell side in the grids: small images are scaled up.
+fn cell(size: usize) -> usize {
+    size * (32 / size).max(1)
+}
+
+/// Draws one `3 × s × s` image in [0, 1] into `grid` at cell (`col`, `row`)
+/// of `side` pixels (a multiple of `s`).
+fn put(
+    grid: &mut image::RgbImage,
+    img: &Tensor,
+    (col, row, side): (usize, usize, usize),
+    gap: usize,
+) -> Result<()> {
+    let s = img.dim(1)?;
+    let scale = side / s;
+    let v = img.flatten_all()?.to_vec1::<f32>()?;
+    for y in 0..side {
+        for x in 0..side {
+            let p = (y / scale) * s + x / scale;
+            let px = [0, 1, 2].map(|c| (v[c * s * s + p].clamp(0.0, 1.0) * 255.0).round() as u8);
+            grid.put_pixel(
+                (col * side + gap + x) as u32,
+                (row * side + y) as u32,
+                image::Rgb(px),
+            );
+        }
+    }
+    Ok(())
+}
+
+fn png(grid: image::RgbImage) -> Result<Vec<u8>> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    grid.write_to(&mut out, image::ImageFormat::Png)
+        .map_err(|e| EngineError::Data(format!("cannot encode the sample grid: {e}")))?;
+    Ok(out.into_inner())
+}
+
+/// Gap in pixels between the image column and each layer's block.
+const GAP: usize = 6;
+
+fn samples_grid(held: &ImageSet, rows: &[usize], columns: &[Vec<Tensor>]) -> Result<Vec<u8>> {
+    let side = cell(held.size);
+    let per = columns
+        .first()
+        .and_then(|c| c.first())
+        .map_or(0, |t| t.dim(0).unwrap_or(0));
+    let width = side + columns.len() * (GAP + per * side);
+    let mut grid = image::RgbImage::from_pixel(
+        width as u32,
+        (rows.len() * side).max(1) as u32,
+        image::Rgb([255, 255, 255]),
+    );
+    let real = to_unit(held, rows, None, &Device::Cpu)?;
+    for (r, _) in rows.iter().enumerate() {
+        put(&mut grid, &real.get(r)?, (0, r, side), 0)?;
+        for (l, column) in columns.iter().enumerate() {
+            let samples = column[r].to_device(&Device::Cpu)?;
+            for j in 0..per {
+                let col = 1 + l * per + j;
+                put(&mut grid, &samples.get(j)?, (col, r, side), (l + 1) * GAP)?;
+            }
+        }
+    }
+    png(grid)
+}
+
+/// Rows: one per layer, image a, the interpolated samples, image b.
+fn interpolation_grid(
+    held: &ImageSet,
+    pair: Option<(usize, usize)>,
+    rows: &[Tensor],
+) -> Result<Vec<u8>> {
+    let side = cell(held.size);
+    let Some((a, b)) = pair else {
+        return png(image::RgbImage::from_pixel(1, 1, image::Rgb([255, 255, 255])));
+    };
+    let width = 2 * side + 2 * GAP + INTERPOLATION_POINTS * side;
+    let mut grid = image::RgbImage::from_pixel(
+        width as u32,
+        (rows.len() * side).max(1) as u32,
+        image::Rgb([255, 255, 255]),
+    );
+    let ends = to_unit(held, &[a, b], None, &Device::Cpu)?;
+    for (r, row) in rows.iter().enumerate() {
+        let row = row.to_device(&Device::Cpu)?;
+        put(&mut grid, &ends.get(0)?, (0, r, side), 0)?;
+        for j in 0..INTERPOLATION_POINTS {
+            put(&mut grid, &row.get(j)?, (1 + j, r, side), GAP)?;
+        }
+        put(&mut grid, &ends.get(1)?, (1 + INTERPOLATION_POINTS, r, side), 2 * GAP)?;
+    }
+    png(grid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn distances_are_rms_per_pixel() {
+        let a = vec![0.0f32; 4];
+        let b = vec![1.0f32; 4];
+        assert!((rms(&a, &b) - 1.0).abs() < 1e-12);
+        // Two images with two samples each: pairs (a, b) and (a, a).
+        let samples = vec![a.clone(), b.clone(), a.clone(), a.clone()];
+        assert!((diversity(&samples, 2) - 0.5).abs() < 1e-12);
+        assert_eq!(diversity(&samples, 1), 0.0);
+        let labels = [0, 0, 1, 1];
+        assert!((real_distance(&samples, &labels) - 0.5).abs() < 1e-12);
+    }
+}

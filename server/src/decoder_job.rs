@@ -1,0 +1,154 @@
+//! Decoder jobs: a conditional generator trained for a finished run on a
+//! blocking thread, while the async side records its progress (which also
+//! keeps the lease) and hears a cancel. The grids are written next to the
+//! job's artifacts and the report is stored with its end.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use sslab_shared::api::RunStatus;
+use sslab_shared::decoder::{DecoderJob, DecoderReport};
+
+use crate::store::Lease;
+use crate::worker::{Worker, lease_ms};
+
+/// How often progress is written.
+const PROGRESS: Duration = Duration::from_secs(2);
+
+/// What the training thread shares with the async side.
+#[derive(Default)]
+struct Shared {
+    /// Steps done over every layer's decoder.
+    step: AtomicI64,
+    /// The last loss, as f64 bits.
+    loss: AtomicU64,
+    stop: AtomicBool,
+}
+
+impl Worker {
+    /// Runs one queued decoder job, if any. Returns whether there was one.
+    pub async fn decoder_next(&self) -> bool {
+        let (job, lease) = match self
+            .store
+            .claim_next_decoder(self.claimant(), lease_ms())
+            .await
+        {
+            Ok(Some(claimed)) => claimed,
+            Ok(None) => return false,
+            Err(e) => {
+                tracing::error!(error = %e, "claiming a decoder job failed");
+                return false;
+            }
+        };
+        tracing::info!(decoder = %job.id, run = %job.run, "decoder job started");
+        let (status, error, report) = match self.train_decoder(&job, &lease).await {
+            Ok(Some(report)) => (RunStatus::Succeeded, None, Some(report)),
+            Ok(None) => (RunStatus::Cancelled, None, None),
+            Err(e) => (RunStatus::Failed, Some(e), None),
+        };
+        match self
+            .store
+            .finish_decoder(&lease, status, error.as_deref(), report.as_ref())
+            .await
+        {
+            Ok(true) => {
+                tracing::info!(decoder = %job.id, status = status.as_str(), error = error.as_deref().unwrap_or(""), "decoder job ended")
+            }
+            Ok(false) => {
+                tracing::warn!(decoder = %job.id, "decoder job was taken from this worker before it ended")
+            }
+            Err(e) => {
+                tracing::error!(decoder = %job.id, error = %e, "recording the end of a decoder job failed")
+            }
+        }
+        true
+    }
+
+    /// The report, or `None` when a cancel was asked while it trained.
+    async fn train_decoder(
+        &self,
+        job: &DecoderJob,
+        lease: &Lease,
+    ) -> Result<Option<DecoderReport>, String> {
+        let run = self
+            .store
+            .run(&job.run)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("run {} no longer exists", job.run))?;
+        if run.status != RunStatus::Succeeded {
+            return Err(format!("run {} has not succeeded", job.run));
+        }
+        let checkpoint = self.artifacts.checkpoint(&run.id);
+        self.artifacts
+            .need(&checkpoint)
+            .await
+            .map_err(|e| format!("run {}'s checkpoint: {e:#}", run.id))?;
+        self.artifacts
+            .need_data(&run.spec.data)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        if let Some(data) = &job.spec.data {
+            self.artifacts
+                .need_data(data)
+                .await
+                .map_err(|e| format!("{e:#}"))?;
+        }
+        let shared = Arc::new(Shared::default());
+        let (spec, run_spec, thread_shared) = (job.spec.clone(), run.spec.clone(), shared.clone());
+        let mut thread = tokio::task::spawn_blocking(move || {
+            let device = sslab_engine::default_device();
+            let per_layer = spec.steps as i64;
+            sslab_engine::generate::decode::decode(&run_spec, &checkpoint, &spec, &device, &mut |p| {
+                thread_shared
+                    .step
+                    .store(p.layer as i64 * per_layer + p.step as i64, Ordering::Relaxed);
+                thread_shared
+                    .loss
+                    .store((p.loss as f64).to_bits(), Ordering::Relaxed);
+                !thread_shared.stop.load(Ordering::Relaxed)
+            })
+            .map_err(|e| e.to_string())
+        });
+        let mut tick = tokio::time::interval(PROGRESS);
+        let (mut cancelled, mut lost) = (false, false);
+        let outcome = loop {
+            tokio::select! {
+                done = &mut thread => break done.map_err(|e| format!("the decoder thread crashed: {e}"))?,
+                _ = tick.tick() => {
+                    let step = shared.step.load(Ordering::Relaxed);
+                    let loss = f64::from_bits(shared.loss.load(Ordering::Relaxed));
+                    match self.store.decoder_progress(lease, step, loss, lease_ms()).await {
+                        Ok(Some(true)) => { cancelled = true; shared.stop.store(true, Ordering::Relaxed); }
+                        Ok(Some(false)) => {}
+                        Ok(None) => { lost = true; shared.stop.store(true, Ordering::Relaxed); }
+                        Err(e) => tracing::warn!(decoder = %job.id, error = %e, "decoder progress update failed"),
+                    }
+                }
+            }
+        };
+        if cancelled || lost {
+            return Ok(None);
+        }
+        let decoded = outcome?;
+        let dir = self.artifacts.decoder_dir(&job.id);
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        for (name, bytes) in [
+            ("samples.png", &decoded.samples_png),
+            ("interpolation.png", &decoded.interpolation_png),
+        ] {
+            let path = dir.join(name);
+            tokio::fs::write(&path, bytes)
+                .await
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        }
+        self.artifacts
+            .persist_dir(&dir)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        Ok(Some(decoded.report))
+    }
+}
