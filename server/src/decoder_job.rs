@@ -100,15 +100,22 @@ impl Worker {
         let mut thread = tokio::task::spawn_blocking(move || {
             let device = sslab_engine::default_device();
             let per_layer = spec.steps as i64;
-            sslab_engine::generate::decode::decode(&run_spec, &checkpoint, &spec, &device, &mut |p| {
-                thread_shared
-                    .step
-                    .store(p.layer as i64 * per_layer + p.step as i64, Ordering::Relaxed);
-                thread_shared
-                    .loss
-                    .store((p.loss as f64).to_bits(), Ordering::Relaxed);
-                !thread_shared.stop.load(Ordering::Relaxed)
-            })
+            sslab_engine::generate::decode::decode(
+                &run_spec,
+                &checkpoint,
+                &spec,
+                &device,
+                &mut |p| {
+                    thread_shared.step.store(
+                        p.layer as i64 * per_layer + p.step as i64,
+                        Ordering::Relaxed,
+                    );
+                    thread_shared
+                        .loss
+                        .store((p.loss as f64).to_bits(), Ordering::Relaxed);
+                    !thread_shared.stop.load(Ordering::Relaxed)
+                },
+            )
             .map_err(|e| e.to_string())
         });
         let mut tick = tokio::time::interval(PROGRESS);

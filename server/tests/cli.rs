@@ -919,32 +919,43 @@ fn cka_compares_two_runs_layer_by_layer() {
 
 /// An infusion decoder on a tiny run: samples drawn from held-out images'
 /// representations carry their class (a kNN on that representation says
-/// so well above chance), differ from each other, and land in the files.
+/// so at least twice as often as chance), differ from each other, and land
+/// in the files. The objects always wear their class's colour, so a
+/// decoder that keeps what the representation holds draws it.
 #[test]
 fn decode_draws_samples_that_carry_the_class() {
     let dir = tempfile::tempdir().unwrap();
     let spec = dir.path().join("run.toml");
     let run_toml = TINY
-        .replace("classes = 3", "classes = 5")
-        .replace("train_images = 48", "train_images = 200")
-        .replace("test_images = 24", "test_images = 160")
-        .replace("epochs = 2", "epochs = 3");
+        .replace(
+            "classes = 3",
+            "classes = 5\nclass_colour = 1.0\nbackground_correlation = 0.0",
+        )
+        .replace("train_images = 48", "train_images = 400")
+        .replace("test_images = 24", "test_images = 400")
+        .replace("width = 8", "width = 16")
+        .replace("epochs = 2", "epochs = 8");
     std::fs::write(&spec, run_toml).unwrap();
     let run = dir.path().join("run");
     let res = train(&spec, &run);
-    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
 
     let decoder = dir.path().join("decoder.toml");
     let decoder_toml = r#"
 kind = "infusion"
-layers = ["backbone", "proj.1"]
+layers = ["proj.1"]
 image_size = 16
-steps = 150
+held_out_per_class = 8
+steps = 250
 batch = 32
 lr = 0.003
 samples = 3
 [infusion]
-steps = 6
+steps = 4
 channels = 16
 blocks = 1
 "#;
@@ -963,29 +974,36 @@ blocks = 1
     };
     let res = decode(&decoder, &run);
     let said = String::from_utf8_lossy(&res.stdout);
-    assert!(res.status.success(), "{said}{}", String::from_utf8_lossy(&res.stderr));
+    assert!(
+        res.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("decoder.json")).unwrap()).unwrap();
     assert_eq!(report["kind"], "infusion");
     assert_eq!(report["image_size"], 16);
-    assert_eq!(report["held_out_images"], 20);
-    let backbone = &report["layers"][0];
-    assert_eq!(backbone["layer"], "backbone");
-    let accuracy = backbone["conditioning_accuracy"].as_f64().unwrap();
-    let chance = backbone["chance"].as_f64().unwrap();
+    assert_eq!(report["held_out_images"], 40);
+    assert_eq!(report["train_images"], 360);
+    let layer = &report["layers"][0];
+    assert_eq!(layer["layer"], "proj.1");
+    let accuracy = layer["conditioning_accuracy"].as_f64().unwrap();
+    let chance = layer["chance"].as_f64().unwrap();
     assert!((chance - 0.2).abs() < 1e-9, "{report}");
-    assert!(accuracy >= 2.0 * chance, "{accuracy} against chance {chance}: {said}");
-    let diversity = backbone["sample_diversity"].as_f64().unwrap();
-    let real = backbone["real_pair_distance"].as_f64().unwrap();
+    assert!(
+        accuracy >= 2.0 * chance,
+        "{accuracy} against chance {chance}: {said}"
+    );
+    let diversity = layer["sample_diversity"].as_f64().unwrap();
+    let real = layer["real_pair_distance"].as_f64().unwrap();
     assert!(diversity > 0.0 && real > 0.0, "{report}");
-    let loss = backbone["loss"].as_array().unwrap();
+    let loss = layer["loss"].as_array().unwrap();
     let at = |i: usize| loss[i]["loss"].as_f64().unwrap();
     assert!(at(loss.len() - 1) < at(0), "{report}");
-    assert_eq!(report["layers"][1]["layer"], "proj.1");
     // Rows: held-out images, one per class first (5), the rest to 8; each
-    // 32 px cell: the image, then three samples per layer with gaps.
+    // 32 px cell: the image, then three samples with a gap.
     let grid = image::load_from_memory(&std::fs::read(out.join("samples.png")).unwrap()).unwrap();
-    assert_eq!((grid.width(), grid.height()), (32 + 2 * (6 + 3 * 32), 8 * 32));
+    assert_eq!((grid.width(), grid.height()), (32 + 6 + 3 * 32, 8 * 32));
     assert!(out.join("interpolation.png").is_file());
 
     // Bad input: named by field or by run.
@@ -996,9 +1014,15 @@ blocks = 1
         let err = String::from_utf8_lossy(&res.stderr);
         assert!(err.contains(wanted), "{toml}: {err}");
     };
-    bad("kind = \"rcdm\"\n[rcdm]\nsample_steps = 0", "rcdm.sample_steps");
+    bad(
+        "kind = \"rcdm\"\n[rcdm]\nsample_steps = 0",
+        "rcdm.sample_steps",
+    );
     bad("layers = [\"proj.7\"]", "no layer `proj.7`");
-    bad("image_size = 12", "image_size: 12 px does not divide the run's 32 px");
+    bad(
+        "image_size = 12",
+        "image_size: 12 px does not divide the run's 32 px",
+    );
     bad("[infusion]\nsteps = 0", "infusion.steps");
     std::fs::write(&decoder, decoder_toml).unwrap();
     let unfinished = dir.path().join("unfinished");
@@ -1009,5 +1033,8 @@ blocks = 1
     std::fs::write(unfinished.join("run.json"), run_json).unwrap();
     let res = decode(&decoder, &unfinished);
     let err = String::from_utf8_lossy(&res.stderr);
-    assert!(!res.status.success() && err.contains("did not succeed"), "{err}");
+    assert!(
+        !res.status.success() && err.contains("did not succeed"),
+        "{err}"
+    );
 }

@@ -45,7 +45,10 @@ async fn a_decoder_trains_on_a_run_and_draws_its_grids() {
     let url = server.url(&format!("/runs/{}/decoders", run.id));
 
     let job = post_json(&client, url.clone(), &small()).await;
-    let id = job["id"].as_str().unwrap_or_else(|| panic!("{job}")).to_string();
+    let id = job["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{job}"))
+        .to_string();
     assert_eq!(job["total_steps"], 40, "{job}");
     assert_eq!(job["spec"]["name"], "tiny-infusion");
     let job = ended(&client, &server, &id).await;
@@ -53,14 +56,22 @@ async fn a_decoder_trains_on_a_run_and_draws_its_grids() {
     let report = &job["report"];
     assert_eq!(report["held_out_images"], 6, "{job}");
     assert_eq!(report["image_size"], 16);
-    for (layer, name) in report["layers"].as_array().unwrap().iter().zip(["backbone", "proj.1"]) {
+    for (layer, name) in report["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(["backbone", "proj.1"])
+    {
         assert_eq!(layer["layer"], name);
         assert!((layer["chance"].as_f64().unwrap() - 1.0 / 3.0).abs() < 1e-9);
         let acc = layer["conditioning_accuracy"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&acc), "{layer}");
         assert!(!layer["loss"].as_array().unwrap().is_empty());
     }
-    for (file, width) in [("samples.png", 32 + 2 * (6 + 2 * 32)), ("interpolation.png", 8 * 32 + 12)] {
+    for (file, width) in [
+        ("samples.png", 32 + 2 * (6 + 2 * 32)),
+        ("interpolation.png", 8 * 32 + 12),
+    ] {
         let resp = client
             .get(server.url(&format!("/decoders/{id}/{file}")))
             .send()
@@ -103,7 +114,12 @@ async fn a_decoder_trains_on_a_run_and_draws_its_grids() {
         "rcdm.sample_steps",
     )
     .await;
-    refused(json!({"kind": "rcdm", "image_size": 32, "rcdm": {"multipliers": [1, 2, 2, 2, 2, 2, 2]}}), 422, "rcdm.multipliers").await;
+    refused(
+        json!({"kind": "rcdm", "image_size": 32, "rcdm": {"multipliers": [1, 2, 2, 2, 2, 2, 2]}}),
+        422,
+        "rcdm.multipliers",
+    )
+    .await;
     let listed: Vec<Value> = get_json(&client, url.clone()).await;
     assert_eq!(listed.len(), 1, "a refused decoder was stored");
     let resp = client
@@ -130,7 +146,13 @@ async fn a_decoder_trains_on_a_run_and_draws_its_grids() {
         .unwrap();
     assert_eq!(resp.status(), 409);
     let err: Value = resp.json().await.unwrap();
-    assert!(err["error"]["message"].as_str().unwrap().contains("cancelled"), "{err}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cancelled"),
+        "{err}"
+    );
 
     // Cancelled while it trains.
     let mut body = small();

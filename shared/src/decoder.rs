@@ -188,8 +188,7 @@ impl DecoderSpec {
         }
         for (i, l) in self.layers.iter().enumerate() {
             let ok = l == "backbone"
-                || l
-                    .strip_prefix("proj.")
+                || l.strip_prefix("proj.")
                     .is_some_and(|n| n.parse::<usize>().is_ok());
             if !ok {
                 return Err(SpecError::new(
@@ -275,10 +274,7 @@ impl RcdmSettings {
             );
         }
         if !(0.0 < self.beta_start && self.beta_start < self.beta_end && self.beta_end < 1.0) {
-            return bad(
-                "beta_end",
-                "need 0 < beta_start < beta_end < 1".into(),
-            );
+            return bad("beta_end", "need 0 < beta_start < beta_end < 1".into());
         }
         if !(0.0..1.0).contains(&self.ema) {
             return bad("ema", "must be in [0, 1)".into());
@@ -305,9 +301,7 @@ impl RcdmSettings {
 
 impl InfusionSettings {
     fn validate(&self) -> Result<(), SpecError> {
-        let bad = |field: &str, msg: &str| {
-            Err(SpecError::new(format!("infusion.{field}"), msg))
-        };
+        let bad = |field: &str, msg: &str| Err(SpecError::new(format!("infusion.{field}"), msg));
         if self.steps == 0 {
             return bad(
                 "steps",
@@ -409,10 +403,16 @@ mod tests {
         };
         rcdm.validate().unwrap();
         let cases = [
-            ("kind = \"rcdm\"\n[rcdm]\nsample_steps = 0", "rcdm.sample_steps"),
+            (
+                "kind = \"rcdm\"\n[rcdm]\nsample_steps = 0",
+                "rcdm.sample_steps",
+            ),
             ("[infusion]\nsteps = 0", "infusion.steps"),
             ("layers = [\"head\"]", "layers[0]"),
-            ("kind = \"rcdm\"\n[rcdm]\nchannels = 12\ngroups = 8", "rcdm.groups"),
+            (
+                "kind = \"rcdm\"\n[rcdm]\nchannels = 12\ngroups = 8",
+                "rcdm.groups",
+            ),
             ("kind = \"gan\"", "kind"),
             ("stepz = 3", "stepz"),
         ];
@@ -428,10 +428,7 @@ mod tests {
         assert!((s.rate(0) - 0.02).abs() < 1e-12);
         assert!((s.rate(1) - 0.04).abs() < 1e-12);
         assert!((s.rate(10) - 0.22).abs() < 1e-12);
-        let fast = InfusionSettings {
-            omega: 0.5,
-            ..s
-        };
+        let fast = InfusionSettings { omega: 0.5, ..s };
         assert_eq!(fast.rate(5), 1.0);
     }
 
@@ -439,6 +436,9 @@ mod tests {
     fn image_sizes_must_halve_cleanly() {
         let s = RcdmSettings::default();
         s.check_image_size(16).unwrap();
-        assert_eq!(s.check_image_size(18).unwrap_err().field, "rcdm.multipliers");
+        assert_eq!(
+            s.check_image_size(18).unwrap_err().field,
+            "rcdm.multipliers"
+        );
     }
 }

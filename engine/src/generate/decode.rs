@@ -89,15 +89,19 @@ pub fn decode(
         .iter()
         .enumerate()
         .map(|(i, l)| {
-            encoder.layer_names().iter().position(|n| n == l).ok_or_else(|| {
-                EngineError::Spec(sslab_shared::SpecError::new(
-                    format!("layers[{i}]"),
-                    format!(
-                        "the run has no layer `{l}`; it has {}",
-                        encoder.layer_names().join(", ")
-                    ),
-                ))
-            })
+            encoder
+                .layer_names()
+                .iter()
+                .position(|n| n == l)
+                .ok_or_else(|| {
+                    EngineError::Spec(sslab_shared::SpecError::new(
+                        format!("layers[{i}]"),
+                        format!(
+                            "the run has no layer `{l}`; it has {}",
+                            encoder.layer_names().join(", ")
+                        ),
+                    ))
+                })
         })
         .collect::<Result<Vec<usize>>>()?;
 
@@ -210,7 +214,7 @@ pub fn decode(
         let drawn = Tensor::cat(&drawn, 0)?;
         let labels: Vec<u32> = repeated.iter().map(|&i| held.labels[i]).collect();
         let full = if shrink > 1 {
-            drawn.upsample_nearest2d(pool.size, pool.size)?
+            drawn.upsample_bilinear2d(pool.size, pool.size, false)?
         } else {
             drawn.clone()
         };
@@ -412,11 +416,7 @@ fn embed_tensor(encoder: &Encoder, images: &Tensor, layer: usize) -> Result<Feat
 }
 
 fn rms(a: &[f32], b: &[f32]) -> f64 {
-    let sq: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| ((x - y) as f64).powi(2))
-        .sum();
+    let sq: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
     (sq / a.len().max(1) as f64).sqrt()
 }
 
@@ -523,7 +523,11 @@ fn interpolation_grid(
 ) -> Result<Vec<u8>> {
     let side = cell(held.size);
     let Some((a, b)) = pair else {
-        return png(image::RgbImage::from_pixel(1, 1, image::Rgb([255, 255, 255])));
+        return png(image::RgbImage::from_pixel(
+            1,
+            1,
+            image::Rgb([255, 255, 255]),
+        ));
     };
     let width = 2 * side + 2 * GAP + INTERPOLATION_POINTS * side;
     let mut grid = image::RgbImage::from_pixel(
@@ -538,7 +542,12 @@ fn interpolation_grid(
         for j in 0..INTERPOLATION_POINTS {
             put(&mut grid, &row.get(j)?, (1 + j, r, side), GAP)?;
         }
-        put(&mut grid, &ends.get(1)?, (1 + INTERPOLATION_POINTS, r, side), 2 * GAP)?;
+        put(
+            &mut grid,
+            &ends.get(1)?,
+            (1 + INTERPOLATION_POINTS, r, side),
+            2 * GAP,
+        )?;
     }
     png(grid)
 }

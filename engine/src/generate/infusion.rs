@@ -10,11 +10,12 @@
 //! normalisation, as in RCDM.
 
 use candle_core::{D, DType, Device, Module, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, Init, Linear, VarBuilder, VarMap};
+use candle_nn::{Init, Linear, VarBuilder, VarMap};
 use sslab_shared::decoder::InfusionSettings;
 use sslab_shared::rng::Rng;
 use sslab_shared::spec::{OptimizerKind, OptimizerSpec};
 
+use super::Conv;
 use crate::error::{EngineError, Result};
 use crate::optim::Optimizer;
 
@@ -81,9 +82,9 @@ fn groups_for(channels: usize) -> usize {
 
 struct Block {
     norm1: StepNorm,
-    conv1: Conv2d,
+    conv1: Conv,
     norm2: StepNorm,
-    conv2: Conv2d,
+    conv2: Conv,
 }
 
 impl Block {
@@ -98,17 +99,17 @@ impl Block {
 /// The operator: one step of the chain, the step's index choosing its
 /// normalisation. Two heads give each pixel's mean and variance.
 struct Operator {
-    stem: Conv2d,
+    stem: Conv,
     blocks: Vec<Block>,
     out_norm: StepNorm,
-    mean: Conv2d,
-    var: Conv2d,
+    mean: Conv,
+    var: Conv,
 }
 
 impl Operator {
     fn new(s: &InfusionSettings, cond_dim: usize, vb: VarBuilder) -> Result<Self> {
         let c = s.channels;
-        let conv = |i, o, vb| candle_nn::conv2d(i, o, 3, same(), vb);
+        let conv = |i, o, vb| Conv::new(i, o, 3, 1, vb);
         let blocks = (0..s.blocks)
             .map(|k| {
                 let vb = vb.pp(format!("block{k}"));
@@ -145,13 +146,6 @@ impl Operator {
         let mean = candle_nn::ops::sigmoid(&self.mean.forward(&h)?)?;
         let var = (candle_nn::ops::sigmoid(&self.var.forward(&h)?)? * 0.1)? + 1e-4;
         Ok((mean, var?))
-    }
-}
-
-fn same() -> Conv2dConfig {
-    Conv2dConfig {
-        padding: 1,
-        ..Default::default()
     }
 }
 
@@ -261,9 +255,7 @@ impl Infusion {
     /// Per-pixel Bernoulli(`rate`) mask (1 = take the target), `b × 3 × s × s`, u8.
     fn mask(&self, b: usize, rate: f64, rng: &mut Rng, device: &Device) -> Result<Tensor> {
         let s = self.image_size;
-        let values: Vec<u8> = (0..b * 3 * s * s)
-            .map(|_| rng.chance(rate) as u8)
-            .collect();
+        let values: Vec<u8> = (0..b * 3 * s * s).map(|_| rng.chance(rate) as u8).collect();
         Ok(Tensor::from_vec(values, (b, 3, s, s), device)?)
     }
 
@@ -407,7 +399,13 @@ mod tests {
         for t in [0, 3] {
             let rate = model.settings.rate(t);
             let m = model.mask(64, rate, &mut rng, &Device::Cpu).unwrap();
-            let got = m.to_dtype(DType::F32).unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap() as f64;
+            let got = m
+                .to_dtype(DType::F32)
+                .unwrap()
+                .mean_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap() as f64;
             // 12 288 draws: the standard error is below 0.003.
             assert!((got - rate).abs() < 0.01, "t {t}: {got} vs {rate}");
         }
@@ -424,13 +422,27 @@ mod tests {
         let first: f32 = losses[..10].iter().sum::<f32>() / 10.0;
         let last: f32 = losses[110..].iter().sum::<f32>() / 10.0;
         assert!(last < first - 0.5, "{first} → {last}");
-        let samples = model.sample(&cond.narrow(0, 0, 2).unwrap(), 4, &mut rng).unwrap();
+        let samples = model
+            .sample(&cond.narrow(0, 0, 2).unwrap(), 4, &mut rng)
+            .unwrap();
         assert_eq!(samples.dims(), &[2, 3, 8, 8]);
         let v: Vec<f32> = samples.flatten_all().unwrap().to_vec1().unwrap();
         assert!(v.iter().all(|p| p.is_finite() && (0.0..=1.0).contains(p)));
         // Red conditioning paints red, blue paints blue.
-        let red = samples.get(0).unwrap().mean((1, 2)).unwrap().to_vec1::<f32>().unwrap();
-        let blue = samples.get(1).unwrap().mean((1, 2)).unwrap().to_vec1::<f32>().unwrap();
+        let red = samples
+            .get(0)
+            .unwrap()
+            .mean((1, 2))
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let blue = samples
+            .get(1)
+            .unwrap()
+            .mean((1, 2))
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         assert!(red[0] > red[2] + 0.3, "{red:?}");
         assert!(blue[2] > blue[0] + 0.3, "{blue:?}");
     }
@@ -441,10 +453,16 @@ mod tests {
         let mut model = Infusion::new(&settings(), &x, 2, 1e-3, 0).unwrap();
         let mut rng = Rng::new(0);
         let wide = Tensor::zeros((4, 5), DType::F32, &Device::Cpu).unwrap();
-        let e = model.train_step(&x, &wide, &mut rng).unwrap_err().to_string();
+        let e = model
+            .train_step(&x, &wide, &mut rng)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("2-wide") && e.contains("5 wide"), "{e}");
         let big = Tensor::zeros((4, 3, 16, 16), DType::F32, &Device::Cpu).unwrap();
-        let e = model.train_step(&big, &cond, &mut rng).unwrap_err().to_string();
+        let e = model
+            .train_step(&big, &cond, &mut rng)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("8×8") && e.contains("16×16"), "{e}");
         let e = model.sample(&cond, 0, &mut rng).unwrap_err().to_string();
         assert!(e.contains("steps is 0"), "{e}");

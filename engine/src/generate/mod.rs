@@ -9,3 +9,53 @@ pub mod unet;
 
 #[cfg(test)]
 pub(crate) mod gradcheck;
+
+use candle_core::{DType, Module, Tensor};
+use candle_nn::{Conv2dConfig, VarBuilder};
+
+/// A square convolution with bias. f32 goes through the engine's own op
+/// (im2col + gemm with its own backward on the CPU, cuDNN on CUDA):
+/// candle's backward for the input is a direct loop several times slower.
+pub struct Conv {
+    weight: Tensor,
+    bias: Tensor,
+    stride: usize,
+    padding: usize,
+}
+
+impl Conv {
+    /// `k × k`, padded to keep the size (at stride 1); candle_nn's names
+    /// and initialisation (`weight`, `bias`).
+    pub fn new(
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        vb: VarBuilder,
+    ) -> candle_core::Result<Self> {
+        let cfg = Conv2dConfig {
+            padding: k / 2,
+            stride,
+            ..Default::default()
+        };
+        let conv = candle_nn::conv2d(cin, cout, k, cfg, vb)?;
+        let bias = conv.bias().expect("conv2d has a bias").clone();
+        Ok(Conv {
+            weight: conv.weight().clone(),
+            bias,
+            stride,
+            padding: k / 2,
+        })
+    }
+}
+
+impl Module for Conv {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = if x.dtype() == DType::F32 {
+            crate::ops::conv2d(x, &self.weight, self.stride, self.padding)?
+        } else {
+            x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?
+        };
+        y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
+    }
+}

@@ -5,7 +5,9 @@
 //! its second GroupNorm (ADM's `use_scale_shift_norm`).
 
 use candle_core::{D, Module, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder, VarMap};
+use candle_nn::{GroupNorm, Linear, VarBuilder, VarMap};
+
+use super::Conv;
 use sslab_shared::decoder::RcdmSettings;
 
 /// Channels per attention head (ADM's `num_head_channels`); narrower
@@ -13,17 +15,12 @@ use sslab_shared::decoder::RcdmSettings;
 const HEAD_CHANNELS: usize = 64;
 const NORM_EPS: f64 = 1e-5;
 
-fn conv3x3(cin: usize, cout: usize, stride: usize, vb: VarBuilder) -> candle_core::Result<Conv2d> {
-    let cfg = Conv2dConfig {
-        padding: 1,
-        stride,
-        ..Default::default()
-    };
-    candle_nn::conv2d(cin, cout, 3, cfg, vb)
+fn conv3x3(cin: usize, cout: usize, stride: usize, vb: VarBuilder) -> candle_core::Result<Conv> {
+    Conv::new(cin, cout, 3, stride, vb)
 }
 
-fn conv1x1(cin: usize, cout: usize, vb: VarBuilder) -> candle_core::Result<Conv2d> {
-    candle_nn::conv2d(cin, cout, 1, Conv2dConfig::default(), vb)
+fn conv1x1(cin: usize, cout: usize, vb: VarBuilder) -> candle_core::Result<Conv> {
+    Conv::new(cin, cout, 1, 1, vb)
 }
 
 /// Residual block: GroupNorm → SiLU → conv3x3, then GroupNorm with FiLM
@@ -31,11 +28,11 @@ fn conv1x1(cin: usize, cout: usize, vb: VarBuilder) -> candle_core::Result<Conv2
 /// skip where the channels change.
 pub struct ResBlock {
     in_norm: GroupNorm,
-    in_conv: Conv2d,
+    in_conv: Conv,
     emb: Linear,
     out_norm: GroupNorm,
-    out_conv: Conv2d,
-    skip: Option<Conv2d>,
+    out_conv: Conv,
+    skip: Option<Conv>,
 }
 
 impl ResBlock {
@@ -90,8 +87,8 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> candle_core::Result<Tens
 /// attention per head, an output projection and the residual.
 pub struct AttentionBlock {
     norm: GroupNorm,
-    qkv: Conv2d,
-    proj_out: Conv2d,
+    qkv: Conv,
+    proj_out: Conv,
     heads: usize,
 }
 
@@ -128,14 +125,14 @@ impl AttentionBlock {
 enum DownBlock {
     Res(ResBlock, Option<AttentionBlock>),
     /// Strided conv3x3: halves the image.
-    Downsample(Conv2d),
+    Downsample(Conv),
 }
 
 struct UpBlock {
     res: ResBlock,
     attention: Option<AttentionBlock>,
     /// Nearest ×2 then conv3x3, at the end of every level but the first.
-    upsample: Option<Conv2d>,
+    upsample: Option<Conv>,
 }
 
 /// The ADM UNet at the sizes of [`RcdmSettings`].
@@ -144,12 +141,12 @@ pub struct UNet {
     time_in: Linear,
     time_out: Linear,
     cond: Linear,
-    input: Conv2d,
+    input: Conv,
     down: Vec<DownBlock>,
     middle: (ResBlock, AttentionBlock, ResBlock),
     up: Vec<UpBlock>,
     out_norm: GroupNorm,
-    out_conv: Conv2d,
+    out_conv: Conv,
 }
 
 impl UNet {

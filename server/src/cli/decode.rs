@@ -11,7 +11,12 @@ use sslab_shared::spec::DataSpec;
 use super::train::{finished_run, write_json};
 use crate::store::Owner;
 
-pub async fn run<F, R>(run_dir: &Path, spec_path: &Path, out: &Path, registry: F) -> anyhow::Result<()>
+pub async fn run<F, R>(
+    run_dir: &Path,
+    spec_path: &Path,
+    out: &Path,
+    registry: F,
+) -> anyhow::Result<()>
 where
     F: FnOnce() -> R,
     R: Future<Output = anyhow::Result<crate::datasets::Registry>>,

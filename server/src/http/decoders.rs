@@ -90,7 +90,11 @@ async fn create(
         .create_decoder(&run.id, &spec, &owner(&p), crate::store::SERVER_DATA)
         .await?;
     state.wake_workers();
-    Ok(super::created(true, format!("/api/v1/decoders/{}", job.id), job))
+    Ok(super::created(
+        true,
+        format!("/api/v1/decoders/{}", job.id),
+        job,
+    ))
 }
 
 #[utoipa::path(

@@ -307,11 +307,11 @@ pub fn app(state: AppState, static_dir: Option<PathBuf>) -> Router {
             counters,
             metrics::record,
         ))
-    .layer(tower_http::compression::CompressionLayer::new())
-    .layer(cors)
-    .layer(PropagateRequestIdLayer::x_request_id())
-    .layer(trace)
-    .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(tower_http::compression::CompressionLayer::new())
+        .layer(cors)
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(trace)
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
 }
 
 /// Runs a request's handler to its end even when the caller hangs up. A
@@ -319,7 +319,10 @@ pub fn app(state: AppState, static_dir: Option<PathBuf>) -> Router {
 /// a transaction (sqlx does not roll back a `BEGIN` cancelled in flight),
 /// and every statement later run on that pooled connection then holds its
 /// locks uncommitted: a killed worker could wedge the queue.
-async fn run_to_end(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+async fn run_to_end(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
     use tracing::Instrument;
     let handler = tokio::spawn(next.run(req).in_current_span());
     match handler.await {

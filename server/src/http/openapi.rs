@@ -8,8 +8,8 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    accounts, audits, cka, datasets, decoders, deletes, demos, events, exports, labels, projects, recipes,
-    run_files, runs, search, studies, sweeps, worker_jobs, workers,
+    accounts, audits, cka, datasets, decoders, deletes, demos, events, exports, labels, projects,
+    recipes, run_files, runs, search, studies, sweeps, worker_jobs, workers,
 };
 
 #[derive(OpenApi)]

@@ -82,8 +82,9 @@ impl Store {
 
     /// The run's decoders, newest first.
     pub async fn run_decoders(&self, run: &str) -> Result<Vec<DecoderJob>> {
-        let sql =
-            format!("SELECT {COLUMNS} FROM decoders WHERE run_id = $1 ORDER BY created_at DESC, id");
+        let sql = format!(
+            "SELECT {COLUMNS} FROM decoders WHERE run_id = $1 ORDER BY created_at DESC, id"
+        );
         sqlx::query(AssertSqlSafe(sql))
             .bind(run)
             .fetch_all(&self.pool)
