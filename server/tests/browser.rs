@@ -1654,3 +1654,66 @@ async fn a_study_page_in_chromium() {
         "{shipped}"
     );
 }
+
+/// A run's decoders on its page: a finished one shows its numbers and its
+/// grids (loaded), and the form queues another that the page follows and
+/// cancels.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_decoder_on_the_run_page_in_chromium() {
+    if !e2e_required() {
+        eprintln!("skipped: set SSLAB_E2E=1 (cargo xtask test does)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), None);
+    let client = server.client();
+    let run = create(&client, &server, &tiny_spec(1)).await;
+    assert_succeeded(&wait_terminal(&client, &server, &run.id).await);
+    let small = json!({
+        "layers": ["backbone", "proj.1"], "image_size": 16, "held_out_per_class": 2,
+        "steps": 10, "batch": 8, "samples": 2,
+        "infusion": {"steps": 3, "channels": 8, "blocks": 1}
+    });
+    let job = post_json(&client, server.url(&format!("/runs/{}/decoders", run.id)), &small).await;
+    let id = job["id"].as_str().unwrap_or_else(|| panic!("{job}")).to_string();
+    let done = common::wait_job(&client, server.url(&format!("/decoders/{id}")), 120).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+
+    let browser = Browser::start().await;
+    browser.sign_in_with_link(&server).await;
+    browser.goto(&format!("{}/runs/{}", server.base, run.id)).await;
+    let width = wait_script(
+        &browser,
+        "const i = document.querySelector('.decoder[data-status=succeeded] img.decoder-samples'); \
+         return i && i.complete && i.naturalWidth > 0 ? i.naturalWidth : null",
+        60,
+    )
+    .await;
+    assert_eq!(width, json!(32 + 2 * (6 + 2 * 32)));
+    let rows = browser
+        .script("return Array.from(document.querySelectorAll('.decoder-report tr[data-layer]')).map(r => r.dataset.layer)")
+        .await;
+    assert_eq!(rows, json!(["backbone", "proj.1"]));
+
+    browser.set_field("#decoder-steps", "100000").await;
+    browser.click("#decoder-submit").await;
+    let started = wait_script(
+        &browser,
+        "const d = document.querySelectorAll('.decoder'); \
+         return d.length == 2 && d[0].dataset.status != 'succeeded' ? d[0].dataset.decoder : null",
+        30,
+    )
+    .await;
+    let started = started.as_str().unwrap().to_string();
+    browser.click(".decoder .decoder-cancel").await;
+    let job = common::wait_job(&client, server.url(&format!("/decoders/{started}")), 60).await;
+    assert_eq!(job["status"], "cancelled", "{job}");
+    let shown = wait_script(
+        &browser,
+        "const d = document.querySelector('.decoder'); \
+         return d && d.dataset.status == 'cancelled' ? d.dataset.status : null",
+        30,
+    )
+    .await;
+    assert_eq!(shown, json!("cancelled"));
+}
