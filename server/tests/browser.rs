@@ -1674,14 +1674,24 @@ async fn a_decoder_on_the_run_page_in_chromium() {
         "steps": 10, "batch": 8, "samples": 2,
         "infusion": {"steps": 3, "channels": 8, "blocks": 1}
     });
-    let job = post_json(&client, server.url(&format!("/runs/{}/decoders", run.id)), &small).await;
-    let id = job["id"].as_str().unwrap_or_else(|| panic!("{job}")).to_string();
+    let job = post_json(
+        &client,
+        server.url(&format!("/runs/{}/decoders", run.id)),
+        &small,
+    )
+    .await;
+    let id = job["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{job}"))
+        .to_string();
     let done = common::wait_job(&client, server.url(&format!("/decoders/{id}")), 120).await;
     assert_eq!(done["status"], "succeeded", "{done}");
 
     let browser = Browser::start().await;
     browser.sign_in_with_link(&server).await;
-    browser.goto(&format!("{}/runs/{}", server.base, run.id)).await;
+    browser
+        .goto(&format!("{}/runs/{}", server.base, run.id))
+        .await;
     let width = wait_script(
         &browser,
         "const i = document.querySelector('.decoder[data-status=succeeded] img.decoder-samples'); \
