@@ -378,7 +378,9 @@ impl Standardize {
         }
         Standardize {
             mean,
-            std: var.iter().map(|v| v.sqrt() + 1e-6).collect(),
+            // A dimension (nearly) constant on the training images stays
+            // near 0 rather than blowing up on the held-out ones.
+            std: var.iter().map(|v| v.sqrt().max(1e-3)).collect(),
         }
     }
 
