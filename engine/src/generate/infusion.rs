@@ -155,7 +155,6 @@ pub struct Infusion {
     settings: InfusionSettings,
     image_size: usize,
     cond_dim: usize,
-    varmap: VarMap,
     net: Operator,
     opt: Optimizer,
     /// The prior: per-pixel mean and standard deviation of the training
@@ -200,25 +199,11 @@ impl Infusion {
             settings: settings.clone(),
             image_size: h,
             cond_dim,
-            varmap,
             net,
             opt,
             prior_mean,
             prior_std,
         })
-    }
-
-    pub fn image_size(&self) -> usize {
-        self.image_size
-    }
-
-    pub fn cond_dim(&self) -> usize {
-        self.cond_dim
-    }
-
-    /// The variables, for saving.
-    pub fn varmap(&self) -> &VarMap {
-        &self.varmap
     }
 
     fn check(&self, images: Option<&Tensor>, cond: &Tensor) -> Result<usize> {

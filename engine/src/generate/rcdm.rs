@@ -87,14 +87,6 @@ impl Rcdm {
         })
     }
 
-    pub fn image_size(&self) -> usize {
-        self.image_size
-    }
-
-    pub fn cond_dim(&self) -> usize {
-        self.cond_dim
-    }
-
     /// Optimiser steps taken.
     pub fn steps(&self) -> usize {
         self.steps
