@@ -11,7 +11,7 @@
 
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use sslab_engine::method;
 use sslab_engine::model;
 use sslab_engine::optim::Optimizer;
@@ -159,11 +159,34 @@ fn time_case(case: &Case, batch: usize, steps: usize, device: &Device) -> anyhow
     Ok(started.elapsed().as_secs_f64() / steps as f64)
 }
 
+/// The ViT's ops on this device against the CPU's, in f32 and bf16: a
+/// disagreement stops the bench before it times anything.
+fn check_ops(device: &Device) -> anyhow::Result<()> {
+    for (dtype, name, tolerance) in [(DType::F32, "f32", 1e-3f32), (DType::BF16, "bf16", 5e-2)] {
+        for (op, err) in sslab_engine::ops::gpu_agreement(device, dtype)? {
+            if !matches!(op, "layer_norm" | "attention" | "gelu") {
+                continue;
+            }
+            let verdict = if err <= tolerance { "ok" } else { "FAILED" };
+            println!("{op}_{name}_max_relative_error_vs_cpu={err:.2e} {verdict}");
+            if err > tolerance {
+                anyhow::bail!(
+                    "{op} in {name} on {device:?} disagrees with the CPU op by {err:.2e} (tolerance {tolerance:.0e})"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let device = sslab_engine::default_device();
     let batch = env("SSLAB_BENCH_BATCH", if device.is_cuda() { 256 } else { 16 });
     let steps = env("SSLAB_BENCH_STEPS", if device.is_cuda() { 20 } else { 2 }).max(1);
     let wanted = std::env::var("SSLAB_BENCH_CASES").unwrap_or_default();
+    if !device.is_cpu() {
+        check_ops(&device)?;
+    }
     for case in CASES
         .iter()
         .filter(|c| wanted.is_empty() || wanted.split(',').any(|w| w == c.name))

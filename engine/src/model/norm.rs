@@ -1,7 +1,8 @@
-//! LayerNorm from plain tensor ops. candle's `LayerNorm` runs a fused kernel
-//! with no backward, so neither its weights nor anything upstream would train.
+//! LayerNorm through the engine's op, which has a backward: candle's
+//! `LayerNorm` runs a fused kernel without one, so neither its weights nor
+//! anything upstream would train.
 
-use candle_core::{D, Module, Tensor};
+use candle_core::{Module, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 pub struct LayerNorm {
@@ -22,12 +23,7 @@ impl LayerNorm {
 
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
-        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
-        centred
-            .broadcast_div(&(var + self.eps)?.sqrt()?)?
-            .broadcast_mul(&self.weight)?
-            .broadcast_add(&self.bias)
+        crate::ops::layer_norm(x, &self.weight, &self.bias, self.eps)
     }
 }
 

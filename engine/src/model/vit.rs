@@ -7,11 +7,12 @@
 //! (Xiao et al. 2021, arXiv:2106.14881): 3×3 stride-2 conv-BN-ReLU layers
 //! down to one position per patch, then a linear map.
 
-use candle_core::{D, IndexOp, Module, ModuleT, Tensor};
+use candle_core::{IndexOp, Module, ModuleT, Tensor};
 use candle_nn::{Init, Linear, VarBuilder, linear};
 
 use super::cnn::ConvBn;
 use super::norm::LayerNorm;
+use crate::ops;
 
 struct Attention {
     qkv: Linear,
@@ -20,25 +21,14 @@ struct Attention {
 }
 
 impl Attention {
+    fn attend(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        ops::attention(&x.apply(&self.qkv)?, self.heads)?.apply(&self.proj)
+    }
+
     /// The output and the attention probabilities (B, heads, N, N).
-    fn attend(&self, x: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
-        let (b, n, d) = x.dims3()?;
-        let hd = d / self.heads;
-        // (B, N, 3, H, hd) → (3, B, H, N, hd)
-        let qkv = x
-            .apply(&self.qkv)?
-            .reshape((b, n, 3, self.heads, hd))?
-            .permute((2, 0, 3, 1, 4))?;
-        let q = (qkv.i(0)?.contiguous()? * (1.0 / (hd as f64).sqrt()))?;
-        let k = qkv.i(1)?.contiguous()?;
-        let v = qkv.i(2)?.contiguous()?;
-        let attn = candle_nn::ops::softmax(&q.matmul(&k.t()?.contiguous()?)?, D::Minus1)?;
-        let out = attn
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .reshape((b, n, d))?
-            .apply(&self.proj)?;
-        Ok((out, attn))
+    fn attend_with_probabilities(&self, x: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        let (out, probs) = ops::attention_with_probabilities(&x.apply(&self.qkv)?, self.heads)?;
+        Ok((out.apply(&self.proj)?, probs))
     }
 }
 
@@ -70,21 +60,25 @@ impl Block {
 impl Block {
     /// The tokens after the attention's residual add and after the MLP's.
     fn forward_both(&self, x: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
-        let (attn, mlp, _) = self.forward_all(x)?;
-        Ok((attn, mlp))
+        let x = (x + self.attn.attend(&x.apply(&self.norm1)?)?)?;
+        let out = self.mlp(&x)?;
+        Ok((x, out))
     }
 
     /// `forward_both` and the attention probabilities.
     fn forward_all(&self, x: &Tensor) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
-        let (a, probs) = self.attn.attend(&x.apply(&self.norm1)?)?;
+        let (a, probs) = self
+            .attn
+            .attend_with_probabilities(&x.apply(&self.norm1)?)?;
         let x = (x + a)?;
-        let h = x
-            .apply(&self.norm2)?
-            .apply(&self.fc1)?
-            .gelu_erf()?
-            .apply(&self.fc2)?;
-        let out = (&x + h)?;
+        let out = self.mlp(&x)?;
         Ok((x, out, probs))
+    }
+
+    /// x + mlp(norm(x)).
+    fn mlp(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let h = ops::gelu(&x.apply(&self.norm2)?.apply(&self.fc1)?)?.apply(&self.fc2)?;
+        x + h
     }
 }
 

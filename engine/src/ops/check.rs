@@ -7,7 +7,10 @@ use candle_core::backprop::GradStore;
 use candle_core::{D, DType, Device, Tensor, Var};
 use candle_nn::{ModuleT, VarBuilder, VarMap};
 
-use super::{AdamwStep, BatchNorm, add_relu, conv_bn, conv_bn_add_relu, random_normal};
+use super::{
+    AdamwStep, BatchNorm, add_relu, attention, conv_bn, conv_bn_add_relu, gelu, layer_norm,
+    random_normal,
+};
 
 /// The largest difference, relative to the reference's largest value,
 /// between [`super::conv2d`] on `device` in `dtype` and the f32 CPU op on
@@ -67,8 +70,9 @@ fn rounded(x: &Tensor, dtype: DType) -> candle_core::Result<Tensor> {
 }
 
 /// How closely training-mode BatchNorm (with and without ReLU), the
-/// residual add + ReLU, AdamW's update, and the convolution with its
-/// BatchNorm (and ReLU, or the residual add + ReLU) on `device` agree with
+/// residual add + ReLU, AdamW's update, the convolution with its
+/// BatchNorm (and ReLU, or the residual add + ReLU), and a ViT's
+/// LayerNorm, attention and GELU on `device` agree with
 /// the f32 CPU ops on the same (rounded) values: per op, the largest
 /// relative difference over its outputs, gradients and, with a BatchNorm,
 /// the running statistics. AdamW runs in f32 whatever `dtype` (the
@@ -85,6 +89,9 @@ pub fn gpu_agreement(
         ("conv_bn", 0f32),
         ("conv_bn_relu", 0f32),
         ("conv_bn_add_relu", 0f32),
+        ("layer_norm", 0f32),
+        ("attention", 0f32),
+        ("gelu", 0f32),
     ];
     // Several blocks per channel; a spatial size that is not a multiple of
     // four; a projector's (N, C).
@@ -163,7 +170,61 @@ pub fn gpu_agreement(
             worst[slot].1 = worst[slot].1.max(relative_error(reference, value)?);
         }
     }
+    // Tokens far from zero mean and unit spread; 17 of them, which fill no
+    // vector evenly.
+    for (slot, op) in [
+        (7, VitOp::LayerNorm),
+        (8, VitOp::Attention),
+        (9, VitOp::Gelu),
+    ] {
+        let width = if op == VitOp::Attention { 144 } else { 48 };
+        let x = rounded(&random_normal(&[4, 17, width], 5)?.affine(1.5, 0.5)?, dtype)?;
+        let r = random_normal(&[4, 17, 48], 6)?;
+        let want = vit_op_step(op, &x, &r, &Device::Cpu, DType::F32)?;
+        let got = vit_op_step(op, &x, &r, device, dtype)?;
+        for (reference, value) in want.iter().zip(&got) {
+            worst[slot].1 = worst[slot].1.max(relative_error(reference, value)?);
+        }
+    }
     Ok(worst)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum VitOp {
+    LayerNorm,
+    /// Three heads over (4, 17, 3·48) qkv.
+    Attention,
+    Gelu,
+}
+
+/// One of a ViT's ops on x on `device` in `dtype`: the output and the
+/// gradients of x (and of LayerNorm's weight and bias) of Σ y·r.
+fn vit_op_step(
+    op: VitOp,
+    x: &Tensor,
+    r: &Tensor,
+    device: &Device,
+    dtype: DType,
+) -> candle_core::Result<Vec<Tensor>> {
+    let on = |t: &Tensor| Var::from_tensor(&t.to_device(device)?.to_dtype(dtype)?);
+    let xv = on(x)?;
+    let (w, b) = (
+        on(&random_normal(&[48], 7)?.affine(0.5, 1.0)?)?,
+        on(&random_normal(&[48], 8)?)?,
+    );
+    let y = match op {
+        VitOp::LayerNorm => layer_norm(&xv, &w, &b, 1e-6)?,
+        VitOp::Attention => attention(&xv, 3)?,
+        VitOp::Gelu => gelu(&xv)?,
+    }
+    .to_dtype(DType::F32)?;
+    let grads = (&y * r.to_device(device)?)?.sum_all()?.backward()?;
+    let mut out = vec![y.clone(), gradient(&grads, &xv)?];
+    if op == VitOp::LayerNorm {
+        out.push(gradient(&grads, &w)?);
+        out.push(gradient(&grads, &b)?);
+    }
+    Ok(out)
 }
 
 /// A BatchNorm over `c` channels on `device` with γ and β away from 1
@@ -345,7 +406,10 @@ mod tests {
                 "adamw",
                 "conv_bn",
                 "conv_bn_relu",
-                "conv_bn_add_relu"
+                "conv_bn_add_relu",
+                "layer_norm",
+                "attention",
+                "gelu"
             ]
         );
         for (name, err) in errors {

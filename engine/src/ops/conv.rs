@@ -7,7 +7,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::{f32_slice, fused, output, split_flat, threads};
+use super::{f32_slice, fused, matmul, output, split_flat, threads};
 
 /// Convolution of `x` (N, Cin, H, W) with `w` (Cout, Cin, K, K), square
 /// stride and zero padding, no dilation or groups. f32 on the CPU runs the
@@ -446,50 +446,6 @@ fn deinterleave(matrix: &[f32], blocks: &mut [f32], rows: usize, p: usize, count
     }
 }
 
-/// `dst (m×n) = lhs (m×k) · rhs (k×n)`, or `dst += …` when `accumulate`;
-/// each matrix given by its row and column strides.
-#[allow(clippy::too_many_arguments)]
-fn matmul(
-    (m, n, k): (usize, usize, usize),
-    dst: &mut [f32],
-    (dst_rs, dst_cs): (usize, usize),
-    accumulate: bool,
-    lhs: &[f32],
-    (lhs_rs, lhs_cs): (usize, usize),
-    rhs: &[f32],
-    (rhs_rs, rhs_cs): (usize, usize),
-    par: Parallelism,
-) {
-    debug_assert!(dst.len() > (m - 1) * dst_rs + (n - 1) * dst_cs);
-    debug_assert!(lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
-    debug_assert!(rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
-    // SAFETY: the slices cover every element the strides reach (checked above
-    // in debug builds; the callers size them from one Geometry).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            dst_cs as isize,
-            dst_rs as isize,
-            accumulate,
-            lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            par,
-        )
-    }
-}
-
 /// The convolution of a batch `x` with the kernel `w`, (N, Cout, Ho, Wo).
 pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
     let (taps, p) = (g.taps(), g.positions());
@@ -524,6 +480,7 @@ pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
                         dst,
                         (ld, 1),
                         false,
+                        1.0,
                         w,
                         (taps, 1),
                         cols,
@@ -640,6 +597,7 @@ pub(super) fn backward(
                 &mut dwt,
                 (1, g.cout),
                 first > 0,
+                1.0,
                 dys,
                 (ld, 1),
                 cols,
@@ -654,6 +612,7 @@ pub(super) fn backward(
                     cols,
                     (ld, 1),
                     false,
+                    1.0,
                     w,
                     (1, taps),
                     dys,

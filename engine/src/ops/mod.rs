@@ -1,13 +1,14 @@
 //! Fused CPU kernels for the training step's heavy parts, as candle custom
 //! ops: convolution, BatchNorm (+ReLU), the two in one (also with a
 //! residual block's add + ReLU), and the residual add + ReLU with their
-//! backward, and AdamW's update. With the `cuda` feature BatchNorm, the
+//! backward, AdamW's update, and a ViT's LayerNorm, attention and GELU. With the `cuda` feature BatchNorm, the
 //! residual add + ReLU and AdamW have CUDA kernels too (f32 and bf16), and
 //! with `cudnn` the convolution runs through cuDNN, gradients included, and
 //! with its BatchNorm as one op. Other devices and dtypes fall back to
 //! candle's own ops, so results agree everywhere.
 
 mod adamw;
+mod attention;
 mod batch_norm;
 mod check;
 mod conv;
@@ -18,16 +19,22 @@ mod conv_bn_gpu;
 mod cuda;
 #[cfg(feature = "cudnn")]
 mod cudnn;
+mod gelu;
+mod layer_norm;
 mod residual;
 
 pub use adamw::AdamwStep;
+pub use attention::{attention, with_probabilities as attention_with_probabilities};
 pub use batch_norm::BatchNorm;
 pub use check::{conv_agreement, gpu_agreement};
 pub use conv::conv2d;
 pub use conv_bn::{conv_bn, conv_bn_add_relu};
+pub use gelu::gelu;
+pub use layer_norm::layer_norm;
 pub use residual::add_relu;
 
 use candle_core::{CpuStorage, Layout, Shape, Tensor};
+use gemm::Parallelism;
 
 /// Threads the kernels split their work over (candle's own count).
 fn threads() -> usize {
@@ -105,6 +112,51 @@ unsafe fn output(len: usize) -> Vec<f32> {
     // SAFETY: the capacity is `len`; initialising is the caller's promise.
     unsafe { v.set_len(len) };
     v
+}
+
+/// `dst (m×n) = scale · lhs (m×k) · rhs (k×n)`, or `dst += …` when
+/// `accumulate`; each matrix given by its row and column strides.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn matmul(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    (dst_rs, dst_cs): (usize, usize),
+    accumulate: bool,
+    scale: f32,
+    lhs: &[f32],
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: &[f32],
+    (rhs_rs, rhs_cs): (usize, usize),
+    par: Parallelism,
+) {
+    debug_assert!(dst.len() > (m - 1) * dst_rs + (n - 1) * dst_cs);
+    debug_assert!(lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
+    debug_assert!(rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
+    // SAFETY: the slices cover every element the strides reach (checked above
+    // in debug builds; the callers size them from one Geometry).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            dst_cs as isize,
+            dst_rs as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            1.0,
+            scale,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
 }
 
 /// Splits a flat tensor into consecutive pieces of the given shapes.

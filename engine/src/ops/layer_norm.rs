@@ -1,0 +1,232 @@
+//! LayerNorm over the last dimension as one pass each way on the CPU. The
+//! composed form records seven broadcast ops, each with a gradient node and
+//! a saved output the size of the tokens; this one keeps nothing and
+//! recomputes each row's mean and spread in its backward.
+
+use candle_core::{CpuStorage, CustomOp3, D, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::{f32_slice, fused, output, split_flat, wide};
+
+/// Values per parallel task.
+const CHUNK: usize = 1 << 14;
+
+/// (x − mean) / √(var + eps) · weight + bias over the last dimension.
+pub fn layer_norm(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> candle_core::Result<Tensor> {
+    if !fused(&[x, weight, bias]) {
+        return composed(x, weight, bias, eps);
+    }
+    let d = x.dim(D::Minus1)?;
+    if weight.dims() != [d] || bias.dims() != [d] {
+        candle_core::bail!(
+            "layer norm over {d} features got weight {:?} and bias {:?}",
+            weight.dims(),
+            bias.dims()
+        );
+    }
+    x.contiguous()?.apply_op3(
+        &weight.contiguous()?,
+        &bias.contiguous()?,
+        LayerNorm { eps: eps as f32 },
+    )
+}
+
+/// The same from candle's tensor ops: other devices and dtypes.
+pub(crate) fn composed(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> candle_core::Result<Tensor> {
+    let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
+    let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+    centred
+        .broadcast_div(&(var + eps)?.sqrt()?)?
+        .broadcast_mul(weight)?
+        .broadcast_add(bias)
+}
+
+/// A row's mean and 1 / √(var + eps).
+#[inline(always)]
+fn moments(row: &[f32], eps: f32) -> (f32, f32) {
+    let n = row.len() as f32;
+    let mean = row.iter().sum::<f32>() / n;
+    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+fn rows_per_task(d: usize) -> usize {
+    (CHUNK / d.max(1)).max(1)
+}
+
+struct LayerNorm {
+    eps: f32,
+}
+
+impl CustomOp3 for LayerNorm {
+    fn name(&self) -> &'static str {
+        "sslab-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, w, b) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+        let d = w.len();
+        // SAFETY: every row is written below before anything reads it.
+        let mut out = unsafe { output(x.len()) };
+        let per = rows_per_task(d) * d;
+        out.par_chunks_mut(per)
+            .zip(x.par_chunks(per))
+            .for_each(|(out, x)| {
+                wide(|| {
+                    for (o, x) in out.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+                        let (mean, rstd) = moments(x, self.eps);
+                        for (((o, &x), &w), &b) in o.iter_mut().zip(x).zip(w).zip(b) {
+                            *o = (x - mean) * rstd * w + b;
+                        }
+                    }
+                })
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let flat = x.apply_op3_no_bwd(w, &grad.contiguous()?, &Backward { eps: self.eps })?;
+        let mut parts = split_flat(&flat, &[x.shape(), w.shape(), w.shape()])?.into_iter();
+        Ok((parts.next(), parts.next(), parts.next()))
+    }
+}
+
+/// dx, dweight and dbias, flat and in that order.
+struct Backward {
+    eps: f32,
+}
+
+impl CustomOp3 for Backward {
+    fn name(&self) -> &'static str {
+        "sslab-layer-norm-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, w, g) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+        let d = w.len();
+        let inv_d = 1.0 / d as f32;
+        // SAFETY: dx is written row by row below, the rest after the sums.
+        let mut out = unsafe { output(x.len() + 2 * d) };
+        let per = rows_per_task(d) * d;
+        let partial: Vec<Vec<f32>> = out[..x.len()]
+            .par_chunks_mut(per)
+            .zip(x.par_chunks(per).zip(g.par_chunks(per)))
+            .map(|(dx, (x, g))| {
+                // dweight, then dbias, over this task's rows.
+                let mut sums = vec![0f32; 2 * d];
+                wide(|| {
+                    let (dw, db) = sums.split_at_mut(d);
+                    let rows = dx.chunks_exact_mut(d).zip(x.chunks_exact(d));
+                    for ((dx, x), g) in rows.zip(g.chunks_exact(d)) {
+                        let (mean, rstd) = moments(x, self.eps);
+                        // dx = rstd · (g·w − mean(g·w) − x̂ · mean(g·w·x̂)).
+                        let (mut a, mut c) = (0f32, 0f32);
+                        for i in 0..d {
+                            let xhat = (x[i] - mean) * rstd;
+                            let gw = g[i] * w[i];
+                            a += gw;
+                            c += gw * xhat;
+                            dw[i] += g[i] * xhat;
+                            db[i] += g[i];
+                        }
+                        let (a, c) = (a * inv_d, c * inv_d);
+                        for i in 0..d {
+                            let xhat = (x[i] - mean) * rstd;
+                            dx[i] = rstd * (g[i] * w[i] - a - xhat * c);
+                        }
+                    }
+                });
+                sums
+            })
+            .collect();
+        let (dw, db) = out[x.len()..].split_at_mut(d);
+        dw.fill(0.0);
+        db.fill(0.0);
+        for sums in &partial {
+            for i in 0..d {
+                dw[i] += sums[i];
+                db[i] += sums[d + i];
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from(x.len() + 2 * d)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Var;
+
+    use super::*;
+    use crate::ops::tests::{assert_close, random};
+
+    /// Values and all three gradients against the composed form, on rows
+    /// far from zero mean and unit spread.
+    #[test]
+    fn matches_the_composed_form_values_and_gradients() {
+        let x = Var::from_tensor(&random(&[3, 7, 40], 1).affine(2.5, 1.5).unwrap()).unwrap();
+        let w = Var::from_tensor(&random(&[40], 2)).unwrap();
+        let b = Var::from_tensor(&random(&[40], 3)).unwrap();
+        let weights = random(&[3, 7, 40], 4);
+        let ours = layer_norm(&x, &w, &b, 1e-6).unwrap();
+        let theirs = composed(&x, &w, &b, 1e-6).unwrap();
+        assert_close(&ours, &theirs, 1e-5, "values");
+        let backward = |y: &Tensor| {
+            (y * &weights)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap()
+        };
+        let (g1, g2) = (backward(&ours), backward(&theirs));
+        for (v, what) in [(&x, "dx"), (&w, "dweight"), (&b, "dbias")] {
+            assert_close(g1.get(v).unwrap(), g2.get(v).unwrap(), 1e-4, what);
+        }
+    }
+
+    #[test]
+    fn names_a_weight_of_the_wrong_size() {
+        let err = layer_norm(
+            &random(&[2, 8], 1),
+            &random(&[6], 2),
+            &random(&[8], 3),
+            1e-6,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("8 features") && err.contains("[6]"), "{err}");
+    }
+}
