@@ -12,7 +12,7 @@
 //! Needs `SSLAB_STATIC_DIR` (the built dashboard) and `SSLAB_ORT_DIR` (the
 //! onnxruntime-web npm package's `dist`), which xtask provides.
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/integration/common/mod.rs"]
 mod common;
 
 use std::path::{Path, PathBuf};

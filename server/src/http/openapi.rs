@@ -1,6 +1,6 @@
 //! The OpenAPI 3 document of the API, generated from the handlers'
 //! `#[utoipa::path]` attributes and the `sslab_shared` types, served at
-//! `GET /api/v1/openapi.json`. `tests/openapi.rs` checks it against the
+//! `GET /api/v1/openapi.json`. `tests/integration/openapi.rs` checks it against the
 //! router and the OpenAPI schema.
 
 use axum::Json;

@@ -23,6 +23,35 @@ mod sweeps;
 mod tests;
 mod workers;
 
+/// The SQL files of `migrations/`, embedded by the build script.
+mod migrations {
+    include!(concat!(env!("OUT_DIR"), "/migrations.rs"));
+}
+
+/// The dialect's migrations, as sqlx's `migrate!` would embed them (same
+/// versions and checksums, so databases it migrated stay valid).
+fn migrator(dialect: Dialect) -> Migrator {
+    let files = match dialect {
+        Dialect::Sqlite => migrations::SQLITE,
+        Dialect::Postgres => migrations::POSTGRES,
+    };
+    Migrator::with_migrations(
+        files
+            .iter()
+            .map(|&(version, description, sql)| {
+                let no_tx = sql.starts_with("-- no-transaction");
+                Migration::new(
+                    version,
+                    description.into(),
+                    MigrationType::Simple,
+                    sql.into_sql_str(),
+                    no_tx,
+                )
+            })
+            .collect(),
+    )
+}
+
 pub use accounts::NewTokenRow;
 pub use cka::CkaOutcome;
 pub use deletes::Deleted;
@@ -32,7 +61,9 @@ pub use runs::{Claim, RunFilter, SERVER_DATA, is_page_token};
 pub use studies::NewSweep;
 
 use sqlx::AnyPool;
+use sqlx::SqlSafeStr;
 use sqlx::any::AnyPoolOptions;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -147,10 +178,7 @@ impl Store {
             url.to_string()
         };
         let pool = options.connect(&url).await?;
-        match dialect {
-            Dialect::Sqlite => sqlx::migrate!("../migrations/sqlite").run(&pool).await?,
-            Dialect::Postgres => sqlx::migrate!("../migrations/postgres").run(&pool).await?,
-        }
+        migrator(dialect).run(&pool).await?;
         Ok(Store { pool, dialect })
     }
 

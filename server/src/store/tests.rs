@@ -17,6 +17,31 @@ fn spec() -> RunSpec {
     s
 }
 
+/// The embedded migrations are the ones sqlx reads from `migrations/`,
+/// checksums included: a database migrated by an earlier build stays valid.
+#[test]
+fn embedded_migrations_match_the_files() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations");
+    for (dialect, dir) in [(Dialect::Sqlite, "sqlite"), (Dialect::Postgres, "postgres")] {
+        let on_disk = sqlx::migrate::resolve_blocking(&root.join(dir)).unwrap();
+        let embedded = migrator(dialect);
+        let key = |m: &Migration| {
+            (
+                m.version,
+                m.checksum.to_vec(),
+                m.no_tx,
+                m.description.to_string(),
+            )
+        };
+        assert_eq!(
+            embedded.iter().map(key).collect::<Vec<_>>(),
+            on_disk.iter().map(|(m, _)| key(m)).collect::<Vec<_>>(),
+            "{dir}"
+        );
+        assert!(embedded.iter().count() >= 21, "{dir}");
+    }
+}
+
 /// A missing float and a present one bound to the same statements in
 /// turn, on PostgreSQL when `SSLAB_TEST_DATABASE_URL` names one.
 #[tokio::test]

@@ -1,7 +1,7 @@
 //! The REST API against a real `sslab serve` on an ephemeral port: SQLite
 //! (embedded default) and PostgreSQL (teams).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

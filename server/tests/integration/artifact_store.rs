@@ -14,7 +14,7 @@
 //! checkpoints, and the data set's thumbnails and files); a deleted run
 //! leaves nothing in the bucket.
 
-mod common;
+use crate::common;
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};

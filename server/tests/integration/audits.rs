@@ -2,7 +2,7 @@
 //! in-process worker, their report and per-image rows read back; bad specs
 //! refused by field.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -5,7 +5,7 @@
 //! with a cookie and its CSRF token; the back-off on wrong passwords. On
 //! SQLite and on PostgreSQL.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::Path;

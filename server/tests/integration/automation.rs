@@ -3,7 +3,7 @@
 //! summary CSV; with a token the server does not know it stops with the
 //! server's message.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

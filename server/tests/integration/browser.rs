@@ -2,7 +2,7 @@
 //! the form, watch the live chart grow, read the kNN table, and load the
 //! browser inference module with the run's own weights.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

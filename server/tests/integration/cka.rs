@@ -3,7 +3,7 @@
 //! minibatch), a family of runs is ordered by its dendrogram, and bad
 //! requests are refused by field before anything runs.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,7 @@
 //! uploaded, registered and trained on; bad archives are refused by name
 //! and leave nothing behind.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::path::Path;

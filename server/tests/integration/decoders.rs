@@ -3,7 +3,7 @@
 //! their class; bad requests are refused by field, and a running decoder
 //! can be cancelled.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -3,7 +3,7 @@
 //! the OpenAPI schema (`openapi-spec-validator`, which `cargo xtask test`
 //! installs).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 

@@ -3,7 +3,7 @@
 //! killed in its second epoch. Both must still list and show, and the
 //! interrupted one resume from its checkpoint with a continuous history.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

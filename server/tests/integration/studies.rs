@@ -195,7 +195,7 @@ fn bad_studies_are_refused_by_name() {
     }
 }
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::json;

@@ -2,7 +2,7 @@
 //! and PostgreSQL: refused up front when invalid, expanded into real runs,
 //! aggregated per axis and layer, exported, cancelled and re-queued whole.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -6,7 +6,7 @@
 //! exactly once each; a server killed and restarted loses nothing; a report
 //! under a lease no longer held gets 409 and changes nothing.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::Duration;
