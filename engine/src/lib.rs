@@ -90,9 +90,25 @@ pub fn device_named(name: &str) -> std::result::Result<candle_core::Device, Stri
     }
 }
 
-/// The device training runs on: the first CUDA GPU when built with `cuda`
-/// and one is present, else the CPU.
+/// The device this process chose with [`choose_device`], if it did.
+static CHOSEN: std::sync::OnceLock<candle_core::Device> = std::sync::OnceLock::new();
+
+/// Makes the device `name` names ([`device_named`]) the one
+/// [`default_device`] answers for the rest of the process: how a machine
+/// with several GPUs puts its in-process worker on one of them.
+pub fn choose_device(name: &str) -> std::result::Result<(), String> {
+    let device = device_named(name)?;
+    CHOSEN
+        .set(device)
+        .map_err(|_| "the device was already chosen".to_string())
+}
+
+/// The device training runs on: the one chosen with [`choose_device`], else
+/// the first CUDA GPU when built with `cuda` and one is present, else the CPU.
 pub fn default_device() -> candle_core::Device {
+    if let Some(device) = CHOSEN.get() {
+        return device.clone();
+    }
     #[cfg(feature = "cuda")]
     if let Ok(d) = candle_core::Device::new_cuda(0) {
         return d;

@@ -3,12 +3,16 @@
 //! keeps the lease) and hears a cancel. The grids are written next to the
 //! job's artifacts and the report is stored with its end.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
+use sslab_engine::generate::decode::Decoded;
+use sslab_shared::RunSpec;
 use sslab_shared::api::RunStatus;
-use sslab_shared::decoder::{DecoderJob, DecoderReport};
+use sslab_shared::decoder::{DecoderJob, DecoderReport, DecoderSpec};
+use tokio::task::JoinHandle;
 
 use crate::store::Lease;
 use crate::worker::{Worker, lease_ms};
@@ -18,12 +22,57 @@ const PROGRESS: Duration = Duration::from_secs(2);
 
 /// What the training thread shares with the async side.
 #[derive(Default)]
-struct Shared {
+pub(crate) struct Shared {
     /// Steps done over every layer's decoder.
     step: AtomicI64,
-    /// The last loss, as f64 bits.
+    /// The last loss, as f64 bits (NaN before the first step).
     loss: AtomicU64,
     stop: AtomicBool,
+}
+
+impl Shared {
+    /// Steps done over every layer's decoder, and the last loss.
+    pub(crate) fn now(&self) -> (i64, f64) {
+        (
+            self.step.load(Ordering::Relaxed),
+            f64::from_bits(self.loss.load(Ordering::Relaxed)),
+        )
+    }
+
+    /// Asks the training to stop after its current step.
+    pub(crate) fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Trains the decoders of `spec` for the run (`run` its spec, `checkpoint`
+/// its weights) on a blocking thread; what it shares says where it is.
+pub(crate) fn spawn(
+    run: RunSpec,
+    checkpoint: PathBuf,
+    spec: DecoderSpec,
+    device: candle_core::Device,
+) -> (Arc<Shared>, JoinHandle<Result<Decoded, String>>) {
+    let shared = Arc::new(Shared {
+        loss: AtomicU64::new(f64::NAN.to_bits()),
+        ..Shared::default()
+    });
+    let thread_shared = shared.clone();
+    let handle = tokio::task::spawn_blocking(move || {
+        let per_layer = spec.steps as i64;
+        sslab_engine::generate::decode::decode(&run, &checkpoint, &spec, &device, &mut |p| {
+            thread_shared.step.store(
+                p.layer as i64 * per_layer + p.step as i64,
+                Ordering::Relaxed,
+            );
+            thread_shared
+                .loss
+                .store((p.loss as f64).to_bits(), Ordering::Relaxed);
+            !thread_shared.stop.load(Ordering::Relaxed)
+        })
+        .map_err(|e| e.to_string())
+    });
+    (shared, handle)
 }
 
 impl Worker {
@@ -95,41 +144,23 @@ impl Worker {
                 .await
                 .map_err(|e| format!("{e:#}"))?;
         }
-        let shared = Arc::new(Shared::default());
-        let (spec, run_spec, thread_shared) = (job.spec.clone(), run.spec.clone(), shared.clone());
-        let mut thread = tokio::task::spawn_blocking(move || {
-            let device = sslab_engine::default_device();
-            let per_layer = spec.steps as i64;
-            sslab_engine::generate::decode::decode(
-                &run_spec,
-                &checkpoint,
-                &spec,
-                &device,
-                &mut |p| {
-                    thread_shared.step.store(
-                        p.layer as i64 * per_layer + p.step as i64,
-                        Ordering::Relaxed,
-                    );
-                    thread_shared
-                        .loss
-                        .store((p.loss as f64).to_bits(), Ordering::Relaxed);
-                    !thread_shared.stop.load(Ordering::Relaxed)
-                },
-            )
-            .map_err(|e| e.to_string())
-        });
+        let (shared, mut thread) = spawn(
+            run.spec.clone(),
+            checkpoint,
+            job.spec.clone(),
+            sslab_engine::default_device(),
+        );
         let mut tick = tokio::time::interval(PROGRESS);
         let (mut cancelled, mut lost) = (false, false);
         let outcome = loop {
             tokio::select! {
                 done = &mut thread => break done.map_err(|e| format!("the decoder thread crashed: {e}"))?,
                 _ = tick.tick() => {
-                    let step = shared.step.load(Ordering::Relaxed);
-                    let loss = f64::from_bits(shared.loss.load(Ordering::Relaxed));
+                    let (step, loss) = shared.now();
                     match self.store.decoder_progress(lease, step, loss, lease_ms()).await {
-                        Ok(Some(true)) => { cancelled = true; shared.stop.store(true, Ordering::Relaxed); }
+                        Ok(Some(true)) => { cancelled = true; shared.stop(); }
                         Ok(Some(false)) => {}
-                        Ok(None) => { lost = true; shared.stop.store(true, Ordering::Relaxed); }
+                        Ok(None) => { lost = true; shared.stop(); }
                         Err(e) => tracing::warn!(decoder = %job.id, error = %e, "decoder progress update failed"),
                     }
                 }

@@ -317,6 +317,15 @@ async fn main() -> std::process::ExitCode {
     } else {
         logs.init();
     }
+    // Every command that trains or embeds runs on this device.
+    if let Some(name) = std::env::var("SSLAB_DEVICE")
+        .ok()
+        .filter(|n| !n.trim().is_empty())
+        && let Err(e) = sslab_engine::choose_device(&name)
+    {
+        eprintln!("error: SSLAB_DEVICE: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
     let result = match &cli.command {
         Command::Serve {
             addr,

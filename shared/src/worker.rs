@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::api::{Evaluation, EvaluationRequest, MemorizationPoint, MetricPoint, Run, RunStatus};
 use crate::audit::{AuditReport, AuditSpec};
 use crate::cka::{CkaFamily, CkaRequest, CkaResult};
+use crate::decoder::{DecoderReport, DecoderSpec};
 use crate::spec::RunSpec;
 
 /// The header every report on a claimed job carries.
@@ -59,7 +60,7 @@ pub struct WorkerInfo {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HeldJob {
-    /// `evaluation`, `audit` or `cka`.
+    /// `evaluation`, `audit`, `cka` or `decoder`.
     pub kind: String,
     pub id: String,
     /// The run a re-evaluation evaluates.
@@ -87,8 +88,54 @@ pub struct ClaimAnswer {
     pub audit: Option<ClaimedAudit>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cka: Option<ClaimedCka>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decoder: Option<ClaimedDecoder>,
     pub drain: bool,
 }
+
+/// A claimed decoder job; reports go to `/worker/decoders/{id}/…` with
+/// `lease` in the `Sslab-Lease` header.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ClaimedDecoder {
+    pub id: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub spec: DecoderSpec,
+    /// The run whose representation conditions it: its spec and data.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub run: Run,
+    /// The run's final weights: `GET /worker/decoders/{id}/checkpoint`.
+    pub checkpoint: StoredFile,
+    pub lease: String,
+    pub lease_ms: i64,
+}
+
+/// Where a claimed decoder job is: `POST /worker/decoders/{id}/progress`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct DecoderProgress {
+    /// Steps done over every layer's decoder.
+    pub step: i64,
+    /// The last training loss; none before the first step.
+    pub loss: Option<f64>,
+}
+
+/// A decoder job's end, with its report when it succeeded (its grids are
+/// uploaded before, to `…/files/{file}`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct DecoderEnd {
+    pub status: RunStatus,
+    pub error: Option<String>,
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub report: Option<DecoderReport>,
+}
+
+/// The files a decoder job keeps: its two grids.
+pub const DECODER_FILES: [&str; 2] = ["samples.png", "interpolation.png"];
 
 /// A claimed CKA job; reports go to `/worker/cka/{id}/…` with `lease` in
 /// the `Sslab-Lease` header.
@@ -359,6 +406,7 @@ mod tests {
             evaluation: None,
             audit: None,
             cka: None,
+            decoder: None,
             drain: true,
         };
         let text = serde_json::to_string(&answer).unwrap();

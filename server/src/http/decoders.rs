@@ -83,11 +83,17 @@ async fn create(
     if spec.name.is_empty() {
         spec.name = format!("{}-{}", run.spec.name, spec.kind.as_str());
     }
-    // The server's own workers train decoders: they read the run's data
-    // where the server keeps it.
+    // Any worker can train it, unless it reads a server folder (the run's
+    // data or its own): only the server's own workers read those.
+    let on_server = |d: &sslab_shared::spec::DataSpec| d.server_path().is_some();
+    let requires = if on_server(&run.spec.data) || spec.data.as_ref().is_some_and(on_server) {
+        crate::store::SERVER_DATA
+    } else {
+        ""
+    };
     let job = state
         .store
-        .create_decoder(&run.id, &spec, &owner(&p), crate::store::SERVER_DATA)
+        .create_decoder(&run.id, &spec, &owner(&p), requires)
         .await?;
     state.wake_workers();
     Ok(super::created(

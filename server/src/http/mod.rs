@@ -21,6 +21,7 @@ mod runs;
 mod search;
 mod studies;
 mod sweeps;
+mod worker_decoders;
 mod worker_jobs;
 mod workers;
 

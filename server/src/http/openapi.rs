@@ -9,7 +9,7 @@ use utoipa::{Modify, OpenApi};
 
 use super::{
     accounts, audits, cka, datasets, decoders, deletes, demos, events, exports, labels, projects,
-    recipes, run_files, runs, search, studies, sweeps, worker_jobs, workers,
+    recipes, run_files, runs, search, studies, sweeps, worker_decoders, worker_jobs, workers,
 };
 
 #[derive(OpenApi)]
@@ -48,7 +48,10 @@ use super::{
         worker_jobs::audit_progress, worker_jobs::audit_checkpoint, worker_jobs::audit_data,
         worker_jobs::audit_upload, worker_jobs::audit_image_upload, worker_jobs::audit_end, worker_jobs::audit_release,
         worker_jobs::cka_heartbeat, worker_jobs::cka_checkpoint, worker_jobs::cka_data, worker_jobs::cka_end,
-        worker_jobs::cka_release,
+        worker_jobs::cka_release, worker_decoders::decoder_progress,
+        worker_decoders::decoder_checkpoint, worker_decoders::decoder_data,
+        worker_decoders::decoder_upload, worker_decoders::decoder_end,
+        worker_decoders::decoder_release,
         workers::list, workers::drain, runs::logs,
         health, document,
     ),

@@ -44,6 +44,7 @@ pub fn worker_router() -> axum::Router<AppState> {
         .route("/worker/runs/{id}/end", post(end))
         .route("/worker/runs/{id}/release", post(release))
         .merge(super::worker_jobs::router())
+        .merge(super::worker_decoders::router())
 }
 
 /// The team's view of its workers.
@@ -139,6 +140,7 @@ async fn claim(
             evaluation: None,
             audit: None,
             cka: None,
+            decoder: None,
             drain: true,
         }));
     }
@@ -152,12 +154,14 @@ async fn claim(
         .claim_next(claimant, crate::worker::lease_ms())
         .await?
     else {
-        // No run waits: a re-evaluation, else an audit, else a CKA job.
+        // No run waits: a re-evaluation, else an audit, else a CKA job,
+        // else a decoder job.
         let mut answer = ClaimAnswer {
             job: None,
             evaluation: super::worker_jobs::claim_evaluation(&state, claimant).await?,
             audit: None,
             cka: None,
+            decoder: None,
             drain: false,
         };
         if answer.evaluation.is_none() {
@@ -165,6 +169,9 @@ async fn claim(
         }
         if answer.evaluation.is_none() && answer.audit.is_none() {
             answer.cka = super::worker_jobs::claim_cka(&state, claimant).await?;
+        }
+        if answer.evaluation.is_none() && answer.audit.is_none() && answer.cka.is_none() {
+            answer.decoder = super::worker_decoders::claim_decoder(&state, claimant).await?;
         }
         return Ok(Json(answer));
     };
@@ -191,6 +198,7 @@ async fn claim(
         evaluation: None,
         audit: None,
         cka: None,
+        decoder: None,
         drain: false,
     }))
 }

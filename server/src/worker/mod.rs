@@ -4,6 +4,7 @@
 
 pub mod host;
 pub mod remote;
+mod remote_decoder;
 mod remote_jobs;
 pub mod run_job;
 mod system;
@@ -231,9 +232,9 @@ impl Worker {
 
 /// A device as workers list it.
 pub fn device_name(device: &candle_core::Device) -> String {
-    match device {
-        candle_core::Device::Cuda(_) => "cuda".into(),
-        candle_core::Device::Metal(_) => "metal".into(),
-        candle_core::Device::Cpu => "cpu".into(),
+    match device.location() {
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
     }
 }

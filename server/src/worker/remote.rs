@@ -674,6 +674,12 @@ async fn slot_loop(
             Ok(ClaimAnswer {
                 cka: Some(claimed), ..
             }) => super::remote_jobs::compare(&host, claimed, device.clone()).await,
+            Ok(ClaimAnswer {
+                decoder: Some(claimed),
+                ..
+            }) => {
+                super::remote_decoder::decode(&host, claimed, device.clone(), &mut shutdown).await
+            }
             Ok(ClaimAnswer { drain: true, .. }) => {
                 tracing::info!(worker = %host.worker, "drained: no new work");
                 return;

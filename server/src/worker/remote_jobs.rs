@@ -1,7 +1,8 @@
 //! The jobs other than runs that `sslab worker` takes: re-evaluations,
-//! déjà vu audits and CKA jobs. Each fetches what it needs through the API
-//! (weights by hash, registered data by content hash), works on a blocking
-//! thread while its lease is renewed, and reports its end.
+//! déjà vu audits and CKA jobs (decoder jobs are in `remote_decoder.rs`).
+//! Each fetches what it needs through the API (weights by hash, registered
+//! data by content hash), works on a blocking thread while its lease is
+//! renewed, and reports its end.
 
 use anyhow::{Context, anyhow};
 use sslab_shared::api::RunStatus;
@@ -365,7 +366,7 @@ async fn hold<T>(
 }
 
 /// Posts a job's end to `…/end`.
-async fn report_end(
+pub(super) async fn report_end(
     host: &RemoteHost,
     at: &JobPath<'_>,
     what: &str,

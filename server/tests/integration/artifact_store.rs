@@ -5,8 +5,8 @@
 //!
 //! A remote worker trains on an uploaded data set it fetches by content
 //! hash (a spoilt cached copy is fetched again), re-evaluates the run from
-//! its weights in S3, compares it with CKA, and runs a déjà vu audit whose
-//! files land in S3; a worker killed mid-run
+//! its weights in S3, compares it with CKA, trains a decoder on it and runs
+//! a déjà vu audit, whose files land in S3; a worker killed mid-run
 //! loses the run to another, which resumes from the checkpoint in S3 (the
 //! server's local cache wiped in between, the hash checked); an S3 outage
 //! during a checkpoint upload is retried and the run is not done until the
@@ -382,6 +382,38 @@ async fn artifacts_in_s3_and_data_on_workers() {
         json!(format!("sha256:{hash}")),
         "the settings name the data as the job did"
     );
+
+    // A decoder on the remote worker, learning from the registered images
+    // it fetches by hash: its grids land in S3 and are served from there.
+    let decoder = common::post_json(
+        &a,
+        server.url(&format!("/runs/{}/decoders", on_pets.id)),
+        &json!({
+            "kind": "infusion", "layers": ["backbone"],
+            "data": {"source": "dataset", "name": "pets"},
+            "held_out_per_class": 2, "steps": 10, "batch": 8, "samples": 2,
+            "infusion": {"steps": 3, "channels": 8, "blocks": 1}
+        }),
+    )
+    .await;
+    let decoder_id = decoder["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{decoder}"));
+    let ended = common::wait_job(&a, server.url(&format!("/decoders/{decoder_id}")), 120).await;
+    assert_eq!(ended["status"], "succeeded", "{ended}");
+    assert_eq!(ended["report"]["layers"][0]["layer"], "backbone", "{ended}");
+    let kept = moto.keys(&format!("decoders/{decoder_id}/")).await;
+    for file in sslab_shared::worker::DECODER_FILES {
+        let key = format!("decoders/{decoder_id}/{file}");
+        assert!(kept.contains(&key), "{key} not in {kept:?}");
+        let png = a
+            .get(server.url(&format!("/decoders/{decoder_id}/{file}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(png.status(), 200, "{file}");
+        assert_eq!(png.headers()["content-type"], "image/png");
+    }
 
     // A spoilt cached copy no longer hashes as registered: fetched again.
     std::fs::write(&cached, common::png([1, 2, 3], 7)).unwrap();

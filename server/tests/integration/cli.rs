@@ -155,11 +155,27 @@ fn a_recipe_alone_trains_into_runs_by_its_name() {
         TINY.replace("name = \"cli-tiny\"", "name = \"cli tiny/2\""),
     )
     .unwrap();
-    let res = Command::new(env!("CARGO_BIN_EXE_sslab"))
-        .args(["train", "run.toml"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
+    let on = |device: &str| {
+        Command::new(env!("CARGO_BIN_EXE_sslab"))
+            .args(["train", "run.toml"])
+            .env("SSLAB_DEVICE", device)
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    // A device this build cannot open, or no device at all, is refused
+    // before anything is written.
+    for (device, says) in [
+        ("cuda:3", "needs a CUDA build"),
+        ("gpu0", "is not a device"),
+    ] {
+        let res = on(device);
+        let err = String::from_utf8_lossy(&res.stderr);
+        assert!(!res.status.success(), "{device}");
+        assert!(err.contains("SSLAB_DEVICE") && err.contains(says), "{err}");
+        assert!(!dir.path().join("runs").exists(), "{device}");
+    }
+    let res = on("cpu");
     assert!(
         res.status.success(),
         "{}",
