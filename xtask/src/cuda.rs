@@ -5,7 +5,8 @@
 //! Binaries land in `target/cuda/bin`, and stripped and xz-compressed in
 //! `target/cuda/carry` (the CUDA kernels make them ~70 MB; ~10 MB packed),
 //! ready to be carried to a GPU machine and run there
-//! (`bench/gpu/train-step.sh`).
+//! (`bench/gpu/train-step.sh`). `--check` only type-checks both features,
+//! with nvcc and the headers alone.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -32,13 +33,27 @@ const CUDNN_WHEEL: &str = "nvidia-cudnn-cu13==9.26.*";
 /// H200 / H100 unless `CUDA_COMPUTE_CAP` says otherwise.
 const DEFAULT_COMPUTE_CAP: &str = "90";
 
+/// What type-checking needs: nvcc (candle's kernels and ours are compiled to
+/// PTX by build scripts) and the headers; nothing is linked.
+const CHECK_WHEELS: [&str; 5] = [
+    "nvidia-cuda-nvcc==13.0.*",
+    "nvidia-cuda-crt==13.0.*",
+    "nvidia-nvvm==13.0.*",
+    "nvidia-cuda-cccl==13.0.*",
+    "nvidia-cuda-runtime==13.0.*",
+];
+
 pub fn cuda(root: &Path, args: &[String]) -> Result<()> {
     let cudnn = args.iter().any(|a| a == "--cudnn");
-    if let Some(other) = args.iter().find(|a| *a != "--cudnn") {
-        bail!("cargo xtask cuda takes only --cudnn, not `{other}`");
+    let check_only = args.iter().any(|a| a == "--check");
+    if let Some(other) = args.iter().find(|a| *a != "--cudnn" && *a != "--check") {
+        bail!("cargo xtask cuda takes --cudnn or --check, not `{other}`");
     }
     let out = root.join("target/cuda");
-    let sdk = install_toolkit(&out.join("sdk"), cudnn)?;
+    if check_only {
+        return check(&out);
+    }
+    let sdk = install_toolkit(&out.join("sdk"), &wheels(cudnn))?;
     let toolkit = sdk.join("nvidia/cu13");
     link_names(&toolkit.join("lib"))?;
     if cudnn {
@@ -118,12 +133,53 @@ pub fn cuda(root: &Path, args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Installs the wheels once into `sdk`; a stamp records which set is there.
-fn install_toolkit(sdk: &Path, cudnn: bool) -> Result<PathBuf> {
+/// `cargo check` of the server and the engine, every target, with `cuda`
+/// and then with `cudnn`: how `cargo xtask test` keeps the GPU code
+/// compiling on a machine without a GPU.
+fn check(out: &Path) -> Result<()> {
+    let sdk = install_toolkit(&out.join("check-sdk"), &CHECK_WHEELS)?;
+    let toolkit = sdk.join("nvidia/cu13");
+    let path = format!(
+        "{}:{}",
+        toolkit.join("bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    for features in ["cuda", "cudnn"] {
+        let mut check = cargo();
+        check
+            .args([
+                "check",
+                "--all-targets",
+                "-p",
+                "sslab-server",
+                "-p",
+                "sslab-engine",
+                "--features",
+                &format!("sslab-server/{features},sslab-engine/{features}"),
+            ])
+            .env("PATH", &path)
+            .env("CUDA_ROOT", &toolkit)
+            .env("CUDA_PATH", &toolkit)
+            .env("CARGO_TARGET_DIR", out.join("check"))
+            .env(
+                "CUDA_COMPUTE_CAP",
+                std::env::var("CUDA_COMPUTE_CAP").unwrap_or(DEFAULT_COMPUTE_CAP.into()),
+            );
+        run(&mut check).with_context(|| format!("the `{features}` feature does not compile"))?;
+    }
+    Ok(())
+}
+
+fn wheels(cudnn: bool) -> Vec<&'static str> {
     let mut wheels: Vec<&str> = WHEELS.to_vec();
     if cudnn {
         wheels.push(CUDNN_WHEEL);
     }
+    wheels
+}
+
+/// Installs the wheels once into `sdk`; a stamp records which set is there.
+fn install_toolkit(sdk: &Path, wheels: &[&str]) -> Result<PathBuf> {
     let want = wheels.join("\n");
     let stamp = sdk.join("wheels.txt");
     if std::fs::read_to_string(&stamp).ok().as_deref() == Some(want.as_str()) {
@@ -137,7 +193,7 @@ fn install_toolkit(sdk: &Path, cudnn: bool) -> Result<PathBuf> {
     run(Command::new("python3")
         .args(["-m", "pip", "install", "--quiet", "--no-deps", "--target"])
         .arg(sdk)
-        .args(&wheels))?;
+        .args(wheels))?;
     std::fs::write(&stamp, want)?;
     Ok(sdk.to_path_buf())
 }

@@ -29,8 +29,9 @@ fn main() -> Result<()> {
                  serve [ARGS]      build the dashboard and start the platform (args go to `sslab serve`)\n\
                  test [FILTER]     every test: unit, API against SQLite and PostgreSQL, browser end-to-end\n\
                  build-web         build the dashboard and the browser inference module only\n\
-                 bench [NAME]      benchmarks (release builds): api, wasm, train-step, augment; all when no name is given\n\
-                 cuda [--cudnn]    CUDA builds of `sslab` and the train-step bench into target/cuda/bin (toolkit from PyPI)"
+                 bench [NAME]      benchmarks (release builds): api, queue, wasm, train-step, vit-step, augment; all when no name is given\n\
+                 cuda [--cudnn]    CUDA builds of `sslab` and the train-step bench into target/cuda/bin (toolkit from PyPI)\n\
+                 cuda --check      type-checks the `cuda` and `cudnn` features (what `test` runs)"
             );
             bail!("no command given")
         }
@@ -283,6 +284,9 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
     ensure_openapi_validator()?;
     ensure_s3_server()?;
     let pg = ensure_postgres()?;
+    // No GPU here: the CUDA code is type-checked so a change cannot break
+    // the GPU build unseen.
+    cuda::cuda(root, &["--check".to_string()])?;
     // The dashboard's pure logic (note rendering), natively.
     run(cargo().args(["test", "-p", "sslab-frontend", "--lib"]))?;
     run(cargo()
