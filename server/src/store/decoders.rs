@@ -152,12 +152,17 @@ impl Store {
             .transpose()
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE decoders SET report = $1 WHERE id = $2 AND worker = $3")
-            .bind(report)
-            .bind(&lease.id)
-            .bind(&lease.token)
-            .execute(&mut *tx)
-            .await?;
+        // A report comes with success: the progress then reads every step done.
+        sqlx::query(
+            "UPDATE decoders SET report = $1, \
+             step = CASE WHEN $1 IS NULL THEN step ELSE total_steps END \
+             WHERE id = $2 AND worker = $3",
+        )
+        .bind(report)
+        .bind(&lease.id)
+        .bind(&lease.token)
+        .execute(&mut *tx)
+        .await?;
         Self::end(tx, lease, status, error).await
     }
 

@@ -7,12 +7,12 @@
 use anyhow::Context;
 use sslab_shared::api::RunStatus;
 use sslab_shared::worker::{
-    ClaimedDecoder, DecoderEnd, DecoderProgress, HeartbeatAnswer, LEASE_HEADER, RunRelease,
+    ClaimedDecoder, DecoderEnd, DecoderProgress, HeartbeatAnswer, LEASE_HEADER,
 };
 use tokio::sync::watch;
 
 use super::remote::{Failure, JobPath, RemoteHost};
-use super::remote_jobs::report_end;
+use super::remote_jobs::{hand_back, report_end};
 
 pub(super) async fn decode(
     host: &RemoteHost,
@@ -93,18 +93,7 @@ pub(super) async fn decode(
             report: None,
         }),
         _ if stopping => {
-            let url = host.url(&format!("{}/release", at.path));
-            let body = RunRelease {
-                reason: "its worker stopped during the decoder job".into(),
-            };
-            if let Err(Failure::Other(e)) = host
-                .call("releasing the decoder job", |c| {
-                    c.post(&url).header(LEASE_HEADER, at.lease).json(&body)
-                })
-                .await
-            {
-                tracing::error!(decoder = %claimed.id, error = %e, "could not hand the decoder job back; its lease will expire");
-            }
+            hand_back(host, &at, "decoder job", &claimed.id).await;
             None
         }
         Ok(decoded) => {

@@ -232,18 +232,7 @@ pub(super) async fn audit(
             report: None,
         }),
         Err(_) if stopping => {
-            let url = host.url(&format!("{}/release", at.path));
-            let body = RunRelease {
-                reason: "its worker stopped during the audit".into(),
-            };
-            if let Err(Failure::Other(e)) = host
-                .call("releasing the audit", |c| {
-                    c.post(&url).header(LEASE_HEADER, at.lease).json(&body)
-                })
-                .await
-            {
-                tracing::error!(audit = %claimed.id, error = %e, "could not hand the audit back; its lease will expire");
-            }
+            hand_back(host, &at, "audit", &claimed.id).await;
             None
         }
         Err(e) => Some(AuditEnd {
@@ -362,6 +351,23 @@ async fn hold<T>(
                 Err(Failure::Other(e)) => tracing::warn!(job = %at.path, error = %e, "heartbeat failed"),
             },
         }
+    }
+}
+
+/// Hands a job back to the queue through `…/release`: this worker is
+/// stopping.
+pub(super) async fn hand_back(host: &RemoteHost, at: &JobPath<'_>, what: &str, id: &str) {
+    let url = host.url(&format!("{}/release", at.path));
+    let body = RunRelease {
+        reason: format!("its worker stopped during the {what}"),
+    };
+    if let Err(Failure::Other(e)) = host
+        .call(&format!("releasing the {what}"), |c| {
+            c.post(&url).header(LEASE_HEADER, at.lease).json(&body)
+        })
+        .await
+    {
+        tracing::error!(job = %id, error = %e, "could not hand the {what} back; its lease will expire");
     }
 }
 

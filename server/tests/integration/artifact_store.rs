@@ -401,6 +401,7 @@ async fn artifacts_in_s3_and_data_on_workers() {
         .unwrap_or_else(|| panic!("{decoder}"));
     let ended = common::wait_job(&a, server.url(&format!("/decoders/{decoder_id}")), 120).await;
     assert_eq!(ended["status"], "succeeded", "{ended}");
+    assert_eq!(ended["step"], 10, "{ended}");
     assert_eq!(ended["report"]["layers"][0]["layer"], "backbone", "{ended}");
     let kept = moto.keys(&format!("decoders/{decoder_id}/")).await;
     for file in sslab_shared::worker::DECODER_FILES {

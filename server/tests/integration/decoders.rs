@@ -53,6 +53,10 @@ async fn a_decoder_trains_on_a_run_and_draws_its_grids() {
     assert_eq!(job["spec"]["name"], "tiny-infusion");
     let job = ended(&client, &server, &id).await;
     assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(
+        job["step"], 40,
+        "a finished decoder reads every step done: {job}"
+    );
     let report = &job["report"];
     assert_eq!(report["held_out_images"], 6, "{job}");
     assert_eq!(report["image_size"], 16);
