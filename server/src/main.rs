@@ -317,10 +317,12 @@ async fn main() -> std::process::ExitCode {
     } else {
         logs.init();
     }
-    // Every command that trains or embeds runs on this device.
-    if let Some(name) = std::env::var("SSLAB_DEVICE")
-        .ok()
-        .filter(|n| !n.trim().is_empty())
+    // Every command that trains or embeds runs on this device; `sslab
+    // worker` reads the same variable as its list of devices, one per slot.
+    if !matches!(cli.command, Command::Worker { .. })
+        && let Some(name) = std::env::var("SSLAB_DEVICE")
+            .ok()
+            .filter(|n| !n.trim().is_empty())
         && let Err(e) = sslab_engine::choose_device(&name)
     {
         eprintln!("error: SSLAB_DEVICE: {e}");

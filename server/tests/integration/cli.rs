@@ -175,6 +175,20 @@ fn a_recipe_alone_trains_into_runs_by_its_name() {
         assert!(err.contains("SSLAB_DEVICE") && err.contains(says), "{err}");
         assert!(!dir.path().join("runs").exists(), "{device}");
     }
+    // `sslab worker` reads the variable as its own list, one slot per
+    // device, and names a bad entry as its `--device`.
+    let res = Command::new(env!("CARGO_BIN_EXE_sslab"))
+        .args(["worker", "--server", "http://127.0.0.1:9", "--token", "t"])
+        .env("SSLAB_DEVICE", "cpu,gpu0")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(!res.status.success());
+    assert!(
+        err.contains("--device") && err.contains("`gpu0` is not a device"),
+        "{err}"
+    );
     let res = on("cpu");
     assert!(
         res.status.success(),
