@@ -174,10 +174,7 @@ impl Worker {
         tokio::fs::create_dir_all(&dir)
             .await
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        for (name, bytes) in [
-            ("samples.png", &decoded.samples_png),
-            ("interpolation.png", &decoded.interpolation_png),
-        ] {
+        for (name, bytes) in decoded.files() {
             let path = dir.join(name);
             tokio::fs::write(&path, bytes)
                 .await

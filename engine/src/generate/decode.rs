@@ -41,6 +41,16 @@ pub struct Decoded {
     pub interpolation_png: Vec<u8>,
 }
 
+impl Decoded {
+    /// The grids as the files a decoder job keeps, by name.
+    pub fn files(&self) -> [(&'static str, &[u8]); 2] {
+        [
+            ("samples.png", &self.samples_png),
+            ("interpolation.png", &self.interpolation_png),
+        ]
+    }
+}
+
 /// Training loss is recorded about this many times per decoder.
 const LOSS_POINTS: usize = 100;
 /// Images of the run's training split the kNN classifier remembers.

@@ -64,12 +64,10 @@ where
             l.layer, l.conditioning_accuracy, l.chance, l.sample_diversity, l.real_pair_distance
         );
     }
-    let write = |name: &str, bytes: &[u8]| {
+    for (name, bytes) in decoded.files() {
         let file = out.join(name);
-        std::fs::write(&file, bytes).with_context(|| format!("cannot write {}", file.display()))
-    };
-    write("samples.png", &decoded.samples_png)?;
-    write("interpolation.png", &decoded.interpolation_png)?;
+        std::fs::write(&file, bytes).with_context(|| format!("cannot write {}", file.display()))?;
+    }
     let file = out.join("decoder.json");
     write_json(&file, &decoded.report)?;
     println!("wrote {}", file.display());

@@ -98,10 +98,7 @@ pub(super) async fn decode(
         }
         Ok(decoded) => {
             let files = async {
-                for (name, bytes) in [
-                    ("samples.png", &decoded.samples_png),
-                    ("interpolation.png", &decoded.interpolation_png),
-                ] {
+                for (name, bytes) in decoded.files() {
                     let file = dir.join(name);
                     tokio::fs::write(&file, bytes)
                         .await
