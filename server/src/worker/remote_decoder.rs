@@ -6,13 +6,11 @@
 
 use anyhow::Context;
 use sslab_shared::api::RunStatus;
-use sslab_shared::worker::{
-    ClaimedDecoder, DecoderEnd, DecoderProgress, HeartbeatAnswer, LEASE_HEADER,
-};
+use sslab_shared::worker::{ClaimedDecoder, DecoderEnd, DecoderProgress};
 use tokio::sync::watch;
 
-use super::remote::{Failure, JobPath, RemoteHost};
-use super::remote_jobs::{hand_back, report_end};
+use super::remote::{JobPath, RemoteHost};
+use super::remote_jobs::{Followed, follow, hand_back, report_end};
 
 pub(super) async fn decode(
     host: &RemoteHost,
@@ -58,28 +56,28 @@ pub(super) async fn decode(
             return;
         }
     };
-    let (shared, mut job) = crate::decoder_job::spawn(run, checkpoint, spec, device);
-    let progress = host.url(&format!("{}/progress", at.path));
-    let mut tick = tokio::time::interval(super::heartbeat_every(claimed.lease_ms));
-    let (mut cancelled, mut stopping, mut lost) = (false, false, false);
-    let result = loop {
-        tokio::select! {
-            done = &mut job => break done.unwrap_or_else(|e| Err(format!("the decoder thread crashed: {e}"))),
-            _ = tick.tick() => {
-                let (step, loss) = shared.now();
-                let body = DecoderProgress { step, loss: loss.is_finite().then_some(loss) };
-                match host.call("decoder progress", |c| c.post(&progress).header(LEASE_HEADER, at.lease).json(&body)).await {
-                    Ok(resp) => if resp.json::<HeartbeatAnswer>().await.is_ok_and(|a| a.cancel) {
-                        cancelled = true;
-                        shared.stop();
-                    },
-                    Err(Failure::Conflict(_)) => { lost = true; shared.stop(); }
-                    Err(Failure::Other(e)) => tracing::warn!(decoder = %claimed.id, error = %e, "progress report failed"),
-                }
+    let (shared, job) = crate::decoder_job::spawn(run, checkpoint, spec, device);
+    let Followed {
+        result,
+        cancelled,
+        stopping,
+        lost,
+    } = follow(
+        host,
+        &at,
+        claimed.lease_ms,
+        job,
+        || {
+            let (step, loss) = shared.now();
+            DecoderProgress {
+                step,
+                loss: loss.is_finite().then_some(loss),
             }
-            _ = shutdown.changed(), if !stopping => { stopping = true; shared.stop(); }
-        }
-    };
+        },
+        || shared.stop(),
+        shutdown,
+    )
+    .await;
     let end = match result {
         _ if lost => {
             tracing::warn!(decoder = %claimed.id, "the decoder job was taken from this worker");

@@ -155,7 +155,7 @@ pub(super) async fn audit(
     };
     let (observer, shared) = crate::audit_job::Progress::new(dir.join("images"));
     let job_dir = dir.clone();
-    let mut job = tokio::task::spawn_blocking(move || {
+    let job = tokio::task::spawn_blocking(move || {
         let mut observer = observer;
         match &trained {
             Some((target, reference)) => {
@@ -165,27 +165,28 @@ pub(super) async fn audit(
         }
         .map_err(|e| e.to_string())
     });
-    let progress = host.url(&format!("{}/progress", at.path));
-    let mut tick = tokio::time::interval(super::heartbeat_every(claimed.lease_ms));
-    let (mut cancelled, mut stopping, mut lost) = (false, false, false);
-    let result = loop {
-        tokio::select! {
-            done = &mut job => break done.unwrap_or_else(|e| Err(format!("the audit thread crashed: {e}"))),
-            _ = tick.tick() => {
-                let (stage, step, total_steps) = shared.now();
-                let body = AuditProgress { stage: stage.to_string(), step, total_steps };
-                match host.call("audit progress", |c| c.post(&progress).header(LEASE_HEADER, at.lease).json(&body)).await {
-                    Ok(resp) => if resp.json::<HeartbeatAnswer>().await.is_ok_and(|a| a.cancel) {
-                        cancelled = true;
-                        shared.stop();
-                    },
-                    Err(Failure::Conflict(_)) => { lost = true; shared.stop(); }
-                    Err(Failure::Other(e)) => tracing::warn!(audit = %claimed.id, error = %e, "progress report failed"),
-                }
+    let Followed {
+        result,
+        cancelled,
+        stopping,
+        lost,
+    } = follow(
+        host,
+        &at,
+        claimed.lease_ms,
+        job,
+        || {
+            let (stage, step, total_steps) = shared.now();
+            AuditProgress {
+                stage: stage.to_string(),
+                step,
+                total_steps,
             }
-            _ = shutdown.changed(), if !stopping => { stopping = true; shared.stop(); }
-        }
-    };
+        },
+        || shared.stop(),
+        shutdown,
+    )
+    .await;
     let end = match result {
         _ if lost => {
             tracing::warn!(audit = %claimed.id, "the audit was taken from this worker");
@@ -351,6 +352,57 @@ async fn hold<T>(
                 Err(Failure::Other(e)) => tracing::warn!(job = %at.path, error = %e, "heartbeat failed"),
             },
         }
+    }
+}
+
+/// How a job that `follow` waited for ended on this worker's side.
+pub(super) struct Followed<T> {
+    /// The thread's answer (an error when it crashed).
+    pub result: Result<T, String>,
+    pub cancelled: bool,
+    /// This worker is stopping: the job goes back to the queue.
+    pub stopping: bool,
+    /// The lease went to another worker.
+    pub lost: bool,
+}
+
+/// Waits for a job's thread while posting `progress()` to `…/progress`
+/// every heartbeat (which keeps the lease); `stop` asks the thread to stop
+/// after a cancel, a lost lease or this worker's shutdown.
+pub(super) async fn follow<T, B: serde::Serialize>(
+    host: &RemoteHost,
+    at: &JobPath<'_>,
+    lease_ms: i64,
+    mut job: tokio::task::JoinHandle<Result<T, String>>,
+    progress: impl Fn() -> B,
+    stop: impl Fn(),
+    shutdown: &mut watch::Receiver<bool>,
+) -> Followed<T> {
+    let url = host.url(&format!("{}/progress", at.path));
+    let mut tick = tokio::time::interval(super::heartbeat_every(lease_ms));
+    let (mut cancelled, mut stopping, mut lost) = (false, false, false);
+    let result = loop {
+        tokio::select! {
+            done = &mut job => break done.unwrap_or_else(|e| Err(format!("its thread crashed: {e}"))),
+            _ = tick.tick() => {
+                let body = progress();
+                match host.call("progress", |c| c.post(&url).header(LEASE_HEADER, at.lease).json(&body)).await {
+                    Ok(resp) => if resp.json::<HeartbeatAnswer>().await.is_ok_and(|a| a.cancel) {
+                        cancelled = true;
+                        stop();
+                    },
+                    Err(Failure::Conflict(_)) => { lost = true; stop(); }
+                    Err(Failure::Other(e)) => tracing::warn!(job = %at.path, error = %e, "progress report failed"),
+                }
+            }
+            _ = shutdown.changed(), if !stopping => { stopping = true; stop(); }
+        }
+    };
+    Followed {
+        result,
+        cancelled,
+        stopping,
+        lost,
     }
 }
 
