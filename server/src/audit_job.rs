@@ -3,7 +3,7 @@
 //! lease and passes cancel requests on; the report is stored with its end.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering};
 use std::time::Duration;
 
 use sslab_engine::data::ImageSet;
@@ -19,48 +19,68 @@ use crate::worker::{Worker, lease_ms};
 const PROGRESS: Duration = Duration::from_secs(2);
 /// Memorized images the audit page shows.
 pub const GALLERY: usize = 12;
+/// The grid of what both models draw from the crops, in the audit's folder.
+pub const RECONSTRUCTION: &str = "reconstruction.png";
+
+/// What an audit is doing, by `Shared::now`'s names.
+const STAGES: [&str; 5] = ["", "target", "reference", "decoder-a", "decoder-b"];
 
 /// Shared with the training thread: where it is, and whether to stop.
 #[derive(Default)]
 pub(crate) struct Shared {
-    target: AtomicBool,
+    /// An index into `STAGES`.
+    stage: AtomicU8,
     step: AtomicI64,
     total: AtomicI64,
     stop: AtomicBool,
 }
 
 /// Reports steps to `Shared`; at the end, writes the page's gallery (the
-/// memorized images and their neighbours) into `images`.
+/// memorized images and their neighbours) into `dir/images` and the
+/// reconstruction grid into `dir`.
 pub(crate) struct Progress {
     shared: Arc<Shared>,
-    images: std::path::PathBuf,
+    dir: std::path::PathBuf,
 }
 
 impl Progress {
-    /// An observer that writes the gallery into `images`, and what it shares.
-    pub(crate) fn new(images: std::path::PathBuf) -> (Progress, Arc<Shared>) {
+    /// An observer that writes the page's images under the audit's `dir`,
+    /// and what it shares.
+    pub(crate) fn new(dir: std::path::PathBuf) -> (Progress, Arc<Shared>) {
         let shared = Arc::new(Shared::default());
         (
             Progress {
                 shared: shared.clone(),
-                images,
+                dir,
             },
             shared,
         )
     }
+
+    fn at(&self, stage: usize, step: usize, total: usize) -> Control {
+        let s = &self.shared;
+        s.stage.store(stage as u8, Ordering::Relaxed);
+        s.step.store(step as i64, Ordering::Relaxed);
+        s.total.store(total as i64, Ordering::Relaxed);
+        if s.stop.load(Ordering::Relaxed) {
+            Control::Stop
+        } else {
+            Control::Continue
+        }
+    }
 }
 
 impl Shared {
-    /// The model in training (`target`, `reference`, or empty before
-    /// training starts), its step and its steps in all.
+    /// What runs: the model in training (`target`, `reference`), the
+    /// decoder of model A or B (`decoder-a`, `decoder-b`), or nothing yet;
+    /// its step and its steps in all.
     pub(crate) fn now(&self) -> (&'static str, i64, i64) {
-        let total = self.total.load(Ordering::Relaxed);
-        let stage = match (total, self.target.load(Ordering::Relaxed)) {
-            (0, _) => "",
-            (_, true) => "target",
-            (_, false) => "reference",
-        };
-        (stage, self.step.load(Ordering::Relaxed), total)
+        let stage = STAGES[usize::from(self.stage.load(Ordering::Relaxed)).min(STAGES.len() - 1)];
+        (
+            stage,
+            self.step.load(Ordering::Relaxed),
+            self.total.load(Ordering::Relaxed),
+        )
     }
 
     /// Asks the training to stop after its current step.
@@ -71,13 +91,13 @@ impl Shared {
 
 impl AuditObserver for Progress {
     fn on_finished(&mut self, pool: &ImageSet, report: &AuditReport) {
+        let images = self.dir.join("images");
         let written = sslab_engine::dejavu::gallery(pool, report, GALLERY)
             .map_err(|e| e.to_string())
             .and_then(|pngs| {
-                std::fs::create_dir_all(&self.images).map_err(|e| e.to_string())?;
+                std::fs::create_dir_all(&images).map_err(|e| e.to_string())?;
                 pngs.into_iter().try_for_each(|(i, png)| {
-                    std::fs::write(self.images.join(format!("{i}.png")), png)
-                        .map_err(|e| e.to_string())
+                    std::fs::write(images.join(format!("{i}.png")), png).map_err(|e| e.to_string())
                 })
             });
         if let Err(e) = written {
@@ -85,16 +105,20 @@ impl AuditObserver for Progress {
         }
     }
 
-    fn on_step(&mut self, model: Model, m: &StepMetrics) -> Control {
-        let s = &self.shared;
-        s.target.store(model == Model::A, Ordering::Relaxed);
-        s.step.store(m.step as i64, Ordering::Relaxed);
-        s.total.store(m.total_steps as i64, Ordering::Relaxed);
-        if s.stop.load(Ordering::Relaxed) {
-            Control::Stop
-        } else {
-            Control::Continue
+    fn on_reconstruction(&mut self, png: &[u8]) {
+        if let Err(e) = std::fs::write(self.dir.join(RECONSTRUCTION), png) {
+            tracing::warn!(error = %e, "the audit's reconstruction grid was not written");
         }
+    }
+
+    fn on_step(&mut self, model: Model, m: &StepMetrics) -> Control {
+        let stage = if model == Model::A { 1 } else { 2 };
+        self.at(stage, m.step, m.total_steps)
+    }
+
+    fn on_decoder_step(&mut self, model: Model, step: usize, steps: usize) -> Control {
+        let stage = if model == Model::A { 3 } else { 4 };
+        self.at(stage, step, steps)
     }
 }
 
@@ -137,7 +161,7 @@ impl Worker {
         shutdown: &mut watch::Receiver<bool>,
     ) {
         let dir = self.artifacts.audit_dir(&audit.id);
-        let (observer, shared) = Progress::new(dir.join("images"));
+        let (observer, shared) = Progress::new(dir.clone());
         let (spec, job_dir) = (audit.spec.clone(), dir.clone());
         let trained = spec.runs.as_ref().map(|r| {
             (
@@ -187,17 +211,17 @@ impl Worker {
                 res = &mut job => break res.unwrap_or_else(|e| Err(format!("the audit thread crashed: {e}"))),
                 _ = tick.tick() => {
                     match self.report_progress(lease, &shared).await {
-                        Ok(Some(true)) => { cancelled = true; shared.stop.store(true, Ordering::Relaxed); }
+                        Ok(Some(true)) => { cancelled = true; shared.stop(); }
                         Ok(Some(false)) => {}
                         Ok(None) => {
                             tracing::warn!(audit = %audit.id, "lost the lease; stopping");
                             interrupted = true;
-                            shared.stop.store(true, Ordering::Relaxed);
+                            shared.stop();
                         }
                         Err(e) => tracing::warn!(audit = %audit.id, error = %e, "progress update failed"),
                     }
                 }
-                _ = shutdown.changed() => { interrupted = true; shared.stop.store(true, Ordering::Relaxed); }
+                _ = shutdown.changed() => { interrupted = true; shared.stop(); }
             }
         };
         // The last progress, however short the audit was.

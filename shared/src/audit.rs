@@ -10,6 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::RunSpec;
+use crate::decoder::{DecoderKind, DecoderSpec, InfusionSettings, LossPoint, RcdmSettings};
 use crate::error::SpecError;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -31,6 +32,84 @@ pub struct AuditSpec {
     /// and `split` from them; they are attacked at their last epoch.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub runs: Option<AuditRuns>,
+    /// Pictures of what each model recalls from a crop: a decoder per model
+    /// trained on the public set, asked to draw each attacked image from its
+    /// background crop alone. None: no pictures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reconstruct: Option<ReconstructSpec>,
+}
+
+/// The decoders of an audit's reconstructions (the déjà vu paper's RCDM
+/// figures): one per model, trained on the public set (which neither model
+/// trained on), conditioned on the attacked layer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReconstructSpec {
+    pub kind: DecoderKind,
+    /// Side of the drawn images; none: the data's. A smaller side must
+    /// divide it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_size: Option<usize>,
+    /// Optimiser steps of each model's decoder, batch and learning rate.
+    pub steps: usize,
+    pub batch: usize,
+    pub lr: f64,
+    pub seed: u64,
+    /// Drawings per crop and model in the grid.
+    pub samples: usize,
+    /// Rows of the grid: memorized images first (the target's most
+    /// confident first), then the other attacked images.
+    pub images: usize,
+    pub rcdm: RcdmSettings,
+    pub infusion: InfusionSettings,
+}
+
+impl Default for ReconstructSpec {
+    fn default() -> Self {
+        let d = DecoderSpec::default();
+        ReconstructSpec {
+            kind: d.kind,
+            image_size: None,
+            steps: d.steps,
+            batch: d.batch,
+            lr: d.lr,
+            seed: 0,
+            samples: 3,
+            images: 8,
+            rcdm: d.rcdm,
+            infusion: d.infusion,
+        }
+    }
+}
+
+impl ReconstructSpec {
+    /// The settings as one decoder job's.
+    pub fn decoder(&self) -> DecoderSpec {
+        DecoderSpec {
+            name: "reconstruct".into(),
+            kind: self.kind,
+            image_size: self.image_size,
+            steps: self.steps,
+            batch: self.batch,
+            lr: self.lr,
+            seed: self.seed,
+            samples: self.samples,
+            grid_images: self.images,
+            rcdm: self.rcdm.clone(),
+            infusion: self.infusion.clone(),
+            ..DecoderSpec::default()
+        }
+    }
+
+    fn validate(&self) -> Result<(), SpecError> {
+        let field = |f: &str| {
+            let f = if f == "grid_images" { "images" } else { f };
+            format!("reconstruct.{f}")
+        };
+        self.decoder()
+            .validate()
+            .map_err(|e| SpecError::new(field(&e.field), e.message))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -182,6 +261,9 @@ impl AuditSpec {
                 format!("must be in (0, 1], got {}", self.attack.corner_fraction),
             );
         }
+        if let Some(r) = &self.reconstruct {
+            r.validate()?;
+        }
         let epochs = self.run.schedule.epochs;
         if let Some(e) = self.snapshots.iter().find(|&&e| e < 1 || e > epochs) {
             return bad(
@@ -216,6 +298,49 @@ pub struct AuditReport {
     pub snapshots: Vec<SnapshotReport>,
     /// Every attacked image at the last snapshot.
     pub examples: Vec<Example>,
+    /// When the spec asked for them; the grid is `reconstruction.png`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconstruction: Option<Reconstruction>,
+}
+
+/// What the models drew from the attacked images' background crops.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reconstruction {
+    pub kind: DecoderKind,
+    /// The layer conditioned on: the attacked one (`projector` or `backbone`).
+    pub layer: String,
+    pub dim: usize,
+    pub image_size: usize,
+    /// Images each decoder learnt from (the public set).
+    pub public_images: usize,
+    /// Training loss of the target-A and the reference-B model's decoders.
+    pub loss_a: Vec<LossPoint>,
+    pub loss_b: Vec<LossPoint>,
+    /// How often a drawing from the crop shows the image's true class, over
+    /// every attacked image: drawn by the model that trained on the image
+    /// (target) and by the one that did not (reference). The judges are both
+    /// models' full-image kNN classifiers on the public set, averaged.
+    pub target_top1: f64,
+    pub reference_top1: f64,
+    /// The same over the memorized images only (none: there were none).
+    pub memorized_target_top1: Option<f64>,
+    pub memorized_reference_top1: Option<f64>,
+    /// 1 / classes.
+    pub chance: f64,
+    /// The grid's rows, top down: crop, image, the target's drawings, the
+    /// reference's.
+    pub rows: Vec<ReconstructedImage>,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReconstructedImage {
+    /// Index in the pool, as `Example::image`.
+    pub image: usize,
+    pub set: String,
+    pub label: u32,
+    /// correlated / memorized / forgotten / unassociated (`Example::outcome`).
+    pub outcome: String,
 }
 
 impl AuditReport {

@@ -214,7 +214,8 @@ pub struct AuditEnd {
 /// `examples.csv`, or a gallery image `images/N.png`.
 pub fn is_audit_file(path: &str) -> bool {
     match path {
-        "target-a.safetensors" | "reference-b.safetensors" | "examples.csv" => true,
+        "target-a.safetensors" | "reference-b.safetensors" | "examples.csv"
+        | "reconstruction.png" => true,
         _ => path
             .strip_prefix("images/")
             .and_then(|f| f.strip_suffix(".png"))
@@ -381,6 +382,7 @@ mod tests {
             "target-a.safetensors",
             "reference-b.safetensors",
             "examples.csv",
+            "reconstruction.png",
             "images/0.png",
             "images/123.png",
         ] {
@@ -394,6 +396,7 @@ mod tests {
             "../examples.csv",
             "run.json",
             "images/1234567890.png",
+            "images/reconstruction.png",
         ] {
             assert!(!is_audit_file(bad), "{bad}");
         }

@@ -5,6 +5,7 @@
 pub mod attack;
 pub mod crop;
 pub mod monitor;
+pub mod reconstruct;
 pub mod report;
 pub mod split;
 
@@ -39,6 +40,12 @@ pub trait AuditObserver {
     fn on_step(&mut self, model: Model, metrics: &StepMetrics) -> Control;
     /// Both models have been attacked at this epoch.
     fn on_snapshot(&mut self, _snapshot: &SnapshotReport) {}
+    /// A step of a reconstruction decoder (`model`'s, on the public set).
+    fn on_decoder_step(&mut self, _model: Model, _step: usize, _steps: usize) -> Control {
+        Control::Continue
+    }
+    /// The reconstruction grid, as a PNG, when the spec asked for one.
+    fn on_reconstruction(&mut self, _png: &[u8]) {}
     /// The audit is done; `pool` holds the images the report's indices name.
     fn on_finished(&mut self, _pool: &ImageSet, _report: &AuditReport) {}
 }
@@ -297,7 +304,14 @@ pub fn run(
         }
         results.push(snaps.found);
     }
-    Ok(assemble(spec, prep, &results[0], &results[1], observer))
+    let report = assemble(spec, &prep, &results[0], &results[1], observer);
+    let load = || -> Result<[Encoder; 2]> {
+        Ok([
+            train::load_encoder(&run, &dir.join("target-a.safetensors"), device)?,
+            train::load_encoder(&run, &dir.join("reference-b.safetensors"), device)?,
+        ])
+    };
+    finish(spec, &prep, report, load, device, observer)
 }
 
 /// Audits two models trained before, from their checkpoints: the target on
@@ -314,19 +328,59 @@ pub fn run_trained(
     spec.validate()?;
     let prep = prepare(spec)?;
     let run = spec.run.clone().into_valid()?;
-    let at_last_epoch = |checkpoint: &Path| -> Result<BTreeMap<usize, Attack>> {
-        let encoder = train::load_encoder(&run, checkpoint, device)?;
-        let attacked = attack(&encoder, spec, &prep, device)?;
+    let encoders = [
+        train::load_encoder(&run, target, device)?,
+        train::load_encoder(&run, reference, device)?,
+    ];
+    let at_last_epoch = |encoder: &Encoder| -> Result<BTreeMap<usize, Attack>> {
+        let attacked = attack(encoder, spec, &prep, device)?;
         Ok(BTreeMap::from([(spec.run.schedule.epochs, attacked)]))
     };
-    let (a, b) = (at_last_epoch(target)?, at_last_epoch(reference)?);
-    Ok(assemble(spec, prep, &a, &b, observer))
+    let (a, b) = (at_last_epoch(&encoders[0])?, at_last_epoch(&encoders[1])?);
+    let report = assemble(spec, &prep, &a, &b, observer);
+    finish(spec, &prep, report, || Ok(encoders), device, observer)
+}
+
+/// Adds the reconstructions when the spec asks for them (`encoders`: A
+/// and B at the last epoch), then tells the observer the audit is done.
+fn finish(
+    spec: &AuditSpec,
+    prep: &Prepared,
+    mut report: AuditReport,
+    encoders: impl FnOnce() -> Result<[Encoder; 2]>,
+    device: &Device,
+    observer: &mut dyn AuditObserver,
+) -> Result<AuditReport> {
+    if let Some(settings) = &spec.reconstruct {
+        let [a, b] = encoders()?;
+        let mut stopped = false;
+        let (part, png) = reconstruct::reconstruct(
+            spec,
+            settings,
+            prep,
+            &report.examples,
+            [&a, &b],
+            device,
+            &mut |model, step, steps| {
+                stopped = observer.on_decoder_step(model, step, steps) == Control::Stop;
+                !stopped
+            },
+        )
+        .map_err(|e| match stopped {
+            true => crate::EngineError::Data("the audit was stopped while drawing its reconstructions".into()),
+            false => e,
+        })?;
+        observer.on_reconstruction(&png);
+        report.reconstruction = Some(part);
+    }
+    observer.on_finished(&prep.pool, &report);
+    Ok(report)
 }
 
 /// The report of both models' attacks, one snapshot per epoch attacked.
 fn assemble(
     spec: &AuditSpec,
-    prep: Prepared,
+    prep: &Prepared,
     a: &BTreeMap<usize, Attack>,
     b: &BTreeMap<usize, Attack>,
     observer: &mut dyn AuditObserver,
@@ -360,15 +414,14 @@ fn assemble(
                 .collect();
         }
     }
-    let report = AuditReport {
+    AuditReport {
         spec: spec.clone(),
-        split: prep.summary,
+        split: prep.summary.clone(),
         class_names: prep.pool.class_names.clone(),
         snapshots,
         examples,
-    };
-    observer.on_finished(&prep.pool, &report);
-    report
+        reconstruction: None,
+    }
 }
 
 #[cfg(test)]

@@ -58,7 +58,7 @@ const KNN_BANK: usize = 4000;
 /// Points of an interpolation, both ends included.
 const INTERPOLATION_POINTS: usize = 6;
 
-enum Generator {
+pub(crate) enum Generator {
     Infusion(Box<Infusion>),
     Rcdm(Box<Rcdm>),
 }
@@ -73,7 +73,7 @@ impl Generator {
     }
 
     /// One sample per row of `cond`, in [0, 1].
-    fn sample(&self, cond: &Tensor, spec: &DecoderSpec, rng: &mut Rng) -> Result<Tensor> {
+    pub(crate) fn sample(&self, cond: &Tensor, spec: &DecoderSpec, rng: &mut Rng) -> Result<Tensor> {
         match self {
             Generator::Infusion(m) => m.sample(cond, spec.infusion.steps, rng),
             Generator::Rcdm(m) => m.sample(cond, rng),
@@ -155,12 +155,11 @@ pub fn decode(
     let embed = |set: &ImageSet| crate::eval::embed_layers(&encoder, set, device);
     let (train_f, held_f, bank_f) = (embed(&train)?, embed(&held)?, embed(&bank)?);
     let classes = run_splits.train.classes().max(pool.classes()).max(1);
-    let images01 = |set: &ImageSet, ids: &[usize], rng: Option<&mut Rng>| -> Result<Tensor> {
-        let x = to_unit(set, ids, rng, device)?;
-        Ok(if shrink > 1 { x.avg_pool2d(shrink)? } else { x })
+    let train_pixels = Pixels {
+        set: &train,
+        shrink,
+        device,
     };
-    let all_train: Vec<usize> = (0..train.len()).collect();
-    let train_pixels = images01(&train, &all_train, None)?;
 
     let grid_rows = grid_order(&held, spec.grid_images);
     let pair = interpolation_pair(&held);
@@ -173,44 +172,16 @@ pub fn decode(
         let cond_train = stats.apply(&train_f[li], device)?;
         let cond_held = stats.apply(&held_f[li], device)?;
         let dim = train_f[li].dim;
-        let seed = spec.seed.wrapping_add(k as u64);
-        let mut generator = match spec.kind {
-            DecoderKind::Infusion => Generator::Infusion(Box::new(Infusion::new(
-                &spec.infusion,
-                &train_pixels,
-                dim,
-                spec.lr,
-                seed,
-            )?)),
-            DecoderKind::Rcdm => Generator::Rcdm(Box::new(Rcdm::new(
-                &spec.rcdm, size, dim, spec.lr, seed, device,
-            )?)),
-        };
-        let mut rng = Rng::derive(spec.seed, &[0xDEC0DE, k as u64]);
-        let every = (spec.steps / LOSS_POINTS).max(1);
-        let mut loss = Vec::new();
-        for step in 0..spec.steps {
-            let ids: Vec<usize> = (0..spec.batch).map(|_| rng.below(train.len())).collect();
-            let x = images01(&train, &ids, Some(&mut rng))?;
-            let c = cond_train.index_select(&index_tensor(&ids, device)?, 0)?;
-            let value = generator.train_step(&x, &c, &mut rng)?;
-            if step % every == 0 || step + 1 == spec.steps {
-                loss.push(LossPoint {
-                    step: step + 1,
-                    loss: value as f64,
-                });
-            }
-            let p = Progress {
-                layer: k,
-                layers: spec.layers.len(),
-                step: step + 1,
-                steps: spec.steps,
-                loss: value,
-            };
-            if !progress(&p) {
-                return Err(EngineError::Data("the decoder was stopped".into()));
-            }
-        }
+        let (generator, loss, mut rng) =
+            train_generator(spec, k, &train_pixels, &cond_train, &mut |step, loss| {
+                progress(&Progress {
+                    layer: k,
+                    layers: spec.layers.len(),
+                    step,
+                    steps: spec.steps,
+                    loss,
+                })
+            })?;
 
         // `samples` draws for every held-out image, in image order.
         let repeated: Vec<usize> = (0..held.len())
@@ -241,7 +212,11 @@ pub fn decode(
             ev.knn_metric,
         );
         let pixels = drawn.flatten_from(1)?.to_vec2::<f32>()?;
-        let real = images01(&held, &(0..held.len()).collect::<Vec<_>>(), None)?
+        let real = Pixels {
+            set: &held,
+            ..train_pixels
+        }
+            .get(&(0..held.len()).collect::<Vec<_>>(), None)?
             .flatten_from(1)?
             .to_vec2::<f32>()?;
         layers.push(DecoderLayer {
@@ -297,6 +272,82 @@ pub fn decode(
     })
 }
 
+/// The images a generator learns from, at the side it generates.
+#[derive(Clone, Copy)]
+pub(crate) struct Pixels<'a> {
+    pub set: &'a ImageSet,
+    /// The set's side over the generated side.
+    pub shrink: usize,
+    pub device: &'a Device,
+}
+
+impl Pixels<'_> {
+    /// Images `ids` as `n × 3 × s × s` in [0, 1], averaged down by
+    /// `shrink`; with `rng`, dequantised.
+    pub fn get(&self, ids: &[usize], rng: Option<&mut Rng>) -> Result<Tensor> {
+        let x = to_unit(self.set, ids, rng, self.device)?;
+        Ok(if self.shrink > 1 {
+            x.avg_pool2d(self.shrink)?
+        } else {
+            x
+        })
+    }
+}
+
+/// Trains the job's `k`th generator on `pixels`, image `i` conditioned on
+/// row `i` of `cond`: the trained generator, its loss curve and the random
+/// stream to sample with. `progress(step, loss)` stops it by returning false.
+pub(crate) fn train_generator(
+    spec: &DecoderSpec,
+    k: usize,
+    pixels: &Pixels,
+    cond: &Tensor,
+    progress: &mut dyn FnMut(usize, f32) -> bool,
+) -> Result<(Generator, Vec<LossPoint>, Rng)> {
+    let n = pixels.set.len();
+    let dim = cond.dim(1)?;
+    let seed = spec.seed.wrapping_add(k as u64);
+    let mut generator = match spec.kind {
+        DecoderKind::Infusion => {
+            let all = pixels.get(&(0..n).collect::<Vec<_>>(), None)?;
+            Generator::Infusion(Box::new(Infusion::new(
+                &spec.infusion,
+                &all,
+                dim,
+                spec.lr,
+                seed,
+            )?))
+        }
+        DecoderKind::Rcdm => Generator::Rcdm(Box::new(Rcdm::new(
+            &spec.rcdm,
+            pixels.set.size / pixels.shrink,
+            dim,
+            spec.lr,
+            seed,
+            pixels.device,
+        )?)),
+    };
+    let mut rng = Rng::derive(spec.seed, &[0xDEC0DE, k as u64]);
+    let every = (spec.steps / LOSS_POINTS).max(1);
+    let mut loss = Vec::new();
+    for step in 0..spec.steps {
+        let ids: Vec<usize> = (0..spec.batch).map(|_| rng.below(n)).collect();
+        let x = pixels.get(&ids, Some(&mut rng))?;
+        let c = cond.index_select(&index_tensor(&ids, pixels.device)?, 0)?;
+        let value = generator.train_step(&x, &c, &mut rng)?;
+        if step % every == 0 || step + 1 == spec.steps {
+            loss.push(LossPoint {
+                step: step + 1,
+                loss: value as f64,
+            });
+        }
+        if !progress(step + 1, value) {
+            return Err(EngineError::Data("the decoder was stopped".into()));
+        }
+    }
+    Ok((generator, loss, rng))
+}
+
 /// Splits `set` into images to train on and `per_class` held-out images
 /// of every class (the first ones in order).
 fn hold_out(set: &ImageSet, per_class: usize) -> (ImageSet, ImageSet) {
@@ -339,7 +390,7 @@ fn interpolation_pair(held: &ImageSet) -> Option<(usize, usize)> {
 
 /// Images `ids` of `set` as `n × 3 × s × s` in [0, 1]; with `rng`,
 /// dequantised with U(0, 1/256) noise.
-fn to_unit(
+pub(crate) fn to_unit(
     set: &ImageSet,
     ids: &[usize],
     mut rng: Option<&mut Rng>,
@@ -360,7 +411,7 @@ fn to_unit(
     Ok(Tensor::from_vec(buf, (ids.len(), 3, s, s), device)?)
 }
 
-fn index_tensor(ids: &[usize], device: &Device) -> Result<Tensor> {
+pub(crate) fn index_tensor(ids: &[usize], device: &Device) -> Result<Tensor> {
     let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
     let n = ids.len();
     Ok(Tensor::from_vec(ids, n, device)?)
@@ -368,13 +419,13 @@ fn index_tensor(ids: &[usize], device: &Device) -> Result<Tensor> {
 
 /// Per-dimension standardisation fitted on the decoder's training images:
 /// every layer's representation reaches the decoder at one scale.
-struct Standardize {
+pub(crate) struct Standardize {
     mean: Vec<f32>,
     std: Vec<f32>,
 }
 
 impl Standardize {
-    fn fit(f: &Features) -> Self {
+    pub(crate) fn fit(f: &Features) -> Self {
         let n = f.len().max(1) as f32;
         let mut mean = vec![0.0f32; f.dim];
         for i in 0..f.len() {
@@ -394,7 +445,7 @@ impl Standardize {
         }
     }
 
-    fn apply(&self, f: &Features, device: &Device) -> Result<Tensor> {
+    pub(crate) fn apply(&self, f: &Features, device: &Device) -> Result<Tensor> {
         let dim = f.dim;
         let data: Vec<f32> = f
             .data
@@ -408,7 +459,7 @@ impl Standardize {
 
 /// The encoder's layer `layer` for images in [0, 1], normalised as
 /// training normalised them.
-fn embed_tensor(encoder: &Encoder, images: &Tensor, layer: usize) -> Result<Features> {
+pub(crate) fn embed_tensor(encoder: &Encoder, images: &Tensor, layer: usize) -> Result<Features> {
     let device = images.device();
     let mean = Tensor::from_vec(MEAN.to_vec(), (1, 3, 1, 1), device)?;
     let std = Tensor::from_vec(STD.to_vec(), (1, 3, 1, 1), device)?;
@@ -462,13 +513,13 @@ fn real_distance(images: &[Vec<f32>], labels: &[u32]) -> f64 {
 }
 
 /// Pixels per cell side in the grids: small images are scaled up.
-fn cell(size: usize) -> usize {
+pub(crate) fn cell(size: usize) -> usize {
     size * (32 / size).max(1)
 }
 
 /// Draws one `3 × s × s` image in [0, 1] into `grid` at cell (`col`, `row`)
 /// of `side` pixels (a multiple of `s`).
-fn put(
+pub(crate) fn put(
     grid: &mut image::RgbImage,
     img: &Tensor,
     (col, row, side): (usize, usize, usize),
@@ -491,7 +542,7 @@ fn put(
     Ok(())
 }
 
-fn png(grid: image::RgbImage) -> Result<Vec<u8>> {
+pub(crate) fn png(grid: image::RgbImage) -> Result<Vec<u8>> {
     let mut out = std::io::Cursor::new(Vec::new());
     grid.write_to(&mut out, image::ImageFormat::Png)
         .map_err(|e| EngineError::Data(format!("cannot encode the sample grid: {e}")))?;
@@ -499,7 +550,7 @@ fn png(grid: image::RgbImage) -> Result<Vec<u8>> {
 }
 
 /// Gap in pixels between the image column and each layer's block.
-const GAP: usize = 6;
+pub(crate) const GAP: usize = 6;
 
 fn samples_grid(held: &ImageSet, rows: &[usize], columns: &[Vec<Tensor>]) -> Result<Vec<u8>> {
     let side = cell(held.size);

@@ -16,12 +16,31 @@ pub fn knn_accuracy(
     temperature: f64,
     metric: KnnMetric,
 ) -> f64 {
+    let predicted = knn_predict(train, train_labels, test, classes, k, temperature, metric);
+    let correct = predicted
+        .iter()
+        .zip(test_labels)
+        .filter(|(p, t)| p == t)
+        .count();
+    correct as f64 / predicted.len().max(1) as f64
+}
+
+/// The weighted-kNN class of every row of `test`.
+pub fn knn_predict(
+    train: &Features,
+    train_labels: &[u32],
+    test: &Features,
+    classes: usize,
+    k: usize,
+    temperature: f64,
+    metric: KnnMetric,
+) -> Vec<u32> {
     let (bank, queries) = match metric {
         KnnMetric::Cosine => (train.normalized(), test.normalized()),
         KnnMetric::L2 => (train.clone(), test.clone()),
     };
     let k = k.min(bank.len()).max(1);
-    let mut correct = 0usize;
+    let mut out = Vec::with_capacity(queries.len());
     let mut sims: Vec<(f32, u32)> = Vec::with_capacity(bank.len());
     for q in 0..queries.len() {
         let query = queries.row(q);
@@ -54,9 +73,9 @@ pub fn knn_accuracy(
             .max_by(|a, b| a.1.total_cmp(b.1))
             .map(|(c, _)| c)
             .unwrap_or(0);
-        correct += (predicted as u32 == test_labels[q]) as usize;
+        out.push(predicted as u32);
     }
-    correct as f64 / queries.len().max(1) as f64
+    out
 }
 
 #[cfg(test)]

@@ -1,14 +1,15 @@
 //! Déjà vu audits: the list with a form that starts one, and an audit's
 //! page: progress, the target-versus-reference curves, the four-way counts,
-//! the per-class gaps and a gallery of the most memorized images with their
-//! crop and nearest public neighbours.
+//! the per-class gaps, a gallery of the most memorized images with their
+//! crop and nearest public neighbours, and what each model draws from the
+//! crops when the audit asked for reconstructions.
 
 use leptos::prelude::*;
 use leptos::task::spawn_local;
 use leptos_router::components::A;
 use leptos_router::hooks::use_params_map;
 use sslab_shared::api::{Audit, RunStatus};
-use sslab_shared::audit::{AuditReport, AuditSpec, Example, SnapshotReport};
+use sslab_shared::audit::{AuditReport, AuditSpec, Example, Reconstruction, SnapshotReport};
 
 use super::{every_two_seconds, status_class, time_text};
 use crate::api;
@@ -22,12 +23,13 @@ const GALLERY: usize = 12;
 fn progress_text(a: &Audit) -> String {
     match a.status {
         RunStatus::Running if a.total_steps > 0 => {
-            let which = if a.stage == "target" {
-                "target (A)"
-            } else {
-                "reference (B)"
+            let (doing, which) = match a.stage.as_str() {
+                "target" => ("training", "target (A)"),
+                "decoder-a" => ("training the decoder of", "target (A)"),
+                "decoder-b" => ("training the decoder of", "reference (B)"),
+                _ => ("training", "reference (B)"),
             };
-            format!("training the {which}: step {} of {}", a.step, a.total_steps)
+            format!("{doing} the {which}: step {} of {}", a.step, a.total_steps)
         }
         RunStatus::Running => "preparing the split".into(),
         s => s.as_str().into(),
@@ -275,6 +277,49 @@ fn Report(report: AuditReport, id: String) -> impl IntoView {
                     </div>
                 }.into_any()
             }}
+        </section>
+        {report.reconstruction.clone().map(|r| view! { <Reconstructions r=r id=id.clone() names=names.clone()/> })}
+    }
+}
+
+/// What each model draws from a crop alone: the grid and how often the
+/// drawings show the true class.
+#[component]
+fn Reconstructions(r: Reconstruction, id: String, names: Vec<String>) -> impl IntoView {
+    let pair = |t: Option<f64>, f: Option<f64>| match (t, f) {
+        (Some(t), Some(f)) => format!("{t:.3} vs {f:.3} ({:+.3})", t - f),
+        _ => "no memorized image".into(),
+    };
+    let rows = r
+        .rows
+        .iter()
+        .enumerate()
+        .map(|(i, x)| {
+            let class = names
+                .get(x.label as usize)
+                .cloned()
+                .unwrap_or_else(|| x.label.to_string());
+            view! { <li>{format!("row {}: image {} · {class} · set {} · {}", i + 1, x.image, x.set, x.outcome)}</li> }
+        })
+        .collect_view();
+    view! {
+        <section>
+            <h2>"Drawn from the crop alone"</h2>
+            <p class="hint">{format!(
+                "A {} decoder per model learnt the {} public images from the {} representation ({} dimensions); each attacked image's background crop was then drawn by the model that trained on the image (target) and by the other (reference). A drawing's class is read by both models' full-image kNN on the public set.",
+                r.kind.as_str(), r.public_images, r.layer, r.dim
+            )}</p>
+            <table id="audit-reconstruction-figures"><tbody>
+                <tr><th>"Drawings showing the true class, target vs reference"</th>
+                    <td>{pair(Some(r.target_top1), Some(r.reference_top1))}</td></tr>
+                <tr><th>"… on the memorized images"</th>
+                    <td>{pair(r.memorized_target_top1, r.memorized_reference_top1)}</td></tr>
+                <tr><th>"chance"</th><td>{format!("{:.3}", r.chance)}</td></tr>
+            </tbody></table>
+            <p class="legend">"Each row: the crop, the image, the target's drawings, then the reference's."</p>
+            <img id="audit-reconstruction" class="reconstruction" src=format!("/api/v1/audits/{id}/reconstruction.png")
+                alt="drawings of the attacked images from their crops"/>
+            <ol class="hint">{rows}</ol>
         </section>
     }
 }

@@ -1,7 +1,8 @@
 //! `sslab audit --spec FILE --out DIR`: a déjà vu audit on this machine.
 //! Writes `audit.json` (the split, and per snapshot the curves, the
 //! four-way split and the per-class gaps), `examples.csv` (one row per
-//! attacked image at the last snapshot) and both models' checkpoints.
+//! attacked image at the last snapshot), both models' checkpoints and, when
+//! the spec has `reconstruct`, `reconstruction.png`.
 
 use std::io::Write;
 use std::path::Path;
@@ -19,7 +20,22 @@ use crate::cli::train::{interrupt_flag, step_bar, write_json};
 struct Progress {
     bar: ProgressBar,
     model: Option<Model>,
+    /// The decoder being trained, once the reconstructions started.
+    decoder: Option<Model>,
     interrupted: Arc<AtomicBool>,
+    out: std::path::PathBuf,
+    /// Why `reconstruction.png` could not be written.
+    unwritten: Option<String>,
+}
+
+impl Progress {
+    fn control(&self) -> Control {
+        if self.interrupted.load(Ordering::Relaxed) {
+            Control::Stop
+        } else {
+            Control::Continue
+        }
+    }
 }
 
 impl AuditObserver for Progress {
@@ -35,10 +51,26 @@ impl AuditObserver for Progress {
         self.bar.set_position(m.step as u64);
         self.bar
             .set_message(format!("{which} epoch {} loss {:.4}", m.epoch, m.loss));
-        if self.interrupted.load(Ordering::Relaxed) {
-            Control::Stop
-        } else {
-            Control::Continue
+        self.control()
+    }
+
+    fn on_decoder_step(&mut self, model: Model, step: usize, steps: usize) -> Control {
+        if self.decoder != Some(model) {
+            self.decoder = Some(model);
+            self.bar.set_length(steps as u64);
+            self.bar.set_message(match model {
+                Model::A => "decoder of the target (A)",
+                Model::B => "decoder of the reference (B)",
+            });
+        }
+        self.bar.set_position(step as u64);
+        self.control()
+    }
+
+    fn on_reconstruction(&mut self, png: &[u8]) {
+        let path = self.out.join("reconstruction.png");
+        if let Err(e) = std::fs::write(&path, png) {
+            self.unwritten = Some(format!("cannot write {}: {e}", path.display()));
         }
     }
 
@@ -105,6 +137,16 @@ pub async fn run(spec_path: &Path, out: &Path) -> anyhow::Result<()> {
             f.memorized, f.correlated, f.forgotten, f.unassociated
         );
     }
+    if let Some(r) = &report.reconstruction {
+        let memorized = match (r.memorized_target_top1, r.memorized_reference_top1) {
+            (Some(t), Some(f)) => format!("; on memorized images {t:.3} vs {f:.3}"),
+            _ => String::new(),
+        };
+        println!(
+            "drawn from the crops, the true class: target {:.3} reference {:.3} (chance {:.3}){memorized}; grid in reconstruction.png",
+            r.target_top1, r.reference_top1, r.chance
+        );
+    }
     println!("wrote {}", out.display());
     Ok(())
 }
@@ -121,7 +163,10 @@ pub async fn audit_into(
     let mut progress = Progress {
         bar: step_bar(spec.run.total_steps()),
         model: None,
+        decoder: None,
         interrupted,
+        out: out.to_path_buf(),
+        unwritten: None,
     };
     let dir = out.to_path_buf();
     let (report, progress) = tokio::task::spawn_blocking(move || {
@@ -135,6 +180,9 @@ pub async fn audit_into(
         Ok(r) => r,
         Err(e) => return Ok(Err(e.to_string())),
     };
+    if let Some(why) = progress.unwritten {
+        anyhow::bail!(why);
+    }
     write_json(&out.join("audit.json"), &report)?;
     write_examples(&out.join("examples.csv"), &report)?;
     Ok(Ok(report))

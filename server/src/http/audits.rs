@@ -29,6 +29,7 @@ pub fn router() -> axum::Router<AppState> {
         .route("/audits/{id}/report", get(report))
         .route("/audits/{id}/examples.csv", get(examples))
         .route("/audits/{id}/images/{file}", get(image))
+        .route("/audits/{id}/reconstruction.png", get(reconstruction))
 }
 
 /// Checked like a run (422 naming the field), with a registered data set
@@ -291,6 +292,39 @@ async fn image(
         png,
     )
         .into_response())
+}
+
+/// What both models draw from the attacked images' crops (rows: crop,
+/// image, the target's drawings, the reference's); only for an audit whose
+/// spec has `reconstruct`.
+#[utoipa::path(
+    operation_id = "audit_reconstruction",
+    get,
+    path = "/audits/{id}/reconstruction.png",
+    tag = "audits",
+    params(("id" = String, Path, description = "the audit's id")),
+    responses((status = 200, description = "a PNG", body = Vec<u8>, content_type = "image/png"), (status = 404, description = "not found, another team's, or an audit without reconstructions", body = sslab_shared::api::ErrorBody), (status = 409, description = "conflicts with the object's state", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
+)]
+async fn reconstruction(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let report = finished_report(&state, &p, &id).await?;
+    if report.reconstruction.is_none() {
+        return Err(ApiError::NotFound(format!(
+            "audit `{id}` drew no reconstructions: its spec has no `reconstruct`"
+        )));
+    }
+    let path = state
+        .artifacts
+        .audit_dir(&id)
+        .join(crate::audit_job::RECONSTRUCTION);
+    state.artifacts.fetch(&path).await?;
+    let png = tokio::fs::read(&path)
+        .await
+        .map_err(|_| ApiError::NotFound(format!("audit `{id}` keeps no reconstruction.png")))?;
+    Ok(([(header::CONTENT_TYPE, "image/png")], png).into_response())
 }
 
 #[utoipa::path(

@@ -28,7 +28,7 @@ use super::{
         sweeps::create, sweeps::list, sweeps::read, sweeps::summary, sweeps::cancel,
         sweeps::requeue, sweeps::compare,
         audits::create, audits::list, audits::read, audits::cancel, audits::report,
-        audits::image, audits::examples,
+        audits::image, audits::reconstruction, audits::examples,
         datasets::import, datasets::upload, datasets::list, datasets::read, datasets::samples,
         accounts::sign_in, accounts::me, accounts::sign_out, accounts::switch_team,
         accounts::set_password,

@@ -499,7 +499,7 @@ async fn keep_audit_file(
     let (_, lease) = held_audit(state, p, id, headers).await?;
     if !is_audit_file(&path) {
         return Err(ApiError::BadRequest(format!(
-            "`{path}` is not an audit file: target-a.safetensors, reference-b.safetensors, examples.csv or images/N.png"
+            "`{path}` is not an audit file: target-a.safetensors, reference-b.safetensors, examples.csv, reconstruction.png or images/N.png"
         )));
     }
     let target = state.artifacts.audit_dir(id).join(&path);
@@ -551,6 +551,18 @@ async fn audit_end(
         RunStatus::Succeeded => end.report.as_ref(),
         _ => None,
     };
+    if report.is_some_and(|r| r.reconstruction.is_some()) {
+        let path = state
+            .artifacts
+            .audit_dir(&id)
+            .join(crate::audit_job::RECONSTRUCTION);
+        if !state.artifacts.fetch(&path).await? {
+            return Err(ApiError::InvalidSpec(sslab_shared::SpecError::new(
+                "report.reconstruction",
+                "a succeeded audit with reconstructions stores reconstruction.png first",
+            )));
+        }
+    }
     let ok = state
         .store
         .finish_audit(&lease, end.status, end.error.as_deref(), report)

@@ -153,7 +153,7 @@ pub(super) async fn audit(
             return;
         }
     };
-    let (observer, shared) = crate::audit_job::Progress::new(dir.join("images"));
+    let (observer, shared) = crate::audit_job::Progress::new(dir.clone());
     let job_dir = dir.clone();
     let job = tokio::task::spawn_blocking(move || {
         let mut observer = observer;

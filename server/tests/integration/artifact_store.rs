@@ -309,6 +309,7 @@ async fn artifacts_in_s3_and_data_on_workers() {
     // page's images are served from there.
     let mut spec_audit = common::tiny_audit();
     spec_audit["name"] = json!("remote-audit");
+    spec_audit["reconstruct"] = common::tiny_reconstruct();
     let audit = common::post_json(&a, server.url("/audits"), &spec_audit).await;
     let audit_id = audit["id"]
         .as_str()
@@ -341,6 +342,7 @@ async fn artifacts_in_s3_and_data_on_workers() {
         "examples.csv",
         "target-a.safetensors",
         "reference-b.safetensors",
+        "reconstruction.png",
     ] {
         let key = format!("audits/{audit_id}/{file}");
         assert!(kept.contains(&key), "{key} not in {kept:?}");

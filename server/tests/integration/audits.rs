@@ -7,7 +7,8 @@ use crate::common;
 use std::time::{Duration, Instant};
 
 use common::{
-    Server, assert_succeeded, create, fresh_postgres_database, get_json, tiny_audit, wait_terminal,
+    Server, assert_succeeded, create, fresh_postgres_database, get_json, tiny_audit,
+    tiny_reconstruct, wait_terminal,
 };
 use serde_json::{Value, json};
 use sslab_shared::api::{Audit, RunStatus};
@@ -38,7 +39,9 @@ async fn post(client: &reqwest::Client, url: String, body: &Value) -> (u16, Valu
 
 async fn audits_api(server: &Server) {
     let client = server.client();
-    let (status, body) = post(&client, server.url("/audits"), &tiny_audit()).await;
+    let mut spec = tiny_audit();
+    spec["reconstruct"] = tiny_reconstruct();
+    let (status, body) = post(&client, server.url("/audits"), &spec).await;
     assert_eq!(status, 201, "{body}");
     let audit: Audit = serde_json::from_value(body).unwrap();
     assert_eq!(
@@ -55,7 +58,8 @@ async fn audits_api(server: &Server) {
 
     let done = wait_audit(&client, server, &audit.id).await;
     assert_eq!(done.status, RunStatus::Succeeded, "{:?}", done.error);
-    assert_eq!(done.stage, "reference");
+    // The last stage: the reference model's decoder.
+    assert_eq!((done.stage.as_str(), done.step), ("decoder-b", 20));
     let report: Value =
         get_json(&client, server.url(&format!("/audits/{}/report", audit.id))).await;
     assert_eq!(report["split"]["a_only"], 18);
@@ -92,6 +96,19 @@ async fn audits_api(server: &Server) {
         let img = image::load_from_memory(&png.bytes().await.unwrap()).unwrap();
         assert_eq!(img.width(), 32);
     }
+    // Both models' drawings from the crops: 3 rows of crop, image and two
+    // drawings per model.
+    let drawn = &report["reconstruction"];
+    assert_eq!(drawn["rows"].as_array().unwrap().len(), 3, "{drawn}");
+    assert_eq!(drawn["loss_b"].as_array().unwrap().len(), 20, "{drawn}");
+    let png = client
+        .get(server.url(&format!("/audits/{}/reconstruction.png", audit.id)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(png.headers()["content-type"], "image/png");
+    let grid = image::load_from_memory(&png.bytes().await.unwrap()).unwrap();
+    assert_eq!((grid.width(), grid.height()), (2 * 32 + 2 * (6 + 2 * 32), 96));
     let missing = client
         .get(server.url(&format!("/audits/{}/images/..%2Fx.png", audit.id)))
         .send()
@@ -123,6 +140,14 @@ async fn audits_api(server: &Server) {
     assert_eq!(
         (status, body["error"]["field"].as_str()),
         (422, Some("run.data.source")),
+        "{body}"
+    );
+    let mut bad = tiny_audit();
+    bad["reconstruct"] = json!({"kind": "rcdm", "rcdm": {"sample_steps": 0}});
+    let (status, body) = post(&client, server.url("/audits"), &bad).await;
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (422, Some("reconstruct.rcdm.sample_steps")),
         "{body}"
     );
     let mut bad = tiny_audit();
@@ -181,6 +206,14 @@ async fn audits_api(server: &Server) {
     );
     let again: Value = get_json(&client, server.url(&format!("/audits/{id}/report"))).await;
     assert_eq!(again["split"], report["split"]);
+    // It asked for no drawings.
+    assert!(again.get("reconstruction").is_none(), "{again}");
+    let none = client
+        .get(server.url(&format!("/audits/{id}/reconstruction.png")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(none.status(), 404);
     assert_eq!(again["snapshots"].as_array().unwrap().len(), 1);
     assert_eq!(again["snapshots"][0], snapshots[1]);
     // Runs that are not A and B of one partition are refused by field.

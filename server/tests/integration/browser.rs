@@ -1049,7 +1049,8 @@ async fn an_audit_page_in_chromium() {
         "run": {"seed": 3,
                 "data": {"source": "scenes", "classes": 3, "train_images": 90, "test_images": 30},
                 "backbone": {"kind": "tiny_cnn", "width": 8}, "projector": {"dims": "32-16"},
-                "optimizer": {"batch_size": 12}, "schedule": {"epochs": 2}}
+                "optimizer": {"batch_size": 12}, "schedule": {"epochs": 2}},
+        "reconstruct": common::tiny_reconstruct()
     });
     let resp = client
         .post(server.url("/audits"))
@@ -1098,6 +1099,22 @@ async fn an_audit_page_in_chromium() {
         .script("return document.querySelectorAll('#audit-gallery svg.crop rect').length")
         .await;
     assert!(boxes.as_u64().unwrap_or(0) >= 1, "{boxes}");
+    // The drawings from the crops: the grid (3 rows of 32 px) and its figures.
+    let grid = wait_script(
+        &browser,
+        "const i = document.querySelector('#audit-reconstruction'); \
+         return i && i.complete && i.naturalHeight > 0 ? i.naturalHeight : null",
+        30,
+    )
+    .await;
+    assert_eq!(grid, json!(96));
+    let figures = browser
+        .script("return document.querySelector('#audit-reconstruction-figures').textContent")
+        .await;
+    assert!(
+        figures.as_str().unwrap_or_default().contains("chance0.333"),
+        "{figures}"
+    );
     browser.goto(&format!("{}/audits", server.base)).await;
     let row = wait_script(
         &browser,

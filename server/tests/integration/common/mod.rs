@@ -222,6 +222,13 @@ pub fn tiny_audit() -> Value {
     })
 }
 
+/// Small decoders for an audit's drawings (`reconstruct`): seconds on the
+/// tiny audit.
+pub fn tiny_reconstruct() -> Value {
+    json!({"steps": 20, "batch": 16, "samples": 2, "images": 3,
+        "infusion": {"steps": 3, "channels": 8, "blocks": 1}})
+}
+
 /// Polls a job (`GET url`, a JSON body with `status`) until it ends;
 /// its last body.
 pub async fn wait_job(client: &reqwest::Client, url: String, secs: u64) -> Value {
