@@ -189,6 +189,11 @@ impl Optimizer {
         Ok(())
     }
 
+    /// Updates applied so far.
+    pub fn steps(&self) -> usize {
+        self.steps
+    }
+
     /// The optimiser's state as named tensors (`<prefix>m.<param>`, …).
     pub fn state(&self, prefix: &str) -> candle_core::Result<Vec<(String, Tensor)>> {
         let mut out = vec![(

@@ -23,7 +23,7 @@ pub const GALLERY: usize = 12;
 pub const RECONSTRUCTION: &str = "reconstruction.png";
 
 /// What an audit is doing, by `Shared::now`'s names.
-const STAGES: [&str; 5] = ["", "target", "reference", "decoder-a", "decoder-b"];
+pub(crate) const STAGES: [&str; 5] = ["", "target", "reference", "decoder-a", "decoder-b"];
 
 /// Shared with the training thread: where it is, and whether to stop.
 #[derive(Default)]

@@ -46,11 +46,14 @@ impl Shared {
 }
 
 /// Trains the decoders of `spec` for the run (`run` its spec, `checkpoint`
-/// its weights) on a blocking thread; what it shares says where it is.
+/// its weights) on a blocking thread, saving their training in `state` and
+/// carrying on from what an earlier attempt saved there; what it shares
+/// says where it is.
 pub(crate) fn spawn(
     run: RunSpec,
     checkpoint: PathBuf,
     spec: DecoderSpec,
+    state: PathBuf,
     device: candle_core::Device,
 ) -> (Arc<Shared>, JoinHandle<Result<Decoded, String>>) {
     let shared = Arc::new(Shared {
@@ -60,7 +63,10 @@ pub(crate) fn spawn(
     let thread_shared = shared.clone();
     let handle = tokio::task::spawn_blocking(move || {
         let per_layer = spec.steps as i64;
-        sslab_engine::generate::decode::decode(&run, &checkpoint, &spec, &device, &mut |p| {
+        std::fs::create_dir_all(&state)
+            .map_err(|e| format!("cannot create {}: {e}", state.display()))?;
+        let state = Some(state.as_path());
+        sslab_engine::generate::decode::decode(&run, &checkpoint, &spec, &device, state, &mut |p| {
             thread_shared.step.store(
                 p.layer as i64 * per_layer + p.step as i64,
                 Ordering::Relaxed,
@@ -144,10 +150,15 @@ impl Worker {
                 .await
                 .map_err(|e| format!("{e:#}"))?;
         }
+        let dir = self.artifacts.decoder_dir(&job.id);
+        // Beside the job's files but never stored with them; an attempt
+        // after a crash carries on from it.
+        let state = dir.join("state");
         let (shared, mut thread) = spawn(
             run.spec.clone(),
             checkpoint,
             job.spec.clone(),
+            state.clone(),
             sslab_engine::default_device(),
         );
         let mut tick = tokio::time::interval(PROGRESS);
@@ -166,11 +177,15 @@ impl Worker {
                 }
             }
         };
-        if cancelled || lost {
+        if lost {
+            return Ok(None);
+        }
+        // Cancelled, failed or done: nothing will resume it.
+        let _ = tokio::fs::remove_dir_all(&state).await;
+        if cancelled {
             return Ok(None);
         }
         let decoded = outcome?;
-        let dir = self.artifacts.decoder_dir(&job.id);
         tokio::fs::create_dir_all(&dir)
             .await
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;

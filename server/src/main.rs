@@ -249,6 +249,7 @@ enum Command {
     /// Trains a conditional generator (RCDM or infusion) on a finished run's
     /// representation and writes OUT/samples.png, OUT/interpolation.png and
     /// OUT/decoder.json (loss, conditioning accuracy, sample diversity).
+    /// Ctrl-C keeps its state in OUT/state for `--resume`.
     Decode {
         /// A folder `sslab train` wrote.
         #[arg(long)]
@@ -258,6 +259,9 @@ enum Command {
         spec: PathBuf,
         #[arg(long)]
         out: PathBuf,
+        /// Carry on an interrupted decoder from its state in OUT/state.
+        #[arg(long)]
+        resume: bool,
     },
     /// A demo bundle for the browser demo from a finished audit's or run's
     /// folder: encoders, their embeddings of a public set, thumbnails and
@@ -446,9 +450,12 @@ async fn main() -> std::process::ExitCode {
             };
             cli::cka::run(request, || registry(&cli)).await
         }
-        Command::Decode { run, spec, out } => {
-            cli::decode::run(run, spec, out, || registry(&cli)).await
-        }
+        Command::Decode {
+            run,
+            spec,
+            out,
+            resume,
+        } => cli::decode::run(run, spec, out, *resume, || registry(&cli)).await,
         Command::Export {
             audit,
             run,

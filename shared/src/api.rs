@@ -414,9 +414,10 @@ pub struct Audit {
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
     pub error: Option<String>,
-    /// What it is doing: `target` (training on A), `reference` (on B).
+    /// What it is doing: `target` (training on A), `reference` (on B),
+    /// `decoder-a` or `decoder-b` (a reconstruction decoder of model A or B).
     pub stage: String,
-    /// Steps of the model being trained, and its length.
+    /// Steps of the model (or decoder) being trained, and its length.
     pub step: i64,
     pub total_steps: i64,
     #[serde(default)]

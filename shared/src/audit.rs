@@ -325,6 +325,9 @@ pub struct Reconstruction {
     /// The same over the memorized images only (none: there were none).
     pub memorized_target_top1: Option<f64>,
     pub memorized_reference_top1: Option<f64>,
+    /// The control: drawn by the target from the whole image instead of
+    /// the crop; how much of the class its decoder can show at all.
+    pub whole_image_top1: f64,
     /// 1 / classes.
     pub chance: f64,
     /// The grid's rows, top down: crop, image, the target's drawings, the

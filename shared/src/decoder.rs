@@ -356,7 +356,11 @@ pub struct DecoderLayer {
     pub sample_diversity: f64,
     /// The same between two real held-out images of one class.
     pub real_pair_distance: f64,
+    /// Seconds of the last attempt.
     pub seconds: f64,
+    /// The step its training carried on from after an interruption.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_from: Option<usize>,
 }
 
 /// A decoder job of the API: a decoder trained for a finished run by a

@@ -9,6 +9,16 @@ impl Rng {
         Rng(seed ^ 0x9E37_79B9_7F4A_7C15)
     }
 
+    /// Where the stream is, to continue it later with [`Rng::resume`].
+    pub fn position(&self) -> u64 {
+        self.0
+    }
+
+    /// The stream at a [`Rng::position`].
+    pub fn resume(position: u64) -> Self {
+        Rng(position)
+    }
+
     /// A generator for one item of a stream, independent of the others.
     pub fn derive(seed: u64, parts: &[u64]) -> Self {
         let mut r = Rng::new(seed);

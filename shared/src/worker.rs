@@ -192,7 +192,9 @@ pub struct ClaimedAudit {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AuditProgress {
-    /// `target`, `reference`, or empty before training starts.
+    /// `target`, `reference` (the model in training), `decoder-a`,
+    /// `decoder-b` (a reconstruction decoder in training), or empty before
+    /// training starts.
     pub stage: String,
     pub step: i64,
     pub total_steps: i64,
@@ -214,7 +216,9 @@ pub struct AuditEnd {
 /// `examples.csv`, or a gallery image `images/N.png`.
 pub fn is_audit_file(path: &str) -> bool {
     match path {
-        "target-a.safetensors" | "reference-b.safetensors" | "examples.csv"
+        "target-a.safetensors"
+        | "reference-b.safetensors"
+        | "examples.csv"
         | "reconstruction.png" => true,
         _ => path
             .strip_prefix("images/")

@@ -367,7 +367,9 @@ fn finish(
             },
         )
         .map_err(|e| match stopped {
-            true => crate::EngineError::Data("the audit was stopped while drawing its reconstructions".into()),
+            true => crate::EngineError::Data(
+                "the audit was stopped while drawing its reconstructions".into(),
+            ),
             false => e,
         })?;
         observer.on_reconstruction(&png);

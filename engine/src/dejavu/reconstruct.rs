@@ -19,7 +19,8 @@ use crate::data::ImageSet;
 use crate::error::{EngineError, Result};
 use crate::eval::{self, Features};
 use crate::generate::decode::{
-    GAP, Pixels, Standardize, cell, embed_tensor, index_tensor, png, put, to_unit, train_generator,
+    GAP, Pixels, Standardize, Trained, cell, embed_tensor, index_tensor, png, put, to_unit,
+    train_generator,
 };
 use crate::model::Encoder;
 use crate::probe::knn::knn_predict;
@@ -32,6 +33,9 @@ const CHUNK: usize = 256;
 /// decoder's side.
 struct Drawn {
     images: Tensor,
+    /// One drawing per attacked image from its whole image, in the
+    /// examples' order: what the decoder can show at best.
+    from_wholes: Tensor,
     loss: Vec<sslab_shared::decoder::LossPoint>,
     dim: usize,
 }
@@ -66,6 +70,9 @@ pub fn reconstruct(
         })?;
     }
     let crops = prep.crops[0].concat(&prep.crops[1]);
+    let wholes = prep
+        .pool
+        .subset(&examples.iter().map(|e| e.image).collect::<Vec<_>>());
     if crops.len() != examples.len() {
         return Err(EngineError::Data(format!(
             "{} crops for {} attacked images",
@@ -95,36 +102,51 @@ pub fn reconstruct(
         let public = attacked_layer(std::mem::take(&mut public)).expect("a layer");
         let stats = Standardize::fit(&public);
         let cond = stats.apply(&public, device)?;
-        let (generator, loss, mut rng) =
-            train_generator(&decoder, k, &pixels, &cond, &mut |step, _| {
-                progress(model, step, decoder.steps)
-            })?;
-        let at_crops = attacked_layer(eval::embed_layers(encoder, &crops, device)?)
-            .expect("a layer");
+        let Trained {
+            generator,
+            loss,
+            mut rng,
+            ..
+        } = train_generator(&decoder, k, &pixels, &cond, None, &mut |step, _| {
+            progress(model, step, decoder.steps)
+        })?;
+        let at_crops =
+            attacked_layer(eval::embed_layers(encoder, &crops, device)?).expect("a layer");
         let cond_crops = stats.apply(&at_crops, device)?;
-        let mut parts = Vec::new();
-        for chunk in repeated.chunks(CHUNK) {
-            let c = cond_crops.index_select(&index_tensor(chunk, device)?, 0)?;
-            parts.push(generator.sample(&c, &decoder, &mut rng)?);
-        }
+        let mut sample = |cond: &Tensor, rows: &[usize]| -> Result<Tensor> {
+            let mut parts = Vec::new();
+            for chunk in rows.chunks(CHUNK) {
+                let c = cond.index_select(&index_tensor(chunk, device)?, 0)?;
+                parts.push(generator.sample(&c, &decoder, &mut rng)?);
+            }
+            Ok(Tensor::cat(&parts, 0)?)
+        };
+        let images = sample(&cond_crops, &repeated)?;
+        let at_wholes =
+            attacked_layer(eval::embed_layers(encoder, &wholes, device)?).expect("a layer");
+        let from_wholes = sample(
+            &stats.apply(&at_wholes, device)?,
+            &(0..wholes.len()).collect::<Vec<_>>(),
+        )?;
         drawn.push(Drawn {
-            images: Tensor::cat(&parts, 0)?,
+            images,
+            from_wholes,
             loss,
             dim: public.dim,
         });
     }
 
-    // Each drawing's class by each model's full-image kNN on the public set.
+    // Each drawing's class by each model's full-image kNN on the public
+    // set: per drawing, the share of the two judges that say `labels[row]`.
     let e = &spec.run.eval;
     let classes = prep.pool.classes().max(1);
-    let mut right = vec![vec![0.0f64; repeated.len()]; 2];
-    for (m, d) in drawn.iter().enumerate() {
+    let judge = |drawings: &Tensor, labels: &[u32]| -> Result<Vec<f64>> {
         let full = if pool_side != size {
-            d.images
-                .upsample_bilinear2d(pool_side, pool_side, false)?
+            drawings.upsample_bilinear2d(pool_side, pool_side, false)?
         } else {
-            d.images.clone()
+            drawings.clone()
         };
+        let mut right = vec![0.0f64; labels.len()];
         for (bank, encoder) in judges.iter().zip(encoders) {
             let f = embed_tensor(encoder, &full, 0)?;
             let predicted = knn_predict(
@@ -136,11 +158,22 @@ pub fn reconstruct(
                 e.knn_temperature,
                 e.knn_metric,
             );
-            for (r, (&p, &i)) in right[m].iter_mut().zip(predicted.iter().zip(&repeated)) {
-                *r += f64::from(p == examples[i].label) / judges.len() as f64;
+            for (r, (p, l)) in right.iter_mut().zip(predicted.iter().zip(labels)) {
+                *r += f64::from(p == l) / judges.len() as f64;
             }
         }
-    }
+        Ok(right)
+    };
+    let row_labels: Vec<u32> = repeated.iter().map(|&i| examples[i].label).collect();
+    let labels: Vec<u32> = examples.iter().map(|e| e.label).collect();
+    let right = [
+        judge(&drawn[0].images, &row_labels)?,
+        judge(&drawn[1].images, &row_labels)?,
+    ];
+    let right_whole = [
+        judge(&drawn[0].from_wholes, &labels)?,
+        judge(&drawn[1].from_wholes, &labels)?,
+    ];
     let a_only = prep.crops[0].len();
     // The model that trained on example `i` (A for A-only images).
     let target_of = |i: usize| usize::from(i >= a_only);
@@ -161,9 +194,21 @@ pub fn reconstruct(
     };
     let every = |_: usize| true;
     let memorized = |i: usize| examples[i].outcome() == "memorized";
+    let whole_image_top1 = (0..examples.len())
+        .map(|i| right_whole[target_of(i)][i])
+        .sum::<f64>()
+        / examples.len().max(1) as f64;
 
     let rows = grid_rows(examples, settings.images);
-    let png = grid(&crops, &prep.pool, examples, &rows, &drawn, settings.samples, target_of)?;
+    let png = grid(
+        &crops,
+        &prep.pool,
+        examples,
+        &rows,
+        &drawn,
+        settings.samples,
+        target_of,
+    )?;
     let reconstruction = Reconstruction {
         kind: settings.kind,
         layer: match spec.attack.embedding {
@@ -178,6 +223,7 @@ pub fn reconstruct(
         reference_top1: score(&every, false).unwrap_or(0.0),
         memorized_target_top1: score(&memorized, true),
         memorized_reference_top1: score(&memorized, false),
+        whole_image_top1,
         chance: 1.0 / classes as f64,
         rows: rows
             .iter()
@@ -232,7 +278,12 @@ fn grid(
     );
     let cpu = Device::Cpu;
     for (r, &i) in rows.iter().enumerate() {
-        put(&mut grid, &to_unit(crops, &[i], None, &cpu)?.get(0)?, (0, r, side), 0)?;
+        put(
+            &mut grid,
+            &to_unit(crops, &[i], None, &cpu)?.get(0)?,
+            (0, r, side),
+            0,
+        )?;
         let whole = to_unit(pool, &[examples[i].image], None, &cpu)?;
         put(&mut grid, &whole.get(0)?, (1, r, side), 0)?;
         let t = target_of(i);
@@ -249,7 +300,6 @@ fn grid(
     }
     png(grid)
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -336,10 +386,13 @@ mod tests {
         let report = run(&spec, &Device::Cpu, &dir, &mut keep).unwrap();
         let r = report.reconstruction.clone().expect("reconstructions");
         assert_eq!(keep.steps, [30, 30]);
-        assert_eq!((r.layer.as_str(), r.dim, r.image_size), ("projector", 16, 32));
+        assert_eq!(
+            (r.layer.as_str(), r.dim, r.image_size),
+            ("projector", 16, 32)
+        );
         assert_eq!(r.public_images, report.split.public);
         assert!((r.chance - 1.0 / 3.0).abs() < 1e-12);
-        for v in [r.target_top1, r.reference_top1] {
+        for v in [r.target_top1, r.reference_top1, r.whole_image_top1] {
             assert!((0.0..=1.0).contains(&v), "{r:?}");
         }
         let memorized = report.memorized(usize::MAX).len();

@@ -4,7 +4,8 @@
 //! its class (a kNN classifier on that same representation says so), and
 //! how much do they vary?
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
@@ -53,6 +54,8 @@ impl Decoded {
 
 /// Training loss is recorded about this many times per decoder.
 const LOSS_POINTS: usize = 100;
+/// A resumable decoder saves its state about this many times.
+const SAVES: usize = 20;
 /// Images of the run's training split the kNN classifier remembers.
 const KNN_BANK: usize = 4000;
 /// Points of an interpolation, both ends included.
@@ -72,8 +75,27 @@ impl Generator {
         }
     }
 
+    fn state(&self) -> Result<Vec<(String, Tensor)>> {
+        match self {
+            Generator::Infusion(m) => m.state(),
+            Generator::Rcdm(m) => m.state(),
+        }
+    }
+
+    fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
+        match self {
+            Generator::Infusion(m) => m.load_state(state),
+            Generator::Rcdm(m) => m.load_state(state),
+        }
+    }
+
     /// One sample per row of `cond`, in [0, 1].
-    pub(crate) fn sample(&self, cond: &Tensor, spec: &DecoderSpec, rng: &mut Rng) -> Result<Tensor> {
+    pub(crate) fn sample(
+        &self,
+        cond: &Tensor,
+        spec: &DecoderSpec,
+        rng: &mut Rng,
+    ) -> Result<Tensor> {
         match self {
             Generator::Infusion(m) => m.sample(cond, spec.infusion.steps, rng),
             Generator::Rcdm(m) => m.sample(cond, rng),
@@ -83,12 +105,16 @@ impl Generator {
 
 /// Trains one decoder per layer of `spec` for the run (`run` its spec,
 /// `checkpoint` its final weights). `progress` is told after every step and
-/// stops the work by returning false.
+/// stops the work by returning false. With `state`, a folder, each layer's
+/// decoder saves its training there as it goes and carries on from what it
+/// finds there: an interrupted job resumes where it was saved, to the
+/// same result.
 pub fn decode(
     run: &RunSpec,
     checkpoint: &Path,
     spec: &DecoderSpec,
     device: &Device,
+    state: Option<&Path>,
     progress: &mut dyn FnMut(&Progress) -> bool,
 ) -> Result<Decoded> {
     spec.validate()?;
@@ -172,8 +198,19 @@ pub fn decode(
         let cond_train = stats.apply(&train_f[li], device)?;
         let cond_held = stats.apply(&held_f[li], device)?;
         let dim = train_f[li].dim;
-        let (generator, loss, mut rng) =
-            train_generator(spec, k, &train_pixels, &cond_train, &mut |step, loss| {
+        let saved = state.map(|dir| dir.join(format!("layer-{k}.safetensors")));
+        let Trained {
+            generator,
+            loss,
+            mut rng,
+            resumed_from,
+        } = train_generator(
+            spec,
+            k,
+            &train_pixels,
+            &cond_train,
+            saved.as_deref(),
+            &mut |step, loss| {
                 progress(&Progress {
                     layer: k,
                     layers: spec.layers.len(),
@@ -181,7 +218,8 @@ pub fn decode(
                     steps: spec.steps,
                     loss,
                 })
-            })?;
+            },
+        )?;
 
         // `samples` draws for every held-out image, in image order.
         let repeated: Vec<usize> = (0..held.len())
@@ -216,9 +254,9 @@ pub fn decode(
             set: &held,
             ..train_pixels
         }
-            .get(&(0..held.len()).collect::<Vec<_>>(), None)?
-            .flatten_from(1)?
-            .to_vec2::<f32>()?;
+        .get(&(0..held.len()).collect::<Vec<_>>(), None)?
+        .flatten_from(1)?
+        .to_vec2::<f32>()?;
         layers.push(DecoderLayer {
             layer: name.clone(),
             dim,
@@ -228,6 +266,7 @@ pub fn decode(
             sample_diversity: diversity(&pixels, spec.samples),
             real_pair_distance: real_distance(&real, &held.labels),
             seconds: started.elapsed().as_secs_f64(),
+            resumed_from,
         });
         grid_columns.push(
             grid_rows
@@ -294,16 +333,27 @@ impl Pixels<'_> {
     }
 }
 
+/// A trained generator, its loss curve and the random stream to sample with.
+pub(crate) struct Trained {
+    pub generator: Generator,
+    pub loss: Vec<LossPoint>,
+    pub rng: Rng,
+    /// The step it carried on from, when it did.
+    pub resumed_from: Option<usize>,
+}
+
 /// Trains the job's `k`th generator on `pixels`, image `i` conditioned on
-/// row `i` of `cond`: the trained generator, its loss curve and the random
-/// stream to sample with. `progress(step, loss)` stops it by returning false.
+/// row `i` of `cond`. With `saved`, a file, training state is saved there
+/// as it goes and taken up from there when it exists. `progress(step, loss)`
+/// stops it by returning false.
 pub(crate) fn train_generator(
     spec: &DecoderSpec,
     k: usize,
     pixels: &Pixels,
     cond: &Tensor,
+    saved: Option<&Path>,
     progress: &mut dyn FnMut(usize, f32) -> bool,
-) -> Result<(Generator, Vec<LossPoint>, Rng)> {
+) -> Result<Trained> {
     let n = pixels.set.len();
     let dim = cond.dim(1)?;
     let seed = spec.seed.wrapping_add(k as u64);
@@ -329,8 +379,22 @@ pub(crate) fn train_generator(
     };
     let mut rng = Rng::derive(spec.seed, &[0xDEC0DE, k as u64]);
     let every = (spec.steps / LOSS_POINTS).max(1);
+    let save_every = (spec.steps / SAVES).max(1);
     let mut loss = Vec::new();
-    for step in 0..spec.steps {
+    let mut start = 0;
+    if let Some(path) = saved.filter(|p| p.exists()) {
+        let s = SavedState::read(path, &mut generator)?;
+        if s.step > spec.steps {
+            return Err(EngineError::Data(format!(
+                "{} saved step {} of a decoder of {} steps",
+                path.display(),
+                s.step,
+                spec.steps
+            )));
+        }
+        (start, rng, loss) = (s.step, s.rng, s.loss);
+    }
+    for step in start..spec.steps {
         let ids: Vec<usize> = (0..spec.batch).map(|_| rng.below(n)).collect();
         let x = pixels.get(&ids, Some(&mut rng))?;
         let c = cond.index_select(&index_tensor(&ids, pixels.device)?, 0)?;
@@ -341,11 +405,100 @@ pub(crate) fn train_generator(
                 loss: value as f64,
             });
         }
+        if let Some(path) = saved
+            && ((step + 1) % save_every == 0 || step + 1 == spec.steps)
+        {
+            SavedState::write(path, &generator, step + 1, &rng, &loss)?;
+        }
         if !progress(step + 1, value) {
             return Err(EngineError::Data("the decoder was stopped".into()));
         }
     }
-    Ok((generator, loss, rng))
+    Ok(Trained {
+        generator,
+        loss,
+        rng,
+        resumed_from: (start > 0).then_some(start),
+    })
+}
+
+/// A decoder's training as saved: the generator's weights and optimiser,
+/// the steps done, the random stream and the loss curve so far.
+struct SavedState {
+    step: usize,
+    rng: Rng,
+    loss: Vec<LossPoint>,
+}
+
+impl SavedState {
+    fn write(
+        path: &Path,
+        generator: &Generator,
+        step: usize,
+        rng: &Rng,
+        loss: &[LossPoint],
+    ) -> Result<()> {
+        let cpu = Device::Cpu;
+        let mut tensors = HashMap::new();
+        for (name, t) in generator.state()? {
+            tensors.insert(name, t.to_device(&cpu)?);
+        }
+        let position = rng.position();
+        tensors.insert("step".into(), Tensor::new(&[step as u32], &cpu)?);
+        tensors.insert(
+            "rng".into(),
+            Tensor::new(&[(position >> 32) as u32, position as u32], &cpu)?,
+        );
+        let points: Vec<f64> = loss.iter().flat_map(|p| [p.step as f64, p.loss]).collect();
+        tensors.insert(
+            "loss".into(),
+            Tensor::from_vec(points, (loss.len(), 2), &cpu)?,
+        );
+        // Whole or not at all: a crash mid-write leaves the last state.
+        let part = PathBuf::from(format!("{}.part", path.display()));
+        let failed = |e: &dyn std::fmt::Display| {
+            EngineError::Data(format!(
+                "cannot save the decoder's state to {}: {e}",
+                path.display()
+            ))
+        };
+        candle_core::safetensors::save(&tensors, &part).map_err(|e| failed(&e))?;
+        std::fs::rename(&part, path).map_err(|e| failed(&e))
+    }
+
+    fn read(path: &Path, generator: &mut Generator) -> Result<SavedState> {
+        let unreadable = |e: &dyn std::fmt::Display| {
+            EngineError::Data(format!(
+                "the decoder's saved state {} cannot be read ({e}); delete it to start over",
+                path.display()
+            ))
+        };
+        let tensors =
+            candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| unreadable(&e))?;
+        generator.load_state(&tensors).map_err(|e| unreadable(&e))?;
+        let get = |name: &str| {
+            tensors
+                .get(name)
+                .ok_or_else(|| unreadable(&format!("no `{name}`")))
+        };
+        let step = get("step")?.to_vec1::<u32>()?;
+        let rng = get("rng")?.to_vec1::<u32>()?;
+        let loss = get("loss")?.to_vec2::<f64>()?;
+        let (Some(&step), [hi, lo]) = (step.first(), rng.as_slice()) else {
+            return Err(unreadable(&"a malformed step or random state"));
+        };
+        Ok(SavedState {
+            step: step as usize,
+            rng: Rng::resume(((*hi as u64) << 32) | *lo as u64),
+            loss: loss
+                .iter()
+                .map(|p| LossPoint {
+                    step: p[0] as usize,
+                    loss: p[1],
+                })
+                .collect(),
+        })
+    }
 }
 
 /// Splits `set` into images to train on and `per_class` held-out images
@@ -618,6 +771,107 @@ fn interpolation_grid(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sslab_shared::decoder::RcdmSettings;
+
+    /// 12 images of 8 px in two colours, conditioned on their colour.
+    fn two_colours() -> (ImageSet, Tensor) {
+        let n = 12;
+        let pixels = (0..n)
+            .flat_map(|i| {
+                let rgb = if i % 2 == 0 {
+                    [200, 40, 40]
+                } else {
+                    [30, 60, 220]
+                };
+                rgb.repeat(64)
+            })
+            .collect();
+        let set = ImageSet {
+            size: 8,
+            pixels,
+            labels: (0..n).map(|i| (i % 2) as u32).collect(),
+            boxes: Vec::new(),
+            class_names: vec!["red".into(), "blue".into()],
+        };
+        let cond: Vec<f32> = (0..n)
+            .flat_map(|i| if i % 2 == 0 { [1.0, -1.0] } else { [-1.0, 1.0] })
+            .collect();
+        (set, Tensor::from_vec(cond, (n, 2), &Device::Cpu).unwrap())
+    }
+
+    /// Stopped at step 7 and taken up again from its last save (step 6),
+    /// a decoder ends exactly where an uninterrupted one does: losses,
+    /// weights and the samples drawn after.
+    #[test]
+    fn a_resumed_decoder_ends_where_an_uninterrupted_one_does() {
+        let (set, cond) = two_colours();
+        let pixels = Pixels {
+            set: &set,
+            shrink: 1,
+            device: &Device::Cpu,
+        };
+        for kind in [DecoderKind::Infusion, DecoderKind::Rcdm] {
+            let spec = DecoderSpec {
+                kind,
+                // Saved every 2 steps.
+                steps: 40,
+                batch: 4,
+                infusion: sslab_shared::decoder::InfusionSettings {
+                    steps: 2,
+                    channels: 4,
+                    blocks: 1,
+                    ..Default::default()
+                },
+                rcdm: RcdmSettings {
+                    channels: 4,
+                    multipliers: vec![1, 2],
+                    attention: vec![4],
+                    groups: 2,
+                    diffusion_steps: 20,
+                    sample_steps: 4,
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let draw = |t: Trained| {
+                let mut rng = t.rng;
+                let x = t.generator.sample(&cond, &spec, &mut rng).unwrap();
+                (t.loss, x.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+            };
+            let whole = train_generator(&spec, 0, &pixels, &cond, None, &mut |_, _| true).unwrap();
+            assert_eq!(whole.resumed_from, None);
+            let whole = draw(whole);
+
+            let dir = tempfile::tempdir().unwrap();
+            let saved = dir.path().join("layer-0.safetensors");
+            let err = train_generator(&spec, 0, &pixels, &cond, Some(&saved), &mut |s, _| s < 7)
+                .err()
+                .expect("stopped");
+            assert!(err.to_string().contains("stopped"), "{err}");
+            let mut steps = Vec::new();
+            let resumed = train_generator(&spec, 0, &pixels, &cond, Some(&saved), &mut |s, _| {
+                steps.push(s);
+                true
+            })
+            .unwrap();
+            assert_eq!(resumed.resumed_from, Some(6), "{kind:?}");
+            assert_eq!(steps, (7..=40).collect::<Vec<_>>());
+            assert_eq!(draw(resumed), whole, "{kind:?}");
+
+            // A finished decoder's state trains no more; a broken one is
+            // named, not silently started over.
+            let again = train_generator(&spec, 0, &pixels, &cond, Some(&saved), &mut |_, _| {
+                panic!("no step is left")
+            })
+            .unwrap();
+            assert_eq!(again.resumed_from, Some(40));
+            std::fs::write(&saved, b"half a file").unwrap();
+            let err = train_generator(&spec, 0, &pixels, &cond, Some(&saved), &mut |_, _| true)
+                .err()
+                .expect("unreadable");
+            assert!(err.to_string().contains("delete it to start over"), "{err}");
+        }
+    }
 
     #[test]
     fn distances_are_rms_per_pixel() {

@@ -156,6 +156,7 @@ pub struct Infusion {
     image_size: usize,
     cond_dim: usize,
     net: Operator,
+    vars: VarMap,
     opt: Optimizer,
     /// The prior: per-pixel mean and standard deviation of the training
     /// images (`3 × s × s`, in [0, 1] units).
@@ -200,10 +201,26 @@ impl Infusion {
             image_size: h,
             cond_dim,
             net,
+            vars: varmap,
             opt,
             prior_mean,
             prior_std,
         })
+    }
+
+    /// The weights and the optimiser's state, to resume training from.
+    pub fn state(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut out = super::vars_state(&self.vars, "w.");
+        out.extend(self.opt.state("opt.")?);
+        Ok(out)
+    }
+
+    /// Restores what [`Infusion::state`] saved.
+    pub fn load_state(&mut self, state: &std::collections::HashMap<String, Tensor>) -> Result<()> {
+        super::load_vars(&self.vars, state, "w.")?;
+        self.opt
+            .load_state(state, "opt.")
+            .map_err(EngineError::Data)
     }
 
     fn check(&self, images: Option<&Tensor>, cond: &Tensor) -> Result<usize> {

@@ -10,8 +10,41 @@ pub mod unet;
 #[cfg(test)]
 pub(crate) mod gradcheck;
 
+use std::collections::HashMap;
+
 use candle_core::{DType, Module, Tensor};
-use candle_nn::{Conv2dConfig, VarBuilder};
+use candle_nn::{Conv2dConfig, VarBuilder, VarMap};
+
+/// Every variable of `vars` as named tensors, under `prefix`.
+pub(crate) fn vars_state(vars: &VarMap, prefix: &str) -> Vec<(String, Tensor)> {
+    let data = vars.data().lock().expect("the variables' lock");
+    data.iter()
+        .map(|(name, var)| (format!("{prefix}{name}"), var.as_tensor().clone()))
+        .collect()
+}
+
+/// Sets every variable of `vars` from what [`vars_state`] saved.
+pub(crate) fn load_vars(
+    vars: &VarMap,
+    state: &HashMap<String, Tensor>,
+    prefix: &str,
+) -> crate::Result<()> {
+    let data = vars.data().lock().expect("the variables' lock");
+    for (name, var) in data.iter() {
+        let saved = state.get(&format!("{prefix}{name}")).ok_or_else(|| {
+            crate::EngineError::Data(format!("the saved state has no `{prefix}{name}`"))
+        })?;
+        if saved.dims() != var.dims() {
+            return Err(crate::EngineError::Data(format!(
+                "the saved `{prefix}{name}` has shape {:?}, the decoder's {:?}",
+                saved.dims(),
+                var.dims()
+            )));
+        }
+        var.set(&saved.to_device(var.device())?)?;
+    }
+    Ok(())
+}
 
 /// A square convolution with bias. f32 goes through the engine's own op
 /// (im2col + gemm with its own backward on the CPU, cuDNN on CUDA):

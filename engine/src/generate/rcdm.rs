@@ -87,6 +87,29 @@ impl Rcdm {
         })
     }
 
+    /// The weights, their moving average and the optimiser's state, to
+    /// resume training from.
+    pub fn state(&self) -> crate::Result<Vec<(String, Tensor)>> {
+        let mut out = super::vars_state(&self.vars, "w.");
+        out.extend(super::vars_state(&self.ema_vars, "ema."));
+        out.extend(self.optimizer.state("opt.")?);
+        Ok(out)
+    }
+
+    /// Restores what [`Rcdm::state`] saved.
+    pub fn load_state(
+        &mut self,
+        state: &std::collections::HashMap<String, Tensor>,
+    ) -> crate::Result<()> {
+        super::load_vars(&self.vars, state, "w.")?;
+        super::load_vars(&self.ema_vars, state, "ema.")?;
+        self.optimizer
+            .load_state(state, "opt.")
+            .map_err(EngineError::Data)?;
+        self.steps = self.optimizer.steps();
+        Ok(())
+    }
+
     /// Optimiser steps taken.
     pub fn steps(&self) -> usize {
         self.steps

@@ -314,6 +314,8 @@ fn Reconstructions(r: Reconstruction, id: String, names: Vec<String>) -> impl In
                     <td>{pair(Some(r.target_top1), Some(r.reference_top1))}</td></tr>
                 <tr><th>"… on the memorized images"</th>
                     <td>{pair(r.memorized_target_top1, r.memorized_reference_top1)}</td></tr>
+                <tr><th>"Drawn by the target from the whole image (control)"</th>
+                    <td>{format!("{:.3}", r.whole_image_top1)}</td></tr>
                 <tr><th>"chance"</th><td>{format!("{:.3}", r.chance)}</td></tr>
             </tbody></table>
             <p class="legend">"Each row: the crop, the image, the target's drawings, then the reference's."</p>

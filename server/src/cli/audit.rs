@@ -143,8 +143,8 @@ pub async fn run(spec_path: &Path, out: &Path) -> anyhow::Result<()> {
             _ => String::new(),
         };
         println!(
-            "drawn from the crops, the true class: target {:.3} reference {:.3} (chance {:.3}){memorized}; grid in reconstruction.png",
-            r.target_top1, r.reference_top1, r.chance
+            "drawn from the crops, the true class: target {:.3} reference {:.3} (chance {:.3}){memorized}; from the whole images {:.3}; grid in reconstruction.png",
+            r.target_top1, r.reference_top1, r.chance, r.whole_image_top1
         );
     }
     println!("wrote {}", out.display());

@@ -1,20 +1,24 @@
 //! `sslab decode --run DIR --spec FILE --out DIR2`: trains a conditional
 //! generator on a finished run's representation and writes what it draws:
-//! `samples.png`, `interpolation.png` and `decoder.json`.
+//! `samples.png`, `interpolation.png` and `decoder.json`. Its training
+//! state is kept in `DIR2/state` until it ends, so that Ctrl-C and then
+//! `--resume` carry on where it was saved.
 
 use std::path::Path;
+use std::sync::atomic::Ordering;
 
 use anyhow::Context;
 use sslab_shared::decoder::DecoderSpec;
 use sslab_shared::spec::DataSpec;
 
-use super::train::{finished_run, write_json};
+use super::train::{finished_run, interrupt_flag, write_json};
 use crate::store::Owner;
 
 pub async fn run<F, R>(
     run_dir: &Path,
     spec_path: &Path,
     out: &Path,
+    resume: bool,
     registry: F,
 ) -> anyhow::Result<()>
 where
@@ -35,29 +39,62 @@ where
     if spec.name.is_empty() {
         spec.name = format!("{}-{}", run.name, spec.kind.as_str());
     }
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let state = out.join("state");
+    match (state.exists(), resume) {
+        (true, false) => anyhow::bail!(
+            "{} holds an interrupted decoder; pass --resume to carry on, or delete it to start over",
+            state.display()
+        ),
+        (false, true) => anyhow::bail!("{} holds no decoder to resume", state.display()),
+        _ => {}
+    }
+    std::fs::create_dir_all(&state)
+        .with_context(|| format!("cannot create {}", state.display()))?;
     let job_spec = spec.clone();
+    let interrupted = interrupt_flag();
+    let stop = interrupted.clone();
+    let thread_state = state.clone();
     let decoded = tokio::task::spawn_blocking(move || {
         let device = sslab_engine::default_device();
         let mut last_tenth = usize::MAX;
-        sslab_engine::generate::decode::decode(&run, &checkpoint, &job_spec, &device, &mut |p| {
-            let tenth = p.step * 10 / p.steps.max(1);
-            if tenth != last_tenth {
-                last_tenth = tenth;
-                println!(
-                    "decoder {}/{} ({}): step {}/{} loss {:.4}",
-                    p.layer + 1,
-                    p.layers,
-                    job_spec.layers[p.layer],
-                    p.step,
-                    p.steps,
-                    p.loss
-                );
-            }
-            true
-        })
+        let state = Some(thread_state.as_path());
+        sslab_engine::generate::decode::decode(
+            &run,
+            &checkpoint,
+            &job_spec,
+            &device,
+            state,
+            &mut |p| {
+                let tenth = p.step * 10 / p.steps.max(1);
+                if tenth != last_tenth {
+                    last_tenth = tenth;
+                    println!(
+                        "decoder {}/{} ({}): step {}/{} loss {:.4}",
+                        p.layer + 1,
+                        p.layers,
+                        job_spec.layers[p.layer],
+                        p.step,
+                        p.steps,
+                        p.loss
+                    );
+                }
+                !stop.load(Ordering::Relaxed)
+            },
+        )
     })
-    .await??;
+    .await?;
+    let decoded = match decoded {
+        Ok(d) => d,
+        Err(_) if interrupted.load(Ordering::Relaxed) => anyhow::bail!(
+            "interrupted; its state is in {} (`--resume` carries on)",
+            state.display()
+        ),
+        Err(e) => {
+            // Only an interruption is worth carrying on from.
+            let _ = std::fs::remove_dir_all(&state);
+            return Err(e.into());
+        }
+    };
     for l in &decoded.report.layers {
         println!(
             "{}: conditioning accuracy {:.3} (chance {:.3}), sample diversity {:.3} (two real images of a class: {:.3})",
@@ -70,6 +107,8 @@ where
     }
     let file = out.join("decoder.json");
     write_json(&file, &decoded.report)?;
+    std::fs::remove_dir_all(&state)
+        .with_context(|| format!("cannot remove {}", state.display()))?;
     println!("wrote {}", file.display());
     Ok(())
 }

@@ -371,10 +371,10 @@ async fn audit_progress(
 ) -> ApiResult<Json<HeartbeatAnswer>> {
     let (_, lease) = held_audit(&state, &p, &id, &headers).await?;
     let at: AuditProgress = parse(&body)?;
-    if !matches!(at.stage.as_str(), "" | "target" | "reference") {
+    if !crate::audit_job::STAGES.contains(&at.stage.as_str()) {
         return Err(ApiError::InvalidSpec(sslab_shared::SpecError::new(
             "stage",
-            "`target`, `reference`, or empty before training",
+            "`target`, `reference`, `decoder-a`, `decoder-b`, or empty before training",
         )));
     }
     match state

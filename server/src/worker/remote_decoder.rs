@@ -56,7 +56,11 @@ pub(super) async fn decode(
             return;
         }
     };
-    let (shared, job) = crate::decoder_job::spawn(run, checkpoint, spec, device);
+    // Kept apart from the job's folder, which each attempt starts afresh:
+    // when this worker claims the job again after handing it back, it
+    // carries on from here.
+    let state = host.work_dir.join("decoder-states").join(&claimed.id);
+    let (shared, job) = crate::decoder_job::spawn(run, checkpoint, spec, state.clone(), device);
     let Followed {
         result,
         cancelled,
@@ -128,8 +132,12 @@ pub(super) async fn decode(
             report: None,
         }),
     };
+    let handed_back = end.is_none() && !lost;
     if let Some(end) = end {
         report_end(host, &at, "decoder job", &claimed.id, end.status, &end).await;
+    }
+    if !handed_back {
+        let _ = tokio::fs::remove_dir_all(&state).await;
     }
     let _ = tokio::fs::remove_dir_all(&dir).await;
 }

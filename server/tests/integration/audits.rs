@@ -108,7 +108,10 @@ async fn audits_api(server: &Server) {
         .unwrap();
     assert_eq!(png.headers()["content-type"], "image/png");
     let grid = image::load_from_memory(&png.bytes().await.unwrap()).unwrap();
-    assert_eq!((grid.width(), grid.height()), (2 * 32 + 2 * (6 + 2 * 32), 96));
+    assert_eq!(
+        (grid.width(), grid.height()),
+        (2 * 32 + 2 * (6 + 2 * 32), 96)
+    );
     let missing = client
         .get(server.url(&format!("/audits/{}/images/..%2Fx.png", audit.id)))
         .send()

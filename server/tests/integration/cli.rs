@@ -1035,6 +1035,17 @@ blocks = 1
     let grid = image::load_from_memory(&std::fs::read(out.join("samples.png")).unwrap()).unwrap();
     assert_eq!((grid.width(), grid.height()), (32 + 6 + 3 * 32, 8 * 32));
     assert!(out.join("interpolation.png").is_file());
+    // Its training state goes once it ends: nothing is left to resume.
+    assert!(!out.join("state").exists());
+    let mut args: Vec<&str> = vec!["decode", "--run", run.to_str().unwrap()];
+    args.extend(["--spec", decoder.to_str().unwrap(), "--out"]);
+    args.extend([out.to_str().unwrap(), "--resume"]);
+    let res = sslab(&args);
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(
+        !res.status.success() && err.contains("no decoder to resume"),
+        "{err}"
+    );
 
     // Bad input: named by field or by run.
     let bad = |toml: &str, wanted: &str| {

@@ -177,3 +177,54 @@ async fn a_decoder_trains_on_a_run_and_draws_its_grids() {
         .unwrap();
     assert_eq!(resp.status(), 404);
 }
+
+/// A server killed while a decoder trains queues the job again when it
+/// starts, and the decoder carries on from the state it last saved
+/// instead of starting over; the state goes once the job has ended.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_servers_decoder_carries_on_from_its_saved_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), None);
+    let client = server.client();
+    let run = create(&client, &server, &tiny_spec(1)).await;
+    assert_succeeded(&wait_terminal(&client, &server, &run.id).await);
+    let mut body = small();
+    body["layers"] = json!(["backbone"]);
+    body["steps"] = json!(2000);
+    let job = post_json(
+        &client,
+        server.url(&format!("/runs/{}/decoders", run.id)),
+        &body,
+    )
+    .await;
+    let id = job["id"].as_str().unwrap().to_string();
+    // Saved every 100 steps: past step 300, at least 200 are kept.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let job: Value = get_json(&client, server.url(&format!("/decoders/{id}"))).await;
+        if job["step"].as_i64().unwrap_or(0) >= 300 {
+            assert_eq!(job["status"], "running", "{job}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the decoder is slow: {job}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.stop("KILL");
+    let state = dir
+        .path()
+        .join("artifacts/decoders")
+        .join(&id)
+        .join("state");
+    assert!(state.join("layer-0.safetensors").is_file());
+    let server = Server::start(dir.path(), None);
+    let job = ended(&client, &server, &id).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["step"], 2000, "{job}");
+    let resumed = job["report"]["layers"][0]["resumed_from"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("not resumed: {job}"));
+    assert!((200..2000).contains(&resumed), "{job}");
+    let loss = job["report"]["layers"][0]["loss"].as_array().unwrap();
+    assert_eq!(loss.len(), 101, "one curve across both attempts: {job}");
+    assert!(!state.exists(), "the state outlived its job");
+}
