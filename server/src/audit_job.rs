@@ -41,6 +41,8 @@ pub(crate) struct Shared {
 pub(crate) struct Progress {
     shared: Arc<Shared>,
     dir: std::path::PathBuf,
+    /// Why the reconstruction grid could not be written: the audit fails.
+    unwritten: Option<String>,
 }
 
 impl Progress {
@@ -52,9 +54,22 @@ impl Progress {
             Progress {
                 shared: shared.clone(),
                 dir,
+                unwritten: None,
             },
             shared,
         )
+    }
+
+    /// The audit's report, unless a file its page needs was not written.
+    pub(crate) fn checked(
+        &mut self,
+        report: sslab_engine::Result<AuditReport>,
+    ) -> Result<AuditReport, String> {
+        let report = report.map_err(|e| e.to_string())?;
+        match self.unwritten.take() {
+            Some(why) => Err(why),
+            None => Ok(report),
+        }
     }
 
     fn at(&self, stage: usize, step: usize, total: usize) -> Control {
@@ -106,8 +121,9 @@ impl AuditObserver for Progress {
     }
 
     fn on_reconstruction(&mut self, png: &[u8]) {
-        if let Err(e) = std::fs::write(self.dir.join(RECONSTRUCTION), png) {
-            tracing::warn!(error = %e, "the audit's reconstruction grid was not written");
+        let path = self.dir.join(RECONSTRUCTION);
+        if let Err(e) = std::fs::write(&path, png) {
+            self.unwritten = Some(format!("cannot write {}: {e}", path.display()));
         }
     }
 
@@ -192,7 +208,7 @@ impl Worker {
             })?;
             let mut observer = observer;
             let device = sslab_engine::default_device();
-            match &trained {
+            let report = match &trained {
                 Some((target, reference)) => sslab_engine::dejavu::run_trained(
                     &spec,
                     target,
@@ -201,8 +217,8 @@ impl Worker {
                     &mut observer,
                 ),
                 None => sslab_engine::dejavu::run(&spec, &device, &job_dir, &mut observer),
-            }
-            .map_err(|e| e.to_string())
+            };
+            observer.checked(report)
         });
         let mut tick = tokio::time::interval(PROGRESS);
         let (mut cancelled, mut interrupted) = (false, false);

@@ -19,6 +19,10 @@ use crate::worker::{Worker, lease_ms};
 
 /// How often progress is written.
 const PROGRESS: Duration = Duration::from_secs(2);
+/// The decoders' training state, in the job's folder but never stored with
+/// its files: an attempt after a crash carries on from it, and it goes once
+/// the job has ended.
+const STATE: &str = "state";
 
 /// What the training thread shares with the async side.
 #[derive(Default)]
@@ -108,7 +112,10 @@ impl Worker {
             .await
         {
             Ok(true) => {
-                tracing::info!(decoder = %job.id, status = status.as_str(), error = error.as_deref().unwrap_or(""), "decoder job ended")
+                tracing::info!(decoder = %job.id, status = status.as_str(), error = error.as_deref().unwrap_or(""), "decoder job ended");
+                // Ended for good: nothing will carry on from its state.
+                let state = self.artifacts.decoder_dir(&job.id).join(STATE);
+                let _ = tokio::fs::remove_dir_all(&state).await;
             }
             Ok(false) => {
                 tracing::warn!(decoder = %job.id, "decoder job was taken from this worker before it ended")
@@ -151,9 +158,7 @@ impl Worker {
                 .map_err(|e| format!("{e:#}"))?;
         }
         let dir = self.artifacts.decoder_dir(&job.id);
-        // Beside the job's files but never stored with them; an attempt
-        // after a crash carries on from it.
-        let state = dir.join("state");
+        let state = dir.join(STATE);
         let (shared, mut thread) = spawn(
             run.spec.clone(),
             checkpoint,
@@ -177,15 +182,12 @@ impl Worker {
                 }
             }
         };
-        if lost {
-            return Ok(None);
-        }
-        // Cancelled, failed or done: nothing will resume it.
-        let _ = tokio::fs::remove_dir_all(&state).await;
-        if cancelled {
+        if cancelled || lost {
             return Ok(None);
         }
         let decoded = outcome?;
+        // Stored with the job's files otherwise.
+        let _ = tokio::fs::remove_dir_all(&state).await;
         tokio::fs::create_dir_all(&dir)
             .await
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;

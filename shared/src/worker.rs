@@ -213,7 +213,7 @@ pub struct AuditEnd {
 }
 
 /// Whether `path` names a file an audit keeps: its two models' weights,
-/// `examples.csv`, or a gallery image `images/N.png`.
+/// `examples.csv`, `reconstruction.png`, or a gallery image `images/N.png`.
 pub fn is_audit_file(path: &str) -> bool {
     match path {
         "target-a.safetensors"

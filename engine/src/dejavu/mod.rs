@@ -256,6 +256,7 @@ pub fn run(
 ) -> Result<AuditReport> {
     spec.validate()?;
     let prep = prepare(spec)?;
+    check_reconstruct(spec, &prep)?;
     // Each model is evaluated by the audit itself; the run's own plan is cut
     // to one cheap probe.
     let mut run = spec.run.clone();
@@ -327,6 +328,7 @@ pub fn run_trained(
 ) -> Result<AuditReport> {
     spec.validate()?;
     let prep = prepare(spec)?;
+    check_reconstruct(spec, &prep)?;
     let run = spec.run.clone().into_valid()?;
     let encoders = [
         train::load_encoder(&run, target, device)?,
@@ -339,6 +341,14 @@ pub fn run_trained(
     let (a, b) = (at_last_epoch(&encoders[0])?, at_last_epoch(&encoders[1])?);
     let report = assemble(spec, &prep, &a, &b, observer);
     finish(spec, &prep, report, || Ok(encoders), device, observer)
+}
+
+/// Refuses reconstructions the data cannot have before anything trains.
+fn check_reconstruct(spec: &AuditSpec, prep: &Prepared) -> Result<()> {
+    match &spec.reconstruct {
+        Some(r) => reconstruct::side(r, prep.pool.size).map(|_| ()),
+        None => Ok(()),
+    }
 }
 
 /// Adds the reconstructions when the spec asks for them (`encoders`: A

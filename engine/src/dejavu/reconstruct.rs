@@ -57,18 +57,7 @@ pub fn reconstruct(
     let started = Instant::now();
     let decoder = settings.decoder();
     let pool_side = prep.pool.size;
-    let size = settings.image_size.unwrap_or(pool_side);
-    if size > pool_side || pool_side % size != 0 {
-        return Err(EngineError::Spec(sslab_shared::SpecError::new(
-            "reconstruct.image_size",
-            format!("{size} px does not divide the data's {pool_side} px images"),
-        )));
-    }
-    if settings.kind == DecoderKind::Rcdm {
-        settings.rcdm.check_image_size(size).map_err(|e| {
-            sslab_shared::SpecError::new(format!("reconstruct.{}", e.field), e.message)
-        })?;
-    }
+    let size = side(settings, pool_side)?;
     let crops = prep.crops[0].concat(&prep.crops[1]);
     let wholes = prep
         .pool
@@ -141,14 +130,23 @@ pub fn reconstruct(
     let e = &spec.run.eval;
     let classes = prep.pool.classes().max(1);
     let judge = |drawings: &Tensor, labels: &[u32]| -> Result<Vec<f64>> {
-        let full = if pool_side != size {
-            drawings.upsample_bilinear2d(pool_side, pool_side, false)?
-        } else {
-            drawings.clone()
-        };
         let mut right = vec![0.0f64; labels.len()];
         for (bank, encoder) in judges.iter().zip(encoders) {
-            let f = embed_tensor(encoder, &full, 0)?;
+            let mut f = Features {
+                dim: 0,
+                data: Vec::new(),
+            };
+            for start in (0..labels.len()).step_by(CHUNK) {
+                let part = drawings.narrow(0, start, CHUNK.min(labels.len() - start))?;
+                let part = if pool_side != size {
+                    part.upsample_bilinear2d(pool_side, pool_side, false)?
+                } else {
+                    part
+                };
+                let e = embed_tensor(encoder, &part, 0)?;
+                f.dim = e.dim;
+                f.data.extend(e.data);
+            }
             let predicted = knn_predict(
                 bank,
                 &prep.public.labels,
@@ -239,6 +237,24 @@ pub fn reconstruct(
         seconds: started.elapsed().as_secs_f64(),
     };
     Ok((reconstruction, png))
+}
+
+/// The side the decoders draw at, checked against the data's: an audit
+/// checks it before it trains anything.
+pub fn side(settings: &ReconstructSpec, data_side: usize) -> Result<usize> {
+    let size = settings.image_size.unwrap_or(data_side);
+    if size > data_side || data_side % size != 0 {
+        return Err(EngineError::Spec(sslab_shared::SpecError::new(
+            "reconstruct.image_size",
+            format!("{size} px does not divide the data's {data_side} px images"),
+        )));
+    }
+    if settings.kind == DecoderKind::Rcdm {
+        settings.rcdm.check_image_size(size).map_err(|e| {
+            sslab_shared::SpecError::new(format!("reconstruct.{}", e.field), e.message)
+        })?;
+    }
+    Ok(size)
 }
 
 /// Up to `n` examples: the memorized ones by the target's confidence, then
@@ -439,6 +455,15 @@ mod tests {
         let mut odd = spec.clone();
         odd.reconstruct.as_mut().unwrap().image_size = Some(12);
         let err = run_trained(&odd, &a, &b, &Device::Cpu, &mut Keep::default()).unwrap_err();
+        assert!(err.to_string().contains("reconstruct.image_size"), "{err}");
+        // Before any model trains.
+        struct Untrained;
+        impl AuditObserver for Untrained {
+            fn on_step(&mut self, _: Model, _: &StepMetrics) -> Control {
+                panic!("a model trained before the sizes were checked")
+            }
+        }
+        let err = run(&odd, &Device::Cpu, &dir, &mut Untrained).unwrap_err();
         assert!(err.to_string().contains("reconstruct.image_size"), "{err}");
         std::fs::remove_dir_all(&dir).ok();
     }

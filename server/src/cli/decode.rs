@@ -48,8 +48,27 @@ where
         (false, true) => anyhow::bail!("{} holds no decoder to resume", state.display()),
         _ => {}
     }
-    std::fs::create_dir_all(&state)
-        .with_context(|| format!("cannot create {}", state.display()))?;
+    // What the state was saved for: a resume with another spec or run
+    // would not end where the first attempt was going.
+    let saved_for = serde_json::json!({"run": run_dir, "spec": spec});
+    let saved_for_file = state.join("decoder.json");
+    if resume {
+        let earlier: serde_json::Value = std::fs::read_to_string(&saved_for_file)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        if earlier != saved_for {
+            anyhow::bail!(
+                "{} was saved for another run or spec ({}); resume with those, or delete it to start over",
+                state.display(),
+                saved_for_file.display()
+            );
+        }
+    } else {
+        std::fs::create_dir_all(&state)
+            .with_context(|| format!("cannot create {}", state.display()))?;
+        write_json(&saved_for_file, &saved_for)?;
+    }
     let job_spec = spec.clone();
     let interrupted = interrupt_flag();
     let stop = interrupted.clone();
@@ -90,8 +109,11 @@ where
             state.display()
         ),
         Err(e) => {
-            // Only an interruption is worth carrying on from.
-            let _ = std::fs::remove_dir_all(&state);
+            // Kept when any training was saved: `--resume` can carry on
+            // once what stopped it is fixed (a full disk, say).
+            if !saved_training(&state) {
+                let _ = std::fs::remove_dir_all(&state);
+            }
             return Err(e.into());
         }
     };
@@ -111,4 +133,13 @@ where
         .with_context(|| format!("cannot remove {}", state.display()))?;
     println!("wrote {}", file.display());
     Ok(())
+}
+
+/// Whether `state` holds any decoder's saved training.
+fn saved_training(state: &Path) -> bool {
+    std::fs::read_dir(state).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().ends_with(".safetensors"))
+    })
 }

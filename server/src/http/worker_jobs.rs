@@ -448,13 +448,14 @@ async fn audit_data(
     .await
 }
 
-/// Stores a file of a held audit: the two models' weights or `examples.csv`.
+/// Stores a file of a held audit: the two models' weights, `examples.csv`
+/// or `reconstruction.png`.
 #[utoipa::path(
     operation_id = "upload_audit_file",
     put,
     path = "/worker/audits/{id}/files/{file}",
     tag = "workers",
-    params(("id" = String, Path, description = "the audit's id"), ("file" = String, Path, description = "`target-a.safetensors`, `reference-b.safetensors` or `examples.csv`"), ("Sslab-Lease" = String, Header, description = "the claim's lease")),
+    params(("id" = String, Path, description = "the audit's id"), ("file" = String, Path, description = "`target-a.safetensors`, `reference-b.safetensors`, `examples.csv` or `reconstruction.png`"), ("Sslab-Lease" = String, Header, description = "the claim's lease")),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses((status = 200, description = "stored", body = StoredFile), (status = 409, description = "the lease is not held; nothing stored", body = sslab_shared::api::ErrorBody), (status = 400, description = "not an audit file, or the body broke off", body = sslab_shared::api::ErrorBody), (status = 413, description = "too large", body = sslab_shared::api::ErrorBody), (status = 404, description = "not found, or not this worker's team", body = sslab_shared::api::ErrorBody), (status = 403, description = "not a worker token", body = sslab_shared::api::ErrorBody), (status = 401, description = "no or unusable credentials", body = sslab_shared::api::ErrorBody))
 )]

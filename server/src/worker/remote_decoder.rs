@@ -52,6 +52,8 @@ pub(super) async fn decode(
                 report: None,
             };
             report_end(host, &at, "decoder job", &claimed.id, end.status, &end).await;
+            let states = host.work_dir.join("decoder-states").join(&claimed.id);
+            let _ = tokio::fs::remove_dir_all(&states).await;
             let _ = tokio::fs::remove_dir_all(&dir).await;
             return;
         }

@@ -157,13 +157,13 @@ pub(super) async fn audit(
     let job_dir = dir.clone();
     let job = tokio::task::spawn_blocking(move || {
         let mut observer = observer;
-        match &trained {
+        let report = match &trained {
             Some((target, reference)) => {
                 sslab_engine::dejavu::run_trained(&spec, target, reference, &device, &mut observer)
             }
             None => sslab_engine::dejavu::run(&spec, &device, &job_dir, &mut observer),
-        }
-        .map_err(|e| e.to_string())
+        };
+        observer.checked(report)
     });
     let Followed {
         result,

@@ -1046,6 +1046,26 @@ blocks = 1
         !res.status.success() && err.contains("no decoder to resume"),
         "{err}"
     );
+    // A state saved for another spec is not resumed with this one, and
+    // a folder holding a state is not started over unasked; it stays.
+    let state = out.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join("decoder.json"), r#"{"spec": "another"}"#).unwrap();
+    std::fs::write(state.join("layer-0.safetensors"), b"saved").unwrap();
+    let res = sslab(&args);
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(
+        !res.status.success() && err.contains("saved for another run or spec"),
+        "{err}"
+    );
+    let res = decode(&decoder, &run);
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(
+        !res.status.success() && err.contains("pass --resume"),
+        "{err}"
+    );
+    assert!(state.join("layer-0.safetensors").is_file());
+    std::fs::remove_dir_all(&state).unwrap();
 
     // Bad input: named by field or by run.
     let bad = |toml: &str, wanted: &str| {

@@ -198,24 +198,18 @@ async fn a_killed_servers_decoder_carries_on_from_its_saved_state() {
     )
     .await;
     let id = job["id"].as_str().unwrap().to_string();
-    // Saved every 100 steps: past step 300, at least 200 are kept.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let job: Value = get_json(&client, server.url(&format!("/decoders/{id}"))).await;
-        if job["step"].as_i64().unwrap_or(0) >= 300 {
-            assert_eq!(job["status"], "running", "{job}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "the decoder is slow: {job}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    server.stop("KILL");
+    // Saved every 100 steps: killed soon after the first save.
     let state = dir
         .path()
         .join("artifacts/decoders")
         .join(&id)
         .join("state");
-    assert!(state.join("layer-0.safetensors").is_file());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !state.join("layer-0.safetensors").is_file() {
+        assert!(Instant::now() < deadline, "no state was saved");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    server.stop("KILL");
     let server = Server::start(dir.path(), None);
     let job = ended(&client, &server, &id).await;
     assert_eq!(job["status"], "succeeded", "{job}");
@@ -223,7 +217,7 @@ async fn a_killed_servers_decoder_carries_on_from_its_saved_state() {
     let resumed = job["report"]["layers"][0]["resumed_from"]
         .as_u64()
         .unwrap_or_else(|| panic!("not resumed: {job}"));
-    assert!((200..2000).contains(&resumed), "{job}");
+    assert!((100..2000).contains(&resumed), "{job}");
     let loss = job["report"]["layers"][0]["loss"].as_array().unwrap();
     assert_eq!(loss.len(), 101, "one curve across both attempts: {job}");
     assert!(!state.exists(), "the state outlived its job");
