@@ -23,6 +23,8 @@
 # target/cuda/carry of an earlier commit): its bench runs too, f32 and bf16,
 # for a before and after on the same GPU.
 #
+# SSLAB_GPU_RECIPES=0 leaves the two recipes out (bench/gpu/all.sh does).
+#
 # Each stage has its own time limit and a failed stage does not stop the
 # next: one call on a lent machine should bring back every figure it can.
 # Results go to stdout and, when $OUT is set, to $OUT/gpu-train-step.txt.
@@ -32,81 +34,7 @@ set -uo pipefail
 work=$(mktemp -d)
 log=${OUT:-$work}/gpu-train-step.txt
 exec > >(tee "$log") 2>&1
-# unpack FROM TO: the xz-packed binaries in FROM, unpacked into TO.
-unpack() {
-    mkdir -p "$2"
-    for packed in "$1"/*.xz; do
-        python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
-            "$packed" "$2/$(basename "$packed" .xz)"
-    done
-    chmod +x "$2"/*
-}
-bin=${SSLAB_CUDA_BIN:-target/cuda/bin}
-if [[ ! -x $bin/train_step && -d target/cuda/carry ]]; then
-    bin=$work/bin
-    unpack target/cuda/carry "$bin"
-fi
-before=
-if [[ -n ${SSLAB_CUDA_BEFORE:-} ]]; then
-    before=$work/before
-    unpack "$SSLAB_CUDA_BEFORE" "$before"
-fi
-
-libs=$(python3 - <<'EOF'
-import glob, os, site
-dirs = {os.path.dirname(p) for sp in site.getsitepackages()
-        for p in glob.glob(os.path.join(sp, "nvidia", "*", "lib", "lib*.so*"))}
-print(":".join(sorted(dirs)))
-EOF
-)
-export LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-for exe in "$bin"/* ${before:+"$before"/*}; do
-    missing=$(ldd "$exe" | grep "not found" || true)
-    [[ -z $missing ]] || echo "$(basename "$exe") lacks libraries: $missing"
-done
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "cudnn", torch.backends.cudnn.version())'
-
-# sampled LABEL SECONDS CMD...: runs CMD (for at most SECONDS) while
-# nvidia-smi samples the GPU every 50 ms, then prints the mean utilisation
-# and peak memory inside CMD's timed window (its
-# `*_timed_window_unix=START,END` line).
-sampled() {
-    local label=$1 limit=$2
-    shift 2
-    echo "== $label"
-    nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used \
-        --format=csv,noheader,nounits -lms 50 >"$work/$label.smi" &
-    local smi=$!
-    timeout "$limit" "$@" | tee "$work/$label.out"
-    local rc=${PIPESTATUS[0]}
-    kill "$smi"
-    [[ $rc == 0 ]] || echo "$label: failed (exit $rc; 124 is over its $limit s)"
-    wait "$smi" 2>/dev/null || true
-    python3 - "$label" "$work/$label.smi" "$work/$label.out" <<'EOF'
-import datetime, sys
-label, smi, out = sys.argv[1:]
-line = next((l for l in open(out) if "_timed_window_unix=" in l), None)
-if line is None:
-    sys.exit(f"{label}: no timed window")
-start, end = map(float, line.split("=")[1].split(","))
-util, mem = [], []
-for row in open(smi):
-    parts = [p.strip() for p in row.split(",")]
-    try:
-        t = datetime.datetime.strptime(parts[0], "%Y/%m/%d %H:%M:%S.%f").timestamp()
-    except ValueError:
-        continue
-    if start <= t <= end:
-        util.append(float(parts[1]))
-        mem.append(float(parts[2]))
-if util:
-    print(f"{label}_gpu_utilization_pct={sum(util) / len(util):.1f} ({len(util)} samples)")
-    print(f"{label}_gpu_memory_peak_mib={max(mem):.0f}")
-else:
-    print(f"{label}: no GPU samples inside the timed window")
-EOF
-}
+source "$(dirname "$0")/lib.sh"
 
 export SSLAB_BENCH_BATCH=${SSLAB_BENCH_BATCH:-256}
 export SSLAB_BENCH_STEPS=${SSLAB_BENCH_STEPS:-100}
@@ -155,8 +83,10 @@ sed -e '0,/^name = /s/^name = .*/name = "simclr-gpu-check"/' -e 's/^train_images
     -e 's/^warmup_epochs = .*/warmup_epochs = 0.5/' \
     -e 's/^\[eval\]$/[eval]\nprobes = ["knn"]\nlayers = ["backbone"]/' \
     recipes/simclr.toml >"$work/simclr-gpu.toml"
-train simclr_resnet18 150 "$work/simclr-gpu.toml"
-train simclr_tiny 60 recipes/simclr-tiny.toml
+if [[ ${SSLAB_GPU_RECIPES:-1} == 1 ]]; then
+    train simclr_resnet18 150 "$work/simclr-gpu.toml"
+    train simclr_tiny 60 recipes/simclr-tiny.toml
+fi
 
 if [[ ${SSLAB_GPU_PROFILE:-0} == 1 ]]; then
     ncu_bin=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n 1)

@@ -7,7 +7,8 @@
 //! (75 % masked, decoder 128 wide, 2 blocks) and DINO (two global views,
 //! projector 2048-256, 4096 prototypes). `SSLAB_BENCH_BATCH` (16 on the CPU,
 //! 256 on a GPU) and `SSLAB_BENCH_STEPS` (2 on the CPU, 20 on a GPU);
-//! `SSLAB_BENCH_CASES` picks cases by name (comma-separated).
+//! `SSLAB_BENCH_CASES` picks cases by name (comma-separated);
+//! `SSLAB_BENCH_PRECISION=bf16` trains in bf16.
 
 use std::time::Instant;
 
@@ -18,7 +19,7 @@ use sslab_engine::optim::Optimizer;
 use sslab_shared::RunSpec;
 use sslab_shared::rng::Rng;
 use sslab_shared::spec::{
-    BackboneKind, BackboneSpec, DataSpec, DinoSpec, MaeSpec, MethodSpec, ScenesSpec,
+    BackboneKind, BackboneSpec, DataSpec, DinoSpec, MaeSpec, MethodSpec, Precision, ScenesSpec,
 };
 
 /// A method on a ViT at one image size.
@@ -110,7 +111,17 @@ fn spec(case: &Case, batch: usize) -> RunSpec {
         });
     }
     spec.optimizer.batch_size = batch;
+    if std::env::var("SSLAB_BENCH_PRECISION").as_deref() == Ok("bf16") {
+        spec.optimizer.precision = Precision::Bf16;
+    }
     spec
+}
+
+/// Wall-clock time, for matching the timed steps with GPU samples.
+fn unix_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// Seconds per step of one case.
@@ -187,6 +198,8 @@ fn main() -> anyhow::Result<()> {
     if !device.is_cpu() {
         check_ops(&device)?;
     }
+    // Every case's warm-up and timed steps, for the GPU script's samples.
+    let window_start = unix_seconds();
     for case in CASES
         .iter()
         .filter(|c| wanted.is_empty() || wanted.split(',').any(|w| w == c.name))
@@ -199,6 +212,10 @@ fn main() -> anyhow::Result<()> {
         );
         println!("sslab_{}_images_per_sec={images_per_sec:.3}", case.name);
     }
+    println!(
+        "sslab_timed_window_unix={window_start:.3},{:.3}",
+        unix_seconds()
+    );
     sslab_engine::release_free_memory();
     Ok(())
 }

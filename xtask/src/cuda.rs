@@ -5,7 +5,7 @@
 //! Binaries land in `target/cuda/bin`, and stripped and xz-compressed in
 //! `target/cuda/carry` (the CUDA kernels make them ~70 MB; ~10 MB packed),
 //! ready to be carried to a GPU machine and run there
-//! (`bench/gpu/train-step.sh`). `--check` only type-checks both features,
+//! (`bench/gpu/all.sh`, `bench/gpu/train-step.sh`). `--check` only type-checks both features,
 //! with nvcc and the headers alone.
 
 use std::collections::HashMap;
@@ -85,6 +85,8 @@ pub fn cuda(root: &Path, args: &[String]) -> Result<()> {
         "sslab-engine",
         "--bench",
         "train_step",
+        "--bench",
+        "vit_step",
         "--features",
         &format!("sslab-server/{features},sslab-engine/{features}"),
     ]);
@@ -114,7 +116,7 @@ pub fn cuda(root: &Path, args: &[String]) -> Result<()> {
             Some((name, PathBuf::from(m["executable"].as_str()?)))
         })
         .collect();
-    for name in ["sslab", "train_step"] {
+    for name in BINARIES {
         let built = executables
             .get(name)
             .with_context(|| format!("cargo named no `{name}` executable"))?;
@@ -122,7 +124,7 @@ pub fn cuda(root: &Path, args: &[String]) -> Result<()> {
     }
     let carry = out.join("carry");
     std::fs::create_dir_all(&carry)?;
-    for name in ["sslab", "train_step"] {
+    for name in BINARIES {
         pack(&bin.join(name), &carry.join(format!("{name}.xz")))?;
     }
     eprintln!(
@@ -197,6 +199,9 @@ fn install_toolkit(sdk: &Path, wheels: &[&str]) -> Result<PathBuf> {
     std::fs::write(&stamp, want)?;
     Ok(sdk.to_path_buf())
 }
+
+/// What `cargo xtask cuda` builds for the GPU machine.
+const BINARIES: [&str; 3] = ["sslab", "train_step", "vit_step"];
 
 /// The linker asks for `libcublas.so`; the wheels carry `libcublas.so.13`.
 fn link_names(lib: &Path) -> Result<()> {
