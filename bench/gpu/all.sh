@@ -7,9 +7,8 @@
 #               step against PyTorch, f32 and bf16, with the GPU's busy
 #               fraction and peak memory, and the GPU-against-CPU op checks;
 #   vit-step    the four ViT cases (MAE and DINO, ViT-Tiny 32 px and
-#               ViT-Small 96 px) against PyTorch eager in f32 (a ViT does
-#               not train in bf16 here yet), each side's busy fraction and
-#               peak memory;
+#               ViT-Small 96 px) against PyTorch eager, f32 and bf16, each
+#               side's busy fraction and peak memory;
 #   rcdm        recipes/simclr-tiny.toml trained, then an RCDM decoder at
 #               32 px on its representation (recipes/rcdm-gpu.toml, or
 #               SSLAB_GPU_RCDM_SPEC): the sample grids and decoder.json;
@@ -18,7 +17,7 @@
 #               report.json.
 #
 # SSLAB_GPU_STAGES picks and orders stages (default: all four, in this
-# order). Each stage has a time limit (train-step 330 s, vit-step 150 s,
+# order). Each stage has a time limit (train-step 330 s, vit-step 300 s,
 # rcdm 300 s, each study 150 s); a stage whose limit no longer fits in
 # SSLAB_GPU_BUDGET seconds (default 560, under the per-call limit) is
 # skipped and says so, and a failed stage does not stop the next. All four
@@ -26,7 +25,7 @@
 # in a second call if the machine's time allows. Results go
 # to stdout and $OUT (the grids, reports and logs). The last lines are the
 # ratios: `train_step_ratio_vs_pytorch_cuda[_bf16]=` and
-# `vit_step_ratio_vs_pytorch_cuda=`.
+# `vit_step_ratio_vs_pytorch_cuda[_bf16]=`.
 set -uo pipefail
 
 here=$(dirname "$0")
@@ -53,9 +52,14 @@ stage_train_step() {
 }
 
 stage_vit_step() {
-    fits vit-step 150 || return
-    sampled vit_sslab 90 "$bin/vit_step"
-    SSLAB_BENCH_DEVICE=$device sampled vit_pytorch 60 python3 bench/reference/vit_step.py
+    fits vit-step 300 || return
+    for precision in f32 bf16; do
+        local suffix=${precision/f32/}
+        suffix=${suffix:+_$suffix}
+        SSLAB_BENCH_PRECISION=$precision sampled "vit_sslab$suffix" 90 "$bin/vit_step"
+        SSLAB_BENCH_PRECISION=$precision SSLAB_BENCH_DEVICE=$device \
+            sampled "vit_pytorch$suffix" 60 python3 bench/reference/vit_step.py
+    done
 }
 
 stage_rcdm() {
@@ -95,7 +99,7 @@ def figures(label):
         return dict(l.strip().split("=", 1) for l in open(f"{work}/{label}.out") if "_images_per_sec=" in l)
     except OSError:
         return {}
-for suffix in [""]:
+for suffix in ["_bf16", ""]:
     ours, theirs = figures("vit_sslab" + suffix), figures("vit_pytorch" + suffix)
     ratios = []
     for key, value in ours.items():

@@ -3,7 +3,8 @@ training step of a ViT (pre-norm blocks, LayerNorm eps 1e-6, erf GELU, a CLS
 token and learned positions; attention through F.scaled_dot_product_attention,
 what timm uses), AdamW, in images per second. The same four cases, batch and
 step counts (SSLAB_BENCH_BATCH, SSLAB_BENCH_STEPS, SSLAB_BENCH_CASES);
-SSLAB_BENCH_DEVICE=cuda runs them on the GPU.
+SSLAB_BENCH_DEVICE=cuda runs them on the GPU; SSLAB_BENCH_PRECISION=bf16
+runs the forward under bf16 autocast.
 """
 
 import copy
@@ -19,6 +20,7 @@ CUDA = DEVICE.type == "cuda"
 BATCH = int(os.environ.get("SSLAB_BENCH_BATCH", "256" if CUDA else "16"))
 STEPS = max(1, int(os.environ.get("SSLAB_BENCH_STEPS", "20" if CUDA else "2")))
 WANTED = [c for c in os.environ.get("SSLAB_BENCH_CASES", "").split(",") if c]
+BF16 = os.environ.get("SSLAB_BENCH_PRECISION", "f32") == "bf16"
 
 # name: (dino, image, patch, width, heads)
 CASES = {
@@ -168,7 +170,9 @@ def time_case(name):
 
     def step():
         opt.zero_grad(set_to_none=True)
-        model.loss(views).backward()
+        with torch.autocast(device_type=DEVICE.type, dtype=torch.bfloat16, enabled=BF16):
+            loss = model.loss(views)
+        loss.backward()
         opt.step()
         if dino:
             model.after_step()
@@ -187,6 +191,7 @@ def time_case(name):
 
 def main():
     where = torch.cuda.get_device_name() if CUDA else f"cpu, {torch.get_num_threads()} threads"
+    where += ", bf16 autocast" if BF16 else ""
     window_start = time.time()
     for name in CASES:
         if WANTED and name not in WANTED:

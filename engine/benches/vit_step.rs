@@ -7,8 +7,8 @@
 //! (75 % masked, decoder 128 wide, 2 blocks) and DINO (two global views,
 //! projector 2048-256, 4096 prototypes). `SSLAB_BENCH_BATCH` (16 on the CPU,
 //! 256 on a GPU) and `SSLAB_BENCH_STEPS` (2 on the CPU, 20 on a GPU);
-//! `SSLAB_BENCH_CASES` picks cases by name (comma-separated). ViTs train in
-//! f32 only (`optimizer.precision = "bf16"` is refused for them).
+//! `SSLAB_BENCH_CASES` picks cases by name (comma-separated);
+//! `SSLAB_BENCH_PRECISION=bf16` trains in bf16.
 
 use std::time::Instant;
 
@@ -19,7 +19,7 @@ use sslab_engine::optim::Optimizer;
 use sslab_shared::RunSpec;
 use sslab_shared::rng::Rng;
 use sslab_shared::spec::{
-    BackboneKind, BackboneSpec, DataSpec, DinoSpec, MaeSpec, MethodSpec, ScenesSpec,
+    BackboneKind, BackboneSpec, DataSpec, DinoSpec, MaeSpec, MethodSpec, Precision, ScenesSpec,
 };
 
 /// A method on a ViT at one image size.
@@ -111,6 +111,9 @@ fn spec(case: &Case, batch: usize) -> RunSpec {
         });
     }
     spec.optimizer.batch_size = batch;
+    if std::env::var("SSLAB_BENCH_PRECISION").as_deref() == Ok("bf16") {
+        spec.optimizer.precision = Precision::Bf16;
+    }
     spec
 }
 

@@ -883,6 +883,52 @@ mod tests {
         }
     }
 
+    /// The ViT methods that drive the backbone's parts themselves (MAE,
+    /// SimMIM, MSN) and DINO on a ViT train in bf16 too: finite losses,
+    /// f32 weights.
+    #[test]
+    fn vit_methods_train_in_bf16() {
+        for method in ["mae", "simmim", "msn", "dino"] {
+            let mut spec = tiny_spec(64, 1);
+            spec.backbone = sslab_shared::spec::BackboneSpec {
+                kind: sslab_shared::spec::BackboneKind::Vit,
+                width: 48,
+                depth: 2,
+                heads: 3,
+                patch_size: 8,
+                ..Default::default()
+            };
+            spec.method = sslab_shared::spec::MethodSpec::from_name(method).expect("a method");
+            spec.projector.dims = if matches!(method, "mae" | "simmim") {
+                "".parse().expect("no widths")
+            } else {
+                "64-32".parse().expect("widths")
+            };
+            spec.optimizer.batch_size = 32;
+            spec.optimizer.precision = sslab_shared::spec::Precision::Bf16;
+            spec.eval.probes = vec![sslab_shared::spec::ProbeKind::Knn];
+            let splits = crate::data::load(&spec.data).unwrap();
+            let mut rec = Record::stopping_after(None);
+            let ck = tempdir().join(format!("vit-bf16-{method}.safetensors"));
+            let out = train(&valid(&spec), &splits, &Device::Cpu, &ck, &mut rec)
+                .unwrap_or_else(|e| panic!("{method}: {e}"));
+            assert!(matches!(out, Outcome::Finished { .. }), "{method}");
+            assert_eq!(rec.losses.len(), 2, "{method}");
+            assert!(
+                rec.losses.iter().all(|l| l.is_finite()),
+                "{method}: {:?}",
+                rec.losses
+            );
+            let saved = candle_core::safetensors::load(&ck, &Device::Cpu).unwrap();
+            assert!(
+                saved
+                    .iter()
+                    .all(|(n, t)| n == EPOCHS_DONE || t.dtype() == DType::F32),
+                "{method}"
+            );
+        }
+    }
+
     /// The monitor keeps its held-out images out of training and reports
     /// after the epochs it is due, always after the last.
     #[test]

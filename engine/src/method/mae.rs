@@ -106,7 +106,13 @@ impl Method for Mae {
             .iter()
             .map(|k| (0..l).filter(|i| k.binary_search(i).is_err()).collect())
             .collect();
-        let encoded = vit.encode(&select_tokens(&vit.embed(x, true)?, &keep)?)?;
+        // The encoder in the run's precision; the decoder and loss in f32.
+        let encoded = vit
+            .encode(&select_tokens(
+                &vit.embed(&x.to_dtype(encoder.compute())?, true)?,
+                &keep,
+            )?)?
+            .to_dtype(candle_core::DType::F32)?;
         let width = self.pos.dim(2)?;
         let pos = self.pos.broadcast_as((b, l, width))?.contiguous()?;
         let h = encoded.apply(&self.embed)?;

@@ -169,7 +169,10 @@ impl Method for Msn {
                 kept_count(side * side, self.mask_ratio),
                 &mut rng,
             );
-            let layers = encoder.layers_from(vit.forward_kept(view, &keep, true)?, true)?;
+            let anchor = vit
+                .forward_kept(&view.to_dtype(encoder.compute())?, &keep, true)?
+                .to_dtype(candle_core::DType::F32)?;
+            let layers = encoder.layers_from(anchor, true)?;
             if i == 0 {
                 features = Some(layers[0].clone());
             }

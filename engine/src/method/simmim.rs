@@ -88,10 +88,15 @@ impl Method for SimMim {
             }
         }
         let mask = Tensor::from_vec(mask, (b, l, 1), x.device())?;
-        let tokens = vit.patch_tokens(x, true)?;
-        let tokens =
-            (tokens.broadcast_mul(&(1.0 - &mask)?)? + mask.broadcast_mul(&self.mask_token)?)?;
-        let encoded = vit.encode(&vit.add_positions(&tokens, side)?)?;
+        // The encoder in the run's precision; the head and loss in f32.
+        let compute = encoder.compute();
+        let tokens = vit.patch_tokens(&x.to_dtype(compute)?, true)?;
+        let cast_mask = mask.to_dtype(compute)?;
+        let tokens = (tokens.broadcast_mul(&(1.0 - &cast_mask)?)?
+            + cast_mask.broadcast_mul(&self.mask_token.to_dtype(compute)?)?)?;
+        let encoded = vit
+            .encode(&vit.add_positions(&tokens, side)?)?
+            .to_dtype(candle_core::DType::F32)?;
         let pred = encoded.i((.., 1.., ..))?.apply(&self.head)?;
         Ok(StepLoss {
             loss: simmim_loss(&pred, &patchify(x, vit.patch_size())?, &mask)?,

@@ -112,6 +112,12 @@ impl Encoder {
         })
     }
 
+    /// The dtype the backbone trains in (`optimizer.precision`); methods
+    /// that drive a ViT's parts themselves (MAE, SimMIM, MSN) cast to it.
+    pub fn compute(&self) -> DType {
+        self.compute
+    }
+
     /// `backbone`, `proj.0`, `proj.1`, …
     pub fn layer_names(&self) -> &[String] {
         &self.layer_names
@@ -226,11 +232,29 @@ mod tests {
 
     /// bf16 training: the backbone's output stays close to f32's, comes
     /// back in f32, and its gradients reach the f32 weights; evaluation is
-    /// f32 exactly.
+    /// f32 exactly. A CNN and a ViT (its linear layers, norms and tokens
+    /// cast on the way in).
     #[test]
     fn bf16_training_is_close_to_f32_and_trains_f32_weights() {
-        let mut spec = RunSpec::default();
-        spec.backbone.width = 8;
+        let mut cnn = RunSpec::default();
+        cnn.backbone.width = 8;
+        let mut vit = RunSpec::default();
+        vit.backbone = sslab_shared::spec::BackboneSpec {
+            kind: BackboneKind::Vit,
+            width: 24,
+            depth: 2,
+            heads: 2,
+            patch_size: 8,
+            ..Default::default()
+        };
+        // Three conv kernels, BatchNorm γ and β; the ViT's patch embedding,
+        // tokens, per block two norms and four linear layers, the last norm.
+        for (spec, weights) in [(cnn, 9), (vit, 2 + 2 + 2 * 12 + 2)] {
+            bf16_against_f32(spec, weights);
+        }
+    }
+
+    fn bf16_against_f32(mut spec: RunSpec, expected_weights: usize) {
         let (full, _) = build(&spec.clone().into_valid().unwrap(), &Device::Cpu).unwrap();
         spec.optimizer.precision = Precision::Bf16;
         let (half, varmap) = build(&spec.clone().into_valid().unwrap(), &Device::Cpu).unwrap();
@@ -258,7 +282,7 @@ mod tests {
             .iter()
             .filter(|(n, _)| n.starts_with("backbone.") && !n.contains("running"))
             .collect();
-        assert_eq!(weights.len(), 9, "three conv kernels, BatchNorm γ and β");
+        assert_eq!(weights.len(), expected_weights, "{:?}", spec.backbone.kind);
         for (name, var) in weights {
             assert_eq!(var.dtype(), DType::F32, "{name}");
             let g = grads

@@ -22,8 +22,16 @@ impl LayerNorm {
 }
 
 impl Module for LayerNorm {
+    /// In the input's dtype: in bf16 training the f32 weights are cast.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        crate::ops::layer_norm(x, &self.weight, &self.bias, self.eps)
+        if x.dtype() == self.weight.dtype() {
+            return crate::ops::layer_norm(x, &self.weight, &self.bias, self.eps);
+        }
+        let (w, b) = (
+            self.weight.to_dtype(x.dtype())?,
+            self.bias.to_dtype(x.dtype())?,
+        );
+        crate::ops::layer_norm(x, &w, &b, self.eps)
     }
 }
 

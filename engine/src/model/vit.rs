@@ -8,15 +8,40 @@
 //! down to one position per patch, then a linear map.
 
 use candle_core::{IndexOp, Module, ModuleT, Tensor};
-use candle_nn::{Init, Linear, VarBuilder, linear};
+use candle_nn::{Init, Linear, VarBuilder};
 
 use super::cnn::ConvBn;
 use super::norm::LayerNorm;
 use crate::ops;
 
+/// A linear layer run in its input's dtype: in bf16 training the f32
+/// weights are cast on the way in, and their gradients flow back through
+/// the cast.
+struct Dense(Linear);
+
+impl Module for Dense {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let w = self.0.weight();
+        if x.dtype() == w.dtype() {
+            return self.0.forward(x);
+        }
+        let bias = self.0.bias().map(|b| b.to_dtype(x.dtype())).transpose()?;
+        Linear::new(w.to_dtype(x.dtype())?, bias).forward(x)
+    }
+}
+
+fn linear(i: usize, o: usize, vb: VarBuilder) -> candle_core::Result<Dense> {
+    Ok(Dense(candle_nn::linear(i, o, vb)?))
+}
+
+/// `t` in `like`'s dtype.
+fn as_dtype_of(t: &Tensor, like: &Tensor) -> candle_core::Result<Tensor> {
+    t.to_dtype(like.dtype())
+}
+
 struct Attention {
-    qkv: Linear,
-    proj: Linear,
+    qkv: Dense,
+    proj: Dense,
     heads: usize,
 }
 
@@ -37,8 +62,8 @@ pub struct Block {
     norm1: LayerNorm,
     attn: Attention,
     norm2: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
+    fc1: Dense,
+    fc2: Dense,
 }
 
 impl Block {
@@ -95,13 +120,13 @@ pub struct Vit {
     /// The conv stem's layers; empty for the linear patch embedding.
     stem: Vec<ConvBn>,
     /// Pixels of a patch (or the stem's last channels) → width.
-    patch_embed: Linear,
+    patch_embed: Dense,
     cls: Tensor,
     /// (1, 1 + grid², width): the CLS token's, then the patches' row by row.
     pos: Tensor,
     blocks: Vec<Block>,
     norm: LayerNorm,
-    head: Option<Linear>,
+    head: Option<Dense>,
 }
 
 /// (B, 3, H, W) → (B, (H/p)·(W/p), p·p·3), patches row by row, each patch's
@@ -232,7 +257,7 @@ impl Vit {
             m.matmul(&patches.reshape((self.grid * self.grid, width))?)?
                 .reshape((1, side * side, width))?
         };
-        tokens.broadcast_add(&pos)
+        tokens.broadcast_add(&as_dtype_of(&pos, tokens)?)
     }
 
     /// Patch tokens with their positions: (B, 3, H, W) → (B, L, width).
@@ -245,7 +270,8 @@ impl Vit {
     /// (B, L, width) → (B, 1 + L, width).
     pub fn encode(&self, tokens: &Tensor) -> candle_core::Result<Tensor> {
         let (b, _, width) = tokens.dims3()?;
-        let cls = (&self.cls + self.pos.i((.., ..1, ..))?)?.broadcast_as((b, 1, width))?;
+        let cls = (&self.cls + self.pos.i((.., ..1, ..))?)?;
+        let cls = as_dtype_of(&cls, tokens)?.broadcast_as((b, 1, width))?;
         let mut h = Tensor::cat(&[&cls, tokens], 1)?;
         for block in &self.blocks {
             h = block.forward(&h)?;
@@ -279,7 +305,8 @@ impl Vit {
     fn tokens(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let tokens = self.embed(x, false)?;
         let (b, _, width) = tokens.dims3()?;
-        let cls = (&self.cls + self.pos.i((.., ..1, ..))?)?.broadcast_as((b, 1, width))?;
+        let cls = (&self.cls + self.pos.i((.., ..1, ..))?)?;
+        let cls = as_dtype_of(&cls, &tokens)?.broadcast_as((b, 1, width))?;
         Tensor::cat(&[&cls, &tokens], 1)
     }
 

@@ -106,12 +106,6 @@ pub(super) fn check(spec: &RunSpec) -> Result<(), SpecError> {
             format!("must be 0 (off) or a positive norm, got {}", o.grad_clip),
         );
     }
-    if o.precision == Precision::Bf16 && spec.backbone.kind == BackboneKind::Vit {
-        return bad(
-            "optimizer.precision",
-            "bf16 trains the convolutional backbones (tiny_cnn, resnet18, resnet50); a ViT trains in f32".into(),
-        );
-    }
     if o.batch_size < 2 || o.batch_size > 4096 {
         return bad(
             "optimizer.batch_size",
