@@ -85,10 +85,10 @@ pub fn reconstruct(
     let mut drawn = Vec::new();
     let mut judges = Vec::new();
     for (k, (model, encoder)) in [Model::A, Model::B].into_iter().zip(encoders).enumerate() {
-        let mut public = eval::embed_layers(encoder, &prep.public, device)?;
+        let layers = eval::embed_layers(encoder, &prep.public, device)?;
         // The full-image classifier that judges every drawing.
-        judges.push(public[0].clone());
-        let public = attacked_layer(std::mem::take(&mut public)).expect("a layer");
+        judges.push(layers[0].clone());
+        let public = attacked_layer(layers).expect("a layer");
         let stats = Standardize::fit(&public);
         let cond = stats.apply(&public, device)?;
         let Trained {

@@ -50,8 +50,11 @@ where
     }
     // What the state was saved for: a resume with another spec or run
     // would not end where the first attempt was going.
-    let saved_for = serde_json::json!({"run": run_dir, "spec": spec});
-    let saved_for_file = state.join("decoder.json");
+    let run_path = run_dir
+        .canonicalize()
+        .unwrap_or_else(|_| run_dir.to_path_buf());
+    let saved_for = serde_json::json!({"run": run_path, "spec": spec});
+    let saved_for_file = state.join("spec.json");
     if resume {
         let earlier: serde_json::Value = std::fs::read_to_string(&saved_for_file)
             .ok()

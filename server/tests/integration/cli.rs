@@ -1050,7 +1050,7 @@ blocks = 1
     // a folder holding a state is not started over unasked; it stays.
     let state = out.join("state");
     std::fs::create_dir_all(&state).unwrap();
-    std::fs::write(state.join("decoder.json"), r#"{"spec": "another"}"#).unwrap();
+    std::fs::write(state.join("spec.json"), r#"{"spec": "another"}"#).unwrap();
     std::fs::write(state.join("layer-0.safetensors"), b"saved").unwrap();
     let res = sslab(&args);
     let err = String::from_utf8_lossy(&res.stderr);
