@@ -23,6 +23,10 @@ pub(super) async fn decode(
         lease: &claimed.lease,
     };
     let dir = host.work_dir.join("decoders").join(&claimed.id);
+    // Kept apart from the job's folder, which each attempt starts afresh:
+    // when this worker claims the job again after handing it back, it
+    // carries on from here.
+    let state = host.work_dir.join("decoder-states").join(&claimed.id);
     tracing::info!(decoder = %claimed.id, run = %claimed.run.id, "decoder job started");
     let _ = tokio::fs::remove_dir_all(&dir).await;
     let prepared = async {
@@ -52,16 +56,11 @@ pub(super) async fn decode(
                 report: None,
             };
             report_end(host, &at, "decoder job", &claimed.id, end.status, &end).await;
-            let states = host.work_dir.join("decoder-states").join(&claimed.id);
-            let _ = tokio::fs::remove_dir_all(&states).await;
+            let _ = tokio::fs::remove_dir_all(&state).await;
             let _ = tokio::fs::remove_dir_all(&dir).await;
             return;
         }
     };
-    // Kept apart from the job's folder, which each attempt starts afresh:
-    // when this worker claims the job again after handing it back, it
-    // carries on from here.
-    let state = host.work_dir.join("decoder-states").join(&claimed.id);
     let (shared, job) = crate::decoder_job::spawn(run, checkpoint, spec, state.clone(), device);
     let Followed {
         result,
