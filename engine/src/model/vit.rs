@@ -23,7 +23,7 @@ impl Module for Dense {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let w = self.0.weight();
         if x.dtype() == w.dtype() {
-            return self.0.forward(x);
+            return ops::linear(x, w, self.0.bias());
         }
         let bias = self.0.bias().map(|b| b.to_dtype(x.dtype())).transpose()?;
         Linear::new(w.to_dtype(x.dtype())?, bias).forward(x)

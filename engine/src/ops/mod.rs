@@ -21,6 +21,7 @@ mod cuda;
 mod cudnn;
 mod gelu;
 mod layer_norm;
+mod linear;
 mod residual;
 
 pub use adamw::AdamwStep;
@@ -31,6 +32,7 @@ pub use conv::conv2d;
 pub use conv_bn::{conv_bn, conv_bn_add_relu};
 pub use gelu::gelu;
 pub use layer_norm::layer_norm;
+pub use linear::linear;
 pub use residual::add_relu;
 
 use candle_core::{CpuStorage, Layout, Shape, Tensor};

@@ -1,0 +1,238 @@
+//! A linear layer, x Wᵀ + b over the last dimension, as one op each way on
+//! the CPU. Candle's form records a reshape, a transpose, a matmul and a
+//! broadcast add, each a gradient node that zero-fills and adds a gradient
+//! of its own; and the bias's gradient is a sum over every row that candle
+//! takes on one thread, strided. Here the forward is one gemm into rows
+//! that start as the bias, and the backward two gemms and a parallel
+//! column sum.
+
+use candle_core::{CpuStorage, CustomOp3, D, Layout, Module, Shape, Tensor};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use super::{f32_slice, fused, matmul, output, split_flat, threads, wide};
+
+/// x (…, I) · weightᵀ (I, O) + bias (O) → (…, O).
+pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    let Some(bias) = bias.filter(|b| fused(&[x, weight, b])) else {
+        return candle_nn::Linear::new(weight.clone(), bias.cloned()).forward(x);
+    };
+    let i = x.dim(D::Minus1)?;
+    let (o, wi) = weight.dims2()?;
+    if wi != i || bias.dims() != [o] {
+        candle_core::bail!(
+            "a linear layer on {i} features got weight {:?} and bias {:?}",
+            weight.dims(),
+            bias.dims()
+        );
+    }
+    x.contiguous()?
+        .apply_op3(&weight.contiguous()?, &bias.contiguous()?, Linear)
+}
+
+/// Threads for a gemm of this many multiply-adds: below about a million,
+/// handing work to other threads costs more than it saves.
+fn parallelism(m: usize, n: usize, k: usize) -> Parallelism {
+    let t = threads();
+    if t > 1 && m * n * k >= 1 << 20 {
+        Parallelism::Rayon(t)
+    } else {
+        Parallelism::None
+    }
+}
+
+struct Linear;
+
+impl CustomOp3 for Linear {
+    fn name(&self) -> &'static str {
+        "sslab-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, w, b) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+        let (o, i) = (b.len(), w.len() / b.len());
+        let m = x.len() / i;
+        // SAFETY: every row gets the bias before the gemm adds to it.
+        let mut out = unsafe { output(m * o) };
+        for row in out.chunks_exact_mut(o) {
+            row.copy_from_slice(b);
+        }
+        // out += x (m×i) · wᵀ (i×o).
+        matmul(
+            (m, o, i),
+            &mut out,
+            (o, 1),
+            true,
+            1.0,
+            x,
+            (i, 1),
+            w,
+            (1, i),
+            parallelism(m, o, i),
+        );
+        let mut dims = l1.shape().dims().to_vec();
+        *dims.last_mut().expect("a linear layer's input has a last dimension") = o;
+        Ok((CpuStorage::F32(out), Shape::from(dims)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let flat = x.apply_op3_no_bwd(w, &grad.contiguous()?, &Backward)?;
+        let mut parts = split_flat(&flat, &[x.shape(), w.shape(), b.shape()])?.into_iter();
+        Ok((parts.next(), parts.next(), parts.next()))
+    }
+}
+
+/// dx, dweight and dbias, flat and in that order, from x, the weight and
+/// the output's gradient.
+struct Backward;
+
+impl CustomOp3 for Backward {
+    fn name(&self) -> &'static str {
+        "sslab-linear-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, w, g) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+        let (o, i) = l2.shape().dims2()?;
+        let m = x.len() / i;
+        // SAFETY: the two gemms and the column sums write every element.
+        let mut out = unsafe { output(m * i + o * i + o) };
+        let (dx, rest) = out.split_at_mut(m * i);
+        let (dw, db) = rest.split_at_mut(o * i);
+        // dx (m×i) = g (m×o) · w (o×i).
+        matmul(
+            (m, i, o),
+            dx,
+            (i, 1),
+            false,
+            1.0,
+            g,
+            (o, 1),
+            w,
+            (i, 1),
+            parallelism(m, i, o),
+        );
+        // dw (o×i) = gᵀ (o×m) · x (m×i).
+        matmul(
+            (o, i, m),
+            dw,
+            (i, 1),
+            false,
+            1.0,
+            g,
+            (1, o),
+            x,
+            (i, 1),
+            parallelism(o, i, m),
+        );
+        column_sums(g, o, db);
+        Ok((CpuStorage::F32(out), Shape::from(m * i + o * i + o)))
+    }
+}
+
+/// `sums[j]` = Σ over the rows of `g` (rows of `width`) of column j: each
+/// thread sums a band of columns down every row, in row order.
+fn column_sums(g: &[f32], width: usize, sums: &mut [f32]) {
+    let band = width.div_ceil(threads()).next_multiple_of(16).max(16);
+    sums.par_chunks_mut(band)
+        .enumerate()
+        .for_each(|(t, sums)| {
+            let columns = t * band..t * band + sums.len();
+            sums.fill(0.0);
+            wide(|| {
+                for row in g.chunks_exact(width) {
+                    for (s, &v) in sums.iter_mut().zip(&row[columns.clone()]) {
+                        *s += v;
+                    }
+                }
+            })
+        });
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Var;
+
+    use super::*;
+    use crate::ops::tests::{assert_close, random};
+
+    /// Values and all three gradients against candle's layer, on a
+    /// three-dimensional input whose sizes fill no vector evenly.
+    #[test]
+    fn matches_candles_linear_values_and_gradients() {
+        let x = Var::from_tensor(&random(&[3, 7, 37], 1)).unwrap();
+        let w = Var::from_tensor(&random(&[53, 37], 2)).unwrap();
+        let b = Var::from_tensor(&random(&[53], 3)).unwrap();
+        let weights = random(&[3, 7, 53], 4);
+        let ours = linear(&x, &w, Some(&b)).unwrap();
+        let theirs = candle_nn::Linear::new(w.as_tensor().clone(), Some(b.as_tensor().clone()))
+            .forward(&x)
+            .unwrap();
+        assert_close(&ours, &theirs, 1e-5, "values");
+        let backward = |y: &Tensor| {
+            (y * &weights)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap()
+        };
+        let (g1, g2) = (backward(&ours), backward(&theirs));
+        for (v, what) in [(&x, "dx"), (&w, "dweight"), (&b, "dbias")] {
+            assert_close(g1.get(v).unwrap(), g2.get(v).unwrap(), 1e-5, what);
+        }
+    }
+
+    /// Big enough for the threaded gemms and several column bands.
+    #[test]
+    fn threaded_sizes_agree_too() {
+        let x = Var::from_tensor(&random(&[300, 96], 5)).unwrap();
+        let w = Var::from_tensor(&random(&[130, 96], 6)).unwrap();
+        let b = Var::from_tensor(&random(&[130], 7)).unwrap();
+        let ours = linear(&x, &w, Some(&b)).unwrap();
+        let theirs = x.matmul(&w.t().unwrap()).unwrap().broadcast_add(&b).unwrap();
+        assert_close(&ours, &theirs, 1e-5, "values");
+        let (g1, g2) = (
+            ours.sqr().unwrap().sum_all().unwrap().backward().unwrap(),
+            theirs.sqr().unwrap().sum_all().unwrap().backward().unwrap(),
+        );
+        for (v, what) in [(&x, "dx"), (&w, "dweight"), (&b, "dbias")] {
+            assert_close(g1.get(v).unwrap(), g2.get(v).unwrap(), 1e-4, what);
+        }
+    }
+
+    #[test]
+    fn names_a_weight_of_the_wrong_size() {
+        let err = linear(
+            &random(&[2, 8], 1),
+            &random(&[4, 6], 2),
+            Some(&random(&[4], 3)),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("8 features") && err.contains("[4, 6]"), "{err}");
+    }
+}
