@@ -47,6 +47,8 @@ fn unix_seconds() -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
+    // SAFETY: no other thread has started.
+    unsafe { sslab_engine::prepare_process() };
     let device = sslab_engine::default_device();
     let batch = env("SSLAB_BENCH_BATCH", 256);
     let steps = env("SSLAB_BENCH_STEPS", if device.is_cuda() { 30 } else { 3 }).max(1);

@@ -191,6 +191,8 @@ fn check_ops(device: &Device) -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
+    // SAFETY: no other thread has started.
+    unsafe { sslab_engine::prepare_process() };
     let device = sslab_engine::default_device();
     let batch = env("SSLAB_BENCH_BATCH", if device.is_cuda() { 256 } else { 16 });
     let steps = env("SSLAB_BENCH_STEPS", if device.is_cuda() { 20 } else { 2 }).max(1);

@@ -37,6 +37,8 @@ fn recipe(name: &str) -> RunSpec {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // SAFETY: no other thread has started.
+    unsafe { sslab_engine::prepare_process() };
     let out = std::env::args()
         .nth(1)
         .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/cka-families.svg").into());

@@ -47,6 +47,8 @@ impl AuditObserver for Print {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // SAFETY: no other thread has started.
+    unsafe { sslab_engine::prepare_process() };
     let path = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "recipes/dejavu-tiny.toml".into());

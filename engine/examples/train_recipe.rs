@@ -36,6 +36,8 @@ impl Observer for Print {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // SAFETY: no other thread has started.
+    unsafe { sslab_engine::prepare_process() };
     let path = std::env::args()
         .nth(1)
         .ok_or("usage: train_recipe RECIPE.toml")?;

@@ -9,7 +9,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, D, IndexOp, Layout, Shape, T
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::{f32_slice, fused, matmul, output, wide};
+use super::{exp, f32_slice, fused, matmul, output, wide};
 
 /// The heads' outputs side by side, (B, N, D), from `qkv` (B, N, 3·D) laid
 /// out as the qkv linear writes it: Q, K, V, each head by head.
@@ -48,12 +48,13 @@ fn shape(qkv: &Tensor, heads: usize) -> candle_core::Result<(usize, usize, usize
 }
 
 /// Softmax of each row of an n × n block, in place.
+#[inline(always)]
 fn softmax_rows(s: &mut [f32], n: usize) {
     for row in s.chunks_exact_mut(n) {
         let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
         let mut sum = 0.0;
         for v in row.iter_mut() {
-            *v = (*v - max).exp();
+            *v = exp(*v - max);
             sum += *v;
         }
         let inv = 1.0 / sum;
@@ -83,6 +84,7 @@ impl Head {
 }
 
 /// P = softmax(scale · Q Kᵀ) of one head into `p` (n × n).
+#[inline(always)]
 fn probabilities(x: &[f32], head: &Head, (n, hd, d): (usize, usize, usize), p: &mut [f32]) {
     let scale = 1.0 / (hd as f32).sqrt();
     let row = 3 * d;
@@ -129,25 +131,28 @@ impl CustomOp1 for Attention {
             .for_each_init(
                 || vec![0f32; n * n],
                 |p, (o, x)| {
-                    wide(|| {
-                        for h in 0..self.heads {
-                            let head = Head::new(h, hd, d);
-                            probabilities(x, &head, (n, hd, d), p);
-                            // O = P V, into the head's columns.
-                            matmul(
-                                (n, hd, n),
-                                &mut o[head.out..],
-                                (d, 1),
-                                false,
-                                1.0,
-                                p,
-                                (n, 1),
-                                &x[head.v..],
-                                (3 * d, 1),
-                                Parallelism::None,
-                            );
-                        }
-                    })
+                    wide(
+                        #[inline(always)]
+                        || {
+                            for h in 0..self.heads {
+                                let head = Head::new(h, hd, d);
+                                probabilities(x, &head, (n, hd, d), p);
+                                // O = P V, into the head's columns.
+                                matmul(
+                                    (n, hd, n),
+                                    &mut o[head.out..],
+                                    (d, 1),
+                                    false,
+                                    1.0,
+                                    p,
+                                    (n, 1),
+                                    &x[head.v..],
+                                    (3 * d, 1),
+                                    Parallelism::None,
+                                );
+                            }
+                        },
+                    )
                 },
             );
         Ok((CpuStorage::F32(out), Shape::from((b, n, d))))
@@ -198,71 +203,74 @@ impl CustomOp2 for Backward {
             .for_each_init(
                 || (vec![0f32; n * n], vec![0f32; n * n]),
                 |(p, dp), (dx, (x, dout))| {
-                    wide(|| {
-                        for h in 0..self.heads {
-                            let head = Head::new(h, hd, d);
-                            let dout = &dout[head.out..];
-                            probabilities(x, &head, (n, hd, d), p);
-                            // dV = Pᵀ dO.
-                            matmul(
-                                (n, hd, n),
-                                &mut dx[head.v..],
-                                (row, 1),
-                                false,
-                                1.0,
-                                p,
-                                (1, n),
-                                dout,
-                                (d, 1),
-                                Parallelism::None,
-                            );
-                            // dP = dO Vᵀ.
-                            matmul(
-                                (n, n, hd),
-                                dp,
-                                (n, 1),
-                                false,
-                                1.0,
-                                dout,
-                                (d, 1),
-                                &x[head.v..],
-                                (1, row),
-                                Parallelism::None,
-                            );
-                            // dS = P ∘ (dP − Σⱼ P dP), in dP's place.
-                            for (dp, p) in dp.chunks_exact_mut(n).zip(p.chunks_exact(n)) {
-                                let dot: f32 = dp.iter().zip(p).map(|(a, b)| a * b).sum();
-                                for (dp, &p) in dp.iter_mut().zip(p) {
-                                    *dp = p * (*dp - dot);
+                    wide(
+                        #[inline(always)]
+                        || {
+                            for h in 0..self.heads {
+                                let head = Head::new(h, hd, d);
+                                let dout = &dout[head.out..];
+                                probabilities(x, &head, (n, hd, d), p);
+                                // dV = Pᵀ dO.
+                                matmul(
+                                    (n, hd, n),
+                                    &mut dx[head.v..],
+                                    (row, 1),
+                                    false,
+                                    1.0,
+                                    p,
+                                    (1, n),
+                                    dout,
+                                    (d, 1),
+                                    Parallelism::None,
+                                );
+                                // dP = dO Vᵀ.
+                                matmul(
+                                    (n, n, hd),
+                                    dp,
+                                    (n, 1),
+                                    false,
+                                    1.0,
+                                    dout,
+                                    (d, 1),
+                                    &x[head.v..],
+                                    (1, row),
+                                    Parallelism::None,
+                                );
+                                // dS = P ∘ (dP − Σⱼ P dP), in dP's place.
+                                for (dp, p) in dp.chunks_exact_mut(n).zip(p.chunks_exact(n)) {
+                                    let dot: f32 = dp.iter().zip(p).map(|(a, b)| a * b).sum();
+                                    for (dp, &p) in dp.iter_mut().zip(p) {
+                                        *dp = p * (*dp - dot);
+                                    }
                                 }
+                                // dQ = scale · dS K, dK = scale · dSᵀ Q.
+                                matmul(
+                                    (n, hd, n),
+                                    &mut dx[head.q..],
+                                    (row, 1),
+                                    false,
+                                    scale,
+                                    dp,
+                                    (n, 1),
+                                    &x[head.k..],
+                                    (row, 1),
+                                    Parallelism::None,
+                                );
+                                matmul(
+                                    (n, hd, n),
+                                    &mut dx[head.k..],
+                                    (row, 1),
+                                    false,
+                                    scale,
+                                    dp,
+                                    (1, n),
+                                    &x[head.q..],
+                                    (row, 1),
+                                    Parallelism::None,
+                                );
                             }
-                            // dQ = scale · dS K, dK = scale · dSᵀ Q.
-                            matmul(
-                                (n, hd, n),
-                                &mut dx[head.q..],
-                                (row, 1),
-                                false,
-                                scale,
-                                dp,
-                                (n, 1),
-                                &x[head.k..],
-                                (row, 1),
-                                Parallelism::None,
-                            );
-                            matmul(
-                                (n, hd, n),
-                                &mut dx[head.k..],
-                                (row, 1),
-                                false,
-                                scale,
-                                dp,
-                                (1, n),
-                                &x[head.q..],
-                                (row, 1),
-                                Parallelism::None,
-                            );
-                        }
-                    })
+                        },
+                    )
                 },
             );
         Ok((CpuStorage::F32(dqkv), l1.shape().clone()))

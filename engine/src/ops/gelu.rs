@@ -5,7 +5,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{f32_slice, fused, output, wide};
+use super::{exp, f32_slice, fused, output, wide};
 
 const CHUNK: usize = 1 << 14;
 
@@ -32,7 +32,7 @@ fn erfc(z: f32) -> f32 {
                         + t * (0.278_868_07
                             + t * (-1.135_203_98
                                 + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
-    let r = t * (-a * a + poly).exp();
+    let r = t * exp(-a * a + poly);
     if z >= 0.0 { r } else { 2.0 - r }
 }
 
@@ -41,7 +41,7 @@ fn erfc(z: f32) -> f32 {
 fn cdf_pdf(x: f32) -> (f32, f32) {
     const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
     let cdf = 0.5 * erfc(-x * std::f32::consts::FRAC_1_SQRT_2);
-    (cdf, FRAC_1_SQRT_2PI * (-0.5 * x * x).exp())
+    (cdf, FRAC_1_SQRT_2PI * exp(-0.5 * x * x))
 }
 
 fn map2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
@@ -50,11 +50,14 @@ fn map2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
     out.par_chunks_mut(CHUNK)
         .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
         .for_each(|(o, (a, b))| {
-            wide(|| {
-                for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
-                    *o = f(a, b);
-                }
-            })
+            wide(
+                #[inline(always)]
+                || {
+                    for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+                        *o = f(a, b);
+                    }
+                },
+            )
         });
     out
 }

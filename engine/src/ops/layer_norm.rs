@@ -90,14 +90,17 @@ impl CustomOp3 for LayerNorm {
         out.par_chunks_mut(per)
             .zip(x.par_chunks(per))
             .for_each(|(out, x)| {
-                wide(|| {
-                    for (o, x) in out.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-                        let (mean, rstd) = moments(x, self.eps);
-                        for (((o, &x), &w), &b) in o.iter_mut().zip(x).zip(w).zip(b) {
-                            *o = (x - mean) * rstd * w + b;
+                wide(
+                    #[inline(always)]
+                    || {
+                        for (o, x) in out.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+                            let (mean, rstd) = moments(x, self.eps);
+                            for (((o, &x), &w), &b) in o.iter_mut().zip(x).zip(w).zip(b) {
+                                *o = (x - mean) * rstd * w + b;
+                            }
                         }
-                    }
-                })
+                    },
+                )
             });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -147,28 +150,31 @@ impl CustomOp3 for Backward {
             .map(|(dx, (x, g))| {
                 // dweight, then dbias, over this task's rows.
                 let mut sums = vec![0f32; 2 * d];
-                wide(|| {
-                    let (dw, db) = sums.split_at_mut(d);
-                    let rows = dx.chunks_exact_mut(d).zip(x.chunks_exact(d));
-                    for ((dx, x), g) in rows.zip(g.chunks_exact(d)) {
-                        let (mean, rstd) = moments(x, self.eps);
-                        // dx = rstd · (g·w − mean(g·w) − x̂ · mean(g·w·x̂)).
-                        let (mut a, mut c) = (0f32, 0f32);
-                        for i in 0..d {
-                            let xhat = (x[i] - mean) * rstd;
-                            let gw = g[i] * w[i];
-                            a += gw;
-                            c += gw * xhat;
-                            dw[i] += g[i] * xhat;
-                            db[i] += g[i];
+                wide(
+                    #[inline(always)]
+                    || {
+                        let (dw, db) = sums.split_at_mut(d);
+                        let rows = dx.chunks_exact_mut(d).zip(x.chunks_exact(d));
+                        for ((dx, x), g) in rows.zip(g.chunks_exact(d)) {
+                            let (mean, rstd) = moments(x, self.eps);
+                            // dx = rstd · (g·w − mean(g·w) − x̂ · mean(g·w·x̂)).
+                            let (mut a, mut c) = (0f32, 0f32);
+                            for i in 0..d {
+                                let xhat = (x[i] - mean) * rstd;
+                                let gw = g[i] * w[i];
+                                a += gw;
+                                c += gw * xhat;
+                                dw[i] += g[i] * xhat;
+                                db[i] += g[i];
+                            }
+                            let (a, c) = (a * inv_d, c * inv_d);
+                            for i in 0..d {
+                                let xhat = (x[i] - mean) * rstd;
+                                dx[i] = rstd * (g[i] * w[i] - a - xhat * c);
+                            }
                         }
-                        let (a, c) = (a * inv_d, c * inv_d);
-                        for i in 0..d {
-                            let xhat = (x[i] - mean) * rstd;
-                            dx[i] = rstd * (g[i] * w[i] - a - xhat * c);
-                        }
-                    }
-                });
+                    },
+                );
                 sums
             })
             .collect();

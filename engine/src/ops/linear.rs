@@ -79,7 +79,9 @@ impl CustomOp3 for Linear {
             parallelism(m, o, i),
         );
         let mut dims = l1.shape().dims().to_vec();
-        *dims.last_mut().expect("a linear layer's input has a last dimension") = o;
+        *dims
+            .last_mut()
+            .expect("a linear layer's input has a last dimension") = o;
         Ok((CpuStorage::F32(out), Shape::from(dims)))
     }
 
@@ -157,19 +159,20 @@ impl CustomOp3 for Backward {
 /// thread sums a band of columns down every row, in row order.
 fn column_sums(g: &[f32], width: usize, sums: &mut [f32]) {
     let band = width.div_ceil(threads()).next_multiple_of(16).max(16);
-    sums.par_chunks_mut(band)
-        .enumerate()
-        .for_each(|(t, sums)| {
-            let columns = t * band..t * band + sums.len();
-            sums.fill(0.0);
-            wide(|| {
+    sums.par_chunks_mut(band).enumerate().for_each(|(t, sums)| {
+        let columns = t * band..t * band + sums.len();
+        sums.fill(0.0);
+        wide(
+            #[inline(always)]
+            || {
                 for row in g.chunks_exact(width) {
                     for (s, &v) in sums.iter_mut().zip(&row[columns.clone()]) {
                         *s += v;
                     }
                 }
-            })
-        });
+            },
+        )
+    });
 }
 
 #[cfg(test)]
@@ -213,7 +216,11 @@ mod tests {
         let w = Var::from_tensor(&random(&[130, 96], 6)).unwrap();
         let b = Var::from_tensor(&random(&[130], 7)).unwrap();
         let ours = linear(&x, &w, Some(&b)).unwrap();
-        let theirs = x.matmul(&w.t().unwrap()).unwrap().broadcast_add(&b).unwrap();
+        let theirs = x
+            .matmul(&w.t().unwrap())
+            .unwrap()
+            .broadcast_add(&b)
+            .unwrap();
         assert_close(&ours, &theirs, 1e-5, "values");
         let (g1, g2) = (
             ours.sqr().unwrap().sum_all().unwrap().backward().unwrap(),
@@ -233,6 +240,9 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(err.contains("8 features") && err.contains("[4, 6]"), "{err}");
+        assert!(
+            err.contains("8 features") && err.contains("[4, 6]"),
+            "{err}"
+        );
     }
 }

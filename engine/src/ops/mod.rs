@@ -73,7 +73,9 @@ fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]
 
 /// Runs `f` inside a function compiled for AVX-512 or AVX2 when the CPU
 /// has them, so that the loops inlined into it vectorise at that width: the
-/// engine is built for baseline x86-64, whose vectors hold four f32.
+/// engine is built for baseline x86-64, whose vectors hold four f32. Mark
+/// the closure `#[inline(always)]`: left to itself, LLVM keeps a large one
+/// out of line, compiled for the baseline (GELU's ran one float at a time).
 #[inline(always)]
 fn wide<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
@@ -100,6 +102,29 @@ fn avx512<R>(f: impl FnOnce() -> R) -> R {
 #[target_feature(enable = "avx2")]
 fn avx2<R>(f: impl FnOnce() -> R) -> R {
     f()
+}
+
+/// e^x in plain arithmetic, so that a loop over it vectorises where libm's
+/// `expf` is a call per element: e^x = 2^n · e^r with |r| ≤ ln2/2 and a
+/// degree-7 polynomial for e^r (Cephes' `expf`), within 2 ulp. Below
+/// -87.3 it is the smallest normal number, not 0; above 88.4, 2^127·e^r.
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    let x = x.clamp(-87.336_55, 88.376_26);
+    // Adding 1.5·2^23 rounds to an integer, left in the sum's low bits
+    // (`round` would be a libm call).
+    let t = x * std::f32::consts::LOG2_E + 12_582_912.0;
+    let n = t - 12_582_912.0;
+    // ln 2 in two parts, so that n·ln2 is exact in the first.
+    let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
+    let p = 1.987_569_1e-4;
+    let p = p * r + 1.398_199_9e-3;
+    let p = p * r + 8.333_452e-3;
+    let p = p * r + 4.166_579_6e-2;
+    let p = p * r + 0.166_666_65;
+    let p = p * r + 0.5;
+    let e = p * r * r + r + 1.0;
+    e * f32::from_bits(t.to_bits().wrapping_sub(0x4B40_0000 - 127) << 23)
 }
 
 /// A buffer of `len` uninitialised values. `vec![0.0; len]` would zero it
@@ -191,6 +216,25 @@ pub(crate) mod tests {
     /// [`super::random_normal`], unwrapped.
     pub fn random(dims: &[usize], seed: u64) -> Tensor {
         super::random_normal(dims, seed).unwrap()
+    }
+
+    /// The polynomial exp within 2 ulp of f64's over the range softmax and
+    /// GELU feed it, and at its ends.
+    #[test]
+    fn exp_is_within_two_ulp() {
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let (ours, exact) = (super::exp(x), (x as f64).exp());
+            let ulp = f32::from_bits((exact as f32).to_bits() + 1) as f64 - exact as f32 as f64;
+            assert!(
+                (ours as f64 - exact).abs() <= 2.0 * ulp,
+                "exp({x}) = {ours}, exactly {exact}"
+            );
+            x += 0.0137;
+        }
+        assert_eq!(super::exp(0.0), 1.0);
+        assert!(super::exp(-1000.0) < 1.2e-38 && super::exp(-1000.0) >= 0.0);
+        assert!(super::exp(1000.0).is_finite());
     }
 
     /// Every element within `tol` of the reference, relative to its scale.
