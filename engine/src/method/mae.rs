@@ -5,24 +5,25 @@
 //! masked patches only.
 
 use candle_core::{D, Device, IndexOp, Module, Tensor};
-use candle_nn::{Init, Linear, VarBuilder, VarMap, linear};
+use candle_nn::{Init, VarBuilder, VarMap};
 use sslab_shared::RunSpec;
 use sslab_shared::spec::MaeSpec;
 
 use super::msn::{kept_count, random_keep};
 use super::{Method, StepInfo, StepLoss};
 use crate::model::Encoder;
+use crate::model::dense::{Dense, dense};
 use crate::model::norm::LayerNorm;
 use crate::model::vit::{Block, patchify, select_tokens};
 
 pub struct Mae {
-    embed: Linear,
+    embed: Dense,
     mask_token: Tensor,
     /// (1, L, decoder width): decoder positions of the full grid.
     pos: Tensor,
     blocks: Vec<Block>,
     norm: LayerNorm,
-    pred: Linear,
+    pred: Dense,
     mask_ratio: f64,
     norm_pix_loss: bool,
 }
@@ -49,14 +50,14 @@ impl Mae {
             stdev: 0.02,
         };
         let mae = Mae {
-            embed: linear(b.width, w, vb.pp("embed"))?,
+            embed: dense(b.width, w, vb.pp("embed"))?,
             mask_token: vb.get_with_hints((1, 1, w), "mask_token", init)?,
             pos: vb.get_with_hints((1, patches, w), "pos_embed", init)?,
             blocks: (0..decoder_depth)
                 .map(|i| Block::new(w, decoder_heads, vb.pp(format!("blocks.{i}"))))
                 .collect::<candle_core::Result<_>>()?,
             norm: LayerNorm::new(w, vb.pp("norm"))?,
-            pred: linear(w, 3 * b.patch_size * b.patch_size, vb.pp("pred"))?,
+            pred: dense(w, 3 * b.patch_size * b.patch_size, vb.pp("pred"))?,
             mask_ratio,
             norm_pix_loss,
         };

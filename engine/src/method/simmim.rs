@@ -4,18 +4,19 @@
 //! on the masked patches only.
 
 use candle_core::{D, Device, IndexOp, Tensor};
-use candle_nn::{Init, Linear, VarBuilder, VarMap, linear};
+use candle_nn::{Init, VarBuilder, VarMap};
 use sslab_shared::RunSpec;
 use sslab_shared::spec::SimmimSpec;
 
 use super::msn::kept_count;
 use super::{Method, StepInfo, StepLoss};
 use crate::model::Encoder;
+use crate::model::dense::{Dense, dense};
 use crate::model::vit::patchify;
 
 pub struct SimMim {
     mask_token: Tensor,
-    head: Linear,
+    head: Dense,
     mask_ratio: f64,
 }
 
@@ -35,7 +36,7 @@ impl SimMim {
         };
         let m = SimMim {
             mask_token: vb.get_with_hints((1, 1, b.width), "mask_token", init)?,
-            head: linear(b.width, 3 * b.patch_size * b.patch_size, vb.pp("head"))?,
+            head: dense(b.width, 3 * b.patch_size * b.patch_size, vb.pp("head"))?,
             mask_ratio,
         };
         crate::model::seed_weights_under(online, "mim.", spec.seed ^ 0x5133)?;

@@ -2,6 +2,7 @@
 //! that every layer can be probed (guillotine regularization, arXiv:2206.13378).
 
 pub mod cnn;
+pub mod dense;
 pub mod norm;
 pub mod projector;
 pub mod resnet;

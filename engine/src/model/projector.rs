@@ -2,12 +2,13 @@
 //! hidden layer, a plain Linear last.
 
 use candle_core::{ModuleT, Tensor};
-use candle_nn::{Linear, VarBuilder, linear};
+use candle_nn::VarBuilder;
 
+use super::dense::{Dense, dense};
 use crate::ops::BatchNorm;
 
 struct Layer {
-    linear: Linear,
+    linear: Dense,
     bn: Option<BatchNorm>,
     last: bool,
 }
@@ -29,7 +30,7 @@ impl Projector {
             let last = i + 1 == dims.len();
             let vb = vb.pp(i.to_string());
             layers.push(Layer {
-                linear: linear(din, d, vb.pp("linear"))?,
+                linear: dense(din, d, vb.pp("linear"))?,
                 bn: if bn && !last {
                     Some(BatchNorm::new(d, 1e-5, vb.pp("bn"))?)
                 } else {

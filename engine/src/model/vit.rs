@@ -8,30 +8,15 @@
 //! down to one position per patch, then a linear map.
 
 use candle_core::{IndexOp, Module, ModuleT, Tensor};
-use candle_nn::{Init, Linear, VarBuilder};
+use candle_nn::{Init, VarBuilder};
 
 use super::cnn::ConvBn;
+use super::dense::{Dense, dense};
 use super::norm::LayerNorm;
 use crate::ops;
 
-/// A linear layer run in its input's dtype: in bf16 training the f32
-/// weights are cast on the way in, and their gradients flow back through
-/// the cast.
-struct Dense(Linear);
-
-impl Module for Dense {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let w = self.0.weight();
-        if x.dtype() == w.dtype() {
-            return ops::linear(x, w, self.0.bias());
-        }
-        let bias = self.0.bias().map(|b| b.to_dtype(x.dtype())).transpose()?;
-        Linear::new(w.to_dtype(x.dtype())?, bias).forward(x)
-    }
-}
-
 fn linear(i: usize, o: usize, vb: VarBuilder) -> candle_core::Result<Dense> {
-    Ok(Dense(candle_nn::linear(i, o, vb)?))
+    dense(i, o, vb)
 }
 
 /// `t` in `like`'s dtype.

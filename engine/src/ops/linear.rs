@@ -93,15 +93,23 @@ impl CustomOp3 for Linear {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let flat = x.apply_op3_no_bwd(w, &grad.contiguous()?, &Backward)?;
+        // The patch embedding's input is the image: no gradient to take.
+        let input = x.track_op();
+        let flat = x.apply_op3_no_bwd(w, &grad.contiguous()?, &Backward { input })?;
+        if !input {
+            let mut parts = split_flat(&flat, &[w.shape(), b.shape()])?.into_iter();
+            return Ok((None, parts.next(), parts.next()));
+        }
         let mut parts = split_flat(&flat, &[x.shape(), w.shape(), b.shape()])?.into_iter();
         Ok((parts.next(), parts.next(), parts.next()))
     }
 }
 
-/// dx, dweight and dbias, flat and in that order, from x, the weight and
-/// the output's gradient.
-struct Backward;
+/// dx (when `input`), dweight and dbias, flat and in that order, from x,
+/// the weight and the output's gradient.
+struct Backward {
+    input: bool,
+}
 
 impl CustomOp3 for Backward {
     fn name(&self) -> &'static str {
@@ -121,22 +129,25 @@ impl CustomOp3 for Backward {
         let (o, i) = l2.shape().dims2()?;
         let m = x.len() / i;
         // SAFETY: the two gemms and the column sums write every element.
-        let mut out = unsafe { output(m * i + o * i + o) };
-        let (dx, rest) = out.split_at_mut(m * i);
+        let dx_len = if self.input { m * i } else { 0 };
+        let mut out = unsafe { output(dx_len + o * i + o) };
+        let (dx, rest) = out.split_at_mut(dx_len);
         let (dw, db) = rest.split_at_mut(o * i);
         // dx (m×i) = g (m×o) · w (o×i).
-        matmul(
-            (m, i, o),
-            dx,
-            (i, 1),
-            false,
-            1.0,
-            g,
-            (o, 1),
-            w,
-            (i, 1),
-            parallelism(m, i, o),
-        );
+        if self.input {
+            matmul(
+                (m, i, o),
+                dx,
+                (i, 1),
+                false,
+                1.0,
+                g,
+                (o, 1),
+                w,
+                (i, 1),
+                parallelism(m, i, o),
+            );
+        }
         // dw (o×i) = gᵀ (o×m) · x (m×i).
         matmul(
             (o, i, m),
@@ -151,7 +162,7 @@ impl CustomOp3 for Backward {
             parallelism(o, i, m),
         );
         column_sums(g, o, db);
-        Ok((CpuStorage::F32(out), Shape::from(m * i + o * i + o)))
+        Ok((CpuStorage::F32(out), Shape::from(dx_len + o * i + o)))
     }
 }
 
@@ -228,6 +239,33 @@ mod tests {
         );
         for (v, what) in [(&x, "dx"), (&w, "dweight"), (&b, "dbias")] {
             assert_close(g1.get(v).unwrap(), g2.get(v).unwrap(), 1e-4, what);
+        }
+    }
+
+    /// An input that is not trained (an image) gets no gradient; the
+    /// weight's and bias's are the same as with one.
+    #[test]
+    fn a_constant_input_gets_no_gradient() {
+        let x = random(&[5, 12], 8);
+        let w = Var::from_tensor(&random(&[7, 12], 9)).unwrap();
+        let b = Var::from_tensor(&random(&[7], 10)).unwrap();
+        let grads = linear(&x, &w, Some(&b))
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert!(grads.get(&x).is_none());
+        let theirs = x
+            .matmul(&w.t().unwrap())
+            .unwrap()
+            .broadcast_add(&b)
+            .unwrap();
+        let want = theirs.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        for (v, what) in [(&w, "dweight"), (&b, "dbias")] {
+            assert_close(grads.get(v).unwrap(), want.get(v).unwrap(), 1e-5, what);
         }
     }
 

@@ -1,0 +1,27 @@
+//! A linear layer through the engine's own op (`ops::linear`), run in its
+//! input's dtype: in bf16 training the f32 weights are cast on the way in,
+//! and their gradients flow back through the cast.
+
+use candle_core::{Module, Tensor};
+use candle_nn::{Linear, VarBuilder};
+
+use crate::ops;
+
+pub struct Dense(Linear);
+
+/// A linear layer from `i` to `o` features with a bias, initialised as
+/// candle's `linear`.
+pub fn dense(i: usize, o: usize, vb: VarBuilder) -> candle_core::Result<Dense> {
+    Ok(Dense(candle_nn::linear(i, o, vb)?))
+}
+
+impl Module for Dense {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let w = self.0.weight();
+        if x.dtype() == w.dtype() {
+            return ops::linear(x, w, self.0.bias());
+        }
+        let bias = self.0.bias().map(|b| b.to_dtype(x.dtype())).transpose()?;
+        Linear::new(w.to_dtype(x.dtype())?, bias).forward(x)
+    }
+}
