@@ -45,20 +45,32 @@ static JEMALLOC_CONF_PTR: Option<&'static std::ffi::c_char> =
     Some(unsafe { &*(JEMALLOC_CONF.as_ptr() as *const std::ffi::c_char) });
 
 /// Prepares the process for training; call it first thing in `main`.
-/// candle's worker for elementwise ops spins 25 000 times after each op
-/// before it sleeps, and on a 2-core machine that spinning takes a core
-/// from the matrix kernels between ops (18 % of the CPU time of a small ViT
-/// step, which then ran 15 % slower). A setting of the user's own
-/// (`CANDLE_BARRIER_POOL_SPIN_LIMIT`) is kept.
+/// - candle's worker for elementwise ops spins 25 000 times after each op
+///   before it sleeps, and on a 2-core machine that spinning takes a core
+///   from the matrix kernels between ops (18 % of the CPU time of a small
+///   ViT step, which then ran 15 % slower): it sleeps at once.
+/// - candle counts its threads anew for every matmul and every call of
+///   `get_num_threads`, by reading `/proc/cpuinfo` unless
+///   `RAYON_NUM_THREADS` is set (3.5 % of a small ViT step): the count is
+///   taken once and set there. rayon's pool then has as many threads as
+///   candle's kernels use: one per physical core.
+///
+/// A setting of the user's own of either variable is kept.
 ///
 /// # Safety
-/// No other thread may be running yet: it sets an environment variable.
+/// No other thread may be running yet: it sets environment variables.
 pub unsafe fn prepare_process() {
     const SPIN: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
+    const THREADS: &str = "RAYON_NUM_THREADS";
     if std::env::var_os(SPIN).is_none() {
         // SAFETY: the caller's promise that no other thread reads the
         // environment meanwhile.
         unsafe { std::env::set_var(SPIN, "0") };
+    }
+    if std::env::var_os(THREADS).is_none() {
+        let threads = candle_core::utils::get_num_threads().to_string();
+        // SAFETY: as above.
+        unsafe { std::env::set_var(THREADS, threads) };
     }
 }
 
