@@ -102,10 +102,13 @@ fn main() -> anyhow::Result<()> {
         seed: spec.seed,
     };
     // The loss is not read back: that would wait for the GPU every step.
+    // On rayon's threads, as training runs it.
     let mut step = || -> anyhow::Result<()> {
-        let out = method.loss(&encoder, &views, &at)?;
-        optimizer.step(&out.loss.backward()?)?;
-        Ok(())
+        sslab_engine::on_workers(|| {
+            let out = method.loss(&encoder, &views, &at)?;
+            optimizer.step(&out.loss.backward()?)?;
+            Ok(())
+        })
     };
     // Warm the allocator and caches (and, on a GPU, load the kernels).
     for _ in 0..if device.is_cuda() { 3 } else { 1 } {

@@ -206,7 +206,7 @@ fn main() -> anyhow::Result<()> {
         .iter()
         .filter(|c| wanted.is_empty() || wanted.split(',').any(|w| w == c.name))
     {
-        let seconds = time_case(case, batch, steps, &device)?;
+        let seconds = sslab_engine::on_workers(|| time_case(case, batch, steps, &device))?;
         let images_per_sec = batch as f64 / seconds;
         println!(
             "sslab (candle, {device:?}): {}, batch {batch}: {seconds:.3} s/step, {images_per_sec:.1} images/s",

@@ -74,6 +74,15 @@ pub unsafe fn prepare_process() {
     }
 }
 
+/// Runs `f` on one of rayon's threads while the caller waits. The kernels
+/// split their work with rayon: from a thread outside the pool each split
+/// is handed over and waited for, two thread switches per op; from inside,
+/// the caller takes a share itself and the other threads steal the rest
+/// (MAE on a ViT-Small on 2 cores: a fifth more images a second).
+pub fn on_workers<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    rayon::scope(|_| f())
+}
+
 /// Returns the allocator's free pages to the system; the allocator keeps
 /// them while a run trains.
 pub fn release_free_memory() {

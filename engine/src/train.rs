@@ -308,23 +308,30 @@ fn run(
                         let start = spec.optimizer.weight_decay;
                         optimizer.set_weight_decay(optim::cosine(start, end, step, total_steps));
                     }
-                    let out = method.loss(&encoder, &views, &at)?;
-                    let loss = out.loss.to_scalar::<f32>()?;
-                    if !loss.is_finite() {
-                        return Err(EngineError::NonFiniteLoss {
-                            step: step + 1,
-                            value: loss,
-                        });
-                    }
-                    let mut grads = out.loss.backward()?;
-                    for held in method.frozen(&at) {
-                        grads.remove(&held);
-                    }
-                    if spec.optimizer.grad_clip > 0.0 {
-                        optim::clip_grad_norm(&mut grads, &trainable, spec.optimizer.grad_clip)?;
-                    }
-                    optimizer.step(&grads)?;
-                    method.after_step(&at)?;
+                    let (out, loss) = crate::on_workers(|| -> Result<_> {
+                        let out = method.loss(&encoder, &views, &at)?;
+                        let loss = out.loss.to_scalar::<f32>()?;
+                        if !loss.is_finite() {
+                            return Err(EngineError::NonFiniteLoss {
+                                step: step + 1,
+                                value: loss,
+                            });
+                        }
+                        let mut grads = out.loss.backward()?;
+                        for held in method.frozen(&at) {
+                            grads.remove(&held);
+                        }
+                        if spec.optimizer.grad_clip > 0.0 {
+                            optim::clip_grad_norm(
+                                &mut grads,
+                                &trainable,
+                                spec.optimizer.grad_clip,
+                            )?;
+                        }
+                        optimizer.step(&grads)?;
+                        method.after_step(&at)?;
+                        Ok((out, loss))
+                    })?;
                     let online_probe_acc = match &mut probe {
                         Some(p) => {
                             // Unlabelled images (STL-10's extra split) teach the probe nothing.
