@@ -133,34 +133,26 @@ impl CustomOp3 for Backward {
         let mut out = unsafe { output(dx_len + o * i + o) };
         let (dx, rest) = out.split_at_mut(dx_len);
         let (dw, db) = rest.split_at_mut(o * i);
+        // With two threads the two gemms run side by side, each on one:
+        // no sync inside either, and neither waits for the other's tail.
+        let (par, side_by_side) = match parallelism(m, i, o) {
+            Parallelism::Rayon(t) if t == 2 && self.input => (Parallelism::None, true),
+            p => (p, false),
+        };
         // dx (m×i) = g (m×o) · w (o×i).
-        if self.input {
-            matmul(
-                (m, i, o),
-                dx,
-                (i, 1),
-                false,
-                1.0,
-                g,
-                (o, 1),
-                w,
-                (i, 1),
-                parallelism(m, i, o),
-            );
-        }
+        let input_grad =
+            |dx: &mut [f32]| matmul((m, i, o), dx, (i, 1), false, 1.0, g, (o, 1), w, (i, 1), par);
         // dw (o×i) = gᵀ (o×m) · x (m×i).
-        matmul(
-            (o, i, m),
-            dw,
-            (i, 1),
-            false,
-            1.0,
-            g,
-            (1, o),
-            x,
-            (i, 1),
-            parallelism(o, i, m),
-        );
+        let weight_grad =
+            |dw: &mut [f32]| matmul((o, i, m), dw, (i, 1), false, 1.0, g, (1, o), x, (i, 1), par);
+        if side_by_side {
+            rayon::join(|| input_grad(dx), || weight_grad(dw));
+        } else {
+            if self.input {
+                input_grad(dx);
+            }
+            weight_grad(dw);
+        }
         column_sums(g, o, db);
         Ok((CpuStorage::F32(out), Shape::from(dx_len + o * i + o)))
     }
