@@ -309,7 +309,7 @@ fn database_url(cli: &Cli) -> anyhow::Result<String> {
 }
 
 fn main() -> std::process::ExitCode {
-    // SAFETY: no other thread has started; the runtime's start below.
+    // SAFETY: no other thread has started yet: the runtime starts below.
     unsafe { sslab_engine::prepare_process() };
     match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
