@@ -282,7 +282,7 @@ mod tests {
     use candle_core::Var;
 
     use super::*;
-    use crate::ops::tests::{assert_close, random};
+    use crate::ops::tests::{assert_close, random, weighted_grads};
 
     /// Values and the qkv gradient against the composed form, with a token
     /// count that fills no vector evenly.
@@ -294,14 +294,7 @@ mod tests {
         let ours = attention(&qkv, heads).unwrap();
         let theirs = with_probabilities(&qkv, heads).unwrap().0;
         assert_close(&ours, &theirs, 1e-5, "values");
-        let backward = |y: &Tensor| {
-            (y * &weights)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap()
-        };
+        let backward = |y: &Tensor| weighted_grads(y, &weights);
         let (g1, g2) = (backward(&ours), backward(&theirs));
         assert_close(
             g1.get(&qkv).unwrap(),

@@ -109,7 +109,7 @@ mod tests {
     use candle_core::Var;
 
     use super::*;
-    use crate::ops::tests::{assert_close, random};
+    use crate::ops::tests::{assert_close, random, weighted_grads};
 
     /// Values and gradient against candle's erf GELU, tails included.
     #[test]
@@ -119,14 +119,7 @@ mod tests {
         let ours = gelu(&x).unwrap();
         let theirs = x.as_tensor().gelu_erf().unwrap();
         assert_close(&ours, &theirs, 2e-6, "values");
-        let backward = |y: &Tensor| {
-            (y * &weights)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap()
-        };
+        let backward = |y: &Tensor| weighted_grads(y, &weights);
         let (g1, g2) = (backward(&ours), backward(&theirs));
         assert_close(g1.get(&x).unwrap(), g2.get(&x).unwrap(), 2e-6, "gradient");
     }

@@ -196,7 +196,7 @@ mod tests {
     use candle_core::Var;
 
     use super::*;
-    use crate::ops::tests::{assert_close, random};
+    use crate::ops::tests::{assert_close, random, weighted_grads};
 
     /// Values and all three gradients against the composed form, on rows
     /// far from zero mean and unit spread.
@@ -209,14 +209,7 @@ mod tests {
         let ours = layer_norm(&x, &w, &b, 1e-6).unwrap();
         let theirs = composed(&x, &w, &b, 1e-6).unwrap();
         assert_close(&ours, &theirs, 1e-5, "values");
-        let backward = |y: &Tensor| {
-            (y * &weights)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap()
-        };
+        let backward = |y: &Tensor| weighted_grads(y, &weights);
         let (g1, g2) = (backward(&ours), backward(&theirs));
         for (v, what) in [(&x, "dx"), (&w, "dweight"), (&b, "dbias")] {
             assert_close(g1.get(v).unwrap(), g2.get(v).unwrap(), 1e-4, what);

@@ -183,7 +183,7 @@ mod tests {
     use candle_core::Var;
 
     use super::*;
-    use crate::ops::tests::{assert_close, random};
+    use crate::ops::tests::{assert_close, random, weighted_grads};
 
     /// Values and all three gradients against candle's layer, on a
     /// three-dimensional input whose sizes fill no vector evenly.
@@ -198,14 +198,7 @@ mod tests {
             .forward(&x)
             .unwrap();
         assert_close(&ours, &theirs, 1e-5, "values");
-        let backward = |y: &Tensor| {
-            (y * &weights)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap()
-        };
+        let backward = |y: &Tensor| weighted_grads(y, &weights);
         let (g1, g2) = (backward(&ours), backward(&theirs));
         for (v, what) in [(&x, "dx"), (&w, "dweight"), (&b, "dbias")] {
             assert_close(g1.get(v).unwrap(), g2.get(v).unwrap(), 1e-5, what);

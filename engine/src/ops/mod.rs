@@ -237,6 +237,17 @@ pub(crate) mod tests {
         assert!(super::exp(1000.0).is_finite());
     }
 
+    /// The gradients of Σ y ∘ weights: every output element weighted
+    /// differently, so that a gradient routed to the wrong place shows.
+    pub fn weighted_grads(y: &Tensor, weights: &Tensor) -> GradStore {
+        (y * weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap()
+    }
+
     /// Every element within `tol` of the reference, relative to its scale.
     pub fn assert_close(got: &Tensor, want: &Tensor, tol: f32, what: &str) {
         assert_eq!(got.dims(), want.dims(), "{what}: shapes");
