@@ -9,6 +9,7 @@
 //! with nvcc and the headers alone.
 
 use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -33,8 +34,8 @@ const CUDNN_WHEEL: &str = "nvidia-cudnn-cu13==9.26.*";
 /// H200 / H100 unless `CUDA_COMPUTE_CAP` says otherwise.
 const DEFAULT_COMPUTE_CAP: &str = "90";
 
-/// What type-checking needs: nvcc (candle's kernels and ours are compiled to
-/// PTX by build scripts) and the headers; nothing is linked.
+/// What type-checking needs: nvcc (our kernels are compiled to PTX by the
+/// engine's build script) and the headers; nothing is linked.
 const CHECK_WHEELS: [&str; 5] = [
     "nvidia-cuda-nvcc==13.0.*",
     "nvidia-cuda-crt==13.0.*",
@@ -141,6 +142,7 @@ pub fn cuda(root: &Path, args: &[String]) -> Result<()> {
 fn check(out: &Path) -> Result<()> {
     let sdk = install_toolkit(&out.join("check-sdk"), &CHECK_WHEELS)?;
     let toolkit = sdk.join("nvidia/cu13");
+    let stub = nvcc_stub(&sdk, &toolkit.join("bin/nvcc"))?;
     let path = format!(
         "{}:{}",
         toolkit.join("bin").display(),
@@ -162,6 +164,7 @@ fn check(out: &Path) -> Result<()> {
             .env("PATH", &path)
             .env("CUDA_ROOT", &toolkit)
             .env("CUDA_PATH", &toolkit)
+            .env("NVCC", &stub)
             .env("CARGO_TARGET_DIR", out.join("check"))
             .env(
                 "CUDA_COMPUTE_CAP",
@@ -170,6 +173,43 @@ fn check(out: &Path) -> Result<()> {
         run(&mut check).with_context(|| format!("the `{features}` feature does not compile"))?;
     }
     Ok(())
+}
+
+/// A stand-in for nvcc that candle's kernel build (the `cudaforge` crate,
+/// which alone reads `NVCC`) gets in a check: it writes empty PTX, objects
+/// and an empty archive where nvcc would write them. A check links nothing,
+/// and compiling candle's pinned kernels (its quantised-matmul templates
+/// most of all) made the check 10 minutes on 2 cores instead of 4 while
+/// checking nothing of ours; the engine's build script still runs the real
+/// nvcc on our kernels.
+fn nvcc_stub(sdk: &Path, nvcc: &Path) -> Result<PathBuf> {
+    let stub = sdk.join("nvcc-stub");
+    let script = format!(
+        r#"#!/bin/sh
+set -e
+out= dir= src= lib= prev=
+for a in "$@"; do
+    case "$a" in
+    --version) exec '{nvcc}' --version ;;
+    --lib) lib=1 ;;
+    *.cu) src=$a ;;
+    esac
+    case "$prev" in
+    -o) out=$a ;;
+    --output-directory) dir=$a ;;
+    esac
+    prev=$a
+done
+[ -n "$dir" ] && out="$dir/$(basename "$src" .cu).ptx"
+[ -n "$out" ] || {{ echo "nvcc-stub: no output named in: $*" >&2; exit 1; }}
+if [ -n "$lib" ]; then printf '!<arch>
+' >"$out"; else : >"$out"; fi
+"#,
+        nvcc = nvcc.display()
+    );
+    std::fs::write(&stub, script).with_context(|| format!("writing {}", stub.display()))?;
+    std::fs::set_permissions(&stub, std::fs::Permissions::from_mode(0o755))?;
+    Ok(stub)
 }
 
 fn wheels(cudnn: bool) -> Vec<&'static str> {
