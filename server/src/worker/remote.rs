@@ -589,6 +589,11 @@ pub async fn run(opts: Options, mut shutdown: watch::Receiver<bool>) -> anyhow::
     tokio::fs::create_dir_all(&opts.work_dir)
         .await
         .with_context(|| format!("creating the work folder {}", opts.work_dir.display()))?;
+    let work_dir = opts.work_dir.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        super::remote_decoder::prune_stale_states(&work_dir, std::time::SystemTime::now())
+    })
+    .await;
     // Tests and scripts read this line.
     println!("sslab worker {} serving {}", info.id, opts.server);
     tracing::info!(worker = %info.id, slots, "worker registered");

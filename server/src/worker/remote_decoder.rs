@@ -4,6 +4,9 @@
 //! the end is reported. A cancel stops it after the current step; a stop of
 //! this worker hands it back.
 
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
 use anyhow::Context;
 use sslab_shared::api::RunStatus;
 use sslab_shared::worker::{ClaimedDecoder, DecoderEnd, DecoderProgress};
@@ -11,6 +14,47 @@ use tokio::sync::watch;
 
 use super::remote::{JobPath, RemoteHost};
 use super::remote_jobs::{Followed, follow, hand_back, report_end};
+
+/// Where a handed-back decoder job's training state waits for this worker
+/// to claim the job again.
+const STATES: &str = "decoder-states";
+
+/// A state untouched for this long belongs to a job that another worker
+/// finished (or that was deleted): nothing here learns of that, so age is
+/// the sign. A job this worker claims again later starts afresh.
+const STATE_KEPT_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Removes the training states under `work_dir` that nothing has written
+/// for [`STATE_KEPT_FOR`]; returns how many. Called when the worker starts.
+pub(super) fn prune_stale_states(work_dir: &Path, now: SystemTime) -> usize {
+    let Ok(entries) = std::fs::read_dir(work_dir.join(STATES)) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let stale = newest_write(&path)
+            .and_then(|t| now.duration_since(t).ok())
+            .is_some_and(|age| age > STATE_KEPT_FOR);
+        if stale && std::fs::remove_dir_all(&path).is_ok() {
+            tracing::info!(state = %path.display(), "removed a decoder job's stale training state");
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// The latest modification time of `path` and everything under it.
+fn newest_write(path: &Path) -> Option<SystemTime> {
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    let mut newest = meta.modified().ok()?;
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path).ok()?.flatten() {
+            newest = newest.max(newest_write(&entry.path())?);
+        }
+    }
+    Some(newest)
+}
 
 pub(super) async fn decode(
     host: &RemoteHost,
@@ -26,7 +70,7 @@ pub(super) async fn decode(
     // Kept apart from the job's folder, which each attempt starts afresh:
     // when this worker claims the job again after handing it back, it
     // carries on from here.
-    let state = host.work_dir.join("decoder-states").join(&claimed.id);
+    let state = host.work_dir.join(STATES).join(&claimed.id);
     tracing::info!(decoder = %claimed.id, run = %claimed.run.id, "decoder job started");
     let _ = tokio::fs::remove_dir_all(&dir).await;
     let prepared = async {
@@ -141,4 +185,45 @@ pub(super) async fn decode(
         let _ = tokio::fs::remove_dir_all(&state).await;
     }
     let _ = tokio::fs::remove_dir_all(&dir).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(work: &Path, id: &str, written: SystemTime) {
+        let dir = work.join(STATES).join(id);
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = std::fs::File::create(dir.join("decoders.safetensors")).unwrap();
+        file.set_modified(written).unwrap();
+        std::fs::File::open(&dir)
+            .unwrap()
+            .set_modified(written)
+            .unwrap();
+    }
+
+    #[test]
+    fn only_states_untouched_past_the_limit_are_removed() {
+        let work = tempfile::tempdir().unwrap();
+        let now = SystemTime::now();
+        let old = now - STATE_KEPT_FOR - Duration::from_secs(60);
+        state(work.path(), "stale", old);
+        state(work.path(), "fresh", now - Duration::from_secs(3600));
+        // An old folder with one recent file is still being written.
+        state(work.path(), "resumed", old);
+        let recent = work.path().join(STATES).join("resumed").join("step");
+        std::fs::write(&recent, b"1").unwrap();
+        std::fs::File::open(recent.parent().unwrap())
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        assert_eq!(prune_stale_states(work.path(), now), 1);
+        let left: Vec<_> = std::fs::read_dir(work.path().join(STATES))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(left.len(), 2, "{left:?}");
+        assert!(!work.path().join(STATES).join("stale").exists());
+        assert_eq!(prune_stale_states(&work.path().join("none"), now), 0);
+    }
 }
