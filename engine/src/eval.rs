@@ -276,6 +276,7 @@ pub fn evaluate_checkpoint(
     plan: &EvalSpec,
     device: &Device,
 ) -> crate::Result<Vec<Evaluation>> {
+    let _release = crate::ReleaseMemoryAtEnd;
     let splits = crate::data::load(plan.data.as_ref().unwrap_or(&spec.data))?;
     let encoder = crate::train::load_encoder(spec, checkpoint, device)?;
     evaluate(&encoder, &splits, plan, spec.seed, device)

@@ -24,7 +24,7 @@ pub use error::{EngineError, Result};
 // which zeroes fresh pages on the next touch; one arena that keeps every
 // freed page (no decay: even a 30 s decay returned enough within one step
 // for the kernel's zeroing to take a tenth of it), on huge pages, reuses
-// them instead. A finished run hands them back: `release_free_memory`.
+// them instead. A finished job hands them back: `ReleaseMemoryAtEnd`.
 // jemalloc reuses a free extent only up to 64 times the size asked for
 // (`lg_extent_max_active_fit` 6); with every freed page kept, a ViT's mix of
 // large and small buffers then mapped fresh memory every step, without bound
@@ -97,6 +97,17 @@ pub fn release_free_memory() {
             std::ptr::null_mut(),
             0,
         );
+    }
+}
+
+/// Calls [`release_free_memory`] when dropped: held by each job's entry
+/// point, so that a server's memory falls back after an audit, a decoder
+/// or an evaluation however it ends, as it does after a run.
+pub struct ReleaseMemoryAtEnd;
+
+impl Drop for ReleaseMemoryAtEnd {
+    fn drop(&mut self) {
+        release_free_memory();
     }
 }
 

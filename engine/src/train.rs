@@ -85,9 +85,8 @@ pub fn train(
     checkpoint: &Path,
     observer: &mut dyn Observer,
 ) -> Result<Outcome> {
-    let outcome = run(spec, splits, device, checkpoint, false, observer);
-    crate::release_free_memory();
-    outcome
+    let _release = crate::ReleaseMemoryAtEnd;
+    run(spec, splits, device, checkpoint, false, observer)
 }
 
 /// Continues a run from the last epoch its checkpoint holds: the same
@@ -100,9 +99,8 @@ pub fn resume(
     checkpoint: &Path,
     observer: &mut dyn Observer,
 ) -> Result<Outcome> {
-    let outcome = run(spec, splits, device, checkpoint, true, observer);
-    crate::release_free_memory();
-    outcome
+    let _release = crate::ReleaseMemoryAtEnd;
+    run(spec, splits, device, checkpoint, true, observer)
 }
 
 /// Reads the data `spec` names, then trains it from the start, or
@@ -115,10 +113,9 @@ pub fn start(
     checkpoint: &Path,
     observer: &mut dyn Observer,
 ) -> Result<Outcome> {
+    let _release = crate::ReleaseMemoryAtEnd;
     let splits = crate::data::load(&spec.data)?;
-    let outcome = run(spec, &splits, device, checkpoint, resume, observer);
-    crate::release_free_memory();
-    outcome
+    run(spec, &splits, device, checkpoint, resume, observer)
 }
 
 /// Where the training state of `checkpoint` after `epochs_done` epochs

@@ -65,6 +65,7 @@ pub fn compute(
     recorded: DataSpec,
     device: &candle_core::Device,
 ) -> Result<Outcome, String> {
+    let _release = sslab_engine::ReleaseMemoryAtEnd;
     let data = job_data(req, runs).ok_or("a CKA job needs runs")?;
     let batch = req.minibatch;
     let labels: Vec<String> = runs.iter().map(|r| format!("run {}", r.id)).collect();

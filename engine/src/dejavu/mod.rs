@@ -254,6 +254,7 @@ pub fn run(
     dir: &Path,
     observer: &mut dyn AuditObserver,
 ) -> Result<AuditReport> {
+    let _release = crate::ReleaseMemoryAtEnd;
     spec.validate()?;
     let prep = prepare(spec)?;
     check_reconstruct(spec, &prep)?;
@@ -326,6 +327,7 @@ pub fn run_trained(
     device: &Device,
     observer: &mut dyn AuditObserver,
 ) -> Result<AuditReport> {
+    let _release = crate::ReleaseMemoryAtEnd;
     spec.validate()?;
     let prep = prepare(spec)?;
     check_reconstruct(spec, &prep)?;

@@ -117,6 +117,7 @@ pub fn decode(
     state: Option<&Path>,
     progress: &mut dyn FnMut(&Progress) -> bool,
 ) -> Result<Decoded> {
+    let _release = crate::ReleaseMemoryAtEnd;
     spec.validate()?;
     let valid = run.clone().into_valid()?;
     let encoder = crate::train::load_encoder(&valid, checkpoint, device)?;
