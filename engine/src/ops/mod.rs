@@ -134,6 +134,7 @@ fn exp(x: f32) -> f32 {
 /// # Safety
 /// The caller writes every element before anything reads it (as candle's
 /// own CPU kernels do with their outputs).
+#[allow(clippy::uninit_vec)] // deliberate: see above
 unsafe fn output(len: usize) -> Vec<f32> {
     let mut v = Vec::with_capacity(len);
     // SAFETY: the capacity is `len`; initialising is the caller's promise.
