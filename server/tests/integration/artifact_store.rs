@@ -436,7 +436,16 @@ async fn artifacts_in_s3_and_data_on_workers() {
     wait_log(&a, &server, &killed.id, "checkpoint after epoch 2 stored").await;
     first.kill();
     let key = format!("runs/{}/checkpoint.safetensors", killed.id);
-    let stored = moto.object(&key).await;
+    // Its last upload may still be landing: take the object once it holds.
+    let mut stored = moto.object(&key).await;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let now = moto.object(&key).await;
+        if now == stored {
+            break;
+        }
+        stored = now;
+    }
     assert!(!stored.is_empty(), "no {key} in S3");
     let stored_hash = hex_sha256(&stored);
     std::fs::remove_dir_all(server.data_dir.join("artifacts/runs")).unwrap();

@@ -11,7 +11,7 @@ use crate::common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::workers::{Worker, assert_continuous, free_addr, logs, sha256, wait_log};
+use common::workers::{Worker, assert_continuous, free_addr, logs, settled_sha256, wait_log};
 use common::{
     Server, admin, assert_succeeded, client_with, create, fresh_postgres_database, get_json,
     get_run, last_line, tiny_spec, wait_for,
@@ -234,11 +234,12 @@ async fn kill_a_worker_mid_run(server: &Server, a: &reqwest::Client, token: &str
     wait_log(a, server, &run.id, "checkpoint after epoch 2 stored").await;
     let first_id = first.id.clone();
     first.kill();
-    let stored_hash = sha256(
+    let stored_hash = settled_sha256(
         &server
             .data_dir
             .join(format!("artifacts/runs/{}/checkpoint.safetensors", run.id)),
-    );
+    )
+    .await;
     let killed_at = get_run(a, server, &run.id).await;
     assert_eq!(killed_at.status, RunStatus::Running);
 

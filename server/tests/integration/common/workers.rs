@@ -84,6 +84,27 @@ pub fn sha256(path: &Path) -> String {
         .collect()
 }
 
+/// The file's hash once nothing is landing in its folder any more: a killed
+/// worker's last upload may still be finishing on the server when it dies.
+pub async fn settled_sha256(path: &Path) -> String {
+    let dir = path.parent().unwrap();
+    let receiving = || {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().ends_with(".part"))
+    };
+    let mut last = sha256(path);
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = sha256(path);
+        if now == last && !receiving() {
+            return now;
+        }
+        last = now;
+    }
+}
+
 pub async fn logs(client: &reqwest::Client, server: &Server, id: &str) -> Vec<RunLogLine> {
     get_json(client, server.url(&format!("/runs/{id}/logs"))).await
 }
