@@ -9,7 +9,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, D, IndexOp, Layout, Shape, T
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::{exp, f32_slice, fused, matmul, output, wide};
+use super::{exp, f32_slice, fused, matmul, output, span_sums, wide};
 
 /// The heads' outputs side by side, (B, N, D), from `qkv` (B, N, 3·D) laid
 /// out as the qkv linear writes it: Q, K, V, each head by head.
@@ -51,15 +51,30 @@ fn shape(qkv: &Tensor, heads: usize) -> candle_core::Result<(usize, usize, usize
 #[inline(always)]
 fn softmax_rows(s: &mut [f32], n: usize) {
     for row in s.chunks_exact_mut(n) {
-        let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-        let mut sum = 0.0;
+        let max = row_max(row);
         for v in row.iter_mut() {
             *v = exp(*v - max);
-            sum += *v;
         }
-        let inv = 1.0 / sum;
+        let inv = (1.0 / span_sums(row, row, |v, _| [v])[0]) as f32;
         row.iter_mut().for_each(|v| *v *= inv);
     }
+}
+
+/// A row's largest value, in 16 lanes so that the loop vectorises.
+#[inline(always)]
+fn row_max(row: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let mut chunks = row.chunks_exact(16);
+    for c in &mut chunks {
+        for (m, &v) in lanes.iter_mut().zip(c) {
+            *m = m.max(v);
+        }
+    }
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    lanes.iter().fold(tail, |m, &v| m.max(v))
 }
 
 /// Where one head's Q, K and V start in an image's (N, 3·D) block, and the
@@ -238,7 +253,7 @@ impl CustomOp2 for Backward {
                                 );
                                 // dS = P ∘ (dP − Σⱼ P dP), in dP's place.
                                 for (dp, p) in dp.chunks_exact_mut(n).zip(p.chunks_exact(n)) {
-                                    let dot: f32 = dp.iter().zip(p).map(|(a, b)| a * b).sum();
+                                    let dot = span_sums(dp, p, |a, b| [a * b])[0] as f32;
                                     for (dp, &p) in dp.iter_mut().zip(p) {
                                         *dp = p * (*dp - dot);
                                     }

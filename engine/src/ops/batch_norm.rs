@@ -13,7 +13,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, ModuleT, Shape, Tens
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
-use super::{f32_slice, fused, on_gpu, output, split_flat, threads, wide};
+use super::{f32_slice, fused, on_gpu, output, span_sums, split_flat, threads, wide};
 
 pub struct BatchNorm {
     inner: candle_nn::BatchNorm,
@@ -239,40 +239,6 @@ fn channel_sums<const K: usize>(
                 x
             },
         )
-}
-
-const LANES: usize = 16;
-
-/// The sums of `f(a, b)` over two equal-length spans: in 16 f32 lanes,
-/// which the compiler vectorises (one f64 chain would be bound by the
-/// add's latency), then in f64. A span is one channel of one image, so each
-/// lane adds at most a few hundred values.
-#[inline(always)]
-fn span_sums<const K: usize>(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> [f32; K]) -> [f64; K] {
-    let whole = a.len() / LANES * LANES;
-    let mut lanes = [[0f32; LANES]; K];
-    for (a, b) in a[..whole]
-        .chunks_exact(LANES)
-        .zip(b[..whole].chunks_exact(LANES))
-    {
-        for l in 0..LANES {
-            let v = f(a[l], b[l]);
-            for k in 0..K {
-                lanes[k][l] += v[k];
-            }
-        }
-    }
-    let mut sums = [0f64; K];
-    for k in 0..K {
-        sums[k] = lanes[k].iter().map(|&v| v as f64).sum();
-    }
-    for (&a, &b) in a[whole..].iter().zip(&b[whole..]) {
-        let v = f(a, b);
-        for k in 0..K {
-            sums[k] += v[k] as f64;
-        }
-    }
-    sums
 }
 
 /// `f(channel, out, a, b)` for every row's span of every channel, the rows

@@ -6,7 +6,7 @@
 use candle_core::{CpuStorage, CustomOp3, D, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{f32_slice, fused, output, split_flat, wide};
+use super::{f32_slice, fused, output, span_sums, split_flat, wide};
 
 /// Values per parallel task.
 const CHUNK: usize = 1 << 14;
@@ -54,9 +54,9 @@ pub(crate) fn composed(
 /// A row's mean and 1 / √(var + eps).
 #[inline(always)]
 fn moments(row: &[f32], eps: f32) -> (f32, f32) {
-    let n = row.len() as f32;
-    let mean = row.iter().sum::<f32>() / n;
-    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    let n = row.len() as f64;
+    let mean = (span_sums(row, row, |v, _| [v])[0] / n) as f32;
+    let var = (span_sums(row, row, |v, _| [(v - mean) * (v - mean)])[0] / n) as f32;
     (mean, 1.0 / (var + eps).sqrt())
 }
 
@@ -140,7 +140,7 @@ impl CustomOp3 for Backward {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, w, g) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
         let d = w.len();
-        let inv_d = 1.0 / d as f32;
+        let inv_d = 1.0 / d as f64;
         // SAFETY: dx is written row by row below, the rest after the sums.
         let mut out = unsafe { output(x.len() + 2 * d) };
         let per = rows_per_task(d) * d;
@@ -148,33 +148,34 @@ impl CustomOp3 for Backward {
             .par_chunks_mut(per)
             .zip(x.par_chunks(per).zip(g.par_chunks(per)))
             .map(|(dx, (x, g))| {
-                // dweight, then dbias, over this task's rows.
-                let mut sums = vec![0f32; 2 * d];
+                // dweight, then dbias, over this task's rows; then a row's
+                // x̂ and g·w, so that its two sums run in vector lanes.
+                let mut sums = vec![0f32; 4 * d];
                 wide(
                     #[inline(always)]
                     || {
-                        let (dw, db) = sums.split_at_mut(d);
+                        let (dw, rest) = sums.split_at_mut(d);
+                        let (db, rest) = rest.split_at_mut(d);
+                        let (xhat, gw) = rest.split_at_mut(d);
                         let rows = dx.chunks_exact_mut(d).zip(x.chunks_exact(d));
                         for ((dx, x), g) in rows.zip(g.chunks_exact(d)) {
                             let (mean, rstd) = moments(x, self.eps);
-                            // dx = rstd · (g·w − mean(g·w) − x̂ · mean(g·w·x̂)).
-                            let (mut a, mut c) = (0f32, 0f32);
                             for i in 0..d {
-                                let xhat = (x[i] - mean) * rstd;
-                                let gw = g[i] * w[i];
-                                a += gw;
-                                c += gw * xhat;
-                                dw[i] += g[i] * xhat;
-                                db[i] += g[i];
+                                xhat[i] = (x[i] - mean) * rstd;
+                                gw[i] = g[i] * w[i];
                             }
-                            let (a, c) = (a * inv_d, c * inv_d);
+                            // dx = rstd · (g·w − mean(g·w) − x̂ · mean(g·w·x̂)).
+                            let [a, c] = span_sums(gw, xhat, |gw, xhat| [gw, gw * xhat]);
+                            let (a, c) = ((a * inv_d) as f32, (c * inv_d) as f32);
                             for i in 0..d {
-                                let xhat = (x[i] - mean) * rstd;
-                                dx[i] = rstd * (g[i] * w[i] - a - xhat * c);
+                                dx[i] = rstd * (gw[i] - a - xhat[i] * c);
+                                dw[i] += g[i] * xhat[i];
+                                db[i] += g[i];
                             }
                         }
                     },
                 );
+                sums.truncate(2 * d);
                 sums
             })
             .collect();

@@ -127,6 +127,41 @@ fn exp(x: f32) -> f32 {
     e * f32::from_bits(t.to_bits().wrapping_sub(0x4B40_0000 - 127) << 23)
 }
 
+const LANES: usize = 16;
+
+/// The sums of `f(a, b)` over two equal-length spans: in 16 f32 lanes,
+/// which the compiler vectorises (one running sum is a chain of dependent
+/// adds, bound by their latency: floats are never reassociated), then in
+/// f64. Meant for spans of at most a few thousand values (a channel of one
+/// image, a row of a LayerNorm or a softmax).
+#[inline(always)]
+fn span_sums<const K: usize>(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> [f32; K]) -> [f64; K] {
+    let whole = a.len() / LANES * LANES;
+    let mut lanes = [[0f32; LANES]; K];
+    for (a, b) in a[..whole]
+        .chunks_exact(LANES)
+        .zip(b[..whole].chunks_exact(LANES))
+    {
+        for l in 0..LANES {
+            let v = f(a[l], b[l]);
+            for k in 0..K {
+                lanes[k][l] += v[k];
+            }
+        }
+    }
+    let mut sums = [0f64; K];
+    for k in 0..K {
+        sums[k] = lanes[k].iter().map(|&v| v as f64).sum();
+    }
+    for (&a, &b) in a[whole..].iter().zip(&b[whole..]) {
+        let v = f(a, b);
+        for k in 0..K {
+            sums[k] += v[k] as f64;
+        }
+    }
+    sums
+}
+
 /// A buffer of `len` uninitialised values. `vec![0.0; len]` would zero it
 /// first: the allocator hands back used memory, so that is a memset over
 /// the step's largest buffers.
