@@ -89,6 +89,9 @@ pub fn copy_encoder_vars(online: &VarMap, target: &VarMap, tau: f64) -> candle_c
     let target = target.data().lock().expect("varmap lock");
     for (name, t) in target.iter() {
         if let Some(o) = online.get(name) {
+            if tau != 0.0 && crate::ops::ema_in_place(t.as_tensor(), o.as_tensor(), tau)? {
+                continue;
+            }
             let next = if tau == 0.0 {
                 o.as_tensor().clone()
             } else {

@@ -19,6 +19,7 @@ mod conv_bn_gpu;
 mod cuda;
 #[cfg(feature = "cudnn")]
 mod cudnn;
+mod ema;
 mod gelu;
 mod layer_norm;
 mod linear;
@@ -30,6 +31,7 @@ pub use batch_norm::BatchNorm;
 pub use check::{conv_agreement, gpu_agreement};
 pub use conv::conv2d;
 pub use conv_bn::{conv_bn, conv_bn_add_relu};
+pub use ema::ema_in_place;
 pub use gelu::gelu;
 pub use layer_norm::layer_norm;
 pub use linear::linear;
