@@ -15,6 +15,18 @@ pub fn dense(i: usize, o: usize, vb: VarBuilder) -> candle_core::Result<Dense> {
     Ok(Dense(candle_nn::linear(i, o, vb)?))
 }
 
+impl Dense {
+    /// GELU of the layer's output, as one op where the layer's own op runs.
+    pub fn forward_gelu(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self.0.bias() {
+            Some(b) if x.dtype() == self.0.weight().dtype() => {
+                ops::linear_gelu(x, self.0.weight(), b)
+            }
+            _ => ops::gelu(&self.forward(x)?),
+        }
+    }
+}
+
 impl Module for Dense {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let w = self.0.weight();

@@ -87,7 +87,10 @@ impl Block {
 
     /// x + mlp(norm(x)).
     fn mlp(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let h = ops::gelu(&x.apply(&self.norm2)?.apply(&self.fc1)?)?.apply(&self.fc2)?;
+        let h = self
+            .fc1
+            .forward_gelu(&x.apply(&self.norm2)?)?
+            .apply(&self.fc2)?;
         x + h
     }
 }

@@ -70,14 +70,23 @@ impl CustomOp1 for Gelu {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s, l)?;
-        let out = map2(x, x, |x, _| x * cdf_pdf(x).0);
-        Ok((CpuStorage::F32(out), l.shape().clone()))
+        Ok((CpuStorage::F32(values(f32_slice(s, l)?)), l.shape().clone()))
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(grad.contiguous()?.apply_op2_no_bwd(x, &GeluGrad)?))
+        Ok(Some(input_grad(grad, x)?))
     }
+}
+
+/// GELU of every value.
+pub(super) fn values(x: &[f32]) -> Vec<f32> {
+    map2(x, x, |x, _| x * cdf_pdf(x).0)
+}
+
+/// The gradient at GELU's input `x` (contiguous, f32, on the CPU) from the
+/// gradient at its output.
+pub(super) fn input_grad(grad: &Tensor, x: &Tensor) -> candle_core::Result<Tensor> {
+    grad.contiguous()?.apply_op2_no_bwd(x, &GeluGrad)
 }
 
 /// grad · (Φ(x) + x·φ(x)).

@@ -6,6 +6,8 @@
 //! that start as the bias, and the backward two gemms and a parallel
 //! column sum.
 
+use std::sync::Mutex;
+
 use candle_core::{CpuStorage, CustomOp3, D, Layout, Module, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -17,6 +19,28 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> candle_core
     let Some(bias) = bias.filter(|b| fused(&[x, weight, b])) else {
         return candle_nn::Linear::new(weight.clone(), bias.cloned()).forward(x);
     };
+    check(x, weight, bias)?;
+    x.contiguous()?
+        .apply_op3(&weight.contiguous()?, &bias.contiguous()?, Linear)
+}
+
+/// GELU(x · weightᵀ + bias): a ViT MLP's first layer and its activation as
+/// one op, so that the activation is not a graph node of its own (candle
+/// zero-fills and adds a gradient for every node's input).
+pub fn linear_gelu(x: &Tensor, weight: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
+    if !fused(&[x, weight, bias]) {
+        return super::gelu(&linear(x, weight, Some(bias))?);
+    }
+    check(x, weight, bias)?;
+    let op = LinearGelu {
+        pre: Mutex::new(None),
+    };
+    x.contiguous()?
+        .apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)
+}
+
+/// That a weight (O, I) and a bias (O) fit an input of I features.
+fn check(x: &Tensor, weight: &Tensor, bias: &Tensor) -> candle_core::Result<()> {
     let i = x.dim(D::Minus1)?;
     let (o, wi) = weight.dims2()?;
     if wi != i || bias.dims() != [o] {
@@ -26,8 +50,71 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> candle_core
             bias.dims()
         );
     }
-    x.contiguous()?
-        .apply_op3(&weight.contiguous()?, &bias.contiguous()?, Linear)
+    Ok(())
+}
+
+/// x · wᵀ + b for rows of x, and the output's shape.
+fn affine(
+    (s1, l1): (&CpuStorage, &Layout),
+    (s2, l2): (&CpuStorage, &Layout),
+    (s3, l3): (&CpuStorage, &Layout),
+) -> candle_core::Result<(Vec<f32>, Shape)> {
+    let (x, w, b) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+    let (o, i) = (b.len(), w.len() / b.len());
+    let m = x.len() / i;
+    // SAFETY: every row gets the bias before the gemm adds to it.
+    let mut out = unsafe { output(m * o) };
+    // out += x (m×i) · wᵀ (i×o), the rows split over the threads, each
+    // part one single-threaded gemm: gemm's own split meets at a barrier
+    // in every block of the inner dimension, a quarter of a ViT-Tiny
+    // layer's time.
+    let rows = match parallelism(m, o, i) {
+        Parallelism::Rayon(t) => m.div_ceil(t),
+        _ => m,
+    };
+    out.par_chunks_mut(rows * o)
+        .zip(x.par_chunks(rows * i))
+        .for_each(|(out, x)| {
+            for row in out.chunks_exact_mut(o) {
+                row.copy_from_slice(b);
+            }
+            let m = out.len() / o;
+            matmul(
+                (m, o, i),
+                out,
+                (o, 1),
+                true,
+                1.0,
+                x,
+                (i, 1),
+                w,
+                (1, i),
+                Parallelism::None,
+            );
+        });
+    let mut dims = l1.shape().dims().to_vec();
+    *dims
+        .last_mut()
+        .expect("a linear layer's input has a last dimension") = o;
+    Ok((out, Shape::from(dims)))
+}
+
+/// The three gradients of a linear layer from its output's.
+fn backward(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    grad: &Tensor,
+) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    // The patch embedding's input is the image: no gradient to take.
+    let input = x.track_op();
+    let flat = x.apply_op3_no_bwd(w, &grad.contiguous()?, &Backward { input })?;
+    if !input {
+        let mut parts = split_flat(&flat, &[w.shape(), b.shape()])?.into_iter();
+        return Ok((None, parts.next(), parts.next()));
+    }
+    let mut parts = split_flat(&flat, &[x.shape(), w.shape(), b.shape()])?.into_iter();
+    Ok((parts.next(), parts.next(), parts.next()))
 }
 
 /// Threads for a gemm of this many multiply-adds: below about a million,
@@ -57,44 +144,8 @@ impl CustomOp3 for Linear {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (x, w, b) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
-        let (o, i) = (b.len(), w.len() / b.len());
-        let m = x.len() / i;
-        // SAFETY: every row gets the bias before the gemm adds to it.
-        let mut out = unsafe { output(m * o) };
-        // out += x (m×i) · wᵀ (i×o), the rows split over the threads, each
-        // part one single-threaded gemm: gemm's own split meets at a barrier
-        // in every block of the inner dimension, a quarter of a ViT-Tiny
-        // layer's time.
-        let rows = match parallelism(m, o, i) {
-            Parallelism::Rayon(t) => m.div_ceil(t),
-            _ => m,
-        };
-        out.par_chunks_mut(rows * o)
-            .zip(x.par_chunks(rows * i))
-            .for_each(|(out, x)| {
-                for row in out.chunks_exact_mut(o) {
-                    row.copy_from_slice(b);
-                }
-                let m = out.len() / o;
-                matmul(
-                    (m, o, i),
-                    out,
-                    (o, 1),
-                    true,
-                    1.0,
-                    x,
-                    (i, 1),
-                    w,
-                    (1, i),
-                    Parallelism::None,
-                );
-            });
-        let mut dims = l1.shape().dims().to_vec();
-        *dims
-            .last_mut()
-            .expect("a linear layer's input has a last dimension") = o;
-        Ok((CpuStorage::F32(out), Shape::from(dims)))
+        let (out, shape) = affine((s1, l1), (s2, l2), (s3, l3))?;
+        Ok((CpuStorage::F32(out), shape))
     }
 
     fn bwd(
@@ -105,15 +156,50 @@ impl CustomOp3 for Linear {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        // The patch embedding's input is the image: no gradient to take.
-        let input = x.track_op();
-        let flat = x.apply_op3_no_bwd(w, &grad.contiguous()?, &Backward { input })?;
-        if !input {
-            let mut parts = split_flat(&flat, &[w.shape(), b.shape()])?.into_iter();
-            return Ok((None, parts.next(), parts.next()));
-        }
-        let mut parts = split_flat(&flat, &[x.shape(), w.shape(), b.shape()])?.into_iter();
-        Ok((parts.next(), parts.next(), parts.next()))
+        backward(x, w, b, grad)
+    }
+}
+
+/// [`linear_gelu`]: keeps the layer's output before the activation, which
+/// the backward needs.
+struct LinearGelu {
+    pre: Mutex<Option<Tensor>>,
+}
+
+impl CustomOp3 for LinearGelu {
+    fn name(&self) -> &'static str {
+        "sslab-linear-gelu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (pre, shape) = affine((s1, l1), (s2, l2), (s3, l3))?;
+        let out = super::gelu::values(&pre);
+        let pre = Tensor::from_vec(pre, shape.clone(), &candle_core::Device::Cpu)?;
+        *self.pre.lock().expect("linear-gelu lock") = Some(pre);
+        Ok((CpuStorage::F32(out), shape))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let pre = self.pre.lock().expect("linear-gelu lock").clone();
+        let Some(pre) = pre else {
+            candle_core::bail!("linear-gelu: a backward without its forward on the CPU");
+        };
+        backward(x, w, b, &super::gelu::input_grad(grad, &pre)?)
     }
 }
 
@@ -264,6 +350,32 @@ mod tests {
         for (v, what) in [(&w, "dweight"), (&b, "dbias")] {
             assert_close(grads.get(v).unwrap(), want.get(v).unwrap(), 1e-5, what);
         }
+    }
+
+    /// GELU after the layer as one op: values and the three gradients
+    /// against the two ops, unthreaded and threaded.
+    #[test]
+    fn with_gelu_matches_the_layer_then_gelu() {
+        for (m, i, o, seed) in [(21, 37, 53, 11), (300, 96, 130, 15)] {
+            let x = Var::from_tensor(&random(&[m, i], seed)).unwrap();
+            let w = Var::from_tensor(&random(&[o, i], seed + 1)).unwrap();
+            let b = Var::from_tensor(&random(&[o], seed + 2)).unwrap();
+            let weights = random(&[m, o], seed + 3);
+            let ours = linear_gelu(&x, &w, &b).unwrap();
+            let theirs = crate::ops::gelu(&linear(&x, &w, Some(&b)).unwrap()).unwrap();
+            assert_close(&ours, &theirs, 1e-6, "values");
+            let backward = |y: &Tensor| weighted_grads(y, &weights);
+            let (g1, g2) = (backward(&ours), backward(&theirs));
+            for (v, what) in [(&x, "dx"), (&w, "dweight"), (&b, "dbias")] {
+                assert_close(g1.get(v).unwrap(), g2.get(v).unwrap(), 1e-6, what);
+            }
+        }
+        assert!(
+            linear_gelu(&random(&[2, 8], 1), &random(&[4, 6], 2), &random(&[4], 3))
+                .unwrap_err()
+                .to_string()
+                .contains("8 features")
+        );
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub use conv_bn::{conv_bn, conv_bn_add_relu};
 pub use ema::ema_in_place;
 pub use gelu::gelu;
 pub use layer_norm::layer_norm;
-pub use linear::linear;
+pub use linear::{linear, linear_gelu};
 pub use residual::add_relu;
 
 use candle_core::{CpuStorage, Layout, Shape, Tensor};
