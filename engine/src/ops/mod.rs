@@ -1,7 +1,9 @@
 //! Fused CPU kernels for the training step's heavy parts, as candle custom
 //! ops: convolution, BatchNorm (+ReLU), the two in one (also with a
 //! residual block's add + ReLU), and the residual add + ReLU with their
-//! backward, AdamW's update, and a ViT's LayerNorm, attention and GELU. With the `cuda` feature BatchNorm, the
+//! backward, AdamW's update, the EMA target's update, and a ViT's linear
+//! layers (one with its GELU), LayerNorm and attention. With the `cuda`
+//! feature BatchNorm, the
 //! residual add + ReLU and AdamW have CUDA kernels too (f32 and bf16), and
 //! with `cudnn` the convolution runs through cuDNN, gradients included, and
 //! with its BatchNorm as one op. Other devices and dtypes fall back to
