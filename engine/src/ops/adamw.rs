@@ -59,16 +59,6 @@ impl AdamwStep {
 
 const CHUNK: usize = 1 << 16;
 
-fn f32_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> candle_core::Result<&'a mut [f32]> {
-    let Some((start, end)) = l.contiguous_offsets() else {
-        candle_core::bail!("adamw: non-contiguous parameter");
-    };
-    match s {
-        CpuStorage::F32(v) => Ok(&mut v[start..end]),
-        _ => candle_core::bail!("adamw: not f32"),
-    }
-}
-
 /// m ← β·m + (1 − β)·g, or with g² for the second moment.
 struct Moment {
     beta: f64,
@@ -88,7 +78,7 @@ impl InplaceOp2 for Moment {
         gl: &Layout,
     ) -> candle_core::Result<()> {
         let g = super::f32_slice(g, gl)?;
-        let m = f32_mut(dst, dst_l)?;
+        let m = super::f32_mut(dst, dst_l)?;
         let (b, a) = (self.beta as f32, (1.0 - self.beta) as f32);
         let square = self.square;
         m.par_chunks_mut(CHUNK)
@@ -132,7 +122,7 @@ impl InplaceOp3 for Update {
         vl: &Layout,
     ) -> candle_core::Result<()> {
         let (m, v) = (super::f32_slice(m, ml)?, super::f32_slice(v, vl)?);
-        let w = f32_mut(dst, dst_l)?;
+        let w = super::f32_mut(dst, dst_l)?;
         let [keep, lr, c1, c2, eps] = self.constants();
         w.par_chunks_mut(CHUNK)
             .zip(m.par_chunks(CHUNK).zip(v.par_chunks(CHUNK)))

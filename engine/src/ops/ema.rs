@@ -38,14 +38,9 @@ impl InplaceOp2 for Ema {
         online_l: &Layout,
     ) -> candle_core::Result<()> {
         let online = super::f32_slice(online, online_l)?;
-        let Some((start, end)) = dst_l.contiguous_offsets() else {
-            candle_core::bail!("ema: non-contiguous target");
-        };
-        let CpuStorage::F32(target) = dst else {
-            candle_core::bail!("ema: the target is not f32");
-        };
+        let target = super::f32_mut(dst, dst_l)?;
         let (keep, take) = (self.tau as f32, (1.0 - self.tau) as f32);
-        target[start..end]
+        target
             .par_chunks_mut(CHUNK)
             .zip(online.par_chunks(CHUNK))
             .for_each(|(t, o)| {

@@ -75,6 +75,17 @@ fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]
     }
 }
 
+/// The f32 values of a contiguous tensor's storage, to write in place.
+fn f32_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> candle_core::Result<&'a mut [f32]> {
+    let Some((start, end)) = l.contiguous_offsets() else {
+        candle_core::bail!("sslab ops update contiguous tensors in place");
+    };
+    match s {
+        CpuStorage::F32(v) => Ok(&mut v[start..end]),
+        _ => candle_core::bail!("sslab ops update f32 tensors in place"),
+    }
+}
+
 /// Runs `f` inside a function compiled for AVX-512 or AVX2 when the CPU
 /// has them, so that the loops inlined into it vectorise at that width: the
 /// engine is built for baseline x86-64, whose vectors hold four f32. Mark
