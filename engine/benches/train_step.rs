@@ -106,7 +106,7 @@ fn main() -> anyhow::Result<()> {
     let mut step = || -> anyhow::Result<()> {
         sslab_engine::on_workers(|| {
             let out = method.loss(&encoder, &views, &at)?;
-            optimizer.step(&out.loss.backward()?)?;
+            optimizer.step(&sslab_engine::ops::backward(&out.loss)?)?;
             Ok(())
         })
     };

@@ -154,7 +154,7 @@ fn time_case(case: &Case, batch: usize, steps: usize, device: &Device) -> anyhow
         };
         step_no += 1;
         let out = method.loss(&encoder, &views, &at)?;
-        optimizer.step(&out.loss.backward()?)?;
+        optimizer.step(&sslab_engine::ops::backward(&out.loss)?)?;
         method.after_step(&at)?;
         Ok(())
     };

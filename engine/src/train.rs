@@ -314,7 +314,7 @@ fn run(
                                 value: loss,
                             });
                         }
-                        let mut grads = out.loss.backward()?;
+                        let mut grads = crate::ops::backward(&out.loss)?;
                         for held in method.frozen(&at) {
                             grads.remove(&held);
                         }
@@ -457,7 +457,7 @@ impl OnlineProbe {
             .mean_all()?
             .to_scalar::<f32>()?;
         let loss = candle_nn::loss::cross_entropy(&logits, labels)?;
-        self.opt.step(&loss.backward()?)?;
+        self.opt.step(&crate::ops::backward(&loss)?)?;
         Ok(hits as f64)
     }
 }

@@ -16,6 +16,11 @@ pub fn dense(i: usize, o: usize, vb: VarBuilder) -> candle_core::Result<Dense> {
 }
 
 impl Dense {
+    /// The weight and the bias.
+    pub fn parts(&self) -> Option<[&Tensor; 2]> {
+        Some([self.0.weight(), self.0.bias()?])
+    }
+
     /// GELU of the layer's output, as one op where the layer's own op runs.
     pub fn forward_gelu(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self.0.bias() {

@@ -277,7 +277,7 @@ mod tests {
             .zip(&b)
             .fold(0f32, |m, (p, q)| m.max((p - q).abs()));
         assert!(worst > 0.0 && worst < 0.05 * scale, "{worst} of {scale}");
-        let grads = h.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let grads = crate::ops::backward(&h.sqr().unwrap().sum_all().unwrap()).unwrap();
         let data = varmap.data().lock().unwrap();
         let weights: Vec<_> = data
             .iter()

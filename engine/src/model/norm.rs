@@ -21,6 +21,13 @@ impl LayerNorm {
     }
 }
 
+impl LayerNorm {
+    /// The weight, the bias and ε.
+    pub fn parts(&self) -> ([&Tensor; 2], f64) {
+        ([&self.weight, &self.bias], self.eps)
+    }
+}
+
 impl Module for LayerNorm {
     /// In the input's dtype: in bf16 training the f32 weights are cast.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {

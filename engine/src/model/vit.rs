@@ -96,7 +96,28 @@ impl Block {
 }
 
 impl Module for Block {
+    /// As one op where the engine's block op takes the tensors.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (norm1, eps) = self.norm1.parts();
+        let parts = (
+            self.attn.qkv.parts(),
+            self.attn.proj.parts(),
+            self.fc1.parts(),
+            self.fc2.parts(),
+        );
+        if let (Some(qkv), Some(proj), Some(fc1), Some(fc2)) = parts {
+            let weights = ops::BlockWeights {
+                norm1,
+                qkv,
+                proj,
+                norm2: self.norm2.parts().0,
+                fc1,
+                fc2,
+            };
+            if let Some(out) = ops::transformer_block(x, &weights, self.attn.heads, eps)? {
+                return Ok(out);
+            }
+        }
         Ok(self.forward_both(x)?.1)
     }
 }
@@ -409,7 +430,7 @@ mod tests {
             let m = vit(&varmap, Some(10), conv_stem);
             let out = m.forward_t(&images(2, 16), true).unwrap();
             assert_eq!(out.dims(), [2, 10]);
-            let grads = out.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+            let grads = ops::backward(&out.sqr().unwrap().sum_all().unwrap()).unwrap();
             let data = varmap.data().lock().unwrap();
             // Patch 4: two conv-BN layers of a weight, BN's two and its two
             // running statistics.

@@ -123,54 +123,15 @@ struct Attention {
     d: usize,
 }
 
-impl Attention {
-    fn dims(&self, l: &Layout) -> (usize, usize, usize) {
-        let dims = l.shape().dims();
-        (dims[0], dims[1], self.d / self.heads)
-    }
-}
-
 impl CustomOp1 for Attention {
     fn name(&self) -> &'static str {
         "sslab-attention"
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let qkv = f32_slice(s, l)?;
-        let (b, n, hd) = self.dims(l);
-        let d = self.d;
-        // SAFETY: every head writes its columns of every row below.
-        let mut out = unsafe { output(b * n * d) };
-        out.par_chunks_mut(n * d)
-            .zip(qkv.par_chunks(n * 3 * d))
-            .for_each_init(
-                || vec![0f32; n * n],
-                |p, (o, x)| {
-                    wide(
-                        #[inline(always)]
-                        || {
-                            for h in 0..self.heads {
-                                let head = Head::new(h, hd, d);
-                                probabilities(x, &head, (n, hd, d), p);
-                                // O = P V, into the head's columns.
-                                matmul(
-                                    (n, hd, n),
-                                    &mut o[head.out..],
-                                    (d, 1),
-                                    false,
-                                    1.0,
-                                    p,
-                                    (n, 1),
-                                    &x[head.v..],
-                                    (3 * d, 1),
-                                    Parallelism::None,
-                                );
-                            }
-                        },
-                    )
-                },
-            );
-        Ok((CpuStorage::F32(out), Shape::from((b, n, d))))
+        let (b, n, _) = l.shape().dims3()?;
+        let out = values(f32_slice(s, l)?, (b, n), self.heads, self.d);
+        Ok((CpuStorage::F32(out), Shape::from((b, n, self.d))))
     }
 
     fn bwd(
@@ -207,89 +168,137 @@ impl CustomOp2 for Backward {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (qkv, dout) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
         let dims = l1.shape().dims();
-        let (b, n, d) = (dims[0], dims[1], self.d);
-        let hd = d / self.heads;
-        let scale = 1.0 / (hd as f32).sqrt();
-        let row = 3 * d;
-        // SAFETY: every head writes its Q, K and V columns of every row.
-        let mut dqkv = unsafe { output(b * n * row) };
-        dqkv.par_chunks_mut(n * row)
-            .zip(qkv.par_chunks(n * row).zip(dout.par_chunks(n * d)))
-            .for_each_init(
-                || (vec![0f32; n * n], vec![0f32; n * n]),
-                |(p, dp), (dx, (x, dout))| {
-                    wide(
-                        #[inline(always)]
-                        || {
-                            for h in 0..self.heads {
-                                let head = Head::new(h, hd, d);
-                                let dout = &dout[head.out..];
-                                probabilities(x, &head, (n, hd, d), p);
-                                // dV = Pᵀ dO.
-                                matmul(
-                                    (n, hd, n),
-                                    &mut dx[head.v..],
-                                    (row, 1),
-                                    false,
-                                    1.0,
-                                    p,
-                                    (1, n),
-                                    dout,
-                                    (d, 1),
-                                    Parallelism::None,
-                                );
-                                // dP = dO Vᵀ.
-                                matmul(
-                                    (n, n, hd),
-                                    dp,
-                                    (n, 1),
-                                    false,
-                                    1.0,
-                                    dout,
-                                    (d, 1),
-                                    &x[head.v..],
-                                    (1, row),
-                                    Parallelism::None,
-                                );
-                                // dS = P ∘ (dP − Σⱼ P dP), in dP's place.
-                                for (dp, p) in dp.chunks_exact_mut(n).zip(p.chunks_exact(n)) {
-                                    let dot = span_sums(dp, p, |a, b| [a * b])[0] as f32;
-                                    for (dp, &p) in dp.iter_mut().zip(p) {
-                                        *dp = p * (*dp - dot);
-                                    }
-                                }
-                                // dQ = scale · dS K, dK = scale · dSᵀ Q.
-                                matmul(
-                                    (n, hd, n),
-                                    &mut dx[head.q..],
-                                    (row, 1),
-                                    false,
-                                    scale,
-                                    dp,
-                                    (n, 1),
-                                    &x[head.k..],
-                                    (row, 1),
-                                    Parallelism::None,
-                                );
-                                matmul(
-                                    (n, hd, n),
-                                    &mut dx[head.k..],
-                                    (row, 1),
-                                    false,
-                                    scale,
-                                    dp,
-                                    (1, n),
-                                    &x[head.q..],
-                                    (row, 1),
-                                    Parallelism::None,
-                                );
-                            }
-                        },
-                    )
-                },
-            );
+        let dqkv = gradients(qkv, dout, (dims[0], dims[1]), self.heads, self.d);
         Ok((CpuStorage::F32(dqkv), l1.shape().clone()))
     }
+}
+
+/// The heads' outputs side by side, (B, N, D), from qkv (B, N, 3·D).
+pub(super) fn values(qkv: &[f32], (b, n): (usize, usize), heads: usize, d: usize) -> Vec<f32> {
+    let hd = d / heads;
+    // SAFETY: every head writes its columns of every row below.
+    let mut out = unsafe { output(b * n * d) };
+    out.par_chunks_mut(n * d)
+        .zip(qkv.par_chunks(n * 3 * d))
+        .for_each_init(
+            || vec![0f32; n * n],
+            |p, (o, x)| {
+                wide(
+                    #[inline(always)]
+                    || {
+                        for h in 0..heads {
+                            let head = Head::new(h, hd, d);
+                            probabilities(x, &head, (n, hd, d), p);
+                            // O = P V, into the head's columns.
+                            matmul(
+                                (n, hd, n),
+                                &mut o[head.out..],
+                                (d, 1),
+                                false,
+                                1.0,
+                                p,
+                                (n, 1),
+                                &x[head.v..],
+                                (3 * d, 1),
+                                Parallelism::None,
+                            );
+                        }
+                    },
+                )
+            },
+        );
+    out
+}
+
+/// d qkv (B, N, 3·D) from qkv and the output's gradient (B, N, D).
+pub(super) fn gradients(
+    qkv: &[f32],
+    dout: &[f32],
+    (b, n): (usize, usize),
+    heads: usize,
+    d: usize,
+) -> Vec<f32> {
+    let hd = d / heads;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let row = 3 * d;
+    // SAFETY: every head writes its Q, K and V columns of every row.
+    let mut dqkv = unsafe { output(b * n * row) };
+    dqkv.par_chunks_mut(n * row)
+        .zip(qkv.par_chunks(n * row).zip(dout.par_chunks(n * d)))
+        .for_each_init(
+            || (vec![0f32; n * n], vec![0f32; n * n]),
+            |(p, dp), (dx, (x, dout))| {
+                wide(
+                    #[inline(always)]
+                    || {
+                        for h in 0..heads {
+                            let head = Head::new(h, hd, d);
+                            let dout = &dout[head.out..];
+                            probabilities(x, &head, (n, hd, d), p);
+                            // dV = Pᵀ dO.
+                            matmul(
+                                (n, hd, n),
+                                &mut dx[head.v..],
+                                (row, 1),
+                                false,
+                                1.0,
+                                p,
+                                (1, n),
+                                dout,
+                                (d, 1),
+                                Parallelism::None,
+                            );
+                            // dP = dO Vᵀ.
+                            matmul(
+                                (n, n, hd),
+                                dp,
+                                (n, 1),
+                                false,
+                                1.0,
+                                dout,
+                                (d, 1),
+                                &x[head.v..],
+                                (1, row),
+                                Parallelism::None,
+                            );
+                            // dS = P ∘ (dP − Σⱼ P dP), in dP's place.
+                            for (dp, p) in dp.chunks_exact_mut(n).zip(p.chunks_exact(n)) {
+                                let dot = span_sums(dp, p, |a, b| [a * b])[0] as f32;
+                                for (dp, &p) in dp.iter_mut().zip(p) {
+                                    *dp = p * (*dp - dot);
+                                }
+                            }
+                            // dQ = scale · dS K, dK = scale · dSᵀ Q.
+                            matmul(
+                                (n, hd, n),
+                                &mut dx[head.q..],
+                                (row, 1),
+                                false,
+                                scale,
+                                dp,
+                                (n, 1),
+                                &x[head.k..],
+                                (row, 1),
+                                Parallelism::None,
+                            );
+                            matmul(
+                                (n, hd, n),
+                                &mut dx[head.k..],
+                                (row, 1),
+                                false,
+                                scale,
+                                dp,
+                                (1, n),
+                                &x[head.q..],
+                                (row, 1),
+                                Parallelism::None,
+                            );
+                        }
+                    },
+                )
+            },
+        );
+    dqkv
 }
 
 #[cfg(test)]

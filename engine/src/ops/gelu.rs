@@ -89,7 +89,30 @@ pub(super) fn input_grad(grad: &Tensor, x: &Tensor) -> candle_core::Result<Tenso
     grad.contiguous()?.apply_op2_no_bwd(x, &GeluGrad)
 }
 
-/// grad · (Φ(x) + x·φ(x)).
+/// GELU's derivative, Φ(x) + x·φ(x).
+#[inline(always)]
+fn slope(x: f32) -> f32 {
+    let (cdf, pdf) = cdf_pdf(x);
+    cdf + x * pdf
+}
+
+/// grad · (Φ(x) + x·φ(x)) for GELU's input `x`, over `grad` in place.
+pub(super) fn grad_in_place(grad: &mut [f32], x: &[f32]) {
+    grad.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(g, x)| {
+            wide(
+                #[inline(always)]
+                || {
+                    for (g, &x) in g.iter_mut().zip(x) {
+                        *g *= slope(x);
+                    }
+                },
+            )
+        });
+}
+
+/// The gradient at GELU's input from the one at its output.
 struct GeluGrad;
 
 impl CustomOp2 for GeluGrad {
@@ -105,10 +128,7 @@ impl CustomOp2 for GeluGrad {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (g, x) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
-        let out = map2(g, x, |g, x| {
-            let (cdf, pdf) = cdf_pdf(x);
-            g * (cdf + x * pdf)
-        });
+        let out = map2(g, x, |g, x| g * slope(x));
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }

@@ -83,25 +83,7 @@ impl CustomOp3 for LayerNorm {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, w, b) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
-        let d = w.len();
-        // SAFETY: every row is written below before anything reads it.
-        let mut out = unsafe { output(x.len()) };
-        let per = rows_per_task(d) * d;
-        out.par_chunks_mut(per)
-            .zip(x.par_chunks(per))
-            .for_each(|(out, x)| {
-                wide(
-                    #[inline(always)]
-                    || {
-                        for (o, x) in out.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-                            let (mean, rstd) = moments(x, self.eps);
-                            for (((o, &x), &w), &b) in o.iter_mut().zip(x).zip(w).zip(b) {
-                                *o = (x - mean) * rstd * w + b;
-                            }
-                        }
-                    },
-                )
-            });
+        let out = values(x, w, b, self.eps);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -140,55 +122,105 @@ impl CustomOp3 for Backward {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, w, g) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
         let d = w.len();
-        let inv_d = 1.0 / d as f64;
-        // SAFETY: dx is written row by row below, the rest after the sums.
+        // SAFETY: `gradients` writes every element.
         let mut out = unsafe { output(x.len() + 2 * d) };
-        let per = rows_per_task(d) * d;
-        let partial: Vec<Vec<f32>> = out[..x.len()]
-            .par_chunks_mut(per)
-            .zip(x.par_chunks(per).zip(g.par_chunks(per)))
-            .map(|(dx, (x, g))| {
-                // dweight, then dbias, over this task's rows; then a row's
-                // x̂ and g·w, so that its two sums run in vector lanes.
-                let mut sums = vec![0f32; 4 * d];
-                wide(
-                    #[inline(always)]
-                    || {
-                        let (dw, rest) = sums.split_at_mut(d);
-                        let (db, rest) = rest.split_at_mut(d);
-                        let (xhat, gw) = rest.split_at_mut(d);
-                        let rows = dx.chunks_exact_mut(d).zip(x.chunks_exact(d));
-                        for ((dx, x), g) in rows.zip(g.chunks_exact(d)) {
-                            let (mean, rstd) = moments(x, self.eps);
-                            for i in 0..d {
-                                xhat[i] = (x[i] - mean) * rstd;
-                                gw[i] = g[i] * w[i];
-                            }
-                            // dx = rstd · (g·w − mean(g·w) − x̂ · mean(g·w·x̂)).
-                            let [a, c] = span_sums(gw, xhat, |gw, xhat| [gw, gw * xhat]);
-                            let (a, c) = ((a * inv_d) as f32, (c * inv_d) as f32);
-                            for i in 0..d {
-                                dx[i] = rstd * (gw[i] - a - xhat[i] * c);
-                                dw[i] += g[i] * xhat[i];
-                                db[i] += g[i];
+        let (dx, rest) = out.split_at_mut(x.len());
+        let (dw, db) = rest.split_at_mut(d);
+        gradients(x, w, g, self.eps, None, dx, dw, db);
+        Ok((CpuStorage::F32(out), Shape::from(x.len() + 2 * d)))
+    }
+}
+
+/// LayerNorm of each row of x (rows as wide as w).
+pub(super) fn values(x: &[f32], w: &[f32], b: &[f32], eps: f32) -> Vec<f32> {
+    let d = w.len();
+    // SAFETY: every row is written below before anything reads it.
+    let mut out = unsafe { output(x.len()) };
+    let per = rows_per_task(d) * d;
+    out.par_chunks_mut(per)
+        .zip(x.par_chunks(per))
+        .for_each(|(out, x)| {
+            wide(
+                #[inline(always)]
+                || {
+                    for (o, x) in out.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+                        let (mean, rstd) = moments(x, eps);
+                        for (((o, &x), &w), &b) in o.iter_mut().zip(x).zip(w).zip(b) {
+                            *o = (x - mean) * rstd * w + b;
+                        }
+                    }
+                },
+            )
+        });
+    out
+}
+
+/// LayerNorm's gradients from its input x, its weight w and its output's
+/// gradient g: dx (plus `residual`, a gradient that reaches x another way,
+/// when given), dweight and dbias, each overwritten.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn gradients(
+    x: &[f32],
+    w: &[f32],
+    g: &[f32],
+    eps: f32,
+    residual: Option<&[f32]>,
+    dx: &mut [f32],
+    dw: &mut [f32],
+    db: &mut [f32],
+) {
+    let d = w.len();
+    let inv_d = 1.0 / d as f64;
+    let per = rows_per_task(d) * d;
+    let partial: Vec<Vec<f32>> = dx
+        .par_chunks_mut(per)
+        .zip(x.par_chunks(per).zip(g.par_chunks(per)))
+        .enumerate()
+        .map(|(t, (dx, (x, g)))| {
+            let residual = residual.map(|r| &r[t * per..t * per + dx.len()]);
+            // dweight, then dbias, over this task's rows; then a row's
+            // x̂ and g·w, so that its two sums run in vector lanes.
+            let mut sums = vec![0f32; 4 * d];
+            wide(
+                #[inline(always)]
+                || {
+                    let (dw, rest) = sums.split_at_mut(d);
+                    let (db, rest) = rest.split_at_mut(d);
+                    let (xhat, gw) = rest.split_at_mut(d);
+                    let rows = dx.chunks_exact_mut(d).zip(x.chunks_exact(d));
+                    for (r, ((dx, x), g)) in rows.zip(g.chunks_exact(d)).enumerate() {
+                        let (mean, rstd) = moments(x, eps);
+                        for i in 0..d {
+                            xhat[i] = (x[i] - mean) * rstd;
+                            gw[i] = g[i] * w[i];
+                        }
+                        // dx = rstd · (g·w − mean(g·w) − x̂ · mean(g·w·x̂)).
+                        let [a, c] = span_sums(gw, xhat, |gw, xhat| [gw, gw * xhat]);
+                        let (a, c) = ((a * inv_d) as f32, (c * inv_d) as f32);
+                        for i in 0..d {
+                            dx[i] = rstd * (gw[i] - a - xhat[i] * c);
+                            dw[i] += g[i] * xhat[i];
+                            db[i] += g[i];
+                        }
+                        if let Some(res) = residual {
+                            for (dx, &v) in dx.iter_mut().zip(&res[r * d..(r + 1) * d]) {
+                                *dx += v;
                             }
                         }
-                    },
-                );
-                sums.truncate(2 * d);
-                sums
-            })
-            .collect();
-        let (dw, db) = out[x.len()..].split_at_mut(d);
-        dw.fill(0.0);
-        db.fill(0.0);
-        for sums in &partial {
-            for i in 0..d {
-                dw[i] += sums[i];
-                db[i] += sums[d + i];
-            }
+                    }
+                },
+            );
+            sums.truncate(2 * d);
+            sums
+        })
+        .collect();
+    dw.fill(0.0);
+    db.fill(0.0);
+    for sums in &partial {
+        for i in 0..d {
+            dw[i] += sums[i];
+            db[i] += sums[d + i];
         }
-        Ok((CpuStorage::F32(out), Shape::from(x.len() + 2 * d)))
     }
 }
 

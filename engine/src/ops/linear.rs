@@ -59,7 +59,16 @@ fn affine(
     (s2, l2): (&CpuStorage, &Layout),
     (s3, l3): (&CpuStorage, &Layout),
 ) -> candle_core::Result<(Vec<f32>, Shape)> {
-    let (x, w, b) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+    let out = affine_values(f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+    let mut dims = l1.shape().dims().to_vec();
+    *dims
+        .last_mut()
+        .expect("a linear layer's input has a last dimension") = l3.shape().elem_count();
+    Ok((out, Shape::from(dims)))
+}
+
+/// x (m×i) · wᵀ (i×o) + b (o), row by row.
+pub(super) fn affine_values(x: &[f32], w: &[f32], b: &[f32]) -> Vec<f32> {
     let (o, i) = (b.len(), w.len() / b.len());
     let m = x.len() / i;
     // SAFETY: every row gets the bias before the gemm adds to it.
@@ -92,11 +101,7 @@ fn affine(
                 Parallelism::None,
             );
         });
-    let mut dims = l1.shape().dims().to_vec();
-    *dims
-        .last_mut()
-        .expect("a linear layer's input has a last dimension") = o;
-    Ok((out, Shape::from(dims)))
+    out
 }
 
 /// The three gradients of a linear layer from its output's.
@@ -231,29 +236,47 @@ impl CustomOp3 for Backward {
         let mut out = unsafe { output(dx_len + o * i + o) };
         let (dx, rest) = out.split_at_mut(dx_len);
         let (dw, db) = rest.split_at_mut(o * i);
-        // With two threads the two gemms run side by side, each on one:
-        // no sync inside either, and neither waits for the other's tail.
-        let (par, side_by_side) = match parallelism(m, i, o) {
-            Parallelism::Rayon(t) if t == 2 && self.input => (Parallelism::None, true),
-            p => (p, false),
-        };
-        // dx (m×i) = g (m×o) · w (o×i).
-        let input_grad =
-            |dx: &mut [f32]| matmul((m, i, o), dx, (i, 1), false, 1.0, g, (o, 1), w, (i, 1), par);
-        // dw (o×i) = gᵀ (o×m) · x (m×i).
-        let weight_grad =
-            |dw: &mut [f32]| matmul((o, i, m), dw, (i, 1), false, 1.0, g, (1, o), x, (i, 1), par);
-        if side_by_side {
-            rayon::join(|| input_grad(dx), || weight_grad(dw));
-        } else {
-            if self.input {
-                input_grad(dx);
-            }
-            weight_grad(dw);
-        }
-        column_sums(g, o, db);
+        gradients(x, w, g, self.input.then_some(dx), dw, db);
         Ok((CpuStorage::F32(out), Shape::from(dx_len + o * i + o)))
     }
+}
+
+/// A linear layer's gradients from its input x (m×i), its weight w (o×i)
+/// and its output's gradient g (m×o): dx (m×i, when asked for), dw (o×i)
+/// and db (o), each overwritten.
+pub(super) fn gradients(
+    x: &[f32],
+    w: &[f32],
+    g: &[f32],
+    dx: Option<&mut [f32]>,
+    dw: &mut [f32],
+    db: &mut [f32],
+) {
+    let (o, i) = (db.len(), dw.len() / db.len());
+    let m = x.len() / i;
+    // With two threads the two gemms run side by side, each on one:
+    // no sync inside either, and neither waits for the other's tail.
+    let (par, side_by_side) = match parallelism(m, i, o) {
+        Parallelism::Rayon(t) if t == 2 && dx.is_some() => (Parallelism::None, true),
+        p => (p, false),
+    };
+    // dx (m×i) = g (m×o) · w (o×i).
+    let input_grad =
+        |dx: &mut [f32]| matmul((m, i, o), dx, (i, 1), false, 1.0, g, (o, 1), w, (i, 1), par);
+    // dw (o×i) = gᵀ (o×m) · x (m×i).
+    let weight_grad =
+        |dw: &mut [f32]| matmul((o, i, m), dw, (i, 1), false, 1.0, g, (1, o), x, (i, 1), par);
+    match dx {
+        Some(dx) if side_by_side => {
+            rayon::join(|| input_grad(dx), || weight_grad(dw));
+        }
+        Some(dx) => {
+            input_grad(dx);
+            weight_grad(dw);
+        }
+        None => weight_grad(dw),
+    }
+    column_sums(g, o, db);
 }
 
 /// `sums[j]` = Σ over the rows of `g` (rows of `width`) of column j: each

@@ -2,7 +2,9 @@
 //! ops: convolution, BatchNorm (+ReLU), the two in one (also with a
 //! residual block's add + ReLU), and the residual add + ReLU with their
 //! backward, AdamW's update, the EMA target's update, and a ViT's linear
-//! layers (one with its GELU), LayerNorm and attention. With the `cuda`
+//! layers (one with its GELU), LayerNorm and attention, and its whole
+//! transformer block as one op, whose weights' gradients reach the store
+//! through the engine's [`backward`]. With the `cuda`
 //! feature BatchNorm, the
 //! residual add + ReLU and AdamW have CUDA kernels too (f32 and bf16), and
 //! with `cudnn` the convolution runs through cuDNN, gradients included, and
@@ -12,6 +14,7 @@
 mod adamw;
 mod attention;
 mod batch_norm;
+mod block;
 mod check;
 mod conv;
 mod conv_bn;
@@ -23,6 +26,7 @@ mod cuda;
 mod cudnn;
 mod ema;
 mod gelu;
+mod grads;
 mod layer_norm;
 mod linear;
 mod residual;
@@ -30,11 +34,13 @@ mod residual;
 pub use adamw::AdamwStep;
 pub use attention::{attention, with_probabilities as attention_with_probabilities};
 pub use batch_norm::BatchNorm;
+pub use block::{BlockWeights, transformer_block};
 pub use check::{conv_agreement, gpu_agreement};
 pub use conv::conv2d;
 pub use conv_bn::{conv_bn, conv_bn_add_relu};
 pub use ema::ema_in_place;
 pub use gelu::gelu;
+pub use grads::backward;
 pub use layer_norm::layer_norm;
 pub use linear::{linear, linear_gelu};
 pub use residual::add_relu;
