@@ -258,7 +258,7 @@ mod tests {
                     }
                 }
             }
-            let grads = y.sum_all().unwrap().backward().unwrap();
+            let grads = crate::ops::backward(&y.sum_all().unwrap()).unwrap();
             let g: Vec<f32> = grads
                 .get(&x)
                 .unwrap()

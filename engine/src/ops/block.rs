@@ -9,10 +9,10 @@
 
 use std::sync::Mutex;
 
-use candle_core::{CpuStorage, CustomOp1, D, Layout, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp1, D, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{attention, f32_slice, fused, gelu, grads, layer_norm, linear, output};
+use super::{attention, f32_slice, fused, gelu, grads, layer_norm, linear, output, with_values};
 
 const CHUNK: usize = 1 << 15;
 
@@ -99,23 +99,6 @@ fn check(x: &Tensor, w: &BlockWeights, heads: usize) -> candle_core::Result<()> 
         candle_core::bail!("a transformer block of width {d} cannot have {heads} heads");
     }
     Ok(())
-}
-
-/// The f32 values of CPU tensors, handed to `f` while their storage is
-/// locked for reading.
-fn with_values<R>(
-    tensors: &[&Tensor],
-    f: impl FnOnce(&[&[f32]]) -> candle_core::Result<R>,
-) -> candle_core::Result<R> {
-    let locked: Vec<_> = tensors.iter().map(|t| t.storage_and_layout()).collect();
-    let values = locked
-        .iter()
-        .map(|(storage, layout)| match &**storage {
-            Storage::Cpu(s) => f32_slice(s, layout),
-            _ => candle_core::bail!("the transformer block op runs on the CPU"),
-        })
-        .collect::<candle_core::Result<Vec<_>>>()?;
-    f(&values)
 }
 
 /// `dst += src`, split over the threads.

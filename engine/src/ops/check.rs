@@ -30,11 +30,11 @@ pub fn conv_agreement(device: &Device, dtype: DType) -> candle_core::Result<f32>
             Var::from_tensor(&rounded(&w, dtype)?)?,
         );
         let yc = super::conv2d(&xc, &wc, stride, pad)?;
-        let gc = (&yc * &r)?.sum_all()?.backward()?;
+        let gc = super::backward(&(&yc * &r)?.sum_all()?)?;
         let xd = Var::from_tensor(&x.to_device(device)?.to_dtype(dtype)?)?;
         let wd = Var::from_tensor(&w.to_device(device)?)?;
         let yd = super::conv2d(&xd, &wd, stride, pad)?.to_dtype(DType::F32)?;
-        let gd = (&yd * r.to_device(device)?)?.sum_all()?.backward()?;
+        let gd = super::backward(&(&yd * r.to_device(device)?)?.sum_all()?)?;
         for (reference, got) in [
             (yc.clone(), yd),
             (gradient(&gc, &xc)?, gradient(&gd, &xd)?),
@@ -218,7 +218,7 @@ fn vit_op_step(
         VitOp::Gelu => gelu(&xv)?,
     }
     .to_dtype(DType::F32)?;
-    let grads = (&y * r.to_device(device)?)?.sum_all()?.backward()?;
+    let grads = super::backward(&(&y * r.to_device(device)?)?.sum_all()?)?;
     let mut out = vec![y.clone(), gradient(&grads, &xv)?];
     if op == VitOp::LayerNorm {
         out.push(gradient(&grads, &w)?);
@@ -292,7 +292,7 @@ fn conv_bn_step(
         conv_bn(x, &wv, geometry, &bn, case.relu)?
     };
     let y = y.to_dtype(DType::F32)?;
-    let grads = (&y * r.to_device(device)?)?.sum_all()?.backward()?;
+    let grads = super::backward(&(&y * r.to_device(device)?)?.sum_all()?)?;
     let mut out = vec![y.clone(), gradient(&grads, &wv)?];
     if case.x_grad {
         out.push(gradient(&grads, &xv)?);
@@ -322,7 +322,7 @@ fn batch_norm_step(
         bn.forward_t(&xv, true)?
     };
     let y = y.to_dtype(DType::F32)?;
-    let grads = (&y * r.to_device(device)?)?.sum_all()?.backward()?;
+    let grads = super::backward(&(&y * r.to_device(device)?)?.sum_all()?)?;
     let mut out = vec![y.clone(), gradient(&grads, &xv)?];
     out.extend(batch_norm_state(&grads, &map)?);
     Ok(out)

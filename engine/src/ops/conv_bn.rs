@@ -7,12 +7,12 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{CpuStorage, CustomOp3, Layout, ModuleT, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, ModuleT, Shape, Tensor};
 
 use super::batch_norm::{self, BatchNorm, Dims, Stats, Tail};
 use super::conv::{self, Geometry, conv2d};
 use super::residual::Mask;
-use super::{add_relu, f32_slice, fused, output, split_flat};
+use super::{add_relu, f32_slice, fused, grads, output, with_values};
 
 /// `bn(conv2d(x, w))` in training, then ReLU when `relu`; the running
 /// statistics move as [`BatchNorm`]'s do. With `cudnn`, f32 and bf16 on
@@ -31,7 +31,7 @@ pub fn conv_bn(
     if super::on_gpu(&[x]) && kh == kw && cin == wcin {
         return super::conv_bn_gpu::conv_bn(x, w, (stride, padding), bn, relu, None);
     }
-    if !fused(&[x, w]) || kh != kw || cin != wcin {
+    if !takes(&[x, w], w, bn) || kh != kw || cin != wcin {
         let z = conv2d(x, w, stride, padding)?;
         return if relu {
             bn.forward_relu(&z, true)
@@ -39,7 +39,6 @@ pub fn conv_bn(
             bn.forward_t(&z, true)
         };
     }
-    let (gamma, beta) = bn.affine();
     let saved = Arc::new(Mutex::new(None));
     let op = ConvBn {
         params: Params {
@@ -49,10 +48,10 @@ pub fn conv_bn(
             relu,
             input_grad: x.track_op(),
         },
+        affine: affine(bn),
         saved: saved.clone(),
     };
-    let affine = Tensor::cat(&[gamma, beta], 0)?;
-    let y = x.contiguous()?.apply_op3(&w.contiguous()?, &affine, op)?;
+    let y = x.contiguous()?.apply_op2(w, op)?;
     update_running(bn, &saved, &y)
 }
 
@@ -73,10 +72,9 @@ pub fn conv_bn_add_relu(
     if super::on_gpu(&[x, skip]) && kh == kw && cin == wcin {
         return super::conv_bn_gpu::conv_bn(x, w, (stride, padding), bn, true, Some(skip));
     }
-    if !fused(&[x, w, skip]) || kh != kw || cin != wcin {
+    if !takes(&[x, w, skip], w, bn) || kh != kw || cin != wcin {
         return add_relu(&conv_bn(x, w, (stride, padding), bn, false)?, skip);
     }
-    let (gamma, beta) = bn.affine();
     let saved = Arc::new(Mutex::new(None));
     let op = ConvBnAdd {
         params: Params {
@@ -88,15 +86,25 @@ pub fn conv_bn_add_relu(
             relu: false,
             input_grad: x.track_op(),
         },
-        kernel: w.shape().clone(),
+        affine: affine(bn),
         saved: saved.clone(),
     };
-    // The kernel, γ and β as one input: an op takes three.
-    let packed = Tensor::cat(&[&w.flatten_all()?, gamma, beta], 0)?;
-    let y = x
-        .contiguous()?
-        .apply_op3(&packed, &skip.contiguous()?, op)?;
+    let y = x.contiguous()?.apply_op3(w, &skip.contiguous()?, op)?;
     update_running(bn, &saved, &y)
+}
+
+/// Whether the CPU ops take these tensors: f32 on the CPU, and the kernel,
+/// γ and β contiguous, since their gradients are handed over to the
+/// tensors themselves (to a copy's they would go nowhere).
+fn takes(tensors: &[&Tensor], w: &Tensor, bn: &BatchNorm) -> bool {
+    let (gamma, beta) = bn.affine();
+    fused(tensors) && [w, gamma, beta].iter().all(|t| t.is_contiguous())
+}
+
+/// γ and β of `bn`.
+fn affine(bn: &BatchNorm) -> [Tensor; 2] {
+    let (gamma, beta) = bn.affine();
+    [gamma.clone(), beta.clone()]
 }
 
 /// Moves `bn`'s running statistics by the batch statistics the forward of
@@ -136,12 +144,14 @@ impl Params {
     }
 }
 
+/// [`conv_bn`]'s op on x and the kernel, with γ and β.
 struct ConvBn {
     params: Params,
+    affine: [Tensor; 2],
     saved: Arc<Mutex<Option<Saved>>>,
 }
 
-impl CustomOp3 for ConvBn {
+impl CustomOp2 for ConvBn {
     fn name(&self) -> &'static str {
         "sslab-conv-batch-norm"
     }
@@ -152,69 +162,53 @@ impl CustomOp3 for ConvBn {
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let g = self.params.geometry(l1, l2)?;
-        let (x, w, affine) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+        let (x, w) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
         let tail = if self.params.relu {
             Tail::Relu
         } else {
             Tail::None
         };
-        run(&g, x, w, affine, tail, self.params.eps, &self.saved)
+        run(&g, x, w, &self.affine, tail, self.params.eps, &self.saved)
     }
 
     fn bwd(
         &self,
         x: &Tensor,
         w: &Tensor,
-        affine: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let Some(saved) = self.saved.lock().expect("saved lock").clone() else {
-            candle_core::bail!("conv + batch norm: backward before forward");
-        };
-        let cout = w.dim(0)?;
-        let op = Backward {
-            params: self.params,
-            gamma: affine.narrow(0, 0, cout)?.to_vec1()?,
-            saved,
-        };
-        let flat = x.apply_op3_no_bwd(w, &grad.contiguous()?, &op)?;
-        let mut parts = split_flat(&flat, &[x.shape(), w.shape(), affine.shape()])?.into_iter();
-        let (dx, dw, d_affine) = (parts.next(), parts.next(), parts.next());
-        Ok((dx.filter(|_| self.params.input_grad), dw, d_affine))
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let dx = backward(&self.params, &self.saved, x, w, &self.affine, grad)?;
+        Ok((dx, None))
     }
 }
 
-/// The convolution, then the BatchNorm with γ and β from `affine` and
-/// `tail`; keeps what the backward needs in `saved`.
+/// The convolution, then the BatchNorm with `affine`'s γ and β and `tail`;
+/// keeps what the backward needs in `saved`.
 fn run(
     g: &Geometry,
     x: &[f32],
     w: &[f32],
-    affine: &[f32],
+    affine: &[Tensor; 2],
     tail: Tail,
     eps: f64,
     saved: &Mutex<Option<Saved>>,
 ) -> candle_core::Result<(CpuStorage, Shape)> {
-    if affine.len() != 2 * g.cout {
+    let [gamma, beta] = affine;
+    if gamma.elem_count() != g.cout || beta.elem_count() != g.cout {
         candle_core::bail!(
-            "conv + batch norm: {} affine values for {} channels",
-            affine.len(),
+            "conv + batch norm: γ and β of {} and {} values for {} channels",
+            gamma.elem_count(),
+            beta.elem_count(),
             g.cout
         );
     }
     let z = conv::forward(g, x, w);
-    let (y, stats) = batch_norm::forward(
-        dims(g),
-        &z,
-        [&affine[..g.cout], &affine[g.cout..]],
-        tail,
-        eps,
-    );
+    let (y, stats) = with_values(&[gamma, beta], |a| {
+        Ok(batch_norm::forward(dims(g), &z, [a[0], a[1]], tail, eps))
+    })?;
     *saved.lock().expect("saved lock") = Some(Saved {
         z: Arc::new(z),
         stats,
@@ -222,11 +216,10 @@ fn run(
     Ok((CpuStorage::F32(y), Shape::from((g.n, g.cout, g.ho, g.wo))))
 }
 
-/// [`conv_bn_add_relu`]'s op on x, the kernel followed by γ and β (one
-/// flat tensor), and the skip.
+/// [`conv_bn_add_relu`]'s op on x, the kernel and the skip, with γ and β.
 struct ConvBnAdd {
     params: Params,
-    kernel: Shape,
+    affine: [Tensor; 2],
     saved: Arc<Mutex<Option<Saved>>>,
 }
 
@@ -244,9 +237,7 @@ impl CustomOp3 for ConvBnAdd {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = self
-            .params
-            .geometry(l1, &Layout::contiguous(&self.kernel))?;
+        let g = self.params.geometry(l1, l2)?;
         if l3.dims() != [g.n, g.cout, g.ho, g.wo] {
             candle_core::bail!(
                 "conv + batch norm + skip: the skip is {:?}, the output {:?}",
@@ -254,47 +245,23 @@ impl CustomOp3 for ConvBnAdd {
                 [g.n, g.cout, g.ho, g.wo]
             );
         }
-        let (x, packed, skip) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
-        let w_len = self.kernel.elem_count();
-        if packed.len() != w_len + 2 * g.cout {
-            candle_core::bail!(
-                "conv + batch norm + skip: {} packed values for a {:?} kernel and {} channels",
-                packed.len(),
-                self.kernel.dims(),
-                g.cout
-            );
-        }
-        let (w, affine) = packed.split_at(w_len);
+        let (x, w, skip) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
         let tail = Tail::AddRelu(skip);
-        run(&g, x, w, affine, tail, self.params.eps, &self.saved)
+        run(&g, x, w, &self.affine, tail, self.params.eps, &self.saved)
     }
 
     fn bwd(
         &self,
         x: &Tensor,
-        packed: &Tensor,
+        w: &Tensor,
         _skip: &Tensor,
         res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let Some(saved) = self.saved.lock().expect("saved lock").clone() else {
-            candle_core::bail!("conv + batch norm + skip: backward before forward");
-        };
         // The gradient past the ReLU: the skip's, and the BatchNorm's output's.
         let g = grad.contiguous()?.apply_op2_no_bwd(res, &Mask)?;
-        let (w_len, cout) = (self.kernel.elem_count(), self.kernel.dims()[0]);
-        let w = packed.narrow(0, 0, w_len)?.reshape(&self.kernel)?;
-        let op = Backward {
-            params: self.params,
-            gamma: packed.narrow(0, w_len, cout)?.to_vec1()?,
-            saved,
-        };
-        let flat = x.apply_op3_no_bwd(&w, &g, &op)?;
-        // Laid out as x's gradient, then the kernel's, γ's and β's: the
-        // packed input's in one piece.
-        let mut parts = split_flat(&flat, &[x.shape(), packed.shape()])?.into_iter();
-        let (dx, d_packed) = (parts.next(), parts.next());
-        Ok((dx.filter(|_| self.params.input_grad), d_packed, Some(g)))
+        let dx = backward(&self.params, &self.saved, x, w, &self.affine, &g)?;
+        Ok((dx, None, Some(g)))
     }
 }
 
@@ -307,58 +274,61 @@ fn dims(g: &Geometry) -> Dims {
     }
 }
 
-/// The gradients of [`ConvBn`] as one flat tensor: x's (zeros when not
-/// wanted), the kernel's, then γ's and β's; from x, the kernel and the
-/// output's gradient.
-struct Backward {
-    params: Params,
-    gamma: Vec<f32>,
-    saved: Saved,
-}
-
-impl CustomOp3 for Backward {
-    fn name(&self) -> &'static str {
-        "sslab-conv-batch-norm-backward"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let p = self.params;
-        let g = p.geometry(l1, l2)?;
-        let (x, w, dy) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
-        let z = self.saved.z.as_slice();
+/// The gradients of conv + BatchNorm from the gradient `dy` at the
+/// BatchNorm's output (past any skip's ReLU): x's, when anything upstream
+/// wants it, is returned; the kernel's, γ's and β's are handed over to the
+/// engine's backward (as inputs of the op, each would get a zero-filled
+/// gradient and an add).
+fn backward(
+    p: &Params,
+    saved: &Mutex<Option<Saved>>,
+    x: &Tensor,
+    w: &Tensor,
+    affine: &[Tensor; 2],
+    dy: &Tensor,
+) -> candle_core::Result<Option<Tensor>> {
+    let Some(saved) = saved.lock().expect("saved lock").clone() else {
+        candle_core::bail!("conv + batch norm: backward before forward");
+    };
+    let g = p.geometry(x.layout(), w.layout())?;
+    let dy = dy.contiguous()?;
+    let [gamma, beta] = affine;
+    let (dx, dw, d_gamma, d_beta) = with_values(&[x, w, &dy, gamma], |t| {
+        let (x, w, dy, gamma) = (t[0], t[1], t[2], t[3]);
+        let z = saved.z.as_slice();
         if dy.len() != z.len() || z.len() != g.n * g.out_len() {
             candle_core::bail!("conv + batch norm backward: shapes do not match the forward's");
         }
-        let (x_len, w_len) = (x.len(), w.len());
-        // SAFETY: the kernel below writes every element before any is read.
-        let mut flat = unsafe { output(x_len + w_len + 2 * g.cout) };
-        let (dx, rest) = flat.split_at_mut(x_len);
-        let (dw, rest) = rest.split_at_mut(w_len);
-        let (d_gamma, d_beta) = rest.split_at_mut(g.cout);
-        // SAFETY: the kernel below writes every element before any is read.
-        let mut dz = unsafe { output(z.len()) };
+        // SAFETY: the kernels below write every element before any is read.
+        let (mut dz, mut dx, mut dw, mut d_gamma, mut d_beta) = unsafe {
+            (
+                output(z.len()),
+                output(if p.input_grad { x.len() } else { 0 }),
+                output(w.len()),
+                output(g.cout),
+                output(g.cout),
+            )
+        };
         batch_norm::backward(
             dims(&g),
-            &self.saved.stats,
-            &self.gamma,
+            &saved.stats,
+            gamma,
             [z, dy],
             p.relu,
-            [&mut dz, d_gamma, d_beta],
+            [&mut dz, &mut d_gamma, &mut d_beta],
         );
-        conv::backward(&g, x, w, &dz, (dx, p.input_grad), dw);
-        Ok((
-            CpuStorage::F32(flat),
-            Shape::from(x_len + w_len + 2 * g.cout),
-        ))
+        conv::backward(&g, x, w, &dz, (&mut dx, p.input_grad), &mut dw);
+        Ok((dx, dw, d_gamma, d_beta))
+    })?;
+    for (t, grad) in [(w, dw), (gamma, d_gamma), (beta, d_beta)] {
+        if t.track_op() {
+            grads::hand_over(t, Tensor::from_vec(grad, t.shape(), t.device())?)?;
+        }
     }
+    if !p.input_grad {
+        return Ok(None);
+    }
+    Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
 }
 
 #[cfg(test)]
@@ -414,14 +384,8 @@ mod tests {
                 forward();
                 let y = forward();
                 let weights = random(y.dims(), 200 + i as u64);
-                grads.push(
-                    (&y * &weights)
-                        .unwrap()
-                        .sum_all()
-                        .unwrap()
-                        .backward()
-                        .unwrap(),
-                );
+                let loss = (&y * &weights).unwrap().sum_all().unwrap();
+                grads.push(crate::ops::backward(&loss).unwrap());
                 outs.push(y);
             }
             assert_close(&outs[0], &outs[1], 1e-5, &format!("case {i} values"));
@@ -469,14 +433,8 @@ mod tests {
                 forward();
                 let y = forward();
                 let weights = random(y.dims(), seed + 3);
-                grads.push(
-                    (&y * &weights)
-                        .unwrap()
-                        .sum_all()
-                        .unwrap()
-                        .backward()
-                        .unwrap(),
-                );
+                let loss = (&y * &weights).unwrap().sum_all().unwrap();
+                grads.push(crate::ops::backward(&loss).unwrap());
                 outs.push(y);
             }
             let cut = outs[1].eq(0f32).unwrap().to_dtype(DType::F32).unwrap();
@@ -516,12 +474,8 @@ mod tests {
         let x = random(&[2, 3, 6, 6], 1);
         let w = Var::from_tensor(&random(&[4, 3, 3, 3], 2)).unwrap();
         let (bn, map) = batch_norm(4);
-        let grads = conv_bn(&x, &w, (1, 1), &bn, true)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let y = conv_bn(&x, &w, (1, 1), &bn, true).unwrap();
+        let grads = crate::ops::backward(&y.sum_all().unwrap()).unwrap();
         assert!(grads.get(&x).is_none());
         assert!(grads.get(&w).is_some());
         assert!(grads.get(&map.data().lock().unwrap()["weight"]).is_some());

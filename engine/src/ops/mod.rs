@@ -45,7 +45,7 @@ pub use layer_norm::layer_norm;
 pub use linear::{linear, linear_gelu};
 pub use residual::add_relu;
 
-use candle_core::{CpuStorage, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, Layout, Shape, Storage, Tensor};
 use gemm::Parallelism;
 
 /// Threads the kernels split their work over (candle's own count).
@@ -90,6 +90,23 @@ fn f32_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> candle_core::Result<&'a mut
         CpuStorage::F32(v) => Ok(&mut v[start..end]),
         _ => candle_core::bail!("sslab ops update f32 tensors in place"),
     }
+}
+
+/// The f32 values of CPU tensors, handed to `f` while their storage is
+/// locked for reading.
+fn with_values<R>(
+    tensors: &[&Tensor],
+    f: impl FnOnce(&[&[f32]]) -> candle_core::Result<R>,
+) -> candle_core::Result<R> {
+    let locked: Vec<_> = tensors.iter().map(|t| t.storage_and_layout()).collect();
+    let values = locked
+        .iter()
+        .map(|(storage, layout)| match &**storage {
+            Storage::Cpu(s) => f32_slice(s, layout),
+            _ => candle_core::bail!("sslab's CPU ops read CPU tensors"),
+        })
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    f(&values)
 }
 
 /// Runs `f` inside a function compiled for AVX-512 or AVX2 when the CPU
