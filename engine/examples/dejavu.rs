@@ -12,7 +12,7 @@ struct Print;
 
 impl AuditObserver for Print {
     fn on_step(&mut self, model: Model, m: &StepMetrics) -> Control {
-        if m.step % 200 == 0 {
+        if m.step.is_multiple_of(200) {
             eprintln!(
                 "{model:?} step {}/{} loss {:.4}",
                 m.step, m.total_steps, m.loss

@@ -12,7 +12,7 @@ struct Print;
 
 impl Observer for Print {
     fn on_step(&mut self, m: &StepMetrics) -> Control {
-        if m.step % 10 == 0 || m.step == m.total_steps {
+        if m.step.is_multiple_of(10) || m.step == m.total_steps {
             eprintln!(
                 "step {}/{} epoch {} loss {:.4} lr {:.2e} {:.0} img/s, {:.0}% waiting for data",
                 m.step,

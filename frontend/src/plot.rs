@@ -152,7 +152,7 @@ pub fn short(v: f64) -> String {
     if v == 0.0 {
         return "0".into();
     }
-    if a >= 1e5 || a < 1e-3 {
+    if !(1e-3..1e5).contains(&a) {
         return format!("{v:.2e}");
     }
     let text = if a >= 100.0 {

@@ -244,7 +244,7 @@ impl RcdmSettings {
             return bad("groups", "must be at least 1".into());
         }
         for m in &self.multipliers {
-            if (self.channels * m) % self.groups != 0 {
+            if !(self.channels * m).is_multiple_of(self.groups) {
                 return bad(
                     "groups",
                     format!(
@@ -286,7 +286,7 @@ impl RcdmSettings {
     pub fn check_image_size(&self, image_size: usize) -> Result<(), SpecError> {
         let levels = self.multipliers.len();
         let div = 1usize << (levels - 1);
-        if image_size == 0 || image_size % div != 0 {
+        if image_size == 0 || !image_size.is_multiple_of(div) {
             return Err(SpecError::new(
                 "rcdm.multipliers",
                 format!(

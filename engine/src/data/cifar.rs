@@ -52,7 +52,7 @@ impl Labels {
 /// the record.
 fn parse(bytes: &[u8], file: &Path, labels: Labels, set: &mut ImageSet) -> Result<()> {
     let record = labels.label_bytes() + PIXELS;
-    if bytes.is_empty() || bytes.len() % record != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(record) {
         return Err(EngineError::Data(format!(
             "{} is {} bytes, not a whole number of {record}-byte records: truncated or not a CIFAR binary file",
             file.display(),

@@ -288,7 +288,7 @@ fn inside(shape: usize, u: f32, v: f32) -> bool {
     match SHAPES[shape] {
         "circle" => r <= 1.0,
         "square" => u.abs() <= 0.85 && v.abs() <= 0.85,
-        "triangle" => v <= 0.9 && v >= -0.9 && u.abs() <= (v + 0.9) / 1.8,
+        "triangle" => (-0.9..=0.9).contains(&v) && u.abs() <= (v + 0.9) / 1.8,
         "diamond" => u.abs() + v.abs() <= 1.0,
         "cross" => (u.abs() <= 0.3 && v.abs() <= 1.0) || (v.abs() <= 0.3 && u.abs() <= 1.0),
         "ring" => (0.55..=1.0).contains(&r),

@@ -113,7 +113,7 @@ pub fn deal(data: &ImageSet, spec: &MemorizationMonitor, seed: u64) -> Result<De
 impl Monitor {
     /// Whether the attack runs after `epochs_done` of `epochs`.
     pub fn due(&self, epochs_done: usize, epochs: usize) -> bool {
-        epochs_done % self.spec.every == 0 || epochs_done == epochs
+        epochs_done.is_multiple_of(self.spec.every) || epochs_done == epochs
     }
 
     /// Attacks the canaries' and the held-out images' crops with `encoder`.

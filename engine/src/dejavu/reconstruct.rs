@@ -243,7 +243,7 @@ pub fn reconstruct(
 /// checks it before it trains anything.
 pub fn side(settings: &ReconstructSpec, data_side: usize) -> Result<usize> {
     let size = settings.image_size.unwrap_or(data_side);
-    if size > data_side || data_side % size != 0 {
+    if size > data_side || !data_side.is_multiple_of(size) {
         return Err(EngineError::Spec(sslab_shared::SpecError::new(
             "reconstruct.image_size",
             format!("{size} px does not divide the data's {data_side} px images"),

@@ -76,7 +76,7 @@ impl StepNorm {
 fn groups_for(channels: usize) -> usize {
     (1..=channels.min(8))
         .rev()
-        .find(|g| channels % g == 0)
+        .find(|g| channels.is_multiple_of(*g))
         .unwrap_or(1)
 }
 

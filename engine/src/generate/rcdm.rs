@@ -224,7 +224,7 @@ fn check_settings(s: &RcdmSettings) -> Result<(), SpecError> {
             "one positive multiplier per level, e.g. [1, 2, 2]".into(),
         );
     }
-    if s.groups == 0 || s.channels == 0 || s.channels % s.groups != 0 {
+    if s.groups == 0 || s.channels == 0 || !s.channels.is_multiple_of(s.groups) {
         return bad(
             "groups",
             format!(

@@ -94,7 +94,7 @@ pub struct AttentionBlock {
 
 impl AttentionBlock {
     pub fn new(channels: usize, groups: usize, vb: VarBuilder) -> candle_core::Result<Self> {
-        let heads = if channels % HEAD_CHANNELS == 0 {
+        let heads = if channels.is_multiple_of(HEAD_CHANNELS) {
             channels / HEAD_CHANNELS
         } else {
             1

@@ -388,7 +388,7 @@ impl Store {
             .await?;
         }
         for p in memorization {
-            Store::insert_memorization(&mut *tx, &lease.id, p).await?;
+            Store::insert_memorization(&mut tx, &lease.id, p).await?;
         }
         for s in system {
             sqlx::query(

@@ -55,10 +55,9 @@ impl Store {
         .bind(now)
         .execute(&self.pool)
         .await?;
-        Ok(self
-            .worker(id, team)
+        self.worker(id, team)
             .await?
-            .ok_or_else(|| StoreError::Corrupt(format!("worker {id} vanished")))?)
+            .ok_or_else(|| StoreError::Corrupt(format!("worker {id} vanished")))
     }
 
     /// A worker, with the runs it holds of `team` (of every team: none).

@@ -135,7 +135,7 @@ pub(super) fn check(spec: &RunSpec) -> Result<(), SpecError> {
                 format!("must be between 4 and the image size {side}, got {local}"),
             );
         }
-        if b.kind == BackboneKind::Vit && local % b.patch_size != 0 {
+        if b.kind == BackboneKind::Vit && !local.is_multiple_of(b.patch_size) {
             return bad(
                 "augment.local_size",
                 format!(

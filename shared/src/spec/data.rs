@@ -279,7 +279,7 @@ impl SubsetSpec {
             SubsetSpec::PowerLaw { images: 0, .. } => {
                 Err(SpecError::new("subset.images", "must be at least 1"))
             }
-            SubsetSpec::PowerLaw { power, .. } if !(power >= 0.0 && power <= 10.0) => Err(
+            SubsetSpec::PowerLaw { power, .. } if !(0.0..=10.0).contains(&power) => Err(
                 SpecError::new("subset.power", format!("must be in [0, 10], got {power}")),
             ),
             SubsetSpec::Dejavu { per_class: 0, .. } => {

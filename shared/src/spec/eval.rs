@@ -192,7 +192,11 @@ impl EvalSpec {
                 format!("must be between 1 and 100000, got {}", self.linear_steps),
             );
         }
-        if self.lowshot_shots.iter().any(|&k| k < 1 || k > 10_000) {
+        if self
+            .lowshot_shots
+            .iter()
+            .any(|&k| !(1..=10_000).contains(&k))
+        {
             return bad(
                 "eval.lowshot_shots",
                 "shots per class must be between 1 and 10000".into(),

@@ -28,7 +28,7 @@ use crate::error::SpecError;
 
 /// A training run: data, method, model, augmentations, optimiser, schedule,
 /// evaluation plan and seed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RunSpec {
     /// Free text shown in lists; empty means the server picks one.
@@ -47,24 +47,6 @@ pub struct RunSpec {
     pub eval: EvalSpec,
     /// Seeds data order, augmentations and initialisation.
     pub seed: u64,
-}
-
-impl Default for RunSpec {
-    fn default() -> Self {
-        Self {
-            name: String::new(),
-            data: DataSpec::default(),
-            subset: None,
-            method: MethodSpec::default(),
-            backbone: BackboneSpec::default(),
-            projector: ProjectorSpec::default(),
-            augment: AugmentSpec::default(),
-            optimizer: OptimizerSpec::default(),
-            schedule: ScheduleSpec::default(),
-            eval: EvalSpec::default(),
-            seed: 0,
-        }
-    }
 }
 
 /// A run spec that passed [`RunSpec::validate`]: what the engine trains.

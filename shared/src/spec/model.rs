@@ -224,7 +224,7 @@ pub(super) fn check(spec: &RunSpec) -> Result<(), SpecError> {
         );
     }
     if let Some(w) = b.last_block_width
-        && (w < 1 || w > 16384)
+        && !(1..=16384).contains(&w)
     {
         return bad(
             "backbone.last_block_width",
@@ -235,7 +235,7 @@ pub(super) fn check(spec: &RunSpec) -> Result<(), SpecError> {
     // that need it wait until the server has filled it in.
     let side = spec.data.image_size();
     if b.kind == BackboneKind::Vit {
-        if b.patch_size < 1 || side % b.patch_size != 0 {
+        if b.patch_size < 1 || !side.is_multiple_of(b.patch_size) {
             return bad(
                 "backbone.patch_size",
                 format!("must divide the image size {side}, got {}", b.patch_size),
@@ -247,7 +247,7 @@ pub(super) fn check(spec: &RunSpec) -> Result<(), SpecError> {
                 format!("must be between 1 and 48, got {}", b.depth),
             );
         }
-        if b.heads < 1 || b.width % b.heads != 0 {
+        if b.heads < 1 || !b.width.is_multiple_of(b.heads) {
             return bad(
                 "backbone.heads",
                 format!("must divide the width {}, got {}", b.width, b.heads),
