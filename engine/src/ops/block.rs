@@ -40,9 +40,8 @@ impl BlockWeights<'_> {
 
 /// The block's output for tokens `x` (B, N, D), or `None` where the op does
 /// not take them and the caller runs the chain: not f32 on the CPU, a
-/// weight that is a strided view (its gradient would go to a copy), or
-/// weights that train under an input that does not (the block would not
-/// be in candle's graph, and they would get no gradient).
+/// strided weight, or weights whose gradients could not be handed over
+/// ([`grads::can_hand_over`]).
 pub fn transformer_block(
     x: &Tensor,
     weights: &BlockWeights,
@@ -54,7 +53,7 @@ pub fn transformer_block(
     tensors.push(x);
     if !fused(&tensors)
         || all.iter().any(|w| !w.is_contiguous())
-        || (!x.track_op() && all.iter().any(|w| w.track_op()))
+        || !grads::can_hand_over(&[x], &all)
     {
         return Ok(None);
     }
@@ -351,6 +350,19 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    /// A weight given as a view of a variable: its gradient could not be
+    /// handed to the variable, so the chain runs, and the variable trains.
+    #[test]
+    fn leaves_a_weight_that_is_a_view_to_the_chain() {
+        let x = Var::from_tensor(&random(&[2, 5, 12], 1)).unwrap();
+        let w = weights(12, 48, 2);
+        let flat = Var::from_tensor(&w[2].flatten_all().unwrap()).unwrap();
+        let view = flat.reshape((36, 12)).unwrap();
+        let mut weights = block_weights(&w);
+        weights.qkv[0] = &view;
+        assert!(transformer_block(&x, &weights, 2, 1e-6).unwrap().is_none());
     }
 
     #[test]

@@ -93,12 +93,15 @@ pub fn conv_bn_add_relu(
     update_running(bn, &saved, &y)
 }
 
-/// Whether the CPU ops take these tensors: f32 on the CPU, and the kernel,
-/// γ and β contiguous, since their gradients are handed over to the
-/// tensors themselves (to a copy's they would go nowhere).
-fn takes(tensors: &[&Tensor], w: &Tensor, bn: &BatchNorm) -> bool {
+/// Whether the CPU ops take these tensors (the op's inputs, the kernel among
+/// them): f32 on the CPU, the kernel, γ and β contiguous, and their
+/// gradients such as can be handed over ([`grads::can_hand_over`]).
+fn takes(inputs: &[&Tensor], w: &Tensor, bn: &BatchNorm) -> bool {
     let (gamma, beta) = bn.affine();
-    fused(tensors) && [w, gamma, beta].iter().all(|t| t.is_contiguous())
+    let handed = [w, gamma, beta];
+    fused(inputs)
+        && handed.iter().all(|t| t.is_contiguous())
+        && grads::can_hand_over(inputs, &handed)
 }
 
 /// γ and β of `bn`.
@@ -465,6 +468,33 @@ mod tests {
             err.to_string().contains("the skip is [2, 4, 3, 3]"),
             "{err}"
         );
+    }
+
+    /// A kernel computed from a variable, and a constant kernel under a
+    /// constant input with a trained γ and β: the gradients reach the
+    /// variables as with the two ops one after the other.
+    #[test]
+    fn weights_that_cannot_take_a_handed_gradient_still_train() {
+        let x = random(&[2, 3, 6, 6], 1);
+        let v = Var::from_tensor(&random(&[4, 3, 3, 3], 2)).unwrap();
+        let computed = (v.as_tensor() * 0.5).unwrap();
+        let (bn, map) = batch_norm(4);
+        let y = conv_bn(&x, &computed, (1, 1), &bn, true).unwrap();
+        let grads = crate::ops::backward(&y.sum_all().unwrap()).unwrap();
+        assert!(grads.get(&v).is_some(), "the kernel's variable");
+        let (bn, map2) = batch_norm(4);
+        let y = conv_bn(&x, &random(&[4, 3, 3, 3], 3), (1, 1), &bn, false).unwrap();
+        let weights = random(y.dims(), 4);
+        let grads = crate::ops::backward(&(&y * &weights).unwrap().sum_all().unwrap()).unwrap();
+        assert!(
+            grads.get(&map2.data().lock().unwrap()["weight"]).is_some(),
+            "γ"
+        );
+        assert!(
+            grads.get(&map2.data().lock().unwrap()["bias"]).is_some(),
+            "β"
+        );
+        drop(map);
     }
 
     /// The images need no gradient: only the kernel's and the affine's are
