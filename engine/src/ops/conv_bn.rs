@@ -100,6 +100,7 @@ fn takes(inputs: &[&Tensor], w: &Tensor, bn: &BatchNorm) -> bool {
     let (gamma, beta) = bn.affine();
     let handed = [w, gamma, beta];
     fused(inputs)
+        && fused(&[gamma, beta])
         && handed.iter().all(|t| t.is_contiguous())
         && grads::can_hand_over(inputs, &handed)
 }

@@ -1,7 +1,7 @@
 //! The engine's backward: candle's, plus the gradients that ops hand over
 //! directly instead of returning them through candle's graph (the
-//! transformer block's weights: as inputs of its node, each would get a
-//! zero-filled gradient and an add).
+//! transformer block's weights, conv + BatchNorm's kernel, γ and β: as
+//! inputs of a node, each would get a zero-filled gradient and an add).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
